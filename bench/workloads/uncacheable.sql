@@ -1,0 +1,2 @@
+\set aid random(1, 1000000)
+SELECT abalance, now() FROM pgbench_accounts WHERE aid = :aid;

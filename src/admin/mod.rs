@@ -1,0 +1,149 @@
+//! Admin HTTP server: `/healthz` (process alive), `/readyz` (listener up and upstream
+//! answering), `/metrics` (Prometheus text); anything else is 404.
+
+mod conn;
+mod readiness;
+
+use std::future::IntoFuture;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use readiness::{
+    PROBE_CACHE_TTL, ProbeError, Readiness, ReadyReport, UpstreamReport, probe_upstream,
+};
+
+/// Content type of the Prometheus text exposition format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Answers `/readyz`.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Bounds on the admin server's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Open connections at most; further clients wait in the accept backlog.
+    pub max_connections: usize,
+    /// A connection with no I/O progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// After shutdown is requested, how long in-flight requests may take before the server
+    /// returns anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            // Scrapers and orchestrator probes need a handful; 64 leaves room for bursts.
+            max_connections: 64,
+            // Longer than common scrape intervals (15-60 s), so keep-alive connections
+            // between scrapes are normally kept.
+            idle_timeout: Duration::from_secs(75),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The admin routes, without a listener (useful for embedding and tests).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the admin routes on `listener` with [`AdminLimits::default`] until `shutdown` is
+/// cancelled; then stops accepting and lets in-flight requests finish (bounded by the grace).
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve_with_limits(listener, state, shutdown, AdminLimits::default()).await
+}
+
+/// [`serve`] with explicit connection bounds.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+    limits: AdminLimits,
+) -> io::Result<()> {
+    let listener =
+        conn::BoundedListener::new(listener, limits.max_connections.max(1), limits.idle_timeout);
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    // axum's graceful shutdown waits for every open connection to finish; a stuck client must
+    // not hold the process up, so the wait is capped.
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(limits.shutdown_grace).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            tracing::warn!(
+                grace = ?limits.shutdown_grace,
+                "admin server: connections still open after the shutdown grace; closing",
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let report = state.readiness.check().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    match serde_json::to_string(&report) {
+        Ok(body) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response(),
+        // Serialising plain strings and bools cannot fail, but if it ever did, the status
+        // still tells the orchestrator what it needs.
+        Err(e) => (status, format!("could not encode readiness report: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> (StatusCode, &'static str) {
+    (StatusCode::NOT_FOUND, "not found\n")
+}

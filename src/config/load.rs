@@ -1,0 +1,415 @@
+//! Layering: defaults, then the TOML file, then command-line/env overrides, then validation.
+//! [`Sources::load`] is pure apart from reading files, so the server re-runs it on SIGHUP.
+//!
+//! The file is checked key by key rather than in one serde pass, so every unknown key and every
+//! ill-typed value is reported (with its dotted key, the text as written, and file:line), not
+//! only the first one serde stops at.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::{Spanned, Table, Value};
+
+use super::upstream_url::redact_password;
+use super::validate::quoted;
+use super::{Config, ConfigErrors, ConfigIssue, RedisConfig, TlsConfig};
+
+/// Values given on the command line or in `PGMEMO_*` environment variables; each replaces the
+/// file's value. clap resolves flag-versus-env before this point.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen` / `PGMEMO_LISTEN` → `server.listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--upstream` / `PGMEMO_UPSTREAM` → `upstream.url`.
+    pub upstream: Option<String>,
+    /// `--admin-listen` / `PGMEMO_ADMIN_LISTEN` → `admin.listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `--redis` / `PGMEMO_REDIS` → `cache.redis.url`.
+    pub redis: Option<String>,
+}
+
+// Hand-written so that logging the sources never prints a password from a URL.
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("listen", &self.listen)
+            .field("upstream", &self.upstream.as_deref().map(redact_password))
+            .field("admin_listen", &self.admin_listen)
+            .field("redis", &self.redis.as_deref().map(redact_password))
+            .finish()
+    }
+}
+
+impl Overrides {
+    /// Writes every given override into `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(url) = &self.upstream {
+            config.upstream.url.clone_from(url);
+        }
+        if let Some(listen) = self.admin_listen {
+            config.admin.listen = listen;
+        }
+        if let Some(url) = &self.redis {
+            config.cache.redis = Some(RedisConfig { url: url.clone() });
+        }
+    }
+}
+
+/// Where a configuration comes from: an optional file plus overrides.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Sources {
+    /// Defaults, then the file (re-read on every call), then the overrides, then
+    /// [`Config::validate`]. Returns every problem found in the file and in the merged result.
+    pub fn load(&self) -> Result<Config, ConfigErrors> {
+        let (mut config, mut issues) = match &self.file {
+            None => (Config::default(), Vec::new()),
+            Some(path) => read_file(path)?,
+        };
+        self.overrides.apply(&mut config);
+        if let Err(invalid) = config.validate() {
+            issues.extend(invalid.issues);
+        }
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors { issues })
+        }
+    }
+}
+
+/// Defaults plus the TOML text `text` (no overrides), validated. `origin` names the text in
+/// messages (normally the file path).
+pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+    let (config, mut issues) = parse_document(text, origin)?;
+    if let Err(invalid) = config.validate() {
+        issues.extend(invalid.issues);
+    }
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors { issues })
+    }
+}
+
+fn read_file(path: &Path) -> Result<(Config, Vec<ConfigIssue>), ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigIssue::new(
+            "config file",
+            quoted(&origin),
+            format!("cannot be read: {e}"),
+        )
+    })?;
+    parse_document(&text, &origin)
+}
+
+/// Parses `text` over the defaults. Syntax errors are fatal (`Err`); key-level problems are
+/// returned beside a config in which each bad key kept its default, so validation can still
+/// report the rest.
+fn parse_document(text: &str, origin: &str) -> Result<(Config, Vec<ConfigIssue>), ConfigErrors> {
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        return Err(syntax_errors
+            .iter()
+            .map(|e| syntax_issue(text, origin, e))
+            .collect::<Vec<_>>()
+            .into());
+    }
+    let mut checker = Checker {
+        text,
+        origin,
+        sample: schema_sample(),
+        issues: Vec::new(),
+    };
+    let mut path = Vec::new();
+    let clean = checker.check_table(&mut path, doc.get_ref());
+    // The parsed table is sorted by key; report in file order instead.
+    checker.issues.sort_by_key(|(offset, _)| *offset);
+    let mut issues: Vec<ConfigIssue> = checker.issues.into_iter().map(|(_, i)| i).collect();
+    let config = match Value::Table(clean).try_into::<Config>() {
+        Ok(config) => config,
+        // Unreachable while every key was checked on its own above; kept as a typed error
+        // rather than a panic in case a future field has cross-key rules.
+        Err(e) => {
+            issues.push(ConfigIssue::new(
+                "config file",
+                quoted(origin),
+                e.message().to_owned(),
+            ));
+            return Err(issues.into());
+        }
+    };
+    Ok((config, issues))
+}
+
+/// A configuration with every optional section present, as a TOML table: it has every key the
+/// types accept, so a single user value can be dropped into it and deserialized on its own.
+fn schema_sample() -> Table {
+    let mut config = Config::default();
+    config.server.tls = Some(TlsConfig {
+        cert: PathBuf::from("cert.pem"),
+        key: PathBuf::from("key.pem"),
+    });
+    config.cache.redis = Some(RedisConfig {
+        url: "redis://127.0.0.1:6379".to_owned(),
+    });
+    // Serializing plain structs of strings, numbers and paths cannot fail; an empty table
+    // would only make every key look unknown, which tests would catch.
+    Table::try_from(&config).unwrap_or_default()
+}
+
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+    sample: Table,
+    /// Each issue with the byte offset of its key, for ordering.
+    issues: Vec<(usize, ConfigIssue)>,
+}
+
+impl Checker<'_> {
+    /// Checks every entry of the user's table at `path`; returns the entries that are valid.
+    fn check_table(&mut self, path: &mut Vec<String>, user: &DeTable<'_>) -> Table {
+        let mut clean = Table::new();
+        for (key, value) in user {
+            path.push(key.get_ref().to_string());
+            let expects_table = matches!(lookup(&self.sample, path), Some(Value::Table(_)));
+            let accepted = match value.get_ref() {
+                DeValue::Table(section) if expects_table => {
+                    self.check_section(path, key.span(), section)
+                }
+                _ => self.check_value(path, key.span(), value),
+            };
+            if let Some(accepted) = accepted {
+                clean.insert(key.get_ref().to_string(), accepted);
+            }
+            path.pop();
+        }
+        clean
+    }
+
+    /// A known section: its keys one by one, then the section as a whole, which catches
+    /// required keys that are missing (e.g. `[server.tls]` without `key`).
+    fn check_section(
+        &mut self,
+        path: &mut Vec<String>,
+        key_span: Range<usize>,
+        section: &DeTable<'_>,
+    ) -> Option<Value> {
+        let clean = self.check_table(path, section);
+        let line = self.line_of(key_span.start);
+        let mut filled = clean.clone();
+        let mut complete = true;
+        // serde names one missing field per attempt: fill each from the sample and retry, so
+        // all of them are reported. Bounded by the section's size in the sample.
+        let max_attempts = match lookup(&self.sample, path) {
+            Some(Value::Table(t)) => t.len() + 1,
+            _ => 1,
+        };
+        for _ in 0..max_attempts {
+            let Err(message) = self.try_with(path, Value::Table(filled.clone())) else {
+                break;
+            };
+            complete = false;
+            let missing = backticked_after(&message, "missing field ").map(str::to_owned);
+            let placeholder = missing.as_ref().and_then(|field| {
+                let mut field_path = path.clone();
+                field_path.push(field.clone());
+                lookup(&self.sample, &field_path).cloned()
+            });
+            let (Some(field), Some(placeholder)) = (missing, placeholder) else {
+                let issue = ConfigIssue::new(
+                    path.join("."),
+                    "(table)",
+                    format!("{message} ({}:{line})", self.origin),
+                );
+                self.issues.push((key_span.start, issue));
+                break;
+            };
+            let issue = ConfigIssue::new(
+                format!("{}.{field}", path.join(".")),
+                "(missing)",
+                format!(
+                    "required when [{}] is present ({}:{line})",
+                    path.join("."),
+                    self.origin
+                ),
+            );
+            self.issues.push((key_span.start, issue));
+            filled.insert(field, placeholder);
+        }
+        complete.then_some(Value::Table(clean))
+    }
+
+    /// One value (or a table where none is expected): dropped into the sample and
+    /// deserialized, so serde's own message says what is wrong with exactly this key.
+    fn check_value(
+        &mut self,
+        path: &[String],
+        key_span: Range<usize>,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<Value> {
+        let line = self.line_of(key_span.start);
+        let shown = self.value_text(value);
+        let outcome = if matches!(lookup(&self.sample, path), Some(Value::Table(_))) {
+            // serde would read an array as the struct's fields in order, and blame whatever
+            // is inside it; the real problem is the shape.
+            Err(format!(
+                "expected a table ([{}]), found {}",
+                path.join("."),
+                value.get_ref().type_str()
+            ))
+        } else {
+            Value::deserialize(ValueDeserializer::from(value.clone()))
+                .map_err(|e| e.message().to_owned())
+                .and_then(|v| self.try_with(path, v.clone()).map(|()| v))
+        };
+        let leaf = path.last().map(String::as_str);
+        match outcome {
+            Ok(v) => Some(v),
+            Err(message) => {
+                let why = match backticked_after(&message, "unknown field ") {
+                    Some(field) if Some(field) == leaf => {
+                        let expected = message
+                            .split_once(", expected ")
+                            .map(|(_, rest)| format!("; expected {rest}"))
+                            .unwrap_or_default();
+                        format!("unknown key ({}:{line}){expected}", self.origin)
+                    }
+                    _ => format!("{message}{} ({}:{line})", self.hint(path), self.origin),
+                };
+                let issue = ConfigIssue::new(path.join("."), shown, why);
+                self.issues.push((key_span.start, issue));
+                None
+            }
+        }
+    }
+
+    /// Deserializes the sample with `value` at `path`; any error is about that value.
+    fn try_with(&self, path: &[String], value: Value) -> Result<(), String> {
+        let mut candidate = self.sample.clone();
+        insert(&mut candidate, path, value);
+        Value::Table(candidate)
+            .try_into::<Config>()
+            .map(drop)
+            .map_err(|e| e.message().to_owned())
+    }
+
+    /// A format reminder for durations and socket addresses (found by the shape of the key's
+    /// default), since the parsers' own messages do not say what to write.
+    fn hint(&self, path: &[String]) -> &'static str {
+        match lookup(&self.sample, path) {
+            Some(Value::String(s)) if humantime::parse_duration(s).is_ok() => {
+                "; write a duration such as \"10s\", \"500ms\" or \"1m 30s\""
+            }
+            Some(Value::String(s)) if s.parse::<SocketAddr>().is_ok() => {
+                "; write IP:PORT such as \"127.0.0.1:6432\" or \"[::]:6432\" (not a host name)"
+            }
+            _ => "",
+        }
+    }
+
+    /// The value as written in the file (first line, bounded, password redacted).
+    fn value_text(&self, value: &Spanned<DeValue<'_>>) -> String {
+        const MAX_CHARS: usize = 80;
+        let raw = self.text.get(value.span()).unwrap_or_default();
+        // A `[header]` table's span is its header, which reads like a key, not a value.
+        if raw.trim_start().starts_with("[[") {
+            return "(array of tables)".to_owned();
+        }
+        if value.get_ref().is_table() && !raw.trim_start().starts_with('{') {
+            return "(table)".to_owned();
+        }
+        let first_line = raw.lines().next().unwrap_or_default().trim();
+        let mut shown: String = first_line.chars().take(MAX_CHARS).collect();
+        if shown.len() < raw.trim().len() {
+            shown.push('…');
+        }
+        if shown.is_empty() {
+            shown = "(table)".to_owned();
+        }
+        redact_password(&shown)
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        line_col(self.text, offset).0
+    }
+}
+
+/// 1-based (line, column) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    (line, column)
+}
+
+fn syntax_issue(text: &str, origin: &str, error: &toml::de::Error) -> ConfigIssue {
+    let message = error.message().trim_end().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let (line, column) = line_col(text, span.start);
+            let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+            ConfigIssue::new(
+                format!("{origin}:{line}:{column}"),
+                format!("`{source}`"),
+                format!("invalid TOML: {message}"),
+            )
+        }
+        None => ConfigIssue::new(origin, "(file)", format!("invalid TOML: {message}")),
+    }
+}
+
+/// The name in backticks right after `prefix` at the start of a serde message, e.g. `key` in
+/// "missing field `key`".
+fn backticked_after<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
+    let rest = message.strip_prefix(prefix)?.strip_prefix('`')?;
+    rest.split_once('`').map(|(name, _)| name)
+}
+
+fn lookup<'t>(table: &'t Table, path: &[String]) -> Option<&'t Value> {
+    let (first, rest) = path.split_first()?;
+    let value = table.get(first)?;
+    if rest.is_empty() {
+        return Some(value);
+    }
+    match value {
+        Value::Table(inner) => lookup(inner, rest),
+        _ => None,
+    }
+}
+
+/// Sets `path` in `table`, creating (or replacing non-table) intermediate entries.
+fn insert(table: &mut Table, path: &[String], value: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return;
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| Value::Table(Table::new()));
+    if !entry.is_table() {
+        *entry = Value::Table(Table::new());
+    }
+    if let Value::Table(inner) = entry {
+        insert(inner, rest, value);
+    }
+}
+
+#[cfg(test)]
+#[path = "load_tests.rs"]
+mod tests;

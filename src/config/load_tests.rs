@@ -1,0 +1,236 @@
+//! Unit tests for layering and file checking (kept beside `load.rs` to keep both files short).
+
+use super::*;
+use std::time::Duration;
+
+fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("pgmemo.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn issues(text: &str) -> Vec<ConfigIssue> {
+    from_toml_str(text, "test.toml").unwrap_err().issues
+}
+
+#[test]
+fn no_file_means_defaults() {
+    assert_eq!(Sources::default().load().unwrap(), Config::default());
+}
+
+#[test]
+fn precedence_overrides_then_file_then_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        r#"
+[server]
+listen = "127.0.0.1:7000"
+max_client_connections = 7
+[upstream]
+url = "postgres://file-host:5433"
+"#,
+    );
+    let mut sources = Sources {
+        file: Some(file),
+        overrides: Overrides::default(),
+    };
+    let from_file = sources.load().unwrap();
+    assert_eq!(from_file.server.listen.port(), 7000);
+    assert_eq!(from_file.server.max_client_connections, 7);
+    assert_eq!(from_file.upstream.url, "postgres://file-host:5433");
+    // Untouched keys keep their defaults.
+    assert_eq!(from_file.admin, Config::default().admin);
+    assert_eq!(from_file.server.startup_timeout, Duration::from_secs(10));
+
+    sources.overrides = Overrides {
+        listen: Some("127.0.0.1:7001".parse().unwrap()),
+        upstream: Some("postgres://flag-host".into()),
+        admin_listen: Some("127.0.0.1:7002".parse().unwrap()),
+        redis: Some("redis://127.0.0.1:6380".into()),
+    };
+    let merged = sources.load().unwrap();
+    assert_eq!(merged.server.listen.port(), 7001);
+    assert_eq!(merged.upstream.url, "postgres://flag-host");
+    assert_eq!(merged.admin.listen.port(), 7002);
+    assert_eq!(
+        merged.cache.redis,
+        Some(RedisConfig {
+            url: "redis://127.0.0.1:6380".into()
+        })
+    );
+    // A key no override names still comes from the file.
+    assert_eq!(merged.server.max_client_connections, 7);
+}
+
+#[test]
+fn load_rereads_the_file_each_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "[server]\nmax_client_connections = 5\n");
+    let sources = Sources {
+        file: Some(file.clone()),
+        overrides: Overrides::default(),
+    };
+    assert_eq!(sources.load().unwrap().server.max_client_connections, 5);
+    std::fs::write(&file, "[server]\nmax_client_connections = 6\n").unwrap();
+    assert_eq!(sources.load().unwrap().server.max_client_connections, 6);
+}
+
+#[test]
+fn overrides_are_validated_too() {
+    let sources = Sources {
+        file: None,
+        overrides: Overrides {
+            upstream: Some("mysql://h".into()),
+            redis: Some("http://h".into()),
+            ..Overrides::default()
+        },
+    };
+    let keys: Vec<String> = sources
+        .load()
+        .unwrap_err()
+        .issues
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(keys, ["upstream.url", "cache.redis.url"]);
+}
+
+#[test]
+fn missing_file_is_an_issue() {
+    let sources = Sources {
+        file: Some("/no/such/pgmemo.toml".into()),
+        overrides: Overrides::default(),
+    };
+    let err = sources.load().unwrap_err();
+    assert_eq!(err.issues.len(), 1);
+    assert_eq!(err.issues[0].key, "config file");
+    assert!(err.issues[0].value.contains("/no/such/pgmemo.toml"));
+}
+
+#[test]
+fn every_unknown_key_is_named_with_its_line() {
+    let got = issues(
+        "bogus = 1\n[server]\nlisten = \"127.0.0.1:6000\"\nmax_conections = 5\n[server.tls.extra]\nx = 1\n[nope]\ny = 2\n",
+    );
+    let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "bogus",
+            "server.max_conections",
+            "server.tls.cert",
+            "server.tls.key",
+            "server.tls.extra",
+            "nope"
+        ]
+    );
+    assert!(got[0].why.starts_with("unknown key (test.toml:1)"), "{:?}", got[0]);
+    assert_eq!(got[0].value, "1");
+    assert!(got[1].why.starts_with("unknown key (test.toml:4)"), "{:?}", got[1]);
+    assert!(got[1].why.contains("`max_client_connections`"), "{:?}", got[1]);
+    assert_eq!(got[1].value, "5");
+    assert!(got[2].why.contains("required when [server.tls]"), "{:?}", got[2]);
+    assert!(got[4].why.contains("unknown key (test.toml:5)"), "{:?}", got[4]);
+    assert!(got[5].why.contains("test.toml:7"), "{:?}", got[5]);
+}
+
+#[test]
+fn unknown_key_inside_an_optional_section() {
+    let got = issues("[cache.redis]\nurl = \"redis://h\"\npool = 3\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].key, "cache.redis.pool");
+    assert!(got[0].why.contains("unknown key (test.toml:3)"));
+}
+
+#[test]
+fn type_errors_name_key_value_and_line() {
+    let got = issues(
+        "[server]\nlisten = \"localhost\"\nmax_client_connections = \"many\"\nstartup_timeout = 10\nshutdown_timeout = \"soon\"\n",
+    );
+    let shown: Vec<(&str, &str)> = got
+        .iter()
+        .map(|i| (i.key.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("server.listen", "\"localhost\""),
+            ("server.max_client_connections", "\"many\""),
+            ("server.startup_timeout", "10"),
+            ("server.shutdown_timeout", "\"soon\""),
+        ]
+    );
+    assert!(got[0].why.contains("socket address"), "{:?}", got[0]);
+    assert!(got[0].why.ends_with("(test.toml:2)"), "{:?}", got[0]);
+    assert!(got[2].why.contains("\"10s\""), "duration hint: {:?}", got[2]);
+    assert!(got[3].why.contains("test.toml:5"), "{:?}", got[3]);
+}
+
+#[test]
+fn file_problems_and_validation_problems_come_together() {
+    let got = issues("[server]\nmax_client_connections = 0\nlisten = 5\n[log]\nformat = \"xml\"\n");
+    let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["server.listen", "server.max_client_connections", "log.format"]
+    );
+}
+
+#[test]
+fn missing_required_key_in_optional_section() {
+    let got = issues("[server.tls]\ncert = \"c.pem\"\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].key, "server.tls.key");
+    assert_eq!(got[0].value, "(missing)");
+    assert!(got[0].why.contains("[server.tls]"), "{:?}", got[0]);
+}
+
+#[test]
+fn section_of_the_wrong_type() {
+    let got = issues("server = 5\nlog = \"debug\"\n[upstream.url]\nhost = \"h\"\n");
+    let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["server", "log", "upstream.url"]);
+}
+
+#[test]
+fn syntax_errors_give_file_line_and_column() {
+    let got = issues("[server]\nlisten = \"127.0.0.1:6432\nmax_client_connections = 3\n");
+    assert!(!got.is_empty());
+    assert!(got[0].key.starts_with("test.toml:2:"), "{:?}", got[0]);
+    assert!(got[0].value.contains("listen"), "{:?}", got[0]);
+    assert!(got[0].why.starts_with("invalid TOML"), "{:?}", got[0]);
+    let dup = issues("[log]\nlevel = \"info\"\nlevel = \"debug\"\n");
+    assert!(dup[0].key.starts_with("test.toml:3:"), "{dup:?}");
+}
+
+#[test]
+fn passwords_never_appear_in_issues() {
+    let got = issues("[upstream]\nurl = \"mysql://u:hunter2@h\"\nbogus = \"postgres://u:hunter2@h\"\n");
+    assert_eq!(got.len(), 2);
+    for issue in got {
+        assert!(!issue.to_string().contains("hunter2"), "{issue}");
+    }
+}
+
+#[test]
+fn debug_of_overrides_hides_passwords() {
+    let o = Overrides {
+        upstream: Some("postgres://u:hunter2@h".into()),
+        redis: Some("redis://:hunter2@h".into()),
+        ..Overrides::default()
+    };
+    assert!(!format!("{o:?}").contains("hunter2"));
+}
+
+#[test]
+fn a_full_file_round_trips_through_print_config() {
+    let mut config = Config::default();
+    config.server.max_client_connections = 12;
+    config.server.startup_timeout = Duration::from_millis(1500);
+    config.cache.redis = Some(RedisConfig {
+        url: "redis://127.0.0.1:6379".into(),
+    });
+    let text = config.to_toml_redacted().unwrap();
+    assert_eq!(from_toml_str(&text, "printed").unwrap(), config);
+}

@@ -1,0 +1,179 @@
+//! Typed configuration: the TOML file, environment and command-line layers merged into one
+//! validated `Config` (flags beat env beat file beat defaults). Unknown keys are errors.
+//!
+//! NOTE(interface): the types below are the contract used by the rest of the crate. Loading,
+//! layering, validation and `check-config` live in the submodules:
+//! - [`load`]: [`Sources`] (file + [`Overrides`]) → validated [`Config`]; re-run on SIGHUP.
+//! - [`validate`]: [`Config::validate`], collecting every [`ConfigIssue`] at once.
+//! - [`upstream_url`]: the `postgres://` URL in `upstream.url` → [`UpstreamTarget`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub mod load;
+pub mod upstream_url;
+pub mod validate;
+
+pub use load::{Overrides, Sources};
+pub use upstream_url::{SslMode, UpstreamTarget, UpstreamUrlError};
+pub use validate::{ConfigErrors, ConfigIssue};
+
+/// Default client listener: the port PgBouncer users expect, loopback only until configured.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6432);
+/// Default admin HTTP listener (the postgres_exporter port, so dashboards find it).
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9187);
+/// Default upstream: a Postgres on this machine.
+pub const DEFAULT_UPSTREAM_URL: &str = "postgres://127.0.0.1:5432";
+/// Default largest client message: 256 MiB, comfortably above what drivers send in practice
+/// while still bounding one session's buffer.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The whole configuration, as deserialized from TOML. Every section defaults as a whole, so an
+/// empty file (or none) is a working configuration against a local Postgres.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub admin: AdminConfig,
+    pub cache: CacheConfig,
+    pub log: LogConfig,
+}
+
+/// The client-facing listener and per-connection limits.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Maximum concurrent client connections; the excess get SQLSTATE 53300.
+    pub max_client_connections: usize,
+    /// Largest single protocol message accepted from a client (bytes); larger → 08P01.
+    pub max_message_bytes: usize,
+    /// Time a client has to finish TLS negotiation and send its startup packet.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long sessions may finish their transaction before 57P01.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Client-leg TLS; absent = SSLRequest answered 'N'.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain presented to clients.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The real PostgreSQL server.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `postgres://[user[:password]@]host[:port][/dbname][?sslmode=...&sslrootcert=...]`.
+    /// host/port: where client sessions are relayed; user/password/dbname: pgmemo's own side
+    /// connections only.
+    pub url: String,
+    /// TCP + TLS connect timeout for every upstream connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    pub listen: SocketAddr,
+}
+
+/// Cache tiers. Defaults to in-process only (no Redis).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Optional shared second level. Absent = in-process cache only.
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing EnvFilter directive, e.g. "info" or "pgmemo=debug". RUST_LOG overrides it.
+    pub level: String,
+    /// "text" or "json".
+    pub format: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            max_client_connections: 1000,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            startup_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_UPSTREAM_URL.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: "text".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// A copy safe to print or log: passwords inside `upstream.url` and `cache.redis.url` are
+    /// replaced by `********` (used by `--print-config`).
+    pub fn redacted(&self) -> Config {
+        let mut out = self.clone();
+        out.upstream.url = upstream_url::redact_password(&out.upstream.url);
+        if let Some(redis) = out.cache.redis.as_mut() {
+            redis.url = upstream_url::redact_password(&redis.url);
+        }
+        out
+    }
+
+    /// The merged configuration as TOML, passwords redacted (what `--print-config` prints).
+    pub fn to_toml_redacted(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(&self.redacted())
+    }
+
+    /// The upstream URL, parsed. Only fails on a config that did not pass [`Config::validate`].
+    pub fn upstream_target(&self) -> Result<UpstreamTarget, UpstreamUrlError> {
+        UpstreamTarget::parse(&self.upstream.url)
+    }
+}

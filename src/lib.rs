@@ -1,0 +1,18 @@
+//! pgmemo: a caching proxy for PostgreSQL.
+//!
+//! Architecture (see DESIGN.md): `server` accepts clients and spawns one `session` task per
+//! connection; a session relays the wire protocol between the client and its own upstream
+//! connection (`upstream`), splitting frames by length (`protocol`) and inspecting only the
+//! frames it must. `config` is validated typed data, `admin` serves health and metrics,
+//! `telemetry` owns metric names, `error` owns the one mapping to SQLSTATE.
+
+pub mod admin;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod net;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod telemetry;
+pub mod upstream;

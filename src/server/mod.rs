@@ -1,0 +1,247 @@
+//! The accept loop and the process lifecycle: binds the listeners, prints the ready line,
+//! enforces `server.max_client_connections` (excess get 53300), reloads the config on SIGHUP,
+//! and on shutdown stops accepting, lets sessions finish their transaction up to
+//! `server.shutdown_timeout`, then closes the rest with 57P01.
+
+pub mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState, Readiness};
+use crate::config::{Config, ConfigErrors, Sources, UpstreamUrlError};
+use crate::context::AppContext;
+use crate::session::{self, Shutdown};
+use crate::telemetry::{self, names};
+use crate::upstream::Upstream;
+
+/// Connections over the limit being told 53300 at once; past this they are just closed.
+const MAX_REJECTING: usize = 64;
+/// After `shutdown_timeout` and the forced close, how long sessions get to write 57P01.
+const FORCE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("upstream.url: {0}")]
+    UpstreamUrl(#[from] UpstreamUrlError),
+    #[error("upstream TLS: {0}")]
+    UpstreamTls(#[from] crate::upstream::tls::TlsSetupError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] telemetry::recorder::RecorderError),
+}
+
+/// Runs pgmemo until `shutdown` is cancelled and the sessions have been closed.
+pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let config = sources.load()?;
+    let metrics = telemetry::recorder::install()?;
+    let upstream = Upstream::new(config.upstream_target()?)?;
+    let client_tls = config.server.tls.as_ref().map(tls::acceptor).transpose()?;
+    let listener = bind(config.server.listen).await?;
+    let admin_listener = bind(config.admin.listen).await?;
+    let listen_addr = listener.local_addr().unwrap_or(config.server.listen);
+    let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+
+    let target = upstream.target().clone();
+    let readiness = Arc::new(Readiness::new(
+        target.host.clone(),
+        target.port,
+        config.upstream.connect_timeout,
+    ));
+    let ctx = Arc::new(AppContext::new(config, upstream, client_tls));
+
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState {
+            metrics,
+            readiness: Arc::clone(&readiness),
+        },
+        admin_stop.clone(),
+    ));
+    tokio::spawn(reload_on_sighup(Arc::clone(&ctx), sources, shutdown.clone()));
+
+    readiness.set_listener_up(true);
+    info!(%listen_addr, %admin_addr, upstream = ctx.upstream.address(), "pgmemo ready");
+    // The ready line is a contract for tests and tools: one line on stdout.
+    println!("pgmemo listening on {listen_addr} admin {admin_addr}");
+
+    let sessions = TaskTracker::new();
+    let drain = CancellationToken::new();
+    let force = CancellationToken::new();
+    let active = Arc::new(AtomicUsize::new(0));
+    let rejecting = Arc::new(AtomicUsize::new(0));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let max = ctx.config().server.max_client_connections;
+        if let Some(slot) = Slot::take(&active, max) {
+            let shutdown = Shutdown {
+                drain: drain.clone(),
+                force: force.clone(),
+            };
+            let ctx = Arc::clone(&ctx);
+            sessions.spawn(async move {
+                let _slot = slot;
+                session::serve(ctx, tcp, peer, shutdown).await;
+            });
+        } else if let Some(slot) = Slot::take(&rejecting, MAX_REJECTING) {
+            let ctx = Arc::clone(&ctx);
+            sessions.spawn(async move {
+                let _slot = slot;
+                session::reject_busy(ctx, tcp).await;
+            });
+        } else {
+            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections")
+                .increment(1);
+            drop(tcp);
+        }
+    }
+
+    drop(listener);
+    readiness.set_listener_up(false);
+    let deadline = ctx.config().server.shutdown_timeout;
+    info!(sessions = sessions.len(), ?deadline, "shutting down: waiting for sessions to finish their transactions");
+    sessions.close();
+    drain.cancel();
+    if tokio::time::timeout(deadline, sessions.wait()).await.is_err() {
+        warn!(sessions = sessions.len(), "shutdown deadline reached; closing remaining sessions");
+        force.cancel();
+        let _ = tokio::time::timeout(FORCE_GRACE, sessions.wait()).await;
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("pgmemo stopped");
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// One unit of a counted capacity, released on Drop.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(Arc::clone(counter)))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// SIGHUP: re-read the sources; apply what can change at runtime, keep the rest and say so.
+async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: CancellationToken) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install SIGHUP handler; config reload disabled");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = hup.recv() => if s.is_none() { return },
+        }
+        match sources.load() {
+            Ok(new) => {
+                let merged = apply_reload(&ctx.config(), new);
+                ctx.replace_config(merged);
+                metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
+                info!("configuration reloaded");
+            }
+            Err(e) => {
+                metrics::counter!(names::CONFIG_RELOADS, "result" => "error").increment(1);
+                error!("configuration reload rejected, keeping the running config:\n{e}");
+            }
+        }
+    }
+}
+
+/// The new config with the restart-only keys kept from the running one (logged if changed).
+/// `log.level` is applied by the binary's own SIGHUP handler (it owns the tracing subscriber).
+fn apply_reload(old: &Config, mut new: Config) -> Config {
+    let restart_only = [
+        ("server.listen", old.server.listen != new.server.listen),
+        ("server.tls", old.server.tls != new.server.tls),
+        ("upstream.url", old.upstream.url != new.upstream.url),
+        ("admin.listen", old.admin.listen != new.admin.listen),
+        ("cache", old.cache != new.cache),
+    ];
+    for (key, changed) in restart_only {
+        if changed {
+            warn!(key, "changed in the config file but needs a restart; keeping the running value");
+        }
+    }
+    new.server.listen = old.server.listen;
+    new.server.tls.clone_from(&old.server.tls);
+    new.upstream.url.clone_from(&old.upstream.url);
+    new.admin.listen = old.admin.listen;
+    new.cache = old.cache.clone();
+    new
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reload_keeps_restart_only_keys() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.listen = "127.0.0.1:1".parse().unwrap();
+        new.upstream.url = "postgres://elsewhere:5432".into();
+        new.server.max_client_connections = 7;
+        new.upstream.connect_timeout = Duration::from_secs(1);
+        let merged = apply_reload(&old, new);
+        assert_eq!(merged.server.listen, old.server.listen);
+        assert_eq!(merged.upstream.url, old.upstream.url);
+        assert_eq!(merged.server.max_client_connections, 7);
+        assert_eq!(merged.upstream.connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn slots_are_bounded_and_released() {
+        let c = Arc::new(AtomicUsize::new(0));
+        let a = Slot::take(&c, 2).unwrap();
+        let _b = Slot::take(&c, 2).unwrap();
+        assert!(Slot::take(&c, 2).is_none());
+        drop(a);
+        assert!(Slot::take(&c, 2).is_some());
+    }
+}

@@ -1,0 +1,238 @@
+//! One task per client connection: negotiate (TLS, cancel), connect the upstream, relay
+//! authentication, then run the relay loop until either side ends or pgmemo shuts down.
+//! Every failure a client can observe becomes a proper ErrorResponse (see `error`).
+
+pub mod auth;
+pub mod cancel;
+pub mod negotiate;
+pub mod outq;
+pub mod registry;
+pub mod relay;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::context::AppContext;
+use crate::error::{ClientError, sqlstate};
+use crate::net::Stream;
+use crate::telemetry::names;
+use negotiate::{Negotiated, negotiate};
+use relay::{Relay, RelayEnd, RelayError};
+
+/// Time allowed to write a final error to a client that may not be reading.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Tokens a session watches: `drain` asks it to close at its next idle point, `force` to
+/// close now (both send 57P01).
+#[derive(Clone)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub force: CancellationToken,
+}
+
+/// Serves one accepted client connection to completion.
+pub async fn serve(ctx: Arc<AppContext>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+    let id = ctx.next_session_id();
+    let span = tracing::info_span!("session", id, %peer);
+    async move {
+        metrics::counter!(names::CLIENT_CONNECTIONS_TOTAL).increment(1);
+        let gauge = metrics::gauge!(names::CLIENT_CONNECTIONS_ACTIVE);
+        gauge.increment(1.0);
+        let _active = scopeguard(move || gauge.decrement(1.0));
+        run(&ctx, tcp, id, shutdown).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answers a connection over `server.max_client_connections`: cancels are still forwarded,
+/// sessions get 53300 as from PostgreSQL.
+pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
+    metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections").increment(1);
+    let timeout = ctx.config().server.startup_timeout;
+    match tokio::time::timeout(timeout, negotiate(tcp, ctx.tls.as_ref())).await {
+        Ok(Ok(Negotiated::Session { mut stream, .. })) => {
+            farewell(&mut stream, &ClientError::too_many_connections()).await;
+        }
+        Ok(Ok(Negotiated::Cancel { packet, key })) => forward_cancel(&ctx, &packet, &key).await,
+        _ => {}
+    }
+}
+
+async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
+    let config = ctx.config();
+    let _ = tcp.set_nodelay(true);
+    let negotiated =
+        match tokio::time::timeout(config.server.startup_timeout, negotiate(tcp, ctx.tls.as_ref()))
+            .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                debug!(error = %e, "startup negotiation failed");
+                metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "protocol")
+                    .increment(1);
+                return;
+            }
+            Err(_) => {
+                debug!("startup timed out");
+                metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "startup_timeout")
+                    .increment(1);
+                return;
+            }
+        };
+    let (mut client, startup) = match negotiated {
+        Negotiated::Cancel { packet, key } => {
+            forward_cancel(ctx, &packet, &key).await;
+            return;
+        }
+        Negotiated::Session { stream, startup } => (stream, startup),
+    };
+    let user = startup.user();
+    let database = startup.database();
+    debug!(%user, %database, major = startup.major, minor = startup.minor, "startup");
+
+    let mut upstream = match ctx.upstream.connect(config.upstream.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "upstream connect failed");
+            metrics::counter!(names::UPSTREAM_CONNECT_ERRORS, "kind" => e.kind()).increment(1);
+            let err = ClientError::fatal(
+                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+                format!(
+                    "pgmemo could not connect to the upstream server at {}",
+                    ctx.upstream.address()
+                ),
+            )
+            .with_detail(e.to_string());
+            farewell(&mut client, &err).await;
+            return;
+        }
+    };
+    if let Err(e) = upstream.write_all(&startup.raw).await {
+        let err = upstream_lost(ctx, &e.to_string());
+        farewell(&mut client, &err).await;
+        return;
+    }
+
+    let offer_plus = match (&ctx.tls, client.is_tls(), upstream.peer_certificate()) {
+        (Some(tls), true, Some(up)) => tls.leaf_der == up,
+        _ => false,
+    };
+    let established = match tokio::time::timeout(
+        config.server.startup_timeout,
+        auth::relay(&mut client, &mut upstream, offer_plus),
+    )
+    .await
+    {
+        Ok(Ok(e)) => e,
+        Ok(Err(auth::AuthError::Upstream(e))) => {
+            farewell(&mut client, &upstream_lost(ctx, &e.to_string())).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "authentication ended");
+            return;
+        }
+        Err(_) => {
+            debug!("authentication timed out");
+            let err = ClientError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "authentication timed out",
+            )
+            .with_detail("pgmemo server.startup_timeout elapsed");
+            farewell(&mut client, &err).await;
+            return;
+        }
+    };
+    let _cancel_guard = established
+        .cancel_key
+        .and_then(|key| ctx.cancel_keys.register(key, id));
+    info!(%user, %database, tls = client.is_tls(), "session established");
+
+    let mut state = state::SessionState::default();
+    let relay = Relay::new(
+        &mut client,
+        &mut upstream,
+        &mut state,
+        config.server.max_message_bytes,
+        shutdown.drain,
+        shutdown.force,
+    );
+    match relay.run().await {
+        Ok(RelayEnd::ClientClosed) => debug!("client closed"),
+        Ok(RelayEnd::Shutdown) => info!("closed for shutdown"),
+        Ok(RelayEnd::ClientProtocol(e)) => warn!(error = %e, "client protocol violation"),
+        Ok(RelayEnd::UpstreamClosed { fatal_relayed }) => {
+            if !fatal_relayed {
+                let err = upstream_lost(ctx, "the server closed the connection");
+                farewell(&mut client, &err).await;
+            }
+            debug!("upstream closed");
+        }
+        Err(RelayError::Upstream(e)) => {
+            warn!(error = %e, "upstream connection failed");
+            farewell(&mut client, &upstream_lost(ctx, &e.to_string())).await;
+        }
+        Err(RelayError::Client(e)) => debug!(error = %e, "client connection failed"),
+    }
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, client.shutdown()).await;
+}
+
+fn upstream_lost(ctx: &AppContext, why: &str) -> ClientError {
+    ClientError::fatal(
+        sqlstate::CONNECTION_FAILURE,
+        format!(
+            "pgmemo lost the connection to the upstream server at {}",
+            ctx.upstream.address()
+        ),
+    )
+    .with_detail(why.to_owned())
+}
+
+/// Best-effort final error to the client (it may already be gone).
+async fn farewell(client: &mut Stream, err: &ClientError) {
+    let write = async {
+        client.write_all(&err.encode()).await?;
+        client.flush().await?;
+        client.shutdown().await
+    };
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, write).await;
+}
+
+async fn forward_cancel(ctx: &AppContext, packet: &[u8], key: &[u8]) {
+    if !ctx.cancel_keys.contains(key) {
+        debug!("cancel request for an unknown key ignored");
+        metrics::counter!(names::CANCEL_REQUESTS, "result" => "unknown_key").increment(1);
+        return;
+    }
+    let timeout = ctx.config().upstream.connect_timeout;
+    match ctx.upstream.forward_cancel(packet, timeout).await {
+        Ok(()) => {
+            metrics::counter!(names::CANCEL_REQUESTS, "result" => "forwarded").increment(1);
+        }
+        Err(e) => {
+            warn!(error = %e, "forwarding cancel request failed");
+            metrics::counter!(names::CANCEL_REQUESTS, "result" => "failed").increment(1);
+        }
+    }
+}
+
+/// Runs `f` on drop (tiny local scope guard; avoids a dependency for one use).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,396 @@
+//! The relay loop of an authenticated session: one task, one hand-written poll loop over both
+//! sockets, so neither direction can block the other (no proxy deadlock), each direction is
+//! bounded by its out-queue's high-water mark, and the session state is owned without locks.
+//!
+//! Frames are split by their length and forwarded as the original bytes, coalesced into one
+//! chunk per read; only the frames the session state needs are inspected (in place, no copy).
+//! Frames that need no inspection (DataRow, CopyData, ...) are streamed through even when they
+//! are larger than a read, so a huge row never sits whole in memory.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use metrics::Counter;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::outq::OutQueue;
+use super::state::SessionState;
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::protocol::tags::{backend, frontend};
+use crate::protocol::{self, FrameError, response};
+use crate::telemetry::names;
+
+/// Read buffers start at this size and return to it when idle (memory per idle session).
+const MIN_READ: usize = 8 * 1024;
+/// Largest read buffer kept after a burst.
+const MAX_KEEP: usize = 256 * 1024;
+/// Backend frames larger than this are streamed without inspection.
+const MAX_INSPECT_BACKEND: usize = 1024 * 1024;
+
+/// Why the relay stopped.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate (forwarded) or closed its socket.
+    ClientClosed,
+    /// The upstream closed the connection; `fatal_relayed` if it said why first.
+    UpstreamClosed { fatal_relayed: bool },
+    /// A client frame was malformed or oversized (the client has been told; upstream closed).
+    ClientProtocol(FrameError),
+    /// pgmemo is shutting down (the client has been told 57P01).
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("client connection: {0}")]
+    Client(io::Error),
+    #[error("upstream connection: {0}")]
+    Upstream(io::Error),
+}
+
+/// Per-session handles on the shared counters (resolved once, not per frame).
+struct Counters {
+    bytes_in: Counter,
+    bytes_out: Counter,
+    simple: Counter,
+    extended: Counter,
+    function_call: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            bytes_in: metrics::counter!(names::CLIENT_BYTES_RECEIVED),
+            bytes_out: metrics::counter!(names::CLIENT_BYTES_SENT),
+            simple: metrics::counter!(names::STATEMENTS_TOTAL, "protocol" => "simple"),
+            extended: metrics::counter!(names::STATEMENTS_TOTAL, "protocol" => "extended"),
+            function_call: metrics::counter!(names::STATEMENTS_TOTAL, "protocol" => "function_call"),
+        }
+    }
+}
+
+pub struct Relay<'a> {
+    client: &'a mut Stream,
+    upstream: &'a mut Stream,
+    state: &'a mut SessionState,
+    max_message: usize,
+    cbuf: BytesMut,
+    ubuf: BytesMut,
+    /// Bytes of a streamed (uninspected) frame still to pass, per direction.
+    c_stream_left: usize,
+    u_stream_left: usize,
+    to_client: OutQueue,
+    to_upstream: OutQueue,
+    /// Set once the relay has decided to stop; returned when both queues are settled.
+    ending: Option<RelayEnd>,
+    client_eof: bool,
+    fatal_relayed: bool,
+    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    draining: bool,
+    force: Pin<Box<WaitForCancellationFutureOwned>>,
+    counters: Counters,
+}
+
+impl<'a> Relay<'a> {
+    pub fn new(
+        client: &'a mut Stream,
+        upstream: &'a mut Stream,
+        state: &'a mut SessionState,
+        max_message: usize,
+        drain: tokio_util::sync::CancellationToken,
+        force: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        Self {
+            client,
+            upstream,
+            state,
+            max_message,
+            cbuf: BytesMut::new(),
+            ubuf: BytesMut::new(),
+            c_stream_left: 0,
+            u_stream_left: 0,
+            to_client: OutQueue::default(),
+            to_upstream: OutQueue::default(),
+            ending: None,
+            client_eof: false,
+            fatal_relayed: false,
+            drain: Box::pin(drain.cancelled_owned()),
+            draining: false,
+            force: Box::pin(force.cancelled_owned()),
+            counters: Counters::new(),
+        }
+    }
+
+    /// Runs until the session ends; see `RelayEnd`.
+    pub async fn run(mut self) -> Result<RelayEnd, RelayError> {
+        std::future::poll_fn(|cx| self.poll_step(cx)).await
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<RelayEnd, RelayError>> {
+        loop {
+            let mut progress = false;
+
+            // 1. Writes first: they free room for reads.
+            match self.to_upstream.poll_drain(self.upstream, cx) {
+                Poll::Ready(Ok(n)) => progress |= n > 0,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Upstream(e))),
+                Poll::Pending => {}
+            }
+            match self.to_client.poll_drain(self.client, cx) {
+                Poll::Ready(Ok(n)) => {
+                    if n > 0 {
+                        self.counters.bytes_out.increment(n as u64);
+                        progress = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Client(e))),
+                Poll::Pending => {}
+            }
+
+            if self.ending.is_some() {
+                if self.to_client.is_settled() && self.to_upstream.is_settled() {
+                    let end = self.ending.take().unwrap_or(RelayEnd::ClientClosed);
+                    return Poll::Ready(Ok(end));
+                }
+                if !progress {
+                    return Poll::Pending;
+                }
+                continue;
+            }
+
+            // 2. Shutdown: immediately when forced, otherwise at the next idle point.
+            if self.force.as_mut().poll(cx).is_ready() {
+                self.begin_shutdown();
+                continue;
+            }
+            if !self.draining && self.drain.as_mut().poll(cx).is_ready() {
+                self.draining = true;
+            }
+            if self.draining
+                && self.state.is_idle()
+                && self.to_client.is_empty()
+                && self.to_upstream.is_empty()
+                && self.cbuf.is_empty()
+                && self.c_stream_left == 0
+            {
+                self.begin_shutdown();
+                continue;
+            }
+
+            // 3. Reads, each only while its destination has room.
+            if !self.client_eof && self.to_upstream.has_room() {
+                reserve_read(&mut self.cbuf);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *self.client), cx, &mut self.cbuf)
+                {
+                    Poll::Ready(Ok(0)) => {
+                        self.client_eof = true;
+                        self.ending = Some(RelayEnd::ClientClosed);
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        self.counters.bytes_in.increment(n as u64);
+                        self.process_client();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Client(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if self.ending.is_none() && self.to_client.has_room() {
+                reserve_read(&mut self.ubuf);
+                match tokio_util::io::poll_read_buf(
+                    Pin::new(&mut *self.upstream),
+                    cx,
+                    &mut self.ubuf,
+                ) {
+                    Poll::Ready(Ok(0)) => {
+                        self.ending = Some(RelayEnd::UpstreamClosed {
+                            fatal_relayed: self.fatal_relayed,
+                        });
+                        progress = true;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        self.process_upstream();
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(RelayError::Upstream(e))),
+                    Poll::Pending => {}
+                }
+            }
+
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.to_client.push(ClientError::admin_shutdown().encode());
+        self.to_upstream.push(response::terminate());
+        self.ending = Some(RelayEnd::Shutdown);
+    }
+
+    /// Splits client bytes into frames, lets the state see the ones it inspects, and queues
+    /// them upstream as one chunk.
+    fn process_client(&mut self) {
+        let mut pos = 0;
+        loop {
+            if self.c_stream_left > 0 {
+                let n = self.c_stream_left.min(self.cbuf.len() - pos);
+                pos += n;
+                self.c_stream_left -= n;
+                if self.c_stream_left > 0 {
+                    break;
+                }
+                continue;
+            }
+            let rest = self.cbuf.get(pos..).unwrap_or_default();
+            let h = match protocol::header(rest, self.max_message) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.client_protocol_error(pos, e);
+                    return;
+                }
+            };
+            if rest.len() >= h.total {
+                let frame = rest.get(..h.total).unwrap_or_default();
+                match h.tag {
+                    frontend::QUERY => self.counters.simple.increment(1),
+                    frontend::EXECUTE => self.counters.extended.increment(1),
+                    frontend::FUNCTION_CALL => self.counters.function_call.increment(1),
+                    _ => {}
+                }
+                if SessionState::inspects_frontend(h.tag) {
+                    self.state.on_frontend(h.tag, frame);
+                }
+                pos += h.total;
+                if h.tag == frontend::TERMINATE {
+                    // Forward it, then stop reading: the session is over.
+                    self.client_eof = true;
+                    self.ending = Some(RelayEnd::ClientClosed);
+                    break;
+                }
+            } else if SessionState::inspects_frontend(h.tag) {
+                // Wait for the whole frame (bounded by max_message).
+                self.cbuf.reserve(h.total - rest.len());
+                break;
+            } else {
+                // CopyData and other opaque frames: stream them through.
+                self.c_stream_left = h.total - rest.len();
+                pos = self.cbuf.len();
+                break;
+            }
+        }
+        if pos > 0 {
+            self.to_upstream.push(self.cbuf.split_to(pos).freeze());
+        }
+        if self.ending.is_some() {
+            self.cbuf.clear();
+        }
+        shrink_if_idle(&mut self.cbuf);
+    }
+
+    /// The client broke framing: forward what came before, tell it why, and end the session.
+    fn client_protocol_error(&mut self, pos: usize, e: FrameError) {
+        metrics::counter!(names::CLIENT_PROTOCOL_ERRORS).increment(1);
+        if pos > 0 {
+            self.to_upstream.push(self.cbuf.split_to(pos).freeze());
+        }
+        self.cbuf.clear();
+        self.to_client
+            .push(ClientError::protocol_violation(e.to_string()).encode());
+        self.to_upstream.push(response::terminate());
+        self.client_eof = true;
+        self.ending = Some(RelayEnd::ClientProtocol(e));
+    }
+
+    /// Splits upstream bytes into frames; inspects control frames in place; DataRows and other
+    /// bulk frames are never decoded and are streamed when larger than what was read.
+    fn process_upstream(&mut self) {
+        let mut pos = 0;
+        loop {
+            if self.u_stream_left > 0 {
+                let n = self.u_stream_left.min(self.ubuf.len() - pos);
+                pos += n;
+                self.u_stream_left -= n;
+                if self.u_stream_left > 0 {
+                    break;
+                }
+                continue;
+            }
+            let rest = self.ubuf.get(pos..).unwrap_or_default();
+            let h = match protocol::header(rest, usize::MAX) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    // A server that breaks framing cannot be relayed further; pass the bytes
+                    // on unchanged and let the client judge them.
+                    pos = self.ubuf.len();
+                    break;
+                }
+            };
+            let inspect = SessionState::inspects_backend(h.tag) || h.tag == backend::ERROR_RESPONSE;
+            if rest.len() >= h.total {
+                let frame = rest.get(..h.total).unwrap_or_default();
+                if inspect {
+                    if h.tag == backend::ERROR_RESPONSE && is_fatal(frame) {
+                        self.fatal_relayed = true;
+                    }
+                    self.state.on_backend(h.tag, frame);
+                }
+                pos += h.total;
+            } else if inspect && h.total <= MAX_INSPECT_BACKEND {
+                self.ubuf.reserve(h.total - rest.len());
+                break;
+            } else {
+                if inspect {
+                    // Huge error text: the state only needs the tag.
+                    self.state
+                        .on_backend(h.tag, rest.get(..protocol::HEADER_LEN).unwrap_or_default());
+                }
+                self.u_stream_left = h.total - rest.len();
+                pos = self.ubuf.len();
+                break;
+            }
+        }
+        if pos > 0 {
+            self.to_client.push(self.ubuf.split_to(pos).freeze());
+        }
+        shrink_if_idle(&mut self.ubuf);
+    }
+}
+
+/// Severity FATAL or PANIC in an ErrorResponse frame.
+pub fn is_fatal(frame: &[u8]) -> bool {
+    let mut r = protocol::fields::Reader::body(frame);
+    while let Some(t) = r.u8() {
+        if t == 0 {
+            break;
+        }
+        let Some(v) = r.cstr() else { break };
+        if t == b'V' || t == b'S' {
+            return v == b"FATAL" || v == b"PANIC";
+        }
+    }
+    false
+}
+
+fn reserve_read(buf: &mut BytesMut) {
+    let spare = buf.capacity() - buf.len();
+    if spare < MIN_READ / 2 {
+        // Grow with the data in flight: a full buffer means a burst, so read more at once.
+        let want = (buf.capacity() * 2).clamp(MIN_READ, MAX_KEEP);
+        buf.reserve(want);
+    }
+}
+
+fn shrink_if_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > MAX_KEEP {
+        *buf = BytesMut::new();
+    }
+}

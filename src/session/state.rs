@@ -1,0 +1,325 @@
+//! What a session knows about its upstream backend, learnt from the frames it relays: the
+//! transaction status (from every ReadyForQuery), the prepared statements by name (matched to
+//! their ParseComplete/CloseComplete in response order), and whether any response is still
+//! outstanding — the facts the cache and graceful shutdown rely on.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::registry::{Registry, Statement};
+use crate::protocol::fields::Reader;
+use crate::protocol::tags::{backend, frontend};
+
+/// Most frontend operations awaiting a response that are tracked; a client pipelining more
+/// than this loses statement tracking (the relay itself is unaffected).
+pub const MAX_PENDING: usize = 100_000;
+
+/// Transaction status from the last ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnStatus {
+    Idle,
+    InBlock,
+    Failed,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Parse { name: Bytes, stmt: Statement },
+    CloseStatement { name: Bytes },
+    /// Something answered by exactly one ReadyForQuery: Sync, Query, FunctionCall.
+    Ready { simple_query: bool },
+}
+
+#[derive(Debug)]
+pub struct SessionState {
+    pub txn: TxnStatus,
+    pub registry: Registry,
+    pending: VecDeque<Pending>,
+    /// Sync/Query/FunctionCall sent and not yet answered by ReadyForQuery.
+    awaiting_ready: usize,
+    /// Extended-protocol messages sent since the last Sync (their responses may be pending).
+    unsynced: bool,
+    tracking_lost: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        Self {
+            txn: TxnStatus::Idle,
+            registry: Registry::default(),
+            pending: VecDeque::new(),
+            awaiting_ready: 0,
+            unsynced: false,
+            tracking_lost: false,
+        }
+    }
+}
+
+impl SessionState {
+    /// No transaction open and nothing outstanding: the session may be closed (or, later,
+    /// answered from cache) without changing what the client observes.
+    pub fn is_idle(&self) -> bool {
+        self.txn == TxnStatus::Idle && self.awaiting_ready == 0 && !self.unsynced
+    }
+
+    pub fn awaiting_ready(&self) -> usize {
+        self.awaiting_ready
+    }
+
+    /// Whether the frontend frame `tag` must be shown to `on_frontend`.
+    pub fn inspects_frontend(tag: u8) -> bool {
+        matches!(
+            tag,
+            frontend::QUERY
+                | frontend::PARSE
+                | frontend::CLOSE
+                | frontend::SYNC
+                | frontend::FUNCTION_CALL
+                | frontend::BIND
+                | frontend::DESCRIBE
+                | frontend::EXECUTE
+                | frontend::FLUSH
+        )
+    }
+
+    /// Whether the backend frame `tag` must be shown to `on_backend`.
+    pub fn inspects_backend(tag: u8) -> bool {
+        matches!(
+            tag,
+            backend::READY_FOR_QUERY
+                | backend::ERROR_RESPONSE
+                | backend::PARSE_COMPLETE
+                | backend::CLOSE_COMPLETE
+        )
+    }
+
+    /// A complete frontend frame on its way upstream.
+    pub fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            frontend::QUERY => self.expect(Pending::Ready { simple_query: true }),
+            frontend::FUNCTION_CALL => self.expect(Pending::Ready {
+                simple_query: false,
+            }),
+            frontend::SYNC => {
+                self.unsynced = false;
+                self.expect(Pending::Ready {
+                    simple_query: false,
+                });
+            }
+            frontend::PARSE => {
+                self.unsynced = true;
+                let mut r = Reader::body(frame);
+                let parsed = (|| {
+                    let name = r.cstr()?;
+                    let query = r.cstr()?;
+                    let n = r.i16()?;
+                    let mut param_types = Vec::with_capacity(usize::try_from(n).ok()?.min(1024));
+                    for _ in 0..n {
+                        param_types.push(r.i32()? as u32);
+                    }
+                    Some((name, query, param_types))
+                })();
+                match parsed {
+                    Some((name, query, param_types)) => self.expect(Pending::Parse {
+                        name: Bytes::copy_from_slice(name),
+                        stmt: Statement {
+                            query: Bytes::copy_from_slice(query),
+                            param_types,
+                        },
+                    }),
+                    // Postgres will reject it; we cannot know what it would have named.
+                    None => self.lose_tracking(),
+                }
+            }
+            frontend::CLOSE => {
+                self.unsynced = true;
+                let mut r = Reader::body(frame);
+                match (r.u8(), r.cstr()) {
+                    (Some(b'S'), Some(name)) => self.expect(Pending::CloseStatement {
+                        name: Bytes::copy_from_slice(name),
+                    }),
+                    (Some(b'P'), Some(_)) => {}
+                    _ => self.lose_tracking(),
+                }
+            }
+            frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => {
+                self.unsynced = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// A complete backend frame on its way to the client.
+    pub fn on_backend(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            backend::READY_FOR_QUERY => {
+                self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
+                self.txn = match Reader::body(frame).u8() {
+                    Some(b'T') => TxnStatus::InBlock,
+                    Some(b'E') => TxnStatus::Failed,
+                    _ => TxnStatus::Idle,
+                };
+                if self.tracking_lost {
+                    return;
+                }
+                match self.pending.pop_front() {
+                    Some(Pending::Ready { simple_query }) => {
+                        if simple_query {
+                            // PostgreSQL drops the unnamed statement at every simple Query.
+                            self.registry.remove(b"");
+                        }
+                    }
+                    _ => self.lose_tracking(),
+                }
+            }
+            backend::PARSE_COMPLETE => {
+                if self.tracking_lost {
+                    return;
+                }
+                match self.pending.pop_front() {
+                    Some(Pending::Parse { name, stmt }) => self.registry.insert(name, stmt),
+                    _ => self.lose_tracking(),
+                }
+            }
+            backend::CLOSE_COMPLETE => {
+                if self.tracking_lost {
+                    return;
+                }
+                match self.pending.front() {
+                    Some(Pending::CloseStatement { .. }) => {
+                        if let Some(Pending::CloseStatement { name }) = self.pending.pop_front() {
+                            self.registry.remove(&name);
+                        }
+                    }
+                    // CloseComplete for a portal: nothing was queued for it.
+                    _ => {}
+                }
+            }
+            backend::ERROR_RESPONSE => {
+                // After an error the server skips everything up to the next Sync, so the
+                // queued Parse/Close operations ahead of it will never complete.
+                while matches!(
+                    self.pending.front(),
+                    Some(Pending::Parse { .. } | Pending::CloseStatement { .. })
+                ) {
+                    self.pending.pop_front();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn expect(&mut self, p: Pending) {
+        if matches!(p, Pending::Ready { .. }) {
+            self.awaiting_ready += 1;
+        }
+        if self.tracking_lost {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.lose_tracking();
+            return;
+        }
+        self.pending.push_back(p);
+    }
+
+    fn lose_tracking(&mut self) {
+        self.tracking_lost = true;
+        self.pending.clear();
+        self.registry.mark_untracked();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::response::frame;
+
+    fn parse(name: &str, q: &str) -> Bytes {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(q.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&23i32.to_be_bytes());
+        frame(b'P', &b)
+    }
+
+    fn close_stmt(name: &str) -> Bytes {
+        let mut b = vec![b'S'];
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        frame(b'C', &b)
+    }
+
+    fn fe(s: &mut SessionState, f: &Bytes) {
+        s.on_frontend(f[0], f);
+    }
+
+    fn be(s: &mut SessionState, tag: u8, body: &[u8]) {
+        s.on_backend(tag, &frame(tag, body));
+    }
+
+    #[test]
+    fn parse_complete_registers_and_close_removes() {
+        let mut s = SessionState::default();
+        fe(&mut s, &parse("s1", "select $1"));
+        fe(&mut s, &frame(b'S', &[]));
+        assert!(!s.is_idle());
+        be(&mut s, b'1', &[]);
+        be(&mut s, b'Z', b"I");
+        assert!(s.is_idle());
+        let st = s.registry.get(b"s1").unwrap();
+        assert_eq!(st.param_types, vec![23]);
+        fe(&mut s, &close_stmt("s1"));
+        fe(&mut s, &frame(b'S', &[]));
+        be(&mut s, b'3', &[]);
+        be(&mut s, b'Z', b"I");
+        assert!(s.registry.get(b"s1").is_none());
+    }
+
+    #[test]
+    fn failed_parse_is_not_registered_and_group_is_skipped() {
+        let mut s = SessionState::default();
+        fe(&mut s, &parse("bad", "selec"));
+        fe(&mut s, &parse("later", "select 1"));
+        fe(&mut s, &frame(b'S', &[]));
+        fe(&mut s, &parse("next", "select 2"));
+        fe(&mut s, &frame(b'S', &[]));
+        be(&mut s, b'E', b"SERROR\0\0");
+        be(&mut s, b'Z', b"I");
+        be(&mut s, b'1', &[]);
+        be(&mut s, b'Z', b"I");
+        assert!(s.registry.get(b"bad").is_none());
+        assert!(s.registry.get(b"later").is_none());
+        assert!(s.registry.get(b"next").is_some());
+        assert!(!s.registry.overflowed());
+    }
+
+    #[test]
+    fn simple_query_drops_unnamed_statement() {
+        let mut s = SessionState::default();
+        fe(&mut s, &parse("", "select 1"));
+        fe(&mut s, &frame(b'S', &[]));
+        be(&mut s, b'1', &[]);
+        be(&mut s, b'Z', b"I");
+        assert!(s.registry.get(b"").is_some());
+        fe(&mut s, &frame(b'Q', b"select 2\0"));
+        be(&mut s, b'Z', b"T");
+        assert!(s.registry.get(b"").is_none());
+        assert_eq!(s.txn, TxnStatus::InBlock);
+        assert!(!s.is_idle());
+    }
+
+    #[test]
+    fn malformed_parse_loses_tracking_without_panicking() {
+        let mut s = SessionState::default();
+        s.on_frontend(b'P', &frame(b'P', b"x"));
+        assert!(s.registry.overflowed());
+        be(&mut s, b'1', &[]);
+        be(&mut s, b'Z', b"E");
+        assert_eq!(s.txn, TxnStatus::Failed);
+    }
+}
