@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,17 +26,17 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import render, summarize  # noqa: E402  (bench/report.py, next to this file)
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 WORKLOADS = BENCH / "workloads"
 TARGETS = ("direct", "pgbouncer", "pgmemo")
-LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgmemo": "pgmemo"}
 # Only these two settings differ from initdb's defaults; everything else is stock PostgreSQL 15.
 PG_SETTINGS = {"max_connections": "200", "shared_buffers": "256MB"}
 SCALE = 10
 READY_RE = re.compile(r"pgmemo listening on (\S+):(\d+) admin (\S+):(\d+)")
-# Compilers and linkers: a build by someone else on this 2-core box skews a run badly.
-BUILD_COMMS = {"rustc", "cargo", "cc", "cc1", "ld", "ld.lld", "clang", "lld", "collect2", "as"}
 
 
 def log(msg):
@@ -99,6 +98,12 @@ class ProcSampler:
 
     def snapshot(self):
         return self._read()
+
+    def cpu_of(self, pid, before, after):
+        """CPU seconds one long-lived process (all its threads) used between two snapshots."""
+        if pid not in before or pid not in after:
+            return None
+        return (after[pid][2] - before[pid][2]) / self.tick
 
     def foreign(self, before, after):
         """(cpu seconds, top comms) used between two snapshots by processes not ours."""
@@ -190,6 +195,7 @@ class Stack:
         self.configs["postgres"] = {
             "version": self.psql(port, "SHOW server_version"),
             "command": " ".join(str(a) for a in self.pg_cmd(*argv)),
+            "scale": SCALE,
             "non_default": PG_SETTINGS,
             "effective": {k: self.psql(port, f"SHOW {k}") for k in
                           ("max_connections", "shared_buffers", "fsync", "synchronous_commit",
@@ -347,6 +353,13 @@ class Stack:
                                       exe.stat().st_mtime).isoformat(timespec="seconds")}
         log(f"pgmemo on 127.0.0.1:{port} (admin {admin})")
 
+    def service_pid(self, target):
+        """The pid of a proxy target's process (PgBouncer and pgmemo run in the foreground)."""
+        for n, proc, _ in self.procs:
+            if n == target and target != "direct":
+                return proc.pid
+        return None
+
     def alive(self, target):
         name = "postgres" if target == "direct" else target
         for n, proc, _ in self.procs:
@@ -413,7 +426,11 @@ def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
         out, rc = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes)
                    else (e.stdout or "")), "timeout"
     rec["wall_s"] = round(time.monotonic() - started, 2)
-    foreign, top = sampler.foreign(before, sampler.snapshot())
+    after = sampler.snapshot()
+    foreign, top = sampler.foreign(before, after)
+    proxy = stack.service_pid(target)
+    if proxy is not None:  # the proxy's own CPU: what it costs the box per transaction
+        rec["proxy_cpu_s"] = sampler.cpu_of(proxy, before, after)
     rec["foreign_cpu_pct"] = round(100 * foreign / (rec["wall_s"] * (os.cpu_count() or 1)), 1)
     rec["foreign_top"] = top
     rec.update(parse_pgbench(out))
@@ -425,6 +442,8 @@ def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
         rec["error"] = f"{rec['failed']} failed transactions"
     elif rec["tps"] is None:
         rec["error"] = "no tps line in pgbench output"
+    if rec.get("proxy_cpu_s") is not None and rec["processed"]:
+        rec["proxy_cpu_us_per_txn"] = round(1e6 * rec["proxy_cpu_s"] / rec["processed"], 1)
     if rec["error"]:
         rec["tps"] = None
         dead = stack.alive(target)
@@ -442,70 +461,6 @@ def check_invariant(stack):
                       ("history", "SELECT coalesce(sum(delta), 0) FROM pgbench_history")):
         sums[name] = int(stack.psql(port, sql) or 0)
     return {"sums": sums, "ok": len(set(sums.values())) == 1}
-
-
-def fmt_tps(v):
-    return "–" if v is None else f"{v:,.0f}"
-
-
-def fmt_x(v):
-    return "–" if v is None else f"{v:.2f}×"
-
-
-def stat(values, fmt):
-    """`median (min–max)`, with `k/n ok` when some repetitions failed."""
-    ok = [v for v in values if v is not None]
-    if not ok:
-        return "error" if values else "–"
-    s = fmt(statistics.median(ok))
-    if len(ok) > 1:
-        s += f" ({fmt(min(ok))}–{fmt(max(ok))})"
-    if len(ok) < len(values):
-        s += f" [{len(ok)}/{len(values)} ok]"
-    return s
-
-
-def summarize(runs, targets):
-    """Per cell: TPS per target per rep, and per-rep ratios (target / reference in that rep)."""
-    cells = {}
-    for r in runs:
-        key = (r["workload"], r["mode"], r["clients"])
-        cells.setdefault(key, {}).setdefault(r["rep"], {})[r["target"]] = r["tps"]
-    out = []
-    for (workload, mode, clients), reps in cells.items():
-        row = {"workload": workload, "mode": mode, "clients": clients, "tps": {}, "ratio": {}}
-        for t in targets:
-            row["tps"][t] = [reps[k].get(t) for k in sorted(reps)]
-        for num, den in (("pgbouncer", "direct"), ("pgmemo", "direct"), ("pgmemo", "pgbouncer")):
-            if num in targets and den in targets:
-                row["ratio"][f"{num}/{den}"] = [
-                    (reps[k][num] / reps[k][den]) if reps[k].get(num) and reps[k].get(den) else None
-                    for k in sorted(reps)]
-        out.append(row)
-    return out
-
-
-def median_or_none(values):
-    ok = [v for v in values if v is not None]
-    return statistics.median(ok) if ok else None
-
-
-def acceptance(summary):
-    """Issue 2's acceptance cells, checked from medians of per-repetition ratios."""
-    lines = []
-    for row in summary:
-        pd = median_or_none(row["ratio"].get("pgmemo/direct", []))
-        pb = median_or_none(row["ratio"].get("pgmemo/pgbouncer", []))
-        cell = f"{row['workload']} `-M {row['mode']}` c={row['clients']}"
-        if row["workload"] == "uncacheable" and row["mode"] == "prepared" and row["clients"] in (8, 32):
-            ok = pd is not None and pb is not None and pd >= 0.7 and pb >= 1.3
-            lines.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 0.70×), "
-                         f"{fmt_x(pb)} PgBouncer (need ≥ 1.30×): **{'pass' if ok else 'FAIL'}**")
-        elif row["workload"] == "tpcb":
-            ok = pd is not None and pd >= 0.9
-            lines.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 0.90×): "
-                         f"**{'pass' if ok else 'FAIL'}**")
-    return lines
 
 
 def machine_info(pg_bin):
@@ -526,89 +481,11 @@ def machine_info(pg_bin):
             "git_head": rev.stdout.strip() or "(no commit)"}
 
 
-def render(meta, summary, runs, invariants, skipped, configs, complete):
-    targets = meta["targets"]
-    md = ["# pgmemo macro benchmark", ""]
-    if not complete:
-        md += ["**INCOMPLETE: the run was interrupted or failed; tables hold what finished.**", ""]
-    md += [f"Command: `{meta['command']}`", "",
-           f"Started {meta['started']}, finished {meta.get('finished', '?')}. "
-           f"{meta['reps']} repetition(s) × {meta['duration']} s per run; order within a "
-           f"repetition: {meta['order']}. Cells show `median (min–max)` over repetitions. "
-           "Ratios are the median of per-repetition ratios (each run divided by the reference "
-           "run of the same repetition), so slow drift cancels.", ""]
-    for t, why in skipped.items():
-        md.append(f"- **{LABEL[t]} skipped:** {why}")
-    if skipped:
-        md.append("")
-    groups = {}
-    for row in summary:
-        groups.setdefault((row["workload"], row["mode"]), []).append(row)
-    for (workload, mode), rows in groups.items():
-        md += [f"## {workload}, `-M {mode}` (TPS)", ""]
-        head = ["clients"] + [f"{LABEL[t]} TPS" for t in targets]
-        ratios = [k for k in ("pgbouncer/direct", "pgmemo/direct", "pgmemo/pgbouncer")
-                  if k.split("/")[0] in targets and k.split("/")[1] in targets]
-        head += [f"{LABEL[k.split('/')[0]]} ÷ {LABEL[k.split('/')[1]]}" for k in ratios]
-        md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in sorted(rows, key=lambda r: r["clients"]):
-            cells = [str(row["clients"])] + [stat(row["tps"][t], fmt_tps) for t in targets]
-            cells += [stat(row["ratio"][k], fmt_x) for k in ratios]
-            md.append("| " + " | ".join(cells) + " |")
-        md.append("")
-    if invariants:
-        md += ["## TPC-B balance invariant", ""]
-        for inv in invariants:
-            s = inv["sums"]
-            md.append(f"- after tpcb `-M {inv['mode']}` c={inv['clients']}: "
-                      f"{'**pass**' if inv['ok'] else '**FAIL**'} (accounts {s['accounts']}, "
-                      f"branches {s['branches']}, tellers {s['tellers']}, history {s['history']})")
-        md.append("")
-    if "pgmemo" in targets:
-        md += ["## Issue 2 acceptance (from this run)", ""] + acceptance(summary) + [""]
-    errors = [r for r in runs if r.get("error")]
-    contended = [r for r in runs if (r.get("foreign_cpu_pct") or 0) >= 5]
-    md += ["## Run health", "",
-           f"- {len(runs)} runs, {len(errors)} errors, {len(contended)} with ≥ 5 % of the machine's "
-           "CPU used by processes outside the benchmark (other builds/tests on this host)."]
-    for r in errors:
-        md.append(f"  - error: {r['workload']} -M {r['mode']} c={r['clients']} rep {r['rep']} "
-                  f"{r['target']}: {r['error']}")
-    for r in contended:
-        md.append(f"  - contended: {r['workload']} -M {r['mode']} c={r['clients']} rep {r['rep']} "
-                  f"{r['target']}: {r['foreign_cpu_pct']} % ({', '.join(r['foreign_top'])})")
-    m = meta["machine"]
-    md += ["", "## Machine", "",
-           f"- {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, load average at start "
-           f"{' '.join(m['loadavg_at_start'])}; {m['pgbench']}; Python {m['python']}; "
-           f"git HEAD {m['git_head']}",
-           "- pgbench, PostgreSQL, PgBouncer and pgmemo all share these CPUs over loopback.",
-           "", "## Configs", ""]
-    if "postgres" in configs:
-        pg = configs["postgres"]
-        md += [f"PostgreSQL {pg['version']}, scale {SCALE} (`pgbench -i -s {SCALE}`), data set "
-               "prewarmed with pg_prewarm, CHECKPOINT before every cell. Settings changed from "
-               f"initdb defaults: {', '.join(f'{k}={v}' for k, v in pg['non_default'].items())}. "
-               "Effective: " + ", ".join(f"{k}={v}" for k, v in pg["effective"].items()) + ".",
-               "", f"    {pg['command']}", ""]
-    if "pgbouncer" in configs:
-        pb = configs["pgbouncer"]
-        md += [f"{pb['version']}: `{pb['command']}` with", "", "```ini", pb["ini"].rstrip(), "```",
-               ""]
-    if "pgmemo" in configs:
-        pm = configs["pgmemo"]
-        md += [f"pgmemo (binary built {pm['binary_mtime']}): `{pm['command']}`; "
-               f"environment: {pm['env'] or 'no PGMEMO_*/RUST_LOG variables'}", ""]
-    md += ["pgbench: `pgbench -n -h 127.0.0.1 -p PORT -U postgres -c C -j min(C,2) -T D -M MODE "
-           "(-b tpcb-like | -f bench/workloads/uncacheable.sql) postgres`, PGSSLMODE=disable.", ""]
-    return "\n".join(md)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
-    ap.add_argument("--reps", type=int, default=3, help="repetitions per cell")
-    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--duration", type=int, help="seconds per pgbench run (10; --quick 3)")
+    ap.add_argument("--reps", type=int, help="repetitions per cell (3; --quick 1)")
+    ap.add_argument("--clients", help="client counts (1,8,32; --quick 8)")
     ap.add_argument("--modes", default="simple,prepared")
     ap.add_argument("--workloads", default="uncacheable,tpcb",
                     help="tpcb (built-in tpcb-like) or the name of bench/workloads/NAME.sql")
@@ -617,13 +494,17 @@ def main():
                     help="rotate: repetition r starts at target r mod n; fixed: always "
                          "direct, pgbouncer, pgmemo")
     ap.add_argument("--out", default=str(BENCH / "out"))
-    ap.add_argument("--quick", action="store_true", help="smoke test: 3 s, 1 rep, 8 clients")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 3 s, 1 rep, 8 clients (explicit flags still win)")
     ap.add_argument("--pg-bin", help="directory with initdb/postgres/pgbench/psql")
     ap.add_argument("--pgmemo-bin", help="use this pgmemo binary instead of target/release")
     ap.add_argument("--no-build", action="store_true", help="never run cargo build")
     args = ap.parse_args()
-    if args.quick:
-        args.duration, args.reps, args.clients = 3, 1, "8"
+    quick = {"duration": 3, "reps": 1, "clients": "8"}
+    full = {"duration": 10, "reps": 3, "clients": "1,8,32"}
+    for k, v in (quick if args.quick else full).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     clients = [int(c) for c in args.clients.split(",") if c]
     modes = [m for m in args.modes.split(",") if m]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -675,7 +556,7 @@ def main():
                             n += 1
                             rec = run_pgbench(stack, sampler, target, workload, mode, c,
                                               args.duration)
-                            rec.update(workload=workload, mode=mode, clients=c, rep=rep)
+                            rec.update(workload=workload, mode=mode, clients=c, rep=rep + 1)
                             runs.append(rec)
                             shown = rec["error"] or f"{rec['tps']:,.0f} tps"
                             log(f"[{n}/{total}] {workload} -M {mode} c={c} rep {rep + 1} "
@@ -705,7 +586,8 @@ def main():
              "runs": runs, "summary": summary, "invariants": invariants}, indent=2) + "\n")
         print(report)
         log(f"wrote {out / 'report.md'} and {out / 'results.json'}")
-    bad = (not complete or any(not i["ok"] for i in invariants))
+    bad = (not complete or any(not i["ok"] for i in invariants)
+           or any(r.get("error") for r in runs))
     return 1 if bad else 0
 
 

@@ -34,7 +34,12 @@ struct Cli {
     #[arg(long, env = "PGMEMO_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
     /// Upstream PostgreSQL URL (upstream.url), e.g. postgres://db:5432?sslmode=require
-    #[arg(long, env = "PGMEMO_UPSTREAM", value_name = "URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "PGMEMO_UPSTREAM",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     upstream: Option<String>,
     /// Admin HTTP address (admin.listen), e.g. 127.0.0.1:9187
     #[arg(long, env = "PGMEMO_ADMIN_LISTEN", value_name = "ADDR")]

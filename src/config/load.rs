@@ -6,6 +6,7 @@
 //! only the first one serde stops at.
 
 use std::fmt;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -103,14 +104,26 @@ pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// Far larger than any real configuration; stops `--config /dev/zero` (or a log file given by
+/// mistake) from being read into memory whole.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 fn read_file(path: &Path) -> Result<(Config, Vec<ConfigIssue>), ConfigErrors> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigIssue::new(
-            "config file",
-            quoted(&origin),
-            format!("cannot be read: {e}"),
-        )
+    let problem = |why: String| ConfigIssue::new("config file", quoted(&origin), why);
+    let file = std::fs::File::open(path).map_err(|e| problem(format!("cannot be read: {e}")))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| problem(format!("cannot be read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(problem(format!("is larger than {MAX_FILE_BYTES} bytes")).into());
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        problem(format!(
+            "is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
     })?;
     parse_document(&text, &origin)
 }
@@ -351,7 +364,13 @@ impl Checker<'_> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset.min(text.len())).unwrap_or_default();
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }
 

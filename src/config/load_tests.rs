@@ -109,6 +109,22 @@ fn missing_file_is_an_issue() {
 }
 
 #[test]
+fn oversized_or_binary_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.toml");
+    std::fs::write(&path, vec![b'#'; 2 * 1024 * 1024]).unwrap();
+    let sources = Sources {
+        file: Some(path.clone()),
+        overrides: Overrides::default(),
+    };
+    let err = sources.load().unwrap_err();
+    assert!(err.issues[0].why.contains("larger than"), "{err}");
+    std::fs::write(&path, b"[server]\n\xff\xfe").unwrap();
+    let err = sources.load().unwrap_err();
+    assert!(err.issues[0].why.contains("not UTF-8"), "{err}");
+}
+
+#[test]
 fn every_unknown_key_is_named_with_its_line() {
     let got = issues(
         "bogus = 1\n[server]\nlisten = \"127.0.0.1:6000\"\nmax_conections = 5\n[server.tls.extra]\nx = 1\n[nope]\ny = 2\n",
@@ -125,13 +141,33 @@ fn every_unknown_key_is_named_with_its_line() {
             "nope"
         ]
     );
-    assert!(got[0].why.starts_with("unknown key (test.toml:1)"), "{:?}", got[0]);
+    assert!(
+        got[0].why.starts_with("unknown key (test.toml:1)"),
+        "{:?}",
+        got[0]
+    );
     assert_eq!(got[0].value, "1");
-    assert!(got[1].why.starts_with("unknown key (test.toml:4)"), "{:?}", got[1]);
-    assert!(got[1].why.contains("`max_client_connections`"), "{:?}", got[1]);
+    assert!(
+        got[1].why.starts_with("unknown key (test.toml:4)"),
+        "{:?}",
+        got[1]
+    );
+    assert!(
+        got[1].why.contains("`max_client_connections`"),
+        "{:?}",
+        got[1]
+    );
     assert_eq!(got[1].value, "5");
-    assert!(got[2].why.contains("required when [server.tls]"), "{:?}", got[2]);
-    assert!(got[4].why.contains("unknown key (test.toml:5)"), "{:?}", got[4]);
+    assert!(
+        got[2].why.contains("required when [server.tls]"),
+        "{:?}",
+        got[2]
+    );
+    assert!(
+        got[4].why.contains("unknown key (test.toml:5)"),
+        "{:?}",
+        got[4]
+    );
     assert!(got[5].why.contains("test.toml:7"), "{:?}", got[5]);
 }
 
@@ -163,7 +199,11 @@ fn type_errors_name_key_value_and_line() {
     );
     assert!(got[0].why.contains("socket address"), "{:?}", got[0]);
     assert!(got[0].why.ends_with("(test.toml:2)"), "{:?}", got[0]);
-    assert!(got[2].why.contains("\"10s\""), "duration hint: {:?}", got[2]);
+    assert!(
+        got[2].why.contains("\"10s\""),
+        "duration hint: {:?}",
+        got[2]
+    );
     assert!(got[3].why.contains("test.toml:5"), "{:?}", got[3]);
 }
 
@@ -173,7 +213,11 @@ fn file_problems_and_validation_problems_come_together() {
     let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["server.listen", "server.max_client_connections", "log.format"]
+        [
+            "server.listen",
+            "server.max_client_connections",
+            "log.format"
+        ]
     );
 }
 
@@ -206,7 +250,8 @@ fn syntax_errors_give_file_line_and_column() {
 
 #[test]
 fn passwords_never_appear_in_issues() {
-    let got = issues("[upstream]\nurl = \"mysql://u:hunter2@h\"\nbogus = \"postgres://u:hunter2@h\"\n");
+    let got =
+        issues("[upstream]\nurl = \"mysql://u:hunter2@h\"\nbogus = \"postgres://u:hunter2@h\"\n");
     assert_eq!(got.len(), 2);
     for issue in got {
         assert!(!issue.to_string().contains("hunter2"), "{issue}");

@@ -21,11 +21,10 @@ pub use load::{Overrides, Sources};
 pub use upstream_url::{SslMode, UpstreamTarget, UpstreamUrlError};
 pub use validate::{ConfigErrors, ConfigIssue};
 
-/// Default client listener: the port PgBouncer users expect, loopback only until configured.
+/// Default client listener: PgBouncer's usual port, loopback only until configured.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6432);
-/// Default admin HTTP listener (the postgres_exporter port, so dashboards find it).
-pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9187);
+/// Default admin HTTP listener.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9187);
 /// Default upstream: a Postgres on this machine.
 pub const DEFAULT_UPSTREAM_URL: &str = "postgres://127.0.0.1:5432";
 /// Default largest client message: 256 MiB, comfortably above what drivers send in practice
@@ -64,6 +63,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
+/// Client-leg TLS files (`[server.tls]`); both are required when the section is present.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -86,6 +86,7 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
 }
 
+/// The admin HTTP server.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -101,12 +102,15 @@ pub struct CacheConfig {
     pub redis: Option<RedisConfig>,
 }
 
+/// The shared Redis tier (`[cache.redis]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://`, `rediss://` (TLS) or `unix://` (socket path).
     pub url: String,
 }
 
+/// Logging, installed by the binary at start-up (`log.level` also on SIGHUP).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {

@@ -28,9 +28,11 @@ pub enum SslMode {
     /// default, so it is ours too).
     #[default]
     Prefer,
-    /// TLS required; the certificate is not verified.
+    /// TLS required; the certificate is not verified unless `sslrootcert` is given (then as
+    /// `VerifyCa`, like libpq).
     Require,
-    /// TLS required; the certificate chain must verify against `sslrootcert`.
+    /// TLS required; the certificate chain must verify against `sslrootcert` (or the built-in
+    /// web roots when it is absent).
     VerifyCa,
     /// As `VerifyCa`, and the certificate must name the host.
     VerifyFull,
@@ -148,7 +150,10 @@ impl UpstreamTarget {
             "" => None,
             raw => Some(decode(raw, "user")?),
         };
-        let password = url.password().map(|raw| decode(raw, "password")).transpose()?;
+        let password = url
+            .password()
+            .map(|raw| decode(raw, "password"))
+            .transpose()?;
         let dbname = match url.path().strip_prefix('/').unwrap_or(url.path()) {
             "" => None,
             raw => Some(decode(raw, "dbname")?),
@@ -163,9 +168,7 @@ impl UpstreamTarget {
                     if value.is_empty() {
                         return Err(UpstreamUrlError::EmptyParam(name.into_owned()));
                     }
-                    sslrootcert
-                        .replace(PathBuf::from(value.as_ref()))
-                        .is_some()
+                    sslrootcert.replace(PathBuf::from(value.as_ref())).is_some()
                 }
                 _ => return Err(UpstreamUrlError::UnknownParam(name.into_owned())),
             };
@@ -302,7 +305,11 @@ mod tests {
             err("postgres://h/db?sslmod=require"),
             UpstreamUrlError::UnknownParam("sslmod".into())
         );
-        assert!(err("postgres://h/db?sslmod=require").to_string().contains("sslmod"));
+        assert!(
+            err("postgres://h/db?sslmod=require")
+                .to_string()
+                .contains("sslmod")
+        );
         assert_eq!(
             err("postgres://h/db?sslmode=sometimes"),
             UpstreamUrlError::BadSslMode("sometimes".into())
@@ -316,9 +323,15 @@ mod tests {
             err("postgres://h/?sslmode=require&sslmode=disable"),
             UpstreamUrlError::DuplicateParam("sslmode".into())
         );
-        assert!(matches!(err("postgres://h:99999"), UpstreamUrlError::Syntax(_)));
+        assert!(matches!(
+            err("postgres://h:99999"),
+            UpstreamUrlError::Syntax(_)
+        ));
         assert!(matches!(err("not a url"), UpstreamUrlError::Syntax(_)));
-        assert!(matches!(err("postgres://[::1/db"), UpstreamUrlError::Syntax(_)));
+        assert!(matches!(
+            err("postgres://[::1/db"),
+            UpstreamUrlError::Syntax(_)
+        ));
         assert_eq!(
             err("postgres://u:%FF@h"),
             UpstreamUrlError::NotUtf8("password")

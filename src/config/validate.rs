@@ -187,7 +187,11 @@ fn unreadable_file(path: &Path) -> Option<String> {
 
 fn check_tls_file(key: &str, path: &Path, issues: &mut Vec<ConfigIssue>) {
     if let Some(why) = unreadable_file(path) {
-        issues.push(ConfigIssue::new(key, quoted(&path.display().to_string()), why));
+        issues.push(ConfigIssue::new(
+            key,
+            quoted(&path.display().to_string()),
+            why,
+        ));
     }
 }
 
@@ -209,13 +213,18 @@ fn check_listeners(server: SocketAddr, admin: SocketAddr, issues: &mut Vec<Confi
         issues.push(ConfigIssue::new(
             "admin.listen",
             quoted(&admin.to_string()),
-            format!("clashes with server.listen = {}", quoted(&server.to_string())),
+            format!(
+                "clashes with server.listen = {}",
+                quoted(&server.to_string())
+            ),
         ));
     }
 }
 
 fn check_redis_url(url: &str, issues: &mut Vec<ConfigIssue>) {
-    let rest = REDIS_SCHEMES.iter().find_map(|scheme| url.strip_prefix(scheme));
+    let rest = REDIS_SCHEMES
+        .iter()
+        .find_map(|scheme| url.strip_prefix(scheme));
     let why = match rest {
         None => Some(format!("must start with {}", REDIS_SCHEMES.join(", "))),
         Some("") => Some("names no server after the scheme".to_owned()),
@@ -380,11 +389,20 @@ mod tests {
         let lo = Ipv4Addr::LOCALHOST;
         assert!(listeners_clash(v4(lo, 1), v4(lo, 1)));
         assert!(!listeners_clash(v4(lo, 1), v4(lo, 2)));
-        assert!(!listeners_clash(v4(lo, 0), v4(lo, 0)), "port 0 picks a free port");
+        assert!(
+            !listeners_clash(v4(lo, 0), v4(lo, 0)),
+            "port 0 picks a free port"
+        );
         assert!(listeners_clash(v4(Ipv4Addr::UNSPECIFIED, 1), v4(lo, 1)));
         assert!(listeners_clash(v4(lo, 1), v6(Ipv6Addr::UNSPECIFIED, 1)));
-        assert!(!listeners_clash(v4(Ipv4Addr::UNSPECIFIED, 1), v6(Ipv6Addr::LOCALHOST, 1)));
-        assert!(!listeners_clash(v4(lo, 1), v4(Ipv4Addr::new(127, 0, 0, 2), 1)));
+        assert!(!listeners_clash(
+            v4(Ipv4Addr::UNSPECIFIED, 1),
+            v6(Ipv6Addr::LOCALHOST, 1)
+        ));
+        assert!(!listeners_clash(
+            v4(lo, 1),
+            v4(Ipv4Addr::new(127, 0, 0, 2), 1)
+        ));
     }
 
     #[test]
@@ -405,7 +423,14 @@ mod tests {
 
     #[test]
     fn log_filters() {
-        for ok in ["info", "WARN", "off", "3", "info,pgmemo=debug", "pgmemo::session=trace"] {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "3",
+            "info,pgmemo=debug",
+            "pgmemo::session=trace",
+        ] {
             assert_eq!(check_filter(ok), Ok(()), "{ok}");
         }
         for bad in ["", "  ", "verbose", "pgmemo=loud", "info,chatty"] {

@@ -62,6 +62,9 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         target.port,
         config.upstream.connect_timeout,
     ));
+    if config.cache.redis.is_some() {
+        warn!("cache.redis is set, but this version has no result cache yet: Redis is not used");
+    }
     let ctx = Arc::new(AppContext::new(config, upstream, client_tls));
 
     let admin_stop = CancellationToken::new();

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use metrics::Counter;
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::outq::OutQueue;
 use super::state::SessionState;
@@ -89,9 +89,14 @@ pub struct Relay<'a> {
     ending: Option<RelayEnd>,
     client_eof: bool,
     fatal_relayed: bool,
-    drain: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Shutdown tokens and their wait futures. The futures are polled once, to register this
+    /// task's (stable) waker; after that an atomic `is_cancelled` check per step suffices, which
+    /// keeps every session off the tokens' shared waiter lock on the hot path.
+    drain_token: CancellationToken,
+    force_token: CancellationToken,
+    shutdown_waits: [Pin<Box<WaitForCancellationFutureOwned>>; 2],
+    shutdown_registered: bool,
     draining: bool,
-    force: Pin<Box<WaitForCancellationFutureOwned>>,
     counters: Counters,
 }
 
@@ -101,8 +106,8 @@ impl<'a> Relay<'a> {
         upstream: &'a mut Stream,
         state: &'a mut SessionState,
         max_message: usize,
-        drain: tokio_util::sync::CancellationToken,
-        force: tokio_util::sync::CancellationToken,
+        drain: CancellationToken,
+        force: CancellationToken,
     ) -> Self {
         Self {
             client,
@@ -118,9 +123,14 @@ impl<'a> Relay<'a> {
             ending: None,
             client_eof: false,
             fatal_relayed: false,
-            drain: Box::pin(drain.cancelled_owned()),
+            shutdown_waits: [
+                Box::pin(drain.clone().cancelled_owned()),
+                Box::pin(force.clone().cancelled_owned()),
+            ],
+            shutdown_registered: false,
+            drain_token: drain,
+            force_token: force,
             draining: false,
-            force: Box::pin(force.cancelled_owned()),
             counters: Counters::new(),
         }
     }
@@ -163,11 +173,17 @@ impl<'a> Relay<'a> {
             }
 
             // 2. Shutdown: immediately when forced, otherwise at the next idle point.
-            if self.force.as_mut().poll(cx).is_ready() {
+            if !self.shutdown_registered {
+                for w in self.shutdown_waits.iter_mut() {
+                    let _ = w.as_mut().poll(cx);
+                }
+                self.shutdown_registered = true;
+            }
+            if self.force_token.is_cancelled() {
                 self.begin_shutdown();
                 continue;
             }
-            if !self.draining && self.drain.as_mut().poll(cx).is_ready() {
+            if !self.draining && self.drain_token.is_cancelled() {
                 self.draining = true;
             }
             if self.draining

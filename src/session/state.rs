@@ -186,14 +186,11 @@ impl SessionState {
                 if self.tracking_lost {
                     return;
                 }
-                match self.pending.front() {
-                    Some(Pending::CloseStatement { .. }) => {
-                        if let Some(Pending::CloseStatement { name }) = self.pending.pop_front() {
-                            self.registry.remove(&name);
-                        }
-                    }
-                    // CloseComplete for a portal: nothing was queued for it.
-                    _ => {}
+                // A CloseComplete for a portal has nothing queued; only statements are.
+                if matches!(self.pending.front(), Some(Pending::CloseStatement { .. }))
+                    && let Some(Pending::CloseStatement { name }) = self.pending.pop_front()
+                {
+                    self.registry.remove(&name);
                 }
             }
             backend::ERROR_RESPONSE => {

@@ -129,21 +129,21 @@ pub fn error_fields(e: &tokio_postgres::Error) -> ErrorFields {
 }
 
 /// Outcome of one simple query, comparable across connections.
-pub type SimpleOutcome = Result<Vec<SimpleMsg>, ErrorFields>;
+pub type SimpleOutcome = Result<Vec<SimpleMsg>, Box<ErrorFields>>;
 
 pub async fn simple_outcome(client: &Client, sql: &str) -> SimpleOutcome {
     match client.simple_query(sql).await {
         Ok(messages) => Ok(simple_msgs(&messages)),
-        Err(e) => Err(error_fields(&e)),
+        Err(e) => Err(Box::new(error_fields(&e))),
     }
 }
 
 /// Outcome of one typed (extended-protocol, binary) query, comparable across connections.
-pub type RawOutcome = Result<Vec<Vec<Raw>>, ErrorFields>;
+pub type RawOutcome = Result<Vec<Vec<Raw>>, Box<ErrorFields>>;
 
 pub fn raw_outcome(result: Result<Vec<Row>, tokio_postgres::Error>) -> RawOutcome {
     match result {
         Ok(rows) => Ok(raw_rows(&rows)),
-        Err(e) => Err(error_fields(&e)),
+        Err(e) => Err(Box::new(error_fields(&e))),
     }
 }

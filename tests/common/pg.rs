@@ -120,14 +120,15 @@ impl PgServer {
             ca: None,
             dir,
         };
-        server.initdb();
-        server.write_config_files(&opts);
+        // Armed before initdb so even a test killed during setup leaves nothing behind.
         server.reaper = Some(Reaper::spawn(&format!(
             "pid=$(head -n1 '{data}/postmaster.pid' 2>/dev/null) && kill -QUIT \"$pid\"; \
              sleep 1; rm -rf '{dir}'",
             data = server.data_dir.display(),
             dir = server.dir.path().display()
         )));
+        server.initdb();
+        server.write_config_files(&opts);
         server.first_start();
         server.create_test_objects();
         server

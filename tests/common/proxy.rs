@@ -182,10 +182,10 @@ impl Proxy {
                 let Ok(line) = line else { break };
                 sink.push(line.as_bytes());
                 sink.push(b"\n");
-                if let Some(addrs) = parse_ready_line(&line) {
-                    if let Some(tx) = ready_tx.take() {
-                        let _ = tx.send(addrs);
-                    }
+                if let Some(addrs) = parse_ready_line(&line)
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(addrs);
                 }
             }
         });

@@ -1,0 +1,490 @@
+//! Robustness and limits of the proxy: malformed and oversized frames, garbage before the
+//! startup packet, silent clients, the connection limit (and cancels at the limit), an
+//! unreachable upstream and an upstream restarted under live sessions. Every test also keeps
+//! a well-behaved session busy on the same proxy, because a misbehaving client must never
+//! affect the others (DESIGN.md §1.6).
+
+mod common;
+#[path = "support/wire.rs"]
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+use wire::Read;
+
+const DB: &str = "postgres";
+/// Generous bound for "promptly" (functional tests, not benchmarks).
+const PROMPT: Duration = Duration::from_secs(5);
+
+fn start(config: &str) -> (PgServer, Proxy) {
+    let pg = PgServer::start(PgOptions::default());
+    let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, DB)).config(config));
+    (pg, proxy)
+}
+
+/// A well-behaved session running `SELECT 1` in a loop for the whole test; `assert_serving`
+/// proves it made progress since the last check and never saw an error.
+struct Heartbeat {
+    count: Arc<AtomicU64>,
+    error: Arc<Mutex<Option<String>>>,
+    seen: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    async fn start(proxy: &Proxy) -> Heartbeat {
+        let client = proxy.connect(SUPERUSER, "", DB).await;
+        let count = Arc::new(AtomicU64::new(0));
+        let error = Arc::new(Mutex::new(None));
+        let task = tokio::spawn({
+            let (count, error) = (Arc::clone(&count), Arc::clone(&error));
+            async move {
+                loop {
+                    match select_one(&client).await {
+                        Ok(()) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            *error.lock().await = Some(e);
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        let mut hb = Heartbeat {
+            count,
+            error,
+            seen: 0,
+            task,
+        };
+        hb.assert_serving("at start").await;
+        hb
+    }
+
+    async fn assert_serving(&mut self, when: &str) {
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            if let Some(e) = self.error.lock().await.as_ref() {
+                panic!("the well-behaved session failed ({when}): {e}");
+            }
+            let now = self.count.load(Ordering::Relaxed);
+            if now > self.seen {
+                self.seen = now;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the well-behaved session made no progress for {PROMPT:?} ({when})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn select_one(client: &Client) -> Result<(), String> {
+    let row = tokio::time::timeout(PROMPT, client.query_one("SELECT 1::int4", &[]))
+        .await
+        .map_err(|_| format!("SELECT 1 took over {PROMPT:?}"))?
+        .map_err(|e| format!("{e} ({e:?})"))?;
+    let one: i32 = row.get(0);
+    if one == 1 {
+        Ok(())
+    } else {
+        Err(format!("SELECT 1 returned {one}"))
+    }
+}
+
+/// The proxy is still running and a brand-new session works.
+async fn assert_alive_and_serving(proxy: &mut Proxy, when: &str) {
+    assert!(
+        proxy.try_exit_status().is_none(),
+        "pgmemo exited ({when}): {:?}\n{}",
+        proxy.try_exit_status(),
+        proxy.stderr()
+    );
+    let fresh = tokio::time::timeout(PROMPT, proxy.try_connect(SUPERUSER, "", DB))
+        .await
+        .unwrap_or_else(|_| panic!("new session timed out ({when})"))
+        .unwrap_or_else(|e| panic!("new session failed ({when}): {e}"));
+    select_one(&fresh)
+        .await
+        .unwrap_or_else(|e| panic!("new session query failed ({when}): {e}"));
+}
+
+/// Frames of a connection the proxy must end with exactly one FATAL 08P01.
+fn assert_protocol_violation(frames: &[Bytes], what: &str) {
+    let errors: Vec<_> = frames.iter().filter(|f| f[0] == b'E').collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: expected one ErrorResponse, got {:?}",
+        frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        wire::field(errors[0], b'C').as_deref(),
+        Some("08P01"),
+        "{what}: {}",
+        wire::describe(errors[0])
+    );
+    assert_eq!(wire::field(errors[0], b'S').as_deref(), Some("FATAL"), "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_after_startup_get_08p01_and_a_close() {
+    let (_pg, mut proxy) = start("");
+    let mut hb = Heartbeat::start(&proxy).await;
+    let cases: [(&str, &[u8]); 4] = [
+        ("length -1", b"Q\xff\xff\xff\xff"),
+        ("length 3", b"Q\x00\x00\x00\x03"),
+        ("length 0 of an unknown type", b"~\x00\x00\x00\x00garbage"),
+        ("i32::MIN length", b"P\x80\x00\x00\x00\x01\x02\x03"),
+    ];
+    for (what, garbage) in cases {
+        let mut s = wire::trust_session(proxy.addr(), SUPERUSER, DB).await;
+        // A valid round trip first, so the garbage lands on an established session.
+        s.write_all(&wire::query("SELECT 1")).await.unwrap();
+        wire::frames_until_ready(&mut s, PROMPT).await;
+        hb.assert_serving(&format!("before {what}")).await;
+        s.write_all(garbage).await.unwrap();
+        let frames = wire::frames_until_closed(&mut s, PROMPT).await;
+        assert_protocol_violation(&frames, what);
+        hb.assert_serving(&format!("after {what}")).await;
+    }
+    assert_alive_and_serving(&mut proxy, "after malformed frames").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_gets_08p01_and_a_close() {
+    let (_pg, mut proxy) = start("[server]\nmax_message_bytes = 65536\n");
+    let mut hb = Heartbeat::start(&proxy).await;
+
+    // Just under the limit is fine.
+    let mut s = wire::trust_session(proxy.addr(), SUPERUSER, DB).await;
+    let near = format!("SELECT length('{}')", "a".repeat(60_000));
+    s.write_all(&wire::query(&near)).await.unwrap();
+    let frames = wire::frames_until_ready(&mut s, PROMPT).await;
+    assert!(frames.iter().any(|f| f[0] == b'D'), "no row for a 60 kB query");
+
+    // A Query announcing 1 MiB: rejected from its header, before the body arrives.
+    let mut oversized = vec![b'Q'];
+    oversized.extend_from_slice(&(1i32 << 20).to_be_bytes());
+    oversized.extend_from_slice(&[b'a'; 1000]);
+    s.write_all(&oversized).await.unwrap();
+    let frames = wire::frames_until_closed(&mut s, PROMPT).await;
+    assert_protocol_violation(&frames, "1 MiB Query");
+    let message = wire::field(wire::first_error(&frames).unwrap(), b'M').unwrap();
+    assert!(message.contains("65536"), "message should name the limit: {message}");
+    hb.assert_serving("after the oversized frame").await;
+
+    // The same for an opaque frame type the proxy would otherwise stream (CopyData).
+    let mut s = wire::trust_session(proxy.addr(), SUPERUSER, DB).await;
+    let mut copy_data = vec![b'd'];
+    copy_data.extend_from_slice(&(1i32 << 20).to_be_bytes());
+    copy_data.extend_from_slice(&[0u8; 100]);
+    s.write_all(&copy_data).await.unwrap();
+    let frames = wire::frames_until_closed(&mut s, PROMPT).await;
+    assert_protocol_violation(&frames, "1 MiB CopyData");
+    hb.assert_serving("after the oversized CopyData").await;
+    assert_alive_and_serving(&mut proxy, "after oversized frames").await;
+}
+
+/// A startup packet with an arbitrary 32-bit code (major << 16 | minor) and raw body.
+fn startup_packet(code: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = ((8 + body.len()) as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_before_startup_never_crashes_the_proxy() {
+    let (_pg, mut proxy) = start("[server]\nstartup_timeout = \"2s\"\n");
+    let mut hb = Heartbeat::start(&proxy).await;
+
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for seed in 1..=12u64 {
+        let mut g = wire::Garbage::new(seed * 0x9E37_79B9);
+        let len = 1 + (g.next_u64() % 300) as usize;
+        cases.push((format!("{len} random bytes (seed {seed})"), g.bytes(len)));
+    }
+    let mut big = 100_000i32.to_be_bytes().to_vec();
+    big.extend_from_slice(&0x0003_0000u32.to_be_bytes());
+    big.extend_from_slice(&[b'u'; 4096]);
+    cases.push(("startup packet of length 100000".into(), big));
+    cases.push(("startup packet of length -1".into(), vec![0xff; 12]));
+    cases.push(("startup packet of length 4".into(), vec![0, 0, 0, 4]));
+    cases.push(("two bytes".into(), vec![0, 0]));
+    cases.push((
+        "protocol 3.0 with an unterminated parameter".into(),
+        startup_packet(0x0003_0000, b"user\0postgres"),
+    ));
+    cases.push((
+        "cancel request with a 2-byte key".into(),
+        startup_packet(80_877_102, &[1, 2]),
+    ));
+    let ssl = startup_packet(80_877_103, &[]);
+    cases.push(("SSLRequest three times".into(), ssl.repeat(3)));
+    let gss = startup_packet(80_877_104, &[]);
+    cases.push(("GSSENCRequest four times".into(), gss.repeat(4)));
+    for (what, bytes) in &cases {
+        let mut s = wire::connect(proxy.addr()).await;
+        // The peer may already have closed on an early byte; that is fine.
+        let _ = s.write_all(bytes).await;
+        // Half-close so a packet that announces more than was sent ends at EOF.
+        let _ = s.shutdown().await;
+        let bytes = wire::bytes_until_closed(&mut s, PROMPT).await;
+        if what.contains("Request") {
+            // Each SSL/GSS request is answered with a single 'N' until the proxy gives up.
+            assert!(bytes.iter().all(|&b| b == b'N'), "{what}: got {bytes:?}");
+        } else {
+            // Nothing, or an error: never anything a client could take for a session.
+            let frames = wire::split_frames(&bytes);
+            assert!(
+                frames.iter().all(|f| f[0] == b'E'),
+                "{what}: unexpected frames {:?}",
+                frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+            );
+        }
+        assert_alive_and_serving(&mut proxy, what).await;
+    }
+    hb.assert_serving("after garbage first packets").await;
+
+    // Unknown protocol majors go to the server, which refuses them; the client is told.
+    for major in [2u32, 9, 1234] {
+        let mut s = wire::connect(proxy.addr()).await;
+        let packet = startup_packet(major << 16, b"user\0postgres\0\0");
+        s.write_all(&packet).await.unwrap();
+        let frames = wire::frames_until_closed(&mut s, PROMPT).await;
+        let err = wire::first_error(&frames)
+            .unwrap_or_else(|| panic!("protocol {major}.0: no ErrorResponse, got {frames:?}"));
+        assert_eq!(wire::field(err, b'S').as_deref(), Some("FATAL"), "{}", wire::describe(err));
+        assert_alive_and_serving(&mut proxy, &format!("after protocol {major}.0")).await;
+    }
+    hb.assert_serving("after unknown protocol majors").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_after_startup_timeout() {
+    let (_pg, mut proxy) = start("[server]\nstartup_timeout = \"1s\"\n");
+    let mut hb = Heartbeat::start(&proxy).await;
+    let silent = async {
+        let mut s = wire::connect(proxy.addr()).await;
+        let t0 = Instant::now();
+        let r = wire::read_frame(&mut s, Duration::from_secs(3)).await;
+        (t0.elapsed(), r)
+    };
+    let partial = async {
+        // Four bytes announcing a 100-byte startup packet, then nothing.
+        let mut s = wire::connect(proxy.addr()).await;
+        s.write_all(&100i32.to_be_bytes()).await.unwrap();
+        let t0 = Instant::now();
+        let r = wire::read_frame(&mut s, Duration::from_secs(3)).await;
+        (t0.elapsed(), r)
+    };
+    let during = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = proxy.connect(SUPERUSER, "", DB).await;
+        select_one(&c).await
+    };
+    let ((t_silent, r_silent), (t_partial, r_partial), served) =
+        tokio::join!(silent, partial, during);
+    served.expect("a session opened while others were silent");
+    for (what, elapsed, r) in [
+        ("silent client", t_silent, r_silent),
+        ("partial startup packet", t_partial, r_partial),
+    ] {
+        assert!(matches!(r, Read::Closed), "{what}: expected a close, got {r:?}");
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "{what}: closed after {elapsed:?}, before the 1 s startup_timeout"
+        );
+    }
+    hb.assert_serving("after the startup timeouts").await;
+    assert_alive_and_serving(&mut proxy, "after the startup timeouts").await;
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    common::db_error(e).code().code().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_gives_53300_and_cancels_still_work_at_the_limit() {
+    let (pg, mut proxy) = start("[server]\nmax_client_connections = 3\n");
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let c = proxy.connect(SUPERUSER, "", DB).await;
+        select_one(&c).await.unwrap();
+        sessions.push(c);
+    }
+    let err = match proxy.try_connect(SUPERUSER, "", DB).await {
+        Ok(_) => panic!("a 4th session was accepted over max_client_connections = 3"),
+        Err(e) => e,
+    };
+    assert_eq!(code(&err), "53300", "{err}");
+    assert_eq!(common::db_error(&err).message(), "sorry, too many clients already");
+
+    // A cancel still gets through at the limit.
+    let token = sessions[0].cancel_token();
+    let t0 = Instant::now();
+    let (slept, cancelled) = tokio::join!(sessions[0].simple_query("SELECT pg_sleep(30)"), async {
+        wait_until_sleeping(&pg).await;
+        token.cancel_query(NoTls).await
+    });
+    cancelled.expect("sending the CancelRequest at the connection limit");
+    let err = slept.expect_err("pg_sleep(30) was not cancelled");
+    assert_eq!(code(&err), "57014", "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "cancel took {:?}", t0.elapsed());
+
+    // A cancel with an unknown key (a real backend pid, a wrong secret) changes nothing.
+    let pid: i32 = sessions[1]
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut bad_key = pid.to_be_bytes().to_vec();
+    bad_key.extend_from_slice(&[0x5a, 0xa5, 0x5a, 0xa5]);
+    let (slept, ()) = tokio::join!(sessions[1].simple_query("SELECT pg_sleep(1.5)"), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        wire::send_cancel(proxy.addr(), &bad_key).await;
+        wire::send_cancel(proxy.addr(), &[0xff; 40]).await;
+    });
+    slept.expect("a cancel with an unknown key cancelled a query");
+    for c in &sessions {
+        select_one(c).await.unwrap();
+    }
+
+    // Closing one frees a slot.
+    drop(sessions.pop());
+    let deadline = Instant::now() + PROMPT;
+    let replacement = loop {
+        match proxy.try_connect(SUPERUSER, "", DB).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline && code(&e) == "53300" => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("no slot after closing a session: {e}"),
+        }
+    };
+    select_one(&replacement).await.unwrap();
+    assert!(proxy.try_exit_status().is_none());
+}
+
+/// Waits until a backend is inside pg_sleep, so a cancel has something to hit.
+async fn wait_until_sleeping(pg: &PgServer) {
+    let direct = pg.connect(SUPERUSER, "", DB).await;
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        let n: i64 = direct
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+                 AND query LIKE 'SELECT pg_sleep(%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pg_sleep never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_gives_08001_naming_the_upstream() {
+    let port = common::ports::free_port();
+    let mut proxy = Proxy::start(ProxyArgs::new(format!(
+        "postgres://postgres@127.0.0.1:{port}/postgres"
+    )));
+    for attempt in 0..2 {
+        let t0 = Instant::now();
+        let err = match tokio::time::timeout(
+            Duration::from_secs(15),
+            proxy.try_connect(SUPERUSER, "", DB),
+        )
+        .await
+        .expect("connecting through a proxy with no upstream hung")
+        {
+            Ok(_) => panic!("connected although nothing listens on {port}"),
+            Err(e) => e,
+        };
+        let db = common::db_error(&err);
+        assert_eq!(db.code().code(), "08001", "attempt {attempt}: {err}");
+        let addr = format!("127.0.0.1:{port}");
+        assert!(
+            db.message().contains(&addr) || db.detail().is_some_and(|d| d.contains(&addr)),
+            "the error should name the upstream {addr}: {db:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+    }
+    assert!(proxy.try_exit_status().is_none(), "{}", proxy.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_stopped_mid_session_then_restarted() {
+    let mut pg = PgServer::start(PgOptions::default());
+    let mut proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, DB)));
+    let idle = proxy.connect(SUPERUSER, "", DB).await;
+    let busy = proxy.connect(SUPERUSER, "", DB).await;
+    select_one(&idle).await.unwrap();
+    let busy_query = tokio::spawn(async move {
+        let r = busy.simple_query("SELECT pg_sleep(60)").await;
+        (r, busy)
+    });
+    wait_until_sleeping(&pg).await;
+
+    let t0 = Instant::now();
+    tokio::task::block_in_place(|| pg.stop());
+    let (r, _busy) = tokio::time::timeout(Duration::from_secs(10), busy_query)
+        .await
+        .expect("a query in flight when the upstream stopped hung")
+        .unwrap();
+    let err = r.expect_err("pg_sleep(60) succeeded although the server stopped");
+    assert_upstream_gone(&err, "in-flight query");
+    let r = tokio::time::timeout(Duration::from_secs(10), idle.simple_query("SELECT 1"))
+        .await
+        .expect("the next query of an idle session hung after the upstream stopped");
+    let err = r.expect_err("a query succeeded although the server is stopped");
+    assert_upstream_gone(&err, "idle session's next query");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+
+    // While it is down, new sessions get 08001 naming it.
+    let err = match proxy.try_connect(SUPERUSER, "", DB).await {
+        Ok(_) => panic!("connected while the upstream is stopped"),
+        Err(e) => e,
+    };
+    assert_eq!(code(&err), "08001", "{err}");
+    assert!(format!("{err}").contains(&pg.port().to_string()), "{err}");
+
+    tokio::task::block_in_place(|| pg.start_again());
+    assert_alive_and_serving(&mut proxy, "after the upstream came back").await;
+}
+
+/// The error a client sees when its upstream went away: pgmemo's 08006, Postgres's own
+/// 57P01 (relayed), or the driver's "connection closed" after either.
+fn assert_upstream_gone(err: &tokio_postgres::Error, what: &str) {
+    if let Some(db) = err.as_db_error() {
+        assert!(
+            ["08006", "57P01"].contains(&db.code().code()),
+            "{what}: unexpected error {db:?}"
+        );
+    } else {
+        assert!(err.is_closed(), "{what}: expected a closed connection, got {err:?}");
+    }
+}
