@@ -31,13 +31,16 @@ def stat(values, fmt):
 
 def summarize(runs, targets):
     """Per cell: TPS per target per rep, and per-rep ratios (target / reference in that rep)."""
-    cells = {}
+    cells, cpu = {}, {}
     for r in runs:
         key = (r["workload"], r["mode"], r["clients"])
         cells.setdefault(key, {}).setdefault(r["rep"], {})[r["target"]] = r["tps"]
+        if r.get("proxy_cpu_us_per_txn") is not None and r["tps"] is not None:
+            cpu.setdefault(key, {}).setdefault(r["target"], []).append(r["proxy_cpu_us_per_txn"])
     out = []
     for (workload, mode, clients), reps in cells.items():
-        row = {"workload": workload, "mode": mode, "clients": clients, "tps": {}, "ratio": {}}
+        row = {"workload": workload, "mode": mode, "clients": clients, "tps": {}, "ratio": {},
+               "proxy_cpu_us_per_txn": cpu.get((workload, mode, clients), {})}
         for t in targets:
             row["tps"][t] = [reps[k].get(t) for k in sorted(reps)]
         for num, den in (("pgbouncer", "direct"), ("pgmemo", "direct"), ("pgmemo", "pgbouncer")):
@@ -112,6 +115,20 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
             md.append(f"- after tpcb `-M {inv['mode']}` c={inv['clients']}: "
                       f"{'**pass**' if inv['ok'] else '**FAIL**'} (accounts {s['accounts']}, "
                       f"branches {s['branches']}, tellers {s['tellers']}, history {s['history']})")
+        md.append("")
+    proxies = [t for t in targets if t != "direct"]
+    if proxies:
+        md += ["## Proxy CPU per transaction", "",
+               "CPU time (user + system, all threads) the proxy process used during the run, "
+               "divided by the transactions pgbench completed: `median (min–max)` µs. On this "
+               "shared box every proxy µs is taken from pgbench and PostgreSQL.", "",
+               "| workload | mode | clients | " + " | ".join(f"{LABEL[t]} µs/txn" for t in proxies)
+               + " |", "|" + "---|" * (3 + len(proxies))]
+        for row in summary:
+            cells = [row["workload"], f"`-M {row['mode']}`", str(row["clients"])]
+            cells += [stat(row["proxy_cpu_us_per_txn"].get(t, []), lambda v: f"{v:.1f}")
+                      for t in proxies]
+            md.append("| " + " | ".join(cells) + " |")
         md.append("")
     if "pgmemo" in targets:
         md += ["## Issue 2 acceptance (from this run)", ""] + acceptance(summary) + [""]

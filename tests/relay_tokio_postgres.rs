@@ -5,44 +5,27 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::compare::{describe, error_fields, raw_outcome, raw_rows, simple_outcome};
-use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
-use futures_util::{SinkExt, StreamExt, TryStreamExt};
-use tokio_postgres::{Client, NoTls};
+use common::client::{batch, copy_out_all, pace};
+use common::compare::{ErrorFields, RawOutcome, SimpleMsg, simple_outcome};
+use common::compare::{assert_same_simple, describe, error_fields, raw_outcome, raw_rows};
+use common::memory::RssSampler;
+use common::{SUPERUSER, Stack};
+use futures_util::future::join_all;
+use futures_util::stream::BoxStream;
+use futures_util::{SinkExt, StreamExt};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
 
-const DB: &str = "app";
+const DB: &str = common::stack::APP_DB;
 /// Generous bound for anything that should be "prompt" (functional, not a benchmark).
 const PROMPT: Duration = Duration::from_secs(2);
 
-struct Setup {
-    pg: PgServer,
-    proxy: Proxy,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let pg = PgServer::start(PgOptions::default());
-        let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, "postgres")));
-        Setup { pg, proxy }
-    }
-
-    async fn direct(&self) -> Client {
-        self.pg.connect(SUPERUSER, "", DB).await
-    }
-
-    async fn proxied(&self) -> Client {
-        self.proxy.connect(SUPERUSER, "", DB).await
-    }
-}
-
 #[tokio::test]
 async fn simple_query_results_and_errors_match_direct() {
-    let s = Setup::new();
+    let s = Stack::start();
     s.pg.psql(
         DB,
         "CREATE TABLE uniq(id int PRIMARY KEY); INSERT INTO uniq VALUES (1);",
@@ -68,71 +51,60 @@ async fn simple_query_results_and_errors_match_direct() {
         "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1/0'; SELECT pg_temp.f()",
         "SELECT 'still alive'",
     ];
-    for sql in statements {
-        let want = simple_outcome(&direct, sql).await;
-        let got = simple_outcome(&proxied, sql).await;
-        assert_eq!(got, want, "through pgmemo vs direct for {sql:?}");
-    }
+    assert_same_simple(&direct, &proxied, &statements).await;
     // The implicit transaction of the failed multi-statement query rolled back as a whole.
     let rows = proxied
         .simple_query("SELECT count(*) FROM uniq")
         .await
         .unwrap();
     let count = common::compare::simple_msgs(&rows);
-    assert_eq!(
-        count.get(1),
-        Some(&common::compare::SimpleMsg::Row(vec![Some("1".into())]))
-    );
+    assert_eq!(count.get(1), Some(&SimpleMsg::Row(vec![Some("1".into())])));
 }
 
 #[tokio::test]
 async fn extended_query_params_and_binary_results_match_direct() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (direct, proxied) = (s.direct().await, s.proxied().await);
     let sql = "SELECT $1::bool, $2::int2, $3::int4, $4::int8, $5::float4, $6::float8, $7::text, \
                $8::bytea, $9::varchar, $10::inet, $11::timestamptz, $12::int4[], $13::text[], \
                $14::\"char\", $15::oid";
     let when = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let ip: std::net::IpAddr = "192.0.2.7".parse().unwrap();
-    let some = (
-        true,
-        -7i16,
-        123_456i32,
-        -9_876_543_210i64,
-        1.5f32,
-        -2.25f64,
-        "tëxt",
-        vec![0u8, 1, 255],
-        "vc",
-        ip,
-        when,
-        vec![Some(1i32), None, Some(3)],
-        vec!["a".to_string(), "b,c".into()],
-        7i8,
-        42u32,
-    );
+    let p: [&(dyn ToSql + Sync); 15] = [
+        &true,
+        &-7i16,
+        &123_456i32,
+        &-9_876_543_210i64,
+        &1.5f32,
+        &-2.25f64,
+        &"tëxt",
+        &vec![0u8, 1, 255],
+        &"vc",
+        &ip,
+        &when,
+        &vec![Some(1i32), None, Some(3)],
+        &vec!["a", "b,c"],
+        &7i8,
+        &42u32,
+    ];
     let (stmt_d, stmt_p) = (
         direct.prepare(sql).await.unwrap(),
         proxied.prepare(sql).await.unwrap(),
     );
     assert_eq!(describe(&stmt_p), describe(&stmt_d));
-    let p: [&(dyn tokio_postgres::types::ToSql + Sync); 15] = [
-        &some.0, &some.1, &some.2, &some.3, &some.4, &some.5, &some.6, &some.7, &some.8, &some.9,
-        &some.10, &some.11, &some.12, &some.13, &some.14,
-    ];
     let want = raw_outcome(direct.query(&stmt_d, &p).await);
     let got = raw_outcome(proxied.query(&stmt_p, &p).await);
     assert_eq!(got, want);
     let row = proxied.query_one(&stmt_p, &p).await.unwrap();
-    assert_eq!(row.get::<_, i64>(3), some.3);
-    assert_eq!(row.get::<_, Vec<u8>>(7), some.7);
-    assert_eq!(row.get::<_, Vec<Option<i32>>>(11), some.11);
+    assert_eq!(row.get::<_, i64>(3), -9_876_543_210);
+    assert_eq!(row.get::<_, Vec<u8>>(7), [0, 1, 255]);
+    assert_eq!(row.get::<_, Vec<Option<i32>>>(11), [Some(1), None, Some(3)]);
     assert_eq!(row.get::<_, std::time::SystemTime>(10), when);
 
     // All NULL parameters.
     let null: Option<i32> = None;
     let typed_nulls = "SELECT $1::int4 IS NULL, $2::int4, coalesce($3::int4, -1)";
-    let np: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&null, &null, &null];
+    let np: [&(dyn ToSql + Sync); 3] = [&null, &null, &null];
     assert_eq!(
         raw_outcome(proxied.query(typed_nulls, &np).await),
         raw_outcome(direct.query(typed_nulls, &np).await)
@@ -158,7 +130,7 @@ async fn extended_query_params_and_binary_results_match_direct() {
 
 #[tokio::test]
 async fn prepared_statements_are_reusable_and_errors_match() {
-    let s = Setup::new();
+    let s = Stack::start();
     s.pg.psql(
         DB,
         "CREATE TABLE items(id int PRIMARY KEY, name text NOT NULL)",
@@ -177,10 +149,8 @@ async fn prepared_statements_are_reusable_and_errors_match() {
             assert_eq!(row.get::<_, String>(1), format!("r-{i}"));
         }
     }
-    let insert = proxied
-        .prepare("INSERT INTO items VALUES ($1, $2)")
-        .await
-        .unwrap();
+    let insert_sql = "INSERT INTO items VALUES ($1, $2)";
+    let insert = proxied.prepare(insert_sql).await.unwrap();
     for id in 0..10i32 {
         assert_eq!(
             proxied
@@ -207,27 +177,10 @@ async fn prepared_statements_are_reusable_and_errors_match() {
     let div = "SELECT 10 / $1::int4";
     let want = raw_outcome(direct.query(div, &[&0i32]).await);
     assert_eq!(raw_outcome(proxied.query(div, &[&0i32]).await), want);
-    let want = error_fields(
-        &direct
-            .execute(
-                &direct
-                    .prepare("INSERT INTO items VALUES ($1, $2)")
-                    .await
-                    .unwrap(),
-                &[&1i32, &"dup"],
-            )
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(
-        error_fields(
-            &proxied
-                .execute(&insert, &[&1i32, &"dup"])
-                .await
-                .unwrap_err()
-        ),
-        want
-    );
+    let dup: [&(dyn ToSql + Sync); 2] = [&1i32, &"dup"];
+    let want = error_fields(&direct.execute(insert_sql, &dup).await.unwrap_err());
+    let got = error_fields(&proxied.execute(&insert, &dup).await.unwrap_err());
+    assert_eq!(got, want);
     // Statements prepared before the errors still work.
     let row = proxied
         .query_one(&statements[3], &[&2i32, &"z"])
@@ -311,7 +264,7 @@ async fn transaction_scenario(client: &mut Client, observer: &Client, table: &st
 
 #[tokio::test]
 async fn transactions_savepoints_and_rollbacks_match_direct() {
-    let s = Setup::new();
+    let s = Stack::start();
     s.pg.psql(
         DB,
         "CREATE TABLE tx_direct(id int PRIMARY KEY); CREATE TABLE tx_proxy(id int PRIMARY KEY);",
@@ -325,7 +278,7 @@ async fn transactions_savepoints_and_rollbacks_match_direct() {
 
 #[tokio::test]
 async fn copy_in_and_out_10mb_identical() {
-    let s = Setup::new();
+    let s = Stack::start();
     s.pg.psql(
         DB,
         "CREATE TABLE copy_t(id int, payload text); CREATE TABLE copy_bad(id int)",
@@ -375,13 +328,7 @@ async fn copy_in_and_out_10mb_identical() {
     assert_eq!(n, 0);
 }
 
-async fn copy_out_all(client: &Client, sql: &str) -> Vec<u8> {
-    let stream = client.copy_out(sql).await.unwrap();
-    let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
-    chunks.concat()
-}
-
-async fn copy_in_malformed(client: &Client) -> common::compare::ErrorFields {
+async fn copy_in_malformed(client: &Client) -> ErrorFields {
     let sink = client.copy_in("COPY copy_bad FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     sink.send(Bytes::from_static(b"1\n2\nnot-a-number\n4\n"))
@@ -392,9 +339,9 @@ async fn copy_in_malformed(client: &Client) -> common::compare::ErrorFields {
 
 #[tokio::test]
 async fn listen_notify_delivered_to_an_idle_listener() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (listener, mut messages) = s.proxy.connect_with_messages(SUPERUSER, "", DB).await;
-    listener.batch_execute("LISTEN relay_chan").await.unwrap();
+    batch(&listener, "LISTEN relay_chan").await;
     // The listener now sits idle: nothing is sent on its connection from here on.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let direct = s.direct().await;
@@ -403,10 +350,7 @@ async fn listen_notify_delivered_to_an_idle_listener() {
         .await
         .unwrap()
         .get(0);
-    direct
-        .batch_execute("NOTIFY relay_chan, 'from direct'")
-        .await
-        .unwrap();
+    batch(&direct, "NOTIFY relay_chan, 'from direct'").await;
     let n = messages.expect_notification(PROMPT).await;
     assert_eq!(
         (n.channel(), n.payload(), n.process_id()),
@@ -425,22 +369,16 @@ async fn listen_notify_delivered_to_an_idle_listener() {
     // A direct listener hears a NOTIFY sent through pgmemo.
     let (direct_listener, mut direct_messages) =
         common::connect_with_messages(s.pg.addr(), SUPERUSER, "", DB).await;
-    direct_listener.batch_execute("LISTEN back").await.unwrap();
-    other
-        .batch_execute("NOTIFY back, 'via proxy'")
-        .await
-        .unwrap();
+    batch(&direct_listener, "LISTEN back").await;
+    batch(&other, "NOTIFY back, 'via proxy'").await;
     assert_eq!(
         direct_messages.expect_notification(PROMPT).await.payload(),
         "via proxy"
     );
 
     // After UNLISTEN nothing more arrives.
-    listener.batch_execute("UNLISTEN relay_chan").await.unwrap();
-    direct
-        .batch_execute("NOTIFY relay_chan, 'late'")
-        .await
-        .unwrap();
+    batch(&listener, "UNLISTEN relay_chan").await;
+    batch(&direct, "NOTIFY relay_chan, 'late'").await;
     assert!(
         messages
             .recv_timeout(Duration::from_millis(500))
@@ -451,15 +389,15 @@ async fn listen_notify_delivered_to_an_idle_listener() {
 
 #[tokio::test]
 async fn notices_are_delivered() {
-    let s = Setup::new();
+    let s = Stack::start();
     let sql =
         "DO $$ BEGIN RAISE NOTICE 'hello %', 42; RAISE WARNING 'careful' USING HINT = 'h'; END $$";
     let mut seen = Vec::new();
     for addr in [s.pg.addr(), s.proxy.addr()] {
         let (client, mut messages) = common::connect_with_messages(addr, SUPERUSER, "", DB).await;
-        client.batch_execute(sql).await.unwrap();
-        let notice = common::compare::ErrorFields::from(&messages.expect_notice(PROMPT).await);
-        let warning = common::compare::ErrorFields::from(&messages.expect_notice(PROMPT).await);
+        batch(&client, sql).await;
+        let notice = ErrorFields::from(&messages.expect_notice(PROMPT).await);
+        let warning = ErrorFields::from(&messages.expect_notice(PROMPT).await);
         seen.push((notice, warning));
     }
     assert_eq!(seen[0].0.message, "hello 42");
@@ -469,7 +407,7 @@ async fn notices_are_delivered() {
 
 #[tokio::test]
 async fn cancel_pg_sleep_through_the_proxy() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (victim, bystander) = (s.proxied().await, s.proxied().await);
     let token = victim.cancel_token();
     let started = Instant::now();
@@ -508,7 +446,7 @@ async fn cancel_pg_sleep_through_the_proxy() {
 
 #[tokio::test]
 async fn server_side_cursors_and_portals_match_direct() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (mut direct, mut proxied) = (s.direct().await, s.proxied().await);
     let script = [
         "BEGIN",
@@ -527,10 +465,7 @@ async fn server_side_cursors_and_portals_match_direct() {
         "CLOSE h",
         "FETCH 1 FROM h",
     ];
-    for sql in script {
-        let want = simple_outcome(&direct, sql).await;
-        assert_eq!(simple_outcome(&proxied, sql).await, want, "{sql}");
-    }
+    assert_same_simple(&direct, &proxied, &script).await;
     // Extended-protocol portals: Execute with a row limit (PortalSuspended) repeatedly.
     let mut pages = Vec::new();
     for client in [&mut direct, &mut proxied] {
@@ -555,60 +490,48 @@ async fn server_side_cursors_and_portals_match_direct() {
     assert_eq!(pages[0].len(), 15);
 }
 
+/// Query `i` of the burst: mostly a prepared statement, some unprepared (Parse each
+/// time), some failing; each runs in its own implicit transaction (its own Sync).
+async fn burst_query(client: &Client, stmt: &Statement, i: i32) -> RawOutcome {
+    match i % 40 {
+        13 => raw_outcome(client.query("SELECT 1 / $1::int4", &[&0i32]).await),
+        7 => raw_outcome(
+            client
+                .query("SELECT $1::text || '!'", &[&i.to_string()])
+                .await,
+        ),
+        _ => raw_outcome(client.query(stmt, &[&i]).await),
+    }
+}
+
 #[tokio::test]
 async fn pipelined_burst_on_one_connection() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (direct, proxied) = (s.direct().await, s.proxied().await);
-    let stmt = proxied
-        .prepare("SELECT $1::int4 + 1, repeat('p', $1::int4 % 50)")
-        .await
-        .unwrap();
+    let sql = "SELECT $1::int4 + 1, repeat('p', $1::int4 % 50)";
+    let (dstmt, pstmt) = (
+        direct.prepare(sql).await.unwrap(),
+        proxied.prepare(sql).await.unwrap(),
+    );
     let started = Instant::now();
-    let burst = (0..400i32).map(|i| {
-        let (stmt, proxied) = (&stmt, &proxied);
-        async move {
-            match i % 40 {
-                13 => raw_outcome(proxied.query("SELECT 1 / $1::int4", &[&0i32]).await),
-                7 => raw_outcome(
-                    proxied
-                        .query("SELECT $1::text || '!'", &[&i.to_string()])
-                        .await,
-                ),
-                _ => raw_outcome(proxied.query(stmt, &[&i]).await),
-            }
-        }
-    });
-    let got = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures_util::future::join_all(burst),
-    )
-    .await
-    .expect("pipelined burst did not finish");
+    // join_all polls every future before any answer arrives, so tokio-postgres writes
+    // all 400 requests back to back: a pipeline on one connection.
+    let burst = (0..400i32).map(|i| burst_query(&proxied, &pstmt, i));
+    let got = tokio::time::timeout(Duration::from_secs(30), join_all(burst))
+        .await
+        .expect("pipelined burst did not finish");
     eprintln!(
         "400 pipelined queries through pgmemo in {:?}",
         started.elapsed()
     );
-    let dstmt = direct
-        .prepare("SELECT $1::int4 + 1, repeat('p', $1::int4 % 50)")
-        .await
-        .unwrap();
     for (i, got) in (0..400i32).zip(got) {
-        let want = match i % 40 {
-            13 => raw_outcome(direct.query("SELECT 1 / $1::int4", &[&0i32]).await),
-            7 => raw_outcome(
-                direct
-                    .query("SELECT $1::text || '!'", &[&i.to_string()])
-                    .await,
-            ),
-            _ => raw_outcome(direct.query(&dstmt, &[&i]).await),
-        };
-        assert_eq!(got, want, "query {i}");
+        assert_eq!(got, burst_query(&direct, &dstmt, i).await, "query {i}");
     }
 }
 
 #[tokio::test]
 async fn temp_tables_belong_to_their_session() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (a, b, direct) = (s.proxied().await, s.proxied().await, s.direct().await);
     a.batch_execute("CREATE TEMP TABLE tt(x int); INSERT INTO tt VALUES (1), (2)")
         .await
@@ -626,7 +549,7 @@ async fn temp_tables_belong_to_their_session() {
 
 #[tokio::test]
 async fn set_and_show_round_trip() {
-    let s = Setup::new();
+    let s = Stack::start();
     let (direct, proxied) = (s.direct().await, s.proxied().await);
     let count_relay_app = "SELECT count(*)::text FROM pg_stat_activity \
                            WHERE application_name = 'relay_app'";
@@ -668,7 +591,7 @@ async fn set_and_show_round_trip() {
     let counted = &outcomes[0][2].1;
     assert_eq!(
         counted.as_ref().unwrap().get(1),
-        Some(&common::compare::SimpleMsg::Row(vec![Some("1".into())]))
+        Some(&SimpleMsg::Row(vec![Some("1".into())]))
     );
 }
 
@@ -683,88 +606,60 @@ async fn set_and_show_round_trip() {
 async fn slow_reader(use_copy: bool) {
     const ROWS: usize = 100_000;
     const RATE_BYTES_PER_SEC: f64 = 8e6;
-    let s = Setup::new();
+    let s = Stack::start();
     let client = s.proxied().await;
-    client
-        .simple_query("SELECT repeat('w', 100000) FROM generate_series(1, 20)")
-        .await
-        .unwrap();
+    // Warm up the session's buffers before taking the baseline.
+    let warm_up = "SELECT repeat('w', 100000) FROM generate_series(1, 20)";
+    client.simple_query(warm_up).await.unwrap();
     let baseline = s.proxy.rss_kib();
-    let (peak, stop) = (
-        Arc::new(AtomicU64::new(baseline)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let pid = s.proxy.pid();
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_of(pid) {
-                    peak.fetch_max(kib, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let sampler = RssSampler::start(s.proxy.pid(), Duration::from_millis(50));
     let observer = s.direct().await;
     let blocked = tokio::spawn(async move {
         let mut blocked = 0;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            let row = observer
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientWrite' \
-                     AND query LIKE '%repeat(''x'', 1000)%' AND pid <> pg_backend_pid()",
-                    &[],
-                )
-                .await
-                .unwrap();
-            blocked += row.get::<_, i64>(0);
+            let sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientWrite' \
+                       AND query LIKE '%repeat(''x'', 1000)%' AND pid <> pg_backend_pid()";
+            blocked += observer.query_one(sql, &[]).await.unwrap().get::<_, i64>(0);
         }
         blocked
     });
 
+    let chunks: BoxStream<'_, Vec<u8>> = if use_copy {
+        let sql = "COPY (SELECT repeat('x', 1000) FROM generate_series(1, 100000)) TO STDOUT";
+        Box::pin(
+            client
+                .copy_out(sql)
+                .await
+                .unwrap()
+                .map(|c| c.unwrap().to_vec()),
+        )
+    } else {
+        let sql = "SELECT repeat('x', 1000) || E'\\n' FROM generate_series(1, 100000)";
+        let rows = client
+            .query_raw(sql, std::iter::empty::<i32>())
+            .await
+            .unwrap();
+        Box::pin(rows.map(|r| r.unwrap().get::<_, &str>(0).as_bytes().to_vec()))
+    };
+    futures_util::pin_mut!(chunks);
     let started = Instant::now();
-    let (mut bytes, mut newlines, mut paced) = (0usize, 0usize, 0usize);
-    let mut consume = |chunk: &[u8]| {
+    let (mut bytes, mut newlines, mut count) = (0usize, 0usize, 0usize);
+    while let Some(chunk) = chunks.next().await {
         bytes += chunk.len();
         newlines += chunk.iter().filter(|b| **b == b'\n').count();
         assert!(
             chunk.iter().all(|b| *b == b'x' || *b == b'\n'),
             "unexpected bytes"
         );
-    };
-    if use_copy {
-        let sql = "COPY (SELECT repeat('x', 1000) FROM generate_series(1, 100000)) TO STDOUT";
-        let stream = client.copy_out(sql).await.unwrap();
-        futures_util::pin_mut!(stream);
-        while let Some(chunk) = stream.next().await {
-            consume(&chunk.unwrap());
-            paced += 1;
-            if paced % 256 == 0 {
-                pace(started, paced * 1001, RATE_BYTES_PER_SEC).await;
-            }
-        }
-    } else {
-        let sql = "SELECT repeat('x', 1000) || E'\\n' FROM generate_series(1, 100000)";
-        let stream = client
-            .query_raw(sql, std::iter::empty::<i32>())
-            .await
-            .unwrap();
-        futures_util::pin_mut!(stream);
-        while let Some(row) = stream.next().await {
-            consume(row.unwrap().get::<_, &str>(0).as_bytes());
-            paced += 1;
-            if paced % 256 == 0 {
-                pace(started, paced * 1001, RATE_BYTES_PER_SEC).await;
-            }
+        count += 1;
+        if count % 256 == 0 {
+            pace(started, bytes, RATE_BYTES_PER_SEC).await;
         }
     }
     let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let growth_kib = sampler.finish().saturating_sub(baseline);
     let blocked = blocked.await.unwrap();
-    let growth_kib = peak.load(Ordering::Relaxed).saturating_sub(baseline);
     eprintln!(
         "read {bytes} bytes in {elapsed:?}; pgmemo RSS {baseline} KiB -> peak +{growth_kib} KiB; \
          backend seen in ClientWrite {blocked}/20 samples"
@@ -778,25 +673,6 @@ async fn slow_reader(use_copy: bool) {
         blocked > 0,
         "the Postgres backend was never blocked on ClientWrite"
     );
-}
-
-/// Sleeps until `done` bytes are due at `rate` bytes/s since `started`.
-async fn pace(started: Instant, done: usize, rate: f64) {
-    let due = Duration::from_secs_f64(done as f64 / rate);
-    if let Some(wait) = due.checked_sub(started.elapsed()) {
-        tokio::time::sleep(wait).await;
-    }
-}
-
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 #[tokio::test]

@@ -59,6 +59,8 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, how long sessions may finish their transaction before 57P01.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Threads that run client sessions, each an event loop of its own; 0 = one per CPU.
+    pub worker_threads: usize,
     /// Client-leg TLS; absent = SSLRequest answered 'N'.
     pub tls: Option<TlsConfig>,
 }
@@ -128,6 +130,7 @@ impl Default for ServerConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             startup_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            worker_threads: 0,
             tls: None,
         }
     }

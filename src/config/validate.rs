@@ -129,6 +129,13 @@ fn check_server(server: &ServerConfig, issues: &mut Vec<ConfigIssue>) {
     }
     check_positive("server.startup_timeout", server.startup_timeout, issues);
     check_positive("server.shutdown_timeout", server.shutdown_timeout, issues);
+    if server.worker_threads > 1024 {
+        issues.push(ConfigIssue::new(
+            "server.worker_threads",
+            server.worker_threads.to_string(),
+            "must be between 0 (one per CPU) and 1024",
+        ));
+    }
     if let Some(tls) = &server.tls {
         check_tls_file("server.tls.cert", &tls.cert, issues);
         check_tls_file("server.tls.key", &tls.key, issues);

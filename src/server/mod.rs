@@ -4,6 +4,7 @@
 //! `server.shutdown_timeout`, then closes the rest with 57P01.
 
 pub mod tls;
+pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +42,8 @@ pub enum ServerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Workers(#[from] workers::WorkerError),
     #[error("metrics: {0}")]
     Metrics(#[from] telemetry::recorder::RecorderError),
 }
@@ -83,6 +86,8 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     // The ready line is a contract for tests and tools: one line on stdout.
     println!("pgmemo listening on {listen_addr} admin {admin_addr}");
 
+    let pool = workers::Workers::start(ctx.config().server.worker_threads)?;
+    info!(workers = pool.len(), "session workers started");
     let sessions = TaskTracker::new();
     let drain = CancellationToken::new();
     let force = CancellationToken::new();
@@ -109,16 +114,30 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
                 force: force.clone(),
             };
             let ctx = Arc::clone(&ctx);
-            sessions.spawn(async move {
-                let _slot = slot;
-                session::serve(ctx, tcp, peer, shutdown).await;
-            });
+            let job = move |tcp| -> workers::Job {
+                Box::new(move || {
+                    Box::pin(async move {
+                        let _slot = slot;
+                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
+                            session::serve(ctx, tcp, peer, shutdown).await;
+                        }
+                    })
+                })
+            };
+            hand_off(&pool, &sessions, tcp, job).await;
         } else if let Some(slot) = Slot::take(&rejecting, MAX_REJECTING) {
             let ctx = Arc::clone(&ctx);
-            sessions.spawn(async move {
-                let _slot = slot;
-                session::reject_busy(ctx, tcp).await;
-            });
+            let job = move |tcp| -> workers::Job {
+                Box::new(move || {
+                    Box::pin(async move {
+                        let _slot = slot;
+                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
+                            session::reject_busy(ctx, tcp).await;
+                        }
+                    })
+                })
+            };
+            hand_off(&pool, &sessions, tcp, job).await;
         } else {
             metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections")
                 .increment(1);
@@ -137,10 +156,40 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         force.cancel();
         let _ = tokio::time::timeout(FORCE_GRACE, sessions.wait()).await;
     }
+    drop(pool);
     admin_stop.cancel();
     let _ = admin_task.await;
     info!("pgmemo stopped");
     Ok(())
+}
+
+/// Moves an accepted socket to a worker thread; the session is tracked for shutdown.
+async fn hand_off(
+    pool: &workers::Workers,
+    sessions: &TaskTracker,
+    tcp: tokio::net::TcpStream,
+    job: impl FnOnce(std::net::TcpStream) -> workers::Job,
+) {
+    // Deregister from this runtime's reactor; the worker registers it with its own.
+    let std = match tcp.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot hand a connection to a worker");
+            return;
+        }
+    };
+    let tracked = sessions.token();
+    let job = job(std);
+    let job: workers::Job = Box::new(move || {
+        let fut = job();
+        Box::pin(async move {
+            let _tracked = tracked;
+            fut.await;
+        })
+    });
+    if let Err(e) = pool.submit(job).await {
+        error!(error = %e, "connection dropped");
+    }
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {

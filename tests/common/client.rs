@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_postgres::error::DbError;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
@@ -151,4 +151,33 @@ pub async fn connect_with_messages(
 pub fn db_error(e: &tokio_postgres::Error) -> &DbError {
     e.as_db_error()
         .unwrap_or_else(|| panic!("expected a server error, got: {e} ({e:?})"))
+}
+
+/// The whole output of a `COPY ... TO STDOUT`.
+pub async fn copy_out_all(client: &Client, sql: &str) -> Vec<u8> {
+    let stream = client
+        .copy_out(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let chunks: Vec<bytes::Bytes> = stream
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    chunks.concat()
+}
+
+/// Sleeps until `done` bytes are due at `rate` bytes/s since `started`: paces a
+/// deliberately slow reader.
+pub async fn pace(started: std::time::Instant, done: usize, rate: f64) {
+    let due = Duration::from_secs_f64(done as f64 / rate);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// `batch_execute` that panics with the SQL on error (test shorthand).
+pub async fn batch(client: &Client, sql: &str) {
+    if let Err(e) = client.batch_execute(sql).await {
+        panic!("{sql}: {e} ({e:?})");
+    }
 }

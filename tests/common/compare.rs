@@ -138,6 +138,15 @@ pub async fn simple_outcome(client: &Client, sql: &str) -> SimpleOutcome {
     }
 }
 
+/// Runs each statement on `direct` then on `proxied` and asserts identical outcomes.
+pub async fn assert_same_simple(direct: &Client, proxied: &Client, statements: &[&str]) {
+    for sql in statements {
+        let want = simple_outcome(direct, sql).await;
+        let got = simple_outcome(proxied, sql).await;
+        assert_eq!(got, want, "through pgmemo vs direct for {sql:?}");
+    }
+}
+
 /// Outcome of one typed (extended-protocol, binary) query, comparable across connections.
 pub type RawOutcome = Result<Vec<Vec<Raw>>, Box<ErrorFields>>;
 

@@ -8,17 +8,21 @@
 
 pub mod client;
 pub mod compare;
+pub mod memory;
 pub mod pg;
+pub mod pg_install;
 pub mod ports;
 pub mod proxy;
 pub mod reaper;
 pub mod redis;
+pub mod stack;
 pub mod tls;
 
 pub use client::{AsyncMessages, connect, connect_with_messages, db_error, pg_config};
 pub use pg::{PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyArgs, Signal};
 pub use redis::RedisServer;
+pub use stack::Stack;
 pub use tls::TestCa;
 
 /// Fixed passwords of the users every `PgServer` creates (see `pg.rs`).

@@ -2,18 +2,18 @@
 //! the test users and settings every test relies on, stop and remove it on `Drop`.
 //!
 //! Postgres refuses to run as root, so when the tests run as root every server command
-//! goes through `runuser -u postgres --` and the temp dir is chowned to that user.
+//! goes through `runuser -u postgres --` and the temp dir is chowned to that user
+//! (see `pg_install`, which also caches the initdb output).
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use tokio_postgres::Client;
 
 use super::client;
+use super::pg_install::{self, chown};
 use super::ports::free_port;
 use super::reaper::Reaper;
 use super::tls::{TestCa, set_mode};
@@ -87,18 +87,14 @@ impl PgServer {
     /// initdb + start + create the test users, extension and `app` database.
     /// Blocking (a few hundred ms); fine to call from `#[tokio::test]`.
     pub fn start(opts: PgOptions) -> PgServer {
-        let bin_dir = bin_dir().to_path_buf();
+        let bin_dir = pg_install::bin_dir().to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("pgmemo-pg-")
             .tempdir_in("/tmp")
             .expect("create temp dir for PostgreSQL");
         // Postgres (as user postgres) must traverse the path to its data dir.
         set_mode(dir.path(), 0o755);
-        let owner = if running_as_root() {
-            Some(postgres_ids())
-        } else {
-            None
-        };
+        let owner = pg_install::server_owner();
         let socket_dir = dir.path().join("sock");
         std::fs::create_dir(&socket_dir).expect("create socket dir");
         set_mode(&socket_dir, 0o755);
@@ -127,7 +123,7 @@ impl PgServer {
             data = server.data_dir.display(),
             dir = server.dir.path().display()
         )));
-        server.initdb();
+        pg_install::init_data_dir(&server.data_dir, server.owner);
         server.write_config_files(&opts);
         server.first_start();
         server.create_test_objects();
@@ -166,6 +162,16 @@ impl PgServer {
         db: &str,
     ) -> Result<Client, tokio_postgres::Error> {
         client::try_connect(self.addr(), user, password, db).await
+    }
+
+    /// A direct connection that delivers NOTIFY/notices to the test.
+    pub async fn connect_with_messages(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> (Client, client::AsyncMessages) {
+        client::connect_with_messages(self.addr(), user, password, db).await
     }
 
     /// A direct TLS connection verified against this server's CA (needs `PgOptions::tls`).
@@ -278,33 +284,6 @@ impl PgServer {
         assert!(!self.running, "PgServer::start_again on a running server");
         if let Err(log) = self.pg_ctl_start() {
             panic!("restarting PostgreSQL on port {} failed:\n{log}", self.port);
-        }
-    }
-
-    fn initdb(&self) {
-        let out = self
-            .server_cmd("initdb")
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-N",
-            ])
-            .output()
-            .expect("run initdb");
-        if !out.status.success() {
-            panic!(
-                "initdb failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
         }
     }
 
@@ -463,17 +442,7 @@ impl PgServer {
 
     /// A command for a server binary, run as `postgres` when we are root.
     fn server_cmd(&self, name: &str) -> Command {
-        let bin = self.bin(name);
-        let mut cmd = if self.owner.is_some() {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(bin);
-            cmd
-        } else {
-            Command::new(bin)
-        };
-        // Run from a dir the postgres user can read (not root's cwd).
-        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
-        cmd
+        pg_install::server_command(name, self.owner, self.dir.path())
     }
 }
 
@@ -502,89 +471,6 @@ impl Drop for PgServer {
 
 fn is_bind_failure(log: &str) -> bool {
     log.contains("could not bind") || log.contains("could not create any TCP/IP sockets")
-}
-
-/// The directory holding initdb/pg_ctl/postgres/psql: `$PGMEMO_PG_BIN`, else the
-/// directory of `initdb` found on PATH (symlinks resolved, so all tools come from one
-/// installation), else the newest `/usr/lib/postgresql/*/bin`.
-pub fn bin_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("PGMEMO_PG_BIN") {
-            return PathBuf::from(dir);
-        }
-        if let Some(dir) = initdb_on_path() {
-            return dir;
-        }
-        newest_debian_bin_dir().unwrap_or_else(|| {
-            panic!(
-                "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or \
-                 in /usr/lib/postgresql/*/bin: install the `postgresql` package \
-                 (apt-get install postgresql) or set PGMEMO_PG_BIN"
-            )
-        })
-    })
-}
-
-fn initdb_on_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).find_map(|dir| {
-        let candidate = dir.join("initdb");
-        if !candidate.is_file() {
-            return None;
-        }
-        let real = std::fs::canonicalize(&candidate).ok()?;
-        let parent = real.parent()?;
-        parent
-            .join("pg_ctl")
-            .is_file()
-            .then(|| parent.to_path_buf())
-    })
-}
-
-fn newest_debian_bin_dir() -> Option<PathBuf> {
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = entry.path().join("bin");
-            bin.join("initdb").is_file().then_some((version, bin))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, bin)| bin)
-}
-
-fn running_as_root() -> bool {
-    // /proc/self belongs to the effective uid of this process.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-fn postgres_ids() -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    passwd
-        .lines()
-        .find_map(|line| {
-            let mut fields = line.split(':');
-            if fields.next() != Some("postgres") {
-                return None;
-            }
-            let uid = fields.nth(1)?.parse().ok()?;
-            let gid = fields.next()?.parse().ok()?;
-            Some((uid, gid))
-        })
-        .expect(
-            "tests run as root but there is no `postgres` OS user to run PostgreSQL as \
-             (install the `postgresql` package, which creates it)",
-        )
-}
-
-fn chown(path: &Path, uid: u32, gid: u32) {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 fn run_with_stdin(mut cmd: Command, input: &str) -> Output {

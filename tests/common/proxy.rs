@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use super::client::{self, AsyncMessages};
+use super::memory;
 use super::reaper::Reaper;
 
 /// How long the binary may take to print its ready line.
@@ -257,14 +258,7 @@ impl Proxy {
 
     /// Resident set size in KiB, from /proc/PID/status.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_else(|e| panic!("read /proc/{}/status: {e}", self.pid()));
-        status
-            .lines()
-            .find_map(|line| {
-                let rest = line.strip_prefix("VmRSS:")?;
-                rest.trim().trim_end_matches("kB").trim().parse().ok()
-            })
+        memory::rss_kib(self.pid())
             .unwrap_or_else(|| panic!("no VmRSS for pgmemo {} (exited?)", self.pid()))
     }
 

@@ -68,8 +68,7 @@ impl FakeUpstream {
         let mut saw_ssl_request = false;
         loop {
             let packet = read_startup_packet(&mut stream).await;
-            match startup::parse(packet.clone()).expect("proxy sent an unparsable startup packet")
-            {
+            match startup::parse(packet.clone()).expect("proxy sent an unparsable startup packet") {
                 StartupPacket::SslRequest => {
                     saw_ssl_request = true;
                     stream.write_all(b"N").await.expect("answer SSLRequest");
@@ -111,7 +110,10 @@ async fn read_startup_packet(stream: &mut TcpStream) -> Bytes {
 impl FakeConn {
     /// Sends bytes as they are.
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("fake upstream send");
+        self.stream
+            .write_all(bytes)
+            .await
+            .expect("fake upstream send");
         self.stream.flush().await.expect("fake upstream flush");
     }
 
@@ -131,20 +133,23 @@ impl FakeConn {
         tokio::time::timeout(wait, read).await.ok().flatten()
     }
 
-    /// Reads whatever arrives (up to `max`) until the proxy closes or `wait` passes.
-    pub async fn read_to_close(&mut self, wait: Duration, max: usize) -> Vec<u8> {
+    /// Reads whatever arrives until the proxy closes the connection; `None` if it is still
+    /// open after `wait` (or sent more than `max` bytes).
+    pub async fn read_to_close(&mut self, wait: Duration, max: usize) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        let _ = tokio::time::timeout(wait, async {
+        let closed = tokio::time::timeout(wait, async {
             let mut buf = [0u8; 4096];
             while out.len() < max {
                 match self.stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => return true,
                     Ok(n) => out.extend_from_slice(&buf[..n]),
                 }
             }
+            false
         })
-        .await;
-        out
+        .await
+        .unwrap_or(false);
+        closed.then_some(out)
     }
 }
 

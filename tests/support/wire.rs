@@ -157,7 +157,9 @@ pub fn cancel_request(key: &[u8]) -> Vec<u8> {
 /// Sends a CancelRequest to `addr` and waits (bounded) for the other side to close.
 pub async fn send_cancel(addr: SocketAddr, key: &[u8]) {
     let mut s = connect(addr).await;
-    s.write_all(&cancel_request(key)).await.expect("send cancel");
+    s.write_all(&cancel_request(key))
+        .await
+        .expect("send cancel");
     let mut sink = [0u8; 64];
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read(&mut sink)).await;
 }

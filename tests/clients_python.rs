@@ -1,0 +1,71 @@
+//! Non-Rust drivers through pgmemo: runs `tests/python/psycopg_check.py`, which drives
+//! psycopg 3 (libpq: server-side prepared statements, pipeline mode, binary formats, COPY)
+//! and asyncpg (named statements, binary protocol, portal cursors, binary COPY) directly and
+//! through the proxy and compares the outcomes. A missing driver is a failure, never a skip.
+
+mod common;
+#[path = "support/run.rs"]
+mod run;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
+
+const INSTALL_HINT: &str = "pip install \"psycopg[binary]\" asyncpg";
+/// The script takes a few seconds; the bound only catches a hang.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn python() -> Command {
+    let mut cmd = Command::new("python3");
+    // Unbuffered, so a killed run still shows how far it got.
+    cmd.env("PYTHONUNBUFFERED", "1");
+    cmd
+}
+
+/// Fails (never skips) when python3 or a driver is missing, saying how to install them.
+fn require_drivers() {
+    let mut cmd = python();
+    cmd.args(["-c", "import psycopg, asyncpg"]);
+    let out = match cmd.output() {
+        Ok(out) => out,
+        Err(e) => panic!("python3 is not runnable ({e}); install python3, then {INSTALL_HINT}"),
+    };
+    assert!(
+        out.status.success(),
+        "the Python drivers are not importable; run: {INSTALL_HINT} (CI installs them)\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn psycopg_and_asyncpg_match_direct() {
+    require_drivers();
+    let pg = PgServer::start(PgOptions::default());
+    let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, "postgres")));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/psycopg_check.py");
+    let mut cmd = python();
+    cmd.arg(&script)
+        .args(["--proxy", &proxy.addr().to_string()])
+        .args(["--direct", &pg.addr().to_string()]);
+    let out = run::run(cmd, None, SCRIPT_TIMEOUT);
+    assert!(
+        out.status.code() != Some(3),
+        "a Python driver is missing; run: {INSTALL_HINT}\n{}",
+        out.describe()
+    );
+    assert!(
+        out.success(),
+        "psycopg_check.py failed:\n{}",
+        out.describe()
+    );
+    // Every scenario must have reported; a script that stopped early cannot pass.
+    let ok_lines = out.stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(
+        ok_lines,
+        5,
+        "expected 5 passing scenarios:\n{}",
+        out.describe()
+    );
+}
