@@ -1,7 +1,8 @@
 //! Non-Rust drivers through pgmemo: runs `tests/python/psycopg_check.py`, which drives
 //! psycopg 3 (libpq: server-side prepared statements, pipeline mode, binary formats, COPY)
 //! and asyncpg (named statements, binary protocol, portal cursors, binary COPY) directly and
-//! through the proxy and compares the outcomes. A missing driver is a failure, never a skip.
+//! through the proxy and compares the outcomes; and, with the libpq psycopg bundles (≥ 17),
+//! PostgreSQL 17 direct TLS to pgmemo. A missing driver is a failure, never a skip.
 
 mod common;
 #[path = "support/run.rs"]
@@ -11,7 +12,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
+use common::tls::set_mode;
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER, TestCa};
 
 const INSTALL_HINT: &str = "pip install \"psycopg[binary]\" asyncpg";
 /// The script takes a few seconds; the bound only catches a hang.
@@ -39,14 +41,17 @@ fn require_drivers() {
     );
 }
 
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/psycopg_check.py")
+}
+
 #[test]
 fn psycopg_and_asyncpg_match_direct() {
     require_drivers();
     let pg = PgServer::start(PgOptions::default());
     let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, "postgres")));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/psycopg_check.py");
     let mut cmd = python();
-    cmd.arg(&script)
+    cmd.arg(script())
         .args(["--proxy", &proxy.addr().to_string()])
         .args(["--direct", &pg.addr().to_string()]);
     let out = run::run(cmd, None, SCRIPT_TIMEOUT);
@@ -66,6 +71,43 @@ fn psycopg_and_asyncpg_match_direct() {
         ok_lines,
         5,
         "expected 5 passing scenarios:\n{}",
+        out.describe()
+    );
+}
+
+/// libpq ≥ 17 `sslnegotiation=direct` (TLS from the first byte, ALPN `postgresql`) through
+/// pgmemo, as trust, SCRAM and md5 users.
+#[test]
+fn psycopg_direct_tls() {
+    require_drivers();
+    let certs = tempfile::tempdir().expect("cert dir");
+    set_mode(certs.path(), 0o755);
+    let ca = TestCa::new(certs.path());
+    let cert = ca.issue_server_cert(certs.path(), "pgmemo");
+    let pg = PgServer::start(PgOptions::default());
+    let proxy = Proxy::start(
+        ProxyArgs::new(pg.url(SUPERUSER, "postgres")).config(format!(
+            "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+            cert.cert_path.display().to_string(),
+            cert.key_path.display().to_string()
+        )),
+    );
+    let mut cmd = python();
+    cmd.arg(script())
+        .args(["--direct-tls", &proxy.addr().to_string()])
+        .arg("--ca")
+        .arg(ca.ca_pem_path());
+    let out = run::run(cmd, None, SCRIPT_TIMEOUT);
+    assert!(
+        out.success(),
+        "direct TLS via psycopg failed:\n{}",
+        out.describe()
+    );
+    let ok_lines = out.stdout.lines().filter(|l| l.starts_with("ok ")).count();
+    assert_eq!(
+        ok_lines,
+        3,
+        "expected 3 direct-TLS logins:\n{}",
         out.describe()
     );
 }

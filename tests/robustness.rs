@@ -1,129 +1,31 @@
 //! Robustness and limits of the proxy: malformed and oversized frames, garbage before the
 //! startup packet, silent clients, the connection limit (and cancels at the limit), an
-//! unreachable upstream and an upstream restarted under live sessions. Every test also keeps
-//! a well-behaved session busy on the same proxy, because a misbehaving client must never
-//! affect the others (DESIGN.md §1.6).
-
+//! unreachable upstream, an upstream restarted under live sessions, and backpressure against
+//! clients that do not read or that pipeline huge messages. Every test keeps a well-behaved
+//! session busy on the same proxy, because a misbehaving client must never affect the others
+//! (DESIGN.md §1.6).
 mod common;
+#[path = "support/serving.rs"]
+mod serving;
 #[path = "support/wire.rs"]
 mod wire;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
+use pgmemo::protocol::startup::encode_startup;
+use serving::{Heartbeat, PROMPT, assert_alive_and_serving, select_one, wait_until_sleeping};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
 use wire::Read;
 
 const DB: &str = "postgres";
-/// Generous bound for "promptly" (functional tests, not benchmarks).
-const PROMPT: Duration = Duration::from_secs(5);
 
 fn start(config: &str) -> (PgServer, Proxy) {
     let pg = PgServer::start(PgOptions::default());
     let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, DB)).config(config));
     (pg, proxy)
-}
-
-/// A well-behaved session running `SELECT 1` in a loop for the whole test; `assert_serving`
-/// proves it made progress since the last check and never saw an error.
-struct Heartbeat {
-    count: Arc<AtomicU64>,
-    error: Arc<Mutex<Option<String>>>,
-    seen: u64,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Heartbeat {
-    async fn start(proxy: &Proxy) -> Heartbeat {
-        let client = proxy.connect(SUPERUSER, "", DB).await;
-        let count = Arc::new(AtomicU64::new(0));
-        let error = Arc::new(Mutex::new(None));
-        let task = tokio::spawn({
-            let (count, error) = (Arc::clone(&count), Arc::clone(&error));
-            async move {
-                loop {
-                    match select_one(&client).await {
-                        Ok(()) => {
-                            count.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            *error.lock().await = Some(e);
-                            return;
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        });
-        let mut hb = Heartbeat {
-            count,
-            error,
-            seen: 0,
-            task,
-        };
-        hb.assert_serving("at start").await;
-        hb
-    }
-
-    async fn assert_serving(&mut self, when: &str) {
-        let deadline = Instant::now() + PROMPT;
-        loop {
-            if let Some(e) = self.error.lock().await.as_ref() {
-                panic!("the well-behaved session failed ({when}): {e}");
-            }
-            let now = self.count.load(Ordering::Relaxed);
-            if now > self.seen {
-                self.seen = now;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the well-behaved session made no progress for {PROMPT:?} ({when})"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Heartbeat {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn select_one(client: &Client) -> Result<(), String> {
-    let row = tokio::time::timeout(PROMPT, client.query_one("SELECT 1::int4", &[]))
-        .await
-        .map_err(|_| format!("SELECT 1 took over {PROMPT:?}"))?
-        .map_err(|e| format!("{e} ({e:?})"))?;
-    let one: i32 = row.get(0);
-    if one == 1 {
-        Ok(())
-    } else {
-        Err(format!("SELECT 1 returned {one}"))
-    }
-}
-
-/// The proxy is still running and a brand-new session works.
-async fn assert_alive_and_serving(proxy: &mut Proxy, when: &str) {
-    assert!(
-        proxy.try_exit_status().is_none(),
-        "pgmemo exited ({when}): {:?}\n{}",
-        proxy.try_exit_status(),
-        proxy.stderr()
-    );
-    let fresh = tokio::time::timeout(PROMPT, proxy.try_connect(SUPERUSER, "", DB))
-        .await
-        .unwrap_or_else(|_| panic!("new session timed out ({when})"))
-        .unwrap_or_else(|e| panic!("new session failed ({when}): {e}"));
-    select_one(&fresh)
-        .await
-        .unwrap_or_else(|e| panic!("new session query failed ({when}): {e}"));
 }
 
 /// Frames of a connection the proxy must end with exactly one FATAL 08P01.
@@ -329,9 +231,34 @@ async fn silent_clients_are_closed_after_startup_timeout() {
         let c = proxy.connect(SUPERUSER, "", DB).await;
         select_one(&c).await
     };
-    let ((t_silent, r_silent), (t_partial, r_partial), served) =
-        tokio::join!(silent, partial, during);
+    let mute_at_password = async {
+        // A complete startup for a password user, then no answer to the password request:
+        // the authentication phase is bounded by the same timeout.
+        let mut s = wire::connect(proxy.addr()).await;
+        let user = common::PLAIN_USER.0;
+        s.write_all(&encode_startup(3, 0, &[("user", user), ("database", DB)]))
+            .await
+            .unwrap();
+        let request = wire::read_frame(&mut s, PROMPT).await;
+        assert!(
+            matches!(&request, Read::Frame(f) if f[0] == b'R'),
+            "expected a password request, got {request:?}"
+        );
+        let t0 = Instant::now();
+        let frames = wire::frames_until_closed(&mut s, Duration::from_secs(3)).await;
+        (t0.elapsed(), frames)
+    };
+    let ((t_silent, r_silent), (t_partial, r_partial), (t_mute, mute_frames), served) =
+        tokio::join!(silent, partial, mute_at_password, during);
     served.expect("a session opened while others were silent");
+    assert!(
+        t_mute >= Duration::from_millis(800),
+        "client mute at the password prompt closed after {t_mute:?}"
+    );
+    assert!(
+        mute_frames.iter().all(|f| f[0] == b'E'),
+        "after the timeout only an error may come: {mute_frames:?}"
+    );
     for (what, elapsed, r) in [
         ("silent client", t_silent, r_silent),
         ("partial startup packet", t_partial, r_partial),
@@ -420,28 +347,6 @@ async fn connection_limit_gives_53300_and_cancels_still_work_at_the_limit() {
     };
     select_one(&replacement).await.unwrap();
     assert!(proxy.try_exit_status().is_none());
-}
-
-/// Waits until a backend is inside pg_sleep, so a cancel has something to hit.
-async fn wait_until_sleeping(pg: &PgServer) {
-    let direct = pg.connect(SUPERUSER, "", DB).await;
-    let deadline = Instant::now() + PROMPT;
-    loop {
-        let n: i64 = direct
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
-                 AND query LIKE 'SELECT pg_sleep(%' AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if n > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "pg_sleep never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,67 +477,12 @@ async fn client_that_never_reads_is_held_back_without_growing_the_proxy() {
     assert_alive_and_serving(&mut proxy, "after the non-reading client").await;
 }
 
-/// Samples the proxy's RSS every 50 ms until dropped; `peak_kib` is the highest seen.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let thread = std::thread::spawn({
-            let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
-            move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = rss_of(pid) {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        });
-        RssSampler {
-            peak,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak_kib(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssSampler {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_large_parse_messages_keep_the_proxy_bounded() {
     let (_pg, mut proxy) = start("");
     let mut hb = Heartbeat::start(&proxy).await;
     let rss_before = proxy.rss_kib();
-    let sampler = RssSampler::start(proxy.pid());
+    let sampler = common::memory::RssSampler::start(proxy.pid(), Duration::from_millis(50));
     let mut s = wire::trust_session(proxy.addr(), SUPERUSER, DB).await;
     // A legitimate pipeline: many unnamed-statement Parse messages with 512 kB of SQL each,
     // then one Sync. PostgreSQL answers each with a 5-byte ParseComplete and flushes them
@@ -689,8 +539,7 @@ async fn pipelined_large_parse_messages_keep_the_proxy_bounded() {
     .await
     .expect("the Parse pipeline did not finish within 240 s");
     assert_eq!(parsed, PARSES);
-    let peak = sampler.peak_kib();
-    drop(sampler);
+    let peak = sampler.finish();
     let grown = peak.saturating_sub(rss_before);
     eprintln!("pipeline of {PARSES} x {SQL_BYTES}-byte Parse messages: peak RSS +{grown} KiB");
     assert!(

@@ -65,9 +65,10 @@ mod tests {
         let mut r = Reader::new(b"ab\0\x00\x01rest");
         assert_eq!(r.cstr(), Some(&b"ab"[..]));
         assert_eq!(r.i16(), Some(1));
-        assert_eq!(r.i32(), None);
+        assert_eq!(r.bytes(5), None);
         assert_eq!(r.bytes(4), Some(&b"rest"[..]));
         assert_eq!(r.u8(), None);
+        assert_eq!(r.i32(), None);
         assert_eq!(Reader::new(b"no terminator").cstr(), None);
         assert_eq!(Reader::body(b"Q\0").remaining(), b"");
     }

@@ -59,7 +59,10 @@ mod tests {
         assert_eq!(header(b"Q\0\0\0", 100), Ok(None));
         assert_eq!(
             header(b"Q\0\0\0\x05x", 100),
-            Ok(Some(Header { tag: b'Q', total: 6 }))
+            Ok(Some(Header {
+                tag: b'Q',
+                total: 6
+            }))
         );
     }
 

@@ -22,7 +22,9 @@ pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
     /// `key` is the backend pid followed by the secret, exactly as sent (4 + 4..=256 bytes).
-    Cancel { key: Bytes },
+    Cancel {
+        key: Bytes,
+    },
     Startup(StartupMessage),
 }
 

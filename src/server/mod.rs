@@ -79,7 +79,11 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         },
         admin_stop.clone(),
     ));
-    tokio::spawn(reload_on_sighup(Arc::clone(&ctx), sources, shutdown.clone()));
+    tokio::spawn(reload_on_sighup(
+        Arc::clone(&ctx),
+        sources,
+        shutdown.clone(),
+    ));
 
     readiness.set_listener_up(true);
     info!(%listen_addr, %admin_addr, upstream = ctx.upstream.address(), "pgmemo ready");
@@ -148,11 +152,21 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     drop(listener);
     readiness.set_listener_up(false);
     let deadline = ctx.config().server.shutdown_timeout;
-    info!(sessions = sessions.len(), ?deadline, "shutting down: waiting for sessions to finish their transactions");
+    info!(
+        sessions = sessions.len(),
+        ?deadline,
+        "shutting down: waiting for sessions to finish their transactions"
+    );
     sessions.close();
     drain.cancel();
-    if tokio::time::timeout(deadline, sessions.wait()).await.is_err() {
-        warn!(sessions = sessions.len(), "shutdown deadline reached; closing remaining sessions");
+    if tokio::time::timeout(deadline, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = sessions.len(),
+            "shutdown deadline reached; closing remaining sessions"
+        );
         force.cancel();
         let _ = tokio::time::timeout(FORCE_GRACE, sessions.wait()).await;
     }
@@ -204,7 +218,9 @@ struct Slot(Arc<AtomicUsize>);
 impl Slot {
     fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
         counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Slot(Arc::clone(counter)))
     }
@@ -257,7 +273,10 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
     ];
     for (key, changed) in restart_only {
         if changed {
-            warn!(key, "changed in the config file but needs a restart; keeping the running value");
+            warn!(
+                key,
+                "changed in the config file but needs a restart; keeping the running value"
+            );
         }
     }
     new.server.listen = old.server.listen;

@@ -131,7 +131,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["pgmemo-worker-0", "pgmemo-worker-0", "pgmemo-worker-1", "pgmemo-worker-1"]
+            [
+                "pgmemo-worker-0",
+                "pgmemo-worker-0",
+                "pgmemo-worker-1",
+                "pgmemo-worker-1"
+            ]
         );
         let _ = Arc::new(workers);
     }

@@ -54,6 +54,8 @@ pub async fn relay(
     let mut out = BytesMut::new();
     let mut cancel_key = None;
     let mut authenticated = false;
+    // Set when SCRAM-SHA-256-PLUS was removed from the upstream's offer.
+    let mut stripped_plus = false;
     loop {
         let frame = read_frame(upstream, MAX_AUTH_FRAME)
             .await
@@ -77,7 +79,9 @@ pub async fn relay(
                         answer(client, upstream, &mut out).await?;
                     }
                     10 => {
-                        out.extend_from_slice(&sasl_offer(&frame, offer_scram_plus)?);
+                        let offer = sasl_offer(&frame, offer_scram_plus)?;
+                        stripped_plus = offer != frame;
+                        out.extend_from_slice(&offer);
                         answer(client, upstream, &mut out).await?;
                     }
                     12 => out.extend_from_slice(&frame),
@@ -111,6 +115,20 @@ pub async fn relay(
                     .with_detail(format!("upstream said: {}", error_message(&frame)))
                     .with_hint("The client's certificate ends at pgmemo; use password, md5 or scram-sha-256 for pgmemo's address in pg_hba.conf.")
                     .encode()
+                } else if stripped_plus && error_message(&frame).contains("channel binding") {
+                    // libpq on TLS, not offered PLUS, says "I could bind but you cannot", which a
+                    // TLS upstream rejects as a downgrade; the proof covers that flag, so
+                    // pgmemo cannot rewrite it. Say what to change instead of the bare refusal.
+                    ClientError::fatal(
+                        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                        "SCRAM channel binding cannot work through pgmemo with this TLS set-up",
+                    )
+                    .with_detail(format!(
+                        "pgmemo presents a different certificate from the upstream's, so it does not offer SCRAM-SHA-256-PLUS; upstream said: {}",
+                        error_message(&frame)
+                    ))
+                    .with_hint("Configure [server.tls] with the upstream's certificate and key, connect with channel_binding=disable, or use a plain upstream leg.")
+                    .encode()
                 } else {
                     frame
                 };
@@ -135,19 +153,28 @@ pub async fn relay(
 }
 
 /// Sends what is buffered to the client, then relays its one answer ('p') upstream.
-async fn answer(client: &mut Stream, upstream: &mut Stream, out: &mut BytesMut) -> Result<(), AuthError> {
+async fn answer(
+    client: &mut Stream,
+    upstream: &mut Stream,
+    out: &mut BytesMut,
+) -> Result<(), AuthError> {
     client.write_all(out).await.map_err(AuthError::Client)?;
     client.flush().await.map_err(AuthError::Client)?;
     out.clear();
-    let frame = read_frame(client, MAX_AUTH_FRAME).await.map_err(|e| match e {
-        ReadError::Io(e) => AuthError::Client(e),
-        ReadError::Frame(e) => AuthError::ClientFrame(e),
-    })?;
+    let frame = read_frame(client, MAX_AUTH_FRAME)
+        .await
+        .map_err(|e| match e {
+            ReadError::Io(e) => AuthError::Client(e),
+            ReadError::Frame(e) => AuthError::ClientFrame(e),
+        })?;
     let tag = frame.first().copied().unwrap_or_default();
     if tag != frontend::PASSWORD {
         return Err(AuthError::UnexpectedClientMessage(char::from(tag)));
     }
-    upstream.write_all(&frame).await.map_err(AuthError::Upstream)?;
+    upstream
+        .write_all(&frame)
+        .await
+        .map_err(AuthError::Upstream)?;
     upstream.flush().await.map_err(AuthError::Upstream)?;
     Ok(())
 }
@@ -238,6 +265,9 @@ mod tests {
             hint: None,
         });
         assert!(mentions_client_certificate(&e));
-        assert_eq!(error_message(&e), "connection requires a valid client certificate");
+        assert_eq!(
+            error_message(&e),
+            "connection requires a valid client certificate"
+        );
     }
 }

@@ -55,7 +55,8 @@ pub async fn serve(ctx: Arc<AppContext>, tcp: TcpStream, peer: SocketAddr, shutd
 /// Answers a connection over `server.max_client_connections`: cancels are still forwarded,
 /// sessions get 53300 as from PostgreSQL.
 pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
-    metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections").increment(1);
+    metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections")
+        .increment(1);
     let timeout = ctx.config().server.startup_timeout;
     match tokio::time::timeout(timeout, negotiate(tcp, ctx.tls.as_ref())).await {
         Ok(Ok(Negotiated::Session { mut stream, .. })) => {
@@ -69,24 +70,26 @@ pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
 async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
     let config = ctx.config();
     let _ = tcp.set_nodelay(true);
-    let negotiated =
-        match tokio::time::timeout(config.server.startup_timeout, negotiate(tcp, ctx.tls.as_ref()))
-            .await
-        {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                debug!(error = %e, "startup negotiation failed");
-                metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "protocol")
-                    .increment(1);
-                return;
-            }
-            Err(_) => {
-                debug!("startup timed out");
-                metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "startup_timeout")
-                    .increment(1);
-                return;
-            }
-        };
+    let negotiated = match tokio::time::timeout(
+        config.server.startup_timeout,
+        negotiate(tcp, ctx.tls.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            debug!(error = %e, "startup negotiation failed");
+            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "protocol")
+                .increment(1);
+            return;
+        }
+        Err(_) => {
+            debug!("startup timed out");
+            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "startup_timeout")
+                .increment(1);
+            return;
+        }
+    };
     let (mut client, startup) = match negotiated {
         Negotiated::Cancel { packet, key } => {
             forward_cancel(ctx, &packet, &key).await;
@@ -142,11 +145,8 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
         }
         Err(_) => {
             debug!("authentication timed out");
-            let err = ClientError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "authentication timed out",
-            )
-            .with_detail("pgmemo server.startup_timeout elapsed");
+            let err = ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "authentication timed out")
+                .with_detail("pgmemo server.startup_timeout elapsed");
             farewell(&mut client, &err).await;
             return;
         }

@@ -43,7 +43,10 @@ pub enum Negotiated {
 }
 
 /// Runs the negotiation on a fresh connection (the caller bounds it with a timeout).
-pub async fn negotiate(tcp: TcpStream, tls: Option<&ClientTls>) -> Result<Negotiated, NegotiateError> {
+pub async fn negotiate(
+    tcp: TcpStream,
+    tls: Option<&ClientTls>,
+) -> Result<Negotiated, NegotiateError> {
     let mut first = [0u8; 1];
     let n = tcp.peek(&mut first).await?;
     let mut stream = if n == 1 && first[0] == TLS_HANDSHAKE_BYTE {
@@ -90,7 +93,11 @@ pub async fn negotiate(tcp: TcpStream, tls: Option<&ClientTls>) -> Result<Negoti
 }
 
 async fn accept_tls(tcp: TcpStream, tls: &ClientTls) -> Result<Stream, NegotiateError> {
-    let s = tls.acceptor.accept(tcp).await.map_err(NegotiateError::Tls)?;
+    let s = tls
+        .acceptor
+        .accept(tcp)
+        .await
+        .map_err(NegotiateError::Tls)?;
     Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(s))))
 }
 

@@ -153,7 +153,10 @@ mod tests {
         q.push(Bytes::from_static(b""));
         q.push(Bytes::from_static(b"world"));
         assert_eq!(q.len(), 11);
-        let mut w = Trickle { out: vec![], cap: 4 };
+        let mut w = Trickle {
+            out: vec![],
+            cap: 4,
+        };
         let mut cx = Context::from_waker(Waker::noop());
         let r = q.poll_drain(&mut w, &mut cx);
         assert!(matches!(r, Poll::Ready(Ok(11))));

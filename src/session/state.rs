@@ -25,10 +25,17 @@ pub enum TxnStatus {
 
 #[derive(Debug)]
 enum Pending {
-    Parse { name: Bytes, stmt: Statement },
-    CloseStatement { name: Bytes },
+    Parse {
+        name: Bytes,
+        stmt: Statement,
+    },
+    CloseStatement {
+        name: Bytes,
+    },
     /// Something answered by exactly one ReadyForQuery: Sync, Query, FunctionCall.
-    Ready { simple_query: bool },
+    Ready {
+        simple_query: bool,
+    },
 }
 
 #[derive(Debug)]

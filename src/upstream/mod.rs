@@ -18,7 +18,10 @@ use crate::protocol::startup::SSL_REQUEST_CODE;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("could not connect to upstream {addr}: {source}")]
-    Tcp { addr: String, source: std::io::Error },
+    Tcp {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connecting to upstream {addr} timed out after {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
     #[error("upstream {addr} does not support SSL, but sslmode={mode:?} requires it")]
@@ -26,7 +29,10 @@ pub enum ConnectError {
     #[error("upstream {addr} answered the SSL request with unexpected byte {byte:#04x}")]
     SslAnswer { addr: String, byte: u8 },
     #[error("TLS handshake with upstream {addr} failed: {source}")]
-    Tls { addr: String, source: std::io::Error },
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("upstream host {0:?} is not a valid TLS server name")]
     ServerName(String),
 }
@@ -106,7 +112,9 @@ impl Upstream {
                         addr: self.addr.clone(),
                         source,
                     })?;
-                Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))))
+                Ok(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(
+                    stream,
+                ))))
             }
             b'N' if matches!(self.target.sslmode, SslMode::Prefer | SslMode::Allow) => {
                 Ok(Stream::Plain(tcp))
@@ -136,13 +144,19 @@ impl Upstream {
 
     /// Forwards a CancelRequest packet as received. PostgreSQL reads cancel requests before
     /// TLS and pg_hba, so a plain connection always works; the server closes it afterwards.
-    pub async fn forward_cancel(&self, packet: &[u8], timeout: Duration) -> Result<(), ConnectError> {
+    pub async fn forward_cancel(
+        &self,
+        packet: &[u8],
+        timeout: Duration,
+    ) -> Result<(), ConnectError> {
         let send = async {
             let mut tcp = self.tcp().await?;
-            tcp.write_all(packet).await.map_err(|source| ConnectError::Tcp {
-                addr: self.addr.clone(),
-                source,
-            })?;
+            tcp.write_all(packet)
+                .await
+                .map_err(|source| ConnectError::Tcp {
+                    addr: self.addr.clone(),
+                    source,
+                })?;
             // Wait for the server to close so the cancel is processed before we report done.
             let mut sink = [0u8; 16];
             let _ = tcp.read(&mut sink).await;

@@ -9,6 +9,10 @@ outcomes cannot pass. Run by tests/clients_python.rs:
 
     python3 tests/python/psycopg_check.py --proxy HOST:PORT --direct HOST:PORT
 
+With `--direct-tls HOST:PORT --ca FILE` it instead checks PostgreSQL 17 direct TLS
+(`sslnegotiation=direct`, ALPN "postgresql") against a pgmemo with TLS configured, using
+the libpq bundled with psycopg[binary] (libpq 15 on the test machine cannot do it).
+
 Exit status: 0 all equal, 1 a mismatch or failed check, 3 a driver is missing.
 """
 
@@ -315,6 +319,34 @@ def asyncpg_sync(addr):
     return asyncio.run(asyncpg_scenario(addr))
 
 
+def direct_tls(addr, ca):
+    """libpq >= 17 with sslnegotiation=direct: TLS from the first byte, no SSLRequest."""
+    check(
+        psycopg.pq.version() >= 170000,
+        f"libpq {psycopg.pq.version()} cannot do direct TLS; {INSTALL_HINT} bundles a newer one",
+    )
+    host, port = split_addr(addr)
+    logins = [("postgres", None), ("scram_user", "scram_pass"), ("md5_user", "md5_pass")]
+    for user, password in logins:
+        with psycopg.connect(
+            host="localhost",
+            hostaddr=host,
+            port=port,
+            user=user,
+            password=password,
+            dbname=DB,
+            sslmode="verify-full",
+            sslrootcert=ca,
+            sslnegotiation="direct",
+            connect_timeout=10,
+        ) as conn:
+            check(conn.pgconn.ssl_in_use, f"{user}: the connection is not encrypted")
+            row = conn.execute("SELECT current_user, 40 + 2").fetchone()
+            check(row == (user, 42), f"{user}: unexpected answer {row}")
+            print(f"ok   direct TLS as {user}")
+    return 0
+
+
 SCENARIOS = [
     ("psycopg prepared statements", prepared),
     ("psycopg pipeline", pipeline),
@@ -335,10 +367,22 @@ def first_difference(direct, proxied):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--proxy", required=True, help="pgmemo HOST:PORT")
-    parser.add_argument("--direct", required=True, help="PostgreSQL HOST:PORT")
+    parser.add_argument("--proxy", help="pgmemo HOST:PORT")
+    parser.add_argument("--direct", help="PostgreSQL HOST:PORT")
+    parser.add_argument("--direct-tls", help="pgmemo HOST:PORT with TLS configured")
+    parser.add_argument("--ca", help="CA certificate that signed pgmemo's certificate")
     args = parser.parse_args()
     print(f"psycopg {psycopg.__version__} (libpq {psycopg.pq.version()}), asyncpg {asyncpg.__version__}")
+    if args.direct_tls:
+        if not args.ca:
+            parser.error("--direct-tls needs --ca")
+        try:
+            return direct_tls(args.direct_tls, args.ca)
+        except Exception:  # noqa: BLE001
+            print(f"FAIL direct TLS\n{traceback.format_exc()}")
+            return 1
+    if not (args.proxy and args.direct):
+        parser.error("give --proxy and --direct, or --direct-tls and --ca")
     failures = 0
     for name, scenario in SCENARIOS:
         try:
