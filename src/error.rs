@@ -1,5 +1,6 @@
-//! Errors pgmemo reports to clients, and the one mapping from internal error types to a
-//! SQLSTATE + ErrorResponse. Upstream errors are never rebuilt here: they are relayed verbatim.
+//! Errors pgmemo reports to clients: every SQLSTATE pgmemo originates and the wording of each
+//! situation, in one place (sessions pick a constructor;
+//! they never build codes themselves). Upstream errors are never rebuilt: they are relayed verbatim.
 
 use bytes::Bytes;
 
@@ -97,10 +98,64 @@ impl ClientError {
     }
 }
 
-/// The one mapping from internal errors to what the client is told. `None` means the client
-/// is gone (or already told), so nothing is sent.
-pub trait ToClientError {
-    fn to_client_error(&self) -> Option<ClientError>;
+impl ClientError {
+    /// The upstream could not be reached for a new session.
+    pub fn upstream_unreachable(addr: &str, why: &str) -> Self {
+        Self::fatal(
+            sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+            format!("pgmemo could not connect to the upstream server at {addr}"),
+        )
+        .with_detail(why.to_owned())
+    }
+
+    /// The upstream connection broke during a session.
+    pub fn upstream_lost(addr: &str, why: &str) -> Self {
+        Self::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("pgmemo lost the connection to the upstream server at {addr}"),
+        )
+        .with_detail(why.to_owned())
+    }
+
+    pub fn authentication_timeout() -> Self {
+        Self::fatal(sqlstate::PROTOCOL_VIOLATION, "authentication timed out")
+            .with_detail("pgmemo server.startup_timeout elapsed")
+    }
+
+    /// GSSAPI, SSPI and friends: the exchange is bound to the client's own connection.
+    pub fn unrelayable_auth_method(method: &str) -> Self {
+        Self::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            format!(
+                "authentication method {method} required by the upstream cannot be relayed through pgmemo"
+            ),
+        )
+        .with_hint(
+            "Use password, md5 or scram-sha-256 for connections from pgmemo's address in pg_hba.conf.",
+        )
+    }
+
+    /// `cert` authentication: the client's certificate ends at pgmemo.
+    pub fn cert_auth_unrelayable(upstream_message: &str) -> Self {
+        Self::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "certificate authentication required by the upstream cannot be relayed through pgmemo",
+        )
+        .with_detail(format!("upstream said: {upstream_message}"))
+        .with_hint("The client's certificate ends at pgmemo; use password, md5 or scram-sha-256 for pgmemo's address in pg_hba.conf.")
+    }
+
+    /// SCRAM with TLS on both legs and different certificates (see README).
+    pub fn channel_binding_unworkable(upstream_message: &str) -> Self {
+        Self::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "SCRAM channel binding cannot work through pgmemo with this TLS set-up",
+        )
+        .with_detail(format!(
+            "pgmemo presents a different certificate from the upstream's, so it does not offer SCRAM-SHA-256-PLUS; upstream said: {upstream_message}"
+        ))
+        .with_hint("Configure [server.tls] with the upstream's certificate and key, connect with channel_binding=disable, or use a plain upstream leg.")
+    }
 }
 
 #[cfg(test)]

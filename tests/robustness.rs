@@ -4,6 +4,7 @@
 //! clients that do not read or that pipeline huge messages. Every test keeps a well-behaved
 //! session busy on the same proxy, because a misbehaving client must never affect the others
 //! (DESIGN.md §1.6).
+
 mod common;
 #[path = "support/serving.rs"]
 mod serving;

@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::error::{ClientError, sqlstate};
+use crate::error::ClientError;
 use crate::net::Stream;
 use crate::protocol::fields::Reader;
 use crate::protocol::tags::{backend, frontend};
@@ -93,13 +93,7 @@ pub async fn relay(
                             9 => "SSPI",
                             _ => "unknown",
                         };
-                        let err = ClientError::fatal(
-                            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                            format!(
-                                "authentication method {method} required by the upstream cannot be relayed through pgmemo"
-                            ),
-                        )
-                        .with_hint("Use password, md5 or scram-sha-256 for connections from pgmemo's address in pg_hba.conf.");
+                        let err = ClientError::unrelayable_auth_method(method);
                         out.extend_from_slice(&err.encode());
                         let _ = client.write_all(&out).await;
                         return Err(AuthError::Unrelayable(method));
@@ -108,27 +102,12 @@ pub async fn relay(
             }
             backend::ERROR_RESPONSE => {
                 let relayed = if !authenticated && mentions_client_certificate(&frame) {
-                    ClientError::fatal(
-                        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                        "certificate authentication required by the upstream cannot be relayed through pgmemo",
-                    )
-                    .with_detail(format!("upstream said: {}", error_message(&frame)))
-                    .with_hint("The client's certificate ends at pgmemo; use password, md5 or scram-sha-256 for pgmemo's address in pg_hba.conf.")
-                    .encode()
+                    ClientError::cert_auth_unrelayable(&error_message(&frame)).encode()
                 } else if stripped_plus && error_message(&frame).contains("channel binding") {
                     // libpq on TLS, not offered PLUS, says "I could bind but you cannot", which a
                     // TLS upstream rejects as a downgrade; the proof covers that flag, so
                     // pgmemo cannot rewrite it. Say what to change instead of the bare refusal.
-                    ClientError::fatal(
-                        sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
-                        "SCRAM channel binding cannot work through pgmemo with this TLS set-up",
-                    )
-                    .with_detail(format!(
-                        "pgmemo presents a different certificate from the upstream's, so it does not offer SCRAM-SHA-256-PLUS; upstream said: {}",
-                        error_message(&frame)
-                    ))
-                    .with_hint("Configure [server.tls] with the upstream's certificate and key, connect with channel_binding=disable, or use a plain upstream leg.")
-                    .encode()
+                    ClientError::channel_binding_unworkable(&error_message(&frame)).encode()
                 } else {
                     frame
                 };

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::context::AppContext;
-use crate::error::{ClientError, sqlstate};
+use crate::error::ClientError;
 use crate::net::Stream;
 use crate::telemetry::names;
 use negotiate::{Negotiated, negotiate};
@@ -106,14 +106,7 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
         Err(e) => {
             warn!(error = %e, "upstream connect failed");
             metrics::counter!(names::UPSTREAM_CONNECT_ERRORS, "kind" => e.kind()).increment(1);
-            let err = ClientError::fatal(
-                sqlstate::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
-                format!(
-                    "pgmemo could not connect to the upstream server at {}",
-                    ctx.upstream.address()
-                ),
-            )
-            .with_detail(e.to_string());
+            let err = ClientError::upstream_unreachable(ctx.upstream.address(), &e.to_string());
             farewell(&mut client, &err).await;
             return;
         }
@@ -145,8 +138,7 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
         }
         Err(_) => {
             debug!("authentication timed out");
-            let err = ClientError::fatal(sqlstate::PROTOCOL_VIOLATION, "authentication timed out")
-                .with_detail("pgmemo server.startup_timeout elapsed");
+            let err = ClientError::authentication_timeout();
             farewell(&mut client, &err).await;
             return;
         }
@@ -186,14 +178,7 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
 }
 
 fn upstream_lost(ctx: &AppContext, why: &str) -> ClientError {
-    ClientError::fatal(
-        sqlstate::CONNECTION_FAILURE,
-        format!(
-            "pgmemo lost the connection to the upstream server at {}",
-            ctx.upstream.address()
-        ),
-    )
-    .with_detail(why.to_owned())
+    ClientError::upstream_lost(ctx.upstream.address(), why)
 }
 
 /// Best-effort final error to the client (it may already be gone).
