@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
@@ -46,10 +46,33 @@ pub async fn serve(ctx: Arc<AppContext>, tcp: TcpStream, peer: SocketAddr, shutd
         let gauge = metrics::gauge!(names::CLIENT_CONNECTIONS_ACTIVE);
         gauge.increment(1.0);
         let _active = scopeguard(move || gauge.decrement(1.0));
-        run(&ctx, tcp, id, shutdown).await;
+        let Some(mut live) = establish(&ctx, tcp, id).instrument(span.clone()).await else {
+            return;
+        };
+        // The relay loop runs outside the span: entering it on every poll would cost more
+        // than the relay's own work, and the loop logs nothing.
+        let mut state = state::SessionState::default();
+        let end = Relay::new(
+            &mut live.client,
+            &mut live.upstream,
+            &mut state,
+            live.max_message,
+            shutdown.drain,
+            shutdown.force,
+        )
+        .run()
+        .await;
+        finish(&ctx, live, end).instrument(span).await;
     }
-    .instrument(span)
     .await
+}
+
+/// A session past authentication.
+struct Live {
+    client: Stream,
+    upstream: Stream,
+    max_message: usize,
+    _cancel_guard: Option<cancel::CancelKeyGuard>,
 }
 
 /// Answers a connection over `server.max_client_connections`: cancels are still forwarded,
@@ -67,7 +90,7 @@ pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
     }
 }
 
-async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
+async fn establish(ctx: &AppContext, tcp: TcpStream, id: u64) -> Option<Live> {
     let config = ctx.config();
     let _ = tcp.set_nodelay(true);
     let negotiated = match tokio::time::timeout(
@@ -81,19 +104,19 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
             debug!(error = %e, "startup negotiation failed");
             metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "protocol")
                 .increment(1);
-            return;
+            return None;
         }
         Err(_) => {
             debug!("startup timed out");
             metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "startup_timeout")
                 .increment(1);
-            return;
+            return None;
         }
     };
     let (mut client, startup) = match negotiated {
         Negotiated::Cancel { packet, key } => {
             forward_cancel(ctx, &packet, &key).await;
-            return;
+            return None;
         }
         Negotiated::Session { stream, startup } => (stream, startup),
     };
@@ -108,13 +131,19 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
             metrics::counter!(names::UPSTREAM_CONNECT_ERRORS, "kind" => e.kind()).increment(1);
             let err = ClientError::upstream_unreachable(ctx.upstream.address(), &e.to_string());
             farewell(&mut client, &err).await;
-            return;
+            return None;
         }
     };
     if let Err(e) = upstream.write_all(&startup.raw).await {
         let err = upstream_lost(ctx, &e.to_string());
         farewell(&mut client, &err).await;
-        return;
+        return None;
+    }
+    if startup.major != 3 {
+        // Not protocol 3: the server answers in a pre-3.0 unframed format (or whatever it
+        // speaks); pass its answer through verbatim, then close.
+        passthrough_until_close(&mut upstream, &mut client, config.server.startup_timeout).await;
+        return None;
     }
 
     let offer_plus = match (&ctx.tls, client.is_tls(), upstream.peer_certificate()) {
@@ -130,47 +159,47 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
         Ok(Ok(e)) => e,
         Ok(Err(auth::AuthError::Upstream(e))) => {
             farewell(&mut client, &upstream_lost(ctx, &e.to_string())).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             debug!(error = %e, "authentication ended");
-            return;
+            return None;
         }
         Err(_) => {
             debug!("authentication timed out");
             let err = ClientError::authentication_timeout();
             farewell(&mut client, &err).await;
-            return;
+            return None;
         }
     };
-    let _cancel_guard = established
+    let cancel_guard = established
         .cancel_key
         .and_then(|key| ctx.cancel_keys.register(key, id));
     info!(%user, %database, tls = client.is_tls(), "session established");
+    Some(Live {
+        client,
+        upstream,
+        max_message: config.server.max_message_bytes,
+        _cancel_guard: cancel_guard,
+    })
+}
 
-    let mut state = state::SessionState::default();
-    let relay = Relay::new(
-        &mut client,
-        &mut upstream,
-        &mut state,
-        config.server.max_message_bytes,
-        shutdown.drain,
-        shutdown.force,
-    );
-    match relay.run().await {
+async fn finish(ctx: &AppContext, mut live: Live, end: Result<RelayEnd, RelayError>) {
+    let client = &mut live.client;
+    match end {
         Ok(RelayEnd::ClientClosed) => debug!("client closed"),
         Ok(RelayEnd::Shutdown) => info!("closed for shutdown"),
         Ok(RelayEnd::ClientProtocol(e)) => warn!(error = %e, "client protocol violation"),
         Ok(RelayEnd::UpstreamClosed { fatal_relayed }) => {
             if !fatal_relayed {
                 let err = upstream_lost(ctx, "the server closed the connection");
-                farewell(&mut client, &err).await;
+                farewell(client, &err).await;
             }
             debug!("upstream closed");
         }
         Err(RelayError::Upstream(e)) => {
             warn!(error = %e, "upstream connection failed");
-            farewell(&mut client, &upstream_lost(ctx, &e.to_string())).await;
+            farewell(client, &upstream_lost(ctx, &e.to_string())).await;
         }
         Err(RelayError::Client(e)) => debug!(error = %e, "client connection failed"),
     }
@@ -179,6 +208,25 @@ async fn run(ctx: &AppContext, tcp: TcpStream, id: u64, shutdown: Shutdown) {
 
 fn upstream_lost(ctx: &AppContext, why: &str) -> ClientError {
     ClientError::upstream_lost(ctx.upstream.address(), why)
+}
+
+/// Copies what the upstream says to the client until it closes (bounded in bytes and time).
+async fn passthrough_until_close(upstream: &mut Stream, client: &mut Stream, timeout: Duration) {
+    const LIMIT: usize = 64 * 1024;
+    let copy = async {
+        let mut buf = vec![0u8; 8192];
+        let mut total = 0;
+        while total < LIMIT {
+            let n = upstream.read(&mut buf).await?;
+            let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
+                break;
+            };
+            client.write_all(chunk).await?;
+            total += n;
+        }
+        client.shutdown().await
+    };
+    let _: Result<std::io::Result<()>, _> = tokio::time::timeout(timeout, copy).await;
 }
 
 /// Best-effort final error to the client (it may already be gone).

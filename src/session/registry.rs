@@ -9,6 +9,8 @@ use bytes::Bytes;
 
 /// Most statements tracked per session.
 pub const MAX_STATEMENTS: usize = 10_000;
+/// Most SQL text held per session.
+pub const MAX_STATEMENT_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -21,6 +23,7 @@ pub struct Statement {
 #[derive(Debug, Default)]
 pub struct Registry {
     statements: HashMap<Bytes, Statement>,
+    bytes: usize,
     overflowed: bool,
 }
 
@@ -48,19 +51,25 @@ impl Registry {
     }
 
     pub fn insert(&mut self, name: Bytes, stmt: Statement) {
-        if self.statements.len() >= MAX_STATEMENTS && !self.statements.contains_key(&name) {
+        self.remove(&name);
+        let size = name.len() + stmt.query.len();
+        if self.statements.len() >= MAX_STATEMENTS || self.bytes + size > MAX_STATEMENT_BYTES {
             self.overflowed = true;
             return;
         }
+        self.bytes += size;
         self.statements.insert(name, stmt);
     }
 
     pub fn remove(&mut self, name: &[u8]) {
-        self.statements.remove(name);
+        if let Some((k, v)) = self.statements.remove_entry(name) {
+            self.bytes = self.bytes.saturating_sub(k.len() + v.query.len());
+        }
     }
 
     pub fn clear(&mut self) {
         self.statements.clear();
+        self.bytes = 0;
     }
 }
 
@@ -85,6 +94,23 @@ mod tests {
         assert_eq!(r.get(b"").unwrap().query, Bytes::from_static(b"select 3"));
         r.remove(b"s1");
         assert!(r.get(b"s1").is_none());
+    }
+
+    #[test]
+    fn bounded_by_bytes() {
+        let mut r = Registry::default();
+        let big = Bytes::from(vec![b'x'; 1024 * 1024]);
+        for i in 0..40 {
+            r.insert(
+                Bytes::from(format!("s{i}")),
+                Statement {
+                    query: big.clone(),
+                    param_types: vec![],
+                },
+            );
+        }
+        assert!(r.len() < 32);
+        assert!(r.overflowed());
     }
 
     #[test]

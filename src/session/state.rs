@@ -13,7 +13,11 @@ use crate::protocol::tags::{backend, frontend};
 
 /// Most frontend operations awaiting a response that are tracked; a client pipelining more
 /// than this loses statement tracking (the relay itself is unaffected).
-pub const MAX_PENDING: usize = 100_000;
+pub const MAX_PENDING: usize = 16_384;
+/// Most SQL text held for Parse messages awaiting their ParseComplete. PostgreSQL may hold
+/// ParseCompletes back until its send buffer fills, so a pipeline of large Parses would
+/// otherwise pin all of their text here.
+pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
 /// Transaction status from the last ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,8 @@ pub struct SessionState {
     pending: VecDeque<Pending>,
     /// Sync/Query/FunctionCall sent and not yet answered by ReadyForQuery.
     awaiting_ready: usize,
+    /// SQL bytes held by queued Parse operations.
+    pending_bytes: usize,
     /// Extended-protocol messages sent since the last Sync (their responses may be pending).
     unsynced: bool,
     tracking_lost: bool,
@@ -57,6 +63,7 @@ impl Default for SessionState {
             registry: Registry::default(),
             pending: VecDeque::new(),
             awaiting_ready: 0,
+            pending_bytes: 0,
             unsynced: false,
             tracking_lost: false,
         }
@@ -170,7 +177,7 @@ impl SessionState {
                 if self.tracking_lost {
                     return;
                 }
-                match self.pending.pop_front() {
+                match self.pop() {
                     Some(Pending::Ready { simple_query }) => {
                         if simple_query {
                             // PostgreSQL drops the unnamed statement at every simple Query.
@@ -184,7 +191,7 @@ impl SessionState {
                 if self.tracking_lost {
                     return;
                 }
-                match self.pending.pop_front() {
+                match self.pop() {
                     Some(Pending::Parse { name, stmt }) => self.registry.insert(name, stmt),
                     _ => self.lose_tracking(),
                 }
@@ -195,7 +202,7 @@ impl SessionState {
                 }
                 // A CloseComplete for a portal has nothing queued; only statements are.
                 if matches!(self.pending.front(), Some(Pending::CloseStatement { .. }))
-                    && let Some(Pending::CloseStatement { name }) = self.pending.pop_front()
+                    && let Some(Pending::CloseStatement { name }) = self.pop()
                 {
                     self.registry.remove(&name);
                 }
@@ -221,16 +228,30 @@ impl SessionState {
         if self.tracking_lost {
             return;
         }
-        if self.pending.len() >= MAX_PENDING {
+        let bytes = match &p {
+            Pending::Parse { stmt, .. } => stmt.query.len(),
+            _ => 0,
+        };
+        if self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > MAX_PENDING_BYTES {
             self.lose_tracking();
             return;
         }
+        self.pending_bytes += bytes;
         self.pending.push_back(p);
+    }
+
+    fn pop(&mut self) -> Option<Pending> {
+        let p = self.pending.pop_front()?;
+        if let Pending::Parse { stmt, .. } = &p {
+            self.pending_bytes = self.pending_bytes.saturating_sub(stmt.query.len());
+        }
+        Some(p)
     }
 
     fn lose_tracking(&mut self) {
         self.tracking_lost = true;
         self.pending.clear();
+        self.pending_bytes = 0;
         self.registry.mark_untracked();
     }
 }
@@ -315,6 +336,18 @@ mod tests {
         assert!(s.registry.get(b"").is_none());
         assert_eq!(s.txn, TxnStatus::InBlock);
         assert!(!s.is_idle());
+    }
+
+    #[test]
+    fn large_parse_pipelines_lose_tracking_instead_of_holding_their_text() {
+        let mut s = SessionState::default();
+        let big = "x".repeat(512 * 1024);
+        for _ in 0..(MAX_PENDING_BYTES / big.len() + 1) {
+            fe(&mut s, &parse("", &big));
+        }
+        assert!(s.registry.overflowed());
+        assert_eq!(s.pending.len(), 0);
+        assert_eq!(s.pending_bytes, 0);
     }
 
     #[test]
