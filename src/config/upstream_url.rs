@@ -126,24 +126,39 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     /// Parses `postgres://[user[:password]@]host[:port][/dbname][?sslmode=..&sslrootcert=..]`
-    /// (`postgresql://` too). User, password and dbname are percent-decoded.
+    /// (`postgresql://` too). User, password and dbname are percent-decoded. A host that is an
+    /// absolute path (`?host=/var/run/postgresql`, or percent-encoded in the authority) is a
+    /// Unix-socket directory, as in libpq: the socket is `HOST/.s.PGSQL.PORT`.
     pub fn parse(input: &str) -> Result<UpstreamTarget, UpstreamUrlError> {
         let url = Url::parse(input.trim())?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
             return Err(UpstreamUrlError::Scheme(url.scheme().to_owned()));
         }
-        let host = match url.host() {
-            None => return Err(UpstreamUrlError::MissingHost),
-            Some(Host::Domain("")) => return Err(UpstreamUrlError::MissingHost),
-            Some(Host::Domain(domain)) => {
+        // libpq's `?host=/socket/dir` form (a Unix-socket directory) overrides the authority.
+        let mut host_param = None;
+        for (name, value) in url.query_pairs() {
+            if name == "host" {
+                if value.is_empty() {
+                    return Err(UpstreamUrlError::EmptyParam(name.into_owned()));
+                }
+                if host_param.replace(value.into_owned()).is_some() {
+                    return Err(UpstreamUrlError::DuplicateParam("host".to_owned()));
+                }
+            }
+        }
+        let host = match (host_param, url.host()) {
+            (Some(h), _) => h,
+            (None, None) => return Err(UpstreamUrlError::MissingHost),
+            (None, Some(Host::Domain(""))) => return Err(UpstreamUrlError::MissingHost),
+            (None, Some(Host::Domain(domain))) => {
                 // libpq's multi-host form; url parses it as one opaque host name.
                 if domain.contains(',') {
                     return Err(UpstreamUrlError::MultipleHosts(domain.to_owned()));
                 }
                 decode(domain, "host")?
             }
-            Some(Host::Ipv4(ip)) => ip.to_string(),
-            Some(Host::Ipv6(ip)) => Ipv6Addr::to_string(&ip),
+            (None, Some(Host::Ipv4(ip))) => ip.to_string(),
+            (None, Some(Host::Ipv6(ip))) => Ipv6Addr::to_string(&ip),
         };
         let port = url.port().unwrap_or(DEFAULT_PORT);
         let user = match url.username() {
@@ -170,6 +185,7 @@ impl UpstreamTarget {
                     }
                     sslrootcert.replace(PathBuf::from(value.as_ref())).is_some()
                 }
+                "host" => false,
                 _ => return Err(UpstreamUrlError::UnknownParam(name.into_owned())),
             };
             if slot_taken {
@@ -188,9 +204,16 @@ impl UpstreamTarget {
         })
     }
 
-    /// `host:port` with IPv6 bracketed, for connecting and for messages.
+    /// Whether the host is a Unix-socket directory.
+    pub fn is_unix_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// `host:port` with IPv6 bracketed (or the socket path), for connecting and for messages.
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
+        if self.is_unix_socket() {
+            format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port)
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -361,5 +384,19 @@ mod tests {
         let shown = format!("{t:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("********"), "{shown}");
+    }
+
+    #[test]
+    fn unix_socket_directory_as_in_libpq() {
+        let t = UpstreamTarget::parse("postgres:///db?host=/var/run/postgresql").unwrap();
+        assert!(t.is_unix_socket());
+        assert_eq!(t.host_port(), "/var/run/postgresql/.s.PGSQL.5432");
+        let t = UpstreamTarget::parse("postgres://app@%2Fvar%2Frun%2Fpostgresql/db").unwrap();
+        assert_eq!(t.host_port(), "/var/run/postgresql/.s.PGSQL.5432");
+        assert_eq!(t.user.as_deref(), Some("app"));
+        let t = UpstreamTarget::parse("postgres://%2Ftmp%2Fpg:6000/db").unwrap();
+        assert_eq!(t.host_port(), "/tmp/pg/.s.PGSQL.6000");
+        assert!(UpstreamTarget::parse("postgres:///db?host=/a&host=/b").is_err());
+        assert!(UpstreamTarget::parse("postgres:///db").is_err());
     }
 }

@@ -104,7 +104,7 @@ async fn accept_tls(tcp: TcpStream, tls: &ClientTls) -> Result<Stream, Negotiate
 fn alpn(s: &Stream) -> Option<&[u8]> {
     match s {
         Stream::Tls(t) => t.get_ref().1.alpn_protocol(),
-        Stream::Plain(_) => None,
+        Stream::Plain(_) | Stream::Unix(_) => None,
     }
 }
 

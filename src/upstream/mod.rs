@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{SslMode, UpstreamTarget};
 use crate::net::Stream;
@@ -58,11 +58,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(target: UpstreamTarget) -> Result<Self, tls::TlsSetupError> {
         let tls = tls::client_config(&target)?;
-        let addr = if target.host.contains(':') {
-            format!("[{}]:{}", target.host, target.port)
-        } else {
-            format!("{}:{}", target.host, target.port)
-        };
+        let addr = target.host_port();
         Ok(Self { target, tls, addr })
     }
 
@@ -87,6 +83,10 @@ impl Upstream {
     }
 
     async fn connect_inner(&self) -> Result<Stream, ConnectError> {
+        if self.target.is_unix_socket() {
+            // As libpq: no TLS over a Unix socket (the kernel already keeps it local).
+            return Ok(Stream::Unix(self.unix().await?));
+        }
         let tcp = self.tcp().await?;
         let Some(tls) = &self.tls else {
             return Ok(Stream::Plain(tcp));
@@ -130,6 +130,15 @@ impl Upstream {
         }
     }
 
+    async fn unix(&self) -> Result<UnixStream, ConnectError> {
+        UnixStream::connect(&self.addr)
+            .await
+            .map_err(|source| ConnectError::Tcp {
+                addr: self.addr.clone(),
+                source,
+            })
+    }
+
     async fn tcp(&self) -> Result<TcpStream, ConnectError> {
         let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
             .await
@@ -150,8 +159,12 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<(), ConnectError> {
         let send = async {
-            let mut tcp = self.tcp().await?;
-            tcp.write_all(packet)
+            let mut sock = if self.target.is_unix_socket() {
+                Stream::Unix(self.unix().await?)
+            } else {
+                Stream::Plain(self.tcp().await?)
+            };
+            sock.write_all(packet)
                 .await
                 .map_err(|source| ConnectError::Tcp {
                     addr: self.addr.clone(),
@@ -159,7 +172,7 @@ impl Upstream {
                 })?;
             // Wait for the server to close so the cancel is processed before we report done.
             let mut sink = [0u8; 16];
-            let _ = tcp.read(&mut sink).await;
+            let _ = sock.read(&mut sink).await;
             Ok(())
         };
         tokio::time::timeout(timeout, send)
