@@ -38,6 +38,6 @@ async fn sessions_relay_over_the_upstream_unix_socket() {
         .try_connect(SCRAM_USER.0, "wrong", "app")
         .await
         .err()
-        .expect("wrong password must fail");
+        .unwrap_or_else(|| panic!("wrong password must fail"));
     assert_eq!(common::db_error(&err).code().code(), "28P01");
 }
