@@ -83,7 +83,9 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
     md += [f"Command: `{meta['command']}`", "",
            f"Started {meta['started']}, finished {meta.get('finished', '?')}. "
            f"{meta['reps']} repetition(s) × {meta['duration']} s per run; order within a "
-           f"repetition: {meta['order']}. Cells show `median (min–max)` over repetitions. "
+           f"repetition: {meta['order']}. Proxies reach PostgreSQL over "
+           f"{'its Unix socket' if meta.get('upstream_via') == 'unix' else 'loopback TCP'} "
+           f"(`--upstream-via {meta.get('upstream_via', 'tcp')}`); clients always use TCP. Cells show `median (min–max)` over repetitions. "
            "Ratios are the median of per-repetition ratios (each run divided by the reference "
            "run of the same repetition), so slow drift cancels.", ""]
     for t, why in skipped.items():

@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import render, summarize  # noqa: E402  (bench/report.py, next to this file)
 
@@ -241,7 +242,10 @@ class Stack:
             self.skipped["pgbouncer"] = "pgbouncer not installed"
             return
         port = free_port()
-        ini = (f"[databases]\npostgres = host=127.0.0.1 port={self.ports['direct']} dbname=postgres\n\n"
+        # Both proxies reach PostgreSQL the same way: loopback TCP, or (--upstream-via unix)
+        # the server's Unix socket, as when a proxy runs on the database host.
+        up_host = self.tmp if self.args.upstream_via == "unix" else "127.0.0.1"
+        ini = (f"[databases]\npostgres = host={up_host} port={self.ports['direct']} dbname=postgres\n\n"
                "[pgbouncer]\nlisten_addr = 127.0.0.1\n"
                f"listen_port = {port}\nunix_socket_dir =\n"
                f"auth_type = trust\nauth_file = {self.tmp / 'userlist.txt'}\n"
@@ -305,7 +309,11 @@ class Stack:
         except RuntimeError as e:
             self.skipped["pgmemo"] = str(e)
             return
-        upstream = f"postgres://postgres@127.0.0.1:{self.ports['direct']}/postgres"
+        if self.args.upstream_via == "unix":
+            enc = str(self.tmp).replace("/", "%2F")
+            upstream = f"postgres://postgres@{enc}:{self.ports['direct']}/postgres"
+        else:
+            upstream = f"postgres://postgres@127.0.0.1:{self.ports['direct']}/postgres"
         argv = [str(exe), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                 "--upstream", upstream]
         errf = open(self.tmp / "pgmemo.log", "wb")
@@ -475,10 +483,13 @@ def machine_info(pg_bin):
     pgbench = subprocess.run([str(pg_bin / "pgbench"), "--version"], capture_output=True, text=True)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                          text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock"],
+                           cwd=REPO, capture_output=True, text=True)
     return {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu,
             "python": platform.python_version(), "pgbench": pgbench.stdout.strip(),
             "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-            "git_head": rev.stdout.strip() or "(no commit)"}
+            "git_head": (rev.stdout.strip() or "(no commit)")
+            + (" + uncommitted changes in src/Cargo.*" if dirty.stdout.strip() else "")}
 
 
 def main():
@@ -493,6 +504,10 @@ def main():
     ap.add_argument("--order", choices=("rotate", "fixed"), default="rotate",
                     help="rotate: repetition r starts at target r mod n; fixed: always "
                          "direct, pgbouncer, pgmemo")
+    ap.add_argument("--upstream-via", choices=("tcp", "unix"), default="tcp",
+                    help="how PgBouncer and pgmemo reach PostgreSQL: loopback TCP (default) or "
+                         "the server's Unix socket (proxy on the database host); clients always "
+                         "use TCP")
     ap.add_argument("--out", default=str(BENCH / "out"))
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 3 s, 1 rep, 8 clients (explicit flags still win)")
@@ -521,7 +536,7 @@ def main():
     meta = {"command": "python3 bench/run.py " + " ".join(sys.argv[1:]),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "duration": args.duration, "reps": args.reps, "clients": clients, "modes": modes,
-            "workloads": workloads, "order": args.order, "machine": machine_info(pg_bin)}
+            "workloads": workloads, "order": args.order, "upstream_via": args.upstream_via, "machine": machine_info(pg_bin)}
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
