@@ -327,7 +327,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        13,
+        14,
         "update this count with the types: {expected:?}"
     );
 }
