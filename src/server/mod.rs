@@ -118,30 +118,18 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
                 force: force.clone(),
             };
             let ctx = Arc::clone(&ctx);
-            let job = move |tcp| -> workers::Job {
-                Box::new(move || {
-                    Box::pin(async move {
-                        let _slot = slot;
-                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
-                            session::serve(ctx, tcp, peer, shutdown).await;
-                        }
-                    })
-                })
-            };
-            hand_off(&pool, &sessions, tcp, job).await;
+            hand_off(&pool, &sessions, tcp, move |tcp| async move {
+                let _slot = slot;
+                session::serve(ctx, tcp, peer, shutdown).await;
+            })
+            .await;
         } else if let Some(slot) = Slot::take(&rejecting, MAX_REJECTING) {
             let ctx = Arc::clone(&ctx);
-            let job = move |tcp| -> workers::Job {
-                Box::new(move || {
-                    Box::pin(async move {
-                        let _slot = slot;
-                        if let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) {
-                            session::reject_busy(ctx, tcp).await;
-                        }
-                    })
-                })
-            };
-            hand_off(&pool, &sessions, tcp, job).await;
+            hand_off(&pool, &sessions, tcp, move |tcp| async move {
+                let _slot = slot;
+                session::reject_busy(ctx, tcp).await;
+            })
+            .await;
         } else {
             metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections")
                 .increment(1);
@@ -178,12 +166,15 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
 }
 
 /// Moves an accepted socket to a worker thread; the session is tracked for shutdown.
-async fn hand_off(
+async fn hand_off<F, Fut>(
     pool: &workers::Workers,
     sessions: &TaskTracker,
     tcp: tokio::net::TcpStream,
-    job: impl FnOnce(std::net::TcpStream) -> workers::Job,
-) {
+    serve: F,
+) where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     // Deregister from this runtime's reactor; the worker registers it with its own.
     let std = match tcp.into_std() {
         Ok(s) => s,
@@ -193,12 +184,13 @@ async fn hand_off(
         }
     };
     let tracked = sessions.token();
-    let job = job(std);
     let job: workers::Job = Box::new(move || {
-        let fut = job();
         Box::pin(async move {
             let _tracked = tracked;
-            fut.await;
+            match tokio::net::TcpStream::from_std(std) {
+                Ok(tcp) => serve(tcp).await,
+                Err(e) => warn!(error = %e, "cannot register a connection on its worker"),
+            }
         })
     });
     if let Err(e) = pool.submit(job).await {
