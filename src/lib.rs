@@ -7,6 +7,7 @@
 //! `telemetry` owns metric names, `error` owns the one mapping to SQLSTATE.
 
 pub mod admin;
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -48,6 +48,42 @@ pub fn describe_all() {
         "CancelRequests received, by result."
     );
     describe_counter!(names::CONFIG_RELOADS, "Configuration reloads, by result.");
+    describe_counter!(names::CACHE_HITS, "Cache lookups answered from L1.");
+    describe_counter!(
+        names::CACHE_MISSES,
+        "Cache lookups that found nothing (leading a fill or joining one)."
+    );
+    describe_counter!(
+        names::CACHE_KEY_COLLISIONS,
+        "Cache hits refused because the entry's key check differed (128-bit key collision)."
+    );
+    describe_counter!(names::CACHE_STORES, "Results stored in the L1 cache.");
+    describe_counter!(
+        names::CACHE_STORE_REFUSALS,
+        "Results not stored in the cache, by reason."
+    );
+    describe_counter!(
+        names::CACHE_EVICTIONS,
+        "Entries that left the L1 cache, by cause."
+    );
+    describe_gauge!(names::CACHE_ENTRIES, "Entries held in the L1 cache.");
+    describe_gauge!(
+        names::CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes held in the L1 cache, as weighed (frames plus bookkeeping)."
+    );
+    describe_counter!(
+        names::CACHE_FILL_WAITS,
+        "Coalesced waits for another session's cache fill, by result."
+    );
+    describe_counter!(
+        names::CACHE_FILLS_UNCOALESCED,
+        "Cache misses not coalesced because the in-flight fill table was full."
+    );
+    describe_counter!(
+        names::CACHE_EPOCH_BUMPS,
+        "Epoch bumps (every cached result made unreachable), by cause."
+    );
 }
 
 pub mod names {
@@ -74,4 +110,29 @@ pub mod names {
     pub const CANCEL_REQUESTS: &str = "pgmemo_cancel_requests_total";
     /// counter, label `result` (`ok`, `error`): configuration reloads (SIGHUP).
     pub const CONFIG_RELOADS: &str = "pgmemo_config_reloads_total";
+    /// counter: cache lookups answered from L1.
+    pub const CACHE_HITS: &str = "pgmemo_cache_hits_total";
+    /// counter: cache lookups that found nothing (whether they led a fill or joined one).
+    pub const CACHE_MISSES: &str = "pgmemo_cache_misses_total";
+    /// counter: hits refused because the entry's key check differed (a 128-bit collision).
+    pub const CACHE_KEY_COLLISIONS: &str = "pgmemo_cache_key_collisions_total";
+    /// counter: results stored in the L1 cache.
+    pub const CACHE_STORES: &str = "pgmemo_cache_stores_total";
+    /// counter, label `reason` (`too_large`, `stale`): results not stored.
+    pub const CACHE_STORE_REFUSALS: &str = "pgmemo_cache_store_refusals_total";
+    /// counter, label `cause` (`size`, `expired`, `explicit`, `replaced`): entries that left
+    /// the L1 cache (`size` includes entries refused admission).
+    pub const CACHE_EVICTIONS: &str = "pgmemo_cache_evictions_total";
+    /// gauge: entries held in the L1 cache.
+    pub const CACHE_ENTRIES: &str = "pgmemo_cache_entries";
+    /// gauge: bytes held in the L1 cache, as weighed (frames plus bookkeeping).
+    pub const CACHE_BYTES: &str = "pgmemo_cache_bytes";
+    /// counter, label `result` (`filled`, `leader_gave_up`, `timed_out`, `cancelled`):
+    /// coalesced waits for another session's fill.
+    pub const CACHE_FILL_WAITS: &str = "pgmemo_cache_fill_waits_total";
+    /// counter: misses not coalesced because the in-flight fill table was full.
+    pub const CACHE_FILLS_UNCOALESCED: &str = "pgmemo_cache_fills_uncoalesced_total";
+    /// counter, label `cause` (`unparsed_write`, `side_effects`, `catalog_function`,
+    /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`): epoch bumps.
+    pub const CACHE_EPOCH_BUMPS: &str = "pgmemo_cache_epoch_bumps_total";
 }

@@ -1,0 +1,460 @@
+//! Cache keys: a keyed 128-bit hash (SipHash-1-3 under a per-deployment secret) of everything
+//! that decides a result, plus an independent 64-bit check stored in the entry so that a hit
+//! can prove it is not a hash collision.
+//!
+//! Every field is length-prefixed (or fixed-width) in one fixed order, so no two different
+//! inputs feed the same byte stream: `("ab", "c")` and `("a", "bc")` hash differently. The key
+//! and the check use two sub-keys derived from the secret, so knowing one says nothing about
+//! the other.
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+
+use siphasher::sip::SipHasher13 as Sip64;
+use siphasher::sip128::{Hasher128, SipHasher13 as Sip128};
+
+use super::versions::VersionSnapshot;
+
+/// Domain separation for the derived sub-keys: changing the key layout means changing these,
+/// so keys from an older layout (e.g. in a shared L2) can never be mistaken for new ones.
+const KEY_DOMAIN: &[u8] = b"pgmemo/cache-key/v1";
+const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v1";
+
+/// Marker bytes for a parameter: NULL has no length, a value is followed by its length.
+const PARAM_NULL: u8 = 0;
+const PARAM_VALUE: u8 = 1;
+
+/// Why a secret could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The operating system's random source failed.
+    #[error("could not read the OS random source for the cache secret: {0}")]
+    Random(getrandom::Error),
+    /// A configured secret is not exactly 32 hexadecimal digits.
+    #[error("the cache secret must be 32 hexadecimal digits (128 bits)")]
+    BadHex,
+}
+
+/// The per-deployment 128-bit secret. Instances that share an L2 must share it; a single
+/// instance can [`generate`](Self::generate) one at start-up. Never printed.
+#[derive(Clone)]
+pub struct KeySecret {
+    key: (u64, u64),
+    check: (u64, u64),
+}
+
+impl KeySecret {
+    /// Derives the key and check sub-keys from 16 secret bytes (SipHash is a PRF, so hashing
+    /// two domain labels under the secret yields two independent-looking sub-keys).
+    pub fn from_bytes(secret: [u8; 16]) -> Self {
+        let derive = |domain: &[u8]| Sip128::new_with_key(&secret).hash(domain).as_u64();
+        Self {
+            key: derive(KEY_DOMAIN),
+            check: derive(CHECK_DOMAIN),
+        }
+    }
+
+    /// Parses 32 hexadecimal digits (as a config file would carry the secret).
+    pub fn from_hex(hex: &str) -> Result<Self, SecretError> {
+        let hex = hex.trim().as_bytes();
+        if hex.len() != 32 {
+            return Err(SecretError::BadHex);
+        }
+        let mut secret = [0u8; 16];
+        for (byte, pair) in secret.iter_mut().zip(hex.chunks_exact(2)) {
+            let digits = std::str::from_utf8(pair).map_err(|_| SecretError::BadHex)?;
+            *byte = u8::from_str_radix(digits, 16).map_err(|_| SecretError::BadHex)?;
+        }
+        Ok(Self::from_bytes(secret))
+    }
+
+    /// A fresh random secret from the OS (for a deployment without a configured one).
+    pub fn generate() -> Result<Self, SecretError> {
+        let mut secret = [0u8; 16];
+        getrandom::fill(&mut secret).map_err(SecretError::Random)?;
+        Ok(Self::from_bytes(secret))
+    }
+}
+
+impl fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeySecret(<redacted>)")
+    }
+}
+
+/// The 128-bit cache key. Already a keyed hash, so maps keyed by it use [`KeyBuildHasher`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(pub u128);
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({:032x})", self.0)
+    }
+}
+
+/// An independent 64-bit hash of the same input, stored in the entry: a hit whose check
+/// differs is a 128-bit key collision and is treated as a miss.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyCheck(pub u64);
+
+impl fmt::Debug for KeyCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyCheck({:016x})", self.0)
+    }
+}
+
+/// Everything a cached result depends on. Built with [`KeyInput::new`] and the setters, then
+/// [`KeyInput::compute`]. `B` is whatever the caller holds parameter values in (`Bytes` from a
+/// decoded Bind, `&[u8]`, `Vec<u8>`), so no copy is needed to build a key.
+///
+/// Format codes are hashed as given: `[]` and `[0]` (both "all text") produce different keys.
+/// That only costs a hit, never correctness; callers may normalise first.
+#[derive(Debug)]
+pub struct KeyInput<'a, B: AsRef<[u8]> = bytes::Bytes> {
+    fingerprint: &'a [u8],
+    sql: &'a [u8],
+    params: &'a [Option<B>],
+    param_types: &'a [u32],
+    param_formats: &'a [i16],
+    result_formats: &'a [i16],
+    snapshot: &'a VersionSnapshot,
+}
+
+// By hand: derived impls would demand `B: Copy`, but only references to `B` are held.
+impl<B: AsRef<[u8]>> Clone for KeyInput<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: AsRef<[u8]>> Copy for KeyInput<'_, B> {}
+
+impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
+    /// A key input for a statement without parameters (simple protocol): the session
+    /// fingerprint bytes, the normalised SQL bytes and the version snapshot taken before the
+    /// statement was forwarded (I1).
+    pub fn new(fingerprint: &'a [u8], sql: &'a [u8], snapshot: &'a VersionSnapshot) -> Self {
+        Self {
+            fingerprint,
+            sql,
+            params: &[],
+            param_types: &[],
+            param_formats: &[],
+            result_formats: &[],
+            snapshot,
+        }
+    }
+
+    /// Parameter values from Bind; `None` is SQL NULL.
+    pub fn params(mut self, params: &'a [Option<B>]) -> Self {
+        self.params = params;
+        self
+    }
+
+    /// Parameter type OIDs from Parse (0 where the client left the type to the server).
+    pub fn param_types(mut self, oids: &'a [u32]) -> Self {
+        self.param_types = oids;
+        self
+    }
+
+    /// Parameter format codes from Bind.
+    pub fn param_formats(mut self, codes: &'a [i16]) -> Self {
+        self.param_formats = codes;
+        self
+    }
+
+    /// Result column format codes from Bind.
+    pub fn result_formats(mut self, codes: &'a [i16]) -> Self {
+        self.result_formats = codes;
+        self
+    }
+
+    /// The key and its check under `secret`. Pure: the same input and secret always give the
+    /// same pair, in this process and any other.
+    pub fn compute(&self, secret: &KeySecret) -> (CacheKey, KeyCheck) {
+        let mut feed = Feed {
+            key: Sip128::new_with_keys(secret.key.0, secret.key.1),
+            check: Sip64::new_with_keys(secret.check.0, secret.check.1),
+        };
+        feed.bytes(self.fingerprint);
+        feed.bytes(self.sql);
+        feed.len(self.params.len());
+        for param in self.params {
+            match param {
+                None => feed.raw(&[PARAM_NULL]),
+                Some(value) => {
+                    feed.raw(&[PARAM_VALUE]);
+                    feed.bytes(value.as_ref());
+                }
+            }
+        }
+        feed.len(self.param_types.len());
+        for oid in self.param_types {
+            feed.raw(&oid.to_le_bytes());
+        }
+        feed.len(self.param_formats.len());
+        for code in self.param_formats {
+            feed.raw(&code.to_le_bytes());
+        }
+        feed.len(self.result_formats.len());
+        for code in self.result_formats {
+            feed.raw(&code.to_le_bytes());
+        }
+        let versions = self.snapshot.versions();
+        feed.len(versions.len());
+        for (tag, version) in versions {
+            feed.raw(&tag.db.to_le_bytes());
+            feed.raw(&tag.rel.to_le_bytes());
+            feed.raw(&version.to_le_bytes());
+        }
+        feed.raw(&self.snapshot.epoch().to_le_bytes());
+        (
+            CacheKey(feed.key.finish128().as_u128()),
+            KeyCheck(feed.check.finish()),
+        )
+    }
+}
+
+/// Feeds the same byte stream to the key hasher and the check hasher.
+struct Feed {
+    key: Sip128,
+    check: Sip64,
+}
+
+impl Feed {
+    fn raw(&mut self, bytes: &[u8]) {
+        self.key.write(bytes);
+        self.check.write(bytes);
+    }
+
+    fn len(&mut self, len: usize) {
+        // u64 whatever the platform, so keys do not depend on the build target.
+        self.raw(&(len as u64).to_le_bytes());
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.len(bytes.len());
+        self.raw(bytes);
+    }
+}
+
+/// `BuildHasher` for maps keyed by [`CacheKey`]: the key is already a keyed uniform hash, so
+/// folding its halves is as good as hashing it again and saves a SipHash per lookup.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyBuildHasher;
+
+impl BuildHasher for KeyBuildHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+/// The hasher of [`KeyBuildHasher`]. `write_u128` is the path `CacheKey` takes; `write` is a
+/// correct (FNV-1a) fallback should anything else ever be hashed with it.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h = self.0 ^ FNV_OFFSET;
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME);
+        }
+        self.0 = h;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        // Truncation is the point: both halves are uniformly distributed.
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::versions::{Tag, Versions};
+
+    fn secret() -> KeySecret {
+        KeySecret::from_bytes(*b"0123456789abcdef")
+    }
+
+    fn snap() -> VersionSnapshot {
+        Versions::new(1024).snapshot(&[Tag { db: 1, rel: 10 }])
+    }
+
+    fn key(input: &KeyInput<'_, &[u8]>) -> CacheKey {
+        input.compute(&secret()).0
+    }
+
+    #[test]
+    fn stable_within_a_process_and_across_secret_copies() {
+        let s = snap();
+        let input = KeyInput::<&[u8]>::new(b"fp", b"select 1", &s);
+        let a = input.compute(&secret());
+        let b = input.compute(&secret());
+        let c = input.compute(&secret().clone());
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn every_field_changes_the_key_and_the_check() {
+        let s = snap();
+        let versions = Versions::new(1024);
+        let tag = Tag { db: 1, rel: 10 };
+        versions.bump(&[tag]);
+        let bumped = versions.snapshot(&[tag]);
+        versions.bump_epoch(crate::cache::versions::EpochCause::Admin);
+        let new_epoch = versions.snapshot(&[tag]);
+        let other_tag = versions.snapshot(&[Tag { db: 1, rel: 11 }]);
+        assert_eq!(
+            bumped.versions(),
+            new_epoch.versions(),
+            "only the epoch differs"
+        );
+
+        let p1: [Option<&[u8]>; 1] = [Some(b"1")];
+        let base = KeyInput::<&[u8]>::new(b"fp", b"select $1", &s)
+            .params(&p1)
+            .param_types(&[23])
+            .param_formats(&[0])
+            .result_formats(&[0]);
+        let p2: [Option<&[u8]>; 1] = [Some(b"2")];
+        let pnull: [Option<&[u8]>; 1] = [None];
+        let pempty: [Option<&[u8]>; 1] = [Some(b"")];
+        let variants = [
+            base,
+            KeyInput {
+                fingerprint: b"fq",
+                ..base
+            },
+            KeyInput {
+                sql: b"select $2",
+                ..base
+            },
+            base.params(&p2),
+            base.params(&pnull),
+            base.params(&pempty),
+            base.params(&[]),
+            base.param_types(&[20]),
+            base.param_types(&[]),
+            base.param_formats(&[1]),
+            base.result_formats(&[1]),
+            base.result_formats(&[0, 0]),
+            KeyInput {
+                snapshot: &bumped,
+                ..base
+            },
+            KeyInput {
+                snapshot: &new_epoch,
+                ..base
+            },
+            KeyInput {
+                snapshot: &other_tag,
+                ..base
+            },
+        ];
+        let secret = secret();
+        let computed: Vec<_> = variants.iter().map(|v| v.compute(&secret)).collect();
+        for (i, a) in computed.iter().enumerate() {
+            for (j, b) in computed.iter().enumerate().skip(i + 1) {
+                assert_ne!(a.0, b.0, "variants {i} and {j} share a key");
+                assert_ne!(a.1, b.1, "variants {i} and {j} share a check");
+            }
+        }
+    }
+
+    #[test]
+    fn field_boundaries_matter() {
+        let s = snap();
+        let a = key(&KeyInput::new(b"ab", b"c", &s));
+        let b = key(&KeyInput::new(b"a", b"bc", &s));
+        assert_ne!(a, b);
+
+        let split: [Option<&[u8]>; 2] = [Some(b"ab"), Some(b"c")];
+        let joined: [Option<&[u8]>; 2] = [Some(b"a"), Some(b"bc")];
+        let one: [Option<&[u8]>; 1] = [Some(b"abc")];
+        let k_split = key(&KeyInput::new(b"fp", b"q", &s).params(&split));
+        let k_joined = key(&KeyInput::new(b"fp", b"q", &s).params(&joined));
+        let k_one = key(&KeyInput::new(b"fp", b"q", &s).params(&one));
+        assert_ne!(k_split, k_joined);
+        assert_ne!(k_split, k_one);
+
+        // A parameter cannot impersonate the fields after it, nor SQL bytes its neighbours.
+        let p: [Option<&[u8]>; 1] = [Some(b"x")];
+        let with_param = key(&KeyInput::new(b"fp", b"q", &s).params(&p));
+        let in_sql = key(&KeyInput::new(b"fp", b"qx", &s));
+        assert_ne!(with_param, in_sql);
+
+        // Moving a format code from the parameter list to the result list changes the key.
+        let left = key(&KeyInput::new(b"fp", b"q", &s).param_formats(&[1]));
+        let right = key(&KeyInput::new(b"fp", b"q", &s).result_formats(&[1]));
+        assert_ne!(left, right);
+    }
+
+    #[test]
+    fn different_secret_different_key() {
+        let s = snap();
+        let input = KeyInput::<&[u8]>::new(b"fp", b"select 1", &s);
+        let a = input.compute(&secret());
+        let b = input.compute(&KeySecret::from_bytes(*b"0123456789abcdeF"));
+        assert_ne!(a.0, b.0);
+        assert_ne!(a.1, b.1);
+        let g1 = KeySecret::generate().unwrap();
+        let g2 = KeySecret::generate().unwrap();
+        assert_ne!(input.compute(&g1).0, input.compute(&g2).0);
+    }
+
+    #[test]
+    fn parameter_holder_type_does_not_change_the_key() {
+        let s = snap();
+        let as_slices: [Option<&[u8]>; 2] = [Some(b"42"), None];
+        let as_bytes = [Some(bytes::Bytes::from_static(b"42")), None];
+        let a = KeyInput::new(b"fp", b"q", &s)
+            .params(&as_slices)
+            .compute(&secret());
+        let with_bytes = KeyInput::new(b"fp", b"q", &s).params(&as_bytes);
+        let copy = with_bytes; // Copy even though `Bytes` is not
+        assert_eq!(a, with_bytes.compute(&secret()));
+        assert_eq!(a, copy.compute(&secret()));
+    }
+
+    #[test]
+    fn hex_secrets() {
+        let hex = "000102030405060708090a0b0c0d0e0f";
+        let from_hex = KeySecret::from_hex(hex).unwrap();
+        let from_bytes = KeySecret::from_bytes(core::array::from_fn(|i| i as u8));
+        let s = snap();
+        let input = KeyInput::<&[u8]>::new(b"fp", b"q", &s);
+        assert_eq!(input.compute(&from_hex), input.compute(&from_bytes));
+        for bad in [
+            "",
+            "00",
+            &hex[..31],
+            &format!("{hex}00"),
+            &hex.replace('0', "g"),
+        ] {
+            assert!(KeySecret::from_hex(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format!("{from_hex:?}"), "KeySecret(<redacted>)");
+    }
+
+    #[test]
+    fn key_hasher_spreads_cache_keys() {
+        let h = |k: CacheKey| KeyBuildHasher.hash_one(k);
+        assert_ne!(h(CacheKey(1)), h(CacheKey(2)));
+        assert_ne!(h(CacheKey(1 << 64)), h(CacheKey(2 << 64)));
+        assert_ne!(
+            KeyBuildHasher.hash_one(b"ab"),
+            KeyBuildHasher.hash_one(b"ba")
+        );
+    }
+}
