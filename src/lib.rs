@@ -15,5 +15,6 @@ pub mod net;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod sql;
 pub mod telemetry;
 pub mod upstream;
