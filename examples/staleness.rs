@@ -1,0 +1,125 @@
+//! Bench mode of the staleness checker (issue 3): the workload of `tests/staleness.rs` at
+//! scale against a running pgmemo and its Postgres, e.g.
+//!
+//! ```text
+//! cargo run --release --example staleness -- --proxy 127.0.0.1:6432 --direct 127.0.0.1:5432 \
+//!     --ops 1000000 --clients 16 --admin 127.0.0.1:9187
+//! ```
+//!
+//! It DROPS and recreates `counters`, `counters_audit`, `counters_view`, `parent`, `child` and
+//! `events` in the target database (through `--direct`). Prints throughput, stale reads,
+//! phantoms, errors and (with `--admin`) the cache hit ratio; exits 1 unless the run was clean.
+
+#[path = "../tests/support/checker/mod.rs"]
+mod checker;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Staleness checker, bench mode.
+#[derive(Debug, Parser)]
+struct Args {
+    /// pgmemo's client address (the workload goes here)
+    #[arg(long)]
+    proxy: SocketAddr,
+    /// Postgres itself (schema setup and the final consistency check only)
+    #[arg(long)]
+    direct: SocketAddr,
+    /// pgmemo's admin address, to report the cache hit ratio from /metrics
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    #[arg(long, default_value_t = 1_000_000)]
+    ops: u64,
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    #[arg(long, default_value = "postgres")]
+    user: String,
+    /// Password for --user (empty: none)
+    #[arg(long, env = "PGPASSWORD", default_value = "", hide_env_values = true)]
+    password: String,
+    #[arg(long, default_value = "postgres")]
+    dbname: String,
+    #[arg(long, default_value_t = 0x5eed_cafe)]
+    seed: u64,
+    /// Share of operations that write, in percent
+    #[arg(long, default_value_t = 30)]
+    write_percent: u32,
+    /// Wall-clock limit of the whole run, in seconds
+    #[arg(long, default_value_t = 3600)]
+    time_limit: u64,
+    /// Limit of one operation, in seconds (generous: race hooks may pause the proxy)
+    #[arg(long, default_value_t = 60)]
+    op_timeout: u64,
+    /// Leave two-phase commit out even if the server allows it
+    #[arg(long)]
+    no_two_phase: bool,
+    /// Deliberately break the read path, to see the checker fail (exit 1)
+    #[arg(long, value_enum, default_value_t = FaultArg::None)]
+    fault: FaultArg,
+}
+
+/// `checker::Fault` on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum FaultArg {
+    None,
+    StaleSnapshot,
+    NeverInvalidate,
+    StoreInTransaction,
+}
+
+impl From<FaultArg> for checker::Fault {
+    fn from(arg: FaultArg) -> checker::Fault {
+        match arg {
+            FaultArg::None => checker::Fault::None,
+            FaultArg::StaleSnapshot => checker::Fault::StaleSnapshot,
+            FaultArg::NeverInvalidate => checker::Fault::NeverInvalidate,
+            FaultArg::StoreInTransaction => checker::Fault::StoreInTransaction,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut config = checker::CheckerConfig::new(args.proxy, args.direct);
+    config.user = args.user;
+    config.password = args.password;
+    config.dbname = args.dbname;
+    config.ops = args.ops;
+    config.clients = args.clients;
+    config.seed = args.seed;
+    config.write_percent = args.write_percent;
+    config.time_limit = Duration::from_secs(args.time_limit);
+    config.op_timeout = Duration::from_secs(args.op_timeout);
+    config.two_phase = !args.no_two_phase;
+    config.fault = args.fault.into();
+    let report = match checker::run(&config).await {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("staleness: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{report}");
+    if !report.two_phase && config.two_phase {
+        println!(
+            "note: two-phase commit skipped: the server needs max_prepared_transactions >= {}",
+            config.clients
+        );
+    }
+    if let Some(admin) = args.admin {
+        match checker::hit_ratio_from_metrics(admin).await {
+            Ok(Some(ratio)) => println!("cache hit ratio {:.1}%", ratio * 100.0),
+            Ok(None) => println!("cache hit ratio: n/a (no cache metrics at {admin})"),
+            Err(e) => println!("cache hit ratio: {e}"),
+        }
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

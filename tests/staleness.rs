@@ -1,0 +1,139 @@
+//! The staleness checker (issue 3, build step 1) against pgmemo in front of a throwaway
+//! Postgres: 16 clients, 100,000 operations, no stale read, no phantom, no error. Then the
+//! same checker against deliberately broken read paths, which it must catch (proof that this
+//! test can fail), and the hit-ratio reader of the bench mode (`examples/staleness.rs`).
+
+#[path = "support/checker/mod.rs"]
+mod checker;
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::Duration;
+
+use checker::{CheckerConfig, Fault, Report, Shape};
+use common::{PgOptions, SUPERUSER, Stack};
+
+/// Every kind of operation the checker has (see `worker.rs`).
+const OP_KINDS: usize = 11;
+
+fn stack() -> Stack {
+    // Two-phase commit needs prepared transactions; 20 ≥ one per client.
+    let opts = PgOptions::default().setting("max_prepared_transactions", "20");
+    Stack::start_with(opts, |args| args)
+}
+
+fn config(s: &Stack, ops: u64, clients: usize) -> CheckerConfig {
+    let mut config = CheckerConfig::new(s.proxy.addr(), s.pg.addr());
+    config.user = SUPERUSER.into();
+    config.dbname = common::stack::APP_DB.into();
+    config.ops = ops;
+    config.clients = clients;
+    config
+}
+
+async fn run(config: &CheckerConfig) -> Report {
+    let report = checker::run(config)
+        .await
+        .unwrap_or_else(|e| panic!("the checker could not run: {e}"));
+    eprintln!("{:?}:\n{report}", config.fault);
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_reads_through_pgmemo() {
+    let s = stack();
+    let report = run(&config(&s, 100_000, 16)).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.ops, 100_000, "{report}");
+    assert!(
+        report.two_phase,
+        "two-phase commit left out of the mix:\n{report}"
+    );
+    assert_eq!(report.op_counts.len(), OP_KINDS, "{report}");
+    assert!(report.op_counts.values().all(|n| *n > 0), "{report}");
+}
+
+/// Few keys and a small run: a broken read path shows within seconds.
+fn self_test_config(s: &Stack, fault: Fault) -> CheckerConfig {
+    let mut config = config(s, 4_000, 8);
+    config.fault = fault;
+    config.time_limit = Duration::from_secs(60);
+    config.shape = Shape {
+        counters: 6,
+        groups: 2,
+        parents: 3,
+        children: 2,
+        events: 4,
+        partitions: 2,
+    };
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_reads_from_a_stale_snapshot() {
+    let s = stack();
+    let report = run(&self_test_config(&s, Fault::StaleSnapshot)).await;
+    assert!(
+        report.stale > 0,
+        "a frozen snapshot went unnoticed:\n{report}"
+    );
+    // Old data is never newer than what committed, and nothing else went wrong.
+    assert_eq!((report.phantom, report.errors), (0, 0), "{report}");
+    assert!(!report.is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_a_cache_that_never_invalidates() {
+    let s = stack();
+    let report = run(&self_test_config(&s, Fault::NeverInvalidate)).await;
+    assert!(
+        report.stale > 0,
+        "a never-invalidated cache went unnoticed:\n{report}"
+    );
+    assert_eq!((report.phantom, report.errors), (0, 0), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_results_stored_inside_a_rolled_back_transaction() {
+    let s = stack();
+    let report = run(&self_test_config(&s, Fault::StoreInTransaction)).await;
+    assert!(
+        report.phantom > 0,
+        "rolled-back values served unnoticed:\n{report}"
+    );
+    assert_eq!(report.errors, 0, "{report}");
+}
+
+#[test]
+fn hit_ratio_parses_prometheus_text() {
+    let text = "# HELP pgmemo_cache_hits_total Cache hits.\n\
+                # TYPE pgmemo_cache_hits_total counter\n\
+                pgmemo_cache_hits_total{layer=\"l1\"} 60\n\
+                pgmemo_cache_hits_total{layer=\"l2\",note=\"a}b\"} 15 1700000000000\n\
+                pgmemo_cache_hits_total_created 1700000000\n\
+                pgmemo_cache_misses_total 25\n";
+    assert_eq!(checker::parse_hit_ratio(text), Some(0.75));
+    let no_misses = "pgmemo_cache_hits_total 3\n";
+    assert_eq!(checker::parse_hit_ratio(no_misses), None);
+    let no_lookups = "pgmemo_cache_hits_total 0\npgmemo_cache_misses_total 0\n";
+    assert_eq!(checker::parse_hit_ratio(no_lookups), None);
+    assert_eq!(checker::parse_hit_ratio("pgmemo_sessions 4\n"), None);
+}
+
+#[tokio::test]
+async fn hit_ratio_reads_pgmemos_metrics_endpoint() {
+    let s = stack();
+    let response = s.proxy.admin_get("/metrics");
+    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let ratio = checker::hit_ratio_from_metrics(s.proxy.admin_addr())
+        .await
+        .expect("GET /metrics");
+    assert_eq!(ratio, checker::parse_hit_ratio(body));
+    // A dead admin address is an error, not "no metrics".
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dead = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    assert!(checker::hit_ratio_from_metrics(dead).await.is_err());
+}
