@@ -116,6 +116,8 @@ async fn read_packet(stream: &mut Stream) -> Result<Bytes, NegotiateError> {
     let mut buf = BytesMut::with_capacity(total);
     buf.extend_from_slice(&len);
     buf.resize(total, 0);
-    stream.read_exact(&mut buf[4..]).await?;
+    if let Some(body) = buf.get_mut(4..) {
+        stream.read_exact(body).await?;
+    }
     Ok(buf.freeze())
 }

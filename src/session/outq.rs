@@ -69,7 +69,8 @@ impl OutQueue {
                     None => break,
                 }
             } else {
-                Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n_slices])
+                Pin::new(&mut *w)
+                    .poll_write_vectored(cx, slices.get(..n_slices).unwrap_or_default())
             };
             match res {
                 Poll::Ready(Ok(0)) => {

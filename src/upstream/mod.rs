@@ -92,9 +92,9 @@ impl Upstream {
             return Ok(Stream::Plain(tcp));
         };
         let mut tcp = tcp;
-        let mut req = [0u8; 8];
-        req[..4].copy_from_slice(&8i32.to_be_bytes());
-        req[4..].copy_from_slice(&SSL_REQUEST_CODE.to_be_bytes());
+        let [a, b, c, d] = 8i32.to_be_bytes();
+        let [e, f, g, h] = SSL_REQUEST_CODE.to_be_bytes();
+        let req = [a, b, c, d, e, f, g, h];
         let io_err = |source| ConnectError::Tcp {
             addr: self.addr.clone(),
             source,
