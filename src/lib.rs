@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod catalog;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -1,0 +1,430 @@
+//! Upstream knowledge, read through pgmemo's own side connections (DESIGN §1.5, §2): name
+//! resolution under a session's search_path, relation facts and the cacheable-kind rule,
+//! what views read and evaluate, partition/inheritance trees, FK actions, rewrite rules,
+//! user triggers, function volatility, and a poller that fingerprints everything it has
+//! handed out and reports what changed.
+//!
+//! Every answer is memoised per catalog generation (bumped whenever the poller sees a
+//! change) in bounded memos. Every relation or function an answer hands out is tracked and
+//! its fingerprint baseline is taken in the same snapshot as the answer, so a change made
+//! afterwards is always seen by the next poll. Any error means "not cacheable" to callers
+//! (or an epoch bump where a write's reach is unknown); nothing here panics or spawns.
+//!
+//! Not modelled exactly (documented where it matters): the session's own temporary schema
+//! is invisible from a side connection (`Resolved::temp_shadow` says when it could shadow a
+//! name); an I/O coercion inside a view counts every type the view mentions; function
+//! calls count every overload of the written arity unless exact argument types are given.
+
+mod conn;
+mod error;
+mod expand;
+mod memo;
+mod nodetree;
+mod poller;
+mod prints;
+mod relations;
+mod resolve;
+mod search_path;
+mod track;
+mod types;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use conn::{DbPool, Lease};
+use memo::Memo;
+use track::{Limits, Prints, Tracked, Want};
+
+pub use error::CatalogError;
+pub use poller::Poller;
+pub use prints::Aspect;
+pub use track::{Change, EpochCause};
+pub use types::{
+    EpochReason, FuncArgs, FuncRef, Inheritance, NotCacheable, Oid, Persistence, ReadSet, RelKind,
+    RelName, RelationFacts, Resolved, UserTrigger, ViewSources, Volatility, WriteSet,
+};
+
+/// How the catalog connects and how much it may hold.
+#[derive(Debug, Clone)]
+pub struct CatalogConfig {
+    /// Host, port, user, password of the side connections (the database is set per call).
+    pub connect: tokio_postgres::Config,
+    /// Side connections per database.
+    pub connections_per_database: usize,
+    pub connect_timeout: Duration,
+    /// Bound on one whole catalog call (also the side connections' statement_timeout).
+    pub call_timeout: Duration,
+    /// Databases with side connections at once.
+    pub max_databases: usize,
+    /// Entries per memo (resolution, volatility, reads, writes).
+    pub memo_entries: usize,
+    /// Relations (and relation names) tracked by the poller, over all databases.
+    pub max_tracked_relations: usize,
+    /// Functions (and function names) tracked by the poller, over all databases.
+    pub max_tracked_functions: usize,
+    /// Relations one read or write expansion may reach before it gives up.
+    pub max_expansion: usize,
+}
+
+impl CatalogConfig {
+    pub fn new(connect: tokio_postgres::Config) -> Self {
+        Self {
+            connect,
+            connections_per_database: 2,
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(5),
+            max_databases: 64,
+            memo_entries: 10_000,
+            max_tracked_relations: 10_000,
+            max_tracked_functions: 10_000,
+            max_expansion: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PathKey {
+    db: String,
+    user: String,
+    search_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SetKey {
+    db: String,
+    oids: Vec<Oid>,
+}
+
+impl SetKey {
+    fn new(db: &str, oids: &[Oid]) -> Self {
+        let set: BTreeSet<Oid> = oids.iter().copied().collect();
+        Self {
+            db: db.to_owned(),
+            oids: set.into_iter().collect(),
+        }
+    }
+}
+
+struct Memos {
+    resolve: Memo<(PathKey, Vec<RelName>), Arc<[Resolved]>>,
+    volatility: Memo<(PathKey, Vec<FuncRef>), Arc<[Volatility]>>,
+    reads: Memo<SetKey, Arc<ReadSet>>,
+    writes: Memo<SetKey, Arc<WriteSet>>,
+}
+
+/// The catalog service (share it in an `Arc`; every method takes `&self`).
+pub struct Catalog {
+    config: CatalogConfig,
+    pools: Mutex<HashMap<String, Arc<DbPool>>>,
+    generation: AtomicU64,
+    memos: Mutex<Memos>,
+    tracked: Mutex<Tracked>,
+}
+
+/// A poisoned lock only means another caller panicked mid-update of plain data; the
+/// catalog's maps stay usable (at worst an answer is recomputed).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Catalog {
+    pub fn new(config: CatalogConfig) -> Self {
+        let n = config.memo_entries;
+        let limits = Limits {
+            relations: config.max_tracked_relations,
+            functions: config.max_tracked_functions,
+        };
+        Self {
+            config,
+            pools: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(1),
+            memos: Mutex::new(Memos {
+                resolve: Memo::new(n),
+                volatility: Memo::new(n),
+                reads: Memo::new(n),
+                writes: Memo::new(n),
+            }),
+            tracked: Mutex::new(Tracked::new(limits)),
+        }
+    }
+
+    /// The catalog generation: part of every memo key; bumped by each poll that reports
+    /// changes (callers may fold it into their own analysis memos).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// (relations, functions) currently tracked by the poller.
+    pub fn tracked(&self) -> (usize, usize) {
+        lock(&self.tracked).counts()
+    }
+
+    fn pool(&self, db: &str) -> Result<Arc<DbPool>, CatalogError> {
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(db) {
+            return Ok(pool.clone());
+        }
+        if pools.len() >= self.config.max_databases {
+            return Err(CatalogError::TooManyDatabases(self.config.max_databases));
+        }
+        let pool = Arc::new(DbPool::new(
+            db,
+            &self.config.connect,
+            self.config.connections_per_database,
+            self.config.connect_timeout,
+            self.config.call_timeout,
+        ));
+        pools.insert(db.to_owned(), pool.clone());
+        Ok(pool)
+    }
+
+    fn forget_database(&self, db: &str) {
+        lock(&self.pools).remove(db);
+    }
+
+    /// Runs `work` in one read-only snapshot on a side connection of `db`, within the
+    /// call timeout.
+    async fn call<T>(
+        &self,
+        db: &str,
+        work: impl AsyncFnOnce(&mut Lease) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let pool = self.pool(db)?;
+        let call = async {
+            let mut lease = pool.begin().await?;
+            match work(&mut lease).await {
+                Ok(out) => {
+                    lease.commit().await?;
+                    Ok(out)
+                }
+                Err(e) => {
+                    lease.rollback().await;
+                    Err(e)
+                }
+            }
+        };
+        match tokio::time::timeout(self.config.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(CatalogError::Timeout {
+                db: db.to_owned(),
+                timeout: self.config.call_timeout,
+            }),
+        }
+    }
+
+    /// Like `call`, and tracks what the answer hands out, with baselines from the same
+    /// snapshot.
+    async fn call_tracked<T>(
+        &self,
+        db: &str,
+        work: impl AsyncFnOnce(&mut Lease) -> Result<(T, Want), CatalogError>,
+    ) -> Result<T, CatalogError> {
+        self.call(db, async |lease: &mut Lease| {
+            let (value, mut want) = work(lease).await?;
+            want.namespaces = true;
+            want.shared = true;
+            let missing = lock(&self.tracked).missing(db, &want)?;
+            let baseline = Prints::fetch(lease, &missing).await?;
+            lock(&self.tracked).insert(db, baseline)?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Resolves relation names as PostgreSQL would for a session of `db` whose raw
+    /// `search_path` setting is `search_path` and whose current role (what `"$user"` and
+    /// schema USAGE checks use) is `current_user`. One answer per name, in order.
+    pub async fn resolve(
+        &self,
+        db: &str,
+        names: &[RelName],
+        search_path: &str,
+        current_user: &str,
+    ) -> Result<Arc<[Resolved]>, CatalogError> {
+        let key = (self.path_key(db, search_path, current_user), names.to_vec());
+        let generation = self.generation();
+        if let Some(hit) = lock(&self.memos).resolve.get(generation, &key) {
+            return Ok(hit);
+        }
+        let value: Arc<[Resolved]> = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                let (list, want) =
+                    resolve::relations(lease, names, search_path, current_user).await?;
+                Ok((list.into(), want))
+            })
+            .await?;
+        lock(&self.memos)
+            .resolve
+            .insert(generation, self.generation(), key, value.clone());
+        Ok(value)
+    }
+
+    /// The volatility of each function call under the session's search_path, counting
+    /// every overload the call could reach (`Unknown` = no such function: treat as
+    /// volatile).
+    pub async fn volatility(
+        &self,
+        db: &str,
+        funcs: &[FuncRef],
+        search_path: &str,
+        current_user: &str,
+    ) -> Result<Arc<[Volatility]>, CatalogError> {
+        let key = (self.path_key(db, search_path, current_user), funcs.to_vec());
+        let generation = self.generation();
+        if let Some(hit) = lock(&self.memos).volatility.get(generation, &key) {
+            return Ok(hit);
+        }
+        let value: Arc<[Volatility]> = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                let (list, want) =
+                    resolve::functions(lease, funcs, search_path, current_user).await?;
+                Ok((list.into(), want))
+            })
+            .await?;
+        lock(&self.memos)
+            .volatility
+            .insert(generation, self.generation(), key, value.clone());
+        Ok(value)
+    }
+
+    /// What a read of these relations depends on and whether it may be cached.
+    pub async fn reads(&self, db: &str, oids: &[Oid]) -> Result<Arc<ReadSet>, CatalogError> {
+        let key = SetKey::new(db, oids);
+        let generation = self.generation();
+        if let Some(hit) = lock(&self.memos).reads.get(generation, &key) {
+            return Ok(hit);
+        }
+        let limit = self.config.max_expansion;
+        let value = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                let (set, want) = expand::reads(lease, &key.oids, limit).await?;
+                Ok((Arc::new(set), want))
+            })
+            .await?;
+        lock(&self.memos)
+            .reads
+            .insert(generation, self.generation(), key, value.clone());
+        Ok(value)
+    }
+
+    /// What a committed write to these relations must bump.
+    pub async fn writes(&self, db: &str, oids: &[Oid]) -> Result<Arc<WriteSet>, CatalogError> {
+        let key = SetKey::new(db, oids);
+        let generation = self.generation();
+        if let Some(hit) = lock(&self.memos).writes.get(generation, &key) {
+            return Ok(hit);
+        }
+        let limit = self.config.max_expansion;
+        let value = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                let (set, want) = expand::writes(lease, &key.oids, limit).await?;
+                Ok((Arc::new(set), want))
+            })
+            .await?;
+        lock(&self.memos)
+            .writes
+            .insert(generation, self.generation(), key, value.clone());
+        Ok(value)
+    }
+
+    fn path_key(&self, db: &str, search_path: &str, current_user: &str) -> PathKey {
+        PathKey {
+            db: db.to_owned(),
+            user: current_user.to_owned(),
+            search_path: search_path.to_owned(),
+        }
+    }
+
+    // The building blocks below answer directly (no memo, no tracking): for inspection
+    // and tests. Callers that turn answers into tags use `resolve`, `reads` and `writes`.
+
+    /// Facts of the relations that exist, in OID order.
+    pub async fn relation_facts(
+        &self,
+        db: &str,
+        oids: &[Oid],
+    ) -> Result<Vec<RelationFacts>, CatalogError> {
+        self.call(db, async |lease: &mut Lease| {
+            Ok(relations::facts(lease, oids).await?.into_values().collect())
+        })
+        .await
+    }
+
+    /// What a view reads (transitively) and evaluates; empty for a non-view.
+    pub async fn view_sources(&self, db: &str, view: Oid) -> Result<ViewSources, CatalogError> {
+        let limit = self.config.max_expansion;
+        self.call(db, async |lease: &mut Lease| {
+            relations::view_sources(lease, &[view], limit).await
+        })
+        .await
+    }
+
+    /// Ancestors and descendants in the inheritance / partition tree.
+    pub async fn inheritance(&self, db: &str, oid: Oid) -> Result<Inheritance, CatalogError> {
+        let limit = self.config.max_expansion;
+        self.call(db, async |lease: &mut Lease| {
+            Ok(Inheritance {
+                ancestors: relations::ancestors(lease, &[oid], limit)
+                    .await?
+                    .into_iter()
+                    .collect(),
+                descendants: relations::descendants(lease, &[oid], limit)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// Tables whose rows FK actions (CASCADE, SET NULL, SET DEFAULT) change when rows of
+    /// `oid` are deleted or updated, transitively; sorted, `oid` itself excluded.
+    pub async fn fk_action_targets(&self, db: &str, oid: Oid) -> Result<Vec<Oid>, CatalogError> {
+        let limit = self.config.max_expansion;
+        self.call(db, async |lease: &mut Lease| {
+            let mut seen = BTreeSet::from([oid]);
+            let mut frontier = vec![oid];
+            while !frontier.is_empty() && seen.len() <= limit {
+                let step = relations::fk_action_step(lease, &frontier, limit).await?;
+                frontier = step.into_iter().filter(|o| seen.insert(*o)).collect();
+            }
+            seen.remove(&oid);
+            Ok(seen.into_iter().collect())
+        })
+        .await
+    }
+
+    /// Relations the non-SELECT rules of `oid` mention (their targets, at least); sorted,
+    /// `oid` itself excluded.
+    pub async fn rule_targets(&self, db: &str, oid: Oid) -> Result<Vec<Oid>, CatalogError> {
+        self.call(db, async |lease: &mut Lease| {
+            let mut out = BTreeSet::new();
+            for (_, refs) in relations::write_rules(lease, &[oid]).await? {
+                out.extend(refs.relations);
+            }
+            out.remove(&oid);
+            Ok(out.into_iter().collect())
+        })
+        .await
+    }
+
+    /// User (non-internal) triggers on `oid`.
+    pub async fn user_triggers(
+        &self,
+        db: &str,
+        oid: Oid,
+    ) -> Result<Vec<UserTrigger>, CatalogError> {
+        self.call(db, async |lease: &mut Lease| {
+            relations::user_triggers(lease, &[oid]).await
+        })
+        .await
+    }
+}
