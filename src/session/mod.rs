@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod fingerprint;
 pub mod negotiate;
 pub mod outq;
 pub mod registry;
