@@ -350,7 +350,7 @@ impl<'a> Relay<'a> {
                     break;
                 }
             };
-            let inspect = SessionState::inspects_backend(h.tag) || h.tag == backend::ERROR_RESPONSE;
+            let inspect = SessionState::inspects_backend(h.tag);
             if rest.len() >= h.total {
                 let frame = rest.get(..h.total).unwrap_or_default();
                 if inspect {
