@@ -4,9 +4,15 @@ Kept apart from run.py (which drives the services and pgbench) so the arithmetic
 layout can be read, and changed, on their own. Standard library only.
 """
 
+import re
 import statistics
 
-LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgmemo": "pgmemo"}
+LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgpool": "pgpool-II", "pgmemo": "pgmemo",
+         "limit": "responder"}
+# Ratio columns beyond "peer ÷ direct", in report order: (numerator, denominator, heading).
+VERSUS = (("pgmemo", "pgbouncer", "pgmemo ÷ PgBouncer"), ("pgmemo", "pgpool", "pgmemo ÷ pgpool-II"),
+          ("pgmemo", "limit", "pgmemo % of ceiling"))
+
 
 def fmt_tps(v):
     return "–" if v is None else f"{v:,.0f}"
@@ -14,6 +20,10 @@ def fmt_tps(v):
 
 def fmt_x(v):
     return "–" if v is None else f"{v:.2f}×"
+
+
+def fmt_pct(v):
+    return "–" if v is None else f"{100 * v:.1f} %"
 
 
 def stat(values, fmt):
@@ -30,21 +40,27 @@ def stat(values, fmt):
 
 
 def summarize(runs, targets):
-    """Per cell: TPS per target per rep, and per-rep ratios (target / reference in that rep)."""
-    cells, cpu = {}, {}
+    """Per cell: TPS and hit ratio per target per rep, and per-rep ratios (target / reference
+    in that rep). Only targets that ran in a cell get columns (the responder runs for `point`)."""
+    cells, cpu, hits = {}, {}, {}
     for r in runs:
         key = (r["workload"], r["mode"], r["clients"])
         cells.setdefault(key, {}).setdefault(r["rep"], {})[r["target"]] = r["tps"]
         if r.get("proxy_cpu_us_per_txn") is not None and r["tps"] is not None:
             cpu.setdefault(key, {}).setdefault(r["target"], []).append(r["proxy_cpu_us_per_txn"])
+        if "hit_ratio" in r:
+            hits.setdefault(key, {}).setdefault(r["target"], []).append(r["hit_ratio"])
     out = []
     for (workload, mode, clients), reps in cells.items():
-        row = {"workload": workload, "mode": mode, "clients": clients, "tps": {}, "ratio": {},
+        ran = [t for t in targets if any(t in reps[k] for k in reps)]
+        row = {"workload": workload, "mode": mode, "clients": clients, "targets": ran,
+               "tps": {}, "ratio": {}, "hit_ratio": hits.get((workload, mode, clients), {}),
                "proxy_cpu_us_per_txn": cpu.get((workload, mode, clients), {})}
-        for t in targets:
+        for t in ran:
             row["tps"][t] = [reps[k].get(t) for k in sorted(reps)]
-        for num, den in (("pgbouncer", "direct"), ("pgmemo", "direct"), ("pgmemo", "pgbouncer")):
-            if num in targets and den in targets:
+        pairs = [(t, "direct") for t in ran if t != "direct"] + [(n, d) for n, d, _ in VERSUS]
+        for num, den in pairs:
+            if num in ran and den in ran:
                 row["ratio"][f"{num}/{den}"] = [
                     (reps[k][num] / reps[k][den]) if reps[k].get(num) and reps[k].get(den) else None
                     for k in sorted(reps)]
@@ -58,21 +74,58 @@ def median_or_none(values):
 
 
 def acceptance(summary):
-    """Issue 2's acceptance cells, checked from medians of per-repetition ratios."""
-    lines = []
+    """The acceptance cells of issues 2 and 3, checked from medians of per-repetition ratios."""
+    issue2, issue3 = [], []
     for row in summary:
-        pd = median_or_none(row["ratio"].get("pgmemo/direct", []))
-        pb = median_or_none(row["ratio"].get("pgmemo/pgbouncer", []))
+        r = {k: median_or_none(v) for k, v in row["ratio"].items()}
+        pd, pb, pp = r.get("pgmemo/direct"), r.get("pgmemo/pgbouncer"), r.get("pgmemo/pgpool")
+        hits = {t: median_or_none(v) for t, v in row["hit_ratio"].items()}
         cell = f"{row['workload']} `-M {row['mode']}` c={row['clients']}"
         if row["workload"] == "uncacheable" and row["mode"] == "prepared" and row["clients"] in (8, 32):
             ok = pd is not None and pb is not None and pd >= 0.7 and pb >= 1.3
-            lines.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 0.70×), "
-                         f"{fmt_x(pb)} PgBouncer (need ≥ 1.30×): **{'pass' if ok else 'FAIL'}**")
+            issue2.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 0.70×), "
+                          f"{fmt_x(pb)} PgBouncer (need ≥ 1.30×): **{'pass' if ok else 'FAIL'}**")
         elif row["workload"] == "tpcb":
             ok = pd is not None and pd >= 0.9
-            lines.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 0.90×): "
-                         f"**{'pass' if ok else 'FAIL'}**")
-    return lines
+            issue2.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 0.90×): "
+                          f"**{'pass' if ok else 'FAIL'}**")
+        elif row["workload"] == "point" and row["mode"] == "simple" and row["clients"] == 8:
+            ok = pd is not None and pd >= 2.0
+            issue3.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 2.00×): "
+                          f"**{'pass' if ok else 'FAIL'}**; pgpool-II {fmt_x(r.get('pgpool/direct'))} "
+                          f"direct; pgmemo at {fmt_pct(r.get('pgmemo/limit'))} of the ceiling "
+                          f"(goal 90 %); hits pgmemo {fmt_pct(hits.get('pgmemo'))}, "
+                          f"pgpool-II {fmt_pct(hits.get('pgpool'))}")
+        elif row["workload"] == "heavy" and row["mode"] == "simple" and row["clients"] == 8:
+            ok = pp is not None and pp >= 1.2
+            issue3.append(f"- {cell}: pgmemo {fmt_x(pp)} pgpool-II (need ≥ 1.20×): "
+                          f"**{'pass' if ok else 'FAIL'}**; pgmemo {fmt_x(pd)} direct, pgpool-II "
+                          f"{fmt_x(r.get('pgpool/direct'))} direct; hits pgmemo "
+                          f"{fmt_pct(hits.get('pgmemo'))}, pgpool-II {fmt_pct(hits.get('pgpool'))}")
+    if issue3:
+        issue3.append("- the staleness checker's 1M-operation run (0 stale reads, its throughput "
+                      "and hit ratio) is not part of this benchmark")
+    return issue2, issue3
+
+
+def ratio_table(rows, targets):
+    """The headline table of one workload and mode: direct TPS, every peer ÷ direct, pgmemo
+    against the other caches and the ceiling, and the caches' hit ratios."""
+    ran = [t for t in targets if any(t in r["targets"] for r in rows)]
+    cols = [(f"{t}/direct", f"{LABEL[t]} ÷ direct", fmt_x) for t in ran if t != "direct"]
+    cols += [(f"{n}/{d}", head, fmt_pct if d == "limit" else fmt_x) for n, d, head in VERSUS
+             if any(f"{n}/{d}" in r["ratio"] for r in rows)]
+    hit_targets = [t for t in ran if any(v is not None for r in rows
+                                         for v in r["hit_ratio"].get(t, []))]
+    head = ["clients", "direct TPS"] + [h for _, h, _ in cols]
+    head += [f"{LABEL[t]} hits" for t in hit_targets]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [str(row["clients"]), stat(row["tps"].get("direct", []), fmt_tps)]
+        cells += [stat(row["ratio"].get(k, []), f) for k, _, f in cols]
+        cells += [stat(row["hit_ratio"].get(t, []), fmt_pct) for t in hit_targets]
+        md.append("| " + " | ".join(cells) + " |")
+    return md
 
 
 def render(meta, summary, runs, invariants, skipped, configs, complete):
@@ -99,29 +152,31 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
     for row in summary:
         groups.setdefault((row["workload"], row["mode"]), []).append(row)
     for (workload, mode), rows in groups.items():
-        md += [f"## {workload}, `-M {mode}` (TPS)", ""]
-        head = ["clients"] + [f"{LABEL[t]} TPS" for t in targets]
-        ratios = [k for k in ("pgbouncer/direct", "pgmemo/direct", "pgmemo/pgbouncer")
-                  if k.split("/")[0] in targets and k.split("/")[1] in targets]
-        head += [f"{LABEL[k.split('/')[0]]} ÷ {LABEL[k.split('/')[1]]}" for k in ratios]
+        rows = sorted(rows, key=lambda r: r["clients"])
+        md += [f"## {workload}, `-M {mode}`", ""] + ratio_table(rows, targets) + [""]
+        ran = [t for t in targets if any(t in r["targets"] for r in rows)]
+        head = ["clients"] + [f"{LABEL[t]} TPS" for t in ran]
         md += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for row in sorted(rows, key=lambda r: r["clients"]):
-            cells = [str(row["clients"])] + [stat(row["tps"][t], fmt_tps) for t in targets]
-            cells += [stat(row["ratio"][k], fmt_x) for k in ratios]
+        for row in rows:
+            cells = [str(row["clients"])] + [stat(row["tps"].get(t, []), fmt_tps) for t in ran]
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     if invariants:
         md += ["## TPC-B balance invariant", ""]
+        md += ["Over each TPC-B cell the four sums must change by the same amount (checked as "
+               "changes because `mixed` updates accounts alone).", ""]
         for inv in invariants:
-            s = inv["sums"]
+            s = inv["delta"]
             md.append(f"- after tpcb `-M {inv['mode']}` c={inv['clients']}: "
-                      f"{'**pass**' if inv['ok'] else '**FAIL**'} (accounts {s['accounts']}, "
-                      f"branches {s['branches']}, tellers {s['tellers']}, history {s['history']})")
+                      f"{'**pass**' if inv['ok'] else '**FAIL**'} (change in accounts "
+                      f"{s['accounts']}, branches {s['branches']}, tellers {s['tellers']}, "
+                      f"history {s['history']})")
         md.append("")
     proxies = [t for t in targets if t != "direct"]
     if proxies:
         md += ["## Proxy CPU per transaction", "",
-               "CPU time (user + system, all threads) the proxy process used during the run, "
+               "CPU time (user + system, all threads, and child processes: pgpool-II forks one "
+               "per client) the proxy process used during the run, "
                "divided by the transactions pgbench completed: `median (min–max)` µs. On this "
                "shared box every proxy µs is taken from pgbench and PostgreSQL.", "",
                "| workload | mode | clients | " + " | ".join(f"{LABEL[t]} µs/txn" for t in proxies)
@@ -133,7 +188,11 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     if "pgmemo" in targets:
-        md += ["## Issue 2 acceptance (from this run)", ""] + acceptance(summary) + [""]
+        issue2, issue3 = acceptance(summary)
+        if issue3:
+            md += ["## Issue 3 acceptance (from this run)", ""] + issue3 + [""]
+        if issue2:
+            md += ["## Issue 2 acceptance (from this run)", ""] + issue2 + [""]
     errors = [r for r in runs if r.get("error")]
     contended = [r for r in runs if (r.get("foreign_cpu_pct") or 0) >= 5]
     md += ["## Run health", "",
@@ -163,10 +222,26 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
         pb = configs["pgbouncer"]
         md += [f"{pb['version']}: `{pb['command']}` with", "", "```ini", pb["ini"].rstrip(), "```",
                ""]
+    if "pgpool" in configs:
+        pp = configs["pgpool"]
+        md += [f"{pp['version']}: `{pp['command']}` with", "", "```ini", pp["conf"].rstrip(),
+               "```", ""]
     if "pgmemo" in configs:
         pm = configs["pgmemo"]
         md += [f"pgmemo (binary built {pm['binary_mtime']}): `{pm['command']}`; "
                f"environment: {pm['env'] or 'no PGMEMO_*/RUST_LOG variables'}", ""]
-    md += ["pgbench: `pgbench -n -h 127.0.0.1 -p PORT -U postgres -c C -j min(C,2) -T D -M MODE "
-           "(-b tpcb-like | -f bench/workloads/uncacheable.sql) postgres`, PGSSLMODE=disable.", ""]
+    if "limit" in configs:
+        md += [f"Instant responder (`shared/tools/limit`, the ceiling for `point`): "
+               f"`{configs['limit']['command']}`", ""]
+    warm = meta.get("warmup", 0)
+    md += ["pgbench (PORT is the target's; PGSSLMODE=disable"
+           + (f"; cacheable workloads first get one untimed {warm} s run per target and cell"
+              if warm else "") + "):", ""]
+    seen = set()
+    for r in runs:  # one command per cell, as run against PostgreSQL directly
+        key = (r["workload"], r["mode"], r["clients"])
+        if r["target"] == "direct" and r.get("command") and key not in seen:
+            seen.add(key)
+            md.append("    " + re.sub(r" -p \d+ ", " -p PORT ", r["command"], count=1))
+    md.append("")
     return "\n".join(md)

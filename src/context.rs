@@ -9,11 +9,23 @@ use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
+use crate::config::rules::Rules;
+use crate::session::caching::Caching;
 use crate::session::cancel::CancelRegistry;
 use crate::upstream::Upstream;
 
+/// The compiled rules of the live config, with a generation that moves on every reload (plans
+/// memoised under an older generation are recomputed).
+pub struct RulesGen {
+    pub rules: Rules,
+    pub generation: u64,
+}
+
 pub struct AppContext {
     config: ArcSwap<Config>,
+    rules: ArcSwap<RulesGen>,
+    /// The result cache, the catalog and the invalidation sources.
+    pub caching: Caching,
     pub upstream: Upstream,
     /// Client-leg TLS, when `server.tls` is configured.
     pub tls: Option<ClientTls>,
@@ -29,9 +41,20 @@ pub struct ClientTls {
 }
 
 impl AppContext {
-    pub fn new(config: Config, upstream: Upstream, tls: Option<ClientTls>) -> Self {
+    pub fn new(
+        config: Config,
+        upstream: Upstream,
+        tls: Option<ClientTls>,
+        caching: Caching,
+    ) -> Self {
+        let rules = RulesGen {
+            rules: Rules::new(&config.rules, config.cache.ttl),
+            generation: 1,
+        };
         Self {
             config: ArcSwap::from_pointee(config),
+            rules: ArcSwap::from_pointee(rules),
+            caching,
             upstream,
             tls,
             cancel_keys: Arc::new(CancelRegistry::default()),
@@ -45,7 +68,17 @@ impl AppContext {
     }
 
     pub fn replace_config(&self, config: Config) {
+        let generation = self.rules.load().generation + 1;
+        self.rules.store(Arc::new(RulesGen {
+            rules: Rules::new(&config.rules, config.cache.ttl),
+            generation,
+        }));
         self.config.store(Arc::new(config));
+    }
+
+    /// The compiled rules now (cheap).
+    pub fn rules(&self) -> Arc<RulesGen> {
+        self.rules.load_full()
     }
 
     pub fn next_session_id(&self) -> u64 {

@@ -1,13 +1,29 @@
 //! Admin HTTP server, in process: `/healthz`, `/readyz` against fake upstreams (nothing
 //! listening, a fake Postgres answering the SSLRequest, a non-Postgres peer, a silent peer),
-//! the probe cache, `/metrics`, 404s, connection limits and graceful shutdown.
+//! the probe cache, `/metrics`, 404s, connection limits, graceful shutdown, and how
+//! `POST /invalidate` (`admin_http/invalidate_api.rs`). End to end through the pgmemo binary
+//! (`admin_http/invalidate_e2e.rs`): manual invalidation and SIGUSR1 make a change done
+//! directly on Postgres visible.
+
+mod common;
+#[path = "admin_http/invalidate_api.rs"]
+mod invalidate_api;
+#[path = "admin_http/invalidate_e2e.rs"]
+mod invalidate_e2e;
+#[path = "support/cache_probe.rs"]
+mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pgmemo::admin::{self, AdminLimits, AdminState, PROBE_CACHE_TTL, ProbeError, Readiness};
+use pgmemo::admin::{
+    self, AdminLimits, AdminState, InvalidationHandle, PROBE_CACHE_TTL, ProbeError, Readiness,
+};
+use pgmemo::cache::{Cache, CacheLimits, KeySecret};
+use pgmemo::catalog::{Catalog, CatalogConfig};
+use pgmemo::invalidation::Invalidator;
 use pgmemo::telemetry::{names, recorder};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,10 +56,44 @@ impl Reply {
 
 /// A minimal HTTP/1.1 GET: one request per connection, read until the server closes.
 async fn http_get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, None, b"").await
+}
+
+/// `POST path` with a JSON body (`Content-Type: application/json`).
+async fn post_json(addr: SocketAddr, path: &str, body: &str) -> Reply {
+    http(
+        addr,
+        "POST",
+        path,
+        Some("application/json"),
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A minimal HTTP/1.1 request with a `Content-Length` body: one request per connection, read
+/// until the server closes.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Reply {
     tokio::time::timeout(HANG, async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            request.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        stream.write_all(&bytes).await.unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.unwrap();
         parse_reply(&raw)
@@ -90,11 +140,23 @@ struct Admin {
 }
 
 async fn start_admin(readiness: Arc<Readiness>, limits: AdminLimits) -> Admin {
+    start_admin_with(readiness, limits, offline_invalidation(dead_port().await)).await
+}
+
+async fn start_admin_with(
+    readiness: Arc<Readiness>,
+    limits: AdminLimits,
+    invalidation: InvalidationHandle,
+) -> Admin {
     let metrics = recorder::install().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let state = AdminState { metrics, readiness };
+    let state = AdminState {
+        metrics,
+        readiness,
+        invalidation,
+    };
     let task = tokio::spawn(admin::serve_with_limits(
         listener,
         state,
@@ -110,6 +172,22 @@ async fn start_admin(readiness: Arc<Readiness>, limits: AdminLimits) -> Admin {
 
 async fn start_default(readiness: Arc<Readiness>) -> Admin {
     start_admin(readiness, AdminLimits::default()).await
+}
+
+/// A cache with its invalidator, and a catalog whose side connections go to `catalog_port`
+/// (nothing needs to listen there until a table invalidation consults it).
+fn offline_invalidation(catalog_port: u16) -> InvalidationHandle {
+    let cache = Arc::new(Cache::new(CacheLimits::with_secret(
+        KeySecret::generate().unwrap(),
+    )));
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1").port(catalog_port).user("postgres");
+    let mut cc = CatalogConfig::new(pg);
+    cc.connect_timeout = Duration::from_secs(2);
+    InvalidationHandle {
+        invalidator: Arc::new(Invalidator::new(cache)),
+        catalog: Arc::new(Catalog::new(cc)),
+    }
 }
 
 fn readiness(port: u16, up: bool) -> Arc<Readiness> {

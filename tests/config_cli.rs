@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pgmemo::config::{Config, RedisConfig, TlsConfig};
+use pgmemo::config::{Config, RedisConfig, Rule, TlsConfig};
 
 const ENV_VARS: [&str; 6] = [
     "PGMEMO_CONFIG",
@@ -147,6 +147,48 @@ fn check_config_ignores_flags_env_and_reports_a_missing_file() {
     assert!(stderr(&out).contains("absent.toml"), "{}", stderr(&out));
 }
 
+#[test]
+fn check_config_reports_rule_problems_with_their_number_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "[cache]\nmax_memory = \"512KiB\"\n\
+         [[rules]]\ntable = \"orders\"\ncache = false\n\
+         [[rules]]\ntabel = \"accounts\"\nallow_rls = true\nttl = \"0s\"\n",
+    );
+    let out = pgmemo(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for expected in [
+        format!(
+            "rules[2].tabel = \"accounts\": unknown key ({}:7)",
+            file.display()
+        ),
+        "rules[2].ttl = \"0s\": a rule with allow_rls = true needs a TTL above 0".to_owned(),
+        "cache.max_memory = 524288: must be at least 1 MiB".to_owned(),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("rules[1]"), "the first rule is fine:\n{err}");
+}
+
+#[test]
+fn check_config_accepts_sizes_with_units_and_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "[cache]\nmax_memory = \"64MiB\"\nmax_entry_size = 262144\nttl = \"0s\"\n\
+         [[rules]]\ntable = \"Public.Orders\"\nttl = \"5s\"\n\
+         [[rules]]\nquery = \"SELECT % FROM report_%\"\nrole = \"bi\"\ncache = false\n",
+    );
+    let out = pgmemo(&["check-config", file.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let printed = printed(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(printed.cache.max_memory.0, 64 << 20);
+    assert_eq!(printed.rules.len(), 2);
+    assert_eq!(printed.rules[1].cache, Some(false));
+}
+
 /// `--print-config` output, parsed back.
 fn printed(args: &[&str], env: &[(&str, &str)]) -> Config {
     let mut all = vec!["--print-config"];
@@ -263,7 +305,8 @@ fn main_command_refuses_an_invalid_configuration() {
     );
 }
 
-/// Every dotted leaf key under `table`.
+/// Every dotted leaf key under `table`. The keys of an array of tables (`[[rules]]`) are
+/// named after the array (`rules.table`), as in the README; other arrays are leaves.
 fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
     for (key, value) in table {
         let path = if prefix.is_empty() {
@@ -273,6 +316,13 @@ fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
         };
         match value {
             toml::Value::Table(inner) => leaf_keys(&path, inner, out),
+            toml::Value::Array(items)
+                if !items.is_empty() && items.iter().all(toml::Value::is_table) =>
+            {
+                for inner in items.iter().filter_map(toml::Value::as_table) {
+                    leaf_keys(&path, inner, out);
+                }
+            }
             _ => {
                 out.insert(path);
             }
@@ -280,7 +330,8 @@ fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
     }
 }
 
-/// The keys the config types accept: the defaults plus every optional section filled in.
+/// The keys the config types accept: every optional section and field filled in (a superset
+/// of the defaults), with one rule that sets every rule field.
 fn type_keys() -> BTreeSet<String> {
     let mut full = Config::default();
     full.server.tls = Some(TlsConfig {
@@ -290,10 +341,19 @@ fn type_keys() -> BTreeSet<String> {
     full.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1".into(),
     });
+    full.cache.secret = Some("00112233445566778899aabbccddeeff".into());
+    full.rules = vec![Rule {
+        table: Some("t".into()),
+        database: Some("d".into()),
+        role: Some("r".into()),
+        query: Some("SELECT 1".into()),
+        cache: Some(true),
+        ttl: Some(std::time::Duration::from_secs(1)),
+        allow_stable_functions: Some(true),
+        allow_rls: Some(true),
+    }];
     let mut keys = BTreeSet::new();
-    for config in [Config::default(), full] {
-        leaf_keys("", &toml::Table::try_from(&config).unwrap(), &mut keys);
-    }
+    leaf_keys("", &toml::Table::try_from(&full).unwrap(), &mut keys);
     keys
 }
 
@@ -327,7 +387,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        14,
+        30,
         "update this count with the types: {expected:?}"
     );
 }

@@ -31,7 +31,11 @@ struct Setup {
 impl Setup {
     async fn new() -> Setup {
         let fake = FakeUpstream::start().await;
-        let proxy = tokio::task::block_in_place(|| Proxy::start(ProxyArgs::new(fake.url())));
+        // The fake server speaks only what each test scripts: no result cache, so pgmemo
+        // sends nothing of its own (no settings probe).
+        let proxy = tokio::task::block_in_place(|| {
+            Proxy::start(ProxyArgs::new(fake.url()).config("[cache]\nenabled = false\n"))
+        });
         Setup { fake, proxy }
     }
 

@@ -39,11 +39,56 @@ async fn run(config: &CheckerConfig) -> Report {
     report
 }
 
+/// The pgmemo binary built with the `race-hooks` feature, in its own target directory (so
+/// it never replaces the binary other tests run). Built once per test process.
+fn race_hooks_binary() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| root.join("target"))
+            .join("race-hooks");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .current_dir(&root)
+            .args([
+                "build",
+                "--quiet",
+                "--bin",
+                "pgmemo",
+                "--features",
+                "race-hooks",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo build for the race-hooks binary");
+        assert!(status.success(), "building pgmemo with race-hooks failed");
+        target.join("debug").join("pgmemo")
+    })
+    .clone()
+}
+
+/// The share of cacheable lookups that hit, from pgmemo's metrics: the run must really
+/// have been served from the cache, or "no stale read" proves nothing.
+async fn assert_cache_was_used(s: &Stack, report: &Report) {
+    let ratio = checker::hit_ratio_from_metrics(s.proxy.admin_addr())
+        .await
+        .expect("GET /metrics");
+    eprintln!("cache hit ratio: {ratio:?}");
+    assert!(
+        ratio.is_some_and(|r| r > 0.05),
+        "the cache served (almost) nothing, hit ratio {ratio:?}:\n{report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_reads_through_pgmemo() {
     let s = stack();
     let report = run(&config(&s, 100_000, 16)).await;
     assert!(report.is_clean(), "{report}");
+    assert_cache_was_used(&s, &report).await;
     assert_eq!(report.ops, 100_000, "{report}");
     assert!(
         report.two_phase,
@@ -51,6 +96,23 @@ async fn no_stale_reads_through_pgmemo() {
     );
     assert_eq!(report.op_counts.len(), OP_KINDS, "{report}");
     assert!(report.op_counts.values().all(|n| *n > 0), "{report}");
+}
+
+/// The same workload with pgmemo pausing at random between reading versions and forwarding
+/// a read (I1) and between seeing a commit and bumping (I2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_reads_under_race_hooks() {
+    let binary = tokio::task::block_in_place(race_hooks_binary);
+    let opts = PgOptions::default().setting("max_prepared_transactions", "20");
+    let s = Stack::start_with(opts, |args| {
+        args.binary(&binary).env("PGMEMO_RACE_HOOK_MAX_US", "400")
+    });
+    let mut c = config(&s, 30_000, 16);
+    c.time_limit = Duration::from_secs(240);
+    let report = run(&c).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.ops, 30_000, "{report}");
+    assert_cache_was_used(&s, &report).await;
 }
 
 /// Few keys and a small run: a broken read path shows within seconds.

@@ -1,7 +1,9 @@
 //! Admin HTTP server: `/healthz` (process alive), `/readyz` (listener up and upstream
-//! answering), `/metrics` (Prometheus text); anything else is 404.
+//! answering), `/metrics` (Prometheus text), `POST /invalidate` (manual invalidation); anything
+//! else is 404.
 
 mod conn;
+pub mod invalidate;
 mod readiness;
 
 use std::future::IntoFuture;
@@ -10,14 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use invalidate::{InvalidationHandle, Trigger, flush_all};
 pub use readiness::{
     PROBE_CACHE_TTL, ProbeError, Readiness, ReadyReport, UpstreamReport, probe_upstream,
 };
@@ -32,6 +35,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Answers `/readyz`.
     pub readiness: Arc<Readiness>,
+    /// Serves `POST /invalidate`.
+    pub invalidation: InvalidationHandle,
 }
 
 /// Bounds on the admin server's connections.
@@ -65,6 +70,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Other methods get 405 with `Allow: POST`.
+        .route(
+            "/invalidate",
+            post(invalidate::invalidate).layer(DefaultBodyLimit::max(invalidate::MAX_BODY)),
+        )
         .fallback(not_found)
         .with_state(state)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
-use moka::future::Cache as Moka;
+use moka::sync::Cache as Moka;
 
 use super::entry::Entry;
 use super::key::{CacheKey, KeyBuildHasher, KeyCheck};
@@ -88,8 +88,8 @@ impl L1 {
 
     /// The entry under `key` if present, unexpired and stored under the same `check`. A
     /// different check is a 128-bit key collision: counted and treated as a miss.
-    pub async fn get(&self, key: &CacheKey, check: &KeyCheck) -> Option<Arc<Entry>> {
-        let entry = self.cache.get(key).await?;
+    pub fn get(&self, key: &CacheKey, check: &KeyCheck) -> Option<Arc<Entry>> {
+        let entry = self.cache.get(key)?;
         if entry.check == *check {
             Some(entry)
         } else {
@@ -100,7 +100,7 @@ impl L1 {
 
     /// Stores `entry` under `key`, replacing any entry there, unless its frames exceed
     /// `max_entry_size`.
-    pub async fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> InsertOutcome {
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) -> InsertOutcome {
         if entry.frames.len() > self.max_entry_size {
             self.stats.refused_too_large.inc();
             return InsertOutcome::TooLarge;
@@ -109,7 +109,7 @@ impl L1 {
         self.stats.entries.add(1);
         self.stats.bytes.add(i64::from(weight(&entry)));
         self.stats.stores.inc();
-        self.cache.insert(key, entry).await;
+        self.cache.insert(key, entry);
         InsertOutcome::Stored
     }
 
@@ -121,8 +121,8 @@ impl L1 {
 
     /// Runs moka's pending housekeeping now (evictions, expirations, notifications). moka
     /// does it on its own as operations go by; tests and periodic maintenance call this.
-    pub async fn run_pending_tasks(&self) {
-        self.cache.run_pending_tasks().await;
+    pub fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks();
     }
 
     /// Entries held, per moka (approximate until housekeeping runs).
@@ -171,13 +171,13 @@ mod tests {
         let (l1, stats) = l1(1 << 20, 1 << 10);
         let e = entry(42, 10, Duration::ZERO);
         assert_eq!(
-            l1.insert(CacheKey(1), Arc::clone(&e)).await,
+            l1.insert(CacheKey(1), Arc::clone(&e)),
             InsertOutcome::Stored
         );
-        let hit = l1.get(&CacheKey(1), &KeyCheck(42)).await.unwrap();
+        let hit = l1.get(&CacheKey(1), &KeyCheck(42)).unwrap();
         assert!(Arc::ptr_eq(&hit, &e));
-        assert!(l1.get(&CacheKey(1), &KeyCheck(43)).await.is_none());
-        assert!(l1.get(&CacheKey(2), &KeyCheck(42)).await.is_none());
+        assert!(l1.get(&CacheKey(1), &KeyCheck(43)).is_none());
+        assert!(l1.get(&CacheKey(2), &KeyCheck(42)).is_none());
         assert_eq!(stats.snapshot().collisions, 1);
         assert_eq!(stats.snapshot().stores, 1);
     }
@@ -186,15 +186,15 @@ mod tests {
     async fn oversized_entries_are_refused_and_counted() {
         let (l1, stats) = l1(1 << 20, 100);
         assert_eq!(
-            l1.insert(CacheKey(1), entry(1, 100, Duration::ZERO)).await,
+            l1.insert(CacheKey(1), entry(1, 100, Duration::ZERO)),
             InsertOutcome::Stored,
             "exactly the cap is allowed"
         );
         assert_eq!(
-            l1.insert(CacheKey(2), entry(1, 101, Duration::ZERO)).await,
+            l1.insert(CacheKey(2), entry(1, 101, Duration::ZERO)),
             InsertOutcome::TooLarge
         );
-        assert!(l1.get(&CacheKey(2), &KeyCheck(1)).await.is_none());
+        assert!(l1.get(&CacheKey(2), &KeyCheck(1)).is_none());
         let s = stats.snapshot();
         assert_eq!((s.stores, s.refused_too_large), (1, 1));
     }
@@ -205,13 +205,13 @@ mod tests {
         let max = 10 * (1024 + 400);
         let (l1, stats) = l1(max, 4096);
         for k in 0..100u128 {
-            l1.insert(CacheKey(k), entry(1, 1024, Duration::ZERO)).await;
+            l1.insert(CacheKey(k), entry(1, 1024, Duration::ZERO));
             // Read every key a few times so the admission policy sees real frequencies.
             for _ in 0..3 {
-                let _ = l1.get(&CacheKey(k), &KeyCheck(1)).await;
+                let _ = l1.get(&CacheKey(k), &KeyCheck(1));
             }
         }
-        l1.run_pending_tasks().await;
+        l1.run_pending_tasks();
         assert!(l1.weighted_size() <= max, "{} > {max}", l1.weighted_size());
         let s = stats.snapshot();
         assert!(s.evicted_size >= 80, "{s:?}");
@@ -222,28 +222,20 @@ mod tests {
     #[tokio::test]
     async fn per_entry_ttl_expires_and_replacement_takes_the_new_ttl() {
         let (l1, stats) = l1(1 << 20, 1 << 10);
-        l1.insert(CacheKey(1), entry(1, 10, Duration::from_millis(50)))
-            .await;
-        l1.insert(CacheKey(2), entry(2, 10, Duration::ZERO)).await;
-        l1.insert(CacheKey(3), entry(3, 10, Duration::from_millis(50)))
-            .await;
+        l1.insert(CacheKey(1), entry(1, 10, Duration::from_millis(50)));
+        l1.insert(CacheKey(2), entry(2, 10, Duration::ZERO));
+        l1.insert(CacheKey(3), entry(3, 10, Duration::from_millis(50)));
         // Replacing key 3 with an entry that never expires must not keep the old deadline.
-        l1.insert(CacheKey(3), entry(3, 10, Duration::ZERO)).await;
-        assert!(l1.get(&CacheKey(1), &KeyCheck(1)).await.is_some());
+        l1.insert(CacheKey(3), entry(3, 10, Duration::ZERO));
+        assert!(l1.get(&CacheKey(1), &KeyCheck(1)).is_some());
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(
-            l1.get(&CacheKey(1), &KeyCheck(1)).await.is_none(),
-            "expired"
-        );
-        assert!(l1.get(&CacheKey(2), &KeyCheck(2)).await.is_some(), "no TTL");
-        assert!(
-            l1.get(&CacheKey(3), &KeyCheck(3)).await.is_some(),
-            "new TTL"
-        );
+        assert!(l1.get(&CacheKey(1), &KeyCheck(1)).is_none(), "expired");
+        assert!(l1.get(&CacheKey(2), &KeyCheck(2)).is_some(), "no TTL");
+        assert!(l1.get(&CacheKey(3), &KeyCheck(3)).is_some(), "new TTL");
         // moka's timer wheel notifies expirations at a granularity of about a second.
         let deadline = Instant::now() + Duration::from_secs(5);
         while stats.snapshot().evicted_expired == 0 && Instant::now() < deadline {
-            l1.run_pending_tasks().await;
+            l1.run_pending_tasks();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let s = stats.snapshot();
@@ -255,12 +247,12 @@ mod tests {
     async fn clear_removes_everything_explicitly() {
         let (l1, stats) = l1(1 << 20, 1 << 10);
         for k in 0..5u128 {
-            l1.insert(CacheKey(k), entry(1, 10, Duration::ZERO)).await;
+            l1.insert(CacheKey(k), entry(1, 10, Duration::ZERO));
         }
         l1.clear();
-        l1.run_pending_tasks().await;
+        l1.run_pending_tasks();
         for k in 0..5u128 {
-            assert!(l1.get(&CacheKey(k), &KeyCheck(1)).await.is_none());
+            assert!(l1.get(&CacheKey(k), &KeyCheck(1)).is_none());
         }
         let s = stats.snapshot();
         assert_eq!((s.evicted_explicit, s.entries, s.bytes), (5, 0, 0), "{s:?}");

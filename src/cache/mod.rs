@@ -4,7 +4,7 @@
 //! How a session uses it for one cacheable read (DESIGN §2):
 //! 1. `let snap = cache.versions().snapshot(&tags)` — before the statement goes upstream (I1).
 //! 2. `let (key, check) = cache.key(&KeyInput::new(fingerprint, sql, &snap)...)`.
-//! 3. `match cache.lookup(key, check).await`:
+//! 3. `match cache.lookup(key, check)`:
 //!    - [`Lookup::Hit`]: replay the entry's frames.
 //!    - [`Lookup::Miss`]: forward, capture, then [`Cache::complete`] with the guard (or just
 //!      drop the guard on error: waiters are released).
@@ -159,8 +159,8 @@ impl Cache {
     }
 
     /// Looks `key` up. A miss either leads the fill or joins the one under way.
-    pub async fn lookup(&self, key: CacheKey, check: KeyCheck) -> Lookup {
-        if let Some(entry) = self.l1.get(&key, &check).await {
+    pub fn lookup(&self, key: CacheKey, check: KeyCheck) -> Lookup {
+        if let Some(entry) = self.l1.get(&key, &check) {
             self.stats.hits.inc();
             return Lookup::Hit(entry);
         }
@@ -173,7 +173,7 @@ impl Cache {
                 // A fill may have completed between the L1 miss and registering: look again
                 // rather than run the query a second time, handing the entry to anyone who
                 // joined in between.
-                if let Some(entry) = self.l1.get(&key, &check).await {
+                if let Some(entry) = self.l1.get(&key, &check) {
                     self.stats.hits.inc();
                     guard.publish(Arc::clone(&entry));
                     return Lookup::Hit(entry);
@@ -187,33 +187,26 @@ impl Cache {
     /// Stores a result computed under `snapshot`, unless the snapshot is no longer current
     /// or the result is too large. For results without a fill guard (a waiter that ran its
     /// own query, a pipelined group).
-    pub async fn store(
-        &self,
-        key: CacheKey,
-        snapshot: &VersionSnapshot,
-        entry: Entry,
-    ) -> StoreOutcome {
-        self.store_arc(key, snapshot, Arc::new(entry)).await
+    pub fn store(&self, key: CacheKey, snapshot: &VersionSnapshot, entry: Entry) -> StoreOutcome {
+        self.store_arc(key, snapshot, Arc::new(entry))
     }
 
     /// Completes a fill: stores the result as [`store`](Self::store) does, then hands it to
     /// every waiter. Waiters get it even when it is not stored: they share the leader's key,
     /// so their snapshots match the leader's and they started before any bump it missed.
-    pub async fn complete(
+    pub fn complete(
         &self,
         guard: FillGuard,
         snapshot: &VersionSnapshot,
         entry: Entry,
     ) -> StoreOutcome {
         let entry = Arc::new(entry);
-        let outcome = self
-            .store_arc(guard.key(), snapshot, Arc::clone(&entry))
-            .await;
+        let outcome = self.store_arc(guard.key(), snapshot, Arc::clone(&entry));
         guard.publish(entry);
         outcome
     }
 
-    async fn store_arc(
+    fn store_arc(
         &self,
         key: CacheKey,
         snapshot: &VersionSnapshot,
@@ -223,7 +216,7 @@ impl Cache {
             self.stats.refused_stale.inc();
             return StoreOutcome::Refused(RefuseReason::Stale);
         }
-        match self.l1.insert(key, entry).await {
+        match self.l1.insert(key, entry) {
             InsertOutcome::Stored => StoreOutcome::Stored,
             InsertOutcome::TooLarge => StoreOutcome::Refused(RefuseReason::TooLarge),
         }
@@ -243,8 +236,8 @@ impl Cache {
     }
 
     /// Runs the L1's pending housekeeping now (evictions, expirations, notifications).
-    pub async fn run_pending_tasks(&self) {
-        self.l1.run_pending_tasks().await;
+    pub fn run_pending_tasks(&self) {
+        self.l1.run_pending_tasks();
     }
 }
 

@@ -40,14 +40,14 @@ async fn miss_fill_then_hit() {
     let c = cache();
     let snap = c.versions().snapshot(&[T]);
     let (k, check) = key(&c, &snap);
-    let Lookup::Miss(guard) = c.lookup(k, check).await else {
+    let Lookup::Miss(guard) = c.lookup(k, check) else {
         panic!("empty cache must miss")
     };
     assert_eq!(
-        c.complete(guard, &snap, result(check, 5)).await,
+        c.complete(guard, &snap, result(check, 5)),
         StoreOutcome::Stored
     );
-    let Lookup::Hit(e) = c.lookup(k, check).await else {
+    let Lookup::Hit(e) = c.lookup(k, check) else {
         panic!("must hit after the fill")
     };
     assert_eq!(value(&e), 5);
@@ -60,15 +60,12 @@ async fn a_bump_makes_the_entry_unreachable() {
     let c = cache();
     let snap = c.versions().snapshot(&[T]);
     let (k, check) = key(&c, &snap);
-    assert_eq!(
-        c.store(k, &snap, result(check, 1)).await,
-        StoreOutcome::Stored
-    );
+    assert_eq!(c.store(k, &snap, result(check, 1)), StoreOutcome::Stored);
     c.versions().bump(&[T]);
     let after = c.versions().snapshot(&[T]);
     let (k2, check2) = key(&c, &after);
     assert_ne!(k, k2);
-    assert!(matches!(c.lookup(k2, check2).await, Lookup::Miss(_)));
+    assert!(matches!(c.lookup(k2, check2), Lookup::Miss(_)));
 }
 
 /// The classic cache-aside race, step by step: read old → write → bump → store old. With the
@@ -80,20 +77,20 @@ async fn cache_aside_race_is_refused() {
 
     let snap = c.versions().snapshot(&[T]); // I1: before the query goes upstream
     let (k, check) = key(&c, &snap);
-    let Lookup::Miss(guard) = c.lookup(k, check).await else {
+    let Lookup::Miss(guard) = c.lookup(k, check) else {
         panic!()
     };
     let old = db.load(Ordering::SeqCst); // the upstream answers with the old value
     db.store(2, Ordering::SeqCst); // another session's write commits...
     c.versions().bump(&[T]); // ...and is bumped before its ack (I2)
     assert_eq!(
-        c.complete(guard, &snap, result(check, old)).await,
+        c.complete(guard, &snap, result(check, old)),
         StoreOutcome::Refused(RefuseReason::Stale)
     );
 
     let now = c.versions().snapshot(&[T]);
     let (k, check) = key(&c, &now);
-    assert!(matches!(c.lookup(k, check).await, Lookup::Miss(_)));
+    assert!(matches!(c.lookup(k, check), Lookup::Miss(_)));
     assert_eq!(c.stats().refused_stale, 1);
 }
 
@@ -109,11 +106,8 @@ async fn snapshot_after_the_read_would_serve_stale_data() {
     c.versions().bump(&[T]);
     let late = c.versions().snapshot(&[T]); // wrong: after the read
     let (k, check) = key(&c, &late);
-    assert_eq!(
-        c.store(k, &late, result(check, old)).await,
-        StoreOutcome::Stored
-    );
-    let Lookup::Hit(e) = c.lookup(k, check).await else {
+    assert_eq!(c.store(k, &late, result(check, old)), StoreOutcome::Stored);
+    let Lookup::Hit(e) = c.lookup(k, check) else {
         panic!()
     };
     assert!(value(&e) < db.load(Ordering::SeqCst), "stale, as expected");
@@ -124,20 +118,20 @@ async fn epoch_bump_and_flush_invalidate_everything() {
     let c = cache();
     let snap = c.versions().snapshot(&[T]);
     let (k, check) = key(&c, &snap);
-    c.store(k, &snap, result(check, 1)).await;
+    c.store(k, &snap, result(check, 1));
     c.versions().bump_epoch(EpochCause::SideEffects);
     assert_eq!(
-        c.store(k, &snap, result(check, 1)).await,
+        c.store(k, &snap, result(check, 1)),
         StoreOutcome::Refused(RefuseReason::Stale)
     );
     let snap = c.versions().snapshot(&[T]);
     let (k, check) = key(&c, &snap);
-    c.store(k, &snap, result(check, 1)).await;
-    assert!(matches!(c.lookup(k, check).await, Lookup::Hit(_)));
+    c.store(k, &snap, result(check, 1));
+    assert!(matches!(c.lookup(k, check), Lookup::Hit(_)));
     assert_eq!(c.flush(EpochCause::Admin), 2);
-    c.run_pending_tasks().await;
+    c.run_pending_tasks();
     assert!(
-        matches!(c.lookup(k, check).await, Lookup::Miss(_)),
+        matches!(c.lookup(k, check), Lookup::Miss(_)),
         "flushed from L1 too"
     );
 }
@@ -150,21 +144,21 @@ async fn too_large_results_are_not_stored_but_waiters_get_them() {
     assert_eq!(c.max_entry_size(), 4);
     let snap = c.versions().snapshot(&[T]);
     let (k, check) = key(&c, &snap);
-    let Lookup::Miss(guard) = c.lookup(k, check).await else {
+    let Lookup::Miss(guard) = c.lookup(k, check) else {
         panic!()
     };
-    let Lookup::Wait(waiter) = c.lookup(k, check).await else {
+    let Lookup::Wait(waiter) = c.lookup(k, check) else {
         panic!("second miss joins the fill")
     };
     assert_eq!(
-        c.complete(guard, &snap, result(check, 3)).await,
+        c.complete(guard, &snap, result(check, 3)),
         StoreOutcome::Refused(RefuseReason::TooLarge)
     );
     let WaitOutcome::Filled(e) = waiter.wait(Duration::from_secs(5)).await else {
         panic!()
     };
     assert_eq!(value(&e), 3);
-    assert!(matches!(c.lookup(k, check).await, Lookup::Miss(_)));
+    assert!(matches!(c.lookup(k, check), Lookup::Miss(_)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,12 +171,12 @@ async fn concurrent_misses_run_one_fill() {
         .map(|_| {
             let (c, runs, snap) = (Arc::clone(&c), Arc::clone(&upstream_runs), snap.clone());
             tokio::spawn(async move {
-                match c.lookup(k, check).await {
+                match c.lookup(k, check) {
                     Lookup::Hit(e) => value(&e),
                     Lookup::Miss(guard) => {
                         runs.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        c.complete(guard, &snap, result(check, 77)).await;
+                        c.complete(guard, &snap, result(check, 77));
                         77
                     }
                     Lookup::Wait(w) => match w.wait(Duration::from_secs(5)).await {
@@ -297,13 +291,13 @@ async fn stress(snapshot_first: bool, min_rounds: u64, enough: fn(&Outcome) -> b
 async fn read_through(c: &Cache, db: &AtomicU64) -> u64 {
     let snap = c.versions().snapshot(&[T]); // I1
     let (k, check) = key(c, &snap);
-    match c.lookup(k, check).await {
+    match c.lookup(k, check) {
         Lookup::Hit(e) => value(&e),
         Lookup::Miss(guard) => {
             window(20); // query in flight
             let v = db.load(Ordering::SeqCst);
             window(20); // result streaming back
-            c.complete(guard, &snap, result(check, v)).await;
+            c.complete(guard, &snap, result(check, v));
             v
         }
         Lookup::Wait(w) => match w.wait(Duration::from_secs(5)).await {
@@ -316,14 +310,14 @@ async fn read_through(c: &Cache, db: &AtomicU64) -> u64 {
 async fn read_through_snapshot_late(c: &Cache, db: &AtomicU64) -> u64 {
     let probe = c.versions().snapshot(&[T]);
     let (k, check) = key(c, &probe);
-    if let Lookup::Hit(e) = c.lookup(k, check).await {
+    if let Lookup::Hit(e) = c.lookup(k, check) {
         return value(&e);
     }
     let v = db.load(Ordering::SeqCst);
     window(20);
     let late = c.versions().snapshot(&[T]); // wrong: after the read
     let (k, check) = key(c, &late);
-    c.store(k, &late, result(check, v)).await;
+    c.store(k, &late, result(check, v));
     v
 }
 

@@ -56,11 +56,16 @@ pub enum EpochCause {
     Admin,
     /// The tag table reached its bound and was cleared.
     TagLimit,
+    /// DDL committed through pgmemo (name resolution and result shapes may change).
+    Ddl,
+    /// A write pgmemo lost track of: its statement was unknown (an unknown prepared statement
+    /// or portal) or its outcome was not seen (the session ended while it was in flight).
+    Untracked,
 }
 
 impl EpochCause {
     /// Every cause, for pre-registering metric handles.
-    pub const ALL: [EpochCause; 7] = [
+    pub const ALL: [EpochCause; 9] = [
         Self::UnparsedWrite,
         Self::SideEffects,
         Self::CatalogFunction,
@@ -68,6 +73,8 @@ impl EpochCause {
         Self::UnknownGid,
         Self::Admin,
         Self::TagLimit,
+        Self::Ddl,
+        Self::Untracked,
     ];
 
     /// The metric label value.
@@ -80,6 +87,8 @@ impl EpochCause {
             Self::UnknownGid => "unknown_gid",
             Self::Admin => "admin",
             Self::TagLimit => "tag_limit",
+            Self::Ddl => "ddl",
+            Self::Untracked => "untracked",
         }
     }
 

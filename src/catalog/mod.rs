@@ -42,8 +42,9 @@ pub use poller::Poller;
 pub use prints::Aspect;
 pub use track::{Change, EpochCause};
 pub use types::{
-    EpochReason, FuncArgs, FuncRef, Inheritance, NotCacheable, Oid, Persistence, ReadSet, RelKind,
-    RelName, RelationFacts, Resolved, UserTrigger, ViewSources, Volatility, WriteSet,
+    EpochReason, FuncArgs, FuncFacts, FuncRef, Inheritance, NotCacheable, Oid, Persistence,
+    ReadSet, RelKind, RelName, RelationFacts, Resolved, UserTrigger, ViewSources, Volatility,
+    WriteSet,
 };
 
 /// How the catalog connects and how much it may hold.
@@ -109,7 +110,7 @@ impl SetKey {
 
 struct Memos {
     resolve: Memo<(PathKey, Vec<RelName>), Arc<[Resolved]>>,
-    volatility: Memo<(PathKey, Vec<FuncRef>), Arc<[Volatility]>>,
+    functions: Memo<(PathKey, Vec<FuncRef>), Arc<[FuncFacts]>>,
     reads: Memo<SetKey, Arc<ReadSet>>,
     writes: Memo<SetKey, Arc<WriteSet>>,
 }
@@ -144,7 +145,7 @@ impl Catalog {
             generation: AtomicU64::new(1),
             memos: Mutex::new(Memos {
                 resolve: Memo::new(n),
-                volatility: Memo::new(n),
+                functions: Memo::new(n),
                 reads: Memo::new(n),
                 writes: Memo::new(n),
             }),
@@ -156,6 +157,12 @@ impl Catalog {
     /// changes (callers may fold it into their own analysis memos).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Drops every memoised answer (DDL committed through pgmemo: names may resolve
+    /// differently now). The poller would see the change too, but only after its interval.
+    pub fn invalidate_memos(&self) {
+        self.bump_generation();
     }
 
     fn bump_generation(&self) {
@@ -277,12 +284,24 @@ impl Catalog {
         search_path: &str,
         current_user: &str,
     ) -> Result<Arc<[Volatility]>, CatalogError> {
+        let facts = self.functions(db, funcs, search_path, current_user).await?;
+        Ok(facts.iter().map(|f| f.volatility).collect())
+    }
+
+    /// Volatility and provenance of each function call under the session's search_path.
+    pub async fn functions(
+        &self,
+        db: &str,
+        funcs: &[FuncRef],
+        search_path: &str,
+        current_user: &str,
+    ) -> Result<Arc<[FuncFacts]>, CatalogError> {
         let key = (self.path_key(db, search_path, current_user), funcs.to_vec());
         let generation = self.generation();
-        if let Some(hit) = lock(&self.memos).volatility.get(generation, &key) {
+        if let Some(hit) = lock(&self.memos).functions.get(generation, &key) {
             return Ok(hit);
         }
-        let value: Arc<[Volatility]> = self
+        let value: Arc<[FuncFacts]> = self
             .call_tracked(db, async |lease: &mut Lease| {
                 let (list, want) =
                     resolve::functions(lease, funcs, search_path, current_user).await?;
@@ -290,7 +309,7 @@ impl Catalog {
             })
             .await?;
         lock(&self.memos)
-            .volatility
+            .functions
             .insert(generation, self.generation(), key, value.clone());
         Ok(value)
     }

@@ -11,7 +11,9 @@ use super::error::CatalogError;
 use super::search_path::{self, SchemaInfo, Slot};
 use super::track::Want;
 use super::types::Persistence;
-use super::types::{FuncArgs, FuncRef, Oid, RelKind, RelName, RelationFacts, Resolved, Volatility};
+use super::types::{
+    FuncArgs, FuncFacts, FuncRef, Oid, RelKind, RelName, RelationFacts, Resolved, Volatility,
+};
 
 const ROLE: &str = "SELECT oid FROM pg_roles WHERE rolname = $1::name";
 
@@ -25,6 +27,9 @@ SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, c.relpersistenc
   c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relnamespace
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = ANY($1::name[]) AND c.relnamespace = ANY($2::oid[])";
+
+/// `pg_catalog`'s fixed OID (`PG_CATALOG_NAMESPACE` in PostgreSQL's headers).
+const PG_CATALOG_NAMESPACE: Oid = 11;
 
 const FUNCTIONS_BY_NAME: &str = "\
 SELECT p.oid, p.proname::text, p.pronamespace, p.pronargs, p.pronargdefaults,
@@ -223,7 +228,7 @@ pub(crate) async fn functions(
     funcs: &[FuncRef],
     search_path: &str,
     current_user: &str,
-) -> Result<(Vec<Volatility>, Want), CatalogError> {
+) -> Result<(Vec<FuncFacts>, Want), CatalogError> {
     let entries = search_path::parse(search_path)?;
     let mut wanted = search_path::schema_names(&entries, current_user);
     wanted.extend(qualified_schemas(funcs.iter().map(|f| f.schema.as_deref())));
@@ -286,7 +291,12 @@ pub(crate) async fn functions(
         // Tracked even when unknown, so creating the function shows up in the next poll.
         want.func_names.push(name.clone());
         want.functions.extend(counted.iter().map(|c| c.oid));
-        out.push(worst.unwrap_or(Volatility::Unknown));
+        out.push(FuncFacts {
+            volatility: worst.unwrap_or(Volatility::Unknown),
+            // Unknown functions count as user-defined: nothing says they are harmless.
+            user_defined: counted.is_empty()
+                || counted.iter().any(|c| c.namespace != PG_CATALOG_NAMESPACE),
+        });
     }
     Ok((out, want))
 }

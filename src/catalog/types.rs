@@ -93,6 +93,16 @@ impl Volatility {
     }
 }
 
+/// What a session needs to know about one function call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FuncFacts {
+    /// The worst volatility among the overloads the call could reach.
+    pub volatility: Volatility,
+    /// Some overload it could reach lives outside `pg_catalog` (or none was found): code a
+    /// user wrote, which may have effects pgmemo cannot see (`set_config`, writes).
+    pub user_defined: bool,
+}
+
 /// `pg_class.relkind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RelKind {

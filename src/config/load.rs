@@ -17,7 +17,7 @@ use toml::{Spanned, Table, Value};
 
 use super::upstream_url::redact_password;
 use super::validate::quoted;
-use super::{Config, ConfigErrors, ConfigIssue, RedisConfig, TlsConfig};
+use super::{Config, ConfigErrors, ConfigIssue, RedisConfig, Rule, TlsConfig};
 
 /// Values given on the command line or in `PGMEMO_*` environment variables; each replaces the
 /// file's value. clap resolves flag-versus-env before this point.
@@ -178,6 +178,19 @@ fn schema_sample() -> Table {
     config.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1:6379".to_owned(),
     });
+    config.cache.secret = Some("0".repeat(32));
+    config.functions.no_side_effects = vec!["public.f".to_owned()];
+    // One rule with every field: the template each `[[rules]]` entry is checked against.
+    config.rules = vec![Rule {
+        table: Some("t".to_owned()),
+        database: Some("d".to_owned()),
+        role: Some("r".to_owned()),
+        query: Some("SELECT 1".to_owned()),
+        cache: Some(true),
+        ttl: Some(std::time::Duration::from_secs(60)),
+        allow_stable_functions: Some(false),
+        allow_rls: Some(false),
+    }];
     // Serializing plain structs of strings, numbers and paths cannot fail; an empty table
     // would only make every key look unknown, which tests would catch.
     Table::try_from(&config).unwrap_or_default()
@@ -197,11 +210,14 @@ impl Checker<'_> {
         let mut clean = Table::new();
         for (key, value) in user {
             path.push(key.get_ref().to_string());
-            let expects_table = matches!(lookup(&self.sample, path), Some(Value::Table(_)));
+            let expected = lookup(&self.sample, path);
+            let expects_table = matches!(expected, Some(Value::Table(_)));
+            let expects_tables = is_array_of_tables(expected);
             let accepted = match value.get_ref() {
                 DeValue::Table(section) if expects_table => {
                     self.check_section(path, key.span(), section)
                 }
+                DeValue::Array(items) if expects_tables => Some(self.check_entries(path, items)),
                 _ => self.check_value(path, key.span(), value),
             };
             if let Some(accepted) = accepted {
@@ -210,6 +226,36 @@ impl Checker<'_> {
             path.pop();
         }
         clean
+    }
+
+    /// An array of tables (`[[rules]]`): each entry checked as a section against the sample's
+    /// single template entry, its keys named `rules[N].key` (N from 1, in file order). Entries
+    /// keep their places (an entry that is not a table stays as an empty one), so validation's
+    /// `rules[N]` numbers name the same entries.
+    fn check_entries(&mut self, path: &mut Vec<String>, items: &[Spanned<DeValue<'_>>]) -> Value {
+        let mut clean = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            path.push(format!("[{}]", index + 1));
+            let entry = match item.get_ref() {
+                DeValue::Table(entry) => self.check_section(path, item.span(), entry),
+                other => {
+                    let line = self.line_of(item.span().start);
+                    let why = format!(
+                        "expected a table ({{ key = value, ... }} or a [[{}]] section), found {} \
+                         ({}:{line})",
+                        path.first().map(String::as_str).unwrap_or_default(),
+                        other.type_str(),
+                        self.origin
+                    );
+                    let issue = ConfigIssue::new(dotted(path), self.value_text(item), why);
+                    self.issues.push((item.span().start, issue));
+                    None
+                }
+            };
+            clean.push(entry.unwrap_or_else(|| Value::Table(Table::new())));
+            path.pop();
+        }
+        Value::Array(clean)
     }
 
     /// A known section: its keys one by one, then the section as a whole, which catches
@@ -243,7 +289,7 @@ impl Checker<'_> {
             });
             let (Some(field), Some(placeholder)) = (missing, placeholder) else {
                 let issue = ConfigIssue::new(
-                    path.join("."),
+                    dotted(path),
                     "(table)",
                     format!("{message} ({}:{line})", self.origin),
                 );
@@ -251,11 +297,11 @@ impl Checker<'_> {
                 break;
             };
             let issue = ConfigIssue::new(
-                format!("{}.{field}", path.join(".")),
+                format!("{}.{field}", dotted(path)),
                 "(missing)",
                 format!(
                     "required when [{}] is present ({}:{line})",
-                    path.join("."),
+                    dotted(path),
                     self.origin
                 ),
             );
@@ -275,12 +321,19 @@ impl Checker<'_> {
     ) -> Option<Value> {
         let line = self.line_of(key_span.start);
         let shown = self.value_text(value);
-        let outcome = if matches!(lookup(&self.sample, path), Some(Value::Table(_))) {
+        let expected = lookup(&self.sample, path);
+        let outcome = if matches!(expected, Some(Value::Table(_))) {
             // serde would read an array as the struct's fields in order, and blame whatever
             // is inside it; the real problem is the shape.
             Err(format!(
                 "expected a table ([{}]), found {}",
-                path.join("."),
+                dotted(path),
+                value.get_ref().type_str()
+            ))
+        } else if is_array_of_tables(expected) {
+            Err(format!(
+                "expected an array of tables ([[{}]] sections), found {}",
+                dotted(path),
                 value.get_ref().type_str()
             ))
         } else {
@@ -302,7 +355,7 @@ impl Checker<'_> {
                     }
                     _ => format!("{message}{} ({}:{line})", self.hint(path), self.origin),
                 };
-                let issue = ConfigIssue::new(path.join("."), shown, why);
+                let issue = ConfigIssue::new(dotted(path), shown, why);
                 self.issues.push((key_span.start, issue));
                 None
             }
@@ -397,9 +450,39 @@ fn backticked_after<'m>(message: &'m str, prefix: &str) -> Option<&'m str> {
     rest.split_once('`').map(|(name, _)| name)
 }
 
+/// A key path for messages: `rules`, `[2]`, `ttl` → `rules[2].ttl`.
+fn dotted(path: &[String]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        if !out.is_empty() && !is_index(segment) {
+            out.push('.');
+        }
+        out.push_str(segment);
+    }
+    out
+}
+
+/// A path segment naming an entry of an array of tables (`[N]`).
+fn is_index(segment: &str) -> bool {
+    segment.starts_with('[')
+}
+
+fn is_array_of_tables(value: Option<&Value>) -> bool {
+    matches!(value, Some(Value::Array(items)) if items.first().is_some_and(Value::is_table))
+}
+
+/// The sample value at `path`. Any `[N]` segment stands for the array's template entry (the
+/// sample's arrays of tables hold exactly one).
 fn lookup<'t>(table: &'t Table, path: &[String]) -> Option<&'t Value> {
     let (first, rest) = path.split_first()?;
-    let value = table.get(first)?;
+    let mut value = table.get(first)?;
+    let mut rest = rest;
+    if let (Value::Array(items), Some((index, after))) = (value, rest.split_first())
+        && is_index(index)
+    {
+        value = items.first()?;
+        rest = after;
+    }
     if rest.is_empty() {
         return Some(value);
     }
@@ -421,6 +504,26 @@ fn insert(table: &mut Table, path: &[String], value: Value) {
     let entry = table
         .entry(first.clone())
         .or_insert_with(|| Value::Table(Table::new()));
+    // `[N]`: into the template entry, the only one of the sample's arrays of tables.
+    if let (Value::Array(items), Some((index, after))) = (&mut *entry, rest.split_first())
+        && is_index(index)
+    {
+        if items.is_empty() {
+            items.push(Value::Table(Table::new()));
+        }
+        if let Some(item) = items.first_mut() {
+            match (after.is_empty(), item) {
+                (true, item) => *item = value,
+                (false, Value::Table(inner)) => insert(inner, after, value),
+                (false, item) => {
+                    let mut inner = Table::new();
+                    insert(&mut inner, after, value);
+                    *item = Value::Table(inner);
+                }
+            }
+        }
+        return;
+    }
     if !entry.is_table() {
         *entry = Value::Table(Table::new());
     }

@@ -1,6 +1,7 @@
 //! Unit tests for layering and file checking (kept beside `load.rs` to keep both files short).
 
 use super::*;
+use crate::config::ByteSize;
 use std::time::Duration;
 
 fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
@@ -276,6 +277,216 @@ fn a_full_file_round_trips_through_print_config() {
     config.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1:6379".into(),
     });
+    config.cache.max_memory = ByteSize(3 << 20);
+    config.cache.ttl = Duration::from_millis(2500);
+    config.catalog.poll_interval = Duration::from_secs(1);
+    config.functions.no_side_effects = vec!["public.gen_id".into()];
+    config.rules = vec![
+        Rule {
+            table: Some("public.orders".into()),
+            ttl: Some(Duration::from_secs(90)),
+            allow_rls: Some(true),
+            ..Rule::default()
+        },
+        Rule {
+            query: Some("SELECT % FROM t".into()),
+            cache: Some(false),
+            ..Rule::default()
+        },
+    ];
     let text = config.to_toml_redacted().unwrap();
     assert_eq!(from_toml_str(&text, "printed").unwrap(), config);
+}
+
+#[test]
+fn cache_sections_load_with_sizes_in_either_form() {
+    let config = from_toml_str(
+        r#"
+[cache]
+enabled = false
+max_memory = "64MiB"
+max_entry_size = 65536
+ttl = "0s"
+fill_wait_timeout = "250ms"
+secret = "00112233445566778899aabbccddeeff"
+[catalog]
+poll_interval = "2s"
+[functions]
+no_side_effects = ["public.uuid_generate_v4"]
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    assert!(!config.cache.enabled);
+    assert_eq!(config.cache.max_memory, ByteSize(64 << 20));
+    assert_eq!(config.cache.max_entry_size, ByteSize(65536));
+    assert_eq!(config.cache.ttl, Duration::ZERO);
+    assert_eq!(config.cache.fill_wait_timeout, Duration::from_millis(250));
+    assert_eq!(config.catalog.poll_interval, Duration::from_secs(2));
+    assert_eq!(
+        config.functions.no_side_effects,
+        ["public.uuid_generate_v4"]
+    );
+    for (written, bytes) in [
+        ("\"1 MiB\"", 1 << 20),
+        ("\"2GiB\"", 2 << 30),
+        ("\"3MB\"", 3_000_000),
+        ("\"4194304\"", 4 << 20),
+        ("\"8000kB\"", 8_000_000),
+        ("2097152", 2 << 20),
+    ] {
+        let config = from_toml_str(&format!("[cache]\nmax_memory = {written}\n"), "t").unwrap();
+        assert_eq!(config.cache.max_memory, ByteSize(bytes), "{written}");
+    }
+}
+
+#[test]
+fn bad_sizes_name_key_value_and_line() {
+    let got = issues(
+        "[cache]\nmax_memory = \"lots\"\nmax_entry_size = \"1.5MiB\"\n\
+         enabled = true\nmax_memory = 1\n",
+    );
+    // A duplicate key is a syntax error; check the type errors on their own.
+    assert!(got[0].why.starts_with("invalid TOML"), "{got:?}");
+    let got = issues(
+        "[cache]\nmax_memory = \"lots\"\nmax_entry_size = \"1.5MiB\"\nenabled = true\n\
+         [catalog]\npoll_interval = -5\n",
+    );
+    let shown: Vec<(&str, &str)> = got
+        .iter()
+        .map(|i| (i.key.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("cache.max_memory", "\"lots\""),
+            ("cache.max_entry_size", "\"1.5MiB\""),
+            ("catalog.poll_interval", "-5"),
+        ]
+    );
+    assert!(got[0].why.contains("not a size"), "{:?}", got[0]);
+    assert!(got[0].why.ends_with("(test.toml:2)"), "{:?}", got[0]);
+    assert!(
+        got[1].why.contains("unknown size unit `.5mib`"),
+        "{:?}",
+        got[1]
+    );
+    assert!(
+        got[2].why.contains("\"10s\""),
+        "duration hint: {:?}",
+        got[2]
+    );
+    let got = issues("[cache]\nmax_memory = true\nmax_entry_size = -1\n");
+    assert!(
+        got[0].why.contains("a size: bytes as an integer"),
+        "{:?}",
+        got[0]
+    );
+    assert!(got[1].why.contains("cannot be negative"), "{:?}", got[1]);
+}
+
+#[test]
+fn rules_load_as_an_array_of_tables() {
+    let config = from_toml_str(
+        r#"
+[[rules]]
+table = "public.orders"
+ttl = "5m"
+
+[[rules]]
+role = "reporting"
+query = "SELECT % FROM report_%"
+cache = false
+
+[cache]
+ttl = "30s"
+
+[[rules]]
+database = "shop"
+allow_stable_functions = true
+allow_rls = false
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(config.rules.len(), 3);
+    assert_eq!(config.rules[0].table.as_deref(), Some("public.orders"));
+    assert_eq!(config.rules[0].ttl, Some(Duration::from_secs(300)));
+    assert_eq!(config.rules[0].cache, None);
+    assert_eq!(config.rules[1].cache, Some(false));
+    assert_eq!(
+        config.rules[1].query.as_deref(),
+        Some("SELECT % FROM report_%")
+    );
+    assert_eq!(config.rules[2].allow_stable_functions, Some(true));
+    assert_eq!(config.rules[2].allow_rls, Some(false));
+    assert_eq!(config.cache.ttl, Duration::from_secs(30));
+    let inline = from_toml_str(
+        "rules = [{ role = \"a\", cache = false }, { table = \"t\", ttl = \"1s\" }]\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(inline.rules.len(), 2);
+    assert_eq!(inline.rules[1].ttl, Some(Duration::from_secs(1)));
+}
+
+#[test]
+fn unknown_and_ill_typed_keys_inside_rules_have_paths_and_lines() {
+    let got = issues(
+        "[[rules]]\ntable = \"a\"\ncache = false\n\n[[rules]]\ntabel = \"b\"\nttl = 30\n\
+         cache = \"no\"\nrole = \"r\"\n",
+    );
+    let shown: Vec<(&str, &str)> = got
+        .iter()
+        .map(|i| (i.key.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("rules[2].tabel", "\"b\""),
+            ("rules[2].ttl", "30"),
+            ("rules[2].cache", "\"no\""),
+            // With its bad keys dropped, the entry changes nothing (validation, same number).
+            ("rules[2]", "(rule)"),
+        ]
+    );
+    assert!(
+        got[0].why.starts_with("unknown key (test.toml:6)"),
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        got[0].why.contains("`table`"),
+        "offers the real names: {:?}",
+        got[0]
+    );
+    assert!(
+        got[1].why.contains("\"10s\""),
+        "duration hint: {:?}",
+        got[1]
+    );
+    assert!(got[1].why.ends_with("(test.toml:7)"), "{:?}", got[1]);
+    assert!(got[2].why.ends_with("(test.toml:8)"), "{:?}", got[2]);
+}
+
+#[test]
+fn rules_of_the_wrong_shape() {
+    let got = issues("[rules]\ntable = \"t\"\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].key, "rules");
+    assert!(got[0].why.contains("[[rules]]"), "{:?}", got[0]);
+    let got = issues("rules = [{ role = \"a\", cache = false }, 5]\n");
+    let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys[0], "rules[2]", "{got:?}");
+    assert!(got[0].why.contains("expected a table"), "{:?}", got[0]);
+}
+
+#[test]
+fn validation_numbers_rules_like_the_loader() {
+    let got = issues(
+        "[[rules]]\nrole = \"a\"\ncache = false\n[[rules]]\ntable = \"x.y.z\"\ncache = false\n\
+         [[rules]]\ntable = \"t\"\nallow_rls = true\nttl = \"0s\"\n",
+    );
+    let keys: Vec<&str> = got.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["rules[2].table", "rules[3].ttl"]);
 }

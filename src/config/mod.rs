@@ -13,11 +13,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cache;
 pub mod load;
+pub mod rules;
 pub mod upstream_url;
 pub mod validate;
 
+pub use cache::{ByteSize, CacheConfig, CatalogSection, FunctionsConfig, Rule};
 pub use load::{Overrides, Sources};
+pub use rules::{Rules, Verdict};
 pub use upstream_url::{SslMode, UpstreamTarget, UpstreamUrlError};
 pub use validate::{ConfigErrors, ConfigIssue};
 
@@ -40,6 +44,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub admin: AdminConfig,
     pub cache: CacheConfig,
+    pub catalog: CatalogSection,
+    pub functions: FunctionsConfig,
+    pub rules: Vec<Rule>,
     pub log: LogConfig,
 }
 
@@ -94,14 +101,6 @@ pub struct UpstreamConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
     pub listen: SocketAddr,
-}
-
-/// Cache tiers. Defaults to in-process only (no Redis).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
-    /// Optional shared second level. Absent = in-process cache only.
-    pub redis: Option<RedisConfig>,
 }
 
 /// The shared Redis tier (`[cache.redis]`).

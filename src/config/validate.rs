@@ -11,8 +11,9 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
+use super::rules::{Case, parse_qualified_name};
 use super::upstream_url::{UpstreamTarget, redact_password};
-use super::{Config, LogConfig, ServerConfig};
+use super::{CacheConfig, Config, LogConfig, Rule, ServerConfig};
 
 /// Smallest accepted `server.max_message_bytes`: below this, ordinary startup packets and
 /// queries would be refused.
@@ -24,6 +25,22 @@ pub const MAX_MESSAGE_BYTES: usize = (1 << 30) - 1;
 pub const LOG_FORMATS: [&str; 2] = ["text", "json"];
 /// Accepted schemes for `cache.redis.url`.
 pub const REDIS_SCHEMES: [&str; 3] = ["redis://", "rediss://", "unix://"];
+/// Smallest accepted `cache.max_memory`: below this the cache would hold almost nothing.
+pub const MIN_CACHE_MEMORY: u64 = 1 << 20;
+/// Smallest accepted `cache.max_entry_size`: one small result set with its framing.
+pub const MIN_ENTRY_SIZE: u64 = 1 << 10;
+/// Length of `cache.secret` in hex digits (a 128-bit key).
+pub const SECRET_HEX_DIGITS: usize = 32;
+/// Accepted `cache.fill_wait_timeout`: waiting longer than this for another session's fill
+/// only hides a stuck query.
+pub const FILL_WAIT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(600));
+/// Accepted `catalog.poll_interval`: faster loads the server with catalog queries, slower
+/// leaves direct DDL and GRANT/REVOKE unnoticed for too long.
+pub const POLL_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+/// Most `[[rules]]` entries: every cached read is checked against all of them.
+pub const MAX_RULES: usize = 1000;
 
 /// One problem with the configuration: the dotted key, the offending value as written (TOML
 /// literal syntax, passwords redacted), and why it was refused.
@@ -97,9 +114,15 @@ impl Config {
         check_server(&self.server, &mut issues);
         check_upstream(self, &mut issues);
         check_listeners(self.server.listen, self.admin.listen, &mut issues);
-        if let Some(redis) = &self.cache.redis {
-            check_redis_url(&redis.url, &mut issues);
-        }
+        check_cache(&self.cache, &mut issues);
+        check_range(
+            "catalog.poll_interval",
+            self.catalog.poll_interval,
+            POLL_INTERVAL_RANGE,
+            &mut issues,
+        );
+        check_functions(&self.functions.no_side_effects, &mut issues);
+        check_rules(&self.rules, self.cache.ttl, &mut issues);
         check_log(&self.log, &mut issues);
         if issues.is_empty() {
             Ok(())
@@ -246,6 +269,187 @@ fn check_redis_url(url: &str, issues: &mut Vec<ConfigIssue>) {
     }
 }
 
+fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
+    let (memory, entry) = (cache.max_memory.0, cache.max_entry_size.0);
+    if memory < MIN_CACHE_MEMORY {
+        issues.push(ConfigIssue::new(
+            "cache.max_memory",
+            memory.to_string(),
+            "must be at least 1 MiB (1048576); write sizes as bytes or with a unit, e.g. \"256MiB\"",
+        ));
+    }
+    if entry < MIN_ENTRY_SIZE {
+        issues.push(ConfigIssue::new(
+            "cache.max_entry_size",
+            entry.to_string(),
+            "must be at least 1 KiB (1024)",
+        ));
+    } else if entry > memory {
+        issues.push(ConfigIssue::new(
+            "cache.max_entry_size",
+            entry.to_string(),
+            format!(
+                "must not exceed cache.max_memory = {memory} ({})",
+                cache.max_memory
+            ),
+        ));
+    }
+    if let Some(secret) = &cache.secret {
+        let hex =
+            secret.len() == SECRET_HEX_DIGITS && secret.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex {
+            // The value is a key: never echoed.
+            issues.push(ConfigIssue::new(
+                "cache.secret",
+                quoted("********"),
+                format!(
+                    "must be exactly {SECRET_HEX_DIGITS} hex digits (a 128-bit key, e.g. from \
+                     `openssl rand -hex 16`); got {} characters",
+                    secret.chars().count()
+                ),
+            ));
+        }
+    }
+    check_range(
+        "cache.fill_wait_timeout",
+        cache.fill_wait_timeout,
+        FILL_WAIT_RANGE,
+        issues,
+    );
+    if let Some(redis) = &cache.redis {
+        check_redis_url(&redis.url, issues);
+    }
+}
+
+fn check_range(
+    key: &str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+    issues: &mut Vec<ConfigIssue>,
+) {
+    if !(min..=max).contains(&value) {
+        issues.push(ConfigIssue::new(
+            key,
+            quoted_duration(value),
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+}
+
+fn check_functions(names: &[String], issues: &mut Vec<ConfigIssue>) {
+    for text in names {
+        let why = match parse_qualified_name(text, Case::RequireLower) {
+            Err(why) => why,
+            Ok(name) if name.schema.is_none() => {
+                "must be schema-qualified, e.g. \"public.uuid_generate_v4\"".to_owned()
+            }
+            Ok(_) => continue,
+        };
+        issues.push(ConfigIssue::new(
+            "functions.no_side_effects",
+            quoted(text),
+            why,
+        ));
+    }
+}
+
+/// The match fields and the action fields of a rule, by key name.
+const MATCH_FIELDS: &str = "table, database, role, query";
+const ACTION_FIELDS: &str = "cache, ttl, allow_stable_functions, allow_rls";
+
+fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Vec<ConfigIssue>) {
+    if rules.len() > MAX_RULES {
+        issues.push(ConfigIssue::new(
+            "rules",
+            format!("({} rules)", rules.len()),
+            format!("at most {MAX_RULES} rules (every cached read is checked against each)"),
+        ));
+    }
+    for (index, rule) in rules.iter().enumerate() {
+        // Numbered from 1, in file order: "the second [[rules]]" is rules[2].
+        let key = |field: &str| format!("rules[{}]{field}", index + 1);
+        let matchers = [&rule.table, &rule.database, &rule.role, &rule.query];
+        if matchers.iter().all(|m| m.is_none()) {
+            issues.push(ConfigIssue::new(
+                key(""),
+                "(rule)",
+                format!("matches nothing in particular: set at least one of {MATCH_FIELDS}"),
+            ));
+        }
+        let acts = rule.cache.is_some()
+            || rule.ttl.is_some()
+            || rule.allow_stable_functions.is_some()
+            || rule.allow_rls.is_some();
+        if !acts {
+            issues.push(ConfigIssue::new(
+                key(""),
+                "(rule)",
+                format!("changes nothing: set at least one of {ACTION_FIELDS}"),
+            ));
+        }
+        for (field, value) in [
+            ("database", &rule.database),
+            ("role", &rule.role),
+            ("query", &rule.query),
+        ] {
+            let Some(value) = value else { continue };
+            let empty = match field {
+                // A pattern of only comments and spaces normalises to nothing.
+                "query" => crate::sql::normalize_for_key(value.as_bytes()).is_empty(),
+                _ => value.is_empty(),
+            };
+            if empty {
+                issues.push(ConfigIssue::new(
+                    key(&format!(".{field}")),
+                    quoted(value),
+                    "must not be empty (leave the key out to match any)",
+                ));
+            }
+        }
+        if let Some(table) = &rule.table
+            && let Err(why) = parse_qualified_name(table, Case::Fold)
+        {
+            issues.push(ConfigIssue::new(
+                key(".table"),
+                quoted(table),
+                format!("{why}; write `name` (any schema) or `schema.name`"),
+            ));
+        }
+        check_rls_ttl(rule, default_ttl, &key, issues);
+    }
+}
+
+/// An RLS opt-in must have a finite TTL: policies can read other tables (and settings) whose
+/// writes invalidate nothing, so the TTL is the only bound on how stale such an entry gets.
+fn check_rls_ttl(
+    rule: &Rule,
+    default_ttl: Duration,
+    key: &dyn Fn(&str) -> String,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    if rule.allow_rls != Some(true) {
+        return;
+    }
+    const WHY: &str = "a rule with allow_rls = true needs a TTL above 0: row-level security \
+                       policies can read other tables whose writes do not invalidate the entry, \
+                       so the TTL is the only bound on staleness";
+    match rule.ttl {
+        Some(ttl) if ttl.is_zero() => {
+            issues.push(ConfigIssue::new(key(".ttl"), quoted_duration(ttl), WHY));
+        }
+        None if default_ttl.is_zero() => issues.push(ConfigIssue::new(
+            key(".allow_rls"),
+            "true",
+            format!("{WHY}; this rule sets no ttl and cache.ttl = \"0s\", so give the rule a ttl"),
+        )),
+        _ => {}
+    }
+}
+
 fn check_log(log: &LogConfig, issues: &mut Vec<ConfigIssue>) {
     if !LOG_FORMATS.contains(&log.format.as_str()) {
         issues.push(ConfigIssue::new(
@@ -282,166 +486,5 @@ fn check_filter(level: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{RedisConfig, TlsConfig};
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-    fn keys(result: Result<(), ConfigErrors>) -> Vec<String> {
-        result
-            .err()
-            .map(|e| e.issues.into_iter().map(|i| i.key).collect())
-            .unwrap_or_default()
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let mut c = Config::default();
-        c.server.max_client_connections = 0;
-        c.server.max_message_bytes = 10;
-        c.server.startup_timeout = Duration::ZERO;
-        c.server.shutdown_timeout = Duration::ZERO;
-        c.upstream.url = "mysql://u:secret@h".into();
-        c.upstream.connect_timeout = Duration::ZERO;
-        c.admin.listen = c.server.listen;
-        c.cache.redis = Some(RedisConfig {
-            url: "http://h".into(),
-        });
-        c.log.level = "verbose".into();
-        c.log.format = "xml".into();
-        let err = c.validate().unwrap_err();
-        let got: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
-        assert_eq!(
-            got,
-            [
-                "server.max_client_connections",
-                "server.max_message_bytes",
-                "server.startup_timeout",
-                "server.shutdown_timeout",
-                "upstream.url",
-                "upstream.connect_timeout",
-                "admin.listen",
-                "cache.redis.url",
-                "log.format",
-                "log.level",
-            ]
-        );
-        let text = err.to_string();
-        assert_eq!(text.lines().count(), 10, "{text}");
-        assert!(text.contains("server.max_client_connections = 0: must be at least 1"));
-        assert!(text.contains("server.startup_timeout = \"0s\": must be greater than zero"));
-        assert!(text.contains("log.format = \"xml\": must be one of text, json"));
-        assert!(!text.contains("secret"), "password leaked: {text}");
-    }
-
-    #[test]
-    fn message_size_bounds_are_inclusive() {
-        let mut c = Config::default();
-        for (bytes, ok) in [
-            (MIN_MESSAGE_BYTES - 1, false),
-            (MIN_MESSAGE_BYTES, true),
-            (MAX_MESSAGE_BYTES, true),
-            (MAX_MESSAGE_BYTES + 1, false),
-        ] {
-            c.server.max_message_bytes = bytes;
-            assert_eq!(c.validate().is_ok(), ok, "{bytes}");
-        }
-    }
-
-    #[test]
-    fn tls_files_must_exist_and_be_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let cert = dir.path().join("cert.pem");
-        std::fs::write(&cert, "not parsed here").unwrap();
-        let mut c = Config::default();
-        c.server.tls = Some(TlsConfig {
-            cert: cert.clone(),
-            key: dir.path().join("missing.pem"),
-        });
-        let err = c.validate().unwrap_err();
-        assert_eq!(err.issues.len(), 1, "{err}");
-        assert_eq!(err.issues[0].key, "server.tls.key");
-        assert!(err.issues[0].why.contains("not found"));
-        c.server.tls = Some(TlsConfig {
-            cert,
-            key: dir.path().to_path_buf(),
-        });
-        assert_eq!(keys(c.validate()), ["server.tls.key"]);
-    }
-
-    #[test]
-    fn sslrootcert_must_exist() {
-        let mut c = Config::default();
-        c.upstream.url = "postgres://h/?sslmode=verify-full&sslrootcert=/no/such/ca.pem".into();
-        let err = c.validate().unwrap_err();
-        assert_eq!(err.issues.len(), 1);
-        assert_eq!(err.issues[0].key, "upstream.url");
-        assert!(err.issues[0].why.starts_with("sslrootcert file not found"));
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, "x").unwrap();
-        c.upstream.url = format!("postgres://h/?sslrootcert={}", ca.display());
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn listener_clashes() {
-        let v4 = |ip: Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
-        let v6 = |ip: Ipv6Addr, port| SocketAddr::new(IpAddr::V6(ip), port);
-        let lo = Ipv4Addr::LOCALHOST;
-        assert!(listeners_clash(v4(lo, 1), v4(lo, 1)));
-        assert!(!listeners_clash(v4(lo, 1), v4(lo, 2)));
-        assert!(
-            !listeners_clash(v4(lo, 0), v4(lo, 0)),
-            "port 0 picks a free port"
-        );
-        assert!(listeners_clash(v4(Ipv4Addr::UNSPECIFIED, 1), v4(lo, 1)));
-        assert!(listeners_clash(v4(lo, 1), v6(Ipv6Addr::UNSPECIFIED, 1)));
-        assert!(!listeners_clash(
-            v4(Ipv4Addr::UNSPECIFIED, 1),
-            v6(Ipv6Addr::LOCALHOST, 1)
-        ));
-        assert!(!listeners_clash(
-            v4(lo, 1),
-            v4(Ipv4Addr::new(127, 0, 0, 2), 1)
-        ));
-    }
-
-    #[test]
-    fn redis_schemes() {
-        let mut c = Config::default();
-        for (url, ok) in [
-            ("redis://127.0.0.1:6379", true),
-            ("rediss://cache.example.com", true),
-            ("unix:///run/redis.sock", true),
-            ("redis://", false),
-            ("http://h", false),
-            ("127.0.0.1:6379", false),
-        ] {
-            c.cache.redis = Some(RedisConfig { url: url.into() });
-            assert_eq!(c.validate().is_ok(), ok, "{url}");
-        }
-    }
-
-    #[test]
-    fn log_filters() {
-        for ok in [
-            "info",
-            "WARN",
-            "off",
-            "3",
-            "info,pgmemo=debug",
-            "pgmemo::session=trace",
-        ] {
-            assert_eq!(check_filter(ok), Ok(()), "{ok}");
-        }
-        for bad in ["", "  ", "verbose", "pgmemo=loud", "info,chatty"] {
-            assert!(check_filter(bad).is_err(), "{bad}");
-        }
-    }
-}
+#[path = "validate_tests.rs"]
+mod tests;

@@ -37,4 +37,8 @@ pub mod backend {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const NOTIFICATION_RESPONSE: u8 = b'A';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const ROW_DESCRIPTION: u8 = b'T';
 }

@@ -3,6 +3,7 @@
 //! and on shutdown stops accepting, lets sessions finish their transaction up to
 //! `server.shutdown_timeout`, then closes the rest with 57P01.
 
+pub mod caching;
 pub mod tls;
 pub mod workers;
 
@@ -44,6 +45,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
+    #[error("cache.secret: {0}")]
+    Secret(#[from] crate::cache::SecretError),
     #[error("metrics: {0}")]
     Metrics(#[from] telemetry::recorder::RecorderError),
 }
@@ -66,9 +69,10 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         config.upstream.connect_timeout,
     ));
     if config.cache.redis.is_some() {
-        warn!("cache.redis is set, but this version has no result cache yet: Redis is not used");
+        warn!("cache.redis is set, but this version has no shared cache yet: Redis is not used");
     }
-    let ctx = Arc::new(AppContext::new(config, upstream, client_tls));
+    let caching = caching::build(&config, &target)?;
+    let ctx = Arc::new(AppContext::new(config, upstream, client_tls, caching));
 
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -76,8 +80,17 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         AdminState {
             metrics,
             readiness: Arc::clone(&readiness),
+            invalidation: admin::InvalidationHandle {
+                invalidator: Arc::clone(&ctx.caching.invalidator),
+                catalog: Arc::clone(&ctx.caching.catalog),
+            },
         },
         admin_stop.clone(),
+    ));
+    tokio::spawn(caching::run_poller(Arc::clone(&ctx), shutdown.clone()));
+    tokio::spawn(flush_on_sigusr1(
+        Arc::clone(&ctx.caching.invalidator),
+        shutdown.clone(),
     ));
     tokio::spawn(reload_on_sighup(
         Arc::clone(&ctx),
@@ -253,15 +266,53 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
     }
 }
 
+/// SIGUSR1: flush the whole result cache. The handler is installed when this is called, not
+/// when the task first runs, so a SIGUSR1 sent right after the ready line cannot hit the
+/// default disposition (which terminates the process).
+fn flush_on_sigusr1(
+    invalidator: Arc<crate::invalidation::Invalidator>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static {
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
+    async move {
+        let mut usr1 = match usr1 {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot install SIGUSR1 handler; flush by signal disabled");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = usr1.recv() => if s.is_none() { return },
+            }
+            admin::flush_all(&invalidator, admin::Trigger::Signal);
+        }
+    }
+}
+
 /// The new config with the restart-only keys kept from the running one (logged if changed).
 /// `log.level` is applied by the binary's own SIGHUP handler (it owns the tracing subscriber).
+/// Reloadable cache keys (`cache.enabled`, `cache.ttl`, `cache.fill_wait_timeout`, `rules`,
+/// `functions`, `catalog.poll_interval`) pass through; the cache's sizing, key secret and
+/// Redis tier are fixed when the cache is built, so they stay.
 fn apply_reload(old: &Config, mut new: Config) -> Config {
     let restart_only = [
         ("server.listen", old.server.listen != new.server.listen),
         ("server.tls", old.server.tls != new.server.tls),
         ("upstream.url", old.upstream.url != new.upstream.url),
         ("admin.listen", old.admin.listen != new.admin.listen),
-        ("cache", old.cache != new.cache),
+        (
+            "cache.max_memory",
+            old.cache.max_memory != new.cache.max_memory,
+        ),
+        (
+            "cache.max_entry_size",
+            old.cache.max_entry_size != new.cache.max_entry_size,
+        ),
+        ("cache.secret", old.cache.secret != new.cache.secret),
+        ("cache.redis", old.cache.redis != new.cache.redis),
     ];
     for (key, changed) in restart_only {
         if changed {
@@ -275,7 +326,10 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
     new.server.tls.clone_from(&old.server.tls);
     new.upstream.url.clone_from(&old.upstream.url);
     new.admin.listen = old.admin.listen;
-    new.cache = old.cache.clone();
+    new.cache.max_memory = old.cache.max_memory;
+    new.cache.max_entry_size = old.cache.max_entry_size;
+    new.cache.secret.clone_from(&old.cache.secret);
+    new.cache.redis.clone_from(&old.cache.redis);
     new
 }
 
@@ -296,6 +350,42 @@ mod tests {
         assert_eq!(merged.upstream.url, old.upstream.url);
         assert_eq!(merged.server.max_client_connections, 7);
         assert_eq!(merged.upstream.connect_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn reload_applies_cache_controls_but_not_cache_sizing() {
+        use crate::config::{ByteSize, RedisConfig, Rule};
+        let old = Config::default();
+        let mut new = Config::default();
+        // Reloadable.
+        new.cache.enabled = false;
+        new.cache.ttl = Duration::from_secs(5);
+        new.cache.fill_wait_timeout = Duration::from_millis(20);
+        new.catalog.poll_interval = Duration::from_secs(1);
+        new.functions.no_side_effects = vec!["public.gen_id".into()];
+        new.rules = vec![Rule {
+            table: Some("t".into()),
+            cache: Some(false),
+            ..Rule::default()
+        }];
+        // Restart-only.
+        new.cache.max_memory = ByteSize(8 << 20);
+        new.cache.max_entry_size = ByteSize(4096);
+        new.cache.secret = Some("00112233445566778899aabbccddeeff".into());
+        new.cache.redis = Some(RedisConfig {
+            url: "redis://127.0.0.1:1".into(),
+        });
+        let merged = apply_reload(&old, new.clone());
+        assert!(!merged.cache.enabled);
+        assert_eq!(merged.cache.ttl, new.cache.ttl);
+        assert_eq!(merged.cache.fill_wait_timeout, new.cache.fill_wait_timeout);
+        assert_eq!(merged.catalog, new.catalog);
+        assert_eq!(merged.functions, new.functions);
+        assert_eq!(merged.rules, new.rules);
+        assert_eq!(merged.cache.max_memory, old.cache.max_memory);
+        assert_eq!(merged.cache.max_entry_size, old.cache.max_entry_size);
+        assert_eq!(merged.cache.secret, None);
+        assert_eq!(merged.cache.redis, None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Every failure a client can observe becomes a proper ErrorResponse (see `error`).
 
 pub mod auth;
+pub mod caching;
 pub mod cancel;
 pub mod fingerprint;
 pub mod negotiate;
@@ -57,12 +58,14 @@ pub async fn serve(ctx: Arc<AppContext>, tcp: TcpStream, peer: SocketAddr, shutd
             &mut live.client,
             &mut live.upstream,
             &mut state,
+            &mut live.caching,
             live.max_message,
             shutdown.drain,
             shutdown.force,
         )
         .run()
         .await;
+        live.caching.finish();
         finish(&ctx, live, end).instrument(span).await;
     }
     .await
@@ -73,6 +76,7 @@ struct Live {
     client: Stream,
     upstream: Stream,
     max_message: usize,
+    caching: caching::CacheSession,
     _cancel_guard: Option<cancel::CancelKeyGuard>,
 }
 
@@ -91,7 +95,7 @@ pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
     }
 }
 
-async fn establish(ctx: &AppContext, tcp: TcpStream, id: u64) -> Option<Live> {
+async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Live> {
     let config = ctx.config();
     let _ = tcp.set_nodelay(true);
     let negotiated = match tokio::time::timeout(
@@ -177,10 +181,22 @@ async fn establish(ctx: &AppContext, tcp: TcpStream, id: u64) -> Option<Live> {
         .cancel_key
         .and_then(|key| ctx.cancel_keys.register(key, id));
     info!(%user, %database, tls = client.is_tls(), "session established");
+    let params: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    let caching = caching::CacheSession::new(Arc::clone(ctx), &database, &user, &params);
     Some(Live {
         client,
         upstream,
         max_message: config.server.max_message_bytes,
+        caching,
         _cancel_guard: cancel_guard,
     })
 }

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use metrics::Counter;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::caching::{CacheSession, FrameAction, PlanFuture};
 use super::outq::OutQueue;
 use super::state::SessionState;
 use crate::error::ClientError;
@@ -77,6 +78,13 @@ pub struct Relay<'a> {
     client: &'a mut Stream,
     upstream: &'a mut Stream,
     state: &'a mut SessionState,
+    caching: &'a mut CacheSession,
+    /// The plan being computed for the frame held at the head of `cbuf`.
+    pending_plan: Option<PlanFuture>,
+    /// Client processing stopped at a held frame (plan or probe pending): resume it.
+    client_paused: bool,
+    /// The streamed upstream frame is swallowed (the probe's), not relayed.
+    u_stream_drop: bool,
     max_message: usize,
     cbuf: BytesMut,
     ubuf: BytesMut,
@@ -105,6 +113,7 @@ impl<'a> Relay<'a> {
         client: &'a mut Stream,
         upstream: &'a mut Stream,
         state: &'a mut SessionState,
+        caching: &'a mut CacheSession,
         max_message: usize,
         drain: CancellationToken,
         force: CancellationToken,
@@ -113,6 +122,10 @@ impl<'a> Relay<'a> {
             client,
             upstream,
             state,
+            caching,
+            pending_plan: None,
+            client_paused: false,
+            u_stream_drop: false,
             max_message,
             cbuf: BytesMut::new(),
             ubuf: BytesMut::new(),
@@ -197,8 +210,34 @@ impl<'a> Relay<'a> {
                 continue;
             }
 
-            // 3. Reads, each only while its destination has room.
-            if !self.client_eof && self.to_upstream.has_room() {
+            // 3. The cache's own work: a plan the held frame waits for; the settings probe,
+            //    injected upstream only while the session is idle.
+            if let Some(fut) = self.pending_plan.as_mut()
+                && let Poll::Ready(plan) = fut.as_mut().poll(cx)
+            {
+                self.pending_plan = None;
+                self.caching.plan_ready(plan);
+                progress = true;
+            }
+            if self.c_stream_left == 0
+                && self.pending_plan.is_none()
+                && let Some(probe) = self.caching.probe_query(self.state)
+            {
+                self.to_upstream.push(probe);
+                progress = true;
+            }
+            if self.client_paused && !self.client_blocked() {
+                self.client_paused = false;
+                self.process_client();
+                progress = true;
+            }
+
+            // 4. Reads, each only while its destination has room.
+            if !self.client_eof
+                && self.to_upstream.has_room()
+                && !self.client_paused
+                && !self.client_blocked()
+            {
                 reserve_read(&mut self.cbuf);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *self.client), cx, &mut self.cbuf)
                 {
@@ -244,6 +283,11 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// Client frames wait while a plan is computed or the settings probe is in flight.
+    fn client_blocked(&self) -> bool {
+        self.pending_plan.is_some() || self.caching.probing()
+    }
+
     fn begin_shutdown(&mut self) {
         self.to_client.push(ClientError::admin_shutdown().encode());
         self.to_upstream.push(response::terminate());
@@ -274,15 +318,37 @@ impl<'a> Relay<'a> {
                 }
             };
             if rest.len() >= h.total {
+                if self.client_blocked() {
+                    self.client_paused = true;
+                    break;
+                }
                 let frame = rest.get(..h.total).unwrap_or_default();
+                if SessionState::inspects_frontend(h.tag) {
+                    match self.caching.on_client_frame(h.tag, frame, self.state) {
+                        FrameAction::Forward => self.state.on_frontend(h.tag, frame),
+                        FrameAction::Answer(answer) => {
+                            // A hit: what precedes goes upstream, the Query does not.
+                            self.counters.simple.increment(1);
+                            if pos > 0 {
+                                self.to_upstream.push(self.cbuf.split_to(pos).freeze());
+                            }
+                            let _ = self.cbuf.split_to(h.total);
+                            pos = 0;
+                            self.to_client.push(answer);
+                            continue;
+                        }
+                        FrameAction::NeedPlan(sql) => {
+                            self.pending_plan = Some(self.caching.plan_future(sql));
+                            self.client_paused = true;
+                            break;
+                        }
+                    }
+                }
                 match h.tag {
                     frontend::QUERY => self.counters.simple.increment(1),
                     frontend::EXECUTE => self.counters.extended.increment(1),
                     frontend::FUNCTION_CALL => self.counters.function_call.increment(1),
                     _ => {}
-                }
-                if SessionState::inspects_frontend(h.tag) {
-                    self.state.on_frontend(h.tag, frame);
                 }
                 pos += h.total;
                 if h.tag == frontend::TERMINATE {
@@ -332,11 +398,16 @@ impl<'a> Relay<'a> {
         loop {
             if self.u_stream_left > 0 {
                 let n = self.u_stream_left.min(self.ubuf.len() - pos);
-                pos += n;
+                if self.u_stream_drop {
+                    self.swallow_upstream(&mut pos, n);
+                } else {
+                    pos += n;
+                }
                 self.u_stream_left -= n;
                 if self.u_stream_left > 0 {
                     break;
                 }
+                self.u_stream_drop = false;
                 continue;
             }
             let rest = self.ubuf.get(pos..).unwrap_or_default();
@@ -350,10 +421,20 @@ impl<'a> Relay<'a> {
                     break;
                 }
             };
-            let inspect = SessionState::inspects_backend(h.tag);
+            let inspect = SessionState::inspects_backend(h.tag)
+                || CacheSession::inspects_backend(h.tag)
+                || self.caching.inspects_all_backend();
             if rest.len() >= h.total {
                 let frame = rest.get(..h.total).unwrap_or_default();
                 if inspect {
+                    // Bumps happen here, before the frame is relayed (I2).
+                    if !self
+                        .caching
+                        .on_backend_frame(h.tag, frame, true, self.state)
+                    {
+                        self.swallow_upstream(&mut pos, h.total);
+                        continue;
+                    }
                     if h.tag == backend::ERROR_RESPONSE && is_fatal(frame) {
                         self.fatal_relayed = true;
                     }
@@ -365,12 +446,24 @@ impl<'a> Relay<'a> {
                 break;
             } else {
                 if inspect {
-                    // Huge error text: the state only needs the tag.
-                    self.state
-                        .on_backend(h.tag, rest.get(..protocol::HEADER_LEN).unwrap_or_default());
+                    // Huge frame: the state only needs the tag.
+                    let header = rest.get(..protocol::HEADER_LEN).unwrap_or_default();
+                    if self
+                        .caching
+                        .on_backend_frame(h.tag, header, false, self.state)
+                    {
+                        self.state.on_backend(h.tag, header);
+                    } else {
+                        self.u_stream_drop = true;
+                    }
                 }
                 self.u_stream_left = h.total - rest.len();
-                pos = self.ubuf.len();
+                let n = rest.len();
+                if self.u_stream_drop {
+                    self.swallow_upstream(&mut pos, n);
+                } else {
+                    pos = self.ubuf.len();
+                }
                 break;
             }
         }
@@ -378,6 +471,18 @@ impl<'a> Relay<'a> {
             self.to_client.push(self.ubuf.split_to(pos).freeze());
         }
         shrink_if_idle(&mut self.ubuf);
+    }
+}
+
+impl Relay<'_> {
+    /// Drops `n` upstream bytes at `*pos` (a frame of pgmemo's own probe): what precedes
+    /// them is relayed first, so the order of everything else is kept.
+    fn swallow_upstream(&mut self, pos: &mut usize, n: usize) {
+        if *pos > 0 {
+            self.to_client.push(self.ubuf.split_to(*pos).freeze());
+        }
+        let _ = self.ubuf.split_to(n.min(self.ubuf.len()));
+        *pos = 0;
     }
 }
 

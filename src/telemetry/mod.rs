@@ -84,6 +84,36 @@ pub fn describe_all() {
         names::CACHE_EPOCH_BUMPS,
         "Epoch bumps (every cached result made unreachable), by cause."
     );
+    describe_counter!(
+        names::CACHE_BYPASSES,
+        "Reads relayed without using the cache, by reason."
+    );
+    describe_counter!(
+        names::CACHE_TAG_BUMPS,
+        "Relation versions bumped, by source."
+    );
+    metrics::describe_histogram!(
+        names::CACHE_HIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer a cache hit (Query received to response queued)."
+    );
+    metrics::describe_histogram!(
+        names::UPSTREAM_QUERY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time the upstream took for a missed cacheable read."
+    );
+    describe_counter!(
+        names::SESSION_PROBES,
+        "Session settings probes run on the upstream connection, by result."
+    );
+    describe_counter!(
+        names::PLANS,
+        "Statement plans computed (analysis + catalog), by outcome."
+    );
+    describe_counter!(
+        names::ADMIN_INVALIDATIONS,
+        "Manual invalidations (POST /invalidate, SIGUSR1), by scope and result."
+    );
 }
 
 pub mod names {
@@ -133,6 +163,21 @@ pub mod names {
     /// counter: misses not coalesced because the in-flight fill table was full.
     pub const CACHE_FILLS_UNCOALESCED: &str = "pgmemo_cache_fills_uncoalesced_total";
     /// counter, label `cause` (`unparsed_write`, `side_effects`, `catalog_function`,
-    /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`): epoch bumps.
+    /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`, `ddl`, `untracked`): epoch bumps.
     pub const CACHE_EPOCH_BUMPS: &str = "pgmemo_cache_epoch_bumps_total";
+    /// counter, label `reason`: cacheable-looking reads relayed without using the cache.
+    pub const CACHE_BYPASSES: &str = "pgmemo_cache_bypasses_total";
+    /// counter, label `source` (`write`, `catalog`, `admin`, `prepared`): relation tags bumped.
+    pub const CACHE_TAG_BUMPS: &str = "pgmemo_cache_tag_bumps_total";
+    /// histogram (seconds): time from a cacheable Query's arrival to its hit being queued.
+    pub const CACHE_HIT_SECONDS: &str = "pgmemo_cache_hit_seconds";
+    /// histogram (seconds): time from forwarding a missed read to its ReadyForQuery.
+    pub const UPSTREAM_QUERY_SECONDS: &str = "pgmemo_upstream_query_seconds";
+    /// counter, label `result` (`ok`, `error`): session settings probes on the upstream.
+    pub const SESSION_PROBES: &str = "pgmemo_session_probes_total";
+    /// counter, label `kind` (`plan`, `catalog_error`): statement plans computed (memo misses).
+    pub const PLANS: &str = "pgmemo_statement_plans_total";
+    /// counter, labels `scope` (`all`, `table`) and `result` (`ok`, `error`): manual
+    /// invalidations (`POST /invalidate`, SIGUSR1).
+    pub const ADMIN_INVALIDATIONS: &str = "pgmemo_admin_invalidations_total";
 }

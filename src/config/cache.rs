@@ -1,0 +1,203 @@
+//! The caching sections of the configuration: `[cache]` (L1 sizing, default TTL, key secret,
+//! fill waits), `[catalog]` (poll interval), `[functions]` (side-effect allowlist) and the
+//! per-table / database / role / query `[[rules]]`. Types and defaults only; checks live in
+//! `validate`, matching in [`super::rules`].
+
+use std::time::Duration;
+
+use std::fmt;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::RedisConfig;
+use super::rules::{Case, parse_qualified_name};
+
+/// A size in bytes, written as an integer or as a string with a unit (`"256MiB"`, `"64kB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"123"`, `"64KiB"`, `"1 MiB"`, `"2GB"` (SI units are powers of 1000, IEC of 1024).
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size (e.g. 1048576, \"64KiB\", \"256MiB\")"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" | "k" => 1 << 10,
+            "mib" | "m" => 1 << 20,
+            "gib" | "g" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` (use B, KiB, MiB, GiB, kB, MB, GB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The exact size, with the largest IEC unit that divides it (`1048576` → `1MiB`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+            if n != 0 && n.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", n >> shift);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ByteSizeVisitor)
+    }
+}
+
+/// A visitor rather than an untagged enum, so a wrong type gets a message that says what to
+/// write instead of "did not match any variant".
+struct ByteSizeVisitor;
+
+impl Visitor<'_> for ByteSizeVisitor {
+    type Value = ByteSize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a size: bytes as an integer, or a string such as \"64KiB\" or \"256MiB\"")
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSize, E> {
+        Ok(ByteSize(n))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
+        u64::try_from(n)
+            .map(ByteSize)
+            .map_err(|_| E::custom(format!("a size cannot be negative ({n})")))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<ByteSize, E> {
+        ByteSize::parse(text).map_err(E::custom)
+    }
+}
+
+/// `[cache]`: the result cache.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Global kill switch (reloadable): `false` relays everything, serves and stores nothing.
+    pub enabled: bool,
+    /// Bytes of cached responses held in process (L1).
+    pub max_memory: ByteSize,
+    /// Largest response stored; larger results are relayed and not stored.
+    pub max_entry_size: ByteSize,
+    /// TTL of entries no rule sets one for; `0s` = until invalidated.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How long a session waits for another session filling the same key before running the
+    /// query itself.
+    #[serde(with = "humantime_serde")]
+    pub fill_wait_timeout: Duration,
+    /// Hex key of the keyed hash (32 hex digits); absent = random per process.
+    pub secret: Option<String>,
+    /// Optional shared second level. Absent = in-process cache only.
+    pub redis: Option<RedisConfig>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_memory: ByteSize(256 << 20),
+            max_entry_size: ByteSize(1 << 20),
+            ttl: Duration::from_secs(60),
+            fill_wait_timeout: Duration::from_secs(5),
+            secret: None,
+            redis: None,
+        }
+    }
+}
+
+/// `[catalog]`: how pgmemo learns about schema, privileges and functions.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSection {
+    /// How often the catalog poller fingerprints what cached results depend on (direct DDL,
+    /// GRANT/REVOKE, CREATE OR REPLACE FUNCTION are seen within this interval).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for CatalogSection {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[functions]`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionsConfig {
+    /// Non-immutable functions (`schema.name`) whose only effect is their result (e.g.
+    /// `public.uuid_generate_v4`): statements calling them, and triggers running them, do not
+    /// bump the epoch. Unquoted parts must be lower-case (validated), so for entries without
+    /// quotes the text is exactly `nspname || '.' || proname`.
+    pub no_side_effects: Vec<String>,
+}
+
+impl FunctionsConfig {
+    /// The allowlist as catalog names: `(schema, name)` with quotes removed (`"My"."Fn"` →
+    /// `("My", "Fn")`). Entries that are not a valid `schema.name` are skipped (validation
+    /// refuses them, so this only matters for an unvalidated config).
+    pub fn qualified_names(&self) -> Vec<(String, String)> {
+        self.no_side_effects
+            .iter()
+            .filter_map(|text| parse_qualified_name(text, Case::RequireLower).ok())
+            .filter_map(|q| Some((q.schema?, q.name)))
+            .collect()
+    }
+}
+
+/// One `[[rules]]` entry. The match fields that are present must all match (absent = any);
+/// every matching rule applies: `cache = false` anywhere wins, the smallest `ttl` wins, and
+/// `allow_*` hold when some matching rule sets them and none clears them.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    /// A relation read, `schema.name` (or `name` for any schema).
+    pub table: Option<String>,
+    /// The session's database.
+    pub database: Option<String>,
+    /// The session's current role.
+    pub role: Option<String>,
+    /// The statement, compared after comment/whitespace normalisation.
+    pub query: Option<String>,
+    /// Whether matching reads are cached.
+    pub cache: Option<bool>,
+    /// TTL of matching entries; `0s` = until invalidated.
+    #[serde(with = "humantime_serde::option")]
+    pub ttl: Option<Duration>,
+    /// Cache reads that call STABLE functions (their result may depend on settings in the key).
+    pub allow_stable_functions: Option<bool>,
+    /// Cache reads of tables with row-level security enabled (the role and settings are in the
+    /// key; policies that depend on anything else must not be opted in).
+    pub allow_rls: Option<bool>,
+}

@@ -1,0 +1,379 @@
+//! Unit tests for the rule matcher (beside `rules.rs` to keep both files short).
+
+use super::*;
+
+const DEFAULT: Duration = Duration::from_secs(60);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn default_verdict() -> Verdict {
+    Verdict {
+        cache: true,
+        ttl: DEFAULT,
+        allow_stable_functions: false,
+        allow_rls: false,
+    }
+}
+
+fn table(t: &str) -> Rule {
+    Rule {
+        table: Some(t.into()),
+        ..Rule::default()
+    }
+}
+
+fn nocache(mut r: Rule) -> Rule {
+    r.cache = Some(false);
+    r
+}
+
+/// Verdict for a read of `tables` by role `app` in database `shop`, statement `sql`.
+fn read(rules: &[Rule], sql: &str, tables: &[(&str, &str)]) -> Verdict {
+    let normalized = crate::sql::normalize_for_key(sql.as_bytes());
+    Rules::new(rules, DEFAULT).verdict("shop", "app", &normalized, tables)
+}
+
+const USERS: (&str, &str) = ("public", "users");
+
+#[test]
+fn no_rules_caches_with_the_default_ttl() {
+    let rules = Rules::new(&[], DEFAULT);
+    assert!(rules.is_empty());
+    assert_eq!(
+        rules.verdict("shop", "app", b"SELECT 1", &[USERS]),
+        default_verdict()
+    );
+    assert!(!Rules::new(&[table("users")], DEFAULT).is_empty());
+}
+
+#[test]
+fn a_rule_with_fields_that_do_not_all_match_does_not_apply() {
+    let rule = Rule {
+        database: Some("shop".into()),
+        role: Some("admin".into()),
+        ..nocache(Rule::default())
+    };
+    assert_eq!(
+        read(std::slice::from_ref(&rule), "SELECT 1", &[]),
+        default_verdict()
+    );
+    let rule = Rule {
+        role: Some("app".into()),
+        ..rule
+    };
+    assert!(!read(&[rule], "SELECT 1", &[]).cache);
+}
+
+#[test]
+fn database_and_role_are_exact() {
+    for (field, value, hit) in [
+        ("database", "shop", true),
+        ("database", "Shop", false),
+        ("database", "sho", false),
+        ("role", "app", true),
+        ("role", "APP", false),
+    ] {
+        let mut rule = nocache(Rule::default());
+        match field {
+            "database" => rule.database = Some(value.into()),
+            _ => rule.role = Some(value.into()),
+        }
+        assert_eq!(
+            read(&[rule], "SELECT 1", &[]).cache,
+            !hit,
+            "{field} = {value}"
+        );
+    }
+}
+
+#[test]
+fn table_names_match_as_postgres_normalises_them() {
+    let reads_users = [("app", "orders"), USERS];
+    for (written, hit) in [
+        ("users", true),
+        ("public.users", true),
+        ("Public.USERS", true),
+        ("\"public\".\"users\"", true),
+        ("\"Users\"", false),
+        ("other.users", false),
+        ("user", false),
+        ("public", false),
+    ] {
+        let got = read(&[nocache(table(written))], "SELECT 1", &reads_users);
+        assert_eq!(got.cache, !hit, "table = {written}");
+    }
+    let mixed = [("Sales", "Q1 Report")];
+    assert!(!read(&[nocache(table("\"Sales\".\"Q1 Report\""))], "x", &mixed).cache);
+    assert!(read(&[nocache(table("sales.\"Q1 Report\""))], "x", &mixed).cache);
+}
+
+#[test]
+fn a_table_rule_needs_the_table_to_be_read() {
+    assert!(read(&[nocache(table("users"))], "SELECT 1", &[]).cache);
+    assert!(
+        read(
+            &[nocache(table("users"))],
+            "SELECT 1",
+            &[("public", "orders")]
+        )
+        .cache
+    );
+}
+
+#[test]
+fn query_patterns_are_like_over_normalised_text() {
+    let sql = "SELECT  name FROM users /* c */ WHERE id = 5";
+    for (pattern, hit) in [
+        ("SELECT name FROM users WHERE id = 5", true),
+        (
+            "SELECT name\n  FROM users -- same once normalised\n WHERE id = 5",
+            true,
+        ),
+        ("SELECT name FROM users WHERE id = %", true),
+        ("SELECT % FROM users%", true),
+        ("%FROM users%", true),
+        ("%", true),
+        ("%%", true),
+        ("SELECT%users%id%5", true),
+        ("SELECT%id%users%", false),
+        ("SELECT name FROM users", false),
+        ("select name from users where id = 5", false),
+        ("%FROM orders%", false),
+        ("SELECT name FROM users WHERE id = 55%", false),
+    ] {
+        let rule = Rule {
+            query: Some(pattern.into()),
+            ..nocache(Rule::default())
+        };
+        assert_eq!(read(&[rule], sql, &[]).cache, !hit, "pattern {pattern:?}");
+    }
+}
+
+#[test]
+fn a_trailing_semicolon_is_ignored_on_either_side() {
+    let rule = |p: &str| Rule {
+        query: Some(p.into()),
+        ..nocache(Rule::default())
+    };
+    for (pattern, sql) in [
+        ("SELECT 1", "SELECT 1 ;"),
+        ("SELECT 1;", "SELECT 1"),
+        ("SELECT 1 ; ", "SELECT 1;"),
+        ("SELECT %", "SELECT 1;"),
+    ] {
+        assert!(
+            !read(&[rule(pattern)], sql, &[]).cache,
+            "{pattern:?} vs {sql:?}"
+        );
+    }
+    assert!(read(&[rule("SELECT 1")], "SELECT 1; SELECT 2", &[]).cache);
+}
+
+#[test]
+fn escaped_percent_is_literal() {
+    let rule = |p: &str| Rule {
+        query: Some(p.into()),
+        ..nocache(Rule::default())
+    };
+    let sql = "SELECT 10 % 3";
+    assert!(!read(&[rule(r"SELECT 10 \% 3")], sql, &[]).cache);
+    assert!(read(&[rule(r"SELECT 10 \% 3")], "SELECT 10 - 3", &[]).cache);
+    assert!(!read(&[rule(r"%\%%")], sql, &[]).cache);
+    assert!(read(&[rule(r"%\%%")], "SELECT 1", &[]).cache);
+    assert!(!read(&[rule(r"SELECT '\\'")], r"SELECT '\'", &[]).cache);
+}
+
+#[test]
+fn pattern_prefix_and_suffix_do_not_overlap() {
+    let rule = Rule {
+        query: Some("ab%ba".into()),
+        ..nocache(Rule::default())
+    };
+    assert!(
+        read(std::slice::from_ref(&rule), "aba", &[]).cache,
+        "`ab` and `ba` share the b"
+    );
+    assert!(!read(&[rule], "abba", &[]).cache);
+}
+
+#[test]
+fn cache_false_from_any_matching_rule_wins() {
+    let rules = [
+        Rule {
+            cache: Some(true),
+            ..table("users")
+        },
+        Rule {
+            role: Some("app".into()),
+            ..nocache(Rule::default())
+        },
+        Rule {
+            cache: Some(true),
+            database: Some("shop".into()),
+            ..Rule::default()
+        },
+    ];
+    assert!(!read(&rules, "SELECT 1", &[USERS]).cache);
+    let order_reversed: Vec<Rule> = rules.iter().rev().cloned().collect();
+    assert!(!read(&order_reversed, "SELECT 1", &[USERS]).cache);
+}
+
+#[test]
+fn the_shortest_ttl_wins_and_zero_counts_as_longest() {
+    let ttl = |r: Rule, t: u64| Rule {
+        ttl: Some(secs(t)),
+        ..r
+    };
+    let by_db = Rule {
+        database: Some("shop".into()),
+        ..Rule::default()
+    };
+    let rules = [ttl(table("users"), 300), ttl(by_db.clone(), 30)];
+    assert_eq!(read(&rules, "SELECT 1", &[USERS]).ttl, secs(30));
+    assert_eq!(
+        read(&rules[..1], "SELECT 1", &[USERS]).ttl,
+        secs(300),
+        "longer than default"
+    );
+    assert_eq!(
+        read(&rules, "SELECT 1", &[]).ttl,
+        secs(30),
+        "only the db rule matches"
+    );
+    // A broad "until invalidated" never lengthens a narrower finite TTL.
+    let rules = [ttl(by_db.clone(), 0), ttl(table("users"), 10)];
+    assert_eq!(read(&rules, "SELECT 1", &[USERS]).ttl, secs(10));
+    assert_eq!(read(&rules, "SELECT 1", &[]).ttl, Duration::ZERO);
+    // Rules that set no TTL leave the default.
+    assert_eq!(read(&[nocache(by_db)], "SELECT 1", &[]).ttl, DEFAULT);
+}
+
+#[test]
+fn opt_ins_need_one_yes_and_no_no() {
+    let stable = |t: &str, v: bool| Rule {
+        allow_stable_functions: Some(v),
+        ..table(t)
+    };
+    let rls = |t: &str, v: bool| Rule {
+        allow_rls: Some(v),
+        ..table(t)
+    };
+    let both = [USERS, ("public", "orders")];
+    let v = read(&[stable("users", true)], "x", &both);
+    assert!(v.allow_stable_functions && !v.allow_rls);
+    let v = read(&[rls("users", true)], "x", &both);
+    assert!(v.allow_rls && !v.allow_stable_functions);
+    let v = read(
+        &[stable("users", true), stable("orders", false)],
+        "x",
+        &both,
+    );
+    assert!(!v.allow_stable_functions, "a matching false vetoes");
+    let v = read(&[rls("orders", false), rls("users", true)], "x", &both);
+    assert!(!v.allow_rls, "in either order");
+    let v = read(&[rls("users", true), rls("orders", false)], "x", &[USERS]);
+    assert!(v.allow_rls, "a rule that does not match vetoes nothing");
+    assert!(!read(&[rls("users", true)], "x", &[("public", "orders")]).allow_rls);
+}
+
+#[test]
+fn an_rls_opt_in_never_ends_up_unbounded() {
+    let rls = Rule {
+        allow_rls: Some(true),
+        ..table("users")
+    };
+    let forever = Rule {
+        database: Some("shop".into()),
+        ttl: Some(Duration::ZERO),
+        ..Rule::default()
+    };
+    let v = read(&[rls.clone(), forever.clone()], "x", &[USERS]);
+    assert_eq!((v.allow_rls, v.ttl), (true, DEFAULT));
+    // With no finite default to fall back on, the opt-in is dropped instead.
+    let normalized = crate::sql::normalize_for_key(b"x");
+    let v = Rules::new(&[rls], Duration::ZERO).verdict("shop", "app", &normalized, &[USERS]);
+    assert_eq!((v.allow_rls, v.ttl), (false, Duration::ZERO));
+    // Without an RLS opt-in, TTL 0 stands.
+    assert_eq!(read(&[forever], "x", &[USERS]).ttl, Duration::ZERO);
+}
+
+#[test]
+fn qualified_names_parse_like_postgres() {
+    let ok = |t: &str, case| parse_qualified_name(t, case).unwrap();
+    let name = |s: Option<&str>, n: &str| QualifiedName {
+        schema: s.map(str::to_owned),
+        name: n.to_owned(),
+    };
+    assert_eq!(ok("Users", Case::Fold), name(None, "users"));
+    assert_eq!(ok("a.b", Case::Fold), name(Some("a"), "b"));
+    assert_eq!(
+        ok("\"A.b\".\"x\"\"y\"", Case::Fold),
+        name(Some("A.b"), "x\"y")
+    );
+    assert_eq!(ok("_t$1", Case::RequireLower), name(None, "_t$1"));
+    assert_eq!(ok("\"Q\".été", Case::Fold), name(Some("Q"), "été"));
+    for bad in [
+        "", "a.", ".a", "a.b.c", "a b", "1a", "$a", "\"a", "\"\"", "a-b", "a.\"b\"c",
+    ] {
+        assert!(parse_qualified_name(bad, Case::Fold).is_err(), "{bad:?}");
+    }
+    assert!(parse_qualified_name(&"x".repeat(64), Case::Fold).is_err());
+    assert!(parse_qualified_name(&"x".repeat(63), Case::Fold).is_ok());
+    let err = parse_qualified_name("public.Gen_ID", Case::RequireLower).unwrap_err();
+    assert!(
+        err.contains("gen_id") && err.contains("\"Gen_ID\""),
+        "{err}"
+    );
+    assert!(parse_qualified_name("public.\"Gen_ID\"", Case::RequireLower).is_ok());
+}
+
+/// The worked example in the README's "Rules" section.
+#[test]
+fn readme_example() {
+    let rule = |f: &dyn Fn(&mut Rule)| {
+        let mut r = Rule::default();
+        f(&mut r);
+        r
+    };
+    let rules = [
+        rule(&|r| {
+            r.table = Some("audit_log".into());
+            r.cache = Some(false);
+        }),
+        rule(&|r| {
+            r.table = Some("public.prices".into());
+            r.ttl = Some(secs(5));
+        }),
+        rule(&|r| {
+            r.database = Some("shop".into());
+            r.role = Some("reporting".into());
+            r.query = Some("SELECT % FROM monthly_%".into());
+            r.ttl = Some(secs(600));
+            r.allow_stable_functions = Some(true);
+        }),
+        rule(&|r| {
+            r.table = Some("tenant.accounts".into());
+            r.allow_rls = Some(true);
+            r.ttl = Some(secs(30));
+        }),
+    ];
+    let compiled = Rules::new(&rules, DEFAULT);
+    let sql = crate::sql::normalize_for_key(
+        b"SELECT sum(x)\n  FROM monthly_sales JOIN prices USING (item)",
+    );
+    let tables = [("public", "monthly_sales"), ("public", "prices")];
+    let v = compiled.verdict("shop", "reporting", &sql, &tables);
+    assert_eq!(
+        v,
+        Verdict {
+            cache: true,
+            ttl: secs(5),
+            allow_stable_functions: true,
+            allow_rls: false
+        }
+    );
+    let v = compiled.verdict("shop", "reporting", &sql, &[("archive", "audit_log")]);
+    assert!(!v.cache);
+}

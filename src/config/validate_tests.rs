@@ -1,0 +1,448 @@
+//! Unit tests for the semantic checks (beside `validate.rs` to keep both files short).
+
+use super::*;
+use crate::config::{ByteSize, RedisConfig, TlsConfig};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+fn keys(result: Result<(), ConfigErrors>) -> Vec<String> {
+    result
+        .err()
+        .map(|e| e.issues.into_iter().map(|i| i.key).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn defaults_are_valid() {
+    Config::default().validate().unwrap();
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut c = Config::default();
+    c.server.max_client_connections = 0;
+    c.server.max_message_bytes = 10;
+    c.server.startup_timeout = Duration::ZERO;
+    c.server.shutdown_timeout = Duration::ZERO;
+    c.upstream.url = "mysql://u:secret@h".into();
+    c.upstream.connect_timeout = Duration::ZERO;
+    c.admin.listen = c.server.listen;
+    c.cache.redis = Some(RedisConfig {
+        url: "http://h".into(),
+    });
+    c.log.level = "verbose".into();
+    c.log.format = "xml".into();
+    let err = c.validate().unwrap_err();
+    let got: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        got,
+        [
+            "server.max_client_connections",
+            "server.max_message_bytes",
+            "server.startup_timeout",
+            "server.shutdown_timeout",
+            "upstream.url",
+            "upstream.connect_timeout",
+            "admin.listen",
+            "cache.redis.url",
+            "log.format",
+            "log.level",
+        ]
+    );
+    let text = err.to_string();
+    assert_eq!(text.lines().count(), 10, "{text}");
+    assert!(text.contains("server.max_client_connections = 0: must be at least 1"));
+    assert!(text.contains("server.startup_timeout = \"0s\": must be greater than zero"));
+    assert!(text.contains("log.format = \"xml\": must be one of text, json"));
+    assert!(!text.contains("secret"), "password leaked: {text}");
+}
+
+#[test]
+fn message_size_bounds_are_inclusive() {
+    let mut c = Config::default();
+    for (bytes, ok) in [
+        (MIN_MESSAGE_BYTES - 1, false),
+        (MIN_MESSAGE_BYTES, true),
+        (MAX_MESSAGE_BYTES, true),
+        (MAX_MESSAGE_BYTES + 1, false),
+    ] {
+        c.server.max_message_bytes = bytes;
+        assert_eq!(c.validate().is_ok(), ok, "{bytes}");
+    }
+}
+
+#[test]
+fn tls_files_must_exist_and_be_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not parsed here").unwrap();
+    let mut c = Config::default();
+    c.server.tls = Some(TlsConfig {
+        cert: cert.clone(),
+        key: dir.path().join("missing.pem"),
+    });
+    let err = c.validate().unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.issues[0].key, "server.tls.key");
+    assert!(err.issues[0].why.contains("not found"));
+    c.server.tls = Some(TlsConfig {
+        cert,
+        key: dir.path().to_path_buf(),
+    });
+    assert_eq!(keys(c.validate()), ["server.tls.key"]);
+}
+
+#[test]
+fn sslrootcert_must_exist() {
+    let mut c = Config::default();
+    c.upstream.url = "postgres://h/?sslmode=verify-full&sslrootcert=/no/such/ca.pem".into();
+    let err = c.validate().unwrap_err();
+    assert_eq!(err.issues.len(), 1);
+    assert_eq!(err.issues[0].key, "upstream.url");
+    assert!(err.issues[0].why.starts_with("sslrootcert file not found"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    c.upstream.url = format!("postgres://h/?sslrootcert={}", ca.display());
+    c.validate().unwrap();
+}
+
+#[test]
+fn listener_clashes() {
+    let v4 = |ip: Ipv4Addr, port| SocketAddr::new(IpAddr::V4(ip), port);
+    let v6 = |ip: Ipv6Addr, port| SocketAddr::new(IpAddr::V6(ip), port);
+    let lo = Ipv4Addr::LOCALHOST;
+    assert!(listeners_clash(v4(lo, 1), v4(lo, 1)));
+    assert!(!listeners_clash(v4(lo, 1), v4(lo, 2)));
+    assert!(
+        !listeners_clash(v4(lo, 0), v4(lo, 0)),
+        "port 0 picks a free port"
+    );
+    assert!(listeners_clash(v4(Ipv4Addr::UNSPECIFIED, 1), v4(lo, 1)));
+    assert!(listeners_clash(v4(lo, 1), v6(Ipv6Addr::UNSPECIFIED, 1)));
+    assert!(!listeners_clash(
+        v4(Ipv4Addr::UNSPECIFIED, 1),
+        v6(Ipv6Addr::LOCALHOST, 1)
+    ));
+    assert!(!listeners_clash(
+        v4(lo, 1),
+        v4(Ipv4Addr::new(127, 0, 0, 2), 1)
+    ));
+}
+
+#[test]
+fn redis_schemes() {
+    let mut c = Config::default();
+    for (url, ok) in [
+        ("redis://127.0.0.1:6379", true),
+        ("rediss://cache.example.com", true),
+        ("unix:///run/redis.sock", true),
+        ("redis://", false),
+        ("http://h", false),
+        ("127.0.0.1:6379", false),
+    ] {
+        c.cache.redis = Some(RedisConfig { url: url.into() });
+        assert_eq!(c.validate().is_ok(), ok, "{url}");
+    }
+}
+
+#[test]
+fn log_filters() {
+    for ok in [
+        "info",
+        "WARN",
+        "off",
+        "3",
+        "info,pgmemo=debug",
+        "pgmemo::session=trace",
+    ] {
+        assert_eq!(check_filter(ok), Ok(()), "{ok}");
+    }
+    for bad in ["", "  ", "verbose", "pgmemo=loud", "info,chatty"] {
+        assert!(check_filter(bad).is_err(), "{bad}");
+    }
+}
+
+fn issue_for(c: &Config, key: &str) -> ConfigIssue {
+    let err = c.validate().unwrap_err();
+    err.issues
+        .iter()
+        .find(|i| i.key == key)
+        .cloned()
+        .unwrap_or_else(|| panic!("no issue for {key}: {err}"))
+}
+
+#[test]
+fn cache_sizes_are_bounded() {
+    let mut c = Config::default();
+    for (memory, entry, bad) in [
+        (MIN_CACHE_MEMORY, MIN_ENTRY_SIZE, &[][..]),
+        (MIN_CACHE_MEMORY, MIN_CACHE_MEMORY, &[]),
+        (MIN_CACHE_MEMORY - 1, MIN_ENTRY_SIZE, &["cache.max_memory"]),
+        (
+            MIN_CACHE_MEMORY,
+            MIN_ENTRY_SIZE - 1,
+            &["cache.max_entry_size"],
+        ),
+        (
+            MIN_CACHE_MEMORY,
+            MIN_CACHE_MEMORY + 1,
+            &["cache.max_entry_size"],
+        ),
+        (0, 0, &["cache.max_memory", "cache.max_entry_size"]),
+    ] {
+        c.cache.max_memory = ByteSize(memory);
+        c.cache.max_entry_size = ByteSize(entry);
+        assert_eq!(keys(c.validate()), bad, "{memory} / {entry}");
+    }
+    let i = issue_for(&c, "cache.max_entry_size");
+    assert_eq!(i.value, "0");
+    c.cache.max_memory = ByteSize(MIN_CACHE_MEMORY);
+    c.cache.max_entry_size = ByteSize(4 << 20);
+    let i = issue_for(&c, "cache.max_entry_size");
+    assert!(i.why.contains("cache.max_memory = 1048576 (1MiB)"), "{i}");
+}
+
+#[test]
+fn secret_is_32_hex_digits_and_never_echoed() {
+    let mut c = Config::default();
+    for (secret, ok) in [
+        ("00112233445566778899aabbccddeeff", true),
+        ("00112233445566778899AABBCCDDEEFF", true),
+        ("00112233445566778899aabbccddeef", false),
+        ("00112233445566778899aabbccddeeff0", false),
+        ("00112233445566778899aabbccddeefg", false),
+        ("", false),
+    ] {
+        c.cache.secret = Some(secret.into());
+        assert_eq!(c.validate().is_ok(), ok, "{secret:?}");
+    }
+    c.cache.secret = Some("hunter2hunter2".into());
+    let i = issue_for(&c, "cache.secret");
+    assert!(!i.to_string().contains("hunter2"), "{i}");
+    assert!(i.why.contains("32 hex digits"), "{i}");
+}
+
+#[test]
+fn fill_wait_and_poll_interval_ranges_are_inclusive() {
+    let ms = Duration::from_millis;
+    let mut c = Config::default();
+    for (wait, ok) in [
+        (ms(0), false),
+        (ms(1), true),
+        (ms(600_000), true),
+        (ms(600_001), false),
+    ] {
+        c.cache.fill_wait_timeout = wait;
+        assert_eq!(c.validate().is_ok(), ok, "fill_wait_timeout {wait:?}");
+    }
+    c.cache.fill_wait_timeout = ms(0);
+    let i = issue_for(&c, "cache.fill_wait_timeout");
+    assert_eq!(
+        i.to_string(),
+        "cache.fill_wait_timeout = \"0s\": must be between 1ms and 10m"
+    );
+    c = Config::default();
+    for (poll, ok) in [
+        (ms(99), false),
+        (ms(100), true),
+        (ms(3_600_000), true),
+        (ms(3_600_001), false),
+    ] {
+        c.catalog.poll_interval = poll;
+        assert_eq!(keys(c.validate()).is_empty(), ok, "poll_interval {poll:?}");
+    }
+    assert_eq!(keys(c.validate()), ["catalog.poll_interval"]);
+}
+
+#[test]
+fn ttl_zero_is_accepted_as_until_invalidated() {
+    let mut c = Config::default();
+    c.cache.ttl = Duration::ZERO;
+    c.validate().unwrap();
+}
+
+#[test]
+fn side_effect_free_functions_are_schema_qualified_names() {
+    let mut c = Config::default();
+    for (name, ok) in [
+        ("public.uuid_generate_v4", true),
+        ("\"Ext\".\"NewId\"", true),
+        ("uuid_generate_v4", false),
+        ("public.UUID_generate_v4", false),
+        ("public.uuid_generate_v4()", false),
+        ("a.b.c", false),
+        ("", false),
+    ] {
+        c.functions.no_side_effects = vec![name.into()];
+        assert_eq!(c.validate().is_ok(), ok, "{name:?}");
+    }
+    c.functions.no_side_effects = vec!["ok.fine".into(), "gen_id".into(), "x.Y".into()];
+    let err = c.validate().unwrap_err();
+    let shown: Vec<(&str, &str)> = err
+        .issues
+        .iter()
+        .map(|i| (i.key.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("functions.no_side_effects", "\"gen_id\""),
+            ("functions.no_side_effects", "\"x.Y\"")
+        ]
+    );
+    assert!(err.issues[0].why.contains("schema-qualified"), "{err}");
+    assert_eq!(
+        c.functions.qualified_names(),
+        [("ok".to_owned(), "fine".to_owned())]
+    );
+}
+
+fn with_rules(rules: Vec<Rule>) -> Config {
+    Config {
+        rules,
+        ..Config::default()
+    }
+}
+
+fn rule(f: impl FnOnce(&mut Rule)) -> Rule {
+    let mut r = Rule::default();
+    f(&mut r);
+    r
+}
+
+#[test]
+fn a_rule_needs_a_match_field_and_an_action() {
+    let mut c = with_rules(vec![
+        rule(|r| r.cache = Some(false)),
+        rule(|r| r.table = Some("t".into())),
+        rule(|r| {
+            r.query = Some("SELECT 1".into());
+            r.ttl = Some(Duration::from_secs(5));
+        }),
+        Rule::default(),
+    ]);
+    let err = c.validate().unwrap_err();
+    let shown: Vec<(&str, bool)> = err
+        .issues
+        .iter()
+        .map(|i| {
+            (
+                i.key.as_str(),
+                i.why.contains("table, database, role, query"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("rules[1]", true),
+            ("rules[2]", false),
+            ("rules[4]", true),
+            ("rules[4]", false)
+        ]
+    );
+    assert!(
+        err.issues[1]
+            .why
+            .contains("cache, ttl, allow_stable_functions, allow_rls")
+    );
+    // Each match field and each action field counts on its own.
+    for m in 0..4 {
+        for a in 0..4 {
+            let r = rule(|r| {
+                match m {
+                    0 => r.table = Some("t".into()),
+                    1 => r.database = Some("d".into()),
+                    2 => r.role = Some("r".into()),
+                    _ => r.query = Some("SELECT 1".into()),
+                }
+                match a {
+                    0 => r.cache = Some(true),
+                    1 => r.ttl = Some(Duration::from_secs(1)),
+                    2 => r.allow_stable_functions = Some(false),
+                    _ => r.allow_rls = Some(false),
+                }
+            });
+            c.rules = vec![r];
+            c.validate().unwrap();
+        }
+    }
+}
+
+#[test]
+fn rule_tables_are_names_or_schema_names() {
+    let mut c = Config::default();
+    for (table, ok) in [
+        ("orders", true),
+        ("Sales.Orders", true),
+        ("\"Sales\".\"Q1 report\"", true),
+        ("db.sales.orders", false),
+        ("sales.", false),
+        ("order items", false),
+        ("sales.*", false),
+    ] {
+        c.rules = vec![rule(|r| {
+            r.table = Some(table.into());
+            r.cache = Some(false);
+        })];
+        assert_eq!(c.validate().is_ok(), ok, "{table:?}");
+    }
+    let i = issue_for(&c, "rules[1].table");
+    assert_eq!(i.value, "\"sales.*\"");
+}
+
+#[test]
+fn empty_match_strings_are_refused() {
+    let c = with_rules(vec![rule(|r| {
+        r.database = Some(String::new());
+        r.role = Some(String::new());
+        r.query = Some(" /* only a comment */ ".into());
+        r.cache = Some(false);
+    })]);
+    assert_eq!(
+        keys(c.validate()),
+        ["rules[1].database", "rules[1].role", "rules[1].query"]
+    );
+}
+
+#[test]
+fn an_rls_opt_in_needs_a_finite_ttl() {
+    let rls = |ttl: Option<u64>| {
+        rule(|r| {
+            r.table = Some("accounts".into());
+            r.allow_rls = Some(true);
+            r.ttl = ttl.map(Duration::from_secs);
+        })
+    };
+    let mut c = with_rules(vec![rls(Some(30)), rls(None)]);
+    c.validate().unwrap();
+    c.rules = vec![rls(Some(0))];
+    let i = issue_for(&c, "rules[1].ttl");
+    assert_eq!(i.value, "\"0s\"");
+    assert!(i.why.contains("only bound"), "{i}");
+    c.cache.ttl = Duration::ZERO;
+    c.rules = vec![rls(Some(30)), rls(None)];
+    let i = issue_for(&c, "rules[2].allow_rls");
+    assert!(i.why.contains("cache.ttl = \"0s\""), "{i}");
+    assert_eq!(keys(c.validate()), ["rules[2].allow_rls"]);
+    // Opting out, or no RLS at all, needs no TTL.
+    c.rules = vec![rule(|r| {
+        r.table = Some("accounts".into());
+        r.allow_rls = Some(false);
+        r.ttl = Some(Duration::ZERO);
+    })];
+    c.validate().unwrap();
+}
+
+#[test]
+fn too_many_rules() {
+    let mut c = Config::default();
+    let r = rule(|r| {
+        r.role = Some("x".into());
+        r.cache = Some(false);
+    });
+    c.rules = vec![r; MAX_RULES];
+    c.validate().unwrap();
+    c.rules.push(c.rules[0].clone());
+    assert_eq!(keys(c.validate()), ["rules"]);
+}

@@ -1,0 +1,339 @@
+//! Sources of bumps, in one place (DESIGN §2): writes committed through pgmemo (sessions call
+//! [`Invalidator::bump`] at the ordering point I2), prepared transactions parked under their
+//! gid until COMMIT PREPARED, the catalog poller's changes, and manual flushes (admin API,
+//! SIGUSR1). The cache itself only knows tags; this module maps database names to the OIDs
+//! tags carry, as sessions learn them from their settings probe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use metrics::Counter;
+use tracing::{info, warn};
+
+use crate::cache::{Cache, EpochCause, Tag};
+use crate::catalog::{self, Catalog, CatalogError, Change, RelName};
+use crate::telemetry::names;
+
+/// Prepared transactions whose written tags are remembered; beyond it, COMMIT PREPARED of a
+/// forgotten gid bumps the epoch (the same as a gid pgmemo never saw).
+const MAX_PARKED: usize = 4096;
+/// Databases whose OID is remembered (one entry per database sessions connect to).
+const MAX_DATABASES: usize = 4096;
+
+/// What a transaction wrote, as far as bumps go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Written {
+    pub tags: Vec<Tag>,
+    pub epoch: Option<EpochCause>,
+}
+
+impl Written {
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty() && self.epoch.is_none()
+    }
+
+    /// Adds `other`'s effects (tags kept sorted and unique; the first epoch cause wins).
+    pub fn merge(&mut self, tags: &[Tag], epoch: Option<EpochCause>) {
+        for t in tags {
+            if let Err(at) = self.tags.binary_search(t) {
+                self.tags.insert(at, *t);
+            }
+        }
+        if self.epoch.is_none() {
+            self.epoch = epoch;
+        }
+    }
+}
+
+/// Where a bump came from (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Write,
+    Prepared,
+    Catalog,
+    Admin,
+}
+
+impl Source {
+    const ALL: [Source; 4] = [Self::Write, Self::Prepared, Self::Catalog, Self::Admin];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+            Self::Prepared => "prepared",
+            Self::Catalog => "catalog",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// Why a manual table invalidation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error("no relation {table} in database {database}")]
+    NoSuchRelation { database: String, table: String },
+    #[error("database {0} has no known OID yet (no session has used it through pgmemo)")]
+    UnknownDatabase(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// The bump side of the cache, shared by sessions, the poller and the admin API.
+pub struct Invalidator {
+    cache: Arc<Cache>,
+    databases: Mutex<HashMap<String, u32>>,
+    parked: Mutex<HashMap<(u32, String), Written>>,
+    counters: [Counter; 4],
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Invalidator {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        Self {
+            cache,
+            databases: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
+            counters: Source::ALL
+                .map(|s| metrics::counter!(names::CACHE_TAG_BUMPS, "source" => s.as_str())),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Remembers a database's OID (from a session's settings probe).
+    pub fn learn_database(&self, name: &str, oid: u32) {
+        let mut dbs = lock(&self.databases);
+        if dbs.get(name) == Some(&oid) {
+            return;
+        }
+        if dbs.len() >= MAX_DATABASES {
+            dbs.clear();
+        }
+        dbs.insert(name.to_owned(), oid);
+    }
+
+    pub fn database_oid(&self, name: &str) -> Option<u32> {
+        lock(&self.databases).get(name).copied()
+    }
+
+    /// Applies a committed write (I2: call after the commit is reported, before relaying its
+    /// acknowledgement).
+    pub fn bump(&self, written: &Written, source: Source) {
+        if !written.tags.is_empty() {
+            self.cache.versions().bump(&written.tags);
+            self.counter(source).increment(written.tags.len() as u64);
+        }
+        if let Some(cause) = written.epoch {
+            self.cache.versions().bump_epoch(cause);
+        }
+    }
+
+    fn counter(&self, source: Source) -> &Counter {
+        let i = Source::ALL.iter().position(|s| *s == source).unwrap_or(0);
+        &self.counters[i]
+    }
+
+    /// PREPARE TRANSACTION succeeded: its writes wait for COMMIT PREPARED.
+    pub fn park(&self, db: u32, gid: &str, written: Written) {
+        let mut parked = lock(&self.parked);
+        if parked.len() >= MAX_PARKED && !parked.contains_key(&(db, gid.to_owned())) {
+            // Forgetting is safe: COMMIT PREPARED of an unknown gid bumps the epoch.
+            warn!(
+                limit = MAX_PARKED,
+                "too many prepared transactions tracked; forgetting them all"
+            );
+            parked.clear();
+        }
+        parked
+            .entry((db, gid.to_owned()))
+            .or_default()
+            .merge(&written.tags, written.epoch);
+    }
+
+    /// COMMIT PREPARED succeeded: bump what was parked, or the epoch for an unknown gid
+    /// (prepared before pgmemo started, through another path, or forgotten).
+    pub fn commit_prepared(&self, db: u32, gid: &str) {
+        match lock(&self.parked).remove(&(db, gid.to_owned())) {
+            Some(written) => self.bump(&written, Source::Prepared),
+            None => {
+                self.cache.versions().bump_epoch(EpochCause::UnknownGid);
+            }
+        }
+    }
+
+    /// ROLLBACK PREPARED succeeded: nothing was written.
+    pub fn rollback_prepared(&self, db: u32, gid: &str) {
+        lock(&self.parked).remove(&(db, gid.to_owned()));
+    }
+
+    /// Every cached result becomes unreachable and its memory is freed (admin API, SIGUSR1).
+    pub fn flush_all(&self) -> u64 {
+        let epoch = self.cache.flush(EpochCause::Admin);
+        info!(epoch, "cache flushed");
+        epoch
+    }
+
+    /// Bumps one relation (and what a write to it reaches: partitions, views' bases, FK
+    /// actions) in `database`; `table` is `name` or `schema.name` (unquoted identifiers
+    /// are lower-cased as in SQL), resolved under `search_path = public`. Returns the tags
+    /// bumped.
+    pub async fn invalidate_table(
+        &self,
+        catalog: &Catalog,
+        database: &str,
+        table: &str,
+    ) -> Result<usize, InvalidateError> {
+        let db_oid = self
+            .database_oid(database)
+            .ok_or_else(|| InvalidateError::UnknownDatabase(database.to_owned()))?;
+        let name = parse_table(table).ok_or_else(|| InvalidateError::NoSuchRelation {
+            database: database.to_owned(),
+            table: table.to_owned(),
+        })?;
+        let resolved = catalog
+            .resolve(database, &[name], "public", "postgres")
+            .await?;
+        let oid = resolved
+            .first()
+            .and_then(|r| r.relation.as_ref())
+            .map(|f| f.oid)
+            .ok_or_else(|| InvalidateError::NoSuchRelation {
+                database: database.to_owned(),
+                table: table.to_owned(),
+            })?;
+        let set = catalog.writes(database, &[oid]).await?;
+        let mut tags: Vec<Tag> = set
+            .tags
+            .iter()
+            .map(|&rel| Tag { db: db_oid, rel })
+            .collect();
+        tags.push(Tag {
+            db: db_oid,
+            rel: oid,
+        });
+        tags.sort_unstable();
+        tags.dedup();
+        let written = Written { tags, epoch: None };
+        self.bump(&written, Source::Admin);
+        Ok(written.tags.len())
+    }
+
+    /// What the catalog poller saw: relation changes bump their tags; the rest bumps the
+    /// epoch. A change in a database whose OID is unknown bumps the epoch too.
+    pub fn apply_catalog(&self, changes: Vec<Change>) {
+        let mut written = Written::default();
+        for change in changes {
+            match change {
+                Change::Relation { db, oid, aspects } => match self.database_oid(&db) {
+                    Some(db_oid) => {
+                        info!(%db, oid, ?aspects, "catalog change: relation bumped");
+                        written.merge(
+                            &[Tag {
+                                db: db_oid,
+                                rel: oid,
+                            }],
+                            None,
+                        );
+                    }
+                    None => written.merge(&[], Some(EpochCause::CatalogRole)),
+                },
+                Change::Epoch { db, cause } => {
+                    info!(?db, ?cause, "catalog change: epoch bumped");
+                    let cause = match cause {
+                        catalog::EpochCause::Function { .. }
+                        | catalog::EpochCause::FunctionNames(_) => EpochCause::CatalogFunction,
+                        _ => EpochCause::CatalogRole,
+                    };
+                    written.merge(&[], Some(cause));
+                }
+            }
+        }
+        self.bump(&written, Source::Catalog);
+    }
+}
+
+/// `name` or `schema.name`, each part an identifier (unquoted: lower-cased; `"quoted"`:
+/// kept).
+pub fn parse_table(text: &str) -> Option<RelName> {
+    let mut parts = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let (part, after) = if let Some(q) = rest.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = q.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if q.get(i + 1..).is_some_and(|r| r.starts_with('"')) {
+                        out.push('"');
+                        chars.next();
+                    } else {
+                        end = Some(i + 1);
+                        break;
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            (out, q.get(end?..)?)
+        } else {
+            let end = rest.find('.').unwrap_or(rest.len());
+            let word = rest.get(..end)?.trim();
+            if word.is_empty() {
+                return None;
+            }
+            (word.to_lowercase(), rest.get(end..)?)
+        };
+        parts.push(part);
+        rest = match after.strip_prefix('.') {
+            Some(r) => r,
+            None if after.trim().is_empty() => "",
+            None => return None,
+        };
+    }
+    match parts.as_slice() {
+        [name] => Some(RelName::new(None, name)),
+        [schema, name] => Some(RelName::new(Some(schema), name)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_parse_like_sql_identifiers() {
+        assert_eq!(
+            parse_table("Accounts"),
+            Some(RelName::new(None, "accounts"))
+        );
+        assert_eq!(
+            parse_table("app.\"Mixed.Case\""),
+            Some(RelName::new(Some("app"), "Mixed.Case"))
+        );
+        assert_eq!(
+            parse_table("\"a\"\"b\".t"),
+            Some(RelName::new(Some("a\"b"), "t"))
+        );
+        assert_eq!(parse_table(""), None);
+        assert_eq!(parse_table("a.b.c"), None);
+        assert_eq!(parse_table("a..b"), None);
+        assert_eq!(parse_table("\"open"), None);
+    }
+
+    #[test]
+    fn written_merges_sorted_unique_and_keeps_the_first_cause() {
+        let mut w = Written::default();
+        w.merge(&[Tag { db: 1, rel: 5 }, Tag { db: 1, rel: 2 }], None);
+        w.merge(&[Tag { db: 1, rel: 5 }], Some(EpochCause::Ddl));
+        w.merge(&[], Some(EpochCause::SideEffects));
+        assert_eq!(w.tags, vec![Tag { db: 1, rel: 2 }, Tag { db: 1, rel: 5 }]);
+        assert_eq!(w.epoch, Some(EpochCause::Ddl));
+    }
+}

@@ -1,0 +1,67 @@
+//! Test-only race hooks (cargo feature `race-hooks`): random pauses at the two points where
+//! the ordering invariants matter — after a read's versions are snapshotted and before its
+//! Query is forwarded (I1), and after the upstream reported a commit and before the bump
+//! (I2) — so the staleness checker exercises those races instead of hoping for them.
+//! Enabled at run time by `PGMEMO_RACE_HOOK_MAX_US=<max pause in µs>`. Without the feature
+//! the calls compile to nothing.
+
+/// Where a pause happens.
+#[derive(Debug, Clone, Copy)]
+pub enum Point {
+    /// Versions read; the Query is about to be forwarded.
+    AfterSnapshot,
+    /// The upstream reported a commit; the bump is about to happen.
+    BeforeBump,
+}
+
+#[cfg(feature = "race-hooks")]
+mod imp {
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    fn max_us() -> Option<u64> {
+        static MAX: OnceLock<Option<u64>> = OnceLock::new();
+        *MAX.get_or_init(|| {
+            std::env::var("PGMEMO_RACE_HOOK_MAX_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v > 0)
+        })
+    }
+
+    thread_local! {
+        static RNG: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64);
+    }
+
+    fn next() -> u64 {
+        RNG.with(|r| {
+            // xorshift64*: plenty for spreading pauses.
+            let mut x = r.get();
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            r.set(x);
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        })
+    }
+
+    pub fn pause(_point: super::Point) {
+        if let Some(max) = max_us() {
+            // Half the time no pause, so both orders of each race happen.
+            let r = next();
+            if r & 1 == 0 {
+                // Blocking on purpose: the whole worker stalls, which widens the window for
+                // sessions on the other workers and for the upstream.
+                std::thread::sleep(Duration::from_micros((r >> 1) % max));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "race-hooks")]
+pub use imp::pause;
+
+#[cfg(not(feature = "race-hooks"))]
+#[inline(always)]
+pub fn pause(_point: Point) {}

@@ -1,0 +1,549 @@
+//! The session's side of the result cache (DESIGN §2): decides, per client frame, whether a
+//! simple Query is answered from the cache, forwarded while its response is captured, or
+//! just forwarded; tracks what every forwarded statement writes so bumps happen at I2; keeps
+//! the session fingerprint and re-establishes the session's settings with a probe on its own
+//! upstream connection when they may have changed.
+//!
+//! The relay calls, in order: [`CacheSession::probe_query`] when idle (inject it upstream),
+//! [`CacheSession::on_client_frame`] for every inspected client frame before forwarding it,
+//! and [`CacheSession::on_backend_frame`] for every backend frame before relaying it (the
+//! probe's frames are swallowed). Plans missing from the memo are computed by the future from
+//! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
+
+pub mod hooks;
+pub mod plan;
+pub mod probe;
+pub mod tracker;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use metrics::{Counter, Histogram};
+
+use crate::cache::{Cache, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot};
+use crate::catalog::Catalog;
+use crate::context::AppContext;
+use crate::invalidation::{Invalidator, Source};
+use crate::protocol::fields::Reader;
+use crate::protocol::tags::{backend, frontend};
+use crate::session::fingerprint::Fingerprint;
+use crate::session::state::SessionState;
+use crate::telemetry::names;
+use plan::{Context, Plan, PlanMemo, Planner};
+use probe::{ProbeReader, ProbeResult};
+use tracker::{Expect, MAX_NAMED, Tracker};
+
+/// ReadyForQuery, idle: ends every answer from the cache.
+const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+
+/// Shared services of the cache, in the application context.
+pub struct Caching {
+    pub cache: Arc<Cache>,
+    pub catalog: Arc<Catalog>,
+    pub invalidator: Arc<Invalidator>,
+    pub plans: PlanMemo,
+}
+
+/// What the relay does with a client frame.
+pub enum FrameAction {
+    /// Forward it (the session state sees it as usual).
+    Forward,
+    /// Do not forward it: queue these frames to the client instead (a cache hit).
+    Answer(Bytes),
+    /// Hold it: the plan for this SQL must be computed first (poll [`CacheSession::plan_future`]).
+    NeedPlan(Bytes),
+}
+
+pub type PlanFuture = Pin<Box<dyn Future<Output = Arc<Plan>> + Send>>;
+
+/// A missed read whose response is being captured.
+struct Capture {
+    guard: FillGuard,
+    snapshot: VersionSnapshot,
+    check: KeyCheck,
+    ttl: Duration,
+    tags: Box<[Tag]>,
+    frames: BytesMut,
+    /// The last frame captured was a CommandComplete.
+    complete: bool,
+    started: Instant,
+}
+
+struct Metrics {
+    hit_seconds: Histogram,
+    upstream_seconds: Histogram,
+    probes_ok: Counter,
+    probes_failed: Counter,
+}
+
+/// One session's cache state.
+pub struct CacheSession {
+    app: Arc<AppContext>,
+    fingerprint: Fingerprint,
+    /// Digest of the fingerprint bytes; recomputed after a probe.
+    fp_digest: Option<[u8; 16]>,
+    cx: Option<Arc<Context>>,
+    cx_id: u64,
+    probe: Option<ProbeReader>,
+    probe_needed: bool,
+    /// The last probe failed: no context until a later one succeeds.
+    probe_failed: bool,
+    opted_out: bool,
+    encoding_ok: bool,
+    tracker: Tracker,
+    capture: Option<Capture>,
+    /// A plan computed for the frame held at the head of the client buffer.
+    ready_plan: Option<Arc<Plan>>,
+    metrics: Metrics,
+}
+
+impl CacheSession {
+    pub fn new(
+        app: Arc<AppContext>,
+        database: &str,
+        user: &str,
+        params: &[(String, String)],
+    ) -> Self {
+        Self {
+            app,
+            fingerprint: Fingerprint::new(database, user, params),
+            fp_digest: None,
+            cx: None,
+            cx_id: 0,
+            probe: None,
+            probe_needed: true,
+            probe_failed: false,
+            opted_out: false,
+            encoding_ok: true,
+            tracker: Tracker::default(),
+            capture: None,
+            ready_plan: None,
+            metrics: Metrics {
+                hit_seconds: metrics::histogram!(names::CACHE_HIT_SECONDS),
+                upstream_seconds: metrics::histogram!(names::UPSTREAM_QUERY_SECONDS),
+                probes_ok: metrics::counter!(names::SESSION_PROBES, "result" => "ok"),
+                probes_failed: metrics::counter!(names::SESSION_PROBES, "result" => "error"),
+            },
+        }
+    }
+
+    fn db_oid(&self) -> u32 {
+        self.cx.as_ref().map_or(0, |c| c.db_oid)
+    }
+
+    /// While a probe is in flight the relay holds client frames back (their plans need the
+    /// probe's answer) and shows every backend frame here whole.
+    pub fn probing(&self) -> bool {
+        self.probe.is_some()
+    }
+
+    /// Backend frames must be shown whole (a capture or probe reads them).
+    pub fn inspects_all_backend(&self) -> bool {
+        self.probe.is_some() || self.capture.is_some()
+    }
+
+    /// Backend tags write tracking and the fingerprint always need to see.
+    pub fn inspects_backend(tag: u8) -> bool {
+        matches!(
+            tag,
+            backend::COMMAND_COMPLETE
+                | backend::EMPTY_QUERY_RESPONSE
+                | backend::PORTAL_SUSPENDED
+                | backend::ERROR_RESPONSE
+                | backend::READY_FOR_QUERY
+                | backend::PARAMETER_STATUS
+        )
+    }
+
+    /// The probe Query to send upstream now, if one is due and the session is idle.
+    /// With the cache disabled no probe is sent (pgmemo then adds nothing of its own to the
+    /// session); writes are still tracked, conservatively, without a context.
+    pub fn probe_query(&mut self, state: &SessionState) -> Option<Bytes> {
+        if !self.probe_needed || self.probe.is_some() || !state.is_idle() {
+            return None;
+        }
+        if !self.app.config().cache.enabled {
+            return None;
+        }
+        self.probe_needed = false;
+        self.probe = Some(ProbeReader::default());
+        Some(probe::query())
+    }
+
+    fn on_probe_done(&mut self, result: Option<ProbeResult>) {
+        let Some(r) = result else {
+            self.metrics.probes_failed.increment(1);
+            self.probe_failed = true;
+            self.cx = None;
+            self.cx_id = 0;
+            self.fingerprint.taint("settings probe failed");
+            return;
+        };
+        self.metrics.probes_ok.increment(1);
+        self.probe_failed = false;
+        self.opted_out = r.opted_out;
+        self.encoding_ok =
+            probe::encoding_is_safe(&r.client_encoding) && r.standard_conforming_strings;
+        self.app
+            .caching
+            .invalidator
+            .learn_database(&r.database, r.db_oid);
+        let cx = Context {
+            database: r.database.as_str().into(),
+            db_oid: r.db_oid,
+            current_user: r.current_user.as_str().into(),
+            search_path: r.search_path.as_str().into(),
+            has_temp: r.has_temp,
+        };
+        self.cx_id = cx.id();
+        self.cx = Some(Arc::new(cx));
+        self.fingerprint.reestablished(&r.settings);
+        self.fp_digest = self.fingerprint.bytes().map(digest);
+    }
+
+    /// The future computing the plan of `sql` (for a frame answered [`FrameAction::NeedPlan`]).
+    pub fn plan_future(&self, sql: Bytes) -> PlanFuture {
+        let app = Arc::clone(&self.app);
+        let cx = self.cx.clone();
+        Box::pin(async move {
+            let Some(cx) = cx else {
+                return Arc::new(Plan::without_context(sql, "no_session_context"));
+            };
+            let config = app.config();
+            let rules = app.rules();
+            let planner = Planner {
+                catalog: &app.caching.catalog,
+                rules: &rules.rules,
+                rules_generation: rules.generation,
+                no_side_effects: &config.functions.no_side_effects,
+                default_ttl: config.cache.ttl,
+            };
+            let plan = Arc::new(planner.plan(&cx, sql).await);
+            app.caching.plans.insert(Arc::clone(&plan));
+            plan
+        })
+    }
+
+    /// The plan computed for the held frame.
+    pub fn plan_ready(&mut self, plan: Arc<Plan>) {
+        self.ready_plan = Some(plan);
+    }
+
+    /// The plan for `sql`: memoised, just computed, or computed now without a context.
+    fn plan_for(&mut self, sql: &[u8]) -> Option<Arc<Plan>> {
+        if let Some(p) = self.ready_plan.take()
+            && p.sql.as_ref() == sql
+            && p.context_id == self.cx_id
+        {
+            return Some(p);
+        }
+        if self.cx.is_none() || !self.encoding_ok {
+            let why = if self.cx.is_none() {
+                "no_session_context"
+            } else {
+                "client_encoding"
+            };
+            return Some(Arc::new(Plan::without_context(
+                Bytes::copy_from_slice(sql),
+                why,
+            )));
+        }
+        let rules_generation = self.app.rules().generation;
+        self.app.caching.plans.get(
+            self.cx_id,
+            sql,
+            self.app.caching.catalog.generation(),
+            rules_generation,
+        )
+    }
+
+    /// A complete client frame the relay is about to forward.
+    pub fn on_client_frame(&mut self, tag: u8, frame: &[u8], state: &SessionState) -> FrameAction {
+        match tag {
+            frontend::QUERY => {
+                let sql = query_text(frame);
+                let Some(plan) = self.plan_for(sql) else {
+                    return FrameAction::NeedPlan(Bytes::copy_from_slice(sql));
+                };
+                if let Some(answer) = self.try_hit(&plan, state) {
+                    return FrameAction::Answer(answer);
+                }
+                // PostgreSQL drops the unnamed statement and portal at every simple Query.
+                self.tracker.statements.remove(&b""[..]);
+                self.tracker.portals.remove(&b""[..]);
+                for index in 0..plan.stmts.len() {
+                    self.tracker.expect(Expect::Stmt {
+                        plan: Arc::clone(&plan),
+                        index,
+                    });
+                }
+                self.tracker.expect(Expect::Ready);
+                FrameAction::Forward
+            }
+            frontend::PARSE => {
+                let mut r = Reader::body(frame);
+                let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) else {
+                    return FrameAction::Forward;
+                };
+                let Some(plan) = self.plan_for(sql) else {
+                    return FrameAction::NeedPlan(Bytes::copy_from_slice(sql));
+                };
+                if self.tracker.statements.len() < MAX_NAMED || name.is_empty() {
+                    self.tracker
+                        .statements
+                        .insert(Bytes::copy_from_slice(name), plan);
+                }
+                FrameAction::Forward
+            }
+            frontend::BIND => {
+                let mut r = Reader::body(frame);
+                if let (Some(portal), Some(stmt)) = (r.cstr(), r.cstr()) {
+                    let plan = self.tracker.statements.get(stmt).cloned();
+                    if self.tracker.portals.len() < MAX_NAMED || portal.is_empty() {
+                        self.tracker
+                            .portals
+                            .insert(Bytes::copy_from_slice(portal), plan);
+                    }
+                }
+                FrameAction::Forward
+            }
+            frontend::EXECUTE => {
+                let portal = Reader::body(frame).cstr().unwrap_or_default();
+                let e = match self.tracker.portals.get(portal) {
+                    Some(Some(plan)) => Expect::Stmt {
+                        plan: Arc::clone(plan),
+                        index: 0,
+                    },
+                    _ => Expect::Unknown,
+                };
+                self.tracker.expect(e);
+                FrameAction::Forward
+            }
+            frontend::CLOSE => {
+                let mut r = Reader::body(frame);
+                match (r.u8(), r.cstr()) {
+                    (Some(b'S'), Some(name)) => {
+                        self.tracker.statements.remove(name);
+                    }
+                    (Some(b'P'), Some(name)) => {
+                        self.tracker.portals.remove(name);
+                    }
+                    _ => {}
+                }
+                FrameAction::Forward
+            }
+            frontend::SYNC => {
+                self.tracker.expect(Expect::Ready);
+                FrameAction::Forward
+            }
+            frontend::FUNCTION_CALL => {
+                // Runs a function by OID: effects and settings changes pgmemo cannot see.
+                self.tracker
+                    .txn
+                    .merge(&[], Some(crate::cache::EpochCause::SideEffects));
+                self.fingerprint.taint("FunctionCall message");
+                self.probe_needed = true;
+                self.tracker.expect(Expect::Ready);
+                FrameAction::Forward
+            }
+            _ => FrameAction::Forward,
+        }
+    }
+
+    /// Looks a cacheable Query up; on a miss, prepares the capture of its response.
+    fn try_hit(&mut self, plan: &Plan, state: &SessionState) -> Option<Bytes> {
+        let bypass = |reason: &'static str| {
+            metrics::counter!(names::CACHE_BYPASSES, "reason" => reason).increment(1);
+            None
+        };
+        let read = match &plan.read {
+            Ok(r) => r,
+            Err(reason) => {
+                if plan.analysis.statements.len() == 1
+                    && matches!(
+                        plan.analysis.statements.first().map(|s| &s.class),
+                        Some(crate::sql::Class::CacheableRead)
+                    )
+                {
+                    return bypass(reason);
+                }
+                return None;
+            }
+        };
+        let config = self.app.config();
+        if !config.cache.enabled {
+            return bypass("disabled");
+        }
+        if !state.is_idle() || self.capture.is_some() {
+            return bypass("not_idle");
+        }
+        if self.probe_needed || self.probe.is_some() || self.opted_out {
+            return bypass(if self.opted_out {
+                "session_opt_out"
+            } else {
+                "settings_unknown"
+            });
+        }
+        if state.registry.get(b"").is_some() {
+            // A hit would leave the unnamed statement alive where PostgreSQL drops it.
+            return bypass("unnamed_statement");
+        }
+        let Some(fp) = self.fp_digest.filter(|_| self.fingerprint.cacheable()) else {
+            return bypass("session_tainted");
+        };
+        let started = Instant::now();
+        let cache = &self.app.caching.cache;
+        // I1: versions are read before the Query goes upstream.
+        let snapshot = cache.versions().snapshot(&read.tags);
+        let (key, check) = cache.key(&KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot));
+        match cache.lookup(key, check) {
+            Lookup::Hit(entry) => {
+                let mut out = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());
+                out.extend_from_slice(&entry.frames);
+                out.extend_from_slice(READY_IDLE);
+                self.metrics
+                    .hit_seconds
+                    .record(started.elapsed().as_secs_f64());
+                Some(out.freeze())
+            }
+            Lookup::Miss(guard) => {
+                hooks::pause(hooks::Point::AfterSnapshot);
+                self.capture = Some(Capture {
+                    guard,
+                    snapshot,
+                    check,
+                    ttl: read.ttl,
+                    tags: read.tags.clone(),
+                    frames: BytesMut::new(),
+                    complete: false,
+                    started,
+                });
+                None
+            }
+            // Another session is filling it: run it too rather than wait (coalescing
+            // waits arrive with the extended protocol's issue).
+            Lookup::Wait(_) => bypass("fill_in_progress"),
+        }
+    }
+
+    /// A complete backend frame (or, for a streamed one, its header only: `whole = false`)
+    /// before it is relayed. Returns `false` when the frame must not reach the client.
+    pub fn on_backend_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        whole: bool,
+        state: &SessionState,
+    ) -> bool {
+        if let Some(reader) = self.probe.as_mut() {
+            if tag == backend::READY_FOR_QUERY {
+                let reader = self.probe.take().unwrap_or_default();
+                let result = reader.finish();
+                self.on_probe_done(result);
+            } else if whole {
+                reader.on_frame(tag, frame);
+            } else {
+                reader.fail();
+            }
+            return false;
+        }
+        self.capture_frame(tag, frame, whole);
+        match tag {
+            backend::COMMAND_COMPLETE
+            | backend::EMPTY_QUERY_RESPONSE
+            | backend::PORTAL_SUSPENDED => self.on_completion(frame),
+            backend::ERROR_RESPONSE => self.on_error(),
+            backend::READY_FOR_QUERY => {
+                let status = Reader::body(frame).u8().unwrap_or(b'I');
+                // `state` has not seen this frame yet: idle after it when it is the last.
+                let idle_after = state.awaiting_ready() <= 1;
+                self.fingerprint.on_ready_for_query();
+                self.on_ready(status, idle_after);
+            }
+            backend::PARAMETER_STATUS => {
+                let mut r = Reader::body(frame);
+                if let (Some(n), Some(v)) = (r.cstr(), r.cstr()) {
+                    self.fingerprint.on_parameter_status(
+                        &String::from_utf8_lossy(n),
+                        &String::from_utf8_lossy(v),
+                    );
+                }
+                self.probe_needed = true;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn capture_frame(&mut self, tag: u8, frame: &[u8], whole: bool) {
+        let Some(cap) = self.capture.as_mut() else {
+            return;
+        };
+        match tag {
+            backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE if whole => {
+                if cap.frames.len() + frame.len() > self.app.caching.cache.max_entry_size() {
+                    // Too large to store: stop capturing (waiters run their own query).
+                    self.capture = None;
+                } else {
+                    cap.frames.extend_from_slice(frame);
+                    cap.complete = tag == backend::COMMAND_COMPLETE;
+                }
+            }
+            backend::READY_FOR_QUERY => {
+                let Some(cap) = self.capture.take() else {
+                    return;
+                };
+                self.metrics
+                    .upstream_seconds
+                    .record(cap.started.elapsed().as_secs_f64());
+                if cap.complete && Reader::body(frame).u8() == Some(b'I') {
+                    let entry = Entry::new(cap.check, cap.frames.freeze(), cap.ttl, cap.tags);
+                    self.app
+                        .caching
+                        .cache
+                        .complete(cap.guard, &cap.snapshot, entry);
+                }
+            }
+            // An error, a notice, a notification, a settings report, COPY, or a frame too
+            // large to hold: relayed, never stored.
+            _ => self.capture = None,
+        }
+    }
+
+    /// The session is over: bump whatever may have been written and not yet bumped (a
+    /// COMMIT whose answer never arrived may still have committed).
+    pub fn finish(&mut self) {
+        self.capture = None;
+        let written = self.tracker.unsettled();
+        if !written.is_empty() {
+            self.app.caching.invalidator.bump(&written, Source::Write);
+        }
+    }
+}
+
+/// The SQL text of a Query frame (without its terminating NUL).
+fn query_text(frame: &[u8]) -> &[u8] {
+    let body = frame.get(5..).unwrap_or_default();
+    body.strip_suffix(&[0]).unwrap_or(body)
+}
+
+fn digest(bytes: &[u8]) -> [u8; 16] {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip128::SipHasher13::new();
+    h.write(bytes);
+    siphasher::sip128::Hasher128::finish128(&h).as_bytes()
+}
+
+impl Caching {
+    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
+        Self {
+            invalidator: Arc::new(Invalidator::new(Arc::clone(&cache))),
+            cache,
+            catalog,
+            plans: PlanMemo::new(65_536),
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Statement plans: what the text of a simple Query (or a Parse) means for the cache in one
+//! session context — per statement, the tags a committed write bumps, whether the epoch must
+//! move and whether the session's settings can no longer be modelled; for a single cacheable
+//! read, its tags, normalised key text and TTL, or the reason it bypasses the cache.
+//!
+//! Plans are memoised per (session context, SQL bytes) and checked against the catalog and
+//! rules generations on every use, so the hit path does no parsing and no catalog I/O. Any
+//! catalog failure makes the plan conservative: reads bypass, writes bump the epoch.
+
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::cache::{EpochCause, Tag};
+use crate::catalog::{self, Catalog, FuncArgs, FuncRef, Volatility};
+use crate::config::rules::Rules;
+use crate::invalidation::Written;
+use crate::sql::{self, Analysis, Class, NotCacheable, StatementInfo};
+use crate::telemetry::names;
+
+/// Where a session stands, as its last settings probe saw it: what name resolution and rules
+/// depend on. `id` identifies the combination in plan memo keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Context {
+    pub database: Arc<str>,
+    pub db_oid: u32,
+    pub current_user: Arc<str>,
+    pub search_path: Arc<str>,
+    /// The session has a temporary schema: names its temp schema could shadow bypass.
+    pub has_temp: bool,
+}
+
+impl Context {
+    pub fn id(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// Effects of one statement, applied when it completes.
+#[derive(Debug, Clone, Default)]
+pub struct StmtPlan {
+    /// Bumps at commit.
+    pub written: Written,
+    /// The session's settings can no longer be modelled after it (a user function ran).
+    pub taint: Option<&'static str>,
+    /// DDL: the catalog memos are dropped at commit.
+    pub ddl: bool,
+    /// SQL `PREPARE name AS stmt`: the effects of `stmt`, applied at each EXECUTE.
+    pub prepared: Option<Box<StmtPlan>>,
+}
+
+/// A single cacheable read.
+#[derive(Debug, Clone)]
+pub struct ReadPlan {
+    /// Sorted, unique.
+    pub tags: Box<[Tag]>,
+    /// The key text (comments and whitespace normalised).
+    pub normalized: Bytes,
+    /// From rules, hints and the default.
+    pub ttl: Duration,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub sql: Bytes,
+    pub context_id: u64,
+    pub analysis: Analysis,
+    /// One per `analysis.statements`.
+    pub stmts: Vec<StmtPlan>,
+    /// The read plan, or why the text bypasses the cache.
+    pub read: Result<ReadPlan, &'static str>,
+    catalog_generation: u64,
+    rules_generation: u64,
+}
+
+impl Plan {
+    /// Still valid under the current catalog and rules.
+    pub fn is_current(&self, catalog_generation: u64, rules_generation: u64) -> bool {
+        self.catalog_generation == catalog_generation && self.rules_generation == rules_generation
+    }
+
+    /// Every statement's bumps together (for a session that loses track of which ran).
+    pub fn all_written(&self) -> Written {
+        let mut w = Written::default();
+        for s in &self.stmts {
+            w.merge(&s.written.tags, s.written.epoch);
+        }
+        w
+    }
+
+    /// A plan for a session without a usable context (probe failed, unsafe encoding): reads
+    /// bypass, and anything that is not plainly a read or session/transaction control bumps
+    /// the epoch.
+    pub fn without_context(sql: Bytes, reason: &'static str) -> Plan {
+        let analysis = sql::analyze(&sql);
+        let stmts = analysis
+            .statements
+            .iter()
+            .map(|info| {
+                let mut p = StmtPlan::default();
+                if may_write(info) {
+                    p.written.epoch = Some(EpochCause::Untracked);
+                }
+                if info.taints_session || !info.functions.is_empty() {
+                    p.taint = Some("statement in a session without a settings probe");
+                }
+                p
+            })
+            .collect();
+        Plan {
+            sql,
+            context_id: 0,
+            analysis,
+            stmts,
+            read: Err(reason),
+            catalog_generation: 0,
+            rules_generation: 0,
+        }
+    }
+}
+
+fn may_write(info: &StatementInfo) -> bool {
+    match info.class {
+        Class::Write | Class::Ddl | Class::Other | Class::Execute { .. } => true,
+        Class::Read | Class::CacheableRead => !info.functions.is_empty() || info.epoch_bump,
+        Class::SessionChange(sql::SessionChange::Prepare { .. }) => false,
+        Class::TransactionControl(_) | Class::SessionChange(_) | Class::Utility => info.epoch_bump,
+    }
+}
+
+/// Inputs a plan is computed from (shared, cheap to clone).
+pub struct Planner<'a> {
+    pub catalog: &'a Catalog,
+    pub rules: &'a Rules,
+    pub rules_generation: u64,
+    pub no_side_effects: &'a [String],
+    pub default_ttl: Duration,
+}
+
+impl Planner<'_> {
+    /// Analyses `sql` and asks the catalog what it reads and writes under `cx`.
+    pub async fn plan(&self, cx: &Context, sql: Bytes) -> Plan {
+        let catalog_generation = self.catalog.generation();
+        let analysis = sql::analyze(&sql);
+        let mut stmts = Vec::with_capacity(analysis.statements.len());
+        let mut catalog_failed = false;
+        for info in &analysis.statements {
+            let (p, failed) = self.statement(cx, info).await;
+            catalog_failed |= failed;
+            stmts.push(p);
+        }
+        let read = match analysis.cacheable() {
+            Some(info) => self.read(cx, &sql, info, analysis.hints.ttl).await,
+            None => Err(analysis.reason().map_or("not_select", NotCacheable::label)),
+        };
+        metrics::counter!(names::PLANS, "kind" => if catalog_failed { "catalog_error" } else { "plan" })
+            .increment(1);
+        Plan {
+            context_id: cx.id(),
+            sql,
+            analysis,
+            stmts,
+            read,
+            catalog_generation,
+            rules_generation: self.rules_generation,
+        }
+    }
+
+    fn allowlisted(&self, f: &sql::FuncName) -> bool {
+        self.no_side_effects.iter().any(|entry| {
+            let (schema, name) = entry.split_once('.').unwrap_or(("", entry));
+            name == f.name && f.schema.as_deref().is_none_or(|s| s == schema)
+        })
+    }
+
+    async fn statement(&self, cx: &Context, info: &StatementInfo) -> (StmtPlan, bool) {
+        let mut p = StmtPlan::default();
+        let mut failed = false;
+        if info.taints_session {
+            p.taint = Some("statement may change session state");
+        }
+        if !info.functions.is_empty() {
+            let refs: Vec<FuncRef> = info
+                .functions
+                .iter()
+                .map(|f| FuncRef::new(f.schema.as_deref(), &f.name, FuncArgs::Any))
+                .collect();
+            match self
+                .catalog
+                .functions(&cx.database, &refs, &cx.search_path, &cx.current_user)
+                .await
+            {
+                Ok(facts) => {
+                    for (f, fact) in info.functions.iter().zip(facts.iter()) {
+                        if fact.user_defined && fact.volatility != Volatility::Immutable {
+                            // It may call set_config: the session's settings are unknown.
+                            p.taint = Some("user-defined function call");
+                        }
+                        let volatile =
+                            matches!(fact.volatility, Volatility::Volatile | Volatility::Unknown);
+                        if fact.user_defined && volatile && !self.allowlisted(f) {
+                            p.written.merge(&[], Some(EpochCause::SideEffects));
+                        }
+                    }
+                }
+                Err(_) => {
+                    failed = true;
+                    p.taint = Some("function lookup failed");
+                    p.written.merge(&[], Some(EpochCause::SideEffects));
+                }
+            }
+        }
+        match &info.class {
+            Class::Write | Class::Ddl => {
+                if !info.writes.is_empty() {
+                    match self.write_tags(cx, &info.writes).await {
+                        Ok(w) => p.written.merge(&w.tags, w.epoch),
+                        Err(()) => {
+                            failed = true;
+                            p.written.merge(&[], Some(EpochCause::Untracked));
+                        }
+                    }
+                }
+                if info.class == Class::Ddl {
+                    p.ddl = true;
+                    p.written.merge(&[], Some(EpochCause::Ddl));
+                }
+            }
+            Class::SessionChange(sql::SessionChange::Prepare { inner, .. }) => {
+                // Its effects apply when it is executed (see the tracker), not now.
+                let (inner_plan, inner_failed) = Box::pin(self.statement(cx, inner)).await;
+                failed |= inner_failed;
+                p.prepared = Some(Box::new(inner_plan));
+            }
+            _ => {}
+        }
+        if info.epoch_bump {
+            let cause = match info.reason {
+                Some(
+                    NotCacheable::ParseFailed | NotCacheable::NotUtf8 | NotCacheable::TooLarge,
+                ) => EpochCause::UnparsedWrite,
+                _ => EpochCause::SideEffects,
+            };
+            p.written.merge(&[], Some(cause));
+        }
+        (p, failed)
+    }
+
+    /// The tags a committed write to `names` bumps, and an epoch cause for effects the catalog
+    /// cannot pin down (user triggers, rules calling functions) unless allowlisted.
+    async fn write_tags(&self, cx: &Context, names: &[sql::RelName]) -> Result<Written, ()> {
+        let names: Vec<catalog::RelName> = names
+            .iter()
+            .map(|n| catalog::RelName::new(n.schema.as_deref(), &n.name))
+            .collect();
+        let resolved = self
+            .catalog
+            .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
+            .await
+            .map_err(|_| ())?;
+        let mut w = Written::default();
+        let mut oids = Vec::with_capacity(resolved.len());
+        for r in resolved.iter() {
+            match &r.relation {
+                Some(f) if !(r.temp_shadow && cx.has_temp) => oids.push(f.oid),
+                // A temp relation of this session (invisible to side connections) or a name
+                // that does not resolve (the statement fails, or we cannot tell): writes to
+                // temp relations need no bump, but we cannot tell them apart.
+                _ => w.merge(&[], Some(EpochCause::Untracked)),
+            }
+        }
+        if oids.is_empty() {
+            return Ok(w);
+        }
+        let set = self
+            .catalog
+            .writes(&cx.database, &oids)
+            .await
+            .map_err(|_| ())?;
+        let mut tags: Vec<Tag> = set
+            .tags
+            .iter()
+            .chain(oids.iter())
+            .map(|&rel| Tag { db: cx.db_oid, rel })
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        w.merge(&tags, None);
+        let side_effects = set.epoch.iter().any(|reason| {
+            reason
+                .function()
+                .is_none_or(|f| !self.no_side_effects.iter().any(|allowed| allowed == f))
+        });
+        if side_effects {
+            w.merge(&[], Some(EpochCause::SideEffects));
+        }
+        Ok(w)
+    }
+
+    async fn read(
+        &self,
+        cx: &Context,
+        sql_bytes: &[u8],
+        info: &StatementInfo,
+        hint_ttl: Option<Duration>,
+    ) -> Result<ReadPlan, &'static str> {
+        let names: Vec<catalog::RelName> = info
+            .reads
+            .iter()
+            .map(|n| catalog::RelName::new(n.schema.as_deref(), &n.name))
+            .collect();
+        let resolved = self
+            .catalog
+            .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
+            .await
+            .map_err(|_| "catalog_error")?;
+        let mut oids = Vec::with_capacity(resolved.len());
+        let mut tables: Vec<(String, String)> = Vec::with_capacity(resolved.len());
+        for r in resolved.iter() {
+            let Some(facts) = &r.relation else {
+                return Err("unresolved_relation");
+            };
+            if r.temp_shadow && cx.has_temp {
+                return Err("temp_shadow");
+            }
+            facts.cacheable_kind().map_err(relation_reason)?;
+            oids.push(facts.oid);
+            tables.push((facts.schema.clone(), facts.name.clone()));
+        }
+        let normalized = Bytes::from(sql::normalize_for_key(sql_bytes));
+        let table_refs: Vec<(&str, &str)> = tables
+            .iter()
+            .map(|(s, n)| (s.as_str(), n.as_str()))
+            .collect();
+        let verdict = self
+            .rules
+            .verdict(&cx.database, &cx.current_user, &normalized, &table_refs);
+        if !verdict.cache {
+            return Err("rule");
+        }
+        let set = if oids.is_empty() {
+            None
+        } else {
+            Some(
+                self.catalog
+                    .reads(&cx.database, &oids)
+                    .await
+                    .map_err(|_| "catalog_error")?,
+            )
+        };
+        if let Some(set) = &set {
+            set.check(verdict.allow_stable_functions, verdict.allow_rls)
+                .map_err(relation_reason)?;
+        }
+        if !info.functions.is_empty() {
+            let refs: Vec<FuncRef> = info
+                .functions
+                .iter()
+                .map(|f| FuncRef::new(f.schema.as_deref(), &f.name, FuncArgs::Any))
+                .collect();
+            let facts = self
+                .catalog
+                .functions(&cx.database, &refs, &cx.search_path, &cx.current_user)
+                .await
+                .map_err(|_| "catalog_error")?;
+            if facts
+                .iter()
+                .any(|f| !f.volatility.cacheable(verdict.allow_stable_functions))
+            {
+                return Err("function_volatility");
+            }
+        }
+        let mut tags: Vec<Tag> = set
+            .iter()
+            .flat_map(|s| s.tags.iter())
+            .chain(oids.iter())
+            .map(|&rel| Tag { db: cx.db_oid, rel })
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        let mut ttl = verdict.ttl;
+        if let Some(h) = hint_ttl {
+            // A hint may shorten, never lengthen, what rules allow (0 = until invalidated).
+            ttl = if ttl.is_zero() { h } else { ttl.min(h) };
+        }
+        if ttl.is_zero() && set.as_ref().is_some_and(|s| s.rls) {
+            ttl = self.default_ttl.max(Duration::from_secs(1));
+        }
+        Ok(ReadPlan {
+            tags: tags.into_boxed_slice(),
+            normalized,
+            ttl,
+        })
+    }
+}
+
+fn relation_reason(r: catalog::NotCacheable) -> &'static str {
+    match r {
+        catalog::NotCacheable::Missing => "relation_missing",
+        catalog::NotCacheable::Temporary => "temporary_relation",
+        catalog::NotCacheable::Unlogged => "unlogged_relation",
+        catalog::NotCacheable::System => "system_relation",
+        catalog::NotCacheable::Kind(_) => "relation_kind",
+        catalog::NotCacheable::RowSecurity => "row_security",
+        catalog::NotCacheable::Volatility(_) => "view_volatility",
+        catalog::NotCacheable::Locking => "view_locking",
+        catalog::NotCacheable::TooComplex => "view_too_complex",
+    }
+}
+
+/// Bounded memo of plans, shared by every session (sharded locks; a full shard is cleared).
+type Shard = Mutex<HashMap<u64, Arc<Plan>>>;
+
+pub struct PlanMemo {
+    shards: Box<[Shard]>,
+    per_shard: usize,
+    hasher: RandomState,
+}
+
+const MEMO_SHARDS: usize = 16;
+
+impl PlanMemo {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..MEMO_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            per_shard: (capacity / MEMO_SHARDS).max(1),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn slot(&self, context_id: u64, sql: &[u8]) -> (u64, &Shard) {
+        let mut h = self.hasher.build_hasher();
+        context_id.hash(&mut h);
+        sql.hash(&mut h);
+        let k = h.finish();
+        let shard = &self.shards[(k as usize) % self.shards.len()];
+        (k, shard)
+    }
+
+    /// The plan for exactly this context and text, if memoised and current.
+    pub fn get(
+        &self,
+        context_id: u64,
+        sql: &[u8],
+        catalog_generation: u64,
+        rules_generation: u64,
+    ) -> Option<Arc<Plan>> {
+        let (k, shard) = self.slot(context_id, sql);
+        let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        let plan = map.get(&k)?;
+        (plan.context_id == context_id
+            && plan.sql.as_ref() == sql
+            && plan.is_current(catalog_generation, rules_generation))
+        .then(|| Arc::clone(plan))
+    }
+
+    pub fn insert(&self, plan: Arc<Plan>) {
+        let (k, shard) = self.slot(plan.context_id, &plan.sql);
+        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.per_shard && !map.contains_key(&k) {
+            map.clear();
+        }
+        map.insert(k, plan);
+    }
+}

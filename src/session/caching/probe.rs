@@ -1,0 +1,250 @@
+//! The settings probe: one simple Query pgmemo runs on a session's own upstream connection
+//! while the session is idle — at start and after anything that changed settings — to learn
+//! what name resolution and the fingerprint need (current role, search_path, database OID,
+//! every non-default setting, whether the session has a temporary schema). Its response is
+//! consumed here and never reaches the client.
+
+use bytes::Bytes;
+
+use crate::protocol::fields::Reader;
+use crate::protocol::tags::backend;
+
+/// Non-default settings plus the facts settings do not show, as (name, value) rows. Names
+/// starting with `.` are facts, not settings.
+const PROBE_SQL: &str = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source <> 'default' \
+UNION ALL SELECT '.current_user', current_user::text \
+UNION ALL SELECT '.session_user', session_user::text \
+UNION ALL SELECT '.database', pg_catalog.current_database()::text \
+UNION ALL SELECT '.database_oid', (SELECT oid::text FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+UNION ALL SELECT '.search_path', pg_catalog.current_setting('search_path') \
+UNION ALL SELECT '.pgmemo_cache', coalesce(pg_catalog.current_setting('pgmemo.cache', true), '') \
+UNION ALL SELECT '.temp_schema', (pg_catalog.pg_my_temp_schema() <> 0)::text";
+
+/// Most rows read from a probe (a session with more non-default settings is not cached).
+const MAX_ROWS: usize = 2048;
+
+/// The Query message carrying the probe.
+pub fn query() -> Bytes {
+    let mut out = Vec::with_capacity(PROBE_SQL.len() + 6);
+    out.push(b'Q');
+    let len = (PROBE_SQL.len() + 5) as u32;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(PROBE_SQL.as_bytes());
+    out.push(0);
+    Bytes::from(out)
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Non-default settings, plus `current_user`, `session_user`, `current_database` (as the
+    /// fingerprint's re-establishing expects).
+    pub settings: Vec<(String, String)>,
+    pub current_user: String,
+    pub database: String,
+    pub db_oid: u32,
+    pub search_path: String,
+    /// `pgmemo.cache` is set to a false value in the session.
+    pub opted_out: bool,
+    pub has_temp: bool,
+    pub client_encoding: String,
+    pub standard_conforming_strings: bool,
+}
+
+/// Collects the probe's response frames (everything up to its ReadyForQuery).
+#[derive(Debug, Default)]
+pub struct ProbeReader {
+    rows: Vec<(String, String)>,
+    failed: bool,
+}
+
+impl ProbeReader {
+    /// One complete backend frame of the probe's response (ReadyForQuery excluded).
+    pub fn on_frame(&mut self, tag: u8, frame: &[u8]) {
+        match tag {
+            backend::DATA_ROW => {
+                if self.rows.len() >= MAX_ROWS {
+                    self.failed = true;
+                    return;
+                }
+                match data_row_pair(frame) {
+                    Some(pair) => self.rows.push(pair),
+                    None => self.failed = true,
+                }
+            }
+            backend::ERROR_RESPONSE => self.failed = true,
+            _ => {}
+        }
+    }
+
+    /// Marks the probe unusable (e.g. a frame too large to inspect).
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
+    /// The result, once its ReadyForQuery arrived; `None` if it failed.
+    pub fn finish(self) -> Option<ProbeResult> {
+        if self.failed {
+            return None;
+        }
+        let mut r = ProbeResult {
+            standard_conforming_strings: true,
+            client_encoding: "UTF8".to_owned(),
+            ..ProbeResult::default()
+        };
+        let mut have_oid = false;
+        for (name, value) in self.rows {
+            match name.as_str() {
+                ".current_user" => {
+                    r.settings.push(("current_user".into(), value.clone()));
+                    r.current_user = value;
+                }
+                ".session_user" => r.settings.push(("session_user".into(), value)),
+                ".database" => {
+                    r.settings.push(("current_database".into(), value.clone()));
+                    r.database = value;
+                }
+                ".database_oid" => {
+                    r.db_oid = value.parse().ok()?;
+                    have_oid = true;
+                }
+                ".search_path" => r.search_path = value,
+                ".pgmemo_cache" => {
+                    r.opted_out = matches!(
+                        value.trim().to_ascii_lowercase().as_str(),
+                        "off" | "false" | "0" | "no" | "n" | "f" | "of"
+                    );
+                }
+                ".temp_schema" => r.has_temp = value == "true",
+                _ => {
+                    if name == "client_encoding" {
+                        r.client_encoding = value.clone();
+                    }
+                    if name == "standard_conforming_strings" {
+                        r.standard_conforming_strings = value == "on";
+                    }
+                    r.settings.push((name, value));
+                }
+            }
+        }
+        (have_oid && !r.current_user.is_empty() && !r.database.is_empty()).then_some(r)
+    }
+}
+
+/// A two-column text DataRow as (name, value); NULL reads as empty.
+fn data_row_pair(frame: &[u8]) -> Option<(String, String)> {
+    let mut r = Reader::body(frame);
+    if r.i16()? != 2 {
+        return None;
+    }
+    let mut col = || -> Option<String> {
+        let len = r.i32()?;
+        if len < 0 {
+            return Some(String::new());
+        }
+        let bytes = r.bytes(usize::try_from(len).ok()?)?;
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    };
+    let a = col()?;
+    let b = col()?;
+    Some((a, b))
+}
+
+/// Encodings in which bytes >= 0x80 never stand for ASCII (what `crate::sql` requires).
+pub fn encoding_is_safe(name: &str) -> bool {
+    let n = name.to_ascii_uppercase().replace(['-', '_'], "");
+    !matches!(
+        n.as_str(),
+        "SJIS"
+            | "SHIFTJIS"
+            | "BIG5"
+            | "GBK"
+            | "UHC"
+            | "GB18030"
+            | "JOHAB"
+            | "SHIFTJIS2004"
+            | "WIN932"
+            | "WIN936"
+            | "WIN949"
+            | "WIN950"
+            | "CP932"
+            | "CP936"
+            | "CP949"
+            | "CP950"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(a: &str, b: Option<&str>) -> Vec<u8> {
+        let mut body = vec![0, 2];
+        body.extend_from_slice(&(a.len() as i32).to_be_bytes());
+        body.extend_from_slice(a.as_bytes());
+        match b {
+            Some(b) => {
+                body.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                body.extend_from_slice(b.as_bytes());
+            }
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+        let mut f = vec![b'D'];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(&body);
+        f
+    }
+
+    #[test]
+    fn probe_rows_become_facts_and_settings() {
+        let mut p = ProbeReader::default();
+        for (a, b) in [
+            ("search_path", Some("s1, public")),
+            ("client_encoding", Some("UTF8")),
+            (".current_user", Some("alice")),
+            (".session_user", Some("alice")),
+            (".database", Some("app")),
+            (".database_oid", Some("16384")),
+            (".search_path", Some("s1, public")),
+            (".pgmemo_cache", Some("off")),
+            (".temp_schema", Some("false")),
+        ] {
+            p.on_frame(b'D', &row(a, b));
+        }
+        let r = p.finish().unwrap();
+        assert_eq!(r.current_user, "alice");
+        assert_eq!(r.db_oid, 16384);
+        assert_eq!(r.search_path, "s1, public");
+        assert!(r.opted_out);
+        assert!(!r.has_temp);
+        assert!(
+            r.settings
+                .contains(&("current_user".into(), "alice".into()))
+        );
+        assert!(
+            r.settings
+                .contains(&("search_path".into(), "s1, public".into()))
+        );
+    }
+
+    #[test]
+    fn an_error_or_missing_facts_fail_the_probe() {
+        let mut p = ProbeReader::default();
+        p.on_frame(b'E', b"E\0\0\0\x04");
+        assert!(p.finish().is_none());
+        let mut p = ProbeReader::default();
+        p.on_frame(b'D', &row(".current_user", Some("a")));
+        assert!(p.finish().is_none(), "no database oid");
+        let mut p = ProbeReader::default();
+        p.on_frame(b'D', b"D\0\0\0\x06\0\x07");
+        assert!(p.finish().is_none(), "malformed row");
+    }
+
+    #[test]
+    fn multibyte_encodings_with_ascii_trail_bytes_are_unsafe() {
+        assert!(encoding_is_safe("UTF8"));
+        assert!(encoding_is_safe("LATIN1"));
+        assert!(!encoding_is_safe("SJIS"));
+        assert!(!encoding_is_safe("gb18030"));
+    }
+}

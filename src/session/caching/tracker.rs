@@ -1,0 +1,269 @@
+//! Write tracking for I2: which statement each upstream completion belongs to, what the open
+//! transaction has written, and the bump at the exact frame that acknowledges the commit —
+//! the ReadyForQuery that ends an implicit transaction, or the CommandComplete of COMMIT /
+//! COMMIT AND CHAIN / COMMIT PREPARED — done before that frame is relayed. Writes in a block
+//! are kept across ROLLBACK TO SAVEPOINT (conservative) and dropped on ROLLBACK; PREPARE
+//! TRANSACTION parks them under the gid. A session that loses track (queue bound, an
+//! unexpected completion) bumps the epoch when its next transaction ends.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::CacheSession;
+use super::plan::{Plan, StmtPlan};
+use crate::cache::EpochCause;
+use crate::invalidation::{Source, Written};
+use crate::protocol::fields::Reader;
+use crate::sql::{Class, DiscardKind, SessionChange, TxnControl};
+
+/// Completions awaited at most; past it the session loses track (conservative bumps).
+pub const MAX_EXPECTED: usize = 16_384;
+/// Prepared statements and portals followed per session; past it, unknown ones bump the
+/// epoch when executed.
+pub const MAX_NAMED: usize = 10_000;
+
+/// What the next completion from the upstream answers.
+#[derive(Debug)]
+pub enum Expect {
+    /// Statement `index` of `plan` (a simple Query's statement, or an Execute's).
+    Stmt { plan: Arc<Plan>, index: usize },
+    /// An Execute of a portal pgmemo cannot attribute.
+    Unknown,
+    /// The ReadyForQuery of a Query, Sync or FunctionCall.
+    Ready,
+}
+
+#[derive(Debug, Default)]
+pub struct Tracker {
+    pub queue: VecDeque<Expect>,
+    /// Written by the open transaction (explicit block or implicit one).
+    pub txn: Written,
+    /// DDL ran in the open transaction: catalog memos drop at commit.
+    pub txn_ddl: bool,
+    /// Lost track: bump the epoch at the next transaction end, then resynchronise at idle.
+    pub lost: bool,
+    /// Statements by name as the client prepared them (frontend view, protocol Parse).
+    pub statements: std::collections::HashMap<Bytes, Arc<Plan>>,
+    /// Portals by name → the plan of the statement bound.
+    pub portals: std::collections::HashMap<Bytes, Option<Arc<Plan>>>,
+    /// SQL `PREPARE name AS ...`: the effects of the prepared statement.
+    pub sql_prepared: std::collections::HashMap<String, StmtPlan>,
+}
+
+impl Tracker {
+    pub fn expect(&mut self, e: Expect) {
+        if self.queue.len() >= MAX_EXPECTED {
+            self.lose();
+            return;
+        }
+        self.queue.push_back(e);
+    }
+
+    pub fn lose(&mut self) {
+        self.lost = true;
+        self.queue.clear();
+        self.txn.merge(&[], Some(EpochCause::Untracked));
+    }
+
+    /// Everything that may have been written and not bumped (the session is ending).
+    pub fn unsettled(&self) -> Written {
+        let mut w = self.txn.clone();
+        for e in &self.queue {
+            match e {
+                Expect::Stmt { plan, index } => {
+                    if let Some(s) = plan.stmts.get(*index) {
+                        w.merge(&s.written.tags, s.written.epoch);
+                    }
+                }
+                Expect::Unknown => w.merge(&[], Some(EpochCause::Untracked)),
+                Expect::Ready => {}
+            }
+        }
+        w
+    }
+}
+
+/// The command tag of a CommandComplete frame.
+fn command_tag(frame: &[u8]) -> &[u8] {
+    Reader::body(frame).cstr().unwrap_or_default()
+}
+
+impl CacheSession {
+    /// A statement completed (CommandComplete, EmptyQueryResponse, PortalSuspended).
+    pub(super) fn on_completion(&mut self, frame: &[u8]) {
+        let next = self.tracker.queue.pop_front();
+        match next {
+            Some(Expect::Stmt { plan, index }) => self.apply_statement(&plan, index, frame),
+            Some(Expect::Unknown) => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
+            Some(Expect::Ready) | None => self.tracker.lose(),
+        }
+    }
+
+    /// An ErrorResponse: the failed statement and the rest of its Query (or of its extended
+    /// group, up to Sync) do not run.
+    pub(super) fn on_error(&mut self) {
+        while let Some(front) = self.tracker.queue.front() {
+            if matches!(front, Expect::Ready) {
+                break;
+            }
+            self.tracker.queue.pop_front();
+        }
+    }
+
+    /// A ReadyForQuery with transaction status `status`. Bumps an implicit transaction's
+    /// writes (status idle) before the frame is relayed.
+    pub(super) fn on_ready(&mut self, status: u8, idle_after: bool) {
+        match self.tracker.queue.pop_front() {
+            Some(Expect::Ready) | None => {}
+            Some(_) => self.tracker.lose(),
+        }
+        if status == b'I' {
+            self.commit_txn();
+            if self.tracker.lost && idle_after {
+                // Nothing else is outstanding: completions line up again from here.
+                self.tracker.queue.clear();
+                self.tracker.lost = false;
+            }
+        }
+    }
+
+    fn commit_txn(&mut self) {
+        let written = std::mem::take(&mut self.tracker.txn);
+        if !written.is_empty() {
+            super::hooks::pause(super::hooks::Point::BeforeBump);
+            self.app.caching.invalidator.bump(&written, Source::Write);
+        }
+        if std::mem::take(&mut self.tracker.txn_ddl) {
+            self.app.caching.catalog.invalidate_memos();
+        }
+    }
+
+    fn rollback_txn(&mut self) {
+        self.tracker.txn = Written::default();
+        self.tracker.txn_ddl = false;
+    }
+
+    fn apply_statement(&mut self, plan: &Plan, index: usize, frame: &[u8]) {
+        let (Some(info), Some(sp)) = (plan.analysis.statements.get(index), plan.stmts.get(index))
+        else {
+            self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
+            return;
+        };
+        self.tracker.txn.merge(&sp.written.tags, sp.written.epoch);
+        self.tracker.txn_ddl |= sp.ddl;
+        if let Some(why) = sp.taint {
+            self.fingerprint.taint(why);
+            self.probe_needed = true;
+        }
+        self.fingerprint.on_statement(info);
+        if info.taints_session {
+            self.probe_needed = true;
+        }
+        let rolled_back = command_tag(frame) == b"ROLLBACK";
+        match &info.class {
+            Class::TransactionControl(tc) => self.apply_txn_control(tc, rolled_back),
+            Class::SessionChange(change) => {
+                self.probe_needed = true;
+                match change {
+                    SessionChange::Prepare { name, .. }
+                        if self.tracker.sql_prepared.len() < MAX_NAMED =>
+                    {
+                        let inner = sp.prepared.as_deref().cloned().unwrap_or_else(|| {
+                            let mut p = StmtPlan::default();
+                            p.written.epoch = Some(EpochCause::Untracked);
+                            p
+                        });
+                        self.tracker.sql_prepared.insert(name.clone(), inner);
+                    }
+                    SessionChange::Deallocate { name: Some(name) } => {
+                        self.tracker.sql_prepared.remove(name);
+                        self.tracker.statements.remove(name.as_bytes());
+                    }
+                    SessionChange::Deallocate { name: None }
+                    | SessionChange::Discard(DiscardKind::All) => {
+                        self.tracker.sql_prepared.clear();
+                        self.tracker.statements.clear();
+                    }
+                    _ => {}
+                }
+            }
+            Class::Execute { name } => {
+                let effect = self
+                    .tracker
+                    .sql_prepared
+                    .get(name)
+                    .map(|p| (p.written.clone(), p.taint, p.ddl));
+                match effect {
+                    Some((w, taint, ddl)) => {
+                        self.tracker.txn.merge(&w.tags, w.epoch);
+                        self.tracker.txn_ddl |= ddl;
+                        if let Some(why) = taint {
+                            self.fingerprint.taint(why);
+                            self.probe_needed = true;
+                        }
+                    }
+                    None => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_txn_control(&mut self, tc: &TxnControl, rolled_back: bool) {
+        match tc {
+            TxnControl::Begin => self.fingerprint.on_begin(),
+            TxnControl::Commit | TxnControl::CommitAndChain => {
+                if rolled_back {
+                    self.rollback_txn();
+                    self.fingerprint.on_transaction_end(false);
+                } else {
+                    // I2: this CommandComplete acknowledges the commit; it is relayed after.
+                    self.commit_txn();
+                    self.fingerprint.on_transaction_end(true);
+                }
+                if matches!(tc, TxnControl::CommitAndChain) {
+                    self.fingerprint.on_begin();
+                }
+            }
+            TxnControl::Rollback | TxnControl::RollbackAndChain => {
+                self.rollback_txn();
+                self.fingerprint.on_transaction_end(false);
+                if matches!(tc, TxnControl::RollbackAndChain) {
+                    self.fingerprint.on_begin();
+                }
+            }
+            TxnControl::Savepoint(name) => self.fingerprint.on_savepoint(name),
+            TxnControl::RollbackToSavepoint(name) => self.fingerprint.on_rollback_to(name),
+            TxnControl::ReleaseSavepoint(name) => self.fingerprint.on_release(name),
+            TxnControl::PrepareTransaction(gid) => {
+                let written = std::mem::take(&mut self.tracker.txn);
+                let ddl = std::mem::take(&mut self.tracker.txn_ddl);
+                if !rolled_back {
+                    let mut parked = written;
+                    if ddl {
+                        parked.merge(&[], Some(EpochCause::Ddl));
+                    }
+                    self.app
+                        .caching
+                        .invalidator
+                        .park(self.db_oid(), gid, parked);
+                }
+                self.fingerprint.on_transaction_end(true);
+            }
+            TxnControl::CommitPrepared(gid) => {
+                self.app
+                    .caching
+                    .invalidator
+                    .commit_prepared(self.db_oid(), gid);
+            }
+            TxnControl::RollbackPrepared(gid) => {
+                self.app
+                    .caching
+                    .invalidator
+                    .rollback_prepared(self.db_oid(), gid);
+            }
+        }
+    }
+}

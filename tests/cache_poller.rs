@@ -1,0 +1,207 @@
+//! Changes made directly on Postgres (not through pgmemo) that cached results depend on are
+//! picked up by the catalog poller (issue 3), here polling every 200 ms: a REVOKE stops hits
+//! for the revoked role, ALTER TABLE ADD COLUMN never serves the old shape after the poll, and
+//! CREATE OR REPLACE FUNCTION (to volatile, or with a new body) is seen. Before the poll an
+//! old cached answer is allowed; after the first new answer, never again. Waits poll with a
+//! deadline; the measured latency is printed.
+
+mod common;
+#[path = "support/cache_probe.rs"]
+mod probe;
+
+use std::time::{Duration, Instant};
+
+use common::SUPERUSER;
+use common::compare::SimpleMsg;
+use probe::{CacheStack, POLL_BOUND, column, config, simple, simple_err, table};
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+const SETUP: &str = "
+CREATE TABLE pt(id int PRIMARY KEY, v text NOT NULL);
+INSERT INTO pt VALUES (1, 'x'), (2, 'y');
+CREATE TABLE pt2(id int PRIMARY KEY, v text NOT NULL);
+INSERT INTO pt2 VALUES (1, 'x'), (2, 'y');
+CREATE ROLE reader2 LOGIN;
+GRANT SELECT ON pt TO reader2;
+CREATE FUNCTION twice(i int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT i * 2';
+CREATE FUNCTION bump(i int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT i + 10';
+";
+
+async fn stack() -> CacheStack {
+    CacheStack::start(SETUP, &config("", "")).await
+}
+
+fn pt_rows() -> Vec<SimpleMsg> {
+    table(&["id", "v"], &[&["1", "x"], &["2", "y"]])
+}
+
+/// Reads `sql` until it returns `new`; until then it may only return `old` (a hit cached
+/// before the poll). Panics if `new` does not come within [`POLL_BOUND`]; returns the wait.
+async fn until_new_answer(c: &Client, sql: &str, old: &[SimpleMsg], new: &[SimpleMsg]) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = simple(c, sql).await;
+        if got == new {
+            return started.elapsed();
+        }
+        assert_eq!(got, old, "{sql}: neither the old nor the new answer");
+        assert!(
+            started.elapsed() < POLL_BOUND,
+            "{sql}: still the old answer {POLL_BOUND:?} after the change"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn revoke_done_directly_stops_hits_for_the_revoked_role() {
+    let s = stack().await;
+    let (r, su) = (s.session("reader2").await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT id, v FROM pt ORDER BY id", None).await;
+    s.probe.assert_upstream(&r, &q, &pt_rows()).await;
+    s.probe.assert_hit(&r, &q, &pt_rows()).await;
+    s.probe.assert_upstream(&su, &q, &pt_rows()).await;
+    s.probe.assert_hit(&su, &q, &pt_rows()).await;
+
+    s.direct_sql("REVOKE SELECT ON pt FROM reader2");
+    let started = Instant::now();
+    loop {
+        match r.simple_query(&q.sql).await {
+            Ok(msgs) => {
+                // Only allowed before the poll: the entry cached while the grant held.
+                assert_eq!(common::compare::simple_msgs(&msgs), pt_rows());
+                assert!(
+                    started.elapsed() < POLL_BOUND,
+                    "revoked role still served {POLL_BOUND:?} after REVOKE"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                assert_eq!(
+                    common::db_error(&e).code(),
+                    &SqlState::INSUFFICIENT_PRIVILEGE
+                );
+                break;
+            }
+        }
+    }
+    eprintln!("REVOKE seen after {:?}", started.elapsed());
+    // From then on, never the cached rows: not in this session, not in a new one.
+    for _ in 0..10 {
+        assert_eq!(
+            simple_err(&r, &q.sql).await,
+            SqlState::INSUFFICIENT_PRIVILEGE
+        );
+    }
+    let r2 = s.session("reader2").await;
+    assert_eq!(
+        simple_err(&r2, &q.sql).await,
+        SqlState::INSUFFICIENT_PRIVILEGE
+    );
+    // The superuser still reads the table (and it is cacheable again).
+    assert_eq!(simple(&su, &q.sql).await, pt_rows());
+    s.probe
+        .eventually_hit(&su, &q, &pt_rows(), probe::REESTABLISH_BOUND)
+        .await;
+    // GRANT back, directly: the role reads again.
+    s.direct_sql("GRANT SELECT ON pt TO reader2");
+    assert_eq!(simple(&r, &q.sql).await, pt_rows());
+}
+
+#[tokio::test]
+async fn add_column_done_directly_never_serves_the_old_shape_after_the_poll() {
+    let s = stack().await;
+    let (c, other) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let sql = "SELECT * FROM pt2 ORDER BY id";
+    let q_old = s.probe.q(sql, None).await;
+    let old = pt_rows();
+    s.probe.assert_upstream(&c, &q_old, &old).await;
+    s.probe.assert_hit(&c, &q_old, &old).await;
+    s.probe.assert_hit(&other, &q_old, &old).await;
+
+    s.direct_sql("ALTER TABLE pt2 ADD COLUMN extra int NOT NULL DEFAULT 7");
+    let new = table(&["id", "v", "extra"], &[&["1", "x", "7"], &["2", "y", "7"]]);
+    let took = until_new_answer(&c, sql, &old, &new).await;
+    eprintln!("ADD COLUMN seen after {took:?}");
+    for _ in 0..10 {
+        assert_eq!(simple(&c, sql).await, new);
+        assert_eq!(simple(&other, sql).await, new);
+    }
+    let fresh = s.session(SUPERUSER).await;
+    assert_eq!(simple(&fresh, sql).await, new);
+    // The new shape is cached in its turn (its query id changed with the column list).
+    let q_new = s.probe.q(sql, None).await;
+    s.probe
+        .eventually_hit(&c, &q_new, &new, probe::REESTABLISH_BOUND)
+        .await;
+
+    // DROP COLUMN, directly: back to two columns, never three again.
+    s.direct_sql("ALTER TABLE pt2 DROP COLUMN extra");
+    let took = until_new_answer(&c, sql, &new, &old).await;
+    eprintln!("DROP COLUMN seen after {took:?}");
+    for _ in 0..5 {
+        assert_eq!(simple(&other, sql).await, old);
+    }
+}
+
+#[tokio::test]
+async fn create_or_replace_making_a_function_volatile_stops_hits() {
+    let s = stack().await;
+    let c = s.session(SUPERUSER).await;
+    let q = s
+        .probe
+        .q("SELECT id, twice(id) AS d FROM pt ORDER BY id", None)
+        .await;
+    let old = table(&["id", "d"], &[&["1", "2"], &["2", "4"]]);
+    s.probe.assert_upstream(&c, &q, &old).await;
+    s.probe.assert_hit(&c, &q, &old).await;
+
+    s.direct_sql(
+        "CREATE OR REPLACE FUNCTION twice(i int) RETURNS int VOLATILE LANGUAGE sql \
+         AS 'SELECT i * 3'",
+    );
+    let new = table(&["id", "d"], &[&["1", "3"], &["2", "6"]]);
+    let took = until_new_answer(&c, &q.sql, &old, &new).await;
+    eprintln!("CREATE OR REPLACE (volatile) seen after {took:?}");
+    // Volatile now: every run reaches Postgres.
+    for _ in 0..5 {
+        s.probe.assert_upstream(&c, &q, &new).await;
+    }
+    // Immutable again: cached again.
+    s.direct_sql(
+        "CREATE OR REPLACE FUNCTION twice(i int) RETURNS int IMMUTABLE LANGUAGE sql \
+         AS 'SELECT i * 3'",
+    );
+    s.probe
+        .eventually_hit(&c, &q, &new, POLL_BOUND + probe::REESTABLISH_BOUND)
+        .await;
+}
+
+#[tokio::test]
+async fn create_or_replace_with_a_new_body_is_picked_up() {
+    let s = stack().await;
+    let (c, other) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s
+        .probe
+        .q("SELECT bump(id) AS b FROM pt ORDER BY id", None)
+        .await;
+    let old = column("b", &["11", "12"]);
+    s.probe.assert_upstream(&c, &q, &old).await;
+    s.probe.assert_hit(&c, &q, &old).await;
+
+    // Still immutable, different result: the definition is part of what the poller watches.
+    s.direct_sql(
+        "CREATE OR REPLACE FUNCTION bump(i int) RETURNS int IMMUTABLE LANGUAGE sql \
+         AS 'SELECT i + 20'",
+    );
+    let new = column("b", &["21", "22"]);
+    let took = until_new_answer(&c, &q.sql, &old, &new).await;
+    eprintln!("CREATE OR REPLACE (body) seen after {took:?}");
+    for _ in 0..5 {
+        assert_eq!(simple(&other, &q.sql).await, new);
+    }
+    s.probe
+        .eventually_hit(&c, &q, &new, probe::REESTABLISH_BOUND)
+        .await;
+}
