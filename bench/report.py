@@ -140,7 +140,11 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
            f"{'its Unix socket' if meta.get('upstream_via') == 'unix' else 'loopback TCP'} "
            f"(`--upstream-via {meta.get('upstream_via', 'tcp')}`); clients always use TCP. Cells show `median (min–max)` over repetitions. "
            "Ratios are the median of per-repetition ratios (each run divided by the reference "
-           "run of the same repetition), so slow drift cancels.", ""]
+           "run of the same repetition), so slow drift cancels. `% of ceiling` is pgmemo ÷ the "
+           "instant responder (`point` only); `hits` are the cache's own counters over the timed "
+           "run (pgpool-II: `SHOW pool_cache`; pgmemo: admin `/metrics`)."
+           + (f" Cacheable workloads (point, heavy, mixed) get one untimed {meta['warmup']} s "
+              "warm-up run per target before each cell." if meta.get("warmup") else ""), ""]
     for t, why in skipped.items():
         first, _, rest = why.partition("\n")
         md.append(f"- **{LABEL[t]} skipped:** {first}")
@@ -209,7 +213,7 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
            f"- {m['nproc']} CPUs ({m['cpu']}), kernel {m['kernel']}, load average at start "
            f"{' '.join(m['loadavg_at_start'])}; {m['pgbench']}; Python {m['python']}; "
            f"git HEAD {m['git_head']}",
-           "- pgbench, PostgreSQL, PgBouncer and pgmemo all share these CPUs over loopback.",
+           "- pgbench, PostgreSQL and every proxy share these CPUs over loopback.",
            "", "## Configs", ""]
     if "postgres" in configs:
         pg = configs["postgres"]

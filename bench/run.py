@@ -251,6 +251,10 @@ def main():
     ap.add_argument("--pg-bin", help="directory with initdb/postgres/pgbench/psql")
     ap.add_argument("--pgmemo-bin", help="use this pgmemo binary instead of target/release")
     ap.add_argument("--pgpool-bin", help="pgpool executable (default: PATH, /usr/sbin/pgpool)")
+    ap.add_argument("--pgpool-mode", choices=("streaming_replication", "raw"),
+                    default="streaming_replication",
+                    help="pgpool-II backend_clustering_mode over its single backend; raw mode "
+                         "(4.3.5) leaves extended-protocol writes in an open transaction")
     ap.add_argument("--limit-bin", help="instant responder executable (default: build "
                     "../shared/tools/limit in /tmp/pgmemo-bench-limit)")
     ap.add_argument("--limit-src", help="responder sources (default ../shared/tools/limit)")

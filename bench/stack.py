@@ -250,7 +250,7 @@ class Stack:
         # refused but waits in the listen queue, so keep room for pgbench plus our psql probes.
         children = max_clients + 4
         conf = {
-            "backend_clustering_mode": "'raw'",  # one backend, no replication (pgpool >= 4.2)
+            "backend_clustering_mode": f"'{self.args.pgpool_mode}'",
             "listen_addresses": "'127.0.0.1'", "port": port,
             "unix_socket_directories": f"'{d}'",
             "pcp_listen_addresses": "''", "pcp_port": pcp_port, "pcp_socket_dir": f"'{d}'",
@@ -263,6 +263,9 @@ class Stack:
             "num_init_children": children, "max_pool": 1, "connection_cache": "on",
             "child_life_time": 0,  # do not recycle idle children in the middle of a cell
             "load_balance_mode": "off", "health_check_period": 0, "sr_check_period": 0,
+            # In streaming_replication mode pgpool asks each backend pg_is_in_recovery() at
+            # start to find the primary, as this user (the default 'nobody' does not exist).
+            "sr_check_user": "'postgres'", "sr_check_password": "''",
             "failover_on_backend_error": "off", "use_watchdog": "off",
             "memory_cache_enabled": "on", "memqcache_method": "'shmem'",
             "memqcache_total_size": "256MB", "memqcache_max_num_cache": 1000000,

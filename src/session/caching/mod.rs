@@ -96,6 +96,8 @@ pub struct CacheSession {
     tracker: Tracker,
     capture: Option<Capture>,
     /// A plan computed for the frame held at the head of the client buffer.
+    /// Custom (dotted) settings this session SET or RESET: the probe reads them back.
+    custom_names: Vec<String>,
     ready_plan: Option<Arc<Plan>>,
     metrics: Metrics,
 }
@@ -120,6 +122,7 @@ impl CacheSession {
             encoding_ok: true,
             tracker: Tracker::default(),
             capture: None,
+            custom_names: Vec::new(),
             ready_plan: None,
             metrics: Metrics {
                 hit_seconds: metrics::histogram!(names::CACHE_HIT_SECONDS),
@@ -170,7 +173,7 @@ impl CacheSession {
         }
         self.probe_needed = false;
         self.probe = Some(ProbeReader::default());
-        Some(probe::query())
+        Some(probe::query(&self.custom_names))
     }
 
     fn on_probe_done(&mut self, result: Option<ProbeResult>) {

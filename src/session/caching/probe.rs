@@ -20,16 +20,56 @@ UNION ALL SELECT '.search_path', pg_catalog.current_setting('search_path') \
 UNION ALL SELECT '.pgmemo_cache', coalesce(pg_catalog.current_setting('pgmemo.cache', true), '') \
 UNION ALL SELECT '.temp_schema', (pg_catalog.pg_my_temp_schema() <> 0)::text";
 
+/// Custom (dotted) settings never appear in pg_settings, yet RLS policies, views and
+/// functions read them (`current_setting('app.tenant')`), and code may set them
+/// (`set_config`). The probe reads every dotted name that policies, user functions and user
+/// views mention as a literal, plus the names this session SET, into the fingerprint. A name
+/// computed at run time (`current_setting(var)`) cannot be found: see the README.
+const CUSTOM_SQL: &str = " UNION ALL SELECT '.custom:' || n, coalesce(pg_catalog.current_setting(n, true), '(unset)') FROM (\
+SELECT DISTINCT m[1] AS n FROM (SELECT pg_catalog.regexp_matches(src, \
+'(?:current_setting|set_config)\\s*\\(\\s*''([A-Za-z_][A-Za-z0-9_$]*\\.[A-Za-z0-9_$.]+)''', 'gi') AS m FROM (\
+SELECT pg_catalog.pg_get_expr(polqual, polrelid) AS src FROM pg_catalog.pg_policy \
+UNION ALL SELECT pg_catalog.pg_get_expr(polwithcheck, polrelid) FROM pg_catalog.pg_policy \
+UNION ALL SELECT prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace ns ON ns.oid = p.pronamespace \
+WHERE ns.nspname NOT IN ('pg_catalog', 'information_schema') \
+UNION ALL SELECT pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+WHERE c.relkind IN ('v', 'm') AND ns.nspname NOT IN ('pg_catalog', 'information_schema')) s WHERE src IS NOT NULL) x";
+
+/// Names this session SET are added to what the catalog mentions (at most this many).
+pub const MAX_SESSION_NAMES: usize = 64;
+
 /// Most rows read from a probe (a session with more non-default settings is not cached).
 const MAX_ROWS: usize = 2048;
 
-/// The Query message carrying the probe.
-pub fn query() -> Bytes {
-    let mut out = Vec::with_capacity(PROBE_SQL.len() + 6);
+/// The Query message carrying the probe; `session_names` are custom settings the session
+/// SET (lower-case dotted names as the analysis reports them).
+pub fn query(session_names: &[String]) -> Bytes {
+    let mut sql = String::with_capacity(PROBE_SQL.len() + CUSTOM_SQL.len() + 64);
+    sql.push_str(PROBE_SQL);
+    sql.push_str(CUSTOM_SQL);
+    let names: Vec<&String> = session_names
+        .iter()
+        .filter(|n| n.contains('.') && !n.contains('\0'))
+        .take(MAX_SESSION_NAMES)
+        .collect();
+    if !names.is_empty() {
+        sql.push_str(" UNION SELECT pg_catalog.unnest(ARRAY[");
+        for (i, n) in names.iter().enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('\'');
+            sql.push_str(&n.replace('\'', "''"));
+            sql.push('\'');
+        }
+        sql.push_str("]::text[])");
+    }
+    sql.push_str(") names");
+    let mut out = Vec::with_capacity(sql.len() + 6);
     out.push(b'Q');
-    let len = (PROBE_SQL.len() + 5) as u32;
+    let len = (sql.len() + 5) as u32;
     out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(PROBE_SQL.as_bytes());
+    out.extend_from_slice(sql.as_bytes());
     out.push(0);
     Bytes::from(out)
 }
@@ -116,6 +156,10 @@ impl ProbeReader {
                     );
                 }
                 ".temp_schema" => r.has_temp = value == "true",
+                custom if custom.starts_with(".custom:") => {
+                    let name = custom.trim_start_matches(".custom:").to_ascii_lowercase();
+                    r.settings.push((name, value));
+                }
                 _ => {
                     if name == "client_encoding" {
                         r.client_encoding = value.clone();

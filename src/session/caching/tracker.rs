@@ -166,6 +166,16 @@ impl CacheSession {
             Class::TransactionControl(tc) => self.apply_txn_control(tc, rolled_back),
             Class::SessionChange(change) => {
                 self.probe_needed = true;
+                if let SessionChange::Set { name, .. } | SessionChange::Reset { name: Some(name) } =
+                    change
+                    && name.contains('.')
+                    // pgmemo's own switch changes no result (the probe reads it apart).
+                    && name != "pgmemo.cache"
+                    && !self.custom_names.contains(name)
+                    && self.custom_names.len() < super::probe::MAX_SESSION_NAMES
+                {
+                    self.custom_names.push(name.clone());
+                }
                 match change {
                     SessionChange::Prepare { name, .. }
                         if self.tracker.sql_prepared.len() < MAX_NAMED =>
