@@ -3,7 +3,7 @@
 //! addresses, TLS, upstream URL) are fixed here at start-up.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +24,10 @@ pub struct RulesGen {
 pub struct AppContext {
     config: ArcSwap<Config>,
     rules: ArcSwap<RulesGen>,
+    /// Mirrors of hot config facts, read on every cacheable query without touching the
+    /// config's reference count.
+    cache_enabled: AtomicBool,
+    rules_generation: AtomicU64,
     /// The result cache, the catalog and the invalidation sources.
     pub caching: Caching,
     pub upstream: Upstream,
@@ -52,6 +56,8 @@ impl AppContext {
             generation: 1,
         };
         Self {
+            cache_enabled: AtomicBool::new(config.cache.enabled),
+            rules_generation: AtomicU64::new(rules.generation),
             config: ArcSwap::from_pointee(config),
             rules: ArcSwap::from_pointee(rules),
             caching,
@@ -73,7 +79,20 @@ impl AppContext {
             rules: Rules::new(&config.rules, config.cache.ttl),
             generation,
         }));
+        self.cache_enabled
+            .store(config.cache.enabled, Ordering::Release);
         self.config.store(Arc::new(config));
+        self.rules_generation.store(generation, Ordering::Release);
+    }
+
+    /// `cache.enabled` now.
+    pub fn cache_enabled(&self) -> bool {
+        self.cache_enabled.load(Ordering::Acquire)
+    }
+
+    /// The generation of the rules now (plans computed under another are recomputed).
+    pub fn rules_generation(&self) -> u64 {
+        self.rules_generation.load(Ordering::Acquire)
     }
 
     /// The compiled rules now (cheap).

@@ -161,6 +161,41 @@ pub struct FunctionsConfig {
     /// bump the epoch. Unquoted parts must be lower-case (validated), so for entries without
     /// quotes the text is exactly `nspname || '.' || proname`.
     pub no_side_effects: Vec<String>,
+    /// What trigger (or rule) functions write, declared by the operator: a write whose only
+    /// invisible effect is running one of these bumps the listed tables instead of the epoch.
+    /// Trusted, not checked: a table the function writes but the entry omits is served stale
+    /// until the TTL. Look entries up with [`FunctionsConfig::declared_writes`].
+    pub writes: Vec<FunctionWrites>,
+}
+
+/// One `[[functions.writes]]` entry.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionWrites {
+    /// The function, `schema.name` (as in `no_side_effects`).
+    pub function: String,
+    /// Every table it may write, `schema.name` (unquoted parts lower-case, validated).
+    pub tables: Vec<String>,
+}
+
+impl FunctionWrites {
+    /// Whether this entry declares `function`, given as the catalog's unquoted text
+    /// (`nspname || '.' || proname`) or as a quoted name (`"Ext"."Fn"`); see
+    /// [`FunctionsConfig::declared_writes`].
+    pub fn is_for(&self, function: &str) -> bool {
+        let Some((schema, name)) = catalog_name(&self.function) else {
+            return false;
+        };
+        // The catalog's text: the parts joined as they are, no quoting.
+        let joined = function
+            .strip_prefix(schema.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|rest| rest == name);
+        // A caller that quoted the name (mixed case, odd characters).
+        joined
+            || (function.contains('"')
+                && catalog_name(function).is_some_and(|(s, n)| s == schema && n == name))
+    }
 }
 
 impl FunctionsConfig {
@@ -174,6 +209,27 @@ impl FunctionsConfig {
             .filter_map(|q| Some((q.schema?, q.name)))
             .collect()
     }
+
+    /// The tables `[[functions.writes]]` declares for `function`, which is the catalog's
+    /// `nspname || '.' || proname` text (a quoted form such as `"Ext"."Fn"` works too). Both
+    /// sides are compared as parsed names, so `"public"."f"` in the file matches `public.f`.
+    /// `None`: nothing declared, so running it must bump the epoch (unless it is in
+    /// `no_side_effects`). Entries that are not a valid `schema.name` never match (validation
+    /// refuses them). Names whose parts contain `.` can be ambiguous in the unquoted text
+    /// (`"a.b".c` and `a."b.c"` both read `a.b.c`); the first such entry wins.
+    pub fn declared_writes(&self, function: &str) -> Option<&[String]> {
+        self.writes
+            .iter()
+            .find(|entry| entry.is_for(function))
+            .map(|entry| entry.tables.as_slice())
+    }
+}
+
+/// `schema.name` as catalog names (quotes removed, unquoted parts required lower-case, as the
+/// catalog stores them); `None` for a bare or invalid name.
+fn catalog_name(text: &str) -> Option<(String, String)> {
+    let q = parse_qualified_name(text, Case::RequireLower).ok()?;
+    Some((q.schema?, q.name))
 }
 
 /// One `[[rules]]` entry. The match fields that are present must all match (absent = any);

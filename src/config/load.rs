@@ -17,7 +17,7 @@ use toml::{Spanned, Table, Value};
 
 use super::upstream_url::redact_password;
 use super::validate::quoted;
-use super::{Config, ConfigErrors, ConfigIssue, RedisConfig, Rule, TlsConfig};
+use super::{Config, ConfigErrors, ConfigIssue, FunctionWrites, RedisConfig, Rule, TlsConfig};
 
 /// Values given on the command line or in `PGMEMO_*` environment variables; each replaces the
 /// file's value. clap resolves flag-versus-env before this point.
@@ -180,6 +180,11 @@ fn schema_sample() -> Table {
     });
     config.cache.secret = Some("0".repeat(32));
     config.functions.no_side_effects = vec!["public.f".to_owned()];
+    // The template each `[[functions.writes]]` entry is checked against.
+    config.functions.writes = vec![FunctionWrites {
+        function: "public.g".to_owned(),
+        tables: vec!["public.t".to_owned()],
+    }];
     // One rule with every field: the template each `[[rules]]` entry is checked against.
     config.rules = vec![Rule {
         table: Some("t".to_owned()),
@@ -228,11 +233,12 @@ impl Checker<'_> {
         clean
     }
 
-    /// An array of tables (`[[rules]]`): each entry checked as a section against the sample's
-    /// single template entry, its keys named `rules[N].key` (N from 1, in file order). Entries
-    /// keep their places (an entry that is not a table stays as an empty one), so validation's
-    /// `rules[N]` numbers name the same entries.
+    /// An array of tables (`[[rules]]`, `[[functions.writes]]`): each entry checked as a
+    /// section against the sample's single template entry, its keys named `rules[N].key` (N from
+    /// 1, in file order). Entries keep their places (an entry that is not a table stays as an
+    /// empty one), so validation's `rules[N]` numbers name the same entries.
     fn check_entries(&mut self, path: &mut Vec<String>, items: &[Spanned<DeValue<'_>>]) -> Value {
+        let array = dotted(path);
         let mut clean = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
             path.push(format!("[{}]", index + 1));
@@ -241,9 +247,8 @@ impl Checker<'_> {
                 other => {
                     let line = self.line_of(item.span().start);
                     let why = format!(
-                        "expected a table ({{ key = value, ... }} or a [[{}]] section), found {} \
-                         ({}:{line})",
-                        path.first().map(String::as_str).unwrap_or_default(),
+                        "expected a table ({{ key = value, ... }} or a [[{array}]] section), \
+                         found {} ({}:{line})",
                         other.type_str(),
                         self.origin
                     );

@@ -19,7 +19,7 @@ pub mod rules;
 pub mod upstream_url;
 pub mod validate;
 
-pub use cache::{ByteSize, CacheConfig, CatalogSection, FunctionsConfig, Rule};
+pub use cache::{ByteSize, CacheConfig, CatalogSection, FunctionWrites, FunctionsConfig, Rule};
 pub use load::{Overrides, Sources};
 pub use rules::{Rules, Verdict};
 pub use upstream_url::{SslMode, UpstreamTarget, UpstreamUrlError};

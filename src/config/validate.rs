@@ -13,7 +13,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 use super::rules::{Case, parse_qualified_name};
 use super::upstream_url::{UpstreamTarget, redact_password};
-use super::{CacheConfig, Config, LogConfig, Rule, ServerConfig};
+use super::{CacheConfig, Config, FunctionsConfig, LogConfig, Rule, ServerConfig};
 
 /// Smallest accepted `server.max_message_bytes`: below this, ordinary startup packets and
 /// queries would be refused.
@@ -41,6 +41,8 @@ pub const POLL_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
 /// Most `[[rules]]` entries: every cached read is checked against all of them.
 pub const MAX_RULES: usize = 1000;
+/// Most `[[functions.writes]]` entries: a write that runs a trigger searches them.
+pub const MAX_FUNCTION_WRITES: usize = 1000;
 
 /// One problem with the configuration: the dotted key, the offending value as written (TOML
 /// literal syntax, passwords redacted), and why it was refused.
@@ -121,7 +123,7 @@ impl Config {
             POLL_INTERVAL_RANGE,
             &mut issues,
         );
-        check_functions(&self.functions.no_side_effects, &mut issues);
+        check_functions(&self.functions, &mut issues);
         check_rules(&self.rules, self.cache.ttl, &mut issues);
         check_log(&self.log, &mut issues);
         if issues.is_empty() {
@@ -340,20 +342,93 @@ fn check_range(
     }
 }
 
-fn check_functions(names: &[String], issues: &mut Vec<ConfigIssue>) {
-    for text in names {
-        let why = match parse_qualified_name(text, Case::RequireLower) {
-            Err(why) => why,
-            Ok(name) if name.schema.is_none() => {
-                "must be schema-qualified, e.g. \"public.uuid_generate_v4\"".to_owned()
-            }
-            Ok(_) => continue,
-        };
-        issues.push(ConfigIssue::new(
-            "functions.no_side_effects",
-            quoted(text),
-            why,
+/// A function or table compared with catalog names: `schema.name`, unquoted parts lower-case.
+fn catalog_name(text: &str, example: &str) -> Result<(String, String), String> {
+    if text.is_empty() {
+        return Err(format!(
+            "must not be empty; write `schema.name`, e.g. \"{example}\""
         ));
+    }
+    let name = parse_qualified_name(text, Case::RequireLower)?;
+    match name.schema {
+        Some(schema) => Ok((schema, name.name)),
+        None => Err(format!("must be schema-qualified, e.g. \"{example}\"")),
+    }
+}
+
+fn check_functions(functions: &FunctionsConfig, issues: &mut Vec<ConfigIssue>) {
+    for text in &functions.no_side_effects {
+        if let Err(why) = catalog_name(text, "public.uuid_generate_v4") {
+            issues.push(ConfigIssue::new(
+                "functions.no_side_effects",
+                quoted(text),
+                why,
+            ));
+        }
+    }
+    check_function_writes(functions, issues);
+}
+
+/// `[[functions.writes]]`: valid names, at least one table each, one entry per function, and
+/// none that `no_side_effects` says writes nothing.
+fn check_function_writes(functions: &FunctionsConfig, issues: &mut Vec<ConfigIssue>) {
+    let writes = &functions.writes;
+    if writes.len() > MAX_FUNCTION_WRITES {
+        issues.push(ConfigIssue::new(
+            "functions.writes",
+            format!("({} entries)", writes.len()),
+            format!("at most {MAX_FUNCTION_WRITES} entries"),
+        ));
+    }
+    let side_effect_free = functions.qualified_names();
+    // Each function, by catalog name, with the number of the entry that declared it first.
+    let mut seen: Vec<((String, String), usize)> = Vec::new();
+    for (index, entry) in writes.iter().enumerate() {
+        // Numbered from 1, in file order, as the loader numbers them.
+        let key = |field: &str| format!("functions.writes[{}].{field}", index + 1);
+        let mut refuse = |field: &str, value: String, why: String| {
+            issues.push(ConfigIssue::new(key(field), value, why));
+        };
+        let shown = quoted(&entry.function);
+        match catalog_name(&entry.function, "public.counters_audit_fn") {
+            Err(why) => refuse("function", shown, why),
+            Ok(name) => {
+                if side_effect_free.contains(&name) {
+                    refuse(
+                        "function",
+                        shown.clone(),
+                        "is also in functions.no_side_effects, which says it writes nothing; \
+                         keep it in only one of the two"
+                            .to_owned(),
+                    );
+                }
+                match seen.iter().find(|(other, _)| *other == name) {
+                    Some((_, first)) => refuse(
+                        "function",
+                        shown,
+                        format!(
+                            "is already declared by functions.writes[{first}]; list all the \
+                             tables it writes in one entry"
+                        ),
+                    ),
+                    None => seen.push((name, index + 1)),
+                }
+            }
+        }
+        if entry.tables.is_empty() {
+            refuse(
+                "tables",
+                "[]".to_owned(),
+                "must list every table the function writes (one that writes nothing belongs \
+                 in functions.no_side_effects)"
+                    .to_owned(),
+            );
+        }
+        for table in &entry.tables {
+            if let Err(why) = catalog_name(table, "public.counters_audit") {
+                refuse("tables", quoted(table), why);
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Unit tests for the semantic checks (beside `validate.rs` to keep both files short).
 
 use super::*;
-use crate::config::{ByteSize, RedisConfig, TlsConfig};
+use crate::config::{ByteSize, FunctionWrites, RedisConfig, TlsConfig};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn keys(result: Result<(), ConfigErrors>) -> Vec<String> {
@@ -445,4 +445,143 @@ fn too_many_rules() {
     c.validate().unwrap();
     c.rules.push(c.rules[0].clone());
     assert_eq!(keys(c.validate()), ["rules"]);
+}
+
+fn writes(function: &str, tables: &[&str]) -> FunctionWrites {
+    FunctionWrites {
+        function: function.into(),
+        tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn function_writes_name_a_function_and_its_tables() {
+    let mut c = Config::default();
+    c.functions.writes = vec![
+        writes("public.counters_audit_fn", &["public.counters_audit"]),
+        writes("\"Ext\".\"Log\"", &["\"Ext\".\"Events\"", "audit.log"]),
+    ];
+    c.validate().unwrap();
+    c.functions.writes = vec![
+        writes("counters_audit_fn", &["public.ok"]),
+        writes("public.Audit", &["counters_audit", "public.Audit", ""]),
+        writes("", &[]),
+        writes("a.b.c", &["x.y"]),
+    ];
+    let err = c.validate().unwrap_err();
+    let shown: Vec<(&str, &str)> = err
+        .issues
+        .iter()
+        .map(|i| (i.key.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("functions.writes[1].function", "\"counters_audit_fn\""),
+            ("functions.writes[2].function", "\"public.Audit\""),
+            ("functions.writes[2].tables", "\"counters_audit\""),
+            ("functions.writes[2].tables", "\"public.Audit\""),
+            ("functions.writes[2].tables", "\"\""),
+            ("functions.writes[3].function", "\"\""),
+            ("functions.writes[3].tables", "[]"),
+            ("functions.writes[4].function", "\"a.b.c\""),
+        ]
+    );
+    assert!(err.issues[0].why.contains("schema-qualified"), "{err}");
+    assert!(err.issues[1].why.contains("upper-case"), "{err}");
+    assert!(err.issues[6].why.contains("no_side_effects"), "{err}");
+}
+
+#[test]
+fn a_function_is_declared_once_and_not_also_side_effect_free() {
+    let mut c = Config::default();
+    // The same catalog names, written differently.
+    c.functions.no_side_effects = vec!["public.gen_id".into()];
+    c.functions.writes = vec![
+        writes("\"public\".\"gen_id\"", &["public.ids"]),
+        writes("audit.fn", &["audit.a"]),
+        writes("audit.\"fn\"", &["audit.b"]),
+        // Different catalog names: not duplicates.
+        writes("audit.\"Fn\"", &["audit.c"]),
+    ];
+    let err = c.validate().unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "functions.writes[1].function",
+            "functions.writes[3].function"
+        ]
+    );
+    assert!(
+        err.issues[0].why.contains("functions.no_side_effects"),
+        "{err}"
+    );
+    assert!(err.issues[1].why.contains("functions.writes[2]"), "{err}");
+    c.functions.no_side_effects.clear();
+    c.functions.writes.remove(2);
+    c.validate().unwrap();
+}
+
+#[test]
+fn too_many_function_writes() {
+    let mut c = Config::default();
+    c.functions.writes = (0..MAX_FUNCTION_WRITES)
+        .map(|i| writes(&format!("public.f{i}"), &["public.t"]))
+        .collect();
+    c.validate().unwrap();
+    c.functions
+        .writes
+        .push(writes("public.one_too_many", &["public.t"]));
+    assert_eq!(keys(c.validate()), ["functions.writes"]);
+}
+
+#[test]
+fn declared_writes_finds_a_function_by_its_catalog_name() {
+    let mut c = Config::default();
+    c.functions.writes = vec![
+        writes("public.counters_audit_fn", &["public.counters_audit"]),
+        writes("\"audit\".\"log_fn\"", &["audit.log"]),
+        writes("\"Ext\".\"Track\"", &["\"Ext\".\"Hits\""]),
+        writes("\"my.schema\".fn", &["public.dotted"]),
+    ];
+    let f = &c.functions;
+    let tables = |function: &str| f.declared_writes(function).map(<[String]>::to_vec);
+    assert_eq!(
+        tables("public.counters_audit_fn"),
+        Some(vec!["public.counters_audit".to_owned()])
+    );
+    // Quotes in the file do not matter: the catalog's text is unquoted.
+    assert_eq!(tables("audit.log_fn"), Some(vec!["audit.log".to_owned()]));
+    assert_eq!(
+        tables("Ext.Track"),
+        Some(vec!["\"Ext\".\"Hits\"".to_owned()])
+    );
+    // A quoted caller works too.
+    assert_eq!(
+        tables("\"public\".\"counters_audit_fn\""),
+        Some(vec!["public.counters_audit".to_owned()])
+    );
+    assert_eq!(
+        tables("my.schema.fn"),
+        Some(vec!["public.dotted".to_owned()])
+    );
+    // Catalog names are exact: case, schema and name must all agree.
+    for other in [
+        "ext.track",
+        "EXT.Track",
+        "public.counters_audit",
+        "other.counters_audit_fn",
+        "counters_audit_fn",
+        "public.counters_audit_fn_v2",
+        "",
+    ] {
+        assert_eq!(tables(other), None, "{other:?}");
+    }
+    // An invalid (unvalidated) entry never matches, even by identical text.
+    let bad = FunctionsConfig {
+        writes: vec![writes("Public.F", &["public.t"])],
+        ..FunctionsConfig::default()
+    };
+    assert_eq!(bad.declared_writes("Public.F"), None);
 }

@@ -335,6 +335,8 @@ impl<'a> Relay<'a> {
                             let _ = self.cbuf.split_to(h.total);
                             pos = 0;
                             self.to_client.push(answer);
+                            self.to_client
+                                .push(bytes::Bytes::from_static(super::caching::READY_IDLE));
                             continue;
                         }
                         FrameAction::NeedPlan(sql) => {

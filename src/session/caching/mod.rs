@@ -37,7 +37,7 @@ use probe::{ProbeReader, ProbeResult};
 use tracker::{Expect, MAX_NAMED, Tracker};
 
 /// ReadyForQuery, idle: ends every answer from the cache.
-const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
 
 /// Shared services of the cache, in the application context.
 pub struct Caching {
@@ -51,7 +51,8 @@ pub struct Caching {
 pub enum FrameAction {
     /// Forward it (the session state sees it as usual).
     Forward,
-    /// Do not forward it: queue these frames to the client instead (a cache hit).
+    /// Do not forward it: queue these frames, then ReadyForQuery (idle), to the client
+    /// instead (a cache hit; the entry's bytes are shared, not copied).
     Answer(Bytes),
     /// Hold it: the plan for this SQL must be computed first (poll [`CacheSession::plan_future`]).
     NeedPlan(Bytes),
@@ -168,7 +169,7 @@ impl CacheSession {
         if !self.probe_needed || self.probe.is_some() || !state.is_idle() {
             return None;
         }
-        if !self.app.config().cache.enabled {
+        if !self.app.cache_enabled() {
             return None;
         }
         self.probe_needed = false;
@@ -222,6 +223,7 @@ impl CacheSession {
                 rules: &rules.rules,
                 rules_generation: rules.generation,
                 no_side_effects: &config.functions.no_side_effects,
+                declared_writes: &config.functions.writes,
                 default_ttl: config.cache.ttl,
             };
             let plan = Arc::new(planner.plan(&cx, sql).await);
@@ -254,7 +256,7 @@ impl CacheSession {
                 why,
             )));
         }
-        let rules_generation = self.app.rules().generation;
+        let rules_generation = self.app.rules_generation();
         self.app.caching.plans.get(
             self.cx_id,
             sql,
@@ -376,8 +378,7 @@ impl CacheSession {
                 return None;
             }
         };
-        let config = self.app.config();
-        if !config.cache.enabled {
+        if !self.app.cache_enabled() {
             return bypass("disabled");
         }
         if !state.is_idle() || self.capture.is_some() {
@@ -404,13 +405,10 @@ impl CacheSession {
         let (key, check) = cache.key(&KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot));
         match cache.lookup(key, check) {
             Lookup::Hit(entry) => {
-                let mut out = BytesMut::with_capacity(entry.frames.len() + READY_IDLE.len());
-                out.extend_from_slice(&entry.frames);
-                out.extend_from_slice(READY_IDLE);
                 self.metrics
                     .hit_seconds
                     .record(started.elapsed().as_secs_f64());
-                Some(out.freeze())
+                Some(entry.frames.clone())
             }
             Lookup::Miss(guard) => {
                 hooks::pause(hooks::Point::AfterSnapshot);

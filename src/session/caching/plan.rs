@@ -140,6 +140,8 @@ pub struct Planner<'a> {
     pub rules: &'a Rules,
     pub rules_generation: u64,
     pub no_side_effects: &'a [String],
+    /// `[[functions.writes]]`: what trigger and rule functions write, as declared.
+    pub declared_writes: &'a [crate::config::FunctionWrites],
     pub default_ttl: Duration,
 }
 
@@ -292,13 +294,57 @@ impl Planner<'_> {
         tags.sort_unstable();
         tags.dedup();
         w.merge(&tags, None);
-        let side_effects = set.epoch.iter().any(|reason| {
-            reason
-                .function()
-                .is_none_or(|f| !self.no_side_effects.iter().any(|allowed| allowed == f))
-        });
-        if side_effects {
-            w.merge(&[], Some(EpochCause::SideEffects));
+        let mut declared: Vec<catalog::RelName> = Vec::new();
+        for reason in &set.epoch {
+            let Some(f) = reason.function() else {
+                w.merge(&[], Some(EpochCause::SideEffects));
+                continue;
+            };
+            if self.no_side_effects.iter().any(|allowed| allowed == f) {
+                continue;
+            }
+            match self.declared_writes.iter().find(|d| d.function == f) {
+                Some(d) => declared.extend(
+                    d.tables
+                        .iter()
+                        .filter_map(|t| crate::invalidation::parse_table(t)),
+                ),
+                None => w.merge(&[], Some(EpochCause::SideEffects)),
+            }
+        }
+        if !declared.is_empty() {
+            // Bump what the operator declared the function writes, with its own closure
+            // (partitions, FK actions, views' bases).
+            let resolved = self
+                .catalog
+                .resolve(&cx.database, &declared, "public", &cx.current_user)
+                .await
+                .map_err(|_| ())?;
+            let oids: Vec<u32> = resolved
+                .iter()
+                .filter_map(|r| r.relation.as_ref().map(|f| f.oid))
+                .collect();
+            if oids.len() != declared.len() {
+                w.merge(&[], Some(EpochCause::SideEffects));
+            }
+            if !oids.is_empty() {
+                let set = self
+                    .catalog
+                    .writes(&cx.database, &oids)
+                    .await
+                    .map_err(|_| ())?;
+                let tags: Vec<Tag> = set
+                    .tags
+                    .iter()
+                    .chain(oids.iter())
+                    .map(|&rel| Tag { db: cx.db_oid, rel })
+                    .collect();
+                w.merge(&tags, None);
+                if !set.epoch.is_empty() {
+                    // The declared tables have invisible effects of their own.
+                    w.merge(&[], Some(EpochCause::SideEffects));
+                }
+            }
         }
         Ok(w)
     }
