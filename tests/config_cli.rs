@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pgmemo::config::{Config, RedisConfig, Rule, TlsConfig};
+use pgmemo::config::{Config, FunctionWrites, RedisConfig, Rule, TlsConfig};
 
 const ENV_VARS: [&str; 6] = [
     "PGMEMO_CONFIG",
@@ -189,6 +189,58 @@ fn check_config_accepts_sizes_with_units_and_rules() {
     assert_eq!(printed.rules[1].cache, Some(false));
 }
 
+#[test]
+fn check_config_reports_function_writes_problems_with_their_number_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "[functions]\nno_side_effects = [\"public.gen_id\"]\n\
+         [[functions.writes]]\nfunction = \"public.counters_audit_fn\"\n\
+         tables = [\"public.counters_audit\"]\n\
+         [[functions.writes]]\nfunction = \"public.gen_id\"\ntables = [\"public.ids\"]\n\
+         [[functions.writes]]\nfunction = \"public.other_fn\"\ntabels = [\"public.x\"]\n",
+    );
+    let out = pgmemo(&["check-config", file.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for expected in [
+        format!(
+            "functions.writes[3].tabels = [\"public.x\"]: unknown key ({}:11)",
+            file.display()
+        ),
+        "functions.writes[2].function = \"public.gen_id\": is also in \
+         functions.no_side_effects"
+            .to_owned(),
+        "functions.writes[3].tables = []: must list every table".to_owned(),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(
+        !err.contains("writes[1]"),
+        "the first entry is fine:\n{err}"
+    );
+
+    let good = write_config(
+        &dir,
+        "[[functions.writes]]\nfunction = \"public.counters_audit_fn\"\n\
+         tables = [\"public.counters_audit\", \"\\\"Audit\\\".\\\"Log\\\"\"]\n",
+    );
+    let out = pgmemo(&["check-config", good.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "stderr: {}", stderr(&out));
+    let printed = printed(&["--config", good.to_str().unwrap()], &[]);
+    assert_eq!(
+        printed
+            .functions
+            .declared_writes("public.counters_audit_fn"),
+        Some(
+            &[
+                "public.counters_audit".to_owned(),
+                "\"Audit\".\"Log\"".to_owned()
+            ][..]
+        )
+    );
+}
+
 /// `--print-config` output, parsed back.
 fn printed(args: &[&str], env: &[(&str, &str)]) -> Config {
     let mut all = vec!["--print-config"];
@@ -331,7 +383,7 @@ fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
 }
 
 /// The keys the config types accept: every optional section and field filled in (a superset
-/// of the defaults), with one rule that sets every rule field.
+/// of the defaults), with one rule that sets every rule field and one `[[functions.writes]]`.
 fn type_keys() -> BTreeSet<String> {
     let mut full = Config::default();
     full.server.tls = Some(TlsConfig {
@@ -342,6 +394,10 @@ fn type_keys() -> BTreeSet<String> {
         url: "redis://127.0.0.1".into(),
     });
     full.cache.secret = Some("00112233445566778899aabbccddeeff".into());
+    full.functions.writes = vec![FunctionWrites {
+        function: "public.f".into(),
+        tables: vec!["public.t".into()],
+    }];
     full.rules = vec![Rule {
         table: Some("t".into()),
         database: Some("d".into()),
@@ -387,7 +443,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        30,
+        32,
         "update this count with the types: {expected:?}"
     );
 }

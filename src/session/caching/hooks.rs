@@ -51,6 +51,11 @@ mod imp {
             // Half the time no pause, so both orders of each race happen.
             let r = next();
             if r & 1 == 0 {
+                let label = match _point {
+                    super::Point::AfterSnapshot => "after_snapshot",
+                    super::Point::BeforeBump => "before_bump",
+                };
+                metrics::counter!("pgmemo_race_hook_pauses_total", "point" => label).increment(1);
                 // Blocking on purpose: the whole worker stalls, which widens the window for
                 // sessions on the other workers and for the upstream.
                 std::thread::sleep(Duration::from_micros((r >> 1) % max));

@@ -8,7 +8,6 @@
 //! catalog failure makes the plan conservative: reads bypass, writes bump the epoch.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -303,7 +302,7 @@ impl Planner<'_> {
             if self.no_side_effects.iter().any(|allowed| allowed == f) {
                 continue;
             }
-            match self.declared_writes.iter().find(|d| d.function == f) {
+            match self.declared_writes.iter().find(|d| d.is_for(f)) {
                 Some(d) => declared.extend(
                     d.tables
                         .iter()
@@ -466,7 +465,9 @@ type Shard = Mutex<HashMap<u64, Arc<Plan>>>;
 pub struct PlanMemo {
     shards: Box<[Shard]>,
     per_shard: usize,
-    hasher: RandomState,
+    /// Seeded per process (a hash of client-chosen text; collisions only cost a replan,
+    /// since a hit also compares the text). foldhash: this runs on every cacheable query.
+    hasher: foldhash::fast::RandomState,
 }
 
 const MEMO_SHARDS: usize = 16;
@@ -478,7 +479,7 @@ impl PlanMemo {
                 .map(|_| Mutex::new(HashMap::new()))
                 .collect(),
             per_shard: (capacity / MEMO_SHARDS).max(1),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
