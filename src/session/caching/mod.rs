@@ -36,6 +36,9 @@ use plan::{Context, Plan, PlanMemo, Planner};
 use probe::{ProbeReader, ProbeResult};
 use tracker::{Expect, MAX_NAMED, Tracker};
 
+/// Probes that may fail in a row before a session gives up on the cache.
+const MAX_PROBE_FAILURES: u8 = 3;
+
 /// ReadyForQuery, idle: ends every answer from the cache.
 pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
 
@@ -90,8 +93,9 @@ pub struct CacheSession {
     cx_id: u64,
     probe: Option<ProbeReader>,
     probe_needed: bool,
-    /// The last probe failed: no context until a later one succeeds.
-    probe_failed: bool,
+    /// Probes that failed in a row (a cancel that hit the probe, a statement_timeout, a
+    /// replication connection): retried a few times, then the session stays uncached.
+    probe_failures: u8,
     opted_out: bool,
     encoding_ok: bool,
     tracker: Tracker,
@@ -118,7 +122,7 @@ impl CacheSession {
             cx_id: 0,
             probe: None,
             probe_needed: true,
-            probe_failed: false,
+            probe_failures: 0,
             opted_out: false,
             encoding_ok: true,
             tracker: Tracker::default(),
@@ -180,14 +184,15 @@ impl CacheSession {
     fn on_probe_done(&mut self, result: Option<ProbeResult>) {
         let Some(r) = result else {
             self.metrics.probes_failed.increment(1);
-            self.probe_failed = true;
+            self.probe_failures = self.probe_failures.saturating_add(1);
+            self.probe_needed = self.probe_failures < MAX_PROBE_FAILURES;
             self.cx = None;
             self.cx_id = 0;
             self.fingerprint.taint("settings probe failed");
             return;
         };
         self.metrics.probes_ok.increment(1);
-        self.probe_failed = false;
+        self.probe_failures = 0;
         self.opted_out = r.opted_out;
         self.encoding_ok =
             probe::encoding_is_safe(&r.client_encoding) && r.standard_conforming_strings;
