@@ -138,6 +138,11 @@ impl CacheSession {
         }
     }
 
+    /// Whether another settings probe may be tried (not after repeated failures).
+    fn may_probe(&self) -> bool {
+        self.probe_failures < MAX_PROBE_FAILURES
+    }
+
     fn db_oid(&self) -> u32 {
         self.cx.as_ref().map_or(0, |c| c.db_oid)
     }

@@ -430,8 +430,9 @@ impl Planner<'_> {
         tags.sort_unstable();
         tags.dedup();
         let mut ttl = verdict.ttl;
-        if let Some(h) = hint_ttl {
-            // A hint may shorten, never lengthen, what rules allow (0 = until invalidated).
+        if let Some(h) = hint_ttl.filter(|h| !h.is_zero()) {
+            // A hint may shorten, never lengthen, what rules allow (a zero hint, which would
+            // mean "until invalidated", is ignored).
             ttl = if ttl.is_zero() { h } else { ttl.min(h) };
         }
         if ttl.is_zero() && set.as_ref().is_some_and(|s| s.rls) {

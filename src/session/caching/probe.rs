@@ -41,7 +41,7 @@ pub const MAX_SESSION_NAMES: usize = 64;
 /// Most rows read from a probe (a session with more non-default settings is not cached).
 const MAX_ROWS: usize = 2048;
 
-/// The Query message carrying the probe; `session_names` are custom settings the session
+/// The messages carrying the probe; `session_names` are custom settings the session
 /// SET (lower-case dotted names as the analysis reports them).
 pub fn query(session_names: &[String]) -> Bytes {
     let mut sql = String::with_capacity(PROBE_SQL.len() + CUSTOM_SQL.len() + 64);
@@ -65,12 +65,52 @@ pub fn query(session_names: &[String]) -> Bytes {
         sql.push_str("]::text[])");
     }
     sql.push_str(") names");
-    let mut out = Vec::with_capacity(sql.len() + 6);
-    out.push(b'Q');
-    let len = (sql.len() + 5) as u32;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(sql.as_bytes());
-    out.push(0);
+    extended(&sql)
+}
+
+/// Names of the probe's own statement and portal. The extended protocol is used because a
+/// simple Query would destroy the session's unnamed prepared statement; a client statement
+/// of the same name makes the probe fail (harmlessly) instead.
+const PROBE_STATEMENT: &[u8] = b"__pgmemo_probe";
+
+/// Parse + Bind + Execute + Close + Sync of `sql` under [`PROBE_STATEMENT`], all frames in
+/// one buffer. At an idle point no portal is open, so nothing of the client's is touched.
+fn extended(sql: &str) -> Bytes {
+    fn frame(out: &mut Vec<u8>, tag: u8, body: &[&[u8]]) {
+        let len: usize = 4 + body.iter().map(|b| b.len()).sum::<usize>();
+        out.push(tag);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        for b in body {
+            out.extend_from_slice(b);
+        }
+    }
+    let mut out = Vec::with_capacity(sql.len() + 128);
+    let name: &[u8] = PROBE_STATEMENT;
+    // Parse: name, query, no parameter types.
+    frame(
+        &mut out,
+        b'P',
+        &[name, b"\0", sql.as_bytes(), b"\0", &0i16.to_be_bytes()],
+    );
+    // Bind: same-named portal, statement, no parameter formats/values, no result formats.
+    frame(
+        &mut out,
+        b'B',
+        &[
+            name,
+            b"\0",
+            name,
+            b"\0",
+            &0i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+            &0i16.to_be_bytes(),
+        ],
+    );
+    // Execute: all rows.
+    frame(&mut out, b'E', &[name, b"\0", &0i32.to_be_bytes()]);
+    // Close the statement (the portal ends with the implicit transaction).
+    frame(&mut out, b'C', &[b"S", name, b"\0"]);
+    frame(&mut out, b'S', &[]);
     Bytes::from(out)
 }
 

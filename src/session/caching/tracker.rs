@@ -158,7 +158,8 @@ impl CacheSession {
             self.probe_needed = true;
         }
         self.fingerprint.on_statement(info);
-        if info.taints_session {
+        if (info.taints_session || !self.fingerprint.cacheable()) && self.may_probe() {
+            // Tainted (a set_config call, an unmodelled statement): re-read the settings.
             self.probe_needed = true;
         }
         let rolled_back = command_tag(frame) == b"ROLLBACK";
