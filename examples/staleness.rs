@@ -56,6 +56,10 @@ struct Args {
     /// Leave two-phase commit out even if the server allows it
     #[arg(long)]
     no_two_phase: bool,
+    /// Few keys (6 counters, 2 groups, 3 parents, 4 events, 2 partitions): reads concentrate
+    /// between writes, so far more of them are served from the cache
+    #[arg(long)]
+    small_shape: bool,
     /// Deliberately break the read path, to see the checker fail (exit 1)
     #[arg(long, value_enum, default_value_t = FaultArg::None)]
     fault: FaultArg,
@@ -95,6 +99,17 @@ async fn main() -> ExitCode {
     config.time_limit = Duration::from_secs(args.time_limit);
     config.op_timeout = Duration::from_secs(args.op_timeout);
     config.two_phase = !args.no_two_phase;
+    config.admin = args.admin;
+    if args.small_shape {
+        config.shape = checker::Shape {
+            counters: 6,
+            groups: 2,
+            parents: 3,
+            children: 2,
+            events: 4,
+            partitions: 2,
+        };
+    }
     config.fault = args.fault.into();
     let report = match checker::run(&config).await {
         Ok(report) => report,

@@ -184,9 +184,10 @@ fn offline_invalidation(catalog_port: u16) -> InvalidationHandle {
     pg.host("127.0.0.1").port(catalog_port).user("postgres");
     let mut cc = CatalogConfig::new(pg);
     cc.connect_timeout = Duration::from_secs(2);
+    let catalog = Arc::new(Catalog::new(cc));
     InvalidationHandle {
-        invalidator: Arc::new(Invalidator::new(cache)),
-        catalog: Arc::new(Catalog::new(cc)),
+        invalidator: Arc::new(Invalidator::new(cache, Arc::clone(&catalog))),
+        catalog,
     }
 }
 

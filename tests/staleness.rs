@@ -33,6 +33,7 @@ fn config(s: &Stack, ops: u64, clients: usize) -> CheckerConfig {
     config.dbname = common::stack::APP_DB.into();
     config.ops = ops;
     config.clients = clients;
+    config.admin = Some(s.proxy.admin_addr());
     config
 }
 

@@ -81,6 +81,7 @@ pub enum InvalidateError {
 /// The bump side of the cache, shared by sessions, the poller and the admin API.
 pub struct Invalidator {
     cache: Arc<Cache>,
+    catalog: Arc<Catalog>,
     databases: Mutex<HashMap<String, u32>>,
     parked: Mutex<HashMap<(u32, String), Written>>,
     counters: [Counter; 4],
@@ -91,9 +92,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Invalidator {
-    pub fn new(cache: Arc<Cache>) -> Self {
+    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
         Self {
             cache,
+            catalog,
             databases: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
             counters: Source::ALL
@@ -171,8 +173,11 @@ impl Invalidator {
         lock(&self.parked).remove(&(db, gid.to_owned()));
     }
 
-    /// Every cached result becomes unreachable and its memory is freed (admin API, SIGUSR1).
+    /// Every cached result becomes unreachable and its memory is freed, and what the catalog
+    /// memoised is dropped (admin API, SIGUSR1): after DDL done directly on Postgres, this
+    /// applies it at once instead of at the next catalog poll.
     pub fn flush_all(&self) -> u64 {
+        self.catalog.invalidate_memos();
         let epoch = self.cache.flush(EpochCause::Admin);
         info!(epoch, "cache flushed");
         epoch

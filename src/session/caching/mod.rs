@@ -551,7 +551,7 @@ fn digest(bytes: &[u8]) -> [u8; 16] {
 impl Caching {
     pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
         Self {
-            invalidator: Arc::new(Invalidator::new(Arc::clone(&cache))),
+            invalidator: Arc::new(Invalidator::new(Arc::clone(&cache), Arc::clone(&catalog))),
             cache,
             catalog,
             plans: PlanMemo::new(65_536),

@@ -51,6 +51,43 @@ async fn fetch_metrics(admin_addr: SocketAddr) -> Result<String, CheckerError> {
     Ok(body.to_string())
 }
 
+/// `POST /invalidate {"all": true}`: pgmemo drops every entry and its catalog memos.
+pub async fn flush_all(admin_addr: SocketAddr) -> Result<(), CheckerError> {
+    let io = |e: std::io::Error| CheckerError::Metrics(format!("{admin_addr}: {e}"));
+    let exchange = async {
+        let mut stream = TcpStream::connect(admin_addr).await.map_err(io)?;
+        let body = r#"{"all": true}"#;
+        let request = format!(
+            "POST /invalidate HTTP/1.0\r\nHost: {admin_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut response)
+            .await
+            .map_err(io)?;
+        let text = String::from_utf8_lossy(&response);
+        let status = text.lines().next().unwrap_or_default().to_owned();
+        if status.split_whitespace().nth(1) == Some("200") {
+            Ok(())
+        } else {
+            Err(CheckerError::Metrics(format!(
+                "{admin_addr}/invalidate: {status}"
+            )))
+        }
+    };
+    tokio::time::timeout(METRICS_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            CheckerError::Timeout(
+                format!("POST http://{admin_addr}/invalidate"),
+                METRICS_TIMEOUT,
+            )
+        })?
+}
+
 /// The hit ratio from Prometheus text: every sample of the two counters is summed (they may
 /// carry labels). `None` when either counter is absent or both are zero.
 pub fn parse_hit_ratio(text: &str) -> Option<f64> {

@@ -112,6 +112,10 @@ pub struct CheckerConfig {
     pub two_phase: bool,
     pub shape: Shape,
     pub fault: Fault,
+    /// pgmemo's admin address: the schema is (re)created directly on Postgres, which pgmemo
+    /// would only notice at its next catalog poll, so the checker asks it to flush right
+    /// after setting up (`POST /invalidate {"all": true}`).
+    pub admin: Option<SocketAddr>,
 }
 
 impl CheckerConfig {
@@ -131,6 +135,7 @@ impl CheckerConfig {
             two_phase: true,
             shape: Shape::default(),
             fault: Fault::None,
+            admin: None,
         }
     }
 
@@ -226,6 +231,9 @@ pub async fn run(config: &CheckerConfig) -> Result<Report, CheckerError> {
     config.validate()?;
     let direct = worker::connect(config, config.direct).await?;
     schema::setup(&direct, &config.shape).await?;
+    if let Some(admin) = config.admin {
+        metrics::flush_all(admin).await?;
+    }
     let allowed = schema::max_prepared_transactions(&direct).await?;
     let two_phase = config.two_phase && allowed >= config.clients as i64;
     let shared = Arc::new(Shared::new(config.clone(), two_phase));
