@@ -19,6 +19,9 @@ use crate::upstream::Upstream;
 pub struct RulesGen {
     pub rules: Rules,
     pub generation: u64,
+    /// Some rule matches on query text (plans cannot then be shared between texts that
+    /// differ only in numbers).
+    pub has_query_rules: bool,
 }
 
 pub struct AppContext {
@@ -54,6 +57,7 @@ impl AppContext {
         let rules = RulesGen {
             rules: Rules::new(&config.rules, config.cache.ttl),
             generation: 1,
+            has_query_rules: config.rules.iter().any(|r| r.query.is_some()),
         };
         Self {
             cache_enabled: AtomicBool::new(config.cache.enabled),
@@ -78,6 +82,7 @@ impl AppContext {
         self.rules.store(Arc::new(RulesGen {
             rules: Rules::new(&config.rules, config.cache.ttl),
             generation,
+            has_query_rules: config.rules.iter().any(|r| r.query.is_some()),
         }));
         self.cache_enabled
             .store(config.cache.enabled, Ordering::Release);

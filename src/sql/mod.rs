@@ -33,7 +33,7 @@ mod tests;
 
 use std::fmt;
 
-pub use normalize::{Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key};
+pub use normalize::{Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key, shape_key};
 
 /// Statements longer than this are not handed to sqlparser (time and memory bound); the
 /// keyword fallback decides them conservatively.

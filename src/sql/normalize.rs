@@ -73,6 +73,28 @@ pub fn normalize_for_key(sql: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The text of `sql` with every numeric literal replaced by `?` (everything else, comments
+/// included, kept byte for byte), or `None` when it has no numeric literal. Numbers never
+/// change what a statement is, reads, writes or calls, so texts with the same shape share one
+/// analysis (the cache key still uses the full text).
+pub fn shape_key(sql: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    for tok in Lexer::new(sql) {
+        let bytes = tok.bytes(sql);
+        // Plain decimal literals only: the lexer's loose number token may run into letters.
+        if tok.kind == Kind::Number && bytes.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(sql.len()));
+            o.extend_from_slice(sql.get(copied..tok.start).unwrap_or_default());
+            o.push(b'?');
+            copied = tok.end;
+        }
+    }
+    let mut o = out?;
+    o.extend_from_slice(sql.get(copied..).unwrap_or_default());
+    Some(o)
+}
+
 /// The `pgmemo:` hints in the comments of `sql` (string literals are data, never hints).
 pub fn hints(sql: &[u8]) -> Hints {
     let mut hints = Hints::default();

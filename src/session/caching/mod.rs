@@ -47,7 +47,11 @@ pub struct Caching {
     pub cache: Arc<Cache>,
     pub catalog: Arc<Catalog>,
     pub invalidator: Arc<Invalidator>,
+    /// Plans by exact text.
     pub plans: PlanMemo,
+    /// Plans by shape (numeric literals replaced): texts that differ only in numbers share
+    /// the analysis and catalog work.
+    pub shapes: PlanMemo,
 }
 
 /// What the relay does with a client frame.
@@ -236,8 +240,15 @@ impl CacheSession {
                 declared_writes: &config.functions.writes,
                 default_ttl: config.cache.ttl,
             };
-            let plan = Arc::new(planner.plan(&cx, sql).await);
-            app.caching.plans.insert(Arc::clone(&plan));
+            let plan = Arc::new(planner.plan(&cx, sql.clone()).await);
+            if !rules.has_query_rules
+                && let Some(shape) = crate::sql::shape_key(&sql)
+            {
+                app.caching
+                    .shapes
+                    .insert(Bytes::from(shape), Arc::clone(&plan));
+            }
+            app.caching.plans.insert(sql, Arc::clone(&plan));
             plan
         })
     }
@@ -267,12 +278,30 @@ impl CacheSession {
             )));
         }
         let rules_generation = self.app.rules_generation();
-        self.app.caching.plans.get(
-            self.cx_id,
-            sql,
-            self.app.caching.catalog.generation(),
-            rules_generation,
-        )
+        let catalog_generation = self.app.caching.catalog.generation();
+        let caching = &self.app.caching;
+        if let Some(plan) = caching
+            .plans
+            .get(self.cx_id, sql, catalog_generation, rules_generation)
+        {
+            return Some(plan);
+        }
+        // Same shape, other numbers: share the analysis (not with query rules, whose
+        // patterns see the numbers).
+        if self.app.rules().has_query_rules {
+            return None;
+        }
+        let shape = crate::sql::shape_key(sql)?;
+        let base = caching
+            .shapes
+            .get(self.cx_id, &shape, catalog_generation, rules_generation)?;
+        let text = Bytes::copy_from_slice(sql);
+        let plan = Arc::new(base.with_text(text.clone()));
+        if plan.read.is_ok() {
+            // A cacheable read may come back: remember its exact text too.
+            caching.plans.insert(text, Arc::clone(&plan));
+        }
+        Some(plan)
     }
 
     /// A complete client frame the relay is about to forward.
@@ -555,6 +584,7 @@ impl Caching {
             cache,
             catalog,
             plans: PlanMemo::new(65_536),
+            shapes: PlanMemo::new(16_384),
         }
     }
 }

@@ -69,9 +69,9 @@ pub struct ReadPlan {
 pub struct Plan {
     pub sql: Bytes,
     pub context_id: u64,
-    pub analysis: Analysis,
+    pub analysis: Arc<Analysis>,
     /// One per `analysis.statements`.
-    pub stmts: Vec<StmtPlan>,
+    pub stmts: Arc<[StmtPlan]>,
     /// The read plan, or why the text bypasses the cache.
     pub read: Result<ReadPlan, &'static str>,
     catalog_generation: u64,
@@ -84,10 +84,29 @@ impl Plan {
         self.catalog_generation == catalog_generation && self.rules_generation == rules_generation
     }
 
+    /// The same plan for another text of the same shape (numeric literals differ): the
+    /// analysis and effects are shared; the key text is recomputed.
+    pub fn with_text(&self, sql: Bytes) -> Plan {
+        let read = self.read.as_ref().map_err(|r| *r).map(|r| ReadPlan {
+            tags: r.tags.clone(),
+            normalized: Bytes::from(sql::normalize_for_key(&sql)),
+            ttl: r.ttl,
+        });
+        Plan {
+            sql,
+            context_id: self.context_id,
+            analysis: Arc::clone(&self.analysis),
+            stmts: Arc::clone(&self.stmts),
+            read,
+            catalog_generation: self.catalog_generation,
+            rules_generation: self.rules_generation,
+        }
+    }
+
     /// Every statement's bumps together (for a session that loses track of which ran).
     pub fn all_written(&self) -> Written {
         let mut w = Written::default();
-        for s in &self.stmts {
+        for s in self.stmts.iter() {
             w.merge(&s.written.tags, s.written.epoch);
         }
         w
@@ -98,7 +117,7 @@ impl Plan {
     /// the epoch.
     pub fn without_context(sql: Bytes, reason: &'static str) -> Plan {
         let analysis = sql::analyze(&sql);
-        let stmts = analysis
+        let stmts: Vec<StmtPlan> = analysis
             .statements
             .iter()
             .map(|info| {
@@ -115,8 +134,8 @@ impl Plan {
         Plan {
             sql,
             context_id: 0,
-            analysis,
-            stmts,
+            analysis: Arc::new(analysis),
+            stmts: stmts.into(),
             read: Err(reason),
             catalog_generation: 0,
             rules_generation: 0,
@@ -165,8 +184,8 @@ impl Planner<'_> {
         Plan {
             context_id: cx.id(),
             sql,
-            analysis,
-            stmts,
+            analysis: Arc::new(analysis),
+            stmts: stmts.into(),
             read,
             catalog_generation,
             rules_generation: self.rules_generation,
@@ -461,7 +480,7 @@ fn relation_reason(r: catalog::NotCacheable) -> &'static str {
 }
 
 /// Bounded memo of plans, shared by every session (sharded locks; a full shard is cleared).
-type Shard = Mutex<HashMap<u64, Arc<Plan>>>;
+type Shard = Mutex<HashMap<u64, (Bytes, Arc<Plan>)>>;
 
 pub struct PlanMemo {
     shards: Box<[Shard]>,
@@ -493,29 +512,30 @@ impl PlanMemo {
         (k, shard)
     }
 
-    /// The plan for exactly this context and text, if memoised and current.
+    /// The plan memoised for this context under `key` (the text, or its shape), if current.
     pub fn get(
         &self,
         context_id: u64,
-        sql: &[u8],
+        key: &[u8],
         catalog_generation: u64,
         rules_generation: u64,
     ) -> Option<Arc<Plan>> {
-        let (k, shard) = self.slot(context_id, sql);
+        let (k, shard) = self.slot(context_id, key);
         let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        let plan = map.get(&k)?;
+        let (stored, plan) = map.get(&k)?;
         (plan.context_id == context_id
-            && plan.sql.as_ref() == sql
+            && stored.as_ref() == key
             && plan.is_current(catalog_generation, rules_generation))
         .then(|| Arc::clone(plan))
     }
 
-    pub fn insert(&self, plan: Arc<Plan>) {
-        let (k, shard) = self.slot(plan.context_id, &plan.sql);
+    /// Memoises `plan` under `key` (its text, or its shape).
+    pub fn insert(&self, key: Bytes, plan: Arc<Plan>) {
+        let (k, shard) = self.slot(plan.context_id, &key);
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= self.per_shard && !map.contains_key(&k) {
             map.clear();
         }
-        map.insert(k, plan);
+        map.insert(k, (key, plan));
     }
 }

@@ -155,3 +155,21 @@ fn normal_form_is_idempotent() {
         assert_eq!(norm(&once), once, "{}", String::from_utf8_lossy(sql));
     }
 }
+
+#[test]
+fn shapes_replace_plain_numbers_only() {
+    use crate::sql::shape_key;
+    assert_eq!(
+        shape_key(b"SELECT v FROM t WHERE id = 42 AND x > 1.5 -- 7").as_deref(),
+        Some(&b"SELECT v FROM t WHERE id = ? AND x > ? -- 7"[..])
+    );
+    // Strings, identifiers, parameters and hints keep their numbers.
+    assert_eq!(shape_key(b"SELECT '42', t1.c FROM t1 WHERE a = $1"), None);
+    assert_eq!(
+        shape_key(b"/* pgmemo:ttl=30 */ SELECT 1").as_deref(),
+        Some(&b"/* pgmemo:ttl=30 */ SELECT ?"[..])
+    );
+    // Two texts that differ only in numbers share a shape; others do not.
+    assert_eq!(shape_key(b"SELECT 1"), shape_key(b"SELECT 22"));
+    assert_ne!(shape_key(b"SELECT 1"), shape_key(b"SELECT -1"));
+}
