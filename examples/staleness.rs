@@ -101,14 +101,7 @@ async fn main() -> ExitCode {
     config.two_phase = !args.no_two_phase;
     config.admin = args.admin;
     if args.small_shape {
-        config.shape = checker::Shape {
-            counters: 6,
-            groups: 2,
-            parents: 3,
-            children: 2,
-            events: 4,
-            partitions: 2,
-        };
+        config.shape = checker::Shape::small();
     }
     config.fault = args.fault.into();
     let report = match checker::run(&config).await {

@@ -65,7 +65,7 @@ async fn no_stale_reads_through_pgmemo() {
     // Invalidation is per table: with few writes, reads between two writes of a table hit,
     // so the run judges results served from the cache, not only relayed ones.
     c.write_percent = 5;
-    c.shape = small_shape();
+    c.shape = Shape::small();
     let report = run(&c).await;
     assert!(report.is_clean(), "{report}");
     assert_cache_was_used(&s, &report).await;
@@ -90,7 +90,7 @@ async fn no_stale_reads_under_race_hooks() {
     });
     let mut c = config(&s, 30_000, 16);
     c.write_percent = 10;
-    c.shape = small_shape();
+    c.shape = Shape::small();
     c.time_limit = Duration::from_secs(240);
     let report = run(&c).await;
     assert!(report.is_clean(), "{report}");
@@ -112,31 +112,12 @@ async fn no_stale_reads_under_race_hooks() {
     }
 }
 
-/// Few keys: reads concentrate, so many are served from the cache between writes.
-fn small_shape() -> Shape {
-    Shape {
-        counters: 6,
-        groups: 2,
-        parents: 3,
-        children: 2,
-        events: 4,
-        partitions: 2,
-    }
-}
-
 /// Few keys and a small run: a broken read path shows within seconds.
 fn self_test_config(s: &Stack, fault: Fault) -> CheckerConfig {
     let mut config = config(s, 4_000, 8);
     config.fault = fault;
     config.time_limit = Duration::from_secs(60);
-    config.shape = Shape {
-        counters: 6,
-        groups: 2,
-        parents: 3,
-        children: 2,
-        events: 4,
-        partitions: 2,
-    };
+    config.shape = Shape::small();
     config
 }
 

@@ -206,16 +206,7 @@ impl Planner<'_> {
             p.taint = Some("statement may change session state");
         }
         if !info.functions.is_empty() {
-            let refs: Vec<FuncRef> = info
-                .functions
-                .iter()
-                .map(|f| FuncRef::new(f.schema.as_deref(), &f.name, FuncArgs::Any))
-                .collect();
-            match self
-                .catalog
-                .functions(&cx.database, &refs, &cx.search_path, &cx.current_user)
-                .await
-            {
+            match self.function_facts(cx, info).await {
                 Ok(facts) => {
                     for (f, fact) in info.functions.iter().zip(facts.iter()) {
                         if fact.user_defined && fact.volatility != Volatility::Immutable {
@@ -275,10 +266,7 @@ impl Planner<'_> {
     /// The tags a committed write to `names` bumps, and an epoch cause for effects the catalog
     /// cannot pin down (user triggers, rules calling functions) unless allowlisted.
     async fn write_tags(&self, cx: &Context, names: &[sql::RelName]) -> Result<Written, ()> {
-        let names: Vec<catalog::RelName> = names
-            .iter()
-            .map(|n| catalog::RelName::new(n.schema.as_deref(), &n.name))
-            .collect();
+        let names = catalog_names(names);
         let resolved = self
             .catalog
             .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
@@ -303,15 +291,7 @@ impl Planner<'_> {
             .writes(&cx.database, &oids)
             .await
             .map_err(|_| ())?;
-        let mut tags: Vec<Tag> = set
-            .tags
-            .iter()
-            .chain(oids.iter())
-            .map(|&rel| Tag { db: cx.db_oid, rel })
-            .collect();
-        tags.sort_unstable();
-        tags.dedup();
-        w.merge(&tags, None);
+        w.merge(&tags(cx, set.tags.iter().chain(oids.iter())), None);
         let mut declared: Vec<catalog::RelName> = Vec::new();
         for reason in &set.epoch {
             let Some(f) = reason.function() else {
@@ -351,13 +331,7 @@ impl Planner<'_> {
                     .writes(&cx.database, &oids)
                     .await
                     .map_err(|_| ())?;
-                let tags: Vec<Tag> = set
-                    .tags
-                    .iter()
-                    .chain(oids.iter())
-                    .map(|&rel| Tag { db: cx.db_oid, rel })
-                    .collect();
-                w.merge(&tags, None);
+                w.merge(&tags(cx, set.tags.iter().chain(oids.iter())), None);
                 if !set.epoch.is_empty() {
                     // The declared tables have invisible effects of their own.
                     w.merge(&[], Some(EpochCause::SideEffects));
@@ -374,11 +348,7 @@ impl Planner<'_> {
         info: &StatementInfo,
         hint_ttl: Option<Duration>,
     ) -> Result<ReadPlan, &'static str> {
-        let names: Vec<catalog::RelName> = info
-            .reads
-            .iter()
-            .map(|n| catalog::RelName::new(n.schema.as_deref(), &n.name))
-            .collect();
+        let names = catalog_names(&info.reads);
         let resolved = self
             .catalog
             .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
@@ -423,14 +393,8 @@ impl Planner<'_> {
                 .map_err(relation_reason)?;
         }
         if !info.functions.is_empty() {
-            let refs: Vec<FuncRef> = info
-                .functions
-                .iter()
-                .map(|f| FuncRef::new(f.schema.as_deref(), &f.name, FuncArgs::Any))
-                .collect();
             let facts = self
-                .catalog
-                .functions(&cx.database, &refs, &cx.search_path, &cx.current_user)
+                .function_facts(cx, info)
                 .await
                 .map_err(|_| "catalog_error")?;
             if facts
@@ -440,14 +404,10 @@ impl Planner<'_> {
                 return Err("function_volatility");
             }
         }
-        let mut tags: Vec<Tag> = set
-            .iter()
-            .flat_map(|s| s.tags.iter())
-            .chain(oids.iter())
-            .map(|&rel| Tag { db: cx.db_oid, rel })
-            .collect();
-        tags.sort_unstable();
-        tags.dedup();
+        let tags = tags(
+            cx,
+            set.iter().flat_map(|s| s.tags.iter()).chain(oids.iter()),
+        );
         let mut ttl = verdict.ttl;
         if let Some(h) = hint_ttl.filter(|h| !h.is_zero()) {
             // A hint may shorten, never lengthen, what rules allow (a zero hint, which would
@@ -458,11 +418,46 @@ impl Planner<'_> {
             ttl = self.default_ttl.max(Duration::from_secs(1));
         }
         Ok(ReadPlan {
-            tags: tags.into_boxed_slice(),
+            tags,
             normalized,
             ttl,
         })
     }
+}
+
+impl Planner<'_> {
+    /// Volatility and provenance of every function `info` calls (each overload of a name
+    /// counts: argument types are not known here).
+    async fn function_facts(
+        &self,
+        cx: &Context,
+        info: &StatementInfo,
+    ) -> Result<Arc<[catalog::FuncFacts]>, catalog::CatalogError> {
+        let refs: Vec<FuncRef> = info
+            .functions
+            .iter()
+            .map(|f| FuncRef::new(f.schema.as_deref(), &f.name, FuncArgs::Any))
+            .collect();
+        self.catalog
+            .functions(&cx.database, &refs, &cx.search_path, &cx.current_user)
+            .await
+    }
+}
+
+/// Names from the analysis in the catalog's type.
+fn catalog_names(names: &[sql::RelName]) -> Vec<catalog::RelName> {
+    names
+        .iter()
+        .map(|n| catalog::RelName::new(n.schema.as_deref(), &n.name))
+        .collect()
+}
+
+/// Relation OIDs of the session's database as tags, sorted and unique.
+fn tags<'a>(cx: &Context, oids: impl Iterator<Item = &'a u32>) -> Box<[Tag]> {
+    let mut tags: Vec<Tag> = oids.map(|&rel| Tag { db: cx.db_oid, rel }).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    tags.into_boxed_slice()
 }
 
 fn relation_reason(r: catalog::NotCacheable) -> &'static str {

@@ -28,9 +28,39 @@ pub async fn hit_ratio_from_metrics(admin_addr: SocketAddr) -> Result<Option<f64
 }
 
 async fn fetch_metrics(admin_addr: SocketAddr) -> Result<String, CheckerError> {
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {admin_addr}\r\n\r\n");
+    exchange(admin_addr, "/metrics", &request).await
+}
+
+/// `POST /invalidate {"all": true}`: pgmemo drops every entry and its catalog memos.
+pub async fn flush_all(admin_addr: SocketAddr) -> Result<(), CheckerError> {
+    let body = r#"{"all": true}"#;
+    let request = format!(
+        "POST /invalidate HTTP/1.0\r\nHost: {admin_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::time::timeout(
+        METRICS_TIMEOUT,
+        exchange(admin_addr, "/invalidate", &request),
+    )
+    .await
+    .map_err(|_| {
+        CheckerError::Timeout(
+            format!("POST http://{admin_addr}/invalidate"),
+            METRICS_TIMEOUT,
+        )
+    })?
+    .map(|_| ())
+}
+
+/// Sends one HTTP/1.0 `request` to the admin address and returns the body of a 200 answer.
+async fn exchange(
+    admin_addr: SocketAddr,
+    path: &str,
+    request: &str,
+) -> Result<String, CheckerError> {
     let io = |e: std::io::Error| CheckerError::Metrics(format!("{admin_addr}: {e}"));
     let mut stream = TcpStream::connect(admin_addr).await.map_err(io)?;
-    let request = format!("GET /metrics HTTP/1.0\r\nHost: {admin_addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     let mut response = Vec::new();
     stream
@@ -45,47 +75,10 @@ async fn fetch_metrics(admin_addr: SocketAddr) -> Result<String, CheckerError> {
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
         return Err(CheckerError::Metrics(format!(
-            "{admin_addr}/metrics: {status}"
+            "{admin_addr}{path}: {status}"
         )));
     }
     Ok(body.to_string())
-}
-
-/// `POST /invalidate {"all": true}`: pgmemo drops every entry and its catalog memos.
-pub async fn flush_all(admin_addr: SocketAddr) -> Result<(), CheckerError> {
-    let io = |e: std::io::Error| CheckerError::Metrics(format!("{admin_addr}: {e}"));
-    let exchange = async {
-        let mut stream = TcpStream::connect(admin_addr).await.map_err(io)?;
-        let body = r#"{"all": true}"#;
-        let request = format!(
-            "POST /invalidate HTTP/1.0\r\nHost: {admin_addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.map_err(io)?;
-        let mut response = Vec::new();
-        stream
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut response)
-            .await
-            .map_err(io)?;
-        let text = String::from_utf8_lossy(&response);
-        let status = text.lines().next().unwrap_or_default().to_owned();
-        if status.split_whitespace().nth(1) == Some("200") {
-            Ok(())
-        } else {
-            Err(CheckerError::Metrics(format!(
-                "{admin_addr}/invalidate: {status}"
-            )))
-        }
-    };
-    tokio::time::timeout(METRICS_TIMEOUT, exchange)
-        .await
-        .map_err(|_| {
-            CheckerError::Timeout(
-                format!("POST http://{admin_addr}/invalidate"),
-                METRICS_TIMEOUT,
-            )
-        })?
 }
 
 /// The hit ratio from Prometheus text: every sample of the two counters is summed (they may

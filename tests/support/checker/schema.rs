@@ -29,6 +29,21 @@ pub struct Shape {
     pub partitions: usize,
 }
 
+impl Shape {
+    /// Few keys: reads concentrate between writes (many are cache hits), and a broken read
+    /// path shows within seconds.
+    pub fn small() -> Shape {
+        Shape {
+            counters: 6,
+            groups: 2,
+            parents: 3,
+            children: 2,
+            events: 4,
+            partitions: 2,
+        }
+    }
+}
+
 impl Default for Shape {
     fn default() -> Shape {
         Shape {
