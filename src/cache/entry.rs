@@ -1,6 +1,7 @@
 //! A cached result: the pre-encoded response frames (replayed with one write), the key check
 //! that proves a hit is not a collision, its TTL, and its size for the byte-weighed cache.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +29,8 @@ pub struct Entry {
     /// The tags the result was read from (for metrics and debugging; the key already covers
     /// their versions).
     pub tags: Box<[Tag]>,
+    /// Set when the L1 evicts, expires or replaces the entry: per-thread fronts drop it then.
+    evicted: AtomicBool,
 }
 
 impl Entry {
@@ -39,7 +42,23 @@ impl Entry {
             created: Instant::now(),
             ttl,
             tags,
+            evicted: AtomicBool::new(false),
         }
+    }
+
+    /// The L1 no longer holds the entry.
+    pub fn mark_evicted(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the L1 let the entry go (see [`Entry::mark_evicted`]).
+    pub fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Whether its TTL has run out at `now` (never, with no TTL).
+    pub fn is_expired(&self, now: Instant) -> bool {
+        !self.ttl.is_zero() && now.saturating_duration_since(self.created) >= self.ttl
     }
 
     /// Bytes the entry accounts for in the cache: frames, tags, the entry and its bookkeeping.

@@ -271,6 +271,11 @@ impl Hasher for KeyHasher {
         self.0 = h;
     }
 
+    fn write_u64(&mut self, value: u64) {
+        // For maps keyed by a hash already computed (the plan memo's).
+        self.0 ^= value;
+    }
+
     fn write_u128(&mut self, value: u128) {
         // Truncation is the point: both halves are uniformly distributed.
         self.0 ^= (value as u64) ^ ((value >> 64) as u64);

@@ -2,12 +2,14 @@
 //! and eviction counted by cause. A hit is verified against the entry's key check.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::sync::Cache as Moka;
 
 use super::entry::Entry;
+use super::front::{self, FrontGet};
 use super::key::{CacheKey, KeyBuildHasher, KeyCheck};
 use super::stats::{EvictionCause, Stats};
 
@@ -50,6 +52,11 @@ pub struct L1 {
     cache: Moka<CacheKey, Arc<Entry>, KeyBuildHasher>,
     max_entry_size: usize,
     stats: Arc<Stats>,
+    /// Generation of the per-thread front entries of this L1 (see [`front`]); `clear`
+    /// moves it.
+    front_generation: AtomicU64,
+    /// Frame bytes each thread's front may hold for this L1.
+    front_max_bytes: usize,
 }
 
 impl std::fmt::Debug for L1 {
@@ -73,6 +80,7 @@ impl L1 {
             .expire_after(EntryTtl)
             // Runs during moka's housekeeping; must not panic (moka would stop calling it).
             .eviction_listener(move |_key, entry: Arc<Entry>, cause| {
+                entry.mark_evicted();
                 let s = &listener_stats;
                 s.evicted(EvictionCause::from_moka(cause)).inc();
                 s.entries.add(-1);
@@ -83,14 +91,28 @@ impl L1 {
             cache,
             max_entry_size,
             stats,
+            front_generation: AtomicU64::new(front::new_generation()),
+            front_max_bytes: usize::try_from(max_memory / 32)
+                .unwrap_or(usize::MAX)
+                .min(front::MAX_BYTES),
         }
     }
 
     /// The entry under `key` if present, unexpired and stored under the same `check`. A
     /// different check is a 128-bit key collision: counted and treated as a miss.
+    /// The thread's front is asked first (see [`front`]).
     pub fn get(&self, key: &CacheKey, check: &KeyCheck) -> Option<Arc<Entry>> {
+        let generation = self.front_generation.load(Ordering::Acquire);
+        if let FrontGet::Hit { entry, record } = front::get(generation, key, check, Instant::now())
+        {
+            if record {
+                let _ = self.cache.get(key);
+            }
+            return Some(entry);
+        }
         let entry = self.cache.get(key)?;
         if entry.check == *check {
+            front::put(generation, *key, &entry, self.front_max_bytes);
             Some(entry)
         } else {
             self.stats.collisions.inc();
@@ -116,6 +138,8 @@ impl L1 {
     /// Drops every entry (memory is freed as moka's housekeeping catches up). Callers also
     /// bump the epoch; this only frees the space sooner.
     pub fn clear(&self) {
+        self.front_generation
+            .store(front::new_generation(), Ordering::Release);
         self.cache.invalidate_all();
     }
 

@@ -18,6 +18,7 @@
 
 pub mod entry;
 pub mod fill;
+pub mod front;
 pub mod key;
 pub mod l1;
 pub mod stats;

@@ -4,33 +4,29 @@
 //! Metric handles are created once, when the cache is built; the Prometheus recorder must be
 //! installed before that (it is, at start-up) or the exported side stays a no-op.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use moka::notification::RemovalCause;
 
 use crate::telemetry::names;
+use crate::telemetry::striped::Striped;
 
-/// A counter with a local value and an exported metric.
-pub(crate) struct Count {
-    local: AtomicU64,
-    exported: metrics::Counter,
-}
+/// A counter with a local value, exported under a name (striped per thread: hits and misses
+/// are counted on every lookup by every worker).
+pub(crate) struct Count(Arc<Striped>);
 
 impl Count {
-    fn new(exported: metrics::Counter) -> Self {
-        Self {
-            local: AtomicU64::new(0),
-            exported,
-        }
+    fn new(name: &'static str, labels: &[(&'static str, &'static str)]) -> Self {
+        Self(Striped::register(name, labels))
     }
 
     pub(crate) fn inc(&self) {
-        self.local.fetch_add(1, Ordering::Relaxed);
-        self.exported.increment(1);
+        self.0.inc();
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.local.load(Ordering::Relaxed)
+        self.0.get()
     }
 }
 
@@ -142,23 +138,20 @@ pub(crate) struct Stats {
 
 impl Stats {
     pub(crate) fn new() -> Self {
-        let refused = |reason: &'static str| {
-            Count::new(metrics::counter!(names::CACHE_STORE_REFUSALS, "reason" => reason))
-        };
+        let refused =
+            |reason: &'static str| Count::new(names::CACHE_STORE_REFUSALS, &[("reason", reason)]);
         Self {
-            hits: Count::new(metrics::counter!(names::CACHE_HITS)),
-            misses: Count::new(metrics::counter!(names::CACHE_MISSES)),
-            collisions: Count::new(metrics::counter!(names::CACHE_KEY_COLLISIONS)),
-            stores: Count::new(metrics::counter!(names::CACHE_STORES)),
+            hits: Count::new(names::CACHE_HITS, &[]),
+            misses: Count::new(names::CACHE_MISSES, &[]),
+            collisions: Count::new(names::CACHE_KEY_COLLISIONS, &[]),
+            stores: Count::new(names::CACHE_STORES, &[]),
             refused_too_large: refused("too_large"),
             refused_stale: refused("stale"),
-            evictions: EvictionCause::ALL.map(|c| {
-                Count::new(metrics::counter!(names::CACHE_EVICTIONS, "cause" => c.as_str()))
-            }),
-            waits: WaitEnd::ALL.map(|w| {
-                Count::new(metrics::counter!(names::CACHE_FILL_WAITS, "result" => w.as_str()))
-            }),
-            uncoalesced: Count::new(metrics::counter!(names::CACHE_FILLS_UNCOALESCED)),
+            evictions: EvictionCause::ALL
+                .map(|c| Count::new(names::CACHE_EVICTIONS, &[("cause", c.as_str())])),
+            waits: WaitEnd::ALL
+                .map(|w| Count::new(names::CACHE_FILL_WAITS, &[("result", w.as_str())])),
+            uncoalesced: Count::new(names::CACHE_FILLS_UNCOALESCED, &[]),
             entries: Level::new(metrics::gauge!(names::CACHE_ENTRIES)),
             bytes: Level::new(metrics::gauge!(names::CACHE_BYTES)),
         }

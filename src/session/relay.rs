@@ -10,10 +10,10 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use metrics::Counter;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::caching::{CacheSession, FrameAction, PlanFuture};
@@ -24,6 +24,7 @@ use crate::net::Stream;
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{self, FrameError, response};
 use crate::telemetry::names;
+use crate::telemetry::striped::Striped;
 
 /// Read buffers start at this size and return to it when idle (memory per idle session).
 const MIN_READ: usize = 8 * 1024;
@@ -53,26 +54,27 @@ pub enum RelayError {
     Upstream(io::Error),
 }
 
-/// Per-session handles on the shared counters (resolved once, not per frame).
+/// The relay's counters: process-wide, striped per worker thread (see
+/// [`crate::telemetry::striped`]), bumped for every frame batch.
 struct Counters {
-    bytes_in: Counter,
-    bytes_out: Counter,
-    simple: Counter,
-    extended: Counter,
-    function_call: Counter,
+    bytes_in: Arc<Striped>,
+    bytes_out: Arc<Striped>,
+    simple: Arc<Striped>,
+    extended: Arc<Striped>,
+    function_call: Arc<Striped>,
 }
 
-impl Counters {
-    fn new() -> Self {
-        Self {
-            bytes_in: metrics::counter!(names::CLIENT_BYTES_RECEIVED),
-            bytes_out: metrics::counter!(names::CLIENT_BYTES_SENT),
-            simple: metrics::counter!(names::STATEMENTS_TOTAL, "protocol" => "simple"),
-            extended: metrics::counter!(names::STATEMENTS_TOTAL, "protocol" => "extended"),
-            function_call: metrics::counter!(names::STATEMENTS_TOTAL, "protocol" => "function_call"),
-        }
+static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
+    let statements =
+        |protocol| Striped::register(names::STATEMENTS_TOTAL, &[("protocol", protocol)]);
+    Counters {
+        bytes_in: Striped::register(names::CLIENT_BYTES_RECEIVED, &[]),
+        bytes_out: Striped::register(names::CLIENT_BYTES_SENT, &[]),
+        simple: statements("simple"),
+        extended: statements("extended"),
+        function_call: statements("function_call"),
     }
-}
+});
 
 pub struct Relay<'a> {
     client: &'a mut Stream,
@@ -105,7 +107,7 @@ pub struct Relay<'a> {
     shutdown_waits: [Pin<Box<WaitForCancellationFutureOwned>>; 2],
     shutdown_registered: bool,
     draining: bool,
-    counters: Counters,
+    counters: &'static Counters,
 }
 
 impl<'a> Relay<'a> {
@@ -144,7 +146,7 @@ impl<'a> Relay<'a> {
             drain_token: drain,
             force_token: force,
             draining: false,
-            counters: Counters::new(),
+            counters: &COUNTERS,
         }
     }
 
@@ -166,7 +168,7 @@ impl<'a> Relay<'a> {
             match self.to_client.poll_drain(self.client, cx) {
                 Poll::Ready(Ok(n)) => {
                     if n > 0 {
-                        self.counters.bytes_out.increment(n as u64);
+                        self.counters.bytes_out.add(n as u64);
                         progress = true;
                     }
                 }
@@ -247,7 +249,7 @@ impl<'a> Relay<'a> {
                         progress = true;
                     }
                     Poll::Ready(Ok(n)) => {
-                        self.counters.bytes_in.increment(n as u64);
+                        self.counters.bytes_in.add(n as u64);
                         self.process_client();
                         progress = true;
                     }
@@ -328,7 +330,7 @@ impl<'a> Relay<'a> {
                         FrameAction::Forward => self.state.on_frontend(h.tag, frame),
                         FrameAction::Answer(answer) => {
                             // A hit: what precedes goes upstream, the Query does not.
-                            self.counters.simple.increment(1);
+                            self.counters.simple.add(1);
                             if pos > 0 {
                                 self.to_upstream.push(self.cbuf.split_to(pos).freeze());
                             }
@@ -347,9 +349,9 @@ impl<'a> Relay<'a> {
                     }
                 }
                 match h.tag {
-                    frontend::QUERY => self.counters.simple.increment(1),
-                    frontend::EXECUTE => self.counters.extended.increment(1),
-                    frontend::FUNCTION_CALL => self.counters.function_call.increment(1),
+                    frontend::QUERY => self.counters.simple.add(1),
+                    frontend::EXECUTE => self.counters.extended.add(1),
+                    frontend::FUNCTION_CALL => self.counters.function_call.add(1),
                     _ => {}
                 }
                 pos += h.total;

@@ -2,6 +2,7 @@
 //! recorder, and tracing initialisation.
 
 pub mod recorder;
+pub mod striped;
 
 use metrics::{Unit, describe_counter, describe_gauge};
 

@@ -11,6 +11,7 @@
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
 pub mod hooks;
+pub mod memo;
 pub mod plan;
 pub mod probe;
 pub mod tracker;
@@ -32,12 +33,16 @@ use crate::protocol::tags::{backend, frontend};
 use crate::session::fingerprint::Fingerprint;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
-use plan::{Context, Plan, PlanMemo, Planner};
+use memo::PlanMemo;
+use plan::{Context, Plan, Planner};
 use probe::{ProbeReader, ProbeResult};
 use tracker::{Expect, MAX_NAMED, Tracker};
 
 /// Probes that may fail in a row before a session gives up on the cache.
 const MAX_PROBE_FAILURES: u8 = 3;
+
+/// One cache lookup in this many per session has its hit latency recorded.
+const HIT_TIMING_SAMPLE: u32 = 16;
 
 /// ReadyForQuery, idle: ends every answer from the cache.
 pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
@@ -108,6 +113,8 @@ pub struct CacheSession {
     /// Custom (dotted) settings this session SET or RESET: the probe reads them back.
     custom_names: Vec<String>,
     ready_plan: Option<Arc<Plan>>,
+    /// Cache lookups so far (for sampling hit latency).
+    lookups: u32,
     metrics: Metrics,
 }
 
@@ -133,6 +140,7 @@ impl CacheSession {
             capture: None,
             custom_names: Vec::new(),
             ready_plan: None,
+            lookups: 0,
             metrics: Metrics {
                 hit_seconds: metrics::histogram!(names::CACHE_HIT_SECONDS),
                 upstream_seconds: metrics::histogram!(names::UPSTREAM_QUERY_SECONDS),
@@ -437,16 +445,23 @@ impl CacheSession {
         let Some(fp) = self.fp_digest.filter(|_| self.fingerprint.cacheable()) else {
             return bypass("session_tainted");
         };
-        let started = Instant::now();
+        // Hit latency is sampled: timing every hit would cost a share of the hit itself.
+        self.lookups = self.lookups.wrapping_add(1);
+        let timed = self
+            .lookups
+            .is_multiple_of(HIT_TIMING_SAMPLE)
+            .then(Instant::now);
         let cache = &self.app.caching.cache;
         // I1: versions are read before the Query goes upstream.
         let snapshot = cache.versions().snapshot(&read.tags);
         let (key, check) = cache.key(&KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot));
         match cache.lookup(key, check) {
             Lookup::Hit(entry) => {
-                self.metrics
-                    .hit_seconds
-                    .record(started.elapsed().as_secs_f64());
+                if let Some(started) = timed {
+                    self.metrics
+                        .hit_seconds
+                        .record(started.elapsed().as_secs_f64());
+                }
                 Some(entry.frames.clone())
             }
             Lookup::Miss(guard) => {
@@ -459,7 +474,7 @@ impl CacheSession {
                     tags: read.tags.clone(),
                     frames: BytesMut::new(),
                     complete: false,
-                    started,
+                    started: timed.unwrap_or_else(Instant::now),
                 });
                 None
             }

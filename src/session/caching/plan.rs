@@ -7,9 +7,8 @@
 //! rules generations on every use, so the hit path does no parsing and no catalog I/O. Any
 //! catalog failure makes the plan conservative: reads bypass, writes bump the epoch.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,7 +64,7 @@ pub struct ReadPlan {
     pub ttl: Duration,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub sql: Bytes,
     pub context_id: u64,
@@ -471,66 +470,5 @@ fn relation_reason(r: catalog::NotCacheable) -> &'static str {
         catalog::NotCacheable::Volatility(_) => "view_volatility",
         catalog::NotCacheable::Locking => "view_locking",
         catalog::NotCacheable::TooComplex => "view_too_complex",
-    }
-}
-
-/// Bounded memo of plans, shared by every session (sharded locks; a full shard is cleared).
-type Shard = Mutex<HashMap<u64, (Bytes, Arc<Plan>)>>;
-
-pub struct PlanMemo {
-    shards: Box<[Shard]>,
-    per_shard: usize,
-    /// Seeded per process (a hash of client-chosen text; collisions only cost a replan,
-    /// since a hit also compares the text). foldhash: this runs on every cacheable query.
-    hasher: foldhash::fast::RandomState,
-}
-
-const MEMO_SHARDS: usize = 16;
-
-impl PlanMemo {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            shards: (0..MEMO_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            per_shard: (capacity / MEMO_SHARDS).max(1),
-            hasher: foldhash::fast::RandomState::default(),
-        }
-    }
-
-    fn slot(&self, context_id: u64, sql: &[u8]) -> (u64, &Shard) {
-        let mut h = self.hasher.build_hasher();
-        context_id.hash(&mut h);
-        sql.hash(&mut h);
-        let k = h.finish();
-        let shard = &self.shards[(k as usize) % self.shards.len()];
-        (k, shard)
-    }
-
-    /// The plan memoised for this context under `key` (the text, or its shape), if current.
-    pub fn get(
-        &self,
-        context_id: u64,
-        key: &[u8],
-        catalog_generation: u64,
-        rules_generation: u64,
-    ) -> Option<Arc<Plan>> {
-        let (k, shard) = self.slot(context_id, key);
-        let map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        let (stored, plan) = map.get(&k)?;
-        (plan.context_id == context_id
-            && stored.as_ref() == key
-            && plan.is_current(catalog_generation, rules_generation))
-        .then(|| Arc::clone(plan))
-    }
-
-    /// Memoises `plan` under `key` (its text, or its shape).
-    pub fn insert(&self, key: Bytes, plan: Arc<Plan>) {
-        let (k, shard) = self.slot(plan.context_id, &key);
-        let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= self.per_shard && !map.contains_key(&k) {
-            map.clear();
-        }
-        map.insert(k, (key, plan));
     }
 }
