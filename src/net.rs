@@ -15,9 +15,53 @@ pub enum Stream {
     Unix(UnixStream),
 }
 
+/// A [`Stream`] detached from its runtime's reactor, to be registered with another's (a
+/// session moving between workers). TLS streams are never detached.
+pub enum Detached {
+    Plain(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Detached {
+    /// Registers the socket with the current runtime.
+    pub fn attach(self) -> io::Result<Stream> {
+        Ok(match self {
+            Detached::Plain(s) => Stream::Plain(TcpStream::from_std(s)?),
+            Detached::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+        })
+    }
+}
+
 impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
+    }
+
+    /// Whether [`Stream::detach`] can move this stream (not TLS: rustls state stays put).
+    pub fn detachable(&self) -> bool {
+        !self.is_tls()
+    }
+
+    /// Deregisters the socket from this runtime (buffered kernel data stays in the socket).
+    pub fn detach(self) -> io::Result<Detached> {
+        match self {
+            Stream::Plain(s) => s.into_std().map(Detached::Plain),
+            Stream::Unix(s) => s.into_std().map(Detached::Unix),
+            Stream::Tls(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a TLS stream cannot move between runtimes",
+            )),
+        }
+    }
+
+    /// The CPU the kernel last received this TCP socket's packets on (`SO_INCOMING_CPU`):
+    /// for a client on the same host, the CPU its thread was running on when it sent.
+    pub fn incoming_cpu(&self) -> Option<usize> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Stream::Plain(s) => socket2::SockRef::from(s).cpu_affinity().ok(),
+            _ => None,
+        }
     }
 
     /// DER of the certificate the far end presented (client-side TLS only).

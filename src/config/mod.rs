@@ -68,6 +68,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Threads that run client sessions, each an event loop of its own; 0 = one per CPU.
     pub worker_threads: usize,
+    /// Pin one worker per CPU (Linux, when there are as many workers as CPUs) and let each
+    /// session move to the worker on its client's CPU.
+    pub pin_workers: bool,
     /// Client-leg TLS; absent = SSLRequest answered 'N'.
     pub tls: Option<TlsConfig>,
 }
@@ -130,6 +133,7 @@ impl Default for ServerConfig {
             startup_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             worker_threads: 0,
+            pin_workers: true,
             tls: None,
         }
     }

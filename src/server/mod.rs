@@ -3,6 +3,7 @@
 //! and on shutdown stops accepting, lets sessions finish their transaction up to
 //! `server.shutdown_timeout`, then closes the rest with 57P01.
 
+pub mod affinity;
 pub mod caching;
 pub mod tls;
 pub mod workers;
@@ -103,8 +104,15 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     // The ready line is a contract for tests and tools: one line on stdout.
     println!("pgmemo listening on {listen_addr} admin {admin_addr}");
 
-    let pool = workers::Workers::start(ctx.config().server.worker_threads)?;
-    info!(workers = pool.len(), "session workers started");
+    let pool = Arc::new(workers::Workers::start(
+        ctx.config().server.worker_threads,
+        ctx.config().server.pin_workers,
+    )?);
+    info!(
+        workers = pool.len(),
+        pinned = pool.pinned(),
+        "session workers started"
+    );
     let sessions = TaskTracker::new();
     let drain = CancellationToken::new();
     let force = CancellationToken::new();
@@ -131,15 +139,19 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
                 force: force.clone(),
             };
             let ctx = Arc::clone(&ctx);
-            hand_off(&pool, &sessions, tcp, move |tcp| async move {
-                let _slot = slot;
-                session::serve(ctx, tcp, peer, shutdown).await;
+            let workers = Some(Arc::clone(&pool));
+            hand_off(&pool, &sessions, tcp, move |tcp, tracked| async move {
+                let home = session::Home {
+                    workers,
+                    keep: vec![Box::new(slot), tracked],
+                };
+                session::serve(ctx, tcp, peer, shutdown, home).await;
             })
             .await;
         } else if let Some(slot) = Slot::take(&rejecting, MAX_REJECTING) {
             let ctx = Arc::clone(&ctx);
-            hand_off(&pool, &sessions, tcp, move |tcp| async move {
-                let _slot = slot;
+            hand_off(&pool, &sessions, tcp, move |tcp, tracked| async move {
+                let _held = (slot, tracked);
                 session::reject_busy(ctx, tcp).await;
             })
             .await;
@@ -185,7 +197,7 @@ async fn hand_off<F, Fut>(
     tcp: tokio::net::TcpStream,
     serve: F,
 ) where
-    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    F: FnOnce(tokio::net::TcpStream, Box<dyn Send>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     // Deregister from this runtime's reactor; the worker registers it with its own.
@@ -199,14 +211,13 @@ async fn hand_off<F, Fut>(
     let tracked = sessions.token();
     let job: workers::Job = Box::new(move || {
         Box::pin(async move {
-            let _tracked = tracked;
             match tokio::net::TcpStream::from_std(std) {
-                Ok(tcp) => serve(tcp).await,
+                Ok(tcp) => serve(tcp, Box::new(tracked)).await,
                 Err(e) => warn!(error = %e, "cannot register a connection on its worker"),
             }
         })
     });
-    if let Err(e) = pool.submit(job).await {
+    if let Err(e) = pool.submit(job, None).await {
         error!(error = %e, "connection dropped");
     }
 }

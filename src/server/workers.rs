@@ -2,14 +2,25 @@
 //! like PgBouncer's loop but on every core). An accepted connection is handed to one worker,
 //! round robin, and its session lives there: both of its sockets are driven by the same
 //! thread, so relaying a message costs no cross-thread wake-up.
+//!
+//! With one worker per CPU and `server.pin_workers` on (Linux), worker `i` is pinned to the
+//! `i`-th CPU pgmemo may run on. A session can then follow its client: when the client's
+//! packets keep arriving on another worker's CPU (the kernel's `SO_INCOMING_CPU`: for a
+//! local client, the CPU its thread runs on), the session moves to that worker at an idle
+//! point (see `session::relay`). A client thread and the worker serving it then wake each
+//! other on one CPU instead of across CPUs, which on a loaded box (and in VMs, where
+//! cross-CPU wake-ups are expensive) is the larger part of a cache hit's cost.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{error, warn};
+
+use super::affinity;
 
 /// A session to start on a worker, built there (so its sockets register with that worker's
 /// reactor).
@@ -29,30 +40,69 @@ pub enum WorkerError {
 pub struct Workers {
     queues: Vec<mpsc::Sender<Job>>,
     next: AtomicUsize,
+    /// The CPU each worker is pinned to (empty when not pinned).
+    cpus: Vec<usize>,
+}
+
+thread_local! {
+    /// The index of the worker running on this thread.
+    static CURRENT: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The worker this thread is, if it is one.
+pub fn current() -> Option<usize> {
+    CURRENT.with(Cell::get)
 }
 
 impl Workers {
-    /// Starts `n` workers (`0` = one per CPU). They stop when the pool is dropped and their
-    /// sessions have ended.
-    pub fn start(n: usize) -> Result<Self, WorkerError> {
+    /// Starts `n` workers (`0` = one per CPU), pinned one per CPU when `pin` is set and
+    /// there are exactly as many workers as CPUs pgmemo may use. They stop when the pool is
+    /// dropped and their sessions have ended.
+    pub fn start(n: usize, pin: bool) -> Result<Self, WorkerError> {
         let n = if n == 0 {
             thread::available_parallelism().map_or(1, |p| p.get())
         } else {
             n
         };
+        let allowed = affinity::allowed_cpus();
+        let cpus = if pin && n > 1 && allowed.len() == n {
+            allowed
+        } else {
+            Vec::new()
+        };
         let mut queues = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = mpsc::channel::<Job>(QUEUE);
+            let cpu = cpus.get(i).copied();
             thread::Builder::new()
                 .name(format!("pgmemo-worker-{i}"))
-                .spawn(move || run_worker(rx))
+                .spawn(move || {
+                    if let Some(cpu) = cpu
+                        && let Err(e) = affinity::pin_current_thread(cpu)
+                    {
+                        warn!(worker = i, cpu, error = %e, "cannot pin session worker");
+                    }
+                    CURRENT.with(|c| c.set(Some(i)));
+                    run_worker(rx)
+                })
                 .map_err(WorkerError::Spawn)?;
             queues.push(tx);
         }
         Ok(Self {
             queues,
             next: AtomicUsize::new(0),
+            cpus,
         })
+    }
+
+    /// The worker pinned to `cpu`, when workers are pinned.
+    pub fn worker_on_cpu(&self, cpu: usize) -> Option<usize> {
+        self.cpus.iter().position(|c| *c == cpu)
+    }
+
+    /// Whether workers are pinned (sessions may then follow their clients' CPUs).
+    pub fn pinned(&self) -> bool {
+        !self.cpus.is_empty()
     }
 
     pub fn len(&self) -> usize {
@@ -63,9 +113,10 @@ impl Workers {
         self.queues.is_empty()
     }
 
-    /// Hands `job` to the next worker; falls over to the others if one has stopped.
-    pub async fn submit(&self, mut job: Job) -> Result<(), WorkerError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+    /// Hands `job` to the next worker (or to worker `prefer % n`); falls over to the others if
+    /// one has stopped.
+    pub async fn submit(&self, mut job: Job, prefer: Option<usize>) -> Result<(), WorkerError> {
+        let start = prefer.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed));
         for k in 0..self.queues.len() {
             let Some(q) = self.queues.get((start + k) % self.queues.len()) else {
                 continue;
@@ -109,18 +160,23 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_on_worker_threads() {
-        let workers = Workers::start(2).unwrap();
+        let workers = Workers::start(2, false).unwrap();
+        assert!(!workers.pinned());
+        assert_eq!(current(), None, "the test thread is not a worker");
         assert_eq!(workers.len(), 2);
         let (tx, mut rx) = mpsc::channel(4);
         for _ in 0..4 {
             let tx = tx.clone();
             workers
-                .submit(Box::new(move || {
-                    Box::pin(async move {
-                        let name = thread::current().name().map(str::to_owned);
-                        let _ = tx.send(name).await;
-                    })
-                }))
+                .submit(
+                    Box::new(move || {
+                        Box::pin(async move {
+                            let name = thread::current().name().map(str::to_owned);
+                            let _ = tx.send(name).await;
+                        })
+                    }),
+                    None,
+                )
                 .await
                 .unwrap();
         }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod caching;
 pub mod cancel;
 pub mod fingerprint;
+pub mod follow;
 pub mod negotiate;
 pub mod outq;
 pub mod registry;
@@ -19,11 +20,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::net::Stream;
+use crate::server::workers::{self, Workers};
 use crate::telemetry::names;
 use negotiate::{Negotiated, negotiate};
 use relay::{Relay, RelayEnd, RelayError};
@@ -39,36 +41,160 @@ pub struct Shutdown {
     pub force: CancellationToken,
 }
 
+/// Where a session runs, and what must live as long as it does wherever it runs.
+pub struct Home {
+    /// The session workers: with pinned workers the session may move between them.
+    pub workers: Option<Arc<Workers>>,
+    /// Held until the session ends (connection slot, task tracking).
+    pub keep: Vec<Box<dyn Send>>,
+}
+
 /// Serves one accepted client connection to completion.
-pub async fn serve(ctx: Arc<AppContext>, tcp: TcpStream, peer: SocketAddr, shutdown: Shutdown) {
+pub async fn serve(
+    ctx: Arc<AppContext>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: Shutdown,
+    home: Home,
+) {
     let id = ctx.next_session_id();
     let span = tracing::info_span!("session", id, %peer);
-    async move {
-        metrics::counter!(names::CLIENT_CONNECTIONS_TOTAL).increment(1);
-        let gauge = metrics::gauge!(names::CLIENT_CONNECTIONS_ACTIVE);
-        gauge.increment(1.0);
-        let _active = scopeguard(move || gauge.decrement(1.0));
-        let Some(mut live) = establish(&ctx, tcp, id).instrument(span.clone()).await else {
+    metrics::counter!(names::CLIENT_CONNECTIONS_TOTAL).increment(1);
+    let gauge = metrics::gauge!(names::CLIENT_CONNECTIONS_ACTIVE);
+    gauge.increment(1.0);
+    let active = scopeguard(move || gauge.decrement(1.0));
+    let Some(live) = establish(&ctx, tcp, id).instrument(span.clone()).await else {
+        return;
+    };
+    let mut home = home;
+    home.keep.push(Box::new(active));
+    Running {
+        ctx,
+        live,
+        state: state::SessionState::default(),
+        shutdown,
+        span,
+        home,
+    }
+    .run()
+    .await;
+}
+
+/// A session past authentication, with everything it needs to continue on any worker.
+struct Running {
+    ctx: Arc<AppContext>,
+    live: Live,
+    state: state::SessionState,
+    shutdown: Shutdown,
+    span: tracing::Span,
+    home: Home,
+}
+
+type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Running {
+    /// Relays until the session ends here, or hands it to another worker.
+    fn run(mut self) -> SessionFuture {
+        Box::pin(async move {
+            // The relay loop runs outside the span: entering it on every poll would cost
+            // more than the relay's own work, and the loop logs nothing.
+            let follow = match (&self.home.workers, workers::current()) {
+                (Some(pool), Some(me))
+                    if pool.pinned()
+                        && self.live.client.detachable()
+                        && self.live.upstream.detachable() =>
+                {
+                    Some((follow::Follow::new(me), pool.as_ref()))
+                }
+                _ => None,
+            };
+            let end = Relay::new(
+                &mut self.live.client,
+                &mut self.live.upstream,
+                &mut self.state,
+                &mut self.live.caching,
+                self.live.max_message,
+                self.shutdown.clone(),
+                follow,
+            )
+            .run()
+            .await;
+            if let Ok(RelayEnd::Migrate(worker)) = end {
+                self.migrate(worker).await;
+                return;
+            }
+            self.live.caching.finish();
+            let span = self.span.clone();
+            finish(&self.ctx, self.live, end).instrument(span).await;
+        })
+    }
+
+    /// Detaches both sockets and continues on `worker`. The relay stopped where nothing is
+    /// buffered or outstanding, so only the kernel's socket buffers hold data, and they
+    /// move with the sockets.
+    async fn migrate(self, worker: usize) {
+        let Running {
+            ctx,
+            live,
+            state,
+            shutdown,
+            span,
+            home,
+        } = self;
+        let Live {
+            client,
+            upstream,
+            max_message,
+            mut caching,
+            _cancel_guard,
+        } = live;
+        let Some(pool) = home.workers.clone() else {
+            caching.finish();
             return;
         };
-        // The relay loop runs outside the span: entering it on every poll would cost more
-        // than the relay's own work, and the loop logs nothing.
-        let mut state = state::SessionState::default();
-        let end = Relay::new(
-            &mut live.client,
-            &mut live.upstream,
-            &mut state,
-            &mut live.caching,
-            live.max_message,
-            shutdown.drain,
-            shutdown.force,
-        )
-        .run()
-        .await;
-        live.caching.finish();
-        finish(&ctx, live, end).instrument(span).await;
+        let (client, upstream) = match (client.detach(), upstream.detach()) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                let e = c.err().or(u.err()).map(|e| e.to_string());
+                warn!(parent: &span, error = e.unwrap_or_default(), "cannot move the session to another worker; closing it");
+                caching.finish();
+                return;
+            }
+        };
+        metrics::counter!(names::SESSION_MIGRATIONS).increment(1);
+        let job: workers::Job = Box::new(move || {
+            Box::pin(async move {
+                let (client, upstream) = match (client.attach(), upstream.attach()) {
+                    (Ok(c), Ok(u)) => (c, u),
+                    (c, u) => {
+                        let e = c.err().or(u.err()).map(|e| e.to_string());
+                        warn!(parent: &span, error = e.unwrap_or_default(), "cannot register the moved session; closing it");
+                        caching.finish();
+                        return;
+                    }
+                };
+                Running {
+                    ctx,
+                    live: Live {
+                        client,
+                        upstream,
+                        max_message,
+                        caching,
+                        _cancel_guard,
+                    },
+                    state,
+                    shutdown,
+                    span,
+                    home,
+                }
+                .run()
+                .await;
+            })
+        });
+        if let Err(e) = pool.submit(job, Some(worker)).await {
+            error!(error = %e, "session dropped: no worker to move it to");
+        }
     }
-    .await
 }
 
 /// A session past authentication.
@@ -206,6 +332,8 @@ async fn finish(ctx: &AppContext, mut live: Live, end: Result<RelayEnd, RelayErr
     match end {
         Ok(RelayEnd::ClientClosed) => debug!("client closed"),
         Ok(RelayEnd::Shutdown) => info!("closed for shutdown"),
+        // Handled by the caller (the session continues elsewhere); never ends one.
+        Ok(RelayEnd::Migrate(_)) => debug!("session moved"),
         Ok(RelayEnd::ClientProtocol(e)) => warn!(error = %e, "client protocol violation"),
         Ok(RelayEnd::UpstreamClosed { fatal_relayed }) => {
             if !fatal_relayed {

@@ -23,6 +23,7 @@ use crate::error::ClientError;
 use crate::net::Stream;
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{self, FrameError, response};
+use crate::server::workers::Workers;
 use crate::telemetry::names;
 use crate::telemetry::striped::Striped;
 
@@ -44,6 +45,9 @@ pub enum RelayEnd {
     ClientProtocol(FrameError),
     /// pgmemo is shutting down (the client has been told 57P01).
     Shutdown,
+    /// The session is idle and should continue on this worker (see [`super::follow`]):
+    /// nothing is buffered in either direction and no response is outstanding.
+    Migrate(usize),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,8 @@ pub struct Relay<'a> {
     shutdown_registered: bool,
     draining: bool,
     counters: &'static Counters,
+    /// Following the client's CPU, when workers are pinned.
+    follow: Option<(super::follow::Follow, &'a Workers)>,
 }
 
 impl<'a> Relay<'a> {
@@ -117,9 +123,10 @@ impl<'a> Relay<'a> {
         state: &'a mut SessionState,
         caching: &'a mut CacheSession,
         max_message: usize,
-        drain: CancellationToken,
-        force: CancellationToken,
+        shutdown: super::Shutdown,
+        follow: Option<(super::follow::Follow, &'a Workers)>,
     ) -> Self {
+        let super::Shutdown { drain, force } = shutdown;
         Self {
             client,
             upstream,
@@ -147,6 +154,7 @@ impl<'a> Relay<'a> {
             force_token: force,
             draining: false,
             counters: &COUNTERS,
+            follow,
         }
     }
 
@@ -250,6 +258,9 @@ impl<'a> Relay<'a> {
                     }
                     Poll::Ready(Ok(n)) => {
                         self.counters.bytes_in.add(n as u64);
+                        if let Some((follow, _)) = self.follow.as_mut() {
+                            follow.on_read();
+                        }
                         self.process_client();
                         progress = true;
                     }
@@ -280,9 +291,42 @@ impl<'a> Relay<'a> {
             }
 
             if !progress {
+                if let Some(worker) = self.migration_due() {
+                    return Poll::Ready(Ok(RelayEnd::Migrate(worker)));
+                }
                 return Poll::Pending;
             }
         }
+    }
+
+    /// At the end of a step with nothing left to do: the worker this session should move to,
+    /// if it follows its client and this is a point where nothing is in flight.
+    fn migration_due(&mut self) -> Option<usize> {
+        let (follow, pool) = self.follow.as_mut()?;
+        if !follow.due() {
+            return None;
+        }
+        let quiet = self.ending.is_none()
+            && !self.draining
+            && !self.client_paused
+            && self.pending_plan.is_none()
+            && self.cbuf.is_empty()
+            && self.ubuf.is_empty()
+            && self.c_stream_left == 0
+            && self.u_stream_left == 0
+            && self.to_client.is_empty()
+            && self.to_upstream.is_empty()
+            && self.state.is_idle()
+            && self.state.awaiting_ready() == 0
+            && !self.caching.inspects_all_backend();
+        if !quiet {
+            return None;
+        }
+        let target = self
+            .client
+            .incoming_cpu()
+            .and_then(|cpu| pool.worker_on_cpu(cpu));
+        follow.decide(target)
     }
 
     /// Client frames wait while a plan is computed or the settings probe is in flight.

@@ -104,6 +104,10 @@ pub fn describe_all() {
         "Time the upstream took for a missed cacheable read."
     );
     describe_counter!(
+        names::SESSION_MIGRATIONS,
+        "Sessions moved to the worker on their client's CPU (server.pin_workers)."
+    );
+    describe_counter!(
         names::SESSION_PROBES,
         "Session settings probes run on the upstream connection, by result."
     );
@@ -176,6 +180,8 @@ pub mod names {
     pub const UPSTREAM_QUERY_SECONDS: &str = "pgmemo_upstream_query_seconds";
     /// counter, label `result` (`ok`, `error`): session settings probes on the upstream.
     pub const SESSION_PROBES: &str = "pgmemo_session_probes_total";
+    /// counter: sessions moved to the worker pinned to their client's CPU.
+    pub const SESSION_MIGRATIONS: &str = "pgmemo_session_migrations_total";
     /// counter, label `kind` (`plan`, `catalog_error`): statement plans computed (memo misses).
     pub const PLANS: &str = "pgmemo_statement_plans_total";
     /// counter, labels `scope` (`all`, `table`) and `result` (`ok`, `error`): manual
