@@ -96,6 +96,31 @@ impl ClientError {
     pub fn protocol_violation(message: impl Into<String>) -> Self {
         Self::fatal(sqlstate::PROTOCOL_VIOLATION, message)
     }
+
+    /// A statement cancelled while it waited for another session's identical query (a
+    /// CancelRequest), worded as PostgreSQL words a cancelled statement.
+    pub fn canceled_by_user() -> Self {
+        Self::error(
+            sqlstate::QUERY_CANCELED,
+            "canceling statement due to user request",
+        )
+    }
+
+    /// A statement whose wait for another session's identical query reached the session's
+    /// `statement_timeout`, as PostgreSQL reports the timeout.
+    pub fn canceled_by_statement_timeout() -> Self {
+        Self::error(
+            sqlstate::QUERY_CANCELED,
+            "canceling statement due to statement timeout",
+        )
+    }
+
+    fn error(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            ..Self::fatal(code, message)
+        }
+    }
 }
 
 impl ClientError {

@@ -69,8 +69,8 @@ fn psycopg_and_asyncpg_match_direct() {
     let ok_lines = out.stdout.lines().filter(|l| l.starts_with("ok ")).count();
     assert_eq!(
         ok_lines,
-        5,
-        "expected 5 passing scenarios:\n{}",
+        7,
+        "expected 7 passing scenarios:\n{}",
         out.describe()
     );
 }

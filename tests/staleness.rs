@@ -14,7 +14,7 @@ use checker::{CheckerConfig, Fault, Report, Shape};
 use common::{PgOptions, SUPERUSER, Stack};
 
 /// Every kind of operation the checker has (see `worker.rs`).
-const OP_KINDS: usize = 11;
+const OP_KINDS: usize = 12;
 
 /// The audit trigger's function writes `counters_audit` and nothing else: declared, so a
 /// counter update bumps that table instead of the epoch (which would flush every entry and

@@ -19,9 +19,13 @@ const OVERHEAD_BYTES: usize = 160;
 pub struct Entry {
     /// Check of the key the entry was stored under; compared on every hit.
     pub check: KeyCheck,
-    /// The response frames exactly as the client receives them (for the simple protocol:
-    /// RowDescription, DataRows, CommandComplete; the session adds ReadyForQuery).
+    /// The response frames exactly as the client receives them: RowDescription, DataRows,
+    /// CommandComplete (the session adds ReadyForQuery, and for the extended protocol
+    /// ParseComplete and BindComplete, and leaves the RowDescription out when the client did
+    /// not Describe the portal).
     pub frames: Bytes,
+    /// Length of the leading RowDescription in `frames` (0 if there is none).
+    row_description_len: usize,
     /// When the result was captured.
     pub created: Instant,
     /// Time to live from `created`; [`Duration::ZERO`] means "until invalidated".
@@ -38,12 +42,43 @@ impl Entry {
     pub fn new(check: KeyCheck, frames: Bytes, ttl: Duration, tags: Box<[Tag]>) -> Self {
         Self {
             check,
+            row_description_len: row_description_len(&frames),
             frames,
             created: Instant::now(),
             ttl,
             tags,
             evicted: AtomicBool::new(false),
         }
+    }
+
+    /// The frames without the RowDescription: the answer to an Execute whose portal the
+    /// client did not Describe (shares the bytes, no copy).
+    pub fn rows(&self) -> Bytes {
+        self.frames.slice(self.row_description_len..)
+    }
+
+    /// The answer to an Execute limited to `max_rows` (> 0) rows, as PostgreSQL gives it:
+    /// `None` when the result has fewer rows (the whole result is the answer), else the
+    /// RowDescription (if `described`) and the first `max_rows` DataRows, after which the
+    /// portal is suspended (PostgreSQL suspends it even when exactly `max_rows` rows exist).
+    pub fn first_rows(&self, max_rows: u32, described: bool) -> Option<Bytes> {
+        let mut at = self.row_description_len;
+        let mut left = max_rows;
+        while left > 0 {
+            let header = self.frames.get(at..at + 5)?;
+            if header.first() != Some(&b'D') {
+                return None;
+            }
+            let len = i32::from_be_bytes(header.get(1..5)?.try_into().ok()?);
+            at = at.checked_add(usize::try_from(len).ok()?.checked_add(1)?)?;
+            left -= 1;
+        }
+        let start = if described {
+            0
+        } else {
+            self.row_description_len
+        };
+        (at <= self.frames.len()).then(|| self.frames.slice(start..at))
     }
 
     /// The L1 no longer holds the entry.
@@ -81,9 +116,53 @@ impl Entry {
     }
 }
 
+/// The length of the RowDescription frame at the head of `frames`, 0 if none is there.
+fn row_description_len(frames: &[u8]) -> usize {
+    match frames.get(..5) {
+        Some(&[b'T', a, b, c, d]) => usize::try_from(i32::from_be_bytes([a, b, c, d]))
+            .ok()
+            .map_or(0, |len| len + 1)
+            .min(frames.len()),
+        _ => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_rows_stop_where_a_limited_execute_stops() {
+        let frames = Bytes::from_static(b"T\0\0\0\x06\0\0D\0\0\0\x05aD\0\0\0\x05bC\0\0\0\x05\0");
+        let e = Entry::new(KeyCheck(1), frames.clone(), Duration::ZERO, Box::new([]));
+        assert_eq!(e.first_rows(1, true).as_deref(), Some(&frames[..13]));
+        assert_eq!(e.first_rows(1, false).as_deref(), Some(&frames[7..13]));
+        assert_eq!(e.first_rows(2, false).as_deref(), Some(&frames[7..19]));
+        assert_eq!(e.first_rows(3, false), None);
+        let truncated = Entry::new(
+            KeyCheck(1),
+            frames.slice(..10),
+            Duration::ZERO,
+            Box::new([]),
+        );
+        assert_eq!(truncated.first_rows(1, false), None);
+    }
+
+    #[test]
+    fn rows_leave_out_the_row_description() {
+        let frames = Bytes::from_static(b"T\0\0\0\x06\0\0D\0\0\0\x06\0\0C\0\0\0\x05\0");
+        let e = Entry::new(KeyCheck(1), frames.clone(), Duration::ZERO, Box::new([]));
+        assert_eq!(&e.rows()[..], &frames[7..]);
+        let no_rd = Entry::new(KeyCheck(1), frames.slice(7..), Duration::ZERO, Box::new([]));
+        assert_eq!(no_rd.rows(), frames.slice(7..));
+        // A RowDescription claiming more than there is cannot make a panic.
+        let bad = Bytes::from_static(b"T\0\0\x10\0\0");
+        assert!(
+            Entry::new(KeyCheck(1), bad, Duration::ZERO, Box::new([]))
+                .rows()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn size_counts_frames_tags_and_overhead() {

@@ -17,8 +17,8 @@ use super::versions::VersionSnapshot;
 
 /// Domain separation for the derived sub-keys: changing the key layout means changing these,
 /// so keys from an older layout (e.g. in a shared L2) can never be mistaken for new ones.
-const KEY_DOMAIN: &[u8] = b"pgmemo/cache-key/v1";
-const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v1";
+const KEY_DOMAIN: &[u8] = b"pgmemo/cache-key/v2";
+const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v2";
 
 /// Marker bytes for a parameter: NULL has no length, a value is followed by its length.
 const PARAM_NULL: u8 = 0;
@@ -117,6 +117,9 @@ pub struct KeyInput<'a, B: AsRef<[u8]> = bytes::Bytes> {
     param_types: &'a [u32],
     param_formats: &'a [i16],
     result_formats: &'a [i16],
+    /// Extended protocol: the Parse's parameter type OIDs and the Bind's formats, values and
+    /// result formats, as raw wire bytes.
+    extended: Option<(&'a [u8], &'a [u8])>,
     snapshot: &'a VersionSnapshot,
 }
 
@@ -141,8 +144,18 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
             param_types: &[],
             param_formats: &[],
             result_formats: &[],
+            extended: None,
             snapshot,
         }
+    }
+
+    /// An extended-protocol execution: `param_types` as the Parse sent them (4 bytes each),
+    /// `bind_tail` the Bind after its portal and statement names (parameter formats, values,
+    /// result formats). Both are self-delimiting wire encodings, hashed without decoding; the
+    /// same statement run through the simple protocol gets another key.
+    pub fn extended(mut self, param_types: &'a [u8], bind_tail: &'a [u8]) -> Self {
+        self.extended = Some((param_types, bind_tail));
+        self
     }
 
     /// Parameter values from Bind; `None` is SQL NULL.
@@ -199,6 +212,14 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
         feed.len(self.result_formats.len());
         for code in self.result_formats {
             feed.raw(&code.to_le_bytes());
+        }
+        match self.extended {
+            None => feed.raw(&[0]),
+            Some((types, tail)) => {
+                feed.raw(&[1]);
+                feed.bytes(types);
+                feed.bytes(tail);
+            }
         }
         let versions = self.snapshot.versions();
         feed.len(versions.len());
@@ -354,6 +375,10 @@ mod tests {
             base.param_formats(&[1]),
             base.result_formats(&[1]),
             base.result_formats(&[0, 0]),
+            base.extended(b"", b""),
+            base.extended(b"\0\0\0\x17", b""),
+            base.extended(b"", b"\0\0\0\0\0\0"),
+            base.extended(b"\0\0\0\x17", b"\0\0\0\0\0\x01"),
             KeyInput {
                 snapshot: &bumped,
                 ..base

@@ -108,8 +108,17 @@ impl SetKey {
     }
 }
 
+/// How long a name that resolved to no relation is believed absent: a relation created
+/// directly on PostgreSQL (which no poll notices) becomes cacheable within this time.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// A memoised resolution, with when it was made if some name found no relation.
+type Resolution = (Arc<[Resolved]>, Option<std::time::Instant>);
+
 struct Memos {
-    resolve: Memo<(PathKey, Vec<RelName>), Arc<[Resolved]>>,
+    /// With the time a resolution that found no relation for some name was made: those are
+    /// retried after [`NEGATIVE_TTL`] (a table created directly is not seen by the poller).
+    resolve: Memo<(PathKey, Vec<RelName>), Resolution>,
     functions: Memo<(PathKey, Vec<FuncRef>), Arc<[FuncFacts]>>,
     reads: Memo<SetKey, Arc<ReadSet>>,
     writes: Memo<SetKey, Arc<WriteSet>>,
@@ -258,7 +267,9 @@ impl Catalog {
     ) -> Result<Arc<[Resolved]>, CatalogError> {
         let key = (self.path_key(db, search_path, current_user), names.to_vec());
         let generation = self.generation();
-        if let Some(hit) = lock(&self.memos).resolve.get(generation, &key) {
+        if let Some((hit, negative)) = lock(&self.memos).resolve.get(generation, &key)
+            && negative.is_none_or(|at| at.elapsed() < NEGATIVE_TTL)
+        {
             return Ok(hit);
         }
         let value: Arc<[Resolved]> = self
@@ -268,9 +279,16 @@ impl Catalog {
                 Ok((list.into(), want))
             })
             .await?;
-        lock(&self.memos)
-            .resolve
-            .insert(generation, self.generation(), key, value.clone());
+        let negative = value
+            .iter()
+            .any(|r| r.relation.is_none())
+            .then(std::time::Instant::now);
+        lock(&self.memos).resolve.insert(
+            generation,
+            self.generation(),
+            key,
+            (value.clone(), negative),
+        );
         Ok(value)
     }
 

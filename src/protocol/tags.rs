@@ -30,6 +30,7 @@ pub mod backend {
     pub const NOTICE_RESPONSE: u8 = b'N';
     pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
     pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
     pub const CLOSE_COMPLETE: u8 = b'3';
     pub const DATA_ROW: u8 = b'D';
     pub const COPY_DATA: u8 = b'd';
@@ -41,4 +42,5 @@ pub mod backend {
     pub const EMPTY_QUERY_RESPONSE: u8 = b'I';
     pub const PORTAL_SUSPENDED: u8 = b's';
     pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const NO_DATA: u8 = b'n';
 }

@@ -317,7 +317,8 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
             )
         })
         .collect();
-    let caching = caching::CacheSession::new(Arc::clone(ctx), &database, &user, &params);
+    let mut caching = caching::CacheSession::new(Arc::clone(ctx), &database, &user, &params);
+    caching.set_cancel_signal(cancel_guard.as_ref().map(cancel::CancelKeyGuard::signal));
     Some(Live {
         client,
         upstream,
@@ -388,6 +389,12 @@ async fn forward_cancel(ctx: &AppContext, packet: &[u8], key: &[u8]) {
     if !ctx.cancel_keys.contains(key) {
         debug!("cancel request for an unknown key ignored");
         metrics::counter!(names::CANCEL_REQUESTS, "result" => "unknown_key").increment(1);
+        return;
+    }
+    // A statement pgmemo holds back (waiting for another session's fill) is cancelled here;
+    // its upstream backend is idle, and a forwarded request could hit the next statement.
+    if ctx.cancel_keys.signal(key) {
+        metrics::counter!(names::CANCEL_REQUESTS, "result" => "held_statement").increment(1);
         return;
     }
     let timeout = ctx.config().upstream.connect_timeout;

@@ -1,7 +1,10 @@
-//! The session's prepared statements by name, mirroring what the upstream holds: a Parse is
-//! recorded when its ParseComplete arrives, a Close when its CloseComplete arrives, and a
-//! simple Query destroys the unnamed statement. Bounded: past `MAX_STATEMENTS` the registry
-//! stops tracking and says so (`overflowed`), and callers must not rely on it.
+//! The session's prepared statements by name, mirroring what PostgreSQL would hold for the
+//! client: a Parse is recorded when its ParseComplete arrives (or when pgmemo answers it from
+//! the cache), a Close when its CloseComplete arrives, and a simple Query destroys the unnamed
+//! statement. A statement answered locally and not yet sent upstream carries its Parse frame
+//! (`local`), to be replayed before the first forwarded message that names it. Bounded: past
+//! `MAX_STATEMENTS` the registry stops tracking and says so (`overflowed`), and callers must
+//! not rely on it.
 
 use std::collections::HashMap;
 
@@ -16,8 +19,21 @@ pub const MAX_STATEMENT_BYTES: usize = 32 * 1024 * 1024;
 pub struct Statement {
     /// SQL text as sent in the Parse message (raw bytes).
     pub query: Bytes,
-    /// Parameter type OIDs from the Parse message (0 = unspecified).
-    pub param_types: Vec<u32>,
+    /// Parameter type OIDs from the Parse message as sent (big-endian, 4 bytes each; 0 =
+    /// unspecified): fed to cache keys as they are.
+    pub param_types: Bytes,
+    /// The Parse frame, while only pgmemo has answered it (the upstream does not hold it).
+    pub local: Option<Bytes>,
+}
+
+impl Statement {
+    /// The parameter type OIDs.
+    pub fn param_oids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.param_types
+            .chunks_exact(4)
+            .filter_map(|c| <[u8; 4]>::try_from(c).ok())
+            .map(u32::from_be_bytes)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +77,21 @@ impl Registry {
         self.statements.insert(name, stmt);
     }
 
+    /// The upstream now holds `name` (its replayed Parse completed).
+    pub fn mark_upstream(&mut self, name: &[u8]) {
+        if let Some(stmt) = self.statements.get_mut(name) {
+            stmt.local = None;
+        }
+    }
+
+    /// Drops `name` if only pgmemo holds it (a forwarded Parse, Close or Query is about to
+    /// replace or destroy it upstream, where it never was).
+    pub fn forget_local(&mut self, name: &[u8]) {
+        if self.get(name).is_some_and(|s| s.local.is_some()) {
+            self.remove(name);
+        }
+    }
+
     pub fn remove(&mut self, name: &[u8]) {
         if let Some((k, v)) = self.statements.remove_entry(name) {
             self.bytes = self.bytes.saturating_sub(k.len() + v.query.len());
@@ -80,7 +111,8 @@ mod tests {
     fn stmt(q: &'static str) -> Statement {
         Statement {
             query: Bytes::from_static(q.as_bytes()),
-            param_types: vec![],
+            param_types: Bytes::new(),
+            local: None,
         }
     }
 
@@ -105,7 +137,8 @@ mod tests {
                 Bytes::from(format!("s{i}")),
                 Statement {
                     query: big.clone(),
-                    param_types: vec![],
+                    param_types: Bytes::new(),
+                    local: None,
                 },
             );
         }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::caching::{CacheSession, FrameAction, PlanFuture};
+use super::caching::{CacheSession, FrameAction, GroupAction, PlanFuture, WaitFuture};
 use super::outq::OutQueue;
 use super::state::SessionState;
 use crate::error::ClientError;
@@ -87,6 +87,8 @@ pub struct Relay<'a> {
     caching: &'a mut CacheSession,
     /// The plan being computed for the frame held at the head of `cbuf`.
     pending_plan: Option<PlanFuture>,
+    /// The wait for another session's fill of the Query held at the head of `cbuf`.
+    pending_wait: Option<WaitFuture>,
     /// Client processing stopped at a held frame (plan or probe pending): resume it.
     client_paused: bool,
     /// The streamed upstream frame is swallowed (the probe's), not relayed.
@@ -133,6 +135,7 @@ impl<'a> Relay<'a> {
             state,
             caching,
             pending_plan: None,
+            pending_wait: None,
             client_paused: false,
             u_stream_drop: false,
             max_message,
@@ -229,6 +232,13 @@ impl<'a> Relay<'a> {
                 self.caching.plan_ready(plan);
                 progress = true;
             }
+            if let Some(fut) = self.pending_wait.as_mut()
+                && let Poll::Ready(result) = fut.as_mut().poll(cx)
+            {
+                self.pending_wait = None;
+                self.caching.wait_done(result);
+                progress = true;
+            }
             if self.c_stream_left == 0
                 && self.pending_plan.is_none()
                 && let Some(probe) = self.caching.probe_query(self.state)
@@ -310,6 +320,7 @@ impl<'a> Relay<'a> {
             && !self.draining
             && !self.client_paused
             && self.pending_plan.is_none()
+            && self.pending_wait.is_none()
             && self.cbuf.is_empty()
             && self.ubuf.is_empty()
             && self.c_stream_left == 0
@@ -331,7 +342,7 @@ impl<'a> Relay<'a> {
 
     /// Client frames wait while a plan is computed or the settings probe is in flight.
     fn client_blocked(&self) -> bool {
-        self.pending_plan.is_some() || self.caching.probing()
+        self.pending_plan.is_some() || self.pending_wait.is_some() || self.caching.probing()
     }
 
     fn begin_shutdown(&mut self) {
@@ -368,36 +379,85 @@ impl<'a> Relay<'a> {
                     self.client_paused = true;
                     break;
                 }
-                let frame = rest.get(..h.total).unwrap_or_default();
-                if SessionState::inspects_frontend(h.tag) {
-                    match self.caching.on_client_frame(h.tag, frame, self.state) {
-                        FrameAction::Forward => self.state.on_frontend(h.tag, frame),
-                        FrameAction::Answer(answer) => {
-                            // A hit: what precedes goes upstream, the Query does not.
-                            self.counters.simple.add(1);
-                            if pos > 0 {
-                                self.to_upstream.push(self.cbuf.split_to(pos).freeze());
+                if (h.tag == frontend::PARSE || h.tag == frontend::BIND) && self.state.is_idle() {
+                    match self.caching.on_group(rest, self.state, self.max_message) {
+                        GroupAction::Frames => {}
+                        GroupAction::Incomplete => break,
+                        GroupAction::Answer {
+                            head,
+                            body,
+                            tail,
+                            len,
+                            replay,
+                        } => {
+                            self.counters.extended.add(1);
+                            self.to_client.push(bytes::Bytes::from_static(head));
+                            self.to_client.push(body);
+                            if !tail.is_empty() {
+                                self.to_client.push(bytes::Bytes::from_static(tail));
                             }
-                            let _ = self.cbuf.split_to(h.total);
+                            self.answered(pos, len);
                             pos = 0;
-                            self.to_client.push(answer);
-                            self.to_client
-                                .push(bytes::Bytes::from_static(super::caching::READY_IDLE));
+                            if let Some(replay) = replay {
+                                self.to_upstream.push(replay);
+                            }
                             continue;
                         }
-                        FrameAction::NeedPlan(sql) => {
-                            self.pending_plan = Some(self.caching.plan_future(sql));
-                            self.client_paused = true;
+                        GroupAction::NeedPlan(sql) => {
+                            self.hold(Some(self.caching.plan_future(sql)), None);
+                            break;
+                        }
+                        GroupAction::Wait(wait) => {
+                            self.hold(None, Some(wait));
                             break;
                         }
                     }
                 }
-                match h.tag {
-                    frontend::QUERY => self.counters.simple.add(1),
-                    frontend::EXECUTE => self.counters.extended.add(1),
-                    frontend::FUNCTION_CALL => self.counters.function_call.add(1),
-                    _ => {}
+                let rest = self.cbuf.get(pos..).unwrap_or_default();
+                let frame = rest.get(..h.total).unwrap_or_default();
+                if SessionState::inspects_frontend(h.tag) {
+                    let mut then = None;
+                    match self.caching.on_client_frame(h.tag, frame, self.state) {
+                        FrameAction::Forward => {}
+                        FrameAction::ForwardThen(extra) => then = Some(extra),
+                        FrameAction::Answer(answer) => {
+                            self.counters.simple.add(1);
+                            self.to_client.push(answer);
+                            self.answered(pos, h.total);
+                            pos = 0;
+                            continue;
+                        }
+                        FrameAction::NeedPlan(sql) => {
+                            self.hold(Some(self.caching.plan_future(sql)), None);
+                            break;
+                        }
+                        FrameAction::Wait(wait) => {
+                            self.hold(None, Some(wait));
+                            break;
+                        }
+                    }
+                    // A statement only pgmemo holds is parsed upstream before the frame
+                    // that names it (the state expects the replay's reply first).
+                    let replay = self.state.replay_for(h.tag, frame);
+                    self.state.on_frontend(h.tag, frame);
+                    if let Some(replay) = replay {
+                        if pos > 0 {
+                            self.to_upstream.push(self.cbuf.split_to(pos).freeze());
+                        }
+                        pos = 0;
+                        self.to_upstream.push(replay);
+                    }
+                    if let Some(extra) = then {
+                        // pgmemo's own message right behind this frame.
+                        let upto = pos + h.total;
+                        self.to_upstream.push(self.cbuf.split_to(upto).freeze());
+                        self.to_upstream.push(extra);
+                        pos = 0;
+                        self.count_frontend(h.tag);
+                        continue;
+                    }
                 }
+                self.count_frontend(h.tag);
                 pos += h.total;
                 if h.tag == frontend::TERMINATE {
                     // Forward it, then stop reading: the session is over.
@@ -423,6 +483,34 @@ impl<'a> Relay<'a> {
             self.cbuf.clear();
         }
         shrink_if_idle(&mut self.cbuf);
+    }
+
+    /// A hit was queued to the client: what preceded it in the buffer (`pos` bytes) goes
+    /// upstream, the `len` bytes it answered are dropped, and ReadyForQuery ends the answer.
+    fn answered(&mut self, pos: usize, len: usize) {
+        if pos > 0 {
+            self.to_upstream.push(self.cbuf.split_to(pos).freeze());
+        }
+        let _ = self.cbuf.split_to(len);
+        self.to_client
+            .push(bytes::Bytes::from_static(super::caching::READY_IDLE));
+    }
+
+    /// Client processing stops at the frame at the head of the buffer until the plan is
+    /// computed or the wait for another session's fill ends.
+    fn hold(&mut self, plan: Option<PlanFuture>, wait: Option<WaitFuture>) {
+        self.pending_plan = plan;
+        self.pending_wait = wait;
+        self.client_paused = true;
+    }
+
+    fn count_frontend(&self, tag: u8) {
+        match tag {
+            frontend::QUERY => self.counters.simple.add(1),
+            frontend::EXECUTE => self.counters.extended.add(1),
+            frontend::FUNCTION_CALL => self.counters.function_call.add(1),
+            _ => {}
+        }
     }
 
     /// The client broke framing: forward what came before, tell it why, and end the session.
@@ -474,6 +562,12 @@ impl<'a> Relay<'a> {
                 || self.caching.inspects_all_backend();
             if rest.len() >= h.total {
                 let frame = rest.get(..h.total).unwrap_or_default();
+                if inspect && self.state.injected_reply(h.tag) {
+                    // The reply to a Parse (or Sync) pgmemo sent on its own.
+                    self.state.on_backend(h.tag, frame);
+                    self.swallow_upstream(&mut pos, h.total);
+                    continue;
+                }
                 if inspect {
                     // Bumps happen here, before the frame is relayed (I2).
                     if !self

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::registry::{Registry, Statement};
 use crate::protocol::fields::Reader;
 use crate::protocol::tags::{backend, frontend};
+use crate::telemetry::names;
 
 /// Most frontend operations awaiting a response that are tracked; a client pipelining more
 /// than this loses statement tracking (the relay itself is unaffected).
@@ -27,19 +28,44 @@ pub enum TxnStatus {
     Failed,
 }
 
+/// A Parse pgmemo sent upstream on its own (the client had its ParseComplete from the cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Injected {
+    /// Sent with its own Sync right after the hit: its replies are all swallowed.
+    Eager,
+    /// Sent just before the client's message that names it: its ParseComplete is swallowed,
+    /// its error is the client's (PostgreSQL would have failed that message the same way).
+    Lazy,
+}
+
 #[derive(Debug)]
 enum Pending {
     Parse {
         name: Bytes,
         stmt: Statement,
+        injected: Option<Injected>,
     },
     CloseStatement {
         name: Bytes,
     },
-    /// Something answered by exactly one ReadyForQuery: Sync, Query, FunctionCall.
+    /// Something answered by exactly one ReadyForQuery: Sync, Query, FunctionCall (or the
+    /// Sync pgmemo sent after an eager replay: `injected`).
     Ready {
         simple_query: bool,
+        injected: bool,
     },
+}
+
+impl Pending {
+    fn injected(&self) -> bool {
+        matches!(
+            self,
+            Pending::Parse {
+                injected: Some(_),
+                ..
+            } | Pending::Ready { injected: true, .. }
+        )
+    }
 }
 
 #[derive(Debug)]
@@ -111,37 +137,38 @@ impl SessionState {
     /// A complete frontend frame on its way upstream.
     pub fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
         match tag {
-            frontend::QUERY => self.expect(Pending::Ready { simple_query: true }),
+            frontend::QUERY => {
+                // The Query destroys the unnamed statement upstream; one only pgmemo held must
+                // not be replayed for a later Bind (PostgreSQL would fail that Bind).
+                self.registry.forget_local(b"");
+                self.expect(Pending::Ready {
+                    simple_query: true,
+                    injected: false,
+                });
+            }
             frontend::FUNCTION_CALL => self.expect(Pending::Ready {
                 simple_query: false,
+                injected: false,
             }),
             frontend::SYNC => {
                 self.unsynced = false;
                 self.expect(Pending::Ready {
                     simple_query: false,
+                    injected: false,
                 });
             }
             frontend::PARSE => {
                 self.unsynced = true;
-                let mut r = Reader::body(frame);
-                let parsed = (|| {
-                    let name = r.cstr()?;
-                    let query = r.cstr()?;
-                    let n = r.i16()?;
-                    let mut param_types = Vec::with_capacity(usize::try_from(n).ok()?.min(1024));
-                    for _ in 0..n {
-                        param_types.push(r.i32()? as u32);
+                match parse_statement(frame) {
+                    Some((name, stmt)) => {
+                        // A new unnamed statement replaces a local one without a replay.
+                        self.registry.forget_local(name);
+                        self.expect(Pending::Parse {
+                            name: Bytes::copy_from_slice(name),
+                            stmt,
+                            injected: None,
+                        });
                     }
-                    Some((name, query, param_types))
-                })();
-                match parsed {
-                    Some((name, query, param_types)) => self.expect(Pending::Parse {
-                        name: Bytes::copy_from_slice(name),
-                        stmt: Statement {
-                            query: Bytes::copy_from_slice(query),
-                            param_types,
-                        },
-                    }),
                     // Postgres will reject it; we cannot know what it would have named.
                     None => self.lose_tracking(),
                 }
@@ -150,9 +177,12 @@ impl SessionState {
                 self.unsynced = true;
                 let mut r = Reader::body(frame);
                 match (r.u8(), r.cstr()) {
-                    (Some(b'S'), Some(name)) => self.expect(Pending::CloseStatement {
-                        name: Bytes::copy_from_slice(name),
-                    }),
+                    (Some(b'S'), Some(name)) => {
+                        self.registry.forget_local(name);
+                        self.expect(Pending::CloseStatement {
+                            name: Bytes::copy_from_slice(name),
+                        });
+                    }
                     (Some(b'P'), Some(_)) => {}
                     _ => self.lose_tracking(),
                 }
@@ -178,7 +208,7 @@ impl SessionState {
                     return;
                 }
                 match self.pop() {
-                    Some(Pending::Ready { simple_query }) => {
+                    Some(Pending::Ready { simple_query, .. }) => {
                         if simple_query {
                             // PostgreSQL drops the unnamed statement at every simple Query.
                             self.registry.remove(b"");
@@ -192,7 +222,12 @@ impl SessionState {
                     return;
                 }
                 match self.pop() {
-                    Some(Pending::Parse { name, stmt }) => self.registry.insert(name, stmt),
+                    Some(Pending::Parse {
+                        name,
+                        injected: Some(_),
+                        ..
+                    }) => self.registry.mark_upstream(&name),
+                    Some(Pending::Parse { name, stmt, .. }) => self.registry.insert(name, stmt),
                     _ => self.lose_tracking(),
                 }
             }
@@ -209,12 +244,20 @@ impl SessionState {
             }
             backend::ERROR_RESPONSE => {
                 // After an error the server skips everything up to the next Sync, so the
-                // queued Parse/Close operations ahead of it will never complete.
+                // queued Parse/Close operations ahead of it will never complete. A replayed
+                // Parse that did not complete leaves its statement local again.
                 while matches!(
                     self.pending.front(),
                     Some(Pending::Parse { .. } | Pending::CloseStatement { .. })
                 ) {
-                    self.pending.pop_front();
+                    if let Some(Pending::Parse {
+                        name,
+                        stmt,
+                        injected: Some(_),
+                    }) = self.pop()
+                    {
+                        self.registry.insert(name, stmt);
+                    }
                 }
             }
             _ => {}
@@ -250,10 +293,122 @@ impl SessionState {
 
     fn lose_tracking(&mut self) {
         self.tracking_lost = true;
-        self.pending.clear();
+        // pgmemo's own replays at the head still get their replies swallowed; everything
+        // else is forgotten.
+        let keep = self.pending.iter().take_while(|p| p.injected()).count();
+        self.pending.truncate(keep);
         self.pending_bytes = 0;
         self.registry.mark_untracked();
     }
+
+    /// Whether the backend frame `tag` answers a message pgmemo sent on its own (a replayed
+    /// Parse, or the Sync after an eager replay): the relay swallows it after showing it to
+    /// [`Self::on_backend`]. An error is swallowed only for an eager replay; a lazy replay's
+    /// error stands where PostgreSQL would have failed the client's message.
+    pub fn injected_reply(&self, tag: u8) -> bool {
+        matches!(
+            (tag, self.pending.front()),
+            (
+                backend::PARSE_COMPLETE,
+                Some(Pending::Parse {
+                    injected: Some(_),
+                    ..
+                }),
+            ) | (
+                backend::READY_FOR_QUERY,
+                Some(Pending::Ready { injected: true, .. })
+            ) | (
+                backend::ERROR_RESPONSE,
+                Some(Pending::Parse {
+                    injected: Some(Injected::Eager),
+                    ..
+                }),
+            )
+        )
+    }
+
+    /// Records a Parse pgmemo answered from the cache (the client has its ParseComplete).
+    /// The unnamed statement stays local until a forwarded message names it; a named one is
+    /// sent upstream at once with its own Sync (returned: queue it upstream now), so that
+    /// PostgreSQL itself answers every later use of the name, SQL EXECUTE and DEALLOCATE too.
+    pub fn answered_locally(
+        &mut self,
+        name: &[u8],
+        mut stmt: Statement,
+        frame: Bytes,
+    ) -> Option<Bytes> {
+        if name.is_empty() {
+            stmt.local = Some(frame);
+            self.registry.insert(Bytes::new(), stmt);
+            return None;
+        }
+        let name = Bytes::copy_from_slice(name);
+        self.registry.insert(name.clone(), stmt.clone());
+        let mut replay = bytes::BytesMut::with_capacity(frame.len() + SYNC.len());
+        replay.extend_from_slice(&frame);
+        replay.extend_from_slice(SYNC);
+        stmt.local = Some(frame);
+        metrics::counter!(names::STATEMENT_REPLAYS, "kind" => "eager").increment(1);
+        self.expect(Pending::Parse {
+            name,
+            stmt,
+            injected: Some(Injected::Eager),
+        });
+        self.expect(Pending::Ready {
+            simple_query: false,
+            injected: true,
+        });
+        Some(replay.freeze())
+    }
+
+    /// The Parse to send upstream before the client frame `tag` (about to be forwarded), when
+    /// that frame names a statement only pgmemo holds: a Bind or a statement Describe of it, or
+    /// a Parse of the same name (which PostgreSQL must then reject as a duplicate).
+    pub fn replay_for(&mut self, tag: u8, frame: &[u8]) -> Option<Bytes> {
+        if self.tracking_lost {
+            return None;
+        }
+        let mut r = Reader::body(frame);
+        let name = match tag {
+            frontend::BIND => {
+                r.cstr()?;
+                r.cstr()?
+            }
+            frontend::DESCRIBE if r.u8()? == b'S' => r.cstr()?,
+            frontend::PARSE => r.cstr().filter(|n| !n.is_empty())?,
+            _ => return None,
+        };
+        let stmt = self.registry.get(name)?.clone();
+        let replay = stmt.local.clone()?;
+        self.registry.mark_upstream(name);
+        metrics::counter!(names::STATEMENT_REPLAYS, "kind" => "lazy").increment(1);
+        self.expect(Pending::Parse {
+            name: Bytes::copy_from_slice(name),
+            stmt,
+            injected: Some(Injected::Lazy),
+        });
+        Some(replay)
+    }
+}
+
+/// A Sync frame.
+const SYNC: &[u8] = b"S\0\0\0\x04";
+
+/// The name and statement of a Parse frame; `None` when malformed.
+pub fn parse_statement(frame: &[u8]) -> Option<(&[u8], Statement)> {
+    let mut r = Reader::body(frame);
+    let name = r.cstr()?;
+    let query = r.cstr()?;
+    let n = usize::try_from(r.i16()?).ok()?;
+    let param_types = r.bytes(n.checked_mul(4)?)?;
+    Some((
+        name,
+        Statement {
+            query: Bytes::copy_from_slice(query),
+            param_types: Bytes::copy_from_slice(param_types),
+            local: None,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -297,7 +452,7 @@ mod tests {
         be(&mut s, b'Z', b"I");
         assert!(s.is_idle());
         let st = s.registry.get(b"s1").unwrap();
-        assert_eq!(st.param_types, vec![23]);
+        assert_eq!(st.param_oids().collect::<Vec<_>>(), vec![23]);
         fe(&mut s, &close_stmt("s1"));
         fe(&mut s, &frame(b'S', &[]));
         be(&mut s, b'3', &[]);

@@ -116,6 +116,10 @@ pub fn describe_all() {
         "Statement plans computed (analysis + catalog), by outcome."
     );
     describe_counter!(
+        names::STATEMENT_REPLAYS,
+        "Parse messages answered from the cache and then sent upstream by pgmemo, by kind."
+    );
+    describe_counter!(
         names::ADMIN_INVALIDATIONS,
         "Manual invalidations (POST /invalidate, SIGUSR1), by scope and result."
     );
@@ -141,7 +145,8 @@ pub mod names {
     pub const UPSTREAM_CONNECT_ERRORS: &str = "pgmemo_upstream_connect_errors_total";
     /// counter: client frames refused as malformed or oversized (08P01).
     pub const CLIENT_PROTOCOL_ERRORS: &str = "pgmemo_client_protocol_errors_total";
-    /// counter, label `result` (`forwarded`, `unknown_key`, `failed`): CancelRequests.
+    /// counter, label `result` (`forwarded`, `held_statement`, `unknown_key`, `failed`):
+    /// CancelRequests (`held_statement`: it ended a statement pgmemo held in a fill wait).
     pub const CANCEL_REQUESTS: &str = "pgmemo_cancel_requests_total";
     /// counter, label `result` (`ok`, `error`): configuration reloads (SIGHUP).
     pub const CONFIG_RELOADS: &str = "pgmemo_config_reloads_total";
@@ -184,6 +189,9 @@ pub mod names {
     pub const SESSION_MIGRATIONS: &str = "pgmemo_session_migrations_total";
     /// counter, label `kind` (`plan`, `catalog_error`): statement plans computed (memo misses).
     pub const PLANS: &str = "pgmemo_statement_plans_total";
+    /// counter, label `kind` (`eager`: a named statement's Parse, sent right after the hit;
+    /// `lazy`: the unnamed statement's, sent before the first forwarded message naming it).
+    pub const STATEMENT_REPLAYS: &str = "pgmemo_statement_replays_total";
     /// counter, labels `scope` (`all`, `table`) and `result` (`ok`, `error`): manual
     /// invalidations (`POST /invalidate`, SIGUSR1).
     pub const ADMIN_INVALIDATIONS: &str = "pgmemo_admin_invalidations_total";

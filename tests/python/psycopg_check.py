@@ -347,12 +347,113 @@ def direct_tls(addr, ca):
     return 0
 
 
+# Set by main(): where pg_stat_statements is read (always PostgreSQL itself).
+DIRECT = None
+# Repetitions of each cached read in the cache scenario.
+CACHE_RUNS = 40
+
+
+def upstream_calls(fragment):
+    """Executions PostgreSQL recorded for SELECTs whose text holds `fragment`."""
+    with psycopg.connect(conninfo(DIRECT), autocommit=True) as conn:
+        return conn.execute(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements "
+            "WHERE query ILIKE 'select%%' AND strpos(query, %s) > 0",
+            (fragment,),
+        ).fetchone()[0]
+
+
+def expect_calls(addr, fragment, before, runs, keys, pipelined=0):
+    """Directly, every run reaches PostgreSQL; through pgmemo only the first of each key,
+    plus `pipelined` executions sent behind their statement's preparation without waiting
+    (relayed in order, not answered from the cache)."""
+    got = upstream_calls(fragment) - before
+    want = runs if addr == DIRECT else keys + pipelined
+    check(got == want, f"{fragment}: {got} executions reached PostgreSQL, expected {want}")
+
+
+def cache_reads(addr):
+    """Repeated reads through every extended-protocol style hit the cache (counted in
+    pg_stat_statements), with results identical to PostgreSQL's: psycopg with
+    prepare_threshold None (Parse of the unnamed statement every time) and 0 (a named
+    statement), psycopg pipeline mode, and asyncpg (named statement, binary formats)."""
+    out = []
+    with psycopg.connect(conninfo(addr), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS cache_kv")
+        conn.execute("CREATE TABLE cache_kv (id int PRIMARY KEY, v text, n numeric, at timestamptz)")
+        conn.execute(
+            "INSERT INTO cache_kv SELECT g, 'v' || g, g / 3.0, "
+            "'2024-01-01'::timestamptz + g * interval '1 hour' FROM generate_series(1, 50) g"
+        )
+    for threshold, tag in ((None, "unnamed_ck"), (0, "named_ck")):
+        sql = f"SELECT id, v, n, at AS {tag} FROM cache_kv WHERE id = %s OR id = %s ORDER BY id"
+        before = upstream_calls(tag)
+        with psycopg.connect(conninfo(addr), prepare_threshold=threshold, autocommit=True) as conn:
+            for i in range(CACHE_RUNS):
+                out.append(conn.execute(sql, (i % 4, 7)).fetchall())
+            for i in range(CACHE_RUNS):
+                cur = conn.cursor(binary=True)
+                out.append(cur.execute(sql, (i % 2, 9)).fetchall())
+        expect_calls(addr, tag, before, 2 * CACHE_RUNS, 4 + 2)
+    tag = "pipe_ck"
+    sql = f"SELECT v AS {tag} FROM cache_kv WHERE id = %s"
+    with psycopg.connect(conninfo(addr), autocommit=True) as conn:
+        conn.execute(sql, (3,)).fetchall()  # warm: one key cached
+        before = upstream_calls(tag)
+        with conn.pipeline():
+            curs = [conn.execute(sql, (3,)) for _ in range(10)]
+            upd = conn.execute("UPDATE cache_kv SET v = 'changed' WHERE id = 3")
+            after = conn.execute(sql, (3,))
+        out.append([c.fetchall() for c in curs])
+        out.append(upd.rowcount)
+        out.append(after.fetchall())
+        check(out[-1][0][0] == "changed", f"the read behind the UPDATE saw {out[-1]}")
+        # Pipelined reads are relayed (replies in order), not answered from the cache.
+        got = upstream_calls(tag) - before
+        check(got == 11, f"pipelined reads: {got} executions, expected 11")
+        out.append(conn.execute(sql, (3,)).fetchall())
+    return out
+
+
+async def asyncpg_cache(addr):
+    host, port = split_addr(addr)
+    tag = "apg_ck"
+    conn = await asyncpg.connect(host=host, port=port, user=USER, database=DB, ssl=False, timeout=10)
+    out = []
+    try:
+        # Let pgmemo read the new session's settings before counting.
+        for _ in range(3):
+            await conn.fetch("SELECT 1")
+        before = upstream_calls(tag)
+        sql = f"SELECT id, n, at AS {tag} FROM cache_kv WHERE id = $1"
+        # conn.fetch: the connection's statement cache, Execute without a row limit.
+        for i in range(CACHE_RUNS):
+            out.append([tuple(r) for r in await conn.fetch(sql, i % 5 + 1)])
+        # A prepared statement's fetchrow (Execute limited to one row) is answered from the
+        # same entries, cut to one row as PostgreSQL would.
+        stmt = await conn.prepare(sql)
+        for i in range(CACHE_RUNS):
+            out.append(tuple(await stmt.fetchrow(i % 5 + 1)))
+        # asyncpg sends a statement's first Bind/Execute right behind its Parse/Describe
+        # (twice: conn.fetch's cached statement, then conn.prepare's).
+        expect_calls(addr, tag, before, 2 * CACHE_RUNS, 5, pipelined=2)
+    finally:
+        await conn.close()
+    return out
+
+
+def asyncpg_cache_sync(addr):
+    return asyncio.run(asyncpg_cache(addr))
+
+
 SCENARIOS = [
     ("psycopg prepared statements", prepared),
     ("psycopg pipeline", pipeline),
     ("psycopg binary", binary),
     ("psycopg copy", copy),
     ("asyncpg", asyncpg_sync),
+    ("cached reads (psycopg unnamed, named, binary, pipeline)", cache_reads),
+    ("cached reads (asyncpg)", asyncpg_cache_sync),
 ]
 
 
@@ -383,6 +484,8 @@ def main():
             return 1
     if not (args.proxy and args.direct):
         parser.error("give --proxy and --direct, or --direct-tls and --ca")
+    global DIRECT
+    DIRECT = args.direct
     failures = 0
     for name, scenario in SCENARIOS:
         try:

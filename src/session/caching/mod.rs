@@ -10,6 +10,8 @@
 //! probe's frames are swallowed). Plans missing from the memo are computed by the future from
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
+mod extended;
+pub mod group;
 pub mod hooks;
 pub mod memo;
 pub mod plan;
@@ -24,12 +26,17 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Histogram};
 
-use crate::cache::{Cache, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot};
+use crate::cache::{
+    Cache, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot,
+    WaitOutcome,
+};
 use crate::catalog::Catalog;
 use crate::context::AppContext;
+use crate::error::ClientError;
 use crate::invalidation::{Invalidator, Source};
 use crate::protocol::fields::Reader;
 use crate::protocol::tags::{backend, frontend};
+use crate::session::cancel::CancelSignal;
 use crate::session::fingerprint::Fingerprint;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
@@ -46,6 +53,8 @@ const HIT_TIMING_SAMPLE: u32 = 16;
 
 /// ReadyForQuery, idle: ends every answer from the cache.
 pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+
+pub use extended::GroupAction;
 
 /// Shared services of the cache, in the application context.
 pub struct Caching {
@@ -68,9 +77,35 @@ pub enum FrameAction {
     Answer(Bytes),
     /// Hold it: the plan for this SQL must be computed first (poll [`CacheSession::plan_future`]).
     NeedPlan(Bytes),
+    /// Hold it: another session is running the same query; poll this until it resolves, hand
+    /// the result to [`CacheSession::wait_done`] and show the frame again.
+    Wait(WaitFuture),
+    /// Forward it, then send these bytes of pgmemo's own right behind it (a Describe of the
+    /// portal whose reply is captured and not relayed).
+    ForwardThen(Bytes),
 }
 
 pub type PlanFuture = Pin<Box<dyn Future<Output = Arc<Plan>> + Send>>;
+pub type WaitFuture = Pin<Box<dyn Future<Output = WaitResult> + Send>>;
+
+/// How a held Query's wait for another session's fill ended.
+#[derive(Debug)]
+pub enum WaitResult {
+    /// The other session's result: answer with it.
+    Hit(Arc<Entry>),
+    /// Cancelled (CancelRequest) or past `statement_timeout`: answer with this ErrorResponse.
+    Error(Bytes),
+    /// The other session failed, went away or took too long: run the query here.
+    RunOwn,
+}
+
+/// What a lookup decided.
+enum Looked {
+    Hit(Arc<Entry>),
+    Wait(WaitFuture),
+    /// Forward it (a miss being captured, or a bypass).
+    Forward,
+}
 
 /// A missed read whose response is being captured.
 struct Capture {
@@ -115,6 +150,17 @@ pub struct CacheSession {
     ready_plan: Option<Arc<Plan>>,
     /// Cache lookups so far (for sampling hit latency).
     lookups: u32,
+    /// The outcome of a wait for the Query frame held at the head of the client buffer.
+    waited: Option<WaitResult>,
+    /// Cancel requests for this session (a held Query's wait ends on one).
+    cancel: Option<Arc<CancelSignal>>,
+    /// The session's `statement_timeout` (from the last probe): caps a wait.
+    statement_timeout: Option<Duration>,
+    /// A missed extended group without a Describe is being forwarded: send one after its Bind
+    /// so the entry has the RowDescription a later client may ask for.
+    inject_describe: bool,
+    /// The reply to that injected Describe is due: capture it, do not relay it.
+    strip_describe: bool,
     metrics: Metrics,
 }
 
@@ -141,6 +187,11 @@ impl CacheSession {
             custom_names: Vec::new(),
             ready_plan: None,
             lookups: 0,
+            waited: None,
+            cancel: None,
+            statement_timeout: None,
+            inject_describe: false,
+            strip_describe: false,
             metrics: Metrics {
                 hit_seconds: metrics::histogram!(names::CACHE_HIT_SECONDS),
                 upstream_seconds: metrics::histogram!(names::UPSTREAM_QUERY_SECONDS),
@@ -148,6 +199,11 @@ impl CacheSession {
                 probes_failed: metrics::counter!(names::SESSION_PROBES, "result" => "error"),
             },
         }
+    }
+
+    /// The signal cancel requests for this session raise.
+    pub fn set_cancel_signal(&mut self, signal: Option<Arc<CancelSignal>>) {
+        self.cancel = signal;
     }
 
     /// Whether another settings probe may be tried (not after repeated failures).
@@ -167,7 +223,7 @@ impl CacheSession {
 
     /// Backend frames must be shown whole (a capture or probe reads them).
     pub fn inspects_all_backend(&self) -> bool {
-        self.probe.is_some() || self.capture.is_some()
+        self.probe.is_some() || self.capture.is_some() || self.strip_describe
     }
 
     /// Backend tags write tracking and the fingerprint always need to see.
@@ -226,6 +282,13 @@ impl CacheSession {
         };
         self.cx_id = cx.id();
         self.cx = Some(Arc::new(cx));
+        self.statement_timeout = r
+            .settings
+            .iter()
+            .find(|(n, _)| n == "statement_timeout")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis);
         self.fingerprint.reestablished(&r.settings);
         self.fp_digest = self.fingerprint.bytes().map(digest);
     }
@@ -317,11 +380,23 @@ impl CacheSession {
         match tag {
             frontend::QUERY => {
                 let sql = query_text(frame);
+                let waited = self.waited.take();
+                match waited {
+                    Some(WaitResult::Hit(entry)) => {
+                        return FrameAction::Answer(entry.frames.clone());
+                    }
+                    Some(WaitResult::Error(answer)) => return FrameAction::Answer(answer),
+                    Some(WaitResult::RunOwn) | None => {}
+                }
                 let Some(plan) = self.plan_for(sql) else {
                     return FrameAction::NeedPlan(Bytes::copy_from_slice(sql));
                 };
-                if let Some(answer) = self.try_hit(&plan, state) {
-                    return FrameAction::Answer(answer);
+                if waited.is_none() {
+                    match self.lookup(&plan, state, None) {
+                        Looked::Hit(entry) => return FrameAction::Answer(entry.frames.clone()),
+                        Looked::Wait(wait) => return FrameAction::Wait(wait),
+                        Looked::Forward => {}
+                    }
                 }
                 // PostgreSQL drops the unnamed statement and portal at every simple Query.
                 self.tracker.statements.remove(&b""[..]);
@@ -359,6 +434,10 @@ impl CacheSession {
                             .portals
                             .insert(Bytes::copy_from_slice(portal), plan);
                     }
+                }
+                if std::mem::take(&mut self.inject_describe) {
+                    self.strip_describe = true;
+                    return FrameAction::ForwardThen(Bytes::from_static(extended::DESCRIBE_PORTAL));
                 }
                 FrameAction::Forward
             }
@@ -405,11 +484,17 @@ impl CacheSession {
         }
     }
 
-    /// Looks a cacheable Query up; on a miss, prepares the capture of its response.
-    fn try_hit(&mut self, plan: &Plan, state: &SessionState) -> Option<Bytes> {
+    /// Looks a cacheable statement up (a simple Query, or with `extended` the Parse's
+    /// parameter types and the Bind's tail); on a miss, prepares the capture of its response.
+    fn lookup(
+        &mut self,
+        plan: &Plan,
+        state: &SessionState,
+        extended: Option<(&[u8], &[u8])>,
+    ) -> Looked {
         let bypass = |reason: &'static str| {
             metrics::counter!(names::CACHE_BYPASSES, "reason" => reason).increment(1);
-            None
+            Looked::Forward
         };
         let read = match &plan.read {
             Ok(r) => r,
@@ -422,7 +507,7 @@ impl CacheSession {
                 {
                     return bypass(reason);
                 }
-                return None;
+                return Looked::Forward;
             }
         };
         if !self.app.cache_enabled() {
@@ -438,7 +523,7 @@ impl CacheSession {
                 "settings_unknown"
             });
         }
-        if state.registry.get(b"").is_some() {
+        if extended.is_none() && state.registry.get(b"").is_some() {
             // A hit would leave the unnamed statement alive where PostgreSQL drops it.
             return bypass("unnamed_statement");
         }
@@ -454,7 +539,11 @@ impl CacheSession {
         let cache = &self.app.caching.cache;
         // I1: versions are read before the Query goes upstream.
         let snapshot = cache.versions().snapshot(&read.tags);
-        let (key, check) = cache.key(&KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot));
+        let input = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
+        let (key, check) = cache.key(&match extended {
+            Some((types, bind)) => input.extended(types, bind),
+            None => input,
+        });
         match cache.lookup(key, check) {
             Lookup::Hit(entry) => {
                 if let Some(started) = timed {
@@ -462,7 +551,7 @@ impl CacheSession {
                         .hit_seconds
                         .record(started.elapsed().as_secs_f64());
                 }
-                Some(entry.frames.clone())
+                Looked::Hit(entry)
             }
             Lookup::Miss(guard) => {
                 hooks::pause(hooks::Point::AfterSnapshot);
@@ -476,12 +565,48 @@ impl CacheSession {
                     complete: false,
                     started: timed.unwrap_or_else(Instant::now),
                 });
-                None
+                Looked::Forward
             }
-            // Another session is filling it: run it too rather than wait (coalescing
-            // waits arrive with the extended protocol's issue).
-            Lookup::Wait(_) => bypass("fill_in_progress"),
+            // Another session is running this query: wait for its result.
+            Lookup::Wait(waiter) => Looked::Wait(self.wait_future(waiter)),
         }
+    }
+
+    /// Waits for another session's fill: at most `cache.fill_wait_timeout`, and never past
+    /// the session's `statement_timeout` (PostgreSQL would have cancelled the statement by
+    /// then); a cancel request for this session ends the wait as PostgreSQL ends a cancelled
+    /// statement.
+    fn wait_future(&self, waiter: FillWaiter) -> WaitFuture {
+        let fill_timeout = self.app.config().cache.fill_wait_timeout;
+        let statement_timeout = self.statement_timeout;
+        let capped = statement_timeout.is_some_and(|t| t <= fill_timeout);
+        let limit = statement_timeout.map_or(fill_timeout, |t| t.min(fill_timeout));
+        let cancel = self.cancel.clone();
+        let seen = cancel.as_ref().map_or(0, |c| c.received());
+        Box::pin(async move {
+            let _waiting = cancel.as_ref().map(CancelSignal::waiting);
+            let cancelled = async {
+                match &cancel {
+                    Some(c) => c.after(seen).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                outcome = waiter.wait(limit) => match outcome {
+                    WaitOutcome::Filled(entry) => WaitResult::Hit(entry),
+                    WaitOutcome::TimedOut if capped => WaitResult::Error(
+                        ClientError::canceled_by_statement_timeout().encode(),
+                    ),
+                    WaitOutcome::TimedOut | WaitOutcome::LeaderGaveUp => WaitResult::RunOwn,
+                },
+                () = cancelled => WaitResult::Error(ClientError::canceled_by_user().encode()),
+            }
+        })
+    }
+
+    /// The wait for the held Query frame ended; the relay shows the frame again next.
+    pub fn wait_done(&mut self, result: WaitResult) {
+        self.waited = Some(result);
     }
 
     /// A complete backend frame (or, for a streamed one, its header only: `whole = false`)
@@ -504,6 +629,18 @@ impl CacheSession {
                 reader.fail();
             }
             return false;
+        }
+        if self.strip_describe {
+            match tag {
+                backend::ROW_DESCRIPTION | backend::NO_DATA => {
+                    // The reply to pgmemo's own Describe: kept for the entry, not relayed.
+                    self.strip_describe = false;
+                    self.capture_frame(tag, frame, whole);
+                    return false;
+                }
+                backend::ERROR_RESPONSE | backend::READY_FOR_QUERY => self.strip_describe = false,
+                _ => {}
+            }
         }
         self.capture_frame(tag, frame, whole);
         match tag {
@@ -547,6 +684,8 @@ impl CacheSession {
                     cap.complete = tag == backend::COMMAND_COMPLETE;
                 }
             }
+            // Replies to the Parse and Bind of an extended group: relayed, not stored.
+            backend::PARSE_COMPLETE | backend::BIND_COMPLETE => {}
             backend::READY_FOR_QUERY => {
                 let Some(cap) = self.capture.take() else {
                     return;

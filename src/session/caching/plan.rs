@@ -75,12 +75,19 @@ pub struct Plan {
     pub read: Result<ReadPlan, &'static str>,
     catalog_generation: u64,
     rules_generation: u64,
+    /// For a read that named a relation the catalog did not know: when to look again (see
+    /// [`crate::catalog::NEGATIVE_TTL`]).
+    retry_at: Option<std::time::Instant>,
 }
 
 impl Plan {
     /// Still valid under the current catalog and rules.
     pub fn is_current(&self, catalog_generation: u64, rules_generation: u64) -> bool {
-        self.catalog_generation == catalog_generation && self.rules_generation == rules_generation
+        self.catalog_generation == catalog_generation
+            && self.rules_generation == rules_generation
+            && self
+                .retry_at
+                .is_none_or(|at| std::time::Instant::now() < at)
     }
 
     /// The same plan for another text of the same shape (numeric literals differ): the
@@ -99,6 +106,7 @@ impl Plan {
             read,
             catalog_generation: self.catalog_generation,
             rules_generation: self.rules_generation,
+            retry_at: self.retry_at,
         }
     }
 
@@ -138,6 +146,7 @@ impl Plan {
             read: Err(reason),
             catalog_generation: 0,
             rules_generation: 0,
+            retry_at: None,
         }
     }
 }
@@ -180,6 +189,10 @@ impl Planner<'_> {
         };
         metrics::counter!(names::PLANS, "kind" => if catalog_failed { "catalog_error" } else { "plan" })
             .increment(1);
+        // A relation the catalog did not know (created directly since?) or a catalog that
+        // failed: plan again later instead of bypassing until the next catalog change.
+        let retry_at = matches!(read, Err("unresolved_relation" | "catalog_error"))
+            .then(|| std::time::Instant::now() + crate::catalog::NEGATIVE_TTL);
         Plan {
             context_id: cx.id(),
             sql,
@@ -188,6 +201,7 @@ impl Planner<'_> {
             read,
             catalog_generation,
             rules_generation: self.rules_generation,
+            retry_at,
         }
     }
 

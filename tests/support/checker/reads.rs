@@ -2,6 +2,8 @@
 //! transaction, several in one multi-statement simple Query. Floors are snapshotted before
 //! anything is sent, ceilings after the result; the fault modes bend the read path here.
 
+use futures_util::future::join_all;
+
 use super::targets::{ReadTarget, Rows, simple_sets};
 use super::worker::{Proto, Worker, read};
 use super::{CheckerError, Fault};
@@ -135,6 +137,35 @@ impl Worker {
                 floors,
                 &ceilings,
             )?;
+        }
+        Ok(())
+    }
+
+    /// 2–3 extended-protocol reads sent back to back without waiting (tokio-postgres
+    /// pipelines concurrent queries on one connection): only the first can be answered from
+    /// the cache; the others must come back in order and be as fresh.
+    pub async fn read_pipelined(&mut self) -> Result<(), CheckerError> {
+        let n = 2 + self.rng.below(2);
+        let targets: Vec<ReadTarget> = (0..n).map(|_| self.pick_read_target()).collect();
+        let shape = &self.sh.cfg.shape;
+        let mut hows = Vec::with_capacity(n);
+        for t in &targets {
+            let proto = self.rng.pick(&[Proto::Prepared, Proto::Typed]);
+            let conn = self.stale.as_mut().unwrap_or(&mut self.main);
+            hows.push(conn.how(proto, &t.param_sql(shape)).await?);
+        }
+        let floors: Vec<Vec<i64>> = targets.iter().map(|t| self.floors(t)).collect();
+        let conn = self.stale.as_ref().unwrap_or(&self.main);
+        let results = join_all(
+            targets
+                .iter()
+                .zip(&hows)
+                .map(|(t, how)| read(&conn.client, how, t, shape)),
+        )
+        .await;
+        for ((t, rows), floors) in targets.iter().zip(results).zip(&floors) {
+            let ceilings = self.ceilings(t);
+            self.judge("pipelined read", t, &rows?, floors, &ceilings)?;
         }
         Ok(())
     }

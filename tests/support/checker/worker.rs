@@ -179,6 +179,7 @@ pub(crate) enum Op {
     ReadOne,
     ReadTxn,
     ReadMulti,
+    ReadPipelined,
     AutoSimple,
     AutoExtended,
     Block,
@@ -190,7 +191,12 @@ pub(crate) enum Op {
 }
 
 /// Read mix (relative weights).
-const READS: [(Op, u32); 3] = [(Op::ReadOne, 60), (Op::ReadTxn, 6), (Op::ReadMulti, 4)];
+const READS: [(Op, u32); 4] = [
+    (Op::ReadOne, 60),
+    (Op::ReadTxn, 6),
+    (Op::ReadMulti, 4),
+    (Op::ReadPipelined, 6),
+];
 /// Write mix (relative weights); two-phase commit is dropped when unavailable.
 const WRITES: [(Op, u32); 8] = [
     (Op::AutoSimple, 6),
@@ -209,6 +215,7 @@ impl Op {
             Op::ReadOne => "read",
             Op::ReadTxn => "read-txn",
             Op::ReadMulti => "read-multi",
+            Op::ReadPipelined => "read-pipelined",
             Op::AutoSimple => "write-simple",
             Op::AutoExtended => "write-extended",
             Op::Block => "write-block",
@@ -335,6 +342,7 @@ impl Worker {
             Op::ReadOne => self.read_one().await,
             Op::ReadTxn => self.read_txn().await,
             Op::ReadMulti => self.read_multi().await,
+            Op::ReadPipelined => self.read_pipelined().await,
             Op::AutoSimple => self.write_auto_simple().await,
             Op::AutoExtended => self.write_auto_extended().await,
             Op::Block => self.write_block().await,

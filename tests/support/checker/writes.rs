@@ -6,8 +6,8 @@
 use futures_util::future::join;
 
 use super::CheckerError;
-use super::targets::{Slot, simple_rows, simple_sets, single_value};
-use super::worker::{Proto, Worker, update};
+use super::targets::{Slot, simple_sets, single_value};
+use super::worker::{Proto, Worker, read, update};
 
 /// Added by increments that are always rolled back: far above any count of real
 /// increments, so a read that shows one is caught as a phantom.
@@ -49,17 +49,22 @@ impl Worker {
         self.count(slot);
         let shape = &self.sh.cfg.shape;
         let how = self.main.how(proto, &t.param_sql(shape)).await?;
-        let own_sql = own.simple_sql(shape);
+        // The read behind it in any protocol: an extended one is a cache lookup candidate
+        // that must wait for the write's ack (and bump) before its key is computed.
+        let read_proto = self
+            .rng
+            .pick(&[Proto::Simple, Proto::Prepared, Proto::Typed]);
+        let read_how = self.main.how(read_proto, &own.param_sql(shape)).await?;
         let client = &self.main.client;
         // `join` polls the write first, so it is sent first.
         let (written, own_read) = join(
             update(client, &how, &t, 1, shape),
-            client.simple_query(&own_sql),
+            read(client, &read_how, &own, shape),
         )
         .await;
         let v = written?;
         self.ack(&[(slot, v)]);
-        let rows = simple_rows(&own_read.map_err(|e| CheckerError::db(own_sql, &e))?)?;
+        let rows = own_read?;
         let floors: Vec<i64> = floors.into_iter().map(|f| f.max(v)).collect();
         let ceilings = self.ceilings(&own);
         let context = format!("read pipelined after own write ({proto:?})");
