@@ -114,6 +114,9 @@ pub struct CacheConfig {
     /// query itself.
     #[serde(with = "humantime_serde")]
     pub fill_wait_timeout: Duration,
+    /// Adaptive bypass: a statement whose sampled hit ratio stays below this over a window
+    /// stops using the cache for a while (0 = never).
+    pub min_hit_ratio: f64,
     /// Hex key of the keyed hash (32 hex digits); absent = random per process.
     pub secret: Option<String>,
     /// Optional shared second level. Absent = in-process cache only.
@@ -128,6 +131,7 @@ impl Default for CacheConfig {
             max_entry_size: ByteSize(1 << 20),
             ttl: Duration::from_secs(60),
             fill_wait_timeout: Duration::from_secs(5),
+            min_hit_ratio: 0.02,
             secret: None,
             redis: None,
         }

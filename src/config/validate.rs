@@ -318,6 +318,13 @@ fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
         FILL_WAIT_RANGE,
         issues,
     );
+    if !(0.0..=1.0).contains(&cache.min_hit_ratio) {
+        issues.push(ConfigIssue::new(
+            "cache.min_hit_ratio",
+            cache.min_hit_ratio.to_string(),
+            "must be a fraction from 0 (never bypass) to 1".to_string(),
+        ));
+    }
     if let Some(redis) = &cache.redis {
         check_redis_url(&redis.url, issues);
     }

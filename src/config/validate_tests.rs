@@ -242,6 +242,18 @@ fn fill_wait_and_poll_interval_ranges_are_inclusive() {
         "cache.fill_wait_timeout = \"0s\": must be between 1ms and 10m"
     );
     c = Config::default();
+    for (ratio, ok) in [
+        (0.0, true),
+        (0.02, true),
+        (1.0, true),
+        (-0.1, false),
+        (1.5, false),
+        (f64::NAN, false),
+    ] {
+        c.cache.min_hit_ratio = ratio;
+        assert_eq!(c.validate().is_ok(), ok, "min_hit_ratio {ratio}");
+    }
+    c = Config::default();
     for (poll, ok) in [
         (ms(99), false),
         (ms(100), true),

@@ -86,6 +86,10 @@ pub fn describe_all() {
         "Epoch bumps (every cached result made unreachable), by cause."
     );
     describe_counter!(
+        names::CACHE_ADAPTIVE_BYPASSES,
+        "Times a statement shape's sampled hit ratio fell below cache.min_hit_ratio and it skipped the cache for a span."
+    );
+    describe_counter!(
         names::CACHE_BYPASSES,
         "Reads relayed without using the cache, by reason."
     );
@@ -175,6 +179,8 @@ pub mod names {
     /// counter, label `cause` (`unparsed_write`, `side_effects`, `catalog_function`,
     /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`, `ddl`, `untracked`): epoch bumps.
     pub const CACHE_EPOCH_BUMPS: &str = "pgmemo_cache_epoch_bumps_total";
+    /// counter: statement shapes switched to skipping the cache for a span (adaptive bypass).
+    pub const CACHE_ADAPTIVE_BYPASSES: &str = "pgmemo_cache_adaptive_bypasses_total";
     /// counter, label `reason`: cacheable-looking reads relayed without using the cache.
     pub const CACHE_BYPASSES: &str = "pgmemo_cache_bypasses_total";
     /// counter, label `source` (`write`, `catalog`, `admin`, `prepared`): relation tags bumped.

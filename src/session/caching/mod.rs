@@ -10,13 +10,16 @@
 //! probe's frames are swallowed). Plans missing from the memo are computed by the future from
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
+pub mod adaptive;
 mod extended;
 pub mod group;
 pub mod hooks;
 pub mod memo;
 pub mod plan;
+mod planning;
 pub mod probe;
 pub mod tracker;
+mod wait;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,13 +29,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Histogram};
 
-use crate::cache::{
-    Cache, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot,
-    WaitOutcome,
-};
+use crate::cache::{Cache, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot};
 use crate::catalog::Catalog;
 use crate::context::AppContext;
-use crate::error::ClientError;
 use crate::invalidation::{Invalidator, Source};
 use crate::protocol::fields::Reader;
 use crate::protocol::tags::{backend, frontend};
@@ -41,7 +40,7 @@ use crate::session::fingerprint::Fingerprint;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
 use memo::PlanMemo;
-use plan::{Context, Plan, Planner};
+use plan::{Context, Plan};
 use probe::{ProbeReader, ProbeResult};
 use tracker::{Expect, MAX_NAMED, Tracker};
 
@@ -55,6 +54,7 @@ const HIT_TIMING_SAMPLE: u32 = 16;
 pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
 
 pub use extended::GroupAction;
+pub use wait::{WaitFuture, WaitResult};
 
 /// Shared services of the cache, in the application context.
 pub struct Caching {
@@ -86,19 +86,6 @@ pub enum FrameAction {
 }
 
 pub type PlanFuture = Pin<Box<dyn Future<Output = Arc<Plan>> + Send>>;
-pub type WaitFuture = Pin<Box<dyn Future<Output = WaitResult> + Send>>;
-
-/// How a held Query's wait for another session's fill ended.
-#[derive(Debug)]
-pub enum WaitResult {
-    /// The other session's result: answer with it.
-    Hit(Arc<Entry>),
-    /// Cancelled (CancelRequest) or past `statement_timeout`: answer with this ErrorResponse.
-    Error(Bytes),
-    /// The other session failed, went away or took too long: run the query here.
-    RunOwn,
-}
-
 /// What a lookup decided.
 enum Looked {
     Hit(Arc<Entry>),
@@ -293,88 +280,6 @@ impl CacheSession {
         self.fp_digest = self.fingerprint.bytes().map(digest);
     }
 
-    /// The future computing the plan of `sql` (for a frame answered [`FrameAction::NeedPlan`]).
-    pub fn plan_future(&self, sql: Bytes) -> PlanFuture {
-        let app = Arc::clone(&self.app);
-        let cx = self.cx.clone();
-        Box::pin(async move {
-            let Some(cx) = cx else {
-                return Arc::new(Plan::without_context(sql, "no_session_context"));
-            };
-            let config = app.config();
-            let rules = app.rules();
-            let planner = Planner {
-                catalog: &app.caching.catalog,
-                rules: &rules.rules,
-                rules_generation: rules.generation,
-                no_side_effects: &config.functions.no_side_effects,
-                declared_writes: &config.functions.writes,
-                default_ttl: config.cache.ttl,
-            };
-            let plan = Arc::new(planner.plan(&cx, sql.clone()).await);
-            if !rules.has_query_rules
-                && let Some(shape) = crate::sql::shape_key(&sql)
-            {
-                app.caching
-                    .shapes
-                    .insert(Bytes::from(shape), Arc::clone(&plan));
-            }
-            app.caching.plans.insert(sql, Arc::clone(&plan));
-            plan
-        })
-    }
-
-    /// The plan computed for the held frame.
-    pub fn plan_ready(&mut self, plan: Arc<Plan>) {
-        self.ready_plan = Some(plan);
-    }
-
-    /// The plan for `sql`: memoised, just computed, or computed now without a context.
-    fn plan_for(&mut self, sql: &[u8]) -> Option<Arc<Plan>> {
-        if let Some(p) = self.ready_plan.take()
-            && p.sql.as_ref() == sql
-            && p.context_id == self.cx_id
-        {
-            return Some(p);
-        }
-        if self.cx.is_none() || !self.encoding_ok {
-            let why = if self.cx.is_none() {
-                "no_session_context"
-            } else {
-                "client_encoding"
-            };
-            return Some(Arc::new(Plan::without_context(
-                Bytes::copy_from_slice(sql),
-                why,
-            )));
-        }
-        let rules_generation = self.app.rules_generation();
-        let catalog_generation = self.app.caching.catalog.generation();
-        let caching = &self.app.caching;
-        if let Some(plan) = caching
-            .plans
-            .get(self.cx_id, sql, catalog_generation, rules_generation)
-        {
-            return Some(plan);
-        }
-        // Same shape, other numbers: share the analysis (not with query rules, whose
-        // patterns see the numbers).
-        if self.app.rules().has_query_rules {
-            return None;
-        }
-        let shape = crate::sql::shape_key(sql)?;
-        let base = caching
-            .shapes
-            .get(self.cx_id, &shape, catalog_generation, rules_generation)?;
-        let text = Bytes::copy_from_slice(sql);
-        let plan = Arc::new(base.with_text(text.clone()));
-        if plan.read.is_ok() {
-            // A cacheable read may come back: remember its exact text too.
-            caching.plans.insert(text, Arc::clone(&plan));
-        }
-        Some(plan)
-    }
-
     /// A complete client frame the relay is about to forward.
     pub fn on_client_frame(&mut self, tag: u8, frame: &[u8], state: &SessionState) -> FrameAction {
         match tag {
@@ -530,12 +435,14 @@ impl CacheSession {
         let Some(fp) = self.fp_digest.filter(|_| self.fingerprint.cacheable()) else {
             return bypass("session_tainted");
         };
-        // Hit latency is sampled: timing every hit would cost a share of the hit itself.
+        if read.stats.skipping() {
+            return bypass("low_hit_ratio");
+        }
+        // Hit latency and the shape's hit ratio are sampled: doing either for every lookup
+        // would cost a share of the hit itself.
         self.lookups = self.lookups.wrapping_add(1);
-        let timed = self
-            .lookups
-            .is_multiple_of(HIT_TIMING_SAMPLE)
-            .then(Instant::now);
+        let sampled = self.lookups.is_multiple_of(HIT_TIMING_SAMPLE);
+        let timed = sampled.then(Instant::now);
         let cache = &self.app.caching.cache;
         // I1: versions are read before the Query goes upstream.
         let snapshot = cache.versions().snapshot(&read.tags);
@@ -544,7 +451,14 @@ impl CacheSession {
             Some((types, bind)) => input.extended(types, bind),
             None => input,
         });
-        match cache.lookup(key, check) {
+        let looked = cache.lookup(key, check);
+        if sampled {
+            let app = &self.app;
+            read.stats.sample(matches!(looked, Lookup::Hit(_)), || {
+                app.config().cache.min_hit_ratio
+            });
+        }
+        match looked {
             Lookup::Hit(entry) => {
                 if let Some(started) = timed {
                     self.metrics
@@ -570,43 +484,6 @@ impl CacheSession {
             // Another session is running this query: wait for its result.
             Lookup::Wait(waiter) => Looked::Wait(self.wait_future(waiter)),
         }
-    }
-
-    /// Waits for another session's fill: at most `cache.fill_wait_timeout`, and never past
-    /// the session's `statement_timeout` (PostgreSQL would have cancelled the statement by
-    /// then); a cancel request for this session ends the wait as PostgreSQL ends a cancelled
-    /// statement.
-    fn wait_future(&self, waiter: FillWaiter) -> WaitFuture {
-        let fill_timeout = self.app.config().cache.fill_wait_timeout;
-        let statement_timeout = self.statement_timeout;
-        let capped = statement_timeout.is_some_and(|t| t <= fill_timeout);
-        let limit = statement_timeout.map_or(fill_timeout, |t| t.min(fill_timeout));
-        let cancel = self.cancel.clone();
-        let seen = cancel.as_ref().map_or(0, |c| c.received());
-        Box::pin(async move {
-            let _waiting = cancel.as_ref().map(CancelSignal::waiting);
-            let cancelled = async {
-                match &cancel {
-                    Some(c) => c.after(seen).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                outcome = waiter.wait(limit) => match outcome {
-                    WaitOutcome::Filled(entry) => WaitResult::Hit(entry),
-                    WaitOutcome::TimedOut if capped => WaitResult::Error(
-                        ClientError::canceled_by_statement_timeout().encode(),
-                    ),
-                    WaitOutcome::TimedOut | WaitOutcome::LeaderGaveUp => WaitResult::RunOwn,
-                },
-                () = cancelled => WaitResult::Error(ClientError::canceled_by_user().encode()),
-            }
-        })
-    }
-
-    /// The wait for the held Query frame ended; the relay shows the frame again next.
-    pub fn wait_done(&mut self, result: WaitResult) {
-        self.waited = Some(result);
     }
 
     /// A complete backend frame (or, for a streamed one, its header only: `whole = false`)

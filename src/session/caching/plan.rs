@@ -62,6 +62,8 @@ pub struct ReadPlan {
     pub normalized: Bytes,
     /// From rules, hints and the default.
     pub ttl: Duration,
+    /// Sampled hit ratio of the shape (shared by every text of it): adaptive bypass.
+    pub stats: Arc<super::adaptive::HitStats>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +99,7 @@ impl Plan {
             tags: r.tags.clone(),
             normalized: Bytes::from(sql::normalize_for_key(&sql)),
             ttl: r.ttl,
+            stats: Arc::clone(&r.stats),
         });
         Plan {
             sql,
@@ -434,6 +437,7 @@ impl Planner<'_> {
             tags,
             normalized,
             ttl,
+            stats: Arc::default(),
         })
     }
 }

@@ -1,0 +1,94 @@
+//! Plans for the session's statements: memoised per (session context, SQL bytes) and by
+//! shape, computed off the relay's hot path by a future when missing (the relay holds the
+//! frame meanwhile), or without a context when the session's settings are unknown.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::plan::{Plan, Planner};
+use super::{CacheSession, PlanFuture};
+
+impl CacheSession {
+    /// The future computing the plan of `sql` (for a frame answered [`FrameAction::NeedPlan`]).
+    pub fn plan_future(&self, sql: Bytes) -> PlanFuture {
+        let app = Arc::clone(&self.app);
+        let cx = self.cx.clone();
+        Box::pin(async move {
+            let Some(cx) = cx else {
+                return Arc::new(Plan::without_context(sql, "no_session_context"));
+            };
+            let config = app.config();
+            let rules = app.rules();
+            let planner = Planner {
+                catalog: &app.caching.catalog,
+                rules: &rules.rules,
+                rules_generation: rules.generation,
+                no_side_effects: &config.functions.no_side_effects,
+                declared_writes: &config.functions.writes,
+                default_ttl: config.cache.ttl,
+            };
+            let plan = Arc::new(planner.plan(&cx, sql.clone()).await);
+            if !rules.has_query_rules
+                && let Some(shape) = crate::sql::shape_key(&sql)
+            {
+                app.caching
+                    .shapes
+                    .insert(Bytes::from(shape), Arc::clone(&plan));
+            }
+            app.caching.plans.insert(sql, Arc::clone(&plan));
+            plan
+        })
+    }
+
+    /// The plan computed for the held frame.
+    pub fn plan_ready(&mut self, plan: Arc<Plan>) {
+        self.ready_plan = Some(plan);
+    }
+
+    /// The plan for `sql`: memoised, just computed, or computed now without a context.
+    pub(super) fn plan_for(&mut self, sql: &[u8]) -> Option<Arc<Plan>> {
+        if let Some(p) = self.ready_plan.take()
+            && p.sql.as_ref() == sql
+            && p.context_id == self.cx_id
+        {
+            return Some(p);
+        }
+        if self.cx.is_none() || !self.encoding_ok {
+            let why = if self.cx.is_none() {
+                "no_session_context"
+            } else {
+                "client_encoding"
+            };
+            return Some(Arc::new(Plan::without_context(
+                Bytes::copy_from_slice(sql),
+                why,
+            )));
+        }
+        let rules_generation = self.app.rules_generation();
+        let catalog_generation = self.app.caching.catalog.generation();
+        let caching = &self.app.caching;
+        if let Some(plan) = caching
+            .plans
+            .get(self.cx_id, sql, catalog_generation, rules_generation)
+        {
+            return Some(plan);
+        }
+        // Same shape, other numbers: share the analysis (not with query rules, whose
+        // patterns see the numbers).
+        if self.app.rules().has_query_rules {
+            return None;
+        }
+        let shape = crate::sql::shape_key(sql)?;
+        let base = caching
+            .shapes
+            .get(self.cx_id, &shape, catalog_generation, rules_generation)?;
+        let text = Bytes::copy_from_slice(sql);
+        let plan = Arc::new(base.with_text(text.clone()));
+        if plan.read.is_ok() {
+            // A cacheable read may come back: remember its exact text too.
+            caching.plans.insert(text, Arc::clone(&plan));
+        }
+        Some(plan)
+    }
+}
