@@ -19,6 +19,7 @@ use common::SUPERUSER;
 use probe::{CacheStack, DB, config};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_postgres::types::Type;
 use wire::{Read, frame, read_frame, trust_session};
 
 const SETUP: &str = "
@@ -525,4 +526,48 @@ async fn a_row_limit_is_answered_from_the_full_result_as_postgres_cuts_it() {
     )
     .await;
     assert_eq!(calls(&s, "ext_kv WHERE id BETWEEN").await - before, 1);
+}
+
+#[tokio::test]
+async fn tokio_postgres_prepared_and_typed_reads_hit_with_rows_equal_to_direct() {
+    let s = stack().await;
+    let via = s.session(SUPERUSER).await;
+    let direct = s.pg.connect(SUPERUSER, "", DB).await;
+    // Let pgmemo read the session's settings first.
+    via.simple_query("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sql = "SELECT id, v FROM ext_kv WHERE id = $1 OR id = $2 ORDER BY id";
+    let stmt = via.prepare(sql).await.unwrap();
+    let want_stmt = direct.prepare(sql).await.unwrap();
+    assert_eq!(
+        common::compare::describe(&stmt),
+        common::compare::describe(&want_stmt)
+    );
+    let before = calls(&s, "ext_kv WHERE id = $1 OR").await;
+    for i in 0..30 {
+        let (a, b) = (1 + i % 3, 10);
+        // Binary results (tokio-postgres asks for binary), named statement.
+        let got = via.query(&stmt, &[&a, &b]).await.unwrap();
+        let want = direct.query(&want_stmt, &[&a, &b]).await.unwrap();
+        assert_eq!(
+            common::compare::raw_rows(&got),
+            common::compare::raw_rows(&want),
+            "prepared, round {i}"
+        );
+        // `query_typed`: Parse of the unnamed statement with every execution.
+        let got = via
+            .query_typed(sql, &[(&a, Type::INT4), (&b, Type::INT4)])
+            .await
+            .unwrap();
+        assert_eq!(
+            common::compare::raw_rows(&got),
+            common::compare::raw_rows(&want)
+        );
+    }
+    // Direct: 60 executions; pgmemo: one per distinct (statement form, parameters) at most.
+    let upstream = calls(&s, "ext_kv WHERE id = $1 OR").await - before;
+    assert!(
+        (60..=66).contains(&upstream),
+        "{upstream} executions reached PostgreSQL (60 of them direct)"
+    );
 }

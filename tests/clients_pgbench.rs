@@ -161,3 +161,66 @@ fn pgbench_init_and_runs_in_every_query_mode_keep_tpcb_invariant() {
         );
     }
 }
+
+/// Sum of a pgmemo counter over its label sets, from the admin endpoint.
+fn metric(proxy: &Proxy, name: &str) -> f64 {
+    let text = proxy.admin_get("/metrics");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            (rest.starts_with(' ') || rest.starts_with('{'))
+                .then(|| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// Point reads in `-M extended` (Parse of the unnamed statement every time) and `-M
+/// prepared` (Bind of a named statement): nearly every read is answered from the cache, and
+/// each checks the balance it got against the one the table holds (a wrong row fails the
+/// script with a division by zero).
+#[test]
+fn pgbench_point_reads_hit_the_cache_with_the_right_rows_in_extended_and_prepared_modes() {
+    let pg = PgServer::start(PgOptions::default());
+    pg.psql("postgres", &format!("CREATE DATABASE {DB}"));
+    let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, "postgres")));
+    let init = pgbench(&pg, pg.addr().port(), &["-i", "-s", "1"]);
+    assert!(init.success(), "pgbench -i failed:\n{}", init.describe());
+    pg.psql(
+        DB,
+        "UPDATE pgbench_accounts SET abalance = aid * 2 WHERE aid <= 50",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("point.sql");
+    std::fs::write(
+        &script,
+        "\\set aid random(1, 50)\n\
+         SELECT abalance AS b FROM pgbench_accounts WHERE aid = :aid \\gset\n\
+         \\if :b != :aid * 2\n\
+         SELECT 1 / 0;\n\
+         \\endif\n",
+    )
+    .unwrap();
+    let script = script.to_string_lossy().into_owned();
+    for mode in ["extended", "prepared"] {
+        let hits0 = metric(&proxy, "pgmemo_cache_hits_total");
+        let out = pgbench(
+            &pg,
+            proxy.port(),
+            &[
+                "-M", mode, "-c", "4", "-j", "2", "-T", "3", "-n", "-f", &script,
+            ],
+        );
+        assert!(out.success(), "-M {mode}:\n{}", out.describe());
+        let report = parse_report(&out);
+        assert_eq!(report.failed, 0, "-M {mode}:\n{}", out.describe());
+        let hits = metric(&proxy, "pgmemo_cache_hits_total") - hits0;
+        eprintln!("-M {mode}: {} transactions, {hits} hits", report.processed);
+        assert!(
+            hits >= 0.9 * report.processed as f64,
+            "-M {mode}: only {hits} of {} reads were cache hits",
+            report.processed
+        );
+    }
+}
