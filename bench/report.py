@@ -74,8 +74,11 @@ def median_or_none(values):
 
 
 def acceptance(summary):
-    """The acceptance cells of issues 2 and 3, checked from medians of per-repetition ratios."""
-    issue2, issue3 = [], []
+    """The acceptance cells of issues 2, 3 and 4, checked from medians of per-repetition
+    ratios (issue 4's heavy cell compares two cells, so it uses their median TPS)."""
+    issue2, issue3, issue4 = [], [], []
+    median_tps = {(row["workload"], row["mode"], row["clients"], t): median_or_none(v)
+                  for row in summary for t, v in row["tps"].items()}
     for row in summary:
         r = {k: median_or_none(v) for k, v in row["ratio"].items()}
         pd, pb, pp = r.get("pgmemo/direct"), r.get("pgmemo/pgbouncer"), r.get("pgmemo/pgpool")
@@ -102,10 +105,25 @@ def acceptance(summary):
                           f"**{'pass' if ok else 'FAIL'}**; pgmemo {fmt_x(pd)} direct, pgpool-II "
                           f"{fmt_x(r.get('pgpool/direct'))} direct; hits pgmemo "
                           f"{fmt_pct(hits.get('pgmemo'))}, pgpool-II {fmt_pct(hits.get('pgpool'))}")
+        if row["workload"] == "point" and row["mode"] == "prepared" and row["clients"] == 8:
+            ok = pd is not None and pd >= 1.3
+            issue4.append(f"- {cell}: pgmemo {fmt_x(pd)} direct (need ≥ 1.30×, target 1.50×): "
+                          f"**{'pass' if ok else 'FAIL'}**; pgpool-II "
+                          f"{fmt_x(r.get('pgpool/direct'))} direct; hits pgmemo "
+                          f"{fmt_pct(hits.get('pgmemo'))}")
+        elif row["workload"] == "heavy" and row["mode"] == "prepared" and row["clients"] == 8:
+            mine = median_tps.get(("heavy", "prepared", 8, "pgmemo"))
+            theirs = median_tps.get(("heavy", "simple", 8, "pgpool"))
+            x = mine / theirs if mine and theirs else None
+            ok = x is not None and x >= 1.2
+            issue4.append(f"- {cell}: pgmemo {fmt_tps(mine) if mine else '–'} TPS = {fmt_x(x)} "
+                          f"pgpool-II's `-M simple` {fmt_tps(theirs) if theirs else '–'} TPS "
+                          f"(medians; need ≥ 1.20×): **{'pass' if ok else 'FAIL'}**; hits pgmemo "
+                          f"{fmt_pct(hits.get('pgmemo'))}")
     if issue3:
         issue3.append("- the staleness checker's 1M-operation run (0 stale reads, its throughput "
                       "and hit ratio) is not part of this benchmark")
-    return issue2, issue3
+    return issue2, issue3, issue4
 
 
 def ratio_table(rows, targets):
@@ -192,7 +210,9 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
             md.append("| " + " | ".join(cells) + " |")
         md.append("")
     if "pgmemo" in targets:
-        issue2, issue3 = acceptance(summary)
+        issue2, issue3, issue4 = acceptance(summary)
+        if issue4:
+            md += ["## Issue 4 acceptance (from this run)", ""] + issue4 + [""]
         if issue3:
             md += ["## Issue 3 acceptance (from this run)", ""] + issue3 + [""]
         if issue2:

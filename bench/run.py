@@ -41,6 +41,7 @@ CEILING = {"point"}
 SUITES = {
     "issue3": {"workloads": "point,heavy,mixed", "modes": "simple", "clients": "8"},
     "issue2": {"workloads": "uncacheable,tpcb", "modes": "simple,prepared", "clients": "1,8,32"},
+    "issue4": {"workloads": "point,heavy", "modes": "simple,prepared", "clients": "8"},
     "all": {"workloads": "point,heavy,mixed,uncacheable,tpcb", "modes": "simple,prepared",
             "clients": "1,8,32"},
 }
