@@ -114,8 +114,8 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         "session workers started"
     );
     let sessions = TaskTracker::new();
-    let drain = CancellationToken::new();
-    let force = CancellationToken::new();
+    let drain = session::Signal::default();
+    let force = session::Signal::default();
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     loop {
@@ -171,7 +171,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         "shutting down: waiting for sessions to finish their transactions"
     );
     sessions.close();
-    drain.cancel();
+    drain.raise();
     if tokio::time::timeout(deadline, sessions.wait())
         .await
         .is_err()
@@ -180,7 +180,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
             sessions = sessions.len(),
             "shutdown deadline reached; closing remaining sessions"
         );
-        force.cancel();
+        force.raise();
         let _ = tokio::time::timeout(FORCE_GRACE, sessions.wait()).await;
     }
     drop(pool);

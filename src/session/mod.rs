@@ -33,12 +33,39 @@ use relay::{Relay, RelayEnd, RelayError};
 /// Time allowed to write a final error to a client that may not be reading.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Tokens a session watches: `drain` asks it to close at its next idle point, `force` to
+/// Signals a session watches: `drain` asks it to close at its next idle point, `force` to
 /// close now (both send 57P01).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Shutdown {
-    pub drain: CancellationToken,
-    pub force: CancellationToken,
+    pub drain: Signal,
+    pub force: Signal,
+}
+
+/// A one-way shutdown signal: a token that wakes the sessions waiting on it, plus a flag they
+/// check on every step. The token's own `is_cancelled` takes a mutex shared by every session,
+/// which the relay would take twice per step; the flag is one atomic load.
+#[derive(Clone, Default)]
+pub struct Signal {
+    token: CancellationToken,
+    raised: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Signal {
+    /// Raises it: the flag first, so a session woken by the token always sees it.
+    pub fn raise(&self) {
+        self.raised
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The token to wait on.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
 }
 
 /// Where a session runs, and what must live as long as it does wherever it runs.

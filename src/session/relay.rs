@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::caching::{CacheSession, FrameAction, GroupAction, PlanFuture, WaitFuture};
 use super::outq::OutQueue;
@@ -105,11 +105,11 @@ pub struct Relay<'a> {
     ending: Option<RelayEnd>,
     client_eof: bool,
     fatal_relayed: bool,
-    /// Shutdown tokens and their wait futures. The futures are polled once, to register this
-    /// task's (stable) waker; after that an atomic `is_cancelled` check per step suffices, which
-    /// keeps every session off the tokens' shared waiter lock on the hot path.
-    drain_token: CancellationToken,
-    force_token: CancellationToken,
+    /// Shutdown signals and their tokens' wait futures. The futures are polled once, to
+    /// register this task's (stable) waker; after that the signals' flags (one atomic load
+    /// each, no lock) are checked per step.
+    drain_signal: super::Signal,
+    force_signal: super::Signal,
     shutdown_waits: [Pin<Box<WaitForCancellationFutureOwned>>; 2],
     shutdown_registered: bool,
     draining: bool,
@@ -149,12 +149,12 @@ impl<'a> Relay<'a> {
             client_eof: false,
             fatal_relayed: false,
             shutdown_waits: [
-                Box::pin(drain.clone().cancelled_owned()),
-                Box::pin(force.clone().cancelled_owned()),
+                Box::pin(drain.token().clone().cancelled_owned()),
+                Box::pin(force.token().clone().cancelled_owned()),
             ],
             shutdown_registered: false,
-            drain_token: drain,
-            force_token: force,
+            drain_signal: drain,
+            force_signal: force,
             draining: false,
             counters: &COUNTERS,
             follow,
@@ -205,11 +205,11 @@ impl<'a> Relay<'a> {
                 }
                 self.shutdown_registered = true;
             }
-            if self.force_token.is_cancelled() {
+            if self.force_signal.is_raised() {
                 self.begin_shutdown();
                 continue;
             }
-            if !self.draining && self.drain_token.is_cancelled() {
+            if !self.draining && self.drain_signal.is_raised() {
                 self.draining = true;
             }
             if self.draining

@@ -202,7 +202,9 @@ impl CacheSession {
         plan: &Arc<Plan>,
         state: &mut SessionState,
     ) -> Option<Bytes> {
-        self.tracker.portals.remove(&b""[..]);
+        if !self.tracker.portals.is_empty() {
+            self.tracker.portals.remove(&b""[..]);
+        }
         let p = g.parse?;
         let same = state
             .registry
