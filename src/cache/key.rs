@@ -185,10 +185,26 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
     /// The key and its check under `secret`. Pure: the same input and secret always give the
     /// same pair, in this process and any other.
     pub fn compute(&self, secret: &KeySecret) -> (CacheKey, KeyCheck) {
-        let mut feed = Feed {
-            key: Sip128::new_with_keys(secret.key.0, secret.key.1),
-            check: Sip64::new_with_keys(secret.check.0, secret.check.1),
-        };
+        SCRATCH
+            .try_with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut buf) => {
+                    let out = self.compute_in(&mut buf, secret);
+                    if buf.capacity() > MAX_SCRATCH {
+                        *buf = Vec::new();
+                    }
+                    out
+                }
+                // Re-entered (cannot happen today) or borrowed: a buffer of its own.
+                Err(_) => self.compute_in(&mut Vec::new(), secret),
+            })
+            .unwrap_or_else(|_| self.compute_in(&mut Vec::new(), secret))
+    }
+
+    /// The key's byte stream, serialised into `buf` and hashed once by each hasher: many
+    /// small writes cost SipHash more than the bytes themselves.
+    fn compute_in(&self, buf: &mut Vec<u8>, secret: &KeySecret) -> (CacheKey, KeyCheck) {
+        buf.clear();
+        let mut feed = Feed { buf };
         feed.bytes(self.fingerprint);
         feed.bytes(self.sql);
         feed.len(self.params.len());
@@ -229,23 +245,32 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
             feed.raw(&version.to_le_bytes());
         }
         feed.raw(&self.snapshot.epoch().to_le_bytes());
+        let mut key = Sip128::new_with_keys(secret.key.0, secret.key.1);
+        key.write(feed.buf);
+        let mut check = Sip64::new_with_keys(secret.check.0, secret.check.1);
+        check.write(feed.buf);
         (
-            CacheKey(feed.key.finish128().as_u128()),
-            KeyCheck(feed.check.finish()),
+            CacheKey(key.finish128().as_u128()),
+            KeyCheck(check.finish()),
         )
     }
 }
 
-/// Feeds the same byte stream to the key hasher and the check hasher.
-struct Feed {
-    key: Sip128,
-    check: Sip64,
+thread_local! {
+    /// Scratch space for key streams, per thread (no allocation per key).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
+}
+/// A scratch buffer grown past this by a huge statement is let go afterwards.
+const MAX_SCRATCH: usize = 64 * 1024;
+
+/// The byte stream both hashers read.
+struct Feed<'a> {
+    buf: &'a mut Vec<u8>,
 }
 
-impl Feed {
+impl Feed<'_> {
     fn raw(&mut self, bytes: &[u8]) {
-        self.key.write(bytes);
-        self.check.write(bytes);
+        self.buf.extend_from_slice(bytes);
     }
 
     fn len(&mut self, len: usize) {
