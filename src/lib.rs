@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod cache;
 pub mod catalog;
+pub mod cdc;
 pub mod config;
 pub mod context;
 pub mod error;

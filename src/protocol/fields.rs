@@ -38,6 +38,16 @@ impl<'a> Reader<'a> {
         Some(i32::from_be_bytes(arr))
     }
 
+    pub fn u32(&mut self) -> Option<u32> {
+        let arr: [u8; 4] = self.bytes(4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(arr))
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        let arr: [u8; 8] = self.bytes(8)?.try_into().ok()?;
+        Some(u64::from_be_bytes(arr))
+    }
+
     pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.buf.len() < n {
             return None;
