@@ -241,6 +241,7 @@ impl<'a> Relay<'a> {
             }
             if self.c_stream_left == 0
                 && self.pending_plan.is_none()
+                && self.pending_wait.is_none()
                 && let Some(probe) = self.caching.probe_query(self.state)
             {
                 self.to_upstream.push(probe);

@@ -89,7 +89,7 @@ impl CacheSession {
                 }
             }
         };
-        match self.waited.take() {
+        match self.waited.take().filter(|_| self.wait_extended) {
             Some(WaitResult::Hit(entry)) => return self.answer(&g, &plan, &entry, state),
             Some(WaitResult::Error(error)) => {
                 // PostgreSQL would have parsed and bound before the cancel hit the Execute.

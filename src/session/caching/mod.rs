@@ -139,6 +139,9 @@ pub struct CacheSession {
     lookups: u32,
     /// The outcome of a wait for the Query frame held at the head of the client buffer.
     waited: Option<WaitResult>,
+    /// The pending wait was for an extended group (else for a simple Query): a result is only
+    /// ever used by the kind of message that waited for it.
+    wait_extended: bool,
     /// Cancel requests for this session (a held Query's wait ends on one).
     cancel: Option<Arc<CancelSignal>>,
     /// The session's `statement_timeout` (from the last probe): caps a wait.
@@ -175,6 +178,7 @@ impl CacheSession {
             ready_plan: None,
             lookups: 0,
             waited: None,
+            wait_extended: false,
             cancel: None,
             statement_timeout: None,
             inject_describe: false,
@@ -282,10 +286,15 @@ impl CacheSession {
 
     /// A complete client frame the relay is about to forward.
     pub fn on_client_frame(&mut self, tag: u8, frame: &[u8], state: &SessionState) -> FrameAction {
+        if tag != frontend::QUERY {
+            // A wait's result belongs to the frame held for it; anything forwarded instead
+            // makes it stale.
+            self.waited = None;
+        }
         match tag {
             frontend::QUERY => {
                 let sql = query_text(frame);
-                let waited = self.waited.take();
+                let waited = self.waited.take().filter(|_| !self.wait_extended);
                 match waited {
                     Some(WaitResult::Hit(entry)) => {
                         return FrameAction::Answer(entry.frames.clone());
@@ -482,7 +491,10 @@ impl CacheSession {
                 Looked::Forward
             }
             // Another session is running this query: wait for its result.
-            Lookup::Wait(waiter) => Looked::Wait(self.wait_future(waiter)),
+            Lookup::Wait(waiter) => {
+                self.wait_extended = extended.is_some();
+                Looked::Wait(self.wait_future(waiter))
+            }
         }
     }
 
