@@ -571,3 +571,61 @@ async fn tokio_postgres_prepared_and_typed_reads_hit_with_rows_equal_to_direct()
         "{upstream} executions reached PostgreSQL (60 of them direct)"
     );
 }
+
+#[tokio::test]
+async fn where_caching_would_be_wrong_the_group_reaches_postgres() {
+    let s = stack().await;
+    let mut p = Pair::new(&s).await;
+
+    // A text parameter PostgreSQL reads as the clock: every execution is its own.
+    let clock = "SELECT id, $1::timestamptz AS at FROM ext_kv WHERE id = 1";
+    let now = {
+        let mut out = parse("", clock, &[]);
+        out.extend(bind("", &["now"], false));
+        out.extend(describe_portal());
+        out.extend(execute());
+        out.extend(sync());
+        out
+    };
+    let bypassed0 = s.metric("pgmemo_cache_bypasses_total{reason=\"clock_parameter\"}");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = exchange(&mut p.proxy, &now, 1).await;
+        assert_eq!(tags(&got), "12TDCZ");
+        seen.push(got[3].clone());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] != w[1]),
+        "'now' was answered from the cache"
+    );
+    assert_eq!(
+        s.metric("pgmemo_cache_bypasses_total{reason=\"clock_parameter\"}") - bypassed0,
+        3.0
+    );
+
+    // The same text and parameter bytes under other declared types are other results.
+    let typed = "SELECT $1 AS x FROM ext_kv WHERE id = 1";
+    for oid in [23u32, 25, 23, 25, 700] {
+        let mut g = parse("", typed, &[oid]);
+        g.extend(bind("", &["7"], false));
+        g.extend(describe_portal());
+        g.extend(execute());
+        g.extend(sync());
+        p.same(&g, 1, &format!("parameter type {oid}")).await;
+    }
+
+    // A prepared statement after the session's search_path changed: PostgreSQL re-resolves
+    // the name, and so must the cache.
+    let mut prepare = parse("sp", "SELECT v FROM ext_sp", &[]);
+    prepare.extend(sync());
+    p.same(&prepare, 1, "prepare").await;
+    let run = group(None, "", "sp", &[], true);
+    let public = p.same(&run, 1, "public").await;
+    p.same(&run, 1, "public, again").await;
+    p.same(&query("SET search_path = other, public"), 1, "SET")
+        .await;
+    let other = p.same(&run, 1, "after SET").await;
+    assert_ne!(public, other);
+    assert!(other.iter().any(|f| f.windows(5).any(|w| w == b"other")));
+}
