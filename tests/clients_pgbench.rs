@@ -4,6 +4,8 @@
 //! duplicated or misrouted statement anywhere in the relay shows up as a mismatch.
 
 mod common;
+#[path = "support/cache_probe.rs"]
+mod probe;
 #[path = "support/run.rs"]
 mod run;
 
@@ -164,16 +166,7 @@ fn pgbench_init_and_runs_in_every_query_mode_keep_tpcb_invariant() {
 
 /// Sum of a pgmemo counter over its label sets, from the admin endpoint.
 fn metric(proxy: &Proxy, name: &str) -> f64 {
-    let text = proxy.admin_get("/metrics");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            (rest.starts_with(' ') || rest.starts_with('{'))
-                .then(|| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
+    probe::metric_sum(&proxy.admin_get("/metrics"), name)
 }
 
 /// Point reads in `-M extended` (Parse of the unnamed statement every time) and `-M

@@ -118,9 +118,8 @@ fn lsn(r: &mut Reader<'_>) -> Result<Lsn, WireError> {
 }
 
 fn i64(r: &mut Reader<'_>) -> Result<i64, WireError> {
-    r.u64()
-        .map(|v| i64::from_be_bytes(v.to_be_bytes()))
-        .ok_or(WireError::Truncated)
+    // The same eight bytes, read as signed.
+    r.u64().map(|v| v as i64).ok_or(WireError::Truncated)
 }
 
 #[cfg(test)]

@@ -27,6 +27,15 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// A statement as a Parse message gave it (held by the upstream, not local).
+    pub fn new(query: &[u8], param_types: &[u8]) -> Self {
+        Self {
+            query: Bytes::copy_from_slice(query),
+            param_types: Bytes::copy_from_slice(param_types),
+            local: None,
+        }
+    }
+
     /// The parameter type OIDs.
     pub fn param_oids(&self) -> impl Iterator<Item = u32> + '_ {
         self.param_types

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::caching::{CacheSession, FrameAction, GroupAction, PlanFuture, WaitFuture};
+use super::caching::{CacheSession, FrameAction, GroupAction, Hold, PlanFuture, WaitFuture};
 use super::outq::OutQueue;
 use super::state::SessionState;
 use crate::error::ClientError;
@@ -87,7 +87,7 @@ pub struct Relay<'a> {
     caching: &'a mut CacheSession,
     /// The plan being computed for the frame held at the head of `cbuf`.
     pending_plan: Option<PlanFuture>,
-    /// The wait for another session's fill of the Query held at the head of `cbuf`.
+    /// The wait for another session's fill of the Query or group held at the head of `cbuf`.
     pending_wait: Option<WaitFuture>,
     /// Client processing stopped at a held frame (plan or probe pending): resume it.
     client_paused: bool,
@@ -404,12 +404,8 @@ impl<'a> Relay<'a> {
                             }
                             continue;
                         }
-                        GroupAction::NeedPlan(sql) => {
-                            self.hold(Some(self.caching.plan_future(sql)), None);
-                            break;
-                        }
-                        GroupAction::Wait(wait) => {
-                            self.hold(None, Some(wait));
+                        GroupAction::Hold(hold) => {
+                            self.hold(hold);
                             break;
                         }
                     }
@@ -428,12 +424,8 @@ impl<'a> Relay<'a> {
                             pos = 0;
                             continue;
                         }
-                        FrameAction::NeedPlan(sql) => {
-                            self.hold(Some(self.caching.plan_future(sql)), None);
-                            break;
-                        }
-                        FrameAction::Wait(wait) => {
-                            self.hold(None, Some(wait));
+                        FrameAction::Hold(hold) => {
+                            self.hold(hold);
                             break;
                         }
                     }
@@ -499,9 +491,11 @@ impl<'a> Relay<'a> {
 
     /// Client processing stops at the frame at the head of the buffer until the plan is
     /// computed or the wait for another session's fill ends.
-    fn hold(&mut self, plan: Option<PlanFuture>, wait: Option<WaitFuture>) {
-        self.pending_plan = plan;
-        self.pending_wait = wait;
+    fn hold(&mut self, hold: Hold) {
+        match hold {
+            Hold::Plan(sql) => self.pending_plan = Some(self.caching.plan_future(sql)),
+            Hold::Wait(wait) => self.pending_wait = Some(wait),
+        }
         self.client_paused = true;
     }
 

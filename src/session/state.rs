@@ -396,19 +396,8 @@ const SYNC: &[u8] = b"S\0\0\0\x04";
 
 /// The name and statement of a Parse frame; `None` when malformed.
 pub fn parse_statement(frame: &[u8]) -> Option<(&[u8], Statement)> {
-    let mut r = Reader::body(frame);
-    let name = r.cstr()?;
-    let query = r.cstr()?;
-    let n = usize::try_from(r.i16()?).ok()?;
-    let param_types = r.bytes(n.checked_mul(4)?)?;
-    Some((
-        name,
-        Statement {
-            query: Bytes::copy_from_slice(query),
-            param_types: Bytes::copy_from_slice(param_types),
-            local: None,
-        },
-    ))
+    let f = crate::protocol::fields::parse_fields(frame)?;
+    Some((f.name, Statement::new(f.sql, f.param_types)))
 }
 
 #[cfg(test)]

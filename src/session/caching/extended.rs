@@ -14,7 +14,7 @@ use bytes::Bytes;
 use super::group::{self, Group, Scan};
 use super::plan::Plan;
 use super::tracker::MAX_NAMED;
-use super::{CacheSession, Looked, WaitFuture, WaitResult};
+use super::{CacheSession, Hold, Looked, WaitResult};
 use crate::session::registry::{MAX_STATEMENTS, Statement};
 use crate::session::state::SessionState;
 use crate::telemetry::names;
@@ -45,10 +45,8 @@ pub enum GroupAction {
         len: usize,
         replay: Option<Bytes>,
     },
-    /// Hold the group: compute this plan first (see [`CacheSession::plan_future`]).
-    NeedPlan(Bytes),
-    /// Hold the group: another session is filling this key (see [`super::FrameAction::Wait`]).
-    Wait(WaitFuture),
+    /// Hold the group back (see [`Hold`]), then show it again.
+    Hold(Hold),
 }
 
 impl CacheSession {
@@ -73,7 +71,7 @@ impl CacheSession {
                 }
                 match self.plan_for(p.sql) {
                     Some(plan) => (plan, p.param_types),
-                    None => return GroupAction::NeedPlan(Bytes::copy_from_slice(p.sql)),
+                    None => return GroupAction::Hold(Hold::Plan(Bytes::copy_from_slice(p.sql))),
                 }
             }
             None => {
@@ -84,12 +82,12 @@ impl CacheSession {
                 registered = stmt.param_types.clone();
                 match self.statement_plan(g.statement) {
                     Ok(plan) => (plan, &registered[..]),
-                    Err(Some(sql)) => return GroupAction::NeedPlan(sql),
+                    Err(Some(sql)) => return GroupAction::Hold(Hold::Plan(sql)),
                     Err(None) => return GroupAction::Frames,
                 }
             }
         };
-        match self.waited.take().filter(|_| self.wait_extended) {
+        match self.waited.take() {
             Some(WaitResult::Hit(entry)) => return self.answer(&g, &plan, &entry, state),
             Some(WaitResult::Error(error)) => {
                 // PostgreSQL would have parsed and bound before the cancel hit the Execute.
@@ -112,7 +110,7 @@ impl CacheSession {
         }
         match self.lookup(&plan, state, Some((param_types, g.bind_tail))) {
             Looked::Hit(entry) => self.answer(&g, &plan, &entry, state),
-            Looked::Wait(wait) => GroupAction::Wait(wait),
+            Looked::Wait(wait) => GroupAction::Hold(Hold::Wait(wait)),
             Looked::Forward => {
                 // A miss being captured: the entry needs the RowDescription even if this
                 // client did not ask for it.
@@ -223,11 +221,7 @@ impl CacheSession {
         self.tracker
             .statements
             .insert(Bytes::copy_from_slice(p.name), Arc::clone(plan));
-        let stmt = Statement {
-            query: Bytes::copy_from_slice(p.sql),
-            param_types: Bytes::copy_from_slice(p.param_types),
-            local: None,
-        };
+        let stmt = Statement::new(p.sql, p.param_types);
         state.answered_locally(p.name, stmt, Bytes::copy_from_slice(p.frame))
     }
 }

@@ -3,7 +3,7 @@
 //! portal. Pure: reads frames from the head of the client buffer without copying and says
 //! whether they form such a group, could still become one (wait for more bytes), or cannot.
 
-use crate::protocol::fields::Reader;
+use crate::protocol::fields::{self, Reader};
 use crate::protocol::tags::frontend;
 use crate::protocol::{self, HEADER_LEN};
 
@@ -112,15 +112,11 @@ pub fn scan(buf: &[u8], max_message: usize) -> Scan<'_> {
 }
 
 fn parse_msg(frame: &[u8]) -> Option<ParseMsg<'_>> {
-    let mut r = Reader::body(frame);
-    let name = r.cstr()?;
-    let sql = r.cstr()?;
-    let n = usize::try_from(r.i16()?).ok()?;
-    let param_types = r.bytes(n.checked_mul(4)?)?;
-    r.remaining().is_empty().then_some(ParseMsg {
-        name,
-        sql,
-        param_types,
+    let f = fields::parse_fields(frame)?;
+    f.rest.is_empty().then_some(ParseMsg {
+        name: f.name,
+        sql: f.sql,
+        param_types: f.param_types,
         frame,
     })
 }

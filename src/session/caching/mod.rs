@@ -75,14 +75,21 @@ pub enum FrameAction {
     /// Do not forward it: queue these frames, then ReadyForQuery (idle), to the client
     /// instead (a cache hit; the entry's bytes are shared, not copied).
     Answer(Bytes),
-    /// Hold it: the plan for this SQL must be computed first (poll [`CacheSession::plan_future`]).
-    NeedPlan(Bytes),
-    /// Hold it: another session is running the same query; poll this until it resolves, hand
-    /// the result to [`CacheSession::wait_done`] and show the frame again.
-    Wait(WaitFuture),
+    /// Hold it back (see [`Hold`]), then show it again.
+    Hold(Hold),
     /// Forward it, then send these bytes of pgmemo's own right behind it (a Describe of the
     /// portal whose reply is captured and not relayed).
     ForwardThen(Bytes),
+}
+
+/// Why the relay holds a client frame (or extended group) back at the head of its buffer.
+pub enum Hold {
+    /// The plan for this SQL must be computed first (poll [`CacheSession::plan_future`] and
+    /// hand the plan to [`CacheSession::plan_ready`]).
+    Plan(Bytes),
+    /// Another session is running the same query: poll this until it resolves and hand the
+    /// result to [`CacheSession::wait_done`].
+    Wait(WaitFuture),
 }
 
 pub type PlanFuture = Pin<Box<dyn Future<Output = Arc<Plan>> + Send>>;
@@ -139,9 +146,6 @@ pub struct CacheSession {
     lookups: u32,
     /// The outcome of a wait for the Query frame held at the head of the client buffer.
     waited: Option<WaitResult>,
-    /// The pending wait was for an extended group (else for a simple Query): a result is only
-    /// ever used by the kind of message that waited for it.
-    wait_extended: bool,
     /// Cancel requests for this session (a held Query's wait ends on one).
     cancel: Option<Arc<CancelSignal>>,
     /// The session's `statement_timeout` (from the last probe): caps a wait.
@@ -178,7 +182,6 @@ impl CacheSession {
             ready_plan: None,
             lookups: 0,
             waited: None,
-            wait_extended: false,
             cancel: None,
             statement_timeout: None,
             inject_describe: false,
@@ -287,14 +290,14 @@ impl CacheSession {
     /// A complete client frame the relay is about to forward.
     pub fn on_client_frame(&mut self, tag: u8, frame: &[u8], state: &SessionState) -> FrameAction {
         if tag != frontend::QUERY {
-            // A wait's result belongs to the frame held for it; anything forwarded instead
-            // makes it stale.
+            // A wait's result belongs to the frame held for it (a Query takes it below, a
+            // group in `on_group`); anything forwarded instead makes it stale.
             self.waited = None;
         }
         match tag {
             frontend::QUERY => {
                 let sql = query_text(frame);
-                let waited = self.waited.take().filter(|_| !self.wait_extended);
+                let waited = self.waited.take();
                 match waited {
                     Some(WaitResult::Hit(entry)) => {
                         return FrameAction::Answer(entry.frames.clone());
@@ -303,12 +306,12 @@ impl CacheSession {
                     Some(WaitResult::RunOwn) | None => {}
                 }
                 let Some(plan) = self.plan_for(sql) else {
-                    return FrameAction::NeedPlan(Bytes::copy_from_slice(sql));
+                    return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
                 };
                 if waited.is_none() {
                     match self.lookup(&plan, state, None) {
                         Looked::Hit(entry) => return FrameAction::Answer(entry.frames.clone()),
-                        Looked::Wait(wait) => return FrameAction::Wait(wait),
+                        Looked::Wait(wait) => return FrameAction::Hold(Hold::Wait(wait)),
                         Looked::Forward => {}
                     }
                 }
@@ -330,7 +333,7 @@ impl CacheSession {
                     return FrameAction::Forward;
                 };
                 let Some(plan) = self.plan_for(sql) else {
-                    return FrameAction::NeedPlan(Bytes::copy_from_slice(sql));
+                    return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
                 };
                 if self.tracker.statements.len() < MAX_NAMED || name.is_empty() {
                     self.tracker
@@ -491,10 +494,7 @@ impl CacheSession {
                 Looked::Forward
             }
             // Another session is running this query: wait for its result.
-            Lookup::Wait(waiter) => {
-                self.wait_extended = extended.is_some();
-                Looked::Wait(self.wait_future(waiter))
-            }
+            Lookup::Wait(waiter) => Looked::Wait(self.wait_future(waiter)),
         }
     }
 

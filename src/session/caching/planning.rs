@@ -10,7 +10,7 @@ use super::plan::{Plan, Planner};
 use super::{CacheSession, PlanFuture};
 
 impl CacheSession {
-    /// The future computing the plan of `sql` (for a frame answered [`FrameAction::NeedPlan`]).
+    /// The future computing the plan of `sql` (for a frame held by [`super::Hold::Plan`]).
     pub fn plan_future(&self, sql: Bytes) -> PlanFuture {
         let app = Arc::clone(&self.app);
         let cx = self.cx.clone();
