@@ -61,11 +61,17 @@ pub enum EpochCause {
     /// A write pgmemo lost track of: its statement was unknown (an unknown prepared statement
     /// or portal) or its outcome was not seen (the session ended while it was in flight).
     Untracked,
+    /// A change stream reached its consistent point (start-up or reconnect): what it did
+    /// not carry while it was down is unknown.
+    CdcResync,
+    /// A streamed transaction changed more relations than pgmemo tracks per transaction, or
+    /// its relations could not be mapped to tags.
+    CdcOverflow,
 }
 
 impl EpochCause {
     /// Every cause, for pre-registering metric handles.
-    pub const ALL: [EpochCause; 9] = [
+    pub const ALL: [EpochCause; 11] = [
         Self::UnparsedWrite,
         Self::SideEffects,
         Self::CatalogFunction,
@@ -75,6 +81,8 @@ impl EpochCause {
         Self::TagLimit,
         Self::Ddl,
         Self::Untracked,
+        Self::CdcResync,
+        Self::CdcOverflow,
     ];
 
     /// The metric label value.
@@ -89,6 +97,8 @@ impl EpochCause {
             Self::TagLimit => "tag_limit",
             Self::Ddl => "ddl",
             Self::Untracked => "untracked",
+            Self::CdcResync => "cdc_resync",
+            Self::CdcOverflow => "cdc_overflow",
         }
     }
 

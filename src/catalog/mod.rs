@@ -162,6 +162,11 @@ impl Catalog {
         }
     }
 
+    /// How side connections reach the server (host, port, role; the database is per call).
+    pub fn connect_config(&self) -> &tokio_postgres::Config {
+        &self.config.connect
+    }
+
     /// The catalog generation: part of every memo key; bumped by each poll that reports
     /// changes (callers may fold it into their own analysis memos).
     pub fn generation(&self) -> u64 {

@@ -1,11 +1,18 @@
-//! Change data capture (issue 5, in progress): following PostgreSQL's logical replication
-//! stream so that writes that bypass pgmemo invalidate the cache. This part is the protocol:
-//! the streaming-replication messages inside CopyBoth ([`wire`]) and the `pgoutput` plugin's
-//! messages, reduced to the relations each committed transaction changed ([`pgoutput`]).
+//! Change data capture: following PostgreSQL's logical replication stream so that writes
+//! that bypass pgmemo invalidate the cache within milliseconds. [`wire`] is the streaming
+//! replication sub-protocol inside CopyBoth, [`pgoutput`] the output plugin's messages
+//! reduced to the relations each committed transaction changed, [`conn`] the replication
+//! connection, [`runner`] the per-database task, [`lag`] the lag monitor and [`hub`] what
+//! sessions see of it all.
+//!
 //! pgmemo speaks the replication sub-protocol with this small codec of its own rather than
-//! through a crate: it needs four message kinds, decoded without allocation and without
-//! decoding rows, and its framing and bounds rules are the same as the rest of the relay's.
-//! Nothing starts a replication connection yet.
+//! through a crate (`pgwire-replication` exists): it needs four message kinds, decoded
+//! without allocation and without decoding rows, long frames skipped rather than buffered,
+//! and the same TLS set-up (rustls, `sslmode`) and framing bounds as the relay.
 
+pub mod conn;
+pub mod hub;
+pub mod lag;
 pub mod pgoutput;
+pub mod runner;
 pub mod wire;

@@ -23,6 +23,8 @@ pub enum Message<'a> {
     Commit {
         commit_lsn: Lsn,
         end_lsn: Lsn,
+        /// Commit time, microseconds since 2000-01-01 (the server's clock).
+        committed_at: i64,
     },
     Relation {
         oid: u32,
@@ -66,9 +68,11 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, WireError> {
             let _flags = r.u8().ok_or(t)?;
             let commit_lsn = Lsn(u64_be(&mut r)?);
             let end_lsn = Lsn(u64_be(&mut r)?);
+            let committed_at = u64_be(&mut r)? as i64;
             Message::Commit {
                 commit_lsn,
                 end_lsn,
+                committed_at,
             }
         }
         b'R' => {
@@ -110,6 +114,8 @@ pub struct CommittedTxn {
     pub commit_lsn: Lsn,
     /// The position just past the commit: what the slot may be confirmed up to.
     pub end_lsn: Lsn,
+    /// Commit time, microseconds since 2000-01-01 (the server's clock).
+    pub committed_at: i64,
     /// Relation OIDs with a changed row or a truncation (sorted, unique).
     pub relations: BTreeSet<u32>,
     /// It touched more than [`MAX_RELATIONS_PER_TXN`] relations: treat as "everything".
@@ -123,6 +129,11 @@ pub struct TxnCollector {
 }
 
 impl TxnCollector {
+    /// A transaction's Begin has been seen and its Commit not yet.
+    pub fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
     /// Feeds one message; returns the transaction it committed, if it was a Commit. A change
     /// outside Begin/Commit (which pgoutput never sends) opens an implicit transaction, so
     /// nothing is lost.
@@ -135,10 +146,12 @@ impl TxnCollector {
             Message::Commit {
                 commit_lsn,
                 end_lsn,
+                committed_at,
             } => {
                 let mut txn = self.open.take().unwrap_or_default();
                 txn.commit_lsn = *commit_lsn;
                 txn.end_lsn = *end_lsn;
+                txn.committed_at = *committed_at;
                 Some(txn)
             }
             Message::Row { rel } => {

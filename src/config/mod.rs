@@ -14,12 +14,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod cache;
+pub mod invalidation;
 pub mod load;
 pub mod rules;
 pub mod upstream_url;
 pub mod validate;
 
 pub use cache::{ByteSize, CacheConfig, CatalogSection, FunctionWrites, FunctionsConfig, Rule};
+pub use invalidation::{CdcMode, InvalidationConfig};
 pub use load::{Overrides, Sources};
 pub use rules::{Rules, Verdict};
 pub use upstream_url::{SslMode, UpstreamTarget, UpstreamUrlError};
@@ -45,6 +47,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub cache: CacheConfig,
     pub catalog: CatalogSection,
+    pub invalidation: InvalidationConfig,
     pub functions: FunctionsConfig,
     pub rules: Vec<Rule>,
     pub log: LogConfig,

@@ -13,7 +13,9 @@ use tracing_subscriber::filter::LevelFilter;
 
 use super::rules::{Case, parse_qualified_name};
 use super::upstream_url::{UpstreamTarget, redact_password};
-use super::{CacheConfig, Config, FunctionsConfig, LogConfig, Rule, ServerConfig};
+use super::{
+    CacheConfig, Config, FunctionsConfig, InvalidationConfig, LogConfig, Rule, ServerConfig,
+};
 
 /// Smallest accepted `server.max_message_bytes`: below this, ordinary startup packets and
 /// queries would be refused.
@@ -123,6 +125,7 @@ impl Config {
             POLL_INTERVAL_RANGE,
             &mut issues,
         );
+        check_invalidation(&self.invalidation, &mut issues);
         check_functions(&self.functions, &mut issues);
         check_rules(&self.rules, self.cache.ttl, &mut issues);
         check_log(&self.log, &mut issues);
@@ -131,6 +134,54 @@ impl Config {
         } else {
             Err(ConfigErrors { issues })
         }
+    }
+}
+
+/// Accepted `invalidation.cdc_lag_max`, `cdc_slot_timeout` and `cdc_status_interval`.
+pub const CDC_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+/// Accepted `invalidation.cdc_ack_wait_max`: it holds a client's acknowledgement.
+pub const CDC_ACK_WAIT_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+/// Most `invalidation.cdc_databases` (one replication connection and slot each).
+pub const MAX_CDC_DATABASES: usize = 64;
+
+fn check_invalidation(inv: &InvalidationConfig, issues: &mut Vec<ConfigIssue>) {
+    for (key, value) in [
+        ("invalidation.cdc_lag_max", inv.cdc_lag_max),
+        ("invalidation.cdc_slot_timeout", inv.cdc_slot_timeout),
+        ("invalidation.cdc_status_interval", inv.cdc_status_interval),
+    ] {
+        check_range(key, value, CDC_DURATION_RANGE, issues);
+    }
+    check_range(
+        "invalidation.cdc_ack_wait_max",
+        inv.cdc_ack_wait_max,
+        CDC_ACK_WAIT_RANGE,
+        issues,
+    );
+    if inv.cdc_databases.len() > MAX_CDC_DATABASES {
+        issues.push(ConfigIssue::new(
+            "invalidation.cdc_databases",
+            inv.cdc_databases.len().to_string(),
+            format!("at most {MAX_CDC_DATABASES} databases (one replication slot each)"),
+        ));
+    }
+    for db in &inv.cdc_databases {
+        if db.is_empty() || db.contains('\0') {
+            issues.push(ConfigIssue::new(
+                "invalidation.cdc_databases",
+                quoted(db),
+                "must be a database name",
+            ));
+        }
+    }
+    let p = &inv.cdc_publication;
+    if p.is_empty() || p.len() > 63 || p.contains('\0') {
+        issues.push(ConfigIssue::new(
+            "invalidation.cdc_publication",
+            quoted(p),
+            "must be a publication name of 1 to 63 bytes",
+        ));
     }
 }
 

@@ -52,10 +52,18 @@ pub enum Source {
     Prepared,
     Catalog,
     Admin,
+    /// A transaction committed on PostgreSQL, seen in its change stream.
+    Cdc,
 }
 
 impl Source {
-    const ALL: [Source; 4] = [Self::Write, Self::Prepared, Self::Catalog, Self::Admin];
+    const ALL: [Source; 5] = [
+        Self::Write,
+        Self::Prepared,
+        Self::Catalog,
+        Self::Admin,
+        Self::Cdc,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +71,7 @@ impl Source {
             Self::Prepared => "prepared",
             Self::Catalog => "catalog",
             Self::Admin => "admin",
+            Self::Cdc => "cdc",
         }
     }
 }
@@ -84,7 +93,7 @@ pub struct Invalidator {
     catalog: Arc<Catalog>,
     databases: Mutex<HashMap<String, u32>>,
     parked: Mutex<HashMap<(u32, String), Written>>,
-    counters: [Counter; 4],
+    counters: [Counter; 5],
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

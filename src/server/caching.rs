@@ -1,5 +1,6 @@
 //! Builds the cache services from the configuration (L1 sizes, key secret, the catalog's
-//! side connections from `upstream.url`) and runs the catalog poller task.
+//! side connections from `upstream.url`) and runs the catalog poller and change-stream
+//! tasks.
 
 use std::sync::Arc;
 
@@ -7,7 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, CacheLimits, KeySecret, SecretError};
 use crate::catalog::{Catalog, CatalogConfig, Poller};
-use crate::config::{Config, UpstreamTarget};
+use crate::cdc::hub::Hub;
+use crate::config::{CdcMode, Config, UpstreamTarget};
 use crate::context::AppContext;
 use crate::session::caching::Caching;
 
@@ -40,7 +42,24 @@ pub fn build(config: &Config, target: &UpstreamTarget) -> Result<Caching, Secret
     let mut cc = CatalogConfig::new(pg);
     cc.connect_timeout = config.upstream.connect_timeout;
     let catalog = Arc::new(Catalog::new(cc));
-    Ok(Caching::new(cache, catalog))
+    let cdc = match config.invalidation.cdc {
+        CdcMode::Off => Hub::none(),
+        CdcMode::Auto | CdcMode::On => {
+            Hub::new(&config.invalidation.databases(target.dbname.as_deref()))
+        }
+    };
+    Ok(Caching::new(cache, catalog, cdc))
+}
+
+/// Starts one change-stream task per covered database (none with `cdc = off`).
+pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
+    for stream in ctx.caching.cdc.streams() {
+        tokio::spawn(crate::cdc::runner::run(
+            Arc::clone(ctx),
+            Arc::clone(stream),
+            stop.clone(),
+        ));
+    }
 }
 
 /// Polls the catalog every `catalog.poll_interval` (re-read each round, so SIGHUP applies)

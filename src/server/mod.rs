@@ -89,6 +89,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         admin_stop.clone(),
     ));
     tokio::spawn(caching::run_poller(Arc::clone(&ctx), shutdown.clone()));
+    caching::start_cdc(&ctx, &shutdown);
     tokio::spawn(flush_on_sigusr1(
         Arc::clone(&ctx.caching.invalidator),
         shutdown.clone(),

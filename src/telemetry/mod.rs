@@ -97,6 +97,41 @@ pub fn describe_all() {
         names::CACHE_TAG_BUMPS,
         "Relation versions bumped, by source."
     );
+    describe_gauge!(
+        names::CDC_STATE,
+        "1 for the state each covered database's change stream is in (only streaming serves cached results)."
+    );
+    describe_gauge!(
+        names::CDC_LAG_BYTES,
+        Unit::Bytes,
+        "WAL bytes between the server's current position and what the change stream has applied."
+    );
+    describe_gauge!(
+        names::CDC_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest WAL position the change stream has not applied (0 when caught up)."
+    );
+    describe_counter!(
+        names::CDC_TRANSACTIONS,
+        "Committed transactions seen in the change stream."
+    );
+    describe_counter!(
+        names::CDC_RELATIONS,
+        "Relations changed by transactions seen in the change stream."
+    );
+    describe_counter!(
+        names::CDC_RECONNECTS,
+        "Replication connections lost or refused, by reason."
+    );
+    describe_counter!(
+        names::CDC_ACK_WAITS,
+        "Acknowledgements of writes with invisible effects held for the change stream, by result."
+    );
+    metrics::describe_histogram!(
+        names::CDC_COMMIT_TO_BUMP_SECONDS,
+        metrics::Unit::Seconds,
+        "From a streamed transaction's commit on the server to its bump in pgmemo."
+    );
     metrics::describe_histogram!(
         names::CACHE_HIT_SECONDS,
         metrics::Unit::Seconds,
@@ -177,14 +212,38 @@ pub mod names {
     /// counter: misses not coalesced because the in-flight fill table was full.
     pub const CACHE_FILLS_UNCOALESCED: &str = "pgmemo_cache_fills_uncoalesced_total";
     /// counter, label `cause` (`unparsed_write`, `side_effects`, `catalog_function`,
-    /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`, `ddl`, `untracked`): epoch bumps.
+    /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`, `ddl`, `untracked`, `cdc_resync`,
+    /// `cdc_overflow`): epoch bumps.
     pub const CACHE_EPOCH_BUMPS: &str = "pgmemo_cache_epoch_bumps_total";
     /// counter: statement shapes switched to skipping the cache for a span (adaptive bypass).
     pub const CACHE_ADAPTIVE_BYPASSES: &str = "pgmemo_cache_adaptive_bypasses_total";
     /// counter, label `reason`: cacheable-looking reads relayed without using the cache.
     pub const CACHE_BYPASSES: &str = "pgmemo_cache_bypasses_total";
-    /// counter, label `source` (`write`, `catalog`, `admin`, `prepared`): relation tags bumped.
+    /// counter, label `source` (`write`, `catalog`, `admin`, `prepared`, `cdc`): relation
+    /// tags bumped.
     pub const CACHE_TAG_BUMPS: &str = "pgmemo_cache_tag_bumps_total";
+    /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
+    /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
+    /// in, 0 for the others. Only `streaming` serves cached results.
+    pub const CDC_STATE: &str = "pgmemo_cdc_state";
+    /// gauge, label `database`: WAL bytes between the server's current position and what
+    /// the stream has applied.
+    pub const CDC_LAG_BYTES: &str = "pgmemo_cdc_lag_bytes";
+    /// gauge, label `database`: how long ago the server first reported the oldest WAL
+    /// position the stream has not applied yet (0 when caught up).
+    pub const CDC_LAG_SECONDS: &str = "pgmemo_cdc_lag_seconds";
+    /// counter, label `database`: committed transactions seen in the change stream.
+    pub const CDC_TRANSACTIONS: &str = "pgmemo_cdc_transactions_total";
+    /// counter, label `database`: relations changed by those transactions (before mapping
+    /// to ancestors and FK closures).
+    pub const CDC_RELATIONS: &str = "pgmemo_cdc_relations_total";
+    /// counter, labels `database`, `reason`: replication connections lost or refused.
+    pub const CDC_RECONNECTS: &str = "pgmemo_cdc_reconnects_total";
+    /// counter, label `result` (`applied`, `timed_out`, `no_stream`): acknowledgements of
+    /// writes with invisible effects held until the stream applied their commit.
+    pub const CDC_ACK_WAITS: &str = "pgmemo_cdc_ack_waits_total";
+    /// histogram (seconds): from a streamed transaction's commit on the server to its bump.
+    pub const CDC_COMMIT_TO_BUMP_SECONDS: &str = "pgmemo_cdc_commit_to_bump_seconds";
     /// histogram (seconds): time from a cacheable Query's arrival to its hit being queued.
     pub const CACHE_HIT_SECONDS: &str = "pgmemo_cache_hit_seconds";
     /// histogram (seconds): time from forwarding a missed read to its ReadyForQuery.

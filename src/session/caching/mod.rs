@@ -31,6 +31,7 @@ use metrics::{Counter, Histogram};
 
 use crate::cache::{Cache, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot};
 use crate::catalog::Catalog;
+use crate::cdc::hub::Hub;
 use crate::context::AppContext;
 use crate::invalidation::{Invalidator, Source};
 use crate::protocol::fields::Reader;
@@ -66,6 +67,9 @@ pub struct Caching {
     /// Plans by shape (numeric literals replaced): texts that differ only in numbers share
     /// the analysis and catalog work.
     pub shapes: PlanMemo,
+    /// The change streams: a covered database whose stream is not streaming does not use
+    /// the cache.
+    pub cdc: Arc<Hub>,
 }
 
 /// What the relay does with a client frame.
@@ -433,6 +437,15 @@ impl CacheSession {
         if !state.is_idle() || self.capture.is_some() {
             return bypass("not_idle");
         }
+        if !self
+            .cx
+            .as_ref()
+            .is_none_or(|c| self.app.caching.cdc.serves(&c.database))
+        {
+            // The change stream is not established or lags: results could be stale beyond
+            // any bound, so they are neither served nor stored.
+            return bypass("cdc_not_streaming");
+        }
         if self.probe_needed || self.probe.is_some() || self.opted_out {
             return bypass(if self.opted_out {
                 "session_opt_out"
@@ -621,8 +634,9 @@ fn digest(bytes: &[u8]) -> [u8; 16] {
 }
 
 impl Caching {
-    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
+    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>, cdc: Hub) -> Self {
         Self {
+            cdc: Arc::new(cdc),
             invalidator: Arc::new(Invalidator::new(Arc::clone(&cache), Arc::clone(&catalog))),
             cache,
             catalog,
