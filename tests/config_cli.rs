@@ -443,7 +443,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        34,
+        41,
         "update this count with the types: {expected:?}"
     );
 }

@@ -34,7 +34,10 @@ impl Setup {
         // The fake server speaks only what each test scripts: no result cache, so pgmemo
         // sends nothing of its own (no settings probe).
         let proxy = tokio::task::block_in_place(|| {
-            Proxy::start(ProxyArgs::new(fake.url()).config("[cache]\nenabled = false\n"))
+            Proxy::start(
+                ProxyArgs::new(fake.url())
+                    .config("[cache]\nenabled = false\n\n[invalidation]\ncdc = \"off\"\n"),
+            )
         });
         Setup { fake, proxy }
     }

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState, Readiness};
-use crate::config::{Config, ConfigErrors, Sources, UpstreamUrlError};
+use crate::config::{Config, ConfigErrors, InvalidationConfig, Sources, UpstreamUrlError};
 use crate::context::AppContext;
 use crate::session::{self, Shutdown};
 use crate::telemetry::{self, names};
@@ -307,7 +307,7 @@ fn flush_on_sigusr1(
 /// The new config with the restart-only keys kept from the running one (logged if changed).
 /// `log.level` is applied by the binary's own SIGHUP handler (it owns the tracing subscriber).
 /// Reloadable cache keys (`cache.enabled`, `cache.ttl`, `cache.fill_wait_timeout`, `rules`,
-/// `functions`, `catalog.poll_interval`) pass through; the cache's sizing, key secret and
+/// `functions`, `catalog.poll_interval`, `invalidation.cdc_ack_wait_max`) pass through; the cache's sizing, key secret and
 /// Redis tier are fixed when the cache is built, so they stay.
 fn apply_reload(old: &Config, mut new: Config) -> Config {
     let restart_only = [
@@ -325,6 +325,13 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
         ),
         ("cache.secret", old.cache.secret != new.cache.secret),
         ("cache.redis", old.cache.redis != new.cache.redis),
+        (
+            "invalidation (all but cdc_ack_wait_max)",
+            InvalidationConfig {
+                cdc_ack_wait_max: new.invalidation.cdc_ack_wait_max,
+                ..old.invalidation.clone()
+            } != new.invalidation,
+        ),
     ];
     for (key, changed) in restart_only {
         if changed {
@@ -342,6 +349,12 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
     new.cache.max_entry_size = old.cache.max_entry_size;
     new.cache.secret.clone_from(&old.cache.secret);
     new.cache.redis.clone_from(&old.cache.redis);
+    // The change streams start with the process; only the acknowledgement wait is read
+    // per use.
+    new.invalidation = InvalidationConfig {
+        cdc_ack_wait_max: new.invalidation.cdc_ack_wait_max,
+        ..old.invalidation.clone()
+    };
     new
 }
 
