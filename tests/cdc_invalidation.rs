@@ -173,3 +173,77 @@ async fn a_transaction_writing_many_tables_directly_bumps_each() {
     }
     let _ = DB;
 }
+
+/// The epoch bumps counted for `cause`.
+fn epoch_bumps(s: &CacheStack, cause: &str) -> f64 {
+    let metrics = s.proxy.admin_get("/metrics");
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("pgmemo_cache_epoch_bumps_total{") && l.contains(&format!("\"{cause}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_trigger_write_through_pgmemo_is_read_back_at_once_without_an_epoch_bump() {
+    let s = CacheStack::start(SETUP, &cdc_config("cdc_ack_wait_max = \"2s\"")).await;
+    wait_streaming(&s.proxy).await;
+    let c = s.session(SUPERUSER).await;
+    let read = "SELECT count(*) FROM audit_log";
+    let other = "SELECT count(*) FROM t";
+    let (q, q_other) = (s.probe.q(read, None).await, s.probe.q(other, None).await);
+    let other_rows = simple(&s.probe.client, other).await;
+    s.probe
+        .eventually_hit(&c, &q_other, &other_rows, Duration::from_secs(5))
+        .await;
+    for round in 1..=5 {
+        let before = simple(&s.probe.client, read).await;
+        s.probe
+            .eventually_hit(&c, &q, &before, Duration::from_secs(5))
+            .await;
+        let side_effects = epoch_bumps(&s, "side_effects");
+        // The trigger writes audit_log; pgmemo only sees `UPDATE audited`.
+        simple(&c, "UPDATE audited SET v = v + 1").await;
+        // The very next read in the same session sees the trigger's row.
+        let got = simple(&c, read).await;
+        let want = simple(&s.probe.client, read).await;
+        assert_ne!(before, want);
+        assert_eq!(got, want, "round {round}: the trigger's write is not read back");
+        assert_eq!(
+            epoch_bumps(&s, "side_effects"),
+            side_effects,
+            "the acknowledgement waited for the stream instead of flushing the cache"
+        );
+        // Unrelated entries survive the write.
+        s.probe.assert_hit(&c, &q_other, &other_rows).await;
+    }
+    assert!(s.metric("pgmemo_cdc_ack_waits_total") >= 5.0);
+    // The same inside an explicit transaction: COMMIT's acknowledgement is held.
+    let before = simple(&s.probe.client, read).await;
+    s.probe
+        .eventually_hit(&c, &q, &before, Duration::from_secs(5))
+        .await;
+    simple(&c, "BEGIN").await;
+    simple(&c, "UPDATE audited SET v = v + 1").await;
+    simple(&c, "COMMIT").await;
+    assert_eq!(simple(&c, read).await, simple(&s.probe.client, read).await);
+}
+
+#[tokio::test]
+async fn without_an_ack_wait_a_trigger_write_flushes_the_cache_as_before() {
+    let s = CacheStack::start(SETUP, &cdc_config("cdc_ack_wait_max = \"0s\"")).await;
+    wait_streaming(&s.proxy).await;
+    let c = s.session(SUPERUSER).await;
+    let read = "SELECT count(*) FROM audit_log";
+    let q = s.probe.q(read, None).await;
+    let before = simple(&s.probe.client, read).await;
+    s.probe
+        .eventually_hit(&c, &q, &before, Duration::from_secs(5))
+        .await;
+    let side_effects = epoch_bumps(&s, "side_effects");
+    simple(&c, "UPDATE audited SET v = v + 1").await;
+    assert_eq!(simple(&c, read).await, simple(&s.probe.client, read).await);
+    assert!(epoch_bumps(&s, "side_effects") > side_effects);
+}

@@ -388,6 +388,18 @@ impl Catalog {
     // The building blocks below answer directly (no memo, no tracking): for inspection
     // and tests. Callers that turn answers into tags use `resolve`, `reads` and `writes`.
 
+    /// The server's current WAL insert position (`X/Y` text): everything committed before
+    /// the call ends at or before it. For acknowledgement waits on the change stream.
+    pub async fn wal_insert_lsn(&self, db: &str) -> Result<Option<String>, CatalogError> {
+        self.call(db, async |lease: &mut Lease| {
+            let rows = lease
+                .query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
+                .await?;
+            Ok(rows.first().and_then(|r| r.try_get::<_, String>(0).ok()))
+        })
+        .await
+    }
+
     /// Facts of the relations that exist, in OID order.
     pub async fn relation_facts(
         &self,

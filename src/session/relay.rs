@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::caching::ack::AckFuture;
 use super::caching::{CacheSession, FrameAction, GroupAction, Hold, PlanFuture, WaitFuture};
 use super::outq::OutQueue;
 use super::state::SessionState;
@@ -89,6 +90,9 @@ pub struct Relay<'a> {
     pending_plan: Option<PlanFuture>,
     /// The wait for another session's fill of the Query or group held at the head of `cbuf`.
     pending_wait: Option<WaitFuture>,
+    /// The acknowledgement at the head of `ubuf` waits for the change stream (see
+    /// `caching::ack`); upstream reading pauses meanwhile.
+    pending_ack: Option<AckFuture>,
     /// Client processing stopped at a held frame (plan or probe pending): resume it.
     client_paused: bool,
     /// The streamed upstream frame is swallowed (the probe's), not relayed.
@@ -136,6 +140,7 @@ impl<'a> Relay<'a> {
             caching,
             pending_plan: None,
             pending_wait: None,
+            pending_ack: None,
             client_paused: false,
             u_stream_drop: false,
             max_message,
@@ -239,6 +244,14 @@ impl<'a> Relay<'a> {
                 self.caching.wait_done(result);
                 progress = true;
             }
+            if let Some(fut) = self.pending_ack.as_mut()
+                && let Poll::Ready(()) = fut.as_mut().poll(cx)
+            {
+                self.pending_ack = None;
+                self.caching.ack_done();
+                self.process_upstream();
+                progress = true;
+            }
             if self.c_stream_left == 0
                 && self.pending_plan.is_none()
                 && self.pending_wait.is_none()
@@ -279,7 +292,7 @@ impl<'a> Relay<'a> {
                     Poll::Pending => {}
                 }
             }
-            if self.ending.is_none() && self.to_client.has_room() {
+            if self.ending.is_none() && self.to_client.has_room() && self.pending_ack.is_none() {
                 reserve_read(&mut self.ubuf);
                 match tokio_util::io::poll_read_buf(
                     Pin::new(&mut *self.upstream),
@@ -322,6 +335,7 @@ impl<'a> Relay<'a> {
             && !self.client_paused
             && self.pending_plan.is_none()
             && self.pending_wait.is_none()
+            && self.pending_ack.is_none()
             && self.cbuf.is_empty()
             && self.ubuf.is_empty()
             && self.c_stream_left == 0
@@ -572,6 +586,16 @@ impl<'a> Relay<'a> {
                         self.swallow_upstream(&mut pos, h.total);
                         continue;
                     }
+                    if let Some(ack) = self.caching.take_ack_hold() {
+                        // A commit's acknowledgement waits for the change stream: relay
+                        // what precedes it, keep it at the head of `ubuf`.
+                        if pos > 0 {
+                            self.to_client.push(self.ubuf.split_to(pos).freeze());
+                            pos = 0;
+                        }
+                        self.pending_ack = Some(ack);
+                        break;
+                    }
                     if h.tag == backend::ERROR_RESPONSE && is_fatal(frame) {
                         self.fatal_relayed = true;
                     }
@@ -589,6 +613,9 @@ impl<'a> Relay<'a> {
                         .caching
                         .on_backend_frame(h.tag, header, false, self.state)
                     {
+                        // Acknowledgements are small frames; a hold here is not kept (its
+                        // fallback, an epoch bump, runs on drop).
+                        drop(self.caching.take_ack_hold());
                         self.state.on_backend(h.tag, header);
                     } else {
                         self.u_stream_drop = true;

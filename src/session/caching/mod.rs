@@ -10,6 +10,7 @@
 //! probe's frames are swallowed). Plans missing from the memo are computed by the future from
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
+pub mod ack;
 pub mod adaptive;
 mod extended;
 pub mod group;
@@ -150,6 +151,10 @@ pub struct CacheSession {
     lookups: u32,
     /// The outcome of a wait for the Query frame held at the head of the client buffer.
     waited: Option<WaitResult>,
+    /// A commit's acknowledgement to hold until the change stream applied it (see [`ack`]).
+    ack_hold: Option<ack::AckFuture>,
+    /// The held acknowledgement was released: the relay shows it again, to be relayed as is.
+    ack_released: bool,
     /// Cancel requests for this session (a held Query's wait ends on one).
     cancel: Option<Arc<CancelSignal>>,
     /// The session's `statement_timeout` (from the last probe): caps a wait.
@@ -186,6 +191,8 @@ impl CacheSession {
             ready_plan: None,
             lookups: 0,
             waited: None,
+            ack_hold: None,
+            ack_released: false,
             cancel: None,
             statement_timeout: None,
             inject_describe: false,
@@ -520,6 +527,10 @@ impl CacheSession {
         whole: bool,
         state: &SessionState,
     ) -> bool {
+        if std::mem::take(&mut self.ack_released) {
+            // Seen already, when its hold began.
+            return true;
+        }
         if let Some(reader) = self.probe.as_mut() {
             if tag == backend::READY_FOR_QUERY {
                 let reader = self.probe.take().unwrap_or_default();
@@ -607,6 +618,18 @@ impl CacheSession {
             // large to hold: relayed, never stored.
             _ => self.capture = None,
         }
+    }
+
+    /// After [`CacheSession::on_backend_frame`] accepted a frame: the wait to finish before
+    /// relaying it (the relay keeps the frame, polls the future, calls
+    /// [`CacheSession::ack_done`], then shows the frame again).
+    pub fn take_ack_hold(&mut self) -> Option<ack::AckFuture> {
+        self.ack_hold.take()
+    }
+
+    /// The held acknowledgement may go: the next frame shown is it.
+    pub fn ack_done(&mut self) {
+        self.ack_released = true;
     }
 
     /// The session is over: bump whatever may have been written and not yet bumped (a

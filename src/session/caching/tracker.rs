@@ -130,7 +130,15 @@ impl CacheSession {
     }
 
     fn commit_txn(&mut self) {
-        let written = std::mem::take(&mut self.tracker.txn);
+        let mut written = std::mem::take(&mut self.tracker.txn);
+        if written.epoch == Some(EpochCause::SideEffects) && !self.tracker.txn_ddl {
+            // With the change stream following this database, it carries whatever the
+            // trigger or function wrote: hold the acknowledgement for it instead.
+            if let Some(wait) = self.ack_wait() {
+                written.epoch = None;
+                self.ack_hold = Some(wait);
+            }
+        }
         if !written.is_empty() {
             super::hooks::pause(super::hooks::Point::BeforeBump);
             self.app.caching.invalidator.bump(&written, Source::Write);
@@ -138,6 +146,25 @@ impl CacheSession {
         if std::mem::take(&mut self.tracker.txn_ddl) {
             self.app.caching.catalog.invalidate_memos();
         }
+    }
+
+    /// The acknowledgement wait for a commit with invisible effects, when the session's
+    /// database is streaming and waits are enabled.
+    fn ack_wait(&self) -> Option<super::ack::AckFuture> {
+        let db = &self.cx.as_ref()?.database;
+        let caching = &self.app.caching;
+        let stream = caching.cdc.streaming(db)?;
+        let max = self.app.config().invalidation.cdc_ack_wait_max;
+        if max.is_zero() {
+            return None;
+        }
+        Some(super::ack::wait(
+            Arc::clone(&caching.cache),
+            Arc::clone(&caching.catalog),
+            Arc::clone(stream),
+            Arc::clone(db),
+            max,
+        ))
     }
 
     fn rollback_txn(&mut self) {
