@@ -210,7 +210,10 @@ async fn a_trigger_write_through_pgmemo_is_read_back_at_once_without_an_epoch_bu
         let got = simple(&c, read).await;
         let want = simple(&s.probe.client, read).await;
         assert_ne!(before, want);
-        assert_eq!(got, want, "round {round}: the trigger's write is not read back");
+        assert_eq!(
+            got, want,
+            "round {round}: the trigger's write is not read back"
+        );
         assert_eq!(
             epoch_bumps(&s, "side_effects"),
             side_effects,

@@ -116,6 +116,15 @@ pub struct CheckerConfig {
     /// would only notice at its next catalog poll, so the checker asks it to flush right
     /// after setting up (`POST /invalidate {"all": true}`).
     pub admin: Option<SocketAddr>,
+    /// The first this many clients connect straight to PostgreSQL, as other applications
+    /// would: pgmemo never sees their writes (only change data capture can). Their acks
+    /// raise the floors only `direct_ack_delay` later: a read must see a direct write once
+    /// it was acknowledged more than the lag bound before the read began.
+    pub direct_clients: usize,
+    pub direct_ack_delay: Duration,
+    /// Write share of the clients that go through the proxy, when it differs from
+    /// `write_percent` (which then applies to direct clients only).
+    pub proxied_write_percent: Option<u32>,
 }
 
 impl CheckerConfig {
@@ -136,6 +145,9 @@ impl CheckerConfig {
             shape: Shape::default(),
             fault: Fault::None,
             admin: None,
+            direct_clients: 0,
+            direct_ack_delay: Duration::ZERO,
+            proxied_write_percent: None,
         }
     }
 
@@ -147,7 +159,10 @@ impl CheckerConfig {
         if self.ops == 0 {
             return bad("ops must be at least 1");
         }
-        if self.write_percent > 100 {
+        if self.direct_clients > self.clients {
+            return bad("direct_clients must be at most clients");
+        }
+        if self.write_percent > 100 || self.proxied_write_percent.is_some_and(|p| p > 100) {
             return bad("write_percent must be at most 100");
         }
         self.shape.validate().map_err(CheckerError::Config)

@@ -73,9 +73,9 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub async fn open(cfg: &CheckerConfig) -> Result<Conn, CheckerError> {
+    pub async fn open(cfg: &CheckerConfig, addr: SocketAddr) -> Result<Conn, CheckerError> {
         Ok(Conn {
-            client: connect(cfg, cfg.proxy).await?,
+            client: connect(cfg, addr).await?,
             stmts: HashMap::new(),
         })
     }
@@ -246,15 +246,21 @@ pub(crate) struct Worker {
 
 type Conns = (Conn, Option<Client>, Option<Conn>);
 
-async fn open_conns(sh: &Shared) -> Result<Conns, CheckerError> {
-    let main = Conn::open(&sh.cfg).await?;
+async fn open_conns(sh: &Shared, id: usize) -> Result<Conns, CheckerError> {
+    // Direct clients bypass the proxy for everything they do.
+    let addr = if id < sh.cfg.direct_clients {
+        sh.cfg.direct
+    } else {
+        sh.cfg.proxy
+    };
+    let main = Conn::open(&sh.cfg, addr).await?;
     let finisher = match sh.two_phase {
-        true => Some(connect(&sh.cfg, sh.cfg.proxy).await?),
+        true => Some(connect(&sh.cfg, addr).await?),
         false => None,
     };
     let stale = match sh.cfg.fault {
         Fault::StaleSnapshot => {
-            let conn = Conn::open(&sh.cfg).await?;
+            let conn = Conn::open(&sh.cfg, sh.cfg.proxy).await?;
             conn.simple("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await?;
             // The snapshot is taken by the first query and kept until the connection ends.
@@ -271,7 +277,7 @@ impl Worker {
     pub async fn run(sh: Arc<Shared>, id: usize) {
         let seed = sh.cfg.seed ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let limit = sh.cfg.op_timeout;
-        let (main, finisher, stale) = match tokio::time::timeout(limit, open_conns(&sh)).await {
+        let (main, finisher, stale) = match tokio::time::timeout(limit, open_conns(&sh, id)).await {
             Ok(Ok(conns)) => conns,
             Ok(Err(e)) => return sh.rec.error(format!("client {id} connect: {e}")),
             Err(_) => return sh.rec.error(format!("client {id} connect timed out")),
@@ -322,7 +328,12 @@ impl Worker {
     }
 
     fn pick_op(&mut self) -> Op {
-        if !self.rng.chance(self.sh.cfg.write_percent) {
+        let cfg = &self.sh.cfg;
+        let percent = match cfg.proxied_write_percent {
+            Some(p) if self.id >= cfg.direct_clients => p,
+            _ => cfg.write_percent,
+        };
+        if !self.rng.chance(percent) {
             let weights = READS.map(|(_, w)| w);
             return READS[self.rng.weighted(&weights)].0;
         }
@@ -357,7 +368,7 @@ impl Worker {
     /// After a failed operation: fresh connections (dropping the old ones aborts whatever
     /// transaction was open) and no prepared transaction of ours left holding locks.
     async fn recover(&mut self) -> Result<(), CheckerError> {
-        let (main, finisher, stale) = open_conns(&self.sh).await?;
+        let (main, finisher, stale) = open_conns(&self.sh, self.id).await?;
         (self.main, self.finisher, self.stale) = (main, finisher, stale);
         if let Some(gid) = self.pending_gid.take()
             && let Err(e) = self.sq(&format!("ROLLBACK PREPARED '{gid}'")).await

@@ -15,7 +15,18 @@ pub(crate) const PHANTOM: i64 = 1 << 40;
 
 impl Worker {
     fn ack(&self, acks: &[(Slot, i64)]) {
-        self.sh.ack(acks);
+        if self.id < self.sh.cfg.direct_clients {
+            // A write pgmemo did not see: it is owed to readers only once the lag bound has
+            // passed since its acknowledgement.
+            let sh = std::sync::Arc::clone(&self.sh);
+            let acks = acks.to_vec();
+            tokio::spawn(async move {
+                tokio::time::sleep(sh.cfg.direct_ack_delay).await;
+                sh.ack(&acks);
+            });
+        } else {
+            self.sh.ack(acks);
+        }
     }
 
     /// `UPDATE ... RETURNING v` as a simple Query: the ack is its ReadyForQuery.
