@@ -11,6 +11,8 @@ postgres) and `cdc_off`. Then:
    pgmemo_cdc_commit_to_bump_seconds (the server's commit timestamp to the bump, same machine
    clock) gives p50 and p99 over that run, and pgmemo_cdc_transactions_total must have grown
    by at least the transactions pgbench committed.
+The publication names the pgbench tables (pgbench_history has no primary key, so pgmemo
+refuses to create one FOR ALL TABLES, see README "Change data capture").
 2. 90/10: pgbench's point read (9) + update (1) mix through each pgmemo, --reps interleaved
    runs of --duration seconds after one warm-up each; medians and the on/off ratio.
 
@@ -104,6 +106,10 @@ def main():
     try:
         st.start_postgres()
         result["postgres"] = st.configs["postgres"]
+        # pgbench_history has no primary key: pgmemo will not create a FOR ALL TABLES
+        # publication over it (UPDATE/DELETE on it would then fail), so name the tables.
+        st.psql(st.ports["direct"], "CREATE PUBLICATION pgmemo FOR TABLE pgbench_accounts, "
+                                    "pgbench_branches, pgbench_tellers")
         on_admin, _ = start_pgmemo(st, "cdc_on", "on")
         _off_admin, _ = start_pgmemo(st, "cdc_off", "off")
         deadline = time.monotonic() + 30
@@ -142,6 +148,10 @@ def main():
         med = {k: statistics.median(v) for k, v in runs.items()}
         result["mixed"] = {"runs": runs, "median_tps": med, "ratio_on_off": med["cdc_on"] / med["cdc_off"]}
     finally:
+        for name in ("cdc_on.log", "cdc_off.log"):
+            src = st.tmp / name
+            if src.exists():
+                (out / "logs" / name).write_bytes(src.read_bytes()[-(1 << 20):])
         st.close()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     (out / f"cdc-{stamp}.json").write_text(json.dumps(result, indent=2))

@@ -156,6 +156,7 @@ async fn start_admin_with(
         metrics,
         readiness,
         invalidation,
+        cdc: std::sync::Arc::new(pgmemo::cdc::hub::Hub::none()),
     };
     let task = tokio::spawn(admin::serve_with_limits(
         listener,

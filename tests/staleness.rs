@@ -191,11 +191,84 @@ async fn hit_ratio_reads_pgmemos_metrics_endpoint() {
 }
 
 /// Change data capture (issue 5): 4 of the 16 clients connect straight to PostgreSQL, so
-/// pgmemo never sees their writes; the change stream must. A read may miss a direct write
-/// only if the write was acknowledged less than the lag bound (here 2 s, a functional bound
-/// on a shared two-core machine; the bench measures the real lag) before the read began.
+/// pgmemo never sees their writes; the change stream must (see `direct_writers_config`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_reads_with_direct_writers_under_change_data_capture() {
+    let s = cdc_stack().await;
+    let report = run(&direct_writers_config(&s, 40_000)).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.ops, 40_000, "{report}");
+    assert_cache_was_used(&s, &report).await;
+    assert!(
+        metric(&s, "pgmemo_cdc_transactions_total") > 100.0,
+        "the direct writes were streamed"
+    );
+}
+
+/// The same run while the replication backend is terminated every 1.5 s: pgmemo bypasses
+/// the cache, reconnects, invalidates after each new consistent point, and still serves no
+/// stale read; once it exits, no replication slot is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_backend_killed_under_load_still_no_stale_reads_and_no_slot_left() {
+    let mut s = cdc_stack().await;
+    let killer = {
+        let direct = s.direct().await;
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                direct
+                    .batch_execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_replication \
+                         WHERE application_name = 'pgmemo-cdc'",
+                    )
+                    .await
+                    .expect("terminate the walsender");
+            }
+        })
+    };
+    // Longer than the four kills (6 s) on this machine.
+    let mut c = direct_writers_config(&s, 120_000);
+    c.time_limit = Duration::from_secs(240);
+    let report = run(&c).await;
+    killer.await.expect("killer task");
+    assert!(report.is_clean(), "{report}");
+    assert_cache_was_used(&s, &report).await;
+    assert!(
+        metric(&s, "pgmemo_cdc_reconnects_total") >= 2.0,
+        "the stream was lost and re-established during the run"
+    );
+    let bypassed = s
+        .proxy
+        .admin_get("/metrics")
+        .lines()
+        .any(|l| l.contains("reason=\"cdc_not_streaming\""));
+    assert!(
+        bypassed,
+        "reads were relayed uncached while the stream was down"
+    );
+    s.proxy.signal(common::Signal::Term);
+    s.proxy.wait_exit(Duration::from_secs(30));
+    let direct = s.direct().await;
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = direct
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .expect("slots")
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{n} slots outlived pgmemo"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// pgmemo with the change stream required for the test database, once it streams.
+async fn cdc_stack() -> Stack {
     let opts = PgOptions::default().setting("max_prepared_transactions", "20");
     let config_toml = format!(
         "{CONFIG}\n[invalidation]\ncdc = \"on\"\ncdc_databases = [\"{}\"]\n",
@@ -213,27 +286,31 @@ async fn no_stale_reads_with_direct_writers_under_change_data_capture() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut c = config(&s, 40_000, 16);
+    s
+}
+
+/// 16 clients, 4 of them straight to PostgreSQL (5 % writes) and 12 through pgmemo (1 %
+/// writes, so the direct writes are mostly invalidated by the stream alone). A read may
+/// miss a direct write only if it was acknowledged less than 2 s before the read began (a
+/// functional bound on a shared two-core machine; the bench measures the real lag).
+fn direct_writers_config(s: &Stack, ops: u64) -> CheckerConfig {
+    let mut c = config(s, ops, 16);
     c.write_percent = 5;
     c.shape = Shape::small();
     c.direct_clients = 4;
     c.direct_ack_delay = Duration::from_secs(2);
-    // Few proxied writes, so the direct ones are mostly invalidated by the stream alone.
     c.proxied_write_percent = Some(1);
-    let report = run(&c).await;
-    assert!(report.is_clean(), "{report}");
-    assert_eq!(report.ops, 40_000, "{report}");
-    assert_cache_was_used(&s, &report).await;
-    let metrics = s.proxy.admin_get("/metrics");
-    let streamed: f64 = metrics
+    c
+}
+
+/// Sum of a pgmemo counter over its label sets.
+fn metric(s: &Stack, name: &str) -> f64 {
+    s.proxy
+        .admin_get("/metrics")
         .lines()
-        .filter(|l| l.starts_with("pgmemo_cdc_transactions_total"))
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(
-        streamed > 100.0,
-        "the direct writes were streamed: {streamed}"
-    );
+        .sum()
 }
 
 /// Proof that the direct-writer run can fail: with the change stream off and a 60 s TTL,

@@ -37,6 +37,9 @@ pub struct AdminState {
     pub readiness: Arc<Readiness>,
     /// Serves `POST /invalidate`.
     pub invalidation: InvalidationHandle,
+    /// The change streams, reported in `/readyz` (they never make pgmemo unready: a
+    /// database whose stream is down is served uncached).
+    pub cdc: Arc<crate::cdc::hub::Hub>,
 }
 
 /// Bounds on the admin server's connections.
@@ -124,7 +127,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let report = state.readiness.check().await;
+    let mut report = state.readiness.check().await;
+    report.cdc = state
+        .cdc
+        .streams()
+        .map(|s| (s.name().to_owned(), s.state().as_str()))
+        .collect();
     let status = if report.ready {
         StatusCode::OK
     } else {

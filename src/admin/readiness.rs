@@ -84,6 +84,10 @@ pub struct ReadyReport {
     pub listener: bool,
     /// The upstream probe's outcome.
     pub upstream: UpstreamReport,
+    /// Each database covered by change data capture and its stream's state (`streaming`,
+    /// `connecting`, `creating_slot`, `lagging`, `disconnected`, `off`); databases not listed
+    /// are bounded by the TTL. Informational: it does not change `ready`.
+    pub cdc: std::collections::BTreeMap<String, &'static str>,
 }
 
 /// The upstream part of a [`ReadyReport`].
@@ -137,6 +141,7 @@ impl Readiness {
         let reachable = outcome.is_ok();
         ReadyReport {
             ready: listener && reachable,
+            cdc: std::collections::BTreeMap::new(),
             listener,
             upstream: UpstreamReport {
                 reachable,

@@ -85,6 +85,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
                 invalidator: Arc::clone(&ctx.caching.invalidator),
                 catalog: Arc::clone(&ctx.caching.catalog),
             },
+            cdc: Arc::clone(&ctx.caching.cdc),
         },
         admin_stop.clone(),
     ));
