@@ -254,3 +254,57 @@ async fn cdc_auto_against_replica_wal_level_warns_once_and_keeps_ttl_semantics()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stream_lagging_past_the_bound_bypasses_the_cache_until_it_catches_up() {
+    let s = CacheStack::start(
+        &format!("{SETUP}\nCREATE TABLE big(id int PRIMARY KEY, v int NOT NULL);"),
+        &cdc_config("cdc_lag_max = \"40ms\""),
+    )
+    .await;
+    wait_streaming(&s.proxy).await;
+    let c = s.session(SUPERUSER).await;
+    let read = "SELECT v FROM t WHERE id = 3";
+    let q = s.probe.q(read, None).await;
+    let want = simple(&s.probe.client, read).await;
+    s.probe
+        .eventually_hit(&c, &q, &want, Duration::from_secs(5))
+        .await;
+    // One large transaction: the stream applies nothing behind it until all of it arrived.
+    let writer = {
+        let pg_psql = s.pg.bin("psql");
+        let url = s.pg.url(SUPERUSER, DB);
+        std::thread::spawn(move || {
+            std::process::Command::new(pg_psql)
+                .args([
+                    &url,
+                    "-c",
+                    "INSERT INTO big SELECT g, g FROM generate_series(1, 400000) g",
+                ])
+                .output()
+                .expect("psql")
+        })
+    };
+    let started = Instant::now();
+    let mut saw_lagging = false;
+    while started.elapsed() < Duration::from_secs(30) {
+        if cdc_state(&s.proxy).as_deref() == Some("lagging") {
+            saw_lagging = true;
+            // Bypassed while lagging: the read reaches PostgreSQL.
+            s.probe.assert_upstream(&c, &q, &want).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(writer.join().map(|o| o.status.success()).unwrap_or(false));
+    assert!(saw_lagging, "the stream never reported lagging");
+    assert!(
+        s.proxy.stderr().contains("lags past cdc_lag_max"),
+        "the lag is logged"
+    );
+    let took = wait_streaming(&s.proxy).await;
+    println!("caught up {took:?} after lagging was seen");
+    s.probe
+        .eventually_hit(&c, &q, &want, Duration::from_secs(5))
+        .await;
+}

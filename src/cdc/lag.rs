@@ -1,6 +1,8 @@
 //! Replication lag, measured by WAL position rather than by commit timestamps (one huge
 //! transaction delays everything behind it, whatever its own timestamp says): a side
-//! connection samples the server's current WAL position; the lag is how far the stream's
+//! connection samples the server's flushed WAL position (what logical decoding can read;
+//! with `synchronous_commit = off` a commit becomes visible before it is flushed, which
+//! adds up to three `wal_writer_delay`s the stream cannot see); the lag is how far the stream's
 //! applied position trails it, in bytes and in the age of the oldest sample not yet
 //! applied. Past `cdc_lag_max` the database's cache is bypassed until the stream is back
 //! within half of it.
@@ -72,7 +74,7 @@ pub async fn monitor(
         }
         let row = tokio::select! {
             _ = stop.cancelled() => return,
-            r = client.query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[]) => r,
+            r = client.query_one("SELECT pg_catalog.pg_current_wal_flush_lsn()::text", &[]) => r,
         };
         let current = match row.map(|r| r.try_get::<_, String>(0)) {
             Ok(Ok(text)) => match text.parse::<Lsn>() {
