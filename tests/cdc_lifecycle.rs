@@ -308,3 +308,56 @@ async fn a_stream_lagging_past_the_bound_bypasses_the_cache_until_it_catches_up(
         .eventually_hit(&c, &q, &want, Duration::from_secs(5))
         .await;
 }
+
+#[tokio::test]
+async fn a_hot_standby_upstream_is_never_followed_auto_keeps_ttl_and_on_bypasses() {
+    let primary = PgServer::start(PgOptions::default().hba_line("host all all 127.0.0.1/32 trust"));
+    primary.psql(DB, SETUP);
+    let standby = PgServer::start_standby(&primary);
+    let start = |mode: &str| {
+        Proxy::start(
+            ProxyArgs::new(standby.url(SUPERUSER, "postgres")).config(format!(
+                "[cache]\nttl = \"60s\"\n\n[invalidation]\ncdc = \"{mode}\"\n\
+                 cdc_databases = [\"{DB}\"]\n"
+            )),
+        )
+    };
+    let auto = start("auto");
+    wait_state(&auto, "off", START_BOUND).await;
+    let stderr = auto.stderr();
+    assert!(stderr.contains("hot standby"), "{stderr}");
+    let on = start("on");
+    wait_state(&on, "disconnected", START_BOUND).await;
+    assert!(on.stderr().contains("hot standby"));
+    // auto: the cache serves (TTL semantics); on: every read reaches the standby.
+    let read = "SELECT v FROM t WHERE id = 1";
+    let standby_client = standby.connect(SUPERUSER, "", DB).await;
+    let calls = async || -> i64 {
+        standby_client
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements \
+                 WHERE query = 'SELECT v FROM t WHERE id = $1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    for (proxy, cached) in [(&auto, true), (&on, false)] {
+        let c = proxy.connect(SUPERUSER, "", DB).await;
+        simple(&c, read).await;
+        let before = calls().await;
+        for _ in 0..5 {
+            simple(&c, read).await;
+        }
+        let reached = calls().await - before;
+        if cached {
+            assert_eq!(
+                reached, 0,
+                "auto against a standby still caches (TTL bound)"
+            );
+        } else {
+            assert_eq!(reached, 5, "on against a standby bypasses the cache");
+        }
+    }
+}

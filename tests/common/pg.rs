@@ -87,6 +87,61 @@ impl PgServer {
     /// initdb + start + create the test users, extension and `app` database.
     /// Blocking (a few hundred ms); fine to call from `#[tokio::test]`.
     pub fn start(opts: PgOptions) -> PgServer {
+        let mut server = PgServer::prepare();
+        pg_install::init_data_dir(&server.data_dir, server.owner);
+        server.write_config_files(&opts);
+        server.first_start();
+        server.create_test_objects();
+        server
+    }
+
+    /// A hot standby of `primary` (pg_basebackup -R, streaming replication), on a port of
+    /// its own, with the primary's settings and objects.
+    pub fn start_standby(primary: &PgServer) -> PgServer {
+        let mut server = PgServer::prepare();
+        let out = server
+            .server_cmd("pg_basebackup")
+            .arg("-h")
+            .arg("127.0.0.1")
+            .args([
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ])
+            .arg("-D")
+            .arg(&server.data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The copied configuration points at the primary's socket directory; this one has
+        // its own (the includes and the rest carry over).
+        server.write_data_file(
+            "pgmemo_test.conf",
+            &std::fs::read_to_string(primary.data_dir.join("pgmemo_test.conf"))
+                .expect("read the primary's settings")
+                .replace(
+                    &primary.socket_dir.display().to_string(),
+                    &server.socket_dir.display().to_string(),
+                ),
+        );
+        server.first_start();
+        server
+    }
+
+    /// The temp dir, socket dir and reaper of a server about to get a data dir.
+    fn prepare() -> PgServer {
         let bin_dir = pg_install::bin_dir().to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("pgmemo-pg-")
@@ -123,10 +178,6 @@ impl PgServer {
             data = server.data_dir.display(),
             dir = server.dir.path().display()
         )));
-        pg_install::init_data_dir(&server.data_dir, server.owner);
-        server.write_config_files(&opts);
-        server.first_start();
-        server.create_test_objects();
         server
     }
 
