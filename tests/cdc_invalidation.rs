@@ -40,6 +40,7 @@ INSERT INTO part VALUES (1, 1);
 CREATE TABLE base(id int PRIMARY KEY, v int NOT NULL);
 INSERT INTO base VALUES (1, 1);
 CREATE VIEW base_view AS SELECT id, v FROM base;
+CREATE TABLE docs(id int PRIMARY KEY, body text NOT NULL);
 ";
 
 /// Reads `read` through pgmemo until it answers what PostgreSQL answers directly after
@@ -114,6 +115,11 @@ async fn writes_made_directly_on_postgres_invalidate_through_the_change_stream()
             "view",
             "SELECT v FROM base_view WHERE id = 1",
             "UPDATE base SET v = 9",
+        ),
+        (
+            "a 3 MB row (a change message longer than pgmemo keeps)",
+            "SELECT count(*) FROM docs",
+            "INSERT INTO docs SELECT 1, string_agg(md5(g::text), '') FROM generate_series(1, 100000) g",
         ),
         ("truncate", "SELECT count(*) FROM t", "TRUNCATE t CASCADE"),
     ];

@@ -414,3 +414,86 @@ fn server_error(body: &[u8]) -> ConnError {
     }
     ConnError::Server { code, message }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn pair() -> (ReplConn, tokio::net::UnixStream) {
+        let (a, b) = tokio::net::UnixStream::pair().unwrap_or_else(|e| panic!("pair: {e}"));
+        let conn = ReplConn {
+            stream: Stream::Unix(a),
+            buf: BytesMut::new(),
+            skip: 0,
+            cancel_key: None,
+        };
+        (conn, b)
+    }
+
+    #[tokio::test]
+    async fn a_long_frame_keeps_only_its_head_and_the_next_frame_follows_intact() {
+        let (mut conn, mut peer) = pair();
+        let long: Vec<u8> = (0..KEEP_BYTES + 300_000).map(|i| (i % 251) as u8).collect();
+        let mut bytes = frame(b'd', &long);
+        bytes.extend(frame(b'd', b"after"));
+        bytes.extend(frame(b'c', b""));
+        // Written in odd-sized pieces, so frames and the skipped tail straddle reads.
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(65_537) {
+                peer.write_all(chunk).await.unwrap_or_default();
+            }
+            peer
+        });
+        match conn.next_event().await {
+            Ok(StreamEvent::Data(head)) => {
+                assert_eq!(head.len(), KEEP_BYTES);
+                assert_eq!(head.as_ref(), long.get(..KEEP_BYTES).unwrap_or_default());
+            }
+            _ => panic!("expected the long frame's head"),
+        }
+        match conn.next_event().await {
+            Ok(StreamEvent::Data(d)) => assert_eq!(d.as_ref(), b"after"),
+            _ => panic!("expected the frame after the long one"),
+        }
+        assert!(matches!(conn.next_event().await, Ok(StreamEvent::End)));
+        assert!(
+            conn.buf.len() < KEEP_BYTES + 70_000,
+            "the tail was never buffered"
+        );
+        drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn malformed_frames_are_errors_not_panics() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&[b'd', 0, 0, 0, 2])
+            .await
+            .unwrap_or_default();
+        assert!(matches!(
+            conn.next_event().await,
+            Err(ConnError::Malformed(_))
+        ));
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&frame(b'E', b"SXX\0C42501\0Mno\0\0"))
+            .await
+            .unwrap_or_default();
+        match conn.next_event().await {
+            Err(e) => assert_eq!(e.code(), Some("42501")),
+            Ok(_) => panic!("expected the server error"),
+        }
+        let (mut conn, peer) = pair();
+        drop(peer);
+        assert!(matches!(conn.next_event().await, Err(ConnError::Closed)));
+        // A DataRow whose lengths lie.
+        assert!(data_row(&[0, 2, 0, 0, 0, 9, b'x']).is_err());
+        assert_eq!(data_row(&[0, 1, 255, 255, 255, 255]).ok(), Some(vec![None]));
+    }
+}

@@ -514,7 +514,10 @@ async fn apply(ctx: &AppContext, db: &str, txn: &CommittedTxn, m: &StreamMetrics
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let lag_micros = now - PG_EPOCH_UNIX_MICROS - txn.committed_at;
+    // The timestamp comes from the server: saturating, so no value can overflow.
+    let lag_micros = now
+        .saturating_sub(PG_EPOCH_UNIX_MICROS)
+        .saturating_sub(txn.committed_at);
     if txn.committed_at != 0 && lag_micros >= 0 {
         m.commit_to_bump.record(lag_micros as f64 / 1e6);
     }
