@@ -41,6 +41,8 @@ pub enum SecretError {
 pub struct KeySecret {
     key: (u64, u64),
     check: (u64, u64),
+    /// Key of the L2 envelopes' HMAC (see `envelope`).
+    envelope: [u8; 32],
 }
 
 impl KeySecret {
@@ -48,9 +50,16 @@ impl KeySecret {
     /// two domain labels under the secret yields two independent-looking sub-keys).
     pub fn from_bytes(secret: [u8; 16]) -> Self {
         let derive = |domain: &[u8]| Sip128::new_with_key(&secret).hash(domain).as_u64();
+        let (a, b) = derive(b"pgmemo L2 envelope key, part 1");
+        let (c, d) = derive(b"pgmemo L2 envelope key, part 2");
+        let mut envelope = [0u8; 32];
+        for (chunk, word) in envelope.chunks_exact_mut(8).zip([a, b, c, d]) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
         Self {
             key: derive(KEY_DOMAIN),
             check: derive(CHECK_DOMAIN),
+            envelope,
         }
     }
 
@@ -66,6 +75,11 @@ impl KeySecret {
             *byte = u8::from_str_radix(digits, 16).map_err(|_| SecretError::BadHex)?;
         }
         Ok(Self::from_bytes(secret))
+    }
+
+    /// The key that authenticates this deployment's L2 envelopes.
+    pub fn envelope_key(&self) -> super::envelope::EnvelopeKey {
+        super::envelope::EnvelopeKey::new(self.envelope)
     }
 
     /// A fresh random secret from the OS (for a deployment without a configured one).

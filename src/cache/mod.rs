@@ -17,6 +17,7 @@
 //! after the check, it would sit under pre-bump versions no later lookup computes.
 
 pub mod entry;
+pub mod envelope;
 pub mod fill;
 pub mod front;
 pub mod key;
