@@ -78,8 +78,8 @@ impl KeySecret {
     }
 
     /// The key that authenticates this deployment's L2 envelopes.
-    pub fn envelope_key(&self) -> super::envelope::EnvelopeKey {
-        super::envelope::EnvelopeKey::new(self.envelope)
+    pub fn envelope_key(&self) -> super::l2::envelope::EnvelopeKey {
+        super::l2::envelope::EnvelopeKey::new(self.envelope)
     }
 
     /// A fresh random secret from the OS (for a deployment without a configured one).

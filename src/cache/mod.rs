@@ -17,11 +17,11 @@
 //! after the check, it would sit under pre-bump versions no later lookup computes.
 
 pub mod entry;
-pub mod envelope;
 pub mod fill;
 pub mod front;
 pub mod key;
 pub mod l1;
+pub mod l2;
 pub mod stats;
 pub mod versions;
 

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::key::KeyCheck;
+use crate::cache::key::KeyCheck;
 
 const MAGIC: &[u8; 4] = b"PGMC";
 /// The format written by this version.

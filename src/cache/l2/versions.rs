@@ -1,0 +1,311 @@
+//! Relation versions and the epoch shared through Redis (issue 6), so that every pgmemo
+//! instance keys its results on the same counters. Counters must never go backwards: a
+//! Redis restart, `FLUSHALL` or an eviction that lost them would otherwise make an old key
+//! valid again and revive a stale result. So the counters live in one hash together with a
+//! **generation** (a random 128-bit id), and a separate marker key holds the same id. If
+//! the marker or the hash is missing, or they disagree, the state is a new generation: one
+//! atomic script starts it (fresh id, empty counters) unless another instance already has.
+//! The generation is part of every key built from the counters, so nothing stored under an
+//! older generation can ever match again.
+//!
+//! Keys, all with the hash tag `{pgmemo:NS}` so a Redis Cluster keeps them in one slot:
+//! `{pgmemo:NS}:gen` (string, the generation id) and `{pgmemo:NS}:versions` (hash: `gen`,
+//! `epoch`, and `DB:REL` per relation). None has a TTL, and pgmemo refuses the shared tier
+//! on a server whose `maxmemory-policy` could evict them.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+
+use crate::cache::Tag;
+
+/// `maxmemory-policy` values under which keys without a TTL are never evicted.
+pub const SAFE_POLICIES: [&str; 5] = [
+    "noeviction",
+    "volatile-lru",
+    "volatile-lfu",
+    "volatile-random",
+    "volatile-ttl",
+];
+
+/// Starts a new generation unless the marker and the hash agree (atomic).
+const ESTABLISH: &str = "\
+local cur = redis.call('GET', KEYS[1])
+if cur and redis.call('HGET', KEYS[2], 'gen') == cur then return cur end
+redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'gen', ARGV[1])
+return ARGV[1]";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VersionsError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(
+        "redis maxmemory-policy is {0:?}, which may evict pgmemo's version counters (they have \
+         no TTL); set it to noeviction or a volatile-* policy"
+    )]
+    EvictionPolicy(String),
+    #[error("unexpected reply from redis: {0}")]
+    Reply(&'static str),
+    #[error("no randomness for a generation id: {0}")]
+    Random(getrandom::Error),
+}
+
+/// The counters of a set of tags, read in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSnapshot {
+    pub generation: String,
+    pub epoch: u64,
+    /// One per tag, in the order asked (0 for a relation never bumped).
+    pub versions: Vec<u64>,
+}
+
+/// The shared counters of one namespace.
+#[derive(Debug, Clone)]
+pub struct SharedVersions {
+    gen_key: String,
+    hash_key: String,
+    timeout: Duration,
+}
+
+impl SharedVersions {
+    pub fn new(namespace: &str, timeout: Duration) -> SharedVersions {
+        let tag = format!("{{pgmemo:{namespace}}}");
+        SharedVersions {
+            gen_key: format!("{tag}:gen"),
+            hash_key: format!("{tag}:versions"),
+            timeout,
+        }
+    }
+
+    /// Pub/sub channel the bumps are announced on.
+    pub fn channel(&self) -> String {
+        self.gen_key.replace(":gen", ":bumps")
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, VersionsError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(VersionsError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Refuses a server whose eviction policy could drop the counters.
+    pub async fn check_policy<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<(), VersionsError> {
+        let reply: Vec<String> = self
+            .bounded(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(conn),
+            )
+            .await?;
+        let policy = reply
+            .get(1)
+            .cloned()
+            .ok_or(VersionsError::Reply("CONFIG GET maxmemory-policy"))?;
+        if SAFE_POLICIES.contains(&policy.as_str()) {
+            Ok(())
+        } else {
+            Err(VersionsError::EvictionPolicy(policy))
+        }
+    }
+
+    /// The current generation, starting a new one if the stored state is incomplete.
+    pub async fn establish<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> Result<String, VersionsError> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(VersionsError::Random)?;
+        let fresh: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        self.bounded(
+            redis::cmd("EVAL")
+                .arg(ESTABLISH)
+                .arg(2)
+                .arg(&self.gen_key)
+                .arg(&self.hash_key)
+                .arg(&fresh)
+                .query_async(conn),
+        )
+        .await
+    }
+
+    /// Reads the generation, the epoch and `tags`' versions in one round trip. A state that
+    /// is not whole (after a flush or a restart) is re-established first, so the snapshot
+    /// always names a consistent generation.
+    pub async fn snapshot<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        tags: &[Tag],
+    ) -> Result<SharedSnapshot, VersionsError> {
+        for _ in 0..2 {
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(&self.hash_key).arg("gen").arg("epoch");
+            for t in tags {
+                hmget.arg(field(*t));
+            }
+            let (marker, values): (Option<String>, Vec<Option<String>>) = self
+                .bounded(
+                    redis::pipe()
+                        .cmd("GET")
+                        .arg(&self.gen_key)
+                        .add_command(hmget)
+                        .query_async(conn),
+                )
+                .await?;
+            let mut values = values.into_iter();
+            let in_hash = values.next().flatten();
+            match (marker, in_hash) {
+                (Some(m), Some(h)) if m == h => {
+                    let epoch = parse(values.next().flatten())?;
+                    let versions = values.map(parse).collect::<Result<Vec<_>, _>>()?;
+                    if versions.len() != tags.len() {
+                        return Err(VersionsError::Reply("HMGET arity"));
+                    }
+                    return Ok(SharedSnapshot {
+                        generation: m,
+                        epoch,
+                        versions,
+                    });
+                }
+                _ => {
+                    self.establish(conn).await?;
+                }
+            }
+        }
+        Err(VersionsError::Reply("generation kept changing"))
+    }
+
+    /// Increments `tags`' versions (and the epoch with `epoch`) and announces them; returns
+    /// the generation they were applied in (`None`: the state was not whole, so the bump
+    /// was applied to a hash that the next reader turns into a new generation, which
+    /// invalidates everything anyway).
+    pub async fn bump<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        tags: &[Tag],
+        epoch: bool,
+    ) -> Result<Option<String>, VersionsError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for t in tags {
+            pipe.cmd("HINCRBY")
+                .arg(&self.hash_key)
+                .arg(field(*t))
+                .arg(1)
+                .ignore();
+        }
+        if epoch {
+            pipe.cmd("HINCRBY")
+                .arg(&self.hash_key)
+                .arg("epoch")
+                .arg(1)
+                .ignore();
+        }
+        pipe.cmd("GET").arg(&self.gen_key);
+        pipe.cmd("HGET").arg(&self.hash_key).arg("gen");
+        let (marker, in_hash): (Option<String>, Option<String>) =
+            self.bounded(pipe.query_async(conn)).await?;
+        let announce = bump_message(tags, epoch);
+        self.bounded(
+            redis::cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(announce)
+                .query_async::<i64>(conn),
+        )
+        .await?;
+        Ok(match (marker, in_hash) {
+            (Some(m), Some(h)) if m == h => Some(m),
+            _ => None,
+        })
+    }
+}
+
+/// The hash field of a tag.
+fn field(t: Tag) -> String {
+    format!("{}:{}", t.db, t.rel)
+}
+
+fn parse(v: Option<String>) -> Result<u64, VersionsError> {
+    match v {
+        None => Ok(0),
+        Some(s) => s.parse().map_err(|_| VersionsError::Reply("counter")),
+    }
+}
+
+/// What a bump announces: `e` for the epoch, then `DB:REL` per tag, space-separated.
+pub fn bump_message(tags: &[Tag], epoch: bool) -> String {
+    let mut out = String::new();
+    if epoch {
+        out.push('e');
+    }
+    for t in tags {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&field(*t));
+    }
+    out
+}
+
+/// The tags (and whether the epoch) a bump message names; malformed parts are skipped,
+/// except that anything unparsable counts as an epoch bump (conservative).
+pub fn parse_bump_message(msg: &str) -> (Vec<Tag>, bool) {
+    let mut tags = Vec::new();
+    let mut epoch = false;
+    for part in msg.split(' ').filter(|p| !p.is_empty()) {
+        if part == "e" {
+            epoch = true;
+            continue;
+        }
+        match part.split_once(':').and_then(|(d, r)| {
+            Some(Tag {
+                db: d.parse().ok()?,
+                rel: r.parse().ok()?,
+            })
+        }) {
+            Some(t) => tags.push(t),
+            None => epoch = true,
+        }
+    }
+    (tags, epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bump_messages_round_trip_and_garbage_means_everything() {
+        let tags = [Tag { db: 5, rel: 16384 }, Tag { db: 5, rel: 16390 }];
+        assert_eq!(
+            parse_bump_message(&bump_message(&tags, false)),
+            (tags.to_vec(), false)
+        );
+        assert_eq!(
+            parse_bump_message(&bump_message(&tags, true)),
+            (tags.to_vec(), true)
+        );
+        assert_eq!(parse_bump_message("e"), (vec![], true));
+        assert_eq!(parse_bump_message("5:x"), (vec![], true));
+        assert_eq!(parse_bump_message(""), (vec![], false));
+    }
+
+    #[test]
+    fn every_key_shares_one_cluster_hash_tag() {
+        let v = SharedVersions::new("prod", Duration::from_millis(50));
+        for key in [&v.gen_key, &v.hash_key, &v.channel()] {
+            assert!(key.starts_with("{pgmemo:prod}:"), "{key}");
+        }
+    }
+}

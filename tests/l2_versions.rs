@@ -1,0 +1,132 @@
+//! Shared versions on a real Redis (issue 6 groundwork): counters read in one round trip,
+//! bumps visible to every client, and — the point of the generation — no way for counters to
+//! go backwards: after FLUSHALL, a Redis restart without persistence, or a lost versions
+//! hash, a snapshot names a new generation, so no key built before can match again. A
+//! server that may evict keys without a TTL is refused.
+
+mod common;
+
+use std::time::Duration;
+
+use common::RedisServer;
+use pgmemo::cache::Tag;
+use pgmemo::cache::l2::versions::{SharedVersions, VersionsError, parse_bump_message};
+
+const T1: Tag = Tag { db: 5, rel: 100 };
+const T2: Tag = Tag { db: 5, rel: 200 };
+
+async fn conn(r: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(r.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+fn shared() -> SharedVersions {
+    SharedVersions::new("test", Duration::from_secs(2))
+}
+
+#[tokio::test]
+async fn bumps_are_shared_and_counters_never_revive_after_a_flush_or_restart() {
+    let mut r = RedisServer::start();
+    let v = shared();
+    let (mut a, mut b) = (conn(&r).await, conn(&r).await);
+    v.check_policy(&mut a)
+        .await
+        .expect("default policy is noeviction");
+    let s0 = v.snapshot(&mut a, &[T1, T2]).await.expect("snapshot");
+    assert_eq!((s0.epoch, s0.versions.clone()), (0, vec![0, 0]));
+    assert_eq!(
+        v.snapshot(&mut b, &[T1]).await.expect("b").generation,
+        s0.generation
+    );
+
+    assert_eq!(
+        v.bump(&mut b, &[T1], false).await.expect("bump"),
+        Some(s0.generation.clone())
+    );
+    v.bump(&mut b, &[T1, T2], true).await.expect("bump");
+    let s1 = v.snapshot(&mut a, &[T1, T2]).await.expect("snapshot");
+    assert_eq!(
+        (s1.generation.clone(), s1.epoch, s1.versions),
+        (s0.generation.clone(), 1, vec![2, 1])
+    );
+
+    // FLUSHALL: the counters are gone; the next snapshot is a new generation.
+    r.command("FLUSHALL");
+    let s2 = v.snapshot(&mut a, &[T1]).await.expect("after flush");
+    assert_ne!(s2.generation, s0.generation);
+    assert_eq!(s2.versions, vec![0]);
+
+    // Only the hash lost (as an eviction or a stray DEL would): a new generation too.
+    r.command("DEL {pgmemo:test}:versions");
+    let s3 = v.snapshot(&mut a, &[T1]).await.expect("after hash loss");
+    assert_ne!(s3.generation, s2.generation);
+    // A bump that lands in a hash without its generation is reported as such.
+    r.command("DEL {pgmemo:test}:versions");
+    assert_eq!(v.bump(&mut a, &[T1], false).await.expect("bump"), None);
+    let s4 = v
+        .snapshot(&mut a, &[T1])
+        .await
+        .expect("after a bump into a lost hash");
+    assert_ne!(s4.generation, s3.generation);
+
+    // A restart without persistence.
+    r.stop();
+    assert!(
+        v.snapshot(&mut a, &[T1]).await.is_err(),
+        "Redis down is an error, not a hang"
+    );
+    r.start_again();
+    let mut a = conn(&r).await;
+    let s5 = v.snapshot(&mut a, &[T1]).await.expect("after restart");
+    assert_ne!(s5.generation, s4.generation);
+    for earlier in [&s0, &s2, &s3] {
+        assert_ne!(s5.generation, earlier.generation);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_instances_agree_on_one_new_generation() {
+    let r = RedisServer::start();
+    let v = shared();
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(conn(&r).await);
+    }
+    let reads = conns.iter_mut().map(|c| {
+        let v = v.clone();
+        async move { v.snapshot(c, &[T1]).await.expect("snapshot").generation }
+    });
+    let gens = futures_util::future::join_all(reads).await;
+    assert!(gens.windows(2).all(|w| w[0] == w[1]), "{gens:?}");
+}
+
+#[tokio::test]
+async fn an_evicting_policy_is_refused_and_bumps_are_announced() {
+    let r = RedisServer::start();
+    let v = shared();
+    let mut c = conn(&r).await;
+    r.command("CONFIG SET maxmemory-policy allkeys-lru");
+    match v.check_policy(&mut c).await {
+        Err(VersionsError::EvictionPolicy(p)) => assert_eq!(p, "allkeys-lru"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    r.command("CONFIG SET maxmemory-policy volatile-lru");
+    v.check_policy(&mut c)
+        .await
+        .expect("volatile-* keeps keys without a TTL");
+
+    let client = redis::Client::open(r.url()).expect("client");
+    let mut sub = client.get_async_pubsub().await.expect("pubsub");
+    sub.subscribe(v.channel()).await.expect("subscribe");
+    v.bump(&mut c, &[T1, T2], true).await.expect("bump");
+    use futures_util::StreamExt;
+    let msg = tokio::time::timeout(Duration::from_secs(5), sub.on_message().next())
+        .await
+        .expect("announced in time")
+        .expect("a message");
+    let payload: String = msg.get_payload().expect("text");
+    assert_eq!(parse_bump_message(&payload), (vec![T1, T2], true));
+}
