@@ -127,6 +127,14 @@ pub fn describe_all() {
         names::CDC_ACK_WAITS,
         "Acknowledgements of writes with invisible effects held for the change stream, by result."
     );
+    describe_gauge!(
+        names::L2_BREAKER_STATE,
+        "The Redis circuit breaker: 0 closed, 1 open, 2 half-open."
+    );
+    describe_counter!(
+        names::L2_BREAKER_CHANGES,
+        "Redis circuit breaker state changes, by the state entered."
+    );
     metrics::describe_histogram!(
         names::CDC_COMMIT_TO_BUMP_SECONDS,
         metrics::Unit::Seconds,
@@ -244,6 +252,10 @@ pub mod names {
     pub const CDC_ACK_WAITS: &str = "pgmemo_cdc_ack_waits_total";
     /// histogram (seconds): from a streamed transaction's commit on the server to its bump.
     pub const CDC_COMMIT_TO_BUMP_SECONDS: &str = "pgmemo_cdc_commit_to_bump_seconds";
+    /// gauge: the Redis circuit breaker (0 closed, 1 open, 2 half-open).
+    pub const L2_BREAKER_STATE: &str = "pgmemo_l2_breaker_state";
+    /// counter, label `to` (`closed`, `open`, `half_open`): circuit breaker state changes.
+    pub const L2_BREAKER_CHANGES: &str = "pgmemo_l2_breaker_changes_total";
     /// histogram (seconds): time from a cacheable Query's arrival to its hit being queued.
     pub const CACHE_HIT_SECONDS: &str = "pgmemo_cache_hit_seconds";
     /// histogram (seconds): time from forwarding a missed read to its ReadyForQuery.

@@ -1,7 +1,9 @@
 //! The shared second level on Redis (issue 6, in progress): [`envelope`] is the
 //! authenticated, versioned format results are stored in; [`versions`] keeps relation
-//! versions and the epoch in Redis under a generation that can never go backwards. Nothing
+//! versions and the epoch in Redis under a generation that can never go backwards;
+//! [`breaker`] keeps a failing Redis off the request path. Nothing
 //! here is wired into sessions yet.
 
+pub mod breaker;
 pub mod envelope;
 pub mod versions;
