@@ -127,6 +127,16 @@ pub fn describe_all() {
         names::CDC_ACK_WAITS,
         "Acknowledgements of writes with invisible effects held for the change stream, by result."
     );
+    describe_counter!(
+        names::L2_LOOKUPS,
+        "Shared-cache (Redis) lookups, by result."
+    );
+    describe_counter!(names::L2_WRITES, "Shared-cache (Redis) stores, by result.");
+    describe_counter!(
+        names::L2_BYTES,
+        Unit::Bytes,
+        "Bytes of results sealed for the shared cache, before (raw) and after (stored) compression."
+    );
     describe_gauge!(
         names::L2_BREAKER_STATE,
         "The Redis circuit breaker: 0 closed, 1 open, 2 half-open."
@@ -252,6 +262,15 @@ pub mod names {
     pub const CDC_ACK_WAITS: &str = "pgmemo_cdc_ack_waits_total";
     /// histogram (seconds): from a streamed transaction's commit on the server to its bump.
     pub const CDC_COMMIT_TO_BUMP_SECONDS: &str = "pgmemo_cdc_commit_to_bump_seconds";
+    /// counter, label `result` (`hit`, `miss`, `error`, `refused`: an envelope that did not
+    /// open, `breaker_open`: not asked): L2 lookups.
+    pub const L2_LOOKUPS: &str = "pgmemo_l2_lookups_total";
+    /// counter, label `result` (`written`, `dropped`: queue full, breaker open or failed):
+    /// L2 stores.
+    pub const L2_WRITES: &str = "pgmemo_l2_writes_total";
+    /// counter, label `stage` (`raw`, `stored`): bytes of results sealed for the L2, before
+    /// and after compression.
+    pub const L2_BYTES: &str = "pgmemo_l2_bytes_total";
     /// gauge: the Redis circuit breaker (0 closed, 1 open, 2 half-open).
     pub const L2_BREAKER_STATE: &str = "pgmemo_l2_breaker_state";
     /// counter, label `to` (`closed`, `open`, `half_open`): circuit breaker state changes.

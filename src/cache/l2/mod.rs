@@ -1,9 +1,11 @@
 //! The shared second level on Redis (issue 6, in progress): [`envelope`] is the
 //! authenticated, versioned format results are stored in; [`versions`] keeps relation
 //! versions and the epoch in Redis under a generation that can never go backwards;
-//! [`breaker`] keeps a failing Redis off the request path. Nothing
+//! [`breaker`] keeps a failing Redis off the request path; [`store`] reads and (through a
+//! bounded queue) writes sealed results. Nothing
 //! here is wired into sessions yet.
 
 pub mod breaker;
 pub mod envelope;
+pub mod store;
 pub mod versions;

@@ -1,0 +1,268 @@
+//! Results on Redis: reads bounded by a short timeout and the circuit breaker, writes handed
+//! to a bounded queue drained by a background task, so a slow Redis never sits on a client's
+//! critical path (a full queue drops the write and counts it). Every value is a sealed
+//! [`envelope`](super::envelope); one that does not open (another secret, tampering,
+//! expiry, an unknown format) is a miss.
+//!
+//! Entry keys are `pgmemo:NS:e:KEY` with the 128-bit cache key in hex, no hash tag, so a
+//! Redis Cluster spreads them over its slots. An entry cached "until invalidated" (TTL 0)
+//! still gets a Redis expiry of [`MAX_L2_TTL`], so a `volatile-*` eviction policy can
+//! reclaim it and nothing lives in Redis forever.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use metrics::Counter;
+use redis::aio::ConnectionLike;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::Breaker;
+use super::envelope::{self, EnvelopeKey, Sealed};
+use crate::cache::key::CacheKey;
+use crate::telemetry::names;
+
+/// Redis expiry of entries cached until invalidated.
+pub const MAX_L2_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How the L2 behaves.
+#[derive(Debug, Clone)]
+pub struct L2Settings {
+    pub namespace: String,
+    /// Bound on every Redis call on a client's path.
+    pub timeout: Duration,
+    /// Results at least this large are LZ4-compressed (when that makes them smaller).
+    pub compress_min: usize,
+    /// Largest result accepted from Redis (the L1's entry limit).
+    pub max_entry: usize,
+    /// Writes waiting for the background writer at most.
+    pub write_queue: usize,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for L2Settings {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            timeout: Duration::from_millis(50),
+            compress_min: 1024,
+            max_entry: 1 << 20,
+            write_queue: 1024,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Write {
+    key: String,
+    bytes: Vec<u8>,
+    ttl: Duration,
+}
+
+struct Metrics {
+    hits: Counter,
+    misses: Counter,
+    errors: Counter,
+    refused: Counter,
+    skipped: Counter,
+    dropped: Counter,
+    written: Counter,
+    raw_bytes: Counter,
+    stored_bytes: Counter,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let c = |result: &'static str| metrics::counter!(names::L2_LOOKUPS, "result" => result);
+        Metrics {
+            hits: c("hit"),
+            misses: c("miss"),
+            errors: c("error"),
+            refused: c("refused"),
+            skipped: c("breaker_open"),
+            dropped: metrics::counter!(names::L2_WRITES, "result" => "dropped"),
+            written: metrics::counter!(names::L2_WRITES, "result" => "written"),
+            raw_bytes: metrics::counter!(names::L2_BYTES, "stage" => "raw"),
+            stored_bytes: metrics::counter!(names::L2_BYTES, "stage" => "stored"),
+        }
+    }
+}
+
+/// The L2 of one deployment: `C` is the Redis connection (multiplexed, managed or cluster).
+pub struct L2Store<C> {
+    conn: C,
+    key: EnvelopeKey,
+    breaker: Arc<Breaker>,
+    settings: L2Settings,
+    prefix: String,
+    queue: mpsc::Sender<Write>,
+    metrics: Arc<Metrics>,
+}
+
+/// Drains the write queue; run it as a background task until `stop`.
+pub struct L2Writer<C> {
+    conn: C,
+    rx: mpsc::Receiver<Write>,
+    breaker: Arc<Breaker>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
+    pub fn new(conn: C, key: EnvelopeKey, settings: L2Settings) -> (L2Store<C>, L2Writer<C>) {
+        let (tx, rx) = mpsc::channel(settings.write_queue.max(1));
+        let breaker = Arc::new(Breaker::new(
+            settings.breaker_threshold,
+            settings.breaker_cooldown,
+        ));
+        let metrics = Arc::new(Metrics::new());
+        let writer = L2Writer {
+            conn: conn.clone(),
+            rx,
+            breaker: Arc::clone(&breaker),
+            timeout: settings.timeout,
+            metrics: Arc::clone(&metrics),
+        };
+        let store = L2Store {
+            prefix: format!("pgmemo:{}:e:", settings.namespace),
+            conn,
+            key,
+            breaker,
+            settings,
+            queue: tx,
+            metrics,
+        };
+        (store, writer)
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The Redis key of a cache key.
+    pub fn redis_key(&self, key: CacheKey) -> String {
+        format!("{}{:032x}", self.prefix, key.0)
+    }
+
+    /// Looks `key` up. Any failure is a miss (and feeds the breaker); never waits longer
+    /// than the timeout.
+    pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
+        if !self.breaker.allow(Instant::now()) {
+            self.metrics.skipped.increment(1);
+            return None;
+        }
+        let redis_key = self.redis_key(key);
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&redis_key);
+        let call = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
+        let bytes = match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(b)) => {
+                self.breaker.success();
+                b
+            }
+            Ok(Err(_)) | Err(_) => {
+                self.breaker.failure(Instant::now());
+                self.metrics.errors.increment(1);
+                return None;
+            }
+        };
+        let Some(bytes) = bytes else {
+            self.metrics.misses.increment(1);
+            return None;
+        };
+        match envelope::open(
+            &self.key,
+            redis_key.as_bytes(),
+            &bytes,
+            now_unix_ms(),
+            self.settings.max_entry,
+        ) {
+            Ok(sealed) => {
+                self.metrics.hits.increment(1);
+                Some(sealed)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redis: entry refused");
+                self.metrics.refused.increment(1);
+                None
+            }
+        }
+    }
+
+    /// Queues `entry` for storage under `key`; `false` when the queue was full (dropped).
+    pub fn put(&self, key: CacheKey, entry: &Sealed) -> bool {
+        let redis_key = self.redis_key(key);
+        let Some(sealed) = envelope::seal(
+            &self.key,
+            redis_key.as_bytes(),
+            entry,
+            self.settings.compress_min,
+        ) else {
+            return false;
+        };
+        let ttl = match entry.ttl_ms {
+            0 => MAX_L2_TTL,
+            ms => Duration::from_millis(ms).min(MAX_L2_TTL),
+        };
+        self.metrics.raw_bytes.increment(sealed.raw_len as u64);
+        self.metrics
+            .stored_bytes
+            .increment(sealed.stored_len as u64);
+        match self.queue.try_send(Write {
+            key: redis_key,
+            bytes: sealed.bytes,
+            ttl,
+        }) {
+            Ok(()) => true,
+            Err(_) => {
+                self.metrics.dropped.increment(1);
+                false
+            }
+        }
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + 'static> L2Writer<C> {
+    /// Writes queued entries until `stop` or until every store is gone. A write while the
+    /// breaker is open is dropped (counted): the entry stays in L1 only.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let write = tokio::select! {
+                _ = stop.cancelled() => return,
+                w = self.rx.recv() => match w {
+                    Some(w) => w,
+                    None => return,
+                },
+            };
+            if !self.breaker.allow(Instant::now()) {
+                self.metrics.dropped.increment(1);
+                continue;
+            }
+            let ms = u64::try_from(write.ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&write.key).arg(write.bytes).arg("PX").arg(ms);
+            let call = cmd.query_async::<()>(&mut self.conn);
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(())) => {
+                    self.breaker.success();
+                    self.metrics.written.increment(1);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    self.breaker.failure(Instant::now());
+                    self.metrics.dropped.increment(1);
+                }
+            }
+        }
+    }
+}
