@@ -21,7 +21,7 @@ pub mod tls;
 pub use client::{AsyncMessages, connect, connect_with_messages, db_error, pg_config};
 pub use pg::{PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyArgs, Signal};
-pub use redis::RedisServer;
+pub use redis::{RedisCluster, RedisServer};
 pub use stack::Stack;
 pub use tls::TestCa;
 

@@ -17,11 +17,18 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     reaper: Option<Reaper>,
+    /// Extra redis-server arguments (cluster mode).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port and waits until it answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts redis-server with extra arguments (kept for `start_again`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("pgmemo-redis-")
             .tempdir()
@@ -31,6 +38,7 @@ impl RedisServer {
             port: 0,
             dir,
             reaper: None,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
         };
         let mut last_error = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -89,6 +97,7 @@ impl RedisServer {
             .args(["--daemonize", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -157,4 +166,53 @@ pub fn raw_command(addr: SocketAddr, line: &str) -> std::io::Result<String> {
     let mut buf = [0u8; 4096];
     let n = stream.read(&mut buf)?;
     Ok(String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned())
+}
+
+/// A Redis Cluster of `masters` nodes on loopback (no replicas), every slot assigned.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create (install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &nodes {
+            while !node.command("CLUSTER INFO").contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster never became ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// `redis://` URLs of every node (seed nodes for a cluster client).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
 }
