@@ -392,6 +392,7 @@ fn type_keys() -> BTreeSet<String> {
     });
     full.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1".into(),
+        ..RedisConfig::default()
     });
     full.cache.secret = Some("00112233445566778899aabbccddeeff".into());
     full.functions.writes = vec![FunctionWrites {
@@ -443,7 +444,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        41,
+        48,
         "update this count with the types: {expected:?}"
     );
 }

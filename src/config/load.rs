@@ -58,7 +58,9 @@ impl Overrides {
             config.admin.listen = listen;
         }
         if let Some(url) = &self.redis {
-            config.cache.redis = Some(RedisConfig { url: url.clone() });
+            let mut redis = config.cache.redis.take().unwrap_or_default();
+            redis.url.clone_from(url);
+            config.cache.redis = Some(redis);
         }
     }
 }
@@ -177,6 +179,7 @@ fn schema_sample() -> Table {
     });
     config.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1:6379".to_owned(),
+        ..RedisConfig::default()
     });
     config.cache.secret = Some("0".repeat(32));
     config.functions.no_side_effects = vec!["public.f".to_owned()];

@@ -57,7 +57,8 @@ url = "postgres://file-host:5433"
     assert_eq!(
         merged.cache.redis,
         Some(RedisConfig {
-            url: "redis://127.0.0.1:6380".into()
+            url: "redis://127.0.0.1:6380".into(),
+            ..RedisConfig::default()
         })
     );
     // A key no override names still comes from the file.
@@ -276,6 +277,7 @@ fn a_full_file_round_trips_through_print_config() {
     config.server.startup_timeout = Duration::from_millis(1500);
     config.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1:6379".into(),
+        ..RedisConfig::default()
     });
     config.cache.max_memory = ByteSize(3 << 20);
     config.cache.ttl = Duration::from_millis(2500);

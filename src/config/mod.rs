@@ -111,10 +111,51 @@ pub struct AdminConfig {
 
 /// The shared Redis tier (`[cache.redis]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://`, `rediss://` (TLS) or `unix://` (socket path).
+    /// `redis://`, `rediss://` (TLS) or `unix://` (socket path). With `cluster`, one seed
+    /// node of the cluster.
     pub url: String,
+    /// The URL names a Redis Cluster node; `cluster_nodes` are further seeds.
+    pub cluster: bool,
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key (`pgmemo:NAMESPACE:...`): deployments sharing one Redis must use
+    /// different namespaces.
+    pub namespace: String,
+    /// `strict`: every lookup reads the current versions from Redis; `fast`: a local mirror
+    /// kept by pub/sub.
+    pub consistency: RedisConsistency,
+    /// Bound on every Redis call on a client's path.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Results at least this large are LZ4-compressed in Redis.
+    pub compress_min: cache::ByteSize,
+    /// Results waiting to be written to Redis at most (beyond: dropped, counted).
+    pub write_queue: usize,
+}
+
+/// `cache.redis.consistency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisConsistency {
+    #[default]
+    Strict,
+    Fast,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            cluster: false,
+            cluster_nodes: Vec::new(),
+            namespace: "default".to_owned(),
+            consistency: RedisConsistency::Strict,
+            timeout: Duration::from_millis(50),
+            compress_min: cache::ByteSize(1024),
+            write_queue: 1024,
+        }
+    }
 }
 
 /// Logging, installed by the binary at start-up (`log.level` also on SIGHUP).
@@ -176,6 +217,9 @@ impl Config {
         out.upstream.url = upstream_url::redact_password(&out.upstream.url);
         if let Some(redis) = out.cache.redis.as_mut() {
             redis.url = upstream_url::redact_password(&redis.url);
+            for node in &mut redis.cluster_nodes {
+                *node = upstream_url::redact_password(node);
+            }
         }
         out
     }

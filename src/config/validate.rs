@@ -14,7 +14,8 @@ use tracing_subscriber::filter::LevelFilter;
 use super::rules::{Case, parse_qualified_name};
 use super::upstream_url::{UpstreamTarget, redact_password};
 use super::{
-    CacheConfig, Config, FunctionsConfig, InvalidationConfig, LogConfig, Rule, ServerConfig,
+    CacheConfig, Config, FunctionsConfig, InvalidationConfig, LogConfig, RedisConfig, Rule,
+    ServerConfig,
 };
 
 /// Smallest accepted `server.max_message_bytes`: below this, ordinary startup packets and
@@ -304,7 +305,54 @@ fn check_listeners(server: SocketAddr, admin: SocketAddr, issues: &mut Vec<Confi
     }
 }
 
-fn check_redis_url(url: &str, issues: &mut Vec<ConfigIssue>) {
+/// Accepted `cache.redis.timeout`.
+pub const REDIS_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(10));
+/// Accepted `cache.redis.write_queue`.
+pub const REDIS_WRITE_QUEUE_RANGE: (usize, usize) = (1, 1 << 20);
+
+fn check_redis(redis: &RedisConfig, issues: &mut Vec<ConfigIssue>) {
+    check_redis_url("cache.redis.url", &redis.url, issues);
+    for node in &redis.cluster_nodes {
+        check_redis_url("cache.redis.cluster_nodes", node, issues);
+    }
+    if !redis.cluster && !redis.cluster_nodes.is_empty() {
+        issues.push(ConfigIssue::new(
+            "cache.redis.cluster_nodes",
+            redis.cluster_nodes.len().to_string(),
+            "only with cache.redis.cluster = true",
+        ));
+    }
+    let ns = &redis.namespace;
+    if ns.is_empty()
+        || ns.len() > 64
+        || !ns
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        issues.push(ConfigIssue::new(
+            "cache.redis.namespace",
+            quoted(ns),
+            "must be 1 to 64 letters, digits, '_' or '-'",
+        ));
+    }
+    check_range(
+        "cache.redis.timeout",
+        redis.timeout,
+        REDIS_TIMEOUT_RANGE,
+        issues,
+    );
+    let (lo, hi) = REDIS_WRITE_QUEUE_RANGE;
+    if !(lo..=hi).contains(&redis.write_queue) {
+        issues.push(ConfigIssue::new(
+            "cache.redis.write_queue",
+            redis.write_queue.to_string(),
+            format!("must be between {lo} and {hi}"),
+        ));
+    }
+}
+
+fn check_redis_url(key: &str, url: &str, issues: &mut Vec<ConfigIssue>) {
     let rest = REDIS_SCHEMES
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme));
@@ -314,11 +362,7 @@ fn check_redis_url(url: &str, issues: &mut Vec<ConfigIssue>) {
         Some(_) => None,
     };
     if let Some(why) = why {
-        issues.push(ConfigIssue::new(
-            "cache.redis.url",
-            quoted(&redact_password(url)),
-            why,
-        ));
+        issues.push(ConfigIssue::new(key, quoted(&redact_password(url)), why));
     }
 }
 
@@ -377,7 +421,7 @@ fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
         ));
     }
     if let Some(redis) = &cache.redis {
-        check_redis_url(&redis.url, issues);
+        check_redis(redis, issues);
     }
 }
 

@@ -28,6 +28,7 @@ fn every_problem_is_reported_at_once() {
     c.admin.listen = c.server.listen;
     c.cache.redis = Some(RedisConfig {
         url: "http://h".into(),
+        ..RedisConfig::default()
     });
     c.log.level = "verbose".into();
     c.log.format = "xml".into();
@@ -140,9 +141,43 @@ fn redis_schemes() {
         ("http://h", false),
         ("127.0.0.1:6379", false),
     ] {
-        c.cache.redis = Some(RedisConfig { url: url.into() });
+        c.cache.redis = Some(RedisConfig {
+            url: url.into(),
+            ..RedisConfig::default()
+        });
         assert_eq!(c.validate().is_ok(), ok, "{url}");
     }
+}
+
+#[test]
+fn redis_settings_are_bounded() {
+    let mut c = Config::default();
+    c.cache.redis = Some(RedisConfig {
+        url: "redis://127.0.0.1:7000".into(),
+        cluster_nodes: vec!["redis://127.0.0.1:7001".into(), "http://x".into()],
+        namespace: "has space".into(),
+        timeout: Duration::ZERO,
+        write_queue: 0,
+        ..RedisConfig::default()
+    });
+    assert_eq!(
+        keys(c.validate()),
+        [
+            "cache.redis.cluster_nodes",
+            "cache.redis.cluster_nodes",
+            "cache.redis.namespace",
+            "cache.redis.timeout",
+            "cache.redis.write_queue",
+        ]
+    );
+    c.cache.redis = Some(RedisConfig {
+        url: "redis://127.0.0.1:7000".into(),
+        cluster: true,
+        cluster_nodes: vec!["redis://127.0.0.1:7001".into()],
+        namespace: "prod-eu_1".into(),
+        ..RedisConfig::default()
+    });
+    assert!(c.validate().is_ok());
 }
 
 #[test]

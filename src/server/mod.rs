@@ -400,6 +400,7 @@ mod tests {
         new.cache.secret = Some("00112233445566778899aabbccddeeff".into());
         new.cache.redis = Some(RedisConfig {
             url: "redis://127.0.0.1:1".into(),
+            ..RedisConfig::default()
         });
         let merged = apply_reload(&old, new.clone());
         assert!(!merged.cache.enabled);
