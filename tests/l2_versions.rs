@@ -2,7 +2,8 @@
 //! bumps visible to every client, and — the point of the generation — no way for counters to
 //! go backwards: after FLUSHALL, a Redis restart without persistence, or a lost versions
 //! hash, a snapshot names a new generation, so no key built before can match again. A
-//! server that may evict keys without a TTL is refused.
+//! server that may evict keys without a TTL is refused. And the lease that elects one
+//! instance (the CDC runner) passes on when its holder lapses or releases it.
 
 mod common;
 
@@ -129,4 +130,36 @@ async fn an_evicting_policy_is_refused_and_bumps_are_announced() {
         .expect("a message");
     let payload: String = msg.get_payload().expect("text");
     assert_eq!(parse_bump_message(&payload), (vec![T1, T2], true));
+}
+
+#[tokio::test]
+async fn one_instance_holds_the_lease_and_another_takes_over_when_it_lapses_or_is_released() {
+    use pgmemo::cache::l2::lease::Lease;
+    let r = RedisServer::start();
+    let mut c = conn(&r).await;
+    // Generous against scheduling delays on a shared machine: renewals every 200 ms.
+    let period = Duration::from_millis(1500);
+    let a = Lease::new("test", "cdc:app", "instance-a", period);
+    let b = Lease::new("test", "cdc:app", "instance-b", period);
+    assert!(a.acquire_or_renew(&mut c).await.expect("a"));
+    assert!(!b.acquire_or_renew(&mut c).await.expect("b"), "held by a");
+    // a renews within the period: b keeps losing.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(a.acquire_or_renew(&mut c).await.expect("a renews"));
+        assert!(!b.acquire_or_renew(&mut c).await.expect("b"));
+    }
+    // a stops renewing (paused or dead): b takes over after the period...
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert!(b.acquire_or_renew(&mut c).await.expect("b takes over"));
+    // ...and a, back, can neither renew nor release b's lease.
+    assert!(!a.acquire_or_renew(&mut c).await.expect("a"));
+    assert!(!a.release(&mut c).await.expect("a release"));
+    assert_eq!(
+        a.holder(&mut c).await.expect("holder").as_deref(),
+        Some("instance-b")
+    );
+    // b releases at shutdown: a gets it at once.
+    assert!(b.release(&mut c).await.expect("b release"));
+    assert!(a.acquire_or_renew(&mut c).await.expect("a again"));
 }

@@ -2,10 +2,12 @@
 //! authenticated, versioned format results are stored in; [`versions`] keeps relation
 //! versions and the epoch in Redis under a generation that can never go backwards;
 //! [`breaker`] keeps a failing Redis off the request path; [`store`] reads and (through a
-//! bounded queue) writes sealed results. Nothing
+//! bounded queue) writes sealed results; [`lease`] elects one instance for a job (the CDC
+//! runner). Nothing
 //! here is wired into sessions yet.
 
 pub mod breaker;
 pub mod envelope;
+pub mod lease;
 pub mod store;
 pub mod versions;
