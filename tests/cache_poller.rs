@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::SUPERUSER;
 use common::compare::SimpleMsg;
-use probe::{CacheStack, POLL_BOUND, column, config, simple, simple_err, table};
-use tokio_postgres::Client;
+use probe::{CacheStack, POLL_BOUND, column, config, simple, simple_err, table, until_new_answer};
 use tokio_postgres::error::SqlState;
 
 const SETUP: &str = "
@@ -34,24 +33,6 @@ async fn stack() -> CacheStack {
 
 fn pt_rows() -> Vec<SimpleMsg> {
     table(&["id", "v"], &[&["1", "x"], &["2", "y"]])
-}
-
-/// Reads `sql` until it returns `new`; until then it may only return `old` (a hit cached
-/// before the poll). Panics if `new` does not come within [`POLL_BOUND`]; returns the wait.
-async fn until_new_answer(c: &Client, sql: &str, old: &[SimpleMsg], new: &[SimpleMsg]) -> Duration {
-    let started = Instant::now();
-    loop {
-        let got = simple(c, sql).await;
-        if got == new {
-            return started.elapsed();
-        }
-        assert_eq!(got, old, "{sql}: neither the old nor the new answer");
-        assert!(
-            started.elapsed() < POLL_BOUND,
-            "{sql}: still the old answer {POLL_BOUND:?} after the change"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -122,7 +103,7 @@ async fn add_column_done_directly_never_serves_the_old_shape_after_the_poll() {
 
     s.direct_sql("ALTER TABLE pt2 ADD COLUMN extra int NOT NULL DEFAULT 7");
     let new = table(&["id", "v", "extra"], &[&["1", "x", "7"], &["2", "y", "7"]]);
-    let took = until_new_answer(&c, sql, &old, &new).await;
+    let took = until_new_answer(&c, sql, &old, &new, POLL_BOUND).await;
     eprintln!("ADD COLUMN seen after {took:?}");
     for _ in 0..10 {
         assert_eq!(simple(&c, sql).await, new);
@@ -138,7 +119,7 @@ async fn add_column_done_directly_never_serves_the_old_shape_after_the_poll() {
 
     // DROP COLUMN, directly: back to two columns, never three again.
     s.direct_sql("ALTER TABLE pt2 DROP COLUMN extra");
-    let took = until_new_answer(&c, sql, &new, &old).await;
+    let took = until_new_answer(&c, sql, &new, &old, POLL_BOUND).await;
     eprintln!("DROP COLUMN seen after {took:?}");
     for _ in 0..5 {
         assert_eq!(simple(&other, sql).await, old);
@@ -162,7 +143,7 @@ async fn create_or_replace_making_a_function_volatile_stops_hits() {
          AS 'SELECT i * 3'",
     );
     let new = table(&["id", "d"], &[&["1", "3"], &["2", "6"]]);
-    let took = until_new_answer(&c, &q.sql, &old, &new).await;
+    let took = until_new_answer(&c, &q.sql, &old, &new, POLL_BOUND).await;
     eprintln!("CREATE OR REPLACE (volatile) seen after {took:?}");
     // Volatile now: every run reaches Postgres.
     for _ in 0..5 {
@@ -196,7 +177,7 @@ async fn create_or_replace_with_a_new_body_is_picked_up() {
          AS 'SELECT i + 20'",
     );
     let new = column("b", &["21", "22"]);
-    let took = until_new_answer(&c, &q.sql, &old, &new).await;
+    let took = until_new_answer(&c, &q.sql, &old, &new, POLL_BOUND).await;
     eprintln!("CREATE OR REPLACE (body) seen after {took:?}");
     for _ in 0..5 {
         assert_eq!(simple(&other, &q.sql).await, new);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use cdc::{CDC_BOUND, cdc_config, wait_streaming};
 use common::SUPERUSER;
-use probe::{CacheStack, DB, simple};
+use probe::{CacheStack, DB, simple, until_new_answer};
 
 const SETUP: &str = "
 CREATE TABLE t(id int PRIMARY KEY, v int NOT NULL);
@@ -56,19 +56,7 @@ async fn direct_write_becomes_visible(s: &CacheStack, read: &str, write: &str) -
     s.direct_sql(write);
     let after = simple(&s.probe.client, read).await;
     assert_ne!(before, after, "{write} must change the answer of {read}");
-    let started = Instant::now();
-    loop {
-        let got = simple(&c, read).await;
-        if got == after {
-            return started.elapsed();
-        }
-        assert_eq!(got, before, "{read}: neither the old nor the new answer");
-        assert!(
-            started.elapsed() < CDC_BOUND,
-            "{read}: still the old answer {CDC_BOUND:?} after the direct `{write}`"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_new_answer(&c, read, &before, &after, CDC_BOUND).await
 }
 
 #[tokio::test]

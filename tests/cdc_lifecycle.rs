@@ -120,17 +120,7 @@ async fn an_open_write_transaction_delays_the_slot_and_pgmemo_serves_uncached_me
         .batch_execute("BEGIN; INSERT INTO t VALUES (99, 99)")
         .await
         .unwrap();
-    let proxy = Proxy::start(
-        ProxyArgs::new(pg.url(SUPERUSER, "postgres"))
-            .config(cdc_config("cdc_slot_timeout = \"300ms\"")),
-    );
-    let s = CacheStack {
-        probe: probe::Probe {
-            client: pg.connect(SUPERUSER, "", DB).await,
-        },
-        proxy,
-        pg,
-    };
+    let s = CacheStack::start_on(pg, &cdc_config("cdc_slot_timeout = \"300ms\"")).await;
     let c = s.session(SUPERUSER).await;
     let read = "SELECT count(*) FROM t";
     let q = s.probe.q(read, None).await;
@@ -165,17 +155,7 @@ async fn the_stream_survives_long_idle_periods_with_a_short_sender_timeout() {
             .setting("wal_sender_timeout", "'2s'"),
     );
     pg.psql(DB, SETUP);
-    let proxy = Proxy::start(
-        ProxyArgs::new(pg.url(SUPERUSER, "postgres"))
-            .config(cdc_config("cdc_status_interval = \"500ms\"")),
-    );
-    let s = CacheStack {
-        probe: probe::Probe {
-            client: pg.connect(SUPERUSER, "", DB).await,
-        },
-        proxy,
-        pg,
-    };
+    let s = CacheStack::start_on(pg, &cdc_config("cdc_status_interval = \"500ms\"")).await;
     wait_streaming(&s.proxy).await;
     let c = s.session(SUPERUSER).await;
     direct_update_seen(&s, &c, 10).await;
@@ -214,19 +194,11 @@ async fn cdc_auto_against_replica_wal_level_warns_once_and_keeps_ttl_semantics()
             .setting("wal_level", "replica"),
     );
     pg.psql(DB, SETUP);
-    let proxy = Proxy::start(
-        ProxyArgs::new(pg.url(SUPERUSER, "postgres")).config(format!(
-            "[cache]\nttl = \"2s\"\n\n[catalog]\npoll_interval = \"200ms\"\n\n\
-             [invalidation]\ncdc_databases = [\"{DB}\"]\n"
-        )),
+    let config = format!(
+        "[cache]\nttl = \"2s\"\n\n[catalog]\npoll_interval = \"200ms\"\n\n\
+         [invalidation]\ncdc_databases = [\"{DB}\"]\n"
     );
-    let s = CacheStack {
-        probe: probe::Probe {
-            client: pg.connect(SUPERUSER, "", DB).await,
-        },
-        proxy,
-        pg,
-    };
+    let s = CacheStack::start_on(pg, &config).await;
     wait_state(&s.proxy, "off", START_BOUND).await;
     let stderr = s.proxy.stderr();
     assert_eq!(

@@ -3,9 +3,13 @@
 //! same checker against deliberately broken read paths, which it must catch (proof that this
 //! test can fail), and the hit-ratio reader of the bench mode (`examples/staleness.rs`).
 
+#[path = "support/cdc.rs"]
+mod cdc;
 #[path = "support/checker/mod.rs"]
 mod checker;
 mod common;
+#[path = "support/cache_probe.rs"]
+mod probe;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
@@ -275,17 +279,7 @@ async fn cdc_stack() -> Stack {
         common::stack::APP_DB
     );
     let s = Stack::start_with(opts, |args| args.config(config_toml));
-    let started = std::time::Instant::now();
-    while !s.proxy.admin_get("/metrics").lines().any(|l| {
-        l.starts_with("pgmemo_cdc_state{") && l.contains("state=\"streaming\"") && l.ends_with(" 1")
-    }) {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the change stream never started: {}",
-            s.proxy.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cdc::wait_streaming(&s.proxy).await;
     s
 }
 
@@ -305,12 +299,7 @@ fn direct_writers_config(s: &Stack, ops: u64) -> CheckerConfig {
 
 /// Sum of a pgmemo counter over its label sets.
 fn metric(s: &Stack, name: &str) -> f64 {
-    s.proxy
-        .admin_get("/metrics")
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    probe::metric_sum(&s.proxy.admin_get("/metrics"), name)
 }
 
 /// Proof that the direct-writer run can fail: with the change stream off and a 60 s TTL,

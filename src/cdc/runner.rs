@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram};
 use tokio_postgres::NoTls;
@@ -34,8 +34,6 @@ use crate::telemetry::names;
 /// First retry delay after a failure; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 /// Slot names are unique per process and attempt.
 static SLOT_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -139,10 +137,6 @@ async fn follow_inner(
                     "pg_hba.conf refuses the replication connection ({e}); add a `host \
                      replication` line (logical replication matches the database name)"
                 )),
-                Some("53300") => Stop::Failed {
-                    reason: "connect",
-                    detail: e.to_string(),
-                },
                 _ => Stop::Failed {
                     reason: "connect",
                     detail: e.to_string(),
@@ -468,10 +462,7 @@ async fn stream_loop(
 }
 
 async fn send_status(conn: &mut ReplConn, applied: Lsn) -> Result<(), ConnError> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
-    let update = wire::status_update(applied, applied, applied, now, false);
+    let update = wire::status_update(applied, applied, applied, wire::now_unix_micros(), false);
     conn.send_copy_data(&update).await
 }
 
@@ -511,12 +502,9 @@ async fn apply(ctx: &AppContext, db: &str, txn: &CommittedTxn, m: &StreamMetrics
     if !written.is_empty() {
         invalidator.bump(&written, Source::Cdc);
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
     // The timestamp comes from the server: saturating, so no value can overflow.
-    let lag_micros = now
-        .saturating_sub(PG_EPOCH_UNIX_MICROS)
+    let lag_micros = wire::now_unix_micros()
+        .saturating_sub(wire::PG_EPOCH_OFFSET_MICROS)
         .saturating_sub(txn.committed_at);
     if txn.committed_at != 0 && lag_micros >= 0 {
         m.commit_to_bump.record(lag_micros as f64 / 1e6);

@@ -311,6 +311,12 @@ fn flush_on_sigusr1(
 /// `functions`, `catalog.poll_interval`, `invalidation.cdc_ack_wait_max`) pass through; the cache's sizing, key secret and
 /// Redis tier are fixed when the cache is built, so they stay.
 fn apply_reload(old: &Config, mut new: Config) -> Config {
+    // The change streams start with the process; only the acknowledgement wait is read
+    // per use.
+    let kept_invalidation = InvalidationConfig {
+        cdc_ack_wait_max: new.invalidation.cdc_ack_wait_max,
+        ..old.invalidation.clone()
+    };
     let restart_only = [
         ("server.listen", old.server.listen != new.server.listen),
         ("server.tls", old.server.tls != new.server.tls),
@@ -328,10 +334,7 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
         ("cache.redis", old.cache.redis != new.cache.redis),
         (
             "invalidation (all but cdc_ack_wait_max)",
-            InvalidationConfig {
-                cdc_ack_wait_max: new.invalidation.cdc_ack_wait_max,
-                ..old.invalidation.clone()
-            } != new.invalidation,
+            kept_invalidation != new.invalidation,
         ),
     ];
     for (key, changed) in restart_only {
@@ -350,12 +353,7 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
     new.cache.max_entry_size = old.cache.max_entry_size;
     new.cache.secret.clone_from(&old.cache.secret);
     new.cache.redis.clone_from(&old.cache.redis);
-    // The change streams start with the process; only the acknowledgement wait is read
-    // per use.
-    new.invalidation = InvalidationConfig {
-        cdc_ack_wait_max: new.invalidation.cdc_ack_wait_max,
-        ..old.invalidation.clone()
-    };
+    new.invalidation = kept_invalidation;
     new
 }
 

@@ -55,6 +55,11 @@ impl CacheStack {
         if !setup.trim().is_empty() {
             pg.psql(DB, setup);
         }
+        CacheStack::start_on(pg, config_toml).await
+    }
+
+    /// pgmemo with `config_toml` in front of `pg`, already prepared by the caller.
+    pub async fn start_on(pg: PgServer, config_toml: &str) -> CacheStack {
         let proxy = Proxy::start(
             ProxyArgs::new(pg.url(SUPERUSER, "postgres")).config(config_toml.to_string()),
         );
@@ -254,6 +259,31 @@ impl Probe {
 
     async fn exec(&self, sql: &str) {
         simple(&self.client, sql).await;
+    }
+}
+
+/// Reads `sql` through `c` until it returns `new`; until then it may only return `old` (an
+/// answer cached before the change). Panics if `new` does not come within `bound`; returns
+/// the wait.
+pub async fn until_new_answer(
+    c: &Client,
+    sql: &str,
+    old: &[SimpleMsg],
+    new: &[SimpleMsg],
+    bound: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = simple(c, sql).await;
+        if got == new {
+            return started.elapsed();
+        }
+        assert_eq!(got, old, "{sql}: neither the old nor the new answer");
+        assert!(
+            started.elapsed() < bound,
+            "{sql}: still the old answer {bound:?} after the change"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -214,16 +214,13 @@ impl SharedVersions {
         }
         pipe.cmd("GET").arg(&self.gen_key);
         pipe.cmd("HGET").arg(&self.hash_key).arg("gen");
+        // Announced in the same transaction: one round trip on the writer's path.
+        pipe.cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(bump_message(tags, epoch))
+            .ignore();
         let (marker, in_hash): (Option<String>, Option<String>) =
             self.bounded(pipe.query_async(conn)).await?;
-        let announce = bump_message(tags, epoch);
-        self.bounded(
-            redis::cmd("PUBLISH")
-                .arg(self.channel())
-                .arg(announce)
-                .query_async::<i64>(conn),
-        )
-        .await?;
         Ok(match (marker, in_hash) {
             (Some(m), Some(h)) if m == h => Some(m),
             _ => None,
