@@ -47,6 +47,15 @@ struct Cli {
     /// Redis URL for the shared cache (cache.redis.url), e.g. redis://127.0.0.1:6379
     #[arg(long, env = "PGMEMO_REDIS", value_name = "URL", hide_env_values = true)]
     redis: Option<String>,
+    /// Cache key secret (cache.secret), 32 hex digits; needed with Redis. Prefer the
+    /// environment variable: a flag shows in the process list
+    #[arg(
+        long,
+        env = "PGMEMO_SECRET",
+        value_name = "HEX",
+        hide_env_values = true
+    )]
+    secret: Option<String>,
     /// Print the merged configuration as TOML (passwords redacted) and exit
     #[arg(long)]
     print_config: bool,
@@ -214,6 +223,7 @@ fn sources(cli: &Cli) -> Result<Sources, ConfigErrors> {
             upstream: given(&cli.upstream).map(str::to_owned),
             admin_listen,
             redis: given(&cli.redis).map(str::to_owned),
+            secret: given(&cli.secret).map(str::to_owned),
         },
     })
 }

@@ -187,7 +187,7 @@ fn offline_invalidation(catalog_port: u16) -> InvalidationHandle {
     cc.connect_timeout = Duration::from_secs(2);
     let catalog = Arc::new(Catalog::new(cc));
     InvalidationHandle {
-        invalidator: Arc::new(Invalidator::new(cache, Arc::clone(&catalog))),
+        invalidator: Arc::new(Invalidator::new(cache, Arc::clone(&catalog), None)),
         catalog,
     }
 }

@@ -52,6 +52,7 @@ fn check_config_accepts_a_valid_file() {
         &dir,
         "[server]\nlisten = \"0.0.0.0:7432\"\nstartup_timeout = \"2s\"\n\
          [upstream]\nurl = \"postgresql://me:p%40ss@[::1]:5433/app?sslmode=require\"\n\
+         [cache]\nsecret = \"00112233445566778899aabbccddeeff\"\n\
          [cache.redis]\nurl = \"redis://127.0.0.1:6379\"\n[log]\nformat = \"json\"\n",
     );
     let out = pgmemo(&["check-config", file.to_str().unwrap()], &[]);
@@ -277,12 +278,14 @@ fn precedence_flags_then_env_then_file_then_defaults() {
         ("PGMEMO_UPSTREAM", "postgres://env-host"),
         ("PGMEMO_ADMIN_LISTEN", "127.0.0.1:7003"),
         ("PGMEMO_REDIS", "redis://env-redis"),
+        ("PGMEMO_SECRET", "00112233445566778899aabbccddeeff"),
     ];
     let from_env = printed(&["--config", file], &env);
     assert_eq!(from_env.server.listen.port(), 7002);
     assert_eq!(from_env.upstream.url, "postgres://env-host");
     assert_eq!(from_env.admin.listen.port(), 7003);
     assert_eq!(from_env.cache.redis.unwrap().url, "redis://env-redis");
+    assert!(from_env.cache.secret.is_some(), "PGMEMO_SECRET");
     assert_eq!(
         from_env.server.max_client_connections, 42,
         "file still applies"
@@ -321,11 +324,12 @@ fn print_config_redacts_passwords() {
             "--redis",
             "redis://:hunter2@cache:6379",
         ],
-        &[],
+        &[("PGMEMO_SECRET", "00112233445566778899aabbccddeeff")],
     );
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     let text = stdout(&out);
     assert!(!text.contains("hunter2"), "{text}");
+    assert!(!text.contains("00112233445566778899aabbccddeeff"), "{text}");
     assert!(text.contains("postgres://me:********@db/app"), "{text}");
 }
 
@@ -444,7 +448,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        48,
+        49,
         "update this count with the types: {expected:?}"
     );
 }

@@ -15,6 +15,7 @@ const ACCEPTED_ENV: &[&str] = &[
     "PGMEMO_UPSTREAM",
     "PGMEMO_ADMIN_LISTEN",
     "PGMEMO_REDIS",
+    "PGMEMO_SECRET",
     "PGMEMO_CONFIG",
 ];
 
@@ -145,6 +146,15 @@ fn pgmemo_points_at_the_compose_services() {
         pg_env.get("POSTGRES_PASSWORD").map(String::as_str)
     );
     if let Some(redis) = env.get("PGMEMO_REDIS") {
+        // A shared tier needs the deployment secret; compose must demand it from the user
+        // rather than ship a well-known one (it authenticates what Redis returns).
+        let secret = env
+            .get("PGMEMO_SECRET")
+            .expect("PGMEMO_SECRET with PGMEMO_REDIS");
+        assert!(
+            secret.starts_with("${PGMEMO_SECRET:?"),
+            "PGMEMO_SECRET must be required from the environment, got {secret}"
+        );
         let redis = url::Url::parse(redis).unwrap();
         assert_eq!(redis.host_str(), Some("redis"));
         service(&compose, "redis");
@@ -251,7 +261,13 @@ fn postgres_runs_with_logical_wal_and_pg_stat_statements() {
 #[test]
 fn compose_environment_and_image_flags_are_valid_configs() {
     let compose = compose();
-    let env = environment(service(&compose, "pgmemo"));
+    let mut env = environment(service(&compose, "pgmemo"));
+    // What compose substitutes for a variable it requires from the user's environment.
+    for value in env.values_mut() {
+        if value.starts_with("${PGMEMO_SECRET:?") {
+            *value = "00112233445566778899aabbccddeeff".into();
+        }
+    }
     let (ok, config, stderr) = run_pgmemo(&env, &["--print-config"]);
     assert!(ok, "pgmemo rejects the compose environment: {stderr}");
     for key in ["PGMEMO_LISTEN", "PGMEMO_ADMIN_LISTEN"] {

@@ -43,10 +43,9 @@ async fn bumps_are_shared_and_counters_never_revive_after_a_flush_or_restart() {
         s0.generation
     );
 
-    assert_eq!(
-        v.bump(&mut b, &[T1], false).await.expect("bump"),
-        Some(s0.generation.clone())
-    );
+    let announced = v.bump(&mut b, &[T1], false).await.expect("bump");
+    assert_eq!(announced.generation, s0.generation);
+    assert_eq!((announced.epoch, announced.tags), (None, vec![(T1, 1)]));
     v.bump(&mut b, &[T1, T2], true).await.expect("bump");
     let s1 = v.snapshot(&mut a, &[T1, T2]).await.expect("snapshot");
     assert_eq!(
@@ -64,14 +63,18 @@ async fn bumps_are_shared_and_counters_never_revive_after_a_flush_or_restart() {
     r.command("DEL {pgmemo:test}:versions");
     let s3 = v.snapshot(&mut a, &[T1]).await.expect("after hash loss");
     assert_ne!(s3.generation, s2.generation);
-    // A bump that lands in a hash without its generation is reported as such.
+    // A bump into a lost hash starts (and announces) a new generation itself, so mirrors
+    // learn of the loss from the bump.
     r.command("DEL {pgmemo:test}:versions");
-    assert_eq!(v.bump(&mut a, &[T1], false).await.expect("bump"), None);
+    let announced = v.bump(&mut a, &[T1], false).await.expect("bump");
+    assert_ne!(announced.generation, s3.generation);
+    assert_eq!(announced.tags, vec![(T1, 1)]);
     let s4 = v
         .snapshot(&mut a, &[T1])
         .await
         .expect("after a bump into a lost hash");
-    assert_ne!(s4.generation, s3.generation);
+    assert_eq!(s4.generation, announced.generation);
+    assert_eq!(s4.versions, vec![1]);
 
     // A restart without persistence.
     r.stop();
@@ -129,7 +132,9 @@ async fn an_evicting_policy_is_refused_and_bumps_are_announced() {
         .expect("announced in time")
         .expect("a message");
     let payload: String = msg.get_payload().expect("text");
-    assert_eq!(parse_bump_message(&payload), (vec![T1, T2], true));
+    let bump = parse_bump_message(&payload).expect("well-formed");
+    assert_eq!(bump.epoch, Some(1));
+    assert_eq!(bump.tags, vec![(T1, 1), (T2, 1)]);
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use siphasher::sip::SipHasher13 as Sip64;
 use siphasher::sip128::{Hasher128, SipHasher13 as Sip128};
 
+use super::l2::versions::SharedSnapshot;
 use super::versions::VersionSnapshot;
 
 /// Domain separation for the derived sub-keys: changing the key layout means changing these,
@@ -135,6 +136,17 @@ pub struct KeyInput<'a, B: AsRef<[u8]> = bytes::Bytes> {
     /// result formats, as raw wire bytes.
     extended: Option<(&'a [u8], &'a [u8])>,
     snapshot: &'a VersionSnapshot,
+    /// The shared counters of the same tags (in the snapshot's order), with a Redis tier.
+    shared: Option<&'a SharedSnapshot>,
+}
+
+/// Which level a key is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    /// In-process: the local versions and epoch, and the shared counters when there are.
+    L1,
+    /// Redis: the shared counters only, so every instance computes the same key.
+    L2,
 }
 
 // By hand: derived impls would demand `B: Copy`, but only references to `B` are held.
@@ -160,7 +172,15 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
             result_formats: &[],
             extended: None,
             snapshot,
+            shared: None,
         }
+    }
+
+    /// The shared counters of the snapshot's tags (read from Redis or its mirror): the L1
+    /// key then covers them too, and [`compute_l2`](Self::compute_l2) is possible.
+    pub fn shared(mut self, shared: &'a SharedSnapshot) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// An extended-protocol execution: `param_types` as the Parse sent them (4 bytes each),
@@ -199,26 +219,47 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
     /// The key and its check under `secret`. Pure: the same input and secret always give the
     /// same pair, in this process and any other.
     pub fn compute(&self, secret: &KeySecret) -> (CacheKey, KeyCheck) {
+        self.compute_tier(secret, Tier::L1)
+    }
+
+    /// The key and check on the shared level: the same for every instance with the same
+    /// secret, since only the shared counters (not this process's) go in. `None` without
+    /// [`shared`](Self::shared) counters.
+    pub fn compute_l2(&self, secret: &KeySecret) -> Option<(CacheKey, KeyCheck)> {
+        self.shared?;
+        Some(self.compute_tier(secret, Tier::L2))
+    }
+
+    fn compute_tier(&self, secret: &KeySecret, tier: Tier) -> (CacheKey, KeyCheck) {
         SCRATCH
             .try_with(|scratch| match scratch.try_borrow_mut() {
                 Ok(mut buf) => {
-                    let out = self.compute_in(&mut buf, secret);
+                    let out = self.compute_in(&mut buf, secret, tier);
                     if buf.capacity() > MAX_SCRATCH {
                         *buf = Vec::new();
                     }
                     out
                 }
                 // Re-entered (cannot happen today) or borrowed: a buffer of its own.
-                Err(_) => self.compute_in(&mut Vec::new(), secret),
+                Err(_) => self.compute_in(&mut Vec::new(), secret, tier),
             })
-            .unwrap_or_else(|_| self.compute_in(&mut Vec::new(), secret))
+            .unwrap_or_else(|_| self.compute_in(&mut Vec::new(), secret, tier))
     }
 
     /// The key's byte stream, serialised into `buf` and hashed once by each hasher: many
     /// small writes cost SipHash more than the bytes themselves.
-    fn compute_in(&self, buf: &mut Vec<u8>, secret: &KeySecret) -> (CacheKey, KeyCheck) {
+    fn compute_in(
+        &self,
+        buf: &mut Vec<u8>,
+        secret: &KeySecret,
+        tier: Tier,
+    ) -> (CacheKey, KeyCheck) {
         buf.clear();
         let mut feed = Feed { buf };
+        if tier == Tier::L2 {
+            // Never the same stream as an L1 key's (which starts with a length).
+            feed.raw(b"L2");
+        }
         feed.bytes(self.fingerprint);
         feed.bytes(self.sql);
         feed.len(self.params.len());
@@ -253,12 +294,40 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
         }
         let versions = self.snapshot.versions();
         feed.len(versions.len());
-        for (tag, version) in versions {
-            feed.raw(&tag.db.to_le_bytes());
-            feed.raw(&tag.rel.to_le_bytes());
-            feed.raw(&version.to_le_bytes());
+        match (tier, self.shared) {
+            (Tier::L2, Some(shared)) => {
+                // The tags with their shared versions (a missing one reads as u64::MAX, which
+                // no counter reaches, rather than panic on a caller's mistake).
+                for (i, (tag, _)) in versions.iter().enumerate() {
+                    feed.raw(&tag.db.to_le_bytes());
+                    feed.raw(&tag.rel.to_le_bytes());
+                    let v = shared.versions.get(i).copied().unwrap_or(u64::MAX);
+                    feed.raw(&v.to_le_bytes());
+                }
+                feed.raw(&shared.epoch.to_le_bytes());
+                feed.bytes(shared.generation.as_bytes());
+            }
+            _ => {
+                for (tag, version) in versions {
+                    feed.raw(&tag.db.to_le_bytes());
+                    feed.raw(&tag.rel.to_le_bytes());
+                    feed.raw(&version.to_le_bytes());
+                }
+                feed.raw(&self.snapshot.epoch().to_le_bytes());
+                match self.shared {
+                    None => feed.raw(&[0]),
+                    Some(shared) => {
+                        feed.raw(&[1]);
+                        feed.bytes(shared.generation.as_bytes());
+                        feed.raw(&shared.epoch.to_le_bytes());
+                        feed.len(shared.versions.len());
+                        for v in &shared.versions {
+                            feed.raw(&v.to_le_bytes());
+                        }
+                    }
+                }
+            }
         }
-        feed.raw(&self.snapshot.epoch().to_le_bytes());
         let mut key = Sip128::new_with_keys(secret.key.0, secret.key.1);
         key.write(feed.buf);
         let mut check = Sip64::new_with_keys(secret.check.0, secret.check.1);
@@ -368,6 +437,62 @@ mod tests {
         let c = input.compute(&secret().clone());
         assert_eq!(a, b);
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn l2_keys_follow_the_shared_counters_only() {
+        let tag = Tag { db: 1, rel: 10 };
+        let (here, there) = (Versions::new(64), Versions::new(64));
+        here.bump(&[tag]);
+        here.bump_epoch(crate::cache::versions::EpochCause::Admin);
+        let (a, b) = (here.snapshot(&[tag]), there.snapshot(&[tag]));
+        let shared = SharedSnapshot {
+            generation: "g1".into(),
+            epoch: 3,
+            versions: vec![7],
+        };
+        let ka = KeyInput::<&[u8]>::new(b"fp", b"q", &a).shared(&shared);
+        let kb = KeyInput::<&[u8]>::new(b"fp", b"q", &b).shared(&shared);
+        let secret = secret();
+        let l2 = ka.compute_l2(&secret).expect("shared");
+        assert_eq!(
+            Some(l2),
+            kb.compute_l2(&secret),
+            "instances with other local counters share the L2 key"
+        );
+        assert_ne!(
+            ka.compute(&secret),
+            kb.compute(&secret),
+            "L1 keys are local"
+        );
+        assert_ne!(ka.compute(&secret).0, l2.0);
+        assert_eq!(
+            KeyInput::<&[u8]>::new(b"fp", b"q", &a).compute_l2(&secret),
+            None
+        );
+        assert_ne!(
+            KeyInput::<&[u8]>::new(b"fp", b"q", &a).compute(&secret),
+            ka.compute(&secret),
+            "the shared counters are part of the L1 key"
+        );
+        for other in [
+            SharedSnapshot {
+                generation: "g2".into(),
+                ..shared.clone()
+            },
+            SharedSnapshot {
+                epoch: 4,
+                ..shared.clone()
+            },
+            SharedSnapshot {
+                versions: vec![8],
+                ..shared.clone()
+            },
+        ] {
+            let k = KeyInput::<&[u8]>::new(b"fp", b"q", &a).shared(&other);
+            assert_ne!(k.compute_l2(&secret), Some(l2), "{other:?}");
+            assert_ne!(k.compute(&secret), ka.compute(&secret), "{other:?}");
+        }
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub struct CacheLimits {
     pub max_tags: usize,
     /// Bound on keys being filled at once (see [`fill`]).
     pub max_in_flight: usize,
+    /// `cache.l1.enabled`: off, nothing is stored in process (a shared tier holds results;
+    /// fills are still coalesced and waiters still get the leader's result).
+    pub l1_enabled: bool,
 }
 
 impl CacheLimits {
@@ -73,6 +76,7 @@ impl CacheLimits {
             secret,
             max_tags: versions::DEFAULT_MAX_TAGS,
             max_in_flight: fill::DEFAULT_MAX_IN_FLIGHT,
+            l1_enabled: true,
         }
     }
 }
@@ -95,6 +99,8 @@ pub enum RefuseReason {
     TooLarge,
     /// A tag it read, or the epoch, was bumped after its snapshot was taken.
     Stale,
+    /// The L1 is disabled (`cache.l1.enabled = false`).
+    Disabled,
 }
 
 /// What [`Cache::store`] / [`Cache::complete`] did.
@@ -113,6 +119,7 @@ pub struct Cache {
     versions: Arc<Versions>,
     secret: KeySecret,
     default_ttl: Duration,
+    l1_enabled: bool,
     stats: Arc<Stats>,
 }
 
@@ -136,6 +143,7 @@ impl Cache {
             versions: Arc::new(Versions::new(limits.max_tags)),
             secret: limits.secret,
             default_ttl: limits.default_ttl,
+            l1_enabled: limits.l1_enabled,
             stats,
         }
     }
@@ -148,6 +156,11 @@ impl Cache {
     /// The key and check of `input` under this deployment's secret.
     pub fn key<B: AsRef<[u8]>>(&self, input: &KeyInput<'_, B>) -> (CacheKey, KeyCheck) {
         input.compute(&self.secret)
+    }
+
+    /// The shared-tier key and check of `input` (`None` without shared counters in it).
+    pub fn key_l2<B: AsRef<[u8]>>(&self, input: &KeyInput<'_, B>) -> Option<(CacheKey, KeyCheck)> {
+        input.compute_l2(&self.secret)
     }
 
     /// TTL for entries whose rules set none.
@@ -186,6 +199,22 @@ impl Cache {
         }
     }
 
+    /// An L1 lookup that does not join or lead a fill (before asking the shared tier).
+    pub fn peek(&self, key: CacheKey, check: KeyCheck) -> Option<Arc<Entry>> {
+        let entry = self.l1.get(&key, &check)?;
+        self.stats.hits.inc();
+        Some(entry)
+    }
+
+    /// An L2 hit: stored in the L1 as [`store`](Self::store) would (refused when the
+    /// snapshot is no longer current) and returned to answer with either way — the L2 key
+    /// was current when it was read.
+    pub fn promote(&self, key: CacheKey, snapshot: &VersionSnapshot, entry: Entry) -> Arc<Entry> {
+        let entry = Arc::new(entry);
+        self.store_arc(key, snapshot, Arc::clone(&entry));
+        entry
+    }
+
     /// Stores a result computed under `snapshot`, unless the snapshot is no longer current
     /// or the result is too large. For results without a fill guard (a waiter that ran its
     /// own query, a pipelined group).
@@ -217,6 +246,9 @@ impl Cache {
         if !snapshot.is_current(&self.versions) {
             self.stats.refused_stale.inc();
             return StoreOutcome::Refused(RefuseReason::Stale);
+        }
+        if !self.l1_enabled {
+            return StoreOutcome::Refused(RefuseReason::Disabled);
         }
         match self.l1.insert(key, entry) {
             InsertOutcome::Stored => StoreOutcome::Stored,

@@ -172,11 +172,8 @@ async fn follow_inner(
 
     // Consistent and streaming: everything committed from here on arrives in order.
     // Whatever was committed before it (while nothing followed) is covered by the epoch.
-    ctx.caching
-        .invalidator
-        .cache()
-        .versions()
-        .bump_epoch(EpochCause::CdcResync);
+    // With a shared tier, in Redis too: no instance followed what this stream missed.
+    ctx.caching.invalidator.bump_epoch(EpochCause::CdcResync);
     stream.advance(consistent);
     stream.set_state(State::Streaming);
     info!(database = %db, %slot, %consistent, "cdc: change stream consistent; cache serving");

@@ -119,8 +119,25 @@ pub struct CacheConfig {
     pub min_hit_ratio: f64,
     /// Hex key of the keyed hash (32 hex digits); absent = random per process.
     pub secret: Option<String>,
+    /// The in-process level.
+    pub l1: L1Config,
     /// Optional shared second level. Absent = in-process cache only.
     pub redis: Option<RedisConfig>,
+}
+
+/// `[cache.l1]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L1Config {
+    /// `false` stores nothing in process: with `cache.redis`, every hit comes from Redis
+    /// (instances then hold no results of their own); without it, nothing is cached.
+    pub enabled: bool,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 impl Default for CacheConfig {
@@ -133,6 +150,7 @@ impl Default for CacheConfig {
             fill_wait_timeout: Duration::from_secs(5),
             min_hit_ratio: 0.02,
             secret: None,
+            l1: L1Config::default(),
             redis: None,
         }
     }

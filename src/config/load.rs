@@ -31,6 +31,8 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     /// `--redis` / `PGMEMO_REDIS` → `cache.redis.url`.
     pub redis: Option<String>,
+    /// `PGMEMO_SECRET` → `cache.secret` (the environment only: a flag would show in `ps`).
+    pub secret: Option<String>,
 }
 
 // Hand-written so that logging the sources never prints a password from a URL.
@@ -41,6 +43,7 @@ impl fmt::Debug for Overrides {
             .field("upstream", &self.upstream.as_deref().map(redact_password))
             .field("admin_listen", &self.admin_listen)
             .field("redis", &self.redis.as_deref().map(redact_password))
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -61,6 +64,9 @@ impl Overrides {
             let mut redis = config.cache.redis.take().unwrap_or_default();
             redis.url.clone_from(url);
             config.cache.redis = Some(redis);
+        }
+        if let Some(secret) = &self.secret {
+            config.cache.secret = Some(secret.clone());
         }
     }
 }

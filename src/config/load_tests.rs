@@ -49,8 +49,14 @@ url = "postgres://file-host:5433"
         upstream: Some("postgres://flag-host".into()),
         admin_listen: Some("127.0.0.1:7002".parse().unwrap()),
         redis: Some("redis://127.0.0.1:6380".into()),
+        secret: Some("0123456789abcdef0123456789abcdef".into()),
     };
     let merged = sources.load().unwrap();
+    assert_eq!(
+        merged.cache.secret.as_deref(),
+        Some("0123456789abcdef0123456789abcdef"),
+        "PGMEMO_SECRET"
+    );
     assert_eq!(merged.server.listen.port(), 7001);
     assert_eq!(merged.upstream.url, "postgres://flag-host");
     assert_eq!(merged.admin.listen.port(), 7002);
@@ -85,6 +91,7 @@ fn overrides_are_validated_too() {
         overrides: Overrides {
             upstream: Some("mysql://h".into()),
             redis: Some("http://h".into()),
+            secret: None,
             ..Overrides::default()
         },
     };
@@ -95,7 +102,7 @@ fn overrides_are_validated_too() {
         .into_iter()
         .map(|i| i.key)
         .collect();
-    assert_eq!(keys, ["upstream.url", "cache.redis.url"]);
+    assert_eq!(keys, ["upstream.url", "cache.redis.url", "cache.secret"]);
 }
 
 #[test]
@@ -176,9 +183,10 @@ fn every_unknown_key_is_named_with_its_line() {
 #[test]
 fn unknown_key_inside_an_optional_section() {
     let got = issues("[cache.redis]\nurl = \"redis://h\"\npool = 3\n");
-    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0].key, "cache.redis.pool");
     assert!(got[0].why.contains("unknown key (test.toml:3)"));
+    assert_eq!(got[1].key, "cache.secret", "a shared tier needs the secret");
 }
 
 #[test]
@@ -265,9 +273,11 @@ fn debug_of_overrides_hides_passwords() {
     let o = Overrides {
         upstream: Some("postgres://u:hunter2@h".into()),
         redis: Some("redis://:hunter2@h".into()),
+        secret: Some("0123456789abcdef0123456789abcdef".into()),
         ..Overrides::default()
     };
     assert!(!format!("{o:?}").contains("hunter2"));
+    assert!(!format!("{o:?}").contains("0123456789abcdef"));
 }
 
 #[test]
@@ -279,6 +289,8 @@ fn a_full_file_round_trips_through_print_config() {
         url: "redis://127.0.0.1:6379".into(),
         ..RedisConfig::default()
     });
+    config.cache.secret = Some("0123456789abcdef0123456789abcdef".into());
+    config.cache.l1.enabled = false;
     config.cache.max_memory = ByteSize(3 << 20);
     config.cache.ttl = Duration::from_millis(2500);
     config.catalog.poll_interval = Duration::from_secs(1);
@@ -297,6 +309,15 @@ fn a_full_file_round_trips_through_print_config() {
         },
     ];
     let text = config.to_toml_redacted().unwrap();
+    assert!(
+        !text.contains("0123456789abcdef"),
+        "the secret is redacted: {text}"
+    );
+    // Everything else reads back as it was (the secret put back by hand).
+    let text = text.replace(
+        &format!("secret = \"{}\"", crate::config::REDACTED),
+        "secret = \"0123456789abcdef0123456789abcdef\"",
+    );
     assert_eq!(from_toml_str(&text, "printed").unwrap(), config);
 }
 

@@ -20,7 +20,9 @@ pub mod rules;
 pub mod upstream_url;
 pub mod validate;
 
-pub use cache::{ByteSize, CacheConfig, CatalogSection, FunctionWrites, FunctionsConfig, Rule};
+pub use cache::{
+    ByteSize, CacheConfig, CatalogSection, FunctionWrites, FunctionsConfig, L1Config, Rule,
+};
 pub use invalidation::{CdcMode, InvalidationConfig};
 pub use load::{Overrides, Sources};
 pub use rules::{Rules, Verdict};
@@ -209,11 +211,17 @@ impl Default for LogConfig {
     }
 }
 
+/// What a redacted secret or password reads as.
+pub const REDACTED: &str = "********";
+
 impl Config {
-    /// A copy safe to print or log: passwords inside `upstream.url` and `cache.redis.url` are
-    /// replaced by `********` (used by `--print-config`).
+    /// A copy safe to print or log: passwords inside `upstream.url` and `cache.redis.url`, and
+    /// `cache.secret`, are replaced by `********` (used by `--print-config`).
     pub fn redacted(&self) -> Config {
         let mut out = self.clone();
+        if out.cache.secret.is_some() {
+            out.cache.secret = Some(REDACTED.to_owned());
+        }
         out.upstream.url = upstream_url::redact_password(&out.upstream.url);
         if let Some(redis) = out.cache.redis.as_mut() {
             redis.url = upstream_url::redact_password(&redis.url);

@@ -129,6 +129,7 @@ impl Config {
         check_invalidation(&self.invalidation, &mut issues);
         check_functions(&self.functions, &mut issues);
         check_rules(&self.rules, self.cache.ttl, &mut issues);
+        check_shared_ttl(self, &mut issues);
         check_log(&self.log, &mut issues);
         if issues.is_empty() {
             Ok(())
@@ -422,6 +423,41 @@ fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
     }
     if let Some(redis) = &cache.redis {
         check_redis(redis, issues);
+        if cache.secret.is_none() {
+            issues.push(ConfigIssue::new(
+                "cache.secret",
+                "unset".to_string(),
+                "required with cache.redis: every instance sharing the Redis must derive the \
+                 same keys (set it, e.g. `openssl rand -hex 16`, in the file or PGMEMO_SECRET)"
+                    .to_string(),
+            ));
+        }
+    }
+}
+
+/// With a shared tier and no change stream, a bump that cannot reach Redis leaves other
+/// instances' results stale until they expire: a TTL must bound that.
+fn check_shared_ttl(config: &Config, issues: &mut Vec<ConfigIssue>) {
+    if config.cache.redis.is_none() || config.invalidation.cdc != super::CdcMode::Off {
+        return;
+    }
+    const WHY: &str = "must not be 0 with cache.redis and invalidation.cdc = \"off\": a bump \
+                       that cannot reach Redis leaves other instances stale until the TTL";
+    if config.cache.ttl.is_zero() {
+        issues.push(ConfigIssue::new(
+            "cache.ttl",
+            "\"0s\"".to_string(),
+            WHY.to_string(),
+        ));
+    }
+    for (index, rule) in config.rules.iter().enumerate() {
+        if rule.ttl.is_some_and(|t| t.is_zero()) {
+            issues.push(ConfigIssue::new(
+                format!("rules[{}].ttl", index + 1),
+                "\"0s\"".to_string(),
+                WHY.to_string(),
+            ));
+        }
     }
 }
 

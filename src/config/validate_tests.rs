@@ -26,6 +26,7 @@ fn every_problem_is_reported_at_once() {
     c.upstream.url = "mysql://u:secret@h".into();
     c.upstream.connect_timeout = Duration::ZERO;
     c.admin.listen = c.server.listen;
+    c.cache.secret = Some(SECRET.into());
     c.cache.redis = Some(RedisConfig {
         url: "http://h".into(),
         ..RedisConfig::default()
@@ -133,6 +134,7 @@ fn listener_clashes() {
 #[test]
 fn redis_schemes() {
     let mut c = Config::default();
+    c.cache.secret = Some(SECRET.into());
     for (url, ok) in [
         ("redis://127.0.0.1:6379", true),
         ("rediss://cache.example.com", true),
@@ -152,6 +154,7 @@ fn redis_schemes() {
 #[test]
 fn redis_settings_are_bounded() {
     let mut c = Config::default();
+    c.cache.secret = Some(SECRET.into());
     c.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1:7000".into(),
         cluster_nodes: vec!["redis://127.0.0.1:7001".into(), "http://x".into()],
@@ -178,6 +181,34 @@ fn redis_settings_are_bounded() {
         ..RedisConfig::default()
     });
     assert!(c.validate().is_ok());
+}
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn a_shared_tier_needs_a_secret_and_a_ttl_bound_without_cdc() {
+    let mut c = Config::default();
+    c.cache.redis = Some(RedisConfig {
+        url: "redis://127.0.0.1:7000".into(),
+        ..RedisConfig::default()
+    });
+    assert_eq!(keys(c.validate()), ["cache.secret"]);
+    c.cache.secret = Some(SECRET.into());
+    assert!(c.validate().is_ok());
+
+    // TTL 0 ("until invalidated") is fine with the change stream on or automatic...
+    c.cache.ttl = Duration::ZERO;
+    c.rules = vec![Rule {
+        table: Some("public.t".into()),
+        ttl: Some(Duration::ZERO),
+        ..Rule::default()
+    }];
+    assert!(c.validate().is_ok());
+    // ...but not when only bumps through Redis keep other instances correct.
+    c.invalidation.cdc = crate::config::CdcMode::Off;
+    assert_eq!(keys(c.validate()), ["cache.ttl", "rules[1].ttl"]);
+    c.cache.redis = None;
+    assert!(c.validate().is_ok(), "one instance: bumps are local");
 }
 
 #[test]

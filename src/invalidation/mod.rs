@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use metrics::Counter;
 use tracing::{info, warn};
 
+use crate::cache::l2::tier::SharedTier;
 use crate::cache::{Cache, EpochCause, Tag};
 use crate::catalog::{self, Catalog, CatalogError, Change, RelName};
 use crate::telemetry::names;
@@ -76,6 +77,42 @@ impl Source {
     }
 }
 
+/// A bump to apply in the shared tier: [`SharedBump::apply`] returns once Redis has it or it
+/// was recorded for retry (bounded by the tier's timeout). Dropped before it finished (the
+/// session went away while its acknowledgement was held), it is recorded for retry.
+pub struct SharedBump {
+    tier: Arc<SharedTier>,
+    tags: Vec<Tag>,
+    epoch: bool,
+    done: bool,
+}
+
+impl SharedBump {
+    pub async fn apply(mut self) {
+        self.tier.bump(&self.tags, self.epoch).await;
+        self.done = true;
+    }
+}
+
+impl Drop for SharedBump {
+    fn drop(&mut self) {
+        if !self.done {
+            self.tier.record(&self.tags, self.epoch);
+        }
+    }
+}
+
+/// Applies `bump` in the background (no acknowledgement waits for it).
+fn spawn_or_record(bump: SharedBump) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(bump.apply());
+        }
+        // Dropping it records it for the retry.
+        Err(_) => drop(bump),
+    }
+}
+
 /// Why a manual table invalidation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidateError {
@@ -90,6 +127,8 @@ pub enum InvalidateError {
 /// The bump side of the cache, shared by sessions, the poller and the admin API.
 pub struct Invalidator {
     cache: Arc<Cache>,
+    /// The shared tier: every bump is applied there too.
+    shared: Option<Arc<SharedTier>>,
     catalog: Arc<Catalog>,
     databases: Mutex<HashMap<String, u32>>,
     parked: Mutex<HashMap<(u32, String), Written>>,
@@ -101,9 +140,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Invalidator {
-    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>) -> Self {
+    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>, shared: Option<Arc<SharedTier>>) -> Self {
         Self {
             cache,
+            shared,
             catalog,
             databases: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
@@ -133,8 +173,21 @@ impl Invalidator {
     }
 
     /// Applies a committed write (I2: call after the commit is reported, before relaying its
-    /// acknowledgement).
+    /// acknowledgement). With a shared tier the bump is applied there in the background; a
+    /// session that relays the acknowledgement uses [`bump_held`](Self::bump_held) instead.
     pub fn bump(&self, written: &Written, source: Source) {
+        if let Some(shared) = self.bump_local(written, source) {
+            spawn_or_record(shared);
+        }
+    }
+
+    /// As [`bump`](Self::bump), returning the shared tier's bump for the caller to await
+    /// before relaying the acknowledgement (`None` without a tier or nothing to bump).
+    pub fn bump_held(&self, written: &Written, source: Source) -> Option<SharedBump> {
+        self.bump_local(written, source)
+    }
+
+    fn bump_local(&self, written: &Written, source: Source) -> Option<SharedBump> {
         if !written.tags.is_empty() {
             self.cache.versions().bump(&written.tags);
             self.counter(source).increment(written.tags.len() as u64);
@@ -142,6 +195,29 @@ impl Invalidator {
         if let Some(cause) = written.epoch {
             self.cache.versions().bump_epoch(cause);
         }
+        let tier = self.shared.as_ref()?;
+        if written.is_empty() {
+            return None;
+        }
+        Some(SharedBump {
+            tier: Arc::clone(tier),
+            tags: written.tags.clone(),
+            epoch: written.epoch.is_some(),
+            done: false,
+        })
+    }
+
+    /// Bumps the epoch here and in the shared tier (every instance's results become
+    /// unreachable): for causes that stand for a write (a resynchronised change stream,
+    /// effects that could not be followed).
+    pub fn bump_epoch(&self, cause: EpochCause) {
+        self.bump(
+            &Written {
+                tags: Vec::new(),
+                epoch: Some(cause),
+            },
+            Source::Write,
+        );
     }
 
     fn counter(&self, source: Source) -> &Counter {
@@ -171,9 +247,7 @@ impl Invalidator {
     pub fn commit_prepared(&self, db: u32, gid: &str) {
         match lock(&self.parked).remove(&(db, gid.to_owned())) {
             Some(written) => self.bump(&written, Source::Prepared),
-            None => {
-                self.cache.versions().bump_epoch(EpochCause::UnknownGid);
-            }
+            None => self.bump_epoch(EpochCause::UnknownGid),
         }
     }
 
@@ -188,6 +262,15 @@ impl Invalidator {
     pub fn flush_all(&self) -> u64 {
         self.catalog.invalidate_memos();
         let epoch = self.cache.flush(EpochCause::Admin);
+        if let Some(tier) = &self.shared {
+            // Every instance's results, and the L2's.
+            spawn_or_record(SharedBump {
+                tier: Arc::clone(tier),
+                tags: Vec::new(),
+                epoch: true,
+                done: false,
+            });
+        }
         info!(epoch, "cache flushed");
         epoch
     }

@@ -6,15 +6,30 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::l2::store::L2Settings;
+use crate::cache::l2::tier::{Consistency, SharedTier, TierSettings};
 use crate::cache::{Cache, CacheLimits, KeySecret, SecretError};
 use crate::catalog::{Catalog, CatalogConfig, Poller};
 use crate::cdc::hub::Hub;
-use crate::config::{CdcMode, Config, UpstreamTarget};
+use crate::config::{CdcMode, Config, RedisConfig, RedisConsistency, UpstreamTarget};
 use crate::context::AppContext;
 use crate::session::caching::Caching;
 
-/// The cache, the catalog and the invalidation sources for `config`.
-pub fn build(config: &Config, target: &UpstreamTarget) -> Result<Caching, SecretError> {
+/// Why the cache services could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cache.secret: {0}")]
+    Secret(#[from] SecretError),
+    #[error("cache.redis: {0}")]
+    Redis(#[from] crate::cache::l2::tier::TierError),
+}
+
+/// The cache, the catalog and the invalidation sources for `config`, and the shared tier's
+/// background work to start (with `cache.redis`).
+pub fn build(
+    config: &Config,
+    target: &UpstreamTarget,
+) -> Result<(Caching, Option<TierTask>), BuildError> {
     let secret = match &config.cache.secret {
         Some(hex) => KeySecret::from_hex(hex)?,
         None => KeySecret::generate()?,
@@ -23,7 +38,23 @@ pub fn build(config: &Config, target: &UpstreamTarget) -> Result<Caching, Secret
     limits.max_memory = config.cache.max_memory.0;
     limits.max_entry_size = usize::try_from(config.cache.max_entry_size.0).unwrap_or(usize::MAX);
     limits.default_ttl = config.cache.ttl;
+    limits.l1_enabled = config.cache.l1.enabled;
+    let envelope = limits.secret.envelope_key();
+    let max_entry = limits.max_entry_size;
+    let max_tags = limits.max_tags;
     let cache = Arc::new(Cache::new(limits));
+    let (shared, task) = match &config.cache.redis {
+        None => (None, None),
+        Some(redis) => {
+            let (tier, writer) =
+                SharedTier::new(tier_settings(redis, max_entry, max_tags), envelope)?;
+            let task = TierTask {
+                tier: Arc::clone(&tier),
+                writer,
+            };
+            (Some(tier), Some(task))
+        }
+    };
 
     let mut pg = tokio_postgres::Config::new();
     if target.host.starts_with('/') {
@@ -48,7 +79,42 @@ pub fn build(config: &Config, target: &UpstreamTarget) -> Result<Caching, Secret
             Hub::new(&config.invalidation.databases(target.dbname.as_deref()))
         }
     };
-    Ok(Caching::new(cache, catalog, cdc))
+    Ok((Caching::new(cache, catalog, cdc, shared), task))
+}
+
+/// The shared tier's background work, started once the runtime serves.
+pub struct TierTask {
+    tier: Arc<SharedTier>,
+    writer: crate::cache::l2::store::L2Writer<crate::cache::l2::conn::RedisConn>,
+}
+
+impl TierTask {
+    pub fn start(self, stop: &CancellationToken) {
+        tokio::spawn(self.tier.run(self.writer, stop.clone()));
+    }
+}
+
+fn tier_settings(redis: &RedisConfig, max_entry: usize, max_tags: usize) -> TierSettings {
+    let mut seeds = vec![redis.url.clone()];
+    seeds.extend(redis.cluster_nodes.iter().cloned());
+    TierSettings {
+        store: L2Settings {
+            namespace: redis.namespace.clone(),
+            timeout: redis.timeout,
+            compress_min: usize::try_from(redis.compress_min.0).unwrap_or(usize::MAX),
+            max_entry,
+            write_queue: redis.write_queue,
+            ..L2Settings::default()
+        },
+        consistency: match redis.consistency {
+            RedisConsistency::Strict => Consistency::Strict,
+            RedisConsistency::Fast => Consistency::Fast,
+        },
+        seeds,
+        cluster: redis.cluster,
+        max_tags,
+        max_pending: 4096,
+    }
 }
 
 /// Starts one change-stream task per covered database (none with `cdc = off`).

@@ -46,8 +46,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
-    #[error("cache.secret: {0}")]
-    Secret(#[from] crate::cache::SecretError),
+    #[error(transparent)]
+    Caching(#[from] caching::BuildError),
     #[error("metrics: {0}")]
     Metrics(#[from] telemetry::recorder::RecorderError),
 }
@@ -69,10 +69,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         target.port,
         config.upstream.connect_timeout,
     ));
-    if config.cache.redis.is_some() {
-        warn!("cache.redis is set, but this version has no shared cache yet: Redis is not used");
-    }
-    let caching = caching::build(&config, &target)?;
+    let (caching, tier_task) = caching::build(&config, &target)?;
     let ctx = Arc::new(AppContext::new(config, upstream, client_tls, caching));
 
     let admin_stop = CancellationToken::new();
@@ -91,6 +88,9 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     ));
     tokio::spawn(caching::run_poller(Arc::clone(&ctx), shutdown.clone()));
     caching::start_cdc(&ctx, &shutdown);
+    if let Some(task) = tier_task {
+        task.start(&shutdown);
+    }
     tokio::spawn(flush_on_sigusr1(
         Arc::clone(&ctx.caching.invalidator),
         shutdown.clone(),

@@ -142,6 +142,22 @@ pub fn describe_all() {
         "The Redis circuit breaker: 0 closed, 1 open, 2 half-open."
     );
     describe_counter!(
+        names::L2_BUMPS,
+        "Relation/epoch bumps sent to Redis, by result (failed ones are retried)."
+    );
+    describe_counter!(
+        names::L2_COUNTER_READS,
+        "Reads of the shared version counters from Redis, by result."
+    );
+    describe_gauge!(
+        names::L2_SUBSCRIBED,
+        "1 while the Redis bump subscription (fast consistency) is up."
+    );
+    describe_gauge!(
+        names::L2_USABLE,
+        "1 while the shared cache is usable (Redis eviction policy checked and safe)."
+    );
+    describe_counter!(
         names::L2_BREAKER_CHANGES,
         "Redis circuit breaker state changes, by the state entered."
     );
@@ -275,6 +291,15 @@ pub mod names {
     pub const L2_BREAKER_STATE: &str = "pgmemo_l2_breaker_state";
     /// counter, label `to` (`closed`, `open`, `half_open`): circuit breaker state changes.
     pub const L2_BREAKER_CHANGES: &str = "pgmemo_l2_breaker_changes_total";
+    /// counter, label `result` (`applied`, `failed`: recorded for retry, `retried`: a
+    /// recorded bump applied later, with an epoch bump): bumps sent to Redis.
+    pub const L2_BUMPS: &str = "pgmemo_l2_bumps_total";
+    /// counter, label `result` (`ok`, `error`, `breaker_open`): reads of the shared counters.
+    pub const L2_COUNTER_READS: &str = "pgmemo_l2_counter_reads_total";
+    /// gauge: 1 while the bump subscription (`fast` consistency) is up.
+    pub const L2_SUBSCRIBED: &str = "pgmemo_l2_subscribed";
+    /// gauge: 1 while the shared tier is usable (eviction policy checked and safe).
+    pub const L2_USABLE: &str = "pgmemo_l2_usable";
     /// histogram (seconds): time from a cacheable Query's arrival to its hit being queued.
     pub const CACHE_HIT_SECONDS: &str = "pgmemo_cache_hit_seconds";
     /// histogram (seconds): time from forwarding a missed read to its ReadyForQuery.

@@ -76,13 +76,14 @@ impl Breaker {
     pub fn allow(&self, now: Instant) -> bool {
         match self.state() {
             BreakerState::Closed => true,
-            BreakerState::HalfOpen => false,
-            BreakerState::Open => {
+            // Half-open with its trial overdue (the caller went away without reporting):
+            // another trial, so the breaker cannot stay stuck.
+            BreakerState::HalfOpen | BreakerState::Open => {
                 let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
                 let due = inner
                     .opened_at
                     .is_none_or(|at| now.saturating_duration_since(at) >= self.cooldown);
-                if due && self.state() == BreakerState::Open {
+                if due && self.state() != BreakerState::Closed {
                     inner.opened_at = Some(now);
                     self.set(BreakerState::HalfOpen);
                     true

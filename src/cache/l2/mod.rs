@@ -7,7 +7,10 @@
 //! here is wired into sessions yet.
 
 pub mod breaker;
+pub mod conn;
 pub mod envelope;
 pub mod lease;
+pub mod mirror;
 pub mod store;
+pub mod tier;
 pub mod versions;

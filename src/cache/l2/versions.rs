@@ -13,6 +13,7 @@
 //! `epoch`, and `DB:REL` per relation). None has a TTL, and pgmemo refuses the shared tier
 //! on a server whose `maxmemory-policy` could evict them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -28,13 +29,15 @@ pub const SAFE_POLICIES: [&str; 5] = [
     "volatile-ttl",
 ];
 
-/// Starts a new generation unless the marker and the hash agree (atomic).
+/// Starts a new generation unless the marker and the hash agree (atomic), and announces it
+/// (ARGV[2] is the channel) so mirrors following the old one empty themselves.
 const ESTABLISH: &str = "\
 local cur = redis.call('GET', KEYS[1])
 if cur and redis.call('HGET', KEYS[2], 'gen') == cur then return cur end
 redis.call('DEL', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'gen', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[1])
 return ARGV[1]";
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,7 @@ pub enum VersionsError {
 /// The counters of a set of tags, read in one round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedSnapshot {
-    pub generation: String,
+    pub generation: Arc<str>,
     pub epoch: u64,
     /// One per tag, in the order asked (0 for a relation never bumped).
     pub versions: Vec<u64>,
@@ -135,6 +138,7 @@ impl SharedVersions {
                 .arg(&self.gen_key)
                 .arg(&self.hash_key)
                 .arg(&fresh)
+                .arg(self.channel())
                 .query_async(conn),
         )
         .await
@@ -173,7 +177,7 @@ impl SharedVersions {
                         return Err(VersionsError::Reply("HMGET arity"));
                     }
                     return Ok(SharedSnapshot {
-                        generation: m,
+                        generation: m.into(),
                         epoch,
                         versions,
                     });
@@ -186,47 +190,57 @@ impl SharedVersions {
         Err(VersionsError::Reply("generation kept changing"))
     }
 
-    /// Increments `tags`' versions (and the epoch with `epoch`) and announces them; returns
-    /// the generation they were applied in (`None`: the state was not whole, so the bump
-    /// was applied to a hash that the next reader turns into a new generation, which
-    /// invalidates everything anyway).
+    /// Increments `tags`' versions (and the epoch with `epoch`) in one atomic script and
+    /// announces the new values on [`channel`](Self::channel). If the generation was not
+    /// whole (a restart, a flush, an eviction), the script starts a new one first: that alone
+    /// invalidates everything, and the announcement carries the new generation so mirrors
+    /// reset. Returns what was announced, for the writer's own mirror.
     pub async fn bump<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
         tags: &[Tag],
         epoch: bool,
-    ) -> Result<Option<String>, VersionsError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for t in tags {
-            pipe.cmd("HINCRBY")
-                .arg(&self.hash_key)
-                .arg(field(*t))
-                .arg(1)
-                .ignore();
-        }
-        if epoch {
-            pipe.cmd("HINCRBY")
-                .arg(&self.hash_key)
-                .arg("epoch")
-                .arg(1)
-                .ignore();
-        }
-        pipe.cmd("GET").arg(&self.gen_key);
-        pipe.cmd("HGET").arg(&self.hash_key).arg("gen");
-        // Announced in the same transaction: one round trip on the writer's path.
-        pipe.cmd("PUBLISH")
+    ) -> Result<Bump, VersionsError> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(VersionsError::Random)?;
+        let fresh: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BUMP)
+            .arg(2)
+            .arg(&self.gen_key)
+            .arg(&self.hash_key)
             .arg(self.channel())
-            .arg(bump_message(tags, epoch))
-            .ignore();
-        let (marker, in_hash): (Option<String>, Option<String>) =
-            self.bounded(pipe.query_async(conn)).await?;
-        Ok(match (marker, in_hash) {
-            (Some(m), Some(h)) if m == h => Some(m),
-            _ => None,
-        })
+            .arg(fresh)
+            .arg(if epoch { "1" } else { "0" });
+        for t in tags {
+            cmd.arg(field(*t));
+        }
+        let message: String = self.bounded(cmd.query_async(conn)).await?;
+        parse_bump_message(&message).ok_or(VersionsError::Reply("bump announcement"))
     }
 }
+
+/// Bumps and announces (atomic). KEYS: marker, hash. ARGV: channel, a fresh generation id
+/// (used only when the state is not whole), "1" to bump the epoch, then the tag fields.
+/// Returns the announcement: `GEN [e=EPOCH] [DB:REL=VERSION]...`.
+const BUMP: &str = "\
+local gen = redis.call('GET', KEYS[1])
+if (not gen) or redis.call('HGET', KEYS[2], 'gen') ~= gen then
+  redis.call('DEL', KEYS[2])
+  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('HSET', KEYS[2], 'gen', ARGV[2])
+  gen = ARGV[2]
+end
+local msg = {gen}
+if ARGV[3] == '1' then
+  msg[#msg + 1] = 'e=' .. redis.call('HINCRBY', KEYS[2], 'epoch', 1)
+end
+for i = 4, #ARGV do
+  msg[#msg + 1] = ARGV[i] .. '=' .. redis.call('HINCRBY', KEYS[2], ARGV[i], 1)
+end
+local text = table.concat(msg, ' ')
+redis.call('PUBLISH', ARGV[1], text)
+return text";
 
 /// The hash field of a tag.
 fn field(t: Tag) -> String {
@@ -240,42 +254,42 @@ fn parse(v: Option<String>) -> Result<u64, VersionsError> {
     }
 }
 
-/// What a bump announces: `e` for the epoch, then `DB:REL` per tag, space-separated.
-pub fn bump_message(tags: &[Tag], epoch: bool) -> String {
-    let mut out = String::new();
-    if epoch {
-        out.push('e');
-    }
-    for t in tags {
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        out.push_str(&field(*t));
-    }
-    out
+/// A bump as announced: the generation it landed in and the new values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bump {
+    pub generation: Arc<str>,
+    /// The new epoch, when the bump moved it.
+    pub epoch: Option<u64>,
+    pub tags: Vec<(Tag, u64)>,
 }
 
-/// The tags (and whether the epoch) a bump message names; malformed parts are skipped,
-/// except that anything unparsable counts as an epoch bump (conservative).
-pub fn parse_bump_message(msg: &str) -> (Vec<Tag>, bool) {
-    let mut tags = Vec::new();
-    let mut epoch = false;
-    for part in msg.split(' ').filter(|p| !p.is_empty()) {
-        if part == "e" {
-            epoch = true;
+/// Parses an announcement (`GEN [e=EPOCH] [DB:REL=VERSION]...`). `None` when anything is
+/// malformed: a mirror then resynchronises rather than guess.
+pub fn parse_bump_message(msg: &str) -> Option<Bump> {
+    let mut parts = msg.split(' ').filter(|p| !p.is_empty());
+    let generation: Arc<str> = parts.next()?.into();
+    let mut bump = Bump {
+        generation,
+        epoch: None,
+        tags: Vec::new(),
+    };
+    for part in parts {
+        let (name, value) = part.split_once('=')?;
+        let value: u64 = value.parse().ok()?;
+        if name == "e" {
+            bump.epoch = Some(value);
             continue;
         }
-        match part.split_once(':').and_then(|(d, r)| {
-            Some(Tag {
-                db: d.parse().ok()?,
-                rel: r.parse().ok()?,
-            })
-        }) {
-            Some(t) => tags.push(t),
-            None => epoch = true,
-        }
+        let (db, rel) = name.split_once(':')?;
+        bump.tags.push((
+            Tag {
+                db: db.parse().ok()?,
+                rel: rel.parse().ok()?,
+            },
+            value,
+        ));
     }
-    (tags, epoch)
+    Some(bump)
 }
 
 #[cfg(test)]
@@ -283,19 +297,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bump_messages_round_trip_and_garbage_means_everything() {
-        let tags = [Tag { db: 5, rel: 16384 }, Tag { db: 5, rel: 16390 }];
+    fn announcements_parse_and_garbage_is_refused() {
+        let t1 = Tag { db: 5, rel: 16384 };
+        let t2 = Tag { db: 5, rel: 16390 };
         assert_eq!(
-            parse_bump_message(&bump_message(&tags, false)),
-            (tags.to_vec(), false)
+            parse_bump_message("abc e=3 5:16384=7 5:16390=1"),
+            Some(Bump {
+                generation: "abc".into(),
+                epoch: Some(3),
+                tags: vec![(t1, 7), (t2, 1)],
+            })
         );
         assert_eq!(
-            parse_bump_message(&bump_message(&tags, true)),
-            (tags.to_vec(), true)
+            parse_bump_message("abc"),
+            Some(Bump {
+                generation: "abc".into(),
+                epoch: None,
+                tags: vec![],
+            })
         );
-        assert_eq!(parse_bump_message("e"), (vec![], true));
-        assert_eq!(parse_bump_message("5:x"), (vec![], true));
-        assert_eq!(parse_bump_message(""), (vec![], false));
+        for bad in ["", "abc 5:x=1", "abc 5:1", "abc e=x", "abc 5:1=-1"] {
+            assert_eq!(parse_bump_message(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

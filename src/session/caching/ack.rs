@@ -13,10 +13,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::{Cache, EpochCause};
+use crate::cache::EpochCause;
 use crate::catalog::Catalog;
 use crate::cdc::hub::DbStream;
 use crate::cdc::wire::Lsn;
+use crate::invalidation::Invalidator;
 use crate::telemetry::names;
 
 /// The relay polls this before relaying the held acknowledgement.
@@ -24,21 +25,21 @@ pub type AckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Bumps the epoch unless the wait succeeded, however the future ends (dropped included).
 struct Fallback {
-    cache: Arc<Cache>,
+    invalidator: Arc<Invalidator>,
     settled: bool,
 }
 
 impl Drop for Fallback {
     fn drop(&mut self) {
         if !self.settled {
-            self.cache.versions().bump_epoch(EpochCause::SideEffects);
+            self.invalidator.bump_epoch(EpochCause::SideEffects);
         }
     }
 }
 
 /// Waits until `stream` has applied the commit just reported on `db`, for at most `max`.
 pub fn wait(
-    cache: Arc<Cache>,
+    invalidator: Arc<Invalidator>,
     catalog: Arc<Catalog>,
     stream: Arc<DbStream>,
     db: Arc<str>,
@@ -46,7 +47,7 @@ pub fn wait(
 ) -> AckFuture {
     // Made outside the async block, so dropping the future unpolled still bumps.
     let fallback = Fallback {
-        cache,
+        invalidator,
         settled: false,
     };
     Box::pin(async move {

@@ -102,6 +102,7 @@ impl CacheSession {
             }
             // The other session gave up: run it here, uncaptured.
             Some(WaitResult::RunOwn) => return GroupAction::Frames,
+            Some(WaitResult::Shared(ready)) => self.shared_done(ready),
             None => {}
         }
         if plan.read.is_ok() && group::params_may_read_clock(g.bind_tail) {

@@ -19,6 +19,7 @@ pub mod memo;
 pub mod plan;
 mod planning;
 pub mod probe;
+mod shared;
 pub mod tracker;
 mod wait;
 
@@ -30,7 +31,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Histogram};
 
-use crate::cache::{Cache, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot};
+use crate::cache::l2::tier::SharedTier;
+use crate::cache::{
+    Cache, CacheKey, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot,
+};
 use crate::catalog::Catalog;
 use crate::cdc::hub::Hub;
 use crate::context::AppContext;
@@ -71,6 +75,8 @@ pub struct Caching {
     /// The change streams: a covered database whose stream is not streaming does not use
     /// the cache.
     pub cdc: Arc<Hub>,
+    /// The shared tier on Redis, when `cache.redis` is set.
+    pub shared: Option<Arc<SharedTier>>,
 }
 
 /// What the relay does with a client frame.
@@ -113,6 +119,8 @@ struct Capture {
     check: KeyCheck,
     ttl: Duration,
     tags: Box<[Tag]>,
+    /// The L2 key and check to store the result under too (with a shared tier).
+    l2: Option<(CacheKey, KeyCheck)>,
     frames: BytesMut,
     /// The last frame captured was a CommandComplete.
     complete: bool,
@@ -151,6 +159,8 @@ pub struct CacheSession {
     lookups: u32,
     /// The outcome of a wait for the Query frame held at the head of the client buffer.
     waited: Option<WaitResult>,
+    /// What a shared-tier wait for the held frame found (see [`shared`]).
+    shared_ready: Option<shared::SharedReady>,
     /// A commit's acknowledgement to hold until the change stream applied it (see [`ack`]).
     ack_hold: Option<ack::AckFuture>,
     /// The held acknowledgement was released: the relay shows it again, to be relayed as is.
@@ -191,6 +201,7 @@ impl CacheSession {
             ready_plan: None,
             lookups: 0,
             waited: None,
+            shared_ready: None,
             ack_hold: None,
             ack_released: false,
             cancel: None,
@@ -304,22 +315,27 @@ impl CacheSession {
             // A wait's result belongs to the frame held for it (a Query takes it below, a
             // group in `on_group`); anything forwarded instead makes it stale.
             self.waited = None;
+            self.shared_ready = None;
         }
         match tag {
             frontend::QUERY => {
                 let sql = query_text(frame);
-                let waited = self.waited.take();
-                match waited {
+                let run_own = match self.waited.take() {
                     Some(WaitResult::Hit(entry)) => {
                         return FrameAction::Answer(entry.frames.clone());
                     }
                     Some(WaitResult::Error(answer)) => return FrameAction::Answer(answer),
-                    Some(WaitResult::RunOwn) | None => {}
-                }
+                    Some(WaitResult::Shared(ready)) => {
+                        self.shared_done(ready);
+                        false
+                    }
+                    Some(WaitResult::RunOwn) => true,
+                    None => false,
+                };
                 let Some(plan) = self.plan_for(sql) else {
                     return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
                 };
-                if waited.is_none() {
+                if !run_own {
                     match self.lookup(&plan, state, None) {
                         Looked::Hit(entry) => return FrameAction::Answer(entry.frames.clone()),
                         Looked::Wait(wait) => return FrameAction::Hold(Hold::Wait(wait)),
@@ -475,15 +491,45 @@ impl CacheSession {
         self.lookups = self.lookups.wrapping_add(1);
         let sampled = self.lookups.is_multiple_of(HIT_TIMING_SAMPLE);
         let timed = sampled.then(Instant::now);
-        let cache = &self.app.caching.cache;
+        let cache = Arc::clone(&self.app.caching.cache);
         // I1: versions are read before the Query goes upstream.
         let snapshot = cache.versions().snapshot(&read.tags);
-        let input = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
-        let (key, check) = cache.key(&match extended {
+        let (counters, l2_step) = match self.shared_plan(&snapshot) {
+            shared::SharedPlan::Off => (None, shared::L2Step::Skip),
+            shared::SharedPlan::Keyed { counters, l2 } => (Some(counters), l2),
+            shared::SharedPlan::Bypass => return bypass("redis_unavailable"),
+            shared::SharedPlan::Wait(wait) => return Looked::Wait(wait),
+        };
+        let mut input = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
+        if let Some(c) = &counters {
+            input = input.shared(c);
+        }
+        let input = match extended {
             Some((types, bind)) => input.extended(types, bind),
             None => input,
-        });
-        let looked = cache.lookup(key, check);
+        };
+        let (key, check) = cache.key(&input);
+        let l2_key = cache.key_l2(&input);
+        let looked = match (l2_step, l2_key, counters) {
+            (shared::L2Step::Ask, Some((l2, _)), Some(counters)) => {
+                if let Some(entry) = cache.peek(key, check) {
+                    Lookup::Hit(entry)
+                } else if let Some(wait) = self.l2_wait(&snapshot, counters, l2) {
+                    return Looked::Wait(wait);
+                } else {
+                    cache.lookup(key, check)
+                }
+            }
+            (shared::L2Step::Asked(asked, Some(sealed)), Some((l2, l2_check)), _)
+                if asked == l2 && sealed.check == l2_check =>
+            {
+                match shared::promoted(sealed, check, &read.tags) {
+                    Some(entry) => Lookup::Hit(cache.promote(key, &snapshot, entry)),
+                    None => cache.lookup(key, check),
+                }
+            }
+            _ => cache.lookup(key, check),
+        };
         if sampled {
             let app = &self.app;
             read.stats.sample(matches!(looked, Lookup::Hit(_)), || {
@@ -507,6 +553,7 @@ impl CacheSession {
                     check,
                     ttl: read.ttl,
                     tags: read.tags.clone(),
+                    l2: l2_key,
                     frames: BytesMut::new(),
                     complete: false,
                     started: timed.unwrap_or_else(Instant::now),
@@ -607,7 +654,14 @@ impl CacheSession {
                     .upstream_seconds
                     .record(cap.started.elapsed().as_secs_f64());
                 if cap.complete && Reader::body(frame).u8() == Some(b'I') {
-                    let entry = Entry::new(cap.check, cap.frames.freeze(), cap.ttl, cap.tags);
+                    let frames = cap.frames.freeze();
+                    if let (Some(tier), Some((key, check))) =
+                        (self.app.caching.shared.as_ref(), cap.l2)
+                        && cap.snapshot.is_current(self.app.caching.cache.versions())
+                    {
+                        shared::put(tier, key, check, frames.clone(), cap.ttl);
+                    }
+                    let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
                     self.app
                         .caching
                         .cache
@@ -657,10 +711,20 @@ fn digest(bytes: &[u8]) -> [u8; 16] {
 }
 
 impl Caching {
-    pub fn new(cache: Arc<Cache>, catalog: Arc<Catalog>, cdc: Hub) -> Self {
+    pub fn new(
+        cache: Arc<Cache>,
+        catalog: Arc<Catalog>,
+        cdc: Hub,
+        shared: Option<Arc<SharedTier>>,
+    ) -> Self {
         Self {
             cdc: Arc::new(cdc),
-            invalidator: Arc::new(Invalidator::new(Arc::clone(&cache), Arc::clone(&catalog))),
+            invalidator: Arc::new(Invalidator::new(
+                Arc::clone(&cache),
+                Arc::clone(&catalog),
+                shared.clone(),
+            )),
+            shared,
             cache,
             catalog,
             plans: PlanMemo::new(65_536),

@@ -141,7 +141,22 @@ impl CacheSession {
         }
         if !written.is_empty() {
             super::hooks::pause(super::hooks::Point::BeforeBump);
-            self.app.caching.invalidator.bump(&written, Source::Write);
+            if let Some(shared) = self
+                .app
+                .caching
+                .invalidator
+                .bump_held(&written, Source::Write)
+            {
+                // The acknowledgement waits for Redis too, so a read anywhere after it sees
+                // the bump (bounded by cache.redis.timeout; a failure is retried).
+                let before = self.ack_hold.take();
+                self.ack_hold = Some(Box::pin(async move {
+                    if let Some(wait) = before {
+                        wait.await;
+                    }
+                    shared.apply().await;
+                }));
+            }
         }
         if std::mem::take(&mut self.tracker.txn_ddl) {
             self.app.caching.catalog.invalidate_memos();
@@ -159,7 +174,7 @@ impl CacheSession {
             return None;
         }
         Some(super::ack::wait(
-            Arc::clone(&caching.cache),
+            Arc::clone(&caching.invalidator),
             Arc::clone(&caching.catalog),
             Arc::clone(stream),
             Arc::clone(db),

@@ -25,6 +25,8 @@ pub enum WaitResult {
     Error(Bytes),
     /// The other session failed, went away or took too long: run the query here.
     RunOwn,
+    /// A shared-tier read finished (counters or the L2): look up again with it.
+    Shared(super::shared::SharedReady),
 }
 
 impl CacheSession {

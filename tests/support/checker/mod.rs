@@ -125,6 +125,11 @@ pub struct CheckerConfig {
     /// Write share of the clients that go through the proxy, when it differs from
     /// `write_percent` (which then applies to direct clients only).
     pub proxied_write_percent: Option<u32>,
+    /// Further pgmemo instances (sharing one Redis): proxied clients are spread over
+    /// `proxy` and these, round robin by client id.
+    pub more_proxies: Vec<SocketAddr>,
+    /// Their admin addresses, flushed after set-up as `admin` is.
+    pub more_admins: Vec<SocketAddr>,
 }
 
 impl CheckerConfig {
@@ -148,6 +153,16 @@ impl CheckerConfig {
             direct_clients: 0,
             direct_ack_delay: Duration::ZERO,
             proxied_write_percent: None,
+            more_proxies: Vec::new(),
+            more_admins: Vec::new(),
+        }
+    }
+
+    /// The pgmemo instance client `id` goes through.
+    pub fn proxy_for(&self, id: usize) -> SocketAddr {
+        match id % (1 + self.more_proxies.len()) {
+            0 => self.proxy,
+            n => self.more_proxies.get(n - 1).copied().unwrap_or(self.proxy),
         }
     }
 
@@ -246,6 +261,9 @@ pub async fn run(config: &CheckerConfig) -> Result<Report, CheckerError> {
     config.validate()?;
     let direct = worker::connect(config, config.direct).await?;
     schema::setup(&direct, &config.shape).await?;
+    for admin in &config.more_admins {
+        metrics::flush_all(*admin).await?;
+    }
     if let Some(admin) = config.admin {
         metrics::flush_all(admin).await?;
     }

@@ -251,7 +251,7 @@ async fn open_conns(sh: &Shared, id: usize) -> Result<Conns, CheckerError> {
     let addr = if id < sh.cfg.direct_clients {
         sh.cfg.direct
     } else {
-        sh.cfg.proxy
+        sh.cfg.proxy_for(id)
     };
     let main = Conn::open(&sh.cfg, addr).await?;
     let finisher = match sh.two_phase {

@@ -1,0 +1,416 @@
+//! The shared tier as sessions and invalidation sources use it: the counters (read from
+//! Redis per lookup in `strict`, from the [`Mirror`] in `fast`), the result store, and bumps
+//! applied in Redis before a write is acknowledged, with the ones that fail recorded and
+//! retried. Background work ([`SharedTier::run`]): the eviction-policy check (the tier is
+//! unusable until it passed), the bump subscription that keeps the mirror (`fast`), the
+//! retries, and the store's writer.
+//!
+//! Failure never reaches a client: every call is bounded by the timeout and the breaker;
+//! a failed counter read means "no shared counters" and the session then does not use the
+//! cache for that statement (or uses L1 only, see the session side).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use metrics::Counter;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::conn::RedisConn;
+use super::envelope::{EnvelopeKey, Sealed};
+use super::mirror::{Mirror, Mirrored};
+use super::store::{L2Settings, L2Store, L2Writer};
+use super::versions::{SharedSnapshot, SharedVersions, VersionsError, parse_bump_message};
+use crate::cache::{CacheKey, Tag};
+use crate::telemetry::names;
+
+/// How lookups learn the shared counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// Read from Redis for every lookup: nothing invalidated by an acknowledged write is
+    /// served anywhere while Redis is reachable; unreachable, the cache is bypassed.
+    Strict,
+    /// From the local mirror: stale across instances by at most the announcement's delivery;
+    /// with Redis unreachable, by the TTL.
+    Fast,
+}
+
+/// Everything the tier is built from (from `[cache.redis]`; the cache does not read config).
+#[derive(Debug, Clone)]
+pub struct TierSettings {
+    pub store: L2Settings,
+    pub consistency: Consistency,
+    /// `url` first, then further cluster seeds.
+    pub seeds: Vec<String>,
+    pub cluster: bool,
+    /// Bound on the tags the mirror holds.
+    pub max_tags: usize,
+    /// Bound on the tags of bumps awaiting a retry (beyond: the retry is an epoch bump).
+    pub max_pending: usize,
+}
+
+/// Bumps that did not reach Redis, to retry.
+#[derive(Debug, Default)]
+struct Pending {
+    tags: BTreeSet<Tag>,
+    /// Too many tags to remember, or an epoch bump among them.
+    epoch: bool,
+}
+
+struct Metrics {
+    applied: Counter,
+    failed: Counter,
+    retried: Counter,
+    reads_ok: Counter,
+    reads_error: Counter,
+    reads_skipped: Counter,
+}
+
+/// The shared tier of one instance.
+pub struct SharedTier {
+    conn: RedisConn,
+    versions: SharedVersions,
+    store: L2Store<RedisConn>,
+    mirror: Option<Mirror>,
+    settings: TierSettings,
+    /// The eviction policy was checked and is safe.
+    usable: AtomicBool,
+    pending: Mutex<Pending>,
+    has_pending: AtomicBool,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for SharedTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTier")
+            .field("consistency", &self.settings.consistency)
+            .field("usable", &self.is_usable())
+            .finish()
+    }
+}
+
+/// Why the tier could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl SharedTier {
+    /// The tier and its store's writer (hand both to [`run`](Self::run)). Connects lazily.
+    pub fn new(
+        settings: TierSettings,
+        key: EnvelopeKey,
+    ) -> Result<(Arc<SharedTier>, L2Writer<RedisConn>), TierError> {
+        let conn = RedisConn::new(&settings.seeds, settings.cluster, settings.store.timeout)?;
+        let (store, writer) = L2Store::new(conn.clone(), key, settings.store.clone());
+        let c = |r: &'static str| metrics::counter!(names::L2_BUMPS, "result" => r);
+        let r = |r: &'static str| metrics::counter!(names::L2_COUNTER_READS, "result" => r);
+        metrics::gauge!(names::L2_USABLE).set(0.0);
+        let tier = SharedTier {
+            versions: SharedVersions::new(&settings.store.namespace, settings.store.timeout),
+            mirror: (settings.consistency == Consistency::Fast)
+                .then(|| Mirror::new(settings.max_tags)),
+            conn,
+            store,
+            usable: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            has_pending: AtomicBool::new(false),
+            metrics: Metrics {
+                applied: c("applied"),
+                failed: c("failed"),
+                retried: c("retried"),
+                reads_ok: r("ok"),
+                reads_error: r("error"),
+                reads_skipped: r("breaker_open"),
+            },
+            settings,
+        };
+        Ok((Arc::new(tier), writer))
+    }
+
+    pub fn consistency(&self) -> Consistency {
+        self.settings.consistency
+    }
+
+    /// Checked (eviction policy) and the breaker is not open: worth asking.
+    pub fn is_usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire)
+            && self.store.breaker().state() == super::breaker::BreakerState::Closed
+    }
+
+    /// L2 reads are allowed: usable, and no bump of this instance is still unapplied in
+    /// Redis (an L2 entry under the old counters could be older than this instance's own
+    /// acknowledged write).
+    pub fn l2_reads_allowed(&self) -> bool {
+        self.is_usable() && !self.has_pending.load(Ordering::Acquire)
+    }
+
+    /// `fast`: the mirror's counters for `tags` (sorted), if it holds them all.
+    pub fn mirrored(&self, tags: &[Tag]) -> Option<Mirrored> {
+        self.mirror.as_ref()?.snapshot(tags)
+    }
+
+    /// Reads the counters of `tags` (sorted) from Redis; `None` when Redis is unusable,
+    /// down, slow or the breaker is open. `fast`: what was read joins the mirror.
+    pub async fn read_counters(&self, tags: &[Tag]) -> Option<SharedSnapshot> {
+        if !self.usable.load(Ordering::Acquire) {
+            return None;
+        }
+        let breaker = self.store.breaker();
+        if !breaker.allow(Instant::now()) {
+            self.metrics.reads_skipped.increment(1);
+            return None;
+        }
+        let token = self.mirror.as_ref().map(Mirror::sync_token);
+        let mut conn = self.conn.clone();
+        match self.versions.snapshot(&mut conn, tags).await {
+            Ok(snap) => {
+                breaker.success();
+                self.metrics.reads_ok.increment(1);
+                if let (Some(m), Some(t)) = (self.mirror.as_ref(), token) {
+                    m.absorb(t, tags, &snap);
+                }
+                Some(snap)
+            }
+            Err(e) => {
+                breaker.failure(Instant::now());
+                self.metrics.reads_error.increment(1);
+                tracing::debug!(error = %e, "redis: counter read failed");
+                None
+            }
+        }
+    }
+
+    /// An L2 lookup (any failure is a miss).
+    pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
+        self.store.get(key).await
+    }
+
+    /// Queues an L2 store (off the client's path; dropped when the queue is full).
+    pub fn put(&self, key: CacheKey, entry: &Sealed) {
+        if self.is_usable() {
+            self.store.put(key, entry);
+        }
+    }
+
+    /// Applies a bump in Redis (bounded by the timeout); on failure records it for retry.
+    /// Await it before relaying the acknowledgement of the write it is for.
+    pub async fn bump(&self, tags: &[Tag], epoch: bool) {
+        if tags.is_empty() && !epoch {
+            return;
+        }
+        if self.try_bump(tags, epoch).await {
+            self.metrics.applied.increment(1);
+        } else {
+            self.metrics.failed.increment(1);
+            self.record(tags, epoch);
+        }
+    }
+
+    async fn try_bump(&self, tags: &[Tag], epoch: bool) -> bool {
+        let breaker = self.store.breaker();
+        if !self.usable.load(Ordering::Acquire) || !breaker.allow(Instant::now()) {
+            return false;
+        }
+        let mut conn = self.conn.clone();
+        match self.versions.bump(&mut conn, tags, epoch).await {
+            Ok(announced) => {
+                breaker.success();
+                if let Some(m) = &self.mirror {
+                    m.apply(&announced, false);
+                }
+                true
+            }
+            Err(e) => {
+                breaker.failure(Instant::now());
+                warn!(error = %e, "redis: bump failed; recorded for retry");
+                false
+            }
+        }
+    }
+
+    /// Records a bump that could not be applied, for the background retry.
+    pub fn record(&self, tags: &[Tag], epoch: bool) {
+        let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        p.epoch |= epoch;
+        for t in tags {
+            if p.tags.len() >= self.settings.max_pending {
+                // Too many to name: the retry bumps the epoch (it does anyway).
+                p.tags.clear();
+                p.epoch = true;
+                break;
+            }
+            p.tags.insert(*t);
+        }
+        self.has_pending.store(true, Ordering::Release);
+    }
+
+    /// Retries what is pending: the tags, and the epoch (other instances may have cached,
+    /// meanwhile, results the lost bump should have made unreachable, under keys that a
+    /// tag bump alone also changes; the epoch is for the bumps too many to name and for
+    /// results computed across the gap in any combination).
+    async fn retry_pending(&self) {
+        let (tags, _) = {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.tags.is_empty() && !p.epoch {
+                return;
+            }
+            let taken = std::mem::take(&mut *p);
+            (taken.tags.into_iter().collect::<Vec<_>>(), taken.epoch)
+        };
+        if self.try_bump(&tags, true).await {
+            self.metrics.retried.increment(1);
+            let p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.tags.is_empty() && !p.epoch {
+                self.has_pending.store(false, Ordering::Release);
+            }
+            info!(tags = tags.len(), "redis: recorded bumps applied");
+        } else {
+            self.record(&tags, true);
+        }
+    }
+
+    /// Background work until `stop`: the policy check, retries, the subscription (`fast`)
+    /// and the store's writer.
+    pub async fn run(self: Arc<Self>, writer: L2Writer<RedisConn>, stop: CancellationToken) {
+        tokio::spawn(writer.run(stop.clone()));
+        if self.mirror.is_some() {
+            tokio::spawn(Arc::clone(&self).subscribe(stop.clone()));
+        }
+        let mut last_check: Option<Instant> = None;
+        let mut refused = false;
+        loop {
+            let due = last_check.is_none_or(|t| t.elapsed() >= POLICY_RECHECK)
+                || !self.usable.load(Ordering::Acquire);
+            if due {
+                let mut conn = self.conn.clone();
+                match self.versions.check_policy(&mut conn).await {
+                    Ok(()) => {
+                        if !self.usable.swap(true, Ordering::AcqRel) {
+                            info!("redis: shared cache in use");
+                        }
+                        metrics::gauge!(names::L2_USABLE).set(1.0);
+                        refused = false;
+                        last_check = Some(Instant::now());
+                    }
+                    Err(VersionsError::EvictionPolicy(p)) => {
+                        self.usable.store(false, Ordering::Release);
+                        metrics::gauge!(names::L2_USABLE).set(0.0);
+                        if !refused {
+                            error!(policy = %p, "{}", VersionsError::EvictionPolicy(p.clone()));
+                            refused = true;
+                        }
+                        last_check = Some(Instant::now());
+                    }
+                    Err(VersionsError::Redis(e))
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                    {
+                        // CONFIG is disabled (managed Redis): the policy cannot be checked.
+                        if !self.usable.swap(true, Ordering::AcqRel) {
+                            warn!(error = %e, "redis: cannot read maxmemory-policy; make sure it is noeviction or volatile-*");
+                        }
+                        metrics::gauge!(names::L2_USABLE).set(1.0);
+                        last_check = Some(Instant::now());
+                    }
+                    Err(e) => tracing::debug!(error = %e, "redis: policy check failed"),
+                }
+            }
+            if self.has_pending.load(Ordering::Acquire) {
+                self.retry_pending().await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(MAINTENANCE_TICK) => {}
+            }
+        }
+    }
+
+    /// `fast`: follows the bump announcements into the mirror; every (re)subscription
+    /// empties it, every loss marks it not live.
+    async fn subscribe(self: Arc<Self>, stop: CancellationToken) {
+        let Some(mirror) = self.mirror.as_ref() else {
+            return;
+        };
+        let channel = self.versions.channel();
+        let timeout = self.settings.store.timeout.max(Duration::from_millis(200));
+        let mut seed = 0usize;
+        let mut was_live = false;
+        loop {
+            let url = self
+                .settings
+                .seeds
+                .get(seed % self.settings.seeds.len().max(1))
+                .cloned()
+                .unwrap_or_default();
+            seed = seed.wrapping_add(1);
+            let session = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| io_timeout())??;
+                tokio::time::timeout(timeout, pubsub.subscribe(&channel))
+                    .await
+                    .map_err(|_| io_timeout())??;
+                mirror.set_live(true);
+                metrics::gauge!(names::L2_SUBSCRIBED).set(1.0);
+                info!("redis: following bump announcements");
+                was_live = true;
+                let (mut sink, mut stream) = pubsub.split();
+                let mut ping = tokio::time::interval(PING_EVERY);
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => {
+                            let Some(msg) = msg else { return Ok::<(), redis::RedisError>(()) };
+                            match msg.get_payload::<String>().ok().as_deref().and_then(parse_bump_message) {
+                                Some(b) => mirror.apply(&b, true),
+                                None => mirror.reset(),
+                            }
+                        }
+                        _ = ping.tick() => {
+                            tokio::time::timeout(timeout, sink.ping::<redis::Value>())
+                                .await
+                                .map_err(|_| io_timeout())??;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = session => {
+                    mirror.set_live(false);
+                    metrics::gauge!(names::L2_SUBSCRIBED).set(0.0);
+                    let why = r.err().map_or_else(|| "closed".to_string(), |e| e.to_string());
+                    if std::mem::take(&mut was_live) {
+                        warn!(error = %why, "redis: bump subscription lost; L1 only (TTL-bounded) until it is back");
+                    } else {
+                        tracing::debug!(error = %why, "redis: bump subscription failed");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            }
+        }
+    }
+}
+
+/// How often the background loop runs (retries; policy checks while unusable).
+const MAINTENANCE_TICK: Duration = Duration::from_millis(100);
+/// The eviction policy is re-read this often while usable (an operator may change it).
+const POLICY_RECHECK: Duration = Duration::from_secs(10);
+/// A silent subscription is checked this often (a dead TCP peer shows no error otherwise).
+const PING_EVERY: Duration = Duration::from_secs(1);
+const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(200);
+
+fn io_timeout() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "redis did not answer in time",
+    ))
+}

@@ -1,0 +1,162 @@
+//! The session's side of the shared tier (Redis): which counters a lookup keys on, and the
+//! two waits a lookup may need before it can decide — reading the counters (`strict`, or a
+//! `fast` mirror that does not hold the tags yet) and reading the L2 after an L1 miss. Each
+//! wait holds the frame (or extended group) back like a fill wait does, and its result comes
+//! back as [`WaitResult::Shared`] for the frame's next showing.
+//!
+//! Keys: the L1 key covers the local counters *and* the shared ones (a write through this
+//! instance invalidates here even when Redis did not get its bump); the L2 key only the
+//! shared ones, so every instance computes it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::{CacheSession, WaitFuture, WaitResult};
+use crate::cache::l2::envelope::Sealed;
+use crate::cache::l2::tier::{Consistency, SharedTier};
+use crate::cache::l2::versions::SharedSnapshot;
+use crate::cache::{CacheKey, Entry, KeyCheck, Tag, VersionSnapshot};
+
+/// What a shared-tier wait found, for the held frame's next showing.
+#[derive(Debug)]
+pub struct SharedReady {
+    /// The tags read (sorted), to check the frame still keys on the same ones.
+    tags: Box<[Tag]>,
+    /// `None`: Redis could not be asked (down, slow, breaker open, unusable).
+    counters: Option<SharedSnapshot>,
+    /// After an L1 miss: what the L2 held under `key`.
+    l2: Option<(CacheKey, Option<Sealed>)>,
+}
+
+/// How a lookup uses the shared tier.
+pub(super) enum SharedPlan {
+    /// No tier: keys as before.
+    Off,
+    /// Counters known; `l2` says what to do with the L2 after an L1 miss.
+    Keyed {
+        counters: SharedSnapshot,
+        l2: L2Step,
+    },
+    /// Do not use the cache for this statement (strict with Redis unreachable).
+    Bypass,
+    /// Wait for this first.
+    Wait(WaitFuture),
+}
+
+pub(super) enum L2Step {
+    /// Not now (mirror not live, this instance's bumps pending, breaker open).
+    Skip,
+    /// Ask it after an L1 miss.
+    Ask,
+    /// Asked: this is what it had under this key.
+    Asked(CacheKey, Option<Sealed>),
+}
+
+impl CacheSession {
+    /// The shared counters for a lookup under `snapshot` (the local one), or why not.
+    pub(super) fn shared_plan(&mut self, snapshot: &VersionSnapshot) -> SharedPlan {
+        let ready = self.shared_ready.take();
+        let Some(tier) = self.app.caching.shared.as_ref() else {
+            return SharedPlan::Off;
+        };
+        let tags: Vec<Tag> = snapshot.versions().iter().map(|(t, _)| *t).collect();
+        let reads_ok = tier.l2_reads_allowed();
+        if let Some(r) = ready.filter(|r| *r.tags == tags[..]) {
+            return match r.counters {
+                None => SharedPlan::Bypass,
+                Some(counters) => SharedPlan::Keyed {
+                    counters,
+                    l2: match r.l2 {
+                        Some((key, entry)) => L2Step::Asked(key, entry),
+                        None if reads_ok => L2Step::Ask,
+                        None => L2Step::Skip,
+                    },
+                },
+            };
+        }
+        if tier.consistency() == Consistency::Fast
+            && let Some(m) = tier.mirrored(&tags)
+        {
+            return SharedPlan::Keyed {
+                counters: m.snapshot,
+                l2: if m.live && reads_ok {
+                    L2Step::Ask
+                } else {
+                    L2Step::Skip
+                },
+            };
+        }
+        if !tier.is_usable() {
+            // Asking would only wait for the timeout (or not be sent at all).
+            return SharedPlan::Bypass;
+        }
+        let tier = Arc::clone(tier);
+        SharedPlan::Wait(Box::pin(async move {
+            let counters = tier.read_counters(&tags).await;
+            WaitResult::Shared(SharedReady {
+                tags: tags.into(),
+                counters,
+                l2: None,
+            })
+        }))
+    }
+
+    /// After an L1 miss: wait for the L2's answer under `key`.
+    pub(super) fn l2_wait(
+        &self,
+        tags: &VersionSnapshot,
+        counters: SharedSnapshot,
+        key: CacheKey,
+    ) -> Option<WaitFuture> {
+        let tier = Arc::clone(self.app.caching.shared.as_ref()?);
+        let tags: Box<[Tag]> = tags.versions().iter().map(|(t, _)| *t).collect();
+        Some(Box::pin(async move {
+            let entry = tier.get(key).await;
+            WaitResult::Shared(SharedReady {
+                tags,
+                counters: Some(counters),
+                l2: Some((key, entry)),
+            })
+        }))
+    }
+
+    /// The held frame's shared-tier wait ended: its result is for the next showing.
+    pub(super) fn shared_done(&mut self, ready: SharedReady) {
+        self.shared_ready = Some(ready);
+    }
+}
+
+/// An L2 hit as an L1 entry: the L1 check, what is left of its TTL (none left: not usable).
+pub(super) fn promoted(sealed: Sealed, check: KeyCheck, tags: &[Tag]) -> Option<Entry> {
+    let ttl = if sealed.ttl_ms == 0 {
+        Duration::ZERO
+    } else {
+        let age = now_unix_ms().saturating_sub(sealed.created_unix_ms);
+        let left = sealed.ttl_ms.checked_sub(age).filter(|l| *l > 0)?;
+        Duration::from_millis(left)
+    };
+    Some(Entry::new(check, sealed.frames, ttl, tags.into()))
+}
+
+/// A result to store in the L2 under the L2 key's check.
+pub(super) fn sealed(check: KeyCheck, frames: Bytes, ttl: Duration) -> Sealed {
+    Sealed {
+        check,
+        frames,
+        created_unix_ms: now_unix_ms(),
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Stores a captured result in the L2 (queued; off the client's path).
+pub(super) fn put(tier: &SharedTier, key: CacheKey, check: KeyCheck, frames: Bytes, ttl: Duration) {
+    tier.put(key, &sealed(check, frames, ttl));
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
