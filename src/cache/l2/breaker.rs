@@ -71,6 +71,20 @@ impl Breaker {
         BreakerState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Whether [`allow`](Self::allow) would let a call through now (no state change): for
+    /// callers deciding whether to ask at all.
+    pub fn would_allow(&self, now: Instant) -> bool {
+        match self.state() {
+            BreakerState::Closed => true,
+            BreakerState::HalfOpen | BreakerState::Open => {
+                let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                inner
+                    .opened_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= self.cooldown)
+            }
+        }
+    }
+
     /// Whether a call may go to Redis now. While open, `false` until the cooldown has
     /// passed; then exactly one caller gets `true` (the trial) and the breaker is half-open.
     pub fn allow(&self, now: Instant) -> bool {

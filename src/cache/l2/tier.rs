@@ -142,6 +142,11 @@ impl SharedTier {
             && self.store.breaker().state() == super::breaker::BreakerState::Closed
     }
 
+    /// Worth asking Redis for counters now: usable, and the breaker is closed or due a trial.
+    pub fn may_ask(&self) -> bool {
+        self.usable.load(Ordering::Acquire) && self.store.breaker().would_allow(Instant::now())
+    }
+
     /// L2 reads are allowed: usable, and no bump of this instance is still unapplied in
     /// Redis (an L2 entry under the old counters could be older than this instance's own
     /// acknowledged write).
@@ -323,10 +328,28 @@ impl SharedTier {
             if self.has_pending.load(Ordering::Acquire) {
                 self.retry_pending().await;
             }
+            self.trial().await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(MAINTENANCE_TICK) => {}
             }
+        }
+    }
+
+    /// An open breaker due a trial gets one here, so it closes once Redis is back even when
+    /// no lookup asks Redis meanwhile (`fast` serving from its mirror).
+    async fn trial(&self) {
+        let breaker = self.store.breaker();
+        if breaker.state() == super::breaker::BreakerState::Closed || !breaker.allow(Instant::now())
+        {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut conn);
+        match tokio::time::timeout(self.settings.store.timeout, ping).await {
+            Ok(Ok(_)) => breaker.success(),
+            _ => breaker.failure(Instant::now()),
         }
     }
 

@@ -88,8 +88,8 @@ impl CacheSession {
                 },
             };
         }
-        if !tier.is_usable() {
-            // Asking would only wait for the timeout (or not be sent at all).
+        if !tier.may_ask() {
+            // Redis is away (the breaker is open): asking would not even be sent.
             return SharedPlan::Bypass;
         }
         let tier = Arc::clone(tier);

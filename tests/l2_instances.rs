@@ -1,0 +1,362 @@
+//! Several pgmemo instances sharing one Redis (issue 6): results cached by one are L2 hits
+//! on another; a write acknowledged by one is never followed by an old result from another
+//! (`strict`), or only for the announcement's delivery (`fast`, measured); restarts of an
+//! instance or of Redis revive nothing; Redis dying under load costs no client an error;
+//! an instance cut off from Redis stays correct (strict) or TTL-bounded (fast); the same
+//! on a three-master Redis Cluster.
+
+#[path = "support/checker/mod.rs"]
+mod checker;
+mod common;
+#[path = "support/l2.rs"]
+mod l2;
+
+use std::time::{Duration, Instant};
+
+use checker::{CheckerConfig, Shape};
+use common::{PgOptions, PgServer, Proxy, RedisCluster, RedisServer, SUPERUSER};
+use l2::{eventually, instance, metric, read, session, write};
+
+/// Declares the checker's audit trigger (see tests/staleness.rs).
+const CHECKER_FUNCTIONS: &str = "[[functions.writes]]\nfunction = \"public.counters_audit_fn\"\ntables = [\"public.counters_audit\"]\n";
+
+async fn usable(p: &Proxy) {
+    eventually(
+        Duration::from_secs(10),
+        "the shared tier to be usable",
+        || metric(p, "pgmemo_l2_usable", &[]) == 1.0,
+    )
+    .await;
+}
+
+/// A reads, B serves it from Redis; then writes alternate between the instances and every
+/// read through the other one right after the acknowledgement sees the new value.
+async fn shares_and_invalidates(urls: &[String]) {
+    let pg = l2::postgres();
+    let cfg = l2::config(urls, "strict", "");
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    let (ca, cb) = (session(&a).await, session(&b).await);
+    assert_eq!(read(&ca, 1).await, 0);
+    eventually(Duration::from_secs(5), "A's L2 write", || {
+        metric(&a, "pgmemo_l2_writes_total", &["written"]) >= 1.0
+    })
+    .await;
+    assert_eq!(read(&cb, 1).await, 0);
+    assert_eq!(
+        metric(&b, "pgmemo_l2_lookups_total", &["\"hit\""]),
+        1.0,
+        "B answered from A's entry in Redis"
+    );
+    assert_eq!(read(&cb, 1).await, 0);
+    assert!(
+        metric(&b, "pgmemo_cache_hits_total", &[]) >= 1.0,
+        "promoted to B's L1"
+    );
+
+    for i in 1..=40 {
+        let (w, r) = if i % 2 == 0 { (&ca, &cb) } else { (&cb, &ca) };
+        assert_eq!(read(r, 1).await, i - 1, "cached before the write");
+        write(w, 1, i).await;
+        assert_eq!(
+            read(r, 1).await,
+            i,
+            "write {i} acknowledged on the other instance"
+        );
+    }
+    let applied = metric(&a, "pgmemo_l2_bumps_total", &["applied"])
+        + metric(&b, "pgmemo_l2_bumps_total", &["applied"]);
+    assert_eq!(applied, 40.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_shares_results_and_invalidates_across_instances() {
+    let redis = RedisServer::start();
+    shares_and_invalidates(&[redis.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3);
+    shares_and_invalidates(&cluster.urls()).await;
+}
+
+fn checker_pg() -> PgServer {
+    // Two-phase commit needs prepared transactions; 20 ≥ one per client.
+    PgServer::start(PgOptions::default().setting("max_prepared_transactions", "20"))
+}
+
+fn checker_config(a: &Proxy, b: &Proxy, pg: &PgServer, ops: u64) -> CheckerConfig {
+    let mut c = CheckerConfig::new(a.addr(), pg.addr());
+    c.more_proxies = vec![b.addr()];
+    c.admin = Some(a.admin_addr());
+    c.more_admins = vec![b.admin_addr()];
+    c.user = SUPERUSER.into();
+    c.dbname = l2::DB.into();
+    c.ops = ops;
+    c.clients = 8;
+    c.write_percent = 5;
+    c.shape = Shape::small();
+    c.time_limit = Duration::from_secs(200);
+    c
+}
+
+async fn run_checker(c: &CheckerConfig) -> checker::Report {
+    let report = checker::run(c)
+        .await
+        .unwrap_or_else(|e| panic!("the checker could not run: {e}"));
+    eprintln!("{report}");
+    report
+}
+
+/// The staleness checker with its clients spread over two strict instances: no stale read,
+/// and the instances really served each other's results.
+async fn checker_over_two_instances(urls: &[String], ops: u64) {
+    let pg = checker_pg();
+    let cfg = l2::config(urls, "strict", CHECKER_FUNCTIONS);
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    let report = run_checker(&checker_config(&a, &b, &pg, ops)).await;
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.ops, ops, "{report}");
+    let l2_hits = metric(&a, "pgmemo_l2_lookups_total", &["\"hit\""])
+        + metric(&b, "pgmemo_l2_lookups_total", &["\"hit\""]);
+    let l1_hits =
+        metric(&a, "pgmemo_cache_hits_total", &[]) + metric(&b, "pgmemo_cache_hits_total", &[]);
+    eprintln!("L1 hits {l1_hits}, L2 hits {l2_hits}");
+    assert!(l2_hits > 50.0, "few cross-instance hits: {l2_hits}");
+    assert!(l1_hits > 500.0, "the cache was barely used: {l1_hits}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_strict_instances_serve_no_stale_read() {
+    let redis = RedisServer::start();
+    checker_over_two_instances(&[redis.url()], 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_strict_instances_on_a_cluster_serve_no_stale_read() {
+    let cluster = RedisCluster::start(3);
+    checker_over_two_instances(&cluster.urls(), 8_000).await;
+}
+
+/// `fast`: B learns of A's write from the announcement. The window from A's acknowledgement
+/// until B stops serving the old value is measured (and bounded well below a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_staleness_window_is_the_announcement_delivery() {
+    let pg = l2::postgres();
+    let redis = RedisServer::start();
+    let cfg = l2::config(&[redis.url()], "fast", "");
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    for p in [&a, &b] {
+        eventually(Duration::from_secs(5), "the subscription", || {
+            metric(p, "pgmemo_l2_subscribed", &[]) == 1.0
+        })
+        .await;
+    }
+    let (ca, cb) = (session(&a).await, session(&b).await);
+    let mut windows = Vec::new();
+    for i in 1..=60 {
+        assert_eq!(read(&cb, 2).await, i - 1);
+        assert_eq!(read(&cb, 2).await, i - 1, "cached on B");
+        write(&ca, 2, i).await;
+        let acked = Instant::now();
+        let mut polls = 0;
+        while read(&cb, 2).await != i {
+            polls += 1;
+            assert!(
+                acked.elapsed() < Duration::from_secs(1),
+                "B still serves the old value after 1 s"
+            );
+        }
+        windows.push((acked.elapsed(), polls));
+    }
+    windows.sort();
+    let p = |q: f64| windows[((windows.len() - 1) as f64 * q) as usize].0;
+    eprintln!(
+        "fast cross-instance staleness window: p50 {:?}, p99 {:?}, max {:?}; stale polls at most {}",
+        p(0.5),
+        p(0.99),
+        p(1.0),
+        windows.iter().map(|w| w.1).max().unwrap_or(0)
+    );
+    assert!(p(0.99) < Duration::from_millis(200), "{:?}", p(0.99));
+}
+
+/// An instance restarted serves what others cached from Redis right away, and nothing a
+/// write invalidated while it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_serves_l2_hits_and_nothing_invalidated_meanwhile() {
+    let pg = l2::postgres();
+    let redis = RedisServer::start();
+    let cfg = l2::config(&[redis.url()], "strict", "");
+    let b = instance(&pg, &cfg);
+    let mut a = Some(instance(&pg, &cfg));
+    if let Some(a) = &a {
+        usable(a).await;
+        let ca = session(a).await;
+        assert_eq!(read(&ca, 3).await, 0);
+        let other = ca.simple_query("SELECT v FROM other WHERE k = 1").await;
+        assert!(other.is_ok());
+        eventually(Duration::from_secs(5), "A's L2 writes", || {
+            metric(a, "pgmemo_l2_writes_total", &["written"]) >= 2.0
+        })
+        .await;
+    }
+    drop(a.take()); // killed
+    usable(&b).await;
+    let cb = session(&b).await;
+    write(&cb, 3, 33).await;
+
+    let a = instance(&pg, &cfg);
+    usable(&a).await;
+    let ca = session(&a).await;
+    ca.simple_query("SELECT v FROM other WHERE k = 1")
+        .await
+        .expect("read");
+    assert_eq!(
+        metric(&a, "pgmemo_l2_lookups_total", &["\"hit\""]),
+        1.0,
+        "the restarted instance answered from Redis"
+    );
+    assert_eq!(read(&ca, 3).await, 33, "written while A was down");
+}
+
+/// Redis restarts empty (no persistence) while both instances hold results in L1 and one
+/// writes during the outage: strict reads stay correct throughout (the cache is bypassed
+/// while Redis is away) and no result from before the restart is served after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_revives_nothing() {
+    let pg = l2::postgres();
+    let mut redis = RedisServer::start();
+    let cfg = l2::config(&[redis.url()], "strict", "");
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    let (ca, cb) = (session(&a).await, session(&b).await);
+    for c in [&ca, &cb] {
+        assert_eq!(read(c, 4).await, 0);
+        assert_eq!(read(c, 4).await, 0);
+    }
+    redis.stop();
+    write(&cb, 4, 44).await; // its bump cannot reach Redis: recorded
+    for c in [&ca, &cb] {
+        assert_eq!(read(c, 4).await, 44, "strict bypasses while Redis is away");
+    }
+    assert!(metric(&b, "pgmemo_l2_bumps_total", &["failed"]) >= 1.0);
+    redis.start_again();
+    eventually(
+        Duration::from_secs(10),
+        "the recorded bump to be retried",
+        || metric(&b, "pgmemo_l2_bumps_total", &["retried"]) >= 1.0,
+    )
+    .await;
+    for _ in 0..20 {
+        for c in [&ca, &cb] {
+            assert_eq!(read(c, 4).await, 44, "an old result revived");
+        }
+    }
+    assert!(
+        metric(&a, "pgmemo_cache_hits_total", &[]) + metric(&b, "pgmemo_cache_hits_total", &[])
+            > 10.0,
+        "cached again after the restart"
+    );
+}
+
+/// Redis is killed under load and brought back: no client sees an error or a stale result,
+/// the breaker opens and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_under_load_is_invisible_to_clients() {
+    let pg = checker_pg();
+    let redis = RedisServer::start();
+    let cfg = l2::config(&[redis.url()], "strict", CHECKER_FUNCTIONS);
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    let chaos = std::thread::spawn(move || {
+        let mut redis = redis;
+        std::thread::sleep(Duration::from_secs(3));
+        redis.stop();
+        std::thread::sleep(Duration::from_secs(3));
+        redis.start_again();
+        redis
+    });
+    let mut c = checker_config(&a, &b, &pg, 80_000);
+    c.time_limit = Duration::from_secs(240);
+    let report = run_checker(&c).await;
+    let _redis = chaos.join().expect("chaos thread");
+    assert!(report.is_clean(), "{report}");
+    assert!(
+        report.elapsed > Duration::from_secs(7),
+        "the run ended before Redis came back ({:?}): make it longer",
+        report.elapsed
+    );
+    let opened = metric(&a, "pgmemo_l2_breaker_changes_total", &["\"open\""])
+        + metric(&b, "pgmemo_l2_breaker_changes_total", &["\"open\""]);
+    assert!(opened >= 1.0, "the breaker never opened");
+    for p in [&a, &b] {
+        eventually(Duration::from_secs(10), "the breaker to close", || {
+            metric(p, "pgmemo_l2_breaker_state", &[]) == 0.0
+        })
+        .await;
+    }
+}
+
+/// One instance loses Redis while the other keeps it. Strict: the cut-off instance bypasses
+/// the cache and serves no stale read. Fast: it may serve its own L1 entries, but never
+/// past their TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_redis_stays_within_its_bound() {
+    let pg = l2::postgres();
+    let redis = RedisServer::start();
+    for (consistency, ttl) in [("strict", "1m"), ("fast", "1s")] {
+        let relay = l2::Relay::start(redis.addr()).await;
+        let extra = format!("ttl = \"{ttl}\"");
+        let a = instance(&pg, &l2::config(&[relay.url()], consistency, &extra));
+        let b = instance(&pg, &l2::config(&[redis.url()], consistency, &extra));
+        usable(&a).await;
+        usable(&b).await;
+        let (ca, cb) = (session(&a).await, session(&b).await);
+        let k = 5;
+        let base = read(&ca, k).await;
+        assert_eq!(read(&ca, k).await, base, "cached on A");
+        relay.set_cut(true);
+        write(&cb, k, base + 1).await;
+        let written = Instant::now();
+        match consistency {
+            "strict" => {
+                for _ in 0..10 {
+                    assert_eq!(read(&ca, k).await, base + 1, "strict, cut off");
+                }
+                assert!(metric(&a, "pgmemo_cache_bypasses_total", &["redis_unavailable"]) >= 1.0);
+            }
+            _ => {
+                while read(&ca, k).await != base + 1 {
+                    assert!(
+                        written.elapsed() < Duration::from_millis(2500),
+                        "fast, cut off: stale past the 1 s TTL"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        relay.set_cut(false);
+        write(&cb, k, base + 2).await;
+        eventually(Duration::from_secs(10), "A back on Redis", || {
+            metric(&a, "pgmemo_l2_breaker_state", &[]) == 0.0
+        })
+        .await;
+        // Back on Redis: reads on A follow B's writes again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read(&ca, k).await != base + 2 {
+            assert!(Instant::now() < deadline, "A never caught up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Next round on a fresh row.
+        write(&cb, k, 0).await;
+    }
+}
