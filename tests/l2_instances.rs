@@ -146,9 +146,21 @@ async fn two_strict_instances_on_a_cluster_serve_no_stale_read() {
 /// until B stops serving the old value is measured (and bounded well below a second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_staleness_window_is_the_announcement_delivery() {
-    let pg = l2::postgres();
     let redis = RedisServer::start();
-    let cfg = l2::config(&[redis.url()], "fast", "");
+    fast_window(&[redis.url()]).await;
+}
+
+/// The same on a cluster: announcements are published from a script in the counters' slot
+/// and reach a subscriber on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3);
+    fast_window(&cluster.urls()).await;
+}
+
+async fn fast_window(urls: &[String]) {
+    let pg = l2::postgres();
+    let cfg = l2::config(urls, "fast", "");
     let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
     usable(&a).await;
     usable(&b).await;
@@ -358,5 +370,68 @@ async fn an_instance_cut_off_from_redis_stays_within_its_bound() {
         }
         // Next round on a fresh row.
         write(&cb, k, 0).await;
+    }
+}
+
+/// With the change stream on, one instance (the lease holder) follows it for all: a write
+/// made directly on PostgreSQL reaches both instances' caches; when the holder dies, the
+/// other takes over and keeps following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_follows_the_change_stream_for_all() {
+    let pg = l2::postgres();
+    let redis = RedisServer::start();
+    let cfg = l2::config_cdc(&[redis.url()], "strict");
+    let a = instance(&pg, &cfg);
+    let mut b = Some(instance(&pg, &cfg));
+    let streaming = |p: &Proxy| l2::cdc_state(p).as_deref() == Some("streaming");
+    if let Some(b) = &b {
+        for p in [&a, b] {
+            eventually(Duration::from_secs(30), "streaming", || streaming(p)).await;
+        }
+        let leaders = metric(&a, "pgmemo_cdc_leader", &[]) + metric(b, "pgmemo_cdc_leader", &[]);
+        assert_eq!(leaders, 1.0, "exactly one instance follows the stream");
+        let (ca, cb) = (session(&a).await, session(b).await);
+        for c in [&ca, &cb] {
+            assert_eq!(read(c, 6).await, 0);
+            assert_eq!(read(c, 6).await, 0);
+        }
+        pg.psql(l2::DB, "UPDATE kv SET v = 66 WHERE k = 6");
+        for c in [&ca, &cb] {
+            let started = Instant::now();
+            while read(c, 6).await != 66 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "direct write unseen"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    // Kill the leader; the other must take over.
+    let (survivor, _dead) = if metric(&a, "pgmemo_cdc_leader", &[]) == 1.0 {
+        let b = b.take().expect("b");
+        drop(a);
+        (b, ())
+    } else {
+        drop(b.take());
+        (a, ())
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the survivor to lead and stream",
+        || metric(&survivor, "pgmemo_cdc_leader", &[]) == 1.0 && streaming(&survivor),
+    )
+    .await;
+    let c = session(&survivor).await;
+    assert_eq!(read(&c, 6).await, 66);
+    assert_eq!(read(&c, 6).await, 66);
+    pg.psql(l2::DB, "UPDATE kv SET v = 67 WHERE k = 6");
+    let started = Instant::now();
+    while read(&c, 6).await != 67 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "direct write unseen after takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

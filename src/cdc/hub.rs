@@ -56,6 +56,11 @@ impl State {
         }
     }
 
+    /// The state named by [`as_str`](Self::as_str) (as another instance published it).
+    pub fn parse(name: &str) -> Option<State> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     fn from_u8(v: u8) -> State {
         Self::ALL.get(usize::from(v)).copied().unwrap_or(Self::Off)
     }

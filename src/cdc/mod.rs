@@ -11,6 +11,7 @@
 //! and the same TLS set-up (rustls, `sslmode`) and framing bounds as the relay.
 
 pub mod conn;
+pub mod elect;
 pub mod hub;
 pub mod lag;
 pub mod pgoutput;

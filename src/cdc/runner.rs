@@ -172,8 +172,15 @@ async fn follow_inner(
 
     // Consistent and streaming: everything committed from here on arrives in order.
     // Whatever was committed before it (while nothing followed) is covered by the epoch.
-    // With a shared tier, in Redis too: no instance followed what this stream missed.
-    ctx.caching.invalidator.bump_epoch(EpochCause::CdcResync);
+    // With a shared tier, in Redis too (no instance followed what this stream missed), and
+    // before this stream reports itself streaming: other instances start serving on that.
+    if let Some(shared) = ctx
+        .caching
+        .invalidator
+        .bump_epoch_held(EpochCause::CdcResync)
+    {
+        shared.apply().await;
+    }
     stream.advance(consistent);
     stream.set_state(State::Streaming);
     info!(database = %db, %slot, %consistent, "cdc: change stream consistent; cache serving");

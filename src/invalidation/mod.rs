@@ -207,6 +207,18 @@ impl Invalidator {
         })
     }
 
+    /// As [`bump_epoch`](Self::bump_epoch), returning the shared tier's bump for the caller
+    /// to await (a change stream must not report itself consistent before Redis has it).
+    pub fn bump_epoch_held(&self, cause: EpochCause) -> Option<SharedBump> {
+        self.bump_held(
+            &Written {
+                tags: Vec::new(),
+                epoch: Some(cause),
+            },
+            Source::Write,
+        )
+    }
+
     /// Bumps the epoch here and in the shared tier (every instance's results become
     /// unreachable): for causes that stand for a write (a resynchronised change stream,
     /// effects that could not be followed).

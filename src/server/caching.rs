@@ -117,8 +117,20 @@ fn tier_settings(redis: &RedisConfig, max_entry: usize, max_tags: usize) -> Tier
     }
 }
 
-/// Starts one change-stream task per covered database (none with `cdc = off`).
+/// Starts one change-stream task per covered database (none with `cdc = off`). With a
+/// shared tier, the instances elect one to run them (see `cdc::elect`).
 pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
+    if ctx.caching.cdc.streams().next().is_none() {
+        return;
+    }
+    if let Some(tier) = &ctx.caching.shared {
+        tokio::spawn(crate::cdc::elect::run(
+            Arc::clone(ctx),
+            Arc::clone(tier),
+            stop.clone(),
+        ));
+        return;
+    }
     for stream in ctx.caching.cdc.streams() {
         tokio::spawn(crate::cdc::runner::run(
             Arc::clone(ctx),

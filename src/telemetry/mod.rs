@@ -150,6 +150,10 @@ pub fn describe_all() {
         "Reads of the shared version counters from Redis, by result."
     );
     describe_gauge!(
+        names::CDC_LEADER,
+        "1 while this instance holds the CDC lease in Redis and follows the change streams."
+    );
+    describe_gauge!(
         names::L2_SUBSCRIBED,
         "1 while the Redis bump subscription (fast consistency) is up."
     );
@@ -296,6 +300,8 @@ pub mod names {
     pub const L2_BUMPS: &str = "pgmemo_l2_bumps_total";
     /// counter, label `result` (`ok`, `error`, `breaker_open`): reads of the shared counters.
     pub const L2_COUNTER_READS: &str = "pgmemo_l2_counter_reads_total";
+    /// gauge: 1 while this instance holds the CDC lease (runs the change streams for all).
+    pub const CDC_LEADER: &str = "pgmemo_cdc_leader";
     /// gauge: 1 while the bump subscription (`fast` consistency) is up.
     pub const L2_SUBSCRIBED: &str = "pgmemo_l2_subscribed";
     /// gauge: 1 while the shared tier is usable (eviction policy checked and safe).

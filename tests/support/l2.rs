@@ -15,8 +15,28 @@ use crate::common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
 pub const SECRET: &str = "00112233445566778899aabbccddeeff";
 pub const DB: &str = "app";
 
-/// `[cache.redis]` and the rest of an instance's config.
+/// `[cache.redis]` and the rest of an instance's config, change data capture off; `extra`
+/// goes into `[cache]`.
 pub fn config(redis_urls: &[String], consistency: &str, extra: &str) -> String {
+    config_with(redis_urls, consistency, extra, "cdc = \"off\"")
+}
+
+/// As [`config`], with the change stream on for [`DB`].
+pub fn config_cdc(redis_urls: &[String], consistency: &str) -> String {
+    config_with(
+        redis_urls,
+        consistency,
+        "",
+        &format!("cdc = \"on\"\ncdc_databases = [\"{DB}\"]"),
+    )
+}
+
+fn config_with(
+    redis_urls: &[String],
+    consistency: &str,
+    extra: &str,
+    invalidation: &str,
+) -> String {
     let (url, cluster) = match redis_urls {
         [one] => (one.clone(), String::new()),
         [first, rest @ ..] => (
@@ -32,7 +52,7 @@ pub fn config(redis_urls: &[String], consistency: &str, extra: &str) -> String {
         [] => panic!("no redis url"),
     };
     format!(
-        "[cache]\nsecret = \"{SECRET}\"\n{extra}\n[invalidation]\ncdc = \"off\"\n\
+        "[cache]\nsecret = \"{SECRET}\"\n{extra}\n[invalidation]\n{invalidation}\n\
          [cache.redis]\nurl = \"{url}\"\nnamespace = \"t\"\nconsistency = \"{consistency}\"\n\
          timeout = \"100ms\"\n{cluster}"
     )
@@ -95,6 +115,18 @@ pub fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|lab| l.contains(lab)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// The state `/metrics` reports for [`DB`]'s change stream.
+pub fn cdc_state(p: &Proxy) -> Option<String> {
+    let text = p.admin_get("/metrics");
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix("pgmemo_cdc_state{")?;
+        if !rest.contains(&format!("database=\"{DB}\"")) || !line.ends_with(" 1") {
+            return None;
+        }
+        Some(rest.split("state=\"").nth(1)?.split('"').next()?.to_owned())
+    })
 }
 
 /// Waits until `cond` holds (polling), or panics with `what` after `limit`.

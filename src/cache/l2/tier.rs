@@ -154,6 +154,25 @@ impl SharedTier {
         self.is_usable() && !self.has_pending.load(Ordering::Acquire)
     }
 
+    /// A connection to the tier's Redis (for other jobs on it: the CDC lease).
+    pub fn conn(&self) -> RedisConn {
+        self.conn.clone()
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.settings.store.namespace
+    }
+
+    /// Bound on every Redis call on a client's path.
+    pub fn timeout(&self) -> Duration {
+        self.settings.store.timeout
+    }
+
+    /// Some bump of this instance has not reached Redis yet (it is being retried).
+    pub fn has_pending(&self) -> bool {
+        self.has_pending.load(Ordering::Acquire)
+    }
+
     /// `fast`: the mirror's counters for `tags` (sorted), if it holds them all.
     pub fn mirrored(&self, tags: &[Tag]) -> Option<Mirrored> {
         self.mirror.as_ref()?.snapshot(tags)
