@@ -65,6 +65,7 @@ pub async fn run(ctx: Arc<AppContext>, tier: Arc<SharedTier>, stop: Cancellation
                 let token = stop.child_token();
                 let mut set = JoinSet::new();
                 for stream in ctx.caching.cdc.streams() {
+                    stream.set_remote(false);
                     stream.set_state(State::Connecting);
                     set.spawn(super::runner::run(
                         Arc::clone(&ctx),
@@ -145,6 +146,7 @@ async fn mirror(ctx: &AppContext, tier: &SharedTier, conn: &mut crate::cache::l2
             Ok(Ok(Some(name))) => State::parse(&name).unwrap_or(State::Disconnected),
             _ => State::Disconnected,
         };
+        stream.set_remote(true);
         if stream.state() != state {
             stream.set_state(state);
         }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics::Gauge;
@@ -80,9 +80,17 @@ pub struct DbStream {
     advanced: Notify,
     degraded: Arc<AtomicUsize>,
     gauges: [Gauge; 6],
+    /// The state is another instance's (the CDC lease holder's): nothing here applies the
+    /// stream, so nothing can wait for it.
+    remote: AtomicBool,
 }
 
 impl DbStream {
+    /// Marks the state as mirrored from another instance (`true`) or this one's own.
+    pub fn set_remote(&self, remote: bool) {
+        self.remote.store(remote, Ordering::Release);
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -183,6 +191,7 @@ impl Hub {
                     name: db.clone(),
                     state: AtomicU8::new(State::Off as u8),
                     applied: AtomicU64::new(0),
+                    remote: AtomicBool::new(false),
                     advanced: Notify::new(),
                     degraded: Arc::clone(&degraded),
                     gauges: State::ALL.map(|st| {
@@ -210,7 +219,7 @@ impl Hub {
     pub fn streaming(&self, database: &str) -> Option<&Arc<DbStream>> {
         self.streams
             .get(database)
-            .filter(|s| s.state() == State::Streaming)
+            .filter(|s| s.state() == State::Streaming && !s.remote.load(Ordering::Acquire))
     }
 
     pub fn streams(&self) -> impl Iterator<Item = &Arc<DbStream>> {
