@@ -52,7 +52,14 @@ async fn versions_and_results_work_across_a_three_master_cluster() {
     let secret = KeySecret::from_hex("0123456789abcdef0123456789abcdef").expect("secret");
     let stop = CancellationToken::new();
     let mk = |c: ClusterConnection| {
-        let (store, writer) = L2Store::new(c, secret.envelope_key(), L2Settings::default());
+        let (store, writer) = L2Store::new(
+            c,
+            secret.envelope_key(),
+            L2Settings {
+                cluster: true,
+                ..L2Settings::default()
+            },
+        );
         tokio::spawn(writer.run(stop.clone()));
         store
     };

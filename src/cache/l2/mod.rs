@@ -6,6 +6,7 @@
 //! runner). Nothing
 //! here is wired into sessions yet.
 
+pub mod batch;
 pub mod breaker;
 pub mod conn;
 pub mod envelope;

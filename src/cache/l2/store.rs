@@ -22,6 +22,9 @@ use super::envelope::{self, EnvelopeKey, Sealed};
 use crate::cache::key::CacheKey;
 use crate::telemetry::names;
 
+/// Writes sent in one pipeline at most.
+const WRITE_BATCH: usize = 64;
+
 /// Redis expiry of entries cached until invalidated.
 pub const MAX_L2_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -39,6 +42,9 @@ pub struct L2Settings {
     pub write_queue: usize,
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
+    /// A Redis Cluster: a pipeline may not span slots, so batched reads and writes go as
+    /// concurrent single commands instead.
+    pub cluster: bool,
 }
 
 impl Default for L2Settings {
@@ -51,6 +57,7 @@ impl Default for L2Settings {
             write_queue: 1024,
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(1),
+            cluster: false,
         }
     }
 }
@@ -107,6 +114,7 @@ pub struct L2Writer<C> {
     rx: mpsc::Receiver<Write>,
     breaker: Arc<Breaker>,
     timeout: Duration,
+    cluster: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -129,6 +137,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
             rx,
             breaker: Arc::clone(&breaker),
             timeout: settings.timeout,
+            cluster: settings.cluster,
             metrics: Arc::clone(&metrics),
         };
         let store = L2Store {
@@ -155,47 +164,76 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
     /// Looks `key` up. Any failure is a miss (and feeds the breaker); never waits longer
     /// than the timeout.
     pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
-        if !self.breaker.allow(Instant::now()) {
-            self.metrics.skipped.increment(1);
-            return None;
+        self.get_many(&[key]).await.into_iter().next().flatten()
+    }
+
+    /// Looks several keys up in one round trip (a pipeline of GETs; a cluster routes each to
+    /// its node). Any failure is a miss for all of them.
+    pub async fn get_many(&self, keys: &[CacheKey]) -> Vec<Option<Sealed>> {
+        let misses = || keys.iter().map(|_| None).collect();
+        if keys.is_empty() {
+            return Vec::new();
         }
-        let redis_key = self.redis_key(key);
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(&redis_key);
-        let call = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
-        let bytes = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(b)) => {
+        if !self.breaker.allow(Instant::now()) {
+            self.metrics.skipped.increment(keys.len() as u64);
+            return misses();
+        }
+        let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(*k)).collect();
+        let call = async {
+            if self.settings.cluster {
+                let gets = redis_keys.iter().map(|k| {
+                    let mut conn = self.conn.clone();
+                    async move { redis::cmd("GET").arg(k).query_async(&mut conn).await }
+                });
+                futures_util::future::try_join_all(gets).await
+            } else {
+                let mut pipe = redis::pipe();
+                for k in &redis_keys {
+                    pipe.cmd("GET").arg(k);
+                }
+                let mut conn = self.conn.clone();
+                pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await
+            }
+        };
+        let found = match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(b)) if b.len() == keys.len() => {
                 self.breaker.success();
                 b
             }
-            Ok(Err(_)) | Err(_) => {
+            Ok(_) | Err(_) => {
                 self.breaker.failure(Instant::now());
-                self.metrics.errors.increment(1);
-                return None;
+                self.metrics.errors.increment(keys.len() as u64);
+                return misses();
             }
         };
-        let Some(bytes) = bytes else {
-            self.metrics.misses.increment(1);
-            return None;
-        };
-        match envelope::open(
-            &self.key,
-            redis_key.as_bytes(),
-            &bytes,
-            now_unix_ms(),
-            self.settings.max_entry,
-        ) {
-            Ok(sealed) => {
-                self.metrics.hits.increment(1);
-                Some(sealed)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "redis: entry refused");
-                self.metrics.refused.increment(1);
-                None
-            }
-        }
+        let now = now_unix_ms();
+        found
+            .into_iter()
+            .zip(&redis_keys)
+            .map(|(bytes, redis_key)| {
+                let Some(bytes) = bytes else {
+                    self.metrics.misses.increment(1);
+                    return None;
+                };
+                match envelope::open(
+                    &self.key,
+                    redis_key.as_bytes(),
+                    &bytes,
+                    now,
+                    self.settings.max_entry,
+                ) {
+                    Ok(sealed) => {
+                        self.metrics.hits.increment(1);
+                        Some(sealed)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "redis: entry refused");
+                        self.metrics.refused.increment(1);
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Queues `entry` for storage under `key`; `false` when the queue was full (dropped).
@@ -235,6 +273,7 @@ impl<C: ConnectionLike + Clone + Send + 'static> L2Writer<C> {
     /// Writes queued entries until `stop` or until every store is gone. A write while the
     /// breaker is open is dropped (counted): the entry stays in L1 only.
     pub async fn run(mut self, stop: CancellationToken) {
+        let mut batch: Vec<Write> = Vec::with_capacity(WRITE_BATCH);
         loop {
             let write = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -243,24 +282,55 @@ impl<C: ConnectionLike + Clone + Send + 'static> L2Writer<C> {
                     None => return,
                 },
             };
+            batch.push(write);
+            // Whatever queued meanwhile goes in the same round trip.
+            while batch.len() < WRITE_BATCH {
+                match self.rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
+            let n = batch.len() as u64;
             if !self.breaker.allow(Instant::now()) {
-                self.metrics.dropped.increment(1);
+                self.metrics.dropped.increment(n);
+                batch.clear();
                 continue;
             }
-            let ms = u64::try_from(write.ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&write.key).arg(write.bytes).arg("PX").arg(ms);
-            let call = cmd.query_async::<()>(&mut self.conn);
+            let cmds: Vec<redis::Cmd> = batch
+                .drain(..)
+                .map(|w| {
+                    let ms = u64::try_from(w.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(w.key).arg(w.bytes).arg("PX").arg(ms);
+                    cmd
+                })
+                .collect();
+            let conn = &self.conn;
+            let cluster = self.cluster;
+            let call = async move {
+                if cluster {
+                    let sets = cmds.iter().map(|cmd| {
+                        let mut conn = conn.clone();
+                        async move { cmd.query_async::<()>(&mut conn).await }
+                    });
+                    futures_util::future::try_join_all(sets).await.map(|_| ())
+                } else {
+                    let mut pipe = redis::pipe();
+                    for cmd in cmds {
+                        pipe.add_command(cmd).ignore();
+                    }
+                    let mut conn = conn.clone();
+                    pipe.query_async::<()>(&mut conn).await
+                }
+            };
             match tokio::time::timeout(self.timeout, call).await {
                 Ok(Ok(())) => {
                     self.breaker.success();
-                    self.metrics.written.increment(1);
+                    self.metrics.written.increment(n);
                 }
                 Ok(Err(_)) | Err(_) => {
                     self.breaker.failure(Instant::now());
-                    self.metrics.dropped.increment(1);
+                    self.metrics.dropped.increment(n);
                 }
             }
         }

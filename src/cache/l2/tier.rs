@@ -19,6 +19,7 @@ use metrics::Counter;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use super::batch::Batcher;
 use super::conn::RedisConn;
 use super::envelope::{EnvelopeKey, Sealed};
 use super::mirror::{Mirror, Mirrored};
@@ -73,7 +74,11 @@ struct Metrics {
 pub struct SharedTier {
     conn: RedisConn,
     versions: SharedVersions,
-    store: L2Store<RedisConn>,
+    store: Arc<L2Store<RedisConn>>,
+    /// Counter reads of concurrent lookups, one round trip per batch.
+    counters: Batcher<Vec<Tag>, Option<SharedSnapshot>>,
+    /// L2 reads of concurrent lookups, likewise.
+    gets: Batcher<CacheKey, Option<Sealed>>,
     mirror: Option<Mirror>,
     settings: TierSettings,
     /// The eviction policy was checked and is safe.
@@ -106,12 +111,33 @@ impl SharedTier {
         key: EnvelopeKey,
     ) -> Result<(Arc<SharedTier>, L2Writer<RedisConn>), TierError> {
         let conn = RedisConn::new(&settings.seeds, settings.cluster, settings.store.timeout)?;
-        let (store, writer) = L2Store::new(conn.clone(), key, settings.store.clone());
+        let mut store_settings = settings.store.clone();
+        store_settings.cluster = settings.cluster;
+        let (store, writer) = L2Store::new(conn.clone(), key, store_settings);
+        let store = Arc::new(store);
+        let versions = SharedVersions::new(&settings.store.namespace, settings.store.timeout);
+        let counters = {
+            let (store, versions, conn) = (Arc::clone(&store), versions.clone(), conn.clone());
+            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |reqs: Vec<Vec<Tag>>| {
+                let (store, versions, mut conn) =
+                    (Arc::clone(&store), versions.clone(), conn.clone());
+                async move { read_batch(&store, &versions, &mut conn, &reqs).await }
+            })
+        };
+        let gets = {
+            let store = Arc::clone(&store);
+            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |keys: Vec<CacheKey>| {
+                let store = Arc::clone(&store);
+                async move { store.get_many(&keys).await }
+            })
+        };
         let c = |r: &'static str| metrics::counter!(names::L2_BUMPS, "result" => r);
         let r = |r: &'static str| metrics::counter!(names::L2_COUNTER_READS, "result" => r);
         metrics::gauge!(names::L2_USABLE).set(0.0);
         let tier = SharedTier {
-            versions: SharedVersions::new(&settings.store.namespace, settings.store.timeout),
+            versions,
+            counters,
+            gets,
             mirror: (settings.consistency == Consistency::Fast)
                 .then(|| Mirror::new(settings.max_tags)),
             conn,
@@ -184,26 +210,23 @@ impl SharedTier {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
-        let breaker = self.store.breaker();
-        if !breaker.allow(Instant::now()) {
+        if !self.store.breaker().would_allow(Instant::now()) {
             self.metrics.reads_skipped.increment(1);
             return None;
         }
         let token = self.mirror.as_ref().map(Mirror::sync_token);
-        let mut conn = self.conn.clone();
-        match self.versions.snapshot(&mut conn, tags).await {
-            Ok(snap) => {
-                breaker.success();
+        let call = self.counters.call(tags.to_vec());
+        // The batch is bounded by the timeout; this bounds the wait for a slot in it too.
+        match tokio::time::timeout(self.settings.store.timeout * 2, call).await {
+            Ok(Some(Some(snap))) => {
                 self.metrics.reads_ok.increment(1);
                 if let (Some(m), Some(t)) = (self.mirror.as_ref(), token) {
                     m.absorb(t, tags, &snap);
                 }
                 Some(snap)
             }
-            Err(e) => {
-                breaker.failure(Instant::now());
+            _ => {
                 self.metrics.reads_error.increment(1);
-                tracing::debug!(error = %e, "redis: counter read failed");
                 None
             }
         }
@@ -211,7 +234,12 @@ impl SharedTier {
 
     /// An L2 lookup (any failure is a miss).
     pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
-        self.store.get(key).await
+        let call = self.gets.call(key);
+        tokio::time::timeout(self.settings.store.timeout * 2, call)
+            .await
+            .ok()
+            .flatten()
+            .flatten()
     }
 
     /// Queues an L2 store (off the client's path; dropped when the queue is full).
@@ -227,17 +255,35 @@ impl SharedTier {
         if tags.is_empty() && !epoch {
             return;
         }
-        if self.try_bump(tags, epoch).await {
+        // A failure that comes back at once (a connection being re-made after Redis came
+        // back) is tried again within the timeout: other instances may already read from
+        // Redis, and would serve what this write changed until the retry lands.
+        let deadline = Instant::now() + self.settings.store.timeout;
+        let mut applied = self.try_bump(tags, epoch).await;
+        while !applied && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            applied = self.try_bump(tags, epoch).await;
+        }
+        if applied {
             self.metrics.applied.increment(1);
         } else {
             self.metrics.failed.increment(1);
+            if !self.has_pending.load(Ordering::Acquire) {
+                warn!(
+                    "redis: a bump could not be applied; recorded and retried (other instances may serve what it changed until then, at most for the TTL)"
+                );
+            }
             self.record(tags, epoch);
         }
     }
 
+    /// Bumps are tried even while the breaker is open (they feed it, but it does not stop
+    /// them): a bump skipped while Redis is back for the other instances would let them
+    /// serve what this write changed. The cost is at most the timeout per write while Redis
+    /// is away.
     async fn try_bump(&self, tags: &[Tag], epoch: bool) -> bool {
         let breaker = self.store.breaker();
-        if !self.usable.load(Ordering::Acquire) || !breaker.allow(Instant::now()) {
+        if !self.usable.load(Ordering::Acquire) {
             return false;
         }
         let mut conn = self.conn.clone();
@@ -251,7 +297,7 @@ impl SharedTier {
             }
             Err(e) => {
                 breaker.failure(Instant::now());
-                warn!(error = %e, "redis: bump failed; recorded for retry");
+                tracing::debug!(error = %e, "redis: bump failed");
                 false
             }
         }
@@ -438,6 +484,55 @@ impl SharedTier {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
             }
+        }
+    }
+}
+
+/// Lookups waiting for a batch at most (beyond: treated as Redis unavailable).
+const BATCH_QUEUE: usize = 4096;
+/// Requests in one batch at most.
+const MAX_BATCH: usize = 128;
+
+/// Reads the counters for a batch of lookups in one round trip: the union of their tags,
+/// then each request's own (sorted) tags picked out of it. Any failure fails all of them.
+async fn read_batch(
+    store: &L2Store<RedisConn>,
+    versions: &SharedVersions,
+    conn: &mut RedisConn,
+    reqs: &[Vec<Tag>],
+) -> Vec<Option<SharedSnapshot>> {
+    let failed = || reqs.iter().map(|_| None).collect();
+    let breaker = store.breaker();
+    if !breaker.allow(Instant::now()) {
+        return failed();
+    }
+    let mut union: Vec<Tag> = reqs.iter().flatten().copied().collect();
+    union.sort_unstable();
+    union.dedup();
+    match versions.snapshot(conn, &union).await {
+        Ok(all) => {
+            breaker.success();
+            reqs.iter()
+                .map(|tags| {
+                    let picked = tags
+                        .iter()
+                        .map(|t| {
+                            let i = union.binary_search(t).ok()?;
+                            all.versions.get(i).copied()
+                        })
+                        .collect::<Option<Vec<u64>>>()?;
+                    Some(SharedSnapshot {
+                        generation: Arc::clone(&all.generation),
+                        epoch: all.epoch,
+                        versions: picked,
+                    })
+                })
+                .collect()
+        }
+        Err(e) => {
+            breaker.failure(Instant::now());
+            tracing::debug!(error = %e, "redis: counter read failed");
+            failed()
         }
     }
 }

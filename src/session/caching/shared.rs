@@ -78,6 +78,10 @@ impl CacheSession {
         }
         if tier.consistency() == Consistency::Fast
             && let Some(m) = tier.mirrored(&tags)
+            // Not live (the subscription is down): the mirror may miss bumps. While Redis
+            // answers, read the counters instead; only without Redis does the mirror serve
+            // (L1 only, each entry for at most its TTL).
+            && (m.live || !tier.may_ask())
         {
             return SharedPlan::Keyed {
                 counters: m.snapshot,
