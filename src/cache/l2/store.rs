@@ -170,6 +170,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
     /// Looks several keys up in one round trip (a pipeline of GETs; a cluster routes each to
     /// its node). Any failure is a miss for all of them.
     pub async fn get_many(&self, keys: &[CacheKey]) -> Vec<Option<Sealed>> {
+        let mut conn = self.conn.clone();
+        self.get_many_on(&mut conn, keys).await
+    }
+
+    /// As [`get_many`](Self::get_many), on a connection of the caller's (a per-thread one).
+    pub async fn get_many_on(&self, conn: &mut C, keys: &[CacheKey]) -> Vec<Option<Sealed>> {
         let misses = || keys.iter().map(|_| None).collect();
         if keys.is_empty() {
             return Vec::new();
@@ -182,7 +188,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
         let call = async {
             if self.settings.cluster {
                 let gets = redis_keys.iter().map(|k| {
-                    let mut conn = self.conn.clone();
+                    let mut conn = conn.clone();
                     async move { redis::cmd("GET").arg(k).query_async(&mut conn).await }
                 });
                 futures_util::future::try_join_all(gets).await
@@ -191,8 +197,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
                 for k in &redis_keys {
                     pipe.cmd("GET").arg(k);
                 }
-                let mut conn = self.conn.clone();
-                pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut conn).await
+                pipe.query_async::<Vec<Option<Vec<u8>>>>(conn).await
             }
         };
         let found = match tokio::time::timeout(self.settings.timeout, call).await {

@@ -75,10 +75,8 @@ pub struct SharedTier {
     conn: RedisConn,
     versions: SharedVersions,
     store: Arc<L2Store<RedisConn>>,
-    /// Counter reads of concurrent lookups, one round trip per batch.
-    counters: Batcher<Vec<Tag>, Option<SharedSnapshot>>,
-    /// L2 reads of concurrent lookups, likewise.
-    gets: Batcher<CacheKey, Option<Sealed>>,
+    /// Tells this tier's per-thread lookup connections apart from another tier's.
+    id: u64,
     mirror: Option<Mirror>,
     settings: TierSettings,
     /// The eviction policy was checked and is safe.
@@ -116,28 +114,12 @@ impl SharedTier {
         let (store, writer) = L2Store::new(conn.clone(), key, store_settings);
         let store = Arc::new(store);
         let versions = SharedVersions::new(&settings.store.namespace, settings.store.timeout);
-        let counters = {
-            let (store, versions, conn) = (Arc::clone(&store), versions.clone(), conn.clone());
-            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |reqs: Vec<Vec<Tag>>| {
-                let (store, versions, mut conn) =
-                    (Arc::clone(&store), versions.clone(), conn.clone());
-                async move { read_batch(&store, &versions, &mut conn, &reqs).await }
-            })
-        };
-        let gets = {
-            let store = Arc::clone(&store);
-            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |keys: Vec<CacheKey>| {
-                let store = Arc::clone(&store);
-                async move { store.get_many(&keys).await }
-            })
-        };
         let c = |r: &'static str| metrics::counter!(names::L2_BUMPS, "result" => r);
         let r = |r: &'static str| metrics::counter!(names::L2_COUNTER_READS, "result" => r);
         metrics::gauge!(names::L2_USABLE).set(0.0);
         let tier = SharedTier {
             versions,
-            counters,
-            gets,
+            id: NEXT_TIER_ID.fetch_add(1, Ordering::Relaxed),
             mirror: (settings.consistency == Consistency::Fast)
                 .then(|| Mirror::new(settings.max_tags)),
             conn,
@@ -166,6 +148,49 @@ impl SharedTier {
     pub fn is_usable(&self) -> bool {
         self.usable.load(Ordering::Acquire)
             && self.store.breaker().state() == super::breaker::BreakerState::Closed
+    }
+
+    /// This thread's lookup connection and batchers (made on first use). Sessions run on
+    /// per-core runtimes: a connection of their own thread keeps a lookup's round trip off
+    /// other threads (no cross-thread wake-ups per lookup, which cost more than the call).
+    fn lookups(&self) -> Lookups {
+        LOOKUPS.with(|cell| {
+            let mut all = cell.borrow_mut();
+            if let Some((_, l)) = all.iter().find(|(id, _)| *id == self.id) {
+                return l.clone();
+            }
+            let l = self.new_lookups();
+            all.push((self.id, l.clone()));
+            l
+        })
+    }
+
+    fn new_lookups(&self) -> Lookups {
+        let conn = RedisConn::new(
+            &self.settings.seeds,
+            self.settings.cluster,
+            self.settings.store.timeout,
+        )
+        // The same settings already made the tier's connection: this cannot fail; if it
+        // did, the tier's own connection serves (shared, slower).
+        .unwrap_or_else(|_| self.conn.clone());
+        let counters = {
+            let (store, versions, conn) =
+                (Arc::clone(&self.store), self.versions.clone(), conn.clone());
+            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |reqs: Vec<Vec<Tag>>| {
+                let (store, versions, mut conn) =
+                    (Arc::clone(&store), versions.clone(), conn.clone());
+                async move { read_batch(&store, &versions, &mut conn, &reqs).await }
+            })
+        };
+        let gets = {
+            let store = Arc::clone(&self.store);
+            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |keys: Vec<CacheKey>| {
+                let (store, mut conn) = (Arc::clone(&store), conn.clone());
+                async move { store.get_many_on(&mut conn, &keys).await }
+            })
+        };
+        Lookups { counters, gets }
     }
 
     /// Worth asking Redis for counters now: usable, and the breaker is closed or due a trial.
@@ -215,7 +240,8 @@ impl SharedTier {
             return None;
         }
         let token = self.mirror.as_ref().map(Mirror::sync_token);
-        let call = self.counters.call(tags.to_vec());
+        let lookups = self.lookups();
+        let call = lookups.counters.call(tags.to_vec());
         // The batch is bounded by the timeout; this bounds the wait for a slot in it too.
         match tokio::time::timeout(self.settings.store.timeout * 2, call).await {
             Ok(Some(Some(snap))) => {
@@ -234,7 +260,8 @@ impl SharedTier {
 
     /// An L2 lookup (any failure is a miss).
     pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
-        let call = self.gets.call(key);
+        let lookups = self.lookups();
+        let call = lookups.gets.call(key);
         tokio::time::timeout(self.settings.store.timeout * 2, call)
             .await
             .ok()
@@ -487,6 +514,22 @@ impl SharedTier {
         }
     }
 }
+
+/// One thread's batchers for lookups.
+#[derive(Clone)]
+struct Lookups {
+    /// Counter reads of concurrent lookups, one round trip per batch.
+    counters: Batcher<Vec<Tag>, Option<SharedSnapshot>>,
+    /// L2 reads of concurrent lookups, likewise.
+    gets: Batcher<CacheKey, Option<Sealed>>,
+}
+
+thread_local! {
+    /// Per thread: the lookup batchers of each tier (one in a process, several in tests).
+    static LOOKUPS: std::cell::RefCell<Vec<(u64, Lookups)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+static NEXT_TIER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Lookups waiting for a batch at most (beyond: treated as Redis unavailable).
 const BATCH_QUEUE: usize = 4096;
