@@ -255,11 +255,13 @@ impl Invalidator {
     }
 
     /// COMMIT PREPARED succeeded: bump what was parked, or the epoch for an unknown gid
-    /// (prepared before pgmemo started, through another path, or forgotten).
-    pub fn commit_prepared(&self, db: u32, gid: &str) {
-        match lock(&self.parked).remove(&(db, gid.to_owned())) {
-            Some(written) => self.bump(&written, Source::Prepared),
-            None => self.bump_epoch(EpochCause::UnknownGid),
+    /// (prepared before pgmemo started, through another path, or forgotten). Returns the
+    /// shared tier's bump, to await before relaying the acknowledgement.
+    pub fn commit_prepared(&self, db: u32, gid: &str) -> Option<SharedBump> {
+        let parked = lock(&self.parked).remove(&(db, gid.to_owned()));
+        match parked {
+            Some(written) => self.bump_held(&written, Source::Prepared),
+            None => self.bump_epoch_held(EpochCause::UnknownGid),
         }
     }
 

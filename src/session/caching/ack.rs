@@ -57,12 +57,20 @@ pub fn wait(
             let lsn = lsn.parse::<Lsn>().ok()?;
             stream.wait_applied(lsn, max).await.then_some(())
         };
-        let result = match tokio::time::timeout(max, applied).await {
-            Ok(Some(())) => {
-                fallback.settled = true;
-                "applied"
+        let applied = matches!(tokio::time::timeout(max, applied).await, Ok(Some(())));
+        fallback.settled = true;
+        let result = if applied {
+            "applied"
+        } else {
+            // As without CDC; with a shared tier the acknowledgement also waits for Redis
+            // to have the epoch bump.
+            let shared = fallback
+                .invalidator
+                .bump_epoch_held(EpochCause::SideEffects);
+            if let Some(shared) = shared {
+                shared.apply().await;
             }
-            _ => "timed_out",
+            "timed_out"
         };
         metrics::counter!(names::CDC_ACK_WAITS, "result" => result).increment(1);
     })

@@ -141,26 +141,32 @@ impl CacheSession {
         }
         if !written.is_empty() {
             super::hooks::pause(super::hooks::Point::BeforeBump);
-            if let Some(shared) = self
+            let shared = self
                 .app
                 .caching
                 .invalidator
-                .bump_held(&written, Source::Write)
-            {
-                // The acknowledgement waits for Redis too, so a read anywhere after it sees
-                // the bump (bounded by cache.redis.timeout; a failure is retried).
-                let before = self.ack_hold.take();
-                self.ack_hold = Some(Box::pin(async move {
-                    if let Some(wait) = before {
-                        wait.await;
-                    }
-                    shared.apply().await;
-                }));
-            }
+                .bump_held(&written, Source::Write);
+            self.hold_for_shared(shared);
         }
         if std::mem::take(&mut self.tracker.txn_ddl) {
             self.app.caching.catalog.invalidate_memos();
         }
+    }
+
+    /// The acknowledgement waits for the shared tier's bump too, so a read through any
+    /// instance after it sees the bump (bounded by `cache.redis.timeout`; a failure is
+    /// recorded and retried).
+    fn hold_for_shared(&mut self, shared: Option<crate::invalidation::SharedBump>) {
+        let Some(shared) = shared else {
+            return;
+        };
+        let before = self.ack_hold.take();
+        self.ack_hold = Some(Box::pin(async move {
+            if let Some(wait) = before {
+                wait.await;
+            }
+            shared.apply().await;
+        }));
     }
 
     /// The acknowledgement wait for a commit with invisible effects, when the session's
@@ -306,10 +312,12 @@ impl CacheSession {
                 self.fingerprint.on_transaction_end(true);
             }
             TxnControl::CommitPrepared(gid) => {
-                self.app
+                let shared = self
+                    .app
                     .caching
                     .invalidator
                     .commit_prepared(self.db_oid(), gid);
+                self.hold_for_shared(shared);
             }
             TxnControl::RollbackPrepared(gid) => {
                 self.app
