@@ -5,11 +5,17 @@
 //! never older than the request (what `strict` consistency needs).
 //!
 //! Bounded: the queue holds `capacity` requests (beyond: refused at once, the caller treats
-//! it as Redis being unavailable) and a batch takes at most `max_batch`.
+//! it as Redis being unavailable), a batch takes at most `max_batch`, and at most
+//! `MAX_IN_FLIGHT` batches are out at once.
 
 use std::future::Future;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
+
+/// Batches one batcher has in flight at most.
+const MAX_IN_FLIGHT: usize = 4;
 
 type Request<Q, A> = (Q, oneshot::Sender<A>);
 
@@ -38,26 +44,39 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
         let (tx, mut rx) = mpsc::channel::<Request<Q, A>>(capacity.max(1));
         let max_batch = max_batch.max(1);
         tokio::spawn(async move {
-            let mut queries = Vec::with_capacity(max_batch);
-            let mut replies = Vec::with_capacity(max_batch);
-            while let Some((q, reply)) = rx.recv().await {
-                queries.push(q);
-                replies.push(reply);
-                while queries.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok((q, reply)) => {
-                            queries.push(q);
-                            replies.push(reply);
+            // Batches in flight at once: a request queued while one is out goes in the next
+            // one right away (pipelined on the connection) instead of waiting for the reply.
+            let mut in_flight = FuturesUnordered::new();
+            let mut open = true;
+            while open || !in_flight.is_empty() {
+                tokio::select! {
+                    req = rx.recv(), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                        let Some((q, reply)) = req else {
+                            open = false;
+                            continue;
+                        };
+                        let mut queries = vec![q];
+                        let mut replies = vec![reply];
+                        while queries.len() < max_batch {
+                            match rx.try_recv() {
+                                Ok((q, reply)) => {
+                                    queries.push(q);
+                                    replies.push(reply);
+                                }
+                                Err(_) => break,
+                            }
                         }
-                        Err(_) => break,
+                        let answering = run(queries);
+                        in_flight.push(async move {
+                            let answers = answering.await;
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                // The caller may have given up (timeout, session gone): fine.
+                                let _ = reply.send(answer);
+                            }
+                        });
                     }
+                    Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 }
-                let answers = run(std::mem::take(&mut queries)).await;
-                for (reply, answer) in replies.drain(..).zip(answers) {
-                    // The caller may have given up (timeout, session gone): fine.
-                    let _ = reply.send(answer);
-                }
-                replies.clear();
             }
         });
         Batcher { tx }
@@ -106,22 +125,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_a_short_answer_is_none() {
-        let b = Batcher::spawn(1, 1, |qs: Vec<u32>| async move {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            qs.into_iter().skip(1).collect()
+        let b = Batcher::spawn(1, 1, |_: Vec<u32>| async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Vec::<u32>::new()
         });
-        let first = tokio::spawn({
+        // MAX_IN_FLIGHT batches out, one more queued: the next is refused at once.
+        let mut waiting = Vec::new();
+        for i in 0..=MAX_IN_FLIGHT as u32 {
             let b = b.clone();
-            async move { b.call(1).await }
-        });
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        let second = tokio::spawn({
-            let b = b.clone();
-            async move { b.call(2).await }
-        });
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(b.call(3).await, None, "queue of one is full");
-        assert_eq!(first.await.expect("task"), None, "no answer given for it");
-        assert_eq!(second.await.expect("task"), None);
+            waiting.push(tokio::spawn(async move { b.call(i).await }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let asked = std::time::Instant::now();
+        assert_eq!(b.call(99).await, None, "queue of one is full");
+        assert!(
+            asked.elapsed() < Duration::from_millis(100),
+            "refused at once, not answered late"
+        );
+        for w in waiting {
+            assert_eq!(w.await.expect("task"), None, "no answer given for it");
+        }
     }
 }
