@@ -15,6 +15,7 @@ pub mod adaptive;
 mod extended;
 pub mod group;
 pub mod hooks;
+mod lookup;
 pub mod memo;
 pub mod plan;
 mod planning;
@@ -32,9 +33,7 @@ use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Histogram};
 
 use crate::cache::l2::tier::SharedTier;
-use crate::cache::{
-    Cache, CacheKey, Entry, FillGuard, KeyCheck, KeyInput, Lookup, Tag, VersionSnapshot,
-};
+use crate::cache::{Cache, CacheKey, Entry, FillGuard, KeyCheck, Tag, VersionSnapshot};
 use crate::catalog::Catalog;
 use crate::cdc::hub::Hub;
 use crate::context::AppContext;
@@ -425,143 +424,6 @@ impl CacheSession {
                 FrameAction::Forward
             }
             _ => FrameAction::Forward,
-        }
-    }
-
-    /// Looks a cacheable statement up (a simple Query, or with `extended` the Parse's
-    /// parameter types and the Bind's tail); on a miss, prepares the capture of its response.
-    fn lookup(
-        &mut self,
-        plan: &Plan,
-        state: &SessionState,
-        extended: Option<(&[u8], &[u8])>,
-    ) -> Looked {
-        let bypass = |reason: &'static str| {
-            metrics::counter!(names::CACHE_BYPASSES, "reason" => reason).increment(1);
-            Looked::Forward
-        };
-        let read = match &plan.read {
-            Ok(r) => r,
-            Err(reason) => {
-                if plan.analysis.statements.len() == 1
-                    && matches!(
-                        plan.analysis.statements.first().map(|s| &s.class),
-                        Some(crate::sql::Class::CacheableRead)
-                    )
-                {
-                    return bypass(reason);
-                }
-                return Looked::Forward;
-            }
-        };
-        if !self.app.cache_enabled() {
-            return bypass("disabled");
-        }
-        if !state.is_idle() || self.capture.is_some() {
-            return bypass("not_idle");
-        }
-        if !self
-            .cx
-            .as_ref()
-            .is_none_or(|c| self.app.caching.cdc.serves(&c.database))
-        {
-            // The change stream is not established or lags: results could be stale beyond
-            // any bound, so they are neither served nor stored.
-            return bypass("cdc_not_streaming");
-        }
-        if self.probe_needed || self.probe.is_some() || self.opted_out {
-            return bypass(if self.opted_out {
-                "session_opt_out"
-            } else {
-                "settings_unknown"
-            });
-        }
-        if extended.is_none() && state.registry.get(b"").is_some() {
-            // A hit would leave the unnamed statement alive where PostgreSQL drops it.
-            return bypass("unnamed_statement");
-        }
-        let Some(fp) = self.fp_digest.filter(|_| self.fingerprint.cacheable()) else {
-            return bypass("session_tainted");
-        };
-        if read.stats.skipping() {
-            return bypass("low_hit_ratio");
-        }
-        // Hit latency and the shape's hit ratio are sampled: doing either for every lookup
-        // would cost a share of the hit itself.
-        self.lookups = self.lookups.wrapping_add(1);
-        let sampled = self.lookups.is_multiple_of(HIT_TIMING_SAMPLE);
-        let timed = sampled.then(Instant::now);
-        let cache = Arc::clone(&self.app.caching.cache);
-        // I1: versions are read before the Query goes upstream.
-        let snapshot = cache.versions().snapshot(&read.tags);
-        let (counters, l2_step) = match self.shared_plan(&snapshot) {
-            shared::SharedPlan::Off => (None, shared::L2Step::Skip),
-            shared::SharedPlan::Keyed { counters, l2 } => (Some(counters), l2),
-            shared::SharedPlan::Bypass => return bypass("redis_unavailable"),
-            shared::SharedPlan::Wait(wait) => return Looked::Wait(wait),
-        };
-        let mut input = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
-        if let Some(c) = &counters {
-            input = input.shared(c);
-        }
-        let input = match extended {
-            Some((types, bind)) => input.extended(types, bind),
-            None => input,
-        };
-        let (key, check) = cache.key(&input);
-        let l2_key = cache.key_l2(&input);
-        let looked = match (l2_step, l2_key, counters) {
-            (shared::L2Step::Ask, Some((l2, _)), Some(counters)) => {
-                if let Some(entry) = cache.peek(key, check) {
-                    Lookup::Hit(entry)
-                } else if let Some(wait) = self.l2_wait(&snapshot, counters, l2) {
-                    return Looked::Wait(wait);
-                } else {
-                    cache.lookup(key, check)
-                }
-            }
-            (shared::L2Step::Asked(asked, Some(sealed)), Some((l2, l2_check)), _)
-                if asked == l2 && sealed.check == l2_check =>
-            {
-                match shared::promoted(sealed, check, &read.tags) {
-                    Some(entry) => Lookup::Hit(cache.promote(key, &snapshot, entry)),
-                    None => cache.lookup(key, check),
-                }
-            }
-            _ => cache.lookup(key, check),
-        };
-        if sampled {
-            let app = &self.app;
-            read.stats.sample(matches!(looked, Lookup::Hit(_)), || {
-                app.config().cache.min_hit_ratio
-            });
-        }
-        match looked {
-            Lookup::Hit(entry) => {
-                if let Some(started) = timed {
-                    self.metrics
-                        .hit_seconds
-                        .record(started.elapsed().as_secs_f64());
-                }
-                Looked::Hit(entry)
-            }
-            Lookup::Miss(guard) => {
-                hooks::pause(hooks::Point::AfterSnapshot);
-                self.capture = Some(Capture {
-                    guard,
-                    snapshot,
-                    check,
-                    ttl: read.ttl,
-                    tags: read.tags.clone(),
-                    l2: l2_key,
-                    frames: BytesMut::new(),
-                    complete: false,
-                    started: timed.unwrap_or_else(Instant::now),
-                });
-                Looked::Forward
-            }
-            // Another session is running this query: wait for its result.
-            Lookup::Wait(waiter) => Looked::Wait(self.wait_future(waiter)),
         }
     }
 
