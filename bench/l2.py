@@ -60,12 +60,12 @@ import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 from pathlib import Path
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack as stackmod  # noqa: E402
+from cdc import metric, metrics  # noqa: E402
 from run import ProcSampler, parse_pgbench  # noqa: E402
 from stack import REPO, Stack, client_env, find_pg_bin, log  # noqa: E402
 
@@ -88,25 +88,6 @@ WIDE_REPEATS = 3
 
 
 # --- metrics ------------------------------------------------------------------------------
-def metrics(admin):
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
-        return r.read().decode("utf-8", "replace")
-
-
-def metric(text, name, **labels):
-    """Sum of a metric's samples whose labels include `labels` (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            try:
-                total += float(line.rsplit(" ", 1)[1])
-            except ValueError:
-                pass
-    return total
-
-
 def has_metric(text, name):
     return any(line.startswith((name + "{", name + " ")) for line in text.splitlines())
 

@@ -5,11 +5,15 @@
 //! an instance cut off from Redis stays correct (strict) or TTL-bounded (fast); the same
 //! on a three-master Redis Cluster.
 
+#[path = "support/cdc.rs"]
+mod cdc;
 #[path = "support/checker/mod.rs"]
 mod checker;
 mod common;
 #[path = "support/l2.rs"]
 mod l2;
+#[path = "support/cache_probe.rs"]
+mod probe;
 
 use std::time::{Duration, Instant};
 
@@ -383,7 +387,7 @@ async fn one_instance_follows_the_change_stream_for_all() {
     let cfg = l2::config_cdc(&[redis.url()], "strict");
     let a = instance(&pg, &cfg);
     let mut b = Some(instance(&pg, &cfg));
-    let streaming = |p: &Proxy| l2::cdc_state(p).as_deref() == Some("streaming");
+    let streaming = |p: &Proxy| cdc::cdc_state(p).as_deref() == Some("streaming");
     if let Some(b) = &b {
         for p in [&a, b] {
             eventually(Duration::from_secs(30), "streaming", || streaming(p)).await;

@@ -117,18 +117,6 @@ pub fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// The state `/metrics` reports for [`DB`]'s change stream.
-pub fn cdc_state(p: &Proxy) -> Option<String> {
-    let text = p.admin_get("/metrics");
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix("pgmemo_cdc_state{")?;
-        if !rest.contains(&format!("database=\"{DB}\"")) || !line.ends_with(" 1") {
-            return None;
-        }
-        Some(rest.split("state=\"").nth(1)?.split('"').next()?.to_owned())
-    })
-}
-
 /// Waits until `cond` holds (polling), or panics with `what` after `limit`.
 pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -3,7 +3,6 @@
 //! counters and L2 (see [`shared`](super::shared)), the keys, and the L1 lookup that hits,
 //! leads a fill (and prepares the capture of the response) or waits for another session's.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -78,15 +77,15 @@ impl CacheSession {
         self.lookups = self.lookups.wrapping_add(1);
         let sampled = self.lookups.is_multiple_of(HIT_TIMING_SAMPLE);
         let timed = sampled.then(Instant::now);
-        let cache = Arc::clone(&self.app.caching.cache);
         // I1: versions are read before the Query goes upstream.
-        let snapshot = cache.versions().snapshot(&read.tags);
+        let snapshot = self.app.caching.cache.versions().snapshot(&read.tags);
         let (counters, l2_step) = match self.shared_plan(&snapshot) {
             shared::SharedPlan::Off => (None, shared::L2Step::Skip),
             shared::SharedPlan::Keyed { counters, l2 } => (Some(counters), l2),
             shared::SharedPlan::Bypass => return bypass("redis_unavailable"),
             shared::SharedPlan::Wait(wait) => return Looked::Wait(wait),
         };
+        let cache = &self.app.caching.cache;
         let mut input = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
         if let Some(c) = &counters {
             input = input.shared(c);
@@ -96,25 +95,27 @@ impl CacheSession {
             None => input,
         };
         let (key, check) = cache.key(&input);
-        let l2_key = cache.key_l2(&input);
-        let looked = match (l2_step, l2_key, counters) {
-            (shared::L2Step::Ask, Some((l2, _)), Some(counters)) => {
-                if let Some(entry) = cache.peek(key, check) {
-                    Lookup::Hit(entry)
-                } else if let Some(wait) = self.l2_wait(&snapshot, counters, l2) {
-                    return Looked::Wait(wait);
-                } else {
-                    cache.lookup(key, check)
-                }
-            }
-            (shared::L2Step::Asked(asked, Some(sealed)), Some((l2, l2_check)), _)
-                if asked == l2 && sealed.check == l2_check =>
-            {
-                match shared::promoted(sealed, check, &read.tags) {
-                    Some(entry) => Lookup::Hit(cache.promote(key, &snapshot, entry)),
+        // The L2 key costs a second hash: only when the L2 is asked or a miss is captured.
+        let l2_key = || cache.key_l2(&input);
+        let looked = match (l2_step, counters.as_ref()) {
+            (shared::L2Step::Ask, Some(counters)) => match cache.peek(key, check) {
+                Some(entry) => Lookup::Hit(entry),
+                None => match l2_key()
+                    .and_then(|(l2, _)| self.l2_wait(&snapshot, counters.clone(), l2))
+                {
+                    Some(wait) => return Looked::Wait(wait),
                     None => cache.lookup(key, check),
+                },
+            },
+            (shared::L2Step::Asked(asked, Some(sealed)), _) => match l2_key() {
+                Some((l2, l2_check)) if asked == l2 && sealed.check == l2_check => {
+                    match shared::promoted(sealed, check, &read.tags) {
+                        Some(entry) => Lookup::Hit(cache.promote(key, &snapshot, entry)),
+                        None => cache.lookup(key, check),
+                    }
                 }
-            }
+                _ => cache.lookup(key, check),
+            },
             _ => cache.lookup(key, check),
         };
         if sampled {
@@ -134,13 +135,14 @@ impl CacheSession {
             }
             Lookup::Miss(guard) => {
                 hooks::pause(hooks::Point::AfterSnapshot);
+                let l2 = l2_key();
                 self.capture = Some(Capture {
                     guard,
                     snapshot,
                     check,
                     ttl: read.ttl,
                     tags: read.tags.clone(),
-                    l2: l2_key,
+                    l2,
                     frames: BytesMut::new(),
                     complete: false,
                     started: timed.unwrap_or_else(Instant::now),
