@@ -439,3 +439,46 @@ async fn one_instance_follows_the_change_stream_for_all() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// `cache.l1.enabled = false`: nothing is held in process, every hit comes from Redis, and
+/// a write through one instance is still never followed by the old value on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_only_instances_hold_nothing_in_process_and_stay_correct() {
+    let pg = l2::postgres();
+    let redis = RedisServer::start();
+    let cfg = l2::config(&[redis.url()], "strict", "[cache.l1]\nenabled = false");
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    let (ca, cb) = (session(&a).await, session(&b).await);
+    for i in 1..=20 {
+        let (w, r, rp) = if i % 2 == 0 {
+            (&ca, &cb, &b)
+        } else {
+            (&cb, &ca, &a)
+        };
+        assert_eq!(read(r, 7).await, i - 1);
+        let hits = metric(rp, "pgmemo_l2_lookups_total", &["\"hit\""]);
+        eventually(Duration::from_secs(5), "the result in Redis", || {
+            metric(&a, "pgmemo_l2_writes_total", &["written"])
+                + metric(&b, "pgmemo_l2_writes_total", &["written"])
+                >= 1.0
+        })
+        .await;
+        assert_eq!(read(r, 7).await, i - 1, "cached");
+        assert!(
+            metric(rp, "pgmemo_l2_lookups_total", &["\"hit\""]) > hits,
+            "the repeat was answered from Redis"
+        );
+        write(w, 7, i).await;
+        assert_eq!(
+            read(r, 7).await,
+            i,
+            "write {i} acknowledged on the other instance"
+        );
+    }
+    for p in [&a, &b] {
+        assert_eq!(metric(p, "pgmemo_cache_hits_total", &[]), 0.0, "no L1 hit");
+        assert_eq!(metric(p, "pgmemo_cache_entries", &[]), 0.0, "nothing held");
+    }
+}
