@@ -379,10 +379,18 @@ async fn readyz_probe_is_cached_for_at_most_a_second() {
 
 #[tokio::test]
 async fn set_upstream_takes_effect_without_waiting_for_the_cache() {
-    let ready = readiness(dead_port().await, true);
+    let dead = dead_port().await;
+    let ready = readiness(dead, true);
     let admin = start_default(Arc::clone(&ready)).await;
     assert_eq!(http_get(admin.addr, "/readyz").await.status, 503);
-    let pg = fake_pg(Some(b'N')).await;
+    // The freed port may be handed out again: the new address must really be another one
+    // (the cached failure of the same address would rightly still apply).
+    let mut pg = fake_pg(Some(b'N')).await;
+    let mut held = Vec::new();
+    while pg.port == dead {
+        held.push(pg);
+        pg = fake_pg(Some(b'N')).await;
+    }
     ready.set_upstream("127.0.0.1".to_owned(), pg.port);
     let reply = http_get(admin.addr, "/readyz").await;
     assert_eq!(reply.status, 200, "{}", reply.body);
