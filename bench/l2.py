@@ -79,6 +79,15 @@ PGMEMO_TARGETS = {  # name: (namespace, consistency, l1 enabled)
     "fast": ("bench_fast", "fast", True),
 }
 MODES = ("simple", "prepared")
+# The ceilings (bench/ceiling, -M simple only): name: (mode, threads, yields, layout).
+# `ceiling` is the instant responder; the other two add what any design that asks Redis per
+# lookup must at least do (see bench/ceiling/src/main.rs), with the best batching found here
+# (of one shared connection on 1 or 2 threads and per-thread connections, 0 to 2 yields).
+CEILINGS = {"ceiling": ("none", 2, 0, "shared"),
+            "ceiling_counters": ("counters", 2, 1, "per-thread"),
+            "ceiling_l2": ("l2", 2, 1, "per-thread")}
+# Which ceiling bounds which target.
+BOUND_BY = {"strict": "ceiling_counters", "strict_l2only": "ceiling_l2", "fast": "ceiling"}
 ACCEPT = {"strict": 1.5, "strict_l2only": 1.2}  # x direct, -M simple
 ACCEPT_P99_MS = 5.0
 MAX_WARMUPS = 3  # per target and mode, while a warm-up still missed > 2 % of its reads
@@ -304,6 +313,12 @@ def pgbench(st, sampler, target, mode, clients, duration):
     return rec
 
 
+def targets_for(st, mode):
+    """The targets of one mode: pgmemo's and direct, and the ceilings that were started."""
+    extra = tuple(c for c in CEILINGS if mode == "simple" and c in st.ports)
+    return TARGETS + extra
+
+
 def throughput(st, args, sampler, result):
     part = result["throughput"] = {"clients": args.clients, "duration_s": args.duration,
                                    "reps": args.reps, "warmup_s": args.warmup, "cells": {}}
@@ -311,7 +326,7 @@ def throughput(st, args, sampler, result):
         cell = part["cells"][mode] = {"warmups": [], "runs": []}
         st.psql(st.ports["direct"], "CHECKPOINT")
         if args.warmup > 0:
-            for t in TARGETS:
+            for t in TARGETS:  # the ceilings need none
                 for attempt in range(MAX_WARMUPS):
                     w = pgbench(st, sampler, t, mode, args.clients, args.warmup)
                     w["attempt"] = attempt + 1
@@ -327,7 +342,8 @@ def throughput(st, args, sampler, result):
                     if w["error"] or not w.get("processed") or cold <= 0.02 * w["processed"]:
                         break
         for rep in range(args.reps):
-            order = TARGETS[rep % len(TARGETS):] + TARGETS[:rep % len(TARGETS)]
+            targets = targets_for(st, mode)
+            order = targets[rep % len(targets):] + targets[:rep % len(targets)]
             for t in order:
                 r = pgbench(st, sampler, t, mode, args.clients, args.duration)
                 r["rep"] = rep
@@ -338,7 +354,7 @@ def throughput(st, args, sampler, result):
                              f"({100 * r['served_from_l2']:.1f} % from Redis)")
                 log(f"-M {mode} rep {rep + 1} {t}: "
                     + (f"{r['tps']:.0f} tps{extra}" if r["tps"] else f"ERROR {r['error']}"))
-        cell["summary"] = summarize_cell(cell["runs"], args.reps)
+        cell["summary"] = summarize_cell(cell["runs"], args.reps, targets_for(st, mode))
 
 
 def med_range(values):
@@ -349,10 +365,10 @@ def med_range(values):
             "n": len(values)}
 
 
-def summarize_cell(runs, reps):
+def summarize_cell(runs, reps, targets):
     by = {(r["rep"], r["target"]): r for r in runs}
     s = {}
-    for t in TARGETS:
+    for t in targets:
         rs = [by.get((rep, t)) for rep in range(reps)]
         rs = [r for r in rs if r is not None]
         s[t] = {"tps": med_range([r["tps"] for r in rs]),
@@ -616,27 +632,38 @@ def report(result, args):
             s = cell.get("summary")
             if not s:
                 continue
-            for t in TARGETS:
-                x = s[t]
+            for t, x in s.items():
                 lines.append(
                     f"| `-M {mode}` | {t} | {fmt_tps(x['tps'])} | "
                     f"{fmt_ratio(x.get('ratio_to_direct')) if t != 'direct' else '1.00×'} | "
-                    f"{fmt_pct(x['served_from_cache']) if t != 'direct' else '–'} | "
-                    f"{fmt_pct(x['served_from_l2']) if t != 'direct' else '–'} | "
+                    f"{fmt_pct(x['served_from_cache']) if t in PGMEMO_TARGETS else '–'} | "
+                    f"{fmt_pct(x['served_from_l2']) if t in PGMEMO_TARGETS else '–'} | "
                     f"{fmt_us(x['pgmemo_cpu_us_per_txn'])} | "
-                    f"{fmt_us(x['redis_cpu_us_per_txn']) if t != 'direct' else '–'} | "
+                    f"{fmt_us(x['redis_cpu_us_per_txn']) if t not in ('direct', 'ceiling') else '–'} | "
                     f"{x['errors']} | {x['contended_runs']} |")
         lines += ["", "\"from cache\" = (L1 hits + L2 hits) ÷ transactions, \"from Redis\" = L2 "
                   "hits ÷ transactions, during the timed runs; µs/txn = CPU time of that process (all "
                   "threads) during the run ÷ transactions; \"contended\" = runs in which "
                   "processes outside the benchmark used ≥ 5 % of the machine's CPU.", ""]
+        if any(c in (tp["cells"].get("simple", {}).get("summary") or {}) for c in CEILINGS):
+            lines += ["Ceilings (`bench/ceiling`, `-M simple` only): `ceiling` answers every query "
+                      "from memory at once (the instant responder); `ceiling_counters` first waits "
+                      "for one Redis counter read requested after the query arrived (`GET` marker + "
+                      "`HMGET` versions, shared by every query that arrived while the previous "
+                      "read was out), the least `strict` with the L1 on must do; `ceiling_l2` also "
+                      "`GET`s each query's entry in that round trip, the least L2-only must do. "
+                      "Nothing is parsed, checked or stored: the most any design that asks Redis "
+                      "per lookup can reach on this machine.", ""]
         simple = tp["cells"].get("simple", {}).get("summary")
         for t, need in ACCEPT.items():
             r = simple and simple[t].get("ratio_to_direct")
             if r:
                 ok = r["median"] >= need
+                bound = simple.get(BOUND_BY[t], {}).get("ratio_to_direct")
                 verdicts.append(f"{t} `-M simple`: {r['median']:.2f}× direct (need ≥ {need:.1f}×): "
-                                f"**{'pass' if ok else 'FAIL'}**")
+                                f"**{'pass' if ok else 'FAIL'}**"
+                                + (f"; its ceiling {BOUND_BY[t]} reached {bound['median']:.2f}× "
+                                   if bound else ""))
             else:
                 verdicts.append(f"{t} `-M simple`: no ratio (runs failed): **FAIL**")
     comp = result.get("compression")
@@ -770,6 +797,37 @@ def find_problems(result):
     return probs
 
 
+def ceiling_exe(args):
+    """bench/ceiling's binary, built unless --no-build (then it must exist)."""
+    folder = REPO / "bench" / "ceiling"
+    exe = folder / "target" / "release" / "ceiling"
+    if not args.no_build:
+        r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=folder,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("bench/ceiling did not build: " + r.stderr.strip()[-2000:])
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing (build it: cargo build --release in {folder})")
+    return exe
+
+
+def start_ceilings(st, exe, redis_port):
+    for name, (mode, threads, yields, layout) in CEILINGS.items():
+        port = stackmod.free_port()
+        argv = [exe, f"127.0.0.1:{port}", f"127.0.0.1:{redis_port}", mode, str(threads),
+                str(yields), layout]
+        out = open(st.tmp / f"{name}.stdout", "wb")
+        proc = st.spawn(name, argv, lambda p: st._stop_simple(p, signal.SIGTERM), stdout=out)
+        out.close()
+        deadline = time.monotonic() + 20
+        while "ready" not in (st.tmp / f"{name}.stdout").read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: {st.tail(name + '.log', 5)}")
+            time.sleep(0.05)
+        st.ports[name] = port
+        st.configs[name] = {"command": shlex.join(str(a) for a in argv), "pid": proc.pid}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, help="interleaved repetitions (3; --quick 1)")
@@ -785,6 +843,8 @@ def main():
     ap.add_argument("--no-build", action="store_true",
                     help="never run cargo; a stale target/release/pgmemo is used and flagged")
     ap.add_argument("--redis-bin", default="redis-server")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="do not measure the ceilings (bench/ceiling)")
     ap.add_argument("--pg-bin")
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
@@ -828,6 +888,8 @@ def main():
             .isoformat(timespec="seconds")}
         for name, (ns, consistency, l1) in PGMEMO_TARGETS.items():
             start_pgmemo(st, exe, name, redis_port, ns, consistency, l1)
+        if not args.no_ceiling:
+            start_ceilings(st, ceiling_exe(args), redis_port)
         sampler = ProcSampler()
         throughput(st, args, sampler, result)
         compression(st, result)
@@ -851,7 +913,7 @@ def main():
             signal.signal(sig, signal.SIG_IGN)  # finish the clean-up whatever arrives now
         st.configs.setdefault("redis", {})
         result["configs"] = {k: v for k, v in st.configs.items()}
-        for name in list(PGMEMO_TARGETS) + ["fast_a", "redis", "bgload"]:
+        for name in list(PGMEMO_TARGETS) + ["fast_a", "redis", "bgload"] + list(CEILINGS):
             for suffix in (".log", ".stdout"):
                 src = st.tmp / (name + suffix)
                 if src.exists():
@@ -861,7 +923,8 @@ def main():
     tp = result.get("throughput", {})
     for cell in tp.get("cells", {}).values():
         if "summary" not in cell and cell["runs"]:  # interrupted in this cell: what it has
-            cell["summary"] = summarize_cell(cell["runs"], tp["reps"])
+            cell["summary"] = summarize_cell(cell["runs"], tp["reps"],
+                                             list(dict.fromkeys(r["target"] for r in cell["runs"])))
     result["problems"] = find_problems(result)
     Path(result["json"]).write_text(json.dumps(result, indent=2, default=str))
     print(report(result, args))

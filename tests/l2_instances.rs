@@ -117,8 +117,15 @@ async fn run_checker(c: &CheckerConfig) -> checker::Report {
 /// The staleness checker with its clients spread over two strict instances: no stale read,
 /// and the instances really served each other's results.
 async fn checker_over_two_instances(urls: &[String], ops: u64) {
+    checker_over_two(urls, ops, true).await;
+}
+
+/// As [`checker_over_two_instances`], with the L1 on or off (then every hit is an L2 hit,
+/// fetched with the counters, and each write leaves older entries at the same L2 address).
+async fn checker_over_two(urls: &[String], ops: u64, l1: bool) {
     let pg = checker_pg();
-    let cfg = l2::config(urls, "strict", CHECKER_FUNCTIONS);
+    let extra = format!("{CHECKER_FUNCTIONS}[cache.l1]\nenabled = {l1}\n");
+    let cfg = l2::config(urls, "strict", &extra);
     let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
     usable(&a).await;
     usable(&b).await;
@@ -130,14 +137,25 @@ async fn checker_over_two_instances(urls: &[String], ops: u64) {
     let l1_hits =
         metric(&a, "pgmemo_cache_hits_total", &[]) + metric(&b, "pgmemo_cache_hits_total", &[]);
     eprintln!("L1 hits {l1_hits}, L2 hits {l2_hits}");
-    assert!(l2_hits > 50.0, "few cross-instance hits: {l2_hits}");
-    assert!(l1_hits > 500.0, "the cache was barely used: {l1_hits}");
+    if l1 {
+        assert!(l2_hits > 50.0, "few cross-instance hits: {l2_hits}");
+        assert!(l1_hits > 500.0, "the cache was barely used: {l1_hits}");
+    } else {
+        assert_eq!(l1_hits, 0.0, "no L1");
+        assert!(l2_hits > 500.0, "the cache was barely used: {l2_hits}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_strict_instances_serve_no_stale_read() {
     let redis = RedisServer::start();
     checker_over_two_instances(&[redis.url()], 20_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_l2_only_instances_serve_no_stale_read() {
+    let redis = RedisServer::start();
+    checker_over_two(&[redis.url()], 20_000, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,9 +462,21 @@ async fn one_instance_follows_the_change_stream_for_all() {
 /// a write through one instance is still never followed by the old value on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_only_instances_hold_nothing_in_process_and_stay_correct() {
-    let pg = l2::postgres();
     let redis = RedisServer::start();
-    let cfg = l2::config(&[redis.url()], "strict", "[cache.l1]\nenabled = false");
+    l2_only(&[redis.url()]).await;
+}
+
+/// The same on a cluster, where an entry lives on another node than the counters: fetched
+/// with them in one round trip all the same, as concurrent commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_only_on_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3);
+    l2_only(&cluster.urls()).await;
+}
+
+async fn l2_only(urls: &[String]) {
+    let pg = l2::postgres();
+    let cfg = l2::config(urls, "strict", "[cache.l1]\nenabled = false");
     let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
     usable(&a).await;
     usable(&b).await;

@@ -145,7 +145,10 @@ pub struct KeyInput<'a, B: AsRef<[u8]> = bytes::Bytes> {
 enum Tier {
     /// In-process: the local versions and epoch, and the shared counters when there are.
     L1,
-    /// Redis: the shared counters only, so every instance computes the same key.
+    /// Redis: the key (the entry's address there) covers the statement and its tags but no
+    /// counters, so it is known before the counters are and one round trip can fetch both;
+    /// the check covers the shared counters too (never this process's), so every instance
+    /// computes the same pair and an entry stored under other counters fails the check.
     L2,
 }
 
@@ -223,11 +226,20 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
     }
 
     /// The key and check on the shared level: the same for every instance with the same
-    /// secret, since only the shared counters (not this process's) go in. `None` without
-    /// [`shared`](Self::shared) counters.
+    /// secret, since only the shared counters (not this process's) go in. The key is the
+    /// entry's address and does not depend on the counters ([`compute_l2_slot`]
+    /// (Self::compute_l2_slot) gives it without them); the check does, so an entry found
+    /// there is only used when its check matches. `None` without [`shared`](Self::shared)
+    /// counters.
     pub fn compute_l2(&self, secret: &KeySecret) -> Option<(CacheKey, KeyCheck)> {
         self.shared?;
         Some(self.compute_tier(secret, Tier::L2))
+    }
+
+    /// The shared level's key alone, which needs no counters: what to fetch in the same
+    /// round trip as the counters.
+    pub fn compute_l2_slot(&self, secret: &KeySecret) -> CacheKey {
+        self.compute_tier(secret, Tier::L2).0
     }
 
     fn compute_tier(&self, secret: &KeySecret, tier: Tier) -> (CacheKey, KeyCheck) {
@@ -294,20 +306,27 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
         }
         let versions = self.snapshot.versions();
         feed.len(versions.len());
-        match (tier, self.shared) {
-            (Tier::L2, Some(shared)) => {
-                // The tags with their shared versions (a missing one reads as u64::MAX, which
-                // no counter reaches, rather than panic on a caller's mistake).
-                for (i, (tag, _)) in versions.iter().enumerate() {
+        // The L2 key is hashed over the stream up to here; its check over all of it.
+        let mut key_end = None;
+        match tier {
+            Tier::L2 => {
+                for (tag, _) in versions {
                     feed.raw(&tag.db.to_le_bytes());
                     feed.raw(&tag.rel.to_le_bytes());
-                    let v = shared.versions.get(i).copied().unwrap_or(u64::MAX);
-                    feed.raw(&v.to_le_bytes());
                 }
-                feed.raw(&shared.epoch.to_le_bytes());
-                feed.bytes(shared.generation.as_bytes());
+                key_end = Some(feed.buf.len());
+                if let Some(shared) = self.shared {
+                    // The tags' shared versions in order (a missing one reads as u64::MAX,
+                    // which no counter reaches, rather than panic on a caller's mistake).
+                    for i in 0..versions.len() {
+                        let v = shared.versions.get(i).copied().unwrap_or(u64::MAX);
+                        feed.raw(&v.to_le_bytes());
+                    }
+                    feed.raw(&shared.epoch.to_le_bytes());
+                    feed.bytes(shared.generation.as_bytes());
+                }
             }
-            _ => {
+            Tier::L1 => {
                 for (tag, version) in versions {
                     feed.raw(&tag.db.to_le_bytes());
                     feed.raw(&tag.rel.to_le_bytes());
@@ -328,10 +347,11 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
                 }
             }
         }
+        let stream: &[u8] = feed.buf;
         let mut key = Sip128::new_with_keys(secret.key.0, secret.key.1);
-        key.write(feed.buf);
+        key.write(key_end.and_then(|end| stream.get(..end)).unwrap_or(stream));
         let mut check = Sip64::new_with_keys(secret.check.0, secret.check.1);
-        check.write(feed.buf);
+        check.write(stream);
         (
             CacheKey(key.finish128().as_u128()),
             KeyCheck(check.finish()),
@@ -490,9 +510,18 @@ mod tests {
             },
         ] {
             let k = KeyInput::<&[u8]>::new(b"fp", b"q", &a).shared(&other);
-            assert_ne!(k.compute_l2(&secret), Some(l2), "{other:?}");
+            let (slot, check) = k.compute_l2(&secret).expect("shared");
+            assert_eq!(slot, l2.0, "the address does not depend on the counters");
+            assert_ne!(check, l2.1, "other counters fail the check: {other:?}");
             assert_ne!(k.compute(&secret), ka.compute(&secret), "{other:?}");
         }
+        assert_eq!(
+            KeyInput::<&[u8]>::new(b"fp", b"q", &b).compute_l2_slot(&secret),
+            l2.0,
+            "the address is known without counters"
+        );
+        let other_query = KeyInput::<&[u8]>::new(b"fp", b"q2", &a).shared(&shared);
+        assert_ne!(other_query.compute_l2(&secret).map(|k| k.0), Some(l2.0));
     }
 
     #[test]

@@ -163,6 +163,16 @@ impl Cache {
         input.compute_l2(&self.secret)
     }
 
+    /// Whether results are kept in process (`cache.l1.enabled`).
+    pub fn l1_enabled(&self) -> bool {
+        self.l1_enabled
+    }
+
+    /// The shared-tier key of `input` alone (it needs no counters).
+    pub fn key_l2_slot<B: AsRef<[u8]>>(&self, input: &KeyInput<'_, B>) -> CacheKey {
+        input.compute_l2_slot(&self.secret)
+    }
+
     /// TTL for entries whose rules set none.
     pub fn default_ttl(&self) -> Duration {
         self.default_ttl

@@ -37,6 +37,11 @@ impl LazyCluster {
 }
 
 impl RedisConn {
+    /// A Redis Cluster: a pipeline may not span slots.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
     /// A connection to `url` (single server) or to the cluster seeded by `seeds`. Connection
     /// and response timeouts are `timeout`; nothing is connected yet.
     pub fn new(seeds: &[String], cluster: bool, timeout: Duration) -> redis::RedisResult<Self> {

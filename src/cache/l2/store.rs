@@ -215,30 +215,52 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
         found
             .into_iter()
             .zip(&redis_keys)
-            .map(|(bytes, redis_key)| {
-                let Some(bytes) = bytes else {
-                    self.metrics.misses.increment(1);
-                    return None;
-                };
-                match envelope::open(
-                    &self.key,
-                    redis_key.as_bytes(),
-                    &bytes,
-                    now,
-                    self.settings.max_entry,
-                ) {
-                    Ok(sealed) => {
-                        self.metrics.hits.increment(1);
-                        Some(sealed)
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "redis: entry refused");
-                        self.metrics.refused.increment(1);
-                        None
-                    }
-                }
-            })
+            .map(|(bytes, redis_key)| self.open_found(redis_key, bytes, now))
             .collect()
+    }
+
+    /// What a `GET` of `redis_key` returned, opened: `None` when it held nothing (a miss) or
+    /// an envelope that does not open here (refused: another secret, tampering, expired, an
+    /// unknown format). A found entry is not counted yet: only its reader can tell whether
+    /// its check matches (see [`count_lookup`](Self::count_lookup)).
+    pub fn open_found(&self, redis_key: &str, bytes: Option<Vec<u8>>, now: u64) -> Option<Sealed> {
+        let Some(bytes) = bytes else {
+            self.metrics.misses.increment(1);
+            return None;
+        };
+        match envelope::open(
+            &self.key,
+            redis_key.as_bytes(),
+            &bytes,
+            now,
+            self.settings.max_entry,
+        ) {
+            Ok(sealed) => Some(sealed),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis: entry refused");
+                self.metrics.refused.increment(1);
+                None
+            }
+        }
+    }
+
+    /// A found entry was used (`hit`) or was stored under other counters (a miss).
+    pub fn count_lookup(&self, hit: bool) {
+        if hit {
+            self.metrics.hits.increment(1);
+        } else {
+            self.metrics.misses.increment(1);
+        }
+    }
+
+    /// `n` lookups failed with the round trip that carried them.
+    pub fn count_errors(&self, n: usize) {
+        self.metrics.errors.increment(n as u64);
+    }
+
+    /// The current time as envelopes count it.
+    pub fn now_ms() -> u64 {
+        now_unix_ms()
     }
 
     /// Queues `entry` for storage under `key`; `false` when the queue was full (dropped).

@@ -177,7 +177,7 @@ impl SharedTier {
         let counters = {
             let (store, versions, conn) =
                 (Arc::clone(&self.store), self.versions.clone(), conn.clone());
-            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |reqs: Vec<Vec<Tag>>| {
+            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |reqs: Vec<CounterRead>| {
                 let (store, versions, mut conn) =
                     (Arc::clone(&store), versions.clone(), conn.clone());
                 async move { read_batch(&store, &versions, &mut conn, &reqs).await }
@@ -232,6 +232,25 @@ impl SharedTier {
     /// Reads the counters of `tags` (sorted) from Redis; `None` when Redis is unusable,
     /// down, slow or the breaker is open. `fast`: what was read joins the mirror.
     pub async fn read_counters(&self, tags: &[Tag]) -> Option<SharedSnapshot> {
+        Some(self.read(tags, None).await?.0)
+    }
+
+    /// As [`read_counters`](Self::read_counters), and the L2 entry at `slot` in the same
+    /// round trip (for a lookup that has no L1 to try first). The entry is only good if its
+    /// check matches the key computed with the counters read.
+    pub async fn read_counters_and_entry(
+        &self,
+        tags: &[Tag],
+        slot: CacheKey,
+    ) -> Option<(SharedSnapshot, Option<Sealed>)> {
+        self.read(tags, Some(slot)).await
+    }
+
+    async fn read(
+        &self,
+        tags: &[Tag],
+        slot: Option<CacheKey>,
+    ) -> Option<(SharedSnapshot, Option<Sealed>)> {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
@@ -241,21 +260,30 @@ impl SharedTier {
         }
         let token = self.mirror.as_ref().map(Mirror::sync_token);
         let lookups = self.lookups();
-        let call = lookups.counters.call(tags.to_vec());
+        let call = lookups.counters.call(CounterRead {
+            tags: tags.to_vec(),
+            entry: slot,
+        });
         // The batch is bounded by the timeout; this bounds the wait for a slot in it too.
         match tokio::time::timeout(self.settings.store.timeout * 2, call).await {
-            Ok(Some(Some(snap))) => {
+            Ok(Some(Some((snap, entry)))) => {
                 self.metrics.reads_ok.increment(1);
                 if let (Some(m), Some(t)) = (self.mirror.as_ref(), token) {
                     m.absorb(t, tags, &snap);
                 }
-                Some(snap)
+                Some((snap, entry))
             }
             _ => {
                 self.metrics.reads_error.increment(1);
                 None
             }
         }
+    }
+
+    /// A found L2 entry was used, or was stored under other counters (a miss), for the
+    /// lookup metrics.
+    pub fn count_l2_lookup(&self, hit: bool) {
+        self.store.count_lookup(hit);
     }
 
     /// An L2 lookup (any failure is a miss).
@@ -515,11 +543,22 @@ impl SharedTier {
     }
 }
 
+/// One lookup's counter read: its tags (sorted) and, for a lookup without an L1, the L2
+/// entry to fetch in the same round trip.
+struct CounterRead {
+    tags: Vec<Tag>,
+    entry: Option<CacheKey>,
+}
+
+/// What a counter read found: `None` when Redis could not be read.
+type CountersRead = Option<(SharedSnapshot, Option<Sealed>)>;
+
 /// One thread's batchers for lookups.
 #[derive(Clone)]
 struct Lookups {
-    /// Counter reads of concurrent lookups, one round trip per batch.
-    counters: Batcher<Vec<Tag>, Option<SharedSnapshot>>,
+    /// Counter reads (and entries fetched with them) of concurrent lookups, one round trip
+    /// per batch.
+    counters: Batcher<CounterRead, CountersRead>,
     /// L2 reads of concurrent lookups, likewise.
     gets: Batcher<CacheKey, Option<Sealed>>,
 }
@@ -537,38 +576,76 @@ const BATCH_QUEUE: usize = 4096;
 const MAX_BATCH: usize = 128;
 
 /// Reads the counters for a batch of lookups in one round trip: the union of their tags,
-/// then each request's own (sorted) tags picked out of it. Any failure fails all of them.
+/// then each request's own (sorted) tags picked out of it, and the entries some of them
+/// asked for (in the same pipeline; on a cluster, where they live on other nodes, as
+/// concurrent commands). Any failure fails all of them.
 async fn read_batch(
     store: &L2Store<RedisConn>,
     versions: &SharedVersions,
     conn: &mut RedisConn,
-    reqs: &[Vec<Tag>],
-) -> Vec<Option<SharedSnapshot>> {
-    let failed = || reqs.iter().map(|_| None).collect();
+    reqs: &[CounterRead],
+) -> Vec<CountersRead> {
+    let asked = reqs.iter().filter(|r| r.entry.is_some()).count();
+    let failed = || {
+        store.count_errors(asked);
+        reqs.iter().map(|_| None).collect()
+    };
     let breaker = store.breaker();
     if !breaker.allow(Instant::now()) {
         return failed();
     }
-    let mut union: Vec<Tag> = reqs.iter().flatten().copied().collect();
+    let mut union: Vec<Tag> = reqs.iter().flat_map(|r| r.tags.iter()).copied().collect();
     union.sort_unstable();
     union.dedup();
-    match versions.snapshot(conn, &union).await {
-        Ok(all) => {
+    let slots: Vec<CacheKey> = reqs.iter().filter_map(|r| r.entry).collect();
+    let read = if slots.is_empty() {
+        versions
+            .snapshot(conn, &union)
+            .await
+            .map(|s| (s, Vec::new()))
+    } else if conn.is_cluster() {
+        let mut other = conn.clone();
+        let (counters, entries) = tokio::join!(
+            versions.snapshot(conn, &union),
+            store.get_many_on(&mut other, &slots)
+        );
+        counters.map(|s| (s, entries))
+    } else {
+        let keys: Vec<String> = slots.iter().map(|k| store.redis_key(*k)).collect();
+        let now = L2Store::<RedisConn>::now_ms();
+        versions
+            .snapshot_and_get(conn, &union, &keys)
+            .await
+            .map(|(s, found)| {
+                let entries = found
+                    .into_iter()
+                    .zip(&keys)
+                    .map(|(bytes, key)| store.open_found(key, bytes, now))
+                    .collect();
+                (s, entries)
+            })
+    };
+    match read {
+        Ok((all, entries)) => {
             breaker.success();
+            let mut entries = entries.into_iter();
             reqs.iter()
-                .map(|tags| {
-                    let picked = tags
+                .map(|req| {
+                    let entry = req.entry.and_then(|_| entries.next().flatten());
+                    let picked = req
+                        .tags
                         .iter()
                         .map(|t| {
                             let i = union.binary_search(t).ok()?;
                             all.versions.get(i).copied()
                         })
                         .collect::<Option<Vec<u64>>>()?;
-                    Some(SharedSnapshot {
+                    let snapshot = SharedSnapshot {
                         generation: Arc::clone(&all.generation),
                         epoch: all.epoch,
                         versions: picked,
-                    })
+                    };
+                    Some((snapshot, entry))
                 })
                 .collect()
         }

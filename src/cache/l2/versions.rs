@@ -152,21 +152,54 @@ impl SharedVersions {
         conn: &mut C,
         tags: &[Tag],
     ) -> Result<SharedSnapshot, VersionsError> {
+        Ok(self.snapshot_and_get(conn, tags, &[]).await?.0)
+    }
+
+    /// As [`snapshot`](Self::snapshot), and `GET`s `keys` in the same pipeline (same node:
+    /// not for a cluster). When the state had to be re-established, the values read with
+    /// the old one are dropped (`None`): whatever they held was keyed on a generation that
+    /// is gone.
+    pub async fn snapshot_and_get<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        tags: &[Tag],
+        keys: &[String],
+    ) -> Result<(SharedSnapshot, Vec<Option<Vec<u8>>>), VersionsError> {
+        let mut gets = keys;
         for _ in 0..2 {
             let mut hmget = redis::cmd("HMGET");
             hmget.arg(&self.hash_key).arg("gen").arg("epoch");
             for t in tags {
                 hmget.arg(field(*t));
             }
-            let (marker, values): (Option<String>, Vec<Option<String>>) = self
-                .bounded(
-                    redis::pipe()
-                        .cmd("GET")
-                        .arg(&self.gen_key)
-                        .add_command(hmget)
-                        .query_async(conn),
-                )
-                .await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("GET").arg(&self.gen_key).add_command(hmget);
+            for k in gets {
+                pipe.cmd("GET").arg(k);
+            }
+            let mut replies: Vec<redis::Value> = self.bounded(pipe.query_async(conn)).await?;
+            if replies.len() != 2 + gets.len() {
+                return Err(VersionsError::Reply("pipeline arity"));
+            }
+            let found = replies
+                .split_off(2)
+                .into_iter()
+                .map(redis::from_redis_value::<Option<Vec<u8>>>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| VersionsError::Reply("GET"))?;
+            let mut head = replies.into_iter();
+            let marker: Option<String> = head
+                .next()
+                .map(redis::from_redis_value)
+                .transpose()
+                .map_err(|_| VersionsError::Reply("GET marker"))?
+                .flatten();
+            let values: Vec<Option<String>> = head
+                .next()
+                .map(redis::from_redis_value)
+                .transpose()
+                .map_err(|_| VersionsError::Reply("HMGET"))?
+                .unwrap_or_default();
             let mut values = values.into_iter();
             let in_hash = values.next().flatten();
             match (marker, in_hash) {
@@ -176,14 +209,20 @@ impl SharedVersions {
                     if versions.len() != tags.len() {
                         return Err(VersionsError::Reply("HMGET arity"));
                     }
-                    return Ok(SharedSnapshot {
-                        generation: m.into(),
-                        epoch,
-                        versions,
-                    });
+                    let mut found = found;
+                    found.resize(keys.len(), None);
+                    return Ok((
+                        SharedSnapshot {
+                            generation: m.into(),
+                            epoch,
+                            versions,
+                        },
+                        found,
+                    ));
                 }
                 _ => {
                     self.establish(conn).await?;
+                    gets = &[];
                 }
             }
         }

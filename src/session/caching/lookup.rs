@@ -79,20 +79,26 @@ impl CacheSession {
         let timed = sampled.then(Instant::now);
         // I1: versions are read before the Query goes upstream.
         let snapshot = self.app.caching.cache.versions().snapshot(&read.tags);
-        let (counters, l2_step) = match self.shared_plan(&snapshot) {
+        let bare = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
+        let bare = match extended {
+            Some((types, bind)) => bare.extended(types, bind),
+            None => bare,
+        };
+        // With no L1 to try first, the L2 entry is fetched with the counters: its address.
+        let slot = (self.shared_ready.is_none()
+            && self.app.caching.shared.is_some()
+            && !self.app.caching.cache.l1_enabled())
+        .then(|| self.app.caching.cache.key_l2_slot(&bare));
+        let (counters, l2_step) = match self.shared_plan(&snapshot, slot) {
             shared::SharedPlan::Off => (None, shared::L2Step::Skip),
             shared::SharedPlan::Keyed { counters, l2 } => (Some(counters), l2),
             shared::SharedPlan::Bypass => return bypass("redis_unavailable"),
             shared::SharedPlan::Wait(wait) => return Looked::Wait(wait),
         };
         let cache = &self.app.caching.cache;
-        let mut input = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
-        if let Some(c) = &counters {
-            input = input.shared(c);
-        }
-        let input = match extended {
-            Some((types, bind)) => input.extended(types, bind),
-            None => input,
+        let input = match &counters {
+            Some(c) => bare.shared(c),
+            None => bare,
         };
         let (key, check) = cache.key(&input);
         // The L2 key costs a second hash: only when the L2 is asked or a miss is captured.
@@ -107,15 +113,19 @@ impl CacheSession {
                     None => cache.lookup(key, check),
                 },
             },
-            (shared::L2Step::Asked(asked, Some(sealed)), _) => match l2_key() {
-                Some((l2, l2_check)) if asked == l2 && sealed.check == l2_check => {
-                    match shared::promoted(sealed, check, &read.tags) {
-                        Some(entry) => Lookup::Hit(cache.promote(key, &snapshot, entry)),
-                        None => cache.lookup(key, check),
-                    }
+            (shared::L2Step::Asked(asked, Some(sealed)), _) => {
+                // Found at this address: used only if stored under the counters just read.
+                let current = l2_key()
+                    .filter(|(l2, l2_check)| asked == *l2 && sealed.check == *l2_check)
+                    .and_then(|_| shared::promoted(sealed, check, &read.tags));
+                if let Some(tier) = &self.app.caching.shared {
+                    tier.count_l2_lookup(current.is_some());
                 }
-                _ => cache.lookup(key, check),
-            },
+                match current {
+                    Some(entry) => Lookup::Hit(cache.promote(key, &snapshot, entry)),
+                    None => cache.lookup(key, check),
+                }
+            }
             _ => cache.lookup(key, check),
         };
         if sampled {

@@ -1,12 +1,16 @@
 //! The session's side of the shared tier (Redis): which counters a lookup keys on, and the
 //! two waits a lookup may need before it can decide — reading the counters (`strict`, or a
-//! `fast` mirror that does not hold the tags yet) and reading the L2 after an L1 miss. Each
-//! wait holds the frame (or extended group) back like a fill wait does, and its result comes
-//! back as [`WaitResult::Shared`] for the frame's next showing.
+//! `fast` mirror that does not hold the tags yet) and reading the L2 after an L1 miss. With
+//! the L1 disabled there is nothing to try between the two, so the entry comes in the same
+//! round trip as the counters. Each wait holds the frame (or extended group) back like a
+//! fill wait does, and its result comes back as [`WaitResult::Shared`] for the frame's next
+//! showing.
 //!
 //! Keys: the L1 key covers the local counters *and* the shared ones (a write through this
 //! instance invalidates here even when Redis did not get its bump); the L2 key only the
-//! shared ones, so every instance computes it.
+//! shared ones, so every instance computes it. The L2 key (the entry's address) does not
+//! depend on the counters and its check does: an entry found is used only when its check
+//! is the one computed with the counters this lookup read.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,7 +60,12 @@ pub(super) enum L2Step {
 
 impl CacheSession {
     /// The shared counters for a lookup under `snapshot` (the local one), or why not.
-    pub(super) fn shared_plan(&mut self, snapshot: &VersionSnapshot) -> SharedPlan {
+    /// `slot`: the lookup's L2 address when there is no L1, to fetch with the counters.
+    pub(super) fn shared_plan(
+        &mut self,
+        snapshot: &VersionSnapshot,
+        slot: Option<CacheKey>,
+    ) -> SharedPlan {
         let ready = self.shared_ready.take();
         let Some(tier) = self.app.caching.shared.as_ref() else {
             return SharedPlan::Off;
@@ -69,6 +78,7 @@ impl CacheSession {
                 Some(counters) => SharedPlan::Keyed {
                     counters,
                     l2: match r.l2 {
+                        // Read while this instance's bumps were all applied, or not at all.
                         Some((key, entry)) => L2Step::Asked(key, entry),
                         None if reads_ok => L2Step::Ask,
                         None => L2Step::Skip,
@@ -97,12 +107,20 @@ impl CacheSession {
             return SharedPlan::Bypass;
         }
         let tier = Arc::clone(tier);
+        // No L1 to try first: the entry comes with the counters (when L2 reads are allowed).
+        let slot = slot.filter(|_| reads_ok);
         SharedPlan::Wait(Box::pin(async move {
-            let counters = tier.read_counters(&tags).await;
+            let (counters, l2) = match slot {
+                Some(slot) => match tier.read_counters_and_entry(&tags, slot).await {
+                    Some((counters, entry)) => (Some(counters), Some((slot, entry))),
+                    None => (None, None),
+                },
+                None => (tier.read_counters(&tags).await, None),
+            };
             WaitResult::Shared(SharedReady {
                 tags: tags.into(),
                 counters,
-                l2: None,
+                l2,
             })
         }))
     }
