@@ -174,21 +174,33 @@ impl SharedTier {
         // The same settings already made the tier's connection: this cannot fail; if it
         // did, the tier's own connection serves (shared, slower).
         .unwrap_or_else(|_| self.conn.clone());
+        // A lookup waits for a place in a batch at most this long, then for the batch.
+        let timeout = self.settings.store.timeout;
         let counters = {
             let (store, versions, conn) =
                 (Arc::clone(&self.store), self.versions.clone(), conn.clone());
-            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |reqs: Vec<CounterRead>| {
-                let (store, versions, mut conn) =
-                    (Arc::clone(&store), versions.clone(), conn.clone());
-                async move { read_batch(&store, &versions, &mut conn, &reqs).await }
-            })
+            Batcher::spawn(
+                BATCH_QUEUE,
+                MAX_BATCH,
+                timeout,
+                move |reqs: Vec<CounterRead>| {
+                    let (store, versions, mut conn) =
+                        (Arc::clone(&store), versions.clone(), conn.clone());
+                    async move { read_batch(&store, &versions, &mut conn, &reqs).await }
+                },
+            )
         };
         let gets = {
             let store = Arc::clone(&self.store);
-            Batcher::spawn(BATCH_QUEUE, MAX_BATCH, move |keys: Vec<CacheKey>| {
-                let (store, mut conn) = (Arc::clone(&store), conn.clone());
-                async move { store.get_many_on(&mut conn, &keys).await }
-            })
+            Batcher::spawn(
+                BATCH_QUEUE,
+                MAX_BATCH,
+                timeout,
+                move |keys: Vec<CacheKey>| {
+                    let (store, mut conn) = (Arc::clone(&store), conn.clone());
+                    async move { store.get_many_on(&mut conn, &keys).await }
+                },
+            )
         };
         Lookups { counters, gets }
     }
@@ -264,9 +276,10 @@ impl SharedTier {
             tags: tags.to_vec(),
             entry: slot,
         });
-        // The batch is bounded by the timeout; this bounds the wait for a slot in it too.
-        match tokio::time::timeout(self.settings.store.timeout * 2, call).await {
-            Ok(Some(Some((snap, entry)))) => {
+        // Bounded without a timer of its own: the batch by the timeout, the wait for a place
+        // in one by the batcher (see `batch`).
+        match call.await {
+            Some(Some((snap, entry))) => {
                 self.metrics.reads_ok.increment(1);
                 if let (Some(m), Some(t)) = (self.mirror.as_ref(), token) {
                     m.absorb(t, tags, &snap);
@@ -289,12 +302,8 @@ impl SharedTier {
     /// An L2 lookup (any failure is a miss).
     pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
         let lookups = self.lookups();
-        let call = lookups.gets.call(key);
-        tokio::time::timeout(self.settings.store.timeout * 2, call)
-            .await
-            .ok()
-            .flatten()
-            .flatten()
+        // Bounded like a counter read (see `read`).
+        lookups.gets.call(key).await.flatten()
     }
 
     /// Queues an L2 store (off the client's path; dropped when the queue is full).
