@@ -291,11 +291,12 @@ def pgbench(st, sampler, target, mode, clients, duration):
     cpu = sampler.cpu_of(redis_pid, before, after) if redis_pid else None
     if cpu is not None and rec.get("processed"):
         rec["redis_cpu_us_per_txn"] = round(1e6 * cpu / rec["processed"], 1)
-    if admin:
-        pid = st.configs[target]["pid"]
+    pid = st.configs.get(target, {}).get("pid")
+    if pid:  # a pgmemo or a ceiling
         cpu = sampler.cpu_of(pid, before, after)
         if cpu is not None and rec.get("processed"):
             rec["pgmemo_cpu_us_per_txn"] = round(1e6 * cpu / rec["processed"], 1)
+    if admin:
         try:
             if before_c is not None:
                 d = delta(counters(admin), before_c)
@@ -643,7 +644,7 @@ def report(result, args):
                     f"{x['errors']} | {x['contended_runs']} |")
         lines += ["", "\"from cache\" = (L1 hits + L2 hits) ÷ transactions, \"from Redis\" = L2 "
                   "hits ÷ transactions, during the timed runs; µs/txn = CPU time of that process (all "
-                  "threads) during the run ÷ transactions; \"contended\" = runs in which "
+                  "threads; for a ceiling, the ceiling's own) during the run ÷ transactions; \"contended\" = runs in which "
                   "processes outside the benchmark used ≥ 5 % of the machine's CPU.", ""]
         if any(c in (tp["cells"].get("simple", {}).get("summary") or {}) for c in CEILINGS):
             lines += ["Ceilings (`bench/ceiling`, `-M simple` only): `ceiling` answers every query "

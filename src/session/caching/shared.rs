@@ -78,10 +78,11 @@ impl CacheSession {
                 Some(counters) => SharedPlan::Keyed {
                     counters,
                     l2: match r.l2 {
-                        // Read while this instance's bumps were all applied, or not at all.
-                        Some((key, entry)) => L2Step::Asked(key, entry),
+                        // Asked only while this instance's bumps were all in Redis; one that
+                        // failed since leaves its own write invisible in the shared counters.
+                        Some((key, entry)) if reads_ok => L2Step::Asked(key, entry),
                         None if reads_ok => L2Step::Ask,
-                        None => L2Step::Skip,
+                        _ => L2Step::Skip,
                     },
                 },
             };
