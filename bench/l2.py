@@ -21,6 +21,11 @@ its own `cache.redis.namespace`:
    (a cold start can trip pgmemo's adaptive bypass for 16,384 executions). TPS
    medians and medians of per-repetition ratios to direct. Issue 6 acceptance, -M simple:
    strict >= 1.5x direct, strict_l2only >= 1.2x direct.
+   With -M simple the ceilings of bench/ceiling (built with cargo unless --no-build; skipped
+   with --no-ceiling) are interleaved too: `ceiling` (the instant responder), and
+   `ceiling_counters` / `ceiling_l2`, which answer each query only after the Redis round trip
+   strict (L1 on) / L2-only must at least make, batched as well as found here: what any design
+   that asks Redis per lookup can reach on this machine.
 2. Compression: pgmemo_l2_bytes_total{stage="raw"} / {stage="stored"} of every instance after
    part 1 (point results are a few bytes, under compress_min = 1 KiB), and the same ratio over
    five 500-row `SELECT * FROM pgbench_accounts WHERE aid BETWEEN ...` reads, each run three
