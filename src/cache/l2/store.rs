@@ -185,27 +185,12 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
             return misses();
         }
         let redis_keys: Vec<String> = keys.iter().map(|k| self.redis_key(*k)).collect();
-        let call = async {
-            if self.settings.cluster {
-                let gets = redis_keys.iter().map(|k| {
-                    let mut conn = conn.clone();
-                    async move { redis::cmd("GET").arg(k).query_async(&mut conn).await }
-                });
-                futures_util::future::try_join_all(gets).await
-            } else {
-                let mut pipe = redis::pipe();
-                for k in &redis_keys {
-                    pipe.cmd("GET").arg(k);
-                }
-                pipe.query_async::<Vec<Option<Vec<u8>>>>(conn).await
-            }
-        };
-        let found = match tokio::time::timeout(self.settings.timeout, call).await {
-            Ok(Ok(b)) if b.len() == keys.len() => {
+        let found = match self.fetch(conn, &redis_keys).await {
+            Some(b) => {
                 self.breaker.success();
                 b
             }
-            Ok(_) | Err(_) => {
+            None => {
                 self.breaker.failure(Instant::now());
                 self.metrics.errors.increment(keys.len() as u64);
                 return misses();
@@ -217,6 +202,36 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
             .zip(&redis_keys)
             .map(|(bytes, redis_key)| self.open_found(redis_key, bytes, now))
             .collect()
+    }
+
+    /// `GET`s `redis_keys` in one round trip (a pipeline; on a cluster, where a pipeline may
+    /// not span slots, concurrent commands), bounded by the timeout; `None` on any failure.
+    /// Neither the breaker nor the metrics are touched: the caller accounts for the call.
+    pub async fn fetch(&self, conn: &mut C, redis_keys: &[String]) -> Option<Vec<Option<Vec<u8>>>> {
+        let call = async {
+            if self.settings.cluster {
+                let gets = redis_keys.iter().map(|k| {
+                    let mut conn = conn.clone();
+                    async move { redis::cmd("GET").arg(k).query_async(&mut conn).await }
+                });
+                futures_util::future::try_join_all(gets).await
+            } else {
+                let mut pipe = redis::pipe();
+                for k in redis_keys {
+                    pipe.cmd("GET").arg(k);
+                }
+                pipe.query_async::<Vec<Option<Vec<u8>>>>(conn).await
+            }
+        };
+        match tokio::time::timeout(self.settings.timeout, call).await {
+            Ok(Ok(b)) if b.len() == redis_keys.len() => Some(b),
+            _ => None,
+        }
+    }
+
+    /// `n` lookups were not sent: the breaker is open.
+    pub fn count_skipped(&self, n: usize) {
+        self.metrics.skipped.increment(n as u64);
     }
 
     /// What a `GET` of `redis_key` returned, opened: `None` when it held nothing (a miss) or

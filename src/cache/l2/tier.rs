@@ -286,8 +286,17 @@ impl SharedTier {
                 }
                 Some((snap, entry))
             }
-            _ => {
+            Some(None) => {
+                // The batch failed (counted there).
                 self.metrics.reads_error.increment(1);
+                None
+            }
+            None => {
+                // Refused by a full queue, or queued too long: never sent.
+                self.metrics.reads_error.increment(1);
+                if slot.is_some() {
+                    self.store.count_errors(1);
+                }
                 None
             }
         }
@@ -303,7 +312,14 @@ impl SharedTier {
     pub async fn get(&self, key: CacheKey) -> Option<Sealed> {
         let lookups = self.lookups();
         // Bounded like a counter read (see `read`).
-        lookups.gets.call(key).await.flatten()
+        match lookups.gets.call(key).await {
+            Some(found) => found,
+            None => {
+                // Refused by a full queue, or queued too long: never sent.
+                self.store.count_errors(1);
+                None
+            }
+        }
     }
 
     /// Queues an L2 store (off the client's path; dropped when the queue is full).
@@ -595,49 +611,48 @@ async fn read_batch(
     reqs: &[CounterRead],
 ) -> Vec<CountersRead> {
     let asked = reqs.iter().filter(|r| r.entry.is_some()).count();
-    let failed = || {
-        store.count_errors(asked);
-        reqs.iter().map(|_| None).collect()
-    };
+    let none = || reqs.iter().map(|_| None).collect();
     let breaker = store.breaker();
     if !breaker.allow(Instant::now()) {
-        return failed();
+        store.count_skipped(asked);
+        return none();
     }
     let mut union: Vec<Tag> = reqs.iter().flat_map(|r| r.tags.iter()).copied().collect();
     union.sort_unstable();
     union.dedup();
-    let slots: Vec<CacheKey> = reqs.iter().filter_map(|r| r.entry).collect();
-    let read = if slots.is_empty() {
+    let keys: Vec<String> = reqs
+        .iter()
+        .filter_map(|r| r.entry)
+        .map(|k| store.redis_key(k))
+        .collect();
+    // The breaker sees one call per batch, whatever it is made of.
+    let read = if keys.is_empty() {
         versions
             .snapshot(conn, &union)
             .await
             .map(|s| (s, Vec::new()))
     } else if conn.is_cluster() {
         let mut other = conn.clone();
-        let (counters, entries) = tokio::join!(
+        let (counters, found) = tokio::join!(
             versions.snapshot(conn, &union),
-            store.get_many_on(&mut other, &slots)
+            store.fetch(&mut other, &keys)
         );
-        counters.map(|s| (s, entries))
+        match (counters, found) {
+            (Ok(s), Some(found)) => Ok((s, found)),
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err(VersionsError::Reply("entries")),
+        }
     } else {
-        let keys: Vec<String> = slots.iter().map(|k| store.redis_key(*k)).collect();
-        let now = L2Store::<RedisConn>::now_ms();
-        versions
-            .snapshot_and_get(conn, &union, &keys)
-            .await
-            .map(|(s, found)| {
-                let entries = found
-                    .into_iter()
-                    .zip(&keys)
-                    .map(|(bytes, key)| store.open_found(key, bytes, now))
-                    .collect();
-                (s, entries)
-            })
+        versions.snapshot_and_get(conn, &union, &keys).await
     };
     match read {
-        Ok((all, entries)) => {
+        Ok((all, found)) => {
             breaker.success();
-            let mut entries = entries.into_iter();
+            let now = L2Store::<RedisConn>::now_ms();
+            let mut entries = found
+                .into_iter()
+                .zip(&keys)
+                .map(|(bytes, key)| store.open_found(key, bytes, now));
             reqs.iter()
                 .map(|req| {
                     let entry = req.entry.and_then(|_| entries.next().flatten());
@@ -660,8 +675,9 @@ async fn read_batch(
         }
         Err(e) => {
             breaker.failure(Instant::now());
+            store.count_errors(asked);
             tracing::debug!(error = %e, "redis: counter read failed");
-            failed()
+            none()
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct SharedReady {
     counters: Option<SharedSnapshot>,
     /// After an L1 miss: what the L2 held under `key`.
     l2: Option<(CacheKey, Option<Sealed>)>,
+    /// L2 reads were allowed when the counters were asked for: no bump of this instance was
+    /// waiting for a retry. One that was may have landed since, but the counters read then
+    /// do not show it, so an L2 entry under them could predate this instance's own write.
+    l2_allowed: bool,
 }
 
 /// How a lookup uses the shared tier.
@@ -75,16 +79,14 @@ impl CacheSession {
         if let Some(r) = ready.filter(|r| *r.tags == tags[..]) {
             return match r.counters {
                 None => SharedPlan::Bypass,
-                Some(counters) => SharedPlan::Keyed {
-                    counters,
-                    l2: match r.l2 {
-                        // Asked only while this instance's bumps were all in Redis; one that
-                        // failed since leaves its own write invisible in the shared counters.
-                        Some((key, entry)) if reads_ok => L2Step::Asked(key, entry),
-                        None if reads_ok => L2Step::Ask,
-                        _ => L2Step::Skip,
-                    },
-                },
+                Some(counters) => {
+                    let dropped = matches!(r.l2, Some((_, Some(_))));
+                    let l2 = l2_step(r.l2, r.l2_allowed, reads_ok);
+                    if dropped && matches!(l2, L2Step::Skip) {
+                        tier.count_l2_lookup(false);
+                    }
+                    SharedPlan::Keyed { counters, l2 }
+                }
             };
         }
         if tier.consistency() == Consistency::Fast
@@ -122,6 +124,7 @@ impl CacheSession {
                 tags: tags.into(),
                 counters,
                 l2,
+                l2_allowed: reads_ok,
             })
         }))
     }
@@ -141,6 +144,8 @@ impl CacheSession {
                 tags,
                 counters: Some(counters),
                 l2: Some((key, entry)),
+                // Asked from an `L2Step::Ask`, which needed both.
+                l2_allowed: true,
             })
         }))
     }
@@ -148,6 +153,18 @@ impl CacheSession {
     /// The held frame's shared-tier wait ended: its result is for the next showing.
     pub(super) fn shared_done(&mut self, ready: SharedReady) {
         self.shared_ready = Some(ready);
+    }
+}
+
+/// What to do with the L2 on a held frame's next showing, given what its wait brought and
+/// whether L2 reads were allowed when the counters were read (`then`) and are now (`now`):
+/// both, or an entry under those counters could predate this instance's own write whose
+/// bump was waiting for a retry in between.
+fn l2_step(l2: Option<(CacheKey, Option<Sealed>)>, then: bool, now: bool) -> L2Step {
+    match l2 {
+        Some((key, entry)) if then && now => L2Step::Asked(key, entry),
+        None if then && now => L2Step::Ask,
+        _ => L2Step::Skip,
     }
 }
 
@@ -182,4 +199,30 @@ fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_l2_for_counters_read_while_an_own_bump_was_pending() {
+        // Counters read while a bump of this instance waited for a retry do not show its
+        // write, even if the retry has landed by the time the frame is shown again.
+        assert!(matches!(l2_step(None, false, true), L2Step::Skip));
+        assert!(matches!(l2_step(None, true, false), L2Step::Skip));
+        assert!(matches!(
+            l2_step(Some((CacheKey(1), None)), false, true),
+            L2Step::Skip
+        ));
+        assert!(matches!(
+            l2_step(Some((CacheKey(1), None)), true, false),
+            L2Step::Skip
+        ));
+        assert!(matches!(l2_step(None, true, true), L2Step::Ask));
+        assert!(matches!(
+            l2_step(Some((CacheKey(1), None)), true, true),
+            L2Step::Asked(CacheKey(1), None)
+        ));
+    }
 }
