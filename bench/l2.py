@@ -71,7 +71,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack as stackmod  # noqa: E402
 from cdc import metric, metrics  # noqa: E402
-from run import ProcSampler, parse_pgbench  # noqa: E402
+from run import ProcSampler, parse_pgbench, run_client  # noqa: E402
 from stack import REPO, Stack, client_env, find_pg_bin, log  # noqa: E402
 
 WORKLOADS = REPO / "bench" / "workloads"
@@ -270,20 +270,7 @@ def pgbench(st, sampler, target, mode, clients, duration):
         before_c = counters(admin) if admin else None
     except OSError as e:
         before_c, rec["metrics_error"] = None, str(e)
-    before = sampler.snapshot()
-    started = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, env=client_env(),
-                           timeout=duration * 3 + 60)
-        out, rc = r.stdout + r.stderr, r.returncode
-    except subprocess.TimeoutExpired as e:
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        rc = "timeout"
-    rec["wall_s"] = round(time.monotonic() - started, 2)
-    after = sampler.snapshot()
-    foreign, top = sampler.foreign(before, after)
-    rec["foreign_cpu_pct"] = round(100 * foreign / (rec["wall_s"] * (os.cpu_count() or 1)), 1)
-    rec["foreign_top"] = top
+    out, rc, before, after = run_client(argv, duration, sampler, rec)
     rec.update(parse_pgbench(out))
     rec["rc"] = rc
     if rc != 0:
@@ -583,25 +570,24 @@ def invalidation(st, args, exe, redis_port, result):
 
 
 # --- report -------------------------------------------------------------------------------
-def fmt_tps(m):
+def fmt_range(m, spec, unit=""):
+    """A median with its spread in brackets when there were several values; "–" for none."""
     if not m:
         return "–"
-    s = f"{m['median']:,.0f}"
-    return s if m["n"] == 1 else s + f" ({m['min']:,.0f}–{m['max']:,.0f})"
+    s = f"{m['median']:{spec}}{unit}"
+    return s if m["n"] == 1 else s + f" ({m['min']:{spec}}{unit}–{m['max']:{spec}}{unit})"
+
+
+def fmt_tps(m):
+    return fmt_range(m, ",.0f")
 
 
 def fmt_ratio(m):
-    if not m:
-        return "–"
-    s = f"{m['median']:.2f}×"
-    return s if m["n"] == 1 else s + f" ({m['min']:.2f}×–{m['max']:.2f}×)"
+    return fmt_range(m, ".2f", "×")
 
 
 def fmt_us(m):
-    if not m:
-        return "–"
-    s = f"{m['median']:.1f}"
-    return s if m["n"] == 1 else s + f" ({m['min']:.1f}–{m['max']:.1f})"
+    return fmt_range(m, ".1f")
 
 
 def fmt_pct(m):

@@ -126,18 +126,10 @@ def parse_pgbench(text):
     }
 
 
-def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
-    rec = {"target": target, "tps": None, "error": None}
-    dead = stack.alive(target)
-    if dead:
-        rec["error"] = dead
-        return rec
-    script = SCRIPTS.get(workload, ["-f", str(WORKLOADS / f"{workload}.sql")])
-    argv = [str(stack.pg_bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(stack.ports[target]),
-            "-U", "postgres", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration),
-            "-M", mode] + script + ["postgres"]
-    rec["command"] = " ".join(argv)
-    counters = stack.cache_counters(target)
+def run_client(argv, duration, sampler, rec):
+    """Runs pgbench `argv` (killed after 3 × its duration + 60 s) between two CPU snapshots;
+    fills rec's wall_s, foreign_cpu_pct and foreign_top. Returns (output, exit code or
+    "timeout", snapshot before, snapshot after)."""
     before = sampler.snapshot()
     started = time.monotonic()
     try:
@@ -150,11 +142,27 @@ def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
     rec["wall_s"] = round(time.monotonic() - started, 2)
     after = sampler.snapshot()
     foreign, top = sampler.foreign(before, after)
+    rec["foreign_cpu_pct"] = round(100 * foreign / (rec["wall_s"] * (os.cpu_count() or 1)), 1)
+    rec["foreign_top"] = top
+    return out, rc, before, after
+
+
+def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
+    rec = {"target": target, "tps": None, "error": None}
+    dead = stack.alive(target)
+    if dead:
+        rec["error"] = dead
+        return rec
+    script = SCRIPTS.get(workload, ["-f", str(WORKLOADS / f"{workload}.sql")])
+    argv = [str(stack.pg_bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(stack.ports[target]),
+            "-U", "postgres", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration),
+            "-M", mode] + script + ["postgres"]
+    rec["command"] = " ".join(argv)
+    counters = stack.cache_counters(target)
+    out, rc, before, after = run_client(argv, duration, sampler, rec)
     proxy = stack.service_pid(target)
     if proxy is not None:  # the proxy's own CPU: what it costs the box per transaction
         rec["proxy_cpu_s"] = sampler.cpu_of(proxy, before, after)
-    rec["foreign_cpu_pct"] = round(100 * foreign / (rec["wall_s"] * (os.cpu_count() or 1)), 1)
-    rec["foreign_top"] = top
     rec.update(parse_pgbench(out))
     rec["rc"] = rc
     if rc != 0:

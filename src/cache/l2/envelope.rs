@@ -24,6 +24,8 @@
 //! them smaller; small results are stored as they are (compressing them costs more CPU than
 //! the bytes it saves).
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -81,6 +83,14 @@ pub struct SealedBytes {
     pub raw_len: usize,
     /// Payload as stored.
     pub stored_len: usize,
+}
+
+/// The wall clock envelopes count creation and expiry in (ms since the Unix epoch; every
+/// instance must agree on it, so it is the system clock, not a monotonic one).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The envelope key, derived from the deployment secret (see `KeySecret::envelope_key`).

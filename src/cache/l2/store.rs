@@ -10,7 +10,7 @@
 //! reclaim it and nothing lives in Redis forever.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use metrics::Counter;
 use redis::aio::ConnectionLike;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::Breaker;
-use super::envelope::{self, EnvelopeKey, Sealed};
+use super::envelope::{self, EnvelopeKey, Sealed, now_unix_ms};
 use crate::cache::key::CacheKey;
 use crate::telemetry::names;
 
@@ -116,12 +116,6 @@ pub struct L2Writer<C> {
     timeout: Duration,
     cluster: bool,
     metrics: Arc<Metrics>,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
@@ -271,11 +265,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
     /// `n` lookups failed with the round trip that carried them.
     pub fn count_errors(&self, n: usize) {
         self.metrics.errors.increment(n as u64);
-    }
-
-    /// The current time as envelopes count it.
-    pub fn now_ms() -> u64 {
-        now_unix_ms()
     }
 
     /// Queues `entry` for storage under `key`; `false` when the queue was full (dropped).

@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::batch::Batcher;
 use super::conn::RedisConn;
-use super::envelope::{EnvelopeKey, Sealed};
+use super::envelope::{EnvelopeKey, Sealed, now_unix_ms};
 use super::mirror::{Mirror, Mirrored};
 use super::store::{L2Settings, L2Store, L2Writer};
 use super::versions::{SharedSnapshot, SharedVersions, VersionsError, parse_bump_message};
@@ -242,8 +242,9 @@ impl SharedTier {
     }
 
     /// Reads the counters of `tags` (sorted) from Redis; `None` when Redis is unusable,
-    /// down, slow or the breaker is open. `fast`: what was read joins the mirror.
-    pub async fn read_counters(&self, tags: &[Tag]) -> Option<SharedSnapshot> {
+    /// down, slow or the breaker is open. `fast`: what was read joins the mirror. The tags
+    /// are shared with the batch rather than copied into it.
+    pub async fn read_counters(&self, tags: Arc<[Tag]>) -> Option<SharedSnapshot> {
         Some(self.read(tags, None).await?.0)
     }
 
@@ -252,7 +253,7 @@ impl SharedTier {
     /// check matches the key computed with the counters read.
     pub async fn read_counters_and_entry(
         &self,
-        tags: &[Tag],
+        tags: Arc<[Tag]>,
         slot: CacheKey,
     ) -> Option<(SharedSnapshot, Option<Sealed>)> {
         self.read(tags, Some(slot)).await
@@ -260,7 +261,7 @@ impl SharedTier {
 
     async fn read(
         &self,
-        tags: &[Tag],
+        tags: Arc<[Tag]>,
         slot: Option<CacheKey>,
     ) -> Option<(SharedSnapshot, Option<Sealed>)> {
         if !self.usable.load(Ordering::Acquire) {
@@ -273,7 +274,7 @@ impl SharedTier {
         let token = self.mirror.as_ref().map(Mirror::sync_token);
         let lookups = self.lookups();
         let call = lookups.counters.call(CounterRead {
-            tags: tags.to_vec(),
+            tags: Arc::clone(&tags),
             entry: slot,
         });
         // Bounded without a timer of its own: the batch by the timeout, the wait for a place
@@ -282,7 +283,7 @@ impl SharedTier {
             Some(Some((snap, entry))) => {
                 self.metrics.reads_ok.increment(1);
                 if let (Some(m), Some(t)) = (self.mirror.as_ref(), token) {
-                    m.absorb(t, tags, &snap);
+                    m.absorb(t, &tags, &snap);
                 }
                 Some((snap, entry))
             }
@@ -571,7 +572,7 @@ impl SharedTier {
 /// One lookup's counter read: its tags (sorted) and, for a lookup without an L1, the L2
 /// entry to fetch in the same round trip.
 struct CounterRead {
-    tags: Vec<Tag>,
+    tags: Arc<[Tag]>,
     entry: Option<CacheKey>,
 }
 
@@ -648,7 +649,7 @@ async fn read_batch(
     match read {
         Ok((all, found)) => {
             breaker.success();
-            let now = L2Store::<RedisConn>::now_ms();
+            let now = now_unix_ms();
             let mut entries = found
                 .into_iter()
                 .zip(&keys)

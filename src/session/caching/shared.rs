@@ -13,12 +13,12 @@
 //! is the one computed with the counters this lookup read.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::{CacheSession, WaitFuture, WaitResult};
-use crate::cache::l2::envelope::Sealed;
+use crate::cache::l2::envelope::{Sealed, now_unix_ms};
 use crate::cache::l2::tier::{Consistency, SharedTier};
 use crate::cache::l2::versions::SharedSnapshot;
 use crate::cache::{CacheKey, Entry, KeyCheck, Tag, VersionSnapshot};
@@ -27,7 +27,7 @@ use crate::cache::{CacheKey, Entry, KeyCheck, Tag, VersionSnapshot};
 #[derive(Debug)]
 pub struct SharedReady {
     /// The tags read (sorted), to check the frame still keys on the same ones.
-    tags: Box<[Tag]>,
+    tags: Arc<[Tag]>,
     /// `None`: Redis could not be asked (down, slow, breaker open, unusable).
     counters: Option<SharedSnapshot>,
     /// After an L1 miss: what the L2 held under `key`.
@@ -74,9 +74,9 @@ impl CacheSession {
         let Some(tier) = self.app.caching.shared.as_ref() else {
             return SharedPlan::Off;
         };
-        let tags: Vec<Tag> = snapshot.versions().iter().map(|(t, _)| *t).collect();
+        let tags: Arc<[Tag]> = snapshot.versions().iter().map(|(t, _)| *t).collect();
         let reads_ok = tier.l2_reads_allowed();
-        if let Some(r) = ready.filter(|r| *r.tags == tags[..]) {
+        if let Some(r) = ready.filter(|r| r.tags == tags) {
             return match r.counters {
                 None => SharedPlan::Bypass,
                 Some(counters) => {
@@ -114,14 +114,14 @@ impl CacheSession {
         let slot = slot.filter(|_| reads_ok);
         SharedPlan::Wait(Box::pin(async move {
             let (counters, l2) = match slot {
-                Some(slot) => match tier.read_counters_and_entry(&tags, slot).await {
+                Some(slot) => match tier.read_counters_and_entry(Arc::clone(&tags), slot).await {
                     Some((counters, entry)) => (Some(counters), Some((slot, entry))),
                     None => (None, None),
                 },
-                None => (tier.read_counters(&tags).await, None),
+                None => (tier.read_counters(Arc::clone(&tags)).await, None),
             };
             WaitResult::Shared(SharedReady {
-                tags: tags.into(),
+                tags,
                 counters,
                 l2,
                 l2_allowed: reads_ok,
@@ -137,7 +137,7 @@ impl CacheSession {
         key: CacheKey,
     ) -> Option<WaitFuture> {
         let tier = Arc::clone(self.app.caching.shared.as_ref()?);
-        let tags: Box<[Tag]> = tags.versions().iter().map(|(t, _)| *t).collect();
+        let tags: Arc<[Tag]> = tags.versions().iter().map(|(t, _)| *t).collect();
         Some(Box::pin(async move {
             let entry = tier.get(key).await;
             WaitResult::Shared(SharedReady {
@@ -193,12 +193,6 @@ pub(super) fn sealed(check: KeyCheck, frames: Bytes, ttl: Duration) -> Sealed {
 /// Stores a captured result in the L2 (queued; off the client's path).
 pub(super) fn put(tier: &SharedTier, key: CacheKey, check: KeyCheck, frames: Bytes, ttl: Duration) {
     tier.put(key, &sealed(check, frames, ttl));
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
