@@ -130,9 +130,12 @@ impl CacheSession {
         };
         if sampled {
             let app = &self.app;
-            read.stats.sample(matches!(looked, Lookup::Hit(_)), || {
-                app.config().cache.min_hit_ratio
-            });
+            // A wait for another session's fill is served from the cache too: under
+            // concurrency most lookups of a slow hot read are waits, and counting them as
+            // misses bypassed exactly the shapes the cache saves most on.
+            let served = matches!(looked, Lookup::Hit(_) | Lookup::Wait(_));
+            read.stats
+                .sample(served, || app.config().cache.min_hit_ratio);
         }
         match looked {
             Lookup::Hit(entry) => {
