@@ -18,12 +18,13 @@ use checker::{CheckerConfig, Fault, Report, Shape};
 use common::{PgOptions, SUPERUSER, Stack};
 
 /// Every kind of operation the checker has (see `worker.rs`).
-const OP_KINDS: usize = 12;
+const OP_KINDS: usize = 13;
 
 /// The audit trigger's function writes `counters_audit` and nothing else: declared, so a
 /// counter update bumps that table instead of the epoch (which would flush every entry and
-/// leave the checker almost nothing cached to judge).
-const CONFIG: &str = "[[functions.writes]]\nfunction = \"public.counters_audit_fn\"\ntables = [\"public.counters_audit\"]\n";
+/// leave the checker almost nothing cached to judge). The switching reader's tenant view is
+/// cached (it reads `current_setting`), so a leak across tenants would be served.
+const CONFIG: &str = "[[functions.writes]]\nfunction = \"public.counters_audit_fn\"\ntables = [\"public.counters_audit\"]\n\n[[rules]]\ntable = \"public.iso_tenant_view\"\nallow_stable_functions = true\n";
 
 fn stack() -> Stack {
     // Two-phase commit needs prepared transactions; 20 ≥ one per client.

@@ -55,7 +55,10 @@ pub(crate) fn fallback(
         word if DDL_WORDS.contains(&word) => {
             let mut info = StatementInfo::new(Class::Ddl, None);
             info.epoch_bump = true;
-            info.taints_session = creates_temp(src, toks);
+            // `CREATE TABLE ... AS EXECUTE p` runs a prepared statement, whose settings
+            // changes pgmemo cannot see.
+            info.taints_session =
+                creates_temp(src, toks) || toks.iter().any(|t| t.is_word(src, "execute"));
             info
         }
         _ => unknown(),

@@ -187,7 +187,16 @@ impl Planner<'_> {
             stmts.push(p);
         }
         let read = match analysis.cacheable() {
-            Some(info) => self.read(cx, &sql, info, analysis.hints.ttl).await,
+            Some(info) => {
+                let (read, views_run_volatile) =
+                    self.read(cx, &sql, info, analysis.hints.ttl).await;
+                if views_run_volatile && let Some(p) = stmts.first_mut() {
+                    // A view calls a volatile function (set_config is one): what it did to
+                    // the session's settings is unknown.
+                    p.taint = Some("view calls a volatile function");
+                }
+                read
+            }
             None => Err(analysis.reason().map_or("not_select", NotCacheable::label)),
         };
         metrics::counter!(names::PLANS, "kind" => if catalog_failed { "catalog_error" } else { "plan" })
@@ -225,8 +234,11 @@ impl Planner<'_> {
             match self.function_facts(cx, info).await {
                 Ok(facts) => {
                     for (f, fact) in info.functions.iter().zip(facts.iter()) {
-                        if fact.user_defined && fact.volatility != Volatility::Immutable {
-                            // It may call set_config: the session's settings are unknown.
+                        if fact.user_defined && !self.allowlisted(f) {
+                            // User code may call set_config whatever it is declared as
+                            // (PostgreSQL lets an IMMUTABLE function call it): the session's
+                            // settings are unknown after it ran, unless the operator declared
+                            // that its only effect is its result.
                             p.taint = Some("user-defined function call");
                         }
                         let volatile =
@@ -247,10 +259,16 @@ impl Planner<'_> {
             Class::Write | Class::Ddl => {
                 if !info.writes.is_empty() {
                     match self.write_tags(cx, &info.writes).await {
-                        Ok(w) => p.written.merge(&w.tags, w.epoch),
+                        Ok((w, runs_user_code)) => {
+                            p.written.merge(&w.tags, w.epoch);
+                            if runs_user_code {
+                                p.taint = Some("trigger, rule or default runs a user function");
+                            }
+                        }
                         Err(()) => {
                             failed = true;
                             p.written.merge(&[], Some(EpochCause::Untracked));
+                            p.taint = Some("write lookup failed");
                         }
                     }
                 }
@@ -280,8 +298,14 @@ impl Planner<'_> {
     }
 
     /// The tags a committed write to `names` bumps, and an epoch cause for effects the catalog
-    /// cannot pin down (user triggers, rules calling functions) unless allowlisted.
-    async fn write_tags(&self, cx: &Context, names: &[sql::RelName]) -> Result<Written, ()> {
+    /// cannot pin down (user triggers, rules calling functions) unless allowlisted; with
+    /// whether the write runs a user function that is not allowlisted (triggers, rules and
+    /// defaults included): it may call set_config, so the session must be probed again.
+    async fn write_tags(
+        &self,
+        cx: &Context,
+        names: &[sql::RelName],
+    ) -> Result<(Written, bool), ()> {
         let names = catalog_names(names);
         let resolved = self
             .catalog
@@ -300,7 +324,7 @@ impl Planner<'_> {
             }
         }
         if oids.is_empty() {
-            return Ok(w);
+            return Ok((w, false));
         }
         let set = self
             .catalog
@@ -309,14 +333,17 @@ impl Planner<'_> {
             .map_err(|_| ())?;
         w.merge(&tags(cx, set.tags.iter().chain(oids.iter())), None);
         let mut declared: Vec<catalog::RelName> = Vec::new();
+        let mut runs_user_code = false;
         for reason in &set.epoch {
             let Some(f) = reason.function() else {
                 w.merge(&[], Some(EpochCause::SideEffects));
+                runs_user_code = true;
                 continue;
             };
             if self.no_side_effects.iter().any(|allowed| allowed == f) {
                 continue;
             }
+            runs_user_code = true;
             match self.declared_writes.iter().find(|d| d.is_for(f)) {
                 Some(d) => declared.extend(
                     d.tables
@@ -354,7 +381,7 @@ impl Planner<'_> {
                 }
             }
         }
-        Ok(w)
+        Ok((w, runs_user_code))
     }
 
     async fn read(
@@ -363,6 +390,23 @@ impl Planner<'_> {
         sql_bytes: &[u8],
         info: &StatementInfo,
         hint_ttl: Option<Duration>,
+    ) -> (Result<ReadPlan, &'static str>, bool) {
+        let mut views_run_volatile = false;
+        let read = self
+            .read_plan(cx, sql_bytes, info, hint_ttl, &mut views_run_volatile)
+            .await;
+        (read, views_run_volatile)
+    }
+
+    /// [`Self::read`]'s plan; sets `views_run_volatile` when a view read evaluates a volatile
+    /// (or unknown) function.
+    async fn read_plan(
+        &self,
+        cx: &Context,
+        sql_bytes: &[u8],
+        info: &StatementInfo,
+        hint_ttl: Option<Duration>,
+        views_run_volatile: &mut bool,
     ) -> Result<ReadPlan, &'static str> {
         let names = catalog_names(&info.reads);
         let resolved = self
@@ -405,6 +449,8 @@ impl Planner<'_> {
             )
         };
         if let Some(set) = &set {
+            *views_run_volatile =
+                matches!(set.volatility, Volatility::Volatile | Volatility::Unknown);
             set.check(verdict.allow_stable_functions, verdict.allow_rls)
                 .map_err(relation_reason)?;
         }

@@ -96,7 +96,12 @@ impl CacheSession {
         let next = self.tracker.queue.pop_front();
         match next {
             Some(Expect::Stmt { plan, index }) => self.apply_statement(&plan, index, frame),
-            Some(Expect::Unknown) => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
+            Some(Expect::Unknown) => {
+                // A portal of a statement pgmemo did not see parsed (SQL PREPARE, or past
+                // the bound): its writes and its effect on settings are both unknown.
+                self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
+                self.taint_unseen("execution of a statement pgmemo did not plan");
+            }
             Some(Expect::Ready) | None => self.tracker.lose(),
         }
     }
@@ -202,8 +207,7 @@ impl CacheSession {
         self.tracker.txn.merge(&sp.written.tags, sp.written.epoch);
         self.tracker.txn_ddl |= sp.ddl;
         if let Some(why) = sp.taint {
-            self.fingerprint.taint(why);
-            self.probe_needed = true;
+            self.taint_unseen(why);
         }
         self.fingerprint.on_statement(info);
         if (info.taints_session || !self.fingerprint.cacheable()) && self.may_probe() {
@@ -253,21 +257,28 @@ impl CacheSession {
                     .tracker
                     .sql_prepared
                     .get(name)
-                    .map(|p| (p.written.clone(), p.taint, p.ddl));
+                    .map(|p| (p.written.clone(), p.ddl));
                 match effect {
-                    Some((w, taint, ddl)) => {
+                    Some((w, ddl)) => {
                         self.tracker.txn.merge(&w.tags, w.epoch);
                         self.tracker.txn_ddl |= ddl;
-                        if let Some(why) = taint {
-                            self.fingerprint.taint(why);
-                            self.probe_needed = true;
-                        }
                     }
                     None => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
                 }
+                // Whatever its plan said at PREPARE time: the statement runs with the
+                // functions and settings of now, and its own settings changes (a
+                // set_config call) never pass through the fingerprint's SQL model.
+                self.taint_unseen("SQL EXECUTE");
             }
             _ => {}
         }
+    }
+
+    /// A statement ran whose effect on the session's settings pgmemo cannot see: no lookup
+    /// or store until the settings probe re-established them (DESIGN §1.4).
+    fn taint_unseen(&mut self, why: &'static str) {
+        self.fingerprint.taint(why);
+        self.probe_needed = true;
     }
 
     fn apply_txn_control(&mut self, tc: &TxnControl, rolled_back: bool) {

@@ -590,3 +590,18 @@ fn reasons_have_stable_labels() {
         "\"S\".\"a\"\"b\""
     );
 }
+
+/// `CREATE TABLE ... AS EXECUTE` runs a prepared statement whose settings changes pgmemo
+/// cannot see (issue 15 item 1): it taints the session like EXECUTE itself.
+#[test]
+fn create_table_as_execute_taints_the_session() {
+    for sql in [
+        "CREATE TABLE x AS EXECUTE p(1)",
+        "CREATE TEMP TABLE x AS EXECUTE p",
+        "CREATE UNLOGGED TABLE IF NOT EXISTS x AS EXECUTE p('a') WITH NO DATA",
+    ] {
+        let s = one(sql);
+        assert!(s.taints_session, "{sql}: {s:#?}");
+        assert!(s.epoch_bump || s.class == Class::Ddl, "{sql}: {s:#?}");
+    }
+}

@@ -21,6 +21,7 @@ mod metrics;
 mod reads;
 mod schema;
 mod state;
+mod switch;
 mod targets;
 mod worker;
 mod writes;
@@ -194,6 +195,8 @@ pub struct Report {
     pub stale: u64,
     /// Reads that returned more than could ever have committed.
     pub phantom: u64,
+    /// Reads answered for another session state than the reader's (see `switch.rs`).
+    pub leaked: u64,
     /// Failed or timed-out operations, and final-state mismatches.
     pub errors: u64,
     /// The first `MAX_DETAILS` stale/phantom/error texts.
@@ -212,9 +215,13 @@ impl Report {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    /// No stale read, no phantom, no error, and the run finished.
+    /// No stale read, no phantom, no leak, no error, and the run finished.
     pub fn is_clean(&self) -> bool {
-        self.stale == 0 && self.phantom == 0 && self.errors == 0 && !self.timed_out
+        self.stale == 0
+            && self.phantom == 0
+            && self.leaked == 0
+            && self.errors == 0
+            && !self.timed_out
     }
 }
 
@@ -236,9 +243,11 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "stale reads {}, phantom reads {}, errors {}, two-phase commit {}",
+            "stale reads {}, phantom reads {}, reads of another session's state {}, errors {}, \
+             two-phase commit {}",
             self.stale,
             self.phantom,
+            self.leaked,
             self.errors,
             if self.two_phase { "on" } else { "off" }
         )?;

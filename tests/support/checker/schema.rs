@@ -141,9 +141,11 @@ impl Shape {
             ));
         }
         sql.push_str(&format!(
-            "INSERT INTO events SELECT g, 0 FROM generate_series(0, {}) g;\nANALYZE;\n",
+            "INSERT INTO events SELECT g, 0 FROM generate_series(0, {}) g;\n",
             self.events - 1
         ));
+        sql.push_str(super::switch::DDL);
+        sql.push_str("ANALYZE;\n");
         sql
     }
 }

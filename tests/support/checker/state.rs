@@ -134,6 +134,8 @@ pub(crate) struct Recorder {
     pub writes: AtomicU64,
     pub stale: AtomicU64,
     pub phantom: AtomicU64,
+    /// Reads answered for another session state (search_path, tenant) than the reader's.
+    pub leaked: AtomicU64,
     pub errors: AtomicU64,
     details: Mutex<Vec<String>>,
     op_counts: Mutex<BTreeMap<&'static str, u64>>,
@@ -154,6 +156,10 @@ impl Recorder {
 
     pub fn phantom(&self, text: String) {
         self.note(&self.phantom, "PHANTOM", text);
+    }
+
+    pub fn leaked(&self, text: String) {
+        self.note(&self.leaked, "LEAK", text);
     }
 
     pub fn error(&self, text: String) {
@@ -269,6 +275,7 @@ impl Shared {
             writes: load(&self.rec.writes),
             stale: load(&self.rec.stale),
             phantom: load(&self.rec.phantom),
+            leaked: load(&self.rec.leaked),
             errors: load(&self.rec.errors),
             details: self
                 .rec

@@ -70,6 +70,9 @@ pub(crate) enum How {
 pub(crate) struct Conn {
     pub client: Client,
     stmts: HashMap<String, Statement>,
+    /// The state the switching reader last switched this connection to; `None` until its
+    /// SQL prepared statements exist here.
+    pub switched: Option<super::switch::Target>,
 }
 
 impl Conn {
@@ -77,6 +80,7 @@ impl Conn {
         Ok(Conn {
             client: connect(cfg, addr).await?,
             stmts: HashMap::new(),
+            switched: None,
         })
     }
 
@@ -180,6 +184,7 @@ pub(crate) enum Op {
     ReadTxn,
     ReadMulti,
     ReadPipelined,
+    ReadSwitched,
     AutoSimple,
     AutoExtended,
     Block,
@@ -191,11 +196,12 @@ pub(crate) enum Op {
 }
 
 /// Read mix (relative weights).
-const READS: [(Op, u32); 4] = [
+const READS: [(Op, u32); 5] = [
     (Op::ReadOne, 60),
     (Op::ReadTxn, 6),
     (Op::ReadMulti, 4),
     (Op::ReadPipelined, 6),
+    (Op::ReadSwitched, 4),
 ];
 /// Write mix (relative weights); two-phase commit is dropped when unavailable.
 const WRITES: [(Op, u32); 8] = [
@@ -216,6 +222,7 @@ impl Op {
             Op::ReadTxn => "read-txn",
             Op::ReadMulti => "read-multi",
             Op::ReadPipelined => "read-pipelined",
+            Op::ReadSwitched => "read-switched",
             Op::AutoSimple => "write-simple",
             Op::AutoExtended => "write-extended",
             Op::Block => "write-block",
@@ -354,6 +361,7 @@ impl Worker {
             Op::ReadTxn => self.read_txn().await,
             Op::ReadMulti => self.read_multi().await,
             Op::ReadPipelined => self.read_pipelined().await,
+            Op::ReadSwitched => self.read_switched().await,
             Op::AutoSimple => self.write_auto_simple().await,
             Op::AutoExtended => self.write_auto_extended().await,
             Op::Block => self.write_block().await,
