@@ -281,19 +281,7 @@ async fn bind_of_a_sql_prepared_statement_never_leaks_a_tenant() {
     assert_reads(&b, READ, &tenant_rows("t1"), "b on t1").await;
     assert_reads(&none, READ, &tenant_rows(""), "no tenant").await;
 
-    // The encoding drivers send: without it the session would not be cached at all.
-    let mut a = wire::connect(s.proxy.addr()).await;
-    let startup = pgmemo::protocol::startup::encode_startup(
-        3,
-        0,
-        &[
-            ("user", "app_user"),
-            ("database", DB),
-            ("client_encoding", "UTF8"),
-        ],
-    );
-    a.write_all(&startup).await.unwrap();
-    wire::frames_until_ready(&mut a, Duration::from_secs(10)).await;
+    let mut a = raw_session(s.proxy.addr(), "app_user").await;
     raw_rows(
         &mut a,
         "PREPARE sw(text) AS SELECT set_config('app.tenant', $1, false)",
@@ -347,6 +335,38 @@ async fn search_path_switched_through_execute_never_crosses_schemas() {
     assert!(s.metric("pgmemo_cache_hits_total") >= 10.0);
 }
 
+/// A raw session through pgmemo, with the encoding drivers send (without it the session
+/// would not be cached at all).
+async fn raw_session(addr: std::net::SocketAddr, user: &str) -> TcpStream {
+    let mut s = wire::connect(addr).await;
+    let startup = pgmemo::protocol::startup::encode_startup(
+        3,
+        0,
+        &[
+            ("user", user),
+            ("database", DB),
+            ("client_encoding", "UTF8"),
+        ],
+    );
+    s.write_all(&startup).await.unwrap();
+    wire::frames_until_ready(&mut s, Duration::from_secs(10)).await;
+    s
+}
+
+/// Parse, Bind, Execute and Sync of `sql` on the unnamed statement, as one buffer.
+fn extended_group(sql: &str) -> Vec<u8> {
+    let mut parse = Vec::new();
+    parse.push(0);
+    parse.extend_from_slice(sql.as_bytes());
+    parse.push(0);
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = wire::frame(b'P', &parse);
+    out.extend(wire::frame(b'B', b"\0\0\0\0\0\0\0\0"));
+    out.extend(wire::frame(b'E', b"\0\0\0\0\0"));
+    out.extend(wire::frame(b'S', b""));
+    out
+}
+
 /// A simple Query on a raw connection; the DataRows' columns joined by `|`.
 async fn raw_rows(s: &mut TcpStream, sql: &str) -> Vec<String> {
     s.write_all(&wire::query(sql)).await.unwrap();
@@ -393,4 +413,84 @@ fn data_row(f: &Bytes) -> Option<String> {
         at = end;
     }
     Some(cols.join("|"))
+}
+
+/// A write whose name resolves under a `search_path` the session set earlier in the same
+/// Query, pipeline or prepared statement's life: pgmemo must invalidate what PostgreSQL
+/// really wrote (`s2.st`), not what the name meant before (`s1.st`).
+#[tokio::test]
+async fn a_write_after_a_search_path_change_in_the_same_query_invalidates_what_it_wrote() {
+    let setup = format!("{SETUP}\nGRANT UPDATE ON s1.st, s2.st TO app_user;");
+    let s = CacheStack::start(&setup, &config("", "")).await;
+    let (writer, reader) = (s.session("app_user").await, s.session("app_user").await);
+    reader.simple_query("SET search_path = s2").await.unwrap();
+    writer.simple_query("SET search_path = s1").await.unwrap();
+    writer
+        .simple_query("PREPARE to_s2 AS SELECT set_config('search_path', 's2', false)")
+        .await
+        .unwrap();
+    let upd = writer.prepare("UPDATE st SET v = $1").await.unwrap();
+    let mut raw = raw_session(s.proxy.addr(), "app_user").await;
+    raw_rows(&mut raw, "SET search_path = s1").await;
+    let mut n = 0;
+    let mut check = |what: &'static str| {
+        n += 1;
+        (format!("v{n}"), what)
+    };
+    for round in 0..2 {
+        // 1. A SET, then the write, in one simple Query.
+        let (v, what) = check("SET then UPDATE in one Query");
+        assert_reads(&reader, PATH_READ, &[prev(&reader).await], "cached").await;
+        writer
+            .simple_query(&format!(
+                "SET search_path = s2; UPDATE st SET v = '{v}'; SET search_path = s1"
+            ))
+            .await
+            .unwrap();
+        assert_reads(&reader, PATH_READ, &[v], &format!("{what}, round {round}")).await;
+
+        // 2. The same through EXECUTE of a set_config.
+        let (v, what) = check("EXECUTE then UPDATE in one Query");
+        assert_reads(&reader, PATH_READ, &[prev(&reader).await], "cached").await;
+        writer
+            .simple_query(&format!(
+                "EXECUTE to_s2; UPDATE st SET v = '{v}'; SET search_path = s1"
+            ))
+            .await
+            .unwrap();
+        assert_reads(&reader, PATH_READ, &[v], &format!("{what}, round {round}")).await;
+
+        // 3. A statement prepared under s1, executed after the session moved to s2:
+        // PostgreSQL re-parses it under the new search_path.
+        let (v, what) = check("statement prepared under s1 executed under s2");
+        assert_reads(&reader, PATH_READ, &[prev(&reader).await], "cached").await;
+        writer.simple_query("SET search_path = s2").await.unwrap();
+        writer.execute(&upd, &[&v]).await.unwrap();
+        writer.simple_query("SET search_path = s1").await.unwrap();
+        assert_reads(&reader, PATH_READ, &[v], &format!("{what}, round {round}")).await;
+
+        // 4. Pipelined: the SET and the write sent in one go on the extended protocol, each
+        // its own Parse/Bind/Execute/Sync, before either is answered.
+        let (v, what) = check("SET and UPDATE pipelined");
+        assert_reads(&reader, PATH_READ, &[prev(&reader).await], "cached").await;
+        let mut pipeline = extended_group("SET search_path = s2");
+        pipeline.extend(extended_group(&format!("UPDATE st SET v = '{v}'")));
+        pipeline.extend(extended_group("SET search_path = s1"));
+        raw.write_all(&pipeline).await.unwrap();
+        for _ in 0..3 {
+            wire::frames_until_ready(&mut raw, Duration::from_secs(10)).await;
+        }
+        assert_reads(&reader, PATH_READ, &[v], &format!("{what}, round {round}")).await;
+    }
+    // s1.st was never written.
+    assert_reads(&writer, PATH_READ, &["in-s1".to_string()], "s1 untouched").await;
+}
+
+/// What `reader` reads now (also caches it).
+async fn prev(reader: &Client) -> String {
+    rows_simple(reader, PATH_READ)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }

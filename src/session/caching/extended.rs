@@ -144,7 +144,7 @@ impl CacheSession {
     /// The current plan of a prepared statement: the one from its Parse while the session
     /// context, catalog and rules are unchanged, else re-planned (`Err(Some(sql))`: compute
     /// it first) as PostgreSQL re-analyses a statement whose dependencies changed.
-    fn statement_plan(&mut self, name: &[u8]) -> Result<Arc<Plan>, Option<Bytes>> {
+    pub(super) fn statement_plan(&mut self, name: &[u8]) -> Result<Arc<Plan>, Option<Bytes>> {
         let plan = self.tracker.statements.get(name).ok_or(None)?;
         let current = plan.context_id == self.cx_id
             && plan.is_current(

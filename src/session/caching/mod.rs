@@ -297,6 +297,8 @@ impl CacheSession {
         };
         self.cx_id = cx.id();
         self.cx = Some(Arc::new(cx));
+        // Nothing is in flight at a probe: plans from here on are made for this context.
+        self.tracker.context_unknown = false;
         self.statement_timeout = r
             .settings
             .iter()
@@ -344,10 +346,12 @@ impl CacheSession {
                 // PostgreSQL drops the unnamed statement and portal at every simple Query.
                 self.tracker.statements.remove(&b""[..]);
                 self.tracker.portals.remove(&b""[..]);
+                let context_seq = self.tracker.context_now();
                 for index in 0..plan.stmts.len() {
                     self.tracker.expect(Expect::Stmt {
                         plan: Arc::clone(&plan),
                         index,
+                        context_seq,
                     });
                 }
                 self.tracker.expect(Expect::Ready);
@@ -371,7 +375,13 @@ impl CacheSession {
             frontend::BIND => {
                 let mut r = Reader::body(frame);
                 if let (Some(portal), Some(stmt)) = (r.cstr(), r.cstr()) {
-                    let plan = self.tracker.statements.get(stmt).cloned();
+                    // A statement parsed under another search_path or role: PostgreSQL
+                    // re-parses it for the current one, and so does pgmemo.
+                    let plan = match self.statement_plan(stmt) {
+                        Ok(plan) => Some(plan),
+                        Err(Some(sql)) => return FrameAction::Hold(Hold::Plan(sql)),
+                        Err(None) => None,
+                    };
                     if self.tracker.portals.len() < MAX_NAMED || portal.is_empty() {
                         self.tracker
                             .portals
@@ -390,6 +400,7 @@ impl CacheSession {
                     Some(Some(plan)) => Expect::Stmt {
                         plan: Arc::clone(plan),
                         index: 0,
+                        context_seq: self.tracker.context_now(),
                     },
                     _ => Expect::Unknown,
                 };

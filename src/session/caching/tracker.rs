@@ -28,7 +28,14 @@ pub const MAX_NAMED: usize = 10_000;
 #[derive(Debug)]
 pub enum Expect {
     /// Statement `index` of `plan` (a simple Query's statement, or an Execute's).
-    Stmt { plan: Arc<Plan>, index: usize },
+    /// `context_seq`: [`Tracker::context_seq`] when it was sent, or `None` if the session's
+    /// context was unknown then; its write tags are trusted only if the context has not moved
+    /// since (see [`Tracker::context_seq`]).
+    Stmt {
+        plan: Arc<Plan>,
+        index: usize,
+        context_seq: Option<u64>,
+    },
     /// An Execute of a portal pgmemo cannot attribute.
     Unknown,
     /// The ReadyForQuery of a Query, Sync or FunctionCall.
@@ -48,8 +55,16 @@ pub struct Tracker {
     pub statements: std::collections::HashMap<Bytes, Arc<Plan>>,
     /// Portals by name → the plan of the statement bound.
     pub portals: std::collections::HashMap<Bytes, Option<Arc<Plan>>>,
-    /// SQL `PREPARE name AS ...`: the effects of the prepared statement.
-    pub sql_prepared: std::collections::HashMap<String, StmtPlan>,
+    /// SQL `PREPARE name AS ...`: the effects of the prepared statement, and the id of the
+    /// context they were resolved in.
+    pub sql_prepared: std::collections::HashMap<String, (StmtPlan, u64)>,
+    /// Counts completed statements that may have moved the session's name-resolution context
+    /// (search_path, role, temporary schema): a statement sent before such a one completed
+    /// was planned for a context that may no longer hold when it runs.
+    pub context_seq: u64,
+    /// Such a statement completed and no settings probe has re-read the context since:
+    /// plans made now resolve names in a context that may be wrong.
+    pub context_unknown: bool,
 }
 
 impl Tracker {
@@ -59,6 +74,11 @@ impl Tracker {
             return;
         }
         self.queue.push_back(e);
+    }
+
+    /// What an expected statement records of the context its plan was made for.
+    pub fn context_now(&self) -> Option<u64> {
+        (!self.context_unknown).then_some(self.context_seq)
     }
 
     pub fn lose(&mut self) {
@@ -72,7 +92,7 @@ impl Tracker {
         let mut w = self.txn.clone();
         for e in &self.queue {
             match e {
-                Expect::Stmt { plan, index } => {
+                Expect::Stmt { plan, index, .. } => {
                     if let Some(s) = plan.stmts.get(*index) {
                         w.merge(&s.written.tags, s.written.epoch);
                     }
@@ -82,6 +102,34 @@ impl Tracker {
             }
         }
         w
+    }
+}
+
+/// Whether a completed statement may have moved what names resolve against: the search_path,
+/// the current role, the temporary schema, or anything pgmemo cannot model (a set_config
+/// call, user code, SQL EXECUTE). Other settings change results, not name resolution.
+fn moves_context(info: &crate::sql::StatementInfo, sp: &StmtPlan) -> bool {
+    if info.taints_session || sp.taint.is_some() {
+        return true;
+    }
+    if info.functions.iter().any(|f| f.name == "set_config") {
+        return true;
+    }
+    match &info.class {
+        // A ROLLBACK can undo a SET of the search_path, but only one that already moved the
+        // context: every statement sent after that is untrusted already.
+        Class::Execute { .. } => true,
+        Class::SessionChange(change) => match change {
+            SessionChange::Set { name, .. } | SessionChange::Reset { name: Some(name) } => {
+                matches!(
+                    name.as_str(),
+                    "search_path" | "role" | "session_authorization"
+                )
+            }
+            SessionChange::Prepare { .. } | SessionChange::Deallocate { .. } => false,
+            _ => true,
+        },
+        _ => false,
     }
 }
 
@@ -95,7 +143,16 @@ impl CacheSession {
     pub(super) fn on_completion(&mut self, frame: &[u8]) {
         let next = self.tracker.queue.pop_front();
         match next {
-            Some(Expect::Stmt { plan, index }) => self.apply_statement(&plan, index, frame),
+            Some(Expect::Stmt {
+                plan,
+                index,
+                context_seq,
+            }) => {
+                // Planned for the context it runs in: its write tags name what it wrote.
+                let planned_here =
+                    context_seq == Some(self.tracker.context_seq) && plan.context_id == self.cx_id;
+                self.apply_statement(&plan, index, frame, planned_here);
+            }
             Some(Expect::Unknown) => {
                 // A portal of a statement pgmemo did not see parsed (SQL PREPARE, or past
                 // the bound): its writes and its effect on settings are both unknown.
@@ -198,13 +255,23 @@ impl CacheSession {
         self.tracker.txn_ddl = false;
     }
 
-    fn apply_statement(&mut self, plan: &Plan, index: usize, frame: &[u8]) {
+    fn apply_statement(&mut self, plan: &Plan, index: usize, frame: &[u8], planned_here: bool) {
         let (Some(info), Some(sp)) = (plan.analysis.statements.get(index), plan.stmts.get(index))
         else {
             self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
             return;
         };
-        self.tracker.txn.merge(&sp.written.tags, sp.written.epoch);
+        if planned_here {
+            self.tracker.txn.merge(&sp.written.tags, sp.written.epoch);
+        } else if !sp.written.is_empty() {
+            // Its names were resolved under a search_path or role the session has left
+            // (a SET earlier in the Query or pipeline): what it wrote is unknown.
+            self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
+        }
+        if moves_context(info, sp) {
+            self.tracker.context_seq = self.tracker.context_seq.wrapping_add(1);
+            self.tracker.context_unknown = true;
+        }
         self.tracker.txn_ddl |= sp.ddl;
         if let Some(why) = sp.taint {
             self.taint_unseen(why);
@@ -233,12 +300,19 @@ impl CacheSession {
                     SessionChange::Prepare { name, .. }
                         if self.tracker.sql_prepared.len() < MAX_NAMED =>
                     {
-                        let inner = sp.prepared.as_deref().cloned().unwrap_or_else(|| {
-                            let mut p = StmtPlan::default();
-                            p.written.epoch = Some(EpochCause::Untracked);
-                            p
-                        });
-                        self.tracker.sql_prepared.insert(name.clone(), inner);
+                        let inner = sp
+                            .prepared
+                            .as_deref()
+                            .filter(|_| planned_here)
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                let mut p = StmtPlan::default();
+                                p.written.epoch = Some(EpochCause::Untracked);
+                                p
+                            });
+                        self.tracker
+                            .sql_prepared
+                            .insert(name.clone(), (inner, plan.context_id));
                     }
                     SessionChange::Deallocate { name: Some(name) } => {
                         self.tracker.sql_prepared.remove(name);
@@ -257,10 +331,16 @@ impl CacheSession {
                     .tracker
                     .sql_prepared
                     .get(name)
-                    .map(|p| (p.written.clone(), p.ddl));
+                    .map(|(p, cx)| (p.written.clone(), p.ddl, *cx));
                 match effect {
-                    Some((w, ddl)) => {
+                    // PostgreSQL re-parses a prepared statement whose search_path changed:
+                    // its tags hold only in the context it was prepared in.
+                    Some((w, ddl, cx)) if planned_here && cx == self.cx_id => {
                         self.tracker.txn.merge(&w.tags, w.epoch);
+                        self.tracker.txn_ddl |= ddl;
+                    }
+                    Some((_, ddl, _)) => {
+                        self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
                         self.tracker.txn_ddl |= ddl;
                     }
                     None => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
