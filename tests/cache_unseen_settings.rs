@@ -481,6 +481,21 @@ async fn a_write_after_a_search_path_change_in_the_same_query_invalidates_what_i
             wire::frames_until_ready(&mut raw, Duration::from_secs(10)).await;
         }
         assert_reads(&reader, PATH_READ, &[v], &format!("{what}, round {round}")).await;
+
+        // 5. In a block, statement by statement: the settings probe cannot run before the
+        // UPDATE is planned (not at idle).
+        let (v, what) = check("SET then UPDATE in a block");
+        assert_reads(&reader, PATH_READ, &[prev(&reader).await], "cached").await;
+        for sql in [
+            "BEGIN",
+            "SET search_path = s2",
+            &format!("UPDATE st SET v = '{v}'"),
+            "COMMIT",
+            "SET search_path = s1",
+        ] {
+            writer.simple_query(sql).await.unwrap();
+        }
+        assert_reads(&reader, PATH_READ, &[v], &format!("{what}, round {round}")).await;
     }
     // s1.st was never written.
     assert_reads(&writer, PATH_READ, &["in-s1".to_string()], "s1 untouched").await;
