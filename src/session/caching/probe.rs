@@ -33,7 +33,7 @@ UNION ALL SELECT pg_catalog.pg_get_expr(polwithcheck, polrelid) FROM pg_catalog.
 UNION ALL SELECT prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace ns ON ns.oid = p.pronamespace \
 WHERE ns.nspname NOT IN ('pg_catalog', 'information_schema') \
 UNION ALL SELECT pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
-WHERE c.relkind IN ('v', 'm') AND ns.nspname NOT IN ('pg_catalog', 'information_schema')) s WHERE src IS NOT NULL) x";
+WHERE c.relkind IN ('v', 'm') AND ns.nspname NOT IN ('pg_catalog', 'information_schema')) s) x";
 
 /// Names this session SET are added to what the catalog mentions (at most this many).
 pub const MAX_SESSION_NAMES: usize = 64;
