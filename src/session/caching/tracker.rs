@@ -106,10 +106,12 @@ impl Tracker {
 }
 
 /// Whether a completed statement may have moved what names resolve against: the search_path,
-/// the current role, the temporary schema, or anything pgmemo cannot model (a set_config
-/// call, user code, SQL EXECUTE). Other settings change results, not name resolution.
-fn moves_context(info: &crate::sql::StatementInfo, sp: &StmtPlan) -> bool {
-    if info.taints_session || sp.taint.is_some() {
+/// the current role, the temporary schema, or anything pgmemo cannot model in SQL (a
+/// set_config call, SQL EXECUTE, DO, CALL). Other settings change results, not name
+/// resolution. A user function or trigger run by an ordinary statement is not counted (see
+/// the README: every write after one in a block would otherwise flush the whole cache).
+fn moves_context(info: &crate::sql::StatementInfo) -> bool {
+    if info.taints_session {
         return true;
     }
     if info.functions.iter().any(|f| f.name == "set_config") {
@@ -268,7 +270,7 @@ impl CacheSession {
             // (a SET earlier in the Query or pipeline): what it wrote is unknown.
             self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
         }
-        if moves_context(info, sp) {
+        if moves_context(info) {
             self.tracker.context_seq = self.tracker.context_seq.wrapping_add(1);
             self.tracker.context_unknown = true;
         }
