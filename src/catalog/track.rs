@@ -40,6 +40,11 @@ pub enum EpochCause {
     FunctionNames(Vec<String>),
     /// A schema was created, dropped, renamed or had its privileges changed.
     Schemas,
+    /// An enum label, collation, text search object, domain or its constraint, range type,
+    /// cast, operator, conversion, access method or operator class was created, dropped or
+    /// altered: the bytes of results that use it, or which rows compare or match, may differ
+    /// while no relation changed.
+    Objects,
     /// A role was created, dropped or altered.
     Roles,
     /// Role membership changed (GRANT/REVOKE role).
@@ -59,7 +64,8 @@ pub(crate) struct Want {
     pub rel_names: Vec<String>,
     pub functions: Vec<Oid>,
     pub func_names: Vec<String>,
-    /// Per-database and shared prints (always wanted; only fetched when missing).
+    /// Per-database (schemas, and the types/operators/collations/text search digest) and
+    /// shared prints (always wanted; only fetched when missing).
     pub namespaces: bool,
     pub shared: bool,
 }
@@ -72,6 +78,8 @@ pub(crate) struct Prints {
     pub rel_names: HashMap<String, Option<Digest>>,
     pub func_names: HashMap<String, Option<Digest>>,
     pub namespaces: Option<HashMap<Oid, Option<Digest>>>,
+    /// Fetched with the namespaces (outer `None`: not fetched).
+    pub objects: Option<Option<Digest>>,
     pub shared: Option<SharedPrint>,
 }
 
@@ -84,6 +92,10 @@ impl Prints {
             func_names: prints::function_names(lease, &want.func_names).await?,
             namespaces: match want.namespaces {
                 true => Some(prints::namespaces(lease).await?),
+                false => None,
+            },
+            objects: match want.namespaces {
+                true => Some(prints::objects(lease).await?),
                 false => None,
             },
             shared: match want.shared {
@@ -101,6 +113,8 @@ struct DbTracked {
     rel_names: HashMap<String, Option<Digest>>,
     func_names: HashMap<String, Option<Digest>>,
     namespaces: Option<HashMap<Oid, Option<Digest>>>,
+    /// Types, operators, collations, text search objects (see `prints::objects`).
+    objects: Option<Option<Digest>>,
 }
 
 /// Bounds of the tracked set (totals over all databases).
@@ -147,7 +161,7 @@ impl Tracked {
     pub(crate) fn missing(&self, db: &str, want: &Want) -> Result<Want, CatalogError> {
         let tracked = self.dbs.get(db);
         let mut out = Want {
-            namespaces: tracked.is_none_or(|t| t.namespaces.is_none()),
+            namespaces: tracked.is_none_or(|t| t.namespaces.is_none() || t.objects.is_none()),
             shared: self.shared.is_none(),
             ..Want::default()
         };
@@ -223,6 +237,9 @@ impl Tracked {
         let tracked = self.dbs.entry(db.to_owned()).or_default();
         if tracked.namespaces.is_none() {
             tracked.namespaces = baseline.namespaces;
+        }
+        if tracked.objects.is_none() {
+            tracked.objects = baseline.objects;
         }
         for (oid, print) in baseline.relations {
             // A relation already gone needs no watching: nothing can be cached for it.
@@ -343,6 +360,12 @@ impl Tracked {
             && schemas_changed(before, now)
         {
             changes.push(epoch(EpochCause::Schemas));
+        }
+        if let (Some(now), Some(before)) = (polled.objects, tracked.objects.as_mut())
+            && *before != now
+        {
+            *before = now;
+            changes.push(epoch(EpochCause::Objects));
         }
         changes
     }

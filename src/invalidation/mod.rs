@@ -358,6 +358,7 @@ impl Invalidator {
                     let cause = match cause {
                         catalog::EpochCause::Function { .. }
                         | catalog::EpochCause::FunctionNames(_) => EpochCause::CatalogFunction,
+                        catalog::EpochCause::Objects => EpochCause::CatalogObject,
                         _ => EpochCause::CatalogRole,
                     };
                     written.merge(&[], Some(cause));
