@@ -3,7 +3,7 @@
 //! for the revoked role, ALTER TABLE ADD COLUMN never serves the old shape after the poll, and
 //! CREATE OR REPLACE FUNCTION (to volatile, or with a new body) is seen, and so are changes to
 //! the objects results show or are checked through (issue 15 item 6: enum labels, domain
-//! constraints). Before the poll an old cached answer is allowed; after the first new answer,
+//! constraints, and a server configuration reload). Before the poll an old cached answer is allowed; after the first new answer,
 //! never again. Waits poll with a deadline; the measured latency is printed.
 
 mod common;
@@ -30,6 +30,8 @@ CREATE TYPE mood AS ENUM ('sad', 'ok');
 CREATE TABLE pe(id int PRIMARY KEY, m mood NOT NULL);
 INSERT INTO pe VALUES (1, 'sad'), (2, 'ok');
 CREATE DOMAIN nonneg AS int CONSTRAINT nonneg_check CHECK (VALUE >= 0);
+CREATE TABLE pb(id int PRIMARY KEY, b bytea NOT NULL);
+INSERT INTO pb VALUES (1, 'A');
 ";
 
 async fn stack() -> CacheStack {
@@ -283,4 +285,45 @@ async fn domain_constraint_changed_directly_is_picked_up_within_the_poll_bound()
         "ALTER DOMAIN ... ADD CONSTRAINT seen after {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn bytea_output_reloaded_server_wide_reaches_existing_sessions_within_the_poll_bound() {
+    let s = stack().await;
+    // Two sessions that never SET bytea_output, and one that SETs the value the server has now.
+    let (c, other) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let hex_session = s.session(SUPERUSER).await;
+    simple(&hex_session, "SET bytea_output = 'hex'").await;
+    let q = s.probe.q("SELECT id, b FROM pb ORDER BY id", None).await;
+    let hex = table(&["id", "b"], &[&["1", "\\x41"]]);
+    let escape = table(&["id", "b"], &[&["1", "A"]]);
+    s.probe.assert_upstream(&c, &q, &hex).await;
+    s.probe.assert_hit(&c, &q, &hex).await;
+    s.probe.assert_hit(&other, &q, &hex).await;
+    // The SET session has its own fingerprint: its first run is its own.
+    s.probe.assert_upstream(&hex_session, &q, &hex).await;
+
+    let probes_before = s.metric("pgmemo_session_probes_total");
+    // Not a ParameterStatus setting: no session is told; only the reload shows it.
+    s.direct_sql("ALTER SYSTEM SET bytea_output = 'escape'; SELECT pg_reload_conf();");
+    let direct = simple(&s.probe.client, &q.sql).await;
+    assert_eq!(direct, escape, "PostgreSQL itself after the reload");
+    let took = until_new_answer(&c, &q.sql, &hex, &escape, POLL_BOUND).await;
+    eprintln!("bytea_output reload seen after {took:?}");
+    for _ in 0..5 {
+        assert_eq!(simple(&c, &q.sql).await, direct);
+        assert_eq!(simple(&other, &q.sql).await, direct);
+        // The session that SET it keeps its own value, and never gets the reloaded bytes.
+        assert_eq!(simple(&hex_session, &q.sql).await, hex);
+    }
+    // Cached again under the sessions' new settings, still the server's bytes.
+    s.probe
+        .eventually_hit(&c, &q, &escape, probe::REESTABLISH_BOUND)
+        .await;
+    s.probe.assert_hit(&other, &q, &escape).await;
+    assert_eq!(simple(&hex_session, &q.sql).await, hex);
+    // Every session was probed again (an epoch bump alone would leave their fingerprints
+    // saying `hex`, and what they store next would be keyed as if it were).
+    let probes = s.metric("pgmemo_session_probes_total") - probes_before;
+    assert!(probes >= 3.0, "{probes} settings probes after the reload");
 }

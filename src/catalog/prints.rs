@@ -67,6 +67,8 @@ pub(crate) struct SharedPrint {
     pub roles: Option<Digest>,
     pub members: Option<Digest>,
     pub settings: Option<Digest>,
+    /// The server-wide configuration as the side connection sees it (see [`SHARED_PRINT`]).
+    pub config: Option<Digest>,
 }
 
 const REL_PRINTS: &str = "\
@@ -157,13 +159,24 @@ SELECT sha256(textsend(concat_ws('|',
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_am x),
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_opclass x))))";
 
+/// Roles, memberships, per-role/database settings, and the server-wide configuration: every
+/// setting whose value comes from the server (its defaults, its files including
+/// `postgresql.auto.conf`, its command line or environment) rather than from the side
+/// connection itself (startup options, SET) or from per-role/database settings (the third
+/// digest). `pg_conf_load_time()` cannot serve: each backend records its own reload time, so
+/// two side connections differ without any change; comparing the values is exact, and a
+/// reload that changes nothing changes nothing here.
 const SHARED_PRINT: &str = "\
 SELECT
   (SELECT sha256(textsend(string_agg(row(r.oid, r.rolname, r.rolsuper, r.rolinherit,
       r.rolcreaterole, r.rolcreatedb, r.rolcanlogin, r.rolreplication, r.rolbypassrls,
       r.rolconnlimit, r.rolvaliduntil)::text, ',' ORDER BY r.oid))) FROM pg_roles r),
   (SELECT sha256(textsend(string_agg(m::text, ',' ORDER BY m::text))) FROM pg_auth_members m),
-  (SELECT sha256(textsend(string_agg(s::text, ',' ORDER BY s::text))) FROM pg_db_role_setting s)";
+  (SELECT sha256(textsend(string_agg(s::text, ',' ORDER BY s::text))) FROM pg_db_role_setting s),
+  (SELECT sha256(textsend(string_agg(c.name || '=' || coalesce(c.setting, ''), ','
+      ORDER BY c.name)))
+     FROM pg_settings c
+    WHERE c.source IN ('default', 'configuration file', 'command line', 'environment variable'))";
 
 fn digest(row: &Row, idx: usize) -> Result<Option<Digest>, CatalogError> {
     let bytes: Option<Vec<u8>> = row.try_get(idx).map_err(CatalogError::Row)?;
@@ -278,11 +291,13 @@ pub(crate) async fn shared(lease: &mut Lease) -> Result<SharedPrint, CatalogErro
             roles: None,
             members: None,
             settings: None,
+            config: None,
         });
     };
     Ok(SharedPrint {
         roles: digest(row, 0)?,
         members: digest(row, 1)?,
         settings: digest(row, 2)?,
+        config: digest(row, 3)?,
     })
 }

@@ -51,6 +51,10 @@ pub enum EpochCause {
     RoleMembership,
     /// `ALTER ROLE/DATABASE ... SET` changed.
     Settings,
+    /// The server reloaded a changed configuration (`ALTER SYSTEM` + `pg_reload_conf()`,
+    /// an edited file + SIGHUP): sessions that did not SET a changed setting now run with
+    /// the new value, which their fingerprint does not show until they are probed again.
+    ConfigReload,
     /// The poll failed: changes since the last poll cannot be ruled out.
     PollFailed(String),
     /// The database no longer exists; its tracked set is forgotten.
@@ -383,6 +387,9 @@ impl Tracked {
         }
         if now.settings != before.settings {
             causes.push(EpochCause::Settings);
+        }
+        if now.config != before.config {
+            causes.push(EpochCause::ConfigReload);
         }
         *before = now;
         causes

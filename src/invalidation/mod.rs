@@ -1,10 +1,12 @@
 //! Sources of bumps, in one place (DESIGN §2): writes committed through pgmemo (sessions call
 //! [`Invalidator::bump`] at the ordering point I2), prepared transactions parked under their
-//! gid until COMMIT PREPARED, the catalog poller's changes, and manual flushes (admin API,
-//! SIGUSR1). The cache itself only knows tags; this module maps database names to the OIDs
-//! tags carry, as sessions learn them from their settings probe.
+//! gid until COMMIT PREPARED, the catalog poller's changes (including server configuration
+//! reloads, which sessions learn of through [`Invalidator::config_generation`]), and manual
+//! flushes (admin API, SIGUSR1). The cache itself only knows tags; this module maps database
+//! names to the OIDs tags carry, as sessions learn them from their settings probe.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use metrics::Counter;
@@ -132,6 +134,8 @@ pub struct Invalidator {
     catalog: Arc<Catalog>,
     databases: Mutex<HashMap<String, u32>>,
     parked: Mutex<HashMap<(u32, String), Written>>,
+    /// Server configuration reloads seen (see [`config_generation`](Self::config_generation)).
+    config_generation: AtomicU64,
     counters: [Counter; 5],
 }
 
@@ -147,6 +151,7 @@ impl Invalidator {
             catalog,
             databases: Mutex::new(HashMap::new()),
             parked: Mutex::new(HashMap::new()),
+            config_generation: AtomicU64::new(0),
             counters: Source::ALL
                 .map(|s| metrics::counter!(names::CACHE_TAG_BUMPS, "source" => s.as_str())),
         }
@@ -154,6 +159,13 @@ impl Invalidator {
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
+    }
+
+    /// Advances with every server configuration reload the poller sees. A session probed
+    /// under an older value may hold a fingerprint that no longer matches its settings (a
+    /// reloaded setting it did not SET): it neither looks up nor stores until probed again.
+    pub fn config_generation(&self) -> u64 {
+        self.config_generation.load(Ordering::Acquire)
     }
 
     /// Remembers a database's OID (from a session's settings probe).
@@ -355,10 +367,16 @@ impl Invalidator {
                 },
                 Change::Epoch { db, cause } => {
                     info!(?db, ?cause, "catalog change: epoch bumped");
+                    if cause == catalog::EpochCause::ConfigReload {
+                        // Before the epoch moves: a session that reads the new epoch then
+                        // also sees this and neither stores nor looks up before its probe.
+                        self.config_generation.fetch_add(1, Ordering::AcqRel);
+                    }
                     let cause = match cause {
                         catalog::EpochCause::Function { .. }
                         | catalog::EpochCause::FunctionNames(_) => EpochCause::CatalogFunction,
                         catalog::EpochCause::Objects => EpochCause::CatalogObject,
+                        catalog::EpochCause::ConfigReload => EpochCause::ConfigReload,
                         _ => EpochCause::CatalogRole,
                     };
                     written.merge(&[], Some(cause));

@@ -1,5 +1,6 @@
 //! The lookup of one cacheable statement (DESIGN §2): the checks that decide whether the
-//! cache may be used at all (bypass reasons), the version snapshot (I1), the shared tier's
+//! cache may be used at all (bypass reasons, including a server configuration reload since
+//! the session's settings probe), the version snapshot (I1), the shared tier's
 //! counters and L2 (see [`shared`](super::shared)), the keys, and the L1 lookup that hits,
 //! leads a fill (and prepares the capture of the response) or waits for another session's.
 
@@ -61,6 +62,13 @@ impl CacheSession {
             } else {
                 "settings_unknown"
             });
+        }
+        let config = self.app.caching.invalidator.config_generation();
+        if config != self.probe_config {
+            // The server reloaded its configuration since the probe: a setting this session
+            // did not SET may have a new value its fingerprint does not show. Probe again.
+            self.probe_needed = self.may_probe();
+            return bypass("settings_unknown");
         }
         if extended.is_none() && state.registry.get(b"").is_some() {
             // A hit would leave the unnamed statement alive where PostgreSQL drops it.
@@ -159,6 +167,7 @@ impl CacheSession {
                     frames: BytesMut::new(),
                     complete: false,
                     started: timed.unwrap_or_else(Instant::now),
+                    config,
                 });
                 Looked::Forward
             }

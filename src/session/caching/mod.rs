@@ -124,6 +124,9 @@ struct Capture {
     /// The last frame captured was a CommandComplete.
     complete: bool,
     started: Instant,
+    /// The server configuration generation the lookup ran under: a reload seen since makes
+    /// the session's fingerprint suspect, so the result is not stored.
+    config: u64,
 }
 
 struct Metrics {
@@ -143,6 +146,9 @@ pub struct CacheSession {
     cx_id: u64,
     probe: Option<ProbeReader>,
     probe_needed: bool,
+    /// The server configuration generation when the last probe was sent: a reload seen
+    /// since may have changed settings this session did not SET (see `lookup`).
+    probe_config: u64,
     /// Probes that failed in a row (a cancel that hit the probe, a statement_timeout, a
     /// replication connection): retried a few times, then the session stays uncached.
     probe_failures: u8,
@@ -191,6 +197,7 @@ impl CacheSession {
             cx_id: 0,
             probe: None,
             probe_needed: true,
+            probe_config: 0,
             probe_failures: 0,
             opted_out: false,
             encoding_ok: true,
@@ -265,6 +272,7 @@ impl CacheSession {
             return None;
         }
         self.probe_needed = false;
+        self.probe_config = self.app.caching.invalidator.config_generation();
         self.probe = Some(ProbeReader::default());
         Some(probe::query(&self.custom_names))
     }
@@ -526,7 +534,8 @@ impl CacheSession {
                 self.metrics
                     .upstream_seconds
                     .record(cap.started.elapsed().as_secs_f64());
-                if cap.complete && Reader::body(frame).u8() == Some(b'I') {
+                let config_current = cap.config == self.app.caching.invalidator.config_generation();
+                if cap.complete && config_current && Reader::body(frame).u8() == Some(b'I') {
                     let frames = cap.frames.freeze();
                     if let (Some(tier), Some((key, check))) =
                         (self.app.caching.shared.as_ref(), cap.l2)
