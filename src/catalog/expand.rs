@@ -10,7 +10,8 @@ use super::nodetree::NodeRefs;
 use super::relations;
 use super::track::Want;
 use super::types::{
-    EpochReason, NotCacheable, Oid, Persistence, ReadSet, RelKind, Volatility, WriteSet,
+    EpochReason, NotCacheable, Oid, Persistence, ReadSet, RelKind, RelationFacts, Volatility,
+    WriteSet,
 };
 
 pub(crate) async fn reads(
@@ -44,6 +45,9 @@ pub(crate) async fn reads(
         }
         if f.persistence != Persistence::Temporary {
             want.relations.push(f.oid);
+            // Its name too: a later answer that finds the name on another relation (dropped
+            // and re-created directly) then shows this answer is stale (`Catalog::call_tracked`).
+            want.rel_names.push(f.name.clone());
         }
     }
     let first_view = views.first().copied().unwrap_or_default();
@@ -138,12 +142,13 @@ pub(crate) async fn writes(
     epoch.dedup();
     // Relations that no longer exist (or are temporary) need no watching.
     let facts = relations::facts(lease, &tag_list).await?;
+    let kept: Vec<&RelationFacts> = facts
+        .values()
+        .filter(|f| f.persistence != Persistence::Temporary)
+        .collect();
     let want = Want {
-        relations: facts
-            .values()
-            .filter(|f| f.persistence != Persistence::Temporary)
-            .map(|f| f.oid)
-            .collect(),
+        relations: kept.iter().map(|f| f.oid).collect(),
+        rel_names: kept.iter().map(|f| f.name.clone()).collect(),
         functions,
         ..Want::default()
     };

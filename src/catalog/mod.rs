@@ -5,7 +5,8 @@
 //! handed out and reports what changed.
 //!
 //! Every answer is memoised per catalog generation (bumped whenever the poller sees a
-//! change) in bounded memos. Every relation or function an answer hands out is tracked and
+//! change, or an answer finds a tracked relation name moved before the poller did) in
+//! bounded memos. Every relation or function an answer hands out is tracked and
 //! its fingerprint baseline is taken in the same snapshot as the answer, so a change made
 //! afterwards is always seen by the next poll. Any error means "not cacheable" to callers
 //! (or an epoch bump where a write's reach is unknown); nothing here panics or spawns.
@@ -243,21 +244,41 @@ impl Catalog {
 
     /// Like `call`, and tracks what the answer hands out, with baselines from the same
     /// snapshot.
+    ///
+    /// The relation names the answer met that are tracked already are printed again in the
+    /// same snapshot: if one now carries other relations than its stored print (a table
+    /// dropped and re-created directly, which no poll has reported yet), answers memoised
+    /// before (plans of other sessions included) may name the old relations while this one
+    /// names the new: a write would bump one OID and a read key on the other. The
+    /// generation advances before this answer is returned, so every memoised answer is
+    /// recomputed before it is used again (issue 15 item 7).
     async fn call_tracked<T>(
         &self,
         db: &str,
         work: impl AsyncFnOnce(&mut Lease) -> Result<(T, Want), CatalogError>,
     ) -> Result<T, CatalogError> {
-        self.call(db, async |lease: &mut Lease| {
-            let (value, mut want) = work(lease).await?;
-            want.namespaces = true;
-            want.shared = true;
-            let missing = lock(&self.tracked).missing(db, &want)?;
-            let baseline = Prints::fetch(lease, &missing).await?;
-            lock(&self.tracked).insert(db, baseline)?;
-            Ok(value)
-        })
-        .await
+        let (value, moved) = self
+            .call(db, async |lease: &mut Lease| {
+                let (value, mut want) = work(lease).await?;
+                want.namespaces = true;
+                want.shared = true;
+                let (missing, known) = {
+                    let tracked = lock(&self.tracked);
+                    let missing = tracked.missing(db, &want)?;
+                    (missing, tracked.tracked_names(db, &want.rel_names))
+                };
+                let baseline = Prints::fetch(lease, &missing).await?;
+                let now = prints::relation_names(lease, &known).await?;
+                let mut tracked = lock(&self.tracked);
+                tracked.insert(db, baseline)?;
+                Ok((value, tracked.moved_names(db, now)))
+            })
+            .await?;
+        if moved {
+            tracing::info!(db, "catalog: a tracked relation name moved; memos dropped");
+            self.bump_generation();
+        }
+        Ok(value)
     }
 
     /// Resolves relation names as PostgreSQL would for a session of `db` whose raw

@@ -119,6 +119,9 @@ struct DbTracked {
     namespaces: Option<HashMap<Oid, Option<Digest>>>,
     /// Types, operators, collations, text search objects (see `prints::objects`).
     objects: Option<Option<Digest>>,
+    /// Relation names an answer found moved since their stored print (see
+    /// [`Tracked::moved_names`]), with what they carried then: signalled once per poll.
+    moved: HashMap<String, Option<Digest>>,
 }
 
 /// Bounds of the tracked set (totals over all databases).
@@ -265,6 +268,40 @@ impl Tracked {
         Ok(())
     }
 
+    /// Of `names`, those already tracked in `db` (their prints are stored).
+    pub(crate) fn tracked_names(&self, db: &str, names: &[String]) -> Vec<String> {
+        let Some(tracked) = self.dbs.get(db) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = names
+            .iter()
+            .filter(|n| tracked.rel_names.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether a tracked relation name carries other relations `now` than its stored print
+    /// says (dropped and re-created, renamed or moved directly) and this was not signalled
+    /// yet. The stored prints are left for the poller to report (and bump the epoch); this
+    /// only tells the caller that answers memoised before are stale, before the poll does.
+    pub(crate) fn moved_names(&mut self, db: &str, now: HashMap<String, Option<Digest>>) -> bool {
+        let Some(tracked) = self.dbs.get_mut(db) else {
+            return false;
+        };
+        let mut moved = false;
+        for (name, digest) in now {
+            let stored = tracked.rel_names.get(&name);
+            if stored.is_some_and(|s| *s != digest) && tracked.moved.get(&name) != Some(&digest) {
+                tracked.moved.insert(name, digest);
+                moved = true;
+            }
+        }
+        moved
+    }
+
     /// What the poller must fetch: per database, everything tracked there.
     pub(crate) fn snapshot(&self) -> Vec<(String, Want)> {
         let mut out: Vec<(String, Want)> = self
@@ -299,6 +336,8 @@ impl Tracked {
         let Some(tracked) = self.dbs.get_mut(db) else {
             return changes;
         };
+        // The poll stores what names carry now: what was signalled is reported below.
+        tracked.moved.clear();
         let epoch = |cause| Change::Epoch {
             db: Some(db.to_owned()),
             cause,
@@ -545,6 +584,33 @@ mod tests {
         assert_eq!(t.counts(), (0, 0));
         t.forget_unused_names();
         assert!(t.snapshot()[0].1.rel_names.is_empty());
+    }
+
+    #[test]
+    fn moved_names_are_signalled_once_until_the_poll_stores_them() {
+        let mut t = Tracked::new(limits(10));
+        let mut base = Prints::default();
+        base.rel_names.insert("t".into(), Some([1; 16]));
+        t.insert("db", base).unwrap();
+        let names = vec!["t".to_owned(), "u".to_owned()];
+        assert_eq!(t.tracked_names("db", &names), vec!["t".to_owned()]);
+        let same = HashMap::from([("t".to_owned(), Some([1; 16]))]);
+        assert!(!t.moved_names("db", same));
+        // Dropped and re-created: another OID under the name.
+        let moved = HashMap::from([("t".to_owned(), Some([2; 16]))]);
+        assert!(t.moved_names("db", moved.clone()));
+        assert!(!t.moved_names("db", moved.clone()), "signalled once");
+        // The stored print is left for the poll to report.
+        let poll = Prints {
+            rel_names: moved.clone(),
+            ..Prints::default()
+        };
+        let changes = t.apply("db", poll);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(!t.moved_names("db", moved));
+        // Moved again after the poll: signalled again.
+        let again = HashMap::from([("t".to_owned(), Some([3; 16]))]);
+        assert!(t.moved_names("db", again));
     }
 
     #[test]
