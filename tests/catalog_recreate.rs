@@ -22,6 +22,9 @@ CREATE VIEW acct_v AS SELECT id, v FROM acct;
 CREATE TABLE acct2(id int PRIMARY KEY, v int NOT NULL);
 INSERT INTO acct2 VALUES (1, 1);
 CREATE VIEW acct2_v AS SELECT id, v FROM acct2;
+CREATE TABLE acct3(id int PRIMARY KEY, v int NOT NULL);
+INSERT INTO acct3 VALUES (1, 1);
+CREATE VIEW acct3_v AS SELECT id, v FROM acct3;
 ";
 
 fn recreate(name: &str) -> String {
@@ -98,11 +101,49 @@ async fn memoised_write_after_fresh_read(s: &CacheStack) {
     );
 }
 
+/// The write's memoised plan (old OID) is in flight, its transaction open, when another
+/// session's read resolves the view afresh, finds the name moved and caches what it reads
+/// before the write commits: the commit must not leave that entry reachable.
+async fn write_in_flight_while_a_read_finds_the_name_moved(s: &CacheStack) {
+    let (c, r) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let write = "UPDATE acct3 SET v = v + 1 WHERE id = 1";
+    simple(&c, write).await;
+    let old = s
+        .probe
+        .q("SELECT id, v FROM acct3_v ORDER BY id", None)
+        .await;
+    s.probe
+        .eventually_hit(&c, &old, &row("2"), Duration::from_secs(5))
+        .await;
+    s.direct_sql(&recreate("acct3"));
+    simple(&c, "BEGIN").await;
+    simple(&c, write).await;
+    let q = s
+        .probe
+        .q("SELECT id, v FROM public.acct3_v ORDER BY id", None)
+        .await;
+    s.probe
+        .eventually_hit(&r, &q, &row("10"), Duration::from_secs(5))
+        .await;
+    simple(&c, "COMMIT").await;
+    assert_eq!(
+        simple(&c, &q.sql).await,
+        row("11"),
+        "the writer's next read"
+    );
+    assert_eq!(
+        simple(&r, &q.sql).await,
+        row("11"),
+        "the reader's next read"
+    );
+}
+
 #[tokio::test]
 async fn writes_after_a_direct_drop_and_recreate_are_read_back_with_cdc_off() {
     let s = CacheStack::start(SETUP, &config("")).await;
     fresh_write_after_memoised_read(&s).await;
     memoised_write_after_fresh_read(&s).await;
+    write_in_flight_while_a_read_finds_the_name_moved(&s).await;
 }
 
 #[tokio::test]
@@ -117,4 +158,5 @@ async fn writes_after_a_direct_drop_and_recreate_are_read_back_with_cdc_on() {
     cdc::wait_streaming(&s.proxy).await;
     fresh_write_after_memoised_read(&s).await;
     memoised_write_after_fresh_read(&s).await;
+    write_in_flight_while_a_read_finds_the_name_moved(&s).await;
 }

@@ -53,6 +53,9 @@ pub enum EpochCause {
     /// The catalog poller saw a type, operator, collation or text search object change, or
     /// a relation name that now resolves differently (see `catalog::EpochCause`).
     CatalogObject,
+    /// A write's relation names were resolved under an older catalog generation than the
+    /// one current at its commit: its tags may not name what it wrote.
+    ResolutionChanged,
     /// The server reloaded its configuration (`pg_reload_conf()`, SIGHUP): settings of
     /// sessions that did not SET them may have changed.
     ConfigReload,
@@ -77,12 +80,13 @@ pub enum EpochCause {
 
 impl EpochCause {
     /// Every cause, for pre-registering metric handles.
-    pub const ALL: [EpochCause; 13] = [
+    pub const ALL: [EpochCause; 14] = [
         Self::UnparsedWrite,
         Self::SideEffects,
         Self::CatalogFunction,
         Self::CatalogRole,
         Self::CatalogObject,
+        Self::ResolutionChanged,
         Self::ConfigReload,
         Self::UnknownGid,
         Self::Admin,
@@ -101,6 +105,7 @@ impl EpochCause {
             Self::CatalogFunction => "catalog_function",
             Self::CatalogRole => "catalog_role",
             Self::CatalogObject => "catalog_object",
+            Self::ResolutionChanged => "resolution_changed",
             Self::ConfigReload => "config_reload",
             Self::UnknownGid => "unknown_gid",
             Self::Admin => "admin",

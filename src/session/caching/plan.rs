@@ -92,6 +92,11 @@ impl Plan {
                 .is_none_or(|at| std::time::Instant::now() < at)
     }
 
+    /// The catalog generation the plan's names were resolved under.
+    pub fn catalog_generation(&self) -> u64 {
+        self.catalog_generation
+    }
+
     /// The same plan for another text of the same shape (numeric literals differ): the
     /// analysis and effects are shared; the key text is recomputed.
     pub fn with_text(&self, sql: Bytes) -> Plan {

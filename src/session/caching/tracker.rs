@@ -49,6 +49,9 @@ pub struct Tracker {
     pub txn: Written,
     /// DDL ran in the open transaction: catalog memos drop at commit.
     pub txn_ddl: bool,
+    /// The oldest catalog generation the open transaction's bumped tags were resolved under
+    /// (see `commit_txn`).
+    pub txn_generation: Option<u64>,
     /// Lost track: bump the epoch at the next transaction end, then resynchronise at idle.
     pub lost: bool,
     /// Statements by name as the client prepared them (frontend view, protocol Parse).
@@ -203,6 +206,15 @@ impl CacheSession {
                 self.ack_hold = Some(wait);
             }
         }
+        let resolved_under = self.tracker.txn_generation.take();
+        if !written.tags.is_empty()
+            && resolved_under.is_some_and(|g| g < self.app.caching.catalog.generation())
+        {
+            // Its names were resolved before the catalog last moved (a plan in flight while
+            // another lookup found a name re-created directly): the tags may name relations
+            // PostgreSQL no longer wrote, and reads planned since name the new ones.
+            written.merge(&[], Some(EpochCause::ResolutionChanged));
+        }
         if !written.is_empty() {
             super::hooks::pause(super::hooks::Point::BeforeBump);
             let shared = self
@@ -255,6 +267,7 @@ impl CacheSession {
     fn rollback_txn(&mut self) {
         self.tracker.txn = Written::default();
         self.tracker.txn_ddl = false;
+        self.tracker.txn_generation = None;
     }
 
     fn apply_statement(&mut self, plan: &Plan, index: usize, frame: &[u8], planned_here: bool) {
@@ -265,6 +278,11 @@ impl CacheSession {
         };
         if planned_here {
             self.tracker.txn.merge(&sp.written.tags, sp.written.epoch);
+            if !sp.written.tags.is_empty() {
+                let g = plan.catalog_generation();
+                self.tracker.txn_generation =
+                    Some(self.tracker.txn_generation.map_or(g, |t| t.min(g)));
+            }
         } else if !sp.written.is_empty() {
             // Its names were resolved under a search_path or role the session has left
             // (a SET earlier in the Query or pipeline): what it wrote is unknown.
@@ -392,6 +410,7 @@ impl CacheSession {
             TxnControl::PrepareTransaction(gid) => {
                 let written = std::mem::take(&mut self.tracker.txn);
                 let ddl = std::mem::take(&mut self.tracker.txn_ddl);
+                self.tracker.txn_generation = None;
                 if !rolled_back {
                     let mut parked = written;
                     if ddl {
