@@ -66,6 +66,7 @@ pub(crate) async fn reads(
         } else {
             sources.volatility
         },
+        user_functions: sources.functions,
     };
     Ok((set, want))
 }

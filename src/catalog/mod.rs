@@ -16,6 +16,7 @@
 //! name); an I/O coercion inside a view counts every type the view mentions; function
 //! calls count every overload of the written arity unless exact argument types are given.
 
+mod bodies;
 mod conn;
 mod error;
 mod expand;
@@ -43,9 +44,9 @@ pub use poller::Poller;
 pub use prints::Aspect;
 pub use track::{Change, EpochCause};
 pub use types::{
-    EpochReason, FuncArgs, FuncFacts, FuncRef, Inheritance, NotCacheable, Oid, Persistence,
-    ReadSet, RelKind, RelName, RelationFacts, Resolved, UserTrigger, ViewSources, Volatility,
-    WriteSet,
+    BodySource, EpochReason, FuncArgs, FuncBody, FuncFacts, FuncRef, Inheritance, NotCacheable,
+    Oid, Persistence, ReadSet, RelKind, RelName, RelationFacts, Resolved, UserTrigger, ViewSources,
+    Volatility, WriteSet,
 };
 
 /// How the catalog connects and how much it may hold.
@@ -123,6 +124,7 @@ struct Memos {
     functions: Memo<(PathKey, Vec<FuncRef>), Arc<[FuncFacts]>>,
     reads: Memo<SetKey, Arc<ReadSet>>,
     writes: Memo<SetKey, Arc<WriteSet>>,
+    bodies: Memo<SetKey, Arc<[FuncBody]>>,
 }
 
 /// The catalog service (share it in an `Arc`; every method takes `&self`).
@@ -158,6 +160,7 @@ impl Catalog {
                 functions: Memo::new(n),
                 reads: Memo::new(n),
                 writes: Memo::new(n),
+                bodies: Memo::new(n),
             }),
             tracked: Mutex::new(Tracked::new(limits)),
         }
@@ -394,6 +397,29 @@ impl Catalog {
             .await?;
         lock(&self.memos)
             .writes
+            .insert(generation, self.generation(), key, value.clone());
+        Ok(value)
+    }
+
+    /// The bodies of these user functions (those that still exist), for what they read.
+    pub async fn function_bodies(
+        &self,
+        db: &str,
+        oids: &[Oid],
+    ) -> Result<Arc<[FuncBody]>, CatalogError> {
+        let key = SetKey::new(db, oids);
+        let generation = self.generation();
+        if let Some(hit) = lock(&self.memos).bodies.get(generation, &key) {
+            return Ok(hit);
+        }
+        let value: Arc<[FuncBody]> = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                let (list, want) = bodies::bodies(lease, &key.oids).await?;
+                Ok((list.into(), want))
+            })
+            .await?;
+        lock(&self.memos)
+            .bodies
             .insert(generation, self.generation(), key, value.clone());
         Ok(value)
     }

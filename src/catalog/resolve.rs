@@ -293,6 +293,11 @@ pub(crate) async fn functions(
         want.functions.extend(counted.iter().map(|c| c.oid));
         out.push(FuncFacts {
             volatility: worst.unwrap_or(Volatility::Unknown),
+            user_overloads: counted
+                .iter()
+                .filter(|c| c.namespace != PG_CATALOG_NAMESPACE)
+                .map(|c| c.oid)
+                .collect(),
             // Unknown functions count as user-defined: nothing says they are harmless.
             user_defined: counted.is_empty()
                 || counted.iter().any(|c| c.namespace != PG_CATALOG_NAMESPACE),

@@ -94,13 +94,47 @@ impl Volatility {
 }
 
 /// What a session needs to know about one function call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FuncFacts {
     /// The worst volatility among the overloads the call could reach.
     pub volatility: Volatility,
     /// Some overload it could reach lives outside `pg_catalog` (or none was found): code a
     /// user wrote, which may have effects pgmemo cannot see (`set_config`, writes).
     pub user_defined: bool,
+    /// The overloads outside `pg_catalog` it could reach (ask [`crate::catalog::Catalog::
+    /// function_bodies`] what they read).
+    pub user_overloads: std::sync::Arc<[Oid]>,
+}
+
+/// A user function's body, as far as pgmemo can tell what it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuncBody {
+    pub oid: Oid,
+    /// `nspname || '.' || proname`, as `[[functions.reads]]` entries are matched.
+    pub name: String,
+    pub volatility: Volatility,
+    pub source: BodySource,
+}
+
+/// Where what a function reads can be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodySource {
+    /// `LANGUAGE sql` with a string body: PostgreSQL parses it at each call, resolving names
+    /// under `search_path` (the function's own `SET search_path`, the raw setting text after
+    /// `search_path=`) or, without one, the calling session's.
+    SqlText {
+        text: String,
+        search_path: Option<String>,
+    },
+    /// A `BEGIN ATOMIC` body (PostgreSQL 14+), bound when created: the relations `pg_depend`
+    /// records it references, and the functions outside pg_catalog it calls (whose reads
+    /// are hidden one level down).
+    Atomic {
+        relations: Vec<Oid>,
+        functions: Vec<Oid>,
+    },
+    /// Any other language (PL/pgSQL, C, ...): its reads cannot be derived.
+    Opaque { language: String },
 }
 
 /// `pg_class.relkind`.
@@ -247,6 +281,22 @@ pub struct ReadSet {
     pub rls: bool,
     /// The worst volatility evaluated inside the views read (`Immutable` when none).
     pub volatility: Volatility,
+    /// The functions outside pg_catalog the views read call (what they read is part of what
+    /// the read depends on).
+    pub user_functions: Vec<Oid>,
+}
+
+impl Default for ReadSet {
+    /// Reading nothing: no tags, nothing evaluated.
+    fn default() -> Self {
+        Self {
+            tags: Vec::new(),
+            blockers: Vec::new(),
+            rls: false,
+            volatility: Volatility::Immutable,
+            user_functions: Vec::new(),
+        }
+    }
 }
 
 impl ReadSet {

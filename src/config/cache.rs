@@ -1,5 +1,5 @@
 //! The caching sections of the configuration: `[cache]` (L1 sizing, default TTL, key secret,
-//! fill waits), `[catalog]` (poll interval), `[functions]` (side-effect allowlist) and the
+//! fill waits), `[catalog]` (poll interval), `[functions]` (side-effect allowlist, declared reads and writes) and the
 //! per-table / database / role / query `[[rules]]`. Types and defaults only; checks live in
 //! `validate`, matching in [`super::rules`].
 
@@ -175,7 +175,7 @@ impl Default for CatalogSection {
 }
 
 /// `[functions]`.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FunctionsConfig {
     /// Non-immutable functions (`schema.name`) whose only effect is their result (e.g.
@@ -188,19 +188,48 @@ pub struct FunctionsConfig {
     /// Trusted, not checked: a table the function writes but the entry omits is served stale
     /// until the TTL. Look entries up with [`FunctionsConfig::declared_writes`].
     pub writes: Vec<FunctionWrites>,
+    /// What STABLE functions whose body pgmemo cannot read (PL/pgSQL, C, ...) read, declared
+    /// by the operator: a cached read calling one depends on the listed tables, so a write to
+    /// them through pgmemo invalidates it. Trusted, not checked, like `writes`. Look entries
+    /// up with [`FunctionsConfig::declared_reads`].
+    pub reads: Vec<FunctionReads>,
+    /// Longest lifetime of a cached read that calls a STABLE user function (allowed by a
+    /// rule's `allow_stable_functions`) whose reads pgmemo can neither derive from its body
+    /// nor find in `reads`: writes to what it reads are invisible, so this bounds how stale
+    /// such an entry gets. `0s`: such reads are not cached.
+    #[serde(with = "humantime_serde")]
+    pub undeclared_reads_ttl: Duration,
 }
 
-/// One `[[functions.writes]]` entry.
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        Self {
+            no_side_effects: Vec::new(),
+            writes: Vec::new(),
+            reads: Vec::new(),
+            undeclared_reads_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One `[[functions.writes]]` or `[[functions.reads]]` entry: a function and the tables it
+/// writes (or reads).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct FunctionWrites {
+pub struct FunctionTables {
     /// The function, `schema.name` (as in `no_side_effects`).
     pub function: String,
-    /// Every table it may write, `schema.name` (unquoted parts lower-case, validated).
+    /// Every table it may write (or read), `schema.name` (unquoted parts lower-case,
+    /// validated).
     pub tables: Vec<String>,
 }
 
-impl FunctionWrites {
+/// One `[[functions.writes]]` entry.
+pub type FunctionWrites = FunctionTables;
+/// One `[[functions.reads]]` entry.
+pub type FunctionReads = FunctionTables;
+
+impl FunctionTables {
     /// Whether this entry declares `function`, given as the catalog's unquoted text
     /// (`nspname || '.' || proname`) or as a quoted name (`"Ext"."Fn"`); see
     /// [`FunctionsConfig::declared_writes`].
@@ -240,11 +269,23 @@ impl FunctionsConfig {
     /// refuses them). Names whose parts contain `.` can be ambiguous in the unquoted text
     /// (`"a.b".c` and `a."b.c"` both read `a.b.c`); the first such entry wins.
     pub fn declared_writes(&self, function: &str) -> Option<&[String]> {
-        self.writes
-            .iter()
-            .find(|entry| entry.is_for(function))
-            .map(|entry| entry.tables.as_slice())
+        declared(&self.writes, function)
     }
+
+    /// The tables `[[functions.reads]]` declares for `function` (named as for
+    /// [`FunctionsConfig::declared_writes`]). `None`: nothing declared, so a cached read
+    /// calling it lives at most `undeclared_reads_ttl` (unless its body says what it reads).
+    pub fn declared_reads(&self, function: &str) -> Option<&[String]> {
+        declared(&self.reads, function)
+    }
+}
+
+/// The tables of the first entry for `function`.
+fn declared<'a>(entries: &'a [FunctionTables], function: &str) -> Option<&'a [String]> {
+    entries
+        .iter()
+        .find(|entry| entry.is_for(function))
+        .map(|entry| entry.tables.as_slice())
 }
 
 /// `schema.name` as catalog names (quotes removed, unquoted parts required lower-case, as the

@@ -194,6 +194,8 @@ fn schema_sample() -> Table {
         function: "public.g".to_owned(),
         tables: vec!["public.t".to_owned()],
     }];
+    // The template each `[[functions.reads]]` entry is checked against.
+    config.functions.reads = config.functions.writes.clone();
     // One rule with every field: the template each `[[rules]]` entry is checked against.
     config.rules = vec![Rule {
         table: Some("t".to_owned()),

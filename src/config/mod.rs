@@ -21,7 +21,8 @@ pub mod upstream_url;
 pub mod validate;
 
 pub use cache::{
-    ByteSize, CacheConfig, CatalogSection, FunctionWrites, FunctionsConfig, L1Config, Rule,
+    ByteSize, CacheConfig, CatalogSection, FunctionReads, FunctionTables, FunctionWrites,
+    FunctionsConfig, L1Config, Rule,
 };
 pub use invalidation::{CdcMode, InvalidationConfig};
 pub use load::{Overrides, Sources};

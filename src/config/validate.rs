@@ -44,7 +44,8 @@ pub const POLL_INTERVAL_RANGE: (Duration, Duration) =
     (Duration::from_millis(100), Duration::from_secs(3600));
 /// Most `[[rules]]` entries: every cached read is checked against all of them.
 pub const MAX_RULES: usize = 1000;
-/// Most `[[functions.writes]]` entries: a write that runs a trigger searches them.
+/// Most `[[functions.writes]]` (and `[[functions.reads]]`) entries: a write that runs a
+/// trigger (a plan calling a function) searches them.
 pub const MAX_FUNCTION_WRITES: usize = 1000;
 
 /// One problem with the configuration: the dotted key, the offending value as written (TOML
@@ -504,26 +505,75 @@ fn check_functions(functions: &FunctionsConfig, issues: &mut Vec<ConfigIssue>) {
             ));
         }
     }
-    check_function_writes(functions, issues);
+    check_function_tables(functions, Declared::Writes, issues);
+    check_function_tables(functions, Declared::Reads, issues);
+    check_range(
+        "functions.undeclared_reads_ttl",
+        functions.undeclared_reads_ttl,
+        UNDECLARED_READS_TTL_RANGE,
+        issues,
+    );
 }
 
-/// `[[functions.writes]]`: valid names, at least one table each, one entry per function, and
-/// none that `no_side_effects` says writes nothing.
-fn check_function_writes(functions: &FunctionsConfig, issues: &mut Vec<ConfigIssue>) {
-    let writes = &functions.writes;
-    if writes.len() > MAX_FUNCTION_WRITES {
+/// Accepted `functions.undeclared_reads_ttl`: it bounds staleness the cache cannot see, so
+/// it must stay short (`0s` = such reads are not cached).
+pub const UNDECLARED_READS_TTL_RANGE: (Duration, Duration) =
+    (Duration::ZERO, Duration::from_secs(3600));
+
+/// Which list of declared tables an entry belongs to, for messages.
+#[derive(Clone, Copy)]
+enum Declared {
+    Writes,
+    Reads,
+}
+
+impl Declared {
+    fn key(self) -> &'static str {
+        match self {
+            Declared::Writes => "writes",
+            Declared::Reads => "reads",
+        }
+    }
+
+    /// Why an entry with no tables is refused.
+    fn empty_why(self) -> &'static str {
+        match self {
+            Declared::Writes => {
+                "must list every table the function writes (one that writes nothing belongs \
+                 in functions.no_side_effects)"
+            }
+            Declared::Reads => {
+                "must list every table the function reads (one that reads no table needs no \
+                 entry)"
+            }
+        }
+    }
+}
+
+/// `[[functions.writes]]` and `[[functions.reads]]`: valid names, at least one table each,
+/// one entry per function, and (writes) none that `no_side_effects` says writes nothing.
+fn check_function_tables(
+    functions: &FunctionsConfig,
+    kind: Declared,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let (entries, side_effect_free) = match kind {
+        Declared::Writes => (&functions.writes, functions.qualified_names()),
+        Declared::Reads => (&functions.reads, Vec::new()),
+    };
+    let list = kind.key();
+    if entries.len() > MAX_FUNCTION_WRITES {
         issues.push(ConfigIssue::new(
-            "functions.writes",
-            format!("({} entries)", writes.len()),
+            format!("functions.{list}"),
+            format!("({} entries)", entries.len()),
             format!("at most {MAX_FUNCTION_WRITES} entries"),
         ));
     }
-    let side_effect_free = functions.qualified_names();
     // Each function, by catalog name, with the number of the entry that declared it first.
     let mut seen: Vec<((String, String), usize)> = Vec::new();
-    for (index, entry) in writes.iter().enumerate() {
+    for (index, entry) in entries.iter().enumerate() {
         // Numbered from 1, in file order, as the loader numbers them.
-        let key = |field: &str| format!("functions.writes[{}].{field}", index + 1);
+        let key = |field: &str| format!("functions.{list}[{}].{field}", index + 1);
         let mut refuse = |field: &str, value: String, why: String| {
             issues.push(ConfigIssue::new(key(field), value, why));
         };
@@ -545,8 +595,8 @@ fn check_function_writes(functions: &FunctionsConfig, issues: &mut Vec<ConfigIss
                         "function",
                         shown,
                         format!(
-                            "is already declared by functions.writes[{first}]; list all the \
-                             tables it writes in one entry"
+                            "is already declared by functions.{list}[{first}]; list all its \
+                             tables in one entry"
                         ),
                     ),
                     None => seen.push((name, index + 1)),
@@ -554,13 +604,7 @@ fn check_function_writes(functions: &FunctionsConfig, issues: &mut Vec<ConfigIss
             }
         }
         if entry.tables.is_empty() {
-            refuse(
-                "tables",
-                "[]".to_owned(),
-                "must list every table the function writes (one that writes nothing belongs \
-                 in functions.no_side_effects)"
-                    .to_owned(),
-            );
+            refuse("tables", "[]".to_owned(), kind.empty_why().to_owned());
         }
         for table in &entry.tables {
             if let Err(why) = catalog_name(table, "public.counters_audit") {

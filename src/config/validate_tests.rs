@@ -663,3 +663,47 @@ fn declared_writes_finds_a_function_by_its_catalog_name() {
     };
     assert_eq!(bad.declared_writes("Public.F"), None);
 }
+
+#[test]
+fn function_reads_are_checked_like_writes_and_the_cap_is_bounded() {
+    let mut c = Config::default();
+    assert_eq!(c.functions.undeclared_reads_ttl, Duration::from_secs(1));
+    // A function may be side-effect free and still read tables.
+    c.functions.no_side_effects = vec!["public.cnt".into()];
+    c.functions.reads = vec![writes("public.cnt", &["public.other"])];
+    c.functions.undeclared_reads_ttl = Duration::ZERO;
+    c.validate().unwrap();
+    c.functions.reads = vec![
+        writes("cnt", &["public.other"]),
+        writes("public.f", &[]),
+        writes("public.\"f\"", &["other"]),
+    ];
+    c.functions.undeclared_reads_ttl = Duration::from_secs(3601);
+    let err = c.validate().unwrap_err();
+    let keys: Vec<&str> = err.issues.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "functions.reads[1].function",
+            "functions.reads[2].tables",
+            "functions.reads[3].function",
+            "functions.reads[3].tables",
+            "functions.undeclared_reads_ttl",
+        ]
+    );
+    assert!(err.issues[1].why.contains("reads"), "{err}");
+    assert!(err.issues[2].why.contains("functions.reads[2]"), "{err}");
+}
+
+#[test]
+fn declared_reads_finds_a_function_by_its_catalog_name() {
+    let mut c = Config::default();
+    c.functions.reads = vec![writes("\"public\".\"cnt\"", &["public.other"])];
+    assert_eq!(
+        c.functions.declared_reads("public.cnt"),
+        Some(&["public.other".to_owned()][..])
+    );
+    assert_eq!(c.functions.declared_reads("public.cnt2"), None);
+    // Reads and writes are separate lists.
+    assert_eq!(c.functions.declared_writes("public.cnt"), None);
+}

@@ -12,6 +12,7 @@
 
 pub mod ack;
 pub mod adaptive;
+mod called;
 mod extended;
 pub mod group;
 pub mod hooks;

@@ -176,6 +176,11 @@ pub struct Planner<'a> {
     pub no_side_effects: &'a [String],
     /// `[[functions.writes]]`: what trigger and rule functions write, as declared.
     pub declared_writes: &'a [crate::config::FunctionWrites],
+    /// `[[functions.reads]]`: what STABLE functions read, as declared.
+    pub declared_reads: &'a [crate::config::FunctionReads],
+    /// `functions.undeclared_reads_ttl`: the longest TTL of a read calling a STABLE function
+    /// whose reads are unknown (zero: not cached).
+    pub undeclared_reads_ttl: Duration,
     pub default_ttl: Duration,
 }
 
@@ -443,46 +448,52 @@ impl Planner<'_> {
         if !verdict.cache {
             return Err("rule");
         }
+        // A statement naming no relation (or calling no function) needs no catalog call.
         let set = if oids.is_empty() {
-            None
+            Arc::default()
         } else {
-            Some(
-                self.catalog
-                    .reads(&cx.database, &oids)
-                    .await
-                    .map_err(|_| "catalog_error")?,
-            )
-        };
-        if let Some(set) = &set {
-            *views_run_volatile =
-                matches!(set.volatility, Volatility::Volatile | Volatility::Unknown);
-            set.check(verdict.allow_stable_functions, verdict.allow_rls)
-                .map_err(relation_reason)?;
-        }
-        if !info.functions.is_empty() {
-            let facts = self
-                .function_facts(cx, info)
+            self.catalog
+                .reads(&cx.database, &oids)
                 .await
-                .map_err(|_| "catalog_error")?;
-            if facts
-                .iter()
-                .any(|f| !f.volatility.cacheable(verdict.allow_stable_functions))
-            {
-                return Err("function_volatility");
-            }
+                .map_err(|_| "catalog_error")?
+        };
+        *views_run_volatile = matches!(set.volatility, Volatility::Volatile | Volatility::Unknown);
+        set.check(verdict.allow_stable_functions, verdict.allow_rls)
+            .map_err(relation_reason)?;
+        let facts = if info.functions.is_empty() {
+            Arc::from([])
+        } else {
+            self.function_facts(cx, info)
+                .await
+                .map_err(|_| "catalog_error")?
+        };
+        if facts
+            .iter()
+            .any(|f| !f.volatility.cacheable(verdict.allow_stable_functions))
+        {
+            return Err("function_volatility");
         }
-        let tags = tags(
-            cx,
-            set.iter().flat_map(|s| s.tags.iter()).chain(oids.iter()),
-        );
+        // STABLE user functions (only cacheable with allow_stable_functions) may read tables
+        // the statement does not name: their writes must invalidate the entry too.
+        let called = self
+            .called_reads(cx, &facts, &set.user_functions, verdict.allow_rls)
+            .await?;
+        let tags = tags(cx, set.tags.iter().chain(&called.tags).chain(oids.iter()));
         let mut ttl = verdict.ttl;
         if let Some(h) = hint_ttl.filter(|h| !h.is_zero()) {
             // A hint may shorten, never lengthen, what rules allow (a zero hint, which would
             // mean "until invalidated", is ignored).
-            ttl = if ttl.is_zero() { h } else { ttl.min(h) };
+            ttl = shorter(ttl, h);
         }
-        if ttl.is_zero() && set.as_ref().is_some_and(|s| s.rls) {
+        if ttl.is_zero() && set.rls {
             ttl = self.default_ttl.max(Duration::from_secs(1));
+        }
+        if called.undeclared {
+            // Writes to what such a function reads are invisible: only the cap bounds them.
+            if self.undeclared_reads_ttl.is_zero() {
+                return Err("undeclared_function_reads");
+            }
+            ttl = shorter(ttl, self.undeclared_reads_ttl);
         }
         Ok(ReadPlan {
             tags,
@@ -512,8 +523,13 @@ impl Planner<'_> {
     }
 }
 
+/// The shorter of two TTLs, where zero means "until invalidated" (the longest).
+fn shorter(ttl: Duration, cap: Duration) -> Duration {
+    if ttl.is_zero() { cap } else { ttl.min(cap) }
+}
+
 /// Names from the analysis in the catalog's type.
-fn catalog_names(names: &[sql::RelName]) -> Vec<catalog::RelName> {
+pub(super) fn catalog_names(names: &[sql::RelName]) -> Vec<catalog::RelName> {
     names
         .iter()
         .map(|n| catalog::RelName::new(n.schema.as_deref(), &n.name))
@@ -528,7 +544,7 @@ fn tags<'a>(cx: &Context, oids: impl Iterator<Item = &'a u32>) -> Box<[Tag]> {
     tags.into_boxed_slice()
 }
 
-fn relation_reason(r: catalog::NotCacheable) -> &'static str {
+pub(super) fn relation_reason(r: catalog::NotCacheable) -> &'static str {
     match r {
         catalog::NotCacheable::Missing => "relation_missing",
         catalog::NotCacheable::Temporary => "temporary_relation",

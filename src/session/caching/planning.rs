@@ -26,6 +26,8 @@ impl CacheSession {
                 rules_generation: rules.generation,
                 no_side_effects: &config.functions.no_side_effects,
                 declared_writes: &config.functions.writes,
+                declared_reads: &config.functions.reads,
+                undeclared_reads_ttl: config.functions.undeclared_reads_ttl,
                 default_ttl: config.cache.ttl,
             };
             let plan = Arc::new(planner.plan(&cx, sql.clone()).await);
