@@ -14,7 +14,7 @@ mod probe;
 
 use std::time::{Duration, Instant};
 
-use cdc::{CDC_BOUND, cdc_config, wait_streaming};
+use cdc::{CDC_BOUND, assert_measures_asynchronous_commit, cdc_config, wait_streaming};
 use common::SUPERUSER;
 use probe::{CacheStack, DB, simple, until_new_answer};
 
@@ -63,6 +63,8 @@ async fn direct_write_becomes_visible(s: &CacheStack, read: &str, write: &str) -
 async fn writes_made_directly_on_postgres_invalidate_through_the_change_stream() {
     let s = CacheStack::start(SETUP, &cdc_config("")).await;
     wait_streaming(&s.proxy).await;
+    // The latencies printed below include the WAL writer's flush delay.
+    assert_measures_asynchronous_commit(&s.probe.client).await;
     let cases: &[(&str, &str, &str)] = &[
         (
             "insert",

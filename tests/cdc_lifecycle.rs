@@ -11,7 +11,10 @@ mod probe;
 
 use std::time::{Duration, Instant};
 
-use cdc::{CDC_BOUND, START_BOUND, cdc_config, cdc_state, wait_state, wait_streaming};
+use cdc::{
+    CDC_BOUND, START_BOUND, assert_measures_asynchronous_commit, cdc_config, cdc_state, wait_state,
+    wait_streaming,
+};
 use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
 use probe::{CacheStack, DB, simple};
 
@@ -32,8 +35,10 @@ async fn slots(s: &CacheStack) -> Vec<String> {
         .collect()
 }
 
-/// A direct UPDATE of `t` becomes visible through `c` within the bound.
+/// A direct UPDATE of `t` becomes visible through `c` within the bound (measured with
+/// `synchronous_commit = off`: the flush delay is part of it).
 async fn direct_update_seen(s: &CacheStack, c: &tokio_postgres::Client, v: i32) {
+    assert_measures_asynchronous_commit(&s.probe.client).await;
     let read = "SELECT v FROM t WHERE id = 1";
     let q = s.probe.q(read, None).await;
     let before = simple(&s.probe.client, read).await;

@@ -2,7 +2,8 @@
 //! transaction delays everything behind it, whatever its own timestamp says): a side
 //! connection samples the server's flushed WAL position (what logical decoding can read;
 //! with `synchronous_commit = off` a commit becomes visible before it is flushed, which
-//! adds up to three `wal_writer_delay`s the stream cannot see); the lag is how far the stream's
+//! adds up to three `wal_writer_delay`s the stream cannot see: [`super::flush`] reports that
+//! bound once per connect); the lag is how far the stream's
 //! applied position trails it, in bytes and in the age of the oldest sample not yet
 //! applied. Past `cdc_lag_max` the database's cache is bypassed until the stream is back
 //! within half of it.
@@ -64,6 +65,7 @@ pub async fn monitor(
     let db = stream.name().to_owned();
     let bytes_gauge: Gauge = metrics::gauge!(names::CDC_LAG_BYTES, "database" => db.clone());
     let secs_gauge: Gauge = metrics::gauge!(names::CDC_LAG_SECONDS, "database" => db.clone());
+    report_flush_delay(&db, &super::flush::probe(&client).await);
     let mut window = LagWindow::default();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,6 +105,23 @@ pub async fn monitor(
             }
             _ => {}
         }
+    }
+}
+
+/// Logs and exports the delay before a commit can reach the stream (on each stream connect:
+/// the server's settings may have changed while it was down).
+fn report_flush_delay(db: &str, delay: &super::flush::FlushDelay) {
+    let bound = delay.bound();
+    metrics::gauge!(names::CDC_FLUSH_DELAY_BOUND_SECONDS, "database" => db.to_owned())
+        .set(bound.as_secs_f64());
+    if delay.asynchronous {
+        warn!(database = %db, bound = ?bound, wal_writer_delay = ?delay.wal_writer_delay,
+            reason = delay.reason,
+            "cdc: commits may reach the change stream up to this late (WAL is streamed only once \
+             flushed), on top of pgmemo_cdc_lag_seconds");
+    } else {
+        info!(database = %db, reason = delay.reason,
+            "cdc: commits reach the change stream once flushed (no extra delay)");
     }
 }
 

@@ -2,7 +2,8 @@
 //! that bypass pgmemo invalidate the cache within milliseconds. [`wire`] is the streaming
 //! replication sub-protocol inside CopyBoth, [`pgoutput`] the output plugin's messages
 //! reduced to the relations each committed transaction changed, [`conn`] the replication
-//! connection, [`runner`] the per-database task, [`lag`] the lag monitor and [`hub`] what
+//! connection, [`runner`] the per-database task, [`lag`] the lag monitor, [`flush`] the delay
+//! before a commit can reach the stream at all, and [`hub`] what
 //! sessions see of it all.
 //!
 //! pgmemo speaks the replication sub-protocol with this small codec of its own rather than
@@ -12,6 +13,7 @@
 
 pub mod conn;
 pub mod elect;
+pub mod flush;
 pub mod hub;
 pub mod lag;
 pub mod pgoutput;

@@ -111,6 +111,11 @@ pub fn describe_all() {
         Unit::Seconds,
         "Age of the oldest WAL position the change stream has not applied (0 when caught up)."
     );
+    describe_gauge!(
+        names::CDC_FLUSH_DELAY_BOUND_SECONDS,
+        Unit::Seconds,
+        "Longest a commit can be visible before the change stream can carry it (synchronous_commit = off: 3 x wal_writer_delay; else 0)."
+    );
     describe_counter!(
         names::CDC_TRANSACTIONS,
         "Committed transactions seen in the change stream."
@@ -270,6 +275,11 @@ pub mod names {
     /// gauge, label `database`: how long ago the server first reported the oldest WAL
     /// position the stream has not applied yet (0 when caught up).
     pub const CDC_LAG_SECONDS: &str = "pgmemo_cdc_lag_seconds";
+    /// gauge, label `database`: the longest a commit can be visible on the server before
+    /// the stream can carry it (3 × `wal_writer_delay` when sessions may commit with
+    /// `synchronous_commit = off`, else 0), read at each stream connect; not part of
+    /// `CDC_LAG_SECONDS`.
+    pub const CDC_FLUSH_DELAY_BOUND_SECONDS: &str = "pgmemo_cdc_flush_delay_bound_seconds";
     /// counter, label `database`: committed transactions seen in the change stream.
     pub const CDC_TRANSACTIONS: &str = "pgmemo_cdc_transactions_total";
     /// counter, label `database`: relations changed by those transactions (before mapping

@@ -9,8 +9,31 @@ use crate::common::Proxy;
 use crate::probe::{DB, config};
 
 /// Functional bound for a direct write to reach pgmemo through the stream (tight bounds
-/// are the bench's: the machine's two cores are shared with other test processes).
+/// are the bench's: the machine's two cores are shared with other test processes). The
+/// harness runs PostgreSQL with `synchronous_commit = off` (see `tests/common/pg.rs`), so
+/// what the CDC tests measure includes the WAL writer's flush delay (up to 3 ×
+/// `wal_writer_delay` = 600 ms by default) on top of the stream's own latency; each latency
+/// test asserts that setting with [`assert_measures_asynchronous_commit`].
 pub const CDC_BOUND: Duration = Duration::from_secs(2);
+
+/// The setting a CDC latency test measures under: `synchronous_commit = off` on the server
+/// (a direct write is visible before the stream can carry it), asserted so a change to the
+/// harness cannot silently change what the latencies mean.
+pub async fn assert_measures_asynchronous_commit(probe: &tokio_postgres::Client) {
+    let rows = probe
+        .simple_query("SELECT reset_val FROM pg_settings WHERE name = 'synchronous_commit'")
+        .await
+        .expect("read synchronous_commit");
+    let value = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(
+        value.as_deref(),
+        Some("off"),
+        "CDC latency tests measure with synchronous_commit = off"
+    );
+}
 /// How long the stream may take to become consistent after pgmemo starts.
 pub const START_BOUND: Duration = Duration::from_secs(20);
 
