@@ -187,7 +187,9 @@ async fn function_reading_a_temporary_table_is_not_cached() {
         "CREATE TEMP TABLE tmp_rows(id int); INSERT INTO tmp_rows VALUES (1)",
     )
     .await;
-    let sql = "SELECT id, cnt_tmp() AS n_tmp_rows FROM t ORDER BY id";
+    // `public.t`: qualified, or the session's temporary schema could shadow it (which alone
+    // makes pgmemo bypass the read).
+    let sql = "SELECT id, cnt_tmp() AS n_tmp_rows FROM public.t ORDER BY id";
     assert_not_cached(&s, &c, sql, "n_tmp_rows", 5).await;
     simple(&c, "INSERT INTO tmp_rows VALUES (2)").await;
     assert_eq!(
