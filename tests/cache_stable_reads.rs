@@ -197,3 +197,27 @@ async fn function_reading_a_temporary_table_is_not_cached() {
         table(&["id", "n_tmp_rows"], &[&["1", "2"]])
     );
 }
+
+#[tokio::test]
+async fn a_zero_cap_leaves_undeclared_reads_uncached() {
+    let config = stack_config().replace(
+        "undeclared_reads_ttl = \"1s\"",
+        "undeclared_reads_ttl = \"0s\"",
+    );
+    let s = CacheStack::start(SETUP, &config).await;
+    let c = s.session(SUPERUSER).await;
+    // Declared reads are still cached under the zero cap ...
+    let declared = read_of(&s, "cnt_pl_declared()").await;
+    s.probe
+        .eventually_hit(&c, &declared, &rows(1), REESTABLISH_BOUND)
+        .await;
+    // ... undeclared ones never are.
+    let sql = "SELECT id, cnt_pl() AS n_pl_zero FROM t ORDER BY id";
+    assert_not_cached(&s, &c, sql, "n_pl_zero", 5).await;
+    assert!(
+        s.proxy
+            .admin_get("/metrics")
+            .contains("reason=\"undeclared_function_reads\""),
+        "the bypass is counted under its reason"
+    );
+}
