@@ -403,6 +403,7 @@ fn type_keys() -> BTreeSet<String> {
         function: "public.f".into(),
         tables: vec!["public.t".into()],
     }];
+    full.functions.reads = full.functions.writes.clone();
     full.rules = vec![Rule {
         table: Some("t".into()),
         database: Some("d".into()),
@@ -448,7 +449,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        49,
+        52,
         "update this count with the types: {expected:?}"
     );
 }
