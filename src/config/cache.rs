@@ -191,7 +191,8 @@ pub struct FunctionsConfig {
     /// What STABLE functions whose body pgmemo cannot read (PL/pgSQL, C, ...) read, declared
     /// by the operator: a cached read calling one depends on the listed tables, so a write to
     /// them through pgmemo invalidates it. Trusted, not checked, like `writes`. Look entries
-    /// up with [`FunctionsConfig::declared_reads`].
+    /// up with [`FunctionsConfig::declared_reads`]. An entry with no tables declares a
+    /// function that reads none.
     pub reads: Vec<FunctionReads>,
     /// Longest lifetime of a cached read that calls a STABLE user function (allowed by a
     /// rule's `allow_stable_functions`) whose reads pgmemo can neither derive from its body

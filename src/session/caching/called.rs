@@ -7,6 +7,7 @@
 //! capped at `functions.undeclared_reads_ttl`. Nested calls are followed a few levels deep.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::catalog::{self, BodySource, CatalogError, FuncBody, FuncFacts, Oid, Volatility};
 use crate::sql::{self, Class};
@@ -135,6 +136,10 @@ impl Planner<'_> {
         tables: &[String],
         found: &mut Found,
     ) -> Result<(), &'static str> {
+        if tables.is_empty() {
+            // Declared to read no table.
+            return Ok(());
+        }
         let names: Vec<catalog::RelName> = tables
             .iter()
             .filter_map(|t| crate::invalidation::parse_table(t))
@@ -177,13 +182,17 @@ impl Planner<'_> {
                 catalog::FuncRef::new(f.schema.as_deref(), &f.name, catalog::FuncArgs::Any)
             }));
         }
-        let resolved = self
-            .catalog
-            .resolve(&cx.database, &names, path, &cx.current_user)
-            .await;
-        let resolved = match resolved {
-            Ok(r) => r,
-            Err(e) => return untrusted_path(e, found),
+        let resolved = if names.is_empty() {
+            Arc::from([])
+        } else {
+            match self
+                .catalog
+                .resolve(&cx.database, &names, path, &cx.current_user)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return untrusted_path(e, found),
+            }
         };
         for r in resolved.iter() {
             let Some(facts) = &r.relation else {
