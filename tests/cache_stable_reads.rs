@@ -40,6 +40,7 @@ CREATE FUNCTION cnt_pl() RETURNS bigint STABLE LANGUAGE plpgsql
     AS $$ BEGIN RETURN (SELECT count(*) FROM other); END $$;
 CREATE FUNCTION cnt_tmp() RETURNS bigint STABLE LANGUAGE sql
     AS 'SELECT count(*) FROM tmp_rows';
+CREATE VIEW v_cnt AS SELECT id, cnt_other() AS n FROM t;
 ";
 
 /// The cap under test (`functions.undeclared_reads_ttl`).
@@ -51,7 +52,8 @@ fn stack_config() -> String {
         "[invalidation]\ncdc = \"off\"\n\n\
          [functions]\nundeclared_reads_ttl = \"1s\"\n\n\
          [[functions.reads]]\nfunction = \"public.cnt_pl_declared\"\ntables = [\"public.other\"]\n\n\
-         [[rules]]\ntable = \"public.t\"\nallow_stable_functions = true\n",
+         [[rules]]\ntable = \"public.t\"\nallow_stable_functions = true\n\n\
+         [[rules]]\ntable = \"public.v_cnt\"\nallow_stable_functions = true\n",
     )
 }
 
@@ -112,6 +114,13 @@ async fn atomic_and_nested_sql_function_reads_invalidate() {
     assert_fresh_after_write(&s, &atomic, 1, "INSERT INTO other VALUES (2)", 2).await;
     let nested = read_of(&s, "cnt_nested()").await;
     assert_fresh_after_write(&s, &nested, 2, "INSERT INTO other VALUES (3)", 3).await;
+}
+
+#[tokio::test]
+async fn reads_of_a_function_called_inside_a_view_invalidate() {
+    let s = stack().await;
+    let q = s.probe.q("SELECT id, n FROM v_cnt ORDER BY id", None).await;
+    assert_fresh_after_write(&s, &q, 1, "INSERT INTO other VALUES (2)", 2).await;
 }
 
 #[tokio::test]
