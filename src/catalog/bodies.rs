@@ -8,6 +8,10 @@ use super::error::CatalogError;
 use super::track::Want;
 use super::types::{BodySource, FuncBody, Oid, Volatility};
 
+/// Longest body text kept for analysis: bodies are memoised with the catalog's answers, so
+/// their size is bounded; a longer `LANGUAGE sql` body counts as one pgmemo cannot read.
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// `server_version_num` from which `pg_proc.prosqlbody` (SQL-standard bodies) exists.
 const SQL_BODY_VERSION: i32 = 140_000;
 
@@ -79,10 +83,15 @@ fn body_from_row(row: &tokio_postgres::Row) -> Result<FuncBody, CatalogError> {
             functions: row.try_get(8).map_err(e)?,
         }
     } else if language == "sql" {
+        let text: String = row.try_get(4).map_err(e)?;
         let config: Option<String> = row.try_get(6).map_err(e)?;
-        BodySource::SqlText {
-            text: row.try_get(4).map_err(e)?,
-            search_path: config.and_then(|c| c.strip_prefix("search_path=").map(str::to_owned)),
+        if text.len() > MAX_BODY_BYTES {
+            BodySource::Opaque { language }
+        } else {
+            BodySource::SqlText {
+                text,
+                search_path: config.and_then(|c| c.strip_prefix("search_path=").map(str::to_owned)),
+            }
         }
     } else {
         BodySource::Opaque { language }
