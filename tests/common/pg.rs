@@ -339,6 +339,11 @@ impl PgServer {
     }
 
     fn write_config_files(&mut self, opts: &PgOptions) {
+        // `fsync = off` and `synchronous_commit = off` for speed. The latter means a commit is
+        // visible before its WAL is flushed, and change data capture streams only flushed WAL:
+        // CDC latencies measured here include up to 3 × wal_writer_delay (see
+        // `tests/support/cdc.rs`); a test needing the other setting passes
+        // `PgOptions::setting("synchronous_commit", "on")` (later lines win).
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{sock}'\n\
