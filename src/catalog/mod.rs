@@ -29,6 +29,7 @@ mod resolve;
 mod search_path;
 mod track;
 mod types;
+mod weights;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use conn::{DbPool, Lease};
-use memo::Memo;
+use memo::{Memo, Weights};
 use track::{Limits, Prints, Tracked, Want};
 
 pub use error::CatalogError;
@@ -63,6 +64,8 @@ pub struct CatalogConfig {
     pub max_databases: usize,
     /// Entries per memo (resolution, volatility, reads, writes).
     pub memo_entries: usize,
+    /// Bytes per memo (keys hold names from client SQL): see `cache.max_memory` in README.
+    pub memo_bytes: usize,
     /// Relations (and relation names) tracked by the poller, over all databases.
     pub max_tracked_relations: usize,
     /// Functions (and function names) tracked by the poller, over all databases.
@@ -80,6 +83,7 @@ impl CatalogConfig {
             call_timeout: Duration::from_secs(5),
             max_databases: 64,
             memo_entries: 10_000,
+            memo_bytes: 2 << 20,
             max_tracked_relations: 10_000,
             max_tracked_functions: 10_000,
             max_expansion: 1_000,
@@ -146,7 +150,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Catalog {
     pub fn new(config: CatalogConfig) -> Self {
-        let n = config.memo_entries;
+        let (n, bytes) = (config.memo_entries, config.memo_bytes);
         let limits = Limits {
             relations: config.max_tracked_relations,
             functions: config.max_tracked_functions,
@@ -156,11 +160,46 @@ impl Catalog {
             pools: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(1),
             memos: Mutex::new(Memos {
-                resolve: Memo::new(n),
-                functions: Memo::new(n),
-                reads: Memo::new(n),
-                writes: Memo::new(n),
-                bodies: Memo::new(n),
+                resolve: Memo::new(
+                    n,
+                    bytes,
+                    Weights {
+                        key: weights::resolve_key,
+                        value: weights::resolution,
+                    },
+                ),
+                functions: Memo::new(
+                    n,
+                    bytes,
+                    Weights {
+                        key: weights::functions_key,
+                        value: weights::function_facts,
+                    },
+                ),
+                reads: Memo::new(
+                    n,
+                    bytes,
+                    Weights {
+                        key: weights::set_key,
+                        value: weights::read_set,
+                    },
+                ),
+                writes: Memo::new(
+                    n,
+                    bytes,
+                    Weights {
+                        key: weights::set_key,
+                        value: weights::write_set,
+                    },
+                ),
+                bodies: Memo::new(
+                    n,
+                    bytes,
+                    Weights {
+                        key: weights::set_key,
+                        value: weights::bodies,
+                    },
+                ),
             }),
             tracked: Mutex::new(Tracked::new(limits)),
         }

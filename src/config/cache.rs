@@ -156,6 +156,35 @@ impl Default for CacheConfig {
     }
 }
 
+/// The memory budget for client SQL text held beyond the L1 (plan memos, catalog memos):
+/// `cache.max_memory / SQL_MEMORY_SHARE`, split as [`SqlMemory`] says.
+pub const SQL_MEMORY_SHARE: u64 = 8;
+
+/// Byte budgets of the structures that hold client SQL text (or what is cut from it),
+/// derived from `cache.max_memory` (see README, "Errors and limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlMemory {
+    /// Plans by exact text (half of the budget); each session worker thread may hold up to
+    /// another eighth of this in its own copies.
+    pub plans: usize,
+    /// Plans by shape (an eighth).
+    pub shapes: usize,
+    /// Each of the four catalog memos (a sixteenth each).
+    pub catalog_memo: usize,
+}
+
+impl CacheConfig {
+    /// The byte budgets for client SQL text, from `max_memory`.
+    pub fn sql_memory(&self) -> SqlMemory {
+        let budget = usize::try_from(self.max_memory.0 / SQL_MEMORY_SHARE).unwrap_or(usize::MAX);
+        SqlMemory {
+            plans: budget / 2,
+            shapes: budget / 8,
+            catalog_memo: budget / 16,
+        }
+    }
+}
+
 /// `[catalog]`: how pgmemo learns about schema, privileges and functions.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

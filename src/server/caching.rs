@@ -72,6 +72,7 @@ pub fn build(
     pg.application_name("pgmemo-catalog");
     let mut cc = CatalogConfig::new(pg);
     cc.connect_timeout = config.upstream.connect_timeout;
+    cc.memo_bytes = config.cache.sql_memory().catalog_memo;
     let catalog = Arc::new(Catalog::new(cc));
     let cdc = match config.invalidation.cdc {
         CdcMode::Off => Hub::none(),
@@ -79,7 +80,8 @@ pub fn build(
             Hub::new(&config.invalidation.databases(target.dbname.as_deref()))
         }
     };
-    Ok((Caching::new(cache, catalog, cdc, shared), task))
+    let memory = config.cache.sql_memory();
+    Ok((Caching::new(cache, catalog, cdc, shared, memory), task))
 }
 
 /// The shared tier's background work, started once the runtime serves.

@@ -306,7 +306,24 @@ impl StatementInfo {
     pub fn is_cacheable(&self) -> bool {
         self.class == Class::CacheableRead
     }
+
+    /// Approximate heap bytes of this statement's own structures (its vectors of names and
+    /// their allocations; the text of the names is counted by [`Analysis::weight`]). Memo
+    /// bounds need it: a statement naming thousands of short relations weighs far more than
+    /// its text.
+    fn structure_weight(&self) -> usize {
+        let names = self.reads.len() + self.writes.len() + self.functions.len();
+        let inner = match &self.class {
+            Class::SessionChange(SessionChange::Prepare { inner, .. }) => inner.structure_weight(),
+            _ => 0,
+        };
+        std::mem::size_of::<Self>() + names * NAME_WEIGHT + inner
+    }
 }
+
+/// One name in an analysis: the struct, plus an allocation for the name and one for a
+/// schema (with allocator overhead).
+const NAME_WEIGHT: usize = std::mem::size_of::<RelName>() + 2 * 32;
 
 /// The analysis of a whole simple Query or Parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +334,18 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Approximate heap bytes of this analysis of a `text_len`-byte text: the structures,
+    /// and every string in them (names, settings, hints: all cut from the text, so twice
+    /// its length bounds them generously).
+    pub fn weight(&self, text_len: usize) -> usize {
+        let structures: usize = self
+            .statements
+            .iter()
+            .map(StatementInfo::structure_weight)
+            .sum();
+        std::mem::size_of::<Self>() + structures + 2 * text_len
+    }
+
     /// The single statement, if the whole text is exactly one cacheable read.
     pub fn cacheable(&self) -> Option<&StatementInfo> {
         match self.statements.as_slice() {

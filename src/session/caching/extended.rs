@@ -157,9 +157,9 @@ impl CacheSession {
         let sql = plan.sql.clone();
         match self.plan_for(&sql) {
             Some(fresh) => {
-                if let Some(slot) = self.tracker.statements.get_mut(name) {
-                    *slot = Arc::clone(&fresh);
-                }
+                self.tracker
+                    .statements
+                    .insert(Bytes::copy_from_slice(name), Arc::clone(&fresh));
                 Ok(fresh)
             }
             None => Err(Some(sql)),

@@ -18,6 +18,7 @@ pub mod group;
 pub mod hooks;
 mod lookup;
 pub mod memo;
+mod named;
 pub mod plan;
 mod planning;
 pub mod probe;
@@ -48,7 +49,7 @@ use crate::telemetry::names;
 use memo::PlanMemo;
 use plan::{Context, Plan};
 use probe::{ProbeReader, ProbeResult};
-use tracker::{Expect, MAX_NAMED, Tracker};
+use tracker::{Expect, Tracker};
 
 /// Probes that may fail in a row before a session gives up on the cache.
 const MAX_PROBE_FAILURES: u8 = 3;
@@ -374,11 +375,9 @@ impl CacheSession {
                 let Some(plan) = self.plan_for(sql) else {
                     return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
                 };
-                if self.tracker.statements.len() < MAX_NAMED || name.is_empty() {
-                    self.tracker
-                        .statements
-                        .insert(Bytes::copy_from_slice(name), plan);
-                }
+                self.tracker
+                    .statements
+                    .insert(Bytes::copy_from_slice(name), plan);
                 FrameAction::Forward
             }
             frontend::BIND => {
@@ -391,11 +390,9 @@ impl CacheSession {
                         Err(Some(sql)) => return FrameAction::Hold(Hold::Plan(sql)),
                         Err(None) => None,
                     };
-                    if self.tracker.portals.len() < MAX_NAMED || portal.is_empty() {
-                        self.tracker
-                            .portals
-                            .insert(Bytes::copy_from_slice(portal), plan);
-                    }
+                    self.tracker
+                        .portals
+                        .insert(Bytes::copy_from_slice(portal), plan);
                 }
                 if std::mem::take(&mut self.inject_describe) {
                     self.strip_describe = true;
@@ -599,6 +596,7 @@ impl Caching {
         catalog: Arc<Catalog>,
         cdc: Hub,
         shared: Option<Arc<SharedTier>>,
+        memory: crate::config::SqlMemory,
     ) -> Self {
         Self {
             cdc: Arc::new(cdc),
@@ -610,8 +608,8 @@ impl Caching {
             shared,
             cache,
             catalog,
-            plans: PlanMemo::new(65_536),
-            shapes: PlanMemo::new(16_384),
+            plans: PlanMemo::new(65_536, memory.plans),
+            shapes: PlanMemo::new(16_384, memory.shapes),
         }
     }
 }

@@ -97,6 +97,25 @@ impl Plan {
         self.catalog_generation
     }
 
+    /// Approximate heap bytes this plan holds (its text, key text, analysis and effects),
+    /// for the byte bounds of the memos and registries that keep it. Parts shared with other
+    /// plans are counted too: over-counting only makes a bound tighter.
+    pub fn weight(&self) -> usize {
+        /// The plan, its `Arc`s and their allocator overhead.
+        const OVERHEAD: usize = 512;
+        let read = self.read.as_ref().map_or(0, |r| {
+            r.normalized.len() + std::mem::size_of_val(r.tags.as_ref())
+        });
+        let effects: usize = self
+            .stmts
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<StmtPlan>() + std::mem::size_of_val(s.written.tags.as_slice())
+            })
+            .sum();
+        OVERHEAD + self.sql.len() + read + self.analysis.weight(self.sql.len()) + effects
+    }
+
     /// The same plan for another text of the same shape (numeric literals differ): the
     /// analysis and effects are shared; the key text is recomputed.
     pub fn with_text(&self, sql: Bytes) -> Plan {

@@ -20,9 +20,8 @@ use crate::sql::{Class, DiscardKind, SessionChange, TxnControl};
 
 /// Completions awaited at most; past it the session loses track (conservative bumps).
 pub const MAX_EXPECTED: usize = 16_384;
-/// Prepared statements and portals followed per session; past it, unknown ones bump the
-/// epoch when executed.
-pub const MAX_NAMED: usize = 10_000;
+pub use super::named::MAX_NAMED;
+use super::named::Named;
 
 /// What the next completion from the upstream answers.
 #[derive(Debug)]
@@ -55,12 +54,14 @@ pub struct Tracker {
     /// Lost track: bump the epoch at the next transaction end, then resynchronise at idle.
     pub lost: bool,
     /// Statements by name as the client prepared them (frontend view, protocol Parse).
-    pub statements: std::collections::HashMap<Bytes, Arc<Plan>>,
+    /// Bounded in entries and bytes, like the other two maps: a name not followed is
+    /// unknown, and executing it bumps the epoch.
+    pub statements: Named<Bytes, Arc<Plan>>,
     /// Portals by name → the plan of the statement bound.
-    pub portals: std::collections::HashMap<Bytes, Option<Arc<Plan>>>,
+    pub portals: Named<Bytes, Option<Arc<Plan>>>,
     /// SQL `PREPARE name AS ...`: the effects of the prepared statement, and the id of the
     /// context they were resolved in.
-    pub sql_prepared: std::collections::HashMap<String, (StmtPlan, u64)>,
+    pub sql_prepared: Named<String, (StmtPlan, u64)>,
     /// Counts completed statements that may have moved the session's name-resolution context
     /// (search_path, role, temporary schema): a statement sent before such a one completed
     /// was planned for a context that may no longer hold when it runs.
@@ -68,6 +69,21 @@ pub struct Tracker {
     /// Such a statement completed and no settings probe has re-read the context since:
     /// plans made now resolve names in a context that may be wrong.
     pub context_unknown: bool,
+}
+
+/// The name of the setting PostgreSQL changes for a `SET` of `name`: each dotted part is an
+/// identifier, truncated to `NAMEDATALEN - 1` bytes on a character boundary. Holding that
+/// also bounds what a session keeps per name, whatever the client sent.
+fn setting_name(name: &str) -> String {
+    const MAX_IDENTIFIER_BYTES: usize = 63;
+    let part = |p: &str| {
+        let mut end = p.len().min(MAX_IDENTIFIER_BYTES);
+        while !p.is_char_boundary(end) {
+            end -= 1;
+        }
+        p.get(..end).unwrap_or_default().to_owned()
+    };
+    name.split('.').map(part).collect::<Vec<_>>().join(".")
 }
 
 impl Tracker {
@@ -311,15 +327,15 @@ impl CacheSession {
                     && name.contains('.')
                     // pgmemo's own switch changes no result (the probe reads it apart).
                     && name != "pgmemo.cache"
-                    && !self.custom_names.contains(name)
                     && self.custom_names.len() < super::probe::MAX_SESSION_NAMES
                 {
-                    self.custom_names.push(name.clone());
+                    let name = setting_name(name);
+                    if !self.custom_names.contains(&name) {
+                        self.custom_names.push(name);
+                    }
                 }
                 match change {
-                    SessionChange::Prepare { name, .. }
-                        if self.tracker.sql_prepared.len() < MAX_NAMED =>
-                    {
+                    SessionChange::Prepare { name, .. } => {
                         let inner = sp
                             .prepared
                             .as_deref()
@@ -438,5 +454,22 @@ impl CacheSession {
                     .rollback_prepared(self.db_oid(), gid);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting_name;
+
+    #[test]
+    fn setting_names_are_truncated_per_part_like_postgres_identifiers() {
+        assert_eq!(setting_name("app.tenant"), "app.tenant");
+        // 80 bytes of two-byte characters: cut at 62, the last boundary within 63.
+        let long = "é".repeat(40);
+        let cut = "é".repeat(31);
+        assert_eq!(
+            setting_name(&format!("{long}.{long}")),
+            format!("{cut}.{cut}")
+        );
     }
 }
