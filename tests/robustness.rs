@@ -351,6 +351,47 @@ async fn connection_limit_gives_53300_and_cancels_still_work_at_the_limit() {
     assert!(proxy.try_exit_status().is_none());
 }
 
+/// Connections opened at once over the limit (issue 15, item 8: past 64 rejections in
+/// progress, the rest used to be closed without a word).
+const FLOOD: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_at_once_over_the_limit_all_get_53300() {
+    let (_pg, proxy) = start("[server]\nmax_client_connections = 1\n");
+    let held = proxy.connect(SUPERUSER, "", DB).await;
+    select_one(&held).await.unwrap();
+
+    // All connected first, so that the rejections are all in progress at once; then each
+    // sends its startup packet and reads until the proxy closes.
+    let mut sockets = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        sockets.push(wire::connect(proxy.addr()).await);
+    }
+    let startup = encode_startup(3, 0, &[("user", SUPERUSER), ("database", DB)]);
+    let codes = futures_util::future::join_all(sockets.into_iter().map(|mut s| {
+        let startup = startup.clone();
+        async move {
+            // The answer may already be there and the socket closed: a failed write is fine.
+            let _ = s.write_all(&startup).await;
+            let frames = wire::frames_until_closed(&mut s, Duration::from_secs(30)).await;
+            wire::first_error(&frames).and_then(|e| wire::field(e, b'C'))
+        }
+    }))
+    .await;
+    let refused = codes
+        .iter()
+        .filter(|c| c.as_deref() == Some("53300"))
+        .count();
+    let silent = codes.iter().filter(|c| c.is_none()).count();
+    assert_eq!(
+        refused, FLOOD,
+        "{refused} of {FLOOD} connections over the limit got 53300, {silent} were closed without \
+         an ErrorResponse"
+    );
+    // The session inside the limit is unaffected.
+    select_one(&held).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_upstream_gives_08001_naming_the_upstream() {
     let port = common::ports::free_port();

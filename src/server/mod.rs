@@ -1,7 +1,7 @@
 //! The accept loop and the process lifecycle: binds the listeners, prints the ready line,
-//! enforces `server.max_client_connections` (excess get 53300), reloads the config on SIGHUP,
-//! and on shutdown stops accepting, lets sessions finish their transaction up to
-//! `server.shutdown_timeout`, then closes the rest with 57P01.
+//! enforces `server.max_client_connections` (every excess connection gets 53300), reloads
+//! the config on SIGHUP, and on shutdown stops accepting, lets sessions finish their
+//! transaction up to `server.shutdown_timeout`, then closes the rest with 57P01.
 
 pub mod affinity;
 pub mod caching;
@@ -20,12 +20,16 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState, Readiness};
 use crate::config::{Config, ConfigErrors, InvalidationConfig, Sources, UpstreamUrlError};
 use crate::context::AppContext;
+use crate::error::ClientError;
 use crate::session::{self, Shutdown};
 use crate::telemetry::{self, names};
 use crate::upstream::Upstream;
 
-/// Connections over the limit being told 53300 at once; past this they are just closed.
+/// Connections over the limit being told 53300 after their startup packet (TLS negotiated,
+/// a cancel request forwarded) at once; past this, each is told at accept ([`refuse_now`]).
 const MAX_REJECTING: usize = 64;
+/// What [`refuse_now`] reads of what the client already sent before closing, at most.
+const REFUSE_DRAIN_BYTES: usize = 4096;
 /// After `shutdown_timeout` and the forced close, how long sessions get to write 57P01.
 const FORCE_GRACE: Duration = Duration::from_secs(5);
 
@@ -120,6 +124,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     let force = session::Signal::default();
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
+    let too_many = ClientError::too_many_connections().encode();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -158,9 +163,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
             })
             .await;
         } else {
-            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "max_connections")
-                .increment(1);
-            drop(tcp);
+            refuse_now(tcp, &too_many);
         }
     }
 
@@ -190,6 +193,31 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     let _ = admin_task.await;
     info!("pgmemo stopped");
     Ok(())
+}
+
+/// Over the limit with [`MAX_REJECTING`] rejections already in progress: answers 53300 at
+/// once, without waiting for the startup packet (in plain text, as PostgreSQL's postmaster
+/// answers when it cannot start a backend), and closes. No task and no wait, so a flood
+/// costs the accept loop one write and one read per connection: a fresh socket's send
+/// buffer takes the small frame whole (a socket that cannot is closed unanswered, counted).
+/// What the client already sent is read first, so that the close is a FIN rather than a
+/// reset, which could make the client's stack drop the answer.
+fn refuse_now(tcp: tokio::net::TcpStream, frame: &[u8]) {
+    use std::io::{Read, Write};
+    // Out of the reactor: a plain non-blocking socket, written and closed right here.
+    let answered = tcp.into_std().is_ok_and(|socket| {
+        let written = matches!((&socket).write(frame), Ok(n) if n == frame.len());
+        let mut sink = [0u8; REFUSE_DRAIN_BYTES];
+        let _ = (&socket).read(&mut sink);
+        let _ = socket.shutdown(std::net::Shutdown::Write);
+        written
+    });
+    let reason = if answered {
+        "max_connections"
+    } else {
+        "max_connections_unanswered"
+    };
+    metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => reason).increment(1);
 }
 
 /// Moves an accepted socket to a worker thread; the session is tracked for shutdown.

@@ -213,7 +213,8 @@ pub mod names {
     pub const CLIENT_CONNECTIONS_TOTAL: &str = "pgmemo_client_connections_total";
     /// gauge: client sessions currently open.
     pub const CLIENT_CONNECTIONS_ACTIVE: &str = "pgmemo_client_connections_active";
-    /// counter, label `reason` (`max_connections`, `startup_timeout`, `protocol`, `tls`):
+    /// counter, label `reason` (`max_connections`, `max_connections_unanswered`,
+    /// `startup_timeout`, `protocol`, `tls`):
     /// client connections refused or dropped before a session started.
     pub const CLIENT_CONNECTIONS_REJECTED: &str = "pgmemo_client_connections_rejected_total";
     /// counter: bytes received from clients.
