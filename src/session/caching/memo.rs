@@ -146,6 +146,11 @@ impl PlanMemo {
         Some(self.hold(k, shared.0, &shared.1, shared.2))
     }
 
+    /// Whether this memo would hold `plan` under its own text (not too heavy).
+    pub fn holds(&self, plan: &Plan) -> bool {
+        weight(&plan.sql, plan) <= self.max_entry_bytes
+    }
+
     /// Memoises `plan` under `key` (its text, or its shape), unless it is too heavy.
     pub fn insert(&self, key: Bytes, plan: Arc<Plan>) {
         let weight = weight(&key, &plan);

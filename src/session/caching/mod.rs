@@ -162,6 +162,10 @@ pub struct CacheSession {
     /// Custom (dotted) settings this session SET or RESET: the probe reads them back.
     custom_names: Vec<String>,
     ready_plan: Option<Arc<Plan>>,
+    /// The last plan computed for this session that the memos would not hold (too heavy):
+    /// a client repeating one large statement (a pipeline of identical Parses) has it
+    /// analysed once, not at every message. One per session, bounded like its registry.
+    recent_heavy: Option<Arc<Plan>>,
     /// Cache lookups so far (for sampling hit latency).
     lookups: u32,
     /// The outcome of a wait for the Query frame held at the head of the client buffer.
@@ -207,6 +211,7 @@ impl CacheSession {
             capture: None,
             custom_names: Vec::new(),
             ready_plan: None,
+            recent_heavy: None,
             lookups: 0,
             waited: None,
             shared_ready: None,

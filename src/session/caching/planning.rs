@@ -1,11 +1,13 @@
 //! Plans for the session's statements: memoised per (session context, SQL bytes) and by
 //! shape, computed off the relay's hot path by a future when missing (the relay holds the
-//! frame meanwhile), or without a context when the session's settings are unknown.
+//! frame meanwhile), or without a context when the session's settings are unknown. A plan
+//! too heavy for the memos is kept for its session alone, the last one only.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::named::MAX_NAMED_BYTES;
 use super::plan::{Plan, Planner};
 use super::{CacheSession, PlanFuture};
 
@@ -54,6 +56,9 @@ impl CacheSession {
             && p.sql.as_ref() == sql
             && p.context_id == self.cx_id
         {
+            if !self.app.caching.plans.holds(&p) && p.weight() <= MAX_NAMED_BYTES {
+                self.recent_heavy = Some(Arc::clone(&p));
+            }
             return Some(p);
         }
         if self.cx.is_none() || !self.encoding_ok {
@@ -75,6 +80,13 @@ impl CacheSession {
             .get(self.cx_id, sql, catalog_generation, rules_generation)
         {
             return Some(plan);
+        }
+        if let Some(p) = &self.recent_heavy
+            && p.sql.as_ref() == sql
+            && p.context_id == self.cx_id
+            && p.is_current(catalog_generation, rules_generation)
+        {
+            return Some(Arc::clone(p));
         }
         // Same shape, other numbers: share the analysis (not with query rules, whose
         // patterns see the numbers).
