@@ -4,8 +4,9 @@
 //!
 //! The shared memo is sharded and bounded by entries and by bytes (a full shard is cleared):
 //! the texts are the client's, so a client sending many distinct large statements must not
-//! grow it past its budget. A plan heavier than a share of a shard is not memoised at all
-//! (it is planned again at each execution: at that size the parse dwarfs the lookup). The
+//! grow it past its budget. A plan heavier than a share of a shard is not memoised here (it
+//! is planned again at each execution, at that size the parse dwarfs the lookup; only its
+//! session keeps the last such plan, see `planning`). The
 //! front holds each worker thread's own copy of the plans it used (a copy, not a shared
 //! `Arc`, so reference counting stays on this core), bounded per thread in entries and bytes
 //! and emptied when full. Both are checked against the catalog and rules generations on every
