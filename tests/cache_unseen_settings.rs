@@ -45,6 +45,10 @@ CREATE FUNCTION switch_tenant() RETURNS trigger LANGUAGE plpgsql
 CREATE TRIGGER switch_tenant BEFORE INSERT ON switches FOR EACH ROW EXECUTE FUNCTION switch_tenant();
 GRANT INSERT ON switches TO app_user;
 GRANT USAGE ON SEQUENCE switches_id_seq TO app_user;
+-- Reading one of these views switches the tenant.
+CREATE VIEW switch_t1 AS SELECT lying_tenant('t1') AS t;
+CREATE VIEW switch_t2 AS SELECT lying_tenant('t2') AS t;
+GRANT SELECT ON switch_t1, switch_t2 TO app_user;
 ";
 
 /// The tenant table is opted into caching (its policy reads `app.tenant`).
@@ -55,7 +59,8 @@ allow_rls = true
 ttl = \"60s\"
 ";
 
-const READ: &str = "SELECT id::text, tenant, data FROM tacc ORDER BY id";
+/// Qualified: a session with temporary tables still looks it up (no name to shadow).
+const READ: &str = "SELECT id::text, tenant, data FROM public.tacc ORDER BY id";
 const PATH_READ: &str = "SELECT v FROM st";
 
 fn tenant_rows(tenant: &str) -> Vec<String> {
@@ -132,6 +137,12 @@ enum Switch {
     ImmutableFunction,
     /// An INSERT whose trigger calls set_config.
     Trigger,
+    /// A read of a view whose (IMMUTABLE) function calls set_config, in a multi-statement
+    /// Query (never cached itself).
+    View,
+    /// An INSERT into a temporary table whose column default calls set_config: pgmemo's side
+    /// connections cannot see the table, its triggers or its defaults.
+    TempTableDefault,
 }
 
 impl Switch {
@@ -169,6 +180,23 @@ impl Switch {
                     .await
                     .unwrap();
             }
+            Switch::View => {
+                c.simple_query(&format!("SELECT t FROM switch_{tenant}; SELECT 1"))
+                    .await
+                    .unwrap();
+            }
+            Switch::TempTableDefault => {
+                c.simple_query(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS tt_{tenant}(x text DEFAULT lying_tenant('{tenant}'))"
+                ))
+                .await
+                .unwrap();
+                // Whatever the CREATE made pgmemo re-read is read again before the INSERT.
+                rows_simple(c, "SELECT 1").await;
+                c.simple_query(&format!("INSERT INTO tt_{tenant} DEFAULT VALUES"))
+                    .await
+                    .unwrap();
+            }
         }
     }
 }
@@ -202,11 +230,12 @@ async fn tenants_stay_apart(how: Switch) {
         assert_reads(&b, READ, &tenant_rows("t1"), &format!("{how:?}: b")).await;
         assert_reads(&none, READ, &tenant_rows(""), &format!("{how:?}: none")).await;
     }
-    // A trigger's write flushes the whole cache (its effects are unknown): fewer hits.
-    let min_hits = if matches!(how, Switch::Trigger) {
-        5.0
-    } else {
-        10.0
+    // A trigger's write flushes the whole cache; a session with temporary tables bypasses
+    // the cache for names they could shadow: fewer hits.
+    let min_hits = match how {
+        Switch::Trigger => 5.0,
+        Switch::TempTableDefault => 2.0,
+        _ => 10.0,
     };
     assert!(
         s.metric("pgmemo_cache_hits_total") >= min_hits,
@@ -243,6 +272,16 @@ async fn an_immutable_user_function_calling_set_config_never_leaks_a_tenant() {
 #[tokio::test]
 async fn a_trigger_calling_set_config_never_leaks_a_tenant() {
     tenants_stay_apart(Switch::Trigger).await;
+}
+
+#[tokio::test]
+async fn a_view_calling_set_config_never_leaks_a_tenant() {
+    tenants_stay_apart(Switch::View).await;
+}
+
+#[tokio::test]
+async fn a_temp_table_default_calling_set_config_never_leaks_a_tenant() {
+    tenants_stay_apart(Switch::TempTableDefault).await;
 }
 
 /// A rolled-back EXECUTE leaves the tenant as it was, as PostgreSQL does.

@@ -436,13 +436,11 @@ impl CacheSession {
                 FrameAction::Forward
             }
             frontend::FUNCTION_CALL => {
-                // Runs a function by OID: effects and settings changes pgmemo cannot see.
-                self.tracker
-                    .txn
-                    .merge(&[], Some(crate::cache::EpochCause::SideEffects));
+                // Runs a function by OID: effects and settings changes pgmemo cannot see
+                // (the bump waits for its ReadyForQuery).
                 self.fingerprint.taint("FunctionCall message");
                 self.probe_needed = true;
-                self.tracker.expect(Expect::Ready);
+                self.tracker.expect(Expect::CallReady);
                 FrameAction::Forward
             }
             _ => FrameAction::Forward,
@@ -538,7 +536,15 @@ impl CacheSession {
                     .upstream_seconds
                     .record(cap.started.elapsed().as_secs_f64());
                 let config_current = cap.config == self.app.caching.invalidator.config_generation();
-                if cap.complete && config_current && Reader::body(frame).u8() == Some(b'I') {
+                // The statement itself ran code that may have changed the session's settings
+                // (a user function calling set_config): its rows may already reflect them,
+                // so they belong to no key pgmemo can name.
+                let settings_kept = self.fingerprint.cacheable() && !self.probe_needed;
+                if cap.complete
+                    && config_current
+                    && settings_kept
+                    && Reader::body(frame).u8() == Some(b'I')
+                {
                     let frames = cap.frames.freeze();
                     if let (Some(tier), Some((key, check))) =
                         (self.app.caching.shared.as_ref(), cap.l2)

@@ -216,16 +216,7 @@ impl Planner<'_> {
             stmts.push(p);
         }
         let read = match analysis.cacheable() {
-            Some(info) => {
-                let (read, views_run_volatile) =
-                    self.read(cx, &sql, info, analysis.hints.ttl).await;
-                if views_run_volatile && let Some(p) = stmts.first_mut() {
-                    // A view calls a volatile function (set_config is one): what it did to
-                    // the session's settings is unknown.
-                    p.taint = Some("view calls a volatile function");
-                }
-                read
-            }
+            Some(info) => self.read(cx, &sql, info, analysis.hints.ttl).await,
             None => Err(analysis.reason().map_or("not_select", NotCacheable::label)),
         };
         metrics::counter!(names::PLANS, "kind" => if catalog_failed { "catalog_error" } else { "plan" })
@@ -284,6 +275,16 @@ impl Planner<'_> {
                 }
             }
         }
+        if p.taint.is_none() && !info.reads.is_empty() {
+            match self.views_run_user_code(cx, &info.reads).await {
+                Ok(false) => {}
+                Ok(true) => p.taint = Some("reads a view that runs user or volatile code"),
+                Err(()) => {
+                    failed = true;
+                    p.taint = Some("view lookup failed");
+                }
+            }
+        }
         match &info.class {
             Class::Write | Class::Ddl => {
                 if !info.writes.is_empty() {
@@ -326,6 +327,32 @@ impl Planner<'_> {
         (p, failed)
     }
 
+    /// Whether reading `names` evaluates a user function or a volatile one inside a view
+    /// (either may call set_config, changing the session's settings unseen). Names that do
+    /// not resolve are not views pgmemo knows of.
+    async fn views_run_user_code(&self, cx: &Context, names: &[sql::RelName]) -> Result<bool, ()> {
+        let names = catalog_names(names);
+        let resolved = self
+            .catalog
+            .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
+            .await
+            .map_err(|_| ())?;
+        let oids: Vec<u32> = resolved
+            .iter()
+            .filter_map(|r| r.relation.as_ref().map(|f| f.oid))
+            .collect();
+        if oids.is_empty() {
+            return Ok(false);
+        }
+        let set = self
+            .catalog
+            .reads(&cx.database, &oids)
+            .await
+            .map_err(|_| ())?;
+        Ok(!set.user_functions.is_empty()
+            || matches!(set.volatility, Volatility::Volatile | Volatility::Unknown))
+    }
+
     /// The tags a committed write to `names` bumps, and an epoch cause for effects the catalog
     /// cannot pin down (user triggers, rules calling functions) unless allowlisted; with
     /// whether the write runs a user function that is not allowlisted (triggers, rules and
@@ -343,17 +370,22 @@ impl Planner<'_> {
             .map_err(|_| ())?;
         let mut w = Written::default();
         let mut oids = Vec::with_capacity(resolved.len());
+        let mut unseen_relation = false;
         for r in resolved.iter() {
             match &r.relation {
                 Some(f) if !(r.temp_shadow && cx.has_temp) => oids.push(f.oid),
                 // A temp relation of this session (invisible to side connections) or a name
                 // that does not resolve (the statement fails, or we cannot tell): writes to
                 // temp relations need no bump, but we cannot tell them apart.
-                _ => w.merge(&[], Some(EpochCause::Untracked)),
+                _ => {
+                    w.merge(&[], Some(EpochCause::Untracked));
+                    // Nor can we see its triggers and defaults (user code).
+                    unseen_relation = true;
+                }
             }
         }
         if oids.is_empty() {
-            return Ok((w, false));
+            return Ok((w, unseen_relation));
         }
         let set = self
             .catalog
@@ -362,7 +394,7 @@ impl Planner<'_> {
             .map_err(|_| ())?;
         w.merge(&tags(cx, set.tags.iter().chain(oids.iter())), None);
         let mut declared: Vec<catalog::RelName> = Vec::new();
-        let mut runs_user_code = false;
+        let mut runs_user_code = unseen_relation;
         for reason in &set.epoch {
             let Some(f) = reason.function() else {
                 w.merge(&[], Some(EpochCause::SideEffects));
@@ -419,23 +451,6 @@ impl Planner<'_> {
         sql_bytes: &[u8],
         info: &StatementInfo,
         hint_ttl: Option<Duration>,
-    ) -> (Result<ReadPlan, &'static str>, bool) {
-        let mut views_run_volatile = false;
-        let read = self
-            .read_plan(cx, sql_bytes, info, hint_ttl, &mut views_run_volatile)
-            .await;
-        (read, views_run_volatile)
-    }
-
-    /// [`Self::read`]'s plan; sets `views_run_volatile` when a view read evaluates a volatile
-    /// (or unknown) function.
-    async fn read_plan(
-        &self,
-        cx: &Context,
-        sql_bytes: &[u8],
-        info: &StatementInfo,
-        hint_ttl: Option<Duration>,
-        views_run_volatile: &mut bool,
     ) -> Result<ReadPlan, &'static str> {
         let names = catalog_names(&info.reads);
         let resolved = self
@@ -476,7 +491,6 @@ impl Planner<'_> {
                 .await
                 .map_err(|_| "catalog_error")?
         };
-        *views_run_volatile = matches!(set.volatility, Volatility::Volatile | Volatility::Unknown);
         set.check(verdict.allow_stable_functions, verdict.allow_rls)
             .map_err(relation_reason)?;
         let facts = if info.functions.is_empty() {

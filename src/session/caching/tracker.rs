@@ -37,8 +37,11 @@ pub enum Expect {
     },
     /// An Execute of a portal pgmemo cannot attribute.
     Unknown,
-    /// The ReadyForQuery of a Query, Sync or FunctionCall.
+    /// The ReadyForQuery of a Query or Sync.
     Ready,
+    /// The ReadyForQuery of a FunctionCall: the function ran (by OID: effects and settings
+    /// changes pgmemo cannot see) in the transaction this frame reports on.
+    CallReady,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +120,7 @@ impl Tracker {
                     }
                 }
                 Expect::Unknown => w.merge(&[], Some(EpochCause::Untracked)),
+                Expect::CallReady => w.merge(&[], Some(EpochCause::SideEffects)),
                 Expect::Ready => {}
             }
         }
@@ -179,16 +183,23 @@ impl CacheSession {
                 // the bound): its writes and its effect on settings are both unknown.
                 self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
                 self.taint_unseen("execution of a statement pgmemo did not plan");
+                self.move_context();
             }
-            Some(Expect::Ready) | None => self.tracker.lose(),
+            Some(Expect::Ready | Expect::CallReady) | None => self.tracker.lose(),
         }
+    }
+
+    /// What names resolve against may have changed (see [`Tracker::context_seq`]).
+    fn move_context(&mut self) {
+        self.tracker.context_seq = self.tracker.context_seq.wrapping_add(1);
+        self.tracker.context_unknown = true;
     }
 
     /// An ErrorResponse: the failed statement and the rest of its Query (or of its extended
     /// group, up to Sync) do not run.
     pub(super) fn on_error(&mut self) {
         while let Some(front) = self.tracker.queue.front() {
-            if matches!(front, Expect::Ready) {
+            if matches!(front, Expect::Ready | Expect::CallReady) {
                 break;
             }
             self.tracker.queue.pop_front();
@@ -200,6 +211,12 @@ impl CacheSession {
     pub(super) fn on_ready(&mut self, status: u8, idle_after: bool) {
         match self.tracker.queue.pop_front() {
             Some(Expect::Ready) | None => {}
+            Some(Expect::CallReady) => {
+                // Applied here, not when the call was sent: a Query pipelined ahead of it
+                // commits (and bumps) first, before the function has run.
+                self.tracker.txn.merge(&[], Some(EpochCause::SideEffects));
+                self.move_context();
+            }
             Some(_) => self.tracker.lose(),
         }
         if status == b'I' {
@@ -305,8 +322,7 @@ impl CacheSession {
             self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
         }
         if moves_context(info) {
-            self.tracker.context_seq = self.tracker.context_seq.wrapping_add(1);
-            self.tracker.context_unknown = true;
+            self.move_context();
         }
         self.tracker.txn_ddl |= sp.ddl;
         if let Some(why) = sp.taint {
@@ -375,6 +391,9 @@ impl CacheSession {
                         self.tracker.txn.merge(&w.tags, w.epoch);
                         self.tracker.txn_ddl |= ddl;
                     }
+                    // A prepared read that wrote nothing where it was prepared (the names it
+                    // resolves are only read).
+                    Some((w, false, _)) if w.is_empty() => {}
                     Some((_, ddl, _)) => {
                         self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
                         self.tracker.txn_ddl |= ddl;

@@ -11,7 +11,7 @@
 use tokio_postgres::SimpleQueryMessage;
 
 use super::CheckerError;
-use super::worker::Worker;
+use super::worker::{Conn, Worker, client_addr};
 
 /// The objects of this reader, created with the rest of the schema (directly).
 pub(crate) const DDL: &str = "
@@ -70,12 +70,17 @@ enum Form {
 impl Worker {
     /// Switches schema and tenant with one form, then reads both targets.
     pub async fn read_switched(&mut self) -> Result<(), CheckerError> {
-        let current = match self.main.switched {
+        let conn = match self.switcher.take() {
+            Some(conn) => conn,
+            None => Conn::open(&self.sh.cfg, client_addr(&self.sh, self.id)).await?,
+        };
+        let conn = self.switcher.insert(conn);
+        let current = match conn.switched {
             Some(current) => current,
             None => {
-                self.sq(PREPARE).await?;
-                self.switch(Form::Simple, Target::START).await?;
-                self.main.switched = Some(Target::START);
+                conn.simple(PREPARE).await?;
+                switch(conn, Form::Simple, Target::START).await?;
+                conn.switched = Some(Target::START);
                 Target::START
             }
         };
@@ -90,22 +95,26 @@ impl Worker {
             Form::BlockCommitted,
             Form::BlockRolledBack,
         ]);
-        self.switch(form, next).await?;
+        switch(conn, form, next).await?;
         let want = match form {
             Form::BlockRolledBack => current,
             _ => next,
         };
-        self.main.switched = Some(want);
+        conn.switched = Some(want);
         for _ in 0..2 {
             let extended = self.rng.chance(50);
-            let schema = self.read_strings(MARKER, extended).await?;
+            let conn = self
+                .switcher
+                .as_ref()
+                .ok_or_else(|| CheckerError::Shape("the switching connection went away".into()))?;
+            let schema = read_strings(conn, MARKER, extended).await?;
             if schema != [want.schema] {
                 self.sh.rec.leaked(format!(
                     "client {} after {form:?} to {next:?} (now {want:?}): {MARKER} gave {schema:?}",
                     self.id
                 ));
             }
-            let rows = self.read_strings(TENANT, extended).await?;
+            let rows = read_strings(conn, TENANT, extended).await?;
             if rows != want.tenant_rows() {
                 self.sh.rec.leaked(format!(
                     "client {} after {form:?} to {next:?} (now {want:?}): {TENANT} gave {rows:?}",
@@ -115,65 +124,64 @@ impl Worker {
         }
         Ok(())
     }
+}
 
-    async fn switch(&mut self, form: Form, to: Target) -> Result<(), CheckerError> {
-        let path = format!("EXECUTE chk_path('{}, public')", to.schema);
-        let tenant = format!("EXECUTE chk_tenant('{}')", to.tenant);
-        match form {
-            Form::Simple => {
-                self.sq(&path).await?;
-                self.sq(&tenant).await?;
-            }
-            Form::Extended => {
-                for sql in [&path, &tenant] {
-                    self.main
-                        .client
-                        .query(sql.as_str(), &[])
-                        .await
-                        .map_err(|e| CheckerError::db(sql.as_str(), &e))?;
-                }
-            }
-            Form::InBatch => {
-                self.sq(&format!("SELECT 1; {path}; {tenant}")).await?;
-            }
-            Form::BlockCommitted | Form::BlockRolledBack => {
-                self.sq("BEGIN").await?;
-                self.sq(&path).await?;
-                self.sq(&tenant).await?;
-                let end = match form {
-                    Form::BlockCommitted => "COMMIT",
-                    _ => "ROLLBACK",
-                };
-                self.sq(end).await?;
+/// Switches `conn` to `to`, sending the EXECUTEs in `form`.
+async fn switch(conn: &Conn, form: Form, to: Target) -> Result<(), CheckerError> {
+    let path = format!("EXECUTE chk_path('{}, public')", to.schema);
+    let tenant = format!("EXECUTE chk_tenant('{}')", to.tenant);
+    match form {
+        Form::Simple => {
+            conn.simple(&path).await?;
+            conn.simple(&tenant).await?;
+        }
+        Form::Extended => {
+            for sql in [&path, &tenant] {
+                conn.client
+                    .query(sql.as_str(), &[])
+                    .await
+                    .map_err(|e| CheckerError::db(sql.as_str(), &e))?;
             }
         }
-        Ok(())
+        Form::InBatch => {
+            conn.simple(&format!("SELECT 1; {path}; {tenant}")).await?;
+        }
+        Form::BlockCommitted | Form::BlockRolledBack => {
+            conn.simple("BEGIN").await?;
+            conn.simple(&path).await?;
+            conn.simple(&tenant).await?;
+            let end = match form {
+                Form::BlockCommitted => "COMMIT",
+                _ => "ROLLBACK",
+            };
+            conn.simple(end).await?;
+        }
     }
+    Ok(())
+}
 
-    /// The first column of every row of `sql`, sent as a simple Query or (`extended`) with
-    /// the extended protocol.
-    async fn read_strings(&self, sql: &str, extended: bool) -> Result<Vec<String>, CheckerError> {
-        if extended {
-            let rows = self
-                .main
-                .client
-                .query(sql, &[])
-                .await
-                .map_err(|e| CheckerError::db(sql, &e))?;
-            return rows
-                .iter()
-                .map(|r| r.try_get::<_, String>(0))
-                .collect::<Result<_, _>>()
-                .map_err(|e| CheckerError::db(sql, &e));
-        }
-        Ok(self
-            .sq(sql)
-            .await?
+/// The first column of every row of `sql` on `conn`, sent as a simple Query or (`extended`)
+/// with the extended protocol.
+async fn read_strings(conn: &Conn, sql: &str, extended: bool) -> Result<Vec<String>, CheckerError> {
+    if extended {
+        let rows = conn
+            .client
+            .query(sql, &[])
+            .await
+            .map_err(|e| CheckerError::db(sql, &e))?;
+        return rows
             .iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .collect())
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| CheckerError::db(sql, &e));
     }
+    Ok(conn
+        .simple(sql)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect())
 }

@@ -246,6 +246,10 @@ pub(crate) struct Worker {
     pub finisher: Option<Client>,
     /// The frozen REPEATABLE READ snapshot of `Fault::StaleSnapshot`.
     pub stale: Option<Conn>,
+    /// The switching reader's own connection (see `switch.rs`), opened at its first use: its
+    /// search_path and tenant change all the time, and on `main` they would split every
+    /// other read's cache entries by session state.
+    pub switcher: Option<Conn>,
     pub gid_seq: u64,
     /// A transaction this client prepared and has not finished yet.
     pub pending_gid: Option<String>,
@@ -253,13 +257,17 @@ pub(crate) struct Worker {
 
 type Conns = (Conn, Option<Client>, Option<Conn>);
 
-async fn open_conns(sh: &Shared, id: usize) -> Result<Conns, CheckerError> {
-    // Direct clients bypass the proxy for everything they do.
-    let addr = if id < sh.cfg.direct_clients {
+/// Where client `id` sends its statements: direct clients bypass the proxy for everything.
+pub(crate) fn client_addr(sh: &Shared, id: usize) -> SocketAddr {
+    if id < sh.cfg.direct_clients {
         sh.cfg.direct
     } else {
         sh.cfg.proxy_for(id)
-    };
+    }
+}
+
+async fn open_conns(sh: &Shared, id: usize) -> Result<Conns, CheckerError> {
+    let addr = client_addr(sh, id);
     let main = Conn::open(&sh.cfg, addr).await?;
     let finisher = match sh.two_phase {
         true => Some(connect(&sh.cfg, addr).await?),
@@ -296,6 +304,7 @@ impl Worker {
             main,
             finisher,
             stale,
+            switcher: None,
             gid_seq: 0,
             pending_gid: None,
         };
@@ -378,6 +387,7 @@ impl Worker {
     async fn recover(&mut self) -> Result<(), CheckerError> {
         let (main, finisher, stale) = open_conns(&self.sh, self.id).await?;
         (self.main, self.finisher, self.stale) = (main, finisher, stale);
+        self.switcher = None;
         if let Some(gid) = self.pending_gid.take()
             && let Err(e) = self.sq(&format!("ROLLBACK PREPARED '{gid}'")).await
         {
