@@ -536,15 +536,10 @@ impl CacheSession {
                     .upstream_seconds
                     .record(cap.started.elapsed().as_secs_f64());
                 let config_current = cap.config == self.app.caching.invalidator.config_generation();
-                // The statement itself ran code that may have changed the session's settings
-                // (a user function calling set_config): its rows may already reflect them,
-                // so they belong to no key pgmemo can name.
-                let settings_kept = self.fingerprint.cacheable() && !self.probe_needed;
-                if cap.complete
-                    && config_current
-                    && settings_kept
-                    && Reader::body(frame).u8() == Some(b'I')
-                {
+                // A cacheable read's functions are all IMMUTABLE (or STABLE under a rule):
+                // trusted to leave the settings alone while it runs, so its rows belong to
+                // the key taken at the lookup even if the session is re-probed after it.
+                if cap.complete && config_current && Reader::body(frame).u8() == Some(b'I') {
                     let frames = cap.frames.freeze();
                     if let (Some(tier), Some((key, check))) =
                         (self.app.caching.shared.as_ref(), cap.l2)

@@ -327,16 +327,28 @@ impl Planner<'_> {
         (p, failed)
     }
 
+    /// `names` resolved under the session's search_path and role.
+    async fn resolve(
+        &self,
+        cx: &Context,
+        names: &[sql::RelName],
+    ) -> Result<Arc<[catalog::Resolved]>, ()> {
+        self.catalog
+            .resolve(
+                &cx.database,
+                &catalog_names(names),
+                &cx.search_path,
+                &cx.current_user,
+            )
+            .await
+            .map_err(|_| ())
+    }
+
     /// Whether reading `names` evaluates a user function or a volatile one inside a view
     /// (either may call set_config, changing the session's settings unseen). Names that do
     /// not resolve are not views pgmemo knows of.
     async fn views_run_user_code(&self, cx: &Context, names: &[sql::RelName]) -> Result<bool, ()> {
-        let names = catalog_names(names);
-        let resolved = self
-            .catalog
-            .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
-            .await
-            .map_err(|_| ())?;
+        let resolved = self.resolve(cx, names).await?;
         let oids: Vec<u32> = resolved
             .iter()
             .filter_map(|r| r.relation.as_ref().map(|f| f.oid))
@@ -362,12 +374,7 @@ impl Planner<'_> {
         cx: &Context,
         names: &[sql::RelName],
     ) -> Result<(Written, bool), ()> {
-        let names = catalog_names(names);
-        let resolved = self
-            .catalog
-            .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
-            .await
-            .map_err(|_| ())?;
+        let resolved = self.resolve(cx, names).await?;
         let mut w = Written::default();
         let mut oids = Vec::with_capacity(resolved.len());
         let mut unseen_relation = false;
