@@ -27,6 +27,7 @@ mod prints;
 mod relations;
 mod resolve;
 mod search_path;
+mod settings;
 mod track;
 mod types;
 mod weights;
@@ -43,6 +44,7 @@ use track::{Limits, Prints, Tracked, Want};
 pub use error::CatalogError;
 pub use poller::Poller;
 pub use prints::Aspect;
+pub use settings::SettingNames;
 pub use track::{Change, EpochCause};
 pub use types::{
     BodySource, EpochReason, FuncArgs, FuncBody, FuncFacts, FuncRef, Inheritance, NotCacheable,
@@ -138,6 +140,8 @@ pub struct Catalog {
     generation: AtomicU64,
     memos: Mutex<Memos>,
     tracked: Mutex<Tracked>,
+    /// Custom setting names per database, with the generation they were read at.
+    setting_names: Mutex<HashMap<String, (u64, SettingNames)>>,
 }
 
 /// A poisoned lock only means another caller panicked mid-update of plain data; the
@@ -202,6 +206,7 @@ impl Catalog {
                 ),
             }),
             tracked: Mutex::new(Tracked::new(limits)),
+            setting_names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -252,6 +257,7 @@ impl Catalog {
 
     fn forget_database(&self, db: &str) {
         lock(&self.pools).remove(db);
+        lock(&self.setting_names).remove(db);
     }
 
     /// Runs `work` in one read-only snapshot on a side connection of `db`, within the
@@ -461,6 +467,41 @@ impl Catalog {
             .bodies
             .insert(generation, self.generation(), key, value.clone());
         Ok(value)
+    }
+
+    /// The custom setting names `db` mentions, if read at the current generation (sessions
+    /// ask without waiting; see [`setting_names`](Self::setting_names)).
+    pub fn setting_names_now(&self, db: &str) -> Option<SettingNames> {
+        let generation = self.generation();
+        lock(&self.setting_names)
+            .get(db)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, names)| names.clone())
+    }
+
+    /// The custom setting names `db`'s policies, views and functions mention (see
+    /// `settings`), read on a side connection once per generation. The database is tracked
+    /// by the poller from then on, so a change to them is seen.
+    pub async fn setting_names(&self, db: &str) -> Result<SettingNames, CatalogError> {
+        if let Some(names) = self.setting_names_now(db) {
+            return Ok(names);
+        }
+        let generation = self.generation();
+        let names = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                Ok((settings::fetch(lease).await?, Want::default()))
+            })
+            .await?;
+        if self.generation() == generation {
+            let mut memo = lock(&self.setting_names);
+            if memo.len() >= self.config.max_databases && !memo.contains_key(db) {
+                memo.retain(|_, (g, _)| *g == generation);
+            }
+            if memo.len() < self.config.max_databases || memo.contains_key(db) {
+                memo.insert(db.to_owned(), (generation, names.clone()));
+            }
+        }
+        Ok(names)
     }
 
     fn path_key(&self, db: &str, search_path: &str, current_user: &str) -> PathKey {

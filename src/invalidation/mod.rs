@@ -164,6 +164,14 @@ impl Invalidator {
     /// Advances with every server configuration reload the poller sees. A session probed
     /// under an older value may hold a fingerprint that no longer matches its settings (a
     /// reloaded setting it did not SET): it neither looks up nor stores until probed again.
+    /// What sessions' settings probes read may have changed (an admin flush, which stands
+    /// for DDL made directly: a new policy, view or function may mention another custom
+    /// setting): every session probes again before its next lookup. Call before the epoch
+    /// moves.
+    pub fn settings_may_have_changed(&self) {
+        self.config_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     pub fn config_generation(&self) -> u64 {
         self.config_generation.load(Ordering::Acquire)
     }
@@ -286,6 +294,7 @@ impl Invalidator {
     /// memoised is dropped (admin API, SIGUSR1): after DDL done directly on Postgres, this
     /// applies it at once instead of at the next catalog poll.
     pub fn flush_all(&self) -> u64 {
+        self.settings_may_have_changed();
         self.catalog.invalidate_memos();
         let epoch = self.cache.flush(EpochCause::Admin);
         if let Some(tier) = &self.shared {
@@ -367,7 +376,12 @@ impl Invalidator {
                 },
                 Change::Epoch { db, cause } => {
                     info!(?db, ?cause, "catalog change: epoch bumped");
-                    if cause == catalog::EpochCause::ConfigReload {
+                    if matches!(
+                        cause,
+                        catalog::EpochCause::ConfigReload | catalog::EpochCause::Objects
+                    ) {
+                        // Objects include policies, views and functions: the custom settings
+                        // a session's probe must read may have changed (catalog::settings).
                         // Before the epoch moves: a session that reads the new epoch then
                         // also sees this and neither stores nor looks up before its probe.
                         self.config_generation.fetch_add(1, Ordering::AcqRel);

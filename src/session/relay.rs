@@ -17,7 +17,9 @@ use bytes::BytesMut;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::caching::ack::AckFuture;
-use super::caching::{CacheSession, FrameAction, GroupAction, Hold, PlanFuture, WaitFuture};
+use super::caching::{
+    CacheSession, FrameAction, GroupAction, Hold, NamesFuture, PlanFuture, ProbeStep, WaitFuture,
+};
 use super::outq::OutQueue;
 use super::state::SessionState;
 use crate::error::ClientError;
@@ -90,6 +92,8 @@ pub struct Relay<'a> {
     pending_plan: Option<PlanFuture>,
     /// The wait for another session's fill of the Query or group held at the head of `cbuf`.
     pending_wait: Option<WaitFuture>,
+    /// The catalog read the next settings probe waits for.
+    pending_names: Option<NamesFuture>,
     /// The acknowledgement at the head of `ubuf` waits for the change stream (see
     /// `caching::ack`); upstream reading pauses meanwhile.
     pending_ack: Option<AckFuture>,
@@ -140,6 +144,7 @@ impl<'a> Relay<'a> {
             caching,
             pending_plan: None,
             pending_wait: None,
+            pending_names: None,
             pending_ack: None,
             client_paused: false,
             u_stream_drop: false,
@@ -252,13 +257,26 @@ impl<'a> Relay<'a> {
                 self.process_upstream();
                 progress = true;
             }
-            if self.c_stream_left == 0
-                && self.pending_plan.is_none()
-                && self.pending_wait.is_none()
-                && let Some(probe) = self.caching.probe_query(self.state)
+            if let Some(fut) = self.pending_names.as_mut()
+                && let Poll::Ready(names) = fut.as_mut().poll(cx)
             {
-                self.to_upstream.push(probe);
+                self.pending_names = None;
+                self.caching.names_ready(names);
                 progress = true;
+            }
+            if self.c_stream_left == 0 && self.pending_plan.is_none() && self.pending_wait.is_none()
+            {
+                match self.caching.probe_query(self.state) {
+                    ProbeStep::Idle => {}
+                    ProbeStep::Send(probe) => {
+                        self.to_upstream.push(probe);
+                        progress = true;
+                    }
+                    ProbeStep::Fetch(fut) => {
+                        self.pending_names = Some(fut);
+                        progress = true;
+                    }
+                }
             }
             if self.client_paused && !self.client_blocked() {
                 self.client_paused = false;
@@ -335,6 +353,7 @@ impl<'a> Relay<'a> {
             && !self.client_paused
             && self.pending_plan.is_none()
             && self.pending_wait.is_none()
+            && self.pending_names.is_none()
             && self.pending_ack.is_none()
             && self.cbuf.is_empty()
             && self.ubuf.is_empty()
@@ -369,6 +388,9 @@ impl<'a> Relay<'a> {
     /// Splits client bytes into frames, lets the state see the ones it inspects, and queues
     /// them upstream as one chunk.
     fn process_client(&mut self) {
+        if !self.cbuf.is_empty() {
+            self.caching.client_spoke();
+        }
         let mut pos = 0;
         loop {
             if self.c_stream_left > 0 {

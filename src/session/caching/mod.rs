@@ -16,6 +16,7 @@ mod called;
 mod extended;
 pub mod group;
 pub mod hooks;
+mod login;
 mod lookup;
 pub mod memo;
 mod named;
@@ -36,7 +37,7 @@ use metrics::{Counter, Histogram};
 
 use crate::cache::l2::tier::SharedTier;
 use crate::cache::{Cache, CacheKey, Entry, FillGuard, KeyCheck, Tag, VersionSnapshot};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError, SettingNames};
 use crate::cdc::hub::Hub;
 use crate::context::AppContext;
 use crate::invalidation::{Invalidator, Source};
@@ -78,6 +79,8 @@ pub struct Caching {
     pub cdc: Arc<Hub>,
     /// The shared tier on Redis, when `cache.redis` is set.
     pub shared: Option<Arc<SharedTier>>,
+    /// Settings probe results at login, by login key.
+    pub logins: login::LoginMemo,
 }
 
 /// What the relay does with a client frame.
@@ -136,6 +139,8 @@ struct Metrics {
     upstream_seconds: Histogram,
     probes_ok: Counter,
     probes_failed: Counter,
+    /// Login probes answered from the login memo (no query sent).
+    probes_remembered: Counter,
 }
 
 /// One session's cache state.
@@ -154,6 +159,18 @@ pub struct CacheSession {
     /// Probes that failed in a row (a cancel that hit the probe, a statement_timeout, a
     /// replication connection): retried a few times, then the session stays uncached.
     probe_failures: u8,
+    /// The login key while nothing of the client's has reached the server: the first
+    /// settings may then come from the login memo (see [`login`]).
+    login_key: Option<Arc<[u8]>>,
+    /// The probe in flight is a login probe: its result goes to the memo, with the epoch
+    /// read when it was sent.
+    login_probe: Option<(Arc<[u8]>, u64)>,
+    /// The session's database (the catalog's key).
+    database: Arc<str>,
+    /// The custom setting names are being read for the next probe.
+    names_fetching: bool,
+    /// The names read for the next probe.
+    catalog_names: Option<SettingNames>,
     opted_out: bool,
     encoding_ok: bool,
     tracker: Tracker,
@@ -188,6 +205,19 @@ pub struct CacheSession {
     metrics: Metrics,
 }
 
+/// What the settings probe needs from the relay (see [`CacheSession::probe_query`]).
+pub enum ProbeStep {
+    /// Nothing now.
+    Idle,
+    /// Send these frames upstream.
+    Send(Bytes),
+    /// Poll this future and hand its answer to [`CacheSession::names_ready`].
+    Fetch(NamesFuture),
+}
+
+/// The catalog read of a database's custom setting names.
+pub type NamesFuture = Pin<Box<dyn Future<Output = Result<SettingNames, CatalogError>> + Send>>;
+
 impl CacheSession {
     pub fn new(
         app: Arc<AppContext>,
@@ -205,6 +235,11 @@ impl CacheSession {
             probe_needed: true,
             probe_config: 0,
             probe_failures: 0,
+            login_key: Some(login::key(database, user, params)),
+            login_probe: None,
+            database: database.into(),
+            names_fetching: false,
+            catalog_names: None,
             opted_out: false,
             encoding_ok: true,
             tracker: Tracker::default(),
@@ -226,6 +261,7 @@ impl CacheSession {
                 upstream_seconds: metrics::histogram!(names::UPSTREAM_QUERY_SECONDS),
                 probes_ok: metrics::counter!(names::SESSION_PROBES, "result" => "ok"),
                 probes_failed: metrics::counter!(names::SESSION_PROBES, "result" => "error"),
+                probes_remembered: metrics::counter!(names::SESSION_PROBES, "result" => "login_memo"),
             },
         }
     }
@@ -247,7 +283,7 @@ impl CacheSession {
     /// While a probe is in flight the relay holds client frames back (their plans need the
     /// probe's answer) and shows every backend frame here whole.
     pub fn probing(&self) -> bool {
-        self.probe.is_some()
+        self.probe.is_some() || self.names_fetching
     }
 
     /// Backend frames must be shown whole (a capture or probe reads them).
@@ -268,20 +304,78 @@ impl CacheSession {
         )
     }
 
-    /// The probe Query to send upstream now, if one is due and the session is idle.
+    /// What the settings probe needs now, if one is due and the session is idle: to be sent
+    /// upstream, or first the database's custom setting names from the catalog (the relay
+    /// polls that future and hands its answer to [`names_ready`](Self::names_ready)). A
+    /// fresh login whose result is remembered needs neither (see `login`).
     /// With the cache disabled no probe is sent (pgmemo then adds nothing of its own to the
     /// session); writes are still tracked, conservatively, without a context.
-    pub fn probe_query(&mut self, state: &SessionState) -> Option<Bytes> {
-        if !self.probe_needed || self.probe.is_some() || !state.is_idle() {
-            return None;
+    pub fn probe_query(&mut self, state: &SessionState) -> ProbeStep {
+        if !self.probe_needed || self.probing() || !state.is_idle() {
+            return ProbeStep::Idle;
         }
         if !self.app.cache_enabled() {
-            return None;
+            return ProbeStep::Idle;
+        }
+        // The epoch first: the configuration generation moves before it (see Invalidator).
+        let epoch = self.app.caching.cache.versions().epoch();
+        let config = self.app.caching.invalidator.config_generation();
+        if let Some(key) = self.login_key.as_ref()
+            && let Some(known) = self.app.caching.logins.get(key, epoch, config)
+        {
+            self.login_key = None;
+            self.probe_needed = false;
+            self.probe_config = config;
+            self.metrics.probes_remembered.increment(1);
+            self.apply_probe(known);
+            return ProbeStep::Idle;
+        }
+        let catalog = &self.app.caching.catalog;
+        let names = match self
+            .catalog_names
+            .take()
+            .or_else(|| catalog.setting_names_now(&self.database))
+        {
+            Some(SettingNames::Known(names)) => names,
+            Some(SettingNames::Unusable(why)) => {
+                tracing::debug!(why, "settings probe: custom setting names unusable");
+                self.probe_needed = false;
+                self.on_probe_done(None);
+                return ProbeStep::Idle;
+            }
+            None => {
+                self.names_fetching = true;
+                let catalog = Arc::clone(catalog);
+                let db = Arc::clone(&self.database);
+                return ProbeStep::Fetch(Box::pin(async move { catalog.setting_names(&db).await }));
+            }
+        };
+        if let Some(key) = self.login_key.take() {
+            self.login_probe = Some((key, epoch));
         }
         self.probe_needed = false;
-        self.probe_config = self.app.caching.invalidator.config_generation();
+        self.probe_config = config;
         self.probe = Some(ProbeReader::default());
-        Some(probe::query(&self.custom_names))
+        ProbeStep::Send(probe::query(&names, &self.custom_names))
+    }
+
+    /// The database's custom setting names arrived (or could not be read).
+    pub fn names_ready(&mut self, names: Result<SettingNames, CatalogError>) {
+        self.names_fetching = false;
+        match names {
+            Ok(names) => self.catalog_names = Some(names),
+            Err(e) => {
+                tracing::debug!(error = %e, "settings probe: custom setting names not read");
+                self.probe_needed = false;
+                self.on_probe_done(None);
+            }
+        }
+    }
+
+    /// Client bytes are about to be processed: from now on the session's settings may differ
+    /// from those of a fresh login.
+    pub fn client_spoke(&mut self) {
+        self.login_key = None;
     }
 
     fn on_probe_done(&mut self, result: Option<ProbeResult>) {
@@ -295,6 +389,11 @@ impl CacheSession {
             return;
         };
         self.metrics.probes_ok.increment(1);
+        self.apply_probe(r);
+    }
+
+    /// The session's settings are those of `r` (a probe's answer, or a remembered login's).
+    fn apply_probe(&mut self, r: ProbeResult) {
         self.probe_failures = 0;
         self.opted_out = r.opted_out;
         self.encoding_ok =
@@ -462,8 +561,18 @@ impl CacheSession {
         }
         if let Some(reader) = self.probe.as_mut() {
             if tag == backend::READY_FOR_QUERY {
+                if !reader.on_ready() {
+                    // The probe's own statement is being closed (its second Sync).
+                    return false;
+                }
                 let reader = self.probe.take().unwrap_or_default();
                 let result = reader.finish();
+                if let (Some(r), Some((key, epoch))) = (&result, self.login_probe.take()) {
+                    self.app
+                        .caching
+                        .logins
+                        .insert(key, r.clone(), epoch, self.probe_config);
+                }
                 self.on_probe_done(result);
             } else if whole {
                 reader.on_frame(tag, frame);
@@ -616,6 +725,7 @@ impl Caching {
             catalog,
             plans: PlanMemo::new(65_536, memory.plans),
             shapes: PlanMemo::new(16_384, memory.shapes),
+            logins: login::LoginMemo::default(),
         }
     }
 }

@@ -23,17 +23,11 @@ UNION ALL SELECT '.temp_schema', (pg_catalog.pg_my_temp_schema() <> 0)::text";
 /// Custom (dotted) settings never appear in pg_settings, yet RLS policies, views and
 /// functions read them (`current_setting('app.tenant')`), and code may set them
 /// (`set_config`). The probe reads every dotted name that policies, user functions and user
-/// views mention as a literal, plus the names this session SET, into the fingerprint. A name
+/// views mention as a literal (found once per catalog generation on a side connection: see
+/// `catalog::settings`), plus the names this session SET, into the fingerprint. A name
 /// computed at run time (`current_setting(var)`) cannot be found: see the README.
-const CUSTOM_SQL: &str = " UNION ALL SELECT '.custom:' || n, coalesce(pg_catalog.current_setting(n, true), '(unset)') FROM (\
-SELECT DISTINCT m[1] AS n FROM (SELECT pg_catalog.regexp_matches(src, \
-'(?:current_setting|set_config)\\s*\\(\\s*''([A-Za-z_][A-Za-z0-9_$]*\\.[A-Za-z0-9_$.]+)''', 'gi') AS m FROM (\
-SELECT pg_catalog.pg_get_expr(polqual, polrelid) AS src FROM pg_catalog.pg_policy \
-UNION ALL SELECT pg_catalog.pg_get_expr(polwithcheck, polrelid) FROM pg_catalog.pg_policy \
-UNION ALL SELECT prosrc FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace ns ON ns.oid = p.pronamespace \
-WHERE ns.nspname NOT IN ('pg_catalog', 'information_schema') \
-UNION ALL SELECT pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
-WHERE c.relkind IN ('v', 'm') AND ns.nspname NOT IN ('pg_catalog', 'information_schema')) s) x";
+const CUSTOM_SQL_HEAD: &str = " UNION ALL SELECT '.custom:' || n, \
+coalesce(pg_catalog.current_setting(n, true), '(unset)') FROM pg_catalog.unnest(ARRAY[";
 
 /// Names this session SET are added to what the catalog mentions (at most this many).
 pub const MAX_SESSION_NAMES: usize = 64;
@@ -41,19 +35,21 @@ pub const MAX_SESSION_NAMES: usize = 64;
 /// Most rows read from a probe (a session with more non-default settings is not cached).
 const MAX_ROWS: usize = 2048;
 
-/// The messages carrying the probe; `session_names` are custom settings the session
-/// SET (lower-case dotted names as the analysis reports them).
-pub fn query(session_names: &[String]) -> Bytes {
-    let mut sql = String::with_capacity(PROBE_SQL.len() + CUSTOM_SQL.len() + 64);
-    sql.push_str(PROBE_SQL);
-    sql.push_str(CUSTOM_SQL);
-    let names: Vec<&String> = session_names
+/// The messages carrying the probe: the settings and facts, and the current value of each
+/// custom setting the catalog mentions (`catalog_names`) or the session SET
+/// (`session_names`, lower-case dotted names as the analysis reports them).
+pub fn query(catalog_names: &[String], session_names: &[String]) -> Bytes {
+    let mut names: Vec<&String> = catalog_names
         .iter()
+        .chain(session_names.iter().take(MAX_SESSION_NAMES))
         .filter(|n| n.contains('.') && !n.contains('\0'))
-        .take(MAX_SESSION_NAMES)
         .collect();
+    names.sort();
+    names.dedup();
+    let mut sql = String::with_capacity(PROBE_SQL.len() + 128 + names.len() * 32);
+    sql.push_str(PROBE_SQL);
     if !names.is_empty() {
-        sql.push_str(" UNION SELECT pg_catalog.unnest(ARRAY[");
+        sql.push_str(CUSTOM_SQL_HEAD);
         for (i, n) in names.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
@@ -62,19 +58,37 @@ pub fn query(session_names: &[String]) -> Bytes {
             sql.push_str(&n.replace('\'', "''"));
             sql.push('\'');
         }
-        sql.push_str("]::text[])");
+        sql.push_str("]::text[]) n");
     }
-    sql.push_str(") names");
     extended(&sql)
 }
 
-/// Names of the probe's own statement and portal. The extended protocol is used because a
-/// simple Query would destroy the session's unnamed prepared statement; a client statement
-/// of the same name makes the probe fail (harmlessly) instead.
-const PROBE_STATEMENT: &[u8] = b"__pgmemo_probe";
+/// Name of the probe's own statement and portal (NUL-terminated). The extended protocol is
+/// used because a simple Query would destroy the session's unnamed prepared statement. The
+/// name carries 64 random bits drawn once per process: the probe's Close (which runs even
+/// when the probe fails) must never close a statement of the client's, so no client may
+/// guess it.
+static PROBE_STATEMENT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let mut bits = [0u8; 8];
+    // Without randomness, the process id and the time still make a name no client uses.
+    if getrandom::fill(&mut bits).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        bits = (t ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
+    }
+    let mut name = format!("__pgmemo_probe_{:016x}", u64::from_be_bytes(bits)).into_bytes();
+    name.push(0);
+    name
+});
 
-/// Parse + Bind + Execute + Close + Sync of `sql` under [`PROBE_STATEMENT`], all frames in
-/// one buffer. At an idle point no portal is open, so nothing of the client's is touched.
+/// Parse + Bind + Execute + Sync of `sql` under [`PROBE_STATEMENT`], then Close + Sync, all
+/// frames in one buffer. The Close has a Sync of its own so that it runs even when the probe
+/// fails (after an error the server skips to the next Sync): the statement never outlives
+/// the probe, so `pg_prepared_statements` never shows it and the next probe cannot find it
+/// "already exists". At an idle point no portal is open, so nothing of the client's is
+/// touched.
 fn extended(sql: &str) -> Bytes {
     fn frame(out: &mut Vec<u8>, tag: u8, body: &[&[u8]]) {
         let len: usize = 4 + body.iter().map(|b| b.len()).sum::<usize>();
@@ -85,12 +99,12 @@ fn extended(sql: &str) -> Bytes {
         }
     }
     let mut out = Vec::with_capacity(sql.len() + 128);
-    let name: &[u8] = PROBE_STATEMENT;
+    let name: &[u8] = &PROBE_STATEMENT;
     // Parse: name, query, no parameter types.
     frame(
         &mut out,
         b'P',
-        &[name, b"\0", sql.as_bytes(), b"\0", &0i16.to_be_bytes()],
+        &[name, sql.as_bytes(), b"\0", &0i16.to_be_bytes()],
     );
     // Bind: same-named portal, statement, no parameter formats/values, no result formats.
     frame(
@@ -98,18 +112,18 @@ fn extended(sql: &str) -> Bytes {
         b'B',
         &[
             name,
-            b"\0",
             name,
-            b"\0",
             &0i16.to_be_bytes(),
             &0i16.to_be_bytes(),
             &0i16.to_be_bytes(),
         ],
     );
     // Execute: all rows.
-    frame(&mut out, b'E', &[name, b"\0", &0i32.to_be_bytes()]);
-    // Close the statement (the portal ends with the implicit transaction).
-    frame(&mut out, b'C', &[b"S", name, b"\0"]);
+    frame(&mut out, b'E', &[name, &0i32.to_be_bytes()]);
+    frame(&mut out, b'S', &[]);
+    // Close the statement (the portal ended with the implicit transaction), under its own
+    // Sync.
+    frame(&mut out, b'C', &[b"S", name]);
     frame(&mut out, b'S', &[]);
     Bytes::from(out)
 }
@@ -131,14 +145,24 @@ pub struct ProbeResult {
     pub standard_conforming_strings: bool,
 }
 
-/// Collects the probe's response frames (everything up to its ReadyForQuery).
+/// ReadyForQuery messages a probe's response ends with (one per Sync it sends).
+const PROBE_SYNCS: u8 = 2;
+
+/// Collects the probe's response frames (everything up to its last ReadyForQuery).
 #[derive(Debug, Default)]
 pub struct ProbeReader {
     rows: Vec<(String, String)>,
     failed: bool,
+    ready_seen: u8,
 }
 
 impl ProbeReader {
+    /// One of the probe's ReadyForQuery messages; true at the last one (the probe is over).
+    pub fn on_ready(&mut self) -> bool {
+        self.ready_seen = self.ready_seen.saturating_add(1);
+        self.ready_seen >= PROBE_SYNCS
+    }
+
     /// One complete backend frame of the probe's response (ReadyForQuery excluded).
     pub fn on_frame(&mut self, tag: u8, frame: &[u8]) {
         match tag {
@@ -309,6 +333,31 @@ mod tests {
             r.settings
                 .contains(&("search_path".into(), "s1, public".into()))
         );
+    }
+
+    /// The frames of a probe message, as (tag, body) pairs.
+    fn frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while b.len() >= 5 {
+            let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+            out.push((b[0], b[5..1 + len].to_vec()));
+            b = &b[1 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn the_probe_closes_its_statement_under_a_sync_of_its_own() {
+        let tags: Vec<u8> = frames(&query(&[], &[])).iter().map(|(t, _)| *t).collect();
+        // An error in Parse, Bind or Execute skips to the first Sync; the Close after it
+        // still runs, so the statement never outlives the probe.
+        assert_eq!(tags, b"PBESCS");
+        let mut r = ProbeReader::default();
+        assert!(
+            !r.on_ready(),
+            "the first ReadyForQuery ends the query, not the probe"
+        );
+        assert!(r.on_ready());
     }
 
     #[test]
