@@ -77,10 +77,10 @@ async fn a_failed_probe_leaves_no_prepared_statement() {
     let left = one(&s, "SELECT name FROM pg_catalog.pg_prepared_statements").await;
     assert!(left.is_empty(), "statements left in the session: {left:?}");
     // Back to UTF8 the session is probed successfully again, and still leaves nothing.
+    let ok_before = probes(&proxy, "ok");
     s.simple_query("SET client_encoding = 'UTF8'")
         .await
         .unwrap();
-    let ok_before = probes(&proxy, "ok");
     assert_eq!(one(&s, "SELECT 3").await, ["3"]);
     assert!(
         probes(&proxy, "ok") > ok_before,

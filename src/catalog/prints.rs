@@ -132,8 +132,10 @@ FROM pg_namespace n WHERE n.nspname !~ '^pg_(toast_)?temp_'";
 /// collations, text search configurations (and their token mappings), dictionaries, parsers
 /// and templates, domains, range and multirange types and their constraints, casts,
 /// operators, conversions, access methods and operator classes; and the policies, rules
-/// (views) and user functions, which say what custom settings sessions must have probed
-/// (`settings`: a change there makes every session probe again). Each row counts as its
+/// (views) and user functions that call `current_setting` or `set_config`, which say what
+/// custom settings sessions must have probed (`settings`: a change there makes every
+/// session probe again; one that appears or stops calling them changes the set). Each row
+/// counts as its
 /// identity and `xmin`: every INSERT, UPDATE or DELETE of a catalog row gives a new `xmin`
 /// (freezing keeps the raw value since PostgreSQL 9.4), so comparing these is as exact as
 /// comparing whole rows, at a fraction of the cost (no output functions, no sort: the
@@ -161,11 +163,13 @@ SELECT sha256(textsend(concat_ws('|',
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_conversion x),
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_am x),
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_opclass x),
-  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_policy x),
+  (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_policy x
+    WHERE concat(x.polqual::text, x.polwithcheck::text) ~ ':funcid (2077|3294|2078) '),
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_rewrite x
-    WHERE x.oid >= 16384),
+    WHERE x.oid >= 16384 AND x.ev_action::text ~ ':funcid (2077|3294|2078) '),
   (SELECT string_agg(x.oid::text || ':' || x.xmin::text, ',') FROM pg_proc x
-    WHERE x.oid >= 16384))))";
+    WHERE x.oid >= 16384 AND (x.prosrc ~* '(current_setting|set_config)'
+      OR x.prosqlbody::text ~ ':funcid (2077|3294|2078) ')))))";
 
 /// Roles, memberships, per-role/database settings, and the server-wide configuration: every
 /// setting whose value comes from the server (its defaults, its files including
