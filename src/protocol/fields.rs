@@ -92,9 +92,29 @@ pub fn parse_fields(frame: &[u8]) -> Option<ParseFields<'_>> {
     })
 }
 
+/// The SQLSTATE (`C` field) of an ErrorResponse or NoticeResponse frame.
+pub fn error_code(frame: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader::body(frame);
+    loop {
+        let t = r.u8().filter(|t| *t != 0)?;
+        let v = r.cstr()?;
+        if t == b'C' {
+            return Some(v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_code_reads_the_sqlstate() {
+        let frame = b"E\0\0\0\x1dSERROR\0C57014\0Mcanceled\0\0";
+        assert_eq!(error_code(frame), Some(&b"57014"[..]));
+        assert_eq!(error_code(b"E\0\0\0\x0bSERROR\0\0"), None);
+        assert_eq!(error_code(b"E\0\0\0\x09SERR"), None);
+    }
 
     #[test]
     fn reads_and_stops_at_the_end() {

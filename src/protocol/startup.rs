@@ -141,9 +141,28 @@ pub fn encode_startup(major: u16, minor: u16, params: &[(&str, &str)]) -> Bytes 
     Bytes::from(out)
 }
 
+/// Encodes a CancelRequest for `key` (pid followed by the secret, as BackendKeyData gave them;
+/// at most [`MAX_CANCEL_KEY`] bytes of secret).
+pub fn encode_cancel(key: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&((8 + key.len()) as i32).to_be_bytes());
+    out.extend_from_slice(&CANCEL_REQUEST_CODE.to_be_bytes());
+    out.extend_from_slice(key);
+    Bytes::from(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_cancel_parses_back() {
+        let key = [0u8, 0, 0, 7, 1, 2, 3, 4];
+        let StartupPacket::Cancel { key: parsed } = parse(encode_cancel(&key)).unwrap() else {
+            panic!("not a cancel")
+        };
+        assert_eq!(&parsed[..], &key[..]);
+    }
 
     #[test]
     fn parses_startup_with_pq_options() {

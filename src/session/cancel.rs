@@ -5,14 +5,70 @@
 //!
 //! Each key also has a [`CancelSignal`]: a statement that pgmemo holds back (waiting for
 //! another session's identical query) is cancelled through it, since the upstream backend has
-//! nothing running to cancel.
+//! nothing running to cancel; and while pgmemo's own work occupies the session's upstream
+//! connection, a request is held there for the session to forward once the client's work is
+//! next (see [`super::deferred`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
+
+/// Client cancel connections kept open per session while their request is held (more are
+/// still held, their connections just close at once).
+const MAX_HELD_ACKS: usize = 16;
+
+/// What became of a cancel request.
+#[derive(Debug)]
+pub enum Disposition {
+    /// No live session has this key: ignored.
+    Unknown,
+    /// A statement pgmemo holds back took it; nothing goes upstream.
+    Taken,
+    /// pgmemo's own work occupies the session's upstream connection: the session forwards
+    /// the request when the client's work is next there, or drops it if that work already
+    /// finished. The receiver resolves (or fails) when that is done.
+    Held(oneshot::Receiver<()>),
+    /// Forward it to PostgreSQL now.
+    Forward,
+}
+
+/// Cancel requests held for a session while its own work ran.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Requests held (counted even past [`MAX_HELD_ACKS`]).
+    pub requests: u64,
+    /// The client connections waiting for the outcome: send when delivered, drop otherwise.
+    pub acks: Vec<oneshot::Sender<()>>,
+}
+
+impl Held {
+    /// Adds the requests of `other` (held again while these waited).
+    pub fn merge(&mut self, other: Held) {
+        self.requests += other.requests;
+        for ack in other.acks {
+            if self.acks.len() < MAX_HELD_ACKS {
+                self.acks.push(ack);
+            }
+        }
+    }
+
+    /// Tells every waiting client connection that the request was delivered.
+    pub fn delivered(self) {
+        for ack in self.acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// pgmemo's own work on the session's upstream connection, and what arrived meanwhile.
+#[derive(Debug, Default)]
+struct Own {
+    busy: bool,
+    held: Option<Held>,
+}
 
 /// Cancel requests a session received, for waits pgmemo runs on its behalf.
 #[derive(Debug, Default)]
@@ -21,6 +77,9 @@ pub struct CancelSignal {
     notify: Notify,
     /// Waits under way (at most one per session; a counter so a guard is simple).
     waiting: AtomicU64,
+    /// Set while pgmemo's own work occupies the upstream connection (one lock taken per
+    /// start and end of that work, and per cancel request).
+    own: Mutex<Own>,
 }
 
 /// Marks the session as holding a statement back; the mark goes on Drop.
@@ -38,13 +97,43 @@ impl CancelSignal {
         self.received.load(Ordering::Acquire)
     }
 
-    /// Records a cancel request; true when a held statement's wait takes it (then the
+    /// Records a cancel request and says where it goes: to a held statement's wait (then the
     /// upstream, which has nothing running for this session, must not get it: it could
-    /// cancel the client's next statement instead).
-    fn raise(&self) -> bool {
+    /// cancel the client's next statement instead), held while pgmemo's own work runs
+    /// upstream (forwarded then, it would cancel that work and not the client's), or
+    /// upstream.
+    fn raise(&self) -> Disposition {
         self.received.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
-        self.waiting.load(Ordering::Acquire) > 0
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            return Disposition::Taken;
+        }
+        let mut own = self.own.lock().unwrap_or_else(PoisonError::into_inner);
+        if !own.busy {
+            return Disposition::Forward;
+        }
+        let held = own.held.get_or_insert_with(Held::default);
+        held.requests += 1;
+        let (tx, rx) = oneshot::channel();
+        if held.acks.len() < MAX_HELD_ACKS {
+            held.acks.push(tx);
+        }
+        Disposition::Held(rx)
+    }
+
+    /// Marks pgmemo's own work on the upstream connection as under way (`true`) or over.
+    /// Ending it returns the requests held meanwhile, for the session to route.
+    pub fn set_own_work(&self, busy: bool) -> Option<Held> {
+        let mut own = self.own.lock().unwrap_or_else(PoisonError::into_inner);
+        own.busy = busy;
+        if busy { None } else { own.held.take() }
+    }
+
+    /// Ends a held statement's wait as a cancel request arriving now would: a request held
+    /// during pgmemo's own work, handed to the statement the client is waiting for.
+    pub fn raise_local(&self) {
+        self.received.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
     }
 
     /// Marks a wait under way until the guard drops.
@@ -101,17 +190,16 @@ impl CancelRegistry {
             .contains_key(key)
     }
 
-    /// Tells the session owning `key`, if any, that a cancel request arrived for it. True
-    /// when the request ended a statement pgmemo was holding back: it must not also go
-    /// upstream.
-    pub fn signal(&self, key: &[u8]) -> bool {
+    /// Tells the session owning `key`, if any, that a cancel request arrived for it, and
+    /// says what to do with the request (see [`Disposition`]).
+    pub fn signal(&self, key: &[u8]) -> Disposition {
         let signal = self
             .keys
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .map(|(_, s)| Arc::clone(s));
-        signal.is_some_and(|s| s.raise())
+        signal.map_or(Disposition::Unknown, |s| s.raise())
     }
 
     pub fn len(&self) -> usize {
@@ -139,6 +227,11 @@ impl CancelKeyGuard {
     /// The session's cancel signal.
     pub fn signal(&self) -> Arc<CancelSignal> {
         Arc::clone(&self.signal)
+    }
+
+    /// The key (the upstream backend's pid and secret, as its BackendKeyData gave them).
+    pub fn key(&self) -> &[u8] {
+        &self.key
     }
 }
 
@@ -179,7 +272,10 @@ mod tests {
         let k = Bytes::from_static(b"\0\0\0\x02secr");
         let guard = reg.register(k.clone(), 1).unwrap();
         let signal = guard.signal();
-        assert!(!reg.signal(&k), "no wait under way: forward it");
+        assert!(
+            matches!(reg.signal(&k), Disposition::Forward),
+            "no wait under way: forward it"
+        );
         let seen = signal.received();
         assert_eq!(seen, 1);
         let waiting = tokio::spawn({
@@ -189,11 +285,54 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiting.is_finished(), "an earlier cancel does not count");
         let _waiting = signal.waiting();
-        assert!(!reg.signal(b"unknown key"));
-        assert!(reg.signal(&k), "a wait takes it");
+        assert!(matches!(reg.signal(b"unknown key"), Disposition::Unknown));
+        assert!(
+            matches!(reg.signal(&k), Disposition::Taken),
+            "a wait takes it"
+        );
         tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cancel_during_own_work_is_held_for_the_session() {
+        let reg = Arc::new(CancelRegistry::default());
+        let k = Bytes::from_static(b"\0\0\0\x03secr");
+        let guard = reg.register(k.clone(), 1).unwrap();
+        let signal = guard.signal();
+        assert!(signal.set_own_work(true).is_none());
+        let Disposition::Held(first) = reg.signal(&k) else {
+            panic!("own work under way: the request must be held");
+        };
+        let Disposition::Held(second) = reg.signal(&k) else {
+            panic!("a second request is held too");
+        };
+        let held = signal
+            .set_own_work(false)
+            .expect("the held requests go to the session");
+        assert_eq!(held.requests, 2);
+        assert!(signal.set_own_work(false).is_none(), "handed over once");
+        assert!(
+            matches!(reg.signal(&k), Disposition::Forward),
+            "after the own work, requests go upstream"
+        );
+        held.delivered();
+        first
+            .await
+            .expect("the client connection is told once delivered");
+        second.await.expect("every waiting connection is told");
+    }
+
+    #[test]
+    fn held_acks_are_bounded() {
+        let signal = CancelSignal::default();
+        signal.set_own_work(true);
+        let receivers: Vec<_> = (0..MAX_HELD_ACKS + 4).map(|_| signal.raise()).collect();
+        let held = signal.set_own_work(false).unwrap();
+        assert_eq!(held.requests, (MAX_HELD_ACKS + 4) as u64);
+        assert_eq!(held.acks.len(), MAX_HELD_ACKS);
+        drop(receivers);
     }
 }

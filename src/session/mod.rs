@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod caching;
 pub mod cancel;
+pub mod deferred;
 pub mod fingerprint;
 pub mod follow;
 pub mod negotiate;
@@ -144,6 +145,7 @@ impl Running {
                 self.shutdown.clone(),
                 follow,
             )
+            .with_cancels(self.live.cancel.as_mut())
             .run()
             .await;
             if let Ok(RelayEnd::Migrate(worker)) = end {
@@ -173,7 +175,7 @@ impl Running {
             upstream,
             max_message,
             mut caching,
-            _cancel_guard,
+            cancel,
         } = live;
         let Some(pool) = home.workers.clone() else {
             caching.finish();
@@ -207,7 +209,7 @@ impl Running {
                         upstream,
                         max_message,
                         caching,
-                        _cancel_guard,
+                        cancel,
                     },
                     state,
                     shutdown,
@@ -230,7 +232,9 @@ struct Live {
     upstream: Stream,
     max_message: usize,
     caching: caching::CacheSession,
-    _cancel_guard: Option<cancel::CancelKeyGuard>,
+    /// The session's cancel key (removed from the registry on drop) and the cancel requests
+    /// held for it.
+    cancel: Option<deferred::Deferral>,
 }
 
 /// Answers a connection over `server.max_client_connections`: cancels are still forwarded,
@@ -243,7 +247,11 @@ pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
         Ok(Ok(Negotiated::Session { mut stream, .. })) => {
             farewell(&mut stream, &ClientError::too_many_connections()).await;
         }
-        Ok(Ok(Negotiated::Cancel { packet, key })) => forward_cancel(&ctx, &packet, &key).await,
+        Ok(Ok(Negotiated::Cancel {
+            packet,
+            key,
+            stream,
+        })) => answer_cancel(&ctx, &packet, &key, stream).await,
         _ => {}
     }
 }
@@ -272,8 +280,12 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
         }
     };
     let (mut client, startup) = match negotiated {
-        Negotiated::Cancel { packet, key } => {
-            forward_cancel(ctx, &packet, &key).await;
+        Negotiated::Cancel {
+            packet,
+            key,
+            stream,
+        } => {
+            answer_cancel(ctx, &packet, &key, stream).await;
             return None;
         }
         Negotiated::Session { stream, startup } => (stream, startup),
@@ -330,9 +342,10 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
             return None;
         }
     };
-    let cancel_guard = established
+    let cancel = established
         .cancel_key
-        .and_then(|key| ctx.cancel_keys.register(key, id));
+        .and_then(|key| ctx.cancel_keys.register(key, id))
+        .map(|guard| deferred::Deferral::new(Arc::clone(ctx), guard));
     info!(%user, %database, tls = client.is_tls(), "session established");
     let params: Vec<(String, String)> = startup
         .params
@@ -345,13 +358,13 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
         })
         .collect();
     let mut caching = caching::CacheSession::new(Arc::clone(ctx), &database, &user, &params);
-    caching.set_cancel_signal(cancel_guard.as_ref().map(cancel::CancelKeyGuard::signal));
+    caching.set_cancel_signal(cancel.as_ref().map(deferred::Deferral::signal));
     Some(Live {
         client,
         upstream,
         max_message: config.server.max_message_bytes,
         caching,
-        _cancel_guard: cancel_guard,
+        cancel,
     })
 }
 
@@ -412,27 +425,44 @@ async fn farewell(client: &mut Stream, err: &ClientError) {
     let _ = tokio::time::timeout(FAREWELL_TIMEOUT, write).await;
 }
 
-async fn forward_cancel(ctx: &AppContext, packet: &[u8], key: &[u8]) {
-    if !ctx.cancel_keys.contains(key) {
-        debug!("cancel request for an unknown key ignored");
-        metrics::counter!(names::CANCEL_REQUESTS, "result" => "unknown_key").increment(1);
-        return;
-    }
-    // A statement pgmemo holds back (waiting for another session's fill) is cancelled here;
-    // its upstream backend is idle, and a forwarded request could hit the next statement.
-    if ctx.cancel_keys.signal(key) {
-        metrics::counter!(names::CANCEL_REQUESTS, "result" => "held_statement").increment(1);
-        return;
-    }
+/// Answers a CancelRequest connection the way PostgreSQL does: the request is delivered
+/// first (the backend signalled, or the request found to have nothing to cancel), and only
+/// then is the client's connection closed. A client sends its next statement once it sees
+/// that close; closed earlier, a late cancel could hit that next statement.
+async fn answer_cancel(ctx: &AppContext, packet: &[u8], key: &[u8], mut stream: Stream) {
+    deliver_cancel(ctx, packet, key).await;
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, stream.shutdown()).await;
+}
+
+async fn deliver_cancel(ctx: &AppContext, packet: &[u8], key: &[u8]) {
     let timeout = ctx.config().upstream.connect_timeout;
-    match ctx.upstream.forward_cancel(packet, timeout).await {
-        Ok(()) => {
-            metrics::counter!(names::CANCEL_REQUESTS, "result" => "forwarded").increment(1);
+    match ctx.cancel_keys.signal(key) {
+        cancel::Disposition::Unknown => {
+            debug!("cancel request for an unknown key ignored");
+            metrics::counter!(names::CANCEL_REQUESTS, "result" => "unknown_key").increment(1);
         }
-        Err(e) => {
-            warn!(error = %e, "forwarding cancel request failed");
-            metrics::counter!(names::CANCEL_REQUESTS, "result" => "failed").increment(1);
+        // A statement pgmemo holds back (waiting for another session's fill) is cancelled
+        // here; its upstream backend is idle, and a forwarded request could hit the next
+        // statement.
+        cancel::Disposition::Taken => {
+            metrics::counter!(names::CANCEL_REQUESTS, "result" => "held_statement").increment(1);
         }
+        // pgmemo's own work runs on the session's upstream connection: the session forwards
+        // the request once the client's work is next (it counts the outcome). Waiting is
+        // bounded by the own work's end plus the forward; past that the connection closes
+        // and the request stays held.
+        cancel::Disposition::Held(delivered) => {
+            let _ = tokio::time::timeout(timeout.saturating_mul(2), delivered).await;
+        }
+        cancel::Disposition::Forward => match ctx.upstream.forward_cancel(packet, timeout).await {
+            Ok(()) => {
+                metrics::counter!(names::CANCEL_REQUESTS, "result" => "forwarded").increment(1);
+            }
+            Err(e) => {
+                warn!(error = %e, "forwarding cancel request failed");
+                metrics::counter!(names::CANCEL_REQUESTS, "result" => "failed").increment(1);
+            }
+        },
     }
 }
 

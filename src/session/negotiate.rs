@@ -36,9 +36,12 @@ pub enum Negotiated {
         stream: Stream,
         startup: StartupMessage,
     },
+    /// A CancelRequest. The connection is kept: PostgreSQL closes it only once the backend
+    /// has been signalled, and clients wait for that close before their next statement.
     Cancel {
         packet: Bytes,
         key: Bytes,
+        stream: Stream,
     },
 }
 
@@ -85,7 +88,13 @@ pub async fn negotiate(
                 // GSS encryption cannot be terminated here; the client falls back.
                 stream.write_all(b"N").await?;
             }
-            StartupPacket::Cancel { key } => return Ok(Negotiated::Cancel { packet, key }),
+            StartupPacket::Cancel { key } => {
+                return Ok(Negotiated::Cancel {
+                    packet,
+                    key,
+                    stream,
+                });
+            }
             StartupPacket::Startup(startup) => return Ok(Negotiated::Session { stream, startup }),
         }
     }

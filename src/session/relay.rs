@@ -20,6 +20,7 @@ use super::caching::ack::AckFuture;
 use super::caching::{
     CacheSession, FrameAction, GroupAction, Hold, NamesFuture, PlanFuture, ProbeStep, WaitFuture,
 };
+use super::deferred::{ClientWork, Deferral};
 use super::outq::OutQueue;
 use super::state::SessionState;
 use crate::error::ClientError;
@@ -88,6 +89,8 @@ pub struct Relay<'a> {
     upstream: &'a mut Stream,
     state: &'a mut SessionState,
     caching: &'a mut CacheSession,
+    /// The session's cancel key: requests held while pgmemo's own work runs upstream.
+    cancels: Option<&'a mut Deferral>,
     /// The plan being computed for the frame held at the head of `cbuf`.
     pending_plan: Option<PlanFuture>,
     /// The wait for another session's fill of the Query or group held at the head of `cbuf`.
@@ -142,6 +145,7 @@ impl<'a> Relay<'a> {
             upstream,
             state,
             caching,
+            cancels: None,
             pending_plan: None,
             pending_wait: None,
             pending_names: None,
@@ -171,6 +175,12 @@ impl<'a> Relay<'a> {
         }
     }
 
+    /// The session's cancel key, for cancel requests held while pgmemo's own work runs.
+    pub fn with_cancels(mut self, cancels: Option<&'a mut Deferral>) -> Self {
+        self.cancels = cancels;
+        self
+    }
+
     /// Runs until the session ends; see `RelayEnd`.
     pub async fn run(mut self) -> Result<RelayEnd, RelayError> {
         std::future::poll_fn(|cx| self.poll_step(cx)).await
@@ -179,6 +189,10 @@ impl<'a> Relay<'a> {
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<RelayEnd, RelayError>> {
         loop {
             let mut progress = false;
+
+            // 0. Whether pgmemo's own work is on the upstream connection: marked before
+            //    anything queued is written, so a cancel request cannot reach it unseen.
+            self.track_own_work();
 
             // 1. Writes first: they free room for reads.
             match self.to_upstream.poll_drain(self.upstream, cx) {
@@ -283,6 +297,7 @@ impl<'a> Relay<'a> {
                 self.process_client();
                 progress = true;
             }
+            progress |= self.route_cancels(cx, false);
 
             // 4. Reads, each only while its destination has room.
             if !self.client_eof
@@ -333,6 +348,11 @@ impl<'a> Relay<'a> {
             }
 
             if !progress {
+                // Everything the client sent has been read: held cancel requests with no
+                // client work left to cancel are dropped now.
+                if self.route_cancels(cx, true) {
+                    continue;
+                }
                 if let Some(worker) = self.migration_due() {
                     return Poll::Ready(Ok(RelayEnd::Migrate(worker)));
                 }
@@ -363,7 +383,9 @@ impl<'a> Relay<'a> {
             && self.to_upstream.is_empty()
             && self.state.is_idle()
             && self.state.awaiting_ready() == 0
-            && !self.caching.inspects_all_backend();
+            && !self.caching.inspects_all_backend()
+            // A forward's socket belongs to this worker's runtime.
+            && self.cancels.as_deref().is_none_or(Deferral::idle);
         if !quiet {
             return None;
         }
@@ -372,6 +394,51 @@ impl<'a> Relay<'a> {
             .incoming_cpu()
             .and_then(|cpu| pool.worker_on_cpu(cpu));
         follow.decide(target)
+    }
+
+    /// pgmemo's own work at the head of the upstream connection: the settings probe, or a
+    /// Parse replayed on its own (with its Sync) after a cache hit.
+    fn own_work(&self) -> bool {
+        self.caching.probing() || self.state.own_work_at_head()
+    }
+
+    fn track_own_work(&mut self) {
+        let busy = self.own_work();
+        if let Some(d) = self.cancels.as_deref_mut() {
+            d.own_work(busy);
+        }
+    }
+
+    /// Routes cancel requests held during pgmemo's own work by where the client's work
+    /// stands, and polls their forward. `quiet`: the step found nothing more to read or
+    /// do, so a client with nothing outstanding has nothing left to cancel. True on
+    /// progress.
+    fn route_cancels(&mut self, cx: &mut Context<'_>, quiet: bool) -> bool {
+        if self.cancels.as_deref().is_none_or(Deferral::idle) {
+            return false;
+        }
+        let busy = self.own_work();
+        let work = if self.pending_wait.is_some() {
+            ClientWork::HeldBack
+        } else if self.state.outstanding() && !busy {
+            ClientWork::Upstream
+        } else if !quiet
+            || self.client_paused
+            || self.pending_plan.is_some()
+            || !self.cbuf.is_empty()
+            || self.c_stream_left > 0
+        {
+            ClientWork::Pending
+        } else {
+            ClientWork::Done
+        };
+        let Some(d) = self.cancels.as_deref_mut() else {
+            return false;
+        };
+        if d.armed() && !busy {
+            d.route(work);
+        }
+        d.poll_forward(cx)
     }
 
     /// Client frames wait while a plan is computed or the settings probe is in flight.

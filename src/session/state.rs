@@ -107,6 +107,26 @@ impl SessionState {
         self.awaiting_ready
     }
 
+    /// Something sent upstream is not answered yet (a statement running, or extended
+    /// messages before their Sync).
+    pub fn outstanding(&self) -> bool {
+        self.awaiting_ready > 0 || self.unsynced
+    }
+
+    /// The next reply due upstream answers a Parse pgmemo replayed on its own after a cache
+    /// hit, or the Sync it sent with it: pgmemo's own work, not the client's.
+    pub fn own_work_at_head(&self) -> bool {
+        matches!(
+            self.pending.front(),
+            Some(
+                Pending::Parse {
+                    injected: Some(Injected::Eager),
+                    ..
+                } | Pending::Ready { injected: true, .. }
+            )
+        )
+    }
+
     /// Whether the frontend frame `tag` must be shown to `on_frontend`.
     pub fn inspects_frontend(tag: u8) -> bool {
         matches!(

@@ -54,6 +54,10 @@ use tracker::{Expect, Tracker};
 
 /// Probes that may fail in a row before a session gives up on the cache.
 const MAX_PROBE_FAILURES: u8 = 3;
+/// Probes cancelled (57014) in a row that are retried without counting as failures: a
+/// cancel meant for a statement that had just finished says nothing about the session, but
+/// a `statement_timeout` shorter than the probe must not make it loop.
+const MAX_PROBE_CANCELS: u8 = 8;
 
 /// One cache lookup in this many per session has its hit latency recorded.
 const HIT_TIMING_SAMPLE: u32 = 16;
@@ -171,6 +175,9 @@ pub struct CacheSession {
     names_fetching: bool,
     /// The names read for the next probe.
     catalog_names: Option<SettingNames>,
+    /// The probe in flight was cancelled (57014), and how many were in a row.
+    probe_cancelled: bool,
+    probe_cancels: u8,
     opted_out: bool,
     encoding_ok: bool,
     tracker: Tracker,
@@ -240,6 +247,8 @@ impl CacheSession {
             database: database.into(),
             names_fetching: false,
             catalog_names: None,
+            probe_cancelled: false,
+            probe_cancels: 0,
             opted_out: false,
             encoding_ok: true,
             tracker: Tracker::default(),
@@ -379,9 +388,14 @@ impl CacheSession {
     }
 
     fn on_probe_done(&mut self, result: Option<ProbeResult>) {
+        let cancelled = std::mem::take(&mut self.probe_cancelled);
         let Some(r) = result else {
             self.metrics.probes_failed.increment(1);
-            self.probe_failures = self.probe_failures.saturating_add(1);
+            if cancelled && self.probe_cancels < MAX_PROBE_CANCELS {
+                self.probe_cancels += 1;
+            } else {
+                self.probe_failures = self.probe_failures.saturating_add(1);
+            }
             self.probe_needed = self.probe_failures < MAX_PROBE_FAILURES;
             self.cx = None;
             self.cx_id = 0;
@@ -395,6 +409,7 @@ impl CacheSession {
     /// The session's settings are those of `r` (a probe's answer, or a remembered login's).
     fn apply_probe(&mut self, r: ProbeResult) {
         self.probe_failures = 0;
+        self.probe_cancels = 0;
         self.opted_out = r.opted_out;
         self.encoding_ok =
             probe::encoding_is_safe(&r.client_encoding) && r.standard_conforming_strings;
@@ -575,6 +590,12 @@ impl CacheSession {
                 }
                 self.on_probe_done(result);
             } else if whole {
+                if tag == backend::ERROR_RESPONSE
+                    && crate::protocol::fields::error_code(frame)
+                        == Some(crate::error::sqlstate::QUERY_CANCELED.as_bytes())
+                {
+                    self.probe_cancelled = true;
+                }
                 reader.on_frame(tag, frame);
             } else {
                 reader.fail();

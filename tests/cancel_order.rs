@@ -1,0 +1,201 @@
+//! Cancel requests reach what the client is waiting for, in PostgreSQL's order:
+//! - the client's cancel connection closes only once the request has been delivered, so a
+//!   statement sent after that close cannot be hit by it (asyncpg's `test_timeout_05`), also
+//!   at the connection limit;
+//! - a request that arrives while pgmemo's own settings probe occupies the session's
+//!   upstream connection cancels the client's statement queued behind the probe, not the
+//!   probe (asyncpg's `test_close_has_one_timeout_budget`).
+//!
+//! A relay between pgmemo and PostgreSQL (`support/gate.rs`) makes each race deterministic:
+//! it delays forwarded cancel requests, or holds the probe's answer until the test lets it go.
+
+mod common;
+#[path = "support/gate.rs"]
+mod gate;
+#[path = "support/wire.rs"]
+mod wire;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
+use gate::Gate;
+use pgmemo::protocol::startup::encode_startup;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use wire::Read;
+
+const DB: &str = "postgres";
+/// How late the gate delivers a forwarded cancel request.
+const CANCEL_DELAY: Duration = Duration::from_millis(400);
+
+async fn start(config: &str) -> (PgServer, Gate, Proxy) {
+    let pg = PgServer::start(PgOptions::default());
+    let gate = Gate::start(pg.addr()).await;
+    let proxy = Proxy::start(ProxyArgs::new(gate.url(SUPERUSER, DB)).config(config));
+    (pg, gate, proxy)
+}
+
+/// A raw session through `addr` named `app`, ready for queries, with its cancel key.
+async fn session(addr: SocketAddr, app: &str) -> (TcpStream, Bytes) {
+    let mut s = wire::connect(addr).await;
+    let startup = encode_startup(
+        3,
+        0,
+        &[
+            ("user", SUPERUSER),
+            ("database", DB),
+            ("application_name", app),
+        ],
+    );
+    s.write_all(&startup).await.expect("send startup");
+    let frames = wire::frames_until_ready(&mut s, Duration::from_secs(10)).await;
+    let key = frames
+        .iter()
+        .find(|f| f[0] == b'K')
+        .map(|f| f.slice(5..))
+        .expect("BackendKeyData");
+    (s, key)
+}
+
+/// Frames up to ReadyForQuery, errors included; panics on close or after `timeout`.
+async fn reply(s: &mut TcpStream, timeout: Duration, what: &str) -> Vec<Bytes> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match wire::read_frame(s, left).await {
+            Read::Frame(f) => {
+                let ready = f[0] == b'Z';
+                frames.push(f);
+                if ready {
+                    return frames;
+                }
+            }
+            other => panic!(
+                "{what}: expected frames up to ReadyForQuery within {timeout:?}, got {other:?} after {:?}",
+                frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+async fn run(s: &mut TcpStream, sql: &str) -> Vec<Bytes> {
+    s.write_all(&wire::query(sql)).await.expect("send query");
+    reply(s, Duration::from_secs(10), sql).await
+}
+
+/// Sends a CancelRequest for `key` and waits for pgmemo to close the connection.
+async fn cancel(addr: SocketAddr, key: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut c = wire::connect(addr).await;
+    c.write_all(&wire::cancel_request(key))
+        .await
+        .expect("send cancel");
+    let rest = wire::bytes_until_closed(&mut c, Duration::from_secs(20)).await;
+    assert!(rest.is_empty(), "pgmemo answered a CancelRequest: {rest:?}");
+    started.elapsed()
+}
+
+/// The client's cancel for a statement that already finished, then, the moment its cancel
+/// connection closes, its next statement: PostgreSQL has signalled the (idle) backend before
+/// closing, so the next statement runs untouched. Closed before the request is delivered,
+/// the connection lets the next statement start first, and the late request cancels it.
+async fn next_statement_survives_a_cancel(config: &str) {
+    let (_pg, gate, proxy) = start(config).await;
+    let (mut s, key) = session(proxy.addr(), "cancel_order").await;
+    run(&mut s, "SELECT 1").await;
+    gate.delay_cancels(CANCEL_DELAY);
+
+    let took = cancel(proxy.addr(), &key).await;
+    s.write_all(&wire::query("SELECT pg_sleep(1)"))
+        .await
+        .expect("send the next statement");
+    let frames = reply(&mut s, Duration::from_secs(10), "the next statement").await;
+    assert!(
+        wire::first_error(&frames).is_none(),
+        "the statement sent after the cancel connection closed was hit by it: {:?}",
+        frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+    );
+    assert_eq!(gate.cancels(), 1, "the request reached PostgreSQL once");
+    assert!(
+        took >= CANCEL_DELAY,
+        "the cancel connection closed after {took:?}, before the request reached PostgreSQL"
+    );
+    run(&mut s, "SELECT 1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_connection_closes_after_the_request_is_delivered() {
+    next_statement_survives_a_cancel("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_limit_too() {
+    // The session takes the only slot; the cancel is answered by the over-the-limit path.
+    next_statement_survives_a_cancel("[server]\nmax_client_connections = 1\n").await;
+}
+
+/// A session whose settings changed has pgmemo's settings probe run on its upstream
+/// connection before its next statement. The gate holds the probe's answer, so the probe is
+/// in flight (from pgmemo's side) when the client sends `pg_sleep(10)` and cancels it: the
+/// request must not go to PostgreSQL then (its backend has nothing of the client's to
+/// cancel), but be held and forwarded once the client's statement runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
+    let (_pg, gate, proxy) = start("").await;
+    let (mut s, key) = session(proxy.addr(), "probe_victim").await;
+    run(&mut s, "SELECT 1").await;
+
+    gate.hold_after_next_ready("probe_victim");
+    let frames = run(&mut s, "SELECT set_config('app.cancel_test', 'on', false)").await;
+    assert!(wire::first_error(&frames).is_none(), "set_config failed");
+    s.write_all(&wire::query("SELECT pg_sleep(10)"))
+        .await
+        .expect("send pg_sleep");
+    assert!(
+        gate.wait_sent_while_holding(Duration::from_secs(10)).await,
+        "pgmemo sent no settings probe after the session's settings changed"
+    );
+    let addr = proxy.addr();
+    let key2 = key.clone();
+    let cancelled = tokio::spawn(async move { cancel(addr, &key2).await });
+    // Long enough for a request forwarded at once to reach PostgreSQL (and find its backend
+    // idle: the probe itself has finished there).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let released = Instant::now();
+    gate.release();
+
+    let frames = reply(
+        &mut s,
+        Duration::from_secs(5),
+        "pg_sleep(10) after its cancel",
+    )
+    .await;
+    let took = released.elapsed();
+    let err = wire::first_error(&frames).unwrap_or_else(|| {
+        panic!(
+            "pg_sleep(10) was not cancelled: {:?}",
+            frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(
+        wire::field(err, b'C').as_deref(),
+        Some("57014"),
+        "{}",
+        wire::describe(err)
+    );
+    // About 50 ms here; the bound leaves room for a loaded machine, far below the 10 s an
+    // uncancelled sleep takes.
+    assert!(
+        took < Duration::from_secs(2),
+        "pg_sleep(10) was cancelled {took:?} after the probe's answer"
+    );
+    tokio::time::timeout(Duration::from_secs(10), cancelled)
+        .await
+        .expect("the cancel connection closed once the request was delivered")
+        .expect("cancel task");
+    // The session is usable, and the probe (answered late) did not leave it uncached.
+    run(&mut s, "SELECT 1").await;
+}
