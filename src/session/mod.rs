@@ -372,6 +372,13 @@ async fn finish(ctx: &AppContext, mut live: Live, end: Result<RelayEnd, RelayErr
     let client = &mut live.client;
     match end {
         Ok(RelayEnd::ClientClosed) => debug!("client closed"),
+        Ok(RelayEnd::Terminated) => {
+            debug!("client terminated");
+            // PostgreSQL closes the connection as its backend exits, so a client that waits
+            // for that close (asyncpg's close(), pools replacing connections) finds the
+            // backend gone: close the client's connection once the upstream's is closed.
+            await_close(&mut live.upstream).await;
+        }
         Ok(RelayEnd::Shutdown) => info!("closed for shutdown"),
         // Handled by the caller (the session continues elsewhere); never ends one.
         Ok(RelayEnd::Migrate(_)) => debug!("session moved"),
@@ -413,6 +420,23 @@ async fn passthrough_until_close(upstream: &mut Stream, client: &mut Stream, tim
         client.shutdown().await
     };
     let _: Result<std::io::Result<()>, _> = tokio::time::timeout(timeout, copy).await;
+}
+
+/// Waits (bounded in bytes and time) until the upstream closes the connection, discarding
+/// what it still sends: the answers to what the client sent before its Terminate.
+async fn await_close(upstream: &mut Stream) {
+    const LIMIT: usize = 1024 * 1024;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LIMIT {
+            match upstream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(FAREWELL_TIMEOUT, drain).await;
 }
 
 /// Best-effort final error to the client (it may already be gone).

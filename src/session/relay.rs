@@ -41,8 +41,10 @@ const MAX_INSPECT_BACKEND: usize = 1024 * 1024;
 /// Why the relay stopped.
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// The client sent Terminate (forwarded) or closed its socket.
+    /// The client closed its socket.
     ClientClosed,
+    /// The client sent Terminate (forwarded upstream).
+    Terminated,
     /// The upstream closed the connection; `fatal_relayed` if it said why first.
     UpstreamClosed { fatal_relayed: bool },
     /// A client frame was malformed or oversized (the client has been told; upstream closed).
@@ -558,7 +560,7 @@ impl<'a> Relay<'a> {
                 if h.tag == frontend::TERMINATE {
                     // Forward it, then stop reading: the session is over.
                     self.client_eof = true;
-                    self.ending = Some(RelayEnd::ClientClosed);
+                    self.ending = Some(RelayEnd::Terminated);
                     break;
                 }
             } else if SessionState::inspects_frontend(h.tag) {

@@ -1,7 +1,8 @@
 //! A TCP relay between pgmemo and PostgreSQL that a test can slow down at chosen points, to
 //! make races deterministic: it delays the connections that carry a CancelRequest, and it
 //! can hold what the server sends on one session's connection (chosen by its
-//! `application_name`) from the ReadyForQuery after it is armed until it is released.
+//! `application_name`) from the ReadyForQuery after it is armed until it is released, or
+//! delay what pgmemo sends on it.
 //! Point pgmemo at [`Gate::url`] (`sslmode=disable`: the relay parses the plain protocol).
 //! Included by path (`#[path = "support/gate.rs"] mod gate;`).
 #![allow(dead_code)]
@@ -34,6 +35,8 @@ struct Shared {
     sent_while_holding: AtomicU64,
     sent: Notify,
     cancels: AtomicU64,
+    /// Delay of what pgmemo sends on the target connection.
+    up_delay: Mutex<Duration>,
 }
 
 pub struct Gate {
@@ -82,6 +85,13 @@ impl Gate {
         *self.shared.target.lock().unwrap() = Some(application_name.to_owned());
         self.shared.sent_while_holding.store(0, Ordering::SeqCst);
         self.shared.hold.store(ARMED, Ordering::SeqCst);
+    }
+
+    /// What pgmemo sends on the session connected with `application_name` from now on
+    /// reaches the server `delay` late.
+    pub fn delay_upstream(&self, application_name: &str, delay: Duration) {
+        *self.shared.target.lock().unwrap() = Some(application_name.to_owned());
+        *self.shared.up_delay.lock().unwrap() = delay;
     }
 
     /// Lets the held bytes go (and stops holding).
@@ -168,6 +178,10 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>)
         async move {
             let mut buf = vec![0u8; 16 * 1024];
             while let Ok(n) = cr.read(&mut buf).await {
+                if n > 0 && is_target() {
+                    let delay = *shared.up_delay.lock().unwrap();
+                    tokio::time::sleep(delay).await;
+                }
                 if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
                     break;
                 }
