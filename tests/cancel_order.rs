@@ -1,7 +1,7 @@
 //! Cancel requests reach what the client is waiting for, in PostgreSQL's order:
 //! - the client's cancel connection closes only once the request has been delivered, so a
 //!   statement sent after that close cannot be hit by it (asyncpg's `test_timeout_05`), also
-//!   at the connection limit;
+//!   at the connection limit and for a request sent over TLS;
 //! - a request that arrives while pgmemo's own settings probe occupies the session's
 //!   upstream connection cancels the client's statement queued behind the probe, not the
 //!   probe (asyncpg's `test_close_has_one_timeout_budget`).
@@ -16,13 +16,14 @@ mod gate;
 mod wire;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER};
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER, TestCa};
 use gate::Gate;
 use pgmemo::protocol::startup::encode_startup;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wire::Read;
 
@@ -86,14 +87,33 @@ async fn run(s: &mut TcpStream, sql: &str) -> Vec<Bytes> {
     reply(s, Duration::from_secs(10), sql).await
 }
 
-/// Sends a CancelRequest for `key` and waits for pgmemo to close the connection.
-async fn cancel(addr: SocketAddr, key: &[u8]) -> Duration {
+/// Sends a CancelRequest for `key` (over TLS when `tls` is given) and waits for pgmemo to
+/// close the connection.
+async fn cancel(addr: SocketAddr, key: &[u8], tls: Option<&TestCa>) -> Duration {
     let started = Instant::now();
     let mut c = wire::connect(addr).await;
+    let Some(ca) = tls else {
+        c.write_all(&wire::cancel_request(key))
+            .await
+            .expect("send cancel");
+        let rest = wire::bytes_until_closed(&mut c, Duration::from_secs(20)).await;
+        assert!(rest.is_empty(), "pgmemo answered a CancelRequest: {rest:?}");
+        return started.elapsed();
+    };
+    let mut ssl_request = 8i32.to_be_bytes().to_vec();
+    ssl_request.extend_from_slice(&80_877_103i32.to_be_bytes());
+    c.write_all(&ssl_request).await.expect("send SSLRequest");
+    assert_eq!(c.read_u8().await.expect("SSLRequest answer"), b'S');
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(ca.client_config()));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    let mut c = connector.connect(name, c).await.expect("TLS handshake");
     c.write_all(&wire::cancel_request(key))
         .await
         .expect("send cancel");
-    let rest = wire::bytes_until_closed(&mut c, Duration::from_secs(20)).await;
+    c.flush().await.expect("flush cancel");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), c.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the TLS cancel connection stayed open");
     assert!(rest.is_empty(), "pgmemo answered a CancelRequest: {rest:?}");
     started.elapsed()
 }
@@ -102,13 +122,13 @@ async fn cancel(addr: SocketAddr, key: &[u8]) -> Duration {
 /// connection closes, its next statement: PostgreSQL has signalled the (idle) backend before
 /// closing, so the next statement runs untouched. Closed before the request is delivered,
 /// the connection lets the next statement start first, and the late request cancels it.
-async fn next_statement_survives_a_cancel(config: &str) {
+async fn next_statement_survives_a_cancel(config: &str, tls: Option<&TestCa>) {
     let (_pg, gate, proxy) = start(config).await;
     let (mut s, key) = session(proxy.addr(), "cancel_order").await;
     run(&mut s, "SELECT 1").await;
     gate.delay_cancels(CANCEL_DELAY);
 
-    let took = cancel(proxy.addr(), &key).await;
+    let took = cancel(proxy.addr(), &key, tls).await;
     s.write_all(&wire::query("SELECT pg_sleep(1)"))
         .await
         .expect("send the next statement");
@@ -128,13 +148,26 @@ async fn next_statement_survives_a_cancel(config: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cancel_connection_closes_after_the_request_is_delivered() {
-    next_statement_survives_a_cancel("").await;
+    next_statement_survives_a_cancel("", None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_too() {
+    let dir = tempfile::tempdir().expect("cert dir");
+    let ca = TestCa::new(dir.path());
+    let cert = ca.issue_server_cert(dir.path(), "pgmemo");
+    let config = format!(
+        "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.cert_path.display().to_string(),
+        cert.key_path.display().to_string()
+    );
+    next_statement_survives_a_cancel(&config, Some(&ca)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_limit_too() {
     // The session takes the only slot; the cancel is answered by the over-the-limit path.
-    next_statement_survives_a_cancel("[server]\nmax_client_connections = 1\n").await;
+    next_statement_survives_a_cancel("[server]\nmax_client_connections = 1\n", None).await;
 }
 
 /// A session whose settings changed has pgmemo's settings probe run on its upstream
@@ -160,7 +193,7 @@ async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
     );
     let addr = proxy.addr();
     let key2 = key.clone();
-    let cancelled = tokio::spawn(async move { cancel(addr, &key2).await });
+    let cancelled = tokio::spawn(async move { cancel(addr, &key2, None).await });
     // Long enough for a request forwarded at once to reach PostgreSQL (and find its backend
     // idle: the probe itself has finished there).
     tokio::time::sleep(Duration::from_millis(500)).await;
