@@ -117,9 +117,6 @@ async fn terminated_replication_backend_reconnects_and_no_slot_outlives_pgmemo()
 async fn an_open_write_transaction_delays_the_slot_and_pgmemo_serves_uncached_meanwhile() {
     let pg = PgServer::start(PgOptions::default().hba_line("host all all 127.0.0.1/32 trust"));
     pg.psql(DB, SETUP);
-    // The publication exists already (the blocker would also hold up its creation's
-    // catalog lookups otherwise): slot creation is what waits.
-    pg.psql(DB, "CREATE PUBLICATION pgmemo FOR ALL TABLES");
     let blocker = pg.connect(SUPERUSER, "", DB).await;
     blocker
         .batch_execute("BEGIN; INSERT INTO t VALUES (99, 99)")

@@ -399,6 +399,7 @@ fn type_keys() -> BTreeSet<String> {
         ..RedisConfig::default()
     });
     full.cache.secret = Some("00112233445566778899aabbccddeeff".into());
+    full.invalidation.cdc_publication = Some("mypub".into());
     full.functions.writes = vec![FunctionWrites {
         function: "public.f".into(),
         tables: vec!["public.t".into()],

@@ -76,11 +76,14 @@ pub enum EpochCause {
     /// A streamed transaction changed more relations than pgmemo tracks per transaction, or
     /// its relations could not be mapped to tags.
     CdcOverflow,
+    /// A streamed transaction named a relation (the `test_decoding` stream names them) that
+    /// could not be mapped to its OID with certainty (see `cdc::names`).
+    CdcUnresolved,
 }
 
 impl EpochCause {
     /// Every cause, for pre-registering metric handles.
-    pub const ALL: [EpochCause; 14] = [
+    pub const ALL: [EpochCause; 15] = [
         Self::UnparsedWrite,
         Self::SideEffects,
         Self::CatalogFunction,
@@ -95,6 +98,7 @@ impl EpochCause {
         Self::Untracked,
         Self::CdcResync,
         Self::CdcOverflow,
+        Self::CdcUnresolved,
     ];
 
     /// The metric label value.
@@ -114,6 +118,7 @@ impl EpochCause {
             Self::Untracked => "untracked",
             Self::CdcResync => "cdc_resync",
             Self::CdcOverflow => "cdc_overflow",
+            Self::CdcUnresolved => "cdc_unresolved",
         }
     }
 

@@ -296,6 +296,20 @@ impl ReplConn {
         }
     }
 
+    /// The next stream event if it has arrived already, without waiting (lets the caller
+    /// handle a burst of transactions as one batch).
+    pub fn buffered_event(&mut self) -> Result<Option<StreamEvent>, ConnError> {
+        while let Some(frame) = self.take_frame(KEEP_BYTES)? {
+            match frame.tag {
+                b'd' => return Ok(Some(StreamEvent::Data(frame.body))),
+                b'c' => return Ok(Some(StreamEvent::End)),
+                b'E' => return Err(server_error(&frame.body)),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     /// Sends one CopyData message.
     pub async fn send_copy_data(&mut self, payload: &[u8]) -> Result<(), ConnError> {
         self.send(b'd', payload).await

@@ -23,7 +23,7 @@ pub enum State {
     /// Not followed (`cdc = auto` found it unavailable): TTL bounds direct writes, and the
     /// cache is used as without CDC.
     Off = 0,
-    /// Connecting, checking the publication.
+    /// Connecting, choosing the output plugin.
     Connecting = 1,
     /// Waiting for the slot's consistent point (open write transactions delay it).
     CreatingSlot = 2,

@@ -1,7 +1,9 @@
 //! Change data capture: following PostgreSQL's logical replication stream so that writes
 //! that bypass pgmemo invalidate the cache within milliseconds. [`wire`] is the streaming
 //! replication sub-protocol inside CopyBoth, [`pgoutput`] the output plugin's messages
-//! reduced to the relations each committed transaction changed, [`conn`] the replication
+//! reduced to the relations each committed transaction changed (used with a publication
+//! the user names), [`test_decoding`] the same for the plugin that needs no publication
+//! (the default) and [`names`] the mapping of its relation names to OIDs, [`conn`] the replication
 //! connection, [`runner`] the per-database task, [`lag`] the lag monitor, [`flush`] the delay
 //! before a commit can reach the stream at all, and [`hub`] what
 //! sessions see of it all.
@@ -16,6 +18,8 @@ pub mod elect;
 pub mod flush;
 pub mod hub;
 pub mod lag;
+pub mod names;
 pub mod pgoutput;
 pub mod runner;
+pub mod test_decoding;
 pub mod wire;

@@ -1,9 +1,19 @@
 //! One covered database's change stream, as a background task: connect with
 //! `replication=database`, check that logical decoding is possible (`cdc = auto` turns it
-//! off with one warning otherwise), make sure the publication exists, create a **temporary**
-//! slot (dropped by the server when the connection ends, so an abandoned pgmemo never makes
-//! PostgreSQL retain WAL), stream `pgoutput` from its consistent point, and bump what each
-//! committed transaction changed. Reconnects with backoff.
+//! off with one warning otherwise), choose the output plugin, create a **temporary** slot
+//! (dropped by the server when the connection ends, so an abandoned pgmemo never makes
+//! PostgreSQL retain WAL), stream from its consistent point, and bump what each committed
+//! transaction changed. Reconnects with backoff.
+//!
+//! The plugin (issue 16): pgmemo never creates a publication, because any publication that
+//! publishes a table's updates makes PostgreSQL refuse UPDATE and DELETE on it once it has
+//! no replica identity (a table created later without a primary key, a dropped primary
+//! key), and a publication outlives pgmemo. Without a publication the stream uses
+//! `test_decoding` (shipped with PostgreSQL), whose relation names [`super::names`] maps to
+//! OIDs only when certain. A publication the user names in `invalidation.cdc_publication`
+//! is followed with `pgoutput`, as before. A `FOR ALL TABLES` publication called `pgmemo`
+//! (created by earlier versions) is reported once with the command that removes it, and
+//! neither used nor dropped.
 //!
 //! Ordering (DESIGN §2, CDC issue): until the slot is consistent the database's cache is
 //! bypassed (neither served nor stored, see [`super::hub::State::serves`]); the epoch is
@@ -11,6 +21,7 @@
 //! was following is covered. Each transaction is bumped before its position is confirmed to
 //! the server.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,12 +29,14 @@ use std::time::{Duration, Instant};
 use metrics::{Counter, Histogram};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::conn::{ConnError, ReplConn, StreamEvent};
 use super::hub::{DbStream, State};
 use super::lag;
-use super::pgoutput::{self, CommittedTxn, TxnCollector};
+use super::names::{NameMap, Observation};
+use super::pgoutput::{self, TxnCollector};
+use super::test_decoding::{self, NamedTxn, QualifiedName};
 use super::wire::{self, Lsn, ServerMessage};
 use crate::cache::{EpochCause, Tag};
 use crate::config::CdcMode;
@@ -37,6 +50,32 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Slot names are unique per process and attempt.
 static SLOT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Transactions already received that are checked and bumped as one batch (one catalog
+/// lookup for all of them).
+const MAX_BATCH: usize = 256;
+/// Table names in one batch at most (plus one transaction's): bounds its memory and its
+/// lookup's size.
+const MAX_BATCH_NAMES: usize = 4_096;
+
+/// The publication name earlier pgmemo versions created `FOR ALL TABLES`.
+const LEGACY_PUBLICATION: &str = "pgmemo";
+
+/// How the stream is decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plugin {
+    /// `pgoutput` over the user's publication.
+    Pgoutput { publication: String },
+    /// `test_decoding`: no publication.
+    TestDecoding,
+}
+
+/// Warnings said once per database for the life of the process, not once per reconnect.
+#[derive(Debug, Default)]
+struct Said {
+    legacy_publication: bool,
+    missing_publication: bool,
+}
 
 /// Why following the stream stopped.
 #[derive(Debug)]
@@ -65,9 +104,10 @@ pub async fn run(ctx: Arc<AppContext>, stream: Arc<DbStream>, stop: Cancellation
     let mode = ctx.config().invalidation.cdc;
     let db = stream.name().to_owned();
     let mut backoff = MIN_BACKOFF;
+    let mut said = Said::default();
     loop {
         let started = Instant::now();
-        let outcome = follow(&ctx, &stream, &stop).await;
+        let outcome = follow(&ctx, &stream, &stop, &mut said).await;
         let reason = match outcome {
             Stop::Shutdown => return,
             Stop::Unavailable(why) if mode == CdcMode::Auto => {
@@ -107,10 +147,15 @@ pub async fn run(ctx: Arc<AppContext>, stream: Arc<DbStream>, stop: Cancellation
 }
 
 /// One connection's life: set-up, then streaming until it fails or `stop`.
-async fn follow(ctx: &Arc<AppContext>, stream: &Arc<DbStream>, stop: &CancellationToken) -> Stop {
+async fn follow(
+    ctx: &Arc<AppContext>,
+    stream: &Arc<DbStream>,
+    stop: &CancellationToken,
+    said: &mut Said,
+) -> Stop {
     tokio::select! {
         _ = stop.cancelled() => Stop::Shutdown,
-        s = follow_inner(ctx, stream, stop) => s,
+        s = follow_inner(ctx, stream, stop, said) => s,
     }
 }
 
@@ -118,6 +163,7 @@ async fn follow_inner(
     ctx: &Arc<AppContext>,
     stream: &Arc<DbStream>,
     stop: &CancellationToken,
+    said: &mut Said,
 ) -> Stop {
     let config = ctx.config();
     let inv = &config.invalidation;
@@ -147,9 +193,20 @@ async fn follow_inner(
     if let Err(stop) = check_server(&mut conn, ctx, db).await {
         return stop;
     }
-    if let Err(stop) = ensure_publication(&mut conn, &inv.cdc_publication).await {
-        return stop;
-    }
+    let plugin = match choose_plugin(&mut conn, ctx, db, said).await {
+        Ok(p) => p,
+        Err(stop) => return stop,
+    };
+    // With test_decoding, the relations that exist now are observed before the slot is
+    // created, so they precede every transaction the stream carries (see `names`).
+    let mut decoder = match &plugin {
+        Plugin::Pgoutput { .. } => Decoder::Pgoutput(TxnCollector::default()),
+        Plugin::TestDecoding => {
+            let mut lookup = NameLookup::new(ctx, db).await;
+            lookup.observe(None).await;
+            Decoder::TestDecoding(test_decoding::Collector::default(), Box::new(lookup))
+        }
+    };
 
     stream.set_state(State::CreatingSlot);
     let slot = format!(
@@ -157,15 +214,24 @@ async fn follow_inner(
         std::process::id(),
         SLOT_SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let consistent = match create_slot(&mut conn, ctx, db, &slot, inv.cdc_slot_timeout).await {
-        Ok(l) => l,
-        Err(stop) => return stop,
+    let consistent =
+        match create_slot(&mut conn, ctx, db, &slot, &plugin, inv.cdc_slot_timeout).await {
+            Ok(l) => l,
+            Err(stop) => return stop,
+        };
+    let start = match &plugin {
+        Plugin::Pgoutput { publication } => format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {consistent} (proto_version '1', \
+             publication_names '{}')",
+            quote_ident(publication).replace('\'', "''")
+        ),
+        // No transaction IDs (not needed); commit times for the latency metric; no
+        // BEGIN/COMMIT pairs for transactions that changed no table.
+        Plugin::TestDecoding => format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {consistent} (\"include-xids\" '0', \
+             \"include-timestamp\" 'on', \"skip-empty-xacts\" 'on')"
+        ),
     };
-    let start = format!(
-        "START_REPLICATION SLOT {slot} LOGICAL {consistent} (proto_version '1', \
-         publication_names '{}')",
-        quote_ident(&inv.cdc_publication).replace('\'', "''")
-    );
     if let Err(e) = conn.start_streaming(&start).await {
         return failed("start")(e);
     }
@@ -183,7 +249,12 @@ async fn follow_inner(
     }
     stream.advance(consistent);
     stream.set_state(State::Streaming);
-    info!(database = %db, %slot, %consistent, "cdc: change stream consistent; cache serving");
+    let plugin_name = match &plugin {
+        Plugin::Pgoutput { .. } => "pgoutput",
+        Plugin::TestDecoding => "test_decoding",
+    };
+    info!(database = %db, %slot, %consistent, plugin = plugin_name,
+        "cdc: change stream consistent; cache serving");
 
     // The lag monitor samples the server's position on a side connection of its own.
     let monitor_stop = stop.child_token();
@@ -200,7 +271,14 @@ async fn follow_inner(
         Err(e) => warn!(database = %db, error = %e, "cdc: no side connection for the lag monitor"),
     }
 
-    stream_loop(ctx, stream, &mut conn, inv.cdc_status_interval).await
+    stream_loop(
+        ctx,
+        stream,
+        &mut conn,
+        &mut decoder,
+        inv.cdc_status_interval,
+    )
+    .await
 }
 
 /// The upstream can decode WAL for this database: `wal_level = logical`, not a standby.
@@ -239,69 +317,71 @@ async fn check_server(conn: &mut ReplConn, ctx: &AppContext, db: &str) -> Result
     Ok(())
 }
 
-async fn ensure_publication(conn: &mut ReplConn, name: &str) -> Result<(), Stop> {
-    let exists = conn
+/// Which plugin to stream with (see the module header); warns once about a publication
+/// left by an earlier pgmemo version.
+async fn choose_plugin(
+    conn: &mut ReplConn,
+    ctx: &AppContext,
+    db: &str,
+    said: &mut Said,
+) -> Result<Plugin, Stop> {
+    let config = ctx.config();
+    let configured = config.invalidation.cdc_publication.as_deref();
+    let names = match configured {
+        Some(p) => format!(
+            "{}, {}",
+            quote_literal(LEGACY_PUBLICATION),
+            quote_literal(p)
+        ),
+        None => quote_literal(LEGACY_PUBLICATION),
+    };
+    let rows = conn
         .query(&format!(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {}",
-            quote_literal(name)
+            "SELECT pubname::text, puballtables::text FROM pg_catalog.pg_publication \
+             WHERE pubname IN ({names})"
         ))
         .await
         .map_err(failed("setup"))?;
-    if !exists.is_empty() {
-        return Ok(());
+    let found = |name: &str| {
+        rows.iter()
+            .find(|r| r.first().cloned().flatten().as_deref() == Some(name))
+            .map(|r| r.get(1).cloned().flatten().as_deref() == Some("true"))
+    };
+    if configured != Some(LEGACY_PUBLICATION)
+        && found(LEGACY_PUBLICATION) == Some(true)
+        && !said.legacy_publication
+    {
+        said.legacy_publication = true;
+        warn!(database = %db,
+            "cdc: publication \"pgmemo\" FOR ALL TABLES exists in this database: an earlier \
+             pgmemo version created it. While it exists, PostgreSQL refuses UPDATE and DELETE \
+             on every table without a primary key or replica identity. pgmemo no longer uses \
+             or needs it; remove it with: DROP PUBLICATION pgmemo;");
     }
-    let create = format!("CREATE PUBLICATION {} FOR ALL TABLES", quote_ident(name));
-    // PostgreSQL refuses UPDATE and DELETE on a published table without a replica identity:
-    // creating the publication over such tables would break the application's writes.
-    let unidentified = conn
-        .query(NO_REPLICA_IDENTITY)
-        .await
-        .map_err(failed("setup"))?;
-    if !unidentified.is_empty() {
-        let names: Vec<String> = unidentified
-            .iter()
-            .filter_map(|r| r.first().cloned().flatten())
-            .collect();
-        return Err(Stop::Unavailable(format!(
-            "publication {name:?} does not exist, and pgmemo will not create it FOR ALL TABLES \
-             because PostgreSQL would then refuse UPDATE and DELETE on tables without a \
-             primary key or replica identity: {}. Give them one (ALTER TABLE .. REPLICA \
-             IDENTITY FULL) or create a publication yourself and name it in \
-             invalidation.cdc_publication",
-            names.join(", ")
-        )));
+    let Some(publication) = configured else {
+        return Ok(Plugin::TestDecoding);
+    };
+    if found(publication).is_some() {
+        return Ok(Plugin::Pgoutput {
+            publication: publication.to_owned(),
+        });
     }
-    match conn.query(&create).await {
-        Ok(_) => {
-            info!(
-                publication = name,
-                "cdc: publication created FOR ALL TABLES"
-            );
-            Ok(())
+    if config.invalidation.cdc == CdcMode::Auto {
+        if !said.missing_publication {
+            said.missing_publication = true;
+            warn!(database = %db, publication,
+                "cdc: the publication named in invalidation.cdc_publication does not exist; \
+                 following the change stream with test_decoding instead (it needs no \
+                 publication). Create the publication, or remove the setting");
         }
-        // Created concurrently by another instance.
-        Err(e) if e.code() == Some("42710") => Ok(()),
-        Err(e) if e.code() == Some("42501") => Err(Stop::Unavailable(format!(
-            "publication {name:?} does not exist and pgmemo's role may not create it FOR ALL \
-             TABLES (that needs a superuser): run `{create}` as a superuser, or name an \
-             existing publication in invalidation.cdc_publication"
-        ))),
-        Err(e) => Err(failed("setup")(e)),
+        return Ok(Plugin::TestDecoding);
     }
+    Err(Stop::Unavailable(format!(
+        "publication {publication:?} (invalidation.cdc_publication) does not exist in this \
+         database; pgmemo never creates one. Create it (CREATE PUBLICATION ... FOR TABLE ...), \
+         or remove invalidation.cdc_publication to follow the stream without a publication"
+    )))
 }
-
-/// Ordinary tables on which a FOR ALL TABLES publication would make UPDATE and DELETE fail
-/// (no replica identity), at most 20.
-const NO_REPLICA_IDENTITY: &str = "SELECT c.oid::regclass::text \
-     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
-       AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%' \
-       AND (c.relreplident = 'n' \
-         OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-               WHERE i.indrelid = c.oid AND i.indisprimary)) \
-         OR (c.relreplident = 'i' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
-               WHERE i.indrelid = c.oid AND i.indisreplident))) \
-     ORDER BY 1 LIMIT 20";
 
 /// Creates the temporary slot; returns its consistent point. Creation waits for every
 /// transaction with an XID that is open at the time: past `limit`, the blockers are
@@ -311,10 +391,15 @@ async fn create_slot(
     ctx: &AppContext,
     db: &str,
     slot: &str,
+    plugin: &Plugin,
     limit: Duration,
 ) -> Result<Lsn, Stop> {
+    let name = match plugin {
+        Plugin::Pgoutput { .. } => "pgoutput",
+        Plugin::TestDecoding => "test_decoding",
+    };
     let command =
-        format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT");
+        format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL {name} NOEXPORT_SNAPSHOT");
     match tokio::time::timeout(limit, conn.query(&command)).await {
         Ok(Ok(rows)) => rows
             .first()
@@ -324,6 +409,13 @@ async fn create_slot(
                 reason: "slot",
                 detail: "CREATE_REPLICATION_SLOT returned no consistent point".into(),
             }),
+        // The plugin's library is missing (some distributions ship test_decoding in a
+        // separate contrib package).
+        Ok(Err(e)) if e.code() == Some("58P01") => Err(Stop::Unavailable(format!(
+            "the server cannot load the {name} output plugin ({e}); install PostgreSQL's \
+             contrib modules, or create a publication and name it in \
+             invalidation.cdc_publication"
+        ))),
         Ok(Err(e)) => Err(failed("slot")(e)),
         Err(_) => {
             let blockers = blockers(ctx, db).await;
@@ -369,8 +461,16 @@ async fn blockers(ctx: &AppContext, db: &str) -> String {
 /// A plain side connection to `db` as pgmemo's role (its driver runs as a task that ends
 /// with the client).
 async fn side_client(ctx: &AppContext, db: &str) -> Result<tokio_postgres::Client, String> {
+    side_client_named(ctx, db, "pgmemo-cdc-monitor").await
+}
+
+async fn side_client_named(
+    ctx: &AppContext,
+    db: &str,
+    application_name: &str,
+) -> Result<tokio_postgres::Client, String> {
     let mut config = ctx.caching.catalog.connect_config().clone();
-    config.dbname(db).application_name("pgmemo-cdc-monitor");
+    config.dbname(db).application_name(application_name);
     let timeout = ctx.config().upstream.connect_timeout;
     match tokio::time::timeout(timeout, config.connect(NoTls)).await {
         Ok(Ok((client, connection))) => {
@@ -390,12 +490,101 @@ struct StreamMetrics {
     commit_to_bump: Histogram,
 }
 
+/// The decoder of the chosen plugin, with what it keeps between transactions.
+enum Decoder {
+    Pgoutput(TxnCollector),
+    TestDecoding(test_decoding::Collector, Box<NameLookup>),
+}
+
+impl Decoder {
+    fn in_transaction(&self) -> bool {
+        match self {
+            Self::Pgoutput(c) => c.in_transaction(),
+            Self::TestDecoding(c, _) => c.in_transaction(),
+        }
+    }
+}
+
+/// The side connection and map that turn test_decoding's names into OIDs (see `names`).
+struct NameLookup {
+    db: String,
+    client: Option<tokio_postgres::Client>,
+    /// When connecting last failed: retried at most once a second meanwhile.
+    failed_at: Option<Instant>,
+    map: NameMap,
+}
+
+impl NameLookup {
+    async fn new(ctx: &AppContext, db: &str) -> Self {
+        let mut lookup = Self {
+            db: db.to_owned(),
+            client: None,
+            failed_at: None,
+            map: NameMap::default(),
+        };
+        lookup.connect(ctx).await;
+        lookup
+    }
+
+    async fn connect(&mut self, ctx: &AppContext) {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return;
+        }
+        if self
+            .failed_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        match side_client_named(ctx, &self.db, "pgmemo-cdc-names").await {
+            Ok(c) => {
+                self.client = Some(c);
+                self.failed_at = None;
+            }
+            Err(e) => {
+                warn!(database = %self.db, error = %e,
+                    "cdc: no side connection to look relation names up; streamed writes \
+                     invalidate the whole cache until there is one");
+                self.client = None;
+                self.failed_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Observes `names` (every table when `None`); `None` when the catalog could not be
+    /// read.
+    async fn observe(&mut self, names: Option<&[&QualifiedName]>) -> Option<Observation> {
+        let client = self.client.as_ref()?;
+        match tokio::time::timeout(Duration::from_secs(5), super::names::observe(client, names))
+            .await
+        {
+            Ok(Ok(obs)) => {
+                if names.is_none() {
+                    self.map.record(&obs);
+                }
+                Some(obs)
+            }
+            Ok(Err(e)) => {
+                warn!(database = %self.db, error = %e, "cdc: looking relation names up failed");
+                self.client = None;
+                None
+            }
+            Err(_) => {
+                warn!(database = %self.db, "cdc: looking relation names up timed out");
+                self.client = None;
+                None
+            }
+        }
+    }
+}
+
 /// Reads the stream, bumps each committed transaction, answers keepalives and reports the
 /// applied position every `status_interval`.
 async fn stream_loop(
     ctx: &Arc<AppContext>,
     stream: &Arc<DbStream>,
     conn: &mut ReplConn,
+    decoder: &mut Decoder,
     status_interval: Duration,
 ) -> Stop {
     let db = stream.name().to_owned();
@@ -404,9 +593,9 @@ async fn stream_loop(
         relations: metrics::counter!(names::CDC_RELATIONS, "database" => db.clone()),
         commit_to_bump: metrics::histogram!(names::CDC_COMMIT_TO_BUMP_SECONDS, "database" => db.clone()),
     };
-    let mut collector = TxnCollector::default();
     let mut status = tokio::time::interval(status_interval);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Batch::default();
     loop {
         let event = tokio::select! {
             e = conn.next_event() => e,
@@ -417,51 +606,103 @@ async fn stream_loop(
                 continue;
             }
         };
-        let payload = match event {
-            Ok(StreamEvent::Data(p)) => p,
-            Ok(StreamEvent::End) => {
-                return Stop::Failed {
-                    reason: "stream",
-                    detail: "the server ended the stream".into(),
-                };
-            }
-            Err(e) => return failed("stream")(e),
-        };
-        match wire::decode_server(&payload) {
-            Ok(ServerMessage::XLogData { data, .. }) => {
-                let message = match pgoutput::decode(data) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        return Stop::Failed {
-                            reason: "decode",
-                            detail: e.to_string(),
-                        };
-                    }
-                };
-                if let Some(txn) = collector.feed(&message) {
-                    apply(ctx, &db, &txn, &m).await;
-                    stream.advance(txn.end_lsn);
+        let mut event = Some(event);
+        // Take what has already arrived as one batch (test_decoding: one name lookup).
+        while let Some(e) = event.take() {
+            let payload = match e {
+                Ok(StreamEvent::Data(p)) => p,
+                Ok(StreamEvent::End) => {
+                    return Stop::Failed {
+                        reason: "stream",
+                        detail: "the server ended the stream".into(),
+                    };
                 }
+                Err(e) => return failed("stream")(e),
+            };
+            if let Err(stop) = batch.take(ctx, &db, decoder, &payload, &m).await {
+                return stop;
             }
-            Ok(ServerMessage::Keepalive { wal_end, .. }) => {
-                // The server has sent everything it decoded up to `wal_end`: with no
-                // transaction half-received, all of it is applied.
-                if !collector.in_transaction() {
-                    stream.advance(wal_end);
-                }
-                // Answer every keepalive: the server waits for the answer before it pings
-                // again, and its pings are how an idle stream's position advances.
-                if let Err(e) = send_status(conn, stream.applied()).await {
-                    return failed("stream")(e);
-                }
-            }
-            Err(e) => {
-                return Stop::Failed {
-                    reason: "decode",
-                    detail: e.to_string(),
-                };
+            if batch.named.len() < MAX_BATCH && batch.names < MAX_BATCH_NAMES {
+                event = conn.buffered_event().transpose();
             }
         }
+        if let Decoder::TestDecoding(_, lookup) = decoder {
+            apply_named(ctx, &db, lookup, &batch.named, &m).await;
+        }
+        if let Some(end) = batch.named.last().map(|t| t.end_lsn) {
+            stream.advance(end);
+        }
+        if let Some(end) = batch.applied_end.take() {
+            stream.advance(end);
+        }
+        batch.named.clear();
+        batch.names = 0;
+        if let Some(wal_end) = batch.keepalive.take() {
+            // The server has sent everything it decoded up to `wal_end`: with no
+            // transaction half-received at that point, all of it is applied.
+            if let Some(idle_end) = wal_end {
+                stream.advance(idle_end);
+            }
+            // Answer every keepalive: the server waits for the answer before it pings
+            // again, and its pings are how an idle stream's position advances.
+            if let Err(e) = send_status(conn, stream.applied()).await {
+                return failed("stream")(e);
+            }
+        }
+    }
+}
+
+/// What one pass of the stream loop took: test_decoding transactions to bump together, and
+/// the last keepalive (its position when no transaction was half-received then).
+#[derive(Default)]
+struct Batch {
+    named: Vec<NamedTxn>,
+    /// Table names in `named`.
+    names: usize,
+    /// The end of the last pgoutput transaction bumped.
+    applied_end: Option<Lsn>,
+    keepalive: Option<Option<Lsn>>,
+}
+
+impl Batch {
+    /// Decodes one CopyData payload. pgoutput transactions are bumped at once (their OIDs
+    /// need no lookup); test_decoding ones are collected.
+    async fn take(
+        &mut self,
+        ctx: &AppContext,
+        db: &str,
+        decoder: &mut Decoder,
+        payload: &[u8],
+        m: &StreamMetrics,
+    ) -> Result<(), Stop> {
+        let decode_failed = |e: &dyn std::fmt::Display| Stop::Failed {
+            reason: "decode",
+            detail: e.to_string(),
+        };
+        match wire::decode_server(payload) {
+            Ok(ServerMessage::XLogData { start, data, .. }) => match decoder {
+                Decoder::Pgoutput(collector) => {
+                    let message = pgoutput::decode(data).map_err(|e| decode_failed(&e))?;
+                    if let Some(txn) = collector.feed(&message) {
+                        let cause = txn.overflowed.then_some(EpochCause::CdcOverflow);
+                        apply(ctx, db, &txn.relations, cause, txn.committed_at, m).await;
+                        // Bumped: its position may be confirmed.
+                        self.applied_end = Some(txn.end_lsn);
+                    }
+                }
+                Decoder::TestDecoding(collector, _) => {
+                    if let Some(txn) = collector.feed(start, data) {
+                        self.names += txn.tables.len();
+                        self.named.push(txn);
+                    }
+                }
+            },
+            Ok(ServerMessage::Keepalive { wal_end, .. }) => {
+                self.keepalive = Some((!decoder.in_transaction()).then_some(wal_end));
+            }
+            Err(e) => return Err(decode_failed(&e)),
+        }
+        Ok(())
     }
 }
 
@@ -470,17 +711,68 @@ async fn send_status(conn: &mut ReplConn, applied: Lsn) -> Result<(), ConnError>
     conn.send_copy_data(&update).await
 }
 
-/// Bumps what `txn` changed: each relation with what a write to it reaches (partition
-/// ancestors, and as for writes through pgmemo, descendants, FK actions and rules). A
-/// transaction too large to track, or whose relations cannot be mapped, bumps the epoch.
-async fn apply(ctx: &AppContext, db: &str, txn: &CommittedTxn, m: &StreamMetrics) {
+/// Bumps a batch of test_decoding transactions: one lookup, made after all of them were
+/// decoded, checks every name they carry (see `names`); a transaction with a name that is
+/// not certain bumps the epoch.
+async fn apply_named(
+    ctx: &AppContext,
+    db: &str,
+    lookup: &mut NameLookup,
+    batch: &[NamedTxn],
+    m: &StreamMetrics,
+) {
+    let wanted: BTreeSet<&QualifiedName> = batch
+        .iter()
+        .filter(|t| !t.overflowed)
+        .flat_map(|t| t.tables.iter())
+        .collect();
+    let observation = if wanted.is_empty() {
+        Some(Observation::default())
+    } else {
+        lookup.connect(ctx).await;
+        let list: Vec<&QualifiedName> = wanted.into_iter().collect();
+        lookup.observe(Some(list.as_slice())).await
+    };
+    let now = observation.as_ref().map(Observation::current);
+    for txn in batch {
+        let (relations, cause) = if txn.overflowed {
+            (BTreeSet::new(), Some(EpochCause::CdcOverflow))
+        } else {
+            match lookup.map.resolve(txn, now.as_ref()) {
+                Ok(oids) => (oids, None),
+                Err(why) => {
+                    debug!(database = %db, %why,
+                        "cdc: a streamed transaction's relation is not certain; epoch bumped");
+                    (BTreeSet::new(), Some(EpochCause::CdcUnresolved))
+                }
+            }
+        };
+        apply(ctx, db, &relations, cause, txn.committed_at, m).await;
+    }
+    // Recorded after the batch was resolved: these bindings count for later transactions.
+    if let Some(obs) = &observation {
+        lookup.map.record(obs);
+    }
+}
+
+/// Bumps what a transaction changed: each relation with what a write to it reaches
+/// (partition ancestors, and as for writes through pgmemo, descendants, FK actions and
+/// rules), or the epoch for `cause`. A relation that cannot be looked up bumps the epoch.
+async fn apply(
+    ctx: &AppContext,
+    db: &str,
+    relations: &BTreeSet<u32>,
+    cause: Option<EpochCause>,
+    committed_at: i64,
+    m: &StreamMetrics,
+) {
     m.transactions.increment(1);
-    m.relations.increment(txn.relations.len() as u64);
+    m.relations.increment(relations.len() as u64);
     let invalidator = &ctx.caching.invalidator;
     let mut written = Written::default();
     match invalidator.database_oid(db) {
-        Some(db_oid) if !txn.overflowed => {
-            for &rel in &txn.relations {
+        Some(db_oid) if cause.is_none() => {
+            for &rel in relations {
                 match ctx.caching.catalog.writes(db, &[rel]).await {
                     Ok(set) => {
                         let mut tags: Vec<Tag> = set
@@ -500,8 +792,8 @@ async fn apply(ctx: &AppContext, db: &str, txn: &CommittedTxn, m: &StreamMetrics
                 }
             }
         }
-        _ if txn.relations.is_empty() && !txn.overflowed => {}
-        _ => written.merge(&[], Some(EpochCause::CdcOverflow)),
+        _ if relations.is_empty() && cause.is_none() => {}
+        _ => written.merge(&[], Some(cause.unwrap_or(EpochCause::CdcOverflow))),
     }
     if !written.is_empty() {
         invalidator.bump(&written, Source::Cdc);
@@ -509,8 +801,8 @@ async fn apply(ctx: &AppContext, db: &str, txn: &CommittedTxn, m: &StreamMetrics
     // The timestamp comes from the server: saturating, so no value can overflow.
     let lag_micros = wire::now_unix_micros()
         .saturating_sub(wire::PG_EPOCH_OFFSET_MICROS)
-        .saturating_sub(txn.committed_at);
-    if txn.committed_at != 0 && lag_micros >= 0 {
+        .saturating_sub(committed_at);
+    if committed_at != 0 && lag_micros >= 0 {
         m.commit_to_bump.record(lag_micros as f64 / 1e6);
     }
 }

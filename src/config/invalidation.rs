@@ -41,9 +41,11 @@ pub struct InvalidationConfig {
     /// Empty (default): the upstream URL's database (`postgres` without one). Other
     /// databases keep proxied-write + TTL semantics.
     pub cdc_databases: Vec<String>,
-    /// The publication the stream uses. Created `FOR ALL TABLES` when missing, which needs
-    /// a superuser; otherwise create it yourself and name it here.
-    pub cdc_publication: String,
+    /// A publication of the user's to follow with the `pgoutput` plugin. Unset (default):
+    /// the stream uses the `test_decoding` plugin, which needs no publication. pgmemo never
+    /// creates one: a publication that publishes updates makes PostgreSQL refuse UPDATE and
+    /// DELETE on its tables without a replica identity.
+    pub cdc_publication: Option<String>,
     /// Replication lag (measured in WAL bytes, shown in time) past which a database's cache
     /// is bypassed until the stream catches up.
     #[serde(with = "humantime_serde")]
@@ -68,7 +70,7 @@ impl Default for InvalidationConfig {
         Self {
             cdc: CdcMode::Auto,
             cdc_databases: Vec::new(),
-            cdc_publication: "pgmemo".to_owned(),
+            cdc_publication: None,
             cdc_lag_max: Duration::from_secs(1),
             cdc_ack_wait_max: Duration::from_millis(50),
             cdc_slot_timeout: Duration::from_secs(10),

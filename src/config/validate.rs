@@ -178,8 +178,9 @@ fn check_invalidation(inv: &InvalidationConfig, issues: &mut Vec<ConfigIssue>) {
             ));
         }
     }
-    let p = &inv.cdc_publication;
-    if p.is_empty() || p.len() > 63 || p.contains('\0') {
+    if let Some(p) = &inv.cdc_publication
+        && (p.is_empty() || p.len() > 63 || p.contains('\0'))
+    {
         issues.push(ConfigIssue::new(
             "invalidation.cdc_publication",
             quoted(p),
