@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::config::rules::Rules;
 use crate::session::caching::Caching;
 use crate::session::cancel::CancelRegistry;
+use crate::side::Presence;
 use crate::upstream::Upstream;
 
 /// The compiled rules of the live config, with a generation that moves on every reload (plans
@@ -37,6 +38,8 @@ pub struct AppContext {
     /// Client-leg TLS, when `server.tls` is configured.
     pub tls: Option<ClientTls>,
     pub cancel_keys: Arc<CancelRegistry>,
+    /// Client sessions per database: when pgmemo's own side connections may be open.
+    pub side: Arc<Presence>,
     next_session_id: AtomicU64,
 }
 
@@ -68,6 +71,7 @@ impl AppContext {
             upstream,
             tls,
             cancel_keys: Arc::new(CancelRegistry::default()),
+            side: Presence::new(),
             next_session_id: AtomicU64::new(1),
         }
     }

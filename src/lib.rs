@@ -6,7 +6,8 @@
 //! frames it must. Cacheable simple Queries are answered from `cache` (keys, versions, L1)
 //! after `sql` analysed them and `catalog` resolved what they read; writes bump versions
 //! through `invalidation` at the ordering points of DESIGN §2. `config` is validated typed data, `admin` serves health and metrics,
-//! `telemetry` owns metric names, `error` owns the one mapping to SQLSTATE.
+//! `telemetry` owns metric names, `error` owns the one mapping to SQLSTATE. `side` says when
+//! pgmemo's own connections to a database may be open (while clients use it).
 
 pub mod admin;
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod net;
 pub mod protocol;
 pub mod server;
 pub mod session;
+pub mod side;
 pub mod sql;
 pub mod telemetry;
 pub mod upstream;

@@ -79,11 +79,14 @@ pub enum EpochCause {
     /// A streamed transaction named a relation (the `test_decoding` stream names them) that
     /// could not be mapped to its OID with certainty (see `cdc::names`).
     CdcUnresolved,
+    /// With a shared tier, this instance closed a database's side connections (no client
+    /// used it): what it had watched for the results in Redis is watched by nobody now.
+    SideClosed,
 }
 
 impl EpochCause {
     /// Every cause, for pre-registering metric handles.
-    pub const ALL: [EpochCause; 15] = [
+    pub const ALL: [EpochCause; 16] = [
         Self::UnparsedWrite,
         Self::SideEffects,
         Self::CatalogFunction,
@@ -99,6 +102,7 @@ impl EpochCause {
         Self::CdcResync,
         Self::CdcOverflow,
         Self::CdcUnresolved,
+        Self::SideClosed,
     ];
 
     /// The metric label value.
@@ -119,6 +123,7 @@ impl EpochCause {
             Self::CdcResync => "cdc_resync",
             Self::CdcOverflow => "cdc_overflow",
             Self::CdcUnresolved => "cdc_unresolved",
+            Self::SideClosed => "side_closed",
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -36,6 +36,8 @@ pub(crate) struct DbPool {
     statement_timeout: Duration,
     slots: Vec<Arc<Mutex<Option<SideConn>>>>,
     next: AtomicUsize,
+    /// Set by `close`: no connection is (re)opened after it.
+    closed: AtomicBool,
 }
 
 impl DbPool {
@@ -61,6 +63,19 @@ impl DbPool {
             statement_timeout,
             slots,
             next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes every connection, waiting for calls in flight to finish with theirs (each is
+    /// bounded by the call timeout), and opens none afterwards. When it returns, pgmemo
+    /// holds no catalog connection to the database through this pool.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for slot in &self.slots {
+            // Dropping the client and its driver closes the socket; the server's backend
+            // exits on it (DROP DATABASE waits up to 5 s for that).
+            slot.lock().await.take();
         }
     }
 
@@ -95,6 +110,10 @@ impl DbPool {
             },
         };
         let fresh = guard.is_none();
+        if self.closed.load(Ordering::Acquire) {
+            *guard = None;
+            return Err(CatalogError::Closed);
+        }
         if fresh {
             *guard = Some(self.connect().await?);
         }

@@ -32,7 +32,7 @@ mod track;
 mod types;
 mod weights;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -116,6 +116,14 @@ impl SetKey {
     }
 }
 
+/// The bit of `db` in `Catalog::unwatched_bits`.
+fn db_bit(db: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db.hash(&mut h);
+    1 << (h.finish() % 64)
+}
+
 /// How long a name that resolved to no relation is believed absent: a relation created
 /// directly on PostgreSQL (which no poll notices) becomes cacheable within this time.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(5);
@@ -142,6 +150,15 @@ pub struct Catalog {
     tracked: Mutex<Tracked>,
     /// Custom setting names per database, with the generation they were read at.
     setting_names: Mutex<HashMap<String, (u64, SettingNames)>>,
+    /// Databases whose side connections were closed (no client session used them) and
+    /// that no poll has checked since: nothing watched their catalogs meanwhile, so their
+    /// cache is not used and their memos are not trusted until a poll has compared the
+    /// stored prints (see `side` and `watched`). Bounded by `max_databases` (only
+    /// databases that had a pool enter it).
+    unwatched: Mutex<HashSet<String>>,
+    /// One bit per unwatched database (its name's hash modulo 64), so `watched` is one
+    /// load for a database that is not unwatched (the lookup path asks it every time).
+    unwatched_bits: AtomicU64,
 }
 
 /// A poisoned lock only means another caller panicked mid-update of plain data; the
@@ -207,7 +224,105 @@ impl Catalog {
             }),
             tracked: Mutex::new(Tracked::new(limits)),
             setting_names: Mutex::new(HashMap::new()),
+            unwatched: Mutex::new(HashSet::new()),
+            unwatched_bits: AtomicU64::new(0),
         }
+    }
+
+    /// Whether `db`'s catalog is watched: false after its side connections were closed and
+    /// before the next poll of it (changes made meanwhile may not be seen yet). Sessions of
+    /// such a database neither use nor fill the cache.
+    pub fn watched(&self, db: &str) -> bool {
+        self.unwatched_bits.load(Ordering::Acquire) & db_bit(db) == 0
+            || !lock(&self.unwatched).contains(db)
+    }
+
+    /// Databases that have side connections (or a pool that may open them).
+    pub fn open_databases(&self) -> Vec<String> {
+        lock(&self.pools).keys().cloned().collect()
+    }
+
+    /// Closes `db`'s side connections (waiting for calls in flight, each bounded by the
+    /// call timeout); the next call reopens them. Its tracked prints are kept, and, when it
+    /// has some, it is unwatched until the next poll of it (which compares them). Returns
+    /// whether it had tracked items (results cached from it could depend on them).
+    pub async fn close_database(&self, db: &str) -> bool {
+        let pool = lock(&self.pools).remove(db);
+        let Some(pool) = pool else {
+            return false;
+        };
+        let tracked = lock(&self.tracked).has_database(db);
+        if tracked {
+            let mut unwatched = lock(&self.unwatched);
+            unwatched.insert(db.to_owned());
+            self.unwatched_bits.store(
+                unwatched.iter().fold(0, |b, d| b | db_bit(d)),
+                Ordering::Release,
+            );
+        }
+        pool.close().await;
+        tracked
+    }
+
+    /// `db` was polled (or has nothing to poll): watched again.
+    fn mark_watched(&self, db: &str) {
+        if self.unwatched_bits.load(Ordering::Acquire) & db_bit(db) == 0 {
+            return;
+        }
+        let mut unwatched = lock(&self.unwatched);
+        unwatched.remove(db);
+        self.unwatched_bits.store(
+            unwatched.iter().fold(0, |b, d| b | db_bit(d)),
+            Ordering::Release,
+        );
+    }
+
+    /// Forgets what is tracked of unwatched databases that no longer exist (dropped or
+    /// renamed while nothing watched them), asking through a side connection to `via`, so
+    /// neither set grows with databases that come and go. A later database of the same
+    /// name starts afresh: memoised answers go (generation), and results cached for the old
+    /// one are keyed by its OID.
+    pub async fn forget_gone(&self, via: &str) -> Result<(), CatalogError> {
+        let candidates = self.unwatched();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let names = self
+            .call(via, async |lease: &mut Lease| {
+                let rows = lease
+                    .query("SELECT datname::text FROM pg_catalog.pg_database", &[])
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| r.try_get::<_, String>(0).ok())
+                    .collect::<HashSet<String>>())
+            })
+            .await?;
+        let mut forgot = false;
+        for db in candidates.iter().filter(|db| !names.contains(*db)) {
+            lock(&self.tracked).forget_database(db);
+            self.mark_watched(db);
+            forgot = true;
+        }
+        if forgot {
+            // Memoised answers for a name that may come back as another database.
+            self.bump_generation();
+        }
+        Ok(())
+    }
+
+    /// Unwatched databases, for the poller to check first.
+    pub fn unwatched(&self) -> Vec<String> {
+        if self.unwatched_bits.load(Ordering::Acquire) == 0 {
+            return Vec::new();
+        }
+        lock(&self.unwatched).iter().cloned().collect()
+    }
+
+    /// Whether memoised answers for `db` may be used: not while it is unwatched (a name
+    /// may have moved while nothing watched; a fresh answer also re-checks tracked names).
+    fn memo_ok(&self, db: &str) -> bool {
+        self.watched(db)
     }
 
     /// How side connections reach the server (host, port, role; the database is per call).
@@ -258,6 +373,7 @@ impl Catalog {
     fn forget_database(&self, db: &str) {
         lock(&self.pools).remove(db);
         lock(&self.setting_names).remove(db);
+        self.mark_watched(db);
     }
 
     /// Runs `work` in one read-only snapshot on a side connection of `db`, within the
@@ -341,7 +457,8 @@ impl Catalog {
     ) -> Result<Arc<[Resolved]>, CatalogError> {
         let key = (self.path_key(db, search_path, current_user), names.to_vec());
         let generation = self.generation();
-        if let Some((hit, negative)) = lock(&self.memos).resolve.get(generation, &key)
+        if self.memo_ok(db)
+            && let Some((hit, negative)) = lock(&self.memos).resolve.get(generation, &key)
             && negative.is_none_or(|at| at.elapsed() < NEGATIVE_TTL)
         {
             return Ok(hit);
@@ -390,7 +507,9 @@ impl Catalog {
     ) -> Result<Arc<[FuncFacts]>, CatalogError> {
         let key = (self.path_key(db, search_path, current_user), funcs.to_vec());
         let generation = self.generation();
-        if let Some(hit) = lock(&self.memos).functions.get(generation, &key) {
+        if self.memo_ok(db)
+            && let Some(hit) = lock(&self.memos).functions.get(generation, &key)
+        {
             return Ok(hit);
         }
         let value: Arc<[FuncFacts]> = self
@@ -410,7 +529,9 @@ impl Catalog {
     pub async fn reads(&self, db: &str, oids: &[Oid]) -> Result<Arc<ReadSet>, CatalogError> {
         let key = SetKey::new(db, oids);
         let generation = self.generation();
-        if let Some(hit) = lock(&self.memos).reads.get(generation, &key) {
+        if self.memo_ok(db)
+            && let Some(hit) = lock(&self.memos).reads.get(generation, &key)
+        {
             return Ok(hit);
         }
         let limit = self.config.max_expansion;
@@ -430,7 +551,9 @@ impl Catalog {
     pub async fn writes(&self, db: &str, oids: &[Oid]) -> Result<Arc<WriteSet>, CatalogError> {
         let key = SetKey::new(db, oids);
         let generation = self.generation();
-        if let Some(hit) = lock(&self.memos).writes.get(generation, &key) {
+        if self.memo_ok(db)
+            && let Some(hit) = lock(&self.memos).writes.get(generation, &key)
+        {
             return Ok(hit);
         }
         let limit = self.config.max_expansion;
@@ -454,7 +577,9 @@ impl Catalog {
     ) -> Result<Arc<[FuncBody]>, CatalogError> {
         let key = SetKey::new(db, oids);
         let generation = self.generation();
-        if let Some(hit) = lock(&self.memos).bodies.get(generation, &key) {
+        if self.memo_ok(db)
+            && let Some(hit) = lock(&self.memos).bodies.get(generation, &key)
+        {
             return Ok(hit);
         }
         let value: Arc<[FuncBody]> = self
@@ -523,6 +648,27 @@ impl Catalog {
                 .query("SELECT pg_catalog.pg_current_wal_insert_lsn()::text", &[])
                 .await?;
             Ok(rows.first().and_then(|r| r.try_get::<_, String>(0).ok()))
+        })
+        .await
+    }
+
+    /// Active replication slots of pgmemo's (named `pgmemo_...`) in `target`, asked through a
+    /// side connection to `via`: a release waits for none to be left before a statement
+    /// that needs `target` free runs (PostgreSQL refuses it at once while one is active).
+    pub async fn active_pgmemo_slots(&self, via: &str, target: &str) -> Result<i64, CatalogError> {
+        let target = target.to_owned();
+        self.call(via, async |lease: &mut Lease| {
+            let rows = lease
+                .query(
+                    "SELECT count(*) FROM pg_catalog.pg_replication_slots \
+                     WHERE active AND database = $1 AND slot_name LIKE 'pgmemo\\_%'",
+                    &[&target],
+                )
+                .await?;
+            Ok(rows
+                .first()
+                .and_then(|r| r.try_get::<_, i64>(0).ok())
+                .unwrap_or(0))
         })
         .await
     }

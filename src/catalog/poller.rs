@@ -32,13 +32,32 @@ impl Poller {
 
     /// One poll of every database with tracked items. Empty = nothing changed.
     pub async fn poll_once(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        self.poll_where(|_| true, |changes| out = changes).await;
+        out
+    }
+
+    /// One poll of the databases with tracked items that `include` accepts (those whose
+    /// side connections may be open: a database no client uses is not polled, and its
+    /// prints are kept for the poll that comes when one does). An unwatched database that
+    /// `include` accepts is watched again once polled, or at once when nothing of it is
+    /// tracked. `sink` gets the changes (even none) before any database is watched again:
+    /// its cache must not be used before they are applied.
+    pub async fn poll_where(&self, include: impl Fn(&str) -> bool, sink: impl FnOnce(Vec<Change>)) {
         let catalog = &self.catalog;
         let (snapshot, mut shared_due) = {
-            let tracked = lock(&catalog.tracked);
-            let snapshot = tracked.snapshot();
-            let shared = snapshot.iter().any(|(_, want)| want.shared);
+            let all = lock(&catalog.tracked).snapshot();
+            let shared = all.iter().any(|(_, want)| want.shared);
+            let snapshot: Vec<_> = all.into_iter().filter(|(db, _)| include(db)).collect();
             (snapshot, shared)
         };
+        // Databases watched again once the changes are applied.
+        let mut done = Vec::new();
+        for db in catalog.unwatched() {
+            if include(&db) && !snapshot.iter().any(|(d, _)| *d == db) {
+                done.push(db);
+            }
+        }
         let mut changes = Vec::new();
         for (db, mut want) in snapshot {
             // The shared catalogs are read through whichever database answers first.
@@ -52,6 +71,7 @@ impl Poller {
                 Ok(prints) => {
                     shared_due &= !want.shared;
                     changes.extend(lock(&catalog.tracked).apply(&db, prints));
+                    done.push(db);
                 }
                 Err(e) if database_is_gone(&e) => {
                     lock(&catalog.tracked).forget_database(&db);
@@ -80,7 +100,10 @@ impl Poller {
             catalog.bump_generation();
         }
         drop(tracked);
-        changes
+        sink(changes);
+        for db in done {
+            catalog.mark_watched(&db);
+        }
     }
 
     /// Polls every `interval` forever, handing each non-empty batch of changes to `sink`

@@ -441,6 +441,11 @@ impl Tracked {
         self.dbs.remove(db);
     }
 
+    /// Whether anything of `db` is tracked.
+    pub(crate) fn has_database(&self, db: &str) -> bool {
+        self.dbs.contains_key(db)
+    }
+
     /// Whether the tracked names fill more than half their bounds (names of relations and
     /// functions that do not exist are tracked too, so they can accumulate).
     pub(crate) fn names_crowded(&self) -> bool {

@@ -67,7 +67,7 @@ pub async fn run(ctx: Arc<AppContext>, tier: Arc<SharedTier>, stop: Cancellation
                 for stream in ctx.caching.cdc.streams() {
                     stream.set_remote(false);
                     stream.set_state(State::Connecting);
-                    set.spawn(super::runner::run(
+                    set.spawn(super::demand::run(
                         Arc::clone(&ctx),
                         Arc::clone(stream),
                         token.clone(),
@@ -113,6 +113,33 @@ fn state_key(tier: &SharedTier, db: &str) -> String {
     format!("pgmemo:{}:cdc:state:{db}", tier.namespace())
 }
 
+/// Set while some non-holder instance has client sessions of the database: the holder keeps
+/// its stream wanted (see `side`).
+fn want_key(tier: &SharedTier, db: &str) -> String {
+    format!("pgmemo:{}:cdc:want:{db}", tier.namespace())
+}
+
+/// Set by an instance about to forward a statement that needs the database free: the
+/// holder stops its stream.
+fn release_key(tier: &SharedTier, db: &str) -> String {
+    format!("pgmemo:{}:cdc:release:{db}", tier.namespace())
+}
+
+/// How long a want lasts unless refreshed (a few ticks: a slow tick must not stop a stream
+/// other instances' sessions use).
+const WANT_TTL: Duration = Duration::from_secs(2);
+
+/// Asks the lease holder, whichever instance it is, to stop `db`'s stream now (before a
+/// statement that needs the database free). Best effort: a failure leaves the stream to
+/// the holder's own idle rule, and the statement reports what uses the database.
+pub async fn request_release(tier: &SharedTier, db: &str) {
+    let mut conn = tier.conn();
+    let ttl = u64::try_from(crate::side::RELEASE_HOLD.as_millis()).unwrap_or(10_000);
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(release_key(tier, db)).arg("1").arg("PX").arg(ttl);
+    let _ = tokio::time::timeout(tier.timeout(), cmd.query_async::<()>(&mut conn)).await;
+}
+
 /// The holder: every stream's state, `disconnected` while a bump waits for its retry.
 async fn publish(
     ctx: &AppContext,
@@ -122,6 +149,21 @@ async fn publish(
     let pending = tier.has_pending();
     let ttl = u64::try_from(STATE_TTL.as_millis()).unwrap_or(750);
     for stream in ctx.caching.cdc.streams() {
+        let db = stream.name();
+        for (key, release) in [(release_key(tier, db), true), (want_key(tier, db), false)] {
+            let mut get = redis::cmd("EXISTS");
+            get.arg(key);
+            let read = tokio::time::timeout(tier.timeout(), get.query_async::<u32>(conn)).await;
+            if let Ok(Ok(n)) = read
+                && n > 0
+            {
+                if release {
+                    let _ = ctx.side.release(db);
+                    break;
+                }
+                ctx.side.touch_remote(db, WANT_TTL);
+            }
+        }
         let state = match stream.state() {
             State::Streaming if pending => State::Disconnected,
             s => s,
@@ -139,6 +181,17 @@ async fn publish(
 /// The others: the holder's published states become this instance's (none: disconnected).
 async fn mirror(ctx: &AppContext, tier: &SharedTier, conn: &mut crate::cache::l2::conn::RedisConn) {
     for stream in ctx.caching.cdc.streams() {
+        if ctx.side.sessions(stream.name()) > 0 {
+            let ttl = u64::try_from(WANT_TTL.as_millis()).unwrap_or(2000);
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(want_key(tier, stream.name()))
+                .arg("1")
+                .arg("PX")
+                .arg(ttl);
+            // A failure lets the want lapse: the holder may stop the stream, and this
+            // instance's sessions then bypass the cache (safe).
+            let _ = tokio::time::timeout(tier.timeout(), cmd.query_async::<()>(conn)).await;
+        }
         let mut cmd = redis::cmd("GET");
         cmd.arg(state_key(tier, stream.name()));
         let read = tokio::time::timeout(tier.timeout(), cmd.query_async::<Option<String>>(conn));

@@ -3,7 +3,8 @@
 //! WAL position (which acknowledgement waits watch), and the gauges that report both.
 //!
 //! Sessions ask [`Hub::serves`] on every lookup; while every stream is healthy that is one
-//! atomic load. The set of covered databases is fixed at start-up.
+//! atomic load. The set of covered databases is fixed at start-up; a covered database's
+//! stream may be stopped while no client uses it ([`State::Idle`], see `cdc::demand`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,16 +34,21 @@ pub enum State {
     Lagging = 4,
     /// The connection failed; retrying with backoff.
     Disconnected = 5,
+    /// Stopped: no client session uses the database (with `cdc_stop_when_idle`), or a
+    /// statement that needs it free is running (see `side`). Restarted, with the epoch
+    /// bump of every restart, when a session of it comes.
+    Idle = 6,
 }
 
 impl State {
-    const ALL: [State; 6] = [
+    const ALL: [State; 7] = [
         Self::Off,
         Self::Connecting,
         Self::CreatingSlot,
         Self::Streaming,
         Self::Lagging,
         Self::Disconnected,
+        Self::Idle,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +59,7 @@ impl State {
             Self::Streaming => "streaming",
             Self::Lagging => "lagging",
             Self::Disconnected => "disconnected",
+            Self::Idle => "idle",
         }
     }
 
@@ -79,7 +86,7 @@ pub struct DbStream {
     applied: AtomicU64,
     advanced: Notify,
     degraded: Arc<AtomicUsize>,
-    gauges: [Gauge; 6],
+    gauges: [Gauge; 7],
     /// The state is another instance's (the CDC lease holder's): nothing here applies the
     /// stream, so nothing can wait for it.
     remote: AtomicBool,

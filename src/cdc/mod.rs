@@ -4,7 +4,7 @@
 //! reduced to the relations each committed transaction changed (used with a publication
 //! the user names), [`test_decoding`] the same for the plugin that needs no publication
 //! (the default) and [`names`] the mapping of its relation names to OIDs, [`conn`] the replication
-//! connection, [`runner`] the per-database task, [`lag`] the lag monitor, [`flush`] the delay
+//! connection, [`runner`] the per-database task, [`demand`] what starts and stops it, [`lag`] the lag monitor, [`flush`] the delay
 //! before a commit can reach the stream at all, and [`hub`] what
 //! sessions see of it all.
 //!
@@ -14,6 +14,7 @@
 //! and the same TLS set-up (rustls, `sslmode`) and framing bounds as the relay.
 
 pub mod conn;
+pub mod demand;
 pub mod elect;
 pub mod flush;
 pub mod hub;

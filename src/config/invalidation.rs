@@ -63,6 +63,12 @@ pub struct InvalidationConfig {
     /// the server's `wal_sender_timeout`, 60 s by default).
     #[serde(with = "humantime_serde")]
     pub cdc_status_interval: Duration,
+    /// Stop a covered database's stream when no client session has used it for
+    /// `side::IDLE_GRACE` (its walsender and temporary slot then leave the database, so a
+    /// direct `DROP DATABASE` works), and restart it when one comes; every restart bumps
+    /// the epoch. Off by default: a covered database is followed for the process's life
+    /// (statements through pgmemo that need it free still stop its stream first).
+    pub cdc_stop_when_idle: bool,
 }
 
 impl Default for InvalidationConfig {
@@ -75,6 +81,7 @@ impl Default for InvalidationConfig {
             cdc_ack_wait_max: Duration::from_millis(50),
             cdc_slot_timeout: Duration::from_secs(10),
             cdc_status_interval: Duration::from_secs(1),
+            cdc_stop_when_idle: false,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! tasks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -134,7 +135,7 @@ pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
         return;
     }
     for stream in ctx.caching.cdc.streams() {
-        tokio::spawn(crate::cdc::runner::run(
+        tokio::spawn(crate::cdc::demand::run(
             Arc::clone(ctx),
             Arc::clone(stream),
             stop.clone(),
@@ -143,18 +144,43 @@ pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
 }
 
 /// Polls the catalog every `catalog.poll_interval` (re-read each round, so SIGHUP applies)
-/// and turns what changed into bumps, until `stop`.
+/// and turns what changed into bumps, until `stop`. Only databases a client session uses
+/// (see `side`) are polled; the catalog connections of the others are closed once their
+/// grace ends, and a database whose connections were closed is polled as soon as a session
+/// of it comes (its cache is not used before).
 pub async fn run_poller(ctx: Arc<AppContext>, stop: CancellationToken) {
     let poller = Poller::new(Arc::clone(&ctx.caching.catalog));
+    let mut next_poll = tokio::time::Instant::now() + ctx.config().catalog.poll_interval;
     loop {
-        let interval = ctx.config().catalog.poll_interval;
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(next_poll) => {}
+            _ = ctx.side.changed(Duration::from_millis(250)) => {}
         }
-        let changes = poller.poll_once().await;
-        if !changes.is_empty() {
-            ctx.caching.invalidator.apply_catalog(changes);
+        crate::side::release::close_idle(&ctx).await;
+        let side = Arc::clone(&ctx.side);
+        let invalidator = Arc::clone(&ctx.caching.invalidator);
+        let apply = move |changes: Vec<crate::catalog::Change>| {
+            if !changes.is_empty() {
+                invalidator.apply_catalog(changes);
+            }
+        };
+        if tokio::time::Instant::now() >= next_poll {
+            poller.poll_where(|db| side.active(db), apply).await;
+            if let Some(via) = ctx.side.with_sessions().first() {
+                let _ = ctx.caching.catalog.forget_gone(via).await;
+            }
+            next_poll = tokio::time::Instant::now() + ctx.config().catalog.poll_interval;
+        } else {
+            let returning = ctx.caching.catalog.unwatched();
+            if returning.iter().any(|db| side.active(db)) {
+                poller
+                    .poll_where(
+                        |db| returning.iter().any(|r| r == db) && side.active(db),
+                        apply,
+                    )
+                    .await;
+            }
         }
     }
 }

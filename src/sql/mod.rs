@@ -21,6 +21,7 @@
 //! every statement as an epoch bump.
 
 mod classify;
+mod database;
 mod fallback;
 mod keywords;
 mod lexer;
@@ -33,6 +34,7 @@ mod tests;
 
 use std::fmt;
 
+pub use database::{FreeingKind, NeedsFree, databases_needing_free};
 pub use normalize::{Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key, shape_key};
 
 /// Statements longer than this are not handed to sqlparser (time and memory bound); the

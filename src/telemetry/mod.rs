@@ -257,7 +257,7 @@ pub mod names {
     pub const CACHE_FILLS_UNCOALESCED: &str = "pgmemo_cache_fills_uncoalesced_total";
     /// counter, label `cause` (`unparsed_write`, `side_effects`, `catalog_function`,
     /// `catalog_role`, `unknown_gid`, `admin`, `tag_limit`, `ddl`, `untracked`, `cdc_resync`,
-    /// `cdc_overflow`): epoch bumps.
+    /// `cdc_overflow`, `side_closed`): epoch bumps.
     pub const CACHE_EPOCH_BUMPS: &str = "pgmemo_cache_epoch_bumps_total";
     /// counter: statement shapes switched to skipping the cache for a span (adaptive bypass).
     pub const CACHE_ADAPTIVE_BYPASSES: &str = "pgmemo_cache_adaptive_bypasses_total";

@@ -56,6 +56,15 @@ impl CacheSession {
             // any bound, so they are neither served nor stored.
             return bypass("cdc_not_streaming");
         }
+        if !self
+            .cx
+            .as_ref()
+            .is_none_or(|c| self.app.caching.catalog.watched(&c.database))
+        {
+            // pgmemo's side connections to this database were closed (no client used it)
+            // and no poll has checked its catalog since: DDL made meanwhile may not be seen.
+            return bypass("catalog_unwatched");
+        }
         if self.probe_needed || self.probe.is_some() || self.opted_out {
             return bypass(if self.opted_out {
                 "session_opt_out"

@@ -24,6 +24,7 @@ pub mod plan;
 mod planning;
 pub mod probe;
 mod shared;
+pub mod side;
 pub mod tracker;
 mod wait;
 
@@ -210,6 +211,9 @@ pub struct CacheSession {
     /// The reply to that injected Describe is due: capture it, do not relay it.
     strip_describe: bool,
     metrics: Metrics,
+    /// This session's presence in its database (pgmemo's side connections to a database
+    /// stay open while a session is there); also which texts were released for (`side`).
+    side: side::SessionSide,
 }
 
 /// What the settings probe needs from the relay (see [`CacheSession::probe_query`]).
@@ -232,6 +236,7 @@ impl CacheSession {
         user: &str,
         params: &[(String, String)],
     ) -> Self {
+        let app_side = Arc::clone(&app.side);
         Self {
             app,
             fingerprint: Fingerprint::new(database, user, params),
@@ -272,6 +277,7 @@ impl CacheSession {
                 probes_failed: metrics::counter!(names::SESSION_PROBES, "result" => "error"),
                 probes_remembered: metrics::counter!(names::SESSION_PROBES, "result" => "login_memo"),
             },
+            side: side::SessionSide::new(&app_side, database),
         }
     }
 
@@ -462,6 +468,9 @@ impl CacheSession {
                     Some(WaitResult::RunOwn) => true,
                     None => false,
                 };
+                if let Some(hold) = self.side.hold(&self.app, sql) {
+                    return FrameAction::Hold(hold);
+                }
                 let Some(plan) = self.plan_for(sql) else {
                     return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
                 };
@@ -491,6 +500,9 @@ impl CacheSession {
                 let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) else {
                     return FrameAction::Forward;
                 };
+                if let Some(hold) = self.side.hold(&self.app, sql) {
+                    return FrameAction::Hold(hold);
+                }
                 let Some(plan) = self.plan_for(sql) else {
                     return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
                 };

@@ -13,10 +13,16 @@ use super::{CacheSession, PlanFuture};
 
 impl CacheSession {
     /// The future computing the plan of `sql` (for a frame held by [`super::Hold::Plan`]).
-    pub fn plan_future(&self, sql: Bytes) -> PlanFuture {
+    pub fn plan_future(&mut self, sql: Bytes) -> PlanFuture {
         let app = Arc::clone(&self.app);
         let cx = self.cx.clone();
+        // A statement that needs databases free: pgmemo's side connections to them close
+        // first (see `side`); the plan follows as for any other statement.
+        let release = self.side.take_release(&sql);
         Box::pin(async move {
+            if let Some(release) = release {
+                release.await;
+            }
             let Some(cx) = cx else {
                 return Arc::new(Plan::without_context(sql, "no_session_context"));
             };
