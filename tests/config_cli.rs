@@ -450,7 +450,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        52,
+        53,
         "update this count with the types: {expected:?}"
     );
 }
