@@ -232,3 +232,62 @@ async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
     // The session is usable, and the probe (answered late) did not leave it uncached.
     run(&mut s, "SELECT 1").await;
 }
+
+/// A statement pgmemo must plan first (it names a table its catalog has not seen) is held
+/// while the catalog is read; nothing of the client's runs upstream then. The gate holds the
+/// catalog connection's answers, so the plan is pending when the client cancels: the request
+/// must be held and forwarded once the statement runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_the_statement_is_planned_cancels_it() {
+    let (pg, gate, proxy) = start("").await;
+    let (mut s, key) = session(proxy.addr(), "plan_victim").await;
+    run(&mut s, "SELECT 1").await;
+    let direct = pg.connect(SUPERUSER, "", DB).await;
+    direct
+        .batch_execute("CREATE TABLE plan_fresh (a int); INSERT INTO plan_fresh VALUES (1)")
+        .await
+        .expect("create table");
+
+    gate.hold_now("pgmemo-catalog");
+    s.write_all(&wire::query("SELECT pg_sleep(10) FROM plan_fresh"))
+        .await
+        .expect("send pg_sleep");
+    assert!(
+        gate.wait_sent_while_holding(Duration::from_secs(10)).await,
+        "pgmemo read nothing from the catalog to plan a statement on a new table"
+    );
+    let addr = proxy.addr();
+    let cancelled = tokio::spawn(async move { cancel(addr, &key, None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let released = Instant::now();
+    gate.release();
+
+    let frames = reply(
+        &mut s,
+        Duration::from_secs(5),
+        "pg_sleep(10) after its cancel",
+    )
+    .await;
+    let took = released.elapsed();
+    let err = wire::first_error(&frames).unwrap_or_else(|| {
+        panic!(
+            "pg_sleep(10) was not cancelled: {:?}",
+            frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(
+        wire::field(err, b'C').as_deref(),
+        Some("57014"),
+        "{}",
+        wire::describe(err)
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "cancelled {took:?} after the plan"
+    );
+    tokio::time::timeout(Duration::from_secs(10), cancelled)
+        .await
+        .expect("the cancel connection closed once the request was delivered")
+        .expect("cancel task");
+    run(&mut s, "SELECT 1").await;
+}

@@ -398,10 +398,15 @@ impl<'a> Relay<'a> {
         follow.decide(target)
     }
 
-    /// pgmemo's own work at the head of the upstream connection: the settings probe, or a
-    /// Parse replayed on its own (with its Sync) after a cache hit.
+    /// Whether a cancel request now would miss what the client waits for: pgmemo's own work
+    /// is at the head of the upstream connection (the settings probe, or a Parse replayed on
+    /// its own with its Sync after a cache hit), or pgmemo holds the client's frames back
+    /// while nothing of the client's runs upstream (the probe's catalog read, a plan being
+    /// computed). A statement waiting for another session's fill takes requests itself.
     fn own_work(&self) -> bool {
-        self.caching.probing() || self.state.own_work_at_head()
+        self.caching.probing()
+            || self.state.own_work_at_head()
+            || (self.pending_plan.is_some() && !self.state.outstanding())
     }
 
     fn track_own_work(&mut self) {

@@ -94,6 +94,14 @@ impl Gate {
         *self.shared.up_delay.lock().unwrap() = delay;
     }
 
+    /// Holds what the server sends, from now on, on every connection named
+    /// `application_name`, until [`Gate::release`].
+    pub fn hold_now(&self, application_name: &str) {
+        *self.shared.target.lock().unwrap() = Some(application_name.to_owned());
+        self.shared.sent_while_holding.store(0, Ordering::SeqCst);
+        self.shared.hold.store(HOLDING, Ordering::SeqCst);
+    }
+
     /// Lets the held bytes go (and stops holding).
     pub fn release(&self) {
         self.shared.hold.store(OPEN, Ordering::SeqCst);
