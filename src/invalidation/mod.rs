@@ -164,14 +164,6 @@ impl Invalidator {
     /// Advances with every server configuration reload the poller sees. A session probed
     /// under an older value may hold a fingerprint that no longer matches its settings (a
     /// reloaded setting it did not SET): it neither looks up nor stores until probed again.
-    /// What sessions' settings probes read may have changed (an admin flush, which stands
-    /// for DDL made directly: a new policy, view or function may mention another custom
-    /// setting): every session probes again before its next lookup. Call before the epoch
-    /// moves.
-    pub fn settings_may_have_changed(&self) {
-        self.config_generation.fetch_add(1, Ordering::AcqRel);
-    }
-
     pub fn config_generation(&self) -> u64 {
         self.config_generation.load(Ordering::Acquire)
     }
@@ -294,7 +286,6 @@ impl Invalidator {
     /// memoised is dropped (admin API, SIGUSR1): after DDL done directly on Postgres, this
     /// applies it at once instead of at the next catalog poll.
     pub fn flush_all(&self) -> u64 {
-        self.settings_may_have_changed();
         self.catalog.invalidate_memos();
         let epoch = self.cache.flush(EpochCause::Admin);
         if let Some(tier) = &self.shared {
