@@ -32,30 +32,36 @@ const MAX_NAME_LEN: usize = 128;
 /// Most tree bytes read for one list.
 const MAX_TREE_BYTES: i64 = 64 << 20;
 
-/// Names in user function bodies (text), then the raw trees that call a setting function
-/// (`current_setting(text)` 2077, `current_setting(text, bool)` 3294, `set_config` 2078).
-const NAMES_SQL: &str = "\
-SELECT 'n', m[1] FROM (
+/// The stored trees that call a setting function (`current_setting(text)` 2077,
+/// `current_setting(text, bool)` 3294, `set_config` 2078), as rows `t`: one text for both
+/// queries below, so the size check and the read cover the same trees.
+macro_rules! setting_trees {
+    () => {
+        "(SELECT r.ev_action::text AS t FROM pg_catalog.pg_rewrite r
+  UNION ALL SELECT p.polqual::text FROM pg_catalog.pg_policy p
+  UNION ALL SELECT p.polwithcheck::text FROM pg_catalog.pg_policy p
+  UNION ALL SELECT p.prosqlbody::text FROM pg_catalog.pg_proc p WHERE p.oid >= 16384) y
+WHERE t ~ ':funcid (2077|3294|2078) '"
+    };
+}
+
+/// Names in user function bodies (text), then the raw trees that call a setting function.
+const NAMES_SQL: &str = concat!(
+    "SELECT 'n', m[1] FROM (
   SELECT pg_catalog.regexp_matches(p.prosrc,
     '(?:current_setting|set_config)\\s*\\(\\s*''([A-Za-z_][A-Za-z0-9_$]*\\.[A-Za-z0-9_$.]+)''',
     'gi') AS m
   FROM pg_catalog.pg_proc p WHERE p.oid >= 16384) x
 UNION ALL
-SELECT 't', t FROM (
-  SELECT r.ev_action::text AS t FROM pg_catalog.pg_rewrite r
-  UNION ALL SELECT p.polqual::text FROM pg_catalog.pg_policy p
-  UNION ALL SELECT p.polwithcheck::text FROM pg_catalog.pg_policy p
-  UNION ALL SELECT p.prosqlbody::text FROM pg_catalog.pg_proc p WHERE p.oid >= 16384) y
-WHERE t ~ ':funcid (2077|3294|2078) '";
+SELECT 't', t FROM ",
+    setting_trees!()
+);
 
 /// Tree bytes the list would read (checked first, so a huge catalog fails cleanly).
-const TREE_BYTES_SQL: &str = "\
-SELECT coalesce(sum(pg_catalog.octet_length(t)), 0)::int8 FROM (
-  SELECT r.ev_action::text AS t FROM pg_catalog.pg_rewrite r
-  UNION ALL SELECT p.polqual::text FROM pg_catalog.pg_policy p
-  UNION ALL SELECT p.polwithcheck::text FROM pg_catalog.pg_policy p
-  UNION ALL SELECT p.prosqlbody::text FROM pg_catalog.pg_proc p WHERE p.oid >= 16384) y
-WHERE t ~ ':funcid (2077|3294|2078) '";
+const TREE_BYTES_SQL: &str = concat!(
+    "SELECT coalesce(sum(pg_catalog.octet_length(t)), 0)::int8 FROM ",
+    setting_trees!()
+);
 
 /// A database's list, or why there is none (then no session of it is cached).
 #[derive(Debug, Clone, PartialEq, Eq)]
