@@ -66,6 +66,7 @@ impl CacheStack {
         let probe = Probe {
             client: pg.connect(SUPERUSER, "", DB).await,
         };
+        settle_streams(&proxy).await;
         CacheStack { proxy, probe, pg }
     }
 
@@ -98,6 +99,29 @@ impl CacheStack {
     /// Sum of a pgmemo counter over all its label sets (0 when not yet exported).
     pub fn metric(&self, name: &str) -> f64 {
         metric_sum(&self.proxy.admin_get("/metrics"), name)
+    }
+}
+
+/// Waits (at most 20 s) until no change stream is still connecting or creating its slot. A stream that becomes
+/// consistent bumps the epoch (whatever it missed before is dropped): the default stream
+/// follows the upstream URL's database, so without this wait a test that caches in its
+/// first few milliseconds could see its entries dropped by that start-up bump (a flaky
+/// "expected a cache hit"). A stream that cannot connect (a test's own CDC set-up) is left
+/// to the test.
+async fn settle_streams(proxy: &Proxy) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let metrics = proxy.admin_get("/metrics");
+        let connecting = metrics.lines().any(|line| {
+            line.starts_with("pgmemo_cdc_state{")
+                && (line.contains("state=\"connecting\"")
+                    || line.contains("state=\"creating_slot\""))
+                && line.ends_with(" 1")
+        });
+        if !connecting {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
