@@ -10,10 +10,10 @@ mod common;
 #[path = "support/cache_probe.rs"]
 mod probe;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::SUPERUSER;
-use probe::{CacheStack, DB, simple, table};
+use probe::{CacheStack, DB, simple, simple_err, table};
 
 const SETUP: &str = "
 CREATE TABLE acct(id int PRIMARY KEY, v int NOT NULL);
@@ -25,6 +25,7 @@ CREATE VIEW acct2_v AS SELECT id, v FROM acct2;
 CREATE TABLE acct3(id int PRIMARY KEY, v int NOT NULL);
 INSERT INTO acct3 VALUES (1, 1);
 CREATE VIEW acct3_v AS SELECT id, v FROM acct3;
+CREATE TABLE base(id int PRIMARY KEY, v int NOT NULL);
 ";
 
 fn recreate(name: &str) -> String {
@@ -138,12 +139,71 @@ async fn write_in_flight_while_a_read_finds_the_name_moved(s: &CacheStack) {
     );
 }
 
+/// Names pgmemo first met while nothing carried them (so it tracks them as absent), then
+/// created directly: the names' first relations are only recorded (nothing memoised could
+/// name a relation that did not exist), but a drop and re-create after that must still be
+/// caught before the writer's next read.
+async fn created_directly_then_recreated(s: &CacheStack) {
+    let c = s.session(SUPERUSER).await;
+    let write = "UPDATE late SET v = v + 1 WHERE id = 1";
+    simple_err(&c, "SELECT id, v FROM late_v ORDER BY id").await;
+    simple_err(&c, write).await;
+    let absent_at = Instant::now();
+    s.direct_sql(
+        "CREATE TABLE late(id int PRIMARY KEY, v int NOT NULL); \
+         INSERT INTO late VALUES (1, 1); \
+         CREATE VIEW late_v AS SELECT id, v FROM late;",
+    );
+    let old = s
+        .probe
+        .q("SELECT id, v FROM late_v ORDER BY id", None)
+        .await;
+    // The negative answers are believed for catalog::NEGATIVE_TTL (5 s).
+    s.probe
+        .eventually_hit(&c, &old, &row("1"), Duration::from_secs(10))
+        .await;
+    // Past the write's own negative answer too: its plan is made now, naming the first
+    // relation, and memoised (the hazard: it is still used after the re-create).
+    let negative_over = absent_at + Duration::from_millis(5_500);
+    tokio::time::sleep_until(negative_over.into()).await;
+    let epochs = s.metric("pgmemo_cache_epoch_bumps_total");
+    simple(&c, write).await;
+    assert_eq!(
+        s.metric("pgmemo_cache_epoch_bumps_total"),
+        epochs,
+        "a write to a table that now exists bumps its table, not the whole cache"
+    );
+    s.probe
+        .eventually_hit(&c, &old, &row("2"), Duration::from_secs(5))
+        .await;
+    s.direct_sql(&recreate("late"));
+    let q = s
+        .probe
+        .q("SELECT id, v FROM public.late_v ORDER BY id", None)
+        .await;
+    s.probe
+        .eventually_hit(&c, &q, &row("10"), Duration::from_secs(5))
+        .await;
+    simple(&c, write).await;
+    assert_eq!(
+        simple(&c, &q.sql).await,
+        row("11"),
+        "the writer's next read"
+    );
+    assert_eq!(
+        simple(&c, &old.sql).await,
+        row("11"),
+        "through the first text"
+    );
+}
+
 #[tokio::test]
 async fn writes_after_a_direct_drop_and_recreate_are_read_back_with_cdc_off() {
     let s = CacheStack::start(SETUP, &config("")).await;
     fresh_write_after_memoised_read(&s).await;
     memoised_write_after_fresh_read(&s).await;
     write_in_flight_while_a_read_finds_the_name_moved(&s).await;
+    created_directly_then_recreated(&s).await;
 }
 
 #[tokio::test]
@@ -159,4 +219,37 @@ async fn writes_after_a_direct_drop_and_recreate_are_read_back_with_cdc_on() {
     fresh_write_after_memoised_read(&s).await;
     memoised_write_after_fresh_read(&s).await;
     write_in_flight_while_a_read_finds_the_name_moved(&s).await;
+    created_directly_then_recreated(&s).await;
+}
+
+/// A table created through pgmemo, then a statement over it prepared and run (asyncpg's
+/// `executemany` does exactly this): the statement is planned once. The new name is only
+/// recorded when the prepare resolves it; signalling it as moved dropped the plan being
+/// made, so the first Bind planned again and held the client's pipeline meanwhile (asyncpg's
+/// "server failure during writes" test then wrote its whole batch before the error came
+/// back), and every CREATE TABLE recomputed every memo twice.
+#[tokio::test]
+async fn a_table_created_through_pgmemo_costs_its_statements_one_plan() {
+    let s = CacheStack::start(SETUP, &config("")).await;
+    let c = s.session(SUPERUSER).await;
+    for i in 0..3 {
+        simple(
+            &c,
+            &format!("CREATE TABLE fresh{i}(id int PRIMARY KEY, v int NOT NULL) INHERITS (base)"),
+        )
+        .await;
+        let before = s.metric("pgmemo_statement_plans_total");
+        let insert = c
+            .prepare(&format!("INSERT INTO fresh{i} (id, v) VALUES ($1, $2)"))
+            .await
+            .expect("prepare");
+        for id in 0..3 {
+            c.execute(&insert, &[&id, &1i32]).await.expect("insert");
+        }
+        let plans = s.metric("pgmemo_statement_plans_total") - before;
+        assert_eq!(
+            plans, 1.0,
+            "plans for fresh{i}'s INSERT (prepared once, run 3 times)"
+        );
+    }
 }

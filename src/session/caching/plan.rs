@@ -222,9 +222,15 @@ impl Planner<'_> {
         metrics::counter!(names::PLANS, "kind" => if catalog_failed { "catalog_error" } else { "plan" })
             .increment(1);
         // A relation the catalog did not know (created directly since?) or a catalog that
-        // failed: plan again later instead of bypassing until the next catalog change.
-        let retry_at = matches!(read, Err("unresolved_relation" | "catalog_error"))
-            .then(|| std::time::Instant::now() + crate::catalog::NEGATIVE_TTL);
+        // failed: plan again later instead of bypassing (a read) or emptying the whole cache
+        // at every run (a write to a name that did not resolve) until the next catalog change.
+        let unresolved_write = stmts
+            .iter()
+            .any(|p| p.written.epoch == Some(EpochCause::Untracked));
+        let retry_at = (catalog_failed
+            || unresolved_write
+            || matches!(read, Err("unresolved_relation" | "catalog_error")))
+        .then(|| std::time::Instant::now() + crate::catalog::NEGATIVE_TTL);
         Plan {
             context_id: cx.id(),
             sql,
