@@ -343,6 +343,15 @@ impl Catalog {
     }
 
     fn bump_generation(&self) {
+        self.bump_generation_with(&mut lock(&self.tracked));
+    }
+
+    /// Advances the generation with the tracked set already locked. What names carried is
+    /// forgotten first: an answer that starts under the new generation records afresh what
+    /// it meets, and one that recorded before belongs to the old generation (its memo is
+    /// dropped, see `Memo::insert`).
+    fn bump_generation_with(&self, tracked: &mut Tracked) {
+        tracked.new_generation();
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -409,13 +418,13 @@ impl Catalog {
     /// Like `call`, and tracks what the answer hands out, with baselines from the same
     /// snapshot.
     ///
-    /// The relation names the answer met that are tracked already are printed again in the
-    /// same snapshot: if one now carries other relations than its stored print (a table
+    /// The relation names the answer met are printed in the same snapshot: if one now
+    /// carries other relations than when an answer of this generation first met it (a table
     /// dropped and re-created directly, which no poll has reported yet), answers memoised
-    /// before (plans of other sessions included) may name the old relations while this one
-    /// names the new: a write would bump one OID and a read key on the other. The
-    /// generation advances before this answer is returned, so every memoised answer is
-    /// recomputed before it is used again (issue 15 item 7).
+    /// in this generation (plans of other sessions included) may name the old relations
+    /// while this one names the new: a write would bump one OID and a read key on the
+    /// other. The generation advances before this answer is returned, so every memoised
+    /// answer is recomputed before it is used again (issue 15 item 7).
     async fn call_tracked<T>(
         &self,
         db: &str,
@@ -432,7 +441,8 @@ impl Catalog {
                     (missing, tracked.tracked_names(db, &want.rel_names))
                 };
                 let baseline = Prints::fetch(lease, &missing).await?;
-                let now = prints::relation_names(lease, &known).await?;
+                let mut now = prints::relation_names(lease, &known).await?;
+                now.extend(baseline.rel_names.iter().map(|(n, d)| (n.clone(), *d)));
                 let mut tracked = lock(&self.tracked);
                 tracked.insert(db, baseline)?;
                 Ok((value, tracked.moved_names(db, now)))

@@ -95,9 +95,9 @@ impl Poller {
         let mut tracked = lock(&catalog.tracked);
         if !changes.is_empty() {
             tracked.forget_unused_names();
-            catalog.bump_generation();
+            catalog.bump_generation_with(&mut tracked);
         } else if tracked.names_crowded() && tracked.forget_unused_names() > 0 {
-            catalog.bump_generation();
+            catalog.bump_generation_with(&mut tracked);
         }
         drop(tracked);
         sink(changes);

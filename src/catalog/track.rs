@@ -119,9 +119,9 @@ struct DbTracked {
     namespaces: Option<HashMap<Oid, Option<Digest>>>,
     /// Types, operators, collations, text search objects (see `prints::objects`).
     objects: Option<Option<Digest>>,
-    /// Relation names an answer found moved since their stored print (see
-    /// [`Tracked::moved_names`]), with what they carried then: signalled once per poll.
-    moved: HashMap<String, Option<Digest>>,
+    /// What each relation name carried when an answer first met it in the current catalog
+    /// generation (see [`Tracked::moved_names`]); emptied by [`Tracked::new_generation`].
+    seen: HashMap<String, Option<Digest>>,
 }
 
 /// Bounds of the tracked set (totals over all databases).
@@ -283,36 +283,42 @@ impl Tracked {
         out
     }
 
-    /// Whether a tracked relation name carries other relations `now` than it did when last
-    /// seen (dropped and re-created, renamed or moved directly) and this was not signalled
-    /// yet. The stored prints are left for the poller to report (and bump the epoch); this
-    /// only tells the caller that answers memoised before are stale, before the poll does.
-    ///
-    /// A name stored as carrying nothing that now carries a relation (created, through
-    /// pgmemo or directly) is only recorded, not signalled: no memoised answer can name a
-    /// relation that did not exist (what resolved to nothing was an error or a negative
-    /// answer, bounded by its own TTL), and a DDL through pgmemo drops the memos itself.
-    /// Signalling it cost every `CREATE TABLE` a second recomputation of every memo (asyncpg's
-    /// suite: 1,000 tables 15 x slower than direct). What it carries from then on is the
-    /// baseline: a later change of that (re-created again) is signalled.
+    /// Whether a relation name carries other relations `now` than when an answer first met
+    /// it in the current catalog generation (dropped and re-created, renamed or moved
+    /// directly, which no poll has reported yet): answers memoised in this generation may
+    /// name the old relations, so the caller must advance the generation. A name's first
+    /// meeting in a generation is only recorded: every answer memoised before it belongs to
+    /// an older generation and is never used again. So a DDL through pgmemo (which advances
+    /// the generation itself) is not signalled a second time by the next answer that meets
+    /// the names it created or re-created (asyncpg's suite re-creates one table per test;
+    /// the second signal dropped the plan being made, and the first Bind planned again while
+    /// the client's pipeline waited). The stored prints are left for the poller to report.
     pub(crate) fn moved_names(&mut self, db: &str, now: HashMap<String, Option<Digest>>) -> bool {
         let Some(tracked) = self.dbs.get_mut(db) else {
             return false;
         };
         let mut moved = false;
         for (name, digest) in now {
-            let Some(stored) = tracked.rel_names.get(&name) else {
-                continue;
-            };
-            let seen = tracked.moved.get(&name);
-            if seen.unwrap_or(stored) == &digest {
-                continue;
+            match tracked.seen.get_mut(&name) {
+                Some(seen) if *seen != digest => {
+                    *seen = digest;
+                    moved = true;
+                }
+                Some(_) => {}
+                None => {
+                    tracked.seen.insert(name, digest);
+                }
             }
-            let appeared = stored.is_none() && seen.is_none();
-            tracked.moved.insert(name, digest);
-            moved |= !appeared;
         }
         moved
+    }
+
+    /// The catalog generation advances: every memoised answer is dropped, so what names
+    /// carried when those answers were made no longer matters.
+    pub(crate) fn new_generation(&mut self) {
+        for tracked in self.dbs.values_mut() {
+            tracked.seen.clear();
+        }
     }
 
     /// What the poller must fetch: per database, everything tracked there.
@@ -349,8 +355,6 @@ impl Tracked {
         let Some(tracked) = self.dbs.get_mut(db) else {
             return changes;
         };
-        // The poll stores what names carry now: what was signalled is reported below.
-        tracked.moved.clear();
         let epoch = |cause| Change::Epoch {
             db: Some(db.to_owned()),
             cause,
@@ -605,57 +609,48 @@ mod tests {
     }
 
     #[test]
-    fn moved_names_are_signalled_once_until_the_poll_stores_them() {
+    fn a_name_is_signalled_when_it_changes_within_a_generation() {
         let mut t = Tracked::new(limits(10));
         let mut base = Prints::default();
         base.rel_names.insert("t".into(), Some([1; 16]));
         t.insert("db", base).unwrap();
-        let names = vec!["t".to_owned(), "u".to_owned()];
-        assert_eq!(t.tracked_names("db", &names), vec!["t".to_owned()]);
-        let same = HashMap::from([("t".to_owned(), Some([1; 16]))]);
-        assert!(!t.moved_names("db", same));
-        // Dropped and re-created: another OID under the name.
-        let moved = HashMap::from([("t".to_owned(), Some([2; 16]))]);
-        assert!(t.moved_names("db", moved.clone()));
-        assert!(!t.moved_names("db", moved.clone()), "signalled once");
-        // The stored print is left for the poll to report.
+        let at = |d: Option<Digest>| HashMap::from([("t".to_owned(), d)]);
+        // First met in this generation: recorded.
+        assert!(!t.moved_names("db", at(Some([1; 16]))));
+        assert!(!t.moved_names("db", at(Some([1; 16]))));
+        // Dropped and re-created: another OID under the name, signalled once.
+        assert!(t.moved_names("db", at(Some([2; 16]))));
+        assert!(!t.moved_names("db", at(Some([2; 16]))));
+        // Dropped: signalled too (answers name a relation that is gone).
+        assert!(t.moved_names("db", at(None)));
+        // Created again.
+        assert!(t.moved_names("db", at(Some([3; 16]))));
+        // A new generation (a DDL through pgmemo, a poll's changes): nothing memoised
+        // before is used again, so whatever the name carries now is only recorded.
+        t.new_generation();
+        assert!(!t.moved_names("db", at(Some([4; 16]))));
+        assert!(t.moved_names("db", at(Some([5; 16]))));
+        // The stored print is the poller's: it still reports the change.
         let poll = Prints {
-            rel_names: moved.clone(),
+            rel_names: at(Some([5; 16])),
             ..Prints::default()
         };
-        let changes = t.apply("db", poll);
-        assert_eq!(changes.len(), 1, "{changes:?}");
-        assert!(!t.moved_names("db", moved));
-        // Moved again after the poll: signalled again.
-        let again = HashMap::from([("t".to_owned(), Some([3; 16]))]);
-        assert!(t.moved_names("db", again));
+        assert_eq!(t.apply("db", poll).len(), 1);
     }
 
     #[test]
-    fn a_name_that_appears_is_recorded_and_only_a_later_change_is_signalled() {
+    fn a_name_first_met_absent_is_signalled_when_it_appears_in_the_same_generation() {
         let mut t = Tracked::new(limits(10));
         let mut base = Prints::default();
         base.rel_names.insert("t".into(), None);
         t.insert("db", base).unwrap();
-        let absent = HashMap::from([("t".to_owned(), None)]);
-        assert!(!t.moved_names("db", absent.clone()));
-        // Created: nothing memoised could name it before.
-        let created = HashMap::from([("t".to_owned(), Some([1; 16]))]);
-        assert!(!t.moved_names("db", created.clone()));
-        assert!(!t.moved_names("db", created.clone()));
-        // Dropped and re-created before any poll: answers since the creation name the old one.
-        let recreated = HashMap::from([("t".to_owned(), Some([2; 16]))]);
-        assert!(t.moved_names("db", recreated.clone()));
-        assert!(!t.moved_names("db", recreated));
-        // Dropped: signalled too (answers name a relation that is gone).
-        assert!(t.moved_names("db", absent.clone()));
-        // The poll still reports the name's change against the stored print (epoch).
-        let poll = Prints {
-            rel_names: created.clone(),
-            ..Prints::default()
-        };
-        assert_eq!(t.apply("db", poll).len(), 1);
-        assert!(!t.moved_names("db", created));
+        let at = |d: Option<Digest>| HashMap::from([("t".to_owned(), d)]);
+        assert!(!t.moved_names("db", at(None)));
+        // An answer of this generation said "no such relation": plans made from it (a write
+        // that could not be resolved) must not outlive its creation.
+        assert!(t.moved_names("db", at(Some([1; 16]))));
+        t.new_generation();
+        assert!(!t.moved_names("db", at(Some([1; 16]))));
     }
 
     #[test]
