@@ -513,6 +513,7 @@ def inside(args):
     check_isolated()
     workdir = tempfile.mkdtemp(prefix="pgmemo-compat-", dir=args.workdir or "/tmp")
     os.chmod(workdir, 0o755)  # PostgreSQL runs as another user below it
+    keep = args.keep
     try:
         # Each target gets a fresh server: the suite creates and drops databases and roles.
         direct, wall_d, _ = one_target("direct", args, args.lib, args.src, workdir)
@@ -530,10 +531,11 @@ def inside(args):
             with open(args.json, "w") as f:
                 json.dump(summary, f, indent=1)
         if not ok:
+            keep = True
             log(f"logs kept in {workdir}")
         return 0 if ok else 1
     finally:
-        if not args.keep:
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
