@@ -95,6 +95,8 @@ pub struct Relay<'a> {
     cancels: Option<&'a mut Deferral>,
     /// The plan being computed for the frame held at the head of `cbuf`.
     pending_plan: Option<PlanFuture>,
+    /// A plan computed for a later frame (nothing is held for it); its result is memoised.
+    background_plan: Option<PlanFuture>,
     /// The wait for another session's fill of the Query or group held at the head of `cbuf`.
     pending_wait: Option<WaitFuture>,
     /// The catalog read the next settings probe waits for.
@@ -149,6 +151,7 @@ impl<'a> Relay<'a> {
             caching,
             cancels: None,
             pending_plan: None,
+            background_plan: None,
             pending_wait: None,
             pending_names: None,
             pending_ack: None,
@@ -256,6 +259,15 @@ impl<'a> Relay<'a> {
             {
                 self.pending_plan = None;
                 self.caching.plan_ready(plan);
+                progress = true;
+            }
+            if self.background_plan.is_none() {
+                self.background_plan = self.caching.background_plan();
+            }
+            if let Some(fut) = self.background_plan.as_mut()
+                && fut.as_mut().poll(cx).is_ready()
+            {
+                self.background_plan = None;
                 progress = true;
             }
             if let Some(fut) = self.pending_wait.as_mut()

@@ -155,6 +155,9 @@ impl CacheSession {
             return Ok(Arc::clone(plan));
         }
         let sql = plan.sql.clone();
+        let only_catalog_moved = plan.context_id == self.cx_id
+            && plan.is_current(plan.catalog_generation(), self.app.rules_generation());
+        let stale_write = only_catalog_moved.then(|| plan.stale_write()).flatten();
         match self.plan_for(&sql) {
             Some(fresh) => {
                 self.tracker
@@ -162,7 +165,16 @@ impl CacheSession {
                     .insert(Bytes::copy_from_slice(name), Arc::clone(&fresh));
                 Ok(fresh)
             }
-            None => Err(Some(sql)),
+            // A write goes upstream at once (a client pipelining many of them must see an
+            // early error while it is still sending, as it would without pgmemo); the new
+            // plan is computed meanwhile for the statement's next Bind.
+            None => match stale_write {
+                Some(stale) => {
+                    self.background_plan = Some(sql);
+                    Ok(Arc::new(stale))
+                }
+                None => Err(Some(sql)),
+            },
         }
     }
 

@@ -187,6 +187,9 @@ pub struct CacheSession {
     /// Custom (dotted) settings this session SET or RESET: the probe reads them back.
     custom_names: Vec<String>,
     ready_plan: Option<Arc<Plan>>,
+    /// A statement whose Bind went upstream under its stale plan: its new plan is computed
+    /// in the background (see [`CacheSession::background_plan`]).
+    background_plan: Option<Bytes>,
     /// The last plan computed for this session that the memos would not hold (too heavy):
     /// a client repeating one large statement (a pipeline of identical Parses) has it
     /// analysed once, not at every message. One per session, bounded like its registry.
@@ -260,6 +263,7 @@ impl CacheSession {
             capture: None,
             custom_names: Vec::new(),
             ready_plan: None,
+            background_plan: None,
             recent_heavy: None,
             lookups: 0,
             waited: None,

@@ -137,6 +137,33 @@ impl Plan {
         }
     }
 
+    /// For a Bind of this plan's statement after the catalog moved on, instead of waiting for
+    /// a new plan: the same plan made safe to run once under whatever the catalog says now.
+    /// Only for a plan with no cacheable read (nothing to look up) that writes something
+    /// (what a pipelined write must not wait for); `None` otherwise. What it writes is no
+    /// longer known exactly (a trigger or rule may have been added), so its commit bumps the
+    /// epoch; and user code it may now run could change the session's settings, so the
+    /// session probes them again afterwards.
+    pub fn stale_write(&self) -> Option<Plan> {
+        if self.read.is_ok() || self.stmts.iter().all(|s| s.written.is_empty()) {
+            return None;
+        }
+        let stmts: Vec<StmtPlan> = self
+            .stmts
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.written.merge(&[], Some(EpochCause::ResolutionChanged));
+                s.taint = s.taint.or(Some("planned under an older catalog"));
+                s
+            })
+            .collect();
+        Some(Plan {
+            stmts: stmts.into(),
+            ..self.clone()
+        })
+    }
+
     /// Every statement's bumps together (for a session that loses track of which ran).
     pub fn all_written(&self) -> Written {
         let mut w = Written::default();

@@ -51,6 +51,13 @@ impl CacheSession {
         })
     }
 
+    /// The future computing a plan no frame waits for (a write that went upstream under
+    /// its stale plan): it memoises the plan for the statement's next Bind.
+    pub fn background_plan(&mut self) -> Option<PlanFuture> {
+        let sql = self.background_plan.take()?;
+        Some(self.plan_future(sql))
+    }
+
     /// The plan computed for the held frame.
     pub fn plan_ready(&mut self, plan: Arc<Plan>) {
         self.ready_plan = Some(plan);
