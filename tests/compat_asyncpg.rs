@@ -26,11 +26,10 @@ const TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Runs only with `PGMEMO_COMPAT=1` until the difference it still finds is fixed (issue 16
 /// is open): `test_executemany_server_failure_during_writes` asserts that the server's
 /// error reaches the client before it has written a 4 MB pipeline. Through pgmemo the error
-/// is sometimes later: pgmemo takes the client's pipeline in faster than PostgreSQL reads it,
-/// so asyncpg's writes never slow down and it may finish before the error is back (a loop
-/// of the test's own steps: 11–17 runs in 100 with the cache on, as many with it off;
-/// PgBouncer, which reads 4 KiB at a time, 1 in 100; direct 0–1). A check known to fail now
-/// and then would make CI red at random.
+/// is sometimes later (a loop of the test's own steps: 11–17 runs in 100 with the cache on,
+/// as many with it off; PgBouncer 1 in 100; direct 0–1): it is the relay, not the cache, and
+/// neither a smaller queue towards PostgreSQL nor a smaller socket buffer changed it. A
+/// check known to fail now and then would make CI red at random.
 #[test]
 fn asyncpg_suite_fails_the_same_tests_through_pgmemo() {
     if std::env::var("PGMEMO_COMPAT").as_deref() != Ok("1") {
