@@ -308,14 +308,8 @@ async fn bytea_output_reloaded_server_wide_reaches_existing_sessions_within_the_
     s.direct_sql("ALTER SYSTEM SET bytea_output = 'escape'; SELECT pg_reload_conf();");
     // pg_reload_conf() only signals the postmaster, which re-reads the file and then signals
     // every backend: the direct session sees the new value a moment later, not at once.
-    let reloaded = Instant::now();
-    let direct = loop {
-        let direct = simple(&s.probe.client, &q.sql).await;
-        if direct == escape || reloaded.elapsed() > POLL_BOUND {
-            break direct;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    until_new_answer(&s.probe.client, &q.sql, &hex, &escape, POLL_BOUND).await;
+    let direct = simple(&s.probe.client, &q.sql).await;
     assert_eq!(direct, escape, "PostgreSQL itself after the reload");
     let took = until_new_answer(&c, &q.sql, &hex, &escape, POLL_BOUND).await;
     eprintln!("bytea_output reload seen after {took:?}");

@@ -102,8 +102,8 @@ impl CacheStack {
     }
 }
 
-/// Waits (at most 20 s) until no change stream is still connecting or creating its slot. A stream that becomes
-/// consistent bumps the epoch (whatever it missed before is dropped): the default stream
+/// Waits (at most 20 s) until no change stream is still connecting or creating its slot. A
+/// stream that becomes consistent bumps the epoch (whatever it missed before is dropped): the default stream
 /// follows the upstream URL's database, so without this wait a test that caches in its
 /// first few milliseconds could see its entries dropped by that start-up bump (a flaky
 /// "expected a cache hit"). A stream that cannot connect (a test's own CDC set-up) is left

@@ -157,7 +157,7 @@ impl CacheSession {
         let sql = plan.sql.clone();
         let only_catalog_moved = plan.context_id == self.cx_id
             && plan.is_current(plan.catalog_generation(), self.app.rules_generation());
-        let stale_write = only_catalog_moved.then(|| plan.stale_write()).flatten();
+        let stale = only_catalog_moved.then(|| Arc::clone(plan));
         match self.plan_for(&sql) {
             Some(fresh) => {
                 self.tracker
@@ -168,7 +168,7 @@ impl CacheSession {
             // A write goes upstream at once (a client pipelining many of them must see an
             // early error while it is still sending, as it would without pgmemo); the new
             // plan is computed meanwhile for the statement's next Bind.
-            None => match stale_write {
+            None => match stale.and_then(|plan| plan.stale_write()) {
                 Some(stale) => {
                     self.background_plan = Some(sql);
                     Ok(Arc::new(stale))

@@ -53,9 +53,17 @@ impl CacheSession {
 
     /// The future computing a plan no frame waits for (a write that went upstream under
     /// its stale plan): it memoises the plan for the statement's next Bind.
+    /// Every stale Bind of a pipeline asks for it: once one is memoised, none is computed.
     pub fn background_plan(&mut self) -> Option<PlanFuture> {
         let sql = self.background_plan.take()?;
-        Some(self.plan_future(sql))
+        let caching = &self.app.caching;
+        let memoised = caching.plans.get(
+            self.cx_id,
+            &sql,
+            caching.catalog.generation(),
+            self.app.rules_generation(),
+        );
+        memoised.is_none().then(|| self.plan_future(sql))
     }
 
     /// The plan computed for the held frame.
