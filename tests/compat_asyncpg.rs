@@ -23,19 +23,8 @@ use common::reaper::Reaper;
 /// Both runs take 2-5 minutes on a 2-core machine; the bound only catches a hang.
 const TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
-/// Runs only with `PGMEMO_COMPAT=1` until the difference it still finds is fixed (issue 16
-/// is open): `test_executemany_server_failure_during_writes` asserts that the server's
-/// error reaches the client before it has written a 4 MB pipeline. Through pgmemo the error
-/// is sometimes later (a loop of the test's own steps: 11–17 runs in 100 with the cache on,
-/// as many with it off; PgBouncer 1 in 100; direct 0–1): it is the relay, not the cache, and
-/// neither a smaller queue towards PostgreSQL nor a smaller socket buffer changed it. A
-/// check known to fail now and then would make CI red at random.
 #[test]
 fn asyncpg_suite_fails_the_same_tests_through_pgmemo() {
-    if std::env::var("PGMEMO_COMPAT").as_deref() != Ok("1") {
-        eprintln!("skipped: set PGMEMO_COMPAT=1 to run asyncpg's suite through pgmemo");
-        return;
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = tempfile::Builder::new()
         .prefix("pgmemo-compat-test-")

@@ -278,7 +278,7 @@ class Postgres:
             return ""
 
     def stop(self):
-        if self.port is None:
+        if self.port is None or self.proc is None:
             return
         self.port = None
         self.proc.send_signal(signal.SIGQUIT)  # immediate shutdown
