@@ -10,8 +10,14 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::config::rules::Rules;
-use crate::session::caching::Caching;
-use crate::session::cancel::CancelRegistry;
+use crate::cache::Cache;
+use crate::cache::l2::tier::SharedTier;
+use crate::catalog::Catalog;
+use crate::catalog::login::LoginMemo;
+use crate::cdc::hub::Hub;
+use crate::invalidation::Invalidator;
+use crate::planner::memo::PlanMemo;
+use crate::cancel::CancelRegistry;
 use crate::side::Presence;
 use crate::upstream::Upstream;
 
@@ -111,5 +117,49 @@ impl AppContext {
 
     pub fn next_session_id(&self) -> u64 {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Shared services of the cache, in the application context.
+pub struct Caching {
+    pub cache: Arc<Cache>,
+    pub catalog: Arc<Catalog>,
+    pub invalidator: Arc<Invalidator>,
+    /// Plans by exact text.
+    pub plans: PlanMemo,
+    /// Plans by shape (numeric literals replaced): texts that differ only in numbers share
+    /// the analysis and catalog work.
+    pub shapes: PlanMemo,
+    /// The change streams: a covered database whose stream is not streaming does not use
+    /// the cache.
+    pub cdc: Arc<Hub>,
+    /// The shared tier on Redis, when `cache.redis` is set.
+    pub shared: Option<Arc<SharedTier>>,
+    /// Settings probe results at login, by login key.
+    pub logins: LoginMemo,
+}
+
+impl Caching {
+    pub fn new(
+        cache: Arc<Cache>,
+        catalog: Arc<Catalog>,
+        cdc: Hub,
+        shared: Option<Arc<SharedTier>>,
+        memory: crate::config::SqlMemory,
+    ) -> Self {
+        Self {
+            cdc: Arc::new(cdc),
+            invalidator: Arc::new(Invalidator::new(
+                Arc::clone(&cache),
+                Arc::clone(&catalog),
+                shared.clone(),
+            )),
+            shared,
+            cache,
+            catalog,
+            plans: PlanMemo::new(65_536, memory.plans),
+            shapes: PlanMemo::new(16_384, memory.shapes),
+            logins: LoginMemo::default(),
+        }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cancel;
 pub mod catalog;
 pub mod cdc;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod context;
 pub mod error;
 pub mod invalidation;
 pub mod net;
+pub mod planner;
 pub mod protocol;
 pub mod server;
 pub mod session;
@@ -25,3 +27,4 @@ pub mod side;
 pub mod sql;
 pub mod telemetry;
 pub mod upstream;
+pub mod workers;

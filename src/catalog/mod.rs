@@ -20,6 +20,7 @@ mod bodies;
 mod conn;
 mod error;
 mod expand;
+pub mod login;
 mod memo;
 mod nodetree;
 mod poller;

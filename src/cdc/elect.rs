@@ -131,10 +131,11 @@ const WANT_TTL: Duration = Duration::from_secs(2);
 
 /// Asks the lease holder, whichever instance it is, to stop `db`'s stream now (before a
 /// statement that needs the database free). Best effort: a failure leaves the stream to
-/// the holder's own idle rule, and the statement reports what uses the database.
-pub async fn request_release(tier: &SharedTier, db: &str) {
+/// the holder's own idle rule, and the statement reports what uses the database. The
+/// request lasts `hold` (the caller's release period).
+pub async fn request_release(tier: &SharedTier, db: &str, hold: Duration) {
     let mut conn = tier.conn();
-    let ttl = u64::try_from(crate::side::RELEASE_HOLD.as_millis()).unwrap_or(10_000);
+    let ttl = u64::try_from(hold.as_millis()).unwrap_or(10_000);
     let mut cmd = redis::cmd("SET");
     cmd.arg(release_key(tier, db)).arg("1").arg("PX").arg(ttl);
     let _ = tokio::time::timeout(tier.timeout(), cmd.query_async::<()>(&mut conn)).await;

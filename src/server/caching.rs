@@ -14,7 +14,7 @@ use crate::catalog::{Catalog, CatalogConfig, Poller};
 use crate::cdc::hub::Hub;
 use crate::config::{CdcMode, Config, RedisConfig, RedisConsistency, UpstreamTarget};
 use crate::context::AppContext;
-use crate::session::caching::Caching;
+use crate::context::Caching;
 
 /// Why the cache services could not be built.
 #[derive(Debug, thiserror::Error)]

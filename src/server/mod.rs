@@ -3,10 +3,8 @@
 //! the config on SIGHUP, and on shutdown stops accepting, lets sessions finish their
 //! transaction up to `server.shutdown_timeout`, then closes the rest with 57P01.
 
-pub mod affinity;
 pub mod caching;
 pub mod tls;
-pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +22,7 @@ use crate::error::ClientError;
 use crate::session::{self, Shutdown};
 use crate::telemetry::{self, names};
 use crate::upstream::Upstream;
+use crate::workers;
 
 /// Connections over the limit being told 53300 after their startup packet (TLS negotiated,
 /// a cancel request forwarded) at once; past this, each is told at accept ([`refuse_now`]).

@@ -1,7 +1,7 @@
 //! Cancel requests that arrive while pgmemo's own work (the settings probe, a Parse replayed
 //! on its own) occupies the session's upstream connection. Forwarded then, a request would
 //! cancel pgmemo's work, and the client's statement queued behind it would run uncancelled.
-//! So the registry holds it (see [`super::cancel`]), and the relay routes it once that work
+//! So the registry holds it (see [`crate::cancel`]), and the relay routes it once that work
 //! is over: forwarded when the client's own work is on the connection, handed to a statement
 //! pgmemo holds back, kept while the client's work is still with pgmemo, or dropped when the
 //! client has nothing left running (as PostgreSQL drops a cancel that finds nothing to cancel).
@@ -17,7 +17,7 @@ use std::task::Context;
 use bytes::Bytes;
 use tracing::warn;
 
-use super::cancel::{CancelKeyGuard, CancelSignal, Held};
+use crate::cancel::{CancelKeyGuard, CancelSignal, Held};
 use crate::context::AppContext;
 use crate::protocol::startup;
 use crate::telemetry::names;

@@ -1,4 +1,4 @@
-//! Following the client's CPU: when workers are pinned one per CPU (see `server::workers`),
+//! Following the client's CPU: when workers are pinned one per CPU (see `workers`),
 //! a session whose client keeps sending from another worker's CPU moves to that worker at
 //! its next idle point, so the client thread and the worker serving it share a CPU. This
 //! decides when; the relay finds the idle point and `session` does the move.

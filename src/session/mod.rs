@@ -4,7 +4,6 @@
 
 pub mod auth;
 pub mod caching;
-pub mod cancel;
 pub mod deferred;
 pub mod fingerprint;
 pub mod follow;
@@ -23,10 +22,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
+use crate::cancel;
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::net::Stream;
-use crate::server::workers::{self, Workers};
+use crate::workers::{self, Workers};
 use crate::telemetry::names;
 use negotiate::{Negotiated, negotiate};
 use relay::{Relay, RelayEnd, RelayError};

@@ -27,7 +27,7 @@ use crate::error::ClientError;
 use crate::net::Stream;
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{self, FrameError, response};
-use crate::server::workers::Workers;
+use crate::workers::Workers;
 use crate::telemetry::names;
 use crate::telemetry::striped::Striped;
 

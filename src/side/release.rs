@@ -73,7 +73,7 @@ pub async fn release(ctx: &AppContext, session_db: &str, needs: &[NeedsFree]) {
         };
         if let Some(tier) = &ctx.caching.shared {
             // The lease holder may be another instance: ask it to stop too.
-            crate::cdc::elect::request_release(tier, db).await;
+            crate::cdc::elect::request_release(tier, db, super::RELEASE_HOLD).await;
         }
         let started = Instant::now();
         loop {

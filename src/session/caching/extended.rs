@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::group::{self, Group, Scan};
-use super::plan::Plan;
+use crate::planner::plan::Plan;
 use super::tracker::MAX_NAMED;
 use super::{CacheSession, Hold, Looked, WaitResult};
 use crate::session::registry::{MAX_STATEMENTS, Statement};

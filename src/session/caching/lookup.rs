@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::plan::Plan;
+use crate::planner::plan::Plan;
 use super::{CacheSession, Capture, HIT_TIMING_SAMPLE, Looked, hooks, shared};
 use crate::cache::{KeyInput, Lookup};
 use crate::session::state::SessionState;

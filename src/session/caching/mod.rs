@@ -11,16 +11,11 @@
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
 pub mod ack;
-pub mod adaptive;
-mod called;
 mod extended;
 pub mod group;
 pub mod hooks;
-mod login;
 mod lookup;
-pub mod memo;
 mod named;
-pub mod plan;
 mod planning;
 pub mod probe;
 mod shared;
@@ -36,20 +31,17 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Histogram};
 
-use crate::cache::l2::tier::SharedTier;
-use crate::cache::{Cache, CacheKey, Entry, FillGuard, KeyCheck, Tag, VersionSnapshot};
-use crate::catalog::{Catalog, CatalogError, SettingNames};
-use crate::cdc::hub::Hub;
+use crate::cache::{CacheKey, Entry, FillGuard, KeyCheck, Tag, VersionSnapshot};
+use crate::catalog::{CatalogError, SettingNames};
 use crate::context::AppContext;
-use crate::invalidation::{Invalidator, Source};
+use crate::invalidation::Source;
 use crate::protocol::fields::Reader;
 use crate::protocol::tags::{backend, frontend};
-use crate::session::cancel::CancelSignal;
+use crate::cancel::CancelSignal;
 use crate::session::fingerprint::Fingerprint;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
-use memo::PlanMemo;
-use plan::{Context, Plan};
+use crate::planner::plan::{Context, Plan};
 use probe::{ProbeReader, ProbeResult};
 use tracker::{Expect, Tracker};
 
@@ -69,24 +61,6 @@ pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
 pub use extended::GroupAction;
 pub use wait::{WaitFuture, WaitResult};
 
-/// Shared services of the cache, in the application context.
-pub struct Caching {
-    pub cache: Arc<Cache>,
-    pub catalog: Arc<Catalog>,
-    pub invalidator: Arc<Invalidator>,
-    /// Plans by exact text.
-    pub plans: PlanMemo,
-    /// Plans by shape (numeric literals replaced): texts that differ only in numbers share
-    /// the analysis and catalog work.
-    pub shapes: PlanMemo,
-    /// The change streams: a covered database whose stream is not streaming does not use
-    /// the cache.
-    pub cdc: Arc<Hub>,
-    /// The shared tier on Redis, when `cache.redis` is set.
-    pub shared: Option<Arc<SharedTier>>,
-    /// Settings probe results at login, by login key.
-    pub logins: login::LoginMemo,
-}
 
 /// What the relay does with a client frame.
 pub enum FrameAction {
@@ -250,7 +224,7 @@ impl CacheSession {
             probe_needed: true,
             probe_config: 0,
             probe_failures: 0,
-            login_key: Some(login::key(database, user, params)),
+            login_key: Some(crate::catalog::login::key(database, user, params)),
             login_probe: None,
             database: database.into(),
             names_fetching: false,
@@ -742,27 +716,3 @@ fn digest(bytes: &[u8]) -> [u8; 16] {
     siphasher::sip128::Hasher128::finish128(&h).as_bytes()
 }
 
-impl Caching {
-    pub fn new(
-        cache: Arc<Cache>,
-        catalog: Arc<Catalog>,
-        cdc: Hub,
-        shared: Option<Arc<SharedTier>>,
-        memory: crate::config::SqlMemory,
-    ) -> Self {
-        Self {
-            cdc: Arc::new(cdc),
-            invalidator: Arc::new(Invalidator::new(
-                Arc::clone(&cache),
-                Arc::clone(&catalog),
-                shared.clone(),
-            )),
-            shared,
-            cache,
-            catalog,
-            plans: PlanMemo::new(65_536, memory.plans),
-            shapes: PlanMemo::new(16_384, memory.shapes),
-            logins: login::LoginMemo::default(),
-        }
-    }
-}

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::plan::{Plan, StmtPlan};
+use crate::planner::plan::{Plan, StmtPlan};
 
 /// Entries per map and session.
 pub const MAX_NAMED: usize = 10_000;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::named::MAX_NAMED_BYTES;
-use super::plan::{Plan, Planner};
+use crate::planner::plan::{Plan, Planner};
 use super::{CacheSession, PlanFuture};
 
 impl CacheSession {

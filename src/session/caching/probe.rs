@@ -128,22 +128,7 @@ fn extended(sql: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// What a probe found.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProbeResult {
-    /// Non-default settings, plus `current_user`, `session_user`, `current_database` (as the
-    /// fingerprint's re-establishing expects).
-    pub settings: Vec<(String, String)>,
-    pub current_user: String,
-    pub database: String,
-    pub db_oid: u32,
-    pub search_path: String,
-    /// `pgmemo.cache` is set to a false value in the session.
-    pub opted_out: bool,
-    pub has_temp: bool,
-    pub client_encoding: String,
-    pub standard_conforming_strings: bool,
-}
+pub use crate::catalog::login::ProbeResult;
 
 /// ReadyForQuery messages a probe's response ends with (one per Sync it sends).
 const PROBE_SYNCS: u8 = 2;

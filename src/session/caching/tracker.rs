@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::CacheSession;
-use super::plan::{Plan, StmtPlan};
+use crate::planner::plan::{Plan, StmtPlan};
 use crate::cache::EpochCause;
 use crate::invalidation::{Source, Written};
 use crate::protocol::fields::Reader;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::CacheSession;
 use crate::cache::{Entry, FillWaiter, WaitOutcome};
 use crate::error::ClientError;
-use crate::session::cancel::CancelSignal;
+use crate::cancel::CancelSignal;
 
 pub type WaitFuture = Pin<Box<dyn Future<Output = WaitResult> + Send>>;
 

@@ -19,7 +19,23 @@ use std::sync::Arc;
 
 use moka::sync::Cache as Moka;
 
-use super::probe::ProbeResult;
+
+/// What a session's settings probe found (the session side runs the probe).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeResult {
+    /// Non-default settings, plus `current_user`, `session_user`, `current_database` (as the
+    /// fingerprint's re-establishing expects).
+    pub settings: Vec<(String, String)>,
+    pub current_user: String,
+    pub database: String,
+    pub db_oid: u32,
+    pub search_path: String,
+    /// `pgmemo.cache` is set to a false value in the session.
+    pub opted_out: bool,
+    pub has_temp: bool,
+    pub client_encoding: String,
+    pub standard_conforming_strings: bool,
+}
 
 /// Most bytes the memo holds (keys and settings).
 const MAX_BYTES: u64 = 8 << 20;

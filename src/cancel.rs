@@ -7,7 +7,7 @@
 //! another session's identical query) is cancelled through it, since the upstream backend has
 //! nothing running to cancel; and while pgmemo's own work occupies the session's upstream
 //! connection, a request is held there for the session to forward once the client's work is
-//! next (see [`super::deferred`]).
+//! next (see `session::deferred`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -20,7 +20,7 @@ use std::thread;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
-use super::affinity;
+pub mod affinity;
 
 /// A session to start on a worker, built there (so its sockets register with that worker's
 /// reactor).
