@@ -8,17 +8,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
-use crate::config::rules::Rules;
 use crate::cache::Cache;
 use crate::cache::l2::tier::SharedTier;
+use crate::cancel::CancelRegistry;
 use crate::catalog::Catalog;
 use crate::catalog::login::LoginMemo;
 use crate::cdc::hub::Hub;
+use crate::config::Config;
+use crate::config::rules::Rules;
 use crate::invalidation::Invalidator;
 use crate::planner::memo::PlanMemo;
-use crate::cancel::CancelRegistry;
 use crate::side::Presence;
+use crate::tasks::Tasks;
 use crate::upstream::Upstream;
 
 /// The compiled rules of the live config, with a generation that moves on every reload (plans
@@ -46,6 +47,8 @@ pub struct AppContext {
     pub cancel_keys: Arc<CancelRegistry>,
     /// Client sessions per database: when pgmemo's own side connections may be open.
     pub side: Arc<Presence>,
+    /// pgmemo's named background tasks (waited for at shutdown).
+    pub tasks: Tasks,
     next_session_id: AtomicU64,
 }
 
@@ -62,6 +65,7 @@ impl AppContext {
         upstream: Upstream,
         tls: Option<ClientTls>,
         caching: Caching,
+        tasks: Tasks,
     ) -> Self {
         let rules = RulesGen {
             rules: Rules::new(&config.rules, config.cache.ttl),
@@ -78,6 +82,7 @@ impl AppContext {
             tls,
             cancel_keys: Arc::new(CancelRegistry::default()),
             side: Presence::new(),
+            tasks,
             next_session_id: AtomicU64::new(1),
         }
     }

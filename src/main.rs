@@ -1,6 +1,12 @@
 //! The `pgmemo` binary: parses the command line, loads the configuration, starts tracing and
 //! runs the library's server until SIGTERM/SIGINT. Everything else lives in the library.
 
+// As in the library: no unwrap, expect or unchecked indexing outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::net::SocketAddr;

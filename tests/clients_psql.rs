@@ -128,15 +128,7 @@ fn rows_csv() -> String {
 
 /// A deterministic binary blob with every byte value, for `\lo_import`.
 fn blob() -> Vec<u8> {
-    let mut state: u32 = 0x9e37_79b9;
-    (0..300_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state.to_le_bytes()[0]
-        })
-        .collect()
+    pgmemo::rng::Rng::new(0x9e37_79b9).bytes(300_000)
 }
 
 fn prepare_main(dir: &Path) {

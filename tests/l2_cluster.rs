@@ -54,7 +54,7 @@ async fn versions_and_results_work_across_a_three_master_cluster() {
     let mk = |c: ClusterConnection| {
         let (store, writer) = L2Store::new(
             c,
-            secret.envelope_key(),
+            pgmemo::cache::l2::envelope::EnvelopeKey::for_secret(&secret),
             L2Settings {
                 cluster: true,
                 ..L2Settings::default()

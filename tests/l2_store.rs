@@ -11,9 +11,9 @@ use bytes::Bytes;
 use common::RedisServer;
 use pgmemo::cache::KeySecret;
 use pgmemo::cache::key::{CacheKey, KeyCheck};
-use pgmemo::cache::l2::breaker::BreakerState;
 use pgmemo::cache::l2::envelope::Sealed;
 use pgmemo::cache::l2::store::{L2Settings, L2Store};
+use pgmemo::redis_link::breaker::BreakerState;
 use tokio_util::sync::CancellationToken;
 
 type Conn = redis::aio::ConnectionManager;
@@ -32,7 +32,11 @@ async fn store(r: &RedisServer, secret: &str) -> (L2Store<Conn>, CancellationTok
         breaker_cooldown: Duration::from_millis(200),
         ..L2Settings::default()
     };
-    let (store, writer) = L2Store::new(conn, secret.envelope_key(), settings);
+    let (store, writer) = L2Store::new(
+        conn,
+        pgmemo::cache::l2::envelope::EnvelopeKey::for_secret(&secret),
+        settings,
+    );
     let stop = CancellationToken::new();
     tokio::spawn(writer.run(stop.clone()));
     (store, stop)

@@ -139,7 +139,7 @@ async fn an_evicting_policy_is_refused_and_bumps_are_announced() {
 
 #[tokio::test]
 async fn one_instance_holds_the_lease_and_another_takes_over_when_it_lapses_or_is_released() {
-    use pgmemo::cache::l2::lease::Lease;
+    use pgmemo::redis_link::lease::Lease;
     let r = RedisServer::start();
     let mut c = conn(&r).await;
     // Generous against scheduling delays on a shared machine: renewals every 200 ms.

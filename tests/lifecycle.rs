@@ -120,6 +120,13 @@ async fn sigterm_closes_idle_sessions_and_lets_open_transactions_commit() {
 
     let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(15)));
     assert!(status.success(), "pgmemo exited with {status:?}");
+    // Its background tasks (catalog poller, change stream and its helpers, signal
+    // handlers) were stopped and waited for, none left behind.
+    let stderr = proxy.stderr();
+    assert!(
+        stderr.contains("background tasks stopped") && !stderr.contains("still running"),
+        "background tasks not all stopped at exit:\n{stderr}"
+    );
     assert!(
         a_closed.elapsed() < Duration::from_secs(5),
         "pgmemo lingered {:?} after its last session closed",

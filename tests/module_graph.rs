@@ -96,10 +96,11 @@ fn referenced(line: &str, module: &[String]) -> Vec<String> {
             climbs += 1;
             after = a;
         }
-        if !preceded_by_path && climbs == module.len() {
-            if let Some(id) = ident_at(after) {
-                found.push(id.to_string());
-            }
+        if !preceded_by_path
+            && climbs == module.len()
+            && let Some(id) = ident_at(after)
+        {
+            found.push(id.to_string());
         }
         rest = after;
     }
@@ -176,7 +177,12 @@ fn find_cycle(g: &Graph) -> Option<Vec<String>> {
 
 fn show(g: &Graph) -> String {
     g.iter()
-        .map(|(m, deps)| format!("{m} -> {}", deps.iter().cloned().collect::<Vec<_>>().join(" ")))
+        .map(|(m, deps)| {
+            format!(
+                "{m} -> {}",
+                deps.iter().cloned().collect::<Vec<_>>().join(" ")
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -214,14 +220,23 @@ fn the_reader_sees_grouped_imports_and_super_paths() {
         referenced("use crate::{a::{b, c}, d::e};", &nested),
         ["a", "d"]
     );
-    assert_eq!(referenced("let x = crate::cdc::hub::State;", &nested), ["cdc"]);
+    assert_eq!(
+        referenced("let x = crate::cdc::hub::State;", &nested),
+        ["cdc"]
+    );
     assert_eq!(referenced("use super::server::Workers;", &top), ["server"]);
-    assert_eq!(referenced("use super::super::server::W;", &nested), ["server"]);
+    assert_eq!(
+        referenced("use super::super::server::W;", &nested),
+        ["server"]
+    );
     assert!(referenced("use super::state::SessionState;", &nested).is_empty());
     let mut g = Graph::new();
     g.entry("a".into()).or_default().insert("b".into());
     g.entry("b".into()).or_default().insert("a".into());
-    assert_eq!(find_cycle(&g), Some(vec!["a".into(), "b".into(), "a".into()]));
+    assert_eq!(
+        find_cycle(&g),
+        Some(vec!["a".into(), "b".into(), "a".into()])
+    );
     let mut g = Graph::new();
     g.entry("a".into()).or_default().insert(ROOT.into());
     g.entry(ROOT.into()).or_default().insert("a".into());

@@ -78,9 +78,10 @@ impl KeySecret {
         Ok(Self::from_bytes(secret))
     }
 
-    /// The key that authenticates this deployment's L2 envelopes.
-    pub fn envelope_key(&self) -> super::l2::envelope::EnvelopeKey {
-        super::l2::envelope::EnvelopeKey::new(self.envelope)
+    /// The secret behind this deployment's L2 envelope key (see `l2::envelope`, which
+    /// derives the key from it: this module knows nothing of envelopes).
+    pub fn envelope_secret(&self) -> [u8; 32] {
+        self.envelope
     }
 
     /// A fresh random secret from the OS (for a deployment without a configured one).

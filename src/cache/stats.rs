@@ -157,11 +157,14 @@ impl Stats {
         }
     }
 
+    // The arrays are built from `ALL` in declaration order and sized `ALL.len()`, so a
+    // variant's discriminant is always in range.
+    #[allow(clippy::indexing_slicing)]
     pub(crate) fn evicted(&self, cause: EvictionCause) -> &Count {
-        // The array is built from `ALL` in declaration order, so the discriminant indexes it.
         &self.evictions[cause as usize]
     }
 
+    #[allow(clippy::indexing_slicing)]
     pub(crate) fn wait_ended(&self, end: WaitEnd) -> &Count {
         &self.waits[end as usize]
     }

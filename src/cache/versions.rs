@@ -274,6 +274,8 @@ impl Versions {
     }
 
     /// Bumps the epoch: every key computed before is unreachable. Returns the new epoch.
+    // `epoch_bumps` has one counter per `EpochCause::ALL` entry; `index()` is a position in it.
+    #[allow(clippy::indexing_slicing)]
     pub fn bump_epoch(&self, cause: EpochCause) -> u64 {
         self.epoch_bumps[cause.index()].increment(1);
         self.epoch.fetch_add(1, Ordering::SeqCst) + 1
@@ -290,6 +292,8 @@ impl Versions {
         }
     }
 
+    // `shards` is a `[_; SHARDS]` and the index is reduced modulo SHARDS.
+    #[allow(clippy::indexing_slicing)]
     fn shard(&self, tag: Tag) -> &Shard {
         // Relation OIDs are mostly sequential; multiplying spreads them over the top bits.
         let mixed = (tag.rel ^ tag.db.rotate_left(16)).wrapping_mul(0x9E37_79B9);

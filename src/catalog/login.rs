@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use moka::sync::Cache as Moka;
 
-
 /// What a session's settings probe found (the session side runs the probe).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeResult {

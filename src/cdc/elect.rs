@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::hub::State;
-use crate::cache::l2::lease::Lease;
 use crate::cache::l2::tier::SharedTier;
 use crate::context::AppContext;
+use crate::redis_link::lease::Lease;
 use crate::telemetry::names;
 
 /// How long the lease lasts without renewal.
@@ -145,7 +145,7 @@ pub async fn request_release(tier: &SharedTier, db: &str, hold: Duration) {
 async fn publish(
     ctx: &AppContext,
     tier: &SharedTier,
-    conn: &mut crate::cache::l2::conn::RedisConn,
+    conn: &mut crate::redis_link::conn::RedisConn,
 ) {
     let pending = tier.has_pending();
     let ttl = u64::try_from(STATE_TTL.as_millis()).unwrap_or(750);
@@ -180,7 +180,11 @@ async fn publish(
 }
 
 /// The others: the holder's published states become this instance's (none: disconnected).
-async fn mirror(ctx: &AppContext, tier: &SharedTier, conn: &mut crate::cache::l2::conn::RedisConn) {
+async fn mirror(
+    ctx: &AppContext,
+    tier: &SharedTier,
+    conn: &mut crate::redis_link::conn::RedisConn,
+) {
     for stream in ctx.caching.cdc.streams() {
         if ctx.side.sessions(stream.name()) > 0 {
             let ttl = u64::try_from(WANT_TTL.as_millis()).unwrap_or(2000);

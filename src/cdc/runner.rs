@@ -261,12 +261,10 @@ async fn follow_inner(
     let _monitor_guard = monitor_stop.clone().drop_guard();
     match side_client(ctx, db).await {
         Ok(client) => {
-            tokio::spawn(lag::monitor(
-                client,
-                Arc::clone(stream),
-                inv.cdc_lag_max,
-                monitor_stop,
-            ));
+            ctx.tasks.spawn(
+                "cdc-lag-monitor",
+                lag::monitor(client, Arc::clone(stream), inv.cdc_lag_max, monitor_stop),
+            );
         }
         Err(e) => warn!(database = %db, error = %e, "cdc: no side connection for the lag monitor"),
     }
@@ -474,7 +472,7 @@ async fn side_client_named(
     let timeout = ctx.config().upstream.connect_timeout;
     match tokio::time::timeout(timeout, config.connect(NoTls)).await {
         Ok(Ok((client, connection))) => {
-            tokio::spawn(async move {
+            ctx.tasks.spawn("cdc-side-connection", async move {
                 let _ = connection.await;
             });
             Ok(client)

@@ -108,7 +108,8 @@ impl Drop for SharedBump {
 fn spawn_or_record(bump: SharedBump) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
-            rt.spawn(bump.apply());
+            let tasks = bump.tier.tasks().clone();
+            tasks.spawn_on(&rt, "l2-bump", bump.apply());
         }
         // Dropping it records it for the retry.
         Err(_) => drop(bump),
@@ -244,6 +245,8 @@ impl Invalidator {
         );
     }
 
+    // One counter per `Source::ALL` entry; a position in `ALL` is always in range.
+    #[allow(clippy::indexing_slicing)]
     fn counter(&self, source: Source) -> &Counter {
         let i = Source::ALL.iter().position(|s| *s == source).unwrap_or(0);
         &self.counters[i]

@@ -101,6 +101,8 @@ impl PlanMemo {
         }
     }
 
+    // `shards` holds MEMO_SHARDS (> 0) shards and the index is reduced modulo its length.
+    #[allow(clippy::indexing_slicing)]
     fn slot(&self, context_id: u64, key: &[u8]) -> (u64, &Shard) {
         let mut h = self.hasher.build_hasher();
         context_id.hash(&mut h);

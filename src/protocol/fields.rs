@@ -66,32 +66,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The fields of a Parse frame, borrowed from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParseFields<'a> {
-    pub name: &'a [u8],
-    pub sql: &'a [u8],
-    /// The parameter type OIDs as sent (big-endian, 4 bytes each).
-    pub param_types: &'a [u8],
-    /// Bytes after the last field (PostgreSQL rejects a frame that has any).
-    pub rest: &'a [u8],
-}
-
-/// Reads a Parse frame; `None` when its fields are cut short.
-pub fn parse_fields(frame: &[u8]) -> Option<ParseFields<'_>> {
-    let mut r = Reader::body(frame);
-    let name = r.cstr()?;
-    let sql = r.cstr()?;
-    let n = usize::try_from(r.i16()?).ok()?;
-    let param_types = r.bytes(n.checked_mul(4)?)?;
-    Some(ParseFields {
-        name,
-        sql,
-        param_types,
-        rest: r.remaining(),
-    })
-}
-
 /// The SQLSTATE (`C` field) of an ErrorResponse or NoticeResponse frame.
 pub fn error_code(frame: &[u8]) -> Option<&[u8]> {
     let mut r = Reader::body(frame);

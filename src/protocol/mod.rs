@@ -3,6 +3,7 @@
 //! constructors for the messages pgmemo itself sends. Knows nothing about caching.
 
 pub mod fields;
+pub mod frontend;
 pub mod response;
 pub mod startup;
 pub mod tags;

@@ -16,6 +16,15 @@ pub struct ErrorFields<'a> {
     pub hint: Option<&'a str>,
 }
 
+/// ReadyForQuery, idle: ends every answer from the cache.
+pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+/// ParseComplete then BindComplete: how a hit with a Parse begins.
+pub const PARSE_BIND_COMPLETE: &[u8] = b"1\0\0\0\x042\0\0\0\x04";
+/// BindComplete: how a hit of a prepared statement begins.
+pub const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
+/// PortalSuspended: ends an answer cut short by the Execute's row limit.
+pub const PORTAL_SUSPENDED: &[u8] = b"s\0\0\0\x04";
+
 /// Encodes an ErrorResponse frame. Falls back to a minimal hand-built frame if the encoder
 /// refuses (it only refuses absurd sizes), so an error can always be reported.
 pub fn error_response(e: &ErrorFields<'_>) -> Bytes {

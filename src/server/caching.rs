@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::l2::envelope::EnvelopeKey;
 use crate::cache::l2::store::L2Settings;
 use crate::cache::l2::tier::{Consistency, SharedTier, TierSettings};
 use crate::cache::{Cache, CacheLimits, KeySecret, SecretError};
@@ -15,6 +16,7 @@ use crate::cdc::hub::Hub;
 use crate::config::{CdcMode, Config, RedisConfig, RedisConsistency, UpstreamTarget};
 use crate::context::AppContext;
 use crate::context::Caching;
+use crate::tasks::Tasks;
 
 /// Why the cache services could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,7 @@ pub enum BuildError {
 pub fn build(
     config: &Config,
     target: &UpstreamTarget,
+    tasks: &Tasks,
 ) -> Result<(Caching, Option<TierTask>), BuildError> {
     let secret = match &config.cache.secret {
         Some(hex) => KeySecret::from_hex(hex)?,
@@ -40,15 +43,18 @@ pub fn build(
     limits.max_entry_size = usize::try_from(config.cache.max_entry_size.0).unwrap_or(usize::MAX);
     limits.default_ttl = config.cache.ttl;
     limits.l1_enabled = config.cache.l1.enabled;
-    let envelope = limits.secret.envelope_key();
+    let envelope = EnvelopeKey::for_secret(&limits.secret);
     let max_entry = limits.max_entry_size;
     let max_tags = limits.max_tags;
     let cache = Arc::new(Cache::new(limits));
     let (shared, task) = match &config.cache.redis {
         None => (None, None),
         Some(redis) => {
-            let (tier, writer) =
-                SharedTier::new(tier_settings(redis, max_entry, max_tags), envelope)?;
+            let (tier, writer) = SharedTier::new(
+                tier_settings(redis, max_entry, max_tags),
+                envelope,
+                tasks.clone(),
+            )?;
             let task = TierTask {
                 tier: Arc::clone(&tier),
                 writer,
@@ -88,12 +94,12 @@ pub fn build(
 /// The shared tier's background work, started once the runtime serves.
 pub struct TierTask {
     tier: Arc<SharedTier>,
-    writer: crate::cache::l2::store::L2Writer<crate::cache::l2::conn::RedisConn>,
+    writer: crate::cache::l2::store::L2Writer<crate::redis_link::conn::RedisConn>,
 }
 
 impl TierTask {
-    pub fn start(self, stop: &CancellationToken) {
-        tokio::spawn(self.tier.run(self.writer, stop.clone()));
+    pub fn start(self, tasks: &Tasks, stop: &CancellationToken) {
+        tasks.spawn("l2-tier", self.tier.run(self.writer, stop.clone()));
     }
 }
 
@@ -127,19 +133,17 @@ pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
         return;
     }
     if let Some(tier) = &ctx.caching.shared {
-        tokio::spawn(crate::cdc::elect::run(
-            Arc::clone(ctx),
-            Arc::clone(tier),
-            stop.clone(),
-        ));
+        ctx.tasks.spawn(
+            "cdc-elect",
+            crate::cdc::elect::run(Arc::clone(ctx), Arc::clone(tier), stop.clone()),
+        );
         return;
     }
     for stream in ctx.caching.cdc.streams() {
-        tokio::spawn(crate::cdc::demand::run(
-            Arc::clone(ctx),
-            Arc::clone(stream),
-            stop.clone(),
-        ));
+        ctx.tasks.spawn(
+            "cdc-stream",
+            crate::cdc::demand::run(Arc::clone(ctx), Arc::clone(stream), stop.clone()),
+        );
     }
 }
 

@@ -20,6 +20,7 @@ use crate::config::{Config, ConfigErrors, InvalidationConfig, Sources, UpstreamU
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::session::{self, Shutdown};
+use crate::tasks::Tasks;
 use crate::telemetry::{self, names};
 use crate::upstream::Upstream;
 use crate::workers;
@@ -72,8 +73,11 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         target.port,
         config.upstream.connect_timeout,
     ));
-    let (caching, tier_task) = caching::build(&config, &target)?;
-    let ctx = Arc::new(AppContext::new(config, upstream, client_tls, caching));
+    let tasks = Tasks::new();
+    let (caching, tier_task) = caching::build(&config, &target, &tasks)?;
+    let ctx = Arc::new(AppContext::new(
+        config, upstream, client_tls, caching, tasks,
+    ));
 
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
@@ -89,20 +93,7 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         },
         admin_stop.clone(),
     ));
-    tokio::spawn(caching::run_poller(Arc::clone(&ctx), shutdown.clone()));
-    caching::start_cdc(&ctx, &shutdown);
-    if let Some(task) = tier_task {
-        task.start(&shutdown);
-    }
-    tokio::spawn(flush_on_sigusr1(
-        Arc::clone(&ctx.caching.invalidator),
-        shutdown.clone(),
-    ));
-    tokio::spawn(reload_on_sighup(
-        Arc::clone(&ctx),
-        sources,
-        shutdown.clone(),
-    ));
+    start_background(&ctx, &shutdown, sources, tier_task);
 
     readiness.set_listener_up(true);
     info!(%listen_addr, %admin_addr, upstream = ctx.upstream.address(), "pgmemo ready");
@@ -169,6 +160,56 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     drop(listener);
     readiness.set_listener_up(false);
     let deadline = ctx.config().server.shutdown_timeout;
+    drain_sessions(&sessions, &drain, &force, deadline).await;
+    drop(pool);
+    // The background tasks stopped on the shutdown token (or with the workers' runtimes).
+    match ctx.tasks.wait(deadline).await {
+        Ok(()) => info!("background tasks stopped"),
+        Err(left) => warn!(
+            ?left,
+            "background tasks still running at the shutdown deadline"
+        ),
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("pgmemo stopped");
+    Ok(())
+}
+
+/// The background work of a running server, each a named task (see `tasks`): the catalog
+/// poller, the change streams, the shared tier, and the SIGUSR1/SIGHUP handlers.
+fn start_background(
+    ctx: &Arc<AppContext>,
+    shutdown: &CancellationToken,
+    sources: Sources,
+    tier_task: Option<caching::TierTask>,
+) {
+    ctx.tasks.spawn(
+        "catalog-poller",
+        caching::run_poller(Arc::clone(ctx), shutdown.clone()),
+    );
+    caching::start_cdc(ctx, shutdown);
+    if let Some(task) = tier_task {
+        task.start(&ctx.tasks, shutdown);
+    }
+    ctx.tasks.spawn(
+        "sigusr1-flush",
+        flush_on_sigusr1(Arc::clone(&ctx.caching.invalidator), shutdown.clone()),
+    );
+    ctx.tasks.spawn(
+        "sighup-reload",
+        reload_on_sighup(Arc::clone(ctx), sources, shutdown.clone()),
+    );
+}
+
+/// Lets sessions finish their transactions until `deadline`, then closes the rest (they
+/// roll back) and waits a short grace for them.
+async fn drain_sessions(
+    sessions: &TaskTracker,
+    drain: &session::Signal,
+    force: &session::Signal,
+    deadline: Duration,
+) {
     info!(
         sessions = sessions.len(),
         ?deadline,
@@ -187,11 +228,6 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         force.raise();
         let _ = tokio::time::timeout(FORCE_GRACE, sessions.wait()).await;
     }
-    drop(pool);
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    info!("pgmemo stopped");
-    Ok(())
 }
 
 /// Over the limit with [`MAX_REJECTING`] rejections already in progress: answers 53300 at

@@ -26,8 +26,8 @@ use crate::cancel;
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::net::Stream;
-use crate::workers::{self, Workers};
 use crate::telemetry::names;
+use crate::workers::{self, Workers};
 use negotiate::{Negotiated, negotiate};
 use relay::{Relay, RelayEnd, RelayError};
 

@@ -27,9 +27,9 @@ use crate::error::ClientError;
 use crate::net::Stream;
 use crate::protocol::tags::{backend, frontend};
 use crate::protocol::{self, FrameError, response};
-use crate::workers::Workers;
 use crate::telemetry::names;
 use crate::telemetry::striped::Striped;
+use crate::workers::Workers;
 
 /// Read buffers start at this size and return to it when idle (memory per idle session).
 const MIN_READ: usize = 8 * 1024;
@@ -608,7 +608,7 @@ impl<'a> Relay<'a> {
         }
         let _ = self.cbuf.split_to(len);
         self.to_client
-            .push(bytes::Bytes::from_static(super::caching::READY_IDLE));
+            .push(bytes::Bytes::from_static(response::READY_IDLE));
     }
 
     /// Client processing stops at the frame at the head of the buffer until the plan is

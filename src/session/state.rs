@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::registry::{Registry, Statement};
 use crate::protocol::fields::Reader;
+use crate::protocol::frontend::{Bind, Close, Describe, Parse, SYNC_FRAME, Target};
 use crate::protocol::tags::{backend, frontend};
 use crate::telemetry::names;
 
@@ -195,16 +196,21 @@ impl SessionState {
             }
             frontend::CLOSE => {
                 self.unsynced = true;
-                let mut r = Reader::body(frame);
-                match (r.u8(), r.cstr()) {
-                    (Some(b'S'), Some(name)) => {
+                match Close::read(frame) {
+                    Some(Close {
+                        target: Target::Statement,
+                        name,
+                    }) => {
                         self.registry.forget_local(name);
                         self.expect(Pending::CloseStatement {
                             name: Bytes::copy_from_slice(name),
                         });
                     }
-                    (Some(b'P'), Some(_)) => {}
-                    _ => self.lose_tracking(),
+                    Some(Close {
+                        target: Target::Portal,
+                        ..
+                    }) => {}
+                    None => self.lose_tracking(),
                 }
             }
             frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => {
@@ -364,9 +370,9 @@ impl SessionState {
         }
         let name = Bytes::copy_from_slice(name);
         self.registry.insert(name.clone(), stmt.clone());
-        let mut replay = bytes::BytesMut::with_capacity(frame.len() + SYNC.len());
+        let mut replay = bytes::BytesMut::with_capacity(frame.len() + SYNC_FRAME.len());
         replay.extend_from_slice(&frame);
-        replay.extend_from_slice(SYNC);
+        replay.extend_from_slice(SYNC_FRAME);
         stmt.local = Some(frame);
         metrics::counter!(names::STATEMENT_REPLAYS, "kind" => "eager").increment(1);
         self.expect(Pending::Parse {
@@ -388,14 +394,16 @@ impl SessionState {
         if self.tracking_lost {
             return None;
         }
-        let mut r = Reader::body(frame);
         let name = match tag {
-            frontend::BIND => {
-                r.cstr()?;
-                r.cstr()?
+            frontend::BIND => Bind::read(frame)?.statement,
+            frontend::DESCRIBE => {
+                Describe::read(frame)
+                    .filter(|d| d.target == Target::Statement)?
+                    .name
             }
-            frontend::DESCRIBE if r.u8()? == b'S' => r.cstr()?,
-            frontend::PARSE => r.cstr().filter(|n| !n.is_empty())?,
+            frontend::PARSE => Parse::read(frame)
+                .map(|p| p.name)
+                .filter(|n| !n.is_empty())?,
             _ => return None,
         };
         let stmt = self.registry.get(name)?.clone();
@@ -411,12 +419,9 @@ impl SessionState {
     }
 }
 
-/// A Sync frame.
-const SYNC: &[u8] = b"S\0\0\0\x04";
-
 /// The name and statement of a Parse frame; `None` when malformed.
 pub fn parse_statement(frame: &[u8]) -> Option<(&[u8], Statement)> {
-    let f = crate::protocol::fields::parse_fields(frame)?;
+    let f = Parse::read(frame)?;
     Some((f.name, Statement::new(f.sql, f.param_types)))
 }
 

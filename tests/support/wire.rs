@@ -200,25 +200,20 @@ pub fn describe(f: &[u8]) -> String {
     }
 }
 
-/// Tiny deterministic PRNG (xorshift64*) so garbage inputs are reproducible from a seed.
-pub struct Garbage(u64);
+/// Garbage inputs, reproducible from a seed.
+pub struct Garbage(pgmemo::rng::Rng);
 
 impl Garbage {
     pub fn new(seed: u64) -> Self {
-        Garbage(seed.max(1))
+        Garbage(pgmemo::rng::Rng::new(seed))
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.next_u64()
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| (self.next_u64() >> 56) as u8).collect()
+        self.0.bytes(n)
     }
 }
 

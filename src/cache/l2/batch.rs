@@ -20,6 +20,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::tasks::Tasks;
+
 /// Batches one batcher has in flight at most.
 const MAX_IN_FLIGHT: usize = 4;
 
@@ -43,6 +45,7 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     /// answers leave their requests unanswered, which their callers see as `None`). The task
     /// ends when every handle is dropped.
     pub fn spawn<F, Fut>(
+        tasks: &Tasks,
         capacity: usize,
         max_batch: usize,
         max_wait: Duration,
@@ -54,7 +57,7 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     {
         let (tx, mut rx) = mpsc::channel::<Request<Q, A>>(capacity.max(1));
         let max_batch = max_batch.max(1);
-        tokio::spawn(async move {
+        tasks.spawn("l2-batcher", async move {
             // Batches in flight at once: a request queued while one is out goes in the next
             // one right away (pipelined on the connection) instead of waiting for the reply.
             let mut in_flight = FuturesUnordered::new();
@@ -118,13 +121,19 @@ mod tests {
     async fn concurrent_requests_share_batches_and_each_gets_its_answer() {
         let batches = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&batches);
-        let b = Batcher::spawn(64, 16, Duration::from_secs(5), move |qs: Vec<u32>| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                qs.into_iter().map(|q| q * 2).collect()
-            }
-        });
+        let b = Batcher::spawn(
+            &Tasks::new(),
+            64,
+            16,
+            Duration::from_secs(5),
+            move |qs: Vec<u32>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    qs.into_iter().map(|q| q * 2).collect()
+                }
+            },
+        );
         let calls: Vec<_> = (0..40u32)
             .map(|i| {
                 let b = b.clone();
@@ -141,10 +150,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_and_a_short_answer_is_none() {
-        let b = Batcher::spawn(1, 1, Duration::from_secs(5), |_: Vec<u32>| async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            Vec::<u32>::new()
-        });
+        let b = Batcher::spawn(
+            &Tasks::new(),
+            1,
+            1,
+            Duration::from_secs(5),
+            |_: Vec<u32>| async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Vec::<u32>::new()
+            },
+        );
         // MAX_IN_FLIGHT batches out, one more queued: the next is refused at once.
         let mut waiting = Vec::new();
         for i in 0..=MAX_IN_FLIGHT as u32 {
@@ -174,6 +189,7 @@ mod wait_tests {
         // longer than max_wait (100 ms) and gets nothing, at once when its turn comes,
         // instead of a batch of its own.
         let b = Batcher::spawn(
+            &Tasks::new(),
             64,
             1,
             Duration::from_millis(100),

@@ -98,6 +98,11 @@ pub fn now_unix_ms() -> u64 {
 pub struct EnvelopeKey([u8; 32]);
 
 impl EnvelopeKey {
+    /// The envelope key of the deployment whose cache secret is `secret`.
+    pub fn for_secret(secret: &crate::cache::key::KeySecret) -> Self {
+        EnvelopeKey::new(secret.envelope_secret())
+    }
+
     pub fn new(bytes: [u8; 32]) -> EnvelopeKey {
         EnvelopeKey(bytes)
     }
@@ -361,13 +366,26 @@ mod secret_tests {
             created_unix_ms: 0,
             ttl_ms: 0,
         };
-        let sealed = seal(&a.envelope_key(), b"k", &e, 1 << 20).unwrap_or_else(|| unreachable!());
+        let sealed =
+            seal(&EnvelopeKey::for_secret(&a), b"k", &e, 1 << 20).unwrap_or_else(|| unreachable!());
         assert_eq!(
-            open(&a2.envelope_key(), b"k", &sealed.bytes, 0, 1 << 20),
+            open(
+                &EnvelopeKey::for_secret(&a2),
+                b"k",
+                &sealed.bytes,
+                0,
+                1 << 20
+            ),
             Ok(e)
         );
         assert_eq!(
-            open(&b.envelope_key(), b"k", &sealed.bytes, 0, 1 << 20),
+            open(
+                &EnvelopeKey::for_secret(&b),
+                b"k",
+                &sealed.bytes,
+                0,
+                1 << 20
+            ),
             Err(EnvelopeError::BadTag)
         );
     }

@@ -17,9 +17,9 @@ use redis::aio::ConnectionLike;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::Breaker;
 use super::envelope::{self, EnvelopeKey, Sealed, now_unix_ms};
 use crate::cache::key::CacheKey;
+use crate::redis_link::breaker::Breaker;
 use crate::telemetry::names;
 
 /// Writes sent in one pipeline at most.

@@ -20,12 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::batch::Batcher;
-use super::conn::RedisConn;
 use super::envelope::{EnvelopeKey, Sealed, now_unix_ms};
 use super::mirror::{Mirror, Mirrored};
 use super::store::{L2Settings, L2Store, L2Writer};
 use super::versions::{SharedSnapshot, SharedVersions, VersionsError, parse_bump_message};
 use crate::cache::{CacheKey, Tag};
+use crate::redis_link::conn::RedisConn;
+use crate::tasks::Tasks;
 use crate::telemetry::names;
 
 /// How lookups learn the shared counters.
@@ -72,6 +73,8 @@ struct Metrics {
 
 /// The shared tier of one instance.
 pub struct SharedTier {
+    /// Where its background work is spawned (named, waited for at shutdown).
+    tasks: Tasks,
     conn: RedisConn,
     versions: SharedVersions,
     store: Arc<L2Store<RedisConn>>,
@@ -107,6 +110,7 @@ impl SharedTier {
     pub fn new(
         settings: TierSettings,
         key: EnvelopeKey,
+        tasks: Tasks,
     ) -> Result<(Arc<SharedTier>, L2Writer<RedisConn>), TierError> {
         let conn = RedisConn::new(&settings.seeds, settings.cluster, settings.store.timeout)?;
         let mut store_settings = settings.store.clone();
@@ -118,6 +122,7 @@ impl SharedTier {
         let r = |r: &'static str| metrics::counter!(names::L2_COUNTER_READS, "result" => r);
         metrics::gauge!(names::L2_USABLE).set(0.0);
         let tier = SharedTier {
+            tasks,
             versions,
             id: NEXT_TIER_ID.fetch_add(1, Ordering::Relaxed),
             mirror: (settings.consistency == Consistency::Fast)
@@ -147,7 +152,7 @@ impl SharedTier {
     /// Checked (eviction policy) and the breaker is not open: worth asking.
     pub fn is_usable(&self) -> bool {
         self.usable.load(Ordering::Acquire)
-            && self.store.breaker().state() == super::breaker::BreakerState::Closed
+            && self.store.breaker().state() == crate::redis_link::breaker::BreakerState::Closed
     }
 
     /// This thread's lookup connection and batchers (made on first use). Sessions run on
@@ -180,6 +185,7 @@ impl SharedTier {
             let (store, versions, conn) =
                 (Arc::clone(&self.store), self.versions.clone(), conn.clone());
             Batcher::spawn(
+                &self.tasks,
                 BATCH_QUEUE,
                 MAX_BATCH,
                 timeout,
@@ -193,6 +199,7 @@ impl SharedTier {
         let gets = {
             let store = Arc::clone(&self.store);
             Batcher::spawn(
+                &self.tasks,
                 BATCH_QUEUE,
                 MAX_BATCH,
                 timeout,
@@ -203,6 +210,11 @@ impl SharedTier {
             )
         };
         Lookups { counters, gets }
+    }
+
+    /// Where the tier's background work runs.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// Worth asking Redis for counters now: usable, and the breaker is closed or due a trial.
@@ -428,9 +440,10 @@ impl SharedTier {
     /// Background work until `stop`: the policy check, retries, the subscription (`fast`)
     /// and the store's writer.
     pub async fn run(self: Arc<Self>, writer: L2Writer<RedisConn>, stop: CancellationToken) {
-        tokio::spawn(writer.run(stop.clone()));
+        self.tasks.spawn("l2-writer", writer.run(stop.clone()));
         if self.mirror.is_some() {
-            tokio::spawn(Arc::clone(&self).subscribe(stop.clone()));
+            self.tasks
+                .spawn("l2-subscribe", Arc::clone(&self).subscribe(stop.clone()));
         }
         let mut last_check: Option<Instant> = None;
         let mut refused = false;
@@ -486,7 +499,8 @@ impl SharedTier {
     /// no lookup asks Redis meanwhile (`fast` serving from its mirror).
     async fn trial(&self) {
         let breaker = self.store.breaker();
-        if breaker.state() == super::breaker::BreakerState::Closed || !breaker.allow(Instant::now())
+        if breaker.state() == crate::redis_link::breaker::BreakerState::Closed
+            || !breaker.allow(Instant::now())
         {
             return;
         }

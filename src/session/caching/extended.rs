@@ -12,21 +12,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::group::{self, Group, Scan};
-use crate::planner::plan::Plan;
 use super::tracker::MAX_NAMED;
 use super::{CacheSession, Hold, Looked, WaitResult};
+use crate::planner::plan::Plan;
+use crate::protocol::response::{BIND_COMPLETE, PARSE_BIND_COMPLETE, PORTAL_SUSPENDED};
 use crate::session::registry::{MAX_STATEMENTS, Statement};
 use crate::session::state::SessionState;
 use crate::telemetry::names;
-
-/// Describe of the unnamed portal (injected on a miss without one).
-pub const DESCRIBE_PORTAL: &[u8] = b"D\0\0\0\x06P\0";
-/// ParseComplete then BindComplete: how a hit with a Parse begins.
-const PARSE_BIND_COMPLETE: &[u8] = b"1\0\0\0\x042\0\0\0\x04";
-/// PortalSuspended: ends an answer cut short by the Execute's row limit.
-const PORTAL_SUSPENDED: &[u8] = b"s\0\0\0\x04";
-/// BindComplete: how a hit of a prepared statement begins.
-const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
 
 /// What the relay does with the frames at the head of the client buffer (the first is a
 /// Parse or a Bind, and the session is idle).

@@ -3,7 +3,7 @@
 //! portal. Pure: reads frames from the head of the client buffer without copying and says
 //! whether they form such a group, could still become one (wait for more bytes), or cannot.
 
-use crate::protocol::fields::{self, Reader};
+use crate::protocol::frontend::{Bind, Describe, Execute, Param, Parse, Target};
 use crate::protocol::tags::frontend;
 use crate::protocol::{self, HEADER_LEN};
 
@@ -62,38 +62,37 @@ pub fn scan(buf: &[u8], max_message: usize) -> Scan<'_> {
         }
         _ => None,
     };
-    let (statement, bind_tail) = match next {
-        Next::Frame(frontend::BIND, f) => {
-            let mut r = Reader::body(f);
-            match (r.cstr(), r.cstr()) {
-                (Some(b""), Some(statement)) => (statement, r.remaining()),
-                _ => return Scan::Other,
-            }
-        }
+    let bind = match next {
+        Next::Frame(frontend::BIND, f) => match Bind::read(f) {
+            Some(bind) if bind.portal.is_empty() => bind,
+            _ => return Scan::Other,
+        },
         Next::Incomplete => return Scan::Incomplete,
         _ => return Scan::Other,
     };
-    if parse.is_some_and(|p| p.name != statement) || !bind_tail_is_valid(bind_tail) {
+    let (statement, bind_tail) = (bind.statement, bind.tail);
+    if parse.is_some_and(|p| p.name != statement) || !bind.tail_is_valid() {
         return Scan::Other;
     }
     let mut describe = false;
     next = frames.next(&[frontend::DESCRIBE, frontend::EXECUTE]);
     if let Next::Frame(frontend::DESCRIBE, f) = next {
-        if Reader::body(f).remaining() != b"P\0" {
+        let portal = Describe::read(f)
+            .is_some_and(|d| d.target == Target::Portal && d.name.is_empty() && d.rest.is_empty());
+        if !portal {
             return Scan::Other;
         }
         describe = true;
         next = frames.next(&[frontend::EXECUTE]);
     }
     let max_rows = match next {
-        Next::Frame(frontend::EXECUTE, f) => {
-            let mut r = Reader::body(f);
-            match (r.cstr(), r.i32(), r.remaining().is_empty()) {
-                // PostgreSQL reads a limit of 0 or less as "all rows".
-                (Some(b""), Some(limit), true) => u32::try_from(limit).unwrap_or(0),
-                _ => return Scan::Other,
+        Next::Frame(frontend::EXECUTE, f) => match Execute::read(f) {
+            // PostgreSQL reads a limit of 0 or less as "all rows".
+            Some(e) if e.portal.is_empty() && e.rest.is_empty() => {
+                u32::try_from(e.max_rows).unwrap_or(0)
             }
-        }
+            _ => return Scan::Other,
+        },
         Next::Incomplete => return Scan::Incomplete,
         _ => return Scan::Other,
     };
@@ -112,34 +111,13 @@ pub fn scan(buf: &[u8], max_message: usize) -> Scan<'_> {
 }
 
 fn parse_msg(frame: &[u8]) -> Option<ParseMsg<'_>> {
-    let f = fields::parse_fields(frame)?;
+    let f = Parse::read(frame)?;
     f.rest.is_empty().then_some(ParseMsg {
         name: f.name,
         sql: f.sql,
         param_types: f.param_types,
         frame,
     })
-}
-
-/// The Bind tail is well formed (PostgreSQL would accept its framing): a malformed one is
-/// forwarded so that PostgreSQL reports it.
-fn bind_tail_is_valid(tail: &[u8]) -> bool {
-    let mut r = Reader::new(tail);
-    let ok = (|| {
-        let formats = usize::try_from(r.i16()?).ok()?;
-        r.bytes(formats.checked_mul(2)?)?;
-        let params = r.i16()?;
-        for _ in 0..params {
-            let len = r.i32()?;
-            if len >= 0 {
-                r.bytes(usize::try_from(len).ok()?)?;
-            }
-        }
-        let results = usize::try_from(r.i16()?).ok()?;
-        r.bytes(results.checked_mul(2)?)?;
-        Some(())
-    })();
-    ok.is_some() && r.remaining().is_empty()
 }
 
 /// Text values PostgreSQL's date/time input reads from the clock: a parameter holding one
@@ -152,30 +130,20 @@ const MAX_DATETIME_TEXT: usize = 128;
 /// that read the clock (matched loosely: any value containing one of the words, in any case).
 /// Such an execution must not be served from, or stored in, the cache.
 pub fn params_may_read_clock(tail: &[u8]) -> bool {
-    let mut r = Reader::new(tail);
-    let scan = (|| {
-        let nformats = usize::try_from(r.i16()?).ok()?;
-        let formats = r.bytes(nformats.checked_mul(2)?)?;
-        let params = r.i16()?;
-        for i in 0..usize::try_from(params).ok()? {
-            let len = r.i32()?;
-            let Ok(len) = usize::try_from(len) else {
-                continue; // NULL
-            };
-            let value = r.bytes(len)?;
-            let format = match nformats {
-                0 => 0,
-                1 => i16::from_be_bytes([*formats.first()?, *formats.get(1)?]),
-                _ => i16::from_be_bytes([*formats.get(2 * i)?, *formats.get(2 * i + 1)?]),
-            };
-            if format == 0 && len <= MAX_DATETIME_TEXT && mentions_clock(value) {
-                return Some(true);
-            }
-        }
-        Some(false)
-    })();
-    // Unreadable: be safe.
-    scan.unwrap_or(true)
+    let bind = Bind {
+        portal: b"",
+        statement: b"",
+        tail,
+    };
+    bind.params().any(|p| match p {
+        Some(Param {
+            format: 0,
+            value: Some(value),
+        }) => value.len() <= MAX_DATETIME_TEXT && mentions_clock(value),
+        Some(_) => false,
+        // Unreadable: be safe.
+        None => true,
+    })
 }
 
 fn mentions_clock(value: &[u8]) -> bool {
@@ -375,10 +343,7 @@ mod tests {
     }
 
     fn tail_of(bind_frame: &[u8]) -> Vec<u8> {
-        let mut r = Reader::body(bind_frame);
-        r.cstr();
-        r.cstr();
-        r.remaining().to_vec()
+        Bind::read(bind_frame).unwrap().tail.to_vec()
     }
 
     #[test]

@@ -20,6 +20,8 @@ mod imp {
     use std::sync::OnceLock;
     use std::time::Duration;
 
+    use crate::rng::Rng;
+
     fn max_us() -> Option<u64> {
         static MAX: OnceLock<Option<u64>> = OnceLock::new();
         *MAX.get_or_init(|| {
@@ -31,18 +33,15 @@ mod imp {
     }
 
     thread_local! {
-        static RNG: Cell<u64> = Cell::new(0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64);
+        static RNG: Cell<Rng> = Cell::new(Rng::new(u64::from(std::process::id())));
     }
 
     fn next() -> u64 {
         RNG.with(|r| {
-            // xorshift64*: plenty for spreading pauses.
-            let mut x = r.get();
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            r.set(x);
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+            let mut g = r.get();
+            let x = g.next_u64();
+            r.set(g);
+            x
         })
     }
 

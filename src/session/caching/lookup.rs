@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::planner::plan::Plan;
 use super::{CacheSession, Capture, HIT_TIMING_SAMPLE, Looked, hooks, shared};
 use crate::cache::{KeyInput, Lookup};
+use crate::planner::plan::Plan;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
 

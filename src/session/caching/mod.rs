@@ -32,16 +32,17 @@ use bytes::{Bytes, BytesMut};
 use metrics::{Counter, Histogram};
 
 use crate::cache::{CacheKey, Entry, FillGuard, KeyCheck, Tag, VersionSnapshot};
+use crate::cancel::CancelSignal;
 use crate::catalog::{CatalogError, SettingNames};
 use crate::context::AppContext;
 use crate::invalidation::Source;
+use crate::planner::plan::{Context, Plan};
 use crate::protocol::fields::Reader;
+use crate::protocol::frontend::{Bind, Close, Execute, Parse, Target};
 use crate::protocol::tags::{backend, frontend};
-use crate::cancel::CancelSignal;
 use crate::session::fingerprint::Fingerprint;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
-use crate::planner::plan::{Context, Plan};
 use probe::{ProbeReader, ProbeResult};
 use tracker::{Expect, Tracker};
 
@@ -55,12 +56,8 @@ const MAX_PROBE_CANCELS: u8 = 8;
 /// One cache lookup in this many per session has its hit latency recorded.
 const HIT_TIMING_SAMPLE: u32 = 16;
 
-/// ReadyForQuery, idle: ends every answer from the cache.
-pub const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
-
 pub use extended::GroupAction;
 pub use wait::{WaitFuture, WaitResult};
-
 
 /// What the relay does with a client frame.
 pub enum FrameAction {
@@ -474,8 +471,7 @@ impl CacheSession {
                 FrameAction::Forward
             }
             frontend::PARSE => {
-                let mut r = Reader::body(frame);
-                let (Some(name), Some(sql)) = (r.cstr(), r.cstr()) else {
+                let Some(Parse { name, sql, .. }) = Parse::read(frame) else {
                     return FrameAction::Forward;
                 };
                 if let Some(hold) = self.side.hold(&self.app, sql) {
@@ -490,8 +486,12 @@ impl CacheSession {
                 FrameAction::Forward
             }
             frontend::BIND => {
-                let mut r = Reader::body(frame);
-                if let (Some(portal), Some(stmt)) = (r.cstr(), r.cstr()) {
+                if let Some(Bind {
+                    portal,
+                    statement: stmt,
+                    ..
+                }) = Bind::read(frame)
+                {
                     // A statement parsed under another search_path or role: PostgreSQL
                     // re-parses it for the current one, and so does pgmemo.
                     let plan = match self.statement_plan(stmt) {
@@ -505,12 +505,14 @@ impl CacheSession {
                 }
                 if std::mem::take(&mut self.inject_describe) {
                     self.strip_describe = true;
-                    return FrameAction::ForwardThen(Bytes::from_static(extended::DESCRIBE_PORTAL));
+                    return FrameAction::ForwardThen(Bytes::from_static(
+                        crate::protocol::frontend::DESCRIBE_UNNAMED_PORTAL,
+                    ));
                 }
                 FrameAction::Forward
             }
             frontend::EXECUTE => {
-                let portal = Reader::body(frame).cstr().unwrap_or_default();
+                let portal = Execute::read(frame).map_or(&b""[..], |e| e.portal);
                 let e = match self.tracker.portals.get(portal) {
                     Some(Some(plan)) => Expect::Stmt {
                         plan: Arc::clone(plan),
@@ -523,15 +525,20 @@ impl CacheSession {
                 FrameAction::Forward
             }
             frontend::CLOSE => {
-                let mut r = Reader::body(frame);
-                match (r.u8(), r.cstr()) {
-                    (Some(b'S'), Some(name)) => {
+                match Close::read(frame) {
+                    Some(Close {
+                        target: Target::Statement,
+                        name,
+                    }) => {
                         self.tracker.statements.remove(name);
                     }
-                    (Some(b'P'), Some(name)) => {
+                    Some(Close {
+                        target: Target::Portal,
+                        name,
+                    }) => {
                         self.tracker.portals.remove(name);
                     }
-                    _ => {}
+                    None => {}
                 }
                 FrameAction::Forward
             }
@@ -715,4 +722,3 @@ fn digest(bytes: &[u8]) -> [u8; 16] {
     h.write(bytes);
     siphasher::sip128::Hasher128::finish128(&h).as_bytes()
 }
-

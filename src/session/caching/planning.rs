@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::named::MAX_NAMED_BYTES;
-use crate::planner::plan::{Plan, Planner};
 use super::{CacheSession, PlanFuture};
+use crate::planner::plan::{Plan, Planner};
 
 impl CacheSession {
     /// The future computing the plan of `sql` (for a frame held by [`super::Hold::Plan`]).

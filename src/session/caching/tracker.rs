@@ -12,9 +12,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::CacheSession;
-use crate::planner::plan::{Plan, StmtPlan};
 use crate::cache::EpochCause;
 use crate::invalidation::{Source, Written};
+use crate::planner::plan::{Plan, StmtPlan};
 use crate::protocol::fields::Reader;
 use crate::sql::{Class, DiscardKind, SessionChange, TxnControl};
 

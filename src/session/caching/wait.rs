@@ -11,8 +11,8 @@ use bytes::Bytes;
 
 use super::CacheSession;
 use crate::cache::{Entry, FillWaiter, WaitOutcome};
-use crate::error::ClientError;
 use crate::cancel::CancelSignal;
+use crate::error::ClientError;
 
 pub type WaitFuture = Pin<Box<dyn Future<Output = WaitResult> + Send>>;
 

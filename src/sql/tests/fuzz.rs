@@ -7,21 +7,7 @@ use crate::sql::{
     Analysis, Class, SessionChange, StatementInfo, analyze, hints, normalize_for_key,
 };
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::rng::Rng;
 
 const CORPUS: &[&str] = &[
     "SELECT a, b FROM s.t WHERE id = $1 AND name = 'x''y' ORDER BY 1 LIMIT 10",
@@ -102,7 +88,7 @@ fn check(input: &[u8]) {
 
 #[test]
 fn garbage_and_truncations_never_panic() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
     let mut inputs = 0usize;
     for stmt in CORPUS {
         let bytes = stmt.as_bytes();

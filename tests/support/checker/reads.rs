@@ -4,6 +4,7 @@
 
 use futures_util::future::join_all;
 
+use super::state::Pick;
 use super::targets::{ReadTarget, Rows, simple_sets};
 use super::worker::{Proto, Worker, read};
 use super::{CheckerError, Fault};

@@ -14,57 +14,17 @@ use super::{CheckerConfig, Fault, MAX_DETAILS, Report};
 /// this is never reached with the default shape, but a cache is bounded all the same.
 const FAULT_CACHE_CAPACITY: usize = 100_000;
 
-/// xorshift64* seeded through splitmix64: deterministic, dependency-free, good enough to
-/// pick operations and keys.
-pub(crate) struct Rng(u64);
+pub(crate) use pgmemo::rng::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // xorshift never leaves zero.
-        Rng(if z == 0 { 1 } else { z })
-    }
+/// Picking from a list the workload knows is not empty.
+pub(crate) trait Pick {
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T;
+}
 
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    pub fn chance(&mut self, percent: u32) -> bool {
-        self.next_u64() % 100 < u64::from(percent)
-    }
-
-    /// Index into `weights` drawn proportionally to the weights (all zero = index 0).
-    pub fn weighted(&mut self, weights: &[u32]) -> usize {
-        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
-        if total == 0 {
-            return 0;
-        }
-        let mut pick = self.next_u64() % total;
-        for (i, w) in weights.iter().enumerate() {
-            let w = u64::from(*w);
-            if pick < w {
-                return i;
-            }
-            pick -= w;
-        }
-        weights.len() - 1
-    }
-
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
+impl Pick for Rng {
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        self.choose(items)
+            .expect("the workload's lists are not empty")
     }
 }
 

@@ -11,6 +11,7 @@
 use tokio_postgres::SimpleQueryMessage;
 
 use super::CheckerError;
+use super::state::Pick;
 use super::worker::{Conn, Worker, client_addr};
 
 /// The objects of this reader, created with the rest of the schema (directly).

@@ -6,6 +6,7 @@
 use futures_util::future::join;
 
 use super::CheckerError;
+use super::state::Pick;
 use super::targets::{Slot, simple_sets, single_value};
 use super::worker::{Proto, Worker, read, update};
 
