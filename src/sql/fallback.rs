@@ -6,20 +6,24 @@
 //! can count epoch bumps caused by parse failures.
 
 use super::classify::{DDL_WORDS, explain};
-use super::keywords::{Cur, option_is_off, unknown};
+use super::keywords::{Cur, creates_temp, option_is_off, unknown};
 use super::lexer::{Kind, Token};
 use super::relations::{push_unique, qualified};
-use super::router::{analyze_statement, creates_temp};
 use super::{Class, FuncName, NotCacheable, SessionChange, StatementInfo};
 
 /// Nesting bound for EXPLAIN / PREPARE wrapping another statement.
 const MAX_DEPTH: usize = 8;
+
+/// The full analysis of one statement at a nesting depth (the router's), for the statement
+/// an EXPLAIN or PREPARE wraps: passed in, so this module does not depend on its caller.
+pub(crate) type Analyze = fn(&[u8], usize) -> Vec<StatementInfo>;
 
 pub(crate) fn fallback(
     src: &[u8],
     toks: &[Token],
     reason: NotCacheable,
     depth: usize,
+    analyze: Analyze,
 ) -> StatementInfo {
     let mut c = Cur::new(src, toks);
     while c.punct(b'(') {}
@@ -35,8 +39,8 @@ pub(crate) fn fallback(
         }
         "with" => select_like(src, toks),
         "declare" => StatementInfo::new(Class::Read, None),
-        "explain" => return explain_fallback(&mut c, reason, depth),
-        "prepare" => prepare_fallback(&mut c, depth),
+        "explain" => return explain_fallback(&mut c, reason, depth, analyze),
+        "prepare" => prepare_fallback(&mut c, depth, analyze),
         "execute" => {
             c.i += 1;
             match c.ident() {
@@ -112,15 +116,20 @@ fn single(mut infos: Vec<StatementInfo>) -> StatementInfo {
 }
 
 /// The analysis of the statement that starts at the cursor (EXPLAIN's or PREPARE's inner).
-fn inner_statement(c: &Cur<'_>, depth: usize) -> Option<StatementInfo> {
+fn inner_statement(c: &Cur<'_>, depth: usize, analyze: Analyze) -> Option<StatementInfo> {
     let start = c.peek()?.start;
     if depth >= MAX_DEPTH {
         return Some(unknown());
     }
-    Some(single(analyze_statement(c.src.get(start..)?, depth + 1)))
+    Some(single(analyze(c.src.get(start..)?, depth + 1)))
 }
 
-fn explain_fallback(c: &mut Cur<'_>, reason: NotCacheable, depth: usize) -> StatementInfo {
+fn explain_fallback(
+    c: &mut Cur<'_>,
+    reason: NotCacheable,
+    depth: usize,
+    analyze_inner: Analyze,
+) -> StatementInfo {
     c.i += 1;
     let mut analyze = false;
     if c.punct(b'(') {
@@ -155,11 +164,12 @@ fn explain_fallback(c: &mut Cur<'_>, reason: NotCacheable, depth: usize) -> Stat
             }
         }
     }
-    let inner = inner_statement(c, depth).unwrap_or_else(|| StatementInfo::new(Class::Read, None));
+    let inner = inner_statement(c, depth, analyze_inner)
+        .unwrap_or_else(|| StatementInfo::new(Class::Read, None));
     with_reason(explain(inner, analyze), reason)
 }
 
-fn prepare_fallback(c: &mut Cur<'_>, depth: usize) -> StatementInfo {
+fn prepare_fallback(c: &mut Cur<'_>, depth: usize, analyze: Analyze) -> StatementInfo {
     c.i += 1;
     let Some(name) = c.ident() else {
         return unknown();
@@ -168,7 +178,7 @@ fn prepare_fallback(c: &mut Cur<'_>, depth: usize) -> StatementInfo {
     if !c.word("as") {
         return unknown();
     }
-    let Some(inner) = inner_statement(c, depth) else {
+    let Some(inner) = inner_statement(c, depth, analyze) else {
         return unknown();
     };
     StatementInfo::new(

@@ -492,3 +492,17 @@ pub(crate) fn option_is_off(src: &[u8], value: Option<&Token>) -> bool {
         text.is_some_and(|s| is_false_word(&s))
     })
 }
+
+/// `CREATE [OR REPLACE] [GLOBAL|LOCAL] {TEMP|TEMPORARY} ...`: a temporary object, which shadows
+/// permanent ones for this session only.
+pub(crate) fn creates_temp(src: &[u8], toks: &[Token]) -> bool {
+    let mut c = Cur::new(src, toks);
+    if !c.word("create") {
+        return false;
+    }
+    if c.word("or") && !c.word("replace") {
+        return false;
+    }
+    let _ = c.word("global") || c.word("local");
+    c.word("temp") || c.word("temporary")
+}

@@ -12,8 +12,8 @@ use sqlparser::parser::Parser;
 
 use super::classify::{Lead, classify};
 use super::fallback::fallback;
-use super::keywords::{Cur, keyword_statement};
-use super::lexer::{Token, significant};
+use super::keywords::{Cur, creates_temp, keyword_statement};
+use super::lexer::significant;
 use super::rewrite::rewrite;
 use super::{MAX_PARSE_BYTES, NotCacheable, StatementInfo};
 
@@ -33,10 +33,22 @@ pub(crate) fn analyze_statement(piece: &[u8], depth: usize) -> Vec<StatementInfo
         return vec![info];
     }
     if piece.len() > MAX_PARSE_BYTES {
-        return vec![fallback(piece, &toks, NotCacheable::TooLarge, depth)];
+        return vec![fallback(
+            piece,
+            &toks,
+            NotCacheable::TooLarge,
+            depth,
+            analyze_statement,
+        )];
     }
     let Ok(text) = std::str::from_utf8(piece) else {
-        return vec![fallback(piece, &toks, NotCacheable::NotUtf8, depth)];
+        return vec![fallback(
+            piece,
+            &toks,
+            NotCacheable::NotUtf8,
+            depth,
+            analyze_statement,
+        )];
     };
     let first = Cur::new(piece, &toks).peek_lower().unwrap_or_default();
     let lead = Lead {
@@ -69,19 +81,13 @@ pub(crate) fn analyze_statement(piece: &[u8], depth: usize) -> Vec<StatementInfo
     } else {
         parse()
     };
-    parsed.unwrap_or_else(|| vec![fallback(piece, &toks, NotCacheable::ParseFailed, depth)])
-}
-
-/// `CREATE [OR REPLACE] [GLOBAL|LOCAL] {TEMP|TEMPORARY} ...`: a temporary object, which shadows
-/// permanent ones for this session only.
-pub(crate) fn creates_temp(src: &[u8], toks: &[Token]) -> bool {
-    let mut c = Cur::new(src, toks);
-    if !c.word("create") {
-        return false;
-    }
-    if c.word("or") && !c.word("replace") {
-        return false;
-    }
-    let _ = c.word("global") || c.word("local");
-    c.word("temp") || c.word("temporary")
+    parsed.unwrap_or_else(|| {
+        vec![fallback(
+            piece,
+            &toks,
+            NotCacheable::ParseFailed,
+            depth,
+            analyze_statement,
+        )]
+    })
 }
