@@ -118,10 +118,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Every background task, the two below included, is named and waited for at exit.
+        let tasks = pgmemo::tasks::Tasks::new();
         let mut terminate = signal(SignalKind::terminate())?;
         let mut interrupt = signal(SignalKind::interrupt())?;
         let token = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn("shutdown-signals", async move {
             let name = tokio::select! {
                 _ = terminate.recv() => "SIGTERM",
                 _ = interrupt.recv() => "SIGINT",
@@ -131,14 +133,12 @@ fn main() -> ExitCode {
         });
         if let Some(handle) = log_level {
             let hangup = signal(SignalKind::hangup())?;
-            tokio::spawn(reload_log_level(
-                sources.clone(),
-                handle,
-                hangup,
-                shutdown.clone(),
-            ));
+            tasks.spawn(
+                "sighup-log-level",
+                reload_log_level(sources.clone(), handle, hangup, shutdown.clone()),
+            );
         }
-        pgmemo::server::run(sources, shutdown).await?;
+        pgmemo::server::run(sources, shutdown, tasks).await?;
         Ok::<(), Box<dyn std::error::Error>>(())
     });
     match result {

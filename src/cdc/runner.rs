@@ -169,26 +169,9 @@ async fn follow_inner(
     let inv = &config.invalidation;
     let db = stream.name();
     stream.set_state(State::Connecting);
-    let timeout = config.upstream.connect_timeout;
-    let mut conn = match ReplConn::connect(&ctx.upstream, ctx.upstream.target(), db, timeout).await
-    {
+    let mut conn = match connect(ctx, db, config.upstream.connect_timeout).await {
         Ok(c) => c,
-        Err(e) => {
-            return match e.code() {
-                Some("42501") => Stop::Unavailable(format!(
-                    "pgmemo's role may not replicate ({e}); grant it: ALTER ROLE <role> \
-                     REPLICATION"
-                )),
-                Some("28000") => Stop::Unavailable(format!(
-                    "pg_hba.conf refuses the replication connection ({e}); add a `host \
-                     replication` line (logical replication matches the database name)"
-                )),
-                _ => Stop::Failed {
-                    reason: "connect",
-                    detail: e.to_string(),
-                },
-            };
-        }
+        Err(stop) => return stop,
     };
     if let Err(stop) = check_server(&mut conn, ctx, db).await {
         return stop;
@@ -219,20 +202,10 @@ async fn follow_inner(
             Ok(l) => l,
             Err(stop) => return stop,
         };
-    let start = match &plugin {
-        Plugin::Pgoutput { publication } => format!(
-            "START_REPLICATION SLOT {slot} LOGICAL {consistent} (proto_version '1', \
-             publication_names '{}')",
-            quote_ident(publication).replace('\'', "''")
-        ),
-        // No transaction IDs (not needed); commit times for the latency metric; no
-        // BEGIN/COMMIT pairs for transactions that changed no table.
-        Plugin::TestDecoding => format!(
-            "START_REPLICATION SLOT {slot} LOGICAL {consistent} (\"include-xids\" '0', \
-             \"include-timestamp\" 'on', \"skip-empty-xacts\" 'on')"
-        ),
-    };
-    if let Err(e) = conn.start_streaming(&start).await {
+    if let Err(e) = conn
+        .start_streaming(&start_command(&plugin, &slot, consistent))
+        .await
+    {
         return failed("start")(e);
     }
 
@@ -277,6 +250,44 @@ async fn follow_inner(
         inv.cdc_status_interval,
     )
     .await
+}
+
+/// The replication connection to `db`; a refusal that configuration must fix is
+/// `Unavailable` with the fix, anything else a failure to retry.
+async fn connect(ctx: &AppContext, db: &str, timeout: Duration) -> Result<ReplConn, Stop> {
+    ReplConn::connect(&ctx.upstream, ctx.upstream.target(), db, timeout)
+        .await
+        .map_err(|e| match e.code() {
+            Some("42501") => Stop::Unavailable(format!(
+                "pgmemo's role may not replicate ({e}); grant it: ALTER ROLE <role> \
+                 REPLICATION"
+            )),
+            Some("28000") => Stop::Unavailable(format!(
+                "pg_hba.conf refuses the replication connection ({e}); add a `host \
+                 replication` line (logical replication matches the database name)"
+            )),
+            _ => Stop::Failed {
+                reason: "connect",
+                detail: e.to_string(),
+            },
+        })
+}
+
+/// START_REPLICATION for `slot` from `consistent`, with the plugin's options.
+fn start_command(plugin: &Plugin, slot: &str, consistent: Lsn) -> String {
+    match plugin {
+        Plugin::Pgoutput { publication } => format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {consistent} (proto_version '1', \
+             publication_names '{}')",
+            quote_ident(publication).replace('\'', "''")
+        ),
+        // No transaction IDs (not needed); commit times for the latency metric; no
+        // BEGIN/COMMIT pairs for transactions that changed no table.
+        Plugin::TestDecoding => format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {consistent} (\"include-xids\" '0', \
+             \"include-timestamp\" 'on', \"skip-empty-xacts\" 'on')"
+        ),
+    }
 }
 
 /// The upstream can decode WAL for this database: `wal_level = logical`, not a standby.

@@ -57,7 +57,11 @@ pub enum ServerError {
 }
 
 /// Runs pgmemo until `shutdown` is cancelled and the sessions have been closed.
-pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(
+    sources: Sources,
+    shutdown: CancellationToken,
+    tasks: Tasks,
+) -> Result<(), ServerError> {
     let config = sources.load()?;
     let metrics = telemetry::recorder::install()?;
     let upstream = Upstream::new(config.upstream_target()?)?;
@@ -73,7 +77,6 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         target.port,
         config.upstream.connect_timeout,
     ));
-    let tasks = Tasks::new();
     let (caching, tier_task) = caching::build(&config, &target, &tasks)?;
     let ctx = Arc::new(AppContext::new(
         config, upstream, client_tls, caching, tasks,
@@ -112,6 +115,42 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
     let sessions = TaskTracker::new();
     let drain = session::Signal::default();
     let force = session::Signal::default();
+    let signals = Shutdown {
+        drain: drain.clone(),
+        force: force.clone(),
+    };
+    accept_until_shutdown(&ctx, &listener, &pool, &sessions, &signals, &shutdown).await;
+
+    drop(listener);
+    readiness.set_listener_up(false);
+    let deadline = ctx.config().server.shutdown_timeout;
+    drain_sessions(&sessions, &drain, &force, deadline).await;
+    drop(pool);
+    // The background tasks stopped on the shutdown token (or with the workers' runtimes).
+    match ctx.tasks.wait(deadline).await {
+        Ok(()) => info!("background tasks stopped"),
+        Err(left) => warn!(
+            ?left,
+            "background tasks still running at the shutdown deadline"
+        ),
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    info!("pgmemo stopped");
+    Ok(())
+}
+
+/// Accepts clients until `shutdown`: each within `server.max_client_connections` becomes a
+/// session on a worker; past it, up to MAX_REJECTING are answered 53300 by a task, the rest
+/// at once by [`refuse_now`].
+async fn accept_until_shutdown(
+    ctx: &Arc<AppContext>,
+    listener: &TcpListener,
+    pool: &Arc<workers::Workers>,
+    sessions: &TaskTracker,
+    signals: &Shutdown,
+    shutdown: &CancellationToken,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     let rejecting = Arc::new(AtomicUsize::new(0));
     let too_many = ClientError::too_many_connections().encode();
@@ -132,12 +171,12 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
         let max = ctx.config().server.max_client_connections;
         if let Some(slot) = Slot::take(&active, max) {
             let shutdown = Shutdown {
-                drain: drain.clone(),
-                force: force.clone(),
+                drain: signals.drain.clone(),
+                force: signals.force.clone(),
             };
-            let ctx = Arc::clone(&ctx);
-            let workers = Some(Arc::clone(&pool));
-            hand_off(&pool, &sessions, tcp, move |tcp, tracked| async move {
+            let ctx = Arc::clone(ctx);
+            let workers = Some(Arc::clone(pool));
+            hand_off(pool, sessions, tcp, move |tcp, tracked| async move {
                 let home = session::Home {
                     workers,
                     keep: vec![Box::new(slot), tracked],
@@ -146,8 +185,8 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
             })
             .await;
         } else if let Some(slot) = Slot::take(&rejecting, MAX_REJECTING) {
-            let ctx = Arc::clone(&ctx);
-            hand_off(&pool, &sessions, tcp, move |tcp, tracked| async move {
+            let ctx = Arc::clone(ctx);
+            hand_off(pool, sessions, tcp, move |tcp, tracked| async move {
                 let _held = (slot, tracked);
                 session::reject_busy(ctx, tcp).await;
             })
@@ -156,24 +195,6 @@ pub async fn run(sources: Sources, shutdown: CancellationToken) -> Result<(), Se
             refuse_now(tcp, &too_many);
         }
     }
-
-    drop(listener);
-    readiness.set_listener_up(false);
-    let deadline = ctx.config().server.shutdown_timeout;
-    drain_sessions(&sessions, &drain, &force, deadline).await;
-    drop(pool);
-    // The background tasks stopped on the shutdown token (or with the workers' runtimes).
-    match ctx.tasks.wait(deadline).await {
-        Ok(()) => info!("background tasks stopped"),
-        Err(left) => warn!(
-            ?left,
-            "background tasks still running at the shutdown deadline"
-        ),
-    }
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    info!("pgmemo stopped");
-    Ok(())
 }
 
 /// The background work of a running server, each a named task (see `tasks`): the catalog

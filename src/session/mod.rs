@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
 use crate::cancel;
+use crate::config::Config;
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::net::Stream;
+use crate::protocol::startup::StartupMessage;
 use crate::telemetry::names;
 use crate::workers::{self, Workers};
 use negotiate::{Negotiated, negotiate};
@@ -258,90 +260,12 @@ pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
 
 async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Live> {
     let config = ctx.config();
-    let _ = tcp.set_nodelay(true);
-    let negotiated = match tokio::time::timeout(
-        config.server.startup_timeout,
-        negotiate(tcp, ctx.tls.as_ref()),
-    )
-    .await
-    {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => {
-            debug!(error = %e, "startup negotiation failed");
-            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "protocol")
-                .increment(1);
-            return None;
-        }
-        Err(_) => {
-            debug!("startup timed out");
-            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "startup_timeout")
-                .increment(1);
-            return None;
-        }
-    };
-    let (mut client, startup) = match negotiated {
-        Negotiated::Cancel {
-            packet,
-            key,
-            stream,
-        } => {
-            answer_cancel(ctx, &packet, &key, stream).await;
-            return None;
-        }
-        Negotiated::Session { stream, startup } => (stream, startup),
-    };
+    let (mut client, startup) = client_startup(ctx, tcp, &config).await?;
     let user = startup.user();
     let database = startup.database();
     debug!(%user, %database, major = startup.major, minor = startup.minor, "startup");
-
-    let mut upstream = match ctx.upstream.connect(config.upstream.connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            warn!(error = %e, "upstream connect failed");
-            metrics::counter!(names::UPSTREAM_CONNECT_ERRORS, "kind" => e.kind()).increment(1);
-            let err = ClientError::upstream_unreachable(ctx.upstream.address(), &e.to_string());
-            farewell(&mut client, &err).await;
-            return None;
-        }
-    };
-    if let Err(e) = upstream.write_all(&startup.raw).await {
-        let err = upstream_lost(ctx, &e.to_string());
-        farewell(&mut client, &err).await;
-        return None;
-    }
-    if startup.major != 3 {
-        // Not protocol 3: the server answers in a pre-3.0 unframed format (or whatever it
-        // speaks); pass its answer through verbatim, then close.
-        passthrough_until_close(&mut upstream, &mut client, config.server.startup_timeout).await;
-        return None;
-    }
-
-    let offer_plus = match (&ctx.tls, client.is_tls(), upstream.peer_certificate()) {
-        (Some(tls), true, Some(up)) => tls.leaf_der == up,
-        _ => false,
-    };
-    let established = match tokio::time::timeout(
-        config.server.startup_timeout,
-        auth::relay(&mut client, &mut upstream, offer_plus),
-    )
-    .await
-    {
-        Ok(Ok(e)) => e,
-        Ok(Err(auth::AuthError::Upstream(e))) => {
-            farewell(&mut client, &upstream_lost(ctx, &e.to_string())).await;
-            return None;
-        }
-        Ok(Err(e)) => {
-            debug!(error = %e, "authentication ended");
-            return None;
-        }
-        Err(_) => {
-            debug!("authentication timed out");
-            let err = ClientError::authentication_timeout();
-            farewell(&mut client, &err).await;
-            return None;
-        }
-    };
+    let mut upstream = upstream_startup(ctx, &mut client, &startup, &config).await?;
+    let established = authenticate(ctx, &mut client, &mut upstream, &config).await?;
     let cancel = established
         .cancel_key
         .and_then(|key| ctx.cancel_keys.register(key, id))
@@ -366,6 +290,114 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
         caching,
         cancel,
     })
+}
+
+/// The client's side of the startup phase (TLS, then its StartupMessage), within
+/// `server.startup_timeout`; a CancelRequest is answered here and ends the connection.
+async fn client_startup(
+    ctx: &Arc<AppContext>,
+    tcp: TcpStream,
+    config: &Config,
+) -> Option<(Stream, StartupMessage)> {
+    let _ = tcp.set_nodelay(true);
+    let negotiated = match tokio::time::timeout(
+        config.server.startup_timeout,
+        negotiate(tcp, ctx.tls.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            debug!(error = %e, "startup negotiation failed");
+            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "protocol")
+                .increment(1);
+            return None;
+        }
+        Err(_) => {
+            debug!("startup timed out");
+            metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "startup_timeout")
+                .increment(1);
+            return None;
+        }
+    };
+    match negotiated {
+        Negotiated::Cancel {
+            packet,
+            key,
+            stream,
+        } => {
+            answer_cancel(ctx, &packet, &key, stream).await;
+            None
+        }
+        Negotiated::Session { stream, startup } => Some((stream, startup)),
+    }
+}
+
+/// Connects upstream and sends it the client's StartupMessage. A client that speaks an
+/// older protocol gets the server's answer passed through verbatim, then the close.
+async fn upstream_startup(
+    ctx: &AppContext,
+    client: &mut Stream,
+    startup: &StartupMessage,
+    config: &Config,
+) -> Option<Stream> {
+    let mut upstream = match ctx.upstream.connect(config.upstream.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "upstream connect failed");
+            metrics::counter!(names::UPSTREAM_CONNECT_ERRORS, "kind" => e.kind()).increment(1);
+            let err = ClientError::upstream_unreachable(ctx.upstream.address(), &e.to_string());
+            farewell(client, &err).await;
+            return None;
+        }
+    };
+    if let Err(e) = upstream.write_all(&startup.raw).await {
+        let err = upstream_lost(ctx, &e.to_string());
+        farewell(client, &err).await;
+        return None;
+    }
+    if startup.major != 3 {
+        // Not protocol 3: the server answers in a pre-3.0 unframed format (or whatever it
+        // speaks); pass its answer through verbatim, then close.
+        passthrough_until_close(&mut upstream, client, config.server.startup_timeout).await;
+        return None;
+    }
+    Some(upstream)
+}
+
+/// Relays authentication between the two, within `server.startup_timeout`.
+async fn authenticate(
+    ctx: &AppContext,
+    client: &mut Stream,
+    upstream: &mut Stream,
+    config: &Config,
+) -> Option<auth::Established> {
+    let offer_plus = match (&ctx.tls, client.is_tls(), upstream.peer_certificate()) {
+        (Some(tls), true, Some(up)) => tls.leaf_der == up,
+        _ => false,
+    };
+    match tokio::time::timeout(
+        config.server.startup_timeout,
+        auth::relay(client, upstream, offer_plus),
+    )
+    .await
+    {
+        Ok(Ok(e)) => Some(e),
+        Ok(Err(auth::AuthError::Upstream(e))) => {
+            farewell(client, &upstream_lost(ctx, &e.to_string())).await;
+            None
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "authentication ended");
+            None
+        }
+        Err(_) => {
+            debug!("authentication timed out");
+            let err = ClientError::authentication_timeout();
+            farewell(client, &err).await;
+            None
+        }
+    }
 }
 
 async fn finish(ctx: &AppContext, mut live: Live, end: Result<RelayEnd, RelayError>) {

@@ -10,6 +10,15 @@ use metrics::{Unit, describe_counter, describe_gauge};
 /// `# HELP` lines. Called by [`recorder::install`]; descriptions given before a recorder is
 /// installed are lost, so this runs right after installation.
 pub fn describe_all() {
+    describe_connections();
+    describe_cache();
+    describe_cdc();
+    describe_l2();
+    describe_session();
+}
+
+/// Client connections, bytes, statements, upstream connects, cancels, reloads.
+fn describe_connections() {
     describe_counter!(
         names::CLIENT_CONNECTIONS_TOTAL,
         "Client connections accepted."
@@ -49,6 +58,10 @@ pub fn describe_all() {
         "CancelRequests received, by result."
     );
     describe_counter!(names::CONFIG_RELOADS, "Configuration reloads, by result.");
+}
+
+/// The L1 cache: lookups, stores, evictions, size, fills, bumps, bypasses.
+fn describe_cache() {
     describe_counter!(names::CACHE_HITS, "Cache lookups answered from L1.");
     describe_counter!(
         names::CACHE_MISSES,
@@ -97,6 +110,15 @@ pub fn describe_all() {
         names::CACHE_TAG_BUMPS,
         "Relation versions bumped, by source."
     );
+    metrics::describe_histogram!(
+        names::CACHE_HIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to answer a cache hit (Query received to response queued)."
+    );
+}
+
+/// Change data capture: stream state, lag, transactions, reconnects, waits.
+fn describe_cdc() {
     describe_gauge!(
         names::CDC_STATE,
         "1 for the state each covered database's change stream is in (only streaming serves cached results)."
@@ -132,6 +154,19 @@ pub fn describe_all() {
         names::CDC_ACK_WAITS,
         "Acknowledgements of writes with invisible effects held for the change stream, by result."
     );
+    describe_gauge!(
+        names::CDC_LEADER,
+        "1 while this instance holds the CDC lease in Redis and follows the change streams."
+    );
+    metrics::describe_histogram!(
+        names::CDC_COMMIT_TO_BUMP_SECONDS,
+        metrics::Unit::Seconds,
+        "From a streamed transaction's commit on the server to its bump in pgmemo."
+    );
+}
+
+/// The shared tier on Redis: lookups, writes, bumps, breaker, subscription.
+fn describe_l2() {
     describe_counter!(
         names::L2_LOOKUPS,
         "Shared-cache (Redis) lookups, by result."
@@ -155,10 +190,6 @@ pub fn describe_all() {
         "Reads of the shared version counters from Redis, by result."
     );
     describe_gauge!(
-        names::CDC_LEADER,
-        "1 while this instance holds the CDC lease in Redis and follows the change streams."
-    );
-    describe_gauge!(
         names::L2_SUBSCRIBED,
         "1 while the Redis bump subscription (fast consistency) is up."
     );
@@ -170,16 +201,10 @@ pub fn describe_all() {
         names::L2_BREAKER_CHANGES,
         "Redis circuit breaker state changes, by the state entered."
     );
-    metrics::describe_histogram!(
-        names::CDC_COMMIT_TO_BUMP_SECONDS,
-        metrics::Unit::Seconds,
-        "From a streamed transaction's commit on the server to its bump in pgmemo."
-    );
-    metrics::describe_histogram!(
-        names::CACHE_HIT_SECONDS,
-        metrics::Unit::Seconds,
-        "Time to answer a cache hit (Query received to response queued)."
-    );
+}
+
+/// Sessions and the rest: latencies, migrations, probes, plans, replays, admin.
+fn describe_session() {
     metrics::describe_histogram!(
         names::UPSTREAM_QUERY_SECONDS,
         metrics::Unit::Seconds,

@@ -337,76 +337,90 @@ impl CacheSession {
         match &info.class {
             Class::TransactionControl(tc) => self.apply_txn_control(tc, rolled_back),
             Class::SessionChange(change) => {
-                self.probe_needed = true;
-                if let SessionChange::Set { name, .. } | SessionChange::Reset { name: Some(name) } =
-                    change
-                    && name.contains('.')
-                    // pgmemo's own switch changes no result (the probe reads it apart).
-                    && name != "pgmemo.cache"
-                    && self.custom_names.len() < super::probe::MAX_SESSION_NAMES
-                {
-                    let name = setting_name(name);
-                    if !self.custom_names.contains(&name) {
-                        self.custom_names.push(name);
-                    }
-                }
-                match change {
-                    SessionChange::Prepare { name, .. } => {
-                        let inner = sp
-                            .prepared
-                            .as_deref()
-                            .filter(|_| planned_here)
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                let mut p = StmtPlan::default();
-                                p.written.epoch = Some(EpochCause::Untracked);
-                                p
-                            });
-                        self.tracker
-                            .sql_prepared
-                            .insert(name.clone(), (inner, plan.context_id));
-                    }
-                    SessionChange::Deallocate { name: Some(name) } => {
-                        self.tracker.sql_prepared.remove(name);
-                        self.tracker.statements.remove(name.as_bytes());
-                    }
-                    SessionChange::Deallocate { name: None }
-                    | SessionChange::Discard(DiscardKind::All) => {
-                        self.tracker.sql_prepared.clear();
-                        self.tracker.statements.clear();
-                    }
-                    _ => {}
-                }
+                self.apply_session_change(change, sp, plan, planned_here)
             }
-            Class::Execute { name } => {
-                let effect = self
-                    .tracker
+            Class::Execute { name } => self.apply_sql_execute(name, planned_here),
+            _ => {}
+        }
+    }
+
+    /// A SET, RESET, PREPARE, DEALLOCATE, DISCARD ... completed: the session is re-probed,
+    /// custom setting names are remembered, and SQL-prepared statements are tracked.
+    fn apply_session_change(
+        &mut self,
+        change: &SessionChange,
+        sp: &StmtPlan,
+        plan: &Plan,
+        planned_here: bool,
+    ) {
+        self.probe_needed = true;
+        if let SessionChange::Set { name, .. } | SessionChange::Reset { name: Some(name) } =
+            change
+            && name.contains('.')
+            // pgmemo's own switch changes no result (the probe reads it apart).
+            && name != "pgmemo.cache"
+            && self.custom_names.len() < super::probe::MAX_SESSION_NAMES
+        {
+            let name = setting_name(name);
+            if !self.custom_names.contains(&name) {
+                self.custom_names.push(name);
+            }
+        }
+        match change {
+            SessionChange::Prepare { name, .. } => {
+                let inner = sp
+                    .prepared
+                    .as_deref()
+                    .filter(|_| planned_here)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        let mut p = StmtPlan::default();
+                        p.written.epoch = Some(EpochCause::Untracked);
+                        p
+                    });
+                self.tracker
                     .sql_prepared
-                    .get(name)
-                    .map(|(p, cx)| (p.written.clone(), p.ddl, *cx));
-                match effect {
-                    // PostgreSQL re-parses a prepared statement whose search_path changed:
-                    // its tags hold only in the context it was prepared in.
-                    Some((w, ddl, cx)) if planned_here && cx == self.cx_id => {
-                        self.tracker.txn.merge(&w.tags, w.epoch);
-                        self.tracker.txn_ddl |= ddl;
-                    }
-                    // A prepared read that wrote nothing where it was prepared (the names it
-                    // resolves are only read).
-                    Some((w, false, _)) if w.is_empty() => {}
-                    Some((_, ddl, _)) => {
-                        self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
-                        self.tracker.txn_ddl |= ddl;
-                    }
-                    None => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
-                }
-                // Whatever its plan said at PREPARE time: the statement runs with the
-                // functions and settings of now, and its own settings changes (a
-                // set_config call) never pass through the fingerprint's SQL model.
-                self.taint_unseen("SQL EXECUTE");
+                    .insert(name.clone(), (inner, plan.context_id));
+            }
+            SessionChange::Deallocate { name: Some(name) } => {
+                self.tracker.sql_prepared.remove(name);
+                self.tracker.statements.remove(name.as_bytes());
+            }
+            SessionChange::Deallocate { name: None } | SessionChange::Discard(DiscardKind::All) => {
+                self.tracker.sql_prepared.clear();
+                self.tracker.statements.clear();
             }
             _ => {}
         }
+    }
+
+    /// A SQL EXECUTE completed: what its prepared statement writes, if it still holds.
+    fn apply_sql_execute(&mut self, name: &str, planned_here: bool) {
+        let effect = self
+            .tracker
+            .sql_prepared
+            .get(name)
+            .map(|(p, cx)| (p.written.clone(), p.ddl, *cx));
+        match effect {
+            // PostgreSQL re-parses a prepared statement whose search_path changed:
+            // its tags hold only in the context it was prepared in.
+            Some((w, ddl, cx)) if planned_here && cx == self.cx_id => {
+                self.tracker.txn.merge(&w.tags, w.epoch);
+                self.tracker.txn_ddl |= ddl;
+            }
+            // A prepared read that wrote nothing where it was prepared (the names it
+            // resolves are only read).
+            Some((w, false, _)) if w.is_empty() => {}
+            Some((_, ddl, _)) => {
+                self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
+                self.tracker.txn_ddl |= ddl;
+            }
+            None => self.tracker.txn.merge(&[], Some(EpochCause::Untracked)),
+        }
+        // Whatever its plan said at PREPARE time: the statement runs with the
+        // functions and settings of now, and its own settings changes (a
+        // set_config call) never pass through the fingerprint's SQL model.
+        self.taint_unseen("SQL EXECUTE");
     }
 
     /// A statement ran whose effect on the session's settings pgmemo cannot see: no lookup
