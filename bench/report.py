@@ -8,10 +8,10 @@ import re
 import statistics
 
 LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgpool": "pgpool-II", "pgmemo": "pgmemo",
-         "limit": "responder"}
+         "pgmemo-base": "pgmemo (base)", "limit": "responder"}
 # Ratio columns beyond "peer ÷ direct", in report order: (numerator, denominator, heading).
 VERSUS = (("pgmemo", "pgbouncer", "pgmemo ÷ PgBouncer"), ("pgmemo", "pgpool", "pgmemo ÷ pgpool-II"),
-          ("pgmemo", "limit", "pgmemo % of ceiling"))
+          ("pgmemo", "limit", "pgmemo % of ceiling"), ("pgmemo", "pgmemo-base", "pgmemo ÷ base"))
 
 
 def fmt_tps(v):
@@ -250,10 +250,11 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
         pp = configs["pgpool"]
         md += [f"{pp['version']}: `{pp['command']}` with", "", "```ini", pp["conf"].rstrip(),
                "```", ""]
-    if "pgmemo" in configs:
-        pm = configs["pgmemo"]
-        md += [f"pgmemo (binary built {pm['binary_mtime']}): `{pm['command']}`; "
-               f"environment: {pm['env'] or 'no PGMEMO_*/RUST_LOG variables'}", ""]
+    for name in ("pgmemo", "pgmemo-base"):
+        if name in configs:
+            pm = configs[name]
+            md += [f"{LABEL[name]} (binary built {pm['binary_mtime']}): `{pm['command']}`; "
+                   f"environment: {pm['env'] or 'no PGMEMO_*/RUST_LOG variables'}", ""]
     if "limit" in configs:
         md += [f"Instant responder (`shared/tools/limit`, the ceiling for `point`): "
                f"`{configs['limit']['command']}`", ""]

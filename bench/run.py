@@ -29,7 +29,7 @@ from stack import REPO, Stack, client_env, find_pg_bin, log  # noqa: E402
 BENCH = REPO / "bench"
 WORKLOADS = BENCH / "workloads"
 # Interleaving order within a repetition. `limit` is the instant responder: only for CEILING.
-TARGETS = ("direct", "pgbouncer", "pgpool", "pgmemo", "limit")
+TARGETS = ("direct", "pgbouncer", "pgpool", "pgmemo", "pgmemo-base", "limit")
 # pgbench script arguments of workloads that are not a single bench/workloads/NAME.sql.
 SCRIPTS = {"tpcb": ["-b", "tpcb-like"],
            "mixed": ["-f", f"{WORKLOADS / 'point.sql'}@9", "-f", f"{WORKLOADS / 'update.sql'}@1"]}
@@ -244,9 +244,11 @@ def main():
     ap.add_argument("--modes", help="pgbench -M values: simple, extended, prepared (from --suite)")
     ap.add_argument("--workloads", help="point, heavy, mixed, uncacheable, tpcb (built-in "
                     "tpcb-like) or the name of any bench/workloads/NAME.sql (from --suite)")
-    ap.add_argument("--peers", "--targets", dest="peers", default=",".join(TARGETS),
-                    help="direct plus any of pgbouncer, pgpool, pgmemo, limit (the instant "
-                         "responder, run for `point` only); default all")
+    ap.add_argument("--peers", "--targets", dest="peers",
+                    default=",".join(t for t in TARGETS if t != "pgmemo-base"),
+                    help="direct plus any of pgbouncer, pgpool, pgmemo, pgmemo-base (with "
+                         "--base-bin), limit (the instant responder, run for `point` only); "
+                         "default all but pgmemo-base")
     ap.add_argument("--order", choices=("rotate", "fixed"), default="rotate",
                     help="rotate: repetition r starts at target r mod n; fixed: always "
                          "direct, pgbouncer, pgpool, pgmemo, limit")
@@ -259,6 +261,8 @@ def main():
                     help="smoke test: 3 s, 1 rep, 8 clients (explicit flags still win)")
     ap.add_argument("--pg-bin", help="directory with initdb/postgres/pgbench/psql")
     ap.add_argument("--pgmemo-bin", help="use this pgmemo binary instead of target/release")
+    ap.add_argument("--base-bin", help="a second pgmemo binary, run as target pgmemo-base "
+                    "(e.g. the build before a change; add pgmemo-base to --peers)")
     ap.add_argument("--pgpool-bin", help="pgpool executable (default: PATH, /usr/sbin/pgpool)")
     ap.add_argument("--pgpool-mode", choices=("streaming_replication", "raw"),
                     default="streaming_replication",
@@ -316,6 +320,10 @@ def main():
             stack.start_pgpool(max(clients))
         if "pgmemo" in wanted:
             stack.start_pgmemo()
+        if "pgmemo-base" in wanted:
+            if not args.base_bin:
+                sys.exit("bench: target pgmemo-base needs --base-bin")
+            stack.start_pgmemo("pgmemo-base", args.base_bin)
         if "limit" in wanted:
             stack.start_limit()
         for t, why in stack.skipped.items():

@@ -349,11 +349,15 @@ class Stack:
                                % (r.returncode, blog, "\n    ".join(tail)))
         return exe
 
-    def start_pgmemo(self):
+    def start_pgmemo(self, name="pgmemo", exe=None):
+        """pgmemo as target `name`: this tree's release binary, or `exe` (another build to
+        compare against, e.g. the binary before a refactoring)."""
         try:
-            exe = self.pgmemo_binary()
+            exe = Path(exe) if exe else self.pgmemo_binary()
+            if not exe.exists():
+                raise RuntimeError(f"{exe} does not exist")
         except RuntimeError as e:
-            self.skipped["pgmemo"] = str(e)
+            self.skipped[name] = str(e)
             return
         if self.args.upstream_via == "unix":
             enc = str(self.tmp).replace("/", "%2F")
@@ -362,12 +366,12 @@ class Stack:
             upstream = f"postgres://postgres@127.0.0.1:{self.ports['direct']}/postgres"
         argv = [str(exe), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                 "--upstream", upstream]
-        proc = self.spawn("pgmemo", argv, lambda p: self._stop_simple(p, signal.SIGTERM),
+        proc = self.spawn(name, argv, lambda p: self._stop_simple(p, signal.SIGTERM),
                           stdout=subprocess.PIPE)
         lines = queue.Queue()
 
         def drain():  # keep reading stdout for the whole run so the pipe never fills
-            with open(self.tmp / "pgmemo.stdout", "wb") as f:
+            with open(self.tmp / f"{name}.stdout", "wb") as f:
                 for line in proc.stdout:
                     f.write(line)
                     f.flush()
@@ -388,26 +392,26 @@ class Stack:
                 port, admin = int(m.group(2)), f"{m.group(3)}:{m.group(4)}"
         if port is None:
             status = "exited with code %s" % proc.poll() if proc.poll() is not None else "no ready line"
-            self.skipped["pgmemo"] = (f"pgmemo did not start within 20 s ({status}); log tail: "
-                                      + self.tail("pgmemo.log", 5))
+            self.skipped[name] = (f"{name} did not start within 20 s ({status}); log tail: "
+                                      + self.tail(f"{name}.log", 5))
             return
         try:
-            self.wait_sql("pgmemo", port, proc, 20)
+            self.wait_sql(name, port, proc, 20)
             self.psql(port, "SELECT count(*) FROM pgbench_branches")
         except (RuntimeError, subprocess.TimeoutExpired) as e:
-            self.skipped["pgmemo"] = f"pgmemo started but does not serve queries: {e}"
+            self.skipped[name] = f"{name} started but does not serve queries: {e}"
             return
-        self.ports["pgmemo"] = port
+        self.ports[name] = port
         env = {k: v for k, v in os.environ.items() if k.startswith(("PGMEMO_", "RUST_LOG"))}
-        self.configs["pgmemo"] = {"command": " ".join(argv), "admin": admin, "env": env,
+        self.configs[name] = {"command": " ".join(argv), "admin": admin, "env": env,
                                   "binary_mtime": datetime.datetime.fromtimestamp(
                                       exe.stat().st_mtime).isoformat(timespec="seconds")}
-        log(f"pgmemo on 127.0.0.1:{port} (admin {admin})")
+        log(f"{name} ({exe}) on 127.0.0.1:{port} (admin {admin})")
 
-    def pgmemo_counters(self):
+    def pgmemo_counters(self, name="pgmemo"):
         """(hits, misses) from pgmemo's admin /metrics, or None when it has no such metrics."""
         try:
-            with urllib.request.urlopen(f"http://{self.configs['pgmemo']['admin']}/metrics",
+            with urllib.request.urlopen(f"http://{self.configs[name]['admin']}/metrics",
                                         timeout=5) as r:
                 text = r.read().decode("utf-8", "replace")
         except (OSError, KeyError, ValueError):
@@ -429,8 +433,8 @@ class Stack:
         """Cumulative (hits, misses) of a caching target, or None where it exposes none."""
         if target == "pgpool":
             return self.pgpool_counters()
-        if target == "pgmemo":
-            return self.pgmemo_counters()
+        if target in ("pgmemo", "pgmemo-base"):
+            return self.pgmemo_counters(target)
         return None
 
     # --- the instant responder (ceiling) ----------------------------------------------------
@@ -517,7 +521,7 @@ class Stack:
                 log(f"stopping {name}: {e}")
         logs = self.out / "logs"
         for name in ("postgres.log", "pgbouncer.log", "pgpool.log", "pgmemo.log",
-                     "pgmemo.stdout", "limit.log"):
+                     "pgmemo.stdout", "pgmemo-base.log", "pgmemo-base.stdout", "limit.log"):
             src = self.tmp / name
             if src.exists():  # keep the last MiB of each log for post-mortems
                 data = src.read_bytes()[-(1 << 20):]

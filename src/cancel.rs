@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use tokio::sync::{Notify, oneshot};
 
+use crate::telemetry::names;
+
 /// Client cancel connections kept open per session while their request is held (more are
 /// still held, their connections just close at once).
 const MAX_HELD_ACKS: usize = 16;
@@ -35,20 +37,38 @@ pub enum Disposition {
     Forward,
 }
 
-/// Cancel requests held for a session while its own work ran.
+/// Cancel requests held for a session while its own work ran. Counted in the
+/// `pgmemo_cancel_requests_held` gauge from [`Held::add`] until the value is dropped (routed,
+/// delivered or discarded), so an operator sees requests waiting on pgmemo's own work.
 #[derive(Debug, Default)]
 pub struct Held {
     /// Requests held (counted even past [`MAX_HELD_ACKS`]).
-    pub requests: u64,
+    requests: u64,
     /// The client connections waiting for the outcome: send when delivered, drop otherwise.
-    pub acks: Vec<oneshot::Sender<()>>,
+    acks: Vec<oneshot::Sender<()>>,
 }
 
 impl Held {
+    /// Holds one more request; its client connection waits on the receiver.
+    fn add(&mut self) -> oneshot::Receiver<()> {
+        self.requests += 1;
+        metrics::gauge!(names::CANCEL_REQUESTS_HELD).increment(1.0);
+        let (tx, rx) = oneshot::channel();
+        if self.acks.len() < MAX_HELD_ACKS {
+            self.acks.push(tx);
+        }
+        rx
+    }
+
+    /// Requests held.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
     /// Adds the requests of `other` (held again while these waited).
-    pub fn merge(&mut self, other: Held) {
-        self.requests += other.requests;
-        for ack in other.acks {
+    pub fn merge(&mut self, mut other: Held) {
+        self.requests += std::mem::take(&mut other.requests);
+        for ack in other.acks.drain(..) {
             if self.acks.len() < MAX_HELD_ACKS {
                 self.acks.push(ack);
             }
@@ -56,9 +76,17 @@ impl Held {
     }
 
     /// Tells every waiting client connection that the request was delivered.
-    pub fn delivered(self) {
-        for ack in self.acks {
+    pub fn delivered(mut self) {
+        for ack in self.acks.drain(..) {
             let _ = ack.send(());
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.requests > 0 {
+            metrics::gauge!(names::CANCEL_REQUESTS_HELD).decrement(self.requests as f64);
         }
     }
 }
@@ -112,13 +140,7 @@ impl CancelSignal {
         if !own.busy {
             return Disposition::Forward;
         }
-        let held = own.held.get_or_insert_with(Held::default);
-        held.requests += 1;
-        let (tx, rx) = oneshot::channel();
-        if held.acks.len() < MAX_HELD_ACKS {
-            held.acks.push(tx);
-        }
-        Disposition::Held(rx)
+        Disposition::Held(own.held.get_or_insert_with(Held::default).add())
     }
 
     /// Marks pgmemo's own work on the upstream connection as under way (`true`) or over.
@@ -312,7 +334,7 @@ mod tests {
         let held = signal
             .set_own_work(false)
             .expect("the held requests go to the session");
-        assert_eq!(held.requests, 2);
+        assert_eq!(held.requests(), 2);
         assert!(signal.set_own_work(false).is_none(), "handed over once");
         assert!(
             matches!(reg.signal(&k), Disposition::Forward),
@@ -331,7 +353,7 @@ mod tests {
         signal.set_own_work(true);
         let receivers: Vec<_> = (0..MAX_HELD_ACKS + 4).map(|_| signal.raise()).collect();
         let held = signal.set_own_work(false).unwrap();
-        assert_eq!(held.requests, (MAX_HELD_ACKS + 4) as u64);
+        assert_eq!(held.requests(), (MAX_HELD_ACKS + 4) as u64);
         assert_eq!(held.acks.len(), MAX_HELD_ACKS);
         drop(receivers);
     }

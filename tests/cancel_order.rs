@@ -34,8 +34,40 @@ const CANCEL_DELAY: Duration = Duration::from_millis(400);
 async fn start(config: &str) -> (PgServer, Gate, Proxy) {
     let pg = PgServer::start(PgOptions::default());
     let gate = Gate::start(pg.addr()).await;
-    let proxy = Proxy::start(ProxyArgs::new(gate.url(SUPERUSER, DB)).config(config));
+    // Debug lines of the session and cancel paths: a failure's stderr tail shows where each
+    // cancel request went.
+    let proxy = Proxy::start(
+        ProxyArgs::new(gate.url(SUPERUSER, DB))
+            .config(config)
+            .env("RUST_LOG", "info,pgmemo::session=debug"),
+    );
     (pg, gate, proxy)
+}
+
+/// Cancel requests pgmemo holds now (its gauge).
+fn held_cancels(proxy: &Proxy) -> f64 {
+    proxy
+        .admin_get("/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix("pgmemo_cancel_requests_held "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until pgmemo holds a cancel request for the session (its gauge says so): the race
+/// under test needs the request to arrive while pgmemo's own work is under way, not after.
+async fn wait_held(proxy: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if held_cancels(proxy) >= 1.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgmemo did not hold the cancel request while its own work was under way"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A raw session through `addr` named `app`, ready for queries, with its cancel key.
@@ -177,6 +209,29 @@ async fn at_the_connection_limit_too() {
 /// cancel), but be held and forwarded once the client's statement runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
+    cancel_during_probe(None).await;
+}
+
+/// The same, with the client's statement reaching PostgreSQL 300 ms after pgmemo sent it
+/// (the gate delays it, as a loaded backend that has not yet read it would): the request,
+/// forwarded right behind the statement, finds the backend still waiting for input and is
+/// dropped there, so pgmemo sends it again while that statement is all that is outstanding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_cancel_that_overtakes_its_statement_is_sent_again() {
+    let proxy = cancel_during_probe(Some(Duration::from_millis(300))).await;
+    let repeated = proxy
+        .admin_get("/metrics")
+        .lines()
+        .find(|l| {
+            l.starts_with("pgmemo_cancel_requests_total{") && l.contains("result=\"repeated\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(repeated >= 1.0, "the request was not sent again");
+}
+
+/// Runs the probe race; `late`: how late the gate delivers the client's statement.
+async fn cancel_during_probe(late: Option<Duration>) -> Proxy {
     let (_pg, gate, proxy) = start("").await;
     let (mut s, key) = session(proxy.addr(), "probe_victim").await;
     run(&mut s, "SELECT 1").await;
@@ -191,12 +246,14 @@ async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
         gate.wait_sent_while_holding(Duration::from_secs(10)).await,
         "pgmemo sent no settings probe after the session's settings changed"
     );
+    if let Some(late) = late {
+        // The probe has gone through; what pgmemo sends next (the statement) is late.
+        gate.delay_upstream("probe_victim", late);
+    }
     let addr = proxy.addr();
     let key2 = key.clone();
     let cancelled = tokio::spawn(async move { cancel(addr, &key2, None).await });
-    // Long enough for a request forwarded at once to reach PostgreSQL (and find its backend
-    // idle: the probe itself has finished there).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_held(&proxy).await;
     let released = Instant::now();
     gate.release();
 
@@ -219,8 +276,8 @@ async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
         "{}",
         wire::describe(err)
     );
-    // About 50 ms here; the bound leaves room for a loaded machine, far below the 10 s an
-    // uncancelled sleep takes.
+    // About 50 ms here (600 ms with the statement 300 ms late); the bound leaves room for a
+    // loaded machine, far below the 10 s an uncancelled sleep takes.
     assert!(
         took < Duration::from_secs(2),
         "pg_sleep(10) was cancelled {took:?} after the probe's answer"
@@ -229,8 +286,15 @@ async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
         .await
         .expect("the cancel connection closed once the request was delivered")
         .expect("cancel task");
+    assert_eq!(
+        held_cancels(&proxy),
+        0.0,
+        "a delivered request is no longer held"
+    );
+    gate.delay_upstream("probe_victim", Duration::ZERO);
     // The session is usable, and the probe (answered late) did not leave it uncached.
     run(&mut s, "SELECT 1").await;
+    proxy
 }
 
 /// A statement pgmemo must plan first (it names a table its catalog has not seen) is held
@@ -258,7 +322,7 @@ async fn a_cancel_while_the_statement_is_planned_cancels_it() {
     );
     let addr = proxy.addr();
     let cancelled = tokio::spawn(async move { cancel(addr, &key, None).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_held(&proxy).await;
     let released = Instant::now();
     gate.release();
 
@@ -289,5 +353,10 @@ async fn a_cancel_while_the_statement_is_planned_cancels_it() {
         .await
         .expect("the cancel connection closed once the request was delivered")
         .expect("cancel task");
+    assert_eq!(
+        held_cancels(&proxy),
+        0.0,
+        "a delivered request is no longer held"
+    );
     run(&mut s, "SELECT 1").await;
 }

@@ -8,14 +8,23 @@
 //! The forward uses the upstream backend's key (pgmemo relays BackendKeyData unchanged), runs
 //! inside the session's task (polled by the relay, bounded by `upstream.connect_timeout`),
 //! and the client's cancel connections close only once it is done.
+//!
+//! A request forwarded right behind the statement it is for can reach PostgreSQL before the
+//! backend has read that statement; PostgreSQL then drops it (a backend waiting for input
+//! ignores a cancel). A client cancelling directly is far behind its statement; pgmemo, which
+//! sends both, is not. So while that statement's sync group is still the only thing
+//! outstanding upstream, the request is sent again a few times, at growing intervals
+//! ([`RETRY_DELAYS`]): a repeat can only reach the same statement (or nothing), never a later
+//! one, and the client's frames wait while a forward is under way.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Context;
+use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::cancel::{CancelKeyGuard, CancelSignal, Held};
 use crate::context::AppContext;
@@ -24,11 +33,22 @@ use crate::telemetry::names;
 
 type Forwarding = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// When a forwarded request is sent again (after the previous forward finished) while its
+/// statement's sync group is still the only thing outstanding upstream.
+const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_millis(25),
+    Duration::from_millis(100),
+    Duration::from_millis(400),
+    Duration::from_millis(1600),
+];
+
 /// Where the client's work stands when held requests are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientWork {
-    /// Sent upstream and not yet answered: the requests are for it.
-    Upstream,
+    /// Sent upstream and not yet answered: the requests are for it. `sole`: the session
+    /// state's ReadyForQuery count when that work is one sync group with nothing behind it
+    /// (see `SessionState::sole_group`); only then may the request be sent again.
+    Upstream { sole: Option<u64> },
     /// A statement pgmemo holds back (waiting for another session's fill) takes them.
     HeldBack,
     /// Still with pgmemo (being planned, or not yet complete): decide later.
@@ -49,6 +69,18 @@ pub struct Deferral {
     /// Requests held past the end of the own work, not yet routed.
     armed: Option<Held>,
     forwarding: Option<Forwarding>,
+    retry: Option<Retry>,
+}
+
+/// Repeats of a forwarded request, for the sync group it was forwarded behind.
+struct Retry {
+    /// The ReadyForQuery count while that group is outstanding: once it moves, the group
+    /// is over and nothing is sent again.
+    readies: u64,
+    /// The next delay in [`RETRY_DELAYS`].
+    attempt: usize,
+    /// Armed once the previous forward finished.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Deferral {
@@ -63,6 +95,7 @@ impl Deferral {
             busy: false,
             armed: None,
             forwarding: None,
+            retry: None,
         }
     }
 
@@ -71,9 +104,15 @@ impl Deferral {
         self.guard.signal()
     }
 
-    /// Nothing held and nothing being forwarded.
+    /// Nothing held, nothing being forwarded or to be sent again.
     pub fn idle(&self) -> bool {
-        self.armed.is_none() && self.forwarding.is_none()
+        self.armed.is_none() && self.forwarding.is_none() && self.retry.is_none()
+    }
+
+    /// A forward is under way: the client's next frames wait, so the request cannot reach
+    /// a statement sent after it.
+    pub fn forwarding(&self) -> bool {
+        self.forwarding.is_some()
     }
 
     /// Whether requests wait to be routed (then [`Self::route`] wants the client's state).
@@ -108,44 +147,88 @@ impl Deferral {
         let count = |result: &'static str, n: u64| {
             metrics::counter!(names::CANCEL_REQUESTS, "result" => result).increment(n);
         };
+        if work != ClientWork::Pending {
+            debug!(requests = held.requests(), to = ?work, "held cancel requests routed");
+        }
         match work {
-            ClientWork::Upstream => self.forwarding = Some(self.forward(held)),
+            ClientWork::Upstream { sole } => {
+                self.forwarding = Some(self.forward(Some(held)));
+                self.retry = sole.map(|readies| Retry {
+                    readies,
+                    attempt: 0,
+                    sleep: None,
+                });
+            }
             ClientWork::HeldBack => {
-                count("held_statement", held.requests);
+                count("held_statement", held.requests());
                 self.signal.raise_local();
                 held.delivered();
             }
             ClientWork::Pending => self.armed = Some(held),
-            ClientWork::Done => count("nothing_running", held.requests),
+            ClientWork::Done => count("nothing_running", held.requests()),
         }
     }
 
-    /// Polls a forward under way; true when it finished.
-    pub fn poll_forward(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(f) = self.forwarding.as_mut() else {
+    /// Polls a forward under way and the repeats due. `sole`: what
+    /// `SessionState::sole_group` says now (a repeat goes out only while it is unchanged).
+    /// True when a forward finished.
+    pub fn poll_forward(&mut self, cx: &mut Context<'_>, sole: Option<u64>) -> bool {
+        if let Some(f) = self.forwarding.as_mut() {
+            if f.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.forwarding = None;
+            if let Some(r) = self.retry.as_mut() {
+                match RETRY_DELAYS.get(r.attempt) {
+                    Some(delay) => r.sleep = Some(Box::pin(tokio::time::sleep(*delay))),
+                    None => self.retry = None,
+                }
+            }
+            return true;
+        }
+        let Some(r) = self.retry.as_mut() else {
             return false;
         };
-        if f.as_mut().poll(cx).is_pending() {
+        if self.busy || sole != Some(r.readies) {
+            // The group ended (or more went upstream behind it): a repeat could reach
+            // something else.
+            self.retry = None;
             return false;
         }
-        self.forwarding = None;
-        true
+        let Some(sleep) = r.sleep.as_mut() else {
+            return false;
+        };
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        r.sleep = None;
+        r.attempt += 1;
+        debug!(attempt = r.attempt, "held cancel request sent again");
+        self.forwarding = Some(self.forward(None));
+        // Polled at once (it registers its wakeups; the branch above ends the recursion).
+        self.poll_forward(cx, sole)
     }
 
-    fn forward(&self, held: Held) -> Forwarding {
+    /// Forwards the request upstream; `held` (the first forward) is counted and its client
+    /// connections told once done, a repeat (`None`) is counted as `repeated`.
+    fn forward(&self, held: Option<Held>) -> Forwarding {
         let ctx = Arc::clone(&self.ctx);
         let packet = self.packet.clone();
         Box::pin(async move {
             let timeout = ctx.config().upstream.connect_timeout;
             let result = match ctx.upstream.forward_cancel(&packet, timeout).await {
+                Ok(()) if held.is_none() => "repeated",
                 Ok(()) => "forwarded",
                 Err(e) => {
                     warn!(error = %e, "forwarding a held cancel request failed");
                     "failed"
                 }
             };
-            metrics::counter!(names::CANCEL_REQUESTS, "result" => result).increment(held.requests);
-            held.delivered();
+            let n = held.as_ref().map_or(1, Held::requests);
+            metrics::counter!(names::CANCEL_REQUESTS, "result" => result).increment(n);
+            if let Some(held) = held {
+                held.delivered();
+            }
         })
     }
 }

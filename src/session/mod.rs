@@ -492,7 +492,9 @@ async fn answer_cancel(ctx: &AppContext, packet: &[u8], key: &[u8], mut stream: 
 
 async fn deliver_cancel(ctx: &AppContext, packet: &[u8], key: &[u8]) {
     let timeout = ctx.config().upstream.connect_timeout;
-    match ctx.cancel_keys.signal(key) {
+    let disposition = ctx.cancel_keys.signal(key);
+    debug!(?disposition, "cancel request received");
+    match disposition {
         cancel::Disposition::Unknown => {
             debug!("cancel request for an unknown key ignored");
             metrics::counter!(names::CANCEL_REQUESTS, "result" => "unknown_key").increment(1);

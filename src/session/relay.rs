@@ -437,10 +437,15 @@ impl<'a> Relay<'a> {
             return false;
         }
         let busy = self.own_work();
+        // A repeat needs the group alone upstream: nothing queued behind it either.
+        let sole = self
+            .state
+            .sole_group()
+            .filter(|_| self.to_upstream.is_empty());
         let work = if self.pending_wait.is_some() {
             ClientWork::HeldBack
         } else if self.state.outstanding() && !busy {
-            ClientWork::Upstream
+            ClientWork::Upstream { sole }
         } else if !quiet
             || self.client_paused
             || self.pending_plan.is_some()
@@ -457,12 +462,16 @@ impl<'a> Relay<'a> {
         if d.armed() && !busy {
             d.route(work);
         }
-        d.poll_forward(cx)
+        d.poll_forward(cx, sole)
     }
 
-    /// Client frames wait while a plan is computed or the settings probe is in flight.
+    /// Client frames wait while a plan is computed, the settings probe is in flight, or a
+    /// held cancel request is being forwarded (it must not reach a later statement).
     fn client_blocked(&self) -> bool {
-        self.pending_plan.is_some() || self.pending_wait.is_some() || self.caching.probing()
+        self.pending_plan.is_some()
+            || self.pending_wait.is_some()
+            || self.caching.probing()
+            || self.cancels.as_deref().is_some_and(Deferral::forwarding)
     }
 
     fn begin_shutdown(&mut self) {

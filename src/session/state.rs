@@ -81,6 +81,8 @@ pub struct SessionState {
     /// Extended-protocol messages sent since the last Sync (their responses may be pending).
     unsynced: bool,
     tracking_lost: bool,
+    /// ReadyForQuery frames received so far (wrapping): tells one sync group from the next.
+    readies: u64,
 }
 
 impl Default for SessionState {
@@ -93,6 +95,7 @@ impl Default for SessionState {
             pending_bytes: 0,
             unsynced: false,
             tracking_lost: false,
+            readies: 0,
         }
     }
 }
@@ -106,6 +109,13 @@ impl SessionState {
 
     pub fn awaiting_ready(&self) -> usize {
         self.awaiting_ready
+    }
+
+    /// The ReadyForQuery count when exactly one sync group (a Query, or extended messages
+    /// up to their Sync) is outstanding upstream and nothing follows it: whatever runs
+    /// there now belongs to that group.
+    pub fn sole_group(&self) -> Option<u64> {
+        (self.awaiting_ready == 1 && !self.unsynced).then_some(self.readies)
     }
 
     /// Something sent upstream is not answered yet (a statement running, or extended
@@ -225,6 +235,7 @@ impl SessionState {
         match tag {
             backend::READY_FOR_QUERY => {
                 self.awaiting_ready = self.awaiting_ready.saturating_sub(1);
+                self.readies = self.readies.wrapping_add(1);
                 self.txn = match Reader::body(frame).u8() {
                     Some(b'T') => TxnStatus::InBlock,
                     Some(b'E') => TxnStatus::Failed,

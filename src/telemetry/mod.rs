@@ -57,6 +57,10 @@ fn describe_connections() {
         names::CANCEL_REQUESTS,
         "CancelRequests received, by result."
     );
+    describe_gauge!(
+        names::CANCEL_REQUESTS_HELD,
+        "CancelRequests held while pgmemo's own work occupied the session's upstream connection, not yet routed."
+    );
     describe_counter!(names::CONFIG_RELOADS, "Configuration reloads, by result.");
 }
 
@@ -253,9 +257,14 @@ pub mod names {
     pub const UPSTREAM_CONNECT_ERRORS: &str = "pgmemo_upstream_connect_errors_total";
     /// counter: client frames refused as malformed or oversized (08P01).
     pub const CLIENT_PROTOCOL_ERRORS: &str = "pgmemo_client_protocol_errors_total";
-    /// counter, label `result` (`forwarded`, `held_statement`, `unknown_key`, `failed`):
-    /// CancelRequests (`held_statement`: it ended a statement pgmemo held in a fill wait).
+    /// counter, label `result` (`forwarded`, `held_statement`, `unknown_key`, `failed`,
+    /// `nothing_running`, `repeated`): CancelRequests (`held_statement`: it ended a statement
+    /// pgmemo held in a fill wait; `repeated`: a held request sent again because its
+    /// statement may not have been running yet when it first arrived).
     pub const CANCEL_REQUESTS: &str = "pgmemo_cancel_requests_total";
+    /// gauge: CancelRequests held while pgmemo's own work (the settings probe, a plan, a
+    /// replayed Parse) occupies the session's upstream connection, not yet routed.
+    pub const CANCEL_REQUESTS_HELD: &str = "pgmemo_cancel_requests_held";
     /// counter, label `result` (`ok`, `error`): configuration reloads (SIGHUP).
     pub const CONFIG_RELOADS: &str = "pgmemo_config_reloads_total";
     /// counter: cache lookups answered from L1.
