@@ -145,6 +145,14 @@ pub struct Caching {
 }
 
 impl Caching {
+    /// The cache's tiers, for one lookup.
+    pub fn tiers(&self) -> crate::cache::tiers::Tiers<'_> {
+        crate::cache::tiers::Tiers {
+            cache: &self.cache,
+            shared: self.shared.as_ref(),
+        }
+    }
+
     pub fn new(
         cache: Arc<Cache>,
         catalog: Arc<Catalog>,

@@ -23,6 +23,7 @@ pub mod key;
 pub mod l1;
 pub mod l2;
 pub mod stats;
+pub mod tiers;
 pub mod versions;
 
 use std::sync::Arc;

@@ -551,3 +551,7 @@ fn insert(table: &mut Table, path: &[String], value: Value) {
 #[cfg(test)]
 #[path = "load_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "load_tables_tests.rs"]
+mod tables_tests;

@@ -118,6 +118,14 @@ pub(crate) fn classify(stmt: &Statement, lead: &Lead<'_>, depth: usize) -> State
             let info = StatementInfo::new(Class::Read, Some(NotCacheable::Cursor));
             reads_that_write(collected(info, Collector::walk(stmt, &[])))
         }
+        _ => ddl(stmt, lead),
+    }
+}
+
+/// Schema changes (and what is left: the keyword fallback).
+fn ddl(stmt: &Statement, lead: &Lead<'_>) -> StatementInfo {
+    use Statement as S;
+    match stmt {
         S::CreateTable(ct) => {
             let mut targets = vec![&ct.name];
             targets.extend(ct.inherits.iter().flatten());

@@ -79,7 +79,7 @@ impl CacheSession {
                 }
             }
         };
-        match self.waited.take() {
+        match self.held.take_waited() {
             Some(WaitResult::Hit(entry)) => return self.answer(&g, &plan, &entry, state),
             Some(WaitResult::Error(error)) => {
                 // PostgreSQL would have parsed and bound before the cancel hit the Execute.
@@ -94,7 +94,7 @@ impl CacheSession {
             }
             // The other session gave up: run it here, uncaptured.
             Some(WaitResult::RunOwn) => return GroupAction::Frames,
-            Some(WaitResult::Shared(ready)) => self.shared_done(ready),
+            Some(WaitResult::Shared(ready)) => self.held.set(super::resume::Resume::Shared(ready)),
             None => {}
         }
         if plan.read.is_ok() && group::params_may_read_clock(g.bind_tail) {
@@ -107,7 +107,9 @@ impl CacheSession {
             Looked::Forward => {
                 // A miss being captured: the entry needs the RowDescription even if this
                 // client did not ask for it.
-                self.inject_describe = self.capture.is_some() && !g.describe;
+                if self.capture.is_some() && !g.describe {
+                    self.describe = super::resume::Describe::AfterBind;
+                }
                 GroupAction::Frames
             }
         }

@@ -68,12 +68,12 @@ impl CacheSession {
 
     /// The plan computed for the held frame.
     pub fn plan_ready(&mut self, plan: Arc<Plan>) {
-        self.ready_plan = Some(plan);
+        self.held.set(super::resume::Resume::Plan(plan));
     }
 
     /// The plan for `sql`: memoised, just computed, or computed now without a context.
     pub(super) fn plan_for(&mut self, sql: &[u8]) -> Option<Arc<Plan>> {
-        if let Some(p) = self.ready_plan.take()
+        if let Some(p) = self.held.take_plan()
             && p.sql.as_ref() == sql
             && p.context_id == self.cx_id
         {

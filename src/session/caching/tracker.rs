@@ -236,7 +236,7 @@ impl CacheSession {
             // trigger or function wrote: hold the acknowledgement for it instead.
             if let Some(wait) = self.ack_wait() {
                 written.epoch = None;
-                self.ack_hold = Some(wait);
+                self.ack = super::resume::AckHold::Due(wait);
             }
         }
         let resolved_under = self.tracker.txn_generation.take();
@@ -269,8 +269,8 @@ impl CacheSession {
         let Some(shared) = shared else {
             return;
         };
-        let before = self.ack_hold.take();
-        self.ack_hold = Some(Box::pin(async move {
+        let before = self.ack.take_due();
+        self.ack = super::resume::AckHold::Due(Box::pin(async move {
             if let Some(wait) = before {
                 wait.await;
             }

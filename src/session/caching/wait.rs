@@ -26,7 +26,7 @@ pub enum WaitResult {
     /// The other session failed, went away or took too long: run the query here.
     RunOwn,
     /// A shared-tier read finished (counters or the L2): look up again with it.
-    Shared(super::shared::SharedReady),
+    Shared(crate::cache::tiers::SharedReady),
 }
 
 impl CacheSession {
@@ -64,6 +64,6 @@ impl CacheSession {
 
     /// The wait for the held Query frame ended; the relay shows the frame again next.
     pub fn wait_done(&mut self, result: WaitResult) {
-        self.waited = Some(result);
+        self.held.set(super::resume::Resume::Waited(result));
     }
 }

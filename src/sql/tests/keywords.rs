@@ -149,6 +149,14 @@ fn set_reset_and_friends() {
                 local: false,
             },
         ),
+    ] {
+        assert_eq!(session(sql), want, "{sql}");
+    }
+}
+
+#[test]
+fn roles_authorization_and_prepared_statements() {
+    for (sql, want) in [
         (
             "SET ROLE 'App'",
             SessionChange::SetRole {

@@ -1,0 +1,151 @@
+//! Backend frames as the cache session sees them before they are relayed: the settings
+//! probe's replies (read, not relayed), pgmemo's own Describe reply (captured for the entry),
+//! a missed read's response (captured, stored at its ReadyForQuery), completions and errors
+//! (write tracking), ParameterStatus (the fingerprint), and a held acknowledgement.
+
+use super::*;
+
+impl CacheSession {
+    /// A complete backend frame (or, for a streamed one, its header only: `whole = false`)
+    /// before it is relayed. Returns `false` when the frame must not reach the client.
+    pub fn on_backend_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        whole: bool,
+        state: &SessionState,
+    ) -> bool {
+        if self.ack.take_released() {
+            // Seen already, when its hold began.
+            return true;
+        }
+        if let Some(reader) = self.probe.as_mut() {
+            if tag == backend::READY_FOR_QUERY {
+                if !reader.on_ready() {
+                    // The probe's own statement is being closed (its second Sync).
+                    return false;
+                }
+                let reader = self.probe.take().unwrap_or_default();
+                let result = reader.finish();
+                if let (Some(r), Some((key, epoch))) = (&result, self.login_probe.take()) {
+                    self.app
+                        .caching
+                        .logins
+                        .insert(key, r.clone(), epoch, self.probe_config);
+                }
+                self.on_probe_done(result);
+            } else if whole {
+                if tag == backend::ERROR_RESPONSE
+                    && crate::protocol::fields::error_code(frame)
+                        == Some(crate::error::sqlstate::QUERY_CANCELED.as_bytes())
+                {
+                    self.probe_cancelled = true;
+                }
+                reader.on_frame(tag, frame);
+            } else {
+                reader.fail();
+            }
+            return false;
+        }
+        if self.describe == resume::Describe::StripReply {
+            match tag {
+                backend::ROW_DESCRIPTION | backend::NO_DATA => {
+                    // The reply to pgmemo's own Describe: kept for the entry, not relayed.
+                    self.describe = resume::Describe::No;
+                    self.capture_frame(tag, frame, whole);
+                    return false;
+                }
+                backend::ERROR_RESPONSE | backend::READY_FOR_QUERY => {
+                    self.describe = resume::Describe::No;
+                }
+                _ => {}
+            }
+        }
+        self.capture_frame(tag, frame, whole);
+        match tag {
+            backend::COMMAND_COMPLETE
+            | backend::EMPTY_QUERY_RESPONSE
+            | backend::PORTAL_SUSPENDED => self.on_completion(frame),
+            backend::ERROR_RESPONSE => self.on_error(),
+            backend::READY_FOR_QUERY => {
+                let status = Reader::body(frame).u8().unwrap_or(b'I');
+                // `state` has not seen this frame yet: idle after it when it is the last.
+                let idle_after = state.awaiting_ready() <= 1;
+                self.fingerprint.on_ready_for_query();
+                self.on_ready(status, idle_after);
+            }
+            backend::PARAMETER_STATUS => {
+                let mut r = Reader::body(frame);
+                if let (Some(n), Some(v)) = (r.cstr(), r.cstr()) {
+                    self.fingerprint.on_parameter_status(
+                        &String::from_utf8_lossy(n),
+                        &String::from_utf8_lossy(v),
+                    );
+                }
+                self.probe_needed = true;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    pub(super) fn capture_frame(&mut self, tag: u8, frame: &[u8], whole: bool) {
+        let Some(cap) = self.capture.as_mut() else {
+            return;
+        };
+        match tag {
+            backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE if whole => {
+                if cap.frames.len() + frame.len() > self.app.caching.cache.max_entry_size() {
+                    // Too large to store: stop capturing (waiters run their own query).
+                    self.capture = None;
+                } else {
+                    cap.frames.extend_from_slice(frame);
+                    cap.complete = tag == backend::COMMAND_COMPLETE;
+                }
+            }
+            // Replies to the Parse and Bind of an extended group: relayed, not stored.
+            backend::PARSE_COMPLETE | backend::BIND_COMPLETE => {}
+            backend::READY_FOR_QUERY => {
+                let Some(cap) = self.capture.take() else {
+                    return;
+                };
+                self.metrics
+                    .upstream_seconds
+                    .record(cap.started.elapsed().as_secs_f64());
+                let config_current = cap.config == self.app.caching.invalidator.config_generation();
+                // A cacheable read's functions are all IMMUTABLE (or STABLE under a rule):
+                // trusted to leave the settings alone while it runs, so its rows belong to
+                // the key taken at the lookup even if the session is re-probed after it.
+                if cap.complete && config_current && Reader::body(frame).u8() == Some(b'I') {
+                    let frames = cap.frames.freeze();
+                    self.app.caching.tiers().put_shared(
+                        cap.l2,
+                        &cap.snapshot,
+                        frames.clone(),
+                        cap.ttl,
+                    );
+                    let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
+                    self.app
+                        .caching
+                        .cache
+                        .complete(cap.guard, &cap.snapshot, entry);
+                }
+            }
+            // An error, a notice, a notification, a settings report, COPY, or a frame too
+            // large to hold: relayed, never stored.
+            _ => self.capture = None,
+        }
+    }
+
+    /// After [`CacheSession::on_backend_frame`] accepted a frame: the wait to finish before
+    /// relaying it (the relay keeps the frame, polls the future, calls
+    /// [`CacheSession::ack_done`], then shows the frame again).
+    pub fn take_ack_hold(&mut self) -> Option<ack::AckFuture> {
+        self.ack.take_due()
+    }
+
+    /// The held acknowledgement may go: the next frame shown is it.
+    pub fn ack_done(&mut self) {
+        self.ack = resume::AckHold::Released;
+    }
+}

@@ -1,0 +1,161 @@
+//! Client frames as the cache session sees them before they are forwarded: a Query answered
+//! from the cache, held for a plan or a wait, or forwarded with its completions expected in
+//! order; Parse, Bind, Execute, Close and Sync tracked for the prepared statements and
+//! portals whose writes must be seen.
+
+use super::*;
+
+impl CacheSession {
+    /// A complete client frame the relay is about to forward.
+    pub fn on_client_frame(&mut self, tag: u8, frame: &[u8], state: &SessionState) -> FrameAction {
+        if tag != frontend::QUERY {
+            // A wait's result belongs to the frame held for it (a Query takes it below, a
+            // group in `on_group`); anything forwarded instead makes it stale.
+            self.held.drop_waits();
+        }
+        match tag {
+            frontend::QUERY => self.on_query(frame, state),
+            frontend::PARSE => self.on_parse(frame),
+            frontend::BIND => self.on_bind(frame),
+            frontend::EXECUTE => {
+                let portal = Execute::read(frame).map_or(&b""[..], |e| e.portal);
+                let e = match self.tracker.portals.get(portal) {
+                    Some(Some(plan)) => Expect::Stmt {
+                        plan: Arc::clone(plan),
+                        index: 0,
+                        context_seq: self.tracker.context_now(),
+                    },
+                    _ => Expect::Unknown,
+                };
+                self.tracker.expect(e);
+                FrameAction::Forward
+            }
+            frontend::CLOSE => {
+                self.on_close(frame);
+                FrameAction::Forward
+            }
+            frontend::SYNC => {
+                self.tracker.expect(Expect::Ready);
+                FrameAction::Forward
+            }
+            frontend::FUNCTION_CALL => {
+                // Runs a function by OID: effects and settings changes pgmemo cannot see
+                // (the bump waits for its ReadyForQuery).
+                self.fingerprint.taint("FunctionCall message");
+                self.probe_needed = true;
+                self.tracker.expect(Expect::CallReady);
+                FrameAction::Forward
+            }
+            _ => FrameAction::Forward,
+        }
+    }
+
+    /// A simple Query: answered from the cache, held (plan, wait), or forwarded with its
+    /// statements' completions expected in order.
+    pub(super) fn on_query(&mut self, frame: &[u8], state: &SessionState) -> FrameAction {
+        let sql = query_text(frame);
+        let run_own = match self.held.take_waited() {
+            Some(WaitResult::Hit(entry)) => {
+                return FrameAction::Answer(entry.frames.clone());
+            }
+            Some(WaitResult::Error(answer)) => return FrameAction::Answer(answer),
+            Some(WaitResult::Shared(ready)) => {
+                self.held.set(super::resume::Resume::Shared(ready));
+                false
+            }
+            Some(WaitResult::RunOwn) => true,
+            None => false,
+        };
+        if let Some(hold) = self.side.hold(&self.app, sql) {
+            return FrameAction::Hold(hold);
+        }
+        let Some(plan) = self.plan_for(sql) else {
+            return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
+        };
+        if !run_own {
+            match self.lookup(&plan, state, None) {
+                Looked::Hit(entry) => return FrameAction::Answer(entry.frames.clone()),
+                Looked::Wait(wait) => return FrameAction::Hold(Hold::Wait(wait)),
+                Looked::Forward => {}
+            }
+        }
+        // PostgreSQL drops the unnamed statement and portal at every simple Query.
+        self.tracker.statements.remove(&b""[..]);
+        self.tracker.portals.remove(&b""[..]);
+        let context_seq = self.tracker.context_now();
+        for index in 0..plan.stmts.len() {
+            self.tracker.expect(Expect::Stmt {
+                plan: Arc::clone(&plan),
+                index,
+                context_seq,
+            });
+        }
+        self.tracker.expect(Expect::Ready);
+        FrameAction::Forward
+    }
+
+    /// A Parse: its statement's plan is remembered under its name.
+    pub(super) fn on_parse(&mut self, frame: &[u8]) -> FrameAction {
+        let Some(Parse { name, sql, .. }) = Parse::read(frame) else {
+            return FrameAction::Forward;
+        };
+        if let Some(hold) = self.side.hold(&self.app, sql) {
+            return FrameAction::Hold(hold);
+        }
+        let Some(plan) = self.plan_for(sql) else {
+            return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
+        };
+        self.tracker
+            .statements
+            .insert(Bytes::copy_from_slice(name), plan);
+        FrameAction::Forward
+    }
+
+    /// A Bind: the portal's plan (re-planned for a changed search_path or role), and
+    /// pgmemo's own Describe behind it when a missed group's entry needs one.
+    pub(super) fn on_bind(&mut self, frame: &[u8]) -> FrameAction {
+        if let Some(Bind {
+            portal,
+            statement: stmt,
+            ..
+        }) = Bind::read(frame)
+        {
+            // A statement parsed under another search_path or role: PostgreSQL
+            // re-parses it for the current one, and so does pgmemo.
+            let plan = match self.statement_plan(stmt) {
+                Ok(plan) => Some(plan),
+                Err(Some(sql)) => return FrameAction::Hold(Hold::Plan(sql)),
+                Err(None) => None,
+            };
+            self.tracker
+                .portals
+                .insert(Bytes::copy_from_slice(portal), plan);
+        }
+        if self.describe == resume::Describe::AfterBind {
+            self.describe = resume::Describe::StripReply;
+            return FrameAction::ForwardThen(Bytes::from_static(
+                crate::protocol::frontend::DESCRIBE_UNNAMED_PORTAL,
+            ));
+        }
+        FrameAction::Forward
+    }
+
+    /// A Close of a statement or portal: forgotten here too.
+    pub(super) fn on_close(&mut self, frame: &[u8]) {
+        match Close::read(frame) {
+            Some(Close {
+                target: Target::Statement,
+                name,
+            }) => {
+                self.tracker.statements.remove(name);
+            }
+            Some(Close {
+                target: Target::Portal,
+                name,
+            }) => {
+                self.tracker.portals.remove(name);
+            }
+            None => {}
+        }
+    }
+}
