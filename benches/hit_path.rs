@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use pgmemo::cache::{Cache, CacheLimits, Entry, KeyInput, KeySecret, Lookup, Tag};
-use pgmemo::session::caching::group::{Scan, params_may_read_clock, scan};
+use pgmemo::session::cache_side::group::{Scan, params_may_read_clock, scan};
 
 const FINGERPRINT: [u8; 16] = *b"fingerprint-0001";
 const TAGS: [Tag; 1] = [Tag { db: 5, rel: 16_384 }];

@@ -40,7 +40,7 @@ pub struct AppContext {
     cache_enabled: AtomicBool,
     rules_generation: AtomicU64,
     /// The result cache, the catalog and the invalidation sources.
-    pub caching: Caching,
+    pub services: Services,
     pub upstream: Upstream,
     /// Client-leg TLS, when `server.tls` is configured.
     pub tls: Option<ClientTls>,
@@ -64,7 +64,7 @@ impl AppContext {
         config: Config,
         upstream: Upstream,
         tls: Option<ClientTls>,
-        caching: Caching,
+        services: Services,
         tasks: Tasks,
     ) -> Self {
         let rules = RulesGen {
@@ -77,7 +77,7 @@ impl AppContext {
             rules_generation: AtomicU64::new(rules.generation),
             config: ArcSwap::from_pointee(config),
             rules: ArcSwap::from_pointee(rules),
-            caching,
+            services,
             upstream,
             tls,
             cancel_keys: Arc::new(CancelRegistry::default()),
@@ -126,7 +126,7 @@ impl AppContext {
 }
 
 /// Shared services of the cache, in the application context.
-pub struct Caching {
+pub struct Services {
     pub cache: Arc<Cache>,
     pub catalog: Arc<Catalog>,
     pub invalidator: Arc<Invalidator>,
@@ -144,7 +144,7 @@ pub struct Caching {
     pub logins: LoginMemo,
 }
 
-impl Caching {
+impl Services {
     /// The cache's tiers, for one lookup.
     pub fn tiers(&self) -> crate::cache::tiers::Tiers<'_> {
         crate::cache::tiers::Tiers {

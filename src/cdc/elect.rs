@@ -64,7 +64,7 @@ pub async fn run(ctx: Arc<AppContext>, tier: Arc<SharedTier>, stop: Cancellation
                 info!(holder = %holder, "cdc: this instance holds the lease; following the change streams");
                 let token = stop.child_token();
                 let mut set = JoinSet::new();
-                for stream in ctx.caching.cdc.streams() {
+                for stream in ctx.services.cdc.streams() {
                     stream.set_remote(false);
                     stream.set_state(State::Connecting);
                     set.spawn(super::demand::run(
@@ -84,7 +84,7 @@ pub async fn run(ctx: Arc<AppContext>, tier: Arc<SharedTier>, stop: Cancellation
                     while set.join_next().await.is_some() {}
                 }
                 // Nothing follows the streams here now (the mirror takes over next tick).
-                for stream in ctx.caching.cdc.streams() {
+                for stream in ctx.services.cdc.streams() {
                     stream.set_state(State::Disconnected);
                 }
                 renewed_at = None;
@@ -149,7 +149,7 @@ async fn publish(
 ) {
     let pending = tier.has_pending();
     let ttl = u64::try_from(STATE_TTL.as_millis()).unwrap_or(750);
-    for stream in ctx.caching.cdc.streams() {
+    for stream in ctx.services.cdc.streams() {
         let db = stream.name();
         for (key, release) in [(release_key(tier, db), true), (want_key(tier, db), false)] {
             let mut get = redis::cmd("EXISTS");
@@ -185,7 +185,7 @@ async fn mirror(
     tier: &SharedTier,
     conn: &mut crate::redis_link::conn::RedisConn,
 ) {
-    for stream in ctx.caching.cdc.streams() {
+    for stream in ctx.services.cdc.streams() {
         if ctx.side.sessions(stream.name()) > 0 {
             let ttl = u64::try_from(WANT_TTL.as_millis()).unwrap_or(2000);
             let mut cmd = redis::cmd("SET");

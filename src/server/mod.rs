@@ -3,7 +3,7 @@
 //! the config on SIGHUP, and on shutdown stops accepting, lets sessions finish their
 //! transaction up to `server.shutdown_timeout`, then closes the rest with 57P01.
 
-pub mod caching;
+pub mod services;
 pub mod tls;
 
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub enum ServerError {
     #[error(transparent)]
     Workers(#[from] workers::WorkerError),
     #[error(transparent)]
-    Caching(#[from] caching::BuildError),
+    Services(#[from] services::BuildError),
     #[error("metrics: {0}")]
     Metrics(#[from] telemetry::recorder::RecorderError),
 }
@@ -77,9 +77,9 @@ pub async fn run(
         target.port,
         config.upstream.connect_timeout,
     ));
-    let (caching, tier_task) = caching::build(&config, &target, &tasks)?;
+    let (services, tier_task) = services::build(&config, &target, &tasks)?;
     let ctx = Arc::new(AppContext::new(
-        config, upstream, client_tls, caching, tasks,
+        config, upstream, client_tls, services, tasks,
     ));
 
     let admin_stop = CancellationToken::new();
@@ -89,10 +89,10 @@ pub async fn run(
             metrics,
             readiness: Arc::clone(&readiness),
             invalidation: admin::InvalidationHandle {
-                invalidator: Arc::clone(&ctx.caching.invalidator),
-                catalog: Arc::clone(&ctx.caching.catalog),
+                invalidator: Arc::clone(&ctx.services.invalidator),
+                catalog: Arc::clone(&ctx.services.catalog),
             },
-            cdc: Arc::clone(&ctx.caching.cdc),
+            cdc: Arc::clone(&ctx.services.cdc),
         },
         admin_stop.clone(),
     ));
@@ -203,19 +203,19 @@ fn start_background(
     ctx: &Arc<AppContext>,
     shutdown: &CancellationToken,
     sources: Sources,
-    tier_task: Option<caching::TierTask>,
+    tier_task: Option<services::TierTask>,
 ) {
     ctx.tasks.spawn(
         "catalog-poller",
-        caching::run_poller(Arc::clone(ctx), shutdown.clone()),
+        services::run_poller(Arc::clone(ctx), shutdown.clone()),
     );
-    caching::start_cdc(ctx, shutdown);
+    services::start_cdc(ctx, shutdown);
     if let Some(task) = tier_task {
         task.start(&ctx.tasks, shutdown);
     }
     ctx.tasks.spawn(
         "sigusr1-flush",
-        flush_on_sigusr1(Arc::clone(&ctx.caching.invalidator), shutdown.clone()),
+        flush_on_sigusr1(Arc::clone(&ctx.services.invalidator), shutdown.clone()),
     );
     ctx.tasks.spawn(
         "sighup-reload",

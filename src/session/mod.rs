@@ -3,7 +3,7 @@
 //! Every failure a client can observe becomes a proper ErrorResponse (see `error`).
 
 pub mod auth;
-pub mod caching;
+pub mod cache_side;
 pub mod deferred;
 pub mod fingerprint;
 pub mod follow;
@@ -142,7 +142,7 @@ impl Running {
                 &mut self.live.client,
                 &mut self.live.upstream,
                 &mut self.state,
-                &mut self.live.caching,
+                &mut self.live.cache_side,
                 self.live.max_message,
                 self.shutdown.clone(),
                 follow,
@@ -154,7 +154,7 @@ impl Running {
                 self.migrate(worker).await;
                 return;
             }
-            self.live.caching.finish();
+            self.live.cache_side.finish();
             let span = self.span.clone();
             finish(&self.ctx, self.live, end).instrument(span).await;
         })
@@ -176,11 +176,11 @@ impl Running {
             client,
             upstream,
             max_message,
-            mut caching,
+            mut cache_side,
             cancel,
         } = live;
         let Some(pool) = home.workers.clone() else {
-            caching.finish();
+            cache_side.finish();
             return;
         };
         let (client, upstream) = match (client.detach(), upstream.detach()) {
@@ -188,7 +188,7 @@ impl Running {
             (c, u) => {
                 let e = c.err().or(u.err()).map(|e| e.to_string());
                 warn!(parent: &span, error = e.unwrap_or_default(), "cannot move the session to another worker; closing it");
-                caching.finish();
+                cache_side.finish();
                 return;
             }
         };
@@ -200,7 +200,7 @@ impl Running {
                     (c, u) => {
                         let e = c.err().or(u.err()).map(|e| e.to_string());
                         warn!(parent: &span, error = e.unwrap_or_default(), "cannot register the moved session; closing it");
-                        caching.finish();
+                        cache_side.finish();
                         return;
                     }
                 };
@@ -210,7 +210,7 @@ impl Running {
                         client,
                         upstream,
                         max_message,
-                        caching,
+                        cache_side,
                         cancel,
                     },
                     state,
@@ -233,7 +233,7 @@ struct Live {
     client: Stream,
     upstream: Stream,
     max_message: usize,
-    caching: caching::CacheSession,
+    cache_side: cache_side::CacheSession,
     /// The session's cancel key (removed from the registry on drop) and the cancel requests
     /// held for it.
     cancel: Option<deferred::Deferral>,
@@ -281,13 +281,13 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
             )
         })
         .collect();
-    let mut caching = caching::CacheSession::new(Arc::clone(ctx), &database, &user, &params);
-    caching.set_cancel_signal(cancel.as_ref().map(deferred::Deferral::signal));
+    let mut cache_side = cache_side::CacheSession::new(Arc::clone(ctx), &database, &user, &params);
+    cache_side.set_cancel_signal(cancel.as_ref().map(deferred::Deferral::signal));
     Some(Live {
         client,
         upstream,
         max_message: config.server.max_message_bytes,
-        caching,
+        cache_side,
         cancel,
     })
 }

@@ -23,15 +23,15 @@ const SESSIONS_LEAVE_WAIT: Duration = Duration::from_secs(2);
 /// cached could depend on relations only this instance watched: the epoch is bumped so
 /// none of them is served unwatched.
 pub async fn close_catalog(ctx: &AppContext, db: &str) {
-    let had_tracked = ctx.caching.catalog.close_database(db).await;
-    if had_tracked && ctx.caching.shared.is_some() {
-        ctx.caching.invalidator.bump_epoch(EpochCause::SideClosed);
+    let had_tracked = ctx.services.catalog.close_database(db).await;
+    if had_tracked && ctx.services.shared.is_some() {
+        ctx.services.invalidator.bump_epoch(EpochCause::SideClosed);
     }
 }
 
 /// Closes the catalog connections of every database that is no longer active.
 pub async fn close_idle(ctx: &AppContext) {
-    for db in ctx.caching.catalog.open_databases() {
+    for db in ctx.services.catalog.open_databases() {
         if !ctx.side.active(&db) {
             debug!(database = %db, "no client session: pgmemo's catalog connections closed");
             close_catalog(ctx, &db).await;
@@ -68,10 +68,10 @@ pub async fn release(ctx: &AppContext, session_db: &str, needs: &[NeedsFree]) {
         info!(database = %db, kind = ?need.kind,
             "a statement needs the database free: pgmemo's side connections to it close");
         close_catalog(ctx, db).await;
-        let Some(stream) = ctx.caching.cdc.streams().find(|s| s.name() == db) else {
+        let Some(stream) = ctx.services.cdc.streams().find(|s| s.name() == db) else {
             continue;
         };
-        if let Some(tier) = &ctx.caching.shared {
+        if let Some(tier) = &ctx.services.shared {
             // The lease holder may be another instance: ask it to stop too.
             crate::cdc::elect::request_release(tier, db, super::RELEASE_HOLD).await;
         }
@@ -83,7 +83,7 @@ pub async fn release(ctx: &AppContext, session_db: &str, needs: &[NeedsFree]) {
             );
             if stopped
                 && ctx
-                    .caching
+                    .services
                     .catalog
                     .active_pgmemo_slots(session_db, db)
                     .await

@@ -61,12 +61,12 @@ pub(super) async fn apply(
 ) {
     m.transactions.increment(1);
     m.relations.increment(relations.len() as u64);
-    let invalidator = &ctx.caching.invalidator;
+    let invalidator = &ctx.services.invalidator;
     let mut written = Written::default();
     match invalidator.database_oid(db) {
         Some(db_oid) if cause.is_none() => {
             for &rel in relations {
-                match ctx.caching.catalog.writes(db, &[rel]).await {
+                match ctx.services.catalog.writes(db, &[rel]).await {
                     Ok(set) => {
                         let mut tags: Vec<Tag> = set
                             .tags

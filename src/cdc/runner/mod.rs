@@ -220,7 +220,7 @@ async fn follow_inner(
     // With a shared tier, in Redis too (no instance followed what this stream missed), and
     // before this stream reports itself streaming: other instances start serving on that.
     if let Some(shared) = ctx
-        .caching
+        .services
         .invalidator
         .bump_epoch_held(EpochCause::CdcResync)
     {

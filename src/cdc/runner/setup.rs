@@ -39,7 +39,7 @@ pub(super) async fn check_server(
         ));
     }
     if let Ok(oid) = text(2).parse::<u32>() {
-        ctx.caching.invalidator.learn_database(db, oid);
+        ctx.services.invalidator.learn_database(db, oid);
     }
     Ok(())
 }
@@ -199,7 +199,7 @@ pub(super) async fn side_client_named(
     db: &str,
     application_name: &str,
 ) -> Result<tokio_postgres::Client, String> {
-    let mut config = ctx.caching.catalog.connect_config().clone();
+    let mut config = ctx.services.catalog.connect_config().clone();
     config.dbname(db).application_name(application_name);
     let timeout = ctx.config().upstream.connect_timeout;
     match tokio::time::timeout(timeout, config.connect(NoTls)).await {

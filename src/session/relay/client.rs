@@ -8,7 +8,7 @@ impl Relay<'_> {
     /// them upstream as one chunk.
     pub(super) fn process_client(&mut self) {
         if !self.cbuf.is_empty() {
-            self.caching.client_spoke();
+            self.cache_side.client_spoke();
         }
         let mut pos = 0;
         loop {
@@ -81,7 +81,7 @@ impl Relay<'_> {
         }
         if (h.tag == frontend::PARSE || h.tag == frontend::BIND) && self.state.is_idle() {
             let rest = self.cbuf.get(pos..).unwrap_or_default();
-            match self.caching.on_group(rest, self.state, self.max_message) {
+            match self.cache_side.on_group(rest, self.state, self.max_message) {
                 GroupAction::Frames => {}
                 GroupAction::Incomplete => return Next::Stop(pos),
                 GroupAction::Answer {
@@ -113,7 +113,7 @@ impl Relay<'_> {
             let rest = self.cbuf.get(pos..).unwrap_or_default();
             let frame = rest.get(..h.total).unwrap_or_default();
             let mut then = None;
-            match self.caching.on_client_frame(h.tag, frame, self.state) {
+            match self.cache_side.on_client_frame(h.tag, frame, self.state) {
                 FrameAction::Forward => {}
                 FrameAction::ForwardThen(extra) => then = Some(extra),
                 FrameAction::Answer(answer) => {
@@ -160,7 +160,7 @@ impl Relay<'_> {
 
     fn hold(&mut self, hold: Hold) {
         match hold {
-            Hold::Plan(sql) => self.pending_plan = Some(self.caching.plan_future(sql)),
+            Hold::Plan(sql) => self.pending_plan = Some(self.cache_side.plan_future(sql)),
             Hold::Wait(wait) => self.pending_wait = Some(wait),
         }
         self.client_paused = true;

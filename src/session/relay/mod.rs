@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::caching::ack::AckFuture;
-use super::caching::{
+use super::cache_side::ack::AckFuture;
+use super::cache_side::{
     CacheSession, FrameAction, GroupAction, Hold, NamesFuture, PlanFuture, ProbeStep, WaitFuture,
 };
 use super::deferred::{ClientWork, Deferral};
@@ -95,7 +95,7 @@ pub struct Relay<'a> {
     client: &'a mut Stream,
     upstream: &'a mut Stream,
     state: &'a mut SessionState,
-    caching: &'a mut CacheSession,
+    cache_side: &'a mut CacheSession,
     /// The session's cancel key: requests held while pgmemo's own work runs upstream.
     cancels: Option<&'a mut Deferral>,
     /// The plan being computed for the frame held at the head of `cbuf`.
@@ -107,7 +107,7 @@ pub struct Relay<'a> {
     /// The catalog read the next settings probe waits for.
     pending_names: Option<NamesFuture>,
     /// The acknowledgement at the head of `ubuf` waits for the change stream (see
-    /// `caching::ack`); upstream reading pauses meanwhile.
+    /// `cache_side::ack`); upstream reading pauses meanwhile.
     pending_ack: Option<AckFuture>,
     /// Client processing stopped at a held frame (plan or probe pending): resume it.
     client_paused: bool,
@@ -143,7 +143,7 @@ impl<'a> Relay<'a> {
         client: &'a mut Stream,
         upstream: &'a mut Stream,
         state: &'a mut SessionState,
-        caching: &'a mut CacheSession,
+        cache_side: &'a mut CacheSession,
         max_message: usize,
         shutdown: super::Shutdown,
         follow: Option<(super::follow::Follow, &'a Workers)>,
@@ -153,7 +153,7 @@ impl<'a> Relay<'a> {
             client,
             upstream,
             state,
-            caching,
+            cache_side,
             cancels: None,
             pending_plan: None,
             background_plan: None,
@@ -301,11 +301,11 @@ impl<'a> Relay<'a> {
             && let Poll::Ready(plan) = fut.as_mut().poll(cx)
         {
             self.pending_plan = None;
-            self.caching.plan_ready(plan);
+            self.cache_side.plan_ready(plan);
             progress = true;
         }
         if self.background_plan.is_none() {
-            self.background_plan = self.caching.background_plan();
+            self.background_plan = self.cache_side.background_plan();
         }
         if let Some(fut) = self.background_plan.as_mut()
             && fut.as_mut().poll(cx).is_ready()
@@ -317,14 +317,14 @@ impl<'a> Relay<'a> {
             && let Poll::Ready(result) = fut.as_mut().poll(cx)
         {
             self.pending_wait = None;
-            self.caching.wait_done(result);
+            self.cache_side.wait_done(result);
             progress = true;
         }
         if let Some(fut) = self.pending_ack.as_mut()
             && let Poll::Ready(()) = fut.as_mut().poll(cx)
         {
             self.pending_ack = None;
-            self.caching.ack_done();
+            self.cache_side.ack_done();
             self.process_upstream();
             progress = true;
         }
@@ -332,11 +332,11 @@ impl<'a> Relay<'a> {
             && let Poll::Ready(names) = fut.as_mut().poll(cx)
         {
             self.pending_names = None;
-            self.caching.names_ready(names);
+            self.cache_side.names_ready(names);
             progress = true;
         }
         if self.c_stream_left == 0 && self.pending_plan.is_none() && self.pending_wait.is_none() {
-            match self.caching.probe_query(self.state) {
+            match self.cache_side.probe_query(self.state) {
                 ProbeStep::Idle => {}
                 ProbeStep::Send(probe) => {
                     self.to_upstream.push(probe);
@@ -426,7 +426,7 @@ impl<'a> Relay<'a> {
             && self.to_upstream.is_empty()
             && self.state.is_idle()
             && self.state.awaiting_ready() == 0
-            && !self.caching.inspects_all_backend()
+            && !self.cache_side.inspects_all_backend()
             // A forward's socket belongs to this worker's runtime.
             && self.cancels.as_deref().is_none_or(Deferral::idle);
         if !quiet {
@@ -445,7 +445,7 @@ impl<'a> Relay<'a> {
     /// while nothing of the client's runs upstream (the probe's catalog read, a plan being
     /// computed). A statement waiting for another session's fill takes requests itself.
     fn own_work(&self) -> bool {
-        self.caching.probing()
+        self.cache_side.probing()
             || self.state.own_work_at_head()
             || (self.pending_plan.is_some() && !self.state.outstanding())
     }
@@ -499,7 +499,7 @@ impl<'a> Relay<'a> {
     fn client_blocked(&self) -> bool {
         self.pending_plan.is_some()
             || self.pending_wait.is_some()
-            || self.caching.probing()
+            || self.cache_side.probing()
             || self.cancels.as_deref().is_some_and(Deferral::forwarding)
     }
 

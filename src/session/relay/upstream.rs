@@ -37,7 +37,7 @@ impl Relay<'_> {
             };
             let inspect = SessionState::inspects_backend(h.tag)
                 || CacheSession::inspects_backend(h.tag)
-                || self.caching.inspects_all_backend();
+                || self.cache_side.inspects_all_backend();
             if rest.len() >= h.total {
                 let frame = rest.get(..h.total).unwrap_or_default();
                 if inspect && self.state.injected_reply(h.tag) {
@@ -49,13 +49,13 @@ impl Relay<'_> {
                 if inspect {
                     // Bumps happen here, before the frame is relayed (I2).
                     if !self
-                        .caching
+                        .cache_side
                         .on_backend_frame(h.tag, frame, true, self.state)
                     {
                         self.swallow_upstream(&mut pos, h.total);
                         continue;
                     }
-                    if let Some(ack) = self.caching.take_ack_hold() {
+                    if let Some(ack) = self.cache_side.take_ack_hold() {
                         // A commit's acknowledgement waits for the change stream: relay
                         // what precedes it, keep it at the head of `ubuf`.
                         if pos > 0 {
@@ -79,12 +79,12 @@ impl Relay<'_> {
                     // Huge frame: the state only needs the tag.
                     let header = rest.get(..protocol::HEADER_LEN).unwrap_or_default();
                     if self
-                        .caching
+                        .cache_side
                         .on_backend_frame(h.tag, header, false, self.state)
                     {
                         // Acknowledgements are small frames; a hold here is not kept (its
                         // fallback, an epoch bump, runs on drop).
-                        drop(self.caching.take_ack_hold());
+                        drop(self.cache_side.take_ack_hold());
                         self.state.on_backend(h.tag, header);
                     } else {
                         self.u_stream_drop = true;

@@ -4,16 +4,66 @@
 
 use super::*;
 
+/// The settings probe's state in one session.
+pub(super) struct SettingsProbe {
+    /// The probe in flight: its reader.
+    pub(super) reader: Option<ProbeReader>,
+    pub(super) needed: bool,
+    /// The server configuration generation when the last probe was sent: a reload seen
+    /// since may have changed settings this session did not SET (see `lookup`).
+    pub(super) config: u64,
+    /// Probes that failed in a row (a cancel that hit the probe, a statement_timeout, a
+    /// replication connection): retried a few times, then the session stays uncached.
+    pub(super) failures: u8,
+    /// The login key while nothing of the client's has reached the server: the first
+    /// settings may then come from the login memo (see [`login`]).
+    pub(super) login_key: Option<Arc<[u8]>>,
+    /// The probe in flight is a login probe: its result goes to the memo, with the epoch
+    /// read when it was sent.
+    pub(super) login_probe: Option<(Arc<[u8]>, u64)>,
+    /// The custom setting names are being read for the next probe.
+    pub(super) names_fetching: bool,
+    /// The names read for the next probe.
+    pub(super) catalog_names: Option<SettingNames>,
+    /// The probe in flight was cancelled (57014), and how many were in a row.
+    pub(super) cancelled: bool,
+    pub(super) cancels: u8,
+}
+
+impl SettingsProbe {
+    /// Whether another probe may be tried (not after repeated failures: the session then
+    /// stays uncached).
+    pub(super) fn may_retry(&self) -> bool {
+        self.failures < MAX_PROBE_FAILURES
+    }
+
+    /// A fresh login: a probe is due (or the login memo answers it, by `login_key`).
+    pub(super) fn new(login_key: Arc<[u8]>) -> Self {
+        Self {
+            reader: None,
+            needed: true,
+            config: 0,
+            failures: 0,
+            login_key: Some(login_key),
+            login_probe: None,
+            names_fetching: false,
+            catalog_names: None,
+            cancelled: false,
+            cancels: 0,
+        }
+    }
+}
+
 impl CacheSession {
     /// While a probe is in flight the relay holds client frames back (their plans need the
     /// probe's answer) and shows every backend frame here whole.
     pub fn probing(&self) -> bool {
-        self.probe.is_some() || self.names_fetching
+        self.probe.reader.is_some() || self.probe.names_fetching
     }
 
     /// Backend frames must be shown whole (a capture or probe reads them).
     pub fn inspects_all_backend(&self) -> bool {
-        self.probe.is_some()
+        self.probe.reader.is_some()
             || self.capture.is_some()
             || self.describe == resume::Describe::StripReply
     }
@@ -38,27 +88,28 @@ impl CacheSession {
     /// With the cache disabled no probe is sent (pgmemo then adds nothing of its own to the
     /// session); writes are still tracked, conservatively, without a context.
     pub fn probe_query(&mut self, state: &SessionState) -> ProbeStep {
-        if !self.probe_needed || self.probing() || !state.is_idle() {
+        if !self.probe.needed || self.probing() || !state.is_idle() {
             return ProbeStep::Idle;
         }
         if !self.app.cache_enabled() {
             return ProbeStep::Idle;
         }
         // The epoch first: the configuration generation moves before it (see Invalidator).
-        let epoch = self.app.caching.cache.versions().epoch();
-        let config = self.app.caching.invalidator.config_generation();
-        if let Some(key) = self.login_key.as_ref()
-            && let Some(known) = self.app.caching.logins.get(key, epoch, config)
+        let epoch = self.app.services.cache.versions().epoch();
+        let config = self.app.services.invalidator.config_generation();
+        if let Some(key) = self.probe.login_key.as_ref()
+            && let Some(known) = self.app.services.logins.get(key, epoch, config)
         {
-            self.login_key = None;
-            self.probe_needed = false;
-            self.probe_config = config;
+            self.probe.login_key = None;
+            self.probe.needed = false;
+            self.probe.config = config;
             self.metrics.probes_remembered.increment(1);
             self.apply_probe(known);
             return ProbeStep::Idle;
         }
-        let catalog = &self.app.caching.catalog;
+        let catalog = &self.app.services.catalog;
         let names = match self
+            .probe
             .catalog_names
             .take()
             .or_else(|| catalog.setting_names_now(&self.database))
@@ -66,34 +117,34 @@ impl CacheSession {
             Some(SettingNames::Known(names)) => names,
             Some(SettingNames::Unusable(why)) => {
                 tracing::debug!(why, "settings probe: custom setting names unusable");
-                self.probe_needed = false;
+                self.probe.needed = false;
                 self.on_probe_done(None);
                 return ProbeStep::Idle;
             }
             None => {
-                self.names_fetching = true;
+                self.probe.names_fetching = true;
                 let catalog = Arc::clone(catalog);
                 let db = Arc::clone(&self.database);
                 return ProbeStep::Fetch(Box::pin(async move { catalog.setting_names(&db).await }));
             }
         };
-        if let Some(key) = self.login_key.take() {
-            self.login_probe = Some((key, epoch));
+        if let Some(key) = self.probe.login_key.take() {
+            self.probe.login_probe = Some((key, epoch));
         }
-        self.probe_needed = false;
-        self.probe_config = config;
-        self.probe = Some(ProbeReader::default());
+        self.probe.needed = false;
+        self.probe.config = config;
+        self.probe.reader = Some(ProbeReader::default());
         ProbeStep::Send(probe::query(&names, &self.custom_names))
     }
 
     /// The database's custom setting names arrived (or could not be read).
     pub fn names_ready(&mut self, names: Result<SettingNames, CatalogError>) {
-        self.names_fetching = false;
+        self.probe.names_fetching = false;
         match names {
-            Ok(names) => self.catalog_names = Some(names),
+            Ok(names) => self.probe.catalog_names = Some(names),
             Err(e) => {
                 tracing::debug!(error = %e, "settings probe: custom setting names not read");
-                self.probe_needed = false;
+                self.probe.needed = false;
                 self.on_probe_done(None);
             }
         }
@@ -102,19 +153,19 @@ impl CacheSession {
     /// Client bytes are about to be processed: from now on the session's settings may differ
     /// from those of a fresh login.
     pub fn client_spoke(&mut self) {
-        self.login_key = None;
+        self.probe.login_key = None;
     }
 
     pub(super) fn on_probe_done(&mut self, result: Option<ProbeResult>) {
-        let cancelled = std::mem::take(&mut self.probe_cancelled);
+        let cancelled = std::mem::take(&mut self.probe.cancelled);
         let Some(r) = result else {
             self.metrics.probes_failed.increment(1);
-            if cancelled && self.probe_cancels < MAX_PROBE_CANCELS {
-                self.probe_cancels += 1;
+            if cancelled && self.probe.cancels < MAX_PROBE_CANCELS {
+                self.probe.cancels += 1;
             } else {
-                self.probe_failures = self.probe_failures.saturating_add(1);
+                self.probe.failures = self.probe.failures.saturating_add(1);
             }
-            self.probe_needed = self.probe_failures < MAX_PROBE_FAILURES;
+            self.probe.needed = self.probe.may_retry();
             self.cx = None;
             self.cx_id = 0;
             self.fingerprint.taint("settings probe failed");
@@ -126,13 +177,13 @@ impl CacheSession {
 
     /// The session's settings are those of `r` (a probe's answer, or a remembered login's).
     pub(super) fn apply_probe(&mut self, r: ProbeResult) {
-        self.probe_failures = 0;
-        self.probe_cancels = 0;
+        self.probe.failures = 0;
+        self.probe.cancels = 0;
         self.opted_out = r.opted_out;
         self.encoding_ok =
             probe::encoding_is_safe(&r.client_encoding) && r.standard_conforming_strings;
         self.app
-            .caching
+            .services
             .invalidator
             .learn_database(&r.database, r.db_oid);
         let cx = Context {

@@ -142,7 +142,7 @@ impl CacheSession {
         let plan = self.tracker.statements.get(name).ok_or(None)?;
         let current = plan.context_id == self.cx_id
             && plan.is_current(
-                self.app.caching.catalog.generation(),
+                self.app.services.catalog.generation(),
                 self.app.rules_generation(),
             );
         if current {

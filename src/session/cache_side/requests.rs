@@ -42,7 +42,7 @@ impl CacheSession {
                 // Runs a function by OID: effects and settings changes pgmemo cannot see
                 // (the bump waits for its ReadyForQuery).
                 self.fingerprint.taint("FunctionCall message");
-                self.probe_needed = true;
+                self.probe.needed = true;
                 self.tracker.expect(Expect::CallReady);
                 FrameAction::Forward
             }

@@ -130,34 +130,14 @@ pub struct CacheSession {
     fp_digest: Option<[u8; 16]>,
     cx: Option<Arc<Context>>,
     cx_id: u64,
-    probe: Option<ProbeReader>,
-    probe_needed: bool,
-    /// The server configuration generation when the last probe was sent: a reload seen
-    /// since may have changed settings this session did not SET (see `lookup`).
-    probe_config: u64,
-    /// Probes that failed in a row (a cancel that hit the probe, a statement_timeout, a
-    /// replication connection): retried a few times, then the session stays uncached.
-    probe_failures: u8,
-    /// The login key while nothing of the client's has reached the server: the first
-    /// settings may then come from the login memo (see [`login`]).
-    login_key: Option<Arc<[u8]>>,
-    /// The probe in flight is a login probe: its result goes to the memo, with the epoch
-    /// read when it was sent.
-    login_probe: Option<(Arc<[u8]>, u64)>,
+    /// The settings probe: whether one is due, the one in flight, what it needs first.
+    probe: settings::SettingsProbe,
     /// The session's database (the catalog's key).
     database: Arc<str>,
-    /// The custom setting names are being read for the next probe.
-    names_fetching: bool,
-    /// The names read for the next probe.
-    catalog_names: Option<SettingNames>,
-    /// The probe in flight was cancelled (57014), and how many were in a row.
-    probe_cancelled: bool,
-    probe_cancels: u8,
     opted_out: bool,
     encoding_ok: bool,
     tracker: Tracker,
     capture: Option<Capture>,
-    /// A plan computed for the frame held at the head of the client buffer.
     /// Custom (dotted) settings this session SET or RESET: the probe reads them back.
     custom_names: Vec<String>,
     /// What the frame held at the head of the client buffer waited for (see [`resume`]).
@@ -212,17 +192,8 @@ impl CacheSession {
             fp_digest: None,
             cx: None,
             cx_id: 0,
-            probe: None,
-            probe_needed: true,
-            probe_config: 0,
-            probe_failures: 0,
-            login_key: Some(crate::catalog::login::key(database, user, params)),
-            login_probe: None,
+            probe: settings::SettingsProbe::new(crate::catalog::login::key(database, user, params)),
             database: database.into(),
-            names_fetching: false,
-            catalog_names: None,
-            probe_cancelled: false,
-            probe_cancels: 0,
             opted_out: false,
             encoding_ok: true,
             tracker: Tracker::default(),
@@ -252,11 +223,6 @@ impl CacheSession {
         self.cancel = signal;
     }
 
-    /// Whether another settings probe may be tried (not after repeated failures).
-    fn may_probe(&self) -> bool {
-        self.probe_failures < MAX_PROBE_FAILURES
-    }
-
     fn db_oid(&self) -> u32 {
         self.cx.as_ref().map_or(0, |c| c.db_oid)
     }
@@ -267,7 +233,7 @@ impl CacheSession {
         self.capture = None;
         let written = self.tracker.unsettled();
         if !written.is_empty() {
-            self.app.caching.invalidator.bump(&written, Source::Write);
+            self.app.services.invalidator.bump(&written, Source::Write);
         }
     }
 }

@@ -29,7 +29,7 @@ impl CacheSession {
             let config = app.config();
             let rules = app.rules();
             let planner = Planner {
-                catalog: &app.caching.catalog,
+                catalog: &app.services.catalog,
                 rules: &rules.rules,
                 rules_generation: rules.generation,
                 no_side_effects: &config.functions.no_side_effects,
@@ -42,11 +42,11 @@ impl CacheSession {
             if !rules.has_query_rules
                 && let Some(shape) = crate::sql::shape_key(&sql)
             {
-                app.caching
+                app.services
                     .shapes
                     .insert(Bytes::from(shape), Arc::clone(&plan));
             }
-            app.caching.plans.insert(sql, Arc::clone(&plan));
+            app.services.plans.insert(sql, Arc::clone(&plan));
             plan
         })
     }
@@ -56,11 +56,11 @@ impl CacheSession {
     /// Every stale Bind of a pipeline asks for it: once one is memoised, none is computed.
     pub fn background_plan(&mut self) -> Option<PlanFuture> {
         let sql = self.background_plan.take()?;
-        let caching = &self.app.caching;
-        let memoised = caching.plans.get(
+        let services = &self.app.services;
+        let memoised = services.plans.get(
             self.cx_id,
             &sql,
-            caching.catalog.generation(),
+            services.catalog.generation(),
             self.app.rules_generation(),
         );
         memoised.is_none().then(|| self.plan_future(sql))
@@ -77,7 +77,7 @@ impl CacheSession {
             && p.sql.as_ref() == sql
             && p.context_id == self.cx_id
         {
-            if !self.app.caching.plans.holds(&p) && p.weight() <= MAX_NAMED_BYTES {
+            if !self.app.services.plans.holds(&p) && p.weight() <= MAX_NAMED_BYTES {
                 self.recent_heavy = Some(Arc::clone(&p));
             }
             return Some(p);
@@ -94,11 +94,12 @@ impl CacheSession {
             )));
         }
         let rules_generation = self.app.rules_generation();
-        let catalog_generation = self.app.caching.catalog.generation();
-        let caching = &self.app.caching;
-        if let Some(plan) = caching
-            .plans
-            .get(self.cx_id, sql, catalog_generation, rules_generation)
+        let catalog_generation = self.app.services.catalog.generation();
+        let services = &self.app.services;
+        if let Some(plan) =
+            services
+                .plans
+                .get(self.cx_id, sql, catalog_generation, rules_generation)
         {
             return Some(plan);
         }
@@ -115,14 +116,14 @@ impl CacheSession {
             return None;
         }
         let shape = crate::sql::shape_key(sql)?;
-        let base = caching
+        let base = services
             .shapes
             .get(self.cx_id, &shape, catalog_generation, rules_generation)?;
         let text = Bytes::copy_from_slice(sql);
         let plan = Arc::new(base.with_text(text.clone()));
         if plan.read.is_ok() {
             // A cacheable read may come back: remember its exact text too.
-            caching.plans.insert(text, Arc::clone(&plan));
+            services.plans.insert(text, Arc::clone(&plan));
         }
         Some(plan)
     }

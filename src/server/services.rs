@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, CatalogConfig, Poller};
 use crate::cdc::hub::Hub;
 use crate::config::{CdcMode, Config, RedisConfig, RedisConsistency, UpstreamTarget};
 use crate::context::AppContext;
-use crate::context::Caching;
+use crate::context::Services;
 use crate::tasks::Tasks;
 
 /// Why the cache services could not be built.
@@ -33,7 +33,7 @@ pub fn build(
     config: &Config,
     target: &UpstreamTarget,
     tasks: &Tasks,
-) -> Result<(Caching, Option<TierTask>), BuildError> {
+) -> Result<(Services, Option<TierTask>), BuildError> {
     let secret = match &config.cache.secret {
         Some(hex) => KeySecret::from_hex(hex)?,
         None => KeySecret::generate()?,
@@ -88,7 +88,7 @@ pub fn build(
         }
     };
     let memory = config.cache.sql_memory();
-    Ok((Caching::new(cache, catalog, cdc, shared, memory), task))
+    Ok((Services::new(cache, catalog, cdc, shared, memory), task))
 }
 
 /// The shared tier's background work, started once the runtime serves.
@@ -129,17 +129,17 @@ fn tier_settings(redis: &RedisConfig, max_entry: usize, max_tags: usize) -> Tier
 /// Starts one change-stream task per covered database (none with `cdc = off`). With a
 /// shared tier, the instances elect one to run them (see `cdc::elect`).
 pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
-    if ctx.caching.cdc.streams().next().is_none() {
+    if ctx.services.cdc.streams().next().is_none() {
         return;
     }
-    if let Some(tier) = &ctx.caching.shared {
+    if let Some(tier) = &ctx.services.shared {
         ctx.tasks.spawn(
             "cdc-elect",
             crate::cdc::elect::run(Arc::clone(ctx), Arc::clone(tier), stop.clone()),
         );
         return;
     }
-    for stream in ctx.caching.cdc.streams() {
+    for stream in ctx.services.cdc.streams() {
         ctx.tasks.spawn(
             "cdc-stream",
             crate::cdc::demand::run(Arc::clone(ctx), Arc::clone(stream), stop.clone()),
@@ -153,7 +153,7 @@ pub fn start_cdc(ctx: &Arc<AppContext>, stop: &CancellationToken) {
 /// grace ends, and a database whose connections were closed is polled as soon as a session
 /// of it comes (its cache is not used before).
 pub async fn run_poller(ctx: Arc<AppContext>, stop: CancellationToken) {
-    let poller = Poller::new(Arc::clone(&ctx.caching.catalog));
+    let poller = Poller::new(Arc::clone(&ctx.services.catalog));
     let mut next_poll = tokio::time::Instant::now() + ctx.config().catalog.poll_interval;
     loop {
         tokio::select! {
@@ -163,7 +163,7 @@ pub async fn run_poller(ctx: Arc<AppContext>, stop: CancellationToken) {
         }
         crate::side::release::close_idle(&ctx).await;
         let side = Arc::clone(&ctx.side);
-        let invalidator = Arc::clone(&ctx.caching.invalidator);
+        let invalidator = Arc::clone(&ctx.services.invalidator);
         let apply = move |changes: Vec<crate::catalog::Change>| {
             if !changes.is_empty() {
                 invalidator.apply_catalog(changes);
@@ -172,11 +172,11 @@ pub async fn run_poller(ctx: Arc<AppContext>, stop: CancellationToken) {
         if tokio::time::Instant::now() >= next_poll {
             poller.poll_where(|db| side.active(db), apply).await;
             if let Some(via) = ctx.side.with_sessions().first() {
-                let _ = ctx.caching.catalog.forget_gone(via).await;
+                let _ = ctx.services.catalog.forget_gone(via).await;
             }
             next_poll = tokio::time::Instant::now() + ctx.config().catalog.poll_interval;
         } else {
-            let returning = ctx.caching.catalog.unwatched();
+            let returning = ctx.services.catalog.unwatched();
             if returning.iter().any(|db| side.active(db)) {
                 poller
                     .poll_where(

@@ -19,19 +19,19 @@ impl CacheSession {
             // Seen already, when its hold began.
             return true;
         }
-        if let Some(reader) = self.probe.as_mut() {
+        if let Some(reader) = self.probe.reader.as_mut() {
             if tag == backend::READY_FOR_QUERY {
                 if !reader.on_ready() {
                     // The probe's own statement is being closed (its second Sync).
                     return false;
                 }
-                let reader = self.probe.take().unwrap_or_default();
+                let reader = self.probe.reader.take().unwrap_or_default();
                 let result = reader.finish();
-                if let (Some(r), Some((key, epoch))) = (&result, self.login_probe.take()) {
+                if let (Some(r), Some((key, epoch))) = (&result, self.probe.login_probe.take()) {
                     self.app
-                        .caching
+                        .services
                         .logins
-                        .insert(key, r.clone(), epoch, self.probe_config);
+                        .insert(key, r.clone(), epoch, self.probe.config);
                 }
                 self.on_probe_done(result);
             } else if whole {
@@ -39,7 +39,7 @@ impl CacheSession {
                     && crate::protocol::fields::error_code(frame)
                         == Some(crate::error::sqlstate::QUERY_CANCELED.as_bytes())
                 {
-                    self.probe_cancelled = true;
+                    self.probe.cancelled = true;
                 }
                 reader.on_frame(tag, frame);
             } else {
@@ -82,7 +82,7 @@ impl CacheSession {
                         &String::from_utf8_lossy(v),
                     );
                 }
-                self.probe_needed = true;
+                self.probe.needed = true;
             }
             _ => {}
         }
@@ -95,7 +95,7 @@ impl CacheSession {
         };
         match tag {
             backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE if whole => {
-                if cap.frames.len() + frame.len() > self.app.caching.cache.max_entry_size() {
+                if cap.frames.len() + frame.len() > self.app.services.cache.max_entry_size() {
                     // Too large to store: stop capturing (waiters run their own query).
                     self.capture = None;
                 } else {
@@ -112,13 +112,14 @@ impl CacheSession {
                 self.metrics
                     .upstream_seconds
                     .record(cap.started.elapsed().as_secs_f64());
-                let config_current = cap.config == self.app.caching.invalidator.config_generation();
+                let config_current =
+                    cap.config == self.app.services.invalidator.config_generation();
                 // A cacheable read's functions are all IMMUTABLE (or STABLE under a rule):
                 // trusted to leave the settings alone while it runs, so its rows belong to
                 // the key taken at the lookup even if the session is re-probed after it.
                 if cap.complete && config_current && Reader::body(frame).u8() == Some(b'I') {
                     let frames = cap.frames.freeze();
-                    self.app.caching.tiers().put_shared(
+                    self.app.services.tiers().put_shared(
                         cap.l2,
                         &cap.snapshot,
                         frames.clone(),
@@ -126,7 +127,7 @@ impl CacheSession {
                     );
                     let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
                     self.app
-                        .caching
+                        .services
                         .cache
                         .complete(cap.guard, &cap.snapshot, entry);
                 }

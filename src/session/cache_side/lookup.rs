@@ -35,13 +35,13 @@ impl CacheSession {
         let sampled = self.lookups.is_multiple_of(HIT_TIMING_SAMPLE);
         let timed = sampled.then(Instant::now);
         // I1: versions are read before the Query goes upstream.
-        let snapshot = self.app.caching.cache.versions().snapshot(&read.tags);
+        let snapshot = self.app.services.cache.versions().snapshot(&read.tags);
         let bare = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
         let bare = match extended {
             Some((types, bind)) => bare.extended(types, bind),
             None => bare,
         };
-        let tiers = self.app.caching.tiers();
+        let tiers = self.app.services.tiers();
         let looked = match tiers.lookup(&snapshot, bare, self.held.take_shared()) {
             TierLookup::Bypass(reason) => return bypass(reason),
             TierLookup::Read(read) => {
@@ -121,7 +121,7 @@ impl CacheSession {
         if !self
             .cx
             .as_ref()
-            .is_none_or(|c| self.app.caching.cdc.serves(&c.database))
+            .is_none_or(|c| self.app.services.cdc.serves(&c.database))
         {
             // The change stream is not established or lags: results could be stale beyond
             // any bound, so they are neither served nor stored.
@@ -130,24 +130,24 @@ impl CacheSession {
         if !self
             .cx
             .as_ref()
-            .is_none_or(|c| self.app.caching.catalog.watched(&c.database))
+            .is_none_or(|c| self.app.services.catalog.watched(&c.database))
         {
             // pgmemo's side connections to this database were closed (no client used it)
             // and no poll has checked its catalog since: DDL made meanwhile may not be seen.
             return Err(Some("catalog_unwatched"));
         }
-        if self.probe_needed || self.probe.is_some() || self.opted_out {
+        if self.probe.needed || self.probe.reader.is_some() || self.opted_out {
             return Err(Some(if self.opted_out {
                 "session_opt_out"
             } else {
                 "settings_unknown"
             }));
         }
-        let config = self.app.caching.invalidator.config_generation();
-        if config != self.probe_config {
+        let config = self.app.services.invalidator.config_generation();
+        if config != self.probe.config {
             // The server reloaded its configuration since the probe: a setting this session
             // did not SET may have a new value its fingerprint does not show. Probe again.
-            self.probe_needed = self.may_probe();
+            self.probe.needed = self.probe.may_retry();
             return Err(Some("settings_unknown"));
         }
         if !extended && state.registry.get(b"").is_some() {

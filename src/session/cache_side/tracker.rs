@@ -241,7 +241,7 @@ impl CacheSession {
         }
         let resolved_under = self.tracker.txn_generation.take();
         if !written.tags.is_empty()
-            && resolved_under.is_some_and(|g| g < self.app.caching.catalog.generation())
+            && resolved_under.is_some_and(|g| g < self.app.services.catalog.generation())
         {
             // Its names were resolved before the catalog last moved (a plan in flight while
             // another lookup found a name re-created directly): the tags may name relations
@@ -252,13 +252,13 @@ impl CacheSession {
             super::hooks::pause(super::hooks::Point::BeforeBump);
             let shared = self
                 .app
-                .caching
+                .services
                 .invalidator
                 .bump_held(&written, Source::Write);
             self.hold_for_shared(shared);
         }
         if std::mem::take(&mut self.tracker.txn_ddl) {
-            self.app.caching.catalog.invalidate_memos();
+            self.app.services.catalog.invalidate_memos();
         }
     }
 
@@ -282,15 +282,15 @@ impl CacheSession {
     /// database is streaming and waits are enabled.
     fn ack_wait(&self) -> Option<super::ack::AckFuture> {
         let db = &self.cx.as_ref()?.database;
-        let caching = &self.app.caching;
-        let stream = caching.cdc.streaming(db)?;
+        let services = &self.app.services;
+        let stream = services.cdc.streaming(db)?;
         let max = self.app.config().invalidation.cdc_ack_wait_max;
         if max.is_zero() {
             return None;
         }
         Some(super::ack::wait(
-            Arc::clone(&caching.invalidator),
-            Arc::clone(&caching.catalog),
+            Arc::clone(&services.invalidator),
+            Arc::clone(&services.catalog),
             Arc::clone(stream),
             Arc::clone(db),
             max,
@@ -329,9 +329,9 @@ impl CacheSession {
             self.taint_unseen(why);
         }
         self.fingerprint.on_statement(info);
-        if (info.taints_session || !self.fingerprint.cacheable()) && self.may_probe() {
+        if (info.taints_session || !self.fingerprint.cacheable()) && self.probe.may_retry() {
             // Tainted (a set_config call, an unmodelled statement): re-read the settings.
-            self.probe_needed = true;
+            self.probe.needed = true;
         }
         let rolled_back = command_tag(frame) == b"ROLLBACK";
         match &info.class {
@@ -353,7 +353,7 @@ impl CacheSession {
         plan: &Plan,
         planned_here: bool,
     ) {
-        self.probe_needed = true;
+        self.probe.needed = true;
         if let SessionChange::Set { name, .. } | SessionChange::Reset { name: Some(name) } =
             change
             && name.contains('.')
@@ -427,7 +427,7 @@ impl CacheSession {
     /// or store until the settings probe re-established them (DESIGN §1.4).
     fn taint_unseen(&mut self, why: &'static str) {
         self.fingerprint.taint(why);
-        self.probe_needed = true;
+        self.probe.needed = true;
     }
 
     fn apply_txn_control(&mut self, tc: &TxnControl, rolled_back: bool) {
@@ -466,7 +466,7 @@ impl CacheSession {
                         parked.merge(&[], Some(EpochCause::Ddl));
                     }
                     self.app
-                        .caching
+                        .services
                         .invalidator
                         .park(self.db_oid(), gid, parked);
                 }
@@ -475,14 +475,14 @@ impl CacheSession {
             TxnControl::CommitPrepared(gid) => {
                 let shared = self
                     .app
-                    .caching
+                    .services
                     .invalidator
                     .commit_prepared(self.db_oid(), gid);
                 self.hold_for_shared(shared);
             }
             TxnControl::RollbackPrepared(gid) => {
                 self.app
-                    .caching
+                    .services
                     .invalidator
                     .rollback_prepared(self.db_oid(), gid);
             }
