@@ -107,7 +107,7 @@ impl<'a> Bind<'a> {
     /// one each, as PostgreSQL reads them), without allocating. An item `None` means the
     /// tail is cut short or its format count fits none of those rules; nothing follows it.
     pub fn params(&self) -> Params<'a> {
-        Params::new(self.tail)
+        Params::of_tail(self.tail)
     }
 }
 
@@ -122,7 +122,9 @@ pub struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
-    fn new(tail: &'a [u8]) -> Self {
+    /// The parameters of a Bind `tail` (everything after the statement name), as
+    /// [`Bind::params`] reads them.
+    pub fn of_tail(tail: &'a [u8]) -> Self {
         let mut reader = Reader::new(tail);
         let header = (|| {
             let nformats = usize::try_from(reader.i16()?).ok()?;

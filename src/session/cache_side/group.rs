@@ -3,7 +3,7 @@
 //! portal. Pure: reads frames from the head of the client buffer without copying and says
 //! whether they form such a group, could still become one (wait for more bytes), or cannot.
 
-use crate::protocol::frontend::{Bind, Describe, Execute, Param, Parse, Target};
+use crate::protocol::frontend::{Bind, Describe, Execute, Param, Params, Parse, Target};
 use crate::protocol::tags::frontend;
 use crate::protocol::{self, HEADER_LEN};
 
@@ -130,12 +130,7 @@ const MAX_DATETIME_TEXT: usize = 128;
 /// that read the clock (matched loosely: any value containing one of the words, in any case).
 /// Such an execution must not be served from, or stored in, the cache.
 pub fn params_may_read_clock(tail: &[u8]) -> bool {
-    let bind = Bind {
-        portal: b"",
-        statement: b"",
-        tail,
-    };
-    bind.params().any(|p| match p {
+    Params::of_tail(tail).any(|p| match p {
         Some(Param {
             format: 0,
             value: Some(value),
