@@ -46,12 +46,7 @@ async fn start(config: &str) -> (PgServer, Gate, Proxy) {
 
 /// Cancel requests pgmemo holds now (its gauge).
 fn held_cancels(proxy: &Proxy) -> f64 {
-    proxy
-        .admin_get("/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix("pgmemo_cancel_requests_held "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
+    proxy.metric("pgmemo_cancel_requests_held", &[])
 }
 
 /// Waits until pgmemo holds a cancel request for the session (its gauge says so): the race
@@ -219,14 +214,7 @@ async fn a_cancel_during_the_settings_probe_cancels_the_client_statement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_cancel_that_overtakes_its_statement_is_sent_again() {
     let proxy = cancel_during_probe(Some(Duration::from_millis(300))).await;
-    let repeated = proxy
-        .admin_get("/metrics")
-        .lines()
-        .find(|l| {
-            l.starts_with("pgmemo_cancel_requests_total{") && l.contains("result=\"repeated\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let repeated = proxy.metric("pgmemo_cancel_requests_total", &["result=\"repeated\""]);
     assert!(repeated >= 1.0, "the request was not sent again");
 }
 

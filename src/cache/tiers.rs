@@ -23,11 +23,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::VersionSnapshot;
 use super::l2::envelope::{Sealed, now_unix_ms};
 use super::l2::tier::{Consistency, SharedTier};
 use super::l2::versions::SharedSnapshot;
 use super::{Cache, CacheKey, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag};
-use super::{VersionSnapshot, Versions};
 
 /// The answer of one lookup over the tiers.
 pub enum TierLookup {
@@ -98,12 +98,6 @@ enum SharedPlan {
 }
 
 impl Tiers<'_> {
-    /// The versions the snapshot of a lookup is taken from (I1: before the statement goes
-    /// upstream).
-    pub fn versions(&self) -> &Versions {
-        self.cache.versions()
-    }
-
     /// Looks `bare` up (keyed on the local `snapshot`); `ready`: what the shared-tier read
     /// this statement waited for found.
     pub fn lookup(

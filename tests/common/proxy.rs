@@ -341,6 +341,24 @@ impl Proxy {
         client::connect_with_messages(self.addr, user, password, db).await
     }
 
+    /// The sum of metric `name` over the label sets whose text contains every one of
+    /// `labels` (0 when not exported yet), from the admin `/metrics`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self.admin_get("/metrics");
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(text.as_str(), |(_, b)| b);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// A plain HTTP/1.0 GET on the admin listener; returns the whole response
     /// (status line, headers, body).
     pub fn admin_get(&self, path: &str) -> String {

@@ -102,19 +102,7 @@ pub async fn write(c: &Client, k: i32, v: i32) {
 
 /// The sum of `name` over the label sets whose text contains every one of `labels`.
 pub fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
-    let text = p.admin_get("/metrics");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(text.as_str(), |(_, b)| b);
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    p.metric(name, labels)
 }
 
 /// Waits until `cond` holds (polling), or panics with `what` after `limit`.
