@@ -85,6 +85,24 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A plan of `sql` with no statements and nothing to read (for tests of what holds plans).
+    #[cfg(test)]
+    pub fn for_tests(sql: &str) -> Plan {
+        Plan {
+            sql: Bytes::copy_from_slice(sql.as_bytes()),
+            context_id: 0,
+            analysis: Arc::new(Analysis {
+                statements: Vec::new(),
+                hints: Default::default(),
+            }),
+            stmts: Arc::from(Vec::new()),
+            read: Err("test"),
+            catalog_generation: 0,
+            rules_generation: 0,
+            retry_at: None,
+        }
+    }
+
     /// Still valid under the current catalog and rules.
     pub fn is_current(&self, catalog_generation: u64, rules_generation: u64) -> bool {
         self.catalog_generation == catalog_generation

@@ -11,6 +11,7 @@ pub mod negotiate;
 pub mod outq;
 pub mod registry;
 pub mod relay;
+pub mod replies;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -154,7 +155,7 @@ impl Running {
                 self.migrate(worker).await;
                 return;
             }
-            self.live.cache_side.finish();
+            self.live.cache_side.finish(&self.state);
             let span = self.span.clone();
             finish(&self.ctx, self.live, end).instrument(span).await;
         })
@@ -180,7 +181,7 @@ impl Running {
             cancel,
         } = live;
         let Some(pool) = home.workers.clone() else {
-            cache_side.finish();
+            cache_side.finish(&state);
             return;
         };
         let (client, upstream) = match (client.detach(), upstream.detach()) {
@@ -188,7 +189,7 @@ impl Running {
             (c, u) => {
                 let e = c.err().or(u.err()).map(|e| e.to_string());
                 warn!(parent: &span, error = e.unwrap_or_default(), "cannot move the session to another worker; closing it");
-                cache_side.finish();
+                cache_side.finish(&state);
                 return;
             }
         };
@@ -200,7 +201,7 @@ impl Running {
                     (c, u) => {
                         let e = c.err().or(u.err()).map(|e| e.to_string());
                         warn!(parent: &span, error = e.unwrap_or_default(), "cannot register the moved session; closing it");
-                        cache_side.finish();
+                        cache_side.finish(&state);
                         return;
                     }
                 };

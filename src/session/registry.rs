@@ -1,38 +1,57 @@
-//! The session's prepared statements by name, mirroring what PostgreSQL would hold for the
-//! client: a Parse is recorded when its ParseComplete arrives (or when pgmemo answers it from
-//! the cache), a Close when its CloseComplete arrives, and a simple Query destroys the unnamed
-//! statement. A statement answered locally and not yet sent upstream carries its Parse frame
-//! (`local`), to be replayed before the first forwarded message that names it. Bounded: past
-//! `MAX_STATEMENTS` the registry stops tracking and says so (`overflowed`), and callers must
-//! not rely on it.
+//! The session's prepared statements by name: one map holding, for each name, what the
+//! client prepared (SQL text, parameter types, pgmemo's plan of it) and where PostgreSQL
+//! stands on it. Write tracking reads the plan of the statement a Bind names as the client
+//! sent it (a Bind may follow its Parse before the ParseComplete); the cache reads what
+//! PostgreSQL holds (only while the session is idle, when nothing is on its way). Both are
+//! this one entry through its life:
+//!
+//! - a forwarded Parse creates it as *sent* (a named one only if the name is free: PostgreSQL
+//!   rejects a duplicate and keeps the old statement); its ParseComplete confirms it, its
+//!   error (or the error that skips it) removes it;
+//! - a Parse pgmemo answered from the cache makes it *local* (the Parse frame kept, replayed
+//!   upstream before the first forwarded message that names it);
+//! - a forwarded Close, or a simple Query for the unnamed statement, marks it *closing*: no
+//!   longer the client's to use, removed at its CloseComplete (or the Query's ReadyForQuery),
+//!   unless a new Parse of the name replaced it meanwhile; an error that skips the Close
+//!   leaves it as it was;
+//! - SQL `DEALLOCATE` and `DISCARD ALL` remove named statements when they complete.
+//!
+//! Bounded in entries and bytes: past a bound a name is not followed (write tracking treats
+//! it as unknown, conservatively) and the registry says so (`overflowed`): the cache then
+//! answers no Parse itself.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-/// Most statements tracked per session.
-pub const MAX_STATEMENTS: usize = 10_000;
-/// Most SQL text held per session.
-pub const MAX_STATEMENT_BYTES: usize = 32 * 1024 * 1024;
+use crate::planner::plan::Plan;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Most statements tracked per session (the unnamed one always fits: it replaces itself).
+pub const MAX_STATEMENTS: usize = 10_000;
+/// Most bytes held per session: names, SQL text, parameter types and plans.
+pub const MAX_STATEMENT_BYTES: usize = 32 * 1024 * 1024;
+/// Bookkeeping of one entry (the map slot, allocator overhead).
+const ENTRY_OVERHEAD: usize = 64;
+
+#[derive(Debug, Clone)]
 pub struct Statement {
     /// SQL text as sent in the Parse message (raw bytes).
     pub query: Bytes,
     /// Parameter type OIDs from the Parse message as sent (big-endian, 4 bytes each; 0 =
     /// unspecified): fed to cache keys as they are.
     pub param_types: Bytes,
-    /// The Parse frame, while only pgmemo has answered it (the upstream does not hold it).
-    pub local: Option<Bytes>,
+    /// pgmemo's plan of it (`None`: the Parse was forwarded without one).
+    pub plan: Option<Arc<Plan>>,
 }
 
 impl Statement {
-    /// A statement as a Parse message gave it (held by the upstream, not local).
-    pub fn new(query: &[u8], param_types: &[u8]) -> Self {
+    /// A statement as a Parse message gave it.
+    pub fn new(query: &[u8], param_types: &[u8], plan: Option<Arc<Plan>>) -> Self {
         Self {
             query: Bytes::copy_from_slice(query),
             param_types: Bytes::copy_from_slice(param_types),
-            local: None,
+            plan,
         }
     }
 
@@ -43,30 +62,79 @@ impl Statement {
             .filter_map(|c| <[u8; 4]>::try_from(c).ok())
             .map(u32::from_be_bytes)
     }
+
+    fn weight(&self, name: &[u8]) -> usize {
+        name.len()
+            + self.query.len()
+            + self.param_types.len()
+            + self.plan.as_deref().map_or(0, Plan::weight)
+            + ENTRY_OVERHEAD
+    }
+}
+
+/// Where PostgreSQL stands on a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Held {
+    /// The client's Parse (numbered `.0`, see [`Registry::sent`]) is on its way, unanswered.
+    Sent(u64),
+    /// pgmemo's own replay of a statement it answered (numbered `.0`) is on its way; the
+    /// frame is kept in case it fails.
+    Replaying(u64, Bytes),
+    /// PostgreSQL holds it.
+    Upstream,
+    /// Only pgmemo holds it: the Parse frame to replay.
+    Local(Bytes),
+}
+
+impl Held {
+    /// The Parse on its way for it, if one is.
+    fn parse(&self) -> Option<u64> {
+        match self {
+            Held::Sent(s) | Held::Replaying(s, _) => Some(*s),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    stmt: Statement,
+    held: Held,
+    /// A Close (or, unnamed, a simple Query) that destroys it is on its way.
+    closing: bool,
+    weight: usize,
 }
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    statements: HashMap<Bytes, Statement>,
+    map: HashMap<Bytes, Entry>,
     bytes: usize,
     overflowed: bool,
+    /// Numbers Parse messages, so a reply confirms or undoes only what its own Parse did.
+    next_seq: u64,
 }
 
 impl Registry {
+    /// The statement of that name the client may use (not being closed).
     pub fn get(&self, name: &[u8]) -> Option<&Statement> {
-        self.statements.get(name)
+        self.map.get(name).filter(|e| !e.closing).map(|e| &e.stmt)
+    }
+
+    /// pgmemo's plan of the statement of that name.
+    pub fn plan(&self, name: &[u8]) -> Option<&Arc<Plan>> {
+        self.get(name)?.plan.as_ref()
     }
 
     pub fn len(&self) -> usize {
-        self.statements.len()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
+        self.map.is_empty()
     }
 
-    /// True once a bound was exceeded or a response could not be matched: entries may be
-    /// missing, so the registry is advisory only for the rest of the session.
+    /// True once a bound was exceeded or a reply could not be matched: entries may be
+    /// missing, so the cache must not answer a Parse itself for the rest of the session.
     pub fn overflowed(&self) -> bool {
         self.overflowed
     }
@@ -75,93 +143,166 @@ impl Registry {
         self.overflowed = true;
     }
 
-    pub fn insert(&mut self, name: Bytes, stmt: Statement) {
-        self.remove(&name);
-        let size = name.len() + stmt.query.len();
-        if self.statements.len() >= MAX_STATEMENTS || self.bytes + size > MAX_STATEMENT_BYTES {
-            self.overflowed = true;
+    /// A client's Parse of `stmt` as `name` is forwarded; returns its number. The unnamed
+    /// statement is replaced at once (PostgreSQL drops it as the Parse starts); a named one
+    /// if the name is free or being closed. A name PostgreSQL holds stays as it is (the
+    /// Parse is rejected as a duplicate); a name whose own Parse is still unanswered may end
+    /// up either way, so its plan is forgotten (its executions are then unknown writes).
+    pub fn sent(&mut self, name: &[u8], stmt: Statement) -> u64 {
+        let seq = self.take_seq();
+        match self.map.get_mut(name) {
+            Some(e) if !name.is_empty() && !e.closing => {
+                if matches!(e.held, Held::Sent(_)) {
+                    e.stmt.plan = None;
+                }
+            }
+            _ => self.insert(Bytes::copy_from_slice(name), stmt, Held::Sent(seq)),
+        }
+        seq
+    }
+
+    /// The ParseComplete of Parse `seq`: PostgreSQL holds `stmt` as `name`, whatever was
+    /// recorded of that name before.
+    pub fn confirmed(&mut self, name: Bytes, seq: u64, stmt: Statement) {
+        match self.map.get_mut(&name) {
+            Some(e) if e.held.parse() == Some(seq) => e.held = Held::Upstream,
+            _ => self.insert(name, stmt, Held::Upstream),
+        }
+    }
+
+    /// Parse `seq` failed (or was skipped after an error): what it created is gone, and a
+    /// statement pgmemo replayed is local again.
+    pub fn failed(&mut self, name: &[u8], seq: u64) {
+        let Some(e) = self.map.get_mut(name) else {
             return;
-        }
-        self.bytes += size;
-        self.statements.insert(name, stmt);
-    }
-
-    /// The upstream now holds `name` (its replayed Parse completed).
-    pub fn mark_upstream(&mut self, name: &[u8]) {
-        if let Some(stmt) = self.statements.get_mut(name) {
-            stmt.local = None;
+        };
+        match &e.held {
+            Held::Sent(s) if *s == seq => self.remove(name),
+            Held::Replaying(s, frame) if *s == seq => e.held = Held::Local(frame.clone()),
+            _ => {}
         }
     }
 
-    /// Drops `name` if only pgmemo holds it (a forwarded Parse, Close or Query is about to
-    /// replace or destroy it upstream, where it never was).
-    pub fn forget_local(&mut self, name: &[u8]) {
-        if self.get(name).is_some_and(|s| s.local.is_some()) {
+    /// A Parse pgmemo answered from the cache (its `frame`): the statement is the client's
+    /// now. With `replay`, the frame goes upstream at once (numbered by the return value);
+    /// without, it is kept until a forwarded message names the statement.
+    pub fn answered(&mut self, name: &[u8], stmt: Statement, frame: Bytes, replay: bool) -> u64 {
+        let seq = self.take_seq();
+        let held = if replay {
+            Held::Replaying(seq, frame)
+        } else {
+            Held::Local(frame)
+        };
+        self.insert(Bytes::copy_from_slice(name), stmt, held);
+        seq
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        seq
+    }
+
+    /// The Parse to replay upstream for `name` if only pgmemo holds it: the statement is
+    /// then on its way (numbered by the returned `u64`).
+    pub fn replay(&mut self, name: &[u8]) -> Option<(Statement, Bytes, u64)> {
+        let seq = self.next_seq;
+        let e = self.map.get_mut(name).filter(|e| !e.closing)?;
+        let Held::Local(frame) = &e.held else {
+            return None;
+        };
+        let frame = frame.clone();
+        e.held = Held::Replaying(seq, frame.clone());
+        self.next_seq = self.next_seq.wrapping_add(1);
+        Some((e.stmt.clone(), frame, seq))
+    }
+
+    /// A Close of `name` (or a simple Query, for the unnamed statement) is forwarded. One
+    /// only pgmemo holds is simply forgotten (it never was upstream).
+    pub fn closing(&mut self, name: &[u8]) {
+        let Some(e) = self.map.get_mut(name) else {
+            return;
+        };
+        if matches!(e.held, Held::Local(_)) {
+            self.remove(name);
+        } else {
+            e.closing = true;
+        }
+    }
+
+    /// The Close (or Query) answered: removed, unless a Parse replaced it meanwhile.
+    pub fn closed(&mut self, name: &[u8]) {
+        if self.map.get(name).is_some_and(|e| e.closing) {
             self.remove(name);
         }
     }
 
-    pub fn remove(&mut self, name: &[u8]) {
-        if let Some((k, v)) = self.statements.remove_entry(name) {
-            self.bytes = self.bytes.saturating_sub(k.len() + v.query.len());
+    /// The Close was skipped after an error: the statement stays.
+    pub fn close_skipped(&mut self, name: &[u8]) {
+        if let Some(e) = self.map.get_mut(name) {
+            e.closing = false;
         }
     }
 
-    pub fn clear(&mut self) {
-        self.statements.clear();
+    /// Write tracking re-planned the statement (its search_path, role or catalog moved).
+    pub fn set_plan(&mut self, name: &[u8], plan: Arc<Plan>) {
+        let Some(mut e) = self.map.remove(name) else {
+            return;
+        };
+        self.bytes = self.bytes.saturating_sub(e.weight);
+        e.stmt.plan = Some(plan);
+        let (name, held) = (Bytes::copy_from_slice(name), e.held.clone());
+        let closing = e.closing;
+        self.insert(name.clone(), e.stmt, held);
+        if let Some(e) = self.map.get_mut(&name) {
+            e.closing = closing;
+        }
+    }
+
+    /// SQL `DEALLOCATE name` completed.
+    pub fn deallocated(&mut self, name: &[u8]) {
+        if !name.is_empty() {
+            self.remove(name);
+        }
+    }
+
+    /// SQL `DEALLOCATE ALL` or `DISCARD ALL` completed: every named statement is gone (the
+    /// unnamed one is not PostgreSQL's to drop there).
+    pub fn deallocated_all(&mut self) {
+        let unnamed = self.map.remove(&b""[..]);
+        self.map.clear();
         self.bytes = 0;
+        if let Some(e) = unnamed {
+            self.bytes = e.weight;
+            self.map.insert(Bytes::new(), e);
+        }
+    }
+
+    fn insert(&mut self, name: Bytes, stmt: Statement, held: Held) {
+        self.remove(&name);
+        let weight = stmt.weight(&name);
+        let room = self.map.len() < MAX_STATEMENTS || name.is_empty();
+        if !room || self.bytes + weight > MAX_STATEMENT_BYTES {
+            self.overflowed = true;
+            return;
+        }
+        self.bytes += weight;
+        let e = Entry {
+            stmt,
+            held,
+            closing: false,
+            weight,
+        };
+        self.map.insert(name, e);
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if let Some(e) = self.map.remove(name) {
+            self.bytes = self.bytes.saturating_sub(e.weight);
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stmt(q: &'static str) -> Statement {
-        Statement {
-            query: Bytes::from_static(q.as_bytes()),
-            param_types: Bytes::new(),
-            local: None,
-        }
-    }
-
-    #[test]
-    fn insert_replace_remove() {
-        let mut r = Registry::default();
-        r.insert(Bytes::from_static(b"s1"), stmt("select 1"));
-        r.insert(Bytes::from_static(b""), stmt("select 2"));
-        assert_eq!(r.len(), 2);
-        r.insert(Bytes::from_static(b""), stmt("select 3"));
-        assert_eq!(r.get(b"").unwrap().query, Bytes::from_static(b"select 3"));
-        r.remove(b"s1");
-        assert!(r.get(b"s1").is_none());
-    }
-
-    #[test]
-    fn bounded_by_bytes() {
-        let mut r = Registry::default();
-        let big = Bytes::from(vec![b'x'; 1024 * 1024]);
-        for i in 0..40 {
-            r.insert(
-                Bytes::from(format!("s{i}")),
-                Statement {
-                    query: big.clone(),
-                    param_types: Bytes::new(),
-                    local: None,
-                },
-            );
-        }
-        assert!(r.len() < 32);
-        assert!(r.overflowed());
-    }
-
-    #[test]
-    fn bounded() {
-        let mut r = Registry::default();
-        for i in 0..MAX_STATEMENTS + 5 {
-            r.insert(Bytes::from(format!("s{i}")), stmt("select 1"));
-        }
-        assert_eq!(r.len(), MAX_STATEMENTS);
-        assert!(r.overflowed());
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

@@ -1,25 +1,20 @@
 //! What a session knows about its upstream backend, learnt from the frames it relays: the
-//! transaction status (from every ReadyForQuery), the prepared statements by name (matched to
-//! their ParseComplete/CloseComplete in response order), and whether any response is still
-//! outstanding — the facts the cache and graceful shutdown rely on.
-
-use std::collections::VecDeque;
+//! transaction status (from every ReadyForQuery), the replies still awaited in order (one
+//! queue, [`super::replies`], read by the registry here and by write tracking), the prepared
+//! statements by name (matched to their ParseComplete/CloseComplete), and whether any
+//! response is still outstanding — the facts the cache and graceful shutdown rely on.
 
 use bytes::Bytes;
 
+use std::sync::Arc;
+
 use super::registry::{Registry, Statement};
+use super::replies::{Awaited, Completion, Injected, ReadyFor, Replies};
+use crate::planner::plan::Plan;
 use crate::protocol::fields::Reader;
 use crate::protocol::frontend::{Bind, Close, Describe, Parse, SYNC_FRAME, Target};
 use crate::protocol::tags::{backend, frontend};
 use crate::telemetry::names;
-
-/// Most frontend operations awaiting a response that are tracked; a client pipelining more
-/// than this loses statement tracking (the relay itself is unaffected).
-pub const MAX_PENDING: usize = 16_384;
-/// Most SQL text held for Parse messages awaiting their ParseComplete. PostgreSQL may hold
-/// ParseCompletes back until its send buffer fills, so a pipeline of large Parses would
-/// otherwise pin all of their text here.
-pub const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
 /// Transaction status from the last ReadyForQuery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,58 +24,16 @@ pub enum TxnStatus {
     Failed,
 }
 
-/// A Parse pgmemo sent upstream on its own (the client had its ParseComplete from the cache).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Injected {
-    /// Sent with its own Sync right after the hit: its replies are all swallowed.
-    Eager,
-    /// Sent just before the client's message that names it: its ParseComplete is swallowed,
-    /// its error is the client's (PostgreSQL would have failed that message the same way).
-    Lazy,
-}
-
-#[derive(Debug)]
-enum Pending {
-    Parse {
-        name: Bytes,
-        stmt: Statement,
-        injected: Option<Injected>,
-    },
-    CloseStatement {
-        name: Bytes,
-    },
-    /// Something answered by exactly one ReadyForQuery: Sync, Query, FunctionCall (or the
-    /// Sync pgmemo sent after an eager replay: `injected`).
-    Ready {
-        simple_query: bool,
-        injected: bool,
-    },
-}
-
-impl Pending {
-    fn injected(&self) -> bool {
-        matches!(
-            self,
-            Pending::Parse {
-                injected: Some(_),
-                ..
-            } | Pending::Ready { injected: true, .. }
-        )
-    }
-}
-
 #[derive(Debug)]
 pub struct SessionState {
     pub txn: TxnStatus,
     pub registry: Registry,
-    pending: VecDeque<Pending>,
+    /// Every reply awaited from upstream, in order (see [`super::replies`]).
+    replies: Replies,
     /// Sync/Query/FunctionCall sent and not yet answered by ReadyForQuery.
     awaiting_ready: usize,
-    /// SQL bytes held by queued Parse operations.
-    pending_bytes: usize,
     /// Extended-protocol messages sent since the last Sync (their responses may be pending).
     unsynced: bool,
-    tracking_lost: bool,
     /// ReadyForQuery frames received so far (wrapping): tells one sync group from the next.
     readies: u64,
 }
@@ -90,11 +43,9 @@ impl Default for SessionState {
         Self {
             txn: TxnStatus::Idle,
             registry: Registry::default(),
-            pending: VecDeque::new(),
+            replies: Replies::default(),
             awaiting_ready: 0,
-            pending_bytes: 0,
             unsynced: false,
-            tracking_lost: false,
             readies: 0,
         }
     }
@@ -124,16 +75,21 @@ impl SessionState {
         self.awaiting_ready > 0 || self.unsynced
     }
 
+    /// The replies awaited, in order (write tracking reads what the statements ahead are).
+    pub fn replies(&self) -> &Replies {
+        &self.replies
+    }
+
     /// The next reply due upstream answers a Parse pgmemo replayed on its own after a cache
     /// hit, or the Sync it sent with it: pgmemo's own work, not the client's.
     pub fn own_work_at_head(&self) -> bool {
         matches!(
-            self.pending.front(),
+            self.replies.front(),
             Some(
-                Pending::Parse {
+                Awaited::Parse {
                     injected: Some(Injected::Eager),
                     ..
-                } | Pending::Ready { injected: true, .. }
+                } | Awaited::Ready(ReadyFor::Injected)
             )
         )
     }
@@ -165,43 +121,38 @@ impl SessionState {
         )
     }
 
-    /// A complete frontend frame on its way upstream.
-    pub fn on_frontend(&mut self, tag: u8, frame: &[u8]) {
+    /// A complete frontend frame on its way upstream (after write tracking queued the
+    /// completions of the statements it runs, see [`Self::expect_completion`]); `plan`:
+    /// pgmemo's plan of a Parse's statement.
+    pub fn on_frontend(&mut self, tag: u8, frame: &[u8], plan: Option<Arc<Plan>>) {
         match tag {
             frontend::QUERY => {
-                // The Query destroys the unnamed statement upstream; one only pgmemo held must
-                // not be replayed for a later Bind (PostgreSQL would fail that Bind).
-                self.registry.forget_local(b"");
-                self.expect(Pending::Ready {
-                    simple_query: true,
-                    injected: false,
-                });
+                // The Query destroys the unnamed statement upstream (one only pgmemo held
+                // is forgotten at once: PostgreSQL would fail a later Bind of it).
+                self.registry.closing(b"");
+                self.expect(Awaited::Ready(ReadyFor::Query));
             }
-            frontend::FUNCTION_CALL => self.expect(Pending::Ready {
-                simple_query: false,
-                injected: false,
-            }),
+            frontend::FUNCTION_CALL => self.expect(Awaited::Ready(ReadyFor::FunctionCall)),
             frontend::SYNC => {
                 self.unsynced = false;
-                self.expect(Pending::Ready {
-                    simple_query: false,
-                    injected: false,
-                });
+                self.expect(Awaited::Ready(ReadyFor::Sync));
             }
             frontend::PARSE => {
                 self.unsynced = true;
-                match parse_statement(frame) {
-                    Some((name, stmt)) => {
-                        // A new unnamed statement replaces a local one without a replay.
-                        self.registry.forget_local(name);
-                        self.expect(Pending::Parse {
-                            name: Bytes::copy_from_slice(name),
+                match Parse::read(frame) {
+                    Some(p) => {
+                        let stmt = Statement::new(p.sql, p.param_types, plan);
+                        let seq = self.registry.sent(p.name, stmt.clone());
+                        self.expect(Awaited::Parse {
+                            name: Bytes::copy_from_slice(p.name),
+                            seq,
                             stmt,
                             injected: None,
                         });
                     }
-                    // Postgres will reject it; we cannot know what it would have named.
-                    None => self.lose_tracking(),
+                    // PostgreSQL rejects it (no ParseComplete follows), but what it would
+                    // have named is unknown: the registry is no longer trusted.
+                    None => self.registry.mark_untracked(),
                 }
             }
             frontend::CLOSE => {
@@ -211,8 +162,8 @@ impl SessionState {
                         target: Target::Statement,
                         name,
                     }) => {
-                        self.registry.forget_local(name);
-                        self.expect(Pending::CloseStatement {
+                        self.registry.closing(name);
+                        self.expect(Awaited::CloseStatement {
                             name: Bytes::copy_from_slice(name),
                         });
                     }
@@ -220,7 +171,7 @@ impl SessionState {
                         target: Target::Portal,
                         ..
                     }) => {}
-                    None => self.lose_tracking(),
+                    None => self.registry.mark_untracked(),
                 }
             }
             frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::FLUSH => {
@@ -230,7 +181,14 @@ impl SessionState {
         }
     }
 
-    /// A complete backend frame on its way to the client.
+    /// The completion of a statement about to be sent upstream (queued by write tracking
+    /// before [`Self::on_frontend`] sees the frame that runs it).
+    pub fn expect_completion(&mut self, c: Completion) {
+        self.expect(Awaited::Completion(c));
+    }
+
+    /// A complete backend frame on its way to the client (for a completion, write tracking
+    /// took its entry with [`Self::take_completion`]).
     pub fn on_backend(&mut self, tag: u8, frame: &[u8]) {
         match tag {
             backend::READY_FOR_QUERY => {
@@ -241,59 +199,52 @@ impl SessionState {
                     Some(b'E') => TxnStatus::Failed,
                     _ => TxnStatus::Idle,
                 };
-                if self.tracking_lost {
-                    return;
-                }
-                match self.pop() {
-                    Some(Pending::Ready { simple_query, .. }) => {
-                        if simple_query {
+                match self.replies.front() {
+                    Some(Awaited::Ready(ready)) => {
+                        if *ready == ReadyFor::Query {
                             // PostgreSQL drops the unnamed statement at every simple Query.
-                            self.registry.remove(b"");
+                            self.registry.closed(b"");
                         }
+                        self.replies.pop();
                     }
-                    _ => self.lose_tracking(),
+                    _ => self.mismatch(),
+                }
+                if self.replies.is_lost() && self.is_idle() {
+                    // Nothing else is outstanding: replies line up again from here.
+                    self.replies.resync();
                 }
             }
-            backend::PARSE_COMPLETE => {
-                if self.tracking_lost {
-                    return;
+            backend::PARSE_COMPLETE => match self.replies.front() {
+                Some(Awaited::Parse { .. }) => {
+                    if let Some(Awaited::Parse {
+                        name, seq, stmt, ..
+                    }) = self.replies.pop()
+                    {
+                        self.registry.confirmed(name, seq, stmt);
+                    }
                 }
-                match self.pop() {
-                    Some(Pending::Parse {
-                        name,
-                        injected: Some(_),
-                        ..
-                    }) => self.registry.mark_upstream(&name),
-                    Some(Pending::Parse { name, stmt, .. }) => self.registry.insert(name, stmt),
-                    _ => self.lose_tracking(),
-                }
-            }
+                _ => self.mismatch(),
+            },
             backend::CLOSE_COMPLETE => {
-                if self.tracking_lost {
-                    return;
-                }
                 // A CloseComplete for a portal has nothing queued; only statements are.
-                if matches!(self.pending.front(), Some(Pending::CloseStatement { .. }))
-                    && let Some(Pending::CloseStatement { name }) = self.pop()
+                if matches!(self.replies.front(), Some(Awaited::CloseStatement { .. }))
+                    && let Some(Awaited::CloseStatement { name }) = self.replies.pop()
                 {
-                    self.registry.remove(&name);
+                    self.registry.closed(&name);
                 }
             }
             backend::ERROR_RESPONSE => {
-                // After an error the server skips everything up to the next Sync, so the
-                // queued Parse/Close operations ahead of it will never complete. A replayed
-                // Parse that did not complete leaves its statement local again.
-                while matches!(
-                    self.pending.front(),
-                    Some(Pending::Parse { .. } | Pending::CloseStatement { .. })
-                ) {
-                    if let Some(Pending::Parse {
-                        name,
-                        stmt,
-                        injected: Some(_),
-                    }) = self.pop()
-                    {
-                        self.registry.insert(name, stmt);
+                // After an error the server skips everything up to the next Sync (the rest
+                // of a Query's statements too), so nothing queued ahead of its ReadyForQuery
+                // will be answered: a Parse's statement is not created (a replayed one is local
+                // again), a Close leaves its statement.
+                while !matches!(self.replies.front(), Some(Awaited::Ready(_)) | None) {
+                    match self.replies.pop() {
+                        Some(Awaited::Parse { name, seq, .. }) => self.registry.failed(&name, seq),
+                        Some(Awaited::CloseStatement { name }) => {
+                            self.registry.close_skipped(&name)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -301,40 +252,50 @@ impl SessionState {
         }
     }
 
-    fn expect(&mut self, p: Pending) {
-        if matches!(p, Pending::Ready { .. }) {
-            self.awaiting_ready += 1;
+    /// The statement a completion (CommandComplete, EmptyQueryResponse, PortalSuspended)
+    /// answers; `None` when it is not the next reply awaited (tracking is lost).
+    pub fn take_completion(&mut self) -> Option<Completion> {
+        match self.replies.front() {
+            Some(Awaited::Completion(_)) => match self.replies.pop() {
+                Some(Awaited::Completion(c)) => Some(c),
+                _ => None,
+            },
+            _ => {
+                self.mismatch();
+                None
+            }
         }
-        if self.tracking_lost {
-            return;
-        }
-        let bytes = match &p {
-            Pending::Parse { stmt, .. } => stmt.query.len(),
-            _ => 0,
-        };
-        if self.pending.len() >= MAX_PENDING || self.pending_bytes + bytes > MAX_PENDING_BYTES {
-            self.lose_tracking();
-            return;
-        }
-        self.pending_bytes += bytes;
-        self.pending.push_back(p);
     }
 
-    fn pop(&mut self) -> Option<Pending> {
-        let p = self.pending.pop_front()?;
-        if let Pending::Parse { stmt, .. } = &p {
-            self.pending_bytes = self.pending_bytes.saturating_sub(stmt.query.len());
+    /// What the ReadyForQuery about to be seen ends, if it is the next reply awaited.
+    pub fn next_ready(&self) -> Option<ReadyFor> {
+        match self.replies.front() {
+            Some(Awaited::Ready(r)) => Some(*r),
+            _ => None,
         }
-        Some(p)
+    }
+
+    /// A reply did not match the head of the queue: counted once until replies line up
+    /// again (while lost, a reply only takes an entry that matches it).
+    pub fn mismatch(&mut self) {
+        if !self.replies.is_lost() {
+            self.lose_tracking();
+        }
+    }
+
+    fn expect(&mut self, a: Awaited) {
+        if matches!(a, Awaited::Ready(_)) {
+            self.awaiting_ready += 1;
+        }
+        let losses = self.replies.losses();
+        self.replies.push(a);
+        if self.replies.losses() != losses {
+            self.registry.mark_untracked();
+        }
     }
 
     fn lose_tracking(&mut self) {
-        self.tracking_lost = true;
-        // pgmemo's own replays at the head still get their replies swallowed; everything
-        // else is forgotten.
-        let keep = self.pending.iter().take_while(|p| p.injected()).count();
-        self.pending.truncate(keep);
-        self.pending_bytes = 0;
+        self.replies.lose();
         self.registry.mark_untracked();
     }
 
@@ -344,19 +305,19 @@ impl SessionState {
     /// error stands where PostgreSQL would have failed the client's message.
     pub fn injected_reply(&self, tag: u8) -> bool {
         matches!(
-            (tag, self.pending.front()),
+            (tag, self.replies.front()),
             (
                 backend::PARSE_COMPLETE,
-                Some(Pending::Parse {
+                Some(Awaited::Parse {
                     injected: Some(_),
                     ..
                 }),
             ) | (
                 backend::READY_FOR_QUERY,
-                Some(Pending::Ready { injected: true, .. })
+                Some(Awaited::Ready(ReadyFor::Injected))
             ) | (
                 backend::ERROR_RESPONSE,
-                Some(Pending::Parse {
+                Some(Awaited::Parse {
                     injected: Some(Injected::Eager),
                     ..
                 }),
@@ -371,30 +332,25 @@ impl SessionState {
     pub fn answered_locally(
         &mut self,
         name: &[u8],
-        mut stmt: Statement,
+        stmt: Statement,
         frame: Bytes,
     ) -> Option<Bytes> {
         if name.is_empty() {
-            stmt.local = Some(frame);
-            self.registry.insert(Bytes::new(), stmt);
+            self.registry.answered(name, stmt, frame, false);
             return None;
         }
-        let name = Bytes::copy_from_slice(name);
-        self.registry.insert(name.clone(), stmt.clone());
         let mut replay = bytes::BytesMut::with_capacity(frame.len() + SYNC_FRAME.len());
         replay.extend_from_slice(&frame);
         replay.extend_from_slice(SYNC_FRAME);
-        stmt.local = Some(frame);
+        let seq = self.registry.answered(name, stmt.clone(), frame, true);
         metrics::counter!(names::STATEMENT_REPLAYS, "kind" => "eager").increment(1);
-        self.expect(Pending::Parse {
-            name,
+        self.expect(Awaited::Parse {
+            name: Bytes::copy_from_slice(name),
+            seq,
             stmt,
             injected: Some(Injected::Eager),
         });
-        self.expect(Pending::Ready {
-            simple_query: false,
-            injected: true,
-        });
+        self.expect(Awaited::Ready(ReadyFor::Injected));
         Some(replay.freeze())
     }
 
@@ -402,7 +358,7 @@ impl SessionState {
     /// that frame names a statement only pgmemo holds: a Bind or a statement Describe of it, or
     /// a Parse of the same name (which PostgreSQL must then reject as a duplicate).
     pub fn replay_for(&mut self, tag: u8, frame: &[u8]) -> Option<Bytes> {
-        if self.tracking_lost {
+        if self.replies.is_lost() {
             return None;
         }
         let name = match tag {
@@ -417,23 +373,16 @@ impl SessionState {
                 .filter(|n| !n.is_empty())?,
             _ => return None,
         };
-        let stmt = self.registry.get(name)?.clone();
-        let replay = stmt.local.clone()?;
-        self.registry.mark_upstream(name);
+        let (stmt, replay, seq) = self.registry.replay(name)?;
         metrics::counter!(names::STATEMENT_REPLAYS, "kind" => "lazy").increment(1);
-        self.expect(Pending::Parse {
+        self.expect(Awaited::Parse {
             name: Bytes::copy_from_slice(name),
+            seq,
             stmt,
             injected: Some(Injected::Lazy),
         });
         Some(replay)
     }
-}
-
-/// The name and statement of a Parse frame; `None` when malformed.
-pub fn parse_statement(frame: &[u8]) -> Option<(&[u8], Statement)> {
-    let f = Parse::read(frame)?;
-    Some((f.name, Statement::new(f.sql, f.param_types)))
 }
 
 #[cfg(test)]
@@ -460,7 +409,7 @@ mod tests {
     }
 
     fn fe(s: &mut SessionState, f: &Bytes) {
-        s.on_frontend(f[0], f);
+        s.on_frontend(f[0], f, None);
     }
 
     fn be(s: &mut SessionState, tag: u8, body: &[u8]) {
@@ -522,21 +471,71 @@ mod tests {
     fn large_parse_pipelines_lose_tracking_instead_of_holding_their_text() {
         let mut s = SessionState::default();
         let big = "x".repeat(512 * 1024);
-        for _ in 0..(MAX_PENDING_BYTES / big.len() + 1) {
+        for _ in 0..(crate::session::replies::MAX_AWAITED_BYTES / big.len() + 1) {
             fe(&mut s, &parse("", &big));
         }
         assert!(s.registry.overflowed());
-        assert_eq!(s.pending.len(), 0);
-        assert_eq!(s.pending_bytes, 0);
+        assert_eq!(s.replies.queued(), 0);
+        assert_eq!(s.replies.held_bytes(), 0);
     }
 
     #[test]
     fn malformed_parse_loses_tracking_without_panicking() {
         let mut s = SessionState::default();
-        s.on_frontend(b'P', &frame(b'P', b"x"));
+        s.on_frontend(b'P', &frame(b'P', b"x"), None);
         assert!(s.registry.overflowed());
         be(&mut s, b'1', &[]);
         be(&mut s, b'Z', b"E");
         assert_eq!(s.txn, TxnStatus::Failed);
+    }
+
+    #[test]
+    fn one_queue_an_error_skips_the_groups_parses_and_statements_together() {
+        let mut s = SessionState::default();
+        fe(&mut s, &parse("a", "select 1"));
+        s.expect_completion(Completion::Unknown);
+        fe(&mut s, &frame(b'E', b"\0\0\0\0\0"));
+        fe(&mut s, &parse("b", "select 2"));
+        fe(&mut s, &frame(b'S', &[]));
+        // Write tracking queues a Query's completions before the state sees the Query.
+        s.expect_completion(Completion::Unknown);
+        fe(&mut s, &frame(b'Q', b"select 3\0"));
+        // "a" fails: the Execute and the Parse of "b" behind it are skipped.
+        be(&mut s, b'E', b"SERROR\0\0");
+        assert!(s.registry.get(b"a").is_none());
+        assert!(s.registry.get(b"b").is_none());
+        assert_eq!(s.next_ready(), Some(ReadyFor::Sync));
+        be(&mut s, b'Z', b"I");
+        // The Query's completion lines up with its own statement.
+        assert!(matches!(s.take_completion(), Some(Completion::Unknown)));
+        be(&mut s, b'Z', b"I");
+        assert!(s.is_idle());
+        assert!(!s.replies().is_lost());
+        assert!(!s.registry.overflowed());
+    }
+
+    #[test]
+    fn a_reply_out_of_order_loses_tracking_until_the_session_is_idle() {
+        let mut s = SessionState::default();
+        fe(&mut s, &frame(b'Q', b"select 1\0"));
+        // A completion nobody expected.
+        assert!(s.take_completion().is_none());
+        assert!(s.replies().is_lost());
+        assert_eq!(s.replies().losses(), 1);
+        assert!(s.take_completion().is_none());
+        assert_eq!(s.replies().losses(), 1, "one loss until replies line up");
+        be(&mut s, b'Z', b"I");
+        assert!(s.is_idle());
+        assert!(!s.replies().is_lost(), "lined up again at idle");
+        assert!(
+            s.registry.overflowed(),
+            "statements may be missing for good"
+        );
+        fe(&mut s, &parse("c", "select 1"));
+        fe(&mut s, &frame(b'S', &[]));
+        be(&mut s, b'1', &[]);
+        be(&mut s, b'Z', b"I");
+        assert!(s.registry.get(b"c").is_some());
+        assert_eq!(s.replies().losses(), 1);
     }
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::group::{self, Group, Scan};
-use super::tracker::MAX_NAMED;
 use super::{CacheSession, Hold, Looked, WaitResult};
 use crate::planner::plan::Plan;
 use crate::protocol::response::{BIND_COMPLETE, PARSE_BIND_COMPLETE, PORTAL_SUSPENDED};
@@ -72,7 +71,7 @@ impl CacheSession {
                     return GroupAction::Frames;
                 };
                 registered = stmt.param_types.clone();
-                match self.statement_plan(g.statement) {
+                match self.statement_plan(g.statement, state) {
                     Ok(plan) => (plan, &registered[..]),
                     Err(Some(sql)) => return GroupAction::Hold(Hold::Plan(sql)),
                     Err(None) => return GroupAction::Frames,
@@ -127,7 +126,6 @@ impl CacheSession {
             return true;
         }
         registry.get(name).is_none()
-            && self.tracker.statements.len() < MAX_NAMED
             && !self
                 .tracker
                 .sql_prepared
@@ -138,25 +136,27 @@ impl CacheSession {
     /// The current plan of a prepared statement: the one from its Parse while the session
     /// context, catalog and rules are unchanged, else re-planned (`Err(Some(sql))`: compute
     /// it first) as PostgreSQL re-analyses a statement whose dependencies changed.
-    pub(super) fn statement_plan(&mut self, name: &[u8]) -> Result<Arc<Plan>, Option<Bytes>> {
-        let plan = self.tracker.statements.get(name).ok_or(None)?;
+    pub(super) fn statement_plan(
+        &mut self,
+        name: &[u8],
+        state: &mut SessionState,
+    ) -> Result<Arc<Plan>, Option<Bytes>> {
+        let plan = Arc::clone(state.registry.plan(name).ok_or(None)?);
         let current = plan.context_id == self.cx_id
             && plan.is_current(
                 self.app.services.catalog.generation(),
                 self.app.rules_generation(),
             );
         if current {
-            return Ok(Arc::clone(plan));
+            return Ok(plan);
         }
         let sql = plan.sql.clone();
         let only_catalog_moved = plan.context_id == self.cx_id
             && plan.is_current(plan.catalog_generation(), self.app.rules_generation());
-        let stale = only_catalog_moved.then(|| Arc::clone(plan));
+        let stale = only_catalog_moved.then_some(plan);
         match self.plan_for(&sql) {
             Some(fresh) => {
-                self.tracker
-                    .statements
-                    .insert(Bytes::copy_from_slice(name), Arc::clone(&fresh));
+                state.registry.set_plan(name, Arc::clone(&fresh));
                 Ok(fresh)
             }
             // A write goes upstream at once (a client pipelining many of them must see an
@@ -211,24 +211,15 @@ impl CacheSession {
             self.tracker.portals.remove(&b""[..]);
         }
         let p = g.parse?;
-        let same = state
-            .registry
-            .get(p.name)
-            .is_some_and(|s| s.query == p.sql && s.param_types == p.param_types)
-            && self
-                .tracker
-                .statements
-                .get(p.name)
-                .is_some_and(|known| known.sql == p.sql);
+        let same = state.registry.get(p.name).is_some_and(|s| {
+            s.query == p.sql && s.param_types == p.param_types && s.plan.is_some()
+        });
         if same {
             // Re-parsing the unnamed statement with the same text and types changes nothing
             // (upstream or local alike): no copy on this path.
             return None;
         }
-        self.tracker
-            .statements
-            .insert(Bytes::copy_from_slice(p.name), Arc::clone(plan));
-        let stmt = Statement::new(p.sql, p.param_types);
+        let stmt = Statement::new(p.sql, p.param_types, Some(Arc::clone(plan)));
         state.answered_locally(p.name, stmt, Bytes::copy_from_slice(p.frame))
     }
 }

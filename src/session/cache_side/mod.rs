@@ -44,10 +44,11 @@ use crate::protocol::fields::Reader;
 use crate::protocol::frontend::{Bind, Close, Execute, Parse, Target};
 use crate::protocol::tags::{backend, frontend};
 use crate::session::fingerprint::Fingerprint;
+use crate::session::replies::Completion;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
 use probe::{ProbeReader, ProbeResult};
-use tracker::{Expect, Tracker};
+use tracker::Tracker;
 
 /// Probes that may fail in a row before a session gives up on the cache.
 const MAX_PROBE_FAILURES: u8 = 3;
@@ -66,6 +67,8 @@ pub use wait::{WaitFuture, WaitResult};
 pub enum FrameAction {
     /// Forward it (the session state sees it as usual).
     Forward,
+    /// Forward this Parse; the session state records its statement with this plan.
+    ForwardParse(Arc<Plan>),
     /// Do not forward it: queue these frames, then ReadyForQuery (idle), to the client
     /// instead (a cache hit; the entry's bytes are shared, not copied).
     Answer(Bytes),
@@ -229,9 +232,9 @@ impl CacheSession {
 
     /// The session is over: bump whatever may have been written and not yet bumped (a
     /// COMMIT whose answer never arrived may still have committed).
-    pub fn finish(&mut self) {
+    pub fn finish(&mut self, state: &SessionState) {
         self.capture = None;
-        let written = self.tracker.unsettled();
+        let written = self.tracker.unsettled(state.replies());
         if !written.is_empty() {
             self.app.services.invalidator.bump(&written, Source::Write);
         }

@@ -24,12 +24,6 @@ pub trait Weigh {
     fn weight(&self) -> usize;
 }
 
-impl Weigh for Arc<Plan> {
-    fn weight(&self) -> usize {
-        Plan::weight(self)
-    }
-}
-
 /// A portal's plan is its statement's (shared): only the reference counts.
 impl Weigh for Option<Arc<Plan>> {
     fn weight(&self) -> usize {

@@ -13,7 +13,7 @@ impl CacheSession {
         tag: u8,
         frame: &[u8],
         whole: bool,
-        state: &SessionState,
+        state: &mut SessionState,
     ) -> bool {
         if self.ack.take_released() {
             // Seen already, when its hold began.
@@ -65,14 +65,11 @@ impl CacheSession {
         match tag {
             backend::COMMAND_COMPLETE
             | backend::EMPTY_QUERY_RESPONSE
-            | backend::PORTAL_SUSPENDED => self.on_completion(frame),
-            backend::ERROR_RESPONSE => self.on_error(),
+            | backend::PORTAL_SUSPENDED => self.on_completion(frame, state),
             backend::READY_FOR_QUERY => {
                 let status = Reader::body(frame).u8().unwrap_or(b'I');
-                // `state` has not seen this frame yet: idle after it when it is the last.
-                let idle_after = state.awaiting_ready() <= 1;
                 self.fingerprint.on_ready_for_query();
-                self.on_ready(status, idle_after);
+                self.on_ready(status, state);
             }
             backend::PARAMETER_STATUS => {
                 let mut r = Reader::body(frame);

@@ -7,7 +7,12 @@ use super::*;
 
 impl CacheSession {
     /// A complete client frame the relay is about to forward.
-    pub fn on_client_frame(&mut self, tag: u8, frame: &[u8], state: &SessionState) -> FrameAction {
+    pub fn on_client_frame(
+        &mut self,
+        tag: u8,
+        frame: &[u8],
+        state: &mut SessionState,
+    ) -> FrameAction {
         if tag != frontend::QUERY {
             // A wait's result belongs to the frame held for it (a Query takes it below, a
             // group in `on_group`); anything forwarded instead makes it stale.
@@ -16,34 +21,29 @@ impl CacheSession {
         match tag {
             frontend::QUERY => self.on_query(frame, state),
             frontend::PARSE => self.on_parse(frame),
-            frontend::BIND => self.on_bind(frame),
+            frontend::BIND => self.on_bind(frame, state),
             frontend::EXECUTE => {
                 let portal = Execute::read(frame).map_or(&b""[..], |e| e.portal);
-                let e = match self.tracker.portals.get(portal) {
-                    Some(Some(plan)) => Expect::Stmt {
+                let c = match self.tracker.portals.get(portal) {
+                    Some(Some(plan)) => Completion::Stmt {
                         plan: Arc::clone(plan),
                         index: 0,
                         context_seq: self.tracker.context_now(),
                     },
-                    _ => Expect::Unknown,
+                    _ => Completion::Unknown,
                 };
-                self.tracker.expect(e);
+                state.expect_completion(c);
                 FrameAction::Forward
             }
             frontend::CLOSE => {
                 self.on_close(frame);
                 FrameAction::Forward
             }
-            frontend::SYNC => {
-                self.tracker.expect(Expect::Ready);
-                FrameAction::Forward
-            }
             frontend::FUNCTION_CALL => {
                 // Runs a function by OID: effects and settings changes pgmemo cannot see
-                // (the bump waits for its ReadyForQuery).
+                // (the bump waits for its ReadyForQuery, see `on_ready`).
                 self.fingerprint.taint("FunctionCall message");
                 self.probe.needed = true;
-                self.tracker.expect(Expect::CallReady);
                 FrameAction::Forward
             }
             _ => FrameAction::Forward,
@@ -52,7 +52,7 @@ impl CacheSession {
 
     /// A simple Query: answered from the cache, held (plan, wait), or forwarded with its
     /// statements' completions expected in order.
-    pub(super) fn on_query(&mut self, frame: &[u8], state: &SessionState) -> FrameAction {
+    pub(super) fn on_query(&mut self, frame: &[u8], state: &mut SessionState) -> FrameAction {
         let sql = query_text(frame);
         let run_own = match self.held.take_waited() {
             Some(WaitResult::Hit(entry)) => {
@@ -79,24 +79,23 @@ impl CacheSession {
                 Looked::Forward => {}
             }
         }
-        // PostgreSQL drops the unnamed statement and portal at every simple Query.
-        self.tracker.statements.remove(&b""[..]);
+        // PostgreSQL drops the unnamed portal at every simple Query (the unnamed statement
+        // too: the session state marks it as it forwards the Query).
         self.tracker.portals.remove(&b""[..]);
         let context_seq = self.tracker.context_now();
         for index in 0..plan.stmts.len() {
-            self.tracker.expect(Expect::Stmt {
+            state.expect_completion(Completion::Stmt {
                 plan: Arc::clone(&plan),
                 index,
                 context_seq,
             });
         }
-        self.tracker.expect(Expect::Ready);
         FrameAction::Forward
     }
 
-    /// A Parse: its statement's plan is remembered under its name.
+    /// A Parse: forwarded with its statement's plan (the registry keeps it under its name).
     pub(super) fn on_parse(&mut self, frame: &[u8]) -> FrameAction {
-        let Some(Parse { name, sql, .. }) = Parse::read(frame) else {
+        let Some(Parse { sql, .. }) = Parse::read(frame) else {
             return FrameAction::Forward;
         };
         if let Some(hold) = self.side.hold(&self.app, sql) {
@@ -105,15 +104,12 @@ impl CacheSession {
         let Some(plan) = self.plan_for(sql) else {
             return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
         };
-        self.tracker
-            .statements
-            .insert(Bytes::copy_from_slice(name), plan);
-        FrameAction::Forward
+        FrameAction::ForwardParse(plan)
     }
 
     /// A Bind: the portal's plan (re-planned for a changed search_path or role), and
     /// pgmemo's own Describe behind it when a missed group's entry needs one.
-    pub(super) fn on_bind(&mut self, frame: &[u8]) -> FrameAction {
+    pub(super) fn on_bind(&mut self, frame: &[u8], state: &mut SessionState) -> FrameAction {
         if let Some(Bind {
             portal,
             statement: stmt,
@@ -122,7 +118,7 @@ impl CacheSession {
         {
             // A statement parsed under another search_path or role: PostgreSQL
             // re-parses it for the current one, and so does pgmemo.
-            let plan = match self.statement_plan(stmt) {
+            let plan = match self.statement_plan(stmt, state) {
                 Ok(plan) => Some(plan),
                 Err(Some(sql)) => return FrameAction::Hold(Hold::Plan(sql)),
                 Err(None) => None,
@@ -140,22 +136,14 @@ impl CacheSession {
         FrameAction::Forward
     }
 
-    /// A Close of a statement or portal: forgotten here too.
+    /// A Close of a portal: forgotten (a statement's Close is the registry's).
     pub(super) fn on_close(&mut self, frame: &[u8]) {
-        match Close::read(frame) {
-            Some(Close {
-                target: Target::Statement,
-                name,
-            }) => {
-                self.tracker.statements.remove(name);
-            }
-            Some(Close {
-                target: Target::Portal,
-                name,
-            }) => {
-                self.tracker.portals.remove(name);
-            }
-            None => {}
+        if let Some(Close {
+            target: Target::Portal,
+            name,
+        }) = Close::read(frame)
+        {
+            self.tracker.portals.remove(name);
         }
     }
 }

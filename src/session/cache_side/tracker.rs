@@ -3,10 +3,11 @@
 //! the ReadyForQuery that ends an implicit transaction, or the CommandComplete of COMMIT /
 //! COMMIT AND CHAIN / COMMIT PREPARED — done before that frame is relayed. Writes in a block
 //! are kept across ROLLBACK TO SAVEPOINT (conservative) and dropped on ROLLBACK; PREPARE
-//! TRANSACTION parks them under the gid. A session that loses track (queue bound, an
-//! unexpected completion) bumps the epoch when its next transaction ends.
+//! TRANSACTION parks them under the gid. Which statement a completion belongs to is the
+//! session's one reply queue ([`crate::session::replies`]); a session that loses track of it
+//! (its bound, an unexpected reply) bumps the epoch when its transaction ends and re-reads
+//! its settings.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,37 +17,15 @@ use crate::cache::EpochCause;
 use crate::invalidation::{Source, Written};
 use crate::planner::plan::{Plan, StmtPlan};
 use crate::protocol::fields::Reader;
+use crate::session::replies::{Awaited, Completion, ReadyFor, Replies};
+use crate::session::state::SessionState;
 use crate::sql::{Class, DiscardKind, SessionChange, TxnControl};
 
-/// Completions awaited at most; past it the session loses track (conservative bumps).
-pub const MAX_EXPECTED: usize = 16_384;
 pub use super::named::MAX_NAMED;
 use super::named::Named;
 
-/// What the next completion from the upstream answers.
-#[derive(Debug)]
-pub enum Expect {
-    /// Statement `index` of `plan` (a simple Query's statement, or an Execute's).
-    /// `context_seq`: [`Tracker::context_seq`] when it was sent, or `None` if the session's
-    /// context was unknown then; its write tags are trusted only if the context has not moved
-    /// since (see [`Tracker::context_seq`]).
-    Stmt {
-        plan: Arc<Plan>,
-        index: usize,
-        context_seq: Option<u64>,
-    },
-    /// An Execute of a portal pgmemo cannot attribute.
-    Unknown,
-    /// The ReadyForQuery of a Query or Sync.
-    Ready,
-    /// The ReadyForQuery of a FunctionCall: the function ran (by OID: effects and settings
-    /// changes pgmemo cannot see) in the transaction this frame reports on.
-    CallReady,
-}
-
 #[derive(Debug, Default)]
 pub struct Tracker {
-    pub queue: VecDeque<Expect>,
     /// Written by the open transaction (explicit block or implicit one).
     pub txn: Written,
     /// DDL ran in the open transaction: catalog memos drop at commit.
@@ -54,13 +33,12 @@ pub struct Tracker {
     /// The oldest catalog generation the open transaction's bumped tags were resolved under
     /// (see `commit_txn`).
     pub txn_generation: Option<u64>,
-    /// Lost track: bump the epoch at the next transaction end, then resynchronise at idle.
-    pub lost: bool,
-    /// Statements by name as the client prepared them (frontend view, protocol Parse).
-    /// Bounded in entries and bytes, like the other two maps: a name not followed is
-    /// unknown, and executing it bumps the epoch.
-    pub statements: Named<Bytes, Arc<Plan>>,
-    /// Portals by name → the plan of the statement bound.
+    /// [`Replies::losses`] when last seen: a loss since is an unknown write and unknown
+    /// settings (see [`CacheSession::note_losses`]).
+    pub seen_losses: u64,
+    /// Portals by name → the plan of the statement bound (statements are the session
+    /// registry's). Bounded in entries and bytes: a name not followed is unknown, and
+    /// executing it bumps the epoch.
     pub portals: Named<Bytes, Option<Arc<Plan>>>,
     /// SQL `PREPARE name AS ...`: the effects of the prepared statement, and the id of the
     /// context they were resolved in.
@@ -90,38 +68,32 @@ fn setting_name(name: &str) -> String {
 }
 
 impl Tracker {
-    pub fn expect(&mut self, e: Expect) {
-        if self.queue.len() >= MAX_EXPECTED {
-            self.lose();
-            return;
-        }
-        self.queue.push_back(e);
-    }
-
     /// What an expected statement records of the context its plan was made for.
     pub fn context_now(&self) -> Option<u64> {
         (!self.context_unknown).then_some(self.context_seq)
     }
 
-    pub fn lose(&mut self) {
-        self.lost = true;
-        self.queue.clear();
-        self.txn.merge(&[], Some(EpochCause::Untracked));
-    }
-
-    /// Everything that may have been written and not bumped (the session is ending).
-    pub fn unsettled(&self) -> Written {
+    /// Everything that may have been written and not bumped (the session is ending), with
+    /// `replies` still awaited.
+    pub fn unsettled(&self, replies: &Replies) -> Written {
         let mut w = self.txn.clone();
-        for e in &self.queue {
-            match e {
-                Expect::Stmt { plan, index, .. } => {
+        if replies.losses() != self.seen_losses {
+            w.merge(&[], Some(EpochCause::Untracked));
+        }
+        for a in replies.iter() {
+            match a {
+                Awaited::Completion(Completion::Stmt { plan, index, .. }) => {
                     if let Some(s) = plan.stmts.get(*index) {
                         w.merge(&s.written.tags, s.written.epoch);
                     }
                 }
-                Expect::Unknown => w.merge(&[], Some(EpochCause::Untracked)),
-                Expect::CallReady => w.merge(&[], Some(EpochCause::SideEffects)),
-                Expect::Ready => {}
+                Awaited::Completion(Completion::Unknown) => {
+                    w.merge(&[], Some(EpochCause::Untracked))
+                }
+                Awaited::Ready(ReadyFor::FunctionCall) => {
+                    w.merge(&[], Some(EpochCause::SideEffects))
+                }
+                _ => {}
             }
         }
         w
@@ -165,10 +137,11 @@ fn command_tag(frame: &[u8]) -> &[u8] {
 
 impl CacheSession {
     /// A statement completed (CommandComplete, EmptyQueryResponse, PortalSuspended).
-    pub(super) fn on_completion(&mut self, frame: &[u8]) {
-        let next = self.tracker.queue.pop_front();
+    pub(super) fn on_completion(&mut self, frame: &[u8], state: &mut SessionState) {
+        let next = state.take_completion();
+        self.note_losses(state);
         match next {
-            Some(Expect::Stmt {
+            Some(Completion::Stmt {
                 plan,
                 index,
                 context_seq,
@@ -176,17 +149,31 @@ impl CacheSession {
                 // Planned for the context it runs in: its write tags name what it wrote.
                 let planned_here =
                     context_seq == Some(self.tracker.context_seq) && plan.context_id == self.cx_id;
-                self.apply_statement(&plan, index, frame, planned_here);
+                self.apply_statement(&plan, index, frame, planned_here, state);
             }
-            Some(Expect::Unknown) => {
+            Some(Completion::Unknown) => {
                 // A portal of a statement pgmemo did not see parsed (SQL PREPARE, or past
                 // the bound): its writes and its effect on settings are both unknown.
                 self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
                 self.taint_unseen("execution of a statement pgmemo did not plan");
                 self.move_context();
             }
-            Some(Expect::Ready | Expect::CallReady) | None => self.tracker.lose(),
+            None => {}
         }
+    }
+
+    /// The session lost track of its replies since this was last looked at: whatever ran
+    /// meanwhile may have written anything and changed any setting, so the open transaction
+    /// bumps the epoch when it ends and the settings are re-read before the next lookup.
+    pub(super) fn note_losses(&mut self, state: &SessionState) {
+        let losses = state.replies().losses();
+        if losses == self.tracker.seen_losses {
+            return;
+        }
+        self.tracker.seen_losses = losses;
+        self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
+        self.taint_unseen("lost track of the upstream's replies");
+        self.move_context();
     }
 
     /// What names resolve against may have changed (see [`Tracker::context_seq`]).
@@ -195,37 +182,23 @@ impl CacheSession {
         self.tracker.context_unknown = true;
     }
 
-    /// An ErrorResponse: the failed statement and the rest of its Query (or of its extended
-    /// group, up to Sync) do not run.
-    pub(super) fn on_error(&mut self) {
-        while let Some(front) = self.tracker.queue.front() {
-            if matches!(front, Expect::Ready | Expect::CallReady) {
-                break;
-            }
-            self.tracker.queue.pop_front();
-        }
-    }
-
-    /// A ReadyForQuery with transaction status `status`. Bumps an implicit transaction's
-    /// writes (status idle) before the frame is relayed.
-    pub(super) fn on_ready(&mut self, status: u8, idle_after: bool) {
-        match self.tracker.queue.pop_front() {
-            Some(Expect::Ready) | None => {}
-            Some(Expect::CallReady) => {
+    /// A ReadyForQuery with transaction status `status`, before `state` has seen it. Bumps
+    /// an implicit transaction's writes (status idle) before the frame is relayed.
+    pub(super) fn on_ready(&mut self, status: u8, state: &mut SessionState) {
+        match state.next_ready() {
+            Some(ReadyFor::FunctionCall) => {
                 // Applied here, not when the call was sent: a Query pipelined ahead of it
                 // commits (and bumps) first, before the function has run.
                 self.tracker.txn.merge(&[], Some(EpochCause::SideEffects));
                 self.move_context();
             }
-            Some(_) => self.tracker.lose(),
+            Some(_) => {}
+            // Not what is awaited: lost before the transaction it ends is settled.
+            None => state.mismatch(),
         }
+        self.note_losses(state);
         if status == b'I' {
             self.commit_txn();
-            if self.tracker.lost && idle_after {
-                // Nothing else is outstanding: completions line up again from here.
-                self.tracker.queue.clear();
-                self.tracker.lost = false;
-            }
         }
     }
 
@@ -303,7 +276,14 @@ impl CacheSession {
         self.tracker.txn_generation = None;
     }
 
-    fn apply_statement(&mut self, plan: &Plan, index: usize, frame: &[u8], planned_here: bool) {
+    fn apply_statement(
+        &mut self,
+        plan: &Plan,
+        index: usize,
+        frame: &[u8],
+        planned_here: bool,
+        state: &mut SessionState,
+    ) {
         let (Some(info), Some(sp)) = (plan.analysis.statements.get(index), plan.stmts.get(index))
         else {
             self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
@@ -337,7 +317,7 @@ impl CacheSession {
         match &info.class {
             Class::TransactionControl(tc) => self.apply_txn_control(tc, rolled_back),
             Class::SessionChange(change) => {
-                self.apply_session_change(change, sp, plan, planned_here)
+                self.apply_session_change(change, sp, plan, planned_here, state)
             }
             Class::Execute { name } => self.apply_sql_execute(name, planned_here),
             _ => {}
@@ -352,6 +332,7 @@ impl CacheSession {
         sp: &StmtPlan,
         plan: &Plan,
         planned_here: bool,
+        state: &mut SessionState,
     ) {
         self.probe.needed = true;
         if let SessionChange::Set { name, .. } | SessionChange::Reset { name: Some(name) } =
@@ -384,11 +365,11 @@ impl CacheSession {
             }
             SessionChange::Deallocate { name: Some(name) } => {
                 self.tracker.sql_prepared.remove(name);
-                self.tracker.statements.remove(name.as_bytes());
+                state.registry.deallocated(name.as_bytes());
             }
             SessionChange::Deallocate { name: None } | SessionChange::Discard(DiscardKind::All) => {
                 self.tracker.sql_prepared.clear();
-                self.tracker.statements.clear();
+                state.registry.deallocated_all();
             }
             _ => {}
         }

@@ -113,8 +113,10 @@ impl Relay<'_> {
             let rest = self.cbuf.get(pos..).unwrap_or_default();
             let frame = rest.get(..h.total).unwrap_or_default();
             let mut then = None;
+            let mut planned = None;
             match self.cache_side.on_client_frame(h.tag, frame, self.state) {
                 FrameAction::Forward => {}
+                FrameAction::ForwardParse(plan) => planned = Some(plan),
                 FrameAction::ForwardThen(extra) => then = Some(extra),
                 FrameAction::Answer(answer) => {
                     self.counters.simple.add(1);
@@ -130,7 +132,7 @@ impl Relay<'_> {
             // A statement only pgmemo holds is parsed upstream before the frame that names
             // it (the state expects the replay's reply first).
             let replay = self.state.replay_for(h.tag, frame);
-            self.state.on_frontend(h.tag, frame);
+            self.state.on_frontend(h.tag, frame, planned);
             if let Some(replay) = replay {
                 if pos > 0 {
                     self.to_upstream.push(self.cbuf.split_to(pos).freeze());
