@@ -406,3 +406,27 @@ async fn results_that_raise_a_notice_are_relayed_but_not_stored() {
         assert_eq!(notice.message(), "noisy 1", "run {i}");
     }
 }
+
+/// A text of only comments or whitespace (a connection pool's ping) runs nothing: PostgreSQL
+/// answers EmptyQueryResponse. It is not an unknown write (that invalidated every cached
+/// result: each ping emptied the cache) nor a reply pgmemo cannot place.
+#[tokio::test]
+async fn a_comment_only_ping_leaves_the_cache_alone() {
+    let s = stack().await;
+    let c = s.session(SUPERUSER).await;
+    let other = s.session(SUPERUSER).await;
+    let q = s.probe.q("SELECT id, v FROM kv ORDER BY id", None).await;
+    let want = kv_rows();
+    s.probe.assert_upstream(&other, &q, &want).await;
+    for ping in ["-- ping", ";", "/* ping */", ""] {
+        c.batch_execute(ping).await.expect("simple ping");
+        s.probe.assert_hit(&other, &q, &want).await;
+        s.probe.assert_hit(&c, &q, &want).await;
+    }
+    let ping = c.prepare("-- ping").await.expect("prepare the ping");
+    for _ in 0..2 {
+        assert!(c.query(&ping, &[]).await.expect("extended ping").is_empty());
+        s.probe.assert_hit(&other, &q, &want).await;
+        s.probe.assert_hit(&c, &q, &want).await;
+    }
+}

@@ -62,14 +62,20 @@ impl Statement {
             .filter_map(|c| <[u8; 4]>::try_from(c).ok())
             .map(u32::from_be_bytes)
     }
+}
 
-    fn weight(&self, name: &[u8]) -> usize {
-        name.len()
-            + self.query.len()
-            + self.param_types.len()
-            + self.plan.as_deref().map_or(0, Plan::weight)
-            + ENTRY_OVERHEAD
-    }
+/// What an entry holds: its name, text, parameter types, plan and a frame kept to replay.
+fn weight(name: &[u8], stmt: &Statement, held: &Held) -> usize {
+    let frame = match held {
+        Held::Local(f) | Held::Replaying(_, f) => f.len(),
+        Held::Sent(_) | Held::Upstream => 0,
+    };
+    name.len()
+        + stmt.query.len()
+        + stmt.param_types.len()
+        + stmt.plan.as_deref().map_or(0, Plan::weight)
+        + frame
+        + ENTRY_OVERHEAD
 }
 
 /// Where PostgreSQL stands on a statement.
@@ -143,29 +149,54 @@ impl Registry {
         self.overflowed = true;
     }
 
-    /// A client's Parse of `stmt` as `name` is forwarded; returns its number. The unnamed
-    /// statement is replaced at once (PostgreSQL drops it as the Parse starts); a named one
-    /// if the name is free or being closed. A name PostgreSQL holds stays as it is (the
-    /// Parse is rejected as a duplicate); a name whose own Parse is still unanswered may end
-    /// up either way, so its plan is forgotten (its executions are then unknown writes).
-    pub fn sent(&mut self, name: &[u8], stmt: Statement) -> u64 {
+    /// The session lost track of its replies: what they confirmed or removed may have been
+    /// applied to the wrong names, so no plan here is trusted (executing any of these
+    /// statements is an unknown write) and the cache answers no Parse itself any more.
+    pub fn lost(&mut self) {
+        self.overflowed = true;
+        for e in self.map.values_mut() {
+            e.stmt.plan = None;
+        }
+        self.reweigh_all();
+    }
+
+    /// A client's Parse of `stmt` as `name` is forwarded; returns its number. `settled`:
+    /// every message sent before it is answered, so this registry is exact.
+    ///
+    /// The unnamed statement is replaced at once (PostgreSQL drops it as the Parse starts),
+    /// and so is a name that is free or that only pgmemo holds. A name PostgreSQL holds
+    /// stays as it is when settled (PostgreSQL rejects the Parse as a duplicate, 42P05).
+    /// Otherwise which statement a Bind of the name will run depends on replies not yet
+    /// seen (a Close or DEALLOCATE that an error may skip, a Parse that may fail): until the
+    /// ParseComplete says, the name has no plan, and executing it is an unknown write.
+    pub fn sent(&mut self, name: &[u8], mut stmt: Statement, settled: bool) -> u64 {
         let seq = self.take_seq();
-        match self.map.get_mut(name) {
-            Some(e) if !name.is_empty() && !e.closing => {
-                if matches!(e.held, Held::Sent(_)) {
-                    e.stmt.plan = None;
-                }
+        let kept = self
+            .map
+            .get(name)
+            .filter(|e| !name.is_empty() && !matches!(e.held, Held::Local(_)));
+        match kept {
+            None => self.insert(Bytes::copy_from_slice(name), stmt, Held::Sent(seq)),
+            Some(e) if e.closing => {
+                stmt.plan = None;
+                self.insert(Bytes::copy_from_slice(name), stmt, Held::Sent(seq));
             }
-            _ => self.insert(Bytes::copy_from_slice(name), stmt, Held::Sent(seq)),
+            Some(_) if settled => {}
+            Some(_) => self.update(name, |e| e.stmt.plan = None),
         }
         seq
     }
 
-    /// The ParseComplete of Parse `seq`: PostgreSQL holds `stmt` as `name`, whatever was
-    /// recorded of that name before.
+    /// The ParseComplete of Parse `seq`: PostgreSQL holds `stmt` (with its plan) as `name`,
+    /// whatever was recorded of that name before, unless a later Parse of the name is on
+    /// its way (it replaced this one, as PostgreSQL does, and its own reply decides).
     pub fn confirmed(&mut self, name: Bytes, seq: u64, stmt: Statement) {
-        match self.map.get_mut(&name) {
-            Some(e) if e.held.parse() == Some(seq) => e.held = Held::Upstream,
+        match self.map.get(&name).map(|e| e.held.parse()) {
+            Some(Some(s)) if s == seq => self.update(&name, |e| {
+                e.held = Held::Upstream;
+                e.stmt = stmt;
+            }),
+            Some(Some(_)) => {}
             _ => self.insert(name, stmt, Held::Upstream),
         }
     }
@@ -178,6 +209,7 @@ impl Registry {
         };
         match &e.held {
             Held::Sent(s) if *s == seq => self.remove(name),
+            // The same frame stays held: the weight does not change.
             Held::Replaying(s, frame) if *s == seq => e.held = Held::Local(frame.clone()),
             _ => {}
         }
@@ -246,17 +278,7 @@ impl Registry {
 
     /// Write tracking re-planned the statement (its search_path, role or catalog moved).
     pub fn set_plan(&mut self, name: &[u8], plan: Arc<Plan>) {
-        let Some(mut e) = self.map.remove(name) else {
-            return;
-        };
-        self.bytes = self.bytes.saturating_sub(e.weight);
-        e.stmt.plan = Some(plan);
-        let (name, held) = (Bytes::copy_from_slice(name), e.held.clone());
-        let closing = e.closing;
-        self.insert(name.clone(), e.stmt, held);
-        if let Some(e) = self.map.get_mut(&name) {
-            e.closing = closing;
-        }
+        self.update(name, |e| e.stmt.plan = Some(plan));
     }
 
     /// SQL `DEALLOCATE name` completed.
@@ -278,9 +300,36 @@ impl Registry {
         }
     }
 
+    /// Changes the entry of `name` in place. Past the byte bound it keeps no plan (the
+    /// statement stays: PostgreSQL holds it; its executions are unknown writes).
+    fn update(&mut self, name: &[u8], f: impl FnOnce(&mut Entry)) {
+        let Some(e) = self.map.get_mut(name) else {
+            return;
+        };
+        f(e);
+        let others = self.bytes.saturating_sub(e.weight);
+        let mut w = weight(name, &e.stmt, &e.held);
+        if others + w > MAX_STATEMENT_BYTES && e.stmt.plan.is_some() {
+            e.stmt.plan = None;
+            self.overflowed = true;
+            w = weight(name, &e.stmt, &e.held);
+        }
+        e.weight = w;
+        self.bytes = others + w;
+    }
+
+    fn reweigh_all(&mut self) {
+        let mut total = 0;
+        for (name, e) in self.map.iter_mut() {
+            e.weight = weight(name, &e.stmt, &e.held);
+            total += e.weight;
+        }
+        self.bytes = total;
+    }
+
     fn insert(&mut self, name: Bytes, stmt: Statement, held: Held) {
         self.remove(&name);
-        let weight = stmt.weight(&name);
+        let weight = weight(&name, &stmt, &held);
         let room = self.map.len() < MAX_STATEMENTS || name.is_empty();
         if !room || self.bytes + weight > MAX_STATEMENT_BYTES {
             self.overflowed = true;

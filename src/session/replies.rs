@@ -70,6 +70,9 @@ pub enum Completion {
     },
     /// An Execute of a portal pgmemo cannot attribute.
     Unknown,
+    /// The EmptyQueryResponse of a text with no statement (a Query or Parse of only
+    /// comments or whitespace, as pool pings send): nothing ran.
+    Empty,
 }
 
 /// What a ReadyForQuery ends.
@@ -97,9 +100,13 @@ impl Awaited {
         )
     }
 
+    /// What a Parse entry holds of the client's bytes: name, text and parameter types
+    /// (a Parse may carry 65,535 of them).
     fn bytes(&self) -> usize {
         match self {
-            Awaited::Parse { stmt, .. } => stmt.query.len(),
+            Awaited::Parse { name, stmt, .. } => {
+                name.len() + stmt.query.len() + stmt.param_types.len()
+            }
             _ => 0,
         }
     }
@@ -151,13 +158,24 @@ impl Replies {
     }
 
     /// Replies no longer line up with entries: all but pgmemo's own replays at the head are
-    /// forgotten (their replies must still be swallowed).
+    /// forgotten (their replies must still be swallowed), and those forget their plans: what
+    /// a reply confirms while lost may belong to another message.
     pub fn lose(&mut self) {
         self.lost = true;
         self.losses = self.losses.wrapping_add(1);
         let keep = self.queue.iter().take_while(|a| a.injected()).count();
         self.queue.truncate(keep);
+        for a in &mut self.queue {
+            if let Awaited::Parse { stmt, .. } = a {
+                stmt.plan = None;
+            }
+        }
         self.bytes = self.queue.iter().map(Awaited::bytes).sum();
+    }
+
+    /// Nothing is awaited: every message sent so far is answered, and the registry is exact.
+    pub fn settled(&self) -> bool {
+        self.queue.is_empty() && !self.lost
     }
 
     /// Nothing is outstanding upstream: whatever is queued can be answered by nothing, and
@@ -200,7 +218,11 @@ mod tests {
         r.push(parse(None, 20));
         r.push(parse(Some(Injected::Lazy), 30));
         r.push(Awaited::Completion(Completion::Unknown));
-        assert_eq!(r.held_bytes(), 60);
+        assert_eq!(
+            r.held_bytes(),
+            60,
+            "text bytes (the test's names and types are empty)"
+        );
         r.lose();
         assert!(r.is_lost());
         assert_eq!(r.queued(), 2);

@@ -25,6 +25,7 @@ impl CacheSession {
             frontend::EXECUTE => {
                 let portal = Execute::read(frame).map_or(&b""[..], |e| e.portal);
                 let c = match self.tracker.portals.get(portal) {
+                    Some(Some(plan)) if plan.stmts.is_empty() => Completion::Empty,
                     Some(Some(plan)) => Completion::Stmt {
                         plan: Arc::clone(plan),
                         index: 0,
@@ -83,6 +84,10 @@ impl CacheSession {
         // too: the session state marks it as it forwards the Query).
         self.tracker.portals.remove(&b""[..]);
         let context_seq = self.tracker.context_now();
+        if plan.stmts.is_empty() {
+            // Only comments or whitespace: PostgreSQL answers EmptyQueryResponse.
+            state.expect_completion(Completion::Empty);
+        }
         for index in 0..plan.stmts.len() {
             state.expect_completion(Completion::Stmt {
                 plan: Arc::clone(&plan),

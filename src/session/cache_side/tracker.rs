@@ -77,7 +77,7 @@ impl Tracker {
     /// `replies` still awaited.
     pub fn unsettled(&self, replies: &Replies) -> Written {
         let mut w = self.txn.clone();
-        if replies.losses() != self.seen_losses {
+        if replies.losses() != self.seen_losses || replies.is_lost() {
             w.merge(&[], Some(EpochCause::Untracked));
         }
         for a in replies.iter() {
@@ -90,6 +90,7 @@ impl Tracker {
                 Awaited::Completion(Completion::Unknown) => {
                     w.merge(&[], Some(EpochCause::Untracked))
                 }
+                Awaited::Completion(Completion::Empty) => {}
                 Awaited::Ready(ReadyFor::FunctionCall) => {
                     w.merge(&[], Some(EpochCause::SideEffects))
                 }
@@ -158,22 +159,24 @@ impl CacheSession {
                 self.taint_unseen("execution of a statement pgmemo did not plan");
                 self.move_context();
             }
-            None => {}
+            Some(Completion::Empty) | None => {}
         }
     }
 
-    /// The session lost track of its replies since this was last looked at: whatever ran
-    /// meanwhile may have written anything and changed any setting, so the open transaction
-    /// bumps the epoch when it ends and the settings are re-read before the next lookup.
+    /// While the session has lost track of its replies, whatever completes may have written
+    /// anything: every transaction that ends then bumps the epoch. A loss since this was last
+    /// looked at may also have changed any setting: they are re-read before the next lookup
+    /// (which waits for the session to be idle, when replies line up again).
     pub(super) fn note_losses(&mut self, state: &SessionState) {
-        let losses = state.replies().losses();
-        if losses == self.tracker.seen_losses {
-            return;
+        let replies = state.replies();
+        if replies.is_lost() || replies.losses() != self.tracker.seen_losses {
+            self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
         }
-        self.tracker.seen_losses = losses;
-        self.tracker.txn.merge(&[], Some(EpochCause::Untracked));
-        self.taint_unseen("lost track of the upstream's replies");
-        self.move_context();
+        if replies.losses() != self.tracker.seen_losses {
+            self.tracker.seen_losses = replies.losses();
+            self.taint_unseen("lost track of the upstream's replies");
+            self.move_context();
+        }
     }
 
     /// What names resolve against may have changed (see [`Tracker::context_seq`]).
