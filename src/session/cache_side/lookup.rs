@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{CacheSession, Capture, HIT_TIMING_SAMPLE, Looked, WaitResult, hooks};
+use super::capture::Capture;
+use super::{CacheSession, HIT_TIMING_SAMPLE, Looked, WaitResult, hooks};
 use crate::cache::KeyInput;
 use crate::cache::tiers::TierLookup;
 use crate::planner::plan::{Plan, ReadPlan};

@@ -11,6 +11,7 @@
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
 pub mod ack;
+mod capture;
 mod extended;
 pub mod group;
 pub mod hooks;
@@ -29,12 +30,12 @@ mod wait;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use metrics::{Counter, Histogram};
 
-use crate::cache::{CacheKey, Entry, FillGuard, KeyCheck, Tag, VersionSnapshot};
+use crate::cache::Entry;
 use crate::cancel::CancelSignal;
 use crate::catalog::{CatalogError, SettingNames};
 use crate::context::AppContext;
@@ -47,6 +48,7 @@ use crate::session::fingerprint::Fingerprint;
 use crate::session::replies::Completion;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
+use capture::Capture;
 use probe::{ProbeReader, ProbeResult};
 use tracker::Tracker;
 
@@ -96,24 +98,6 @@ enum Looked {
     Wait(WaitFuture),
     /// Forward it (a miss being captured, or a bypass).
     Forward,
-}
-
-/// A missed read whose response is being captured.
-struct Capture {
-    guard: FillGuard,
-    snapshot: VersionSnapshot,
-    check: KeyCheck,
-    ttl: Duration,
-    tags: Box<[Tag]>,
-    /// The L2 key and check to store the result under too (with a shared tier).
-    l2: Option<(CacheKey, KeyCheck)>,
-    frames: BytesMut,
-    /// The last frame captured was a CommandComplete.
-    complete: bool,
-    started: Instant,
-    /// The server configuration generation the lookup ran under: a reload seen since makes
-    /// the session's fingerprint suspect, so the result is not stored.
-    config: u64,
 }
 
 struct Metrics {

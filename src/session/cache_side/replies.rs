@@ -3,6 +3,7 @@
 //! a missed read's response (captured, stored at its ReadyForQuery), completions and errors
 //! (write tracking), ParameterStatus (the fingerprint), and a held acknowledgement.
 
+use super::capture::{Capture, Step};
 use super::*;
 
 impl CacheSession {
@@ -87,51 +88,42 @@ impl CacheSession {
     }
 
     pub(super) fn capture_frame(&mut self, tag: u8, frame: &[u8], whole: bool) {
+        let max_entry = self.app.services.cache.max_entry_size();
         let Some(cap) = self.capture.as_mut() else {
             return;
         };
-        match tag {
-            backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE if whole => {
-                if cap.frames.len() + frame.len() > self.app.services.cache.max_entry_size() {
-                    // Too large to store: stop capturing (waiters run their own query).
-                    self.capture = None;
-                } else {
-                    cap.frames.extend_from_slice(frame);
-                    cap.complete = tag == backend::COMMAND_COMPLETE;
+        match cap.on_frame(tag, frame, whole, max_entry) {
+            Step::More => {}
+            Step::Abandon => self.capture = None,
+            Step::Done => {
+                if let Some(cap) = self.capture.take() {
+                    self.store(cap, frame);
                 }
             }
-            // Replies to the Parse and Bind of an extended group: relayed, not stored.
-            backend::PARSE_COMPLETE | backend::BIND_COMPLETE => {}
-            backend::READY_FOR_QUERY => {
-                let Some(cap) = self.capture.take() else {
-                    return;
-                };
-                self.metrics
-                    .upstream_seconds
-                    .record(cap.started.elapsed().as_secs_f64());
-                let config_current =
-                    cap.config == self.app.services.invalidator.config_generation();
-                // A cacheable read's functions are all IMMUTABLE (or STABLE under a rule):
-                // trusted to leave the settings alone while it runs, so its rows belong to
-                // the key taken at the lookup even if the session is re-probed after it.
-                if cap.complete && config_current && Reader::body(frame).u8() == Some(b'I') {
-                    let frames = cap.frames.freeze();
-                    self.app.services.tiers().put_shared(
-                        cap.l2,
-                        &cap.snapshot,
-                        frames.clone(),
-                        cap.ttl,
-                    );
-                    let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
-                    self.app
-                        .services
-                        .cache
-                        .complete(cap.guard, &cap.snapshot, entry);
-                }
-            }
-            // An error, a notice, a notification, a settings report, COPY, or a frame too
-            // large to hold: relayed, never stored.
-            _ => self.capture = None,
+        }
+    }
+
+    /// A captured response ended with the ReadyForQuery `ready`: stored in both tiers if it
+    /// is whole, the configuration did not move, and no transaction is open.
+    fn store(&mut self, cap: Capture, ready: &[u8]) {
+        self.metrics
+            .upstream_seconds
+            .record(cap.started.elapsed().as_secs_f64());
+        let config_current = cap.config == self.app.services.invalidator.config_generation();
+        // A cacheable read's functions are all IMMUTABLE (or STABLE under a rule): trusted
+        // to leave the settings alone while it runs, so its rows belong to the key taken at
+        // the lookup even if the session is re-probed after it.
+        if cap.complete && config_current && Reader::body(ready).u8() == Some(b'I') {
+            let frames = cap.frames.freeze();
+            self.app
+                .services
+                .tiers()
+                .put_shared(cap.l2, &cap.snapshot, frames.clone(), cap.ttl);
+            let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
+            self.app
+                .services
+                .cache
+                .complete(cap.guard, &cap.snapshot, entry);
         }
     }
 
