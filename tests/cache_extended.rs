@@ -666,3 +666,50 @@ async fn a_rejected_duplicate_parse_leaves_the_statement_postgres_keeps() {
         show(&after)
     );
 }
+
+/// COPY FROM STDIN through the extended protocol, as libpq sends it: a Sync right behind the
+/// Execute (read by PostgreSQL in copy-in mode, so ignored) and another after CopyDone. One
+/// ReadyForQuery answers both; a session that expected two was never idle again, and none
+/// of its later reads was looked up in the cache.
+#[tokio::test]
+async fn an_extended_copy_in_leaves_the_session_idle_for_the_cache() {
+    let s = stack().await;
+    let mut p = Pair::new(&s).await;
+    let mut copy = parse("", "COPY ext_kv FROM STDIN", &[]);
+    copy.extend(bind("", &[], false));
+    copy.extend(execute());
+    copy.extend(sync());
+    for (side, id) in [("pgmemo", "30"), ("direct", "31")] {
+        let stream = if side == "pgmemo" {
+            &mut p.proxy
+        } else {
+            &mut p.direct
+        };
+        stream.write_all(&copy).await.expect("send COPY");
+        let mut head = Vec::new();
+        loop {
+            match read_frame(stream, WAIT).await {
+                Read::Frame(f) if f[0] == b'G' => break,
+                Read::Frame(f) => head.push(f),
+                other => panic!("{side}: expected CopyInResponse, got {other:?}"),
+            }
+        }
+        assert_eq!(tags(&head), "12", "{side}: {}", show(&head));
+        let mut rest = frame(b'd', format!("{id}\tcopied\n").as_bytes());
+        rest.extend(frame(b'c', b""));
+        rest.extend(sync());
+        let done = exchange(stream, &rest, 1).await;
+        assert_eq!(tags(&done), "CZ", "{side}: {}", show(&done));
+    }
+    // Idle again: a repeated read through this session is a hit.
+    let row = group(Some(""), READ, "", &["30"], true);
+    let first = exchange(&mut p.proxy, &row, 1).await;
+    assert!(first.iter().any(|f| f.windows(6).any(|w| w == b"copied")));
+    let hits0 = s.metric("pgmemo_cache_hits_total");
+    exchange(&mut p.proxy, &row, 1).await;
+    assert_eq!(
+        s.metric("pgmemo_cache_hits_total") - hits0,
+        1.0,
+        "the session never became idle after the COPY"
+    );
+}

@@ -173,6 +173,21 @@ impl Replies {
         self.bytes = self.queue.iter().map(Awaited::bytes).sum();
     }
 
+    /// Removes the ReadyForQuery entries of Syncs queued right behind the head entry (the
+    /// statement now reading COPY data); returns how many.
+    pub fn drop_syncs_behind_head(&mut self) -> usize {
+        let n = self
+            .queue
+            .iter()
+            .skip(1)
+            .take_while(|a| matches!(a, Awaited::Ready(ReadyFor::Sync)))
+            .count();
+        if n > 0 {
+            self.queue.drain(1..1 + n);
+        }
+        n
+    }
+
     /// Nothing is awaited: every message sent so far is answered, and the registry is exact.
     pub fn settled(&self) -> bool {
         self.queue.is_empty() && !self.lost
