@@ -169,20 +169,20 @@ impl Registry {
     /// Otherwise which statement a Bind of the name will run depends on replies not yet
     /// seen (a Close or DEALLOCATE that an error may skip, a Parse that may fail): until the
     /// ParseComplete says, the name has no plan, and executing it is an unknown write.
-    pub fn sent(&mut self, name: &[u8], mut stmt: Statement, settled: bool) -> u64 {
+    pub fn sent(&mut self, name: Bytes, mut stmt: Statement, settled: bool) -> u64 {
         let seq = self.take_seq();
         let kept = self
             .map
-            .get(name)
+            .get(&name)
             .filter(|e| !name.is_empty() && !matches!(e.held, Held::Local(_)));
         match kept {
-            None => self.insert(Bytes::copy_from_slice(name), stmt, Held::Sent(seq)),
+            None => self.insert(name, stmt, Held::Sent(seq)),
             Some(e) if e.closing => {
                 stmt.plan = None;
-                self.insert(Bytes::copy_from_slice(name), stmt, Held::Sent(seq));
+                self.insert(name, stmt, Held::Sent(seq));
             }
             Some(_) if settled => {}
-            Some(_) => self.update(name, |e| e.stmt.plan = None),
+            Some(_) => self.update(&name, |e| e.stmt.plan = None),
         }
         seq
     }
@@ -218,14 +218,14 @@ impl Registry {
     /// A Parse pgmemo answered from the cache (its `frame`): the statement is the client's
     /// now. With `replay`, the frame goes upstream at once (numbered by the return value);
     /// without, it is kept until a forwarded message names the statement.
-    pub fn answered(&mut self, name: &[u8], stmt: Statement, frame: Bytes, replay: bool) -> u64 {
+    pub fn answered(&mut self, name: Bytes, stmt: Statement, frame: Bytes, replay: bool) -> u64 {
         let seq = self.take_seq();
         let held = if replay {
             Held::Replaying(seq, frame)
         } else {
             Held::Local(frame)
         };
-        self.insert(Bytes::copy_from_slice(name), stmt, held);
+        self.insert(name, stmt, held);
         seq
     }
 
@@ -238,14 +238,13 @@ impl Registry {
     /// The Parse to replay upstream for `name` if only pgmemo holds it: the statement is
     /// then on its way (numbered by the returned `u64`).
     pub fn replay(&mut self, name: &[u8]) -> Option<(Statement, Bytes, u64)> {
-        let seq = self.next_seq;
+        let seq = self.take_seq();
         let e = self.map.get_mut(name).filter(|e| !e.closing)?;
         let Held::Local(frame) = &e.held else {
             return None;
         };
         let frame = frame.clone();
         e.held = Held::Replaying(seq, frame.clone());
-        self.next_seq = self.next_seq.wrapping_add(1);
         Some((e.stmt.clone(), frame, seq))
     }
 

@@ -18,7 +18,7 @@ fn name(n: &'static str) -> Bytes {
 
 /// `s1` as PostgreSQL holds it, parsed and confirmed.
 fn held(r: &mut Registry, q: &'static str) {
-    let seq = r.sent(b"s1", stmt(q), true);
+    let seq = r.sent(Bytes::from_static(b"s1"), stmt(q), true);
     r.confirmed(name("s1"), seq, stmt(q));
 }
 
@@ -37,7 +37,7 @@ fn weight_of(name: &[u8], e: &Entry) -> usize {
 #[test]
 fn a_parse_is_the_clients_at_once_and_confirmed_by_its_reply() {
     let mut r = Registry::default();
-    let seq = r.sent(b"s1", stmt("select 1"), true);
+    let seq = r.sent(Bytes::from_static(b"s1"), stmt("select 1"), true);
     assert_eq!(sql_of(&r, b"s1").as_deref(), Some(&b"select 1"[..]));
     r.confirmed(name("s1"), seq, stmt("select 1"));
     r.closing(b"s1");
@@ -55,7 +55,7 @@ fn a_duplicate_parse_keeps_the_statement_postgres_keeps() {
     let mut r = Registry::default();
     held(&mut r, "update t set v = 1");
     // PostgreSQL rejects the second Parse: an Execute of s1 still runs the update.
-    let dup = r.sent(b"s1", stmt("select 1"), true);
+    let dup = r.sent(Bytes::from_static(b"s1"), stmt("select 1"), true);
     assert_eq!(
         sql_of(&r, b"s1").as_deref(),
         Some(&b"update t set v = 1"[..])
@@ -72,7 +72,7 @@ fn a_parse_behind_unanswered_messages_leaves_the_name_without_a_plan_until_its_r
     // A DEALLOCATE (or DISCARD, or an unanswered Parse) ahead may free the name.
     let mut r = Registry::default();
     held(&mut r, "select 1");
-    let again = r.sent(b"s1", stmt("update t set v = 1"), false);
+    let again = r.sent(Bytes::from_static(b"s1"), stmt("update t set v = 1"), false);
     assert!(r.get(b"s1").is_some());
     assert!(
         r.plan(b"s1").is_none(),
@@ -87,8 +87,8 @@ fn a_parse_behind_unanswered_messages_leaves_the_name_without_a_plan_until_its_r
 
     // Two Parses of one name in flight: the first failed, the second (after a Sync) holds.
     let mut r = Registry::default();
-    let first = r.sent(b"s1", stmt("select 1"), true);
-    let second = r.sent(b"s1", stmt("update t set v = 1"), false);
+    let first = r.sent(Bytes::from_static(b"s1"), stmt("select 1"), true);
+    let second = r.sent(Bytes::from_static(b"s1"), stmt("update t set v = 1"), false);
     assert!(r.plan(b"s1").is_none());
     r.failed(b"s1", first);
     r.confirmed(name("s1"), second, stmt("update t set v = 1"));
@@ -102,8 +102,8 @@ fn a_parse_behind_unanswered_messages_leaves_the_name_without_a_plan_until_its_r
 #[test]
 fn an_older_parse_complete_does_not_undo_a_newer_unnamed_parse() {
     let mut r = Registry::default();
-    let a = r.sent(b"", stmt("select * from big"), true);
-    let b = r.sent(b"", stmt("update t set v = 1"), false);
+    let a = r.sent(Bytes::from_static(b""), stmt("select * from big"), true);
+    let b = r.sent(Bytes::from_static(b""), stmt("update t set v = 1"), false);
     // A's reply arrives while B is still on its way: a Bind behind B runs B.
     r.confirmed(Bytes::new(), a, stmt("select * from big"));
     assert_eq!(sql_of(&r, b"").as_deref(), Some(&b"update t set v = 1"[..]));
@@ -114,12 +114,17 @@ fn an_older_parse_complete_does_not_undo_a_newer_unnamed_parse() {
 #[test]
 fn a_failed_parse_removes_what_it_created_and_a_failed_replay_is_local_again() {
     let mut r = Registry::default();
-    let seq = r.sent(b"", stmt("selec"), true);
+    let seq = r.sent(Bytes::from_static(b""), stmt("selec"), true);
     r.failed(b"", seq);
     assert!(r.get(b"").is_none());
 
     let frame = Bytes::from_static(b"P...frame");
-    r.answered(b"", stmt("select 1"), frame.clone(), false);
+    r.answered(
+        Bytes::from_static(b""),
+        stmt("select 1"),
+        frame.clone(),
+        false,
+    );
     bytes_add_up(&r);
     let (_, replay, seq) = r.replay(b"").expect("only pgmemo holds it");
     assert_eq!(replay, frame);
@@ -138,7 +143,7 @@ fn a_parse_of_a_name_being_closed_has_its_plan_only_once_confirmed() {
     held(&mut r, "update t set v = 1");
     r.closing(b"s1");
     // An error may yet skip the Close, and PostgreSQL would then reject this Parse.
-    let again = r.sent(b"s1", stmt("select 2"), false);
+    let again = r.sent(Bytes::from_static(b"s1"), stmt("select 2"), false);
     assert!(r.get(b"s1").is_some());
     assert!(r.plan(b"s1").is_none());
     r.closed(b"s1");
@@ -153,7 +158,7 @@ fn a_parse_of_a_name_being_closed_has_its_plan_only_once_confirmed() {
     let mut r = Registry::default();
     held(&mut r, "update t set v = 1");
     r.closing(b"s1");
-    let again = r.sent(b"s1", stmt("select 2"), false);
+    let again = r.sent(Bytes::from_static(b"s1"), stmt("select 2"), false);
     r.failed(b"s1", again);
     assert!(
         r.get(b"s1").is_none(),
@@ -169,7 +174,12 @@ fn a_skipped_close_leaves_the_statement() {
     r.close_skipped(b"s1");
     assert!(r.get(b"s1").is_some());
     // A local statement's Close forgets it: it never was upstream.
-    r.answered(b"", stmt("select 2"), Bytes::from_static(b"P"), false);
+    r.answered(
+        Bytes::from_static(b""),
+        stmt("select 2"),
+        Bytes::from_static(b"P"),
+        false,
+    );
     r.closing(b"");
     assert!(r.get(b"").is_none());
     assert_eq!(r.len(), 1);
@@ -179,8 +189,13 @@ fn a_skipped_close_leaves_the_statement() {
 fn a_parse_of_a_name_only_pgmemo_holds_replaces_it() {
     // (Its replay is skipped while tracking is lost: PostgreSQL does not hold it.)
     let mut r = Registry::default();
-    r.answered(b"s1", stmt("select 1"), Bytes::from_static(b"P"), false);
-    r.sent(b"s1", stmt("update t set v = 1"), false);
+    r.answered(
+        Bytes::from_static(b"s1"),
+        stmt("select 1"),
+        Bytes::from_static(b"P"),
+        false,
+    );
+    r.sent(Bytes::from_static(b"s1"), stmt("update t set v = 1"), false);
     assert_eq!(
         sql_of(&r, b"s1").as_deref(),
         Some(&b"update t set v = 1"[..])
@@ -191,7 +206,7 @@ fn a_parse_of_a_name_only_pgmemo_holds_replaces_it() {
 fn deallocate_all_leaves_the_unnamed_statement() {
     let mut r = Registry::default();
     for n in [&b"a"[..], b"b", b""] {
-        let seq = r.sent(n, stmt("select 1"), true);
+        let seq = r.sent(Bytes::copy_from_slice(n), stmt("select 1"), true);
         r.confirmed(Bytes::copy_from_slice(n), seq, stmt("select 1"));
     }
     r.deallocated(b"a");
@@ -207,7 +222,12 @@ fn deallocate_all_leaves_the_unnamed_statement() {
 fn a_loss_forgets_every_plan() {
     let mut r = Registry::default();
     held(&mut r, "update t set v = 1");
-    r.answered(b"", stmt("select 1"), Bytes::from_static(b"P"), false);
+    r.answered(
+        Bytes::from_static(b""),
+        stmt("select 1"),
+        Bytes::from_static(b"P"),
+        false,
+    );
     r.lost();
     assert!(r.overflowed());
     assert!(r.get(b"s1").is_some());
@@ -219,7 +239,7 @@ fn a_loss_forgets_every_plan() {
 #[test]
 fn a_new_plan_is_set_in_place_and_the_bytes_follow() {
     let mut r = Registry::default();
-    let seq = r.sent(b"s1", stmt("select 1"), true);
+    let seq = r.sent(Bytes::from_static(b"s1"), stmt("select 1"), true);
     r.closing(b"s1");
     r.set_plan(b"s1", Arc::new(Plan::for_tests("select 1 -- again")));
     assert!(r.get(b"s1").is_none(), "still being closed");
@@ -234,7 +254,11 @@ fn a_new_plan_is_set_in_place_and_the_bytes_follow() {
     // No room for a plan: the statement stays (PostgreSQL holds it), planless.
     let mut r = Registry::default();
     let big = Bytes::from(vec![b'x'; MAX_STATEMENT_BYTES - 4096]);
-    let seq = r.sent(b"", Statement::new(&big, &[], None), true);
+    let seq = r.sent(
+        Bytes::from_static(b""),
+        Statement::new(&big, &[], None),
+        true,
+    );
     r.confirmed(Bytes::new(), seq, Statement::new(&big, &[], None));
     r.set_plan(b"", Arc::new(Plan::for_tests(&"y".repeat(8192))));
     assert!(r.get(b"").is_some());
@@ -248,21 +272,25 @@ fn bounded_in_entries_and_bytes_but_the_unnamed_always_fits() {
     let mut r = Registry::default();
     for i in 0..MAX_STATEMENTS + 5 {
         r.sent(
-            format!("s{i}").as_bytes(),
+            Bytes::from(format!("s{i}")),
             Statement::new(b"select 1", &[], None),
             true,
         );
     }
     assert_eq!(r.len(), MAX_STATEMENTS);
     assert!(r.overflowed());
-    r.sent(b"", Statement::new(b"select 1", &[], None), true);
+    r.sent(
+        Bytes::from_static(b""),
+        Statement::new(b"select 1", &[], None),
+        true,
+    );
     assert_eq!(r.len(), MAX_STATEMENTS + 1);
 
     let mut r = Registry::default();
     let big = vec![b'x'; 1024 * 1024];
     for i in 0..40 {
         r.sent(
-            format!("s{i}").as_bytes(),
+            Bytes::from(format!("s{i}")),
             Statement::new(&big, &[], None),
             true,
         );
@@ -273,8 +301,18 @@ fn bounded_in_entries_and_bytes_but_the_unnamed_always_fits() {
     // A frame kept for a replay counts too.
     let mut r = Registry::default();
     let frame = Bytes::from(vec![b'P'; 20 * 1024 * 1024]);
-    r.answered(b"a", Statement::new(&big, &[], None), frame.clone(), false);
-    r.answered(b"b", Statement::new(&big, &[], None), frame, false);
+    r.answered(
+        Bytes::from_static(b"a"),
+        Statement::new(&big, &[], None),
+        frame.clone(),
+        false,
+    );
+    r.answered(
+        Bytes::from_static(b"b"),
+        Statement::new(&big, &[], None),
+        frame,
+        false,
+    );
     assert_eq!(r.len(), 1);
     bytes_add_up(&r);
 }

@@ -155,9 +155,10 @@ impl SessionState {
                         let plan = plan.filter(|_| !self.replies.is_lost());
                         let stmt = Statement::new(p.sql, p.param_types, plan);
                         let settled = self.replies.settled();
-                        let seq = self.registry.sent(p.name, stmt.clone(), settled);
+                        let name = Bytes::copy_from_slice(p.name);
+                        let seq = self.registry.sent(name.clone(), stmt.clone(), settled);
                         self.expect(Awaited::Parse {
-                            name: Bytes::copy_from_slice(p.name),
+                            name,
                             seq,
                             stmt,
                             injected: None,
@@ -363,16 +364,19 @@ impl SessionState {
         frame: Bytes,
     ) -> Option<Bytes> {
         if name.is_empty() {
-            self.registry.answered(name, stmt, frame, false);
+            self.registry.answered(Bytes::new(), stmt, frame, false);
             return None;
         }
         let mut replay = bytes::BytesMut::with_capacity(frame.len() + SYNC_FRAME.len());
         replay.extend_from_slice(&frame);
         replay.extend_from_slice(SYNC_FRAME);
-        let seq = self.registry.answered(name, stmt.clone(), frame, true);
+        let name = Bytes::copy_from_slice(name);
+        let seq = self
+            .registry
+            .answered(name.clone(), stmt.clone(), frame, true);
         metrics::counter!(names::STATEMENT_REPLAYS, "kind" => "eager").increment(1);
         self.expect(Awaited::Parse {
-            name: Bytes::copy_from_slice(name),
+            name,
             seq,
             stmt,
             injected: Some(Injected::Eager),
