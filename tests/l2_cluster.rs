@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::RedisCluster;
-use pgmemo::cache::Tag;
+use pgmemo::cache::{Dep, Tag};
 use pgmemo::cache::key::{CacheKey, KeyCheck, KeySecret};
 use pgmemo::cache::l2::envelope::Sealed;
 use pgmemo::cache::l2::store::{L2Settings, L2Store};
@@ -26,7 +26,7 @@ async fn conn(c: &RedisCluster) -> ClusterConnection {
         .expect("cluster connection")
 }
 
-const T: Tag = Tag { db: 1, rel: 42 };
+const T: Dep = Dep::Table(Tag { db: 1, rel: 42 });
 
 #[tokio::test]
 async fn versions_and_results_work_across_a_three_master_cluster() {

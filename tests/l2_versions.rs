@@ -10,11 +10,11 @@ mod common;
 use std::time::Duration;
 
 use common::RedisServer;
-use pgmemo::cache::Tag;
+use pgmemo::cache::{Dep, Tag};
 use pgmemo::cache::l2::versions::{SharedVersions, VersionsError, parse_bump_message};
 
-const T1: Tag = Tag { db: 5, rel: 100 };
-const T2: Tag = Tag { db: 5, rel: 200 };
+const T1: Dep = Dep::Table(Tag { db: 5, rel: 100 });
+const T2: Dep = Dep::Table(Tag { db: 5, rel: 200 });
 
 async fn conn(r: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(r.url())
@@ -45,7 +45,7 @@ async fn bumps_are_shared_and_counters_never_revive_after_a_flush_or_restart() {
 
     let announced = v.bump(&mut b, &[T1], false).await.expect("bump");
     assert_eq!(announced.generation, s0.generation);
-    assert_eq!((announced.epoch, announced.tags), (None, vec![(T1, 1)]));
+    assert_eq!((announced.epoch, announced.deps), (None, vec![(T1, 1)]));
     v.bump(&mut b, &[T1, T2], true).await.expect("bump");
     let s1 = v.snapshot(&mut a, &[T1, T2]).await.expect("snapshot");
     assert_eq!(
@@ -68,7 +68,7 @@ async fn bumps_are_shared_and_counters_never_revive_after_a_flush_or_restart() {
     r.command("DEL {pgmemo:test}:versions");
     let announced = v.bump(&mut a, &[T1], false).await.expect("bump");
     assert_ne!(announced.generation, s3.generation);
-    assert_eq!(announced.tags, vec![(T1, 1)]);
+    assert_eq!(announced.deps, vec![(T1, 1)]);
     let s4 = v
         .snapshot(&mut a, &[T1])
         .await
@@ -134,7 +134,7 @@ async fn an_evicting_policy_is_refused_and_bumps_are_announced() {
     let payload: String = msg.get_payload().expect("text");
     let bump = parse_bump_message(&payload).expect("well-formed");
     assert_eq!(bump.epoch, Some(1));
-    assert_eq!(bump.tags, vec![(T1, 1), (T2, 1)]);
+    assert_eq!(bump.deps, vec![(T1, 1), (T2, 1)]);
 }
 
 #[tokio::test]

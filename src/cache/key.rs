@@ -14,12 +14,14 @@ use siphasher::sip::SipHasher13 as Sip64;
 use siphasher::sip128::{Hasher128, SipHasher13 as Sip128};
 
 use super::l2::versions::SharedSnapshot;
-use super::versions::VersionSnapshot;
+use super::versions::{Dep, VersionSnapshot};
 
 /// Domain separation for the derived sub-keys: changing the key layout means changing these,
 /// so keys from an older layout (e.g. in a shared L2) can never be mistaken for new ones.
-const KEY_DOMAIN: &[u8] = b"pgmemo/cache-key/v2";
-const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v2";
+const KEY_DOMAIN: &[u8] = b"pgmemo/cache-key/v3";
+const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v3";
+/// The row-stripe sub-key (see [`super::rows`]).
+const STRIPE_DOMAIN: &[u8] = b"pgmemo/row-stripe/v1";
 
 /// Marker bytes for a parameter: NULL has no length, a value is followed by its length.
 const PARAM_NULL: u8 = 0;
@@ -42,6 +44,8 @@ pub enum SecretError {
 pub struct KeySecret {
     key: (u64, u64),
     check: (u64, u64),
+    /// Key of the row-stripe hash (every instance sharing a tier must agree on stripes).
+    stripe: (u64, u64),
     /// Key of the L2 envelopes' HMAC (see `envelope`).
     envelope: [u8; 32],
 }
@@ -60,8 +64,14 @@ impl KeySecret {
         Self {
             key: derive(KEY_DOMAIN),
             check: derive(CHECK_DOMAIN),
+            stripe: derive(STRIPE_DOMAIN),
             envelope,
         }
+    }
+
+    /// The stripe of row `key` of `tag` (see [`super::rows`]).
+    pub fn stripe(&self, tag: super::Tag, key: &super::RowKey) -> super::Stripe {
+        key.stripe(self.stripe, tag)
     }
 
     /// Parses 32 hexadecimal digits (as a config file would carry the secret).
@@ -311,9 +321,8 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
         let mut key_end = None;
         match tier {
             Tier::L2 => {
-                for (tag, _) in versions {
-                    feed.raw(&tag.db.to_le_bytes());
-                    feed.raw(&tag.rel.to_le_bytes());
+                for (dep, _) in versions {
+                    feed.dep(*dep);
                 }
                 key_end = Some(feed.buf.len());
                 if let Some(shared) = self.shared {
@@ -328,9 +337,8 @@ impl<'a, B: AsRef<[u8]>> KeyInput<'a, B> {
                 }
             }
             Tier::L1 => {
-                for (tag, version) in versions {
-                    feed.raw(&tag.db.to_le_bytes());
-                    feed.raw(&tag.rel.to_le_bytes());
+                for (dep, version) in versions {
+                    feed.dep(*dep);
                     feed.raw(&version.to_le_bytes());
                 }
                 feed.raw(&self.snapshot.epoch().to_le_bytes());
@@ -385,6 +393,22 @@ impl Feed<'_> {
     fn bytes(&mut self, bytes: &[u8]) {
         self.len(bytes.len());
         self.raw(bytes);
+    }
+
+    /// A dependency: its kind, then its relation or stripe (fixed width).
+    fn dep(&mut self, dep: Dep) {
+        match dep {
+            Dep::Table(tag) | Dep::Wide(tag) => {
+                self.raw(&[if matches!(dep, Dep::Table(_)) { 0 } else { 1 }]);
+                self.raw(&tag.db.to_le_bytes());
+                self.raw(&tag.rel.to_le_bytes());
+            }
+            Dep::Row(stripe) => {
+                self.raw(&[2]);
+                self.raw(&stripe.to_le_bytes());
+                self.raw(&[0; 4]);
+            }
+        }
     }
 }
 

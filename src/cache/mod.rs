@@ -22,6 +22,7 @@ pub mod front;
 pub mod key;
 pub mod l1;
 pub mod l2;
+pub mod rows;
 pub mod stats;
 pub mod tiers;
 pub mod versions;
@@ -34,7 +35,8 @@ pub use fill::{FillGuard, FillWaiter, WaitOutcome};
 pub use key::{CacheKey, KeyCheck, KeyInput, KeySecret, SecretError};
 pub use l1::InsertOutcome;
 pub use stats::CacheStats;
-pub use versions::{EpochCause, Tag, VersionSnapshot, Versions};
+pub use rows::{RowKey, Stripe};
+pub use versions::{Dep, EpochCause, Tag, VersionSnapshot, Versions};
 
 use fill::{Begin, Fills};
 use l1::L1;
@@ -152,6 +154,11 @@ impl Cache {
     /// The version table, for snapshots (sessions) and bumps (every invalidation source).
     pub fn versions(&self) -> &Arc<Versions> {
         &self.versions
+    }
+
+    /// This deployment's secret (row stripes are keyed with it too).
+    pub fn secret(&self) -> &KeySecret {
+        &self.secret
     }
 
     /// The key and check of `input` under this deployment's secret.

@@ -27,7 +27,9 @@ use super::VersionSnapshot;
 use super::l2::envelope::{Sealed, now_unix_ms};
 use super::l2::tier::{Consistency, SharedTier};
 use super::l2::versions::SharedSnapshot;
-use super::{Cache, CacheKey, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag};
+use super::{
+    Cache, CacheKey, Dep, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag,
+};
 
 /// The answer of one lookup over the tiers.
 pub enum TierLookup {
@@ -55,7 +57,7 @@ pub type SharedRead = Pin<Box<dyn Future<Output = SharedReady> + Send>>;
 #[derive(Debug)]
 pub struct SharedReady {
     /// The tags read (sorted), to check the lookup still keys on the same ones.
-    tags: Arc<[Tag]>,
+    tags: Arc<[Dep]>,
     /// `None`: Redis could not be asked (down, slow, breaker open, unusable).
     counters: Option<SharedSnapshot>,
     /// After an L1 miss: what the L2 held under `key`.
@@ -186,7 +188,7 @@ impl Tiers<'_> {
         let Some(tier) = self.shared else {
             return SharedPlan::Off;
         };
-        let tags: Arc<[Tag]> = snapshot.versions().iter().map(|(t, _)| *t).collect();
+        let tags: Arc<[Dep]> = snapshot.versions().iter().map(|(d, _)| *d).collect();
         let reads_ok = tier.l2_reads_allowed();
         if let Some(r) = ready.filter(|r| r.tags == tags) {
             return match r.counters {
@@ -249,7 +251,7 @@ impl Tiers<'_> {
         key: CacheKey,
     ) -> Option<SharedRead> {
         let tier = Arc::clone(self.shared?);
-        let tags: Arc<[Tag]> = snapshot.versions().iter().map(|(t, _)| *t).collect();
+        let tags: Arc<[Dep]> = snapshot.versions().iter().map(|(d, _)| *d).collect();
         Some(Box::pin(async move {
             let entry = tier.get(key).await;
             SharedReady {
@@ -284,7 +286,7 @@ fn promoted(sealed: Sealed, check: KeyCheck, snapshot: &VersionSnapshot) -> Opti
         let left = sealed.ttl_ms.checked_sub(age).filter(|l| *l > 0)?;
         Duration::from_millis(left)
     };
-    let tags: Box<[Tag]> = snapshot.versions().iter().map(|(t, _)| *t).collect();
+    let tags: Box<[Tag]> = snapshot.tags().into();
     Some(Entry::new(check, sealed.frames, ttl, tags))
 }
 

@@ -7,6 +7,14 @@
 //! - Store: a result is stored only if its snapshot [`is_current`](VersionSnapshot::is_current);
 //!   a result read before a bump can then never be stored under a post-bump key.
 //!
+//! Row-level invalidation (issue 18) adds two kinds of counters besides each relation's
+//! version ([`Dep::Table`], bumped by every write to it, what a read not pinned to rows
+//! depends on): its table-wide-write version ([`Dep::Wide`], bumped only by writes whose rows
+//! are not known by key) and a fixed array of row stripes ([`Dep::Row`], see
+//! [`super::rows`]). A read pinned to rows by their primary key depends on `Wide` and on its
+//! rows' stripes; a write with known rows bumps `Table` and those stripes. Every write that
+//! can change a pinned row thus moves one of the pinned read's counters.
+//!
 //! Counters are `u64` and only ever increase: at a billion bumps per second a counter would
 //! take 584 years to wrap, so wrapping is not handled. A tag never bumped has version 0 and
 //! takes no memory.
@@ -20,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::rows::{ROW_STRIPES, Stripe};
 use crate::telemetry::names;
 
 /// Number of shards of the tag table (a power of two). Bumps of different relations rarely
@@ -36,6 +45,27 @@ pub struct Tag {
     pub db: u32,
     /// Relation OID (`pg_class.oid`).
     pub rel: u32,
+}
+
+/// One counter a cached result depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dep {
+    /// Every write to the relation.
+    Table(Tag),
+    /// Writes to the relation whose affected rows are not known by key.
+    Wide(Tag),
+    /// Writes to rows whose (relation, key) hashes to this stripe.
+    Row(Stripe),
+}
+
+impl Dep {
+    /// The relation, for `Table` and `Wide`.
+    pub fn tag(self) -> Option<Tag> {
+        match self {
+            Self::Table(t) | Self::Wide(t) => Some(t),
+            Self::Row(_) => None,
+        }
+    }
 }
 
 /// Why the epoch was bumped (every cached result became unreachable). A metric label.
@@ -132,12 +162,17 @@ impl EpochCause {
     }
 }
 
-type Shard = RwLock<HashMap<Tag, AtomicU64>>;
+/// A relation's table and table-wide counters ([`Dep::Table`], [`Dep::Wide`]).
+type Counters = [AtomicU64; 2];
+
+type Shard = RwLock<HashMap<Tag, Counters>>;
 
 /// Per-tag versions and the global epoch, shared by every session and invalidation source.
 pub struct Versions {
     epoch: AtomicU64,
     shards: [Shard; SHARDS],
+    /// Row-version counters ([`Dep::Row`]), never cleared.
+    stripes: Box<[AtomicU64]>,
     /// Bound per shard: `max_tags / SHARDS`, at least 1.
     per_shard: usize,
     epoch_bumps: [metrics::Counter; EpochCause::ALL.len()],
@@ -152,12 +187,13 @@ impl std::fmt::Debug for Versions {
     }
 }
 
-/// The epoch and the versions of a statement's tags, read before the statement is forwarded.
+/// The epoch and the versions of a statement's dependencies, read before the statement is
+/// forwarded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionSnapshot {
     epoch: u64,
-    /// Sorted by tag, no duplicates: the key hashes them in this order.
-    versions: Box<[(Tag, u64)]>,
+    /// Sorted by dependency, no duplicates: the key hashes them in this order.
+    versions: Box<[(Dep, u64)]>,
 }
 
 impl VersionSnapshot {
@@ -166,9 +202,16 @@ impl VersionSnapshot {
         self.epoch
     }
 
-    /// Each tag with its version, sorted by tag.
-    pub fn versions(&self) -> &[(Tag, u64)] {
+    /// Each dependency with its version, sorted.
+    pub fn versions(&self) -> &[(Dep, u64)] {
         &self.versions
+    }
+
+    /// The relations among the dependencies (sorted, unique).
+    pub fn tags(&self) -> Vec<Tag> {
+        let mut tags: Vec<Tag> = self.versions.iter().filter_map(|(d, _)| d.tag()).collect();
+        tags.dedup();
+        tags
     }
 
     /// Whether no tag of the snapshot was bumped, and the epoch did not move, since it was
@@ -180,7 +223,7 @@ impl VersionSnapshot {
         let unchanged = self
             .versions
             .iter()
-            .all(|(tag, version)| versions.version(*tag) == *version);
+            .all(|(dep, version)| versions.version(*dep) == *version);
         // A tag-limit clear between the two epoch reads could make a dropped tag read 0 and
         // match a snapshot taken at 0; the epoch it bumped first gives it away here.
         unchanged && versions.epoch() == self.epoch
@@ -193,6 +236,7 @@ impl Versions {
         Self {
             epoch: AtomicU64::new(0),
             shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            stripes: (0..ROW_STRIPES).map(|_| AtomicU64::new(0)).collect(),
             per_shard: (max_tags / SHARDS).max(1),
             epoch_bumps: EpochCause::ALL.map(
                 |cause| metrics::counter!(names::CACHE_EPOCH_BUMPS, "cause" => cause.as_str()),
@@ -205,29 +249,52 @@ impl Versions {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// The current version of one tag (0 if never bumped in this epoch's table).
-    pub fn version(&self, tag: Tag) -> u64 {
-        read(self.shard(tag))
-            .get(&tag)
-            .map_or(0, |v| v.load(Ordering::SeqCst))
+    /// The current version of one dependency (0 if never bumped in this epoch's table).
+    pub fn version(&self, dep: Dep) -> u64 {
+        match dep {
+            Dep::Row(stripe) => self.stripe(stripe).map_or(0, |c| c.load(Ordering::SeqCst)),
+            Dep::Table(tag) | Dep::Wide(tag) => {
+                let slot = usize::from(matches!(dep, Dep::Wide(_)));
+                read(self.shard(tag))
+                    .get(&tag)
+                    .and_then(|c| c.get(slot))
+                    .map_or(0, |v| v.load(Ordering::SeqCst))
+            }
+        }
     }
 
-    /// How many tags are held.
+    /// The version of a relation's table counter.
+    pub fn table_version(&self, tag: Tag) -> u64 {
+        self.version(Dep::Table(tag))
+    }
+
+    fn stripe(&self, stripe: Stripe) -> Option<&AtomicU64> {
+        self.stripes.get(stripe as usize)
+    }
+
+    /// How many relations have counters held.
     pub fn tag_count(&self) -> usize {
         self.shards.iter().map(|s| read(s).len()).sum()
     }
 
-    /// Reads the epoch and the version of each tag (I1: before forwarding the statement).
-    /// The result is consistent: if a tag-limit clear ran while the tags were read, the epoch
-    /// moved and the read is retried, so a snapshot never mixes two tables.
+    /// Reads the epoch and the table version of each tag (I1: before forwarding the
+    /// statement): what a read not pinned to rows depends on.
     pub fn snapshot(&self, tags: &[Tag]) -> VersionSnapshot {
-        let mut sorted: Vec<(Tag, u64)> = tags.iter().map(|t| (*t, 0)).collect();
+        let deps: Vec<Dep> = tags.iter().map(|t| Dep::Table(*t)).collect();
+        self.snapshot_deps(&deps)
+    }
+
+    /// Reads the epoch and the version of each dependency (I1). The result is consistent:
+    /// if a tag-limit clear ran while they were read, the epoch moved and the read is
+    /// retried, so a snapshot never mixes two tables.
+    pub fn snapshot_deps(&self, deps: &[Dep]) -> VersionSnapshot {
+        let mut sorted: Vec<(Dep, u64)> = deps.iter().map(|d| (*d, 0)).collect();
         sorted.sort_unstable_by_key(|(t, _)| *t);
         sorted.dedup_by_key(|(t, _)| *t);
         loop {
             let before = self.epoch();
-            for (tag, version) in &mut sorted {
-                *version = self.version(*tag);
+            for (dep, version) in &mut sorted {
+                *version = self.version(*dep);
             }
             if self.epoch() == before {
                 return VersionSnapshot {
@@ -238,28 +305,61 @@ impl Versions {
         }
     }
 
-    /// Increments the version of every tag (I2: after the commit is reported, before its
-    /// acknowledgement is relayed). Bumps are never lost: each is one atomic increment.
+    /// A write to every row of each tag (I2: after the commit is reported, before its
+    /// acknowledgement is relayed): bumps its table and table-wide counters. Bumps are never
+    /// lost: each is one atomic increment.
     pub fn bump(&self, tags: &[Tag]) {
         for tag in tags {
-            self.bump_one(*tag);
+            self.bump_one(Dep::Table(*tag));
+            self.bump_one(Dep::Wide(*tag));
         }
     }
 
-    fn bump_one(&self, tag: Tag) {
+    /// A write to known rows (I2): bumps each row's table counter and its stripe, not the
+    /// table-wide counter.
+    pub fn bump_rows(&self, rows: &[(Tag, Stripe)]) {
+        for (tag, stripe) in rows {
+            self.bump_one(Dep::Table(*tag));
+            self.bump_one(Dep::Row(*stripe));
+        }
+    }
+
+    /// Bumps exactly these counters (a shared tier's announcement, applied to a mirror).
+    pub fn bump_deps(&self, deps: &[Dep]) {
+        for dep in deps {
+            self.bump_one(*dep);
+        }
+    }
+
+    fn bump_one(&self, dep: Dep) {
+        let (tag, slot) = match dep {
+            Dep::Row(stripe) => {
+                if let Some(c) = self.stripe(stripe) {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+                return;
+            }
+            Dep::Table(tag) => (tag, 0),
+            Dep::Wide(tag) => (tag, 1),
+        };
         let shard = self.shard(tag);
-        if let Some(v) = read(shard).get(&tag) {
-            v.fetch_add(1, Ordering::SeqCst);
+        let bump = |c: &Counters| {
+            if let Some(v) = c.get(slot) {
+                v.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        if let Some(c) = read(shard).get(&tag) {
+            bump(c);
             return;
         }
         {
             let mut map = write(shard);
-            if let Some(v) = map.get(&tag) {
-                v.fetch_add(1, Ordering::SeqCst);
+            if let Some(c) = map.get(&tag) {
+                bump(c);
                 return;
             }
             if map.len() < self.per_shard {
-                map.insert(tag, AtomicU64::new(1));
+                bump(map.entry(tag).or_default());
                 return;
             }
         }
@@ -267,10 +367,7 @@ impl Versions {
         // re-checking the bound, so a bump always completes. Other threads may insert in
         // between, so a shard can exceed its bound by at most one tag per bumping thread.
         self.clear_tags();
-        let mut map = write(shard);
-        map.entry(tag)
-            .or_insert_with(|| AtomicU64::new(0))
-            .fetch_add(1, Ordering::SeqCst);
+        bump(write(shard).entry(tag).or_default());
     }
 
     /// Bumps the epoch: every key computed before is unreachable. Returns the new epoch.
@@ -284,7 +381,7 @@ impl Versions {
     /// Drops every tag under a new epoch. All shard write locks are held while the epoch moves
     /// and the tables are cleared, so no snapshot can read the new epoch with old versions.
     fn clear_tags(&self) {
-        let mut guards: Vec<RwLockWriteGuard<'_, HashMap<Tag, AtomicU64>>> =
+        let mut guards: Vec<RwLockWriteGuard<'_, HashMap<Tag, Counters>>> =
             self.shards.iter().map(write).collect();
         self.bump_epoch(EpochCause::TagLimit);
         for map in &mut guards {
@@ -305,11 +402,11 @@ impl Versions {
 
 /// A poisoned shard only means a thread panicked while holding it; the map of atomics is still
 /// a valid map (no operation leaves it half-updated), so carrying on is sound.
-fn read(shard: &Shard) -> RwLockReadGuard<'_, HashMap<Tag, AtomicU64>> {
+fn read(shard: &Shard) -> RwLockReadGuard<'_, HashMap<Tag, Counters>> {
     shard.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write(shard: &Shard) -> RwLockWriteGuard<'_, HashMap<Tag, AtomicU64>> {
+fn write(shard: &Shard) -> RwLockWriteGuard<'_, HashMap<Tag, Counters>> {
     shard.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -327,16 +424,20 @@ mod tests {
     fn bump_and_snapshot() {
         let v = Versions::new(DEFAULT_MAX_TAGS);
         let s0 = v.snapshot(&[T2, T1, T2]);
-        assert_eq!(s0.versions(), &[(T1, 0), (T2, 0)], "sorted, deduplicated");
+        assert_eq!(
+            s0.versions(),
+            &[(Dep::Table(T1), 0), (Dep::Table(T2), 0)],
+            "sorted, deduplicated"
+        );
         assert_eq!(s0.epoch(), 0);
         assert!(s0.is_current(&v));
 
         v.bump(&[T1]);
         assert!(!s0.is_current(&v));
-        assert_eq!(v.version(T1), 1);
-        assert_eq!(v.version(T3), 0, "same rel, other database");
+        assert_eq!(v.table_version(T1), 1);
+        assert_eq!(v.table_version(T3), 0, "same rel, other database");
         let s1 = v.snapshot(&[T1, T2]);
-        assert_eq!(s1.versions(), &[(T1, 1), (T2, 0)]);
+        assert_eq!(s1.versions(), &[(Dep::Table(T1), 1), (Dep::Table(T2), 0)]);
 
         // Bumping a tag the snapshot does not cover leaves it current.
         v.bump(&[T3]);
@@ -357,6 +458,35 @@ mod tests {
         );
     }
 
+    /// A pinned read depends on its rows and the table-wide counter: a write to another row
+    /// leaves it current, a write to its row or a write with unknown rows does not; a read
+    /// of the whole table follows every write.
+    #[test]
+    fn row_writes_move_their_rows_and_the_table_but_not_the_wide_counter() {
+        let v = Versions::new(DEFAULT_MAX_TAGS);
+        let pinned = [Dep::Wide(T1), Dep::Row(5)];
+        let p = v.snapshot_deps(&pinned);
+        let whole = v.snapshot(&[T1]);
+        v.bump_rows(&[(T1, 6)]);
+        assert!(p.is_current(&v), "another row");
+        assert!(!whole.is_current(&v), "the table read follows row writes");
+        v.bump_rows(&[(T2, 5)]);
+        assert!(
+            !p.is_current(&v),
+            "a shared stripe (another relation's row) costs a miss, never a stale hit"
+        );
+        let p = v.snapshot_deps(&pinned);
+        v.bump_rows(&[(T1, 5)]);
+        assert!(!p.is_current(&v), "its row");
+        let p = v.snapshot_deps(&pinned);
+        v.bump(&[T1]);
+        assert!(!p.is_current(&v), "a write with unknown rows");
+        let p = v.snapshot_deps(&pinned);
+        v.bump_deps(&[Dep::Table(T1)]);
+        assert!(p.is_current(&v), "the table counter alone");
+        assert_eq!(v.tag_count(), 2, "one slot per relation");
+    }
+
     #[test]
     fn tag_limit_clears_under_a_new_epoch() {
         let v = Versions::new(SHARDS); // one tag per shard
@@ -365,7 +495,7 @@ mod tests {
         v.bump(&[first]);
         v.bump(&[first]);
         let before = v.snapshot(&[first]);
-        assert_eq!(before.versions(), &[(first, 2)]);
+        assert_eq!(before.versions(), &[(Dep::Table(first), 2)]);
         for t in &tags[1..] {
             v.bump(&[*t]);
         }
@@ -404,7 +534,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(v.version(T1), 80_000);
+        assert_eq!(v.table_version(T1), 80_000);
         assert_eq!(v.tag_count(), 80_001);
         assert_eq!(v.epoch(), 0);
     }

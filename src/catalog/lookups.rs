@@ -129,6 +129,33 @@ impl Catalog {
         Ok(value)
     }
 
+    /// The primary key of a relation and whether reads and writes of it can be pinned to
+    /// rows (`None`: no such relation).
+    pub async fn row_identity(
+        &self,
+        db: &str,
+        oid: Oid,
+    ) -> Result<Option<Arc<RowIdentity>>, CatalogError> {
+        let key = SetKey::new(db, &[oid]);
+        let generation = self.generation();
+        if self.memo_ok(db)
+            && let Some(hit) = lock(&self.memos).rows.get(generation, &key)
+        {
+            return Ok(hit);
+        }
+        let limit = self.config.max_expansion;
+        let value = self
+            .call_tracked(db, async |lease: &mut Lease| {
+                let (identity, want) = super::rowid::row_identity(lease, oid, limit).await?;
+                Ok((identity.map(Arc::new), want))
+            })
+            .await?;
+        lock(&self.memos)
+            .rows
+            .insert(generation, self.generation(), key, value.clone());
+        Ok(value)
+    }
+
     /// The bodies of these user functions (those that still exist), for what they read.
     pub async fn function_bodies(
         &self,

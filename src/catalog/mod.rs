@@ -28,6 +28,7 @@ mod poller;
 mod prints;
 mod relations;
 mod resolve;
+mod rowid;
 mod search_path;
 mod settings;
 mod track;
@@ -44,6 +45,7 @@ use memo::{Memo, Weights};
 use track::{Limits, Prints, Tracked, Want};
 
 pub use error::CatalogError;
+pub use rowid::RowIdentity;
 pub use poller::Poller;
 pub use prints::Aspect;
 pub use settings::SettingNames;
@@ -141,6 +143,7 @@ struct Memos {
     reads: Memo<SetKey, Arc<ReadSet>>,
     writes: Memo<SetKey, Arc<WriteSet>>,
     bodies: Memo<SetKey, Arc<[FuncBody]>>,
+    rows: Memo<SetKey, Option<Arc<RowIdentity>>>,
 }
 
 /// The catalog service (share it in an `Arc`; every method takes `&self`).
@@ -221,6 +224,14 @@ impl Catalog {
                     Weights {
                         key: weights::set_key,
                         value: weights::bodies,
+                    },
+                ),
+                rows: Memo::new(
+                    n,
+                    bytes,
+                    Weights {
+                        key: weights::set_key,
+                        value: |v| v.as_ref().map_or(0, |r| r.weight()),
                     },
                 ),
             }),

@@ -82,7 +82,7 @@ con AS (
 SELECT t.oid, c.relname::text,
   sha256(textsend(row(c.relname, c.relnamespace, c.relkind, c.relpersistence,
     c.relrowsecurity, c.relforcerowsecurity, c.relispartition, c.relowner, c.reloftype,
-    c.reloptions, c.relpartbound,
+    c.reloptions, c.relpartbound, c.relreplident,
     (SELECT p::text FROM pg_partitioned_table p WHERE p.partrelid = c.oid))::text)),
   sha256(textsend(row(c.relacl,
     (SELECT string_agg(row(a.attnum, a.attacl)::text, ',' ORDER BY a.attnum)

@@ -13,7 +13,7 @@ use metrics::Counter;
 use tracing::{info, warn};
 
 use crate::cache::l2::tier::SharedTier;
-use crate::cache::{Cache, EpochCause, Tag};
+use crate::cache::{Cache, Dep, EpochCause, Stripe, Tag};
 use crate::catalog::{self, Catalog, CatalogError, Change, RelName};
 use crate::telemetry::names;
 
@@ -26,13 +26,19 @@ const MAX_DATABASES: usize = 4096;
 /// What a transaction wrote, as far as bumps go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
+    /// Relations written with rows not known by key: every counter of theirs moves.
     pub tags: Vec<Tag>,
+    /// Rows written, known by key (relation, stripe; sorted, unique): the relation's table
+    /// counter and the row's stripe move, not its table-wide counter. At most
+    /// [`MAX_ROWS`](crate::cache::rows::MAX_ROWS) per relation; beyond, the relation joins
+    /// `tags`.
+    pub rows: Vec<(Tag, Stripe)>,
     pub epoch: Option<EpochCause>,
 }
 
 impl Written {
     pub fn is_empty(&self) -> bool {
-        self.tags.is_empty() && self.epoch.is_none()
+        self.tags.is_empty() && self.rows.is_empty() && self.epoch.is_none()
     }
 
     /// Adds `other`'s effects (tags kept sorted and unique; the first epoch cause wins).
@@ -42,9 +48,53 @@ impl Written {
                 self.tags.insert(at, *t);
             }
         }
+        // A relation written table-wide needs no rows of its own.
+        if !tags.is_empty() {
+            let all = &self.tags;
+            self.rows.retain(|(t, _)| all.binary_search(t).is_err());
+        }
         if self.epoch.is_none() {
             self.epoch = epoch;
         }
+    }
+
+    /// Adds known rows. A relation with more than `MAX_ROWS` rows here is written
+    /// table-wide instead (the bound keeps a transaction's record small).
+    pub fn merge_rows(&mut self, rows: &[(Tag, Stripe)]) {
+        for row in rows {
+            if self.tags.binary_search(&row.0).is_ok() {
+                continue;
+            }
+            if let Err(at) = self.rows.binary_search(row) {
+                self.rows.insert(at, *row);
+            }
+            let of_tag = self.rows.iter().filter(|(t, _)| *t == row.0).count();
+            if of_tag > crate::cache::rows::MAX_ROWS {
+                self.merge(&[row.0], None);
+            }
+        }
+    }
+
+    /// Adds everything `other` wrote.
+    pub fn merge_written(&mut self, other: &Written) {
+        self.merge(&other.tags, other.epoch);
+        self.merge_rows(&other.rows);
+    }
+
+    /// The counters these writes move (see [`crate::cache::Dep`]).
+    pub fn deps(&self) -> Vec<Dep> {
+        let mut deps = Vec::with_capacity(2 * (self.tags.len() + self.rows.len()));
+        for t in &self.tags {
+            deps.push(Dep::Table(*t));
+            deps.push(Dep::Wide(*t));
+        }
+        for (t, stripe) in &self.rows {
+            deps.push(Dep::Table(*t));
+            deps.push(Dep::Row(*stripe));
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        deps
     }
 }
 
@@ -84,7 +134,7 @@ impl Source {
 /// session went away while its acknowledgement was held), it is recorded for retry.
 pub struct SharedBump {
     tier: Arc<SharedTier>,
-    tags: Vec<Tag>,
+    tags: Vec<Dep>,
     epoch: bool,
     done: bool,
 }
@@ -102,6 +152,20 @@ impl Drop for SharedBump {
             self.tier.record(&self.tags, self.epoch);
         }
     }
+}
+
+/// The staleness checker's proof that it catches broken row precision (cargo feature
+/// `race-hooks`, `PGMEMO_FAULT_SKIP_WIDE=1`): writes with unknown rows do not move the
+/// table-wide counters, so reads pinned to rows go stale. Always off in a real build.
+#[cfg(feature = "race-hooks")]
+fn skip_wide_fault() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PGMEMO_FAULT_SKIP_WIDE").is_ok_and(|v| v == "1"))
+}
+
+#[cfg(not(feature = "race-hooks"))]
+fn skip_wide_fault() -> bool {
+    false
 }
 
 /// Applies `bump` in the background (no acknowledgement waits for it).
@@ -138,6 +202,8 @@ pub struct Invalidator {
     /// Server configuration reloads seen (see [`config_generation`](Self::config_generation)).
     config_generation: AtomicU64,
     counters: [Counter; 5],
+    /// Invalidations by granularity: relations written table-wide, rows written by key.
+    granularity: [Counter; 2],
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,6 +221,9 @@ impl Invalidator {
             config_generation: AtomicU64::new(0),
             counters: Source::ALL
                 .map(|s| metrics::counter!(names::CACHE_TAG_BUMPS, "source" => s.as_str())),
+            granularity: ["table", "row"].map(
+                |g| metrics::counter!(names::CACHE_INVALIDATIONS, "granularity" => g),
+            ),
         }
     }
 
@@ -202,8 +271,21 @@ impl Invalidator {
 
     fn bump_local(&self, written: &Written, source: Source) -> Option<SharedBump> {
         if !written.tags.is_empty() {
-            self.cache.versions().bump(&written.tags);
+            if skip_wide_fault() {
+                // Deliberately broken (tests only): table-wide writes leave pinned reads alone.
+                let tables: Vec<Dep> = written.tags.iter().map(|t| Dep::Table(*t)).collect();
+                self.cache.versions().bump_deps(&tables);
+            } else {
+                self.cache.versions().bump(&written.tags);
+            }
             self.counter(source).increment(written.tags.len() as u64);
+            let [table, _] = &self.granularity;
+            table.increment(written.tags.len() as u64);
+        }
+        if !written.rows.is_empty() {
+            self.cache.versions().bump_rows(&written.rows);
+            let [_, row] = &self.granularity;
+            row.increment(written.rows.len() as u64);
         }
         if let Some(cause) = written.epoch {
             self.cache.versions().bump_epoch(cause);
@@ -212,9 +294,13 @@ impl Invalidator {
         if written.is_empty() {
             return None;
         }
+        let mut deps = written.deps();
+        if skip_wide_fault() {
+            deps.retain(|d| !matches!(d, Dep::Wide(_)));
+        }
         Some(SharedBump {
             tier: Arc::clone(tier),
-            tags: written.tags.clone(),
+            tags: deps,
             epoch: written.epoch.is_some(),
             done: false,
         })
@@ -225,8 +311,8 @@ impl Invalidator {
     pub fn bump_epoch_held(&self, cause: EpochCause) -> Option<SharedBump> {
         self.bump_held(
             &Written {
-                tags: Vec::new(),
                 epoch: Some(cause),
+                ..Written::default()
             },
             Source::Write,
         )
@@ -238,8 +324,8 @@ impl Invalidator {
     pub fn bump_epoch(&self, cause: EpochCause) {
         self.bump(
             &Written {
-                tags: Vec::new(),
                 epoch: Some(cause),
+                ..Written::default()
             },
             Source::Write,
         );
@@ -266,7 +352,7 @@ impl Invalidator {
         parked
             .entry((db, gid.to_owned()))
             .or_default()
-            .merge(&written.tags, written.epoch);
+            .merge_written(&written);
     }
 
     /// COMMIT PREPARED succeeded: bump what was parked, or the epoch for an unknown gid
@@ -344,7 +430,10 @@ impl Invalidator {
         });
         tags.sort_unstable();
         tags.dedup();
-        let written = Written { tags, epoch: None };
+        let written = Written {
+            tags,
+            ..Written::default()
+        };
         self.bump(&written, Source::Admin);
         Ok(written.tags.len())
     }

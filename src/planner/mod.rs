@@ -8,3 +8,4 @@ pub mod adaptive;
 mod called;
 pub mod memo;
 pub mod plan;
+pub mod rows;

@@ -20,7 +20,10 @@ use crate::invalidation::Written;
 use crate::sql::{self, Analysis, Class, NotCacheable, StatementInfo};
 use crate::telemetry::names;
 
+mod pins;
 mod tags;
+
+pub use super::rows::{Bound, KeyPart, RowPin};
 
 /// Where a session stands, as its last settings probe saw it: what name resolution and rules
 /// depend on. `id` identifies the combination in plan memo keys.
@@ -53,6 +56,9 @@ pub struct StmtPlan {
     pub ddl: bool,
     /// SQL `PREPARE name AS stmt`: the effects of `stmt`, applied at each EXECUTE.
     pub prepared: Option<Box<StmtPlan>>,
+    /// A write whose rows are known by key: its target (one of `written.tags`) is bumped by
+    /// row instead, when the keys of the execution canonicalise (see `rows`).
+    pub rows: Option<Box<RowPin>>,
 }
 
 /// A single cacheable read.
@@ -66,6 +72,44 @@ pub struct ReadPlan {
     pub ttl: Duration,
     /// Sampled hit ratio of the shape (shared by every text of it): adaptive bypass.
     pub stats: Arc<super::adaptive::HitStats>,
+    /// Relations of `tags` pinned to rows by their primary key (see `rows`).
+    pub pins: Box<[RowPin]>,
+    /// Why some relation of `tags` is not pinned (`None`: every one is).
+    pub unpinned: Option<&'static str>,
+}
+
+impl ReadPlan {
+    /// The counters one execution depends on, and whether every relation was pinned to rows.
+    /// A pinned relation depends on its table-wide counter and its rows' stripes; the others
+    /// (and a pinned one whose keys do not canonicalise this time) on their table counter.
+    pub fn deps(
+        &self,
+        bound: Option<Bound<'_>>,
+        utf8: bool,
+        secret: &crate::cache::KeySecret,
+    ) -> (Vec<crate::cache::Dep>, bool) {
+        use crate::cache::Dep;
+        let mut deps = Vec::with_capacity(self.tags.len() + self.pins.len() * 2);
+        let mut all_pinned = self.unpinned.is_none();
+        for tag in self.tags.iter() {
+            let keys = self
+                .pins
+                .iter()
+                .find(|p| p.tag == *tag)
+                .and_then(|p| p.keys(bound, utf8));
+            match keys {
+                Some(keys) => {
+                    deps.push(Dep::Wide(*tag));
+                    deps.extend(keys.iter().map(|k| Dep::Row(secret.stripe(*tag, k))));
+                }
+                None => {
+                    all_pinned = false;
+                    deps.push(Dep::Table(*tag));
+                }
+            }
+        }
+        (deps, all_pinned && !self.pins.is_empty())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -124,13 +168,17 @@ impl Plan {
         /// The plan, its `Arc`s and their allocator overhead.
         const OVERHEAD: usize = 512;
         let read = self.read.as_ref().map_or(0, |r| {
-            r.normalized.len() + std::mem::size_of_val(r.tags.as_ref())
+            r.normalized.len()
+                + std::mem::size_of_val(r.tags.as_ref())
+                + r.pins.iter().map(RowPin::weight).sum::<usize>()
         });
         let effects: usize = self
             .stmts
             .iter()
             .map(|s| {
-                std::mem::size_of::<StmtPlan>() + std::mem::size_of_val(s.written.tags.as_slice())
+                std::mem::size_of::<StmtPlan>()
+                    + std::mem::size_of_val(s.written.tags.as_slice())
+                    + s.rows.as_ref().map_or(0, |r| r.weight())
             })
             .sum();
         OVERHEAD + self.sql.len() + read + self.analysis.weight(self.sql.len()) + effects
@@ -139,17 +187,45 @@ impl Plan {
     /// The same plan for another text of the same shape (numeric literals differ): the
     /// analysis and effects are shared; the key text is recomputed.
     pub fn with_text(&self, sql: Bytes) -> Plan {
-        let read = self.read.as_ref().map_err(|r| *r).map(|r| ReadPlan {
-            tags: r.tags.clone(),
-            normalized: Bytes::from(sql::normalize_for_key(&sql)),
-            ttl: r.ttl,
-            stats: Arc::clone(&r.stats),
+        // Row pins read their numbers from the new text (a number that no longer reads as
+        // a key leaves its relation unpinned).
+        let repin = |pin: &RowPin, index: usize| {
+            crate::sql::statement_piece(&sql, index).and_then(|piece| pin.with_numbers(piece))
+        };
+        let read = self.read.as_ref().map_err(|r| *r).map(|r| {
+            let pins: Vec<RowPin> = r.pins.iter().filter_map(|p| repin(p, 0)).collect();
+            ReadPlan {
+                tags: r.tags.clone(),
+                normalized: Bytes::from(sql::normalize_for_key(&sql)),
+                ttl: r.ttl,
+                stats: Arc::clone(&r.stats),
+                unpinned: if pins.len() < r.pins.len() {
+                    Some("key_literal")
+                } else {
+                    r.unpinned
+                },
+                pins: pins.into_boxed_slice(),
+            }
         });
+        let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
+            let stmts: Vec<StmtPlan> = self
+                .stmts
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StmtPlan {
+                    rows: s.rows.as_ref().and_then(|p| repin(p, i)).map(Box::new),
+                    ..s.clone()
+                })
+                .collect();
+            Arc::from(stmts)
+        } else {
+            Arc::clone(&self.stmts)
+        };
         Plan {
             sql,
             context_id: self.context_id,
             analysis: Arc::clone(&self.analysis),
-            stmts: Arc::clone(&self.stmts),
+            stmts,
             read,
             catalog_generation: self.catalog_generation,
             rules_generation: self.rules_generation,
@@ -174,6 +250,7 @@ impl Plan {
             .map(|s| {
                 let mut s = s.clone();
                 s.written.merge(&[], Some(EpochCause::ResolutionChanged));
+                s.rows = None;
                 s.taint = s.taint.or(Some("planned under an older catalog"));
                 s
             })
@@ -258,7 +335,7 @@ impl Planner<'_> {
         let mut stmts = Vec::with_capacity(analysis.statements.len());
         let mut catalog_failed = false;
         for info in &analysis.statements {
-            let (p, failed) = self.statement(cx, info).await;
+            let (p, failed) = self.statement(cx, &sql, info).await;
             catalog_failed |= failed;
             stmts.push(p);
         }
@@ -297,7 +374,12 @@ impl Planner<'_> {
         })
     }
 
-    async fn statement(&self, cx: &Context, info: &StatementInfo) -> (StmtPlan, bool) {
+    async fn statement(
+        &self,
+        cx: &Context,
+        sql_bytes: &[u8],
+        info: &StatementInfo,
+    ) -> (StmtPlan, bool) {
         let mut p = StmtPlan::default();
         let mut failed = false;
         if info.taints_session {
@@ -348,6 +430,7 @@ impl Planner<'_> {
                     match self.write_tags(cx, &info.writes).await {
                         Ok((w, runs_user_code)) => {
                             p.written.merge(&w.tags, w.epoch);
+                            p.rows = self.write_pin(cx, sql_bytes, info).await.ok().map(Box::new);
                             if runs_user_code {
                                 p.taint = Some("trigger, rule or default runs a user function");
                             }
@@ -369,7 +452,8 @@ impl Planner<'_> {
             }
             Class::SessionChange(sql::SessionChange::Prepare { inner, .. }) => {
                 // Its effects apply when it is executed (see the tracker), not now.
-                let (inner_plan, inner_failed) = Box::pin(self.statement(cx, inner)).await;
+                let (inner_plan, inner_failed) =
+                    Box::pin(self.statement(cx, sql_bytes, inner)).await;
                 failed |= inner_failed;
                 p.prepared = Some(Box::new(inner_plan));
             }

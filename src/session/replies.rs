@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::registry::Statement;
+use crate::cache::{Stripe, Tag};
 use crate::planner::plan::Plan;
 
 /// Most replies awaited at once; a client pipelining more than this loses tracking (the
@@ -67,6 +68,9 @@ pub enum Completion {
         plan: Arc<Plan>,
         index: usize,
         context_seq: Option<u64>,
+        /// The rows this execution writes, known by key (the statement's row pin resolved
+        /// with its literals or Bind parameters): its target is bumped by row.
+        rows: Option<Arc<[(Tag, Stripe)]>>,
     },
     /// An Execute of a portal pgmemo cannot attribute.
     Unknown,

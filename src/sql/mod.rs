@@ -26,6 +26,7 @@ mod fallback;
 mod keywords;
 mod lexer;
 mod normalize;
+mod pins;
 mod relations;
 mod rewrite;
 mod router;
@@ -35,7 +36,11 @@ mod tests;
 use std::fmt;
 
 pub use database::{FreeingKind, NeedsFree, databases_needing_free};
-pub use normalize::{Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key, shape_key};
+pub use normalize::{
+    Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key, param_references, shape_key,
+    statement_piece,
+};
+pub use pins::{ColumnEq, KeyValue, RowFilter, RowScope, number_at};
 
 /// Statements longer than this are not handed to sqlparser (time and memory bound); the
 /// keyword fallback decides them conservatively.
@@ -288,6 +293,10 @@ pub struct StatementInfo {
     /// unknown statements): stop using the cache until the session's settings are
     /// re-established.
     pub taints_session: bool,
+    /// The rows it reads or changes, as far as its top-level WHERE (or VALUES) says, for
+    /// row-level invalidation ([`RowScope`]). Only for a statement that is alone in its text
+    /// piece and not nested (EXPLAIN, PREPARE); `None` means nothing is known: any row.
+    pub rows: Option<Box<RowScope>>,
 }
 
 impl StatementInfo {
@@ -302,6 +311,7 @@ impl StatementInfo {
             reason,
             epoch_bump: false,
             taints_session: false,
+            rows: None,
         }
     }
 
@@ -319,7 +329,8 @@ impl StatementInfo {
             Class::SessionChange(SessionChange::Prepare { inner, .. }) => inner.structure_weight(),
             _ => 0,
         };
-        std::mem::size_of::<Self>() + names * NAME_WEIGHT + inner
+        let rows = self.rows.as_ref().map_or(0, |r| r.weight());
+        std::mem::size_of::<Self>() + names * NAME_WEIGHT + inner + rows
     }
 }
 

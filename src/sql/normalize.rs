@@ -81,9 +81,7 @@ pub fn shape_key(sql: &[u8]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0;
     for tok in Lexer::new(sql) {
-        let bytes = tok.bytes(sql);
-        // Plain decimal literals only: the lexer's loose number token may run into letters.
-        if tok.kind == Kind::Number && bytes.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
+        if is_plain_number(&tok, sql) {
             let o = out.get_or_insert_with(|| Vec::with_capacity(sql.len()));
             o.extend_from_slice(sql.get(copied..tok.start).unwrap_or_default());
             o.push(b'?');
@@ -93,6 +91,17 @@ pub fn shape_key(sql: &[u8]) -> Option<Vec<u8>> {
     let mut o = out?;
     o.extend_from_slice(sql.get(copied..).unwrap_or_default());
     Some(o)
+}
+
+/// Whether `tok` is a plain decimal literal, the kind [`shape_key`] replaces (the lexer's loose
+/// number token may run into letters: `1e5`, `0x1F`, `1_000` are not plain). `pins` numbers
+/// these tokens, so both must use this one test.
+pub(crate) fn is_plain_number(tok: &Token, sql: &[u8]) -> bool {
+    tok.kind == Kind::Number
+        && tok
+            .bytes(sql)
+            .iter()
+            .all(|b| b.is_ascii_digit() || *b == b'.')
 }
 
 /// The `pgmemo:` hints in the comments of `sql` (string literals are data, never hints).
@@ -216,4 +225,26 @@ pub(crate) fn split_statements(sql: &[u8]) -> Vec<Range<usize>> {
         pieces.push(start..sql.len());
     }
     pieces
+}
+
+/// The text of statement `index` of `sql` as [`crate::sql::analyze`] splits it.
+pub fn statement_piece(sql: &[u8], index: usize) -> Option<&[u8]> {
+    split_statements(sql)
+        .into_iter()
+        .nth(index)
+        .and_then(|r| sql.get(r))
+}
+
+/// How many times the parameter `$n` is referenced in `sql` (outside literals and comments).
+pub fn param_references(sql: &[u8], n: u16) -> usize {
+    Lexer::new(sql)
+        .filter(|t| t.kind == Kind::Param)
+        .filter(|t| {
+            let digits = t.bytes(sql).get(1..).unwrap_or_default();
+            std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse::<u32>().ok())
+                == Some(u32::from(n))
+        })
+        .count()
 }

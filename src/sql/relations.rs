@@ -91,7 +91,7 @@ pub(crate) fn dedup<T: Hash + Eq + Clone>(v: Vec<T>) -> Vec<T> {
 }
 
 /// SQL-standard value functions PostgreSQL parses as keywords (with or without a precision).
-const KEYWORD_VALUE_FUNCTIONS: &[&str] = &[
+pub(crate) const KEYWORD_VALUE_FUNCTIONS: &[&str] = &[
     "current_date",
     "current_time",
     "current_timestamp",
@@ -348,7 +348,7 @@ impl Collector {
 
 /// Whether a set-operation tree holds a bare `TABLE name`, which sqlparser keeps as a string
 /// (invisible to the relation hooks). Iterative: set operations can chain thousands deep.
-fn has_bare_table(body: &SetExpr) -> bool {
+pub(crate) fn has_bare_table(body: &SetExpr) -> bool {
     let mut stack = vec![body];
     while let Some(node) = stack.pop() {
         match node {

@@ -14,6 +14,7 @@ use super::classify::{Lead, classify};
 use super::fallback::fallback;
 use super::keywords::{Cur, creates_temp, keyword_statement};
 use super::lexer::significant;
+use super::pins::{Numbers, row_scope};
 use super::rewrite::rewrite;
 use super::{MAX_PARSE_BYTES, NotCacheable, StatementInfo};
 
@@ -60,14 +61,7 @@ pub(crate) fn analyze_statement(piece: &[u8], depth: usize) -> Vec<StatementInfo
         // sqlparser is third-party code fed hostile input: a panic in it must cost this
         // statement its precise analysis (the fallback decides), not the session.
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let statements = Parser::parse_sql(&PostgreSqlDialect {}, &rewritten).ok()?;
-            // The AST is dropped at the end of this closure, on the same (grown) stack.
-            (!statements.is_empty()).then(|| {
-                statements
-                    .iter()
-                    .map(|s| classify(s, &lead, depth))
-                    .collect()
-            })
+            parse_and_classify(piece, &rewritten, &lead, depth)
         }))
         .ok()
         .flatten()
@@ -90,4 +84,29 @@ pub(crate) fn analyze_statement(piece: &[u8], depth: usize) -> Vec<StatementInfo
             analyze_statement,
         )]
     })
+}
+
+/// Parses the rewritten text and classifies each statement found (`None` if it does not parse
+/// or holds none). A lone top-level statement also gets its row scope, whose numeric ordinals
+/// refer to `piece`. The AST is dropped here, on the caller's (possibly grown) stack.
+fn parse_and_classify(
+    piece: &[u8],
+    rewritten: &str,
+    lead: &Lead<'_>,
+    depth: usize,
+) -> Option<Vec<StatementInfo>> {
+    let statements = Parser::parse_sql(&PostgreSqlDialect {}, rewritten).ok()?;
+    let mut infos: Vec<StatementInfo> = statements
+        .iter()
+        .map(|s| classify(s, lead, depth))
+        .collect();
+    // Several statements from one piece means sqlparser split what the splitter did not:
+    // their texts are not pieces of their own, so no ordinals are offered.
+    if depth == 0
+        && let ([stmt], [info]) = (statements.as_slice(), infos.as_mut_slice())
+    {
+        let numbers = Numbers::new(piece, rewritten);
+        info.rows = row_scope(stmt, &info.class, &numbers).map(Box::new);
+    }
+    (!infos.is_empty()).then_some(infos)
 }

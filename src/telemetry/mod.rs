@@ -114,6 +114,14 @@ fn describe_cache() {
         names::CACHE_TAG_BUMPS,
         "Relation versions bumped, by source."
     );
+    describe_counter!(
+        names::CACHE_INVALIDATIONS,
+        "Invalidations by granularity: table (rows unknown) or row (known by primary key)."
+    );
+    describe_counter!(
+        names::CACHE_PINNED_LOOKUPS,
+        "Cacheable lookups by whether their relations were pinned to rows (rows) or not (table)."
+    );
     metrics::describe_histogram!(
         names::CACHE_HIT_SECONDS,
         metrics::Unit::Seconds,
@@ -300,6 +308,12 @@ pub mod names {
     /// counter, label `source` (`write`, `catalog`, `admin`, `prepared`, `cdc`): relation
     /// tags bumped.
     pub const CACHE_TAG_BUMPS: &str = "pgmemo_cache_tag_bumps_total";
+    /// counter, label `granularity` (`table`: a relation written with rows not known by key;
+    /// `row`: a row written, known by its primary key): what writes invalidated.
+    pub const CACHE_INVALIDATIONS: &str = "pgmemo_cache_invalidations_total";
+    /// counter, label `pinned` (`rows`, `table`): cacheable lookups by whether every relation
+    /// they read was pinned to rows by its primary key (`rows`) or not.
+    pub const CACHE_PINNED_LOOKUPS: &str = "pgmemo_cache_pinned_lookups_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::versions::{Bump, SharedSnapshot};
-use crate::cache::Tag;
+use crate::cache::Dep;
 
 /// What the mirror answered for a lookup's tags.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct Mirrored {
 struct State {
     generation: Option<Arc<str>>,
     epoch: u64,
-    tags: HashMap<Tag, u64>,
+    tags: HashMap<Dep, u64>,
     /// Moves on every emptying: a read from Redis that began before is not absorbed.
     sync: u64,
     live: bool,
@@ -62,7 +62,7 @@ impl Mirror {
     }
 
     /// The counters of `tags` (sorted, as a local snapshot holds them), if every one is held.
-    pub fn snapshot(&self, tags: &[Tag]) -> Option<Mirrored> {
+    pub fn snapshot(&self, tags: &[Dep]) -> Option<Mirrored> {
         let s = self.state.read().unwrap_or_else(PoisonError::into_inner);
         let generation = s.generation.clone()?;
         let versions = tags
@@ -89,7 +89,7 @@ impl Mirror {
 
     /// Takes in counters read from Redis for `tags`, unless the mirror was emptied since the
     /// read began (`token`) or is not live.
-    pub fn absorb(&self, token: u64, tags: &[Tag], read: &SharedSnapshot) {
+    pub fn absorb(&self, token: u64, tags: &[Dep], read: &SharedSnapshot) {
         let mut s = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if s.sync != token || !s.live || tags.len() != read.versions.len() {
             return;
@@ -129,10 +129,10 @@ impl Mirror {
         if let Some(e) = bump.epoch {
             s.epoch = s.epoch.max(e);
         }
-        self.insert(&mut s, bump.tags.iter().copied());
+        self.insert(&mut s, bump.deps.iter().copied());
     }
 
-    fn insert(&self, s: &mut State, values: impl Iterator<Item = (Tag, u64)>) {
+    fn insert(&self, s: &mut State, values: impl Iterator<Item = (Dep, u64)>) {
         for (tag, value) in values {
             if s.tags.len() >= self.max_tags && !s.tags.contains_key(&tag) {
                 let generation = s.generation.clone();
@@ -177,8 +177,10 @@ impl Mirror {
 mod tests {
     use super::*;
 
-    const T1: Tag = Tag { db: 1, rel: 10 };
-    const T2: Tag = Tag { db: 1, rel: 11 };
+    use crate::cache::Tag;
+
+    const T1: Dep = Dep::Table(Tag { db: 1, rel: 10 });
+    const T2: Dep = Dep::Table(Tag { db: 1, rel: 11 });
 
     fn read(generation: &str, epoch: u64, versions: &[u64]) -> SharedSnapshot {
         SharedSnapshot {
@@ -188,11 +190,11 @@ mod tests {
         }
     }
 
-    fn bump(generation: &str, epoch: Option<u64>, tags: &[(Tag, u64)]) -> Bump {
+    fn bump(generation: &str, epoch: Option<u64>, tags: &[(Dep, u64)]) -> Bump {
         Bump {
             generation: generation.into(),
             epoch,
-            tags: tags.to_vec(),
+            deps: tags.to_vec(),
         }
     }
 
@@ -260,14 +262,14 @@ mod tests {
         m.set_live(true);
         m.apply(&bump("g", Some(2), &[]), true);
         for rel in 0..10 {
-            m.apply(&bump("g", None, &[(Tag { db: 1, rel }, 1)]), true);
+            m.apply(&bump("g", None, &[(Dep::Table(Tag { db: 1, rel }), 1)]), true);
         }
         let held = (0..10)
-            .filter(|rel| m.snapshot(&[Tag { db: 1, rel: *rel }]).is_some())
+            .filter(|rel| m.snapshot(&[Dep::Table(Tag { db: 1, rel: *rel })]).is_some())
             .count();
         assert!(held <= 4, "{held}");
         assert_eq!(
-            m.snapshot(&[Tag { db: 1, rel: 9 }])
+            m.snapshot(&[Dep::Table(Tag { db: 1, rel: 9 })])
                 .expect("last")
                 .snapshot
                 .epoch,

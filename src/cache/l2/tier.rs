@@ -24,7 +24,7 @@ use super::envelope::{EnvelopeKey, Sealed, now_unix_ms};
 use super::mirror::{Mirror, Mirrored};
 use super::store::{L2Settings, L2Store, L2Writer};
 use super::versions::{SharedSnapshot, SharedVersions, VersionsError, parse_bump_message};
-use crate::cache::{CacheKey, Tag};
+use crate::cache::{CacheKey, Dep};
 use crate::redis_link::conn::RedisConn;
 use crate::tasks::Tasks;
 use crate::telemetry::names;
@@ -59,7 +59,7 @@ pub struct TierSettings {
 /// Bumps that did not reach Redis, to retry.
 #[derive(Debug, Default)]
 struct Pending {
-    tags: BTreeSet<Tag>,
+    tags: BTreeSet<Dep>,
     /// Too many tags to remember, or an epoch bump among them.
     epoch: bool,
 }
@@ -251,14 +251,14 @@ impl SharedTier {
     }
 
     /// `fast`: the mirror's counters for `tags` (sorted), if it holds them all.
-    pub fn mirrored(&self, tags: &[Tag]) -> Option<Mirrored> {
+    pub fn mirrored(&self, tags: &[Dep]) -> Option<Mirrored> {
         self.mirror.as_ref()?.snapshot(tags)
     }
 
     /// Reads the counters of `tags` (sorted) from Redis; `None` when Redis is unusable,
     /// down, slow or the breaker is open. `fast`: what was read joins the mirror. The tags
     /// are shared with the batch rather than copied into it.
-    pub async fn read_counters(&self, tags: Arc<[Tag]>) -> Option<SharedSnapshot> {
+    pub async fn read_counters(&self, tags: Arc<[Dep]>) -> Option<SharedSnapshot> {
         Some(self.read(tags, None).await?.0)
     }
 
@@ -267,7 +267,7 @@ impl SharedTier {
     /// check matches the key computed with the counters read.
     pub async fn read_counters_and_entry(
         &self,
-        tags: Arc<[Tag]>,
+        tags: Arc<[Dep]>,
         slot: CacheKey,
     ) -> Option<(SharedSnapshot, Option<Sealed>)> {
         self.read(tags, Some(slot)).await
@@ -275,7 +275,7 @@ impl SharedTier {
 
     async fn read(
         &self,
-        tags: Arc<[Tag]>,
+        tags: Arc<[Dep]>,
         slot: Option<CacheKey>,
     ) -> Option<(SharedSnapshot, Option<Sealed>)> {
         if !self.usable.load(Ordering::Acquire) {
@@ -346,7 +346,7 @@ impl SharedTier {
 
     /// Applies a bump in Redis (bounded by the timeout); on failure records it for retry.
     /// Await it before relaying the acknowledgement of the write it is for.
-    pub async fn bump(&self, tags: &[Tag], epoch: bool) {
+    pub async fn bump(&self, tags: &[Dep], epoch: bool) {
         if tags.is_empty() && !epoch {
             return;
         }
@@ -376,7 +376,7 @@ impl SharedTier {
     /// them): a bump skipped while Redis is back for the other instances would let them
     /// serve what this write changed. The cost is at most the timeout per write while Redis
     /// is away.
-    async fn try_bump(&self, tags: &[Tag], epoch: bool) -> bool {
+    async fn try_bump(&self, tags: &[Dep], epoch: bool) -> bool {
         let breaker = self.store.breaker();
         if !self.usable.load(Ordering::Acquire) {
             return false;
@@ -399,7 +399,7 @@ impl SharedTier {
     }
 
     /// Records a bump that could not be applied, for the background retry.
-    pub fn record(&self, tags: &[Tag], epoch: bool) {
+    pub fn record(&self, tags: &[Dep], epoch: bool) {
         let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         p.epoch |= epoch;
         for t in tags {
@@ -418,7 +418,7 @@ impl SharedTier {
 /// One lookup's counter read: its tags (sorted) and, for a lookup without an L1, the L2
 /// entry to fetch in the same round trip.
 struct CounterRead {
-    tags: Arc<[Tag]>,
+    tags: Arc<[Dep]>,
     entry: Option<CacheKey>,
 }
 
@@ -464,7 +464,7 @@ async fn read_batch(
         store.count_skipped(asked);
         return none();
     }
-    let mut union: Vec<Tag> = reqs.iter().flat_map(|r| r.tags.iter()).copied().collect();
+    let mut union: Vec<Dep> = reqs.iter().flat_map(|r| r.tags.iter()).copied().collect();
     union.sort_unstable();
     union.dedup();
     let keys: Vec<String> = reqs

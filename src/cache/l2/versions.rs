@@ -10,7 +10,7 @@
 //!
 //! Keys, all with the hash tag `{pgmemo:NS}` so a Redis Cluster keeps them in one slot:
 //! `{pgmemo:NS}:gen` (string, the generation id) and `{pgmemo:NS}:versions` (hash: `gen`,
-//! `epoch`, and `DB:REL` per relation). None has a TTL, and pgmemo refuses the shared tier
+//! `epoch`, and per counter `DB:REL`, `w:DB:REL` or `s:STRIPE`, see `field`). None has a TTL, and pgmemo refuses the shared tier
 //! on a server whose `maxmemory-policy` could evict them.
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
-use crate::cache::Tag;
+use crate::cache::{Dep, Tag};
 
 /// `maxmemory-policy` values under which keys without a TTL are never evicted.
 pub const SAFE_POLICIES: [&str; 5] = [
@@ -150,9 +150,9 @@ impl SharedVersions {
     pub async fn snapshot<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tags: &[Tag],
+        deps: &[Dep],
     ) -> Result<SharedSnapshot, VersionsError> {
-        Ok(self.snapshot_and_get(conn, tags, &[]).await?.0)
+        Ok(self.snapshot_and_get(conn, deps, &[]).await?.0)
     }
 
     /// As [`snapshot`](Self::snapshot), and `GET`s `keys` in the same pipeline (same node:
@@ -162,15 +162,15 @@ impl SharedVersions {
     pub async fn snapshot_and_get<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tags: &[Tag],
+        deps: &[Dep],
         keys: &[String],
     ) -> Result<(SharedSnapshot, Vec<Option<Vec<u8>>>), VersionsError> {
         let mut gets = keys;
         for _ in 0..2 {
             let mut hmget = redis::cmd("HMGET");
             hmget.arg(&self.hash_key).arg("gen").arg("epoch");
-            for t in tags {
-                hmget.arg(field(*t));
+            for d in deps {
+                hmget.arg(field(*d));
             }
             let mut pipe = redis::pipe();
             pipe.cmd("GET").arg(&self.gen_key).add_command(hmget);
@@ -206,7 +206,7 @@ impl SharedVersions {
                 (Some(m), Some(h)) if m == h => {
                     let epoch = parse(values.next().flatten())?;
                     let versions = values.map(parse).collect::<Result<Vec<_>, _>>()?;
-                    if versions.len() != tags.len() {
+                    if versions.len() != deps.len() {
                         return Err(VersionsError::Reply("HMGET arity"));
                     }
                     let mut found = found;
@@ -237,7 +237,7 @@ impl SharedVersions {
     pub async fn bump<C: ConnectionLike + Send>(
         &self,
         conn: &mut C,
-        tags: &[Tag],
+        deps: &[Dep],
         epoch: bool,
     ) -> Result<Bump, VersionsError> {
         let mut id = [0u8; 16];
@@ -251,8 +251,8 @@ impl SharedVersions {
             .arg(self.channel())
             .arg(fresh)
             .arg(if epoch { "1" } else { "0" });
-        for t in tags {
-            cmd.arg(field(*t));
+        for d in deps {
+            cmd.arg(field(*d));
         }
         let message: String = self.bounded(cmd.query_async(conn)).await?;
         parse_bump_message(&message).ok_or(VersionsError::Reply("bump announcement"))
@@ -281,9 +281,33 @@ local text = table.concat(msg, ' ')
 redis.call('PUBLISH', ARGV[1], text)
 return text";
 
-/// The hash field of a tag.
-fn field(t: Tag) -> String {
-    format!("{}:{}", t.db, t.rel)
+/// The hash field of a counter: `DB:REL` (a relation's table counter), `w:DB:REL` (its
+/// table-wide-write counter), `s:STRIPE` (a row stripe).
+fn field(d: Dep) -> String {
+    match d {
+        Dep::Table(t) => format!("{}:{}", t.db, t.rel),
+        Dep::Wide(t) => format!("w:{}:{}", t.db, t.rel),
+        Dep::Row(s) => format!("s:{s}"),
+    }
+}
+
+/// The counter of a hash field (see [`field`]).
+fn parse_field(name: &str) -> Option<Dep> {
+    let tag = |s: &str| -> Option<Tag> {
+        let (db, rel) = s.split_once(':')?;
+        Some(Tag {
+            db: db.parse().ok()?,
+            rel: rel.parse().ok()?,
+        })
+    };
+    if let Some(rest) = name.strip_prefix("w:") {
+        return Some(Dep::Wide(tag(rest)?));
+    }
+    if let Some(rest) = name.strip_prefix("s:") {
+        let stripe: u32 = rest.parse().ok()?;
+        return (stripe < crate::cache::rows::ROW_STRIPES).then_some(Dep::Row(stripe));
+    }
+    Some(Dep::Table(tag(name)?))
 }
 
 fn parse(v: Option<String>) -> Result<u64, VersionsError> {
@@ -299,7 +323,7 @@ pub struct Bump {
     pub generation: Arc<str>,
     /// The new epoch, when the bump moved it.
     pub epoch: Option<u64>,
-    pub tags: Vec<(Tag, u64)>,
+    pub deps: Vec<(Dep, u64)>,
 }
 
 /// Parses an announcement (`GEN [e=EPOCH] [DB:REL=VERSION]...`). `None` when anything is
@@ -310,7 +334,7 @@ pub fn parse_bump_message(msg: &str) -> Option<Bump> {
     let mut bump = Bump {
         generation,
         epoch: None,
-        tags: Vec::new(),
+        deps: Vec::new(),
     };
     for part in parts {
         let (name, value) = part.split_once('=')?;
@@ -319,14 +343,7 @@ pub fn parse_bump_message(msg: &str) -> Option<Bump> {
             bump.epoch = Some(value);
             continue;
         }
-        let (db, rel) = name.split_once(':')?;
-        bump.tags.push((
-            Tag {
-                db: db.parse().ok()?,
-                rel: rel.parse().ok()?,
-            },
-            value,
-        ));
+        bump.deps.push((parse_field(name)?, value));
     }
     Some(bump)
 }
@@ -340,11 +357,16 @@ mod tests {
         let t1 = Tag { db: 5, rel: 16384 };
         let t2 = Tag { db: 5, rel: 16390 };
         assert_eq!(
-            parse_bump_message("abc e=3 5:16384=7 5:16390=1"),
+            parse_bump_message("abc e=3 5:16384=7 5:16390=1 w:5:16384=2 s:77=4"),
             Some(Bump {
                 generation: "abc".into(),
                 epoch: Some(3),
-                tags: vec![(t1, 7), (t2, 1)],
+                deps: vec![
+                    (Dep::Table(t1), 7),
+                    (Dep::Table(t2), 1),
+                    (Dep::Wide(t1), 2),
+                    (Dep::Row(77), 4)
+                ],
             })
         );
         assert_eq!(
@@ -352,10 +374,19 @@ mod tests {
             Some(Bump {
                 generation: "abc".into(),
                 epoch: None,
-                tags: vec![],
+                deps: vec![],
             })
         );
-        for bad in ["", "abc 5:x=1", "abc 5:1", "abc e=x", "abc 5:1=-1"] {
+        for bad in [
+            "",
+            "abc 5:x=1",
+            "abc 5:1",
+            "abc e=x",
+            "abc 5:1=-1",
+            "abc s:x=1",
+            "abc s:262144=1",
+            "abc w:5=1",
+        ] {
             assert_eq!(parse_bump_message(bad), None, "{bad:?}");
         }
     }

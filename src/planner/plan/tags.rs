@@ -175,11 +175,33 @@ impl Planner<'_> {
             }
             ttl = shorter(ttl, self.undeclared_reads_ttl);
         }
+        // A view among the relations may read a pinned relation's other rows.
+        let any_view = resolved
+            .iter()
+            .filter_map(|r| r.relation.as_ref())
+            .any(|f| f.kind == catalog::RelKind::View);
+        let mut also_read = called.tags.clone();
+        if any_view {
+            also_read.extend(set.tags.iter().copied());
+        }
+        let (pins, unpinned) = self
+            .read_pins(
+                cx,
+                sql_bytes,
+                info,
+                &resolved,
+                &tags,
+                &also_read,
+                set.rls,
+            )
+            .await;
         Ok(ReadPlan {
             tags,
             normalized,
             ttl,
             stats: Arc::default(),
+            pins,
+            unpinned,
         })
     }
 

@@ -13,7 +13,7 @@ use super::capture::Capture;
 use super::{CacheSession, HIT_TIMING_SAMPLE, Looked, WaitResult, hooks};
 use crate::cache::KeyInput;
 use crate::cache::tiers::TierLookup;
-use crate::planner::plan::{Plan, ReadPlan};
+use crate::planner::plan::{Bound, Plan, ReadPlan};
 use crate::session::state::SessionState;
 use crate::telemetry::names;
 
@@ -36,7 +36,15 @@ impl CacheSession {
         let sampled = self.lookups.is_multiple_of(HIT_TIMING_SAMPLE);
         let timed = sampled.then(Instant::now);
         // I1: versions are read before the Query goes upstream.
-        let snapshot = self.app.services.cache.versions().snapshot(&read.tags);
+        let cache = &self.app.services.cache;
+        let bound = extended.map(|(types, tail)| Bound { types, tail });
+        let (deps, pinned) = read.deps(bound, self.utf8, cache.secret());
+        let snapshot = cache.versions().snapshot_deps(&deps);
+        if sampled {
+            let [table, rows] = &self.metrics.pinned;
+            let counter = if pinned { rows } else { table };
+            counter.increment(u64::from(HIT_TIMING_SAMPLE));
+        }
         let bare = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
         let bare = match extended {
             Some((types, bind)) => bare.extended(types, bind),

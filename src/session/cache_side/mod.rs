@@ -107,6 +107,8 @@ struct Metrics {
     probes_failed: Counter,
     /// Login probes answered from the login memo (no query sent).
     probes_remembered: Counter,
+    /// Sampled lookups whose relations were all pinned to rows, and the others.
+    pinned: [Counter; 2],
 }
 
 /// One session's cache state.
@@ -123,6 +125,9 @@ pub struct CacheSession {
     database: Arc<str>,
     opted_out: bool,
     encoding_ok: bool,
+    /// The client encoding was UTF-8 at the last probe: text key values (row pins) are
+    /// compared as UTF-8 bytes, the form change data capture sees them in.
+    utf8: bool,
     tracker: Tracker,
     capture: Option<Capture>,
     /// Custom (dotted) settings this session SET or RESET: the probe reads them back.
@@ -183,6 +188,7 @@ impl CacheSession {
             database: database.into(),
             opted_out: false,
             encoding_ok: true,
+            utf8: false,
             tracker: Tracker::default(),
             capture: None,
             custom_names: Vec::new(),
@@ -200,6 +206,8 @@ impl CacheSession {
                 probes_ok: metrics::counter!(names::SESSION_PROBES, "result" => "ok"),
                 probes_failed: metrics::counter!(names::SESSION_PROBES, "result" => "error"),
                 probes_remembered: metrics::counter!(names::SESSION_PROBES, "result" => "login_memo"),
+                pinned: ["table", "rows"]
+                    .map(|p| metrics::counter!(names::CACHE_PINNED_LOOKUPS, "pinned" => p)),
             },
             side: side::SessionSide::new(&app_side, database),
         }

@@ -7,9 +7,8 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Arc;
 
-use crate::planner::plan::{Plan, StmtPlan};
+use crate::planner::plan::StmtPlan;
 
 /// Entries per map and session.
 pub const MAX_NAMED: usize = 10_000;
@@ -24,10 +23,14 @@ pub trait Weigh {
     fn weight(&self) -> usize;
 }
 
-/// A portal's plan is its statement's (shared): only the reference counts.
-impl Weigh for Option<Arc<Plan>> {
+/// A portal's plan is its statement's (shared): only the reference and its rows count.
+impl Weigh for Option<super::tracker::Portal> {
     fn weight(&self) -> usize {
         std::mem::size_of::<Self>()
+            + self
+                .as_ref()
+                .and_then(|p| p.rows.as_ref())
+                .map_or(0, |r| std::mem::size_of_val(r.as_ref()))
     }
 }
 

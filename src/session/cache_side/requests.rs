@@ -4,6 +4,7 @@
 //! portals whose writes must be seen.
 
 use super::*;
+use crate::planner::plan::Bound;
 
 impl CacheSession {
     /// A complete client frame the relay is about to forward.
@@ -25,11 +26,12 @@ impl CacheSession {
             frontend::EXECUTE => {
                 let portal = Execute::read(frame).map_or(&b""[..], |e| e.portal);
                 let c = match self.tracker.portals.get(portal) {
-                    Some(Some(plan)) if plan.stmts.is_empty() => Completion::Empty,
-                    Some(Some(plan)) => Completion::Stmt {
-                        plan: Arc::clone(plan),
+                    Some(Some(p)) if p.plan.stmts.is_empty() => Completion::Empty,
+                    Some(Some(p)) => Completion::Stmt {
+                        plan: Arc::clone(&p.plan),
                         index: 0,
                         context_seq: self.tracker.context_now(),
+                        rows: p.rows.clone(),
                     },
                     _ => Completion::Unknown,
                 };
@@ -89,10 +91,12 @@ impl CacheSession {
             state.expect_completion(Completion::Empty);
         }
         for index in 0..plan.stmts.len() {
+            let rows = self.written_rows(&plan, index, None);
             state.expect_completion(Completion::Stmt {
                 plan: Arc::clone(&plan),
                 index,
                 context_seq,
+                rows,
             });
         }
         FrameAction::Forward
@@ -118,19 +122,24 @@ impl CacheSession {
         if let Some(Bind {
             portal,
             statement: stmt,
-            ..
+            tail,
         }) = Bind::read(frame)
         {
             // A statement parsed under another search_path or role: PostgreSQL
             // re-parses it for the current one, and so does pgmemo.
-            let plan = match self.statement_plan(stmt, state) {
-                Ok(plan) => Some(plan),
+            let portal_value = match self.statement_plan(stmt, state) {
+                Ok(plan) => {
+                    let types = state.registry.get(stmt).map(|s| s.param_types.clone());
+                    let bound = types.as_deref().map(|types| Bound { types, tail });
+                    let rows = bound.and_then(|b| self.written_rows(&plan, 0, Some(b)));
+                    Some(tracker::Portal { plan, rows })
+                }
                 Err(Some(sql)) => return FrameAction::Hold(Hold::Plan(sql)),
                 Err(None) => None,
             };
             self.tracker
                 .portals
-                .insert(Bytes::copy_from_slice(portal), plan);
+                .insert(Bytes::copy_from_slice(portal), portal_value);
         }
         if self.describe == resume::Describe::AfterBind {
             self.describe = resume::Describe::StripReply;

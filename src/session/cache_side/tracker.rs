@@ -13,7 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::CacheSession;
-use crate::cache::EpochCause;
+use crate::cache::rows::KeyType;
+use crate::cache::{EpochCause, Stripe, Tag};
 use crate::invalidation::{Source, Written};
 use crate::planner::plan::{Plan, StmtPlan};
 use crate::protocol::fields::Reader;
@@ -23,6 +24,13 @@ use crate::sql::{Class, DiscardKind, SessionChange, TxnControl};
 
 pub use super::named::MAX_NAMED;
 use super::named::Named;
+
+/// A bound portal: its statement's plan, and the rows it writes when they are known by key.
+#[derive(Debug, Clone)]
+pub struct Portal {
+    pub plan: Arc<Plan>,
+    pub rows: Option<Arc<[(Tag, Stripe)]>>,
+}
 
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -39,7 +47,7 @@ pub struct Tracker {
     /// Portals by name → the plan of the statement bound (statements are the session
     /// registry's). Bounded in entries and bytes: a name not followed is unknown, and
     /// executing it bumps the epoch.
-    pub portals: Named<Bytes, Option<Arc<Plan>>>,
+    pub portals: Named<Bytes, Option<Portal>>,
     /// SQL `PREPARE name AS ...`: the effects of the prepared statement, and the id of the
     /// context they were resolved in.
     pub sql_prepared: Named<String, (StmtPlan, u64)>,
@@ -146,11 +154,12 @@ impl CacheSession {
                 plan,
                 index,
                 context_seq,
+                rows,
             }) => {
                 // Planned for the context it runs in: its write tags name what it wrote.
                 let planned_here =
                     context_seq == Some(self.tracker.context_seq) && plan.context_id == self.cx_id;
-                self.apply_statement(&plan, index, frame, planned_here, state);
+                self.apply_statement(&plan, index, rows.as_deref(), frame, planned_here, state);
             }
             Some(Completion::Unknown) => {
                 // A portal of a statement pgmemo did not see parsed (SQL PREPARE, or past
@@ -283,6 +292,7 @@ impl CacheSession {
         &mut self,
         plan: &Plan,
         index: usize,
+        rows: Option<&[(Tag, Stripe)]>,
         frame: &[u8],
         planned_here: bool,
         state: &mut SessionState,
@@ -293,7 +303,7 @@ impl CacheSession {
             return;
         };
         if planned_here {
-            self.tracker.txn.merge(&sp.written.tags, sp.written.epoch);
+            self.merge_written(sp, rows);
             if !sp.written.tags.is_empty() {
                 let g = plan.catalog_generation();
                 self.tracker.txn_generation =
@@ -325,6 +335,45 @@ impl CacheSession {
             Class::Execute { name } => self.apply_sql_execute(name, planned_here),
             _ => {}
         }
+    }
+
+    /// Adds what a statement planned for this context wrote: its target by row when the
+    /// rows are known (and, for a text key, the session is still UTF-8: a SET
+    /// client_encoding ahead of it, reported by ParameterStatus, makes a re-probe due),
+    /// everything else table-wide.
+    fn merge_written(&mut self, sp: &StmtPlan, rows: Option<&[(Tag, Stripe)]>) {
+        let text_ok = |types: &[KeyType]| {
+            !types.contains(&KeyType::Text) || (self.utf8 && !self.probe.needed)
+        };
+        match (rows, sp.rows.as_deref()) {
+            (Some(rows), Some(pin)) if text_ok(&pin.types) => {
+                let others: Vec<Tag> = sp
+                    .written
+                    .tags
+                    .iter()
+                    .filter(|t| **t != pin.tag)
+                    .copied()
+                    .collect();
+                self.tracker.txn.merge(&others, sp.written.epoch);
+                self.tracker.txn.merge_rows(rows);
+            }
+            _ => self.tracker.txn.merge(&sp.written.tags, sp.written.epoch),
+        }
+    }
+
+    /// The rows statement `index` of `plan` writes, known by key, for an execution with
+    /// these parameters (`None`: not known; the target is bumped table-wide).
+    pub(super) fn written_rows(
+        &self,
+        plan: &Plan,
+        index: usize,
+        bound: Option<crate::planner::plan::Bound<'_>>,
+    ) -> Option<Arc<[(Tag, Stripe)]>> {
+        let pin = plan.stmts.get(index)?.rows.as_deref()?;
+        // The encoding is checked when the write completes (see `merge_written`).
+        let keys = pin.keys(bound, true)?;
+        let secret = self.app.services.cache.secret();
+        Some(keys.iter().map(|k| (pin.tag, secret.stripe(pin.tag, k))).collect())
     }
 
     /// A SET, RESET, PREPARE, DEALLOCATE, DISCARD ... completed: the session is re-probed,

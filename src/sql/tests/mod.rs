@@ -6,6 +6,7 @@ mod fallback;
 mod fuzz;
 mod keywords;
 mod normalize;
+mod pins;
 
 use super::{Analysis, FuncName, RelName, StatementInfo, analyze};
 
