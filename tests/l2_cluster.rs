@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::RedisCluster;
-use pgmemo::cache::{Dep, Tag};
 use pgmemo::cache::key::{CacheKey, KeyCheck, KeySecret};
 use pgmemo::cache::l2::envelope::Sealed;
 use pgmemo::cache::l2::store::{L2Settings, L2Store};
 use pgmemo::cache::l2::versions::SharedVersions;
+use pgmemo::cache::{Dep, Tag};
 use redis::cluster_async::ClusterConnection;
 use tokio_util::sync::CancellationToken;
 

@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::RedisServer;
-use pgmemo::cache::{Dep, Tag};
 use pgmemo::cache::l2::versions::{SharedVersions, VersionsError, parse_bump_message};
+use pgmemo::cache::{Dep, Tag};
 
 const T1: Dep = Dep::Table(Tag { db: 5, rel: 100 });
 const T2: Dep = Dep::Table(Tag { db: 5, rel: 200 });

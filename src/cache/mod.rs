@@ -34,8 +34,8 @@ pub use entry::Entry;
 pub use fill::{FillGuard, FillWaiter, WaitOutcome};
 pub use key::{CacheKey, KeyCheck, KeyInput, KeySecret, SecretError};
 pub use l1::InsertOutcome;
-pub use stats::CacheStats;
 pub use rows::{RowKey, Stripe};
+pub use stats::CacheStats;
 pub use versions::{Dep, EpochCause, Tag, VersionSnapshot, Versions};
 
 use fill::{Begin, Fills};

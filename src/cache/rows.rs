@@ -52,7 +52,10 @@ pub mod oid {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyType {
     /// `int2`, `int4`, `int8`, with the column's range.
-    Int { min: i64, max: i64 },
+    Int {
+        min: i64,
+        max: i64,
+    },
     Text,
     Uuid,
 }
@@ -120,7 +123,8 @@ impl RowKey {
 
     fn push(&mut self, ty: KeyType, value: &[u8]) {
         self.0.push(ty.tag());
-        self.0.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        self.0
+            .extend_from_slice(&(value.len() as u32).to_be_bytes());
         self.0.extend_from_slice(value);
     }
 
@@ -265,7 +269,7 @@ fn parse_uuid(text: &[u8]) -> Option<[u8; 16]> {
     for &b in inner {
         if b == b'-' {
             // uuid_in: a hyphen only after an even, non-zero group of 4 digits, never two.
-            if prev_hyphen || nibbles % 4 != 0 || nibbles == 32 {
+            if prev_hyphen || !nibbles.is_multiple_of(4) || nibbles == 32 {
                 return None;
             }
             prev_hyphen = true;
@@ -273,7 +277,11 @@ fn parse_uuid(text: &[u8]) -> Option<[u8; 16]> {
         }
         let v = (b as char).to_digit(16)? as u8;
         let byte = out.get_mut(nibbles / 2)?;
-        *byte = if nibbles % 2 == 0 { v << 4 } else { *byte | v };
+        *byte = if nibbles.is_multiple_of(2) {
+            v << 4
+        } else {
+            *byte | v
+        };
         nibbles += 1;
         prev_hyphen = false;
     }
@@ -323,7 +331,17 @@ mod tests {
     #[test]
     fn what_the_server_would_read_differently_is_refused() {
         for bad in [
-            "7.0", "7e0", "0x7", "1_000", "", " ", "-", "+-7", "７", "7a", "2147483648",
+            "7.0",
+            "7e0",
+            "0x7",
+            "1_000",
+            "",
+            " ",
+            "-",
+            "+-7",
+            "７",
+            "7a",
+            "2147483648",
         ] {
             assert_eq!(text(INT4, bad), None, "{bad:?}");
         }
@@ -335,7 +353,10 @@ mod tests {
         assert!(!RowKey::new().push_binary(INT4, 0, &[0, 0, 0, 0, 0, 0, 0, 7]));
         assert!(!RowKey::new().push_binary(INT4, 701, &[0; 8]), "float8");
         assert!(!RowKey::new().push_binary(INT4, 1700, &[0; 8]), "numeric");
-        assert!(!RowKey::new().push_binary(KeyType::Text, 1042, b"a"), "bpchar");
+        assert!(
+            !RowKey::new().push_binary(KeyType::Text, 1042, b"a"),
+            "bpchar"
+        );
         assert!(!RowKey::new().push_binary(
             KeyType::Int {
                 min: i16::MIN.into(),
@@ -364,7 +385,11 @@ mod tests {
             "a0eebc999c0b4ef8bb6d6bb9bd380a11",
             "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
         ] {
-            assert_eq!(text(KeyType::Uuid, form).as_ref(), Some(&canonical), "{form}");
+            assert_eq!(
+                text(KeyType::Uuid, form).as_ref(),
+                Some(&canonical),
+                "{form}"
+            );
         }
         for bad in [
             "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
@@ -414,6 +439,9 @@ mod tests {
         }
         // 10,000 keys over 262,144 stripes: a few collisions at most.
         assert!(seen.len() > 9_700, "{}", seen.len());
-        assert!(same_other_rel < 10, "the relation is part of the hash: {same_other_rel}");
+        assert!(
+            same_other_rel < 10,
+            "the relation is part of the hash: {same_other_rel}"
+        );
     }
 }

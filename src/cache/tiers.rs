@@ -27,9 +27,7 @@ use super::VersionSnapshot;
 use super::l2::envelope::{Sealed, now_unix_ms};
 use super::l2::tier::{Consistency, SharedTier};
 use super::l2::versions::SharedSnapshot;
-use super::{
-    Cache, CacheKey, Dep, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag,
-};
+use super::{Cache, CacheKey, Dep, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag};
 
 /// The answer of one lookup over the tiers.
 pub enum TierLookup {

@@ -45,9 +45,9 @@ use memo::{Memo, Weights};
 use track::{Limits, Prints, Tracked, Want};
 
 pub use error::CatalogError;
-pub use rowid::RowIdentity;
 pub use poller::Poller;
 pub use prints::Aspect;
+pub use rowid::RowIdentity;
 pub use settings::SettingNames;
 pub use track::{Change, EpochCause};
 pub use types::{

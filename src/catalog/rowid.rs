@@ -69,7 +69,8 @@ pub(crate) async fn row_identity(
     let Some(row) = rows.first() else {
         return Ok((None, Want::default()));
     };
-    let get = |i| -> Result<Option<String>, CatalogError> { row.try_get(i).map_err(CatalogError::Row) };
+    let get =
+        |i| -> Result<Option<String>, CatalogError> { row.try_get(i).map_err(CatalogError::Row) };
     let kind = get(0)?.unwrap_or_default();
     let flag = |i| -> Result<bool, CatalogError> {
         Ok(row

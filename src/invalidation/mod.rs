@@ -221,9 +221,8 @@ impl Invalidator {
             config_generation: AtomicU64::new(0),
             counters: Source::ALL
                 .map(|s| metrics::counter!(names::CACHE_TAG_BUMPS, "source" => s.as_str())),
-            granularity: ["table", "row"].map(
-                |g| metrics::counter!(names::CACHE_INVALIDATIONS, "granularity" => g),
-            ),
+            granularity: ["table", "row"]
+                .map(|g| metrics::counter!(names::CACHE_INVALIDATIONS, "granularity" => g)),
         }
     }
 

@@ -175,7 +175,11 @@ impl Target<'_> {
 
     /// A pin from an UPDATE's or DELETE's equalities on its target; an UPDATE that assigns a
     /// key column moves rows to keys the statement does not show: not pinned.
-    pub fn from_change(&self, filter: &RowFilter, assigns: &[String]) -> Result<RowPin, &'static str> {
+    pub fn from_change(
+        &self,
+        filter: &RowFilter,
+        assigns: &[String],
+    ) -> Result<RowPin, &'static str> {
         let key_assigned = self
             .identity
             .key
@@ -259,8 +263,8 @@ impl Target<'_> {
 /// comparison or a row IN list), or each key column has its own (`=` or `IN`), combined.
 fn key_rows(eqs: &[ColumnEq], key: &[&str]) -> Option<Vec<Vec<KeyValue>>> {
     for eq in eqs {
-        let same_set = eq.columns.len() == key.len()
-            && key.iter().all(|k| eq.columns.iter().any(|c| c == k));
+        let same_set =
+            eq.columns.len() == key.len() && key.iter().all(|k| eq.columns.iter().any(|c| c == k));
         if same_set && eq.tuples.len() <= MAX_ROWS {
             let at: Vec<usize> = key
                 .iter()

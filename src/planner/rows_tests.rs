@@ -56,7 +56,10 @@ fn keys(sql: &str, key: &[(&str, u32)]) -> Result<Vec<RowKey>, &'static str> {
 
 fn key_of_int(v: i64) -> RowKey {
     let mut k = RowKey::new();
-    assert!(k.push_text(KeyType::of_column(oid::INT4).unwrap(), v.to_string().as_bytes()));
+    assert!(k.push_text(
+        KeyType::of_column(oid::INT4).unwrap(),
+        v.to_string().as_bytes()
+    ));
     k
 }
 
@@ -104,9 +107,18 @@ fn bound_keys(
 
 #[test]
 fn point_reads_by_the_primary_key_are_pinned() {
-    assert_eq!(keys("SELECT v FROM t WHERE id = 5", ID), Ok(vec![key_of_int(5)]));
-    assert_eq!(keys("SELECT v FROM t WHERE 5 = id", ID), Ok(vec![key_of_int(5)]));
-    assert_eq!(keys("SELECT * FROM t WHERE t.id = 5", ID), Ok(vec![key_of_int(5)]));
+    assert_eq!(
+        keys("SELECT v FROM t WHERE id = 5", ID),
+        Ok(vec![key_of_int(5)])
+    );
+    assert_eq!(
+        keys("SELECT v FROM t WHERE 5 = id", ID),
+        Ok(vec![key_of_int(5)])
+    );
+    assert_eq!(
+        keys("SELECT * FROM t WHERE t.id = 5", ID),
+        Ok(vec![key_of_int(5)])
+    );
     assert_eq!(
         keys("SELECT a.v FROM t AS a WHERE a.id = 5 AND a.v > 0", ID),
         Ok(vec![key_of_int(5)]),
@@ -159,7 +171,11 @@ fn parameters_the_server_would_read_otherwise_are_not_pinned() {
         None,
         "float8"
     );
-    assert_eq!(bound_keys(sql, ID, &[1700], &[(0, Some(b"7"))]), None, "numeric");
+    assert_eq!(
+        bound_keys(sql, ID, &[1700], &[(0, Some(b"7"))]),
+        None,
+        "numeric"
+    );
     assert_eq!(bound_keys(sql, ID, &[], &[(0, None)]), None, "NULL");
     assert_eq!(bound_keys(sql, ID, &[], &[]), None, "missing");
     assert_eq!(bound_keys(sql, ID, &[], &[(0, Some(b"7.0"))]), None);
@@ -217,7 +233,10 @@ fn composite_keys_need_every_column() {
         keys("SELECT v FROM t WHERE a IN (1, 2) AND b = 'x'", ab).map(|k| k.len()),
         Ok(2)
     );
-    assert!(keys("SELECT v FROM t WHERE a = 1", ab).is_err(), "half a key");
+    assert!(
+        keys("SELECT v FROM t WHERE a = 1", ab).is_err(),
+        "half a key"
+    );
     assert!(
         keys("SELECT v FROM t WHERE a = 1 AND b > 'x'", ab).is_err(),
         "a range on a key column"
@@ -233,7 +252,12 @@ fn joins_pin_each_side_on_its_own() {
     assert!(pin_of(one_side, "t", ID).is_ok());
     assert!(pin_of(one_side, "u", ID).is_err(), "u's rows follow t's");
     assert!(
-        pin_of("SELECT * FROM t JOIN u ON u.tid = t.id WHERE id = 1", "t", ID).is_err(),
+        pin_of(
+            "SELECT * FROM t JOIN u ON u.tid = t.id WHERE id = 1",
+            "t",
+            ID
+        )
+        .is_err(),
         "an unqualified column of a join names no relation for sure"
     );
 }
@@ -243,15 +267,25 @@ fn text_and_uuid_keys() {
     let name: &[(&str, u32)] = &[("name", oid::VARCHAR)];
     let pin = pin_of("SELECT v FROM t WHERE name = 'abc'", "t", name).unwrap();
     assert!(pin.keys(None, true).is_some());
-    assert_eq!(pin.keys(None, false), None, "a text key needs a UTF-8 session");
+    assert_eq!(
+        pin.keys(None, false),
+        None,
+        "a text key needs a UTF-8 session"
+    );
     assert_eq!(
         pin_of("SELECT v FROM t WHERE name = 5", "t", name).err(),
         Some("key_literal")
     );
     let u: &[(&str, u32)] = &[("u", oid::UUID)];
     assert_eq!(
-        keys("SELECT v FROM t WHERE u = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'", u),
-        keys("SELECT v FROM t WHERE u = '{a0eebc999c0b4ef8bb6d6bb9bd380a11}'", u)
+        keys(
+            "SELECT v FROM t WHERE u = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+            u
+        ),
+        keys(
+            "SELECT v FROM t WHERE u = '{a0eebc999c0b4ef8bb6d6bb9bd380a11}'",
+            u
+        )
     );
     assert_eq!(
         pin_of("SELECT v FROM t WHERE u = 'nope'", "t", u).err(),

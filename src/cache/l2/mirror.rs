@@ -262,10 +262,16 @@ mod tests {
         m.set_live(true);
         m.apply(&bump("g", Some(2), &[]), true);
         for rel in 0..10 {
-            m.apply(&bump("g", None, &[(Dep::Table(Tag { db: 1, rel }), 1)]), true);
+            m.apply(
+                &bump("g", None, &[(Dep::Table(Tag { db: 1, rel }), 1)]),
+                true,
+            );
         }
         let held = (0..10)
-            .filter(|rel| m.snapshot(&[Dep::Table(Tag { db: 1, rel: *rel })]).is_some())
+            .filter(|rel| {
+                m.snapshot(&[Dep::Table(Tag { db: 1, rel: *rel })])
+                    .is_some()
+            })
             .count();
         assert!(held <= 4, "{held}");
         assert_eq!(

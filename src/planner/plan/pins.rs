@@ -7,6 +7,18 @@ use super::*;
 use crate::planner::rows::{RowPin, Target};
 use crate::sql::RowScope;
 
+/// What the planner found a read reads, for its pins.
+pub(super) struct ReadScope<'a> {
+    /// The statement's relation names resolved, in `info.reads` order.
+    pub resolved: &'a [catalog::Resolved],
+    /// Every tag the read depends on.
+    pub tags: &'a [Tag],
+    /// Relations read another way too (through views or called functions).
+    pub also_read: &'a [u32],
+    /// Some relation has row-level security.
+    pub rls: bool,
+}
+
 impl Planner<'_> {
     /// The pinned relations among a cacheable read's, and why some relation is not pinned
     /// (`None`: every relation of `tags` is).
@@ -15,11 +27,14 @@ impl Planner<'_> {
         cx: &Context,
         sql_bytes: &[u8],
         info: &StatementInfo,
-        resolved: &[catalog::Resolved],
-        tags: &[Tag],
-        also_read: &[u32],
-        rls: bool,
+        scope: ReadScope<'_>,
     ) -> (Box<[RowPin]>, Option<&'static str>) {
+        let ReadScope {
+            resolved,
+            tags,
+            also_read,
+            rls,
+        } = scope;
         let Some(RowScope::Read(filters)) = info.rows.as_deref() else {
             return (Box::default(), Some("no_key_equality"));
         };
@@ -45,7 +60,10 @@ impl Planner<'_> {
                 why = why.or(Some("relation_read_elsewhere"));
                 continue;
             }
-            match self.pin(cx, oid, sql_bytes, |t| t.from_filter(filter), true).await {
+            match self
+                .pin(cx, oid, sql_bytes, |t| t.from_filter(filter), true)
+                .await
+            {
                 Ok(pin) => pins.push(pin),
                 Err(reason) => why = why.or(Some(reason)),
             }

@@ -184,17 +184,13 @@ impl Planner<'_> {
         if any_view {
             also_read.extend(set.tags.iter().copied());
         }
-        let (pins, unpinned) = self
-            .read_pins(
-                cx,
-                sql_bytes,
-                info,
-                &resolved,
-                &tags,
-                &also_read,
-                set.rls,
-            )
-            .await;
+        let scope = pins::ReadScope {
+            resolved: &resolved,
+            tags: &tags,
+            also_read: &also_read,
+            rls: set.rls,
+        };
+        let (pins, unpinned) = self.read_pins(cx, sql_bytes, info, scope).await;
         Ok(ReadPlan {
             tags,
             normalized,

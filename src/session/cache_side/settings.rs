@@ -183,7 +183,10 @@ impl CacheSession {
         self.encoding_ok =
             probe::encoding_is_safe(&r.client_encoding) && r.standard_conforming_strings;
         self.utf8 = matches!(
-            r.client_encoding.to_ascii_uppercase().replace(['-', '_'], "").as_str(),
+            r.client_encoding
+                .to_ascii_uppercase()
+                .replace(['-', '_'], "")
+                .as_str(),
             "UTF8" | "UNICODE"
         );
         self.app

@@ -373,7 +373,11 @@ impl CacheSession {
         // The encoding is checked when the write completes (see `merge_written`).
         let keys = pin.keys(bound, true)?;
         let secret = self.app.services.cache.secret();
-        Some(keys.iter().map(|k| (pin.tag, secret.stripe(pin.tag, k))).collect())
+        Some(
+            keys.iter()
+                .map(|k| (pin.tag, secret.stripe(pin.tag, k)))
+                .collect(),
+        )
     }
 
     /// A SET, RESET, PREPARE, DEALLOCATE, DISCARD ... completed: the session is re-probed,
