@@ -1010,32 +1010,32 @@ mod tests {
 
     #[test]
     fn malformed_tuple_data_is_an_error() {
-        let n = tuple(b'N', &["t:1"]);
-        let k = tuple(b'K', &["t:1"]);
-        assert!(decode(&change(b'I', 1, &[n.clone()])).is_ok());
-        assert!(decode(&change(b'U', 1, &[k.clone(), n.clone()])).is_ok());
-        assert!(decode(&change(b'D', 1, &[k.clone()])).is_ok());
+        let n = || tuple(b'N', &["t:1"]);
+        let k = || tuple(b'K', &["t:1"]);
+        assert!(decode(&change(b'I', 1, &[n()])).is_ok());
+        assert!(decode(&change(b'U', 1, &[k(), n()])).is_ok());
+        assert!(decode(&change(b'D', 1, &[k()])).is_ok());
         let mut negative_len = vec![b'N', 0, 1, b't'];
         negative_len.extend_from_slice(&(-1i32).to_be_bytes());
         let mut too_many = vec![b'N'];
         too_many.extend_from_slice(&(MAX_COLUMNS as i16 + 1).to_be_bytes());
         for bad in [
             change(b'I', 1, &[]),
-            change(b'I', 1, &[k.clone()]),
+            change(b'I', 1, &[k()]),
             change(b'I', 1, &[tuple(b'N', &["x"])]),
             change(b'I', 1, &[negative_len]),
             change(b'I', 1, &[too_many]),
-            change(b'I', 1, &[n.clone(), vec![0]]),
+            change(b'I', 1, &[n(), vec![0]]),
             change(b'I', 1, &[b"N\xff\xff".to_vec()]),
-            change(b'U', 1, &[k.clone()]),
+            change(b'U', 1, &[k()]),
             change(b'U', 1, &[]),
-            change(b'D', 1, &[n.clone()]),
+            change(b'D', 1, &[n()]),
             change(b'D', 1, &[]),
-            change(b'D', 1, &[k.clone(), n.clone()]),
+            change(b'D', 1, &[k(), n()]),
         ] {
             assert!(decode(&bad).is_err(), "{bad:?}");
         }
-        let whole = change(b'U', 1, &[k, tuple(b'N', &["t:12345", "n", "u", "b:xy"])]);
+        let whole = change(b'U', 1, &[k(), tuple(b'N', &["t:12345", "n", "u", "b:xy"])]);
         for len in 0..whole.len() {
             assert!(decode(&whole[..len]).is_err(), "{len}");
         }

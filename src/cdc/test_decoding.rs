@@ -371,7 +371,7 @@ pub fn key_values(row: &ChangedRow, key_columns: &[&str]) -> Option<Vec<Vec<Box<
     if key_columns.is_empty() {
         return None;
     }
-    let (old, new) = tuples(row.kind, &row.columns)?;
+    let Tuples { old, new } = tuples(row.kind, &row.columns)?;
     [old, new]
         .into_iter()
         .flatten()
@@ -401,22 +401,29 @@ fn tuple_key(tuple: &[u8], key_columns: &[&str]) -> Option<Vec<Box<[u8]>>> {
 const OLD_KEY: &[u8] = b" old-key:";
 const NEW_TUPLE: &[u8] = b" new-tuple:";
 
-/// A change's old and new tuples (column text each), or `None` when it has no tuple data
-/// or does not parse: an INSERT has a new one, a DELETE an old one, an UPDATE a new one and
-/// the old key when it was logged.
-fn tuples(kind: ChangeKind, text: &[u8]) -> Option<(Option<&[u8]>, Option<&[u8]>)> {
-    match kind {
-        ChangeKind::Insert => Some((None, Some(whole_tuple(text)?))),
-        ChangeKind::Delete => Some((Some(whole_tuple(text)?), None)),
+/// A change's tuples, each the text of its columns.
+struct Tuples<'a> {
+    /// A DELETE's tuple, or an UPDATE's old key when it was logged.
+    old: Option<&'a [u8]>,
+    /// An INSERT's or UPDATE's new tuple.
+    new: Option<&'a [u8]>,
+}
+
+/// A change's tuples, or `None` when it has no tuple data or does not parse.
+fn tuples(kind: ChangeKind, text: &[u8]) -> Option<Tuples<'_>> {
+    let (old, new) = match kind {
+        ChangeKind::Insert => (None, Some(whole_tuple(text)?)),
+        ChangeKind::Delete => (Some(whole_tuple(text)?), None),
         ChangeKind::Update => match text.strip_prefix(OLD_KEY) {
             Some(rest) => {
                 let (old, rest) = tuple(rest)?;
                 let new = rest.strip_prefix(NEW_TUPLE)?;
-                Some((Some(old), Some(whole_tuple(new)?)))
+                (Some(old), Some(whole_tuple(new)?))
             }
-            None => Some((None, Some(whole_tuple(text)?))),
+            None => (None, Some(whole_tuple(text)?)),
         },
-    }
+    };
+    Some(Tuples { old, new })
 }
 
 /// `text` when it is exactly a tuple's columns.
