@@ -76,6 +76,10 @@ pub enum Message<'a> {
         old: Option<Tuple<'a>>,
         /// `N`: the new row (INSERT, UPDATE).
         new: Option<Tuple<'a>>,
+        /// The message ends inside its tuples: the frame was longer than the replication
+        /// connection keeps (`conn::KEEP_BYTES`), so only the relation is known (the tuples
+        /// are all `None`).
+        cut: bool,
     },
     /// TRUNCATE of the relations whose OIDs are packed (4 bytes each, big-endian) in `rels`.
     Truncate {
@@ -235,17 +239,39 @@ fn rel_column<'a>(r: &mut Reader<'a>) -> Option<RelColumn<'a>> {
     })
 }
 
-/// After `I`, `U` or `D`: the relation, then `[K|O tuple]` (UPDATE: optional, DELETE:
-/// required) and `N tuple` (INSERT, UPDATE). Anything else, trailing bytes included, is
-/// malformed: a change that is not exactly understood must not be half-read.
+/// After `I`, `U` or `D`: the relation, then its tuples. A message that ends inside them is
+/// a long frame's kept head: still a change of the relation, with its rows unknown.
 fn row<'a>(kind: ChangeKind, r: &mut Reader<'a>) -> Result<Message<'a>, WireError> {
     let rel = u32_be(r)?;
+    let ((key, old, new), cut) = match row_tuples(kind, r) {
+        Ok(tuples) => (tuples, false),
+        Err(WireError::Truncated) => ((None, None, None), true),
+        Err(e) => return Err(e),
+    };
+    Ok(Message::Row {
+        kind,
+        rel,
+        key,
+        old,
+        new,
+        cut,
+    })
+}
+
+/// A Row's `K`, `O` and `N` tuples.
+type RowTuples<'a> = (Option<Tuple<'a>>, Option<Tuple<'a>>, Option<Tuple<'a>>);
+
+/// `[K|O tuple]` (UPDATE: optional, DELETE: required), then `N tuple` (INSERT, UPDATE).
+/// Anything else, trailing bytes included, is malformed: a change that is not exactly
+/// understood must not be half-read.
+fn row_tuples<'a>(kind: ChangeKind, r: &mut Reader<'a>) -> Result<RowTuples<'a>, WireError> {
     let (mut key, mut old) = (None, None);
     if kind != ChangeKind::Insert {
         match r.remaining().first() {
             Some(b'K') => key = Some(tagged_tuple(r)?),
             Some(b'O') => old = Some(tagged_tuple(r)?),
-            _ if kind == ChangeKind::Delete => return Err(WireError::Malformed),
+            Some(_) if kind == ChangeKind::Delete => return Err(WireError::Malformed),
+            None if kind == ChangeKind::Delete => return Err(WireError::Truncated),
             _ => {}
         }
     }
@@ -260,13 +286,7 @@ fn row<'a>(kind: ChangeKind, r: &mut Reader<'a>) -> Result<Message<'a>, WireErro
     if !r.remaining().is_empty() {
         return Err(WireError::Malformed);
     }
-    Ok(Message::Row {
-        kind,
-        rel,
-        key,
-        old,
-        new,
-    })
+    Ok((key, old, new))
 }
 
 /// A sub-message tag (`K`, `O`, `N`), then TupleData.
@@ -498,9 +518,10 @@ impl TxnCollector {
                 key,
                 old,
                 new,
+                cut,
             } => {
                 self.add(std::iter::once(*rel), false);
-                self.add_row(*rel, *kind, [*key, *old, *new]);
+                self.add_row(*rel, *kind, [*key, *old, *new], *cut);
                 None
             }
             Message::Truncate { rels } => {
@@ -533,7 +554,7 @@ impl TxnCollector {
 
     /// Records the key values of a changed row of `rel` (its relation already added), or
     /// makes its rows unknown. `tuples` are the message's `K`, `O` and `N`.
-    fn add_row(&mut self, rel: u32, kind: ChangeKind, tuples: [Option<Tuple<'_>>; 3]) {
+    fn add_row(&mut self, rel: u32, kind: ChangeKind, tuples: [Option<Tuple<'_>>; 3], cut: bool) {
         let Some(txn) = self.open.as_mut() else {
             return;
         };
@@ -547,10 +568,9 @@ impl TxnCollector {
         let Some(rows) = slot.as_mut() else {
             return;
         };
-        let kept = self
-            .described
-            .by_oid
-            .get(&rel)
+        let kept = (!cut)
+            .then(|| self.described.by_oid.get(&rel))
+            .flatten()
             .and_then(|d| Some((d.columns, d.key.as_ref()?)))
             .and_then(|(columns, key)| {
                 let versions = row_keys(kind, tuples, columns, &key.indexes)?;
@@ -1020,25 +1040,68 @@ mod tests {
         let mut too_many = vec![b'N'];
         too_many.extend_from_slice(&(MAX_COLUMNS as i16 + 1).to_be_bytes());
         for bad in [
-            change(b'I', 1, &[]),
             change(b'I', 1, &[k()]),
             change(b'I', 1, &[tuple(b'N', &["x"])]),
             change(b'I', 1, &[negative_len]),
             change(b'I', 1, &[too_many]),
             change(b'I', 1, &[n(), vec![0]]),
             change(b'I', 1, &[b"N\xff\xff".to_vec()]),
-            change(b'U', 1, &[k()]),
-            change(b'U', 1, &[]),
             change(b'D', 1, &[n()]),
-            change(b'D', 1, &[]),
             change(b'D', 1, &[k(), n()]),
         ] {
             assert!(decode(&bad).is_err(), "{bad:?}");
         }
+        // Nothing where a tuple must follow reads as a cut frame (below).
+        for short in [
+            change(b'I', 1, &[]),
+            change(b'U', 1, &[k()]),
+            change(b'U', 1, &[]),
+            change(b'D', 1, &[]),
+        ] {
+            assert!(
+                matches!(decode(&short), Ok(Message::Row { cut: true, .. })),
+                "{short:?}"
+            );
+        }
+        // Cut inside its tuples (a long frame's kept head): a change of the relation with
+        // its rows unknown; cut before the relation: an error.
         let whole = change(b'U', 1, &[k(), tuple(b'N', &["t:12345", "n", "u", "b:xy"])]);
-        for len in 0..whole.len() {
+        for len in 0..5 {
             assert!(decode(&whole[..len]).is_err(), "{len}");
         }
+        for len in 5..whole.len() {
+            assert!(
+                matches!(
+                    decode(&whole[..len]),
+                    Ok(Message::Row {
+                        rel: 1,
+                        cut: true,
+                        ..
+                    })
+                ),
+                "{len}"
+            );
+        }
+        assert!(matches!(
+            decode(&whole),
+            Ok(Message::Row {
+                rel: 1,
+                cut: false,
+                ..
+            })
+        ));
+        let mut c = TxnCollector::default();
+        let cut = &whole[..whole.len() - 1];
+        let txn = commit_of(
+            &mut c,
+            &[
+                relation(1, b'd', &[(true, "id", 23)]),
+                change(b'I', 1, &[tuple(b'N', &["t:1"])]),
+                cut.to_vec(),
+            ],
+        );
+        assert_eq!(txn.relations.into_iter().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(txn.rows.get(&1), Some(&None));
     }
 
     #[test]
