@@ -18,7 +18,7 @@ use checker::{CheckerConfig, Fault, Report, Shape};
 use common::{PgOptions, SUPERUSER, Stack};
 
 /// Every kind of operation the checker has (see `worker.rs`).
-const OP_KINDS: usize = 13;
+const OP_KINDS: usize = 16;
 
 /// The audit trigger's function writes `counters_audit` and nothing else: declared, so a
 /// counter update bumps that table instead of the epoch (which would flush every entry and
@@ -159,6 +159,29 @@ async fn checker_catches_results_stored_inside_a_rolled_back_transaction() {
         "rolled-back values served unnoticed:\n{report}"
     );
     assert_eq!(report.errors, 0, "{report}");
+}
+
+/// Row-level invalidation deliberately broken: with `PGMEMO_FAULT_SKIP_WIDE=1` (a
+/// `race-hooks` build) a write that should bump the table-wide counter pinned reads depend
+/// on bumps only the table counter of unpinned reads. Reads pinned to rows (`parent` by id
+/// or pair, `counters` and `counters_audit` by id) then miss range updates, INSERT ...
+/// SELECT, key-assigning updates, cascades and trigger writes: a write mix rich in those
+/// must be caught as stale reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checker_catches_row_precision_that_skips_table_wide_writes() {
+    let opts = PgOptions::default().setting("max_prepared_transactions", "20");
+    let s = Stack::start_with(opts, |args| {
+        args.config(CONFIG).env("PGMEMO_FAULT_SKIP_WIDE", "1")
+    });
+    let mut c = self_test_config(&s, Fault::None);
+    c.write_percent = 15;
+    c.wide_write_percent = Some(60);
+    let report = run(&c).await;
+    assert!(
+        report.stale > 0,
+        "pinned reads that missed table-wide writes went unnoticed:\n{report}"
+    );
+    assert_eq!((report.phantom, report.errors), (0, 0), "{report}");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Change data capture: following PostgreSQL's logical replication stream so that writes
 //! that bypass pgmemo invalidate the cache within milliseconds. [`wire`] is the streaming
 //! replication sub-protocol inside CopyBoth, [`pgoutput`] the output plugin's messages
-//! reduced to the relations each committed transaction changed (used with a publication
-//! the user names), [`test_decoding`] the same for the plugin that needs no publication
+//! reduced to the relations each committed transaction changed and, when exactly known,
+//! the key values of its changed rows (used with a publication the user names),
+//! [`test_decoding`] the same for the plugin that needs no publication
 //! (the default) and [`names`] the mapping of its relation names to OIDs, [`conn`] the replication
 //! connection, [`runner`] the per-database task, [`demand`] what starts and stops it, [`lag`] the lag monitor, [`flush`] the delay
 //! before a commit can reach the stream at all, and [`hub`] what
@@ -10,7 +11,8 @@
 //!
 //! pgmemo speaks the replication sub-protocol with this small codec of its own rather than
 //! through a crate (`pgwire-replication` exists): it needs four message kinds, decoded
-//! without allocation and without decoding rows, long frames skipped rather than buffered,
+//! without copying (rows are read only for their key values), long frames skipped rather
+//! than buffered,
 //! and the same TLS set-up (rustls, `sslmode`) and framing bounds as the relay.
 
 pub mod conn;

@@ -45,6 +45,10 @@ pub enum WireError {
     UnknownTag(u8),
     #[error("malformed LSN")]
     BadLsn,
+    /// A pgoutput message whose shape pgmemo does not know (a column kind, a missing tuple,
+    /// trailing bytes): never half-read.
+    #[error("malformed pgoutput message")]
+    Malformed,
 }
 
 /// A message the server sends inside CopyData during replication.

@@ -131,6 +131,10 @@ pub struct CheckerConfig {
     pub more_proxies: Vec<SocketAddr>,
     /// Their admin addresses, flushed after set-up as `admin` is.
     pub more_admins: Vec<SocketAddr>,
+    /// Share of write operations (in percent) drawn from the writers pgmemo must treat as
+    /// table-wide although they name keys (key-assigning UPDATE, INSERT ... SELECT, range
+    /// UPDATE on `parent`) instead of the usual mix. `None`: the usual mix alone.
+    pub wide_write_percent: Option<u32>,
 }
 
 impl CheckerConfig {
@@ -156,6 +160,7 @@ impl CheckerConfig {
             proxied_write_percent: None,
             more_proxies: Vec::new(),
             more_admins: Vec::new(),
+            wide_write_percent: None,
         }
     }
 
@@ -178,7 +183,11 @@ impl CheckerConfig {
         if self.direct_clients > self.clients {
             return bad("direct_clients must be at most clients");
         }
-        if self.write_percent > 100 || self.proxied_write_percent.is_some_and(|p| p > 100) {
+        let over = |p: Option<u32>| p.is_some_and(|p| p > 100);
+        if self.write_percent > 100
+            || over(self.proxied_write_percent)
+            || over(self.wide_write_percent)
+        {
             return bad("write_percent must be at most 100");
         }
         self.shape.validate().map_err(CheckerError::Config)

@@ -10,7 +10,7 @@ use super::worker::{Proto, Worker, read};
 use super::{CheckerError, Fault};
 
 /// Relative weights of the read targets, in `pick_read_target`'s order.
-const TARGET_WEIGHTS: [u32; 10] = [20, 10, 10, 8, 4, 6, 8, 10, 14, 10];
+const TARGET_WEIGHTS: [u32; 13] = [20, 10, 10, 8, 4, 6, 8, 10, 14, 10, 6, 5, 4];
 
 impl Worker {
     fn pick_read_target(&mut self) -> ReadTarget {
@@ -38,7 +38,19 @@ impl Worker {
             6 => ReadTarget::Parent(self.rng.below(parents)),
             7 => ReadTarget::Child(self.rng.below(parents)),
             8 => ReadTarget::Event(self.rng.below(events)),
-            _ => ReadTarget::EventPartition(self.rng.below(events)),
+            9 => ReadTarget::EventPartition(self.rng.below(events)),
+            10 if parents >= 2 => {
+                let a = self.rng.below(parents);
+                let b = (a + 1 + self.rng.below(parents - 1)) % parents;
+                ReadTarget::ParentPair(a.min(b), a.max(b))
+            }
+            10 => ReadTarget::Parent(self.rng.below(parents)),
+            11 => {
+                let lo = self.rng.below(parents);
+                let hi = lo + self.rng.below((parents - lo).min(4));
+                ReadTarget::ParentRange(lo, hi)
+            }
+            _ => ReadTarget::ParentSum,
         }
     }
 

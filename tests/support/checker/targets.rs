@@ -44,6 +44,14 @@ pub(crate) enum ReadTarget {
     /// Several counters by key (sorted, distinct).
     CounterSet(Vec<usize>),
     Parent(usize),
+    /// Two parents pinned by key, `WHERE id IN (a, b)` (a < b): a read pgmemo may tie to
+    /// those rows alone.
+    ParentPair(usize, usize),
+    /// The parents with `lo <= id <= hi`, `WHERE id BETWEEN lo AND hi`: not pinned to rows
+    /// (table granularity).
+    ParentRange(usize, usize),
+    /// `sum(v)`, `max(v)` of every parent (table granularity).
+    ParentSum,
     /// `min`, `max`, `count` of the children's cascaded copy of `parent.v`.
     Child(usize),
     Event(usize),
@@ -56,6 +64,8 @@ pub(crate) enum Param {
     None,
     Int(i32),
     Ints(Vec<i32>),
+    /// `$1`, `$2`, both int4.
+    Pair(i32, i32),
 }
 
 impl Param {
@@ -64,6 +74,7 @@ impl Param {
             Param::None => vec![],
             Param::Int(v) => vec![v],
             Param::Ints(v) => vec![v],
+            Param::Pair(a, b) => vec![a, b],
         }
     }
 
@@ -72,6 +83,10 @@ impl Param {
             Param::None => vec![],
             Param::Int(v) => vec![(v as &(dyn ToSql + Sync), Type::INT4)],
             Param::Ints(v) => vec![(v as &(dyn ToSql + Sync), Type::INT4_ARRAY)],
+            Param::Pair(a, b) => vec![
+                (a as &(dyn ToSql + Sync), Type::INT4),
+                (b as &(dyn ToSql + Sync), Type::INT4),
+            ],
         }
     }
 }
@@ -98,7 +113,11 @@ impl ReadTarget {
                     list.join(", ")
                 )
             }
-            ReadTarget::AllGroups => self.param_sql(shape),
+            ReadTarget::AllGroups | ReadTarget::ParentSum => self.param_sql(shape),
+            ReadTarget::ParentPair(a, b) | ReadTarget::ParentRange(a, b) => self
+                .param_sql(shape)
+                .replace("$2", &b.to_string())
+                .replace("$1", &a.to_string()),
             _ => {
                 let (sql, k) = (self.param_sql(shape), self.scalar_key());
                 sql.replace("$1", &k.to_string())
@@ -122,6 +141,13 @@ impl ReadTarget {
                 "SELECT id::bigint, v FROM counters WHERE id = ANY($1) ORDER BY id".into()
             }
             ReadTarget::Parent(_) => "SELECT v FROM parent WHERE id = $1".into(),
+            ReadTarget::ParentPair(..) => {
+                "SELECT id::bigint, v FROM parent WHERE id IN ($1, $2) ORDER BY id".into()
+            }
+            ReadTarget::ParentRange(..) => {
+                "SELECT id::bigint, v FROM parent WHERE id BETWEEN $1 AND $2 ORDER BY id".into()
+            }
+            ReadTarget::ParentSum => "SELECT sum(v)::bigint, max(v) FROM parent".into(),
             ReadTarget::Child(_) => "SELECT min(parent_v), max(parent_v), count(*) FROM child \
                                      WHERE parent_id = $1"
                 .into(),
@@ -142,13 +168,20 @@ impl ReadTarget {
             | ReadTarget::Child(k)
             | ReadTarget::Event(k)
             | ReadTarget::EventPartition(k) => *k,
-            ReadTarget::AllGroups | ReadTarget::CounterSet(_) => 0,
+            ReadTarget::AllGroups
+            | ReadTarget::CounterSet(_)
+            | ReadTarget::ParentPair(..)
+            | ReadTarget::ParentRange(..)
+            | ReadTarget::ParentSum => 0,
         }
     }
 
     pub fn param(&self) -> Param {
         match self {
-            ReadTarget::AllGroups => Param::None,
+            ReadTarget::AllGroups | ReadTarget::ParentSum => Param::None,
+            ReadTarget::ParentPair(a, b) | ReadTarget::ParentRange(a, b) => {
+                Param::Pair(key(*a), key(*b))
+            }
             ReadTarget::CounterSet(keys) => Param::Ints(keys.iter().map(|k| key(*k)).collect()),
             _ => Param::Int(key(self.scalar_key())),
         }
@@ -164,6 +197,9 @@ impl ReadTarget {
             ReadTarget::AllGroups => (Fam::Counters, (0..shape.counters).collect()),
             ReadTarget::CounterSet(keys) => (Fam::Counters, keys.clone()),
             ReadTarget::Parent(k) | ReadTarget::Child(k) => (Fam::Parents, vec![*k]),
+            ReadTarget::ParentPair(a, b) => (Fam::Parents, vec![*a, *b]),
+            ReadTarget::ParentRange(lo, hi) => (Fam::Parents, (*lo..=*hi).collect()),
+            ReadTarget::ParentSum => (Fam::Parents, (0..shape.parents).collect()),
             ReadTarget::Event(k) | ReadTarget::EventPartition(k) => (Fam::Events, vec![*k]),
         }
     }
@@ -202,7 +238,7 @@ impl ReadTarget {
                 bound(&mut out, "min(parent_v)", row[0], f, c);
                 bound(&mut out, "max(parent_v)", row[1], f, c);
             }
-            ReadTarget::Group(_) => {
+            ReadTarget::Group(_) | ReadTarget::ParentSum => {
                 let row = one_row(rows, 2)?;
                 aggregate(&mut out, row[0], row[1], floors, ceilings);
             }
@@ -232,7 +268,10 @@ impl ReadTarget {
                     aggregate(&mut out, row[1], row[2], &f, &c);
                 }
             }
-            ReadTarget::CounterSet(keys) => {
+            ReadTarget::CounterSet(_)
+            | ReadTarget::ParentPair(..)
+            | ReadTarget::ParentRange(..) => {
+                let (_, keys) = self.scope(shape);
                 if rows.len() != keys.len() {
                     return Err(CheckerError::Shape(format!(
                         "{self:?}: {} rows, expected {}",
@@ -240,7 +279,7 @@ impl ReadTarget {
                         keys.len()
                     )));
                 }
-                for (i, (row, k)) in rows.iter().zip(keys).enumerate() {
+                for (i, (row, k)) in rows.iter().zip(&keys).enumerate() {
                     if row.len() != 2 || row[0] != *k as i64 {
                         return Err(CheckerError::Shape(format!("{self:?} row {i}: {row:?}")));
                     }
@@ -292,12 +331,32 @@ fn aggregate(out: &mut Vec<Violation>, sum: i64, max: i64, floors: &[i64], ceili
     bound(out, "max(v)", max, top(floors), top(ceilings));
 }
 
+/// How an increment of one key is written. Every style adds the delta to exactly that key
+/// and returns the new value; they differ in what pgmemo may conclude about the rows written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteStyle {
+    /// `UPDATE t SET v = v + d WHERE pk = k`: rows known by key (unless the table has a
+    /// trigger, as `counters` does, or a partition is written).
+    Plain,
+    /// `UPDATE parent SET id = id, v = v + d WHERE id = k`: assigns the primary key, so the
+    /// write is table-wide however its rows are chosen. `parent` only.
+    AssignKey,
+    /// `INSERT INTO parent (id, v) SELECT id, v + d FROM parent WHERE id = k FOR UPDATE
+    /// ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v`: table-wide (INSERT ... SELECT, ON
+    /// CONFLICT). `FOR UPDATE` makes the SELECT wait for a concurrent increment and read
+    /// its result (without it, READ COMMITTED would compute `EXCLUDED.v` from an older
+    /// snapshot and lose increments). `parent` only.
+    InsertSelect,
+}
+
 /// An increment of one counter.
 #[derive(Clone, Debug)]
 pub(crate) struct WriteTarget {
     pub slot: Slot,
     /// For `events`: update the partition directly instead of the partitioned table.
     pub via_partition: bool,
+    /// Anything but `Plain` only for `parent`.
+    pub style: WriteStyle,
 }
 
 impl WriteTarget {
@@ -311,22 +370,50 @@ impl WriteTarget {
     }
 
     pub fn simple_sql(&self, shape: &Shape, delta: i64) -> String {
-        let (table, col) = self.table_and_column(shape);
-        format!(
-            "UPDATE {table} SET v = v + {delta} WHERE {col} = {} RETURNING v",
-            self.slot.key
-        )
+        self.param_sql(shape)
+            .replace("$2", &delta.to_string())
+            .replace("$1", &self.slot.key.to_string())
     }
 
     /// `$1` = key (int4), `$2` = delta (int8).
     pub fn param_sql(&self, shape: &Shape) -> String {
         let (table, col) = self.table_and_column(shape);
-        format!("UPDATE {table} SET v = v + $2 WHERE {col} = $1 RETURNING v")
+        match self.style {
+            WriteStyle::AssignKey if self.slot.fam == Fam::Parents => {
+                "UPDATE parent SET id = id, v = v + $2 WHERE id = $1 RETURNING v".into()
+            }
+            WriteStyle::InsertSelect if self.slot.fam == Fam::Parents => {
+                "INSERT INTO parent (id, v) SELECT id, v + $2 FROM parent WHERE id = $1 \
+                 FOR UPDATE ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v RETURNING v"
+                    .into()
+            }
+            _ => format!("UPDATE {table} SET v = v + $2 WHERE {col} = $1 RETURNING v"),
+        }
     }
 
     pub fn key_param(&self) -> i32 {
         key(self.slot.key)
     }
+}
+
+/// `UPDATE parent SET v = v + 1 WHERE id BETWEEN lo AND hi`: a range increment (table-wide
+/// for pgmemo), `$1` = lo, `$2` = hi (int4). Returns every row written.
+pub(crate) const PARENT_RANGE_UPDATE: &str =
+    "UPDATE parent SET v = v + 1 WHERE id BETWEEN $1 AND $2 RETURNING id::bigint, v";
+/// Locks the rows `PARENT_RANGE_UPDATE` will write in key order first: the UPDATE itself
+/// locks them in scan order (heap order on a small table), which could deadlock with the
+/// writers that lock keys in (family, key) order.
+pub(crate) const PARENT_RANGE_LOCK: &str =
+    "SELECT id::bigint FROM parent WHERE id BETWEEN $1 AND $2 ORDER BY id FOR UPDATE";
+
+/// A statement with int4 parameters `$1`, `$2`, ... inlined as literals (simple protocol).
+pub(crate) fn inline_ints(param_sql: &str, params: &[i32]) -> String {
+    let mut sql = param_sql.to_owned();
+    // Highest first, so `$1` does not eat the start of `$10`.
+    for (i, v) in params.iter().enumerate().rev() {
+        sql = sql.replace(&format!("${}", i + 1), &v.to_string());
+    }
+    sql
 }
 
 /// Splits a simple-protocol response into one result set per statement, parsing every

@@ -12,9 +12,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 
 use super::schema::{GID_PREFIX, Shape};
-use super::state::{Rng, Shared};
-use super::targets::{Fam, ReadTarget, Rows, Slot, Violation, WriteTarget};
-use super::targets::{extended_rows, simple_rows, single_value};
+use super::state::{Pick, Rng, Shared};
+use super::targets::{Fam, ReadTarget, Rows, Slot, Violation, WriteStyle, WriteTarget};
+use super::targets::{extended_rows, inline_ints, simple_rows, single_value};
 use super::{CheckerConfig, CheckerError, Fault};
 
 /// How long establishing one connection may take.
@@ -193,6 +193,12 @@ pub(crate) enum Op {
     Chain,
     TwoPhase,
     Rollback,
+    /// `UPDATE parent SET id = id, v = v + 1 WHERE id = k` (assigns the key: table-wide).
+    AssignKey,
+    /// `INSERT INTO parent ... SELECT ... ON CONFLICT DO UPDATE` (table-wide).
+    InsertSelect,
+    /// `UPDATE parent SET v = v + 1 WHERE id BETWEEN a AND b` (table-wide).
+    Range,
 }
 
 /// Read mix (relative weights).
@@ -204,7 +210,7 @@ const READS: [(Op, u32); 5] = [
     (Op::ReadSwitched, 4),
 ];
 /// Write mix (relative weights); two-phase commit is dropped when unavailable.
-const WRITES: [(Op, u32); 8] = [
+const WRITES: [(Op, u32); 11] = [
     (Op::AutoSimple, 6),
     (Op::AutoExtended, 6),
     (Op::Block, 4),
@@ -213,7 +219,13 @@ const WRITES: [(Op, u32); 8] = [
     (Op::Chain, 2),
     (Op::TwoPhase, 3),
     (Op::Rollback, 2),
+    (Op::AssignKey, 2),
+    (Op::InsertSelect, 2),
+    (Op::Range, 2),
 ];
+/// The writers pgmemo must treat as table-wide even though they name keys
+/// (`CheckerConfig::wide_write_percent` biases the mix towards them).
+const WIDE_WRITES: [Op; 3] = [Op::AssignKey, Op::InsertSelect, Op::Range];
 
 impl Op {
     fn name(self) -> &'static str {
@@ -231,6 +243,9 @@ impl Op {
             Op::Chain => "write-chain",
             Op::TwoPhase => "write-2pc",
             Op::Rollback => "write-rollback",
+            Op::AssignKey => "write-assign-key",
+            Op::InsertSelect => "write-insert-select",
+            Op::Range => "write-range",
         }
     }
 }
@@ -353,6 +368,11 @@ impl Worker {
             let weights = READS.map(|(_, w)| w);
             return READS[self.rng.weighted(&weights)].0;
         }
+        if let Some(p) = cfg.wide_write_percent
+            && self.rng.chance(p)
+        {
+            return self.rng.pick(&WIDE_WRITES);
+        }
         let two_phase = self.sh.two_phase;
         let weights = WRITES.map(|(op, w)| {
             if op == Op::TwoPhase && !two_phase {
@@ -379,6 +399,9 @@ impl Worker {
             Op::Chain => self.write_chain().await,
             Op::TwoPhase => self.write_two_phase().await,
             Op::Rollback => self.write_rollback().await,
+            Op::AssignKey => self.write_parent_styled(WriteStyle::AssignKey).await,
+            Op::InsertSelect => self.write_parent_styled(WriteStyle::InsertSelect).await,
+            Op::Range => self.write_range().await,
         }
     }
 
@@ -450,11 +473,22 @@ impl Worker {
         }
     }
 
+    /// How `slot` is incremented: a parent is now and then written by a table-wide
+    /// statement (key-assigning UPDATE, INSERT ... SELECT) inside any transaction shape.
     pub fn write_target(&mut self, slot: Slot) -> WriteTarget {
         let via_partition = slot.fam == Fam::Events && self.rng.chance(40);
+        let style = match slot.fam {
+            Fam::Parents => match self.rng.weighted(&[80, 10, 10]) {
+                0 => WriteStyle::Plain,
+                1 => WriteStyle::AssignKey,
+                _ => WriteStyle::InsertSelect,
+            },
+            _ => WriteStyle::Plain,
+        };
         WriteTarget {
             slot,
             via_partition,
+            style,
         }
     }
 
@@ -503,6 +537,34 @@ impl Worker {
         let shape = &self.sh.cfg.shape;
         let how = self.main.how(proto, &t.param_sql(shape)).await?;
         read(&self.main.client, &how, t, shape).await
+    }
+
+    /// A statement with int4 parameters on the main connection, in any protocol (inlined
+    /// for the simple one); every selected column a bigint.
+    pub async fn query_ints(
+        &mut self,
+        proto: Proto,
+        param_sql: &str,
+        params: &[i32],
+    ) -> Result<Rows, CheckerError> {
+        let how = self.main.how(proto, param_sql).await?;
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            params.iter().map(|p| p as _).collect();
+        let client = &self.main.client;
+        let rows = match how {
+            How::Simple => {
+                let sql = inline_ints(param_sql, params);
+                let messages = client.simple_query(&sql).await;
+                return simple_rows(&messages.map_err(|e| CheckerError::db(sql, &e))?);
+            }
+            How::Prepared(st) => client.query(&st, &refs).await,
+            How::Typed => {
+                let typed: Vec<_> = refs.iter().map(|r| (*r, Type::INT4)).collect();
+                client.query_typed(param_sql, &typed).await
+            }
+            How::OneShot => client.query(param_sql, &refs).await,
+        };
+        extended_rows(&rows.map_err(|e| CheckerError::db(param_sql, &e))?)
     }
 
     pub async fn sq(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, CheckerError> {

@@ -7,7 +7,10 @@ use futures_util::future::join;
 
 use super::CheckerError;
 use super::state::Pick;
-use super::targets::{Slot, simple_sets, single_value};
+use super::targets::{
+    Fam, PARENT_RANGE_LOCK, PARENT_RANGE_UPDATE, Slot, WriteStyle, WriteTarget, inline_ints,
+    simple_sets, single_value,
+};
 use super::worker::{Proto, Worker, read, update};
 
 /// Added by increments that are always rolled back: far above any count of real
@@ -298,6 +301,90 @@ impl Worker {
         }
         let end = self.rng.pick(&["ROLLBACK", "ABORT"]);
         self.sq(end).await?;
+        Ok(())
+    }
+
+    /// One parent incremented by a statement pgmemo must treat as table-wide although it
+    /// names the key (`WriteStyle::AssignKey` / `InsertSelect`), autocommit, any protocol.
+    /// The FK cascade carries the new value into `child`.
+    pub async fn write_parent_styled(&mut self, style: WriteStyle) -> Result<(), CheckerError> {
+        let slot = Slot {
+            fam: Fam::Parents,
+            key: self.rng.below(self.sh.cfg.shape.parents),
+        };
+        let t = WriteTarget {
+            slot,
+            via_partition: false,
+            style,
+        };
+        let proto = self.proto_any();
+        self.count(slot);
+        let v = self.upd(proto, &t, 1).await?;
+        self.ack(&[(slot, v)]);
+        Ok(())
+    }
+
+    /// `UPDATE parent SET v = v + 1 WHERE id BETWEEN lo AND hi` over 1–3 parents: +1 on
+    /// every key of the range (and, by cascade, on their children). The rows are first
+    /// locked in key order (`PARENT_RANGE_LOCK`), in one multi-statement Query (implicit
+    /// transaction) or in an explicit block with each statement in any protocol.
+    pub async fn write_range(&mut self) -> Result<(), CheckerError> {
+        let parents = self.sh.cfg.shape.parents;
+        let lo = self.rng.below(parents);
+        let hi = lo + self.rng.below((parents - lo).min(3));
+        let params = [lo as i32, hi as i32];
+        let slots: Vec<Slot> = (lo..=hi)
+            .map(|key| Slot {
+                fam: Fam::Parents,
+                key,
+            })
+            .collect();
+        for slot in &slots {
+            self.count(*slot);
+        }
+        let rows = if self.rng.chance(50) {
+            let begin = self.rng.pick(&["BEGIN", "START TRANSACTION"]);
+            self.sq(begin).await?;
+            let proto = self.proto_any();
+            self.query_ints(proto, PARENT_RANGE_LOCK, &params).await?;
+            let proto = self.proto_any();
+            let rows = self.query_ints(proto, PARENT_RANGE_UPDATE, &params).await?;
+            self.sq("COMMIT").await?;
+            rows
+        } else {
+            let sql = format!(
+                "{}; {}",
+                inline_ints(PARENT_RANGE_LOCK, &params),
+                inline_ints(PARENT_RANGE_UPDATE, &params)
+            );
+            let mut sets = simple_sets(&self.sq(&sql).await?)?;
+            match (sets.len(), sets.pop()) {
+                (2, Some(rows)) => rows,
+                (n, _) => {
+                    return Err(CheckerError::Shape(format!("{sql}: {n} result sets")));
+                }
+            }
+        };
+        let mut written = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match row.as_slice() {
+                [id, v] => written.push((*id, *v)),
+                _ => return Err(CheckerError::Shape(format!("range update row {row:?}"))),
+            }
+        }
+        written.sort_unstable();
+        let expected: Vec<i64> = (lo..=hi).map(|k| k as i64).collect();
+        if written.iter().map(|(k, _)| *k).collect::<Vec<_>>() != expected {
+            return Err(CheckerError::Shape(format!(
+                "range update of {lo}..={hi} returned {rows:?}"
+            )));
+        }
+        let acks: Vec<(Slot, i64)> = slots
+            .iter()
+            .zip(&written)
+            .map(|(slot, (_, v))| (*slot, *v))
+            .collect();
+        self.ack(&acks);
         Ok(())
     }
 }
