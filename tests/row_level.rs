@@ -5,12 +5,15 @@
 //! UPDATE, a trigger, a foreign-key cascade back into the table). Each assertion checks the
 //! rows the client gets and whether PostgreSQL ran the statement (`pg_stat_statements`).
 
+#[path = "support/cdc.rs"]
+mod cdc;
 mod common;
 #[path = "support/cache_probe.rs"]
 mod probe;
 
-use common::SUPERUSER;
-use probe::{CacheStack, column, config, simple};
+use cdc::{CDC_BOUND, cdc_config, wait_streaming};
+use common::{PgOptions, PgServer, SUPERUSER};
+use probe::{CacheStack, DB, column, config, simple, until_new_answer};
 
 const SETUP: &str = "
 CREATE TABLE acct(id int PRIMARY KEY, v int NOT NULL);
@@ -226,4 +229,76 @@ async fn composite_keys_pin_whole_keys_only() {
     s.probe.assert_upstream(&c, &half, &one("1")).await;
     simple(&c, "UPDATE pair SET v = v + 1 WHERE b = 'x' AND a = 1").await;
     s.probe.assert_upstream(&c, &x, &one("1")).await;
+}
+
+/// Direct writes (not through pgmemo) seen by change data capture: a write to row 2 is
+/// applied to row 2 only, a key-changing UPDATE to both its keys, with either plugin. The
+/// server runs with `synchronous_commit = off` (see `cdc`); only the order of events is
+/// asserted here, not latencies.
+async fn direct_writes_are_bumped_by_row(s: &CacheStack) {
+    wait_streaming(&s.proxy).await;
+    let c = s.session(SUPERUSER).await;
+    let r1 = s.probe.q("SELECT v FROM acct WHERE id = 1", None).await;
+    let none = column("v", &[]);
+    let reads = [
+        ("SELECT v FROM acct WHERE id = 1", one("0")),
+        ("SELECT v FROM acct WHERE id = 2", one("0")),
+        ("SELECT v FROM acct WHERE id = 3", one("0")),
+        ("SELECT v FROM acct WHERE id = 30", none.clone()),
+    ];
+    for (sql, want) in &reads {
+        let q = s.probe.q(sql, None).await;
+        s.probe
+            .eventually_hit(&c, &q, want, std::time::Duration::from_secs(5))
+            .await;
+    }
+    let rows0 = metric(s, "granularity=\"row\"");
+    s.direct_sql("UPDATE acct SET v = 5 WHERE id = 2");
+    until_new_answer(&c, reads[1].0, &one("0"), &one("5"), CDC_BOUND).await;
+    s.probe.assert_hit(&c, &r1, &one("0")).await;
+    s.direct_sql("UPDATE acct SET id = 30 WHERE id = 3");
+    until_new_answer(&c, reads[3].0, &none, &one("0"), CDC_BOUND).await;
+    until_new_answer(&c, reads[2].0, &one("0"), &none, CDC_BOUND).await;
+    s.probe.assert_hit(&c, &r1, &one("0")).await;
+    assert!(
+        metric(s, "granularity=\"row\"") - rows0 >= 3.0,
+        "the stream bumped rows"
+    );
+}
+
+#[tokio::test]
+async fn direct_writes_seen_by_test_decoding_are_bumped_by_row() {
+    let s = CacheStack::start(SETUP, &cdc_config("")).await;
+    direct_writes_are_bumped_by_row(&s).await;
+}
+
+#[tokio::test]
+async fn direct_writes_seen_by_pgoutput_are_bumped_by_row() {
+    let pg = PgServer::start(PgOptions::default().hba_line("host all all 127.0.0.1/32 trust"));
+    pg.psql(DB, SETUP);
+    pg.psql(DB, "CREATE PUBLICATION mine FOR TABLE acct");
+    let s = CacheStack::start_on(pg, &cdc_config("cdc_publication = \"mine\"")).await;
+    direct_writes_are_bumped_by_row(&s).await;
+}
+
+/// With `REPLICA IDENTITY FULL` the stream does not say which key an UPDATE had: a direct
+/// write to one row refreshes every read of the table.
+#[tokio::test]
+async fn without_a_default_replica_identity_direct_writes_are_table_wide() {
+    let s = CacheStack::start(
+        &format!("{SETUP}\nALTER TABLE acct REPLICA IDENTITY FULL;"),
+        &cdc_config(""),
+    )
+    .await;
+    wait_streaming(&s.proxy).await;
+    let c = s.session(SUPERUSER).await;
+    let r1 = s.probe.q("SELECT v FROM acct WHERE id = 1", None).await;
+    s.probe
+        .eventually_hit(&c, &r1, &one("0"), std::time::Duration::from_secs(5))
+        .await;
+    let r2 = "SELECT v FROM acct WHERE id = 2";
+    assert_eq!(simple(&c, r2).await, one("0"));
+    s.direct_sql("UPDATE acct SET v = 5 WHERE id = 2");
+    until_new_answer(&c, r2, &one("0"), &one("5"), CDC_BOUND).await;
+    s.probe.assert_upstream(&c, &r1, &one("0")).await;
 }

@@ -132,6 +132,11 @@ impl NameMap {
         Ok(oids)
     }
 
+    /// The OID `name` is bound to (after [`resolve`](Self::resolve) found it certain).
+    pub fn bound_oid(&self, name: &QualifiedName) -> Option<u32> {
+        self.entries.get(name).map(|(binding, _)| binding.oid)
+    }
+
     /// Records `obs`: a binding already known keeps its earlier position, a new or changed
     /// one is remembered from this observation's.
     pub fn record(&mut self, obs: &Observation) {

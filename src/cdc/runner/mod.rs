@@ -63,6 +63,8 @@ const MAX_BATCH: usize = 256;
 /// Table names in one batch at most (plus one transaction's): bounds its memory and its
 /// lookup's size.
 const MAX_BATCH_NAMES: usize = 4_096;
+/// Bytes of changed rows' text (their keys are read at apply) in one batch at most.
+const MAX_BATCH_ROW_BYTES: usize = 4 << 20;
 
 /// The publication name earlier pgmemo versions created `FOR ALL TABLES`.
 const LEGACY_PUBLICATION: &str = "pgmemo";
@@ -434,7 +436,10 @@ async fn stream_loop(
             if let Err(stop) = batch.take(ctx, &db, decoder, &payload, &m).await {
                 return stop;
             }
-            if batch.named.len() < MAX_BATCH && batch.names < MAX_BATCH_NAMES {
+            if batch.named.len() < MAX_BATCH
+                && batch.names < MAX_BATCH_NAMES
+                && batch.row_bytes < MAX_BATCH_ROW_BYTES
+            {
                 event = conn.buffered_event().transpose();
             }
         }
@@ -449,6 +454,7 @@ async fn stream_loop(
         }
         batch.named.clear();
         batch.names = 0;
+        batch.row_bytes = 0;
         if let Some(wal_end) = batch.keepalive.take() {
             // The server has sent everything it decoded up to `wal_end`: with no
             // transaction half-received at that point, all of it is applied.
@@ -471,6 +477,8 @@ struct Batch {
     named: Vec<NamedTxn>,
     /// Table names in `named`.
     names: usize,
+    /// Bytes of changed rows' column text in `named`.
+    row_bytes: usize,
     /// The end of the last pgoutput transaction bumped.
     applied_end: Option<Lsn>,
     keepalive: Option<Option<Lsn>>,
@@ -497,7 +505,12 @@ impl Batch {
                     let message = pgoutput::decode(data).map_err(|e| decode_failed(&e))?;
                     if let Some(txn) = collector.feed(&message) {
                         let cause = txn.overflowed.then_some(EpochCause::CdcOverflow);
-                        apply(ctx, db, &txn.relations, cause, txn.committed_at, m).await;
+                        let rows: RowsByRel<'_> = txn
+                            .rows
+                            .iter()
+                            .filter_map(|(rel, r)| Some((*rel, StreamRows::Pgoutput(r.as_ref()?))))
+                            .collect();
+                        apply(ctx, db, &txn.relations, &rows, cause, txn.committed_at, m).await;
                         // Bumped: its position may be confirmed.
                         self.applied_end = Some(txn.end_lsn);
                     }
@@ -505,6 +518,13 @@ impl Batch {
                 Decoder::TestDecoding(collector, _) => {
                     if let Some(txn) = collector.feed(start, data) {
                         self.names += txn.tables.len();
+                        self.row_bytes += txn
+                            .rows
+                            .values()
+                            .flatten()
+                            .flatten()
+                            .map(|r| r.columns.len())
+                            .sum::<usize>();
                         self.named.push(txn);
                     }
                 }
