@@ -28,6 +28,8 @@ CREATE TRIGGER trig_t AFTER UPDATE ON trig FOR EACH ROW WHEN (pg_trigger_depth()
     EXECUTE FUNCTION trig_fn();
 CREATE TABLE tree(id int PRIMARY KEY, up int REFERENCES tree(id) ON DELETE CASCADE, v int);
 INSERT INTO tree VALUES (1, NULL, 1), (2, 1, 2);
+CREATE TABLE gen(a int NOT NULL, id int GENERATED ALWAYS AS (a * 10) STORED PRIMARY KEY);
+INSERT INTO gen (a) VALUES (1);
 ";
 
 /// `trig_fn` is declared: its writes bump `trig` instead of the whole cache, so the test sees
@@ -208,6 +210,14 @@ async fn triggers_and_cascades_into_the_table_are_table_wide() {
     s.probe.assert_hit(&c, &t2, &one("2")).await;
     simple(&c, "DELETE FROM tree WHERE id = 1").await;
     s.probe.assert_upstream(&c, &t2, &column("v", &[])).await;
+    // A generated key moves when what it is computed from is updated.
+    let g20 = s.probe.q("SELECT a FROM gen WHERE id = 20", None).await;
+    s.probe.assert_upstream(&c, &g20, &column("a", &[])).await;
+    s.probe.assert_hit(&c, &g20, &column("a", &[])).await;
+    simple(&c, "UPDATE gen SET a = 2 WHERE id = 10").await;
+    s.probe
+        .assert_upstream(&c, &g20, &column("a", &["2"]))
+        .await;
 }
 
 #[tokio::test]

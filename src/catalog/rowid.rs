@@ -7,7 +7,8 @@
 //! known keys touches only those rows when nothing else runs on them: no user trigger (a
 //! BEFORE trigger may even change the key being written), no rewrite rule, and no foreign-key
 //! action that leads back into the table (a self-referencing `ON DELETE CASCADE` deletes
-//! other rows of it). Everything else the write reaches (FK actions into other tables,
+//! other rows of it), and no generated key column (an UPDATE of what it is computed from
+//! moves the row to a key the statement does not show). Everything else the write reaches (FK actions into other tables,
 //! ancestors) is bumped table-wide by the planner, as before.
 
 use std::collections::BTreeSet;
@@ -44,12 +45,13 @@ impl RowIdentity {
 const ROW_IDENTITY: &str = "\
 SELECT c.relkind::text, c.relhassubclass, c.relhasrules, c.relreplident::text, c.relname::text,
   EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal),
-  k.names, k.types, k.deterministic
+  k.names, k.types, k.deterministic, k.generated
 FROM pg_class c
 LEFT JOIN LATERAL (
   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
          array_agg(a.atttypid ORDER BY a.attnum) AS types,
-         bool_and(a.attcollation = 0 OR coalesce(co.collisdeterministic, false)) AS deterministic
+         bool_and(a.attcollation = 0 OR coalesce(co.collisdeterministic, false)) AS deterministic,
+         bool_or(a.attgenerated <> '') AS generated
   FROM pg_index i
   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
   LEFT JOIN pg_collation co ON co.oid = a.attcollation
@@ -85,6 +87,7 @@ pub(crate) async fn row_identity(
     let names: Option<Vec<String>> = row.try_get(6).map_err(CatalogError::Row)?;
     let types: Option<Vec<Oid>> = row.try_get(7).map_err(CatalogError::Row)?;
     let deterministic: Option<bool> = row.try_get(8).map_err(CatalogError::Row)?;
+    let generated = flag(9)?;
     let key: Vec<(String, u32)> = match (names, types, deterministic) {
         (Some(n), Some(t), Some(true)) if n.len() == t.len() => n.into_iter().zip(t).collect(),
         _ => Vec::new(),
@@ -107,6 +110,9 @@ pub(crate) async fn row_identity(
         Some(b)
     } else if triggers {
         Some("user_trigger")
+    } else if generated {
+        // An UPDATE of the columns it is computed from moves the row to another key.
+        Some("generated_primary_key")
     } else if rules {
         Some("rewrite_rule")
     } else if fk_actions_reach(lease, oid, limit).await? {

@@ -283,6 +283,10 @@ impl Invalidator {
         }
         if !written.rows.is_empty() {
             self.cache.versions().bump_rows(&written.rows);
+            // Their relations' versions moved too (the table counter).
+            let mut relations: Vec<Tag> = written.rows.iter().map(|(t, _)| *t).collect();
+            relations.dedup();
+            self.counter(source).increment(relations.len() as u64);
             let [_, row] = &self.granularity;
             row.increment(written.rows.len() as u64);
         }

@@ -225,7 +225,8 @@ impl CacheSession {
             }
         }
         let resolved_under = self.tracker.txn_generation.take();
-        if !written.tags.is_empty()
+        let names_relations = !written.tags.is_empty() || !written.rows.is_empty();
+        if names_relations
             && resolved_under.is_some_and(|g| g < self.app.services.catalog.generation())
         {
             // Its names were resolved before the catalog last moved (a plan in flight while
