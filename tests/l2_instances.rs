@@ -512,3 +512,52 @@ async fn l2_only(urls: &[String]) {
         assert_eq!(metric(p, "pgmemo_cache_entries", &[]), 0.0, "nothing held");
     }
 }
+
+/// Row-level invalidation through the shared tier (issue 18): a write of one row through B
+/// refreshes A's read of that row (at once with `strict`, within the announcement's delivery
+/// with `fast`) and leaves A's cached read of another row a hit: the row stripes and the
+/// table-wide counters live in Redis like the table versions.
+async fn row_writes_across_instances(consistency: &str) {
+    let redis = RedisServer::start();
+    let pg = l2::postgres();
+    let cfg = l2::config(&[redis.url()], consistency, "");
+    let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
+    usable(&a).await;
+    usable(&b).await;
+    let (ca, cb) = (session(&a).await, session(&b).await);
+    for k in [1, 2] {
+        assert_eq!(read(&ca, k).await, 0);
+        assert_eq!(read(&ca, k).await, 0);
+    }
+    write(&cb, 2, 7).await;
+    if consistency == "strict" {
+        assert_eq!(read(&ca, 2).await, 7, "strict: fresh right after B's ack");
+    } else {
+        let started = Instant::now();
+        while read(&ca, 2).await != 7 {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "fast: never fresh"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let misses = metric(&a, "pgmemo_cache_misses_total", &[]);
+    assert_eq!(read(&ca, 1).await, 0);
+    assert_eq!(
+        metric(&a, "pgmemo_cache_misses_total", &[]),
+        misses,
+        "row 1 is still cached on A after B wrote row 2"
+    );
+    assert!(metric(&b, "pgmemo_cache_invalidations_total", &["row"]) >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_row_writes_leave_other_rows_cached_on_other_instances() {
+    row_writes_across_instances("strict").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_row_writes_leave_other_rows_cached_on_other_instances() {
+    row_writes_across_instances("fast").await;
+}
