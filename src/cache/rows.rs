@@ -116,6 +116,11 @@ impl RowKey {
         &self.0
     }
 
+    /// Empties it, keeping its buffer.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
     /// Heap bytes held.
     pub fn weight(&self) -> usize {
         self.0.capacity()

@@ -72,8 +72,10 @@ pub struct ReadPlan {
     pub ttl: Duration,
     /// Sampled hit ratio of the shape (shared by every text of it): adaptive bypass.
     pub stats: Arc<super::adaptive::HitStats>,
-    /// Relations of `tags` pinned to rows by their primary key (see `rows`).
-    pub pins: Box<[RowPin]>,
+    /// Relations of `tags` pinned to rows by their primary key (see `rows`). Shared: the
+    /// plan memo's per-thread front copies plans on the hit path, and a copy must not
+    /// allocate.
+    pub pins: Arc<[RowPin]>,
     /// Why some relation of `tags` is not pinned (`None`: every one is).
     pub unpinned: Option<&'static str>,
 }
@@ -92,20 +94,17 @@ impl ReadPlan {
         let mut deps = Vec::with_capacity(self.tags.len() + self.pins.len() * 2);
         let mut all_pinned = self.unpinned.is_none();
         for tag in self.tags.iter() {
-            let keys = self
-                .pins
-                .iter()
-                .find(|p| p.tag == *tag)
-                .and_then(|p| p.keys(bound, utf8));
-            match keys {
-                Some(keys) => {
-                    deps.push(Dep::Wide(*tag));
-                    deps.extend(keys.iter().map(|k| Dep::Row(secret.stripe(*tag, k))));
-                }
-                None => {
-                    all_pinned = false;
-                    deps.push(Dep::Table(*tag));
-                }
+            let at = deps.len();
+            let pinned = self.pins.iter().find(|p| p.tag == *tag).is_some_and(|pin| {
+                deps.push(Dep::Wide(*tag));
+                pin.for_each_key(bound, utf8, |key| {
+                    deps.push(Dep::Row(secret.stripe(*tag, key)));
+                })
+            });
+            if !pinned {
+                deps.truncate(at);
+                all_pinned = false;
+                deps.push(Dep::Table(*tag));
             }
         }
         (deps, all_pinned && !self.pins.is_empty())
@@ -204,7 +203,7 @@ impl Plan {
                 } else {
                     r.unpinned
                 },
-                pins: pins.into_boxed_slice(),
+                pins: pins.into(),
             }
         });
         let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
@@ -274,7 +273,10 @@ impl Plan {
     /// bypass, and anything that is not plainly a read or session/transaction control bumps
     /// the epoch.
     pub fn without_context(sql: Bytes, reason: &'static str) -> Plan {
-        let analysis = sql::analyze(&sql);
+        let mut analysis = sql::analyze(&sql);
+        for info in &mut analysis.statements {
+            info.rows = None;
+        }
         let stmts: Vec<StmtPlan> = analysis
             .statements
             .iter()
@@ -343,6 +345,12 @@ impl Planner<'_> {
             Some(info) => self.read(cx, &sql, info, analysis.hints.ttl).await,
             None => Err(analysis.reason().map_or("not_select", NotCacheable::label)),
         };
+        // The key equalities became the plan's row pins: the memos need not hold them twice
+        // (plans of a hot set of texts must fit the memo's byte budget).
+        let mut analysis = analysis;
+        for info in &mut analysis.statements {
+            info.rows = None;
+        }
         metrics::counter!(names::PLANS, "kind" => if catalog_failed { "catalog_error" } else { "plan" })
             .increment(1);
         // A relation the catalog did not know (created directly since?) or a catalog that

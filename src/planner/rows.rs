@@ -62,42 +62,45 @@ impl RowPin {
     /// is missing, NULL, of another type family, or refers to a text key in a session whose
     /// client encoding is not UTF-8): the relation is then read or written table-wide.
     pub fn keys(&self, bound: Option<Bound<'_>>, utf8: bool) -> Option<Vec<RowKey>> {
+        let mut keys = Vec::with_capacity(self.rows.len());
+        self.for_each_key(bound, utf8, |k| keys.push(k.clone()))
+            .then_some(keys)
+    }
+
+    /// Calls `each` with every row's canonical key (one buffer, reused: this runs on the hit
+    /// path); `false` when some key cannot be had (see [`keys`](Self::keys)), after which
+    /// what `each` saw must be discarded.
+    pub fn for_each_key(
+        &self,
+        bound: Option<Bound<'_>>,
+        utf8: bool,
+        mut each: impl FnMut(&RowKey),
+    ) -> bool {
         if !utf8 && self.types.contains(&KeyType::Text) {
-            return None;
+            return false;
         }
         let params: Vec<Option<crate::protocol::frontend::Param<'_>>> = match bound {
             Some(b) if self.has_params() => Params::of_tail(b.tail).take(u16::MAX.into()).collect(),
             _ => Vec::new(),
         };
-        let mut keys = Vec::with_capacity(self.rows.len());
+        let mut key = RowKey::new();
         for row in self.rows.iter() {
-            let mut key = RowKey::new();
+            key.clear();
             for (part, ty) in row.iter().zip(self.types.iter()) {
                 let ok = match part {
                     KeyPart::Text(v) => key.push_text(*ty, v.as_bytes()),
                     KeyPart::Number { digits, .. } => key.push_number(*ty, digits.as_bytes()),
                     KeyPart::Param { index, once } => {
-                        let b = bound?;
-                        let declared = b.declared(*index);
-                        if declared == 0 && !once {
-                            return None;
-                        }
-                        let param = params.get(usize::from(index.checked_sub(1)?))?.as_ref()?;
-                        let value = param.value?;
-                        match param.format {
-                            0 => ty.accepts_param_type(declared) && key.push_text(*ty, value),
-                            1 => key.push_binary(*ty, declared, value),
-                            _ => false,
-                        }
+                        bound.is_some_and(|b| push_param(&mut key, *ty, b, &params, *index, *once))
                     }
                 };
                 if !ok {
-                    return None;
+                    return false;
                 }
             }
-            keys.push(key);
+            each(&key);
         }
-        Some(keys)
+        true
     }
 
     fn has_params(&self) -> bool {
@@ -142,6 +145,36 @@ impl RowPin {
             })
             .sum();
         std::mem::size_of::<Self>() + parts + self.types.len() * std::mem::size_of::<KeyType>()
+    }
+}
+
+/// Appends parameter `$index` of an execution to `key`, if it reads as a key of type `ty`.
+fn push_param(
+    key: &mut RowKey,
+    ty: KeyType,
+    bound: Bound<'_>,
+    params: &[Option<crate::protocol::frontend::Param<'_>>],
+    index: u16,
+    once: bool,
+) -> bool {
+    let declared = bound.declared(index);
+    // Left untyped and used elsewhere too: its type may come from the other use.
+    if declared == 0 && !once {
+        return false;
+    }
+    let Some(Some(param)) = index
+        .checked_sub(1)
+        .and_then(|i| params.get(usize::from(i)))
+    else {
+        return false;
+    };
+    let Some(value) = param.value else {
+        return false;
+    };
+    match param.format {
+        0 => ty.accepts_param_type(declared) && key.push_text(ty, value),
+        1 => key.push_binary(ty, declared, value),
+        _ => false,
     }
 }
 

@@ -28,7 +28,7 @@ impl Planner<'_> {
         sql_bytes: &[u8],
         info: &StatementInfo,
         scope: ReadScope<'_>,
-    ) -> (Box<[RowPin]>, Option<&'static str>) {
+    ) -> (std::sync::Arc<[RowPin]>, Option<&'static str>) {
         let ReadScope {
             resolved,
             tags,
@@ -36,11 +36,11 @@ impl Planner<'_> {
             rls,
         } = scope;
         let Some(RowScope::Read(filters)) = info.rows.as_deref() else {
-            return (Box::default(), Some("no_key_equality"));
+            return (std::sync::Arc::from([]), Some("no_key_equality"));
         };
         if rls {
             // Policies may read the relation's other rows.
-            return (Box::default(), Some("row_security"));
+            return (std::sync::Arc::from([]), Some("row_security"));
         }
         let mut pins = Vec::new();
         let mut why = None;
@@ -71,7 +71,7 @@ impl Planner<'_> {
         if pins.len() < tags.len() {
             why = why.or(Some("relation_not_pinned"));
         }
-        (pins.into_boxed_slice(), why)
+        (pins.into(), why)
     }
 
     /// The rows a write's target is pinned to, or why not.
