@@ -30,6 +30,8 @@ CREATE TABLE tree(id int PRIMARY KEY, up int REFERENCES tree(id) ON DELETE CASCA
 INSERT INTO tree VALUES (1, NULL, 1), (2, 1, 2);
 CREATE TABLE gen(a int NOT NULL, id int GENERATED ALWAYS AS (a * 10) STORED PRIMARY KEY);
 INSERT INTO gen (a) VALUES (1);
+CREATE TABLE names(name text PRIMARY KEY, v int NOT NULL);
+INSERT INTO names VALUES ('Ã©', 0);
 ";
 
 /// `trig_fn` is declared: its writes bump `trig` instead of the whole cache, so the test sees
@@ -311,4 +313,25 @@ async fn without_a_default_replica_identity_direct_writes_are_table_wide() {
     s.direct_sql("UPDATE acct SET v = 5 WHERE id = 2");
     until_new_answer(&c, r2, &one("0"), &one("5"), CDC_BOUND).await;
     s.probe.assert_upstream(&c, &r1, &one("0")).await;
+}
+
+/// A text key is compared as the bytes PostgreSQL stores. A session whose client encoding is
+/// LATIN1 sends `é` as the byte the server reads as `Ã©` (here the UTF-8 bytes of `é`, read as
+/// two LATIN1 characters): its write must refresh the UTF-8 reader of `'Ã©'`, although the bytes
+/// it sent for the key are not the bytes of the row's key. Row precision is off for text keys in
+/// such a session: the write is table-wide.
+#[tokio::test]
+async fn a_text_key_written_from_a_latin1_session_refreshes_utf8_readers() {
+    let s = stack().await;
+    let reader = s.session(SUPERUSER).await;
+    let q = s
+        .probe
+        .q("SELECT v FROM names WHERE name = 'Ã©'", None)
+        .await;
+    s.probe.assert_upstream(&reader, &q, &one("0")).await;
+    s.probe.assert_hit(&reader, &q, &one("0")).await;
+    let writer = s.session(SUPERUSER).await;
+    simple(&writer, "SET client_encoding = 'LATIN1'").await;
+    simple(&writer, "UPDATE names SET v = v + 1 WHERE name = 'é'").await;
+    s.probe.assert_upstream(&reader, &q, &one("1")).await;
 }
