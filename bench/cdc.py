@@ -76,10 +76,11 @@ def start_pgmemo(st, name, cdc, publication=None):
     raise RuntimeError(f"{name} did not start: {st.tail(name + '.log', 5)}")
 
 
-def pgbench(st, port, script, mode, clients, duration):
+def pgbench(st, port, script, mode, clients, duration, rate=None):
+    """One pgbench run (`rate`: its -R, transactions per second over all clients)."""
     argv = [str(st.pg_bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U",
             "postgres", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration),
-            "-M", mode] + script + ["postgres"]
+            "-M", mode] + (["-R", str(rate)] if rate is not None else []) + script + ["postgres"]
     r = subprocess.run(argv, capture_output=True, text=True, env=client_env(),
                        timeout=duration * 3 + 60)
     rec = parse_pgbench(r.stdout + r.stderr)

@@ -23,40 +23,21 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import stack as stackmod  # noqa: E402
-from cdc import metric, metrics, start_pgmemo  # noqa: E402
-from run import parse_pgbench  # noqa: E402
-from stack import REPO, Stack, client_env, find_pg_bin, log  # noqa: E402
+from cdc import metric, metrics, pgbench, start_pgmemo  # noqa: E402
+from stack import REPO, Stack, find_pg_bin, log  # noqa: E402
 
 WORKLOADS = REPO / "bench" / "workloads"
 POINT = ["-f", str(WORKLOADS / "point.sql")]
 UPDATE = ["-f", str(WORKLOADS / "update.sql")]
 MIXED = ["-f", f"{WORKLOADS / 'point.sql'}@9", "-f", f"{WORKLOADS / 'update.sql'}@1"]
-
-
-def pgbench(st, port, script, mode, clients, duration, rate=None):
-    argv = [str(st.pg_bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(port), "-U",
-            "postgres", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(duration),
-            "-M", mode]
-    if rate is not None:
-        argv += ["-R", str(rate)]
-    argv += script + ["postgres"]
-    r = subprocess.run(argv, capture_output=True, text=True, env=client_env(),
-                       timeout=duration * 3 + 60)
-    rec = parse_pgbench(r.stdout + r.stderr)
-    rec["command"] = " ".join(argv)
-    if r.returncode != 0 or rec.get("tps") is None:
-        raise RuntimeError(f"pgbench failed: {(r.stdout + r.stderr)[-400:]}")
-    return rec
 
 
 def hits(admin):

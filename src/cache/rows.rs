@@ -109,7 +109,8 @@ pub struct RowKey(Vec<u8>);
 
 impl RowKey {
     pub fn new() -> Self {
-        Self::default()
+        // An int8 key is 13 bytes, a uuid 21: most keys fit without growing.
+        Self(Vec::with_capacity(32))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -138,7 +139,7 @@ impl RowKey {
     #[must_use]
     pub fn push_text(&mut self, ty: KeyType, text: &[u8]) -> bool {
         match ty {
-            KeyType::Int { min, max } => match parse_int(text, true) {
+            KeyType::Int { min, max } => match parse_int(text) {
                 Some(v) if (min..=max).contains(&v) => {
                     self.push(ty, &v.to_be_bytes());
                     true
@@ -168,9 +169,10 @@ impl RowKey {
     pub fn push_number(&mut self, ty: KeyType, digits: &[u8]) -> bool {
         // A bare number is an integer constant only for an integer column; compared with a
         // text or uuid column it is an error (no row).
-        matches!(ty, KeyType::Int { .. }) && parse_int(digits, false).is_some() && {
-            self.push_text(ty, digits)
-        }
+        matches!(ty, KeyType::Int { .. })
+            && !digits.is_empty()
+            && digits.iter().all(u8::is_ascii_digit)
+            && self.push_text(ty, digits)
     }
 
     /// Appends a Bind parameter in binary format declared as `param_oid` (0: the server
@@ -235,18 +237,14 @@ fn int_width(min: i64) -> usize {
     }
 }
 
-/// An integer as `int8in` reads it (optional surrounding whitespace and sign when `loose`,
-/// decimal digits only), or `None`.
-fn parse_int(text: &[u8], loose: bool) -> Option<i64> {
+/// An integer as `int8in` reads it (optional surrounding whitespace and sign, decimal digits
+/// only), or `None`.
+fn parse_int(text: &[u8]) -> Option<i64> {
     let s = std::str::from_utf8(text).ok()?;
-    let s = if loose {
-        s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'))
-    } else {
-        s
-    };
+    let s = s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
     let (negative, digits) = match s.as_bytes().first() {
-        Some(b'-') if loose => (true, s.get(1..)?),
-        Some(b'+') if loose => (false, s.get(1..)?),
+        Some(b'-') => (true, s.get(1..)?),
+        Some(b'+') => (false, s.get(1..)?),
         _ => (false, s),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
