@@ -74,6 +74,12 @@ impl KeySecret {
         key.stripe(self.stripe, tag)
     }
 
+    /// The stripe sub-key: what tells stripes hashed under another secret apart (a plan
+    /// memoises its stripes with it).
+    pub(crate) fn stripe_id(&self) -> (u64, u64) {
+        self.stripe
+    }
+
     /// Parses 32 hexadecimal digits (as a config file would carry the secret).
     pub fn from_hex(hex: &str) -> Result<Self, SecretError> {
         let hex = hex.trim().as_bytes();

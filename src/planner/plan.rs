@@ -8,12 +8,12 @@
 //! catalog failure makes the plan conservative: reads bypass, writes bump the epoch.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::cache::{EpochCause, Tag};
+use crate::cache::{Dep, EpochCause, KeySecret, Tag};
 use crate::catalog::{self, Catalog, FuncArgs, FuncRef, Volatility};
 use crate::config::rules::Rules;
 use crate::invalidation::Written;
@@ -78,37 +78,107 @@ pub struct ReadPlan {
     pub pins: Arc<[RowPin]>,
     /// Why some relation of `tags` is not pinned (`None`: every one is).
     pub unpinned: Option<&'static str>,
+    /// [`ReadPlan::deps`] of a read whose keys are all literals, once computed (shared by
+    /// the copies of this plan, like `pins`).
+    fixed: Arc<OnceLock<FixedDeps>>,
 }
 
 impl ReadPlan {
-    /// The counters one execution depends on, and whether every relation was pinned to rows.
-    /// A pinned relation depends on its table-wide counter and its rows' stripes; the others
-    /// (and a pinned one whose keys do not canonicalise this time) on their table counter.
+    /// A read plan (`fixed` starts empty: see [`ReadPlan::deps`]).
+    pub fn new(
+        tags: Box<[Tag]>,
+        normalized: Bytes,
+        ttl: Duration,
+        stats: Arc<super::adaptive::HitStats>,
+        pins: Arc<[RowPin]>,
+        unpinned: Option<&'static str>,
+    ) -> Self {
+        Self {
+            tags,
+            normalized,
+            ttl,
+            stats,
+            pins,
+            unpinned,
+            fixed: Arc::default(),
+        }
+    }
+
+    /// Writes into `out` the counters one execution depends on (sorted, unique) and returns
+    /// whether every relation was pinned to rows. A pinned relation depends on its
+    /// table-wide counter and its rows' stripes; the others (and a pinned one whose keys do
+    /// not canonicalise this time) on their table counter.
+    ///
+    /// When no key is a parameter the answer depends only on the text and the deployment
+    /// secret: it is computed once per plan and copied afterwards, so a simple Query's hit
+    /// neither canonicalises keys nor hashes stripes.
     pub fn deps(
         &self,
         bound: Option<Bound<'_>>,
         utf8: bool,
-        secret: &crate::cache::KeySecret,
-    ) -> (Vec<crate::cache::Dep>, bool) {
-        use crate::cache::Dep;
-        let mut deps = Vec::with_capacity(self.tags.len() + self.pins.len() * 2);
-        let mut all_pinned = self.unpinned.is_none();
+        secret: &KeySecret,
+        out: &mut Vec<Dep>,
+    ) -> bool {
+        out.clear();
+        // A text key needs a UTF-8 session: only that (usual) case is memoised.
+        let literal = utf8 && (bound.is_none() || !self.pins.iter().any(RowPin::has_params));
+        match self.fixed.get() {
+            Some(fixed) if literal && fixed.secret == secret.stripe_id() => {
+                out.extend_from_slice(&fixed.deps);
+            }
+            _ => {
+                self.compute_deps(bound, utf8, secret, out);
+                out.sort_unstable();
+                out.dedup();
+                if literal {
+                    let _ = self.fixed.set(FixedDeps {
+                        secret: secret.stripe_id(),
+                        deps: out.as_slice().into(),
+                    });
+                }
+            }
+        }
+        !self.pins.is_empty() && !out.iter().any(|d| matches!(d, Dep::Table(_)))
+    }
+
+    fn compute_deps(
+        &self,
+        bound: Option<Bound<'_>>,
+        utf8: bool,
+        secret: &KeySecret,
+        out: &mut Vec<Dep>,
+    ) {
         for tag in self.tags.iter() {
-            let at = deps.len();
+            let at = out.len();
             let pinned = self.pins.iter().find(|p| p.tag == *tag).is_some_and(|pin| {
-                deps.push(Dep::Wide(*tag));
+                out.push(Dep::Wide(*tag));
                 pin.for_each_key(bound, utf8, |key| {
-                    deps.push(Dep::Row(secret.stripe(*tag, key)));
+                    out.push(Dep::Row(secret.stripe(*tag, key)));
                 })
             });
             if !pinned {
-                deps.truncate(at);
-                all_pinned = false;
-                deps.push(Dep::Table(*tag));
+                out.truncate(at);
+                out.push(Dep::Table(*tag));
             }
         }
-        (deps, all_pinned && !self.pins.is_empty())
     }
+
+    /// Approximate heap bytes (the memoised dependencies included).
+    fn weight(&self) -> usize {
+        let rows: usize = self.pins.iter().map(|p| p.rows.len() + 1).sum();
+        self.normalized.len()
+            + std::mem::size_of_val(self.tags.as_ref())
+            + self.pins.iter().map(RowPin::weight).sum::<usize>()
+            + (self.tags.len() + rows) * std::mem::size_of::<Dep>()
+    }
+}
+
+/// The dependencies of a read whose keys are all literals, under the stripe key they were
+/// hashed with.
+#[derive(Debug)]
+pub struct FixedDeps {
+    secret: (u64, u64),
+    deps: Box<[Dep]>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,11 +236,7 @@ impl Plan {
     pub fn weight(&self) -> usize {
         /// The plan, its `Arc`s and their allocator overhead.
         const OVERHEAD: usize = 512;
-        let read = self.read.as_ref().map_or(0, |r| {
-            r.normalized.len()
-                + std::mem::size_of_val(r.tags.as_ref())
-                + r.pins.iter().map(RowPin::weight).sum::<usize>()
-        });
+        let read = self.read.as_ref().map_or(0, ReadPlan::weight);
         let effects: usize = self
             .stmts
             .iter()
@@ -193,18 +259,19 @@ impl Plan {
         };
         let read = self.read.as_ref().map_err(|r| *r).map(|r| {
             let pins: Vec<RowPin> = r.pins.iter().filter_map(|p| repin(p, 0)).collect();
-            ReadPlan {
-                tags: r.tags.clone(),
-                normalized: Bytes::from(sql::normalize_for_key(&sql)),
-                ttl: r.ttl,
-                stats: Arc::clone(&r.stats),
-                unpinned: if pins.len() < r.pins.len() {
-                    Some("key_literal")
-                } else {
-                    r.unpinned
-                },
-                pins: pins.into(),
-            }
+            let unpinned = if pins.len() < r.pins.len() {
+                Some("key_literal")
+            } else {
+                r.unpinned
+            };
+            ReadPlan::new(
+                r.tags.clone(),
+                Bytes::from(sql::normalize_for_key(&sql)),
+                r.ttl,
+                Arc::clone(&r.stats),
+                pins.into(),
+                unpinned,
+            )
         });
         let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
             let stmts: Vec<StmtPlan> = self

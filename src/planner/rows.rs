@@ -13,7 +13,7 @@
 use crate::cache::Tag;
 use crate::cache::rows::{KeyType, MAX_ROWS, RowKey};
 use crate::catalog::RowIdentity;
-use crate::protocol::frontend::Params;
+use crate::protocol::frontend::{Param, Params};
 use crate::sql::{ColumnEq, KeyValue, RowFilter};
 
 /// Where one key column's value comes from.
@@ -79,9 +79,9 @@ impl RowPin {
         if !utf8 && self.types.contains(&KeyType::Text) {
             return false;
         }
-        let params: Vec<Option<crate::protocol::frontend::Param<'_>>> = match bound {
-            Some(b) if self.has_params() => Params::of_tail(b.tail).take(u16::MAX.into()).collect(),
-            _ => Vec::new(),
+        let params = match bound {
+            Some(b) if self.has_params() => ParamTable::of(b.tail),
+            _ => ParamTable::default(),
         };
         let mut key = RowKey::new();
         for row in self.rows.iter() {
@@ -103,7 +103,8 @@ impl RowPin {
         true
     }
 
-    fn has_params(&self) -> bool {
+    /// Whether some key is a parameter (its value comes with each execution).
+    pub fn has_params(&self) -> bool {
         self.rows
             .iter()
             .flatten()
@@ -153,7 +154,7 @@ fn push_param(
     key: &mut RowKey,
     ty: KeyType,
     bound: Bound<'_>,
-    params: &[Option<crate::protocol::frontend::Param<'_>>],
+    params: &ParamTable<'_>,
     index: u16,
     once: bool,
 ) -> bool {
@@ -162,7 +163,7 @@ fn push_param(
     if declared == 0 && !once {
         return false;
     }
-    let Some(Some(param)) = index
+    let Some(param) = index
         .checked_sub(1)
         .and_then(|i| params.get(usize::from(i)))
     else {
@@ -175,6 +176,37 @@ fn push_param(
         0 => ty.accepts_param_type(declared) && key.push_text(ty, value),
         1 => key.push_binary(ty, declared, value),
         _ => false,
+    }
+}
+
+/// A Bind's parameters by position. The first [`ParamTable::INLINE`] live on the stack, so
+/// the lookup of a statement with a few parameters (nearly every one) does not allocate.
+#[derive(Default)]
+struct ParamTable<'a> {
+    inline: [Option<Param<'a>>; ParamTable::INLINE],
+    more: Vec<Option<Param<'a>>>,
+}
+
+impl<'a> ParamTable<'a> {
+    const INLINE: usize = 8;
+
+    fn of(tail: &'a [u8]) -> Self {
+        let mut table = Self::default();
+        for (i, param) in Params::of_tail(tail).take(u16::MAX.into()).enumerate() {
+            match table.inline.get_mut(i) {
+                Some(slot) => *slot = param,
+                None => table.more.push(param),
+            }
+        }
+        table
+    }
+
+    /// The parameter at `index` (0-based), `None` when absent or malformed.
+    fn get(&self, index: usize) -> Option<Param<'a>> {
+        match index.checked_sub(Self::INLINE) {
+            None => self.inline.get(index).copied().flatten(),
+            Some(over) => self.more.get(over).copied().flatten(),
+        }
     }
 }
 

@@ -351,3 +351,94 @@ fn another_text_of_the_same_shape_reads_its_own_digits() {
     let moved = pin.with_numbers(same.as_bytes()).unwrap();
     assert_eq!(moved.keys(None, true), Some(vec![key_of_int(1)]));
 }
+
+/// A read of `t` pinned as `sql` says (`ReadPlan::deps` under test).
+fn read_plan(sql: &str, key: &[(&str, u32)]) -> super::super::plan::ReadPlan {
+    let pin = pin_of(sql, "t", key).unwrap();
+    super::super::plan::ReadPlan::new(
+        Box::new([T]),
+        bytes::Bytes::copy_from_slice(sql.as_bytes()),
+        std::time::Duration::from_secs(60),
+        std::sync::Arc::default(),
+        std::sync::Arc::from(vec![pin]),
+        None,
+    )
+}
+
+fn deps_of(
+    plan: &super::super::plan::ReadPlan,
+    bound: Option<Bound<'_>>,
+    utf8: bool,
+    secret: &crate::cache::KeySecret,
+) -> (Vec<crate::cache::Dep>, bool) {
+    let mut out = vec![crate::cache::Dep::Table(T)]; // stale content must be cleared
+    let pinned = plan.deps(bound, utf8, secret, &mut out);
+    (out, pinned)
+}
+
+#[test]
+fn literal_key_dependencies_are_memoised_under_their_secret_only() {
+    use crate::cache::{Dep, KeySecret};
+    let (a, b) = (
+        KeySecret::from_bytes([1; 16]),
+        KeySecret::from_bytes([2; 16]),
+    );
+    let sql = "SELECT v FROM t WHERE id = 7";
+    let plan = read_plan(sql, ID);
+    let first = deps_of(&plan, None, true, &a);
+    let row = Dep::Row(a.stripe(T, &key_of_int(7)));
+    assert_eq!(first, (vec![Dep::Wide(T), row], true));
+    assert_eq!(deps_of(&plan, None, true, &a), first, "memoised copy");
+    // Another secret hashes to other stripes: the memo of the first must not answer.
+    let fresh = deps_of(&read_plan(sql, ID), None, true, &b);
+    assert_eq!(deps_of(&plan, None, true, &b), fresh);
+    assert_ne!(fresh.0, first.0);
+}
+
+#[test]
+fn parameter_keys_are_read_at_every_execution() {
+    let secret = crate::cache::KeySecret::from_bytes([3; 16]);
+    let plan = read_plan("SELECT v FROM t WHERE id = $1", ID);
+    let types = types(&[oid::INT4]);
+    let run = |v: &[u8]| {
+        let tail = bind_tail(&[(0, Some(v))]);
+        let bound = Bound {
+            types: &types,
+            tail: &tail,
+        };
+        deps_of(&plan, Some(bound), true, &secret)
+    };
+    let (one, two) = (run(b"1"), run(b"2"));
+    assert_ne!(
+        one, two,
+        "a memo of the first execution would answer the second"
+    );
+    assert_eq!(run(b"1"), one);
+    let literal = read_plan("SELECT v FROM t WHERE id = 2", ID);
+    assert_eq!(deps_of(&literal, None, true, &secret), two);
+}
+
+#[test]
+fn a_text_key_outside_utf8_is_table_wide_before_and_after_the_memo() {
+    use crate::cache::Dep;
+    let secret = crate::cache::KeySecret::from_bytes([4; 16]);
+    let key = &[("code", oid::TEXT)];
+    let plan = read_plan("SELECT v FROM t WHERE code = 'abc'", key);
+    let table = (vec![Dep::Table(T)], false);
+    assert_eq!(deps_of(&plan, None, false, &secret), table);
+    let pinned = deps_of(&plan, None, true, &secret);
+    assert!(pinned.1, "{pinned:?}");
+    assert_eq!(deps_of(&plan, None, false, &secret), table);
+    assert_eq!(deps_of(&plan, None, true, &secret), pinned);
+}
+
+#[test]
+fn many_parameters_resolve_by_position() {
+    // More parameters than the lookup keeps on its stack: the rest must still be found.
+    let sql = "SELECT v FROM t WHERE id IN ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+    let values: Vec<Vec<u8>> = (1..=11).map(|v: i64| (v * 10).to_string().into()).collect();
+    let params: Vec<(i16, Option<&[u8]>)> = values.iter().map(|v| (0, Some(&v[..]))).collect();
+    let keys = bound_keys(sql, ID, &[oid::INT4; 11], &params).unwrap();
+    let expected: Vec<RowKey> = (1..=11).map(|v| key_of_int(v * 10)).collect();
+    assert_eq!(keys, expected);
+}

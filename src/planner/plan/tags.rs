@@ -191,14 +191,14 @@ impl Planner<'_> {
             rls: set.rls,
         };
         let (pins, unpinned) = self.read_pins(cx, sql_bytes, info, scope).await;
-        Ok(ReadPlan {
+        Ok(ReadPlan::new(
             tags,
             normalized,
             ttl,
-            stats: Arc::default(),
+            Arc::default(),
             pins,
             unpinned,
-        })
+        ))
     }
 
     /// Volatility and provenance of every function `info` calls (each overload of a name

@@ -38,8 +38,8 @@ impl CacheSession {
         // I1: versions are read before the Query goes upstream.
         let cache = &self.app.services.cache;
         let bound = extended.map(|(types, tail)| Bound { types, tail });
-        let (deps, pinned) = read.deps(bound, self.utf8, cache.secret());
-        let snapshot = cache.versions().snapshot_deps(&deps);
+        let pinned = read.deps(bound, self.utf8, cache.secret(), &mut self.deps);
+        let snapshot = cache.versions().snapshot_deps(&self.deps);
         if sampled {
             let [table, rows] = &self.metrics.pinned;
             let counter = if pinned { rows } else { table };

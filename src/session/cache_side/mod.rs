@@ -143,6 +143,9 @@ pub struct CacheSession {
     recent_heavy: Option<Arc<Plan>>,
     /// Cache lookups so far (for sampling hit latency).
     lookups: u32,
+    /// The dependencies of the current lookup (reused: the hit path does not allocate
+    /// them; as long as the largest plan's, which the planner bounds).
+    deps: Vec<crate::cache::Dep>,
     /// A commit's acknowledgement to hold until the change stream applied it (see [`ack`]).
     ack: resume::AckHold,
     /// Cancel requests for this session (a held Query's wait ends on one).
@@ -196,6 +199,7 @@ impl CacheSession {
             background_plan: None,
             recent_heavy: None,
             lookups: 0,
+            deps: Vec::new(),
             ack: resume::AckHold::No,
             cancel: None,
             statement_timeout: None,
