@@ -4,6 +4,7 @@ Kept apart from run.py (which drives the services and pgbench) so the arithmetic
 layout can be read, and changed, on their own. Standard library only.
 """
 
+import os
 import re
 import statistics
 
@@ -42,12 +43,18 @@ def stat(values, fmt):
 def summarize(runs, targets):
     """Per cell: TPS and hit ratio per target per rep, and per-rep ratios (target / reference
     in that rep). Only targets that ran in a cell get columns (the responder runs for `point`)."""
-    cells, cpu, hits = {}, {}, {}
+    cells, cpu, hits, parts = {}, {}, {}, {}
     for r in runs:
         key = (r["workload"], r["mode"], r["clients"])
         cells.setdefault(key, {}).setdefault(r["rep"], {})[r["target"]] = r["tps"]
         if r.get("proxy_cpu_us_per_txn") is not None and r["tps"] is not None:
             cpu.setdefault(key, {}).setdefault(r["target"], []).append(r["proxy_cpu_us_per_txn"])
+        if r["tps"] is not None:
+            for part in ("client", "postgres", "proxy"):
+                v = r.get(f"{part}_cpu_us_per_txn")
+                if v is not None:
+                    parts.setdefault(key, {}).setdefault(r["target"], {}) \
+                        .setdefault(part, []).append(v)
         if "hit_ratio" in r:
             hits.setdefault(key, {}).setdefault(r["target"], []).append(r["hit_ratio"])
     out = []
@@ -55,7 +62,8 @@ def summarize(runs, targets):
         ran = [t for t in targets if any(t in reps[k] for k in reps)]
         row = {"workload": workload, "mode": mode, "clients": clients, "targets": ran,
                "tps": {}, "ratio": {}, "hit_ratio": hits.get((workload, mode, clients), {}),
-               "proxy_cpu_us_per_txn": cpu.get((workload, mode, clients), {})}
+               "proxy_cpu_us_per_txn": cpu.get((workload, mode, clients), {}),
+               "cpu_parts": parts.get((workload, mode, clients), {})}
         for t in ran:
             row["tps"][t] = [reps[k].get(t) for k in sorted(reps)]
         pairs = [(t, "direct") for t in ran if t != "direct"] + [(n, d) for n, d, _ in VERSUS]
@@ -208,6 +216,30 @@ def render(meta, summary, runs, invariants, skipped, configs, complete):
             cells += [stat(row["proxy_cpu_us_per_txn"].get(t, []), lambda v: f"{v:.1f}")
                       for t in proxies]
             md.append("| " + " | ".join(cells) + " |")
+        md.append("")
+    if any(row.get("cpu_parts") for row in summary):
+        md += ["## CPU per transaction, by process", "",
+               "Medians of each process's CPU (user + system) during the run ÷ transactions: "
+               "pgbench (the client), PostgreSQL (postmaster and every backend, the proxies' "
+               "included), the proxy. `box` is what the machine's CPUs offer per transaction at "
+               "that TPS (CPUs × 1 s ÷ TPS): the sum cannot exceed it, so a target's TPS is "
+               "bounded by CPUs × 1 s ÷ (the sum of its parts).", "",
+               "| workload | mode | clients | target | pgbench µs | PostgreSQL µs | proxy µs "
+               "| sum µs | box µs |", "|" + "---|" * 9]
+        ncpu = os.cpu_count() or 1
+        for row in summary:
+            for t in row["targets"]:
+                got = row["cpu_parts"].get(t)
+                if not got:
+                    continue
+                med = {k: statistics.median(v) for k, v in got.items() if v}
+                tps = [v for v in row["tps"].get(t, []) if v]
+                box = f"{ncpu * 1e6 / statistics.median(tps):.1f}" if tps else "–"
+                cells = [row["workload"], f"`-M {row['mode']}`", str(row["clients"]), LABEL[t]]
+                cells += [f"{med[k]:.1f}" if k in med else "–"
+                          for k in ("client", "postgres", "proxy")]
+                cells += [f"{sum(med.values()):.1f}", box]
+                md.append("| " + " | ".join(cells) + " |")
         md.append("")
     if "pgmemo" in targets:
         issue2, issue3, issue4 = acceptance(summary)

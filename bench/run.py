@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -68,7 +69,8 @@ class ProcSampler:
             fields = raw[rpar + 2:].split()
             if lpar < 0 or rpar < 0 or len(fields) < 13:
                 continue
-            procs[int(entry)] = (raw[lpar + 1:rpar], int(fields[1]), int(fields[11]) + int(fields[12]))
+            procs[int(entry)] = (raw[lpar + 1:rpar], int(fields[1]), int(fields[11]) + int(fields[12]),
+                                 int(fields[13]) + int(fields[14]))
         return procs
 
     def snapshot(self):
@@ -76,18 +78,23 @@ class ProcSampler:
 
     def cpu_of(self, pid, before, after):
         """CPU seconds a long-lived service used between two snapshots: the process (all its
-        threads) and its descendants, so pgpool-II's preforked children count too."""
+        threads) and its descendants, so pgpool-II's preforked children count too. Children
+        that ended meanwhile (PostgreSQL's backends when their client disconnects) count
+        through what their reaped CPU added to their parent's children time; one that
+        started before `before` and ended meanwhile is then counted whole (a slight
+        over-count: the benchmark's connections start with its runs)."""
         if pid not in before or pid not in after:
             return None
         tree, changed = {pid}, True
         while changed:
             changed = False
-            for p, (_, ppid, _) in after.items():
+            for p, (_, ppid, _, _) in after.items():
                 if ppid in tree and p not in tree:
                     tree.add(p)
                     changed = True
         ticks = sum(after[p][2] - (before[p][2] if p in before else 0) for p in tree)
-        return ticks / self.tick
+        reaped = sum(after[p][3] - (before[p][3] if p in before else 0) for p in tree)
+        return (ticks + reaped) / self.tick
 
     def foreign(self, before, after):
         """(cpu seconds, top comms) used between two snapshots by processes not ours."""
@@ -95,12 +102,12 @@ class ProcSampler:
         changed = True
         while changed:  # descendants of this process (runuser -> postgres -> backends, ...)
             changed = False
-            for pid, (_, ppid, _) in after.items():
+            for pid, (_, ppid, _, _) in after.items():
                 if ppid in mine and pid not in mine:
                     mine.add(pid)
                     changed = True
         by_comm = {}
-        for pid, (comm, ppid, ticks) in after.items():
+        for pid, (comm, ppid, ticks, _) in after.items():
             if pid in mine or pid == 2 or ppid == 2:  # ours, or a kernel thread
                 continue
             prev = before.get(pid)
@@ -131,6 +138,7 @@ def run_client(argv, duration, sampler, rec):
     fills rec's wall_s, foreign_cpu_pct and foreign_top. Returns (output, exit code or
     "timeout", snapshot before, snapshot after)."""
     before = sampler.snapshot()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     try:
         r = subprocess.run(argv, capture_output=True, text=True, env=client_env(),
@@ -140,6 +148,8 @@ def run_client(argv, duration, sampler, rec):
         out, rc = ((e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes)
                    else (e.stdout or "")), "timeout"
     rec["wall_s"] = round(time.monotonic() - started, 2)
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)  # pgbench, reaped above
+    rec["client_cpu_s"] = (now.ru_utime + now.ru_stime) - (children.ru_utime + children.ru_stime)
     after = sampler.snapshot()
     foreign, top = sampler.foreign(before, after)
     rec["foreign_cpu_pct"] = round(100 * foreign / (rec["wall_s"] * (os.cpu_count() or 1)), 1)
@@ -163,6 +173,9 @@ def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
     proxy = stack.service_pid(target)
     if proxy is not None:  # the proxy's own CPU: what it costs the box per transaction
         rec["proxy_cpu_s"] = sampler.cpu_of(proxy, before, after)
+    server = stack.postgres_pid()
+    if server is not None:  # the postmaster and every backend (the proxies' included)
+        rec["postgres_cpu_s"] = sampler.cpu_of(server, before, after)
     rec.update(parse_pgbench(out))
     rec["rc"] = rc
     if rc != 0:
@@ -178,8 +191,9 @@ def run_pgbench(stack, sampler, target, workload, mode, clients, duration):
             rec["cache_hits"], rec["cache_misses"] = now[0] - counters[0], now[1] - counters[1]
             looked_up = rec["cache_hits"] + rec["cache_misses"]
             rec["hit_ratio"] = rec["cache_hits"] / looked_up if looked_up > 0 else None
-    if rec.get("proxy_cpu_s") is not None and rec["processed"]:
-        rec["proxy_cpu_us_per_txn"] = round(1e6 * rec["proxy_cpu_s"] / rec["processed"], 1)
+    for part in ("proxy", "postgres", "client"):
+        if rec.get(f"{part}_cpu_s") is not None and rec.get("processed"):
+            rec[f"{part}_cpu_us_per_txn"] = round(1e6 * rec[f"{part}_cpu_s"] / rec["processed"], 1)
     if rec["error"]:
         rec["tps"] = None
         dead = stack.alive(target)

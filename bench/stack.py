@@ -490,6 +490,14 @@ class Stack:
         log(f"instant responder on 127.0.0.1:{port}")
 
     # --- bookkeeping ------------------------------------------------------------------------
+    def postgres_pid(self):
+        """The pid of the PostgreSQL service process (runuser; the postmaster and its
+        backends descend from it)."""
+        for n, proc, _ in self.procs:
+            if n == "postgres":
+                return proc.pid
+        return None
+
     def service_pid(self, target):
         """The pid of a non-direct target's (foreground) main process."""
         for n, proc, _ in self.procs:
