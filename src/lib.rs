@@ -34,6 +34,7 @@ pub mod net;
 pub mod planner;
 pub mod protocol;
 pub mod redis_link;
+pub mod refresh;
 pub mod rng;
 pub mod server;
 pub mod session;

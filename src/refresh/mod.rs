@@ -1,0 +1,6 @@
+//! Keeping cached results fresh instead of only dropping them (issue 19): the strategies
+//! that recompute a result after a write (write-through) or before it expires
+//! (refresh-ahead), and warming. `recipes` holds what recomputing a result takes and selects
+//! the results a write invalidated.
+
+pub mod recipes;

@@ -1,0 +1,262 @@
+//! What recomputing a cached result needs (issue 19: write-through first, refresh-ahead and
+//! warming next): per stored result its *recipe* — the request as the client sent it (a
+//! simple Query's text, or the Parse's parameter types and the Bind after its names), the
+//! database and the session fingerprint digest it ran under, and its read plan (what it
+//! depends on, its TTL) — and, per counter a write bumps, the recipes most recently stored
+//! that depend on it.
+//!
+//! A recipe is filed under the dependencies of its result's snapshot: a read not pinned to
+//! rows under `Table(tag)` of each relation, a pinned one under `Wide(tag)` and its rows'
+//! `Row(stripe)`s. A write bumps `Table` and `Row`s (rows known) or `Table` and `Wide`
+//! (rows unknown), so looking up what it bumped finds exactly the results it invalidated —
+//! plus, for a row write, other rows' results that share a stripe (an extra refresh, never a
+//! missed one). [`Recipes::dependents`] is the one function that selects them.
+//!
+//! Recency is when a result was stored (a miss, or a refresh): a result read often is
+//! re-stored after each write that invalidates it, so it stays recent; tracking every hit
+//! here would put a lock on the hit path.
+//!
+//! Bounded in bytes: recipes (their plan's weight included, shared parts counted each time)
+//! and the slots of the per-dependency lists. Past the bound the least recently stored
+//! recipes go, and with them their slots; each list keeps at most [`ROW_LIST`] (row
+//! counters) or [`TABLE_LIST`] (relation counters) entries, the newest.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+
+use crate::cache::Dep;
+use crate::planner::plan::Plan;
+
+/// Recipes kept per row counter: a row is read by few distinct statements.
+pub const ROW_LIST: usize = 4;
+/// Recipes kept per relation counter (table, table-wide).
+pub const TABLE_LIST: usize = 64;
+/// Bytes one slot of a per-dependency list costs (the id, the map entry's share).
+const SLOT_BYTES: usize = 48;
+/// Bytes of a recipe besides its request and plan (the struct, the `Arc`, the maps).
+const RECIPE_OVERHEAD: usize = 256;
+
+/// How the result was asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// A simple Query with this text.
+    Simple { sql: Bytes },
+    /// An extended-protocol execution: the Parse's text and parameter type OIDs (4 bytes
+    /// each, as sent), and the Bind after its portal and statement names (parameter formats,
+    /// values, result formats).
+    Extended {
+        sql: Bytes,
+        param_types: Bytes,
+        bind_tail: Bytes,
+    },
+}
+
+impl Request {
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Simple { sql } => sql.len(),
+            Self::Extended {
+                sql,
+                param_types,
+                bind_tail,
+            } => sql.len() + param_types.len() + bind_tail.len(),
+        }
+    }
+}
+
+/// What recomputing one cached result takes.
+#[derive(Debug)]
+pub struct Recipe {
+    /// The database the result was read in.
+    pub database: Arc<str>,
+    /// The fingerprint digest of the session that read it (its key's): a recomputation must
+    /// run under exactly this fingerprint.
+    pub fingerprint: [u8; 16],
+    pub request: Request,
+    /// Its read plan when it was stored (checked against the catalog before any reuse).
+    pub plan: Arc<Plan>,
+    /// What it was filed under: its snapshot's dependencies.
+    pub deps: Box<[Dep]>,
+}
+
+impl Recipe {
+    /// The identity of a recipe: equal for two stores of the same request under the same
+    /// fingerprint in the same database (the later replaces the earlier).
+    pub fn id(&self) -> u64 {
+        let mut h = std::hash::DefaultHasher::new();
+        self.database.hash(&mut h);
+        self.fingerprint.hash(&mut h);
+        self.request.hash(&mut h);
+        h.finish()
+    }
+
+    fn weight(&self) -> usize {
+        RECIPE_OVERHEAD
+            + self.database.len()
+            + self.request.bytes()
+            + self.plan.weight()
+            + std::mem::size_of_val(self.deps.as_ref())
+    }
+}
+
+struct Slot {
+    recipe: Arc<Recipe>,
+    weight: usize,
+    /// The store clock when it was (last) stored.
+    stored: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<u64, Slot>,
+    /// Store clock → id, oldest first: the eviction order.
+    by_age: BTreeMap<u64, u64>,
+    /// Per dependency, ids newest first.
+    by_dep: HashMap<Dep, VecDeque<u64>>,
+    bytes: usize,
+    clock: u64,
+}
+
+/// The recipes of stored results, shared by every session (put it in an `Arc`).
+pub struct Recipes {
+    inner: Mutex<Inner>,
+    max_bytes: usize,
+}
+
+impl std::fmt::Debug for Recipes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = self.lock();
+        f.debug_struct("Recipes")
+            .field("recipes", &inner.by_id.len())
+            .field("bytes", &inner.bytes)
+            .finish()
+    }
+}
+
+impl Recipes {
+    /// An empty registry holding at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Files `recipe` (a result was stored), replacing one of the same identity; then
+    /// evicts the least recently stored recipes while over the byte bound. A recipe heavier
+    /// than the bound is not kept.
+    pub fn insert(&self, recipe: Recipe) {
+        let weight = recipe.weight() + recipe.deps.len() * SLOT_BYTES;
+        let id = recipe.id();
+        let mut inner = self.lock();
+        inner.remove(id);
+        if weight > self.max_bytes {
+            return;
+        }
+        inner.clock += 1;
+        let stored = inner.clock;
+        for dep in recipe.deps.iter() {
+            let list = inner.by_dep.entry(*dep).or_default();
+            list.push_front(id);
+            let cap = match dep {
+                Dep::Row(_) => ROW_LIST,
+                Dep::Table(_) | Dep::Wide(_) => TABLE_LIST,
+            };
+            if list.len() > cap {
+                list.pop_back();
+                // The recipe dropped from this list stays filed under its others; its slot
+                // bytes are released with it.
+            }
+        }
+        inner.by_age.insert(stored, id);
+        inner.bytes += weight;
+        inner.by_id.insert(
+            id,
+            Slot {
+                recipe: Arc::new(recipe),
+                weight,
+                stored,
+            },
+        );
+        while inner.bytes > self.max_bytes {
+            let Some((_, oldest)) = inner.by_age.pop_first() else {
+                break;
+            };
+            inner.remove(oldest);
+        }
+    }
+
+    /// The recipes of the results a write that bumped `bumped` invalidated, most recently
+    /// stored first, at most `max`.
+    pub fn dependents(&self, bumped: &[Dep], max: usize) -> Vec<Arc<Recipe>> {
+        let inner = self.lock();
+        let mut found: Vec<(u64, &Slot)> = Vec::new();
+        for dep in bumped {
+            let Some(list) = inner.by_dep.get(dep) else {
+                continue;
+            };
+            for id in list {
+                if let Some(slot) = inner.by_id.get(id) {
+                    found.push((*id, slot));
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| b.1.stored.cmp(&a.1.stored).then(a.0.cmp(&b.0)));
+        found.dedup_by_key(|(id, _)| *id);
+        found
+            .into_iter()
+            .take(max)
+            .map(|(_, slot)| Arc::clone(&slot.recipe))
+            .collect()
+    }
+
+    /// Forgets every recipe (a whole-cache flush: nothing is left to refresh).
+    pub fn clear(&self) {
+        *self.lock() = Inner::default();
+    }
+
+    /// Recipes held.
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held (as weighed).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+impl Inner {
+    /// Drops recipe `id` and its slots.
+    fn remove(&mut self, id: u64) {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        self.by_age.remove(&slot.stored);
+        self.bytes = self.bytes.saturating_sub(slot.weight);
+        for dep in slot.recipe.deps.iter() {
+            if let Some(list) = self.by_dep.get_mut(dep) {
+                list.retain(|other| *other != id);
+                if list.is_empty() {
+                    self.by_dep.remove(dep);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "recipes_tests.rs"]
+mod tests;
