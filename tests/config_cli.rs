@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pgmemo::config::{Config, FunctionWrites, RedisConfig, Rule, TlsConfig};
+use pgmemo::config::{Config, FunctionWrites, RedisConfig, Rule, TlsConfig, WritePolicy};
 
 const ENV_VARS: [&str; 6] = [
     "PGMEMO_CONFIG",
@@ -414,6 +414,7 @@ fn type_keys() -> BTreeSet<String> {
         ttl: Some(std::time::Duration::from_secs(1)),
         allow_stable_functions: Some(true),
         allow_rls: Some(true),
+        write: Some(WritePolicy::Through),
     }];
     let mut keys = BTreeSet::new();
     leaf_keys("", &toml::Table::try_from(&full).unwrap(), &mut keys);
@@ -450,7 +451,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        53,
+        55,
         "update this count with the types: {expected:?}"
     );
 }

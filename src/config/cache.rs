@@ -123,6 +123,10 @@ pub struct CacheConfig {
     pub l1: L1Config,
     /// Optional shared second level. Absent = in-process cache only.
     pub redis: Option<RedisConfig>,
+    /// Most stored results refreshed per committed write to a `write = "through"` table:
+    /// the refresh runs before the writer's acknowledgement, so this bounds what one write
+    /// can add to its latency.
+    pub write_through_max_entries: usize,
 }
 
 /// `[cache.l1]`.
@@ -152,6 +156,7 @@ impl Default for CacheConfig {
             secret: None,
             l1: L1Config::default(),
             redis: None,
+            write_through_max_entries: 32,
         }
     }
 }
@@ -349,4 +354,48 @@ pub struct Rule {
     /// Cache reads of tables with row-level security enabled (the role and settings are in the
     /// key; policies that depend on anything else must not be opted in).
     pub allow_rls: Option<bool>,
+    /// What a committed write through pgmemo to a matching table does to the results that
+    /// depend on it (absent = [`WritePolicy::Invalidate`]). Matched by `table`, `database`
+    /// and `role` only: validation refuses it beside `query`, which a write does not have.
+    pub write: Option<WritePolicy>,
+}
+
+/// A rule's `write`: what a committed write to a matching table does to dependent results.
+/// Parsed from a string so that a value pgmemo does not implement (`"behind"`) is refused
+/// at load with a message saying so, rather than serde's bare "unknown variant".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum WritePolicy {
+    /// Dependent results are dropped; the next read fills them again (the default).
+    Invalidate,
+    /// The most recently stored dependent results are refreshed before the writer's
+    /// acknowledgement, so the next read of them is a hit.
+    Through,
+}
+
+impl WritePolicy {
+    /// The value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePolicy::Invalidate => "invalidate",
+            WritePolicy::Through => "through",
+        }
+    }
+}
+
+impl TryFrom<String> for WritePolicy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match text.as_str() {
+            "invalidate" => Ok(WritePolicy::Invalidate),
+            "through" => Ok(WritePolicy::Through),
+            "behind" => Err("write-behind is not available yet (issue 20); \
+                             write \"invalidate\" or \"through\""
+                .to_owned()),
+            other => Err(format!(
+                "unknown write policy `{other}`, expected `invalidate` or `through`"
+            )),
+        }
+    }
 }

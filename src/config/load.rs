@@ -206,6 +206,7 @@ fn schema_sample() -> Table {
         ttl: Some(std::time::Duration::from_secs(60)),
         allow_stable_functions: Some(false),
         allow_rls: Some(false),
+        write: Some(super::WritePolicy::Invalidate),
     }];
     // Serializing plain structs of strings, numbers and paths cannot fail; an empty table
     // would only make every key look unknown, which tests would catch.

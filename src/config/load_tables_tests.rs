@@ -51,6 +51,58 @@ allow_rls = false
 }
 
 #[test]
+fn rule_write_policies_load_and_others_are_refused() {
+    let config = from_toml_str(
+        "[cache]\nwrite_through_max_entries = 8\n\n[[rules]]\ntable = \"orders\"\n\
+         write = \"through\"\n\n[[rules]]\ntable = \"audit_log\"\nwrite = \"invalidate\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(config.cache.write_through_max_entries, 8);
+    assert_eq!(
+        config.rules[0].write,
+        Some(crate::config::WritePolicy::Through)
+    );
+    assert_eq!(
+        config.rules[1].write,
+        Some(crate::config::WritePolicy::Invalidate)
+    );
+    let got = issues(
+        "[[rules]]\ntable = \"a\"\nwrite = \"behind\"\n\n[[rules]]\ntable = \"b\"\n\
+         write = \"Through\"\ncache = false\n",
+    );
+    let shown: Vec<(&str, &str)> = got
+        .iter()
+        .map(|i| (i.key.as_str(), i.value.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("rules[1].write", "\"behind\""),
+            ("rules[2].write", "\"Through\""),
+            // With its bad key dropped, the first entry changes nothing.
+            ("rules[1]", "(rule)"),
+        ]
+    );
+    assert!(
+        got[0]
+            .why
+            .starts_with("write-behind is not available yet (issue 20)"),
+        "{:?}",
+        got[0]
+    );
+    assert!(got[0].why.ends_with("(test.toml:3)"), "{:?}", got[0]);
+    assert!(
+        got[1].why.contains("expected `invalidate` or `through`"),
+        "{:?}",
+        got[1]
+    );
+    let got = issues("[cache]\nwrite_through_max_entries = 0\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].key, "cache.write_through_max_entries");
+}
+
+#[test]
 fn unknown_and_ill_typed_keys_inside_rules_have_paths_and_lines() {
     let got = issues(
         "[[rules]]\ntable = \"a\"\ncache = false\n\n[[rules]]\ntabel = \"b\"\nttl = 30\n\

@@ -22,7 +22,7 @@ pub mod validate;
 
 pub use cache::{
     ByteSize, CacheConfig, CatalogSection, FunctionReads, FunctionTables, FunctionWrites,
-    FunctionsConfig, L1Config, Rule, SqlMemory,
+    FunctionsConfig, L1Config, Rule, SqlMemory, WritePolicy,
 };
 pub use invalidation::{CdcMode, InvalidationConfig};
 pub use load::{Overrides, Sources};

@@ -25,12 +25,16 @@
 //!     rule said `0s`), the TTL is `cache.ttl` instead, or, if that is 0 too, `allow_rls` is
 //!     dropped. (Validation already refuses an `allow_rls` rule whose own TTL is 0.)
 //! - No rules at all: cached, with `cache.ttl`.
+//! - `write` is not part of the verdict: [`Rules::write_through`] asks it per written (or
+//!   read) table, matching `database`, `role` and `table` as above; `"through"` holds when
+//!   some matching rule sets it and none sets `"invalidate"` (validation refuses `write`
+//!   beside `query`, and such a rule never matches here).
 
 use std::time::Duration;
 
 use memchr::memmem::Finder;
 
-use super::Rule;
+use super::{Rule, WritePolicy};
 
 /// PostgreSQL's NAMEDATALEN - 1: longer identifiers are truncated by the server, so a rule
 /// naming one could never match a catalog name.
@@ -66,6 +70,7 @@ struct Compiled {
     ttl: Option<Duration>,
     allow_stable_functions: Option<bool>,
     allow_rls: Option<bool>,
+    write: Option<WritePolicy>,
 }
 
 impl Rules {
@@ -88,6 +93,7 @@ impl Rules {
                 ttl: r.ttl,
                 allow_stable_functions: r.allow_stable_functions,
                 allow_rls: r.allow_rls,
+                write: r.write,
             })
             .collect();
         Rules { rules, default_ttl }
@@ -152,6 +158,21 @@ impl Rules {
             allow_stable_functions: stable.get(),
             allow_rls,
         }
+    }
+
+    /// Whether a committed write to `schema.name` refreshes the results that depend on it
+    /// (`write = "through"`) for a session of `db` as `role`. An opt-in like `allow_*`: some
+    /// matching rule sets it and none sets `"invalidate"`, so a narrower rule can exempt a
+    /// table from a broad one. Rules with a `query` never match: a write to a table has no
+    /// statement text to select on here (validation refuses them anyway).
+    pub fn write_through(&self, db: &str, role: &str, schema: &str, name: &str) -> bool {
+        let mut through = Flag::default();
+        for rule in self.rules.iter().filter(|r| r.query.is_none()) {
+            if rule.matches(db, role, b"", &[(schema, name)]) {
+                through.apply(rule.write.map(|w| w == WritePolicy::Through));
+            }
+        }
+        through.get()
     }
 }
 

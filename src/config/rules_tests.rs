@@ -377,3 +377,91 @@ fn readme_example() {
     let v = compiled.verdict("shop", "reporting", &sql, &[("archive", "audit_log")]);
     assert!(!v.cache);
 }
+
+fn write(mut r: Rule, policy: WritePolicy) -> Rule {
+    r.write = Some(policy);
+    r
+}
+
+/// Whether a write to `schema.name` by role `app` in database `shop` is written through.
+fn through(rules: &[Rule], schema: &str, name: &str) -> bool {
+    Rules::new(rules, DEFAULT).write_through("shop", "app", schema, name)
+}
+
+#[test]
+fn write_through_needs_a_rule() {
+    assert!(!through(&[], "public", "users"));
+    // Rules that say nothing about writes do not make one.
+    assert!(!through(&[nocache(table("users"))], "public", "users"));
+    assert!(!through(
+        &[write(table("users"), WritePolicy::Invalidate)],
+        "public",
+        "users"
+    ));
+}
+
+#[test]
+fn write_through_matches_tables_like_the_verdict() {
+    let bare = [write(table("Users"), WritePolicy::Through)];
+    assert!(through(&bare, "public", "users"), "any schema, name folded");
+    assert!(through(&bare, "app", "users"));
+    assert!(!through(&bare, "public", "orders"));
+    let qualified = [write(table("app.users"), WritePolicy::Through)];
+    assert!(through(&qualified, "app", "users"));
+    assert!(!through(&qualified, "public", "users"));
+    let quoted = [write(table("\"App\".\"Users\""), WritePolicy::Through)];
+    assert!(through(&quoted, "App", "Users"));
+    assert!(!through(&quoted, "app", "users"));
+}
+
+#[test]
+fn write_through_needs_the_database_and_role_to_match() {
+    let rule = |db: &str, role: &str| Rule {
+        database: Some(db.into()),
+        role: Some(role.into()),
+        ..write(table("users"), WritePolicy::Through)
+    };
+    assert!(through(&[rule("shop", "app")], "public", "users"));
+    assert!(!through(&[rule("other", "app")], "public", "users"));
+    assert!(!through(&[rule("shop", "admin")], "public", "users"));
+    // Without `table`, a rule covers every table of its database (and role).
+    let every = Rule {
+        database: Some("shop".into()),
+        ..write(Rule::default(), WritePolicy::Through)
+    };
+    assert!(through(std::slice::from_ref(&every), "public", "orders"));
+    let elsewhere = Rule {
+        database: Some("other".into()),
+        ..every
+    };
+    assert!(!through(&[elsewhere], "public", "orders"));
+}
+
+#[test]
+fn an_explicit_invalidate_wins_over_through() {
+    let every = Rule {
+        database: Some("shop".into()),
+        ..write(Rule::default(), WritePolicy::Through)
+    };
+    let exempt = write(table("audit_log"), WritePolicy::Invalidate);
+    for rules in [
+        [every.clone(), exempt.clone()],
+        [exempt.clone(), every.clone()],
+    ] {
+        assert!(!through(&rules, "public", "audit_log"), "in either order");
+        assert!(
+            through(&rules, "public", "users"),
+            "a rule that does not match vetoes nothing"
+        );
+    }
+}
+
+#[test]
+fn a_query_rule_never_sets_write_through() {
+    // Validation refuses it; unvalidated, it still cannot select a write.
+    let rule = Rule {
+        query: Some("%".into()),
+        ..write(table("users"), WritePolicy::Through)
+    };
+    assert!(!through(&[rule], "public", "users"));
+}

@@ -317,6 +317,9 @@ pub const REDIS_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(10));
 /// Accepted `cache.redis.write_queue`.
 pub const REDIS_WRITE_QUEUE_RANGE: (usize, usize) = (1, 1 << 20);
+/// Accepted `cache.write_through_max_entries`: the refreshes run before a writer's
+/// acknowledgement, so the bound caps what one write can add to its latency.
+pub const WRITE_THROUGH_MAX_ENTRIES_RANGE: (usize, usize) = (1, 1024);
 
 fn check_redis(redis: &RedisConfig, issues: &mut Vec<ConfigIssue>) {
     check_redis_url("cache.redis.url", &redis.url, issues);
@@ -420,6 +423,14 @@ fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
         FILL_WAIT_RANGE,
         issues,
     );
+    let (lo, hi) = WRITE_THROUGH_MAX_ENTRIES_RANGE;
+    if !(lo..=hi).contains(&cache.write_through_max_entries) {
+        issues.push(ConfigIssue::new(
+            "cache.write_through_max_entries",
+            cache.write_through_max_entries.to_string(),
+            format!("must be between {lo} and {hi}"),
+        ));
+    }
     if !(0.0..=1.0).contains(&cache.min_hit_ratio) {
         issues.push(ConfigIssue::new(
             "cache.min_hit_ratio",
@@ -493,7 +504,7 @@ pub const UNDECLARED_READS_TTL_RANGE: (Duration, Duration) =
 
 /// The match fields and the action fields of a rule, by key name.
 const MATCH_FIELDS: &str = "table, database, role, query";
-const ACTION_FIELDS: &str = "cache, ttl, allow_stable_functions, allow_rls";
+const ACTION_FIELDS: &str = "cache, ttl, allow_stable_functions, allow_rls, write";
 
 fn check_log(log: &LogConfig, issues: &mut Vec<ConfigIssue>) {
     if !LOG_FORMATS.contains(&log.format.as_str()) {

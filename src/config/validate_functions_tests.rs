@@ -2,7 +2,7 @@
 
 use super::tests::{issue_for, keys};
 use super::*;
-use crate::config::FunctionWrites;
+use crate::config::{FunctionWrites, WritePolicy};
 
 #[test]
 fn side_effect_free_functions_are_schema_qualified_names() {
@@ -87,7 +87,7 @@ fn a_rule_needs_a_match_field_and_an_action() {
     assert!(
         err.issues[1]
             .why
-            .contains("cache, ttl, allow_stable_functions, allow_rls")
+            .contains("cache, ttl, allow_stable_functions, allow_rls, write")
     );
     // Each match field and each action field counts on its own.
     for m in 0..4 {
@@ -174,6 +174,33 @@ fn an_rls_opt_in_needs_a_finite_ttl() {
         r.allow_rls = Some(false);
         r.ttl = Some(Duration::ZERO);
     })];
+    c.validate().unwrap();
+}
+
+#[test]
+fn write_is_an_action_for_tables_and_not_for_queries() {
+    let mut c = with_rules(vec![rule(|r| {
+        r.table = Some("orders".into());
+        r.write = Some(WritePolicy::Through);
+    })]);
+    c.validate().unwrap();
+    c.rules = vec![rule(|r| {
+        r.database = Some("shop".into());
+        r.write = Some(WritePolicy::Invalidate);
+    })];
+    c.validate().unwrap();
+    c.rules = vec![rule(|r| {
+        r.table = Some("orders".into());
+        r.query = Some("UPDATE orders SET %".into());
+        r.write = Some(WritePolicy::Through);
+    })];
+    let i = issue_for(&c, "rules[1].write");
+    assert_eq!(i.value, "\"through\"");
+    assert!(i.why.contains("a rule with `query` cannot set it"), "{i}");
+    assert_eq!(keys(c.validate()), ["rules[1].write"]);
+    // The query alone is fine.
+    c.rules[0].write = None;
+    c.rules[0].cache = Some(false);
     c.validate().unwrap();
 }
 

@@ -183,6 +183,22 @@ fn redis_settings_are_bounded() {
     assert!(c.validate().is_ok());
 }
 
+#[test]
+fn write_through_max_entries_is_bounded() {
+    let mut c = Config::default();
+    assert_eq!(c.cache.write_through_max_entries, 32);
+    let (lo, hi) = WRITE_THROUGH_MAX_ENTRIES_RANGE;
+    assert_eq!((lo, hi), (1, 1024));
+    for (n, ok) in [(0, false), (lo, true), (hi, true), (hi + 1, false)] {
+        c.cache.write_through_max_entries = n;
+        assert_eq!(c.validate().is_ok(), ok, "{n}");
+    }
+    c.cache.write_through_max_entries = 0;
+    let i = issue_for(&c, "cache.write_through_max_entries");
+    assert_eq!(i.value, "0");
+    assert!(i.why.contains("between 1 and 1024"), "{i}");
+}
+
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
 #[test]

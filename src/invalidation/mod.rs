@@ -34,6 +34,10 @@ pub struct Written {
     /// `tags`.
     pub rows: Vec<(Tag, Stripe)>,
     pub epoch: Option<EpochCause>,
+    /// Relations written that are `write = "through"` tables (sorted, unique): at commit the
+    /// most recently stored results depending on them are refreshed, not only invalidated.
+    /// Each is also in `tags` or `rows`, which say what the write invalidates.
+    pub through: Vec<Tag>,
 }
 
 impl Written {
@@ -75,10 +79,22 @@ impl Written {
         }
     }
 
+    /// Adds write-through relations (kept sorted and unique), so a transaction's record
+    /// holds every one its statements wrote. Separate from [`Written::merge`], whose callers
+    /// pass tags that are not all written relations (views, foreign-key closure).
+    pub fn merge_through(&mut self, tags: &[Tag]) {
+        for t in tags {
+            if let Err(at) = self.through.binary_search(t) {
+                self.through.insert(at, *t);
+            }
+        }
+    }
+
     /// Adds everything `other` wrote.
     pub fn merge_written(&mut self, other: &Written) {
         self.merge(&other.tags, other.epoch);
         self.merge_rows(&other.rows);
+        self.merge_through(&other.through);
     }
 
     /// The counters these writes move (see [`crate::cache::Dep`]).
@@ -565,5 +581,23 @@ mod tests {
         w.merge(&[], Some(EpochCause::SideEffects));
         assert_eq!(w.tags, vec![Tag { db: 1, rel: 2 }, Tag { db: 1, rel: 5 }]);
         assert_eq!(w.epoch, Some(EpochCause::Ddl));
+    }
+
+    #[test]
+    fn write_through_relations_merge_sorted_and_unique() {
+        let t = |rel| Tag { db: 1, rel };
+        let mut stmt = Written::default();
+        stmt.merge(&[t(9), t(4)], None);
+        stmt.merge_through(&[t(9), t(4), t(9)]);
+        assert_eq!(stmt.through, vec![t(4), t(9)]);
+        let mut txn = Written::default();
+        txn.merge_through(&[t(7)]);
+        txn.merge_written(&stmt);
+        txn.merge_written(&stmt);
+        assert_eq!(txn.through, vec![t(4), t(7), t(9)]);
+        // Invalidation merges leave them alone.
+        txn.merge(&[t(1)], Some(EpochCause::Ddl));
+        assert_eq!(txn.through, vec![t(4), t(7), t(9)]);
+        assert!(Written::default().through.is_empty());
     }
 }

@@ -78,6 +78,11 @@ pub struct ReadPlan {
     pub pins: Arc<[RowPin]>,
     /// Why some relation of `tags` is not pinned (`None`: every one is).
     pub unpinned: Option<&'static str>,
+    /// Some relation the read depends on (the resolved relations a rule's `table` is
+    /// matched against for the verdict) is a `write = "through"` table for this database and
+    /// role: a write to it refreshes stored results, so the session records how to run this
+    /// read again.
+    pub through: bool,
     /// [`ReadPlan::deps`] of a read whose keys are all literals, once computed (shared by
     /// the copies of this plan, like `pins`).
     fixed: Arc<OnceLock<FixedDeps>>,
@@ -92,6 +97,7 @@ impl ReadPlan {
         stats: Arc<super::adaptive::HitStats>,
         pins: Arc<[RowPin]>,
         unpinned: Option<&'static str>,
+        through: bool,
     ) -> Self {
         Self {
             tags,
@@ -100,6 +106,7 @@ impl ReadPlan {
             stats,
             pins,
             unpinned,
+            through,
             fixed: Arc::default(),
         }
     }
@@ -271,6 +278,7 @@ impl Plan {
                 Arc::clone(&r.stats),
                 pins.into(),
                 unpinned,
+                r.through,
             )
         });
         let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
@@ -332,6 +340,7 @@ impl Plan {
         let mut w = Written::default();
         for s in self.stmts.iter() {
             w.merge(&s.written.tags, s.written.epoch);
+            w.merge_through(&s.written.through);
         }
         w
     }
@@ -505,6 +514,7 @@ impl Planner<'_> {
                     match self.write_tags(cx, &info.writes).await {
                         Ok((w, runs_user_code)) => {
                             p.written.merge(&w.tags, w.epoch);
+                            p.written.merge_through(&w.through);
                             p.rows = self.write_pin(cx, sql_bytes, info).await.ok().map(Box::new);
                             if runs_user_code {
                                 p.taint = Some("trigger, rule or default runs a user function");

@@ -362,7 +362,20 @@ fn read_plan(sql: &str, key: &[(&str, u32)]) -> super::super::plan::ReadPlan {
         std::sync::Arc::default(),
         std::sync::Arc::from(vec![pin]),
         None,
+        false,
     )
+}
+
+#[test]
+fn another_text_of_the_shape_keeps_the_write_through_flag() {
+    for through in [false, true] {
+        let mut plan = super::super::plan::Plan::for_tests("SELECT v FROM t WHERE id = 1");
+        let mut read = read_plan("SELECT v FROM t WHERE id = 1", ID);
+        read.through = through;
+        plan.read = Ok(read);
+        let other = plan.with_text(bytes::Bytes::from_static(b"SELECT v FROM t WHERE id = 2"));
+        assert_eq!(other.read.map(|r| r.through), Ok(through));
+    }
 }
 
 fn deps_of(

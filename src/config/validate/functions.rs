@@ -151,7 +151,8 @@ pub(super) fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Ve
         let acts = rule.cache.is_some()
             || rule.ttl.is_some()
             || rule.allow_stable_functions.is_some()
-            || rule.allow_rls.is_some();
+            || rule.allow_rls.is_some()
+            || rule.write.is_some();
         if !acts {
             issues.push(ConfigIssue::new(
                 key(""),
@@ -188,6 +189,23 @@ pub(super) fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Ve
             ));
         }
         check_rls_ttl(rule, default_ttl, &key, issues);
+        check_write_scope(rule, &key, issues);
+    }
+}
+
+/// `write` is decided per written table (with the session's database and role); a write has
+/// no statement text a `query` pattern could select on, so such a rule would never apply.
+pub(super) fn check_write_scope(
+    rule: &Rule,
+    key: &dyn Fn(&str) -> String,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    if let (Some(write), Some(_)) = (rule.write, &rule.query) {
+        issues.push(ConfigIssue::new(
+            key(".write"),
+            quoted(write.as_str()),
+            "write applies to the tables a write touches; a rule with `query` cannot set it",
+        ));
     }
 }
 

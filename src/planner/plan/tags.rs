@@ -40,6 +40,7 @@ impl Planner<'_> {
             .await
             .map_err(|_| ())?;
         w.merge(&tags(cx, set.tags.iter().chain(oids.iter())), None);
+        w.merge_through(&self.through_tags(cx, &resolved));
         let mut declared: Vec<catalog::RelName> = Vec::new();
         let mut runs_user_code = unseen_relation;
         for reason in &set.epoch {
@@ -83,6 +84,7 @@ impl Planner<'_> {
                     .await
                     .map_err(|_| ())?;
                 w.merge(&tags(cx, set.tags.iter().chain(oids.iter())), None);
+                w.merge_through(&self.through_tags(cx, &resolved));
                 if !set.epoch.is_empty() {
                     // The declared tables have invisible effects of their own.
                     w.merge(&[], Some(EpochCause::SideEffects));
@@ -90,6 +92,28 @@ impl Planner<'_> {
             }
         }
         Ok((w, runs_user_code))
+    }
+
+    /// Whether `schema.name` is a `write = "through"` table for this session's database and
+    /// current role (see [`Rules::write_through`]).
+    fn write_through(&self, cx: &Context, schema: &str, name: &str) -> bool {
+        self.rules
+            .write_through(&cx.database, &cx.current_user, schema, name)
+    }
+
+    /// The tags of the resolved relations a write touches that are write-through tables:
+    /// those whose dependent results the commit refreshes rather than only invalidates.
+    /// Relations that did not resolve (or that a temp relation shadows) are left out: their
+    /// write bumps the epoch, which refreshes nothing.
+    fn through_tags(&self, cx: &Context, resolved: &[catalog::Resolved]) -> Vec<Tag> {
+        let oids: Vec<u32> = resolved
+            .iter()
+            .filter(|r| !(r.temp_shadow && cx.has_temp))
+            .filter_map(|r| r.relation.as_ref())
+            .filter(|f| self.write_through(cx, &f.schema, &f.name))
+            .map(|f| f.oid)
+            .collect();
+        tags(cx, oids.iter()).into_vec()
     }
 
     pub(super) async fn read(
@@ -129,6 +153,9 @@ impl Planner<'_> {
         if !verdict.cache {
             return Err("rule");
         }
+        let through = table_refs
+            .iter()
+            .any(|&(schema, name)| self.write_through(cx, schema, name));
         // A statement naming no relation (or calling no function) needs no catalog call.
         let set = if oids.is_empty() {
             Arc::default()
@@ -198,6 +225,7 @@ impl Planner<'_> {
             Arc::default(),
             pins,
             unpinned,
+            through,
         ))
     }
 

@@ -93,6 +93,7 @@ impl Tracker {
                 Awaited::Completion(Completion::Stmt { plan, index, .. }) => {
                     if let Some(s) = plan.stmts.get(*index) {
                         w.merge(&s.written.tags, s.written.epoch);
+                        w.merge_through(&s.written.through);
                     }
                 }
                 Awaited::Completion(Completion::Unknown) => {
@@ -360,6 +361,7 @@ impl CacheSession {
             }
             _ => self.tracker.txn.merge(&sp.written.tags, sp.written.epoch),
         }
+        self.tracker.txn.merge_through(&sp.written.through);
     }
 
     /// The rows statement `index` of `plan` writes, known by key, for an execution with
@@ -444,6 +446,7 @@ impl CacheSession {
             // its tags hold only in the context it was prepared in.
             Some((w, ddl, cx)) if planned_here && cx == self.cx_id => {
                 self.tracker.txn.merge(&w.tags, w.epoch);
+                self.tracker.txn.merge_through(&w.through);
                 self.tracker.txn_ddl |= ddl;
             }
             // A prepared read that wrote nothing where it was prepared (the names it
