@@ -142,6 +142,8 @@ pub struct Services {
     pub shared: Option<Arc<SharedTier>>,
     /// Settings probe results at login, by login key.
     pub logins: LoginMemo,
+    /// What re-running a stored result takes, for write-through (see `refresh::recipes`).
+    pub recipes: crate::refresh::recipes::Recipes,
 }
 
 impl Services {
@@ -173,6 +175,7 @@ impl Services {
             plans: PlanMemo::new(65_536, memory.plans),
             shapes: PlanMemo::new(16_384, memory.shapes),
             logins: LoginMemo::default(),
+            recipes: crate::refresh::recipes::Recipes::new(memory.recipes),
         }
     }
 }

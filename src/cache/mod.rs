@@ -217,6 +217,26 @@ impl Cache {
         }
     }
 
+    /// The fill of `key` for a re-run of a cached result (write-through): `None` when it is
+    /// cached already or another fill is under way. Not a client's lookup, so neither a hit
+    /// nor a miss is counted.
+    pub fn lead_refresh(&self, key: CacheKey, check: KeyCheck) -> Option<FillGuard> {
+        if self.l1.get(&key, &check).is_some() {
+            return None;
+        }
+        match self.fills.begin(key, check) {
+            Begin::Waiter(_) => None,
+            // A fill may have completed between the L1 miss and registering.
+            Begin::Leader(guard) => match self.l1.get(&key, &check) {
+                Some(entry) => {
+                    guard.publish(entry);
+                    None
+                }
+                None => Some(guard),
+            },
+        }
+    }
+
     /// An L1 lookup that does not join or lead a fill (before asking the shared tier).
     pub fn peek(&self, key: CacheKey, check: KeyCheck) -> Option<Arc<Entry>> {
         let entry = self.l1.get(&key, &check)?;

@@ -257,7 +257,7 @@ async fn stress(snapshot_first: bool, min_rounds: u64, enough: fn(&Outcome) -> b
                     let got = if snapshot_first {
                         read_through(&c, &db).await
                     } else {
-                        read_through_snapshot_late(&c, &db).await
+                        read_through_snapshot_late(&c, &db, &acked).await
                     };
                     if got < floor {
                         stale.fetch_add(1, Ordering::SeqCst);
@@ -307,14 +307,20 @@ async fn read_through(c: &Cache, db: &AtomicU64) -> u64 {
     }
 }
 
-async fn read_through_snapshot_late(c: &Cache, db: &AtomicU64) -> u64 {
+async fn read_through_snapshot_late(c: &Cache, db: &AtomicU64, acked: &AtomicU64) -> u64 {
     let probe = c.versions().snapshot(&[T]);
     let (k, check) = key(c, &probe);
     if let Lookup::Hit(e) = c.lookup(k, check) {
         return value(&e);
     }
     let v = db.load(Ordering::SeqCst);
-    window(20);
+    // The result streams back while a write commits and is acknowledged: waited for (up to
+    // 2 ms), so the race this broken variant must lose happens even on a loaded machine,
+    // where a fixed window may never overlap the writer (CI saw 2.5M rounds without one).
+    let until = std::time::Instant::now() + Duration::from_millis(2);
+    while acked.load(Ordering::SeqCst) <= v && std::time::Instant::now() < until {
+        std::thread::yield_now();
+    }
     let late = c.versions().snapshot(&[T]); // wrong: after the read
     let (k, check) = key(c, &late);
     c.store(k, &late, result(check, v));

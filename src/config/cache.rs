@@ -176,6 +176,9 @@ pub struct SqlMemory {
     pub shapes: usize,
     /// Each of the four catalog memos (a sixteenth each).
     pub catalog_memo: usize,
+    /// The write-through recipes of stored results (an eighth: about 9,000 recipes of point
+    /// reads at the default `max_memory`; see `refresh::recipes`).
+    pub recipes: usize,
 }
 
 impl CacheConfig {
@@ -186,6 +189,7 @@ impl CacheConfig {
             plans: budget / 2,
             shapes: budget / 8,
             catalog_memo: budget / 16,
+            recipes: budget / 8,
         }
     }
 }

@@ -84,7 +84,8 @@ pub struct ReadPlan {
     /// read again.
     pub through: bool,
     /// [`ReadPlan::deps`] of a read whose keys are all literals, once computed (shared by
-    /// the copies of this plan, like `pins`).
+    /// the copies of this plan, like `pins`). Only [`ReadPlan::new`] makes one: a plan with
+    /// other `tags` or `pins` must be built with it, never by changing a copy's fields.
     fixed: Arc<OnceLock<FixedDeps>>,
 }
 
@@ -145,7 +146,9 @@ impl ReadPlan {
                 }
             }
         }
-        !self.pins.is_empty() && !out.iter().any(|d| matches!(d, Dep::Table(_)))
+        self.unpinned.is_none()
+            && !self.pins.is_empty()
+            && !out.iter().any(|d| matches!(d, Dep::Table(_)))
     }
 
     fn compute_deps(

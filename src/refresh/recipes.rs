@@ -16,8 +16,10 @@
 //! re-stored after each write that invalidates it, so it stays recent; tracking every hit
 //! here would put a lock on the hit path.
 //!
-//! Bounded in bytes: recipes (their plan's weight included, shared parts counted each time)
-//! and the slots of the per-dependency lists. Past the bound the least recently stored
+//! Bounded in bytes: recipes, the slots of the per-dependency lists, and each distinct plan
+//! they hold, once (recipes share the plans the memos hold: every execution of one prepared
+//! statement has the same plan, and counting it per recipe would let a bound of megabytes
+//! hold a few hundred recipes). Past the bound the least recently stored
 //! recipes go, and with them their slots; each list keeps at most [`ROW_LIST`] (row
 //! counters) or [`TABLE_LIST`] (relation counters) entries, the newest.
 
@@ -93,12 +95,17 @@ impl Recipe {
         h.finish()
     }
 
+    /// Its own bytes (its plan is weighed apart, once per distinct plan).
     fn weight(&self) -> usize {
         RECIPE_OVERHEAD
             + self.database.len()
             + self.request.bytes()
-            + self.plan.weight()
             + std::mem::size_of_val(self.deps.as_ref())
+    }
+
+    /// The identity of its plan (the `Arc`'s address) for weighing plans once.
+    fn plan_key(&self) -> usize {
+        Arc::as_ptr(&self.plan) as usize
     }
 }
 
@@ -116,6 +123,8 @@ struct Inner {
     by_age: BTreeMap<u64, u64>,
     /// Per dependency, ids newest first.
     by_dep: HashMap<Dep, VecDeque<u64>>,
+    /// Per distinct plan: the recipes holding it and its weight (counted in `bytes` once).
+    plans: HashMap<usize, (usize, usize)>,
     bytes: usize,
     clock: u64,
 }
@@ -157,8 +166,15 @@ impl Recipes {
         let id = recipe.id();
         let mut inner = self.lock();
         inner.remove(id);
-        if weight > self.max_bytes {
+        if weight + recipe.plan.weight() > self.max_bytes {
             return;
+        }
+        let plan = inner.plans.entry(recipe.plan_key()).or_insert((0, 0));
+        plan.0 += 1;
+        if plan.0 == 1 {
+            plan.1 = recipe.plan.weight();
+            let added = plan.1;
+            inner.bytes += added;
         }
         inner.clock += 1;
         let stored = inner.clock;
@@ -246,6 +262,15 @@ impl Inner {
         };
         self.by_age.remove(&slot.stored);
         self.bytes = self.bytes.saturating_sub(slot.weight);
+        let key = slot.recipe.plan_key();
+        if let Some(plan) = self.plans.get_mut(&key) {
+            plan.0 = plan.0.saturating_sub(1);
+            if plan.0 == 0 {
+                let freed = plan.1;
+                self.plans.remove(&key);
+                self.bytes = self.bytes.saturating_sub(freed);
+            }
+        }
         for dep in slot.recipe.deps.iter() {
             if let Some(list) = self.by_dep.get_mut(dep) {
                 list.retain(|other| *other != id);

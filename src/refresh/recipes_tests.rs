@@ -97,7 +97,9 @@ fn another_fingerprint_or_database_is_another_recipe() {
 
 #[test]
 fn the_byte_bound_evicts_the_least_recently_stored() {
-    let one = recipe("q0", &[Dep::Table(T)]).weight() + SLOT_BYTES;
+    // Each of these recipes has a plan of its own, weighed with it.
+    let q0 = recipe("q0", &[Dep::Table(T)]);
+    let one = q0.weight() + SLOT_BYTES + q0.plan.weight();
     let r = Recipes::new(one * 10 + one / 2);
     for i in 0..100 {
         r.insert(recipe(&format!("q{i}"), &[Dep::Table(T)]));
@@ -128,4 +130,35 @@ fn lists_keep_the_newest_and_evicted_recipes_leave_no_slot() {
     assert!(r.is_empty());
     assert_eq!(r.bytes(), 0);
     assert!(r.dependents(&[Dep::Row(1)], 100).is_empty());
+}
+
+#[test]
+fn a_plan_shared_by_many_recipes_is_weighed_once() {
+    let plan = Arc::new(Plan::for_tests("SELECT v FROM t WHERE id = $1"));
+    let with_plan = |i: u32| Recipe {
+        request: Request::Extended {
+            sql: Bytes::from_static(b"SELECT v FROM t WHERE id = $1"),
+            param_types: Bytes::new(),
+            bind_tail: Bytes::from(i.to_be_bytes().to_vec()),
+        },
+        plan: Arc::clone(&plan),
+        ..recipe("", &[Dep::Row(i)])
+    };
+    let own = with_plan(0).weight() + SLOT_BYTES;
+    let r = Recipes::new(plan.weight() + 100 * own);
+    for i in 0..100 {
+        r.insert(with_plan(i));
+    }
+    // A hundred executions of one statement fit where a hundred plans would not.
+    assert_eq!(r.len(), 100);
+    assert_eq!(r.bytes(), plan.weight() + 100 * own);
+    // Evicting all but the newest keeps the plan counted while one recipe holds it.
+    let small = Recipes::new(plan.weight() + own);
+    for i in 0..10 {
+        small.insert(with_plan(i));
+    }
+    assert_eq!(small.len(), 1);
+    assert_eq!(small.bytes(), plan.weight() + own);
+    small.clear();
+    assert_eq!(small.bytes(), 0);
 }

@@ -119,6 +119,10 @@ fn describe_cache() {
         "Invalidations by granularity: table (rows unknown) or row (known by primary key)."
     );
     describe_counter!(
+        names::WRITE_THROUGH,
+        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint), busy (being filled, cached already), plan_stale."
+    );
+    describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
         "Cacheable lookups by whether their relations were pinned to rows (rows) or not (table)."
     );
@@ -314,6 +318,9 @@ pub mod names {
     /// counter, label `pinned` (`rows`, `table`): cacheable lookups by whether every relation
     /// they read was pinned to rows by its primary key (`rows`) or not.
     pub const CACHE_PINNED_LOOKUPS: &str = "pgmemo_cache_pinned_lookups_total";
+    /// counter, label `result` (`stored`, `failed`, `other_session`, `busy`, `plan_stale`):
+    /// results re-run on the writer's connection after a commit to a write-through table.
+    pub const WRITE_THROUGH: &str = "pgmemo_write_through_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

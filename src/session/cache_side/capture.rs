@@ -28,6 +28,15 @@ pub(super) struct Capture {
     /// The server configuration generation the lookup ran under: a reload seen since makes
     /// the session's fingerprint suspect, so the result is not stored.
     pub config: u64,
+    /// A read of a write-through table: what re-running it takes, filed when it is stored.
+    pub recipe: Option<Box<RecipeSeed>>,
+}
+
+/// The parts of a recipe known at the lookup (its dependencies come with the store).
+pub(super) struct RecipeSeed {
+    pub request: crate::refresh::recipes::Request,
+    pub plan: std::sync::Arc<crate::planner::plan::Plan>,
+    pub fingerprint: [u8; 16],
 }
 
 /// What one backend frame does to a capture.

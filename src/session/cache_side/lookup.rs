@@ -5,6 +5,7 @@
 //! answer the session acts on: a hit is answered, a miss prepares the capture of the
 //! response, a wait (another session's fill, or a shared-tier read) holds the frame.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -17,12 +18,37 @@ use crate::planner::plan::{Bound, Plan, ReadPlan};
 use crate::session::state::SessionState;
 use crate::telemetry::names;
 
+/// What re-running a missed read of a write-through table takes (see `through`).
+fn recipe_seed(
+    plan: &Arc<Plan>,
+    extended: Option<(&[u8], &[u8])>,
+    fingerprint: [u8; 16],
+) -> Box<super::capture::RecipeSeed> {
+    use crate::refresh::recipes::Request;
+    let request = match extended {
+        None => Request::Simple {
+            sql: plan.sql.clone(),
+        },
+        Some((types, tail)) => Request::Extended {
+            sql: plan.sql.clone(),
+            param_types: Bytes::copy_from_slice(types),
+            bind_tail: Bytes::copy_from_slice(tail),
+        },
+    };
+    Box::new(super::capture::RecipeSeed {
+        request,
+        // The plan the memos hold: shared, and weighed once (see `refresh::recipes`).
+        plan: Arc::clone(plan),
+        fingerprint,
+    })
+}
+
 impl CacheSession {
     /// Looks a cacheable statement up (a simple Query, or with `extended` the Parse's
     /// parameter types and the Bind's tail); on a miss, prepares the capture of its response.
     pub(super) fn lookup(
         &mut self,
-        plan: &Plan,
+        plan: &Arc<Plan>,
         state: &SessionState,
         extended: Option<(&[u8], &[u8])>,
     ) -> Looked {
@@ -88,6 +114,7 @@ impl CacheSession {
                     complete: false,
                     started: timed.unwrap_or_else(Instant::now),
                     config,
+                    recipe: read.through.then(|| recipe_seed(plan, extended, fp)),
                 });
                 Looked::Forward
             }

@@ -24,6 +24,7 @@ mod requests;
 mod resume;
 mod settings;
 pub mod side;
+mod through;
 pub mod tracker;
 mod wait;
 
@@ -155,6 +156,12 @@ pub struct CacheSession {
     /// pgmemo's own Describe for a missed extended group being forwarded.
     describe: resume::Describe,
     metrics: Metrics,
+    /// A write-through running on this connection (see [`through`]).
+    through: Option<through::Through>,
+    /// The writer's ReadyForQuery, once its write-through ended, for the relay to send.
+    through_ready: Option<Bytes>,
+    /// The counters the last commit bumped on write-through tables.
+    through_deps: Vec<crate::cache::Dep>,
     /// This session's presence in its database (pgmemo's side connections to a database
     /// stay open while a session is there); also which texts were released for (`side`).
     side: side::SessionSide,
@@ -213,6 +220,9 @@ impl CacheSession {
                 pinned: ["table", "rows"]
                     .map(|p| metrics::counter!(names::CACHE_PINNED_LOOKUPS, "pinned" => p)),
             },
+            through: None,
+            through_ready: None,
+            through_deps: Vec::new(),
             side: side::SessionSide::new(&app_side, database),
         }
     }

@@ -5,6 +5,7 @@
 
 use super::capture::{Capture, Step};
 use super::*;
+use crate::refresh::recipes::Recipe;
 
 impl CacheSession {
     /// A complete backend frame (or, for a streamed one, its header only: `whole = false`)
@@ -19,6 +20,10 @@ impl CacheSession {
         if self.ack.take_released() {
             // Seen already, when its hold began.
             return true;
+        }
+        if self.through_running() {
+            self.on_through_frame(tag, frame, whole);
+            return false;
         }
         if let Some(reader) = self.probe.reader.as_mut() {
             if tag == backend::READY_FOR_QUERY {
@@ -71,6 +76,13 @@ impl CacheSession {
                 let status = Reader::body(frame).u8().unwrap_or(b'I');
                 self.fingerprint.on_ready_for_query();
                 self.on_ready(status, state);
+                let deps = std::mem::take(&mut self.through_deps);
+                if self.start_write_through(&deps, frame, state) {
+                    // Held until the re-runs end (`take_through_ready`); the protocol state
+                    // sees it now, so the re-runs go out on an idle session.
+                    state.on_backend(tag, frame);
+                    return false;
+                }
             }
             backend::PARAMETER_STATUS => {
                 let mut r = Reader::body(frame);
@@ -124,6 +136,15 @@ impl CacheSession {
                 .services
                 .cache
                 .complete(cap.guard, &cap.snapshot, entry);
+            if let Some(seed) = cap.recipe {
+                self.app.services.recipes.insert(Recipe {
+                    database: Arc::clone(&self.database),
+                    fingerprint: seed.fingerprint,
+                    request: seed.request,
+                    plan: seed.plan,
+                    deps: cap.snapshot.versions().iter().map(|(d, _)| *d).collect(),
+                });
+            }
         }
     }
 

@@ -58,12 +58,13 @@ impl CacheSession {
     /// While a probe is in flight the relay holds client frames back (their plans need the
     /// probe's answer) and shows every backend frame here whole.
     pub fn probing(&self) -> bool {
-        self.probe.reader.is_some() || self.probe.names_fetching
+        self.probe.reader.is_some() || self.probe.names_fetching || self.through_running()
     }
 
     /// Backend frames must be shown whole (a capture or probe reads them).
     pub fn inspects_all_backend(&self) -> bool {
         self.probe.reader.is_some()
+            || self.through_running()
             || self.capture.is_some()
             || self.describe == resume::Describe::StripReply
     }
@@ -88,6 +89,10 @@ impl CacheSession {
     /// With the cache disabled no probe is sent (pgmemo then adds nothing of its own to the
     /// session); writes are still tracked, conservatively, without a context.
     pub fn probe_query(&mut self, state: &SessionState) -> ProbeStep {
+        if let Some(batch) = self.take_through_batch() {
+            // A write-through's re-runs (see `through`): the session is idle now.
+            return ProbeStep::Send(batch);
+        }
         if !self.probe.needed || self.probing() || !state.is_idle() {
             return ProbeStep::Idle;
         }

@@ -235,6 +235,11 @@ impl CacheSession {
             // PostgreSQL no longer wrote, and reads planned since name the new ones.
             written.merge(&[], Some(EpochCause::ResolutionChanged));
         }
+        if !written.through.is_empty() {
+            // Taken at this commit's ReadyForQuery (a COMMIT settles the transaction at its
+            // CommandComplete, before it).
+            self.through_deps = super::through::through_deps(&written);
+        }
         if !written.is_empty() {
             super::hooks::pause(super::hooks::Point::BeforeBump);
             let shared = self

@@ -53,6 +53,10 @@ impl Relay<'_> {
                         .on_backend_frame(h.tag, frame, true, self.state)
                     {
                         self.swallow_upstream(&mut pos, h.total);
+                        if let Some(ready) = self.cache_side.take_through_ready() {
+                            // A write-through ended: the writer's held ReadyForQuery goes.
+                            self.to_client.push(ready);
+                        }
                         continue;
                     }
                     if let Some(ack) = self.cache_side.take_ack_hold() {

@@ -1,0 +1,375 @@
+//! Write-through (issue 19) on the writer's own connection: when a transaction that wrote a
+//! `write = "through"` table commits, its bumps happen as always (I2); then, before the
+//! writer's ReadyForQuery is relayed, pgmemo re-runs the most recently stored results that
+//! the write invalidated and that were read under this session's fingerprint, on this
+//! session's upstream connection, and stores them under the new versions. The writer and
+//! every other session then read fresh hits.
+//!
+//! Why this connection: equal fingerprints mean equal result-affecting state (DESIGN §1.4),
+//! so a result read by any session with this fingerprint is recomputed exactly here, with no
+//! credentials of pgmemo's own and no role switch. Results of other fingerprints stay
+//! invalid (counted), never stale.
+//!
+//! Only when the commit's ReadyForQuery is the last reply outstanding (nothing pipelined
+//! behind it), no other hold applies to it, the session's settings are known, and there is
+//! no shared tier (its results would have to be re-run into Redis too: not done yet). Each
+//! result's version snapshot is read after the bumps and before its statement is sent (I1)
+//! under a fill guard, so a write committed meanwhile by anyone leaves it unstored, and
+//! readers of the same key wait for it instead of running it too. Each re-run is its own
+//! sync group on a statement name no client can use; an error, a notice or a result too
+//! large leaves that result invalid and the next one runs.
+
+use std::sync::{Arc, LazyLock};
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::cache::{Dep, FillGuard, KeyCheck, KeyInput, VersionSnapshot};
+use crate::invalidation::Written;
+use crate::planner::plan::Bound;
+use crate::refresh::recipes::{Recipe, Request};
+
+/// The statement name of the re-runs: random per process, so no client statement is closed.
+static STATEMENT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut bits = [0u8; 8];
+    if getrandom::fill(&mut bits).is_err() {
+        bits = (u64::from(std::process::id()) ^ 0x7072_6566_7265_7368).to_be_bytes();
+    }
+    let mut name = format!("pgmemo_through_{:016x}", u64::from_be_bytes(bits)).into_bytes();
+    name.push(0);
+    name
+});
+
+/// One result being re-run.
+struct Group {
+    /// Taken when it is stored or fails.
+    guard: Option<FillGuard>,
+    snapshot: VersionSnapshot,
+    check: KeyCheck,
+    recipe: Arc<Recipe>,
+    frames: BytesMut,
+    complete: bool,
+    failed: bool,
+}
+
+/// A write-through in progress: the writer's ReadyForQuery, held, and the re-runs.
+pub(super) struct Through {
+    ready: Bytes,
+    /// The frames to send, until the relay takes them.
+    batch: Option<Bytes>,
+    groups: Vec<Group>,
+    /// Groups whose ReadyForQuery arrived (the last one is the closing group's).
+    done: usize,
+    /// The server configuration generation when the snapshots were read: a reload seen
+    /// since makes the fingerprint suspect, so nothing is stored (as for a missed read).
+    config: u64,
+}
+
+/// How write-throughs ended (metric label values).
+#[derive(Clone, Copy)]
+pub(super) enum Outcome {
+    Stored,
+    Failed,
+    /// The result was read under another fingerprint (or in another database).
+    OtherSession,
+    /// Another session is filling it, or it is cached already.
+    Busy,
+    /// Its plan is no longer current (the catalog or the rules moved).
+    Stale,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Failed => "failed",
+            Self::OtherSession => "other_session",
+            Self::Busy => "busy",
+            Self::Stale => "plan_stale",
+        }
+    }
+}
+
+fn count(outcome: Outcome, n: usize) {
+    if n > 0 {
+        metrics::counter!(names::WRITE_THROUGH, "result" => outcome.label()).increment(n as u64);
+    }
+}
+
+/// The counters a commit bumped on write-through tables: what its dependents were filed
+/// under (see `refresh::recipes`).
+pub(super) fn through_deps(written: &Written) -> Vec<Dep> {
+    let through = &written.through;
+    let mut deps: Vec<Dep> = written
+        .deps()
+        .into_iter()
+        .filter(|d| match d {
+            Dep::Table(t) | Dep::Wide(t) => through.binary_search(t).is_ok(),
+            Dep::Row(_) => false,
+        })
+        .collect();
+    deps.extend(
+        written
+            .rows
+            .iter()
+            .filter(|(t, _)| through.binary_search(t).is_ok())
+            .map(|(_, s)| Dep::Row(*s)),
+    );
+    deps.sort_unstable();
+    deps.dedup();
+    deps
+}
+
+impl CacheSession {
+    /// At the ReadyForQuery `frame` of a commit that bumped `deps` on write-through tables:
+    /// starts the re-runs and returns true when the frame must be held (it is relayed by
+    /// [`CacheSession::take_through_ready`] when they end); false when nothing is re-run here.
+    pub(super) fn start_write_through(
+        &mut self,
+        deps: &[Dep],
+        frame: &[u8],
+        state: &SessionState,
+    ) -> bool {
+        if deps.is_empty()
+            || Reader::body(frame).u8() != Some(b'I')
+            || state.sole_group().is_none()
+            || !matches!(self.ack, resume::AckHold::No)
+            || self.capture.is_some()
+            || self.probe.needed
+            || self.probe.config != self.app.services.invalidator.config_generation()
+            || self.opted_out
+            || !self.app.cache_enabled()
+            // With a shared tier a commit's acknowledgement waits for Redis and results
+            // live in two tiers: not re-run there yet (invalidated as without the rule).
+            || self.app.services.shared.is_some()
+        {
+            return false;
+        }
+        let (Some(fp), Some(cx_id)) = (
+            self.fp_digest.filter(|_| self.fingerprint.cacheable()),
+            self.cx.as_ref().map(|_| self.cx_id),
+        ) else {
+            return false;
+        };
+        let max = self.app.config().cache.write_through_max_entries;
+        let recipes = self.app.services.recipes.dependents(deps, max);
+        let (mine, others): (Vec<_>, Vec<_>) = recipes
+            .into_iter()
+            .partition(|r| r.fingerprint == fp && *r.database == *self.database);
+        count(Outcome::OtherSession, others.len());
+        // Read before the snapshots, as a lookup reads it before its own.
+        let config = self.app.services.invalidator.config_generation();
+        let mut groups = Vec::with_capacity(mine.len());
+        for recipe in mine {
+            match self.through_group(recipe, &fp, cx_id) {
+                Ok(g) => groups.push(g),
+                Err(outcome) => count(outcome, 1),
+            }
+        }
+        if groups.is_empty() {
+            return false;
+        }
+        self.through = Some(Through {
+            ready: Bytes::copy_from_slice(frame),
+            batch: Some(batch(&groups)),
+            groups,
+            done: 0,
+            config,
+        });
+        true
+    }
+
+    /// The fill guard and snapshot of one re-run (I1: read now, after the bumps, before
+    /// its statement is sent), or why it is not re-run.
+    fn through_group(
+        &mut self,
+        recipe: Arc<Recipe>,
+        fp: &[u8; 16],
+        cx_id: u64,
+    ) -> Result<Group, Outcome> {
+        let plan = &recipe.plan;
+        let catalog = self.app.services.catalog.generation();
+        if plan.context_id != cx_id || !plan.is_current(catalog, self.app.rules_generation()) {
+            return Err(Outcome::Stale);
+        }
+        let Ok(read) = plan.read.as_ref() else {
+            return Err(Outcome::Stale);
+        };
+        let cache = &self.app.services.cache;
+        let bound = match &recipe.request {
+            Request::Simple { .. } => None,
+            Request::Extended {
+                param_types,
+                bind_tail,
+                ..
+            } => Some(Bound {
+                types: param_types,
+                tail: bind_tail,
+            }),
+        };
+        read.deps(bound, self.utf8, cache.secret(), &mut self.deps);
+        let snapshot = cache.versions().snapshot_deps(&self.deps);
+        let bare = KeyInput::<Bytes>::new(fp, &read.normalized, &snapshot);
+        let bare = match bound {
+            Some(b) => bare.extended(b.types, b.tail),
+            None => bare,
+        };
+        let (key, check) = cache.key(&bare);
+        match cache.lead_refresh(key, check) {
+            Some(guard) => Ok(Group {
+                guard: Some(guard),
+                snapshot,
+                check,
+                frames: BytesMut::new(),
+                complete: false,
+                failed: false,
+                recipe: Arc::clone(&recipe),
+            }),
+            None => Err(Outcome::Busy),
+        }
+    }
+
+    /// The re-runs' frames, once, for the relay to send upstream.
+    pub(super) fn take_through_batch(&mut self) -> Option<Bytes> {
+        self.through.as_mut()?.batch.take()
+    }
+
+    /// A backend frame while a write-through runs (`whole = false`: only its header was
+    /// seen): its re-runs' replies, never relayed.
+    pub(super) fn on_through_frame(&mut self, tag: u8, frame: &[u8], whole: bool) {
+        let Some(mut through) = self.through.take() else {
+            return;
+        };
+        let max_entry = self.app.services.cache.max_entry_size();
+        let Some(group) = through.groups.get_mut(through.done) else {
+            // The closing group (Close, Sync): its ReadyForQuery ends the write-through and
+            // lets the writer's acknowledgement go.
+            if tag == backend::READY_FOR_QUERY {
+                self.through_ready = Some(through.ready);
+            } else {
+                self.through = Some(through);
+            }
+            return;
+        };
+        match tag {
+            backend::READY_FOR_QUERY => {
+                through.done += 1;
+                let idle = Reader::body(frame).u8() == Some(b'I');
+                let config = self.app.services.invalidator.config_generation();
+                if !group.failed && group.complete && idle && config == through.config {
+                    self.through_store(group);
+                } else {
+                    count(Outcome::Failed, 1);
+                    group.fail();
+                }
+            }
+            backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE
+                if whole && !group.failed =>
+            {
+                if group.frames.len() + frame.len() > max_entry {
+                    group.fail();
+                } else {
+                    group.frames.extend_from_slice(frame);
+                    group.complete = tag == backend::COMMAND_COMPLETE;
+                }
+            }
+            backend::CLOSE_COMPLETE | backend::PARSE_COMPLETE | backend::BIND_COMPLETE => {}
+            backend::PARAMETER_STATUS => {
+                // A read should not change a setting; if one did, the session's settings
+                // are probed again before the cache is used.
+                group.fail();
+                self.probe.needed = true;
+            }
+            // An error, a notice, anything a stored result cannot hold.
+            _ => group.fail(),
+        }
+        self.through = Some(through);
+    }
+
+    /// Stores one re-run's result (as a missed read's is stored) and files its recipe again
+    /// under the new versions, as the most recent.
+    fn through_store(&mut self, group: &mut Group) {
+        let (Some(guard), Ok(read)) = (group.guard.take(), group.recipe.plan.read.as_ref()) else {
+            return;
+        };
+        let frames = std::mem::take(&mut group.frames).freeze();
+        let entry = Entry::new(group.check, frames, read.ttl, read.tags.clone());
+        self.app
+            .services
+            .cache
+            .complete(guard, &group.snapshot, entry);
+        let recipe = &group.recipe;
+        self.app.services.recipes.insert(Recipe {
+            database: Arc::clone(&recipe.database),
+            fingerprint: recipe.fingerprint,
+            request: recipe.request.clone(),
+            plan: Arc::clone(&recipe.plan),
+            deps: group.snapshot.versions().iter().map(|(d, _)| *d).collect(),
+        });
+        count(Outcome::Stored, 1);
+    }
+
+    /// The writer's ReadyForQuery once its write-through ended: the relay sends it on.
+    pub fn take_through_ready(&mut self) -> Option<Bytes> {
+        self.through_ready.take()
+    }
+
+    /// A write-through is running (its replies are read here, client frames wait).
+    pub(super) fn through_running(&self) -> bool {
+        self.through.is_some()
+    }
+}
+
+impl Group {
+    /// This re-run's result will not be stored: whoever waits for its key is let go now.
+    fn fail(&mut self) {
+        self.failed = true;
+        self.guard = None;
+    }
+}
+
+/// Each re-run as its own sync group: Close (a statement left by a failed group before it),
+/// Parse, Bind, Describe (the RowDescription a stored result carries), Execute; then a
+/// closing group that closes the statement.
+fn batch(groups: &[Group]) -> Bytes {
+    let name: &[u8] = &STATEMENT;
+    let mut out = BytesMut::new();
+    for g in groups {
+        frame(&mut out, b'C', &[b"S", name]);
+        let (sql, types, tail): (&[u8], &[u8], Bytes) = match &g.recipe.request {
+            Request::Simple { sql } => (sql, &[], no_parameters()),
+            Request::Extended {
+                sql,
+                param_types,
+                bind_tail,
+            } => (sql, param_types, bind_tail.clone()),
+        };
+        let ntypes = u16::try_from(types.len() / 4).unwrap_or(u16::MAX);
+        frame(
+            &mut out,
+            b'P',
+            &[name, sql, b"\0", &ntypes.to_be_bytes(), types],
+        );
+        frame(&mut out, b'B', &[b"\0", name, &tail]);
+        frame(&mut out, b'D', &[b"P\0"]);
+        frame(&mut out, b'E', &[b"\0", &0i32.to_be_bytes()]);
+        frame(&mut out, b'S', &[]);
+    }
+    frame(&mut out, b'C', &[b"S", name]);
+    frame(&mut out, b'S', &[]);
+    out.freeze()
+}
+
+/// A Bind's tail with no parameters and text results (a simple Query's rows).
+fn no_parameters() -> Bytes {
+    Bytes::from_static(&[0, 0, 0, 0, 0, 0])
+}
+
+fn frame(out: &mut BytesMut, tag: u8, body: &[&[u8]]) {
+    let len: usize = 4 + body.iter().map(|b| b.len()).sum::<usize>();
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+    for b in body {
+        out.extend_from_slice(b);
+    }
+}

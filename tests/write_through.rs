@@ -1,0 +1,208 @@
+//! Write-through (issue 19), end to end: after a committed write through pgmemo to a
+//! `write = "through"` table, the results it invalidated that sessions with the writer's
+//! fingerprint had stored are re-run on the writer's connection before its acknowledgement,
+//! so the next read of each is a hit with the new rows — from the writer and from another
+//! session. What cannot be re-run exactly (another fingerprint, an error) stays invalid,
+//! never stale. Whether PostgreSQL ran a statement is read from `pg_stat_statements`.
+
+mod common;
+#[path = "support/cache_probe.rs"]
+mod probe;
+
+use common::SUPERUSER;
+use probe::{CacheStack, column, config, simple};
+
+const SETUP: &str = "
+CREATE TABLE acct(id int PRIMARY KEY, v int NOT NULL);
+INSERT INTO acct SELECT g, 5 FROM generate_series(1, 5) g;
+CREATE TABLE plain(id int PRIMARY KEY, v int NOT NULL);
+INSERT INTO plain VALUES (1, 5);
+";
+
+const RULES: &str = "[[rules]]\ntable = \"acct\"\nwrite = \"through\"\n";
+
+async fn stack() -> CacheStack {
+    CacheStack::start(SETUP, &config("", RULES)).await
+}
+
+fn one(v: &str) -> Vec<common::compare::SimpleMsg> {
+    column("v", &[v])
+}
+
+fn through(s: &CacheStack, result: &str) -> f64 {
+    let label = format!("result=\"{result}\"");
+    s.proxy
+        .admin_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("pgmemo_write_through_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn counter(s: &CacheStack, name: &str) -> f64 {
+    s.proxy
+        .admin_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_write_refreshes_what_it_invalidated_before_its_acknowledgement() {
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let row = s.probe.q("SELECT v FROM acct WHERE id = 1", None).await;
+    // Another shape, so PostgreSQL counts its executions apart from `row`'s.
+    let other = s
+        .probe
+        .q("SELECT v + 0 AS v FROM acct WHERE id = 2", None)
+        .await;
+    let sum = s.probe.q("SELECT sum(v)::int AS v FROM acct", None).await;
+    s.probe.assert_upstream(&reader, &row, &one("5")).await;
+    s.probe.assert_upstream(&reader, &other, &one("5")).await;
+    s.probe.assert_upstream(&reader, &sum, &one("25")).await;
+    let stored = through(&s, "stored");
+
+    let (row_runs, sum_runs, other_runs) = (
+        s.probe.calls(&row).await,
+        s.probe.calls(&sum).await,
+        s.probe.calls(&other).await,
+    );
+    let misses = counter(&s, "pgmemo_cache_misses_total");
+    simple(&writer, "UPDATE acct SET v = v + 1 WHERE id = 1").await;
+    assert_eq!(
+        counter(&s, "pgmemo_cache_misses_total"),
+        misses,
+        "re-runs are not client lookups"
+    );
+    // The re-runs happened before the UPDATE was acknowledged: when it returned, both ran
+    // once more; the other row's result was not touched (row precision).
+    assert_eq!(s.probe.calls(&row).await - row_runs, 1);
+    assert_eq!(s.probe.calls(&sum).await - sum_runs, 1);
+    assert_eq!(s.probe.calls(&other).await - other_runs, 0);
+    assert_eq!(through(&s, "stored") - stored, 2.0);
+
+    // Fresh hits, from the other session and from the writer.
+    s.probe.assert_hit(&reader, &row, &one("6")).await;
+    s.probe.assert_hit(&reader, &sum, &one("26")).await;
+    s.probe.assert_hit(&writer, &row, &one("6")).await;
+    s.probe.assert_hit(&reader, &other, &one("5")).await;
+}
+
+#[tokio::test]
+async fn prepared_reads_are_refreshed_with_their_own_parameters() {
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    // Only the prepared form runs in this test: its executions, by its recorded text.
+    let runs = async || s.probe.calls_matching("FROM acct WHERE id = $1").await;
+    let stmt = reader
+        .prepare("SELECT v FROM acct WHERE id = $1")
+        .await
+        .expect("prepare");
+    let read = async || -> i32 {
+        let rows = reader.query(&stmt, &[&3i32]).await.expect("query");
+        rows.first().expect("one row").get(0)
+    };
+    assert_eq!(read().await, 5);
+    let before = runs().await;
+    assert_eq!(before, 1);
+    assert_eq!(read().await, 5);
+    assert_eq!(runs().await, before, "the second execution is a hit");
+
+    simple(&writer, "UPDATE acct SET v = 7 WHERE id = 3").await;
+    let refreshed = runs().await;
+    assert_eq!(
+        refreshed - before,
+        1,
+        "re-run once, before the acknowledgement"
+    );
+    assert_eq!(read().await, 7);
+    assert_eq!(runs().await, refreshed, "a hit with the new row");
+}
+
+#[tokio::test]
+async fn a_table_without_the_rule_is_only_invalidated() {
+    let s = stack().await;
+    let c = s.session(SUPERUSER).await;
+    let q = s.probe.q("SELECT v FROM plain WHERE id = 1", None).await;
+    s.probe.assert_upstream(&c, &q, &one("5")).await;
+    let stored = through(&s, "stored");
+    simple(&c, "UPDATE plain SET v = 6 WHERE id = 1").await;
+    s.probe.assert_upstream(&c, &q, &one("6")).await;
+    assert_eq!(through(&s, "stored"), stored);
+}
+
+#[tokio::test]
+async fn a_refresh_that_fails_leaves_the_result_invalid_and_the_write_acknowledged() {
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s
+        .probe
+        .q("SELECT 10 / v AS v FROM acct WHERE id = 4", None)
+        .await;
+    s.probe.assert_upstream(&reader, &q, &one("2")).await;
+    s.probe.assert_hit(&reader, &q, &one("2")).await;
+    let failed = through(&s, "failed");
+
+    // The re-run divides by zero: the writer still gets its UPDATE's success.
+    simple(&writer, "UPDATE acct SET v = 0 WHERE id = 4").await;
+    assert_eq!(through(&s, "failed") - failed, 1.0);
+    // Not the old 2 from the cache: the reader gets PostgreSQL's error.
+    let err = reader
+        .simple_query(&q.sql)
+        .await
+        .expect_err("10 / 0 must fail, not be served from the cache");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+    );
+    // The writer's session is usable and in sync afterwards.
+    s.probe
+        .assert_upstream(
+            &writer,
+            &s.probe.q("SELECT v FROM acct WHERE id = 5", None).await,
+            &one("5"),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn results_of_another_fingerprint_are_invalidated_not_refreshed() {
+    let s = stack().await;
+    let writer = s.session(SUPERUSER).await;
+    // Another setting in the fingerprint: this session's results cannot be re-run on the
+    // writer's connection.
+    let other = s
+        .session_with_options(SUPERUSER, "-c extra_float_digits=2")
+        .await;
+    let q = s.probe.q("SELECT v FROM acct WHERE id = 5", None).await;
+    s.probe.assert_upstream(&other, &q, &one("5")).await;
+    s.probe.assert_hit(&other, &q, &one("5")).await;
+    let skipped = through(&s, "other_session");
+    let before = s.probe.calls(&q).await;
+    simple(&writer, "UPDATE acct SET v = 8 WHERE id = 5").await;
+    assert_eq!(
+        s.probe.calls(&q).await,
+        before,
+        "not re-run under the writer's settings"
+    );
+    assert_eq!(through(&s, "other_session") - skipped, 1.0);
+    s.probe.assert_upstream(&other, &q, &one("8")).await;
+}
+
+#[tokio::test]
+async fn a_write_inside_a_transaction_refreshes_at_commit_not_before() {
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT v FROM acct WHERE id = 2", None).await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    simple(&writer, "BEGIN").await;
+    simple(&writer, "UPDATE acct SET v = 9 WHERE id = 2").await;
+    // Not committed: the cached 5 is still right for everyone else.
+    s.probe.assert_hit(&reader, &q, &one("5")).await;
+    let before = s.probe.calls(&q).await;
+    simple(&writer, "COMMIT").await;
+    assert_eq!(s.probe.calls(&q).await - before, 1);
+    s.probe.assert_hit(&reader, &q, &one("9")).await;
+}
