@@ -59,6 +59,17 @@ fn minimal_error(severity: &str, code: &str) -> Bytes {
     frame(b'E', &body)
 }
 
+/// Appends a tagged frame whose body is `parts`, concatenated (pgmemo's own extended-protocol
+/// messages: names, texts and terminators written as they are).
+pub fn put_frame(out: &mut impl bytes::BufMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+    out.put_u8(tag);
+    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    for p in parts {
+        out.put_slice(p);
+    }
+}
+
 /// A tagged frame from a body.
 pub fn frame(tag: u8, body: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(body.len() + 5);

@@ -90,14 +90,7 @@ static PROBE_STATEMENT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(
 /// "already exists". At an idle point no portal is open, so nothing of the client's is
 /// touched.
 fn extended(sql: &str) -> Bytes {
-    fn frame(out: &mut Vec<u8>, tag: u8, body: &[&[u8]]) {
-        let len: usize = 4 + body.iter().map(|b| b.len()).sum::<usize>();
-        out.push(tag);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-        for b in body {
-            out.extend_from_slice(b);
-        }
-    }
+    use crate::protocol::response::put_frame as frame;
     let mut out = Vec::with_capacity(sql.len() + 128);
     let name: &[u8] = &PROBE_STATEMENT;
     // Parse: name, query, no parameter types.

@@ -24,9 +24,10 @@ use std::sync::{Arc, LazyLock};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::cache::{Dep, FillGuard, KeyCheck, KeyInput, VersionSnapshot};
+use crate::cache::{Dep, FillGuard, KeyCheck, KeyInput, Tag, VersionSnapshot};
 use crate::invalidation::Written;
 use crate::planner::plan::Bound;
+use crate::protocol::response::put_frame as frame;
 use crate::refresh::recipes::{Recipe, Request};
 
 /// The statement name of the re-runs: random per process, so no client statement is closed.
@@ -99,22 +100,14 @@ fn count(outcome: Outcome, n: usize) {
 /// The counters a commit bumped on write-through tables: what its dependents were filed
 /// under (see `refresh::recipes`).
 pub(super) fn through_deps(written: &Written) -> Vec<Dep> {
-    let through = &written.through;
-    let mut deps: Vec<Dep> = written
-        .deps()
-        .into_iter()
-        .filter(|d| match d {
-            Dep::Table(t) | Dep::Wide(t) => through.binary_search(t).is_ok(),
-            Dep::Row(_) => false,
-        })
-        .collect();
-    deps.extend(
-        written
-            .rows
-            .iter()
-            .filter(|(t, _)| through.binary_search(t).is_ok())
-            .map(|(_, s)| Dep::Row(*s)),
-    );
+    let through = |t: &Tag| written.through.binary_search(t).is_ok();
+    let mut deps = Vec::new();
+    for t in written.tags.iter().filter(|t| through(t)) {
+        deps.extend([Dep::Table(*t), Dep::Wide(*t)]);
+    }
+    for (t, stripe) in written.rows.iter().filter(|(t, _)| through(t)) {
+        deps.extend([Dep::Table(*t), Dep::Row(*stripe)]);
+    }
     deps.sort_unstable();
     deps.dedup();
     deps
@@ -363,13 +356,4 @@ fn batch(groups: &[Group]) -> Bytes {
 /// A Bind's tail with no parameters and text results (a simple Query's rows).
 fn no_parameters() -> Bytes {
     Bytes::from_static(&[0, 0, 0, 0, 0, 0])
-}
-
-fn frame(out: &mut BytesMut, tag: u8, body: &[&[u8]]) {
-    let len: usize = 4 + body.iter().map(|b| b.len()).sum::<usize>();
-    out.extend_from_slice(&[tag]);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    for b in body {
-        out.extend_from_slice(b);
-    }
 }
