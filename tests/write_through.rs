@@ -206,3 +206,48 @@ async fn a_write_inside_a_transaction_refreshes_at_commit_not_before() {
     assert_eq!(s.probe.calls(&q).await - before, 1);
     s.probe.assert_hit(&reader, &q, &one("9")).await;
 }
+
+/// The writer's statements named by write-through (each query text differs, so none is a
+/// hit whatever the planner thinks of the view).
+async fn through_statements(writer: &tokio_postgres::Client, n: u32) -> Vec<String> {
+    let sql = format!(
+        "SELECT name FROM pg_prepared_statements WHERE name LIKE 'pgmemo_through_%' \
+         AND {n} = {n} ORDER BY name"
+    );
+    writer
+        .query(&sql, &[])
+        .await
+        .expect("pg_prepared_statements")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn re_runs_reuse_one_prepared_statement_and_survive_deallocate_all() {
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT v FROM acct WHERE id = 2", None).await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    let (stored, failed) = (through(&s, "stored"), through(&s, "failed"));
+
+    for (i, v) in [(1, "6"), (2, "7"), (3, "8")] {
+        simple(&writer, "UPDATE acct SET v = v + 1 WHERE id = 2").await;
+        s.probe.assert_hit(&reader, &q, &one(v)).await;
+        assert_eq!(through(&s, "stored") - stored, f64::from(i));
+    }
+    // Parsed once, kept: three re-runs, one statement.
+    let names = through_statements(&writer, 1).await;
+    assert_eq!(names.len(), 1, "{names:?}");
+
+    // The client drops every statement: the next re-run prepares its own again, and works.
+    simple(&writer, "DEALLOCATE ALL").await;
+    assert!(through_statements(&writer, 2).await.is_empty());
+    simple(&writer, "UPDATE acct SET v = v + 1 WHERE id = 2").await;
+    s.probe.assert_hit(&reader, &q, &one("9")).await;
+    assert_eq!(through(&s, "stored") - stored, 4.0);
+    assert_eq!(through(&s, "failed") - failed, 0.0);
+    let after = through_statements(&writer, 3).await;
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, names, "a new statement, not the deallocated one");
+}

@@ -162,6 +162,8 @@ pub struct CacheSession {
     through_ready: Option<Bytes>,
     /// The counters the last commit bumped on write-through tables.
     through_deps: Vec<crate::cache::Dep>,
+    /// The statements write-through keeps prepared on this connection.
+    through_statements: through::Statements,
     /// This session's presence in its database (pgmemo's side connections to a database
     /// stay open while a session is there); also which texts were released for (`side`).
     side: side::SessionSide,
@@ -223,6 +225,7 @@ impl CacheSession {
             through: None,
             through_ready: None,
             through_deps: Vec::new(),
+            through_statements: through::Statements::default(),
             side: side::SessionSide::new(&app_side, database),
         }
     }

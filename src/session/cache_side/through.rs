@@ -16,8 +16,14 @@
 //! result's version snapshot is read after the bumps and before its statement is sent (I1)
 //! under a fill guard, so a write committed meanwhile by anyone leaves it unstored, and
 //! readers of the same key wait for it instead of running it too. Each re-run is its own
-//! sync group on a statement name no client can use; an error, a notice or a result too
+//! sync group on a statement name no client uses; an error, a notice or a result too
 //! large leaves that result invalid and the next one runs.
+//!
+//! Re-run statements stay prepared on the connection (at most [`MAX_STATEMENTS`], named
+//! `pgmemo_through_<random>_<n>`, visible to the client in `pg_prepared_statements` only):
+//! parsing and planning each re-run again cost the database more than the miss it saves. A
+//! statement is reused only under the fingerprint it was prepared under; one whose re-run
+//! failed is closed and prepared afresh next time; `DEALLOCATE ALL`/`DISCARD ALL` forget them.
 
 use std::sync::{Arc, LazyLock};
 
@@ -30,16 +36,84 @@ use crate::planner::plan::Bound;
 use crate::protocol::response::put_frame as frame;
 use crate::refresh::recipes::{Recipe, Request};
 
-/// The statement name of the re-runs: random per process, so no client statement is closed.
-static STATEMENT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+/// The prefix of the re-runs' statement names: random per process, so no client statement
+/// is closed or reused.
+static PREFIX: LazyLock<String> = LazyLock::new(|| {
     let mut bits = [0u8; 8];
     if getrandom::fill(&mut bits).is_err() {
         bits = (u64::from(std::process::id()) ^ 0x7072_6566_7265_7368).to_be_bytes();
     }
-    let mut name = format!("pgmemo_through_{:016x}", u64::from_be_bytes(bits)).into_bytes();
-    name.push(0);
-    name
+    format!("pgmemo_through_{:016x}_", u64::from_be_bytes(bits))
 });
+
+/// Re-run statements kept prepared on one connection at most: re-parsing and re-planning
+/// each re-run cost the database more than the miss it saves (bench/through.py measured
+/// 0.76x the TPS of `invalidate` that way).
+pub const MAX_STATEMENTS: usize = 16;
+
+/// One statement prepared on this connection for re-runs.
+struct Held {
+    /// The fingerprint it was prepared under: a statement is reused only under the same
+    /// one (PostgreSQL re-plans on a search_path change too, but this does not rely on it).
+    fp: [u8; 16],
+    sql: Bytes,
+    types: Bytes,
+    /// Its name, NUL-terminated.
+    name: Bytes,
+}
+
+/// The statements this connection keeps for re-runs, least recently used first, and the
+/// names to close before the next re-run (evicted, or left by a re-run that failed: it may
+/// or may not exist, and closing a missing statement is not an error).
+#[derive(Default)]
+pub(super) struct Statements {
+    held: Vec<Held>,
+    closing: Vec<Bytes>,
+    next: u64,
+}
+
+impl Statements {
+    /// The name to run `request` under, and whether it must be parsed first.
+    fn name_for(&mut self, fp: &[u8; 16], sql: &Bytes, types: &Bytes) -> (Bytes, bool) {
+        if let Some(i) = self
+            .held
+            .iter()
+            .position(|h| h.fp == *fp && h.sql == *sql && h.types == *types)
+        {
+            let held = self.held.remove(i);
+            let name = held.name.clone();
+            self.held.push(held);
+            return (name, false);
+        }
+        if self.held.len() >= MAX_STATEMENTS {
+            let evicted = self.held.remove(0);
+            self.closing.push(evicted.name);
+        }
+        self.next += 1;
+        let mut name = format!("{}{}", *PREFIX, self.next).into_bytes();
+        name.push(0);
+        let name = Bytes::from(name);
+        self.held.push(Held {
+            fp: *fp,
+            sql: sql.clone(),
+            types: types.clone(),
+            name: name.clone(),
+        });
+        (name, true)
+    }
+
+    /// A re-run on `name` failed: its statement is not trusted again.
+    fn forget(&mut self, name: &Bytes) {
+        self.held.retain(|h| h.name != *name);
+        self.closing.push(name.clone());
+    }
+
+    /// The client ran `DEALLOCATE ALL` or `DISCARD ALL`: none is left to reuse or close.
+    pub(super) fn clear(&mut self) {
+        self.held.clear();
+        self.closing.clear();
+    }
+}
 
 /// One result being re-run.
 struct Group {
@@ -48,6 +122,9 @@ struct Group {
     snapshot: VersionSnapshot,
     check: KeyCheck,
     recipe: Arc<Recipe>,
+    /// The statement it runs on (NUL-terminated), and whether the batch parses it.
+    name: Bytes,
+    parse: bool,
     frames: BytesMut,
     complete: bool,
     failed: bool,
@@ -59,7 +136,7 @@ pub(super) struct Through {
     /// The frames to send, until the relay takes them.
     batch: Option<Bytes>,
     groups: Vec<Group>,
-    /// Groups whose ReadyForQuery arrived (the last one is the closing group's).
+    /// Groups whose ReadyForQuery arrived.
     done: usize,
     /// The server configuration generation when the snapshots were read: a reload seen
     /// since makes the fingerprint suspect, so nothing is stored (as for a missed read).
@@ -164,7 +241,7 @@ impl CacheSession {
         }
         self.through = Some(Through {
             ready: Bytes::copy_from_slice(frame),
-            batch: Some(batch(&groups)),
+            batch: Some(batch(&groups, &mut self.through_statements)),
             groups,
             done: 0,
             config,
@@ -208,18 +285,25 @@ impl CacheSession {
             None => bare,
         };
         let (key, check) = cache.key(&bare);
-        match cache.lead_refresh(key, check) {
-            Some(guard) => Ok(Group {
-                guard: Some(guard),
-                snapshot,
-                check,
-                frames: BytesMut::new(),
-                complete: false,
-                failed: false,
-                recipe: Arc::clone(&recipe),
-            }),
-            None => Err(Outcome::Busy),
-        }
+        let guard = cache.lead_refresh(key, check).ok_or(Outcome::Busy)?;
+        let (sql, types) = match &recipe.request {
+            Request::Simple { sql } => (sql, &Bytes::new()),
+            Request::Extended {
+                sql, param_types, ..
+            } => (sql, param_types),
+        };
+        let (name, parse) = self.through_statements.name_for(fp, sql, types);
+        Ok(Group {
+            guard: Some(guard),
+            snapshot,
+            check,
+            recipe: Arc::clone(&recipe),
+            name,
+            parse,
+            frames: BytesMut::new(),
+            complete: false,
+            failed: false,
+        })
     }
 
     /// The re-runs' frames, once, for the relay to send upstream.
@@ -235,13 +319,6 @@ impl CacheSession {
         };
         let max_entry = self.app.services.cache.max_entry_size();
         let Some(group) = through.groups.get_mut(through.done) else {
-            // The closing group (Close, Sync): its ReadyForQuery ends the write-through and
-            // lets the writer's acknowledgement go.
-            if tag == backend::READY_FOR_QUERY {
-                self.through_ready = Some(through.ready);
-            } else {
-                self.through = Some(through);
-            }
             return;
         };
         match tag {
@@ -254,6 +331,12 @@ impl CacheSession {
                 } else {
                     count(Outcome::Failed, 1);
                     group.fail();
+                    self.through_statements.forget(&group.name);
+                }
+                if through.done == through.groups.len() {
+                    // The last re-run ended: the writer's acknowledgement goes.
+                    self.through_ready = Some(through.ready);
+                    return;
                 }
             }
             backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE
@@ -321,14 +404,15 @@ impl Group {
     }
 }
 
-/// Each re-run as its own sync group: Close (a statement left by a failed group before it),
-/// Parse, Bind, Describe (the RowDescription a stored result carries), Execute; then a
-/// closing group that closes the statement.
-fn batch(groups: &[Group]) -> Bytes {
-    let name: &[u8] = &STATEMENT;
+/// Each re-run as its own sync group, so one that fails does not skip the others: the
+/// statements to close first (in the first group), Parse when the statement is new, Bind,
+/// Describe (the RowDescription a stored result carries), Execute.
+fn batch(groups: &[Group], statements: &mut Statements) -> Bytes {
     let mut out = BytesMut::new();
+    for name in statements.closing.drain(..) {
+        frame(&mut out, b'C', &[b"S", &name]);
+    }
     for g in groups {
-        frame(&mut out, b'C', &[b"S", name]);
         let (sql, types, tail): (&[u8], &[u8], Bytes) = match &g.recipe.request {
             Request::Simple { sql } => (sql, &[], no_parameters()),
             Request::Extended {
@@ -337,19 +421,19 @@ fn batch(groups: &[Group]) -> Bytes {
                 bind_tail,
             } => (sql, param_types, bind_tail.clone()),
         };
-        let ntypes = u16::try_from(types.len() / 4).unwrap_or(u16::MAX);
-        frame(
-            &mut out,
-            b'P',
-            &[name, sql, b"\0", &ntypes.to_be_bytes(), types],
-        );
-        frame(&mut out, b'B', &[b"\0", name, &tail]);
+        if g.parse {
+            let ntypes = u16::try_from(types.len() / 4).unwrap_or(u16::MAX);
+            frame(
+                &mut out,
+                b'P',
+                &[&g.name, sql, b"\0", &ntypes.to_be_bytes(), types],
+            );
+        }
+        frame(&mut out, b'B', &[b"\0", &g.name, &tail]);
         frame(&mut out, b'D', &[b"P\0"]);
         frame(&mut out, b'E', &[b"\0", &0i32.to_be_bytes()]);
         frame(&mut out, b'S', &[]);
     }
-    frame(&mut out, b'C', &[b"S", name]);
-    frame(&mut out, b'S', &[]);
     out.freeze()
 }
 

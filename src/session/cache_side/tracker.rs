@@ -434,6 +434,8 @@ impl CacheSession {
             SessionChange::Deallocate { name: None } | SessionChange::Discard(DiscardKind::All) => {
                 self.tracker.sql_prepared.clear();
                 state.registry.deallocated_all();
+                // Write-through's statements went too.
+                self.through_statements.clear();
             }
             _ => {}
         }
