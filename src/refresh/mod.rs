@@ -2,5 +2,7 @@
 //! that recompute a result after a write (write-through) or before it expires
 //! (refresh-ahead), and warming. `recipes` holds what recomputing a result takes and selects
 //! the results a write invalidated.
+//! `pool`: the upstream connections, logged in as the client was, that re-run them.
 
+pub mod pool;
 pub mod recipes;
