@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use pgmemo::config::{Config, FunctionWrites, RedisConfig, Rule, TlsConfig, WritePolicy};
+use pgmemo::config::{
+    Config, FunctionWrites, RedisConfig, RefreshLogin, Rule, Secret, TlsConfig, WarmParam,
+    WarmQuery, WritePolicy,
+};
 
 const ENV_VARS: [&str; 6] = [
     "PGMEMO_CONFIG",
@@ -361,8 +364,12 @@ fn main_command_refuses_an_invalid_configuration() {
     );
 }
 
+/// Tables whose keys are the user's names (setting names), not configuration keys: one key.
+const NAME_TABLES: [&str; 1] = ["warm.settings"];
+
 /// Every dotted leaf key under `table`. The keys of an array of tables (`[[rules]]`) are
-/// named after the array (`rules.table`), as in the README; other arrays are leaves.
+/// named after the array (`rules.table`), as in the README; other arrays, and the tables of
+/// [`NAME_TABLES`], are leaves.
 fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
     for (key, value) in table {
         let path = if prefix.is_empty() {
@@ -371,7 +378,9 @@ fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
             format!("{prefix}.{key}")
         };
         match value {
-            toml::Value::Table(inner) => leaf_keys(&path, inner, out),
+            toml::Value::Table(inner) if !NAME_TABLES.contains(&path.as_str()) => {
+                leaf_keys(&path, inner, out)
+            }
             toml::Value::Array(items)
                 if !items.is_empty() && items.iter().all(toml::Value::is_table) =>
             {
@@ -387,7 +396,7 @@ fn leaf_keys(prefix: &str, table: &toml::Table, out: &mut BTreeSet<String>) {
 }
 
 /// The keys the config types accept: every optional section and field filled in (a superset
-/// of the defaults), with one rule that sets every rule field and one `[[functions.writes]]`.
+/// of the defaults), with one entry that sets every field of each array of tables.
 fn type_keys() -> BTreeSet<String> {
     let mut full = Config::default();
     full.server.tls = Some(TlsConfig {
@@ -415,7 +424,23 @@ fn type_keys() -> BTreeSet<String> {
         allow_stable_functions: Some(true),
         allow_rls: Some(true),
         write: Some(WritePolicy::Through),
+        refresh_ahead: Some(0.5),
+        refresh_adaptive: Some(true),
     }];
+    full.refresh.logins = vec![RefreshLogin {
+        user: "app".into(),
+        password: Some(Secret::new("pw")),
+        password_env: Some("APP_PASSWORD".into()),
+        env_password: None,
+    }];
+    full.warm = vec![WarmQuery {
+        sql: "SELECT $1".into(),
+        params: vec![WarmParam(Some("1".into()))],
+        database: Some("d".into()),
+        role: Some("r".into()),
+        settings: [("search_path".to_owned(), "public".to_owned())].into(),
+    }];
+    full.warming.hot_keys_file = Some("hot-keys".into());
     let mut keys = BTreeSet::new();
     leaf_keys("", &toml::Table::try_from(&full).unwrap(), &mut keys);
     keys
@@ -451,7 +476,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        55,
+        74,
         "update this count with the types: {expected:?}"
     );
 }

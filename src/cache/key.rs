@@ -22,6 +22,8 @@ const KEY_DOMAIN: &[u8] = b"pgmemo/cache-key/v3";
 const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v3";
 /// The row-stripe sub-key (see [`super::rows`]).
 const STRIPE_DOMAIN: &[u8] = b"pgmemo/row-stripe/v1";
+/// The hot-key file's HMAC key (see [`KeySecret::hot_keys_key`]).
+const HOT_KEYS_DOMAIN: &[u8] = b"pgmemo/hot-keys-file/v1";
 
 /// Marker bytes for a parameter: NULL has no length, a value is followed by its length.
 const PARAM_NULL: u8 = 0;
@@ -98,6 +100,18 @@ impl KeySecret {
     /// derives the key from it: this module knows nothing of envelopes).
     pub fn envelope_secret(&self) -> [u8; 32] {
         self.envelope
+    }
+
+    /// Key of the hot-key file's HMAC (see `refresh::hotkeys`): HMAC-SHA256, under the
+    /// envelope sub-key, of a label of its own, so the two keys are independent and neither
+    /// reveals the secret. Changing the file's format means changing the label.
+    pub fn hot_keys_key(&self) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        // HMAC takes keys of any length; this cannot fail.
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.envelope)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(HOT_KEYS_DOMAIN);
+        mac.finalize().into_bytes().into()
     }
 
     /// A fresh random secret from the OS (for a deployment without a configured one).

@@ -335,8 +335,9 @@ fn catalog_name(text: &str) -> Option<(String, String)> {
 }
 
 /// One `[[rules]]` entry. The match fields that are present must all match (absent = any);
-/// every matching rule applies: `cache = false` anywhere wins, the smallest `ttl` wins, and
-/// `allow_*` hold when some matching rule sets them and none clears them.
+/// every matching rule applies: `cache = false` anywhere wins, the smallest `ttl` wins,
+/// `allow_*` hold when some matching rule sets them and none clears them, and the smallest
+/// `refresh_ahead` wins unless one is 0 (see [`super::rules`]).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Rule {
@@ -362,6 +363,13 @@ pub struct Rule {
     /// depend on it (absent = [`WritePolicy::Invalidate`]). Matched by `table`, `database`
     /// and `role` only: validation refuses it beside `query`, which a write does not have.
     pub write: Option<WritePolicy>,
+    /// Refresh-ahead: once this fraction of a matching entry's TTL has passed, a hit on it
+    /// also starts one background refresh, so a read entry is replaced before it expires.
+    /// In [0, 1); 0 = off (and turns off what a broader rule sets).
+    pub refresh_ahead: Option<f64>,
+    /// Limit those refreshes to `refresh.max_share` of the queries pgmemo sends upstream.
+    /// Only beside `refresh_ahead` above 0.
+    pub refresh_adaptive: Option<bool>,
 }
 
 /// A rule's `write`: what a committed write to a matching table does to dependent results.

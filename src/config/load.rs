@@ -17,7 +17,10 @@ use toml::{Spanned, Table, Value};
 
 use super::upstream_url::redact_password;
 use super::validate::quoted;
-use super::{Config, ConfigErrors, ConfigIssue, FunctionWrites, RedisConfig, Rule, TlsConfig};
+use super::{
+    Config, ConfigErrors, ConfigIssue, FunctionWrites, REDACTED, RedisConfig, RefreshLogin, Rule,
+    Secret, TlsConfig, WarmParam, WarmQuery,
+};
 
 /// Values given on the command line or in `PGMEMO_*` environment variables; each replaces the
 /// file's value. clap resolves flag-versus-env before this point.
@@ -80,31 +83,35 @@ pub struct Sources {
 
 impl Sources {
     /// Defaults, then the file (re-read on every call), then the overrides, then
-    /// [`Config::validate`]. Returns every problem found in the file and in the merged result.
+    /// [`Config::validate`], then the `password_env` variables are read. Returns every problem
+    /// found in the file and in the merged result.
     pub fn load(&self) -> Result<Config, ConfigErrors> {
-        let (mut config, mut issues) = match &self.file {
+        let (mut config, issues) = match &self.file {
             None => (Config::default(), Vec::new()),
             Some(path) => read_file(path)?,
         };
         self.overrides.apply(&mut config);
-        if let Err(invalid) = config.validate() {
-            issues.extend(invalid.issues);
-        }
-        if issues.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors { issues })
-        }
+        finish(config, issues)
     }
 }
 
-/// Defaults plus the TOML text `text` (no overrides), validated. `origin` names the text in
-/// messages (normally the file path).
+/// Defaults plus the TOML text `text` (no overrides), validated, with the `password_env`
+/// variables read. `origin` names the text in messages (normally the file path).
 pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-    let (config, mut issues) = parse_document(text, origin)?;
+    let (config, issues) = parse_document(text, origin)?;
+    finish(config, issues)
+}
+
+/// Validates `config` and reads the environment variables its logins name.
+fn finish(mut config: Config, mut issues: Vec<ConfigIssue>) -> Result<Config, ConfigErrors> {
     if let Err(invalid) = config.validate() {
         issues.extend(invalid.issues);
     }
+    issues.extend(
+        config
+            .refresh
+            .resolve_passwords(|var| std::env::var(var).ok()),
+    );
     if issues.is_empty() {
         Ok(config)
     } else {
@@ -207,7 +214,25 @@ fn schema_sample() -> Table {
         allow_stable_functions: Some(false),
         allow_rls: Some(false),
         write: Some(super::WritePolicy::Invalidate),
+        refresh_ahead: Some(0.5),
+        refresh_adaptive: Some(false),
     }];
+    // The templates of `[[refresh.logins]]` and `[[warm]]` entries.
+    config.refresh.logins = vec![RefreshLogin {
+        user: "app".to_owned(),
+        password: Some(Secret::new("")),
+        password_env: Some("APP_PASSWORD".to_owned()),
+        env_password: None,
+    }];
+    config.warm = vec![WarmQuery {
+        sql: "SELECT 1".to_owned(),
+        // A string first: an array whose first item is a table reads as an array of tables.
+        params: vec![WarmParam(Some("1".to_owned())), WarmParam(None)],
+        database: Some("d".to_owned()),
+        role: Some("r".to_owned()),
+        settings: [("search_path".to_owned(), "public".to_owned())].into(),
+    }];
+    config.warming.hot_keys_file = Some(PathBuf::from("hot-keys"));
     // Serializing plain structs of strings, numbers and paths cannot fail; an empty table
     // would only make every key look unknown, which tests would catch.
     Table::try_from(&config).unwrap_or_default()
@@ -264,7 +289,12 @@ impl Checker<'_> {
                         other.type_str(),
                         self.origin
                     );
-                    let issue = ConfigIssue::new(dotted(path), self.value_text(item), why);
+                    let shown = if may_hold_password(path) {
+                        quoted(REDACTED)
+                    } else {
+                        self.value_text(item)
+                    };
+                    let issue = ConfigIssue::new(dotted(path), shown, why);
                     self.issues.push((item.span().start, issue));
                     None
                 }
@@ -337,7 +367,12 @@ impl Checker<'_> {
         value: &Spanned<DeValue<'_>>,
     ) -> Option<Value> {
         let line = self.line_of(key_span.start);
-        let shown = self.value_text(value);
+        let secret = may_hold_password(path);
+        let shown = if secret {
+            quoted(REDACTED)
+        } else {
+            self.value_text(value)
+        };
         let expected = lookup(&self.sample, path);
         let outcome = if matches!(expected, Some(Value::Table(_))) {
             // serde would read an array as the struct's fields in order, and blame whatever
@@ -370,6 +405,11 @@ impl Checker<'_> {
                             .unwrap_or_default();
                         format!("unknown key ({}:{line}){expected}", self.origin)
                     }
+                    // serde's messages quote the value.
+                    _ if secret => format!(
+                        "must be a string (the value is not shown) ({}:{line})",
+                        self.origin
+                    ),
                     _ => format!("{message}{} ({}:{line})", self.hint(path), self.origin),
                 };
                 let issue = ConfigIssue::new(dotted(path), shown, why);
@@ -450,9 +490,15 @@ fn syntax_issue(text: &str, origin: &str, error: &toml::de::Error) -> ConfigIssu
         Some(span) => {
             let (line, column) = line_col(text, span.start);
             let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+            // The line as written, unless it may hold a password.
+            let shown = if source.contains("password") {
+                "(line not shown: it may hold a password)".to_owned()
+            } else {
+                format!("`{}`", redact_password(source))
+            };
             ConfigIssue::new(
                 format!("{origin}:{line}:{column}"),
-                format!("`{source}`"),
+                shown,
                 format!("invalid TOML: {message}"),
             )
         }
@@ -477,6 +523,18 @@ fn dotted(path: &[String]) -> String {
         out.push_str(segment);
     }
     out
+}
+
+/// Whether the value at `path` may be a password (a `[[refresh.logins]]` entry or its
+/// `password`): neither it nor serde's message about it is shown.
+fn may_hold_password(path: &[String]) -> bool {
+    match path {
+        [section, logins, rest @ ..] if section == "refresh" && logins == "logins" => !matches!(
+            rest.last().map(String::as_str),
+            Some("user" | "password_env")
+        ),
+        _ => false,
+    }
 }
 
 /// A path segment naming an entry of an array of tables (`[N]`).
@@ -556,3 +614,7 @@ mod tests;
 #[cfg(test)]
 #[path = "load_tables_tests.rs"]
 mod tables_tests;
+
+#[cfg(test)]
+#[path = "load_refresh_tests.rs"]
+mod refresh_tests;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 pub mod cache;
 pub mod invalidation;
 pub mod load;
+pub mod refresh;
 pub mod rules;
 pub mod upstream_url;
 pub mod validate;
@@ -26,6 +27,9 @@ pub use cache::{
 };
 pub use invalidation::{CdcMode, InvalidationConfig};
 pub use load::{Overrides, Sources};
+pub use refresh::{
+    Login, RefreshConfig, RefreshLogin, Secret, WarmParam, WarmQuery, WarmingConfig,
+};
 pub use rules::{Rules, Verdict};
 pub use upstream_url::{SslMode, UpstreamTarget, UpstreamUrlError};
 pub use validate::{ConfigErrors, ConfigIssue};
@@ -53,6 +57,9 @@ pub struct Config {
     pub invalidation: InvalidationConfig,
     pub functions: FunctionsConfig,
     pub rules: Vec<Rule>,
+    pub refresh: RefreshConfig,
+    pub warm: Vec<WarmQuery>,
+    pub warming: WarmingConfig,
     pub log: LogConfig,
 }
 
@@ -217,7 +224,8 @@ pub const REDACTED: &str = "********";
 
 impl Config {
     /// A copy safe to print or log: passwords inside `upstream.url` and `cache.redis.url`, and
-    /// `cache.secret`, are replaced by `********` (used by `--print-config`).
+    /// `cache.secret`, are replaced by `********` (used by `--print-config`). The passwords of
+    /// `[[refresh.logins]]` are [`Secret`]s, which never print or serialize.
     pub fn redacted(&self) -> Config {
         let mut out = self.clone();
         if out.cache.secret.is_some() {

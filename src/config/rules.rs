@@ -24,7 +24,12 @@
 //!   - An RLS opt-in is never unbounded: if `allow_rls` holds and the TTL came out 0 (another
 //!     rule said `0s`), the TTL is `cache.ttl` instead, or, if that is 0 too, `allow_rls` is
 //!     dropped. (Validation already refuses an `allow_rls` rule whose own TTL is 0.)
-//! - No rules at all: cached, with `cache.ttl`.
+//!   - `refresh_ahead`: `0` from any matching rule wins (a narrower rule can turn off a broad
+//!     one's); otherwise the smallest fraction set by a matching rule (the earliest refresh,
+//!     as the shortest TTL wins), or 0 when none sets one. It is 0 whenever the TTL came out
+//!     0: an entry kept until invalidated never nears its end.
+//!   - `refresh_adaptive`: like `allow_*`, and only where `refresh_ahead` came out above 0.
+//! - No rules at all: cached, with `cache.ttl`, no refresh-ahead.
 //! - `write` is not part of the verdict: [`Rules::write_through`] asks it per written (or
 //!   read) table, matching `database`, `role` and `table` as above; `"through"` holds when
 //!   some matching rule sets it and none sets `"invalidate"` (validation refuses `write`
@@ -41,7 +46,7 @@ use super::{Rule, WritePolicy};
 pub const MAX_IDENTIFIER_BYTES: usize = 63;
 
 /// The policy for one cacheable read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict {
     /// Serve from and store into the cache.
     pub cache: bool,
@@ -51,6 +56,12 @@ pub struct Verdict {
     pub allow_stable_functions: bool,
     /// Tables with row-level security do not make the read uncacheable.
     pub allow_rls: bool,
+    /// Fraction of `ttl` after which a hit also starts one background refresh of the entry,
+    /// in [0, 1); 0 = never.
+    pub refresh_ahead: f32,
+    /// Those refreshes are limited to `refresh.max_share` of the queries sent upstream
+    /// (only ever true with `refresh_ahead` above 0).
+    pub refresh_adaptive: bool,
 }
 
 /// The configured rules, compiled once per configuration (rebuilt on reload).
@@ -71,6 +82,8 @@ struct Compiled {
     allow_stable_functions: Option<bool>,
     allow_rls: Option<bool>,
     write: Option<WritePolicy>,
+    refresh_ahead: Option<f32>,
+    refresh_adaptive: Option<bool>,
 }
 
 impl Rules {
@@ -94,6 +107,11 @@ impl Rules {
                 allow_stable_functions: r.allow_stable_functions,
                 allow_rls: r.allow_rls,
                 write: r.write,
+                // Validated into [0, 1); a fraction just below 1 would round up to 1 as f32.
+                refresh_ahead: r
+                    .refresh_ahead
+                    .map(|f| (f as f32).min(1.0 - f32::EPSILON / 2.0)),
+                refresh_adaptive: r.refresh_adaptive,
             })
             .collect();
         Rules { rules, default_ttl }
@@ -120,6 +138,8 @@ impl Rules {
                 ttl: self.default_ttl,
                 allow_stable_functions: false,
                 allow_rls: false,
+                refresh_ahead: 0.0,
+                refresh_adaptive: false,
             };
         }
         let normalized_sql = trim_terminator(normalized_sql);
@@ -127,6 +147,8 @@ impl Rules {
         let mut ttl: Option<Duration> = None;
         let mut stable = Flag::default();
         let mut rls = Flag::default();
+        let mut ahead = Ahead::default();
+        let mut adaptive = Flag::default();
         for rule in self
             .rules
             .iter()
@@ -140,6 +162,8 @@ impl Rules {
             }
             stable.apply(rule.allow_stable_functions);
             rls.apply(rule.allow_rls);
+            ahead.apply(rule.refresh_ahead);
+            adaptive.apply(rule.refresh_adaptive);
         }
         let mut ttl = ttl.unwrap_or(self.default_ttl);
         let mut allow_rls = rls.get();
@@ -152,11 +176,15 @@ impl Rules {
                 ttl = self.default_ttl;
             }
         }
+        // An entry kept until invalidated never nears the end of its TTL.
+        let refresh_ahead = if ttl.is_zero() { 0.0 } else { ahead.get() };
         Verdict {
             cache,
             ttl,
             allow_stable_functions: stable.get(),
             allow_rls,
+            refresh_ahead,
+            refresh_adaptive: refresh_ahead > 0.0 && adaptive.get(),
         }
     }
 
@@ -212,6 +240,31 @@ impl Flag {
 
     fn get(&self) -> bool {
         self.set && !self.vetoed
+    }
+}
+
+/// `refresh_ahead` over the matching rules: an explicit 0 turns it off, otherwise the
+/// smallest fraction set.
+#[derive(Default)]
+struct Ahead {
+    smallest: Option<f32>,
+    off: bool,
+}
+
+impl Ahead {
+    fn apply(&mut self, value: Option<f32>) {
+        match value {
+            Some(f) if f > 0.0 => self.smallest = Some(self.smallest.map_or(f, |s| s.min(f))),
+            Some(_) => self.off = true,
+            None => {}
+        }
+    }
+
+    fn get(&self) -> f32 {
+        match self.smallest {
+            Some(f) if !self.off => f,
+            _ => 0.0,
+        }
     }
 }
 

@@ -14,6 +14,8 @@ fn default_verdict() -> Verdict {
         ttl: DEFAULT,
         allow_stable_functions: false,
         allow_rls: false,
+        refresh_ahead: 0.0,
+        refresh_adaptive: false,
     }
 }
 
@@ -371,7 +373,9 @@ fn readme_example() {
             cache: true,
             ttl: secs(5),
             allow_stable_functions: true,
-            allow_rls: false
+            allow_rls: false,
+            refresh_ahead: 0.0,
+            refresh_adaptive: false,
         }
     );
     let v = compiled.verdict("shop", "reporting", &sql, &[("archive", "audit_log")]);
@@ -464,4 +468,104 @@ fn a_query_rule_never_sets_write_through() {
         ..write(table("users"), WritePolicy::Through)
     };
     assert!(!through(&[rule], "public", "users"));
+}
+
+fn ahead(mut r: Rule, fraction: f64, adaptive: Option<bool>) -> Rule {
+    r.refresh_ahead = Some(fraction);
+    r.refresh_adaptive = adaptive;
+    r
+}
+
+/// (refresh_ahead, refresh_adaptive) of a read of `public.users`.
+fn refresh_of(rules: &[Rule]) -> (f32, bool) {
+    let v = read(rules, "SELECT * FROM users", &[USERS]);
+    (v.refresh_ahead, v.refresh_adaptive)
+}
+
+#[test]
+fn refresh_ahead_is_off_unless_a_matching_rule_sets_it() {
+    assert_eq!(refresh_of(&[]), (0.0, false));
+    assert_eq!(refresh_of(&[table("users")]), (0.0, false));
+    assert_eq!(
+        refresh_of(&[ahead(table("users"), 0.8, None)]),
+        (0.8, false)
+    );
+    assert_eq!(
+        refresh_of(&[ahead(table("users"), 0.8, Some(true))]),
+        (0.8, true)
+    );
+    // Another table's rule does not apply.
+    assert_eq!(
+        refresh_of(&[ahead(table("orders"), 0.8, None)]),
+        (0.0, false)
+    );
+    // Query rules set it too: it is part of the read's verdict.
+    let by_query = Rule {
+        query: Some("SELECT * FROM %".into()),
+        ..ahead(Rule::default(), 0.5, None)
+    };
+    assert_eq!(refresh_of(&[by_query]), (0.5, false));
+}
+
+#[test]
+fn the_earliest_refresh_wins_and_an_explicit_zero_turns_it_off() {
+    let broad = Rule {
+        database: Some("shop".into()),
+        ..ahead(Rule::default(), 0.9, Some(true))
+    };
+    let narrow = ahead(table("users"), 0.5, None);
+    for rules in [
+        [broad.clone(), narrow.clone()],
+        [narrow.clone(), broad.clone()],
+    ] {
+        assert_eq!(refresh_of(&rules), (0.5, true), "in either order");
+    }
+    let off = ahead(table("users"), 0.0, None);
+    for rules in [[broad.clone(), off.clone()], [off.clone(), broad.clone()]] {
+        assert_eq!(refresh_of(&rules), (0.0, false), "in either order");
+    }
+    // refresh_adaptive = false vetoes like allow_*.
+    let not_adaptive = ahead(table("users"), 0.9, Some(false));
+    assert_eq!(refresh_of(&[broad.clone(), not_adaptive]), (0.9, false));
+}
+
+#[test]
+fn no_refresh_ahead_for_entries_kept_until_invalidated() {
+    let zero_ttl = Rule {
+        ttl: Some(Duration::ZERO),
+        ..ahead(table("users"), 0.8, Some(true))
+    };
+    assert_eq!(refresh_of(std::slice::from_ref(&zero_ttl)), (0.0, false));
+    // With a finite TTL from another matching rule, it applies to that TTL.
+    let finite = Rule {
+        ttl: Some(secs(10)),
+        ..table("users")
+    };
+    let v = read(&[zero_ttl, finite], "SELECT 1", &[USERS]);
+    assert_eq!(
+        (v.ttl, v.refresh_ahead, v.refresh_adaptive),
+        (secs(10), 0.8, true)
+    );
+    // No rule sets a TTL and the default is 0.
+    let v = Rules::new(&[ahead(table("users"), 0.8, None)], Duration::ZERO).verdict(
+        "shop",
+        "app",
+        b"SELECT 1",
+        &[USERS],
+    );
+    assert_eq!(v.refresh_ahead, 0.0);
+}
+
+#[test]
+fn refresh_ahead_stays_below_one_in_single_precision() {
+    let v = read(
+        &[ahead(table("users"), 0.999_999_999, None)],
+        "SELECT 1",
+        &[USERS],
+    );
+    assert!(
+        v.refresh_ahead < 1.0 && v.refresh_ahead > 0.999,
+        "{}",
+        v.refresh_ahead
+    );
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
-use super::rules::{Case, parse_qualified_name};
+use super::rules::{Case, MAX_IDENTIFIER_BYTES, parse_qualified_name};
 use super::upstream_url::{UpstreamTarget, redact_password};
 use super::{
     CacheConfig, Config, FunctionsConfig, InvalidationConfig, LogConfig, RedisConfig, Rule,
@@ -19,8 +19,15 @@ use super::{
 };
 
 mod functions;
+mod refresh;
 
 use functions::*;
+pub use refresh::{
+    MAX_HOT_KEYS, MAX_REFRESH_LOGINS, MAX_WARM_PARAMS, MAX_WARM_QUERIES,
+    REFRESH_IDLE_TIMEOUT_RANGE, REFRESH_POOL_RANGE, REFRESH_QUERY_TIMEOUT_RANGE,
+    REFRESH_TIME_BUDGET_RANGE, WARMING_TIMEOUT_RANGE,
+};
+use refresh::{check_refresh, check_warm, check_warming};
 
 /// Smallest accepted `server.max_message_bytes`: below this, ordinary startup packets and
 /// queries would be refused.
@@ -118,7 +125,8 @@ fn quoted_duration(d: Duration) -> String {
 
 impl Config {
     /// Checks every semantic rule and returns all violations at once. Touches the file system
-    /// only to confirm that configured certificate files exist and are readable.
+    /// only to confirm that configured certificate files exist and are readable, and that the
+    /// hot-key file's directory exists.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut issues = Vec::new();
         check_server(&self.server, &mut issues);
@@ -135,6 +143,9 @@ impl Config {
         check_functions(&self.functions, &mut issues);
         check_rules(&self.rules, self.cache.ttl, &mut issues);
         check_shared_ttl(self, &mut issues);
+        check_refresh(&self.refresh, &mut issues);
+        check_warm(self, &mut issues);
+        check_warming(self, &mut issues);
         check_log(&self.log, &mut issues);
         if issues.is_empty() {
             Ok(())
@@ -504,7 +515,8 @@ pub const UNDECLARED_READS_TTL_RANGE: (Duration, Duration) =
 
 /// The match fields and the action fields of a rule, by key name.
 const MATCH_FIELDS: &str = "table, database, role, query";
-const ACTION_FIELDS: &str = "cache, ttl, allow_stable_functions, allow_rls, write";
+const ACTION_FIELDS: &str =
+    "cache, ttl, allow_stable_functions, allow_rls, write, refresh_ahead, refresh_adaptive";
 
 fn check_log(log: &LogConfig, issues: &mut Vec<ConfigIssue>) {
     if !LOG_FORMATS.contains(&log.format.as_str()) {
@@ -548,3 +560,7 @@ mod tests;
 #[cfg(test)]
 #[path = "validate_functions_tests.rs"]
 mod functions_tests;
+
+#[cfg(test)]
+#[path = "validate_refresh_tests.rs"]
+mod refresh_tests;

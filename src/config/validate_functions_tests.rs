@@ -87,11 +87,11 @@ fn a_rule_needs_a_match_field_and_an_action() {
     assert!(
         err.issues[1]
             .why
-            .contains("cache, ttl, allow_stable_functions, allow_rls, write")
+            .contains("cache, ttl, allow_stable_functions, allow_rls, write, refresh_ahead")
     );
     // Each match field and each action field counts on its own.
     for m in 0..4 {
-        for a in 0..4 {
+        for a in 0..5 {
             let r = rule(|r| {
                 match m {
                     0 => r.table = Some("t".into()),
@@ -103,7 +103,8 @@ fn a_rule_needs_a_match_field_and_an_action() {
                     0 => r.cache = Some(true),
                     1 => r.ttl = Some(Duration::from_secs(1)),
                     2 => r.allow_stable_functions = Some(false),
-                    _ => r.allow_rls = Some(false),
+                    3 => r.allow_rls = Some(false),
+                    _ => r.refresh_ahead = Some(0.5),
                 }
             });
             c.rules = vec![r];

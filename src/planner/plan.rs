@@ -83,6 +83,11 @@ pub struct ReadPlan {
     /// role: a write to it refreshes stored results, so the session records how to run this
     /// read again.
     pub through: bool,
+    /// Refresh-ahead: the fraction of `ttl` after which a hit also starts one background
+    /// refresh of the entry (the rules' verdict; 0 = never, and always 0 when `ttl` is 0).
+    pub refresh_ahead: f32,
+    /// Those refreshes are limited to `refresh.max_share` of upstream queries.
+    pub refresh_adaptive: bool,
     /// [`ReadPlan::deps`] of a read whose keys are all literals, once computed (shared by
     /// the copies of this plan, like `pins`). Only [`ReadPlan::new`] makes one: a plan with
     /// other `tags` or `pins` must be built with it, never by changing a copy's fields.
@@ -108,8 +113,20 @@ impl ReadPlan {
             pins,
             unpinned,
             through,
+            refresh_ahead: 0.0,
+            refresh_adaptive: false,
             fixed: Arc::default(),
         }
+    }
+
+    /// This plan with refresh-ahead as the rules' verdict says (see
+    /// [`crate::config::Verdict::refresh_ahead`]); a plan kept until invalidated (`ttl` 0)
+    /// never refreshes ahead.
+    pub fn with_refresh(mut self, refresh_ahead: f32, refresh_adaptive: bool) -> Self {
+        let on = refresh_ahead > 0.0 && !self.ttl.is_zero();
+        self.refresh_ahead = if on { refresh_ahead } else { 0.0 };
+        self.refresh_adaptive = on && refresh_adaptive;
+        self
     }
 
     /// Writes into `out` the counters one execution depends on (sorted, unique) and returns
@@ -283,6 +300,7 @@ impl Plan {
                 unpinned,
                 r.through,
             )
+            .with_refresh(r.refresh_ahead, r.refresh_adaptive)
         });
         let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
             let stmts: Vec<StmtPlan> = self

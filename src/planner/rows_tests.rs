@@ -455,3 +455,19 @@ fn many_parameters_resolve_by_position() {
     let expected: Vec<RowKey> = (1..=11).map(|v| key_of_int(v * 10)).collect();
     assert_eq!(keys, expected);
 }
+
+#[test]
+fn another_text_of_the_shape_keeps_refresh_ahead() {
+    let mut plan = super::super::plan::Plan::for_tests("SELECT v FROM t WHERE id = 1");
+    let read = read_plan("SELECT v FROM t WHERE id = 1", ID);
+    assert_eq!((read.refresh_ahead, read.refresh_adaptive), (0.0, false));
+    plan.read = Ok(read.with_refresh(0.75, true));
+    let other = plan.with_text(bytes::Bytes::from_static(b"SELECT v FROM t WHERE id = 2"));
+    assert_eq!(
+        other.read.map(|r| (r.refresh_ahead, r.refresh_adaptive)),
+        Ok((0.75, true))
+    );
+    // Adaptive only qualifies a refresh-ahead.
+    let read = read_plan("SELECT v FROM t WHERE id = 1", ID).with_refresh(0.0, true);
+    assert_eq!((read.refresh_ahead, read.refresh_adaptive), (0.0, false));
+}

@@ -1,8 +1,10 @@
 //! Keeping cached results fresh instead of only dropping them (issue 19): the strategies
 //! that recompute a result after a write (write-through) or before it expires
 //! (refresh-ahead), and warming. `recipes` holds what recomputing a result takes and selects
-//! the results a write invalidated.
+//! the results a write invalidated; `hotkeys` is the file that carries the most requested
+//! results from one run to the next.
 //! `pool`: the upstream connections, logged in as the client was, that re-run them.
 
+pub mod hotkeys;
 pub mod pool;
 pub mod recipes;

@@ -152,7 +152,9 @@ pub(super) fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Ve
             || rule.ttl.is_some()
             || rule.allow_stable_functions.is_some()
             || rule.allow_rls.is_some()
-            || rule.write.is_some();
+            || rule.write.is_some()
+            || rule.refresh_ahead.is_some()
+            || rule.refresh_adaptive.is_some();
         if !acts {
             issues.push(ConfigIssue::new(
                 key(""),
@@ -190,6 +192,61 @@ pub(super) fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Ve
         }
         check_rls_ttl(rule, default_ttl, &key, issues);
         check_write_scope(rule, &key, issues);
+        check_refresh_ahead(rule, default_ttl, &key, issues);
+    }
+}
+
+/// `refresh_ahead` is a fraction of a TTL in [0, 1): it needs a finite TTL and something
+/// stored; `refresh_adaptive` only qualifies a `refresh_ahead` of the same rule.
+pub(super) fn check_refresh_ahead(
+    rule: &Rule,
+    default_ttl: Duration,
+    key: &dyn Fn(&str) -> String,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let ahead = rule.refresh_ahead;
+    if let Some(fraction) = ahead {
+        let shown = fraction.to_string();
+        if !(0.0..1.0).contains(&fraction) {
+            issues.push(ConfigIssue::new(
+                key(".refresh_ahead"),
+                shown,
+                "must be a fraction of the TTL from 0 (off) up to, not including, 1 (e.g. 0.8: \
+                 a hit in the last fifth of the entry's lifetime also refreshes it)",
+            ));
+        } else if rule.cache == Some(false) {
+            issues.push(ConfigIssue::new(
+                key(".refresh_ahead"),
+                shown,
+                "a rule with cache = false stores nothing to refresh",
+            ));
+        } else if fraction > 0.0 {
+            const WHY: &str = "refresh_ahead is a fraction of the TTL, so it needs a TTL above 0 \
+                               (\"0s\" keeps entries until invalidated: they never near their end)";
+            match rule.ttl {
+                Some(ttl) if ttl.is_zero() => {
+                    issues.push(ConfigIssue::new(key(".refresh_ahead"), shown, WHY));
+                }
+                None if default_ttl.is_zero() => issues.push(ConfigIssue::new(
+                    key(".refresh_ahead"),
+                    shown,
+                    format!(
+                        "{WHY}; this rule sets no ttl and cache.ttl = \"0s\", so give the rule \
+                         a ttl"
+                    ),
+                )),
+                _ => {}
+            }
+        }
+    }
+    if let Some(adaptive) = rule.refresh_adaptive
+        && !ahead.is_some_and(|f| f > 0.0)
+    {
+        issues.push(ConfigIssue::new(
+            key(".refresh_adaptive"),
+            adaptive.to_string(),
+            "only beside refresh_ahead above 0 in the same rule",
+        ));
     }
 }
 

@@ -226,7 +226,8 @@ impl Planner<'_> {
             pins,
             unpinned,
             through,
-        ))
+        )
+        .with_refresh(verdict.refresh_ahead, verdict.refresh_adaptive))
     }
 
     /// Volatility and provenance of every function `info` calls (each overload of a name

@@ -1,0 +1,201 @@
+//! The hot-key file: round trip, authentication, versions, truncation and the size bound.
+
+use super::*;
+
+fn secret(byte: u8) -> KeySecret {
+    KeySecret::from_bytes([byte; 16])
+}
+
+fn keys() -> Vec<HotKey> {
+    vec![
+        HotKey {
+            database: "shop".into(),
+            user: "app".into(),
+            params: vec![("application_name".into(), "web".into())],
+            settings: vec![
+                ("search_path".into(), Some("app, public".into())),
+                ("work_mem".into(), None),
+            ],
+            request: HotRequest::Simple {
+                sql: "SELECT * FROM products WHERE id = 1".into(),
+            },
+            hits: 900,
+        },
+        HotKey {
+            database: "shop".into(),
+            user: "reporting".into(),
+            params: vec![],
+            settings: vec![],
+            request: HotRequest::extended(
+                "SELECT name FROM \"Users\" WHERE id = $1 -- é\n".into(),
+                vec![23],
+                &[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0],
+            ),
+            hits: 12,
+        },
+    ]
+}
+
+#[test]
+fn round_trip() {
+    let s = secret(1);
+    let bytes = encode(&keys(), &s);
+    assert!(bytes.starts_with(b"pgmemo-hot-keys v1\n"));
+    let back = decode(&bytes, &s).unwrap();
+    assert_eq!(back, keys());
+    assert_eq!(
+        back[1].request.bind_tail().unwrap(),
+        [0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]
+    );
+    assert_eq!(back[1].request.sql(), keys()[1].request.sql());
+    assert_eq!(back[0].request.bind_tail(), None);
+}
+
+#[test]
+fn empty_list() {
+    let s = secret(1);
+    let bytes = encode(&[], &s);
+    assert_eq!(decode(&bytes, &s).unwrap(), []);
+}
+
+#[test]
+fn one_flipped_byte_anywhere_is_refused() {
+    let s = secret(1);
+    let bytes = encode(&keys(), &s);
+    let body_start = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    for at in 0..bytes.len() {
+        for flip in [0x01, 0x80] {
+            let mut bad = bytes.clone();
+            bad[at] ^= flip;
+            let got = decode(&bad, &s);
+            if at >= body_start {
+                assert!(
+                    matches!(got, Err(HotKeysError::BadTag)),
+                    "byte {at} of the body: {got:?}"
+                );
+            } else {
+                assert!(got.is_err(), "byte {at} of the header or tag line: {got:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn another_secret_is_refused() {
+    let bytes = encode(&keys(), &secret(1));
+    assert!(matches!(
+        decode(&bytes, &secret(2)),
+        Err(HotKeysError::BadTag)
+    ));
+    // The key is derived with a label of its own: not the envelope key itself.
+    assert_ne!(secret(1).hot_keys_key(), secret(1).envelope_secret());
+    assert_ne!(secret(1).hot_keys_key(), secret(2).hot_keys_key());
+}
+
+#[test]
+fn other_versions_and_other_files_are_refused() {
+    let s = secret(1);
+    let bytes = encode(&keys(), &s);
+    let mut v2 = b"pgmemo-hot-keys v2".to_vec();
+    v2.extend_from_slice(&bytes[HEADER.len()..]);
+    assert!(matches!(decode(&v2, &s), Err(HotKeysError::Version(v)) if v == "2"));
+    assert!(matches!(
+        decode(b"[server]\nlisten = 1\n", &s),
+        Err(HotKeysError::NotHotKeys)
+    ));
+    assert!(matches!(decode(b"", &s), Err(HotKeysError::NotHotKeys)));
+}
+
+#[test]
+fn truncated_files_are_refused() {
+    let s = secret(1);
+    let bytes = encode(&keys(), &s);
+    for len in 1..bytes.len() {
+        let got = decode(&bytes[..len], &s);
+        assert!(got.is_err(), "{len} bytes: {got:?}");
+    }
+    // Cut anywhere after the tag line's length, or in the header: said so.
+    for len in [
+        5,
+        HEADER.len(),
+        HEADER.len() + 2,
+        bytes.len() - 1,
+        bytes.len() - 40,
+    ] {
+        let got = decode(&bytes[..len], &s);
+        assert!(
+            matches!(got, Err(HotKeysError::Truncated)),
+            "{len} bytes: {got:?}"
+        );
+    }
+    // Bytes added after the body are a change, not a truncation.
+    let mut longer = bytes.clone();
+    longer.push(b' ');
+    assert!(matches!(decode(&longer, &s), Err(HotKeysError::BadTag)));
+}
+
+#[test]
+fn the_size_bound() {
+    let s = secret(1);
+    let over = vec![b'x'; MAX_FILE_BYTES + 1];
+    assert!(matches!(
+        decode(&over, &s),
+        Err(HotKeysError::TooLarge {
+            max: MAX_FILE_BYTES
+        })
+    ));
+    // Encoding keeps the hottest keys that fit.
+    let big = HotKey {
+        database: "d".into(),
+        user: "u".into(),
+        params: vec![],
+        settings: vec![],
+        request: HotRequest::Simple {
+            sql: "x".repeat(1 << 20),
+        },
+        hits: 1,
+    };
+    let many = vec![big; 20];
+    let bytes = encode(&many, &s);
+    assert!(bytes.len() <= MAX_FILE_BYTES, "{}", bytes.len());
+    let back = decode(&bytes, &s).unwrap();
+    assert_eq!(back.len(), 15, "16 MiB holds 15 of the 1 MiB keys");
+    assert_eq!(back[..], many[..15]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hot");
+    std::fs::write(&path, vec![b'x'; 101]).unwrap();
+    assert!(matches!(
+        read(&path, 100),
+        Err(HotKeysError::TooLarge { max: 100 })
+    ));
+    assert_eq!(read(&path, 101).unwrap().len(), 101);
+    assert!(matches!(
+        read(&dir.path().join("absent"), 100),
+        Err(HotKeysError::Io(e)) if e.kind() == io::ErrorKind::NotFound
+    ));
+}
+
+#[test]
+fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hot-keys");
+    let s = secret(3);
+    write_atomic(&path, &encode(&keys()[..1], &s)).unwrap();
+    write_atomic(&path, &encode(&keys(), &s)).unwrap();
+    let bytes = read(&path, MAX_FILE_BYTES).unwrap();
+    assert_eq!(decode(&bytes, &s).unwrap(), keys());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["hot-keys"]);
+    // A path that names no file.
+    assert!(write_atomic(Path::new("/"), b"x").is_err());
+}
