@@ -144,6 +144,8 @@ pub struct Services {
     pub logins: LoginMemo,
     /// What re-running a stored result takes, for write-through (see `refresh::recipes`).
     pub recipes: crate::refresh::recipes::Recipes,
+    /// Results for the background refresher (`session::cache_side::background`).
+    pub refresh_queue: crate::refresh::queue::Queue,
 }
 
 impl Services {
@@ -176,6 +178,7 @@ impl Services {
             shapes: PlanMemo::new(16_384, memory.shapes),
             logins: LoginMemo::default(),
             recipes: crate::refresh::recipes::Recipes::new(memory.recipes),
+            refresh_queue: crate::refresh::queue::Queue::default(),
         }
     }
 }

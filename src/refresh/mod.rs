@@ -3,8 +3,10 @@
 //! (refresh-ahead), and warming. `recipes` holds what recomputing a result takes and selects
 //! the results a write invalidated; `hotkeys` is the file that carries the most requested
 //! results from one run to the next.
-//! `pool`: the upstream connections, logged in as the client was, that re-run them.
+//! `pool`: the upstream connections, logged in as the client was, that re-run them;
+//! `queue`: what sessions hand to the background refresher (in `session::cache_side`).
 
 pub mod hotkeys;
 pub mod pool;
+pub mod queue;
 pub mod recipes;

@@ -33,6 +33,20 @@ pub struct LoginKey {
     pub params: Vec<(String, String)>,
 }
 
+impl LoginKey {
+    /// Bytes it holds (for the bounds of what keeps it).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.database.len()
+            + self.user.len()
+            + self
+                .params
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 48)
+                .sum::<usize>()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(transparent)]

@@ -31,6 +31,7 @@ use bytes::Bytes;
 
 use crate::cache::Dep;
 use crate::planner::plan::Plan;
+use crate::refresh::pool::LoginKey;
 
 /// Recipes kept per row counter: a row is read by few distinct statements.
 pub const ROW_LIST: usize = 4;
@@ -74,6 +75,9 @@ impl Request {
 pub struct Recipe {
     /// The database the result was read in.
     pub database: Arc<str>,
+    /// How the session that read it logged in (database, user, startup parameters): what
+    /// the background refresher logs in with to reproduce its fingerprint.
+    pub login: Arc<LoginKey>,
     /// The fingerprint digest of the session that read it (its key's): a recomputation must
     /// run under exactly this fingerprint.
     pub fingerprint: [u8; 16],
@@ -99,6 +103,7 @@ impl Recipe {
     fn weight(&self) -> usize {
         RECIPE_OVERHEAD
             + self.database.len()
+            + self.login.bytes()
             + self.request.bytes()
             + std::mem::size_of_val(self.deps.as_ref())
     }

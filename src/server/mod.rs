@@ -210,6 +210,7 @@ fn start_background(
         services::run_poller(Arc::clone(ctx), shutdown.clone()),
     );
     services::start_cdc(ctx, shutdown);
+    crate::session::cache_side::background::start(ctx, shutdown);
     if let Some(task) = tier_task {
         task.start(&ctx.tasks, shutdown);
     }

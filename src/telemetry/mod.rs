@@ -123,6 +123,10 @@ fn describe_cache() {
         "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint), busy (being filled, cached already), plan_stale."
     );
     describe_counter!(
+        names::REFRESH,
+        "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full."
+    );
+    describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
         "Cacheable lookups by whether their relations were pinned to rows (rows) or not (table)."
     );
@@ -319,8 +323,13 @@ pub mod names {
     /// they read was pinned to rows by its primary key (`rows`) or not.
     pub const CACHE_PINNED_LOOKUPS: &str = "pgmemo_cache_pinned_lookups_total";
     /// counter, label `result` (`stored`, `failed`, `other_session`, `busy`, `plan_stale`):
-    /// results re-run on the writer's connection after a commit to a write-through table.
+    /// results re-run on the writer's connection after a commit to a write-through table
+    /// (`other_session`: read under another fingerprint, handed to the background refresher).
     pub const WRITE_THROUGH: &str = "pgmemo_write_through_total";
+    /// counter, labels `cause` (`write`), `result` (`stored`, `failed`, `busy`,
+    /// `plan_stale`, `no_login`, `login_failed`, `fingerprint`, `queue_full`): results
+    /// recomputed by the background refresher on pgmemo's own connections.
+    pub const REFRESH: &str = "pgmemo_refresh_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

@@ -11,6 +11,7 @@
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
 pub mod ack;
+pub mod background;
 mod capture;
 mod extended;
 pub mod group;
@@ -124,6 +125,8 @@ pub struct CacheSession {
     probe: settings::SettingsProbe,
     /// The session's database (the catalog's key).
     database: Arc<str>,
+    /// How the session logged in: recipes carry it, for the background refresher.
+    login: Arc<crate::refresh::pool::LoginKey>,
     opted_out: bool,
     encoding_ok: bool,
     /// The client encoding was UTF-8 at the last probe: text key values (row pins) are
@@ -198,6 +201,11 @@ impl CacheSession {
             cx_id: 0,
             probe: settings::SettingsProbe::new(crate::catalog::login::key(database, user, params)),
             database: database.into(),
+            login: Arc::new(crate::refresh::pool::LoginKey {
+                database: database.to_owned(),
+                user: user.to_owned(),
+                params: params.to_vec(),
+            }),
             opted_out: false,
             encoding_ok: true,
             utf8: false,
@@ -256,7 +264,7 @@ fn query_text(frame: &[u8]) -> &[u8] {
     body.strip_suffix(&[0]).unwrap_or(body)
 }
 
-fn digest(bytes: &[u8]) -> [u8; 16] {
+pub(super) fn digest(bytes: &[u8]) -> [u8; 16] {
     use std::hash::Hasher;
     let mut h = siphasher::sip128::SipHasher13::new();
     h.write(bytes);

@@ -39,6 +39,24 @@ const MAX_ROWS: usize = 2048;
 /// custom setting the catalog mentions (`catalog_names`) or the session SET
 /// (`session_names`, lower-case dotted names as the analysis reports them).
 pub fn query(catalog_names: &[String], session_names: &[String]) -> Bytes {
+    extended(&sql(catalog_names, session_names))
+}
+
+/// The probe as one sync group on the unnamed statement, for a connection of pgmemo's own
+/// (the background refresher's: no client statement to keep). Its answer ends with one
+/// ReadyForQuery.
+pub fn unnamed(catalog_names: &[String]) -> Bytes {
+    use crate::protocol::response::put_frame as frame;
+    let sql = sql(catalog_names, &[]);
+    let mut out = Vec::with_capacity(sql.len() + 64);
+    frame(&mut out, b'P', &[b"\0", sql.as_bytes(), b"\0", &[0, 0]]);
+    frame(&mut out, b'B', &[b"\0\0", &[0, 0, 0, 0, 0, 0]]);
+    frame(&mut out, b'E', &[b"\0", &0i32.to_be_bytes()]);
+    frame(&mut out, b'S', &[]);
+    Bytes::from(out)
+}
+
+fn sql(catalog_names: &[String], session_names: &[String]) -> String {
     let mut names: Vec<&String> = catalog_names
         .iter()
         .chain(session_names.iter().take(MAX_SESSION_NAMES))
@@ -60,7 +78,7 @@ pub fn query(catalog_names: &[String], session_names: &[String]) -> Bytes {
         }
         sql.push_str("]::text[]) n");
     }
-    extended(&sql)
+    sql
 }
 
 /// Name of the probe's own statement and portal (NUL-terminated). The extended protocol is

@@ -139,6 +139,7 @@ impl CacheSession {
             if let Some(seed) = cap.recipe {
                 self.app.services.recipes.insert(Recipe {
                     database: Arc::clone(&self.database),
+                    login: Arc::clone(&self.login),
                     fingerprint: seed.fingerprint,
                     request: seed.request,
                     plan: seed.plan,

@@ -187,13 +187,7 @@ impl CacheSession {
         self.opted_out = r.opted_out;
         self.encoding_ok =
             probe::encoding_is_safe(&r.client_encoding) && r.standard_conforming_strings;
-        self.utf8 = matches!(
-            r.client_encoding
-                .to_ascii_uppercase()
-                .replace(['-', '_'], "")
-                .as_str(),
-            "UTF8" | "UNICODE"
-        );
+        self.utf8 = is_utf8(&r.client_encoding);
         self.app
             .services
             .invalidator
@@ -219,4 +213,15 @@ impl CacheSession {
         self.fingerprint.reestablished(&r.settings);
         self.fp_digest = self.fingerprint.bytes().map(digest);
     }
+}
+
+/// Whether a `client_encoding` value names UTF-8.
+pub(super) fn is_utf8(encoding: &str) -> bool {
+    matches!(
+        encoding
+            .to_ascii_uppercase()
+            .replace(['-', '_'], "")
+            .as_str(),
+        "UTF8" | "UNICODE"
+    )
 }

@@ -34,6 +34,7 @@ use crate::cache::{Dep, FillGuard, KeyCheck, KeyInput, Tag, VersionSnapshot};
 use crate::invalidation::Written;
 use crate::planner::plan::Bound;
 use crate::protocol::response::put_frame as frame;
+use crate::refresh::queue::{Cause, Job};
 use crate::refresh::recipes::{Recipe, Request};
 
 /// The prefix of the re-runs' statement names: random per process, so no client statement
@@ -118,9 +119,7 @@ impl Statements {
 /// One result being re-run.
 struct Group {
     /// Taken when it is stored or fails.
-    guard: Option<FillGuard>,
-    snapshot: VersionSnapshot,
-    check: KeyCheck,
+    leader: Option<Leader>,
     recipe: Arc<Recipe>,
     /// The statement it runs on (NUL-terminated), and whether the batch parses it.
     name: Bytes,
@@ -157,7 +156,7 @@ pub(super) enum Outcome {
 }
 
 impl Outcome {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Self::Stored => "stored",
             Self::Failed => "failed",
@@ -227,6 +226,17 @@ impl CacheSession {
             .into_iter()
             .partition(|r| r.fingerprint == fp && *r.database == *self.database);
         count(Outcome::OtherSession, others.len());
+        // Those are recomputed in the background, each under its own login and fingerprint.
+        for recipe in others {
+            let job = Job {
+                recipe,
+                cause: Cause::Write,
+            };
+            if !self.app.services.refresh_queue.submit(job) {
+                metrics::counter!(names::REFRESH, "cause" => "write", "result" => "queue_full")
+                    .increment(1);
+            }
+        }
         // Read before the snapshots, as a lookup reads it before its own.
         let config = self.app.services.invalidator.config_generation();
         let mut groups = Vec::with_capacity(mine.len());
@@ -257,35 +267,13 @@ impl CacheSession {
         fp: &[u8; 16],
         cx_id: u64,
     ) -> Result<Group, Outcome> {
-        let plan = &recipe.plan;
-        let catalog = self.app.services.catalog.generation();
-        if plan.context_id != cx_id || !plan.is_current(catalog, self.app.rules_generation()) {
-            return Err(Outcome::Stale);
-        }
-        let Ok(read) = plan.read.as_ref() else {
-            return Err(Outcome::Stale);
-        };
-        let cache = &self.app.services.cache;
-        let bound = match &recipe.request {
-            Request::Simple { .. } => None,
-            Request::Extended {
-                param_types,
-                bind_tail,
-                ..
-            } => Some(Bound {
-                types: param_types,
-                tail: bind_tail,
-            }),
-        };
-        read.deps(bound, self.utf8, cache.secret(), &mut self.deps);
-        let snapshot = cache.versions().snapshot_deps(&self.deps);
-        let bare = KeyInput::<Bytes>::new(fp, &read.normalized, &snapshot);
-        let bare = match bound {
-            Some(b) => bare.extended(b.types, b.tail),
-            None => bare,
-        };
-        let (key, check) = cache.key(&bare);
-        let guard = cache.lead_refresh(key, check).ok_or(Outcome::Busy)?;
+        let rules = self.app.rules_generation();
+        let leader = lead(
+            &self.app.services,
+            &recipe,
+            (fp, cx_id, self.utf8, rules),
+            &mut self.deps,
+        )?;
         let (sql, types) = match &recipe.request {
             Request::Simple { sql } => (sql, &Bytes::new()),
             Request::Extended {
@@ -294,9 +282,7 @@ impl CacheSession {
         };
         let (name, parse) = self.through_statements.name_for(fp, sql, types);
         Ok(Group {
-            guard: Some(guard),
-            snapshot,
-            check,
+            leader: Some(leader),
             recipe: Arc::clone(&recipe),
             name,
             parse,
@@ -365,23 +351,11 @@ impl CacheSession {
     /// Stores one re-run's result (as a missed read's is stored) and files its recipe again
     /// under the new versions, as the most recent.
     fn through_store(&mut self, group: &mut Group) {
-        let (Some(guard), Ok(read)) = (group.guard.take(), group.recipe.plan.read.as_ref()) else {
+        let Some(leader) = group.leader.take() else {
             return;
         };
         let frames = std::mem::take(&mut group.frames).freeze();
-        let entry = Entry::new(group.check, frames, read.ttl, read.tags.clone());
-        self.app
-            .services
-            .cache
-            .complete(guard, &group.snapshot, entry);
-        let recipe = &group.recipe;
-        self.app.services.recipes.insert(Recipe {
-            database: Arc::clone(&recipe.database),
-            fingerprint: recipe.fingerprint,
-            request: recipe.request.clone(),
-            plan: Arc::clone(&recipe.plan),
-            deps: group.snapshot.versions().iter().map(|(d, _)| *d).collect(),
-        });
+        store(&self.app.services, leader, frames, &group.recipe);
         count(Outcome::Stored, 1);
     }
 
@@ -400,8 +374,109 @@ impl Group {
     /// This re-run's result will not be stored: whoever waits for its key is let go now.
     fn fail(&mut self) {
         self.failed = true;
-        self.guard = None;
+        self.leader = None;
     }
+}
+
+/// The fill a recomputation leads: its key's check and the versions it read.
+pub(super) struct Leader {
+    pub guard: FillGuard,
+    pub snapshot: VersionSnapshot,
+    pub check: KeyCheck,
+}
+
+/// Leads the fill of `recipe`'s result under the fingerprint digest `fp` on a connection
+/// whose context is `cx_id` (its client encoding UTF-8 or not), with the rules at
+/// generation `rules`: its dependencies and version snapshot are read now (I1: after the
+/// bumps, before its statement is sent). Refused when its plan is no longer current or
+/// another fill of the key is under way (or it is cached).
+pub(super) fn lead(
+    services: &crate::context::Services,
+    recipe: &Recipe,
+    (fp, cx_id, utf8, rules): (&[u8; 16], u64, bool, u64),
+    deps: &mut Vec<Dep>,
+) -> Result<Leader, Outcome> {
+    let plan = &recipe.plan;
+    let catalog = services.catalog.generation();
+    if plan.context_id != cx_id || !plan.is_current(catalog, rules) {
+        return Err(Outcome::Stale);
+    }
+    let Ok(read) = plan.read.as_ref() else {
+        return Err(Outcome::Stale);
+    };
+    let cache = &services.cache;
+    let bound = match &recipe.request {
+        Request::Simple { .. } => None,
+        Request::Extended {
+            param_types,
+            bind_tail,
+            ..
+        } => Some(Bound {
+            types: param_types,
+            tail: bind_tail,
+        }),
+    };
+    read.deps(bound, utf8, cache.secret(), deps);
+    let snapshot = cache.versions().snapshot_deps(deps);
+    let bare = KeyInput::<Bytes>::new(fp, &read.normalized, &snapshot);
+    let bare = match bound {
+        Some(b) => bare.extended(b.types, b.tail),
+        None => bare,
+    };
+    let (key, check) = cache.key(&bare);
+    let guard = cache.lead_refresh(key, check).ok_or(Outcome::Busy)?;
+    Ok(Leader {
+        guard,
+        snapshot,
+        check,
+    })
+}
+
+/// Stores a recomputed result (as a missed read's is stored: refused if a write came
+/// since its snapshot) and files its recipe again under the new versions, as the newest.
+pub(super) fn store(
+    services: &crate::context::Services,
+    leader: Leader,
+    frames: Bytes,
+    recipe: &Recipe,
+) {
+    let Ok(read) = recipe.plan.read.as_ref() else {
+        return;
+    };
+    let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone());
+    services
+        .cache
+        .complete(leader.guard, &leader.snapshot, entry);
+    services.recipes.insert(Recipe {
+        database: Arc::clone(&recipe.database),
+        login: Arc::clone(&recipe.login),
+        fingerprint: recipe.fingerprint,
+        request: recipe.request.clone(),
+        plan: Arc::clone(&recipe.plan),
+        deps: leader.snapshot.versions().iter().map(|(d, _)| *d).collect(),
+    });
+}
+
+/// One recomputation's messages, ending with its Sync: Parse when `parse` (on statement
+/// `name`, NUL-terminated), Bind (unnamed portal), Describe (the RowDescription a stored
+/// result carries), Execute.
+pub(super) fn put_request(out: &mut BytesMut, request: &Request, name: &[u8], parse: bool) {
+    let (sql, types, tail): (&[u8], &[u8], Bytes) = match request {
+        Request::Simple { sql } => (sql, &[], no_parameters()),
+        Request::Extended {
+            sql,
+            param_types,
+            bind_tail,
+        } => (sql, param_types, bind_tail.clone()),
+    };
+    if parse {
+        let ntypes = u16::try_from(types.len() / 4).unwrap_or(u16::MAX);
+        frame(out, b'P', &[name, sql, b"\0", &ntypes.to_be_bytes(), types]);
+    }
+    frame(out, b'B', &[b"\0", name, &tail]);
+    frame(out, b'D', &[b"P\0"]);
+    frame(out, b'E', &[b"\0", &0i32.to_be_bytes()]);
+    frame(out, b'S', &[]);
 }
 
 /// Each re-run as its own sync group, so one that fails does not skip the others: the
@@ -413,26 +488,7 @@ fn batch(groups: &[Group], statements: &mut Statements) -> Bytes {
         frame(&mut out, b'C', &[b"S", &name]);
     }
     for g in groups {
-        let (sql, types, tail): (&[u8], &[u8], Bytes) = match &g.recipe.request {
-            Request::Simple { sql } => (sql, &[], no_parameters()),
-            Request::Extended {
-                sql,
-                param_types,
-                bind_tail,
-            } => (sql, param_types, bind_tail.clone()),
-        };
-        if g.parse {
-            let ntypes = u16::try_from(types.len() / 4).unwrap_or(u16::MAX);
-            frame(
-                &mut out,
-                b'P',
-                &[&g.name, sql, b"\0", &ntypes.to_be_bytes(), types],
-            );
-        }
-        frame(&mut out, b'B', &[b"\0", &g.name, &tail]);
-        frame(&mut out, b'D', &[b"P\0"]);
-        frame(&mut out, b'E', &[b"\0", &0i32.to_be_bytes()]);
-        frame(&mut out, b'S', &[]);
+        put_request(&mut out, &g.recipe.request, &g.name, g.parse);
     }
     out.freeze()
 }

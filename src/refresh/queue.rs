@@ -1,0 +1,100 @@
+//! The hand-off from sessions to the background refresher (issue 19): a bounded queue of
+//! results to recompute under their own fingerprint on pgmemo's own connections — those a
+//! write-through cannot re-run on the writer's connection (read under another fingerprint)
+//! and, later, refresh-ahead. Sessions never wait on it: a full queue refuses the job
+//! (counted) and the result simply stays invalid, as without the rule.
+//!
+//! Bounded in bytes: a job is an `Arc` of a recipe the registry already weighs, so the
+//! queue's own memory is its capacity times [`JOB_BYTES`].
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::mpsc;
+
+use super::recipes::Recipe;
+
+/// Jobs waiting at most.
+pub const CAPACITY: usize = 1024;
+/// Bytes one queued job costs (the recipe is weighed by the registry).
+pub const JOB_BYTES: usize = std::mem::size_of::<Job>() + 16;
+
+/// Why a result is recomputed in the background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A write invalidated it (write-through), and the writer's session could not re-run it.
+    Write,
+}
+
+impl Cause {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Write => "write",
+        }
+    }
+}
+
+/// One result to recompute.
+#[derive(Debug)]
+pub struct Job {
+    pub recipe: Arc<Recipe>,
+    pub cause: Cause,
+}
+
+/// The sessions' side of the queue. Until the refresher starts (and in tools that never
+/// start it) every job is refused.
+#[derive(Debug, Default)]
+pub struct Queue {
+    tx: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl Queue {
+    /// Opens the queue; the refresher consumes the receiver. `None` when it was opened
+    /// already.
+    pub fn open(&self) -> Option<mpsc::Receiver<Job>> {
+        let (tx, rx) = mpsc::channel(CAPACITY);
+        self.tx.set(tx).ok()?;
+        Some(rx)
+    }
+
+    /// Queues `job`; false (the result stays invalid) when the queue is full or closed.
+    pub fn submit(&self, job: Job) -> bool {
+        self.tx.get().is_some_and(|tx| tx.try_send(job).is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_are_refused_until_opened_and_when_full() {
+        let q = Queue::default();
+        let job = || Job {
+            recipe: Arc::new(Recipe {
+                database: Arc::from("db"),
+                login: Arc::new(crate::refresh::pool::LoginKey {
+                    database: "db".into(),
+                    user: "u".into(),
+                    params: Vec::new(),
+                }),
+                fingerprint: [1; 16],
+                request: crate::refresh::recipes::Request::Simple {
+                    sql: bytes::Bytes::from_static(b"SELECT 1"),
+                },
+                plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
+                deps: Box::new([]),
+            }),
+            cause: Cause::Write,
+        };
+        assert!(!q.submit(job()), "not open yet");
+        let mut rx = q.open().expect("first open");
+        assert!(q.open().is_none(), "opened once");
+        for _ in 0..CAPACITY {
+            assert!(q.submit(job()));
+        }
+        assert!(!q.submit(job()), "full");
+        assert!(rx.try_recv().is_ok());
+        assert!(q.submit(job()), "room again");
+    }
+}

@@ -1,0 +1,258 @@
+//! The background refresher (issue 19): recomputes results that no session can re-run on
+//! its own connection — a write-through's dependents read under another fingerprint — on
+//! pgmemo's own upstream connections (`refresh::pool`), logged in exactly as the session
+//! that read them was (database, user, startup parameters).
+//!
+//! Never under another role, never under another fingerprint: pgmemo logs in as the
+//! result's own user only when `[refresh]` gives it that login (a `[[refresh.logins]]`
+//! entry, or the `upstream.url` user); it then builds the connection's fingerprint the way
+//! a session does (its login reports, then its settings probe — remembered per login as
+//! sessions remember it — then nothing else) and recomputes only when that fingerprint's
+//! digest equals the one the result's key names. A session that changed settings after
+//! login (SET, a later probe) has a fingerprint this connection does not reproduce: its
+//! results stay invalid (counted `fingerprint`), as do those of a role without a login
+//! (`no_login`). `SET ROLE` to the result's role would not do: `session_user`, the role's
+//! `ALTER ROLE ... SET` settings and the fingerprint itself would differ.
+//!
+//! Each recomputation leads its key's fill (readers wait for it instead of running it too)
+//! with its snapshot read before its statement is sent (I1), on the unnamed statement, as
+//! one sync group; anything but rows and a command tag (an error, a notice, a setting
+//! report) leaves the result invalid. Workers are as many as the pool's connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::probe::{self, ProbeReader, ProbeResult};
+use super::through::{self, Outcome};
+use crate::cache::Dep;
+use crate::catalog::SettingNames;
+use crate::context::AppContext;
+use crate::planner::plan::Context;
+use crate::protocol::fields::Reader;
+use crate::protocol::tags::backend;
+use crate::refresh::pool::{self, Pool, PooledConn};
+use crate::refresh::queue::Job;
+use crate::session::fingerprint::Fingerprint;
+use crate::telemetry::names;
+use crate::upstream::Upstream;
+
+/// Most bytes a settings probe's answer may take.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Why a background recomputation did not store (metric label values beyond `Outcome`'s).
+#[derive(Clone, Copy)]
+enum Skip {
+    Outcome(Outcome),
+    /// pgmemo has no login for the result's role.
+    NoLogin,
+    /// Logging in or the settings probe failed.
+    Login,
+    /// The connection's fingerprint is not the result's.
+    Fingerprint,
+}
+
+impl Skip {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Outcome(o) => o.label(),
+            Self::NoLogin => "no_login",
+            Self::Login => "login_failed",
+            Self::Fingerprint => "fingerprint",
+        }
+    }
+}
+
+/// Starts the refresher: `pool_size` workers sharing the queue's receiver and one pool.
+pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
+    let Some(rx) = ctx.services.refresh_queue.open() else {
+        return;
+    };
+    let config = ctx.config();
+    let upstream = match Upstream::new(ctx.upstream.target().clone()) {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            tracing::warn!(error = %e, "background refresher not started");
+            return;
+        }
+    };
+    let refresh = &config.refresh;
+    let pool = Pool::new(
+        upstream,
+        refresh.pool_size,
+        refresh.idle_timeout,
+        config.upstream.connect_timeout,
+    );
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..refresh.pool_size {
+        let worker = Worker {
+            ctx: Arc::clone(ctx),
+            pool: pool.clone(),
+            deps: Vec::new(),
+        };
+        let (rx, shutdown) = (Arc::clone(&rx), shutdown.clone());
+        ctx.tasks.spawn("refresher", worker.run(rx, shutdown));
+    }
+}
+
+struct Worker {
+    ctx: Arc<AppContext>,
+    pool: Pool,
+    deps: Vec<Dep>,
+}
+
+impl Worker {
+    async fn run(mut self, rx: Arc<Mutex<mpsc::Receiver<Job>>>, shutdown: CancellationToken) {
+        loop {
+            let job = tokio::select! {
+                () = shutdown.cancelled() => return,
+                job = async { rx.lock().await.recv().await } => job,
+            };
+            let Some(job) = job else { return };
+            let result = match self.one(&job).await {
+                Ok(()) => "stored",
+                Err(skip) => skip.label(),
+            };
+            metrics::counter!(names::REFRESH, "cause" => job.cause.label(), "result" => result)
+                .increment(1);
+        }
+    }
+
+    /// Recomputes one result and stores it, or says why not.
+    async fn one(&mut self, job: &Job) -> Result<(), Skip> {
+        let recipe = &job.recipe;
+        let config = self.ctx.config();
+        let login = config
+            .refresh
+            .password_for(&recipe.login.user, self.ctx.upstream.target())
+            .ok_or(Skip::NoLogin)?;
+        let password = login.password.as_ref().map(|p| p.expose());
+        let mut conn = match self.pool.get(&recipe.login, password).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, user = %recipe.login.user, "refresher login failed");
+                return Err(Skip::Login);
+            }
+        };
+        let timeout = config.refresh.query_timeout;
+        // The epoch before the configuration generation, as a session reads them.
+        let epoch = self.ctx.services.cache.versions().epoch();
+        let generation = self.ctx.services.invalidator.config_generation();
+        let settings = self.settings(&mut conn, timeout, epoch, generation).await?;
+        let fp = fingerprint(recipe.login.as_ref(), &settings)?;
+        if fp != recipe.fingerprint || settings.opted_out {
+            conn.release_clean();
+            return Err(Skip::Fingerprint);
+        }
+        let cx_id = context(&settings).id();
+        let utf8 = super::settings::is_utf8(&settings.client_encoding);
+        let rules = self.ctx.rules_generation();
+        let services = &self.ctx.services;
+        let leader = through::lead(services, recipe, (&fp, cx_id, utf8, rules), &mut self.deps)
+            .map_err(Skip::Outcome)?;
+        let mut request = BytesMut::new();
+        through::put_request(&mut request, &recipe.request, b"\0", true);
+        let max = services.cache.max_entry_size() + 1024;
+        let frames = match pool::run(&mut conn, &request, max, timeout).await {
+            Ok(frames) => frames,
+            Err(_) => return Err(Skip::Outcome(Outcome::Failed)),
+        };
+        let result = result(&frames);
+        let current = self.ctx.services.invalidator.config_generation() == generation;
+        conn.release_clean();
+        match result {
+            Some(bytes) if current => {
+                through::store(services, leader, bytes, recipe);
+                Ok(())
+            }
+            _ => Err(Skip::Outcome(Outcome::Failed)),
+        }
+    }
+
+    /// The connection's settings, as its settings probe reads them: remembered per login
+    /// (as sessions remember theirs), else probed now and remembered.
+    async fn settings(
+        &self,
+        conn: &mut PooledConn,
+        timeout: Duration,
+        epoch: u64,
+        generation: u64,
+    ) -> Result<ProbeResult, Skip> {
+        let key = &conn.key().clone();
+        let memo_key = crate::catalog::login::key(&key.database, &key.user, &key.params);
+        let logins = &self.ctx.services.logins;
+        if let Some(known) = logins.get(&memo_key, epoch, generation) {
+            return Ok(known);
+        }
+        let names = match self.ctx.services.catalog.setting_names(&key.database).await {
+            Ok(SettingNames::Known(names)) => names,
+            _ => return Err(Skip::Login),
+        };
+        let frames = pool::run(conn, &probe::unnamed(&names), PROBE_BYTES, timeout)
+            .await
+            .map_err(|_| Skip::Login)?;
+        let mut reader = ProbeReader::default();
+        for f in &frames {
+            match f.first() {
+                Some(&backend::READY_FOR_QUERY) | None => {}
+                Some(&tag) => reader.on_frame(tag, f),
+            }
+        }
+        let result = reader.finish().ok_or(Skip::Login)?;
+        logins.insert(memo_key, result.clone(), epoch, generation);
+        Ok(result)
+    }
+}
+
+/// The digest of the fingerprint a session logged in as `key` would have with these
+/// settings and no change since: as a session builds it, from its startup parameters and
+/// its settings probe (the reports at login are not part of it: the probe reads what they
+/// report).
+fn fingerprint(
+    key: &crate::refresh::pool::LoginKey,
+    settings: &ProbeResult,
+) -> Result<[u8; 16], Skip> {
+    let mut fp = Fingerprint::new(&key.database, &key.user, &key.params);
+    if !fp.reestablished(&settings.settings) {
+        return Err(Skip::Fingerprint);
+    }
+    fp.bytes().map(super::digest).ok_or(Skip::Fingerprint)
+}
+
+/// The name-resolution context of a session with these settings (as `apply_probe` makes it).
+fn context(r: &ProbeResult) -> Context {
+    Context {
+        database: r.database.as_str().into(),
+        db_oid: r.db_oid,
+        current_user: r.current_user.as_str().into(),
+        search_path: r.search_path.as_str().into(),
+        has_temp: r.has_temp,
+    }
+}
+
+/// The result to store from a recomputation's answer: its RowDescription, rows and
+/// command tag, only when nothing else came (an error, a notice, a setting report) and it
+/// ended idle.
+fn result(frames: &[Bytes]) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    let mut complete = false;
+    for f in frames {
+        match f.first().copied()? {
+            backend::PARSE_COMPLETE | backend::BIND_COMPLETE => {}
+            backend::ROW_DESCRIPTION | backend::DATA_ROW => out.extend_from_slice(f),
+            backend::COMMAND_COMPLETE => {
+                out.extend_from_slice(f);
+                complete = true;
+            }
+            backend::READY_FOR_QUERY => {
+                let idle = Reader::body(f).u8() == Some(b'I');
+                return (complete && idle).then(|| out.freeze());
+            }
+            _ => return None,
+        }
+    }
+    None
+}
