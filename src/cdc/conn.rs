@@ -6,13 +6,13 @@
 //! first bytes only), the rest is read and discarded.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::UpstreamTarget;
 use crate::net::Stream;
 use crate::protocol::fields::Reader;
 use crate::protocol::startup::encode_startup;
+use crate::upstream::auth::{AuthError, Exchange, Step};
 use crate::upstream::{ConnectError, Upstream};
 
 /// The head of a frame that is kept; the rest of a longer one is skipped.
@@ -44,6 +44,17 @@ pub enum ConnError {
     Closed,
     #[error("command result has more than {MAX_ROWS} rows")]
     TooManyRows,
+}
+
+impl From<AuthError> for ConnError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unsupported(method) => Self::AuthUnsupported(method),
+            AuthError::PasswordRequired => Self::NoPassword,
+            AuthError::Scram(e) => Self::Scram(e),
+            AuthError::Malformed(what) => Self::Malformed(what),
+        }
+    }
 }
 
 impl ConnError {
@@ -127,7 +138,7 @@ impl ReplConn {
     }
 
     async fn authenticate(&mut self, user: &str, password: Option<&str>) -> Result<(), ConnError> {
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut auth = Exchange::new(user, password);
         loop {
             let frame = self.command_frame().await?;
             match frame.tag {
@@ -136,64 +147,10 @@ impl ReplConn {
                 b'N' => continue,
                 t => return Err(ConnError::Unexpected(char::from(t))),
             }
-            let mut r = Reader::new(&frame.body);
-            let kind = r.u32().ok_or(ConnError::Malformed("authentication"))?;
-            match kind {
-                0 => return Ok(()),
-                3 => {
-                    let pw = password.ok_or(ConnError::NoPassword)?;
-                    let mut body = pw.as_bytes().to_vec();
-                    body.push(0);
-                    self.send(b'p', &body).await?;
-                }
-                5 => {
-                    let pw = password.ok_or(ConnError::NoPassword)?;
-                    let salt: [u8; 4] = r
-                        .bytes(4)
-                        .and_then(|s| s.try_into().ok())
-                        .ok_or(ConnError::Malformed("md5 salt"))?;
-                    let mut body = md5_hash(user.as_bytes(), pw.as_bytes(), salt).into_bytes();
-                    body.push(0);
-                    self.send(b'p', &body).await?;
-                }
-                10 => {
-                    let pw = password.ok_or(ConnError::NoPassword)?;
-                    let mut offered = false;
-                    while let Some(m) = r.cstr().filter(|m| !m.is_empty()) {
-                        offered |= m == sasl::SCRAM_SHA_256.as_bytes();
-                    }
-                    if !offered {
-                        return Err(ConnError::AuthUnsupported(
-                            "SASL without SCRAM-SHA-256".into(),
-                        ));
-                    }
-                    // Channel binding is not used: the mechanism without -PLUS.
-                    let s =
-                        sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
-                    let first = s.message();
-                    let mut body = Vec::with_capacity(first.len() + 32);
-                    body.extend_from_slice(sasl::SCRAM_SHA_256.as_bytes());
-                    body.push(0);
-                    body.extend_from_slice(&i32::try_from(first.len()).unwrap_or(0).to_be_bytes());
-                    body.extend_from_slice(first);
-                    self.send(b'p', &body).await?;
-                    scram = Some(s);
-                }
-                11 => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or(ConnError::Malformed("SASL continue"))?;
-                    s.update(r.remaining()).map_err(ConnError::Scram)?;
-                    let reply = s.message().to_vec();
-                    self.send(b'p', &reply).await?;
-                }
-                12 => {
-                    let s = scram.as_mut().ok_or(ConnError::Malformed("SASL final"))?;
-                    s.finish(r.remaining()).map_err(ConnError::Scram)?;
-                }
-                2 => return Err(ConnError::AuthUnsupported("Kerberos V5".into())),
-                7..=9 => return Err(ConnError::AuthUnsupported("GSSAPI/SSPI".into())),
-                other => return Err(ConnError::AuthUnsupported(format!("method {other}"))),
+            match auth.step(&frame.body)? {
+                Step::Done => return Ok(()),
+                Step::Wait => {}
+                Step::Reply(body) => self.send(b'p', &body).await?,
             }
         }
     }

@@ -13,9 +13,9 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::authentication::{md5_hash, sasl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::auth::{AuthError, Exchange, Step};
 use super::{ConnectError, Upstream};
 use crate::net::Stream;
 use crate::protocol::fields::Reader;
@@ -73,6 +73,17 @@ pub enum LoginError {
         "upstream login: the server sent more than {MAX_LOGIN_BYTES} bytes before ReadyForQuery"
     )]
     TooLong,
+}
+
+impl From<AuthError> for LoginError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unsupported(method) => Self::AuthUnsupported(method),
+            AuthError::PasswordRequired => Self::PasswordRequired,
+            AuthError::Scram(e) => Self::Scram(e),
+            AuthError::Malformed(what) => Self::Malformed(what),
+        }
+    }
 }
 
 impl LoginError {
@@ -163,7 +174,7 @@ async fn handshake(
     conn.stream.flush().await?;
 
     let mut budget = MAX_LOGIN_BYTES;
-    let mut scram: Option<sasl::ScramSha256> = None;
+    let mut auth = Exchange::new(user, password);
     loop {
         let frame = conn.login_frame(&mut budget).await?;
         match frame.tag {
@@ -172,65 +183,10 @@ async fn handshake(
             backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => continue,
             t => return Err(LoginError::Unexpected(char::from(t))),
         }
-        let mut r = Reader::new(frame.body());
-        let reply = match r.i32().ok_or(LoginError::Malformed("authentication"))? {
-            0 => break,
-            3 => {
-                let pw = password.ok_or(LoginError::PasswordRequired)?;
-                [pw.as_bytes(), b"\0"].concat()
-            }
-            5 => {
-                let pw = password.ok_or(LoginError::PasswordRequired)?;
-                let salt: [u8; 4] = r
-                    .bytes(4)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or(LoginError::Malformed("MD5 salt"))?;
-                let hash = md5_hash(user.as_bytes(), pw.as_bytes(), salt);
-                [hash.as_bytes(), b"\0"].concat()
-            }
-            10 => {
-                let mut offered = Vec::new();
-                while let Some(m) = r.cstr().filter(|m| !m.is_empty()) {
-                    offered.push(String::from_utf8_lossy(m).into_owned());
-                }
-                if !offered.iter().any(|m| m == sasl::SCRAM_SHA_256) {
-                    return Err(LoginError::AuthUnsupported(format!(
-                        "SASL ({})",
-                        offered.join(", ")
-                    )));
-                }
-                let pw = password.ok_or(LoginError::PasswordRequired)?;
-                // No channel binding: "n" tells the server this client does not do it, which
-                // is accepted even when it offers SCRAM-SHA-256-PLUS too.
-                let s = sasl::ScramSha256::new(pw.as_bytes(), sasl::ChannelBinding::unsupported());
-                let first = s.message();
-                let len = i32::try_from(first.len()).map_err(|_| LoginError::Malformed("SASL"))?;
-                let reply = [
-                    sasl::SCRAM_SHA_256.as_bytes(),
-                    b"\0",
-                    &len.to_be_bytes(),
-                    first,
-                ]
-                .concat();
-                scram = Some(s);
-                reply
-            }
-            11 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or(LoginError::Malformed("SASL continue"))?;
-                s.update(r.remaining()).map_err(LoginError::Scram)?;
-                s.message().to_vec()
-            }
-            12 => {
-                let s = scram.as_mut().ok_or(LoginError::Malformed("SASL final"))?;
-                s.finish(r.remaining()).map_err(LoginError::Scram)?;
-                continue;
-            }
-            2 => return Err(LoginError::AuthUnsupported("Kerberos V5".into())),
-            6 => return Err(LoginError::AuthUnsupported("SCM credentials".into())),
-            7..=9 => return Err(LoginError::AuthUnsupported("GSSAPI/SSPI".into())),
-            other => return Err(LoginError::AuthUnsupported(format!("method {other}"))),
+        let reply = match auth.step(frame.body())? {
+            Step::Done => break,
+            Step::Wait => continue,
+            Step::Reply(reply) => reply,
         };
         let mut out = Vec::with_capacity(reply.len() + HEADER_LEN);
         put_frame(&mut out, frontend::PASSWORD, &[&reply]);

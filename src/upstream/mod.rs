@@ -1,6 +1,7 @@
 //! Connections to the real PostgreSQL server: the per-session passthrough socket (TCP, then
 //! TLS per `sslmode`) and forwarding of CancelRequests to the backend they name.
 
+pub mod auth;
 pub mod login;
 pub mod tls;
 

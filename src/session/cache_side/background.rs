@@ -181,7 +181,7 @@ impl Worker {
         epoch: u64,
         generation: u64,
     ) -> Result<ProbeResult, Skip> {
-        let key = &conn.key().clone();
+        let key = conn.key();
         let memo_key = crate::catalog::login::key(&key.database, &key.user, &key.params);
         let logins = &self.ctx.services.logins;
         if let Some(known) = logins.get(&memo_key, epoch, generation) {
