@@ -17,9 +17,9 @@
 //! here would put a lock on the hit path.
 //!
 //! Bounded in bytes: recipes, the slots of the per-dependency lists, and each distinct plan
-//! they hold, once (recipes share the plans the memos hold: every execution of one prepared
-//! statement has the same plan, and counting it per recipe would let a bound of megabytes
-//! hold a few hundred recipes). Past the bound the least recently stored
+//! and session login they hold, once (recipes share the plans the memos hold: every
+//! execution of one prepared statement has the same plan, and counting it per recipe would
+//! let a bound of megabytes hold a few hundred recipes; likewise a session's login). Past the bound the least recently stored
 //! recipes go, and with them their slots; each list keeps at most [`ROW_LIST`] (row
 //! counters) or [`TABLE_LIST`] (relation counters) entries, the newest.
 
@@ -103,14 +103,17 @@ impl Recipe {
     fn weight(&self) -> usize {
         RECIPE_OVERHEAD
             + self.database.len()
-            + self.login.bytes()
             + self.request.bytes()
             + std::mem::size_of_val(self.deps.as_ref())
     }
 
-    /// The identity of its plan (the `Arc`'s address) for weighing plans once.
-    fn plan_key(&self) -> usize {
-        Arc::as_ptr(&self.plan) as usize
+    /// What it shares with other recipes, weighed once per distinct `Arc` (keyed by its
+    /// address): its plan, and its session's login.
+    fn shared(&self) -> [(usize, usize); 2] {
+        [
+            (Arc::as_ptr(&self.plan) as usize, self.plan.weight()),
+            (Arc::as_ptr(&self.login) as usize, self.login.bytes()),
+        ]
     }
 }
 
@@ -128,8 +131,9 @@ struct Inner {
     by_age: BTreeMap<u64, u64>,
     /// Per dependency, ids newest first.
     by_dep: HashMap<Dep, VecDeque<u64>>,
-    /// Per distinct plan: the recipes holding it and its weight (counted in `bytes` once).
-    plans: HashMap<usize, (usize, usize)>,
+    /// Per distinct plan or login: the recipes holding it and its weight (counted in
+    /// `bytes` once).
+    shared: HashMap<usize, (usize, usize)>,
     bytes: usize,
     clock: u64,
 }
@@ -171,15 +175,16 @@ impl Recipes {
         let id = recipe.id();
         let mut inner = self.lock();
         inner.remove(id);
-        if weight + recipe.plan.weight() > self.max_bytes {
+        let shared = recipe.shared();
+        if weight + shared.iter().map(|(_, w)| w).sum::<usize>() > self.max_bytes {
             return;
         }
-        let plan = inner.plans.entry(recipe.plan_key()).or_insert((0, 0));
-        plan.0 += 1;
-        if plan.0 == 1 {
-            plan.1 = recipe.plan.weight();
-            let added = plan.1;
-            inner.bytes += added;
+        for (key, w) in shared {
+            let held = inner.shared.entry(key).or_insert((0, w));
+            held.0 += 1;
+            if held.0 == 1 {
+                inner.bytes += w;
+            }
         }
         inner.clock += 1;
         let stored = inner.clock;
@@ -267,13 +272,14 @@ impl Inner {
         };
         self.by_age.remove(&slot.stored);
         self.bytes = self.bytes.saturating_sub(slot.weight);
-        let key = slot.recipe.plan_key();
-        if let Some(plan) = self.plans.get_mut(&key) {
-            plan.0 = plan.0.saturating_sub(1);
-            if plan.0 == 0 {
-                let freed = plan.1;
-                self.plans.remove(&key);
-                self.bytes = self.bytes.saturating_sub(freed);
+        for (key, _) in slot.recipe.shared() {
+            if let Some(held) = self.shared.get_mut(&key) {
+                held.0 = held.0.saturating_sub(1);
+                if held.0 == 0 {
+                    let freed = held.1;
+                    self.shared.remove(&key);
+                    self.bytes = self.bytes.saturating_sub(freed);
+                }
             }
         }
         for dep in slot.recipe.deps.iter() {

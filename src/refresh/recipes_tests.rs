@@ -138,8 +138,10 @@ fn lists_keep_the_newest_and_evicted_recipes_leave_no_slot() {
 }
 
 #[test]
-fn a_plan_shared_by_many_recipes_is_weighed_once() {
+fn a_plan_and_a_login_shared_by_many_recipes_are_weighed_once() {
     let plan = Arc::new(Plan::for_tests("SELECT v FROM t WHERE id = $1"));
+    // One session's login, held by every recipe it stored.
+    let login = Arc::clone(&recipe("", &[]).login);
     let with_plan = |i: u32| Recipe {
         request: Request::Extended {
             sql: Bytes::from_static(b"SELECT v FROM t WHERE id = $1"),
@@ -147,23 +149,26 @@ fn a_plan_shared_by_many_recipes_is_weighed_once() {
             bind_tail: Bytes::from(i.to_be_bytes().to_vec()),
         },
         plan: Arc::clone(&plan),
+        login: Arc::clone(&login),
         ..recipe("", &[Dep::Row(i)])
     };
+    let held = plan.weight() + login.bytes();
     let own = with_plan(0).weight() + SLOT_BYTES;
-    let r = Recipes::new(plan.weight() + 100 * own);
+    let r = Recipes::new(held + 100 * own);
     for i in 0..100 {
         r.insert(with_plan(i));
     }
-    // A hundred executions of one statement fit where a hundred plans would not.
+    // A hundred executions of one statement by one session fit where a hundred plans (or
+    // logins) would not.
     assert_eq!(r.len(), 100);
-    assert_eq!(r.bytes(), plan.weight() + 100 * own);
-    // Evicting all but the newest keeps the plan counted while one recipe holds it.
-    let small = Recipes::new(plan.weight() + own);
+    assert_eq!(r.bytes(), held + 100 * own);
+    // Evicting all but the newest keeps both counted while one recipe holds them.
+    let small = Recipes::new(held + own);
     for i in 0..10 {
         small.insert(with_plan(i));
     }
     assert_eq!(small.len(), 1);
-    assert_eq!(small.bytes(), plan.weight() + own);
+    assert_eq!(small.bytes(), held + own);
     small.clear();
     assert_eq!(small.bytes(), 0);
 }
