@@ -45,7 +45,7 @@ const PROBE_BYTES: usize = 1 << 20;
 
 /// Why a background recomputation did not store (metric label values beyond `Outcome`'s).
 #[derive(Clone, Copy)]
-enum Skip {
+pub(super) enum Skip {
     Outcome(Outcome),
     /// pgmemo has no login for the result's role.
     NoLogin,
@@ -56,7 +56,7 @@ enum Skip {
 }
 
 impl Skip {
-    fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Self::Outcome(o) => o.label(),
             Self::NoLogin => "no_login",
@@ -125,23 +125,12 @@ impl Worker {
     async fn one(&mut self, job: &Job) -> Result<(), Skip> {
         let recipe = &job.recipe;
         let config = self.ctx.config();
-        let login = config
-            .refresh
-            .password_for(&recipe.login.user, self.ctx.upstream.target())
-            .ok_or(Skip::NoLogin)?;
-        let password = login.password.as_ref().map(|p| p.expose());
-        let mut conn = match self.pool.get(&recipe.login, password).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, user = %recipe.login.user, "refresher login failed");
-                return Err(Skip::Login);
-            }
-        };
+        let mut conn = login(&self.ctx, &self.pool, &recipe.login).await?;
         let timeout = config.refresh.query_timeout;
         // The epoch before the configuration generation, as a session reads them.
         let epoch = self.ctx.services.cache.versions().epoch();
         let generation = self.ctx.services.invalidator.config_generation();
-        let settings = self.settings(&mut conn, timeout, epoch, generation).await?;
+        let settings = settings(&self.ctx, &mut conn, timeout, (epoch, generation)).await?;
         let fp = fingerprint(recipe.login.as_ref(), &settings)?;
         if fp != recipe.fingerprint || settings.opted_out {
             conn.release_clean();
@@ -171,47 +160,66 @@ impl Worker {
             _ => Err(Skip::Outcome(Outcome::Failed)),
         }
     }
+}
 
-    /// The connection's settings, as its settings probe reads them: remembered per login
-    /// (as sessions remember theirs), else probed now and remembered.
-    async fn settings(
-        &self,
-        conn: &mut PooledConn,
-        timeout: Duration,
-        epoch: u64,
-        generation: u64,
-    ) -> Result<ProbeResult, Skip> {
-        let key = conn.key();
-        let memo_key = crate::catalog::login::key(&key.database, &key.user, &key.params);
-        let logins = &self.ctx.services.logins;
-        if let Some(known) = logins.get(&memo_key, epoch, generation) {
-            return Ok(known);
-        }
-        let names = match self.ctx.services.catalog.setting_names(&key.database).await {
-            Ok(SettingNames::Known(names)) => names,
-            _ => return Err(Skip::Login),
-        };
-        let frames = pool::run(conn, &probe::unnamed(&names), PROBE_BYTES, timeout)
-            .await
-            .map_err(|_| Skip::Login)?;
-        let mut reader = ProbeReader::default();
-        for f in &frames {
-            match f.first() {
-                Some(&backend::READY_FOR_QUERY) | None => {}
-                Some(&tag) => reader.on_frame(tag, f),
-            }
-        }
-        let result = reader.finish().ok_or(Skip::Login)?;
-        logins.insert(memo_key, result.clone(), epoch, generation);
-        Ok(result)
+/// A pooled connection logged in as `key` says, with the password `[refresh]` gives that
+/// user (`NoLogin` when it gives none: never another role's login).
+pub(super) async fn login(
+    ctx: &AppContext,
+    pool: &Pool,
+    key: &crate::refresh::pool::LoginKey,
+) -> Result<PooledConn, Skip> {
+    let config = ctx.config();
+    let login = config
+        .refresh
+        .password_for(&key.user, ctx.upstream.target())
+        .ok_or(Skip::NoLogin)?;
+    let password = login.password.as_ref().map(|p| p.expose());
+    pool.get(key, password).await.map_err(|e| {
+        tracing::debug!(error = %e, user = %key.user, "refresher login failed");
+        Skip::Login
+    })
+}
+
+/// The connection's settings, as its settings probe reads them: remembered per login
+/// (as sessions remember theirs), else probed now and remembered. `epoch` and `generation`:
+/// the cache epoch and configuration generation read before it (as a session reads them).
+pub(super) async fn settings(
+    ctx: &AppContext,
+    conn: &mut PooledConn,
+    timeout: Duration,
+    (epoch, generation): (u64, u64),
+) -> Result<ProbeResult, Skip> {
+    let key = conn.key();
+    let memo_key = crate::catalog::login::key(&key.database, &key.user, &key.params);
+    let logins = &ctx.services.logins;
+    if let Some(known) = logins.get(&memo_key, epoch, generation) {
+        return Ok(known);
     }
+    let names = match ctx.services.catalog.setting_names(&key.database).await {
+        Ok(SettingNames::Known(names)) => names,
+        _ => return Err(Skip::Login),
+    };
+    let frames = pool::run(conn, &probe::unnamed(&names), PROBE_BYTES, timeout)
+        .await
+        .map_err(|_| Skip::Login)?;
+    let mut reader = ProbeReader::default();
+    for f in &frames {
+        match f.first() {
+            Some(&backend::READY_FOR_QUERY) | None => {}
+            Some(&tag) => reader.on_frame(tag, f),
+        }
+    }
+    let result = reader.finish().ok_or(Skip::Login)?;
+    logins.insert(memo_key, result.clone(), epoch, generation);
+    Ok(result)
 }
 
 /// The digest of the fingerprint a session logged in as `key` would have with these
 /// settings and no change since: as a session builds it, from its startup parameters and
 /// its settings probe (the reports at login are not part of it: the probe reads what they
 /// report).
-fn fingerprint(
+pub(super) fn fingerprint(
     key: &crate::refresh::pool::LoginKey,
     settings: &ProbeResult,
 ) -> Result<[u8; 16], Skip> {
@@ -223,7 +231,7 @@ fn fingerprint(
 }
 
 /// The name-resolution context of a session with these settings (as `apply_probe` makes it).
-fn context(r: &ProbeResult) -> Context {
+pub(super) fn context(r: &ProbeResult) -> Context {
     Context {
         database: r.database.as_str().into(),
         db_oid: r.db_oid,
@@ -236,7 +244,7 @@ fn context(r: &ProbeResult) -> Context {
 /// The result to store from a recomputation's answer: its RowDescription, rows and
 /// command tag, only when nothing else came (an error, a notice, a setting report) and it
 /// ended idle.
-fn result(frames: &[Bytes]) -> Option<Bytes> {
+pub(super) fn result(frames: &[Bytes]) -> Option<Bytes> {
     let mut out = BytesMut::new();
     let mut complete = false;
     for f in frames {
