@@ -146,6 +146,8 @@ pub struct Services {
     pub recipes: crate::refresh::recipes::Recipes,
     /// Results for the background refresher (`session::cache_side::background`).
     pub refresh_queue: crate::refresh::queue::Queue,
+    /// The cap on `refresh_adaptive` refreshes (see `refresh::share`).
+    pub refresh_share: crate::refresh::share::Share,
 }
 
 impl Services {
@@ -179,6 +181,7 @@ impl Services {
             logins: LoginMemo::default(),
             recipes: crate::refresh::recipes::Recipes::new(memory.recipes),
             refresh_queue: crate::refresh::queue::Queue::default(),
+            refresh_share: crate::refresh::share::Share::default(),
         }
     }
 }

@@ -35,6 +35,37 @@ pub struct Entry {
     pub tags: Box<[Tag]>,
     /// Set when the L1 evicts, expires or replaces the entry: per-thread fronts drop it then.
     evicted: AtomicBool,
+    /// Whether a read stored it or a refresh did (and which), and for refresh-ahead the
+    /// point of its own next refresh.
+    origin: Origin,
+    /// A refresh-ahead of this entry was started: at most one per entry.
+    refreshing: AtomicBool,
+    /// A client read it since it was stored (kept for refreshed entries only: a refresh
+    /// nobody read again was wasted).
+    read: AtomicBool,
+}
+
+/// What stored an entry (issue 19: refreshes are counted as wasted when nobody reads what
+/// they stored).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Origin {
+    /// A client's read (a miss, a waiter's own run, a shared-tier promotion, warming).
+    Read,
+    /// A write-through refresh after a write.
+    Write,
+    /// A refresh-ahead; its own next refresh starts at this fraction of its TTL.
+    Ahead { point: f32 },
+}
+
+impl Origin {
+    /// The metric label of a refresh's cause, `None` for a read.
+    pub fn refresh_label(self) -> Option<&'static str> {
+        match self {
+            Self::Read => None,
+            Self::Write => Some("write"),
+            Self::Ahead { .. } => Some("ahead"),
+        }
+    }
 }
 
 impl Entry {
@@ -48,7 +79,47 @@ impl Entry {
             ttl,
             tags,
             evicted: AtomicBool::new(false),
+            origin: Origin::Read,
+            refreshing: AtomicBool::new(false),
+            read: AtomicBool::new(false),
         }
+    }
+
+    /// The entry as a refresh of `origin` stored it.
+    pub fn refreshed(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// What stored it.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// A client read it: remembered for refreshed entries (one relaxed load once it is
+    /// known, so the hit path of a hot entry does not write to a shared cache line).
+    pub fn note_read(&self) {
+        if self.origin != Origin::Read && !self.read.load(Ordering::Relaxed) {
+            self.read.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a refresh stored it and no client read it (asked when it leaves the cache).
+    pub fn wasted(&self) -> bool {
+        self.origin != Origin::Read && !self.read.load(Ordering::Relaxed)
+    }
+
+    /// Claims the entry's one refresh-ahead: true for the first caller only.
+    pub fn claim_refresh(&self) -> bool {
+        !self.refreshing.load(Ordering::Relaxed) && !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether refresh-ahead at fraction `point` of its TTL is due at its age (never without
+    /// a TTL; `point` 0 is off).
+    pub fn refresh_due(&self, point: f32) -> bool {
+        point > 0.0
+            && !self.ttl.is_zero()
+            && self.age().as_secs_f32() >= self.ttl.as_secs_f32() * point
     }
 
     /// The frames without the RowDescription: the answer to an Execute whose portal the
@@ -189,5 +260,28 @@ mod tests {
         assert_eq!(forever.expiry(), None);
         assert_eq!(minute.expiry(), Some(Duration::from_secs(60)));
         assert!(minute.age() < Duration::from_secs(60));
+    }
+
+    #[test]
+    fn one_refresh_per_entry_and_unread_refreshes_are_wasted() {
+        let read = Entry::new(KeyCheck(1), Bytes::new(), Duration::ZERO, Box::new([]));
+        assert!(!read.refresh_due(0.5), "no TTL: never due");
+        assert!(!read.wasted(), "a client's read is never a wasted refresh");
+        let e = Entry::new(
+            KeyCheck(1),
+            Bytes::new(),
+            Duration::from_nanos(1),
+            Box::new([]),
+        )
+        .refreshed(Origin::Ahead { point: 0.5 });
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(e.refresh_due(0.5));
+        assert!(!e.refresh_due(0.0), "0 is off");
+        assert!(e.claim_refresh());
+        assert!(!e.claim_refresh(), "claimed once");
+        assert!(e.wasted());
+        e.note_read();
+        assert!(!e.wasted());
+        assert_eq!(e.origin().refresh_label(), Some("ahead"));
     }
 }

@@ -82,6 +82,7 @@ impl L1 {
             .eviction_listener(move |_key, entry: Arc<Entry>, cause| {
                 entry.mark_evicted();
                 let s = &listener_stats;
+                s.left(&entry);
                 s.evicted(EvictionCause::from_moka(cause)).inc();
                 s.entries.add(-1);
                 s.bytes.add(-i64::from(weight(&entry)));

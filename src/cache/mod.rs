@@ -237,6 +237,16 @@ impl Cache {
         }
     }
 
+    /// Leads a fill of `key` that replaces the entry cached under it (refresh-ahead: readers
+    /// keep hitting the entry meanwhile, and wait for this fill once it expired). `None`
+    /// when another fill of the key is under way.
+    pub fn lead_replacement(&self, key: CacheKey, check: KeyCheck) -> Option<FillGuard> {
+        match self.fills.begin(key, check) {
+            Begin::Leader(guard) => Some(guard),
+            Begin::Waiter(_) => None,
+        }
+    }
+
     /// An L1 lookup that does not join or lead a fill (before asking the shared tier).
     pub fn peek(&self, key: CacheKey, check: KeyCheck) -> Option<Arc<Entry>> {
         let entry = self.l1.get(&key, &check)?;
@@ -303,6 +313,11 @@ impl Cache {
     }
 
     /// The counters, now.
+    /// Lookups answered from the L1 so far (cheaper than a whole [`stats`](Self::stats)).
+    pub fn hits(&self) -> u64 {
+        self.stats.hits.get()
+    }
+
     pub fn stats(&self) -> CacheStats {
         self.stats.snapshot()
     }

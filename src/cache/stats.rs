@@ -132,6 +132,8 @@ pub(crate) struct Stats {
     evictions: [Count; EvictionCause::ALL.len()],
     waits: [Count; WaitEnd::ALL.len()],
     pub(crate) uncoalesced: Count,
+    /// Refreshed entries that left the cache unread: by write-through, by refresh-ahead.
+    wasted: [Count; 2],
     pub(crate) entries: Level,
     pub(crate) bytes: Level,
 }
@@ -152,6 +154,8 @@ impl Stats {
             waits: WaitEnd::ALL
                 .map(|w| Count::new(names::CACHE_FILL_WAITS, &[("result", w.as_str())])),
             uncoalesced: Count::new(names::CACHE_FILLS_UNCOALESCED, &[]),
+            wasted: ["write", "ahead"]
+                .map(|cause| Count::new(names::REFRESH_WASTED, &[("cause", cause)])),
             entries: Level::new(metrics::gauge!(names::CACHE_ENTRIES)),
             bytes: Level::new(metrics::gauge!(names::CACHE_BYTES)),
         }
@@ -167,6 +171,22 @@ impl Stats {
     #[allow(clippy::indexing_slicing)]
     pub(crate) fn wait_ended(&self, end: WaitEnd) -> &Count {
         &self.waits[end as usize]
+    }
+
+    /// An entry left the cache: counted as a wasted refresh when a refresh stored it and
+    /// no client read it.
+    pub(crate) fn left(&self, entry: &super::Entry) {
+        if !entry.wasted() {
+            return;
+        }
+        let count = match entry.origin().refresh_label() {
+            Some("write") => self.wasted.first(),
+            Some(_) => self.wasted.get(1),
+            None => None,
+        };
+        if let Some(c) = count {
+            c.inc();
+        }
     }
 
     pub(crate) fn snapshot(&self) -> CacheStats {

@@ -4,9 +4,11 @@
 //! the results a write invalidated; `hotkeys` is the file that carries the most requested
 //! results from one run to the next.
 //! `pool`: the upstream connections, logged in as the client was, that re-run them;
-//! `queue`: what sessions hand to the background refresher (in `session::cache_side`).
+//! `queue`: what sessions hand to the background refresher (in `session::cache_side`);
+//! `share`: refresh-ahead's adaptive refresh point and its cap on the refreshes' share.
 
 pub mod hotkeys;
 pub mod pool;
 pub mod queue;
 pub mod recipes;
+pub mod share;

@@ -1,7 +1,7 @@
 //! The hand-off from sessions to the background refresher (issue 19): a bounded queue of
 //! results to recompute under their own fingerprint on pgmemo's own connections — those a
 //! write-through cannot re-run on the writer's connection (read under another fingerprint)
-//! and, later, refresh-ahead. Sessions never wait on it: a full queue refuses the job
+//! and refresh-ahead's. Sessions never wait on it: a full queue refuses the job
 //! (counted) and the result simply stays invalid, as without the rule.
 //!
 //! Bounded in bytes: a job is an `Arc` of a recipe the registry already weighs, so the
@@ -23,6 +23,8 @@ pub const JOB_BYTES: usize = std::mem::size_of::<Job>() + 16;
 pub enum Cause {
     /// A write invalidated it (write-through), and the writer's session could not re-run it.
     Write,
+    /// It was read past its refresh point (refresh-ahead): it is replaced before it expires.
+    Ahead,
 }
 
 impl Cause {
@@ -30,6 +32,7 @@ impl Cause {
     pub fn label(self) -> &'static str {
         match self {
             Self::Write => "write",
+            Self::Ahead => "ahead",
         }
     }
 }
@@ -39,6 +42,8 @@ impl Cause {
 pub struct Job {
     pub recipe: Arc<Recipe>,
     pub cause: Cause,
+    /// Refresh-ahead: the entry it replaces (still cached, counted in the cache's bytes).
+    pub previous: Option<Arc<crate::cache::Entry>>,
 }
 
 /// The sessions' side of the queue. Until the refresher starts (and in tools that never
@@ -86,6 +91,7 @@ mod tests {
                 deps: Box::new([]),
             }),
             cause: Cause::Write,
+            previous: None,
         };
         assert!(!q.submit(job()), "not open yet");
         let mut rx = q.open().expect("first open");

@@ -32,6 +32,8 @@ const MAX_REJECTING: usize = 64;
 const REFUSE_DRAIN_BYTES: usize = 4096;
 /// After `shutdown_timeout` and the forced close, how long sessions get to write 57P01.
 const FORCE_GRACE: Duration = Duration::from_secs(5);
+/// How often the L1's maintenance runs without traffic (see [`housekeep_cache`]).
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -211,6 +213,10 @@ fn start_background(
     );
     services::start_cdc(ctx, shutdown);
     crate::session::cache_side::background::start(ctx, shutdown);
+    ctx.tasks.spawn(
+        "cache-housekeeping",
+        housekeep_cache(Arc::clone(ctx), shutdown.clone()),
+    );
     if let Some(task) = tier_task {
         task.start(&ctx.tasks, shutdown);
     }
@@ -222,6 +228,23 @@ fn start_background(
         "sighup-reload",
         reload_on_sighup(Arc::clone(ctx), sources, shutdown.clone()),
     );
+}
+
+/// Runs the L1's pending maintenance every [`HOUSEKEEPING_INTERVAL`]: the cache otherwise
+/// does it only as lookups and stores come, so with no traffic expired entries would hold
+/// their memory, and their departure (counted: evictions, wasted refreshes) would not show.
+async fn housekeep_cache(ctx: Arc<AppContext>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ctx = Arc::clone(&ctx);
+        // Off the reactor: many entries expiring at once take a while to remove.
+        let _ = tokio::task::spawn_blocking(move || ctx.services.cache.run_pending_tasks()).await;
+    }
 }
 
 /// Lets sessions finish their transactions until `deadline`, then closes the rest (they

@@ -124,7 +124,11 @@ fn describe_cache() {
     );
     describe_counter!(
         names::REFRESH,
-        "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full."
+        "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full, over_share (refresh_adaptive: refreshes at refresh.max_share of upstream queries)."
+    );
+    describe_counter!(
+        names::REFRESH_WASTED,
+        "Refreshed results that left the cache (expired, evicted, replaced, flushed) before any client read them, by cause: write (write-through), ahead (refresh-ahead)."
     );
     describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
@@ -330,6 +334,7 @@ pub mod names {
     /// `plan_stale`, `no_login`, `login_failed`, `fingerprint`, `queue_full`): results
     /// recomputed by the background refresher on pgmemo's own connections.
     pub const REFRESH: &str = "pgmemo_refresh_total";
+    pub const REFRESH_WASTED: &str = "pgmemo_refresh_wasted_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

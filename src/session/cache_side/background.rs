@@ -1,5 +1,7 @@
 //! The background refresher (issue 19): recomputes results that no session can re-run on
-//! its own connection — a write-through's dependents read under another fingerprint — on
+//! its own connection — a write-through's dependents read under another fingerprint, and
+//! refresh-ahead's results read past their refresh point (which replace the entry clients
+//! keep hitting meanwhile) — on
 //! pgmemo's own upstream connections (`refresh::pool`), logged in exactly as the session
 //! that read them was (database, user, startup parameters).
 //!
@@ -29,13 +31,15 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{self, ProbeReader, ProbeResult};
 use super::through::{self, Outcome};
 use crate::cache::Dep;
+use crate::cache::entry::Origin;
 use crate::catalog::SettingNames;
 use crate::context::AppContext;
 use crate::planner::plan::Context;
 use crate::protocol::fields::Reader;
 use crate::protocol::tags::backend;
 use crate::refresh::pool::{self, Pool, PooledConn};
-use crate::refresh::queue::Job;
+use crate::refresh::queue::{Cause, Job};
+use crate::refresh::share;
 use crate::session::fingerprint::Fingerprint;
 use crate::telemetry::names;
 use crate::upstream::Upstream;
@@ -140,8 +144,15 @@ impl Worker {
         let utf8 = super::settings::is_utf8(&settings.client_encoding);
         let rules = self.ctx.rules_generation();
         let services = &self.ctx.services;
-        let leader = through::lead(services, recipe, (&fp, cx_id, utf8, rules), &mut self.deps)
-            .map_err(Skip::Outcome)?;
+        let ahead = job.cause == Cause::Ahead;
+        let leader = through::lead(
+            services,
+            recipe,
+            (&fp, cx_id, utf8, rules),
+            &mut self.deps,
+            ahead,
+        )
+        .map_err(Skip::Outcome)?;
         let mut request = BytesMut::new();
         through::put_request(&mut request, &recipe.request, b"\0", true);
         let max = services.cache.max_entry_size() + 1024;
@@ -154,7 +165,8 @@ impl Worker {
         conn.release_clean();
         match result {
             Some(bytes) if current => {
-                through::store(services, leader, bytes, recipe);
+                let origin = origin(job, &bytes);
+                through::store(services, leader, bytes, recipe, origin);
                 Ok(())
             }
             _ => Err(Skip::Outcome(Outcome::Failed)),
@@ -213,6 +225,30 @@ pub(super) async fn settings(
     let result = reader.finish().ok_or(Skip::Login)?;
     logins.insert(memo_key, result.clone(), epoch, generation);
     Ok(result)
+}
+
+/// What the refreshed entry is: for refresh-ahead, with the point of its own next refresh
+/// (moved by what this refresh found under `refresh_adaptive`, see `refresh::share`).
+fn origin(job: &Job, bytes: &Bytes) -> Origin {
+    match (job.cause, job.recipe.plan.read.as_ref()) {
+        (Cause::Write, _) => Origin::Write,
+        // Not stored: `through::store` needs a read plan.
+        (Cause::Ahead, Err(_)) => Origin::Ahead { point: 0.0 },
+        (Cause::Ahead, Ok(read)) => {
+            let base = read.refresh_ahead;
+            let point = match &job.previous {
+                Some(previous) if read.refresh_adaptive => {
+                    let last = match previous.origin() {
+                        Origin::Ahead { point } => point,
+                        Origin::Read | Origin::Write => base,
+                    };
+                    share::next_point(base, last, previous.frames == *bytes)
+                }
+                _ => base,
+            };
+            Origin::Ahead { point }
+        }
+    }
 }
 
 /// The digest of the fingerprint a session logged in as `key` would have with these

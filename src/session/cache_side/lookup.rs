@@ -15,17 +15,13 @@ use super::{CacheSession, HIT_TIMING_SAMPLE, Looked, WaitResult, hooks};
 use crate::cache::KeyInput;
 use crate::cache::tiers::TierLookup;
 use crate::planner::plan::{Bound, Plan, ReadPlan};
+use crate::refresh::recipes::Request;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
 
-/// What re-running a missed read of a write-through table takes (see `through`).
-fn recipe_seed(
-    plan: &Arc<Plan>,
-    extended: Option<(&[u8], &[u8])>,
-    fingerprint: [u8; 16],
-) -> Box<super::capture::RecipeSeed> {
-    use crate::refresh::recipes::Request;
-    let request = match extended {
+/// How the statement was asked for, as a recipe keeps it.
+pub(super) fn request(plan: &Plan, extended: Option<(&[u8], &[u8])>) -> Request {
+    match extended {
         None => Request::Simple {
             sql: plan.sql.clone(),
         },
@@ -34,9 +30,17 @@ fn recipe_seed(
             param_types: Bytes::copy_from_slice(types),
             bind_tail: Bytes::copy_from_slice(tail),
         },
-    };
+    }
+}
+
+/// What re-running a missed read of a write-through table takes (see `through`).
+fn recipe_seed(
+    plan: &Arc<Plan>,
+    extended: Option<(&[u8], &[u8])>,
+    fingerprint: [u8; 16],
+) -> Box<super::capture::RecipeSeed> {
     Box::new(super::capture::RecipeSeed {
-        request,
+        request: request(plan, extended),
         // The plan the memos hold: shared, and weighed once (see `refresh::recipes`).
         plan: Arc::clone(plan),
         fingerprint,
@@ -94,6 +98,7 @@ impl CacheSession {
         }
         match looked {
             TierLookup::Hit(entry) => {
+                self.on_hit((plan, read), &entry, extended, fp);
                 if let Some(started) = timed {
                     self.metrics
                         .hit_seconds

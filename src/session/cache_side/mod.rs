@@ -11,6 +11,7 @@
 //! [`CacheSession::plan_future`]; the relay holds the frame back until it resolves.
 
 pub mod ack;
+mod ahead;
 pub mod background;
 mod capture;
 mod extended;

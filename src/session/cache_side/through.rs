@@ -30,6 +30,7 @@ use std::sync::{Arc, LazyLock};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::cache::entry::Origin;
 use crate::cache::{Dep, FillGuard, KeyCheck, KeyInput, Tag, VersionSnapshot};
 use crate::invalidation::Written;
 use crate::planner::plan::Bound;
@@ -231,6 +232,7 @@ impl CacheSession {
             let job = Job {
                 recipe,
                 cause: Cause::Write,
+                previous: None,
             };
             if !self.app.services.refresh_queue.submit(job) {
                 metrics::counter!(names::REFRESH, "cause" => "write", "result" => "queue_full")
@@ -273,6 +275,7 @@ impl CacheSession {
             &recipe,
             (fp, cx_id, self.utf8, rules),
             &mut self.deps,
+            false,
         )?;
         let (sql, types) = match &recipe.request {
             Request::Simple { sql } => (sql, &Bytes::new()),
@@ -355,7 +358,13 @@ impl CacheSession {
             return;
         };
         let frames = std::mem::take(&mut group.frames).freeze();
-        store(&self.app.services, leader, frames, &group.recipe);
+        store(
+            &self.app.services,
+            leader,
+            frames,
+            &group.recipe,
+            Origin::Write,
+        );
         count(Outcome::Stored, 1);
     }
 
@@ -389,12 +398,14 @@ pub(super) struct Leader {
 /// whose context is `cx_id` (its client encoding UTF-8 or not), with the rules at
 /// generation `rules`: its dependencies and version snapshot are read now (I1: after the
 /// bumps, before its statement is sent). Refused when its plan is no longer current or
-/// another fill of the key is under way (or it is cached).
+/// another fill of the key is under way, or (unless `ahead`: a refresh-ahead replaces the
+/// entry readers keep hitting meanwhile) it is cached.
 pub(super) fn lead(
     services: &crate::context::Services,
     recipe: &Recipe,
     (fp, cx_id, utf8, rules): (&[u8; 16], u64, bool, u64),
     deps: &mut Vec<Dep>,
+    ahead: bool,
 ) -> Result<Leader, Outcome> {
     let plan = &recipe.plan;
     let catalog = services.catalog.generation();
@@ -424,7 +435,12 @@ pub(super) fn lead(
         None => bare,
     };
     let (key, check) = cache.key(&bare);
-    let guard = cache.lead_refresh(key, check).ok_or(Outcome::Busy)?;
+    let guard = if ahead {
+        cache.lead_replacement(key, check)
+    } else {
+        cache.lead_refresh(key, check)
+    };
+    let guard = guard.ok_or(Outcome::Busy)?;
     Ok(Leader {
         guard,
         snapshot,
@@ -433,17 +449,19 @@ pub(super) fn lead(
 }
 
 /// Stores a recomputed result (as a missed read's is stored: refused if a write came
-/// since its snapshot) and files its recipe again under the new versions, as the newest.
+/// since its snapshot) as `origin` made it, and files its recipe again under the new
+/// versions, as the newest.
 pub(super) fn store(
     services: &crate::context::Services,
     leader: Leader,
     frames: Bytes,
     recipe: &Recipe,
+    origin: Origin,
 ) {
     let Ok(read) = recipe.plan.read.as_ref() else {
         return;
     };
-    let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone());
+    let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone()).refreshed(origin);
     services
         .cache
         .complete(leader.guard, &leader.snapshot, entry);

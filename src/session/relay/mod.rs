@@ -91,6 +91,13 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
     }
 });
 
+/// Statements relayed by every session so far (Query, Execute, FunctionCall: answered from
+/// the cache or sent upstream).
+pub(crate) fn statements_total() -> u64 {
+    let c = &*COUNTERS;
+    c.simple.get() + c.extended.get() + c.function_call.get()
+}
+
 pub struct Relay<'a> {
     client: &'a mut Stream,
     upstream: &'a mut Stream,
