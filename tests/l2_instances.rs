@@ -19,19 +19,10 @@ use std::time::{Duration, Instant};
 
 use checker::{CheckerConfig, Shape};
 use common::{PgOptions, PgServer, Proxy, RedisCluster, RedisServer, SUPERUSER};
-use l2::{eventually, instance, metric, read, session, write};
+use l2::{eventually, instance, metric, read, session, usable, write};
 
 /// Declares the checker's audit trigger (see tests/staleness.rs).
 const CHECKER_FUNCTIONS: &str = "[[functions.writes]]\nfunction = \"public.counters_audit_fn\"\ntables = [\"public.counters_audit\"]\n";
-
-async fn usable(p: &Proxy) {
-    eventually(
-        Duration::from_secs(10),
-        "the shared tier to be usable",
-        || metric(p, "pgmemo_l2_usable", &[]) == 1.0,
-    )
-    .await;
-}
 
 /// A reads, B serves it from Redis; then writes alternate between the instances and every
 /// read through the other one right after the acknowledgement sees the new value.

@@ -1,6 +1,7 @@
 //! Several pgmemo instances sharing one Redis (or a Redis Cluster) in front of one throwaway
 //! Postgres, and a TCP relay a test can cut, to take one instance off Redis while the
 //! others keep it.
+#![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -103,6 +104,16 @@ pub async fn write(c: &Client, k: i32, v: i32) {
 /// The sum of `name` over the label sets whose text contains every one of `labels`.
 pub fn metric(p: &Proxy, name: &str, labels: &[&str]) -> f64 {
     p.metric(name, labels)
+}
+
+/// Waits until `p`'s shared tier is usable.
+pub async fn usable(p: &Proxy) {
+    eventually(
+        Duration::from_secs(10),
+        "the shared tier to be usable",
+        || metric(p, "pgmemo_l2_usable", &[]) == 1.0,
+    )
+    .await;
 }
 
 /// Waits until `cond` holds (polling), or panics with `what` after `limit`.

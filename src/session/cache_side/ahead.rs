@@ -32,9 +32,7 @@ impl CacheSession {
         fp: [u8; 16],
     ) {
         entry.note_read();
-        // With a shared tier, keys carry the shared counters and a refresh must store to both
-        // levels under one instance's lock: not done yet (entries expire as without the rule).
-        if read.refresh_ahead <= 0.0 || self.app.services.shared.is_some() {
+        if read.refresh_ahead <= 0.0 {
             return;
         }
         let point = match entry.origin() {

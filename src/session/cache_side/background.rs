@@ -30,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::probe::{self, ProbeReader, ProbeResult};
 use super::through::{self, Outcome};
-use crate::cache::Dep;
 use crate::cache::entry::Origin;
+use crate::cache::l2::tier::SharedTier;
+use crate::cache::{CacheKey, Dep};
 use crate::catalog::SettingNames;
 use crate::context::AppContext;
 use crate::planner::plan::Context;
@@ -57,6 +58,8 @@ pub(super) enum Skip {
     Login,
     /// The connection's fingerprint is not the result's.
     Fingerprint,
+    /// The shared tier's counters could not be read (Redis down, slow, breaker open).
+    Shared,
 }
 
 impl Skip {
@@ -66,6 +69,7 @@ impl Skip {
             Self::NoLogin => "no_login",
             Self::Login => "login_failed",
             Self::Fingerprint => "fingerprint",
+            Self::Shared => "shared_unavailable",
         }
     }
 }
@@ -143,18 +147,16 @@ impl Worker {
         let cx_id = context(&settings).id();
         let utf8 = super::settings::is_utf8(&settings.client_encoding);
         let rules = self.ctx.rules_generation();
-        let services = &self.ctx.services;
-        let ahead = job.cause == Cause::Ahead;
-        let leader = through::lead(
-            services,
-            recipe,
-            (&fp, cx_id, utf8, rules),
-            &mut self.deps,
-            ahead,
-        )
-        .map_err(Skip::Outcome)?;
+        let leader = match self.lead(job, &fp, (cx_id, utf8, rules)).await {
+            Ok(leader) => leader,
+            Err(skip) => {
+                conn.release_clean();
+                return Err(skip);
+            }
+        };
         let mut request = BytesMut::new();
         through::put_request(&mut request, &recipe.request, b"\0", true);
+        let services = &self.ctx.services;
         let max = services.cache.max_entry_size() + 1024;
         let frames = match pool::run(&mut conn, &request, max, timeout).await {
             Ok(frames) => frames,
@@ -172,6 +174,65 @@ impl Worker {
             _ => Err(Skip::Outcome(Outcome::Failed)),
         }
     }
+}
+
+impl Worker {
+    /// Reads the versions the recomputation depends on (I1: before it is sent) and leads
+    /// its key's fill. With a shared tier the key covers the shared counters, read now from
+    /// Redis, and one instance at a time recomputes a key: the first to take its short lock
+    /// in Redis (held for the refresh's own refresh point, or `refresh.query_timeout` after
+    /// a write); the others count `busy` and read the result from the L2 when they miss.
+    async fn lead(
+        &mut self,
+        job: &Job,
+        fp: &[u8; 16],
+        ids: (u64, bool, u64),
+    ) -> Result<through::Leader, Skip> {
+        let services = &self.ctx.services;
+        let recipe = &job.recipe;
+        let ahead = job.cause == Cause::Ahead;
+        let snapshot =
+            through::snapshot(services, recipe, ids, &mut self.deps).map_err(Skip::Outcome)?;
+        let Some(tier) = services.shared.as_ref() else {
+            return through::lead_at(services, recipe, fp, (snapshot, None), ahead)
+                .map_err(Skip::Outcome);
+        };
+        let tags: Arc<[Dep]> = snapshot.versions().iter().map(|(d, _)| *d).collect();
+        let counters = tier.read_counters(tags).await.ok_or(Skip::Shared)?;
+        let leader = through::lead_at(services, recipe, fp, (snapshot, Some(&counters)), ahead)
+            .map_err(Skip::Outcome)?;
+        let hold = match (job.cause, recipe.plan.read.as_ref()) {
+            (Cause::Ahead, Ok(read)) => read.ttl.mul_f32(read.refresh_ahead),
+            _ => self.ctx.config().refresh.query_timeout,
+        };
+        match leader.l2 {
+            Some((l2, _)) if refresh_lock(tier, l2, hold).await => Ok(leader),
+            Some(_) => Err(Skip::Outcome(Outcome::Busy)),
+            None => Err(Skip::Shared),
+        }
+    }
+}
+
+/// Takes the shared tier's lock on recomputing the result at L2 key `key` for `hold`: true
+/// when this instance took it (nobody held it). Not released: held for `hold`, so the
+/// other instances do not recompute what this one just stored. False when Redis does not
+/// answer (then nobody recomputes: the result expires or stays invalid, never stale).
+async fn refresh_lock(tier: &SharedTier, key: CacheKey, hold: Duration) -> bool {
+    let name = format!("pgmemo:{}:refresh:{:032x}", tier.namespace(), key.0);
+    let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut conn = tier.conn();
+    let mut cmd = redis::cmd("SET");
+    let set = cmd
+        .arg(name)
+        .arg(1)
+        .arg("NX")
+        .arg("PX")
+        .arg(ms)
+        .query_async::<Option<String>>(&mut conn);
+    matches!(
+        tokio::time::timeout(tier.timeout(), set).await,
+        Ok(Ok(Some(_)))
+    )
 }
 
 /// A pooled connection logged in as `key` says, with the password `[refresh]` gives that

@@ -168,6 +168,9 @@ pub struct CacheSession {
     through_deps: Vec<crate::cache::Dep>,
     /// The statements write-through keeps prepared on this connection.
     through_statements: through::Statements,
+    /// Background re-runs of a commit whose acknowledgement is held: submitted when it is
+    /// released (at most `cache.write_through_max_entries`).
+    after_ack: Vec<Arc<crate::refresh::recipes::Recipe>>,
     /// This session's presence in its database (pgmemo's side connections to a database
     /// stay open while a session is there); also which texts were released for (`side`).
     side: side::SessionSide,
@@ -235,6 +238,7 @@ impl CacheSession {
             through_ready: None,
             through_deps: Vec::new(),
             through_statements: through::Statements::default(),
+            after_ack: Vec::new(),
             side: side::SessionSide::new(&app_side, database),
         }
     }

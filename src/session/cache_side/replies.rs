@@ -159,5 +159,6 @@ impl CacheSession {
     /// The held acknowledgement may go: the next frame shown is it.
     pub fn ack_done(&mut self) {
         self.ack = resume::AckHold::Released;
+        self.submit_after_ack();
     }
 }

@@ -31,7 +31,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::*;
 use crate::cache::entry::Origin;
-use crate::cache::{Dep, FillGuard, KeyCheck, KeyInput, Tag, VersionSnapshot};
+use crate::cache::l2::versions::SharedSnapshot;
+use crate::cache::{CacheKey, Dep, FillGuard, KeyCheck, KeyInput, Tag, VersionSnapshot};
 use crate::invalidation::Written;
 use crate::planner::plan::Bound;
 use crate::protocol::response::put_frame as frame;
@@ -200,45 +201,37 @@ impl CacheSession {
         frame: &[u8],
         state: &SessionState,
     ) -> bool {
-        if deps.is_empty()
-            || Reader::body(frame).u8() != Some(b'I')
-            || state.sole_group().is_none()
-            || !matches!(self.ack, resume::AckHold::No)
-            || self.capture.is_some()
-            || self.probe.needed
-            || self.probe.config != self.app.services.invalidator.config_generation()
-            || self.opted_out
-            || !self.app.cache_enabled()
-            // With a shared tier a commit's acknowledgement waits for Redis and results
-            // live in two tiers: not re-run there yet (invalidated as without the rule).
-            || self.app.services.shared.is_some()
-        {
+        if deps.is_empty() || Reader::body(frame).u8() != Some(b'I') || !self.app.cache_enabled() {
             return false;
         }
-        let (Some(fp), Some(cx_id)) = (
-            self.fp_digest.filter(|_| self.fingerprint.cacheable()),
-            self.cx.as_ref().map(|_| self.cx_id),
-        ) else {
-            return false;
-        };
+        // With a shared tier, keys carry the shared counters, which only an await can read,
+        // and one instance at a time may refresh a key: every re-run goes to the background
+        // refresher, after the acknowledgement.
+        let shared = self.app.services.shared.is_some();
+        let here = (!shared && self.may_rerun_here(state))
+            .then(|| self.fp_digest.filter(|_| self.fingerprint.cacheable()))
+            .flatten()
+            .zip(self.cx.as_ref().map(|_| self.cx_id));
         let max = self.app.config().cache.write_through_max_entries;
         let recipes = self.app.services.recipes.dependents(deps, max);
-        let (mine, others): (Vec<_>, Vec<_>) = recipes
-            .into_iter()
-            .partition(|r| r.fingerprint == fp && *r.database == *self.database);
-        count(Outcome::OtherSession, others.len());
-        // Those are recomputed in the background, each under its own login and fingerprint.
-        for recipe in others {
-            let job = Job {
-                recipe,
-                cause: Cause::Write,
-                previous: None,
-            };
-            if !self.app.services.refresh_queue.submit(job) {
-                metrics::counter!(names::REFRESH, "cause" => "write", "result" => "queue_full")
-                    .increment(1);
-            }
+        let (mine, others): (Vec<_>, Vec<_>) = recipes.into_iter().partition(|r| {
+            here.is_some_and(|(fp, _)| r.fingerprint == fp && *r.database == *self.database)
+        });
+        if !shared {
+            count(Outcome::OtherSession, others.len());
         }
+        // Those are recomputed in the background, each under its own login and fingerprint;
+        // once the acknowledgement is released when it is held (for Redis or the change
+        // stream: the refresh must read the versions the write moved).
+        if matches!(self.ack, resume::AckHold::No) {
+            submit(&self.app.services, others);
+        } else {
+            let room = max.saturating_sub(self.after_ack.len());
+            self.after_ack.extend(others.into_iter().take(room));
+        }
+        let Some((fp, cx_id)) = here else {
+            return false;
+        };
         // Read before the snapshots, as a lookup reads it before its own.
         let config = self.app.services.invalidator.config_generation();
         let mut groups = Vec::with_capacity(mine.len());
@@ -261,6 +254,23 @@ impl CacheSession {
         true
     }
 
+    /// Whether write-through may re-run results on this session's connection now: its
+    /// statements are done, nothing else holds it, its settings are known and current.
+    fn may_rerun_here(&self, state: &SessionState) -> bool {
+        state.sole_group().is_some()
+            && matches!(self.ack, resume::AckHold::No)
+            && self.capture.is_none()
+            && !self.probe.needed
+            && self.probe.config == self.app.services.invalidator.config_generation()
+            && !self.opted_out
+    }
+
+    /// The held acknowledgement was released: the background re-runs that waited for it go.
+    pub(super) fn submit_after_ack(&mut self) {
+        let recipes = std::mem::take(&mut self.after_ack);
+        submit(&self.app.services, recipes);
+    }
+
     /// The fill guard and snapshot of one re-run (I1: read now, after the bumps, before
     /// its statement is sent), or why it is not re-run.
     fn through_group(
@@ -270,13 +280,10 @@ impl CacheSession {
         cx_id: u64,
     ) -> Result<Group, Outcome> {
         let rules = self.app.rules_generation();
-        let leader = lead(
-            &self.app.services,
-            &recipe,
-            (fp, cx_id, self.utf8, rules),
-            &mut self.deps,
-            false,
-        )?;
+        let services = &self.app.services;
+        let ids = (cx_id, self.utf8, rules);
+        let snapshot = snapshot(services, &recipe, ids, &mut self.deps)?;
+        let leader = lead_at(services, &recipe, fp, (snapshot, None), false)?;
         let (sql, types) = match &recipe.request {
             Request::Simple { sql } => (sql, &Bytes::new()),
             Request::Extended {
@@ -387,26 +394,41 @@ impl Group {
     }
 }
 
-/// The fill a recomputation leads: its key's check and the versions it read.
+/// Hands write-through's re-runs of `recipes` to the background refresher (counted when
+/// its queue is full: those results stay invalid).
+fn submit(services: &crate::context::Services, recipes: Vec<Arc<Recipe>>) {
+    for recipe in recipes {
+        let job = Job {
+            recipe,
+            cause: Cause::Write,
+            previous: None,
+        };
+        if !services.refresh_queue.submit(job) {
+            metrics::counter!(names::REFRESH, "cause" => "write", "result" => "queue_full")
+                .increment(1);
+        }
+    }
+}
+
+/// The fill a recomputation leads: its key's check and the versions it read, and with a
+/// shared tier the L2 key and check to store it under too.
 pub(super) struct Leader {
     pub guard: FillGuard,
     pub snapshot: VersionSnapshot,
     pub check: KeyCheck,
+    pub l2: Option<(CacheKey, KeyCheck)>,
 }
 
-/// Leads the fill of `recipe`'s result under the fingerprint digest `fp` on a connection
-/// whose context is `cx_id` (its client encoding UTF-8 or not), with the rules at
-/// generation `rules`: its dependencies and version snapshot are read now (I1: after the
-/// bumps, before its statement is sent). Refused when its plan is no longer current or
-/// another fill of the key is under way, or (unless `ahead`: a refresh-ahead replaces the
-/// entry readers keep hitting meanwhile) it is cached.
-pub(super) fn lead(
+/// The versions a recomputation of `recipe` reads, on a connection whose context is
+/// `cx_id` (its client encoding UTF-8 or not), with the rules at generation `rules`: its
+/// dependencies and version snapshot, read now (I1: after the bumps, before its statement
+/// is sent). Refused when its plan is no longer current.
+pub(super) fn snapshot(
     services: &crate::context::Services,
     recipe: &Recipe,
-    (fp, cx_id, utf8, rules): (&[u8; 16], u64, bool, u64),
+    (cx_id, utf8, rules): (u64, bool, u64),
     deps: &mut Vec<Dep>,
-    ahead: bool,
-) -> Result<Leader, Outcome> {
+) -> Result<VersionSnapshot, Outcome> {
     let plan = &recipe.plan;
     let catalog = services.catalog.generation();
     if plan.context_id != cx_id || !plan.is_current(catalog, rules) {
@@ -416,25 +438,36 @@ pub(super) fn lead(
         return Err(Outcome::Stale);
     };
     let cache = &services.cache;
-    let bound = match &recipe.request {
-        Request::Simple { .. } => None,
-        Request::Extended {
-            param_types,
-            bind_tail,
-            ..
-        } => Some(Bound {
-            types: param_types,
-            tail: bind_tail,
-        }),
+    read.deps(bound(&recipe.request), utf8, cache.secret(), deps);
+    Ok(cache.versions().snapshot_deps(deps))
+}
+
+/// Leads the fill of `recipe`'s result under the fingerprint digest `fp` and `snapshot`
+/// (and, with a shared tier, the shared `counters` read for it). Refused when another fill
+/// of the key is under way, or (unless `ahead`: a refresh-ahead replaces the entry readers
+/// keep hitting meanwhile) it is cached.
+pub(super) fn lead_at(
+    services: &crate::context::Services,
+    recipe: &Recipe,
+    fp: &[u8; 16],
+    (snapshot, counters): (VersionSnapshot, Option<&SharedSnapshot>),
+    ahead: bool,
+) -> Result<Leader, Outcome> {
+    let Ok(read) = recipe.plan.read.as_ref() else {
+        return Err(Outcome::Stale);
     };
-    read.deps(bound, utf8, cache.secret(), deps);
-    let snapshot = cache.versions().snapshot_deps(deps);
+    let cache = &services.cache;
     let bare = KeyInput::<Bytes>::new(fp, &read.normalized, &snapshot);
-    let bare = match bound {
+    let bare = match bound(&recipe.request) {
         Some(b) => bare.extended(b.types, b.tail),
         None => bare,
     };
-    let (key, check) = cache.key(&bare);
+    let input = match counters {
+        Some(c) => bare.shared(c),
+        None => bare,
+    };
+    let (key, check) = cache.key(&input);
+    let l2 = counters.and_then(|_| cache.key_l2(&input));
     let guard = if ahead {
         cache.lead_replacement(key, check)
     } else {
@@ -445,7 +478,23 @@ pub(super) fn lead(
         guard,
         snapshot,
         check,
+        l2,
     })
+}
+
+/// The parameter part of an extended request's key.
+fn bound(request: &Request) -> Option<Bound<'_>> {
+    match request {
+        Request::Simple { .. } => None,
+        Request::Extended {
+            param_types,
+            bind_tail,
+            ..
+        } => Some(Bound {
+            types: param_types,
+            tail: bind_tail,
+        }),
+    }
 }
 
 /// Stores a recomputed result (as a missed read's is stored: refused if a write came
@@ -461,6 +510,9 @@ pub(super) fn store(
     let Ok(read) = recipe.plan.read.as_ref() else {
         return;
     };
+    services
+        .tiers()
+        .put_shared(leader.l2, &leader.snapshot, frames.clone(), read.ttl);
     let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone()).refreshed(origin);
     services
         .cache

@@ -1,0 +1,2 @@
+\set aid random(1, 200)
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
