@@ -251,3 +251,41 @@ async fn re_runs_reuse_one_prepared_statement_and_survive_deallocate_all() {
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, names, "a new statement, not the deallocated one");
 }
+
+#[tokio::test]
+async fn the_acknowledgement_waits_no_longer_than_the_time_budget_allows() {
+    // A budget of 1 ms: the acknowledgement goes at the end of the first re-run, while the
+    // second (as slow) still runs; it is still stored, before the writer's next
+    // statement, which waits behind it on the connection.
+    let rules = format!("{RULES}\n[refresh]\ntime_budget = \"1ms\"\n");
+    // Declared immutable (pgmemo trusts the declaration), slow: 300 ms per call.
+    let setup = format!(
+        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN x; END $$;"
+    );
+    let s = CacheStack::start(&setup, &config("", &rules)).await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let slow = |n: i32| format!("SELECT slow(v) + {n} AS v FROM acct WHERE id = 3");
+    for n in [0, 1] {
+        let q = s.probe.q(&slow(n), None).await;
+        s.probe
+            .assert_upstream(&reader, &q, &one(&(5 + n).to_string()))
+            .await;
+    }
+    let stored = through(&s, "stored");
+    simple(&writer, "UPDATE acct SET v = v + 1 WHERE id = 3").await;
+    assert_eq!(
+        through(&s, "stored") - stored,
+        1.0,
+        "acknowledged after the first re-run, before the second ended"
+    );
+    // The writer's next statement runs after the second re-run, which was stored.
+    simple(&writer, "SELECT 1").await;
+    assert_eq!(through(&s, "stored") - stored, 2.0);
+    for n in [0, 1] {
+        let q = s.probe.q(&slow(n), None).await;
+        s.probe
+            .assert_hit(&reader, &q, &one(&(6 + n).to_string()))
+            .await;
+    }
+}

@@ -8,11 +8,15 @@
 //! Why this connection: equal fingerprints mean equal result-affecting state (DESIGN §1.4),
 //! so a result read by any session with this fingerprint is recomputed exactly here, with no
 //! credentials of pgmemo's own and no role switch. Results of other fingerprints stay
-//! invalid (counted), never stale.
+//! invalid (counted), never stale: they go to the background refresher, which logs in as
+//! their reader (`background`), as every re-run does with a shared tier (its keys need the
+//! shared counters, read with an await, and one instance's lock).
 //!
 //! Only when the commit's ReadyForQuery is the last reply outstanding (nothing pipelined
-//! behind it), no other hold applies to it, the session's settings are known, and there is
-//! no shared tier (its results would have to be re-run into Redis too: not done yet). Each
+//! behind it), no other hold applies to it, and the session's settings are known. The
+//! acknowledgement waits at most `refresh.time_budget` plus the re-run running when it
+//! passes: it is released at the first re-run end past the budget, and the rest still end
+//! (and are stored) before the client's next statement, which waits behind them. Each
 //! result's version snapshot is read after the bumps and before its statement is sent (I1)
 //! under a fill guard, so a write committed meanwhile by anyone leaves it unstored, and
 //! readers of the same key wait for it instead of running it too. Each re-run is its own
@@ -26,6 +30,7 @@
 //! failed is closed and prepared afresh next time; `DEALLOCATE ALL`/`DISCARD ALL` forget them.
 
 use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -133,7 +138,13 @@ struct Group {
 
 /// A write-through in progress: the writer's ReadyForQuery, held, and the re-runs.
 pub(super) struct Through {
-    ready: Bytes,
+    /// The writer's ReadyForQuery, until it is released (the last re-run ended, or the
+    /// time budget passed).
+    ready: Option<Bytes>,
+    /// When the re-runs were started, and how long the acknowledgement may wait for them
+    /// (`refresh.time_budget`).
+    started: Instant,
+    budget: Duration,
     /// The frames to send, until the relay takes them.
     batch: Option<Bytes>,
     groups: Vec<Group>,
@@ -245,7 +256,9 @@ impl CacheSession {
             return false;
         }
         self.through = Some(Through {
-            ready: Bytes::copy_from_slice(frame),
+            ready: Some(Bytes::copy_from_slice(frame)),
+            started: Instant::now(),
+            budget: self.app.config().refresh.time_budget,
             batch: Some(batch(&groups, &mut self.through_statements)),
             groups,
             done: 0,
@@ -330,9 +343,18 @@ impl CacheSession {
                     self.through_statements.forget(&group.name);
                 }
                 if through.done == through.groups.len() {
-                    // The last re-run ended: the writer's acknowledgement goes.
-                    self.through_ready = Some(through.ready);
+                    // The last re-run ended: the writer's acknowledgement goes (if the
+                    // budget did not let it go already).
+                    self.through_ready = through.ready;
                     return;
+                }
+                if through.started.elapsed() >= through.budget
+                    && let Some(ready) = through.ready.take()
+                {
+                    // Out of time: the acknowledgement goes now. The re-runs already sent
+                    // still end (and are stored) before the client's next statement, which
+                    // waits behind them on the connection.
+                    self.through_ready = Some(ready);
                 }
             }
             backend::ROW_DESCRIPTION | backend::DATA_ROW | backend::COMMAND_COMPLETE
