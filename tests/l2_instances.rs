@@ -108,14 +108,14 @@ async fn run_checker(c: &CheckerConfig) -> checker::Report {
 /// The staleness checker with its clients spread over two strict instances: no stale read,
 /// and the instances really served each other's results.
 async fn checker_over_two_instances(urls: &[String], ops: u64) {
-    checker_over_two(urls, ops, true).await;
+    checker_over_two(urls, ops, true, "").await;
 }
 
 /// As [`checker_over_two_instances`], with the L1 on or off (then every hit is an L2 hit,
 /// fetched with the counters, and each write leaves older entries at the same L2 address).
-async fn checker_over_two(urls: &[String], ops: u64, l1: bool) {
+async fn checker_over_two(urls: &[String], ops: u64, l1: bool, rules: &str) {
     let pg = checker_pg();
-    let extra = format!("{CHECKER_FUNCTIONS}[cache.l1]\nenabled = {l1}\n");
+    let extra = format!("{CHECKER_FUNCTIONS}[cache.l1]\nenabled = {l1}\n{rules}");
     let cfg = l2::config(urls, "strict", &extra);
     let (a, b) = (instance(&pg, &cfg), instance(&pg, &cfg));
     usable(&a).await;
@@ -128,6 +128,12 @@ async fn checker_over_two(urls: &[String], ops: u64, l1: bool) {
     let l1_hits =
         metric(&a, "pgmemo_cache_hits_total", &[]) + metric(&b, "pgmemo_cache_hits_total", &[]);
     eprintln!("L1 hits {l1_hits}, L2 hits {l2_hits}");
+    if !rules.is_empty() {
+        let stored = metric(&a, "pgmemo_refresh_total", &["\"stored\""])
+            + metric(&b, "pgmemo_refresh_total", &["\"stored\""]);
+        eprintln!("background refreshes stored: {stored}");
+        assert!(stored > 0.0, "no background refresh was stored");
+    }
     if l1 {
         assert!(l2_hits > 50.0, "few cross-instance hits: {l2_hits}");
         assert!(l1_hits > 500.0, "the cache was barely used: {l1_hits}");
@@ -146,7 +152,25 @@ async fn two_strict_instances_serve_no_stale_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_l2_only_instances_serve_no_stale_read() {
     let redis = RedisServer::start();
-    checker_over_two(&[redis.url()], 20_000, false).await;
+    checker_over_two(&[redis.url()], 20_000, false, "").await;
+}
+
+/// Issue 19 over two instances: every table the checker writes is write-through and
+/// refreshed ahead of a short TTL, so the background refresher stores to both levels under
+/// its Redis lock while writes race it: still no stale read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_refreshing_in_the_background_serve_no_stale_read() {
+    let redis = RedisServer::start();
+    let rules: String = ["counters", "counters_audit", "parent", "child", "events"]
+        .iter()
+        .map(|t| {
+            format!(
+                "\n[[rules]]\ntable = \"{t}\"\nwrite = \"through\"\nttl = \"1s\"\n\
+                 refresh_ahead = 0.01\n"
+            )
+        })
+        .collect();
+    checker_over_two(&[redis.url()], 20_000, true, &rules).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,6 +119,34 @@ async fn no_stale_reads_with_write_through() {
     assert!(stored > 0.0, "no result was re-run:\n{report}");
 }
 
+/// The same workload with every written table refreshed ahead (issue 19), from 10 ms of
+/// age (writes invalidate most entries sooner): background refreshes replace entries while
+/// writes race them, judged like any other
+/// result (0 stale), and refreshes really happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_reads_with_refresh_ahead() {
+    let rules: String = ["counters", "counters_audit", "parent", "child", "events"]
+        .iter()
+        .map(|t| format!("[[rules]]\ntable = \"{t}\"\nttl = \"1s\"\nrefresh_ahead = 0.01\n\n"))
+        .collect();
+    let s = stack_with(&rules);
+    let mut c = config(&s, 30_000, 16);
+    c.write_percent = 5;
+    c.shape = Shape::small();
+    let report = run(&c).await;
+    assert!(report.is_clean(), "{report}");
+    assert_cache_was_used(&s, &report).await;
+    let stored: f64 = s
+        .proxy
+        .admin_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with("pgmemo_refresh_total{") && l.contains("\"stored\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!("refresh-ahead: {stored} results refreshed and stored");
+    assert!(stored > 0.0, "no result was refreshed:\n{report}");
+}
+
 /// The same workload with pgmemo pausing at random between reading versions and forwarding
 /// a read (I1) and between seeing a commit and bumping (I2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
