@@ -109,6 +109,11 @@ impl Entry {
         self.origin != Origin::Read && !self.read.load(Ordering::Relaxed)
     }
 
+    /// Whether its one refresh-ahead was claimed already.
+    pub fn refresh_claimed(&self) -> bool {
+        self.refreshing.load(Ordering::Relaxed)
+    }
+
     /// Claims the entry's one refresh-ahead: true for the first caller only.
     pub fn claim_refresh(&self) -> bool {
         !self.refreshing.load(Ordering::Relaxed) && !self.refreshing.swap(true, Ordering::AcqRel)

@@ -237,10 +237,20 @@ impl Cache {
         }
     }
 
-    /// Leads a fill of `key` that replaces the entry cached under it (refresh-ahead: readers
-    /// keep hitting the entry meanwhile, and wait for this fill once it expired). `None`
-    /// when another fill of the key is under way.
-    pub fn lead_replacement(&self, key: CacheKey, check: KeyCheck) -> Option<FillGuard> {
+    /// Leads a fill of `key` that replaces `previous`, the entry cached under it
+    /// (refresh-ahead: readers keep hitting it meanwhile, and wait for this fill once it
+    /// expired). `None` when another fill of the key is under way, or the L1 holds another
+    /// entry under it (a newer one: nothing to replace).
+    pub fn lead_replacement(
+        &self,
+        key: CacheKey,
+        check: KeyCheck,
+        previous: &std::sync::Weak<Entry>,
+    ) -> Option<FillGuard> {
+        let newer = |e: Arc<Entry>| !std::ptr::eq(Arc::as_ptr(&e), previous.as_ptr());
+        if self.l1.get(&key, &check).is_some_and(newer) {
+            return None;
+        }
         match self.fills.begin(key, check) {
             Begin::Leader(guard) => Some(guard),
             Begin::Waiter(_) => None,
@@ -312,12 +322,12 @@ impl Cache {
         epoch
     }
 
-    /// The counters, now.
     /// Lookups answered from the L1 so far (cheaper than a whole [`stats`](Self::stats)).
     pub fn hits(&self) -> u64 {
         self.stats.hits.get()
     }
 
+    /// The counters, now.
     pub fn stats(&self) -> CacheStats {
         self.stats.snapshot()
     }

@@ -4,8 +4,9 @@
 //! and refresh-ahead's. Sessions never wait on it: a full queue refuses the job
 //! (counted) and the result simply stays invalid, as without the rule.
 //!
-//! Bounded in bytes: a job is an `Arc` of a recipe the registry already weighs, so the
-//! queue's own memory is its capacity times [`JOB_BYTES`].
+//! Bounded in bytes: at most [`CAPACITY`] jobs, each an `Arc` of a recipe — one the
+//! registry weighs (write-through), or one made at a hit whose request is at most
+//! [`AHEAD_REQUEST_BYTES`] (refresh-ahead) — and a `Weak` of the entry it replaces.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,8 +16,12 @@ use super::recipes::Recipe;
 
 /// Jobs waiting at most.
 pub const CAPACITY: usize = 1024;
-/// Bytes one queued job costs (the recipe is weighed by the registry).
+/// Bytes one queued job costs besides its recipe.
 pub const JOB_BYTES: usize = std::mem::size_of::<Job>() + 16;
+/// The largest request (SQL text and parameters) a refresh-ahead job carries: a larger
+/// one is not refreshed ahead (it expires as without the rule), so the queue holds at most
+/// [`CAPACITY`] times this in requests of its own.
+pub const AHEAD_REQUEST_BYTES: usize = 16 * 1024;
 
 /// Why a result is recomputed in the background.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +47,9 @@ impl Cause {
 pub struct Job {
     pub recipe: Arc<Recipe>,
     pub cause: Cause,
-    /// Refresh-ahead: the entry it replaces (still cached, counted in the cache's bytes).
-    pub previous: Option<Arc<crate::cache::Entry>>,
+    /// Refresh-ahead: the entry it replaces, not kept alive (the cache may evict it
+    /// meanwhile; then a refresh is not needed, and its bytes are not held here).
+    pub previous: Option<std::sync::Weak<crate::cache::Entry>>,
 }
 
 /// The sessions' side of the queue. Until the refresher starts (and in tools that never

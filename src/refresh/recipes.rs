@@ -58,7 +58,8 @@ pub enum Request {
 }
 
 impl Request {
-    fn bytes(&self) -> usize {
+    /// Its SQL text and parameter bytes.
+    pub fn bytes(&self) -> usize {
         match self {
             Self::Simple { sql } => sql.len(),
             Self::Extended {

@@ -7,8 +7,11 @@
 //! needed: the next starts at the rule's fraction again. So keys that rarely change cost
 //! fewer refreshes, keys that change keep being refreshed early.
 //!
-//! The cap counts over a sliding window of about [`WINDOW`]: the refreshes it admitted, and
-//! the queries sent upstream for clients (the relay's statements minus the cache's hits).
+//! The cap counts over a sliding window of 5 to 10 s ([`WINDOW`]): the refreshes it
+//! admitted, and the queries sent upstream for clients, estimated as the relay's statements
+//! minus the L1's hits (an L2 hit or a wait for another session's fill counts as sent, so
+//! with a shared tier the estimate is high). A refresh admitted and then not run (queue
+//! full, no login) still counts.
 //! A refresh is admitted only while the refreshes, this one included, stay within the share
 //! of both together. With no client queries going upstream (every read a hit) nothing is
 //! admitted: entries then expire and their misses make room for refreshes. The cap is
@@ -75,7 +78,17 @@ impl Share {
             previous: Half::default(),
             current: Half::default(),
         });
-        if now.saturating_duration_since(w.started) >= WINDOW / 2 {
+        let since = now.saturating_duration_since(w.started);
+        if since >= WINDOW {
+            // Quiet for a whole window: what went upstream meanwhile is older than the
+            // window, and forgotten (else a burst after a lull would spend it).
+            *w = Window {
+                started: now,
+                upstream_base: upstream_total,
+                previous: Half::default(),
+                current: Half::default(),
+            };
+        } else if since >= WINDOW / 2 {
             // A new half: the one that ended becomes the previous one.
             w.current.upstream = upstream_total.saturating_sub(w.upstream_base);
             w.previous = w.current;
@@ -134,6 +147,13 @@ mod tests {
         // ...and a window later it is forgotten: room again with new upstream queries.
         let t2 = t1 + WINDOW / 2;
         assert!(share.admit(180, 0.1, t2));
+        // After a lull longer than the window, the queries sent before it do not count.
+        let quiet = Share::default();
+        assert!(!quiet.admit(0, 0.1, t0));
+        assert!(
+            !quiet.admit(1_000_000, 0.1, t0 + 10 * WINDOW),
+            "a lull's queries are old"
+        );
         // A share of 0 admits nothing, a share of 1 everything.
         let none = Share::default();
         assert!(!none.admit(1_000, 0.0, t0));

@@ -120,11 +120,11 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WRITE_THROUGH,
-        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint), busy (being filled, cached already), plan_stale."
+        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored)."
     );
     describe_counter!(
         names::REFRESH,
-        "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full, over_share (refresh_adaptive: refreshes at refresh.max_share of upstream queries)."
+        "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full, over_share (refresh_adaptive: refreshes at refresh.max_share of upstream queries), too_large (refresh-ahead request over 16 KiB), raced (a write came while it ran: not stored), shared_unavailable (Redis did not answer), not_serving (the cache does not serve the database now)."
     );
     describe_counter!(
         names::REFRESH_WASTED,

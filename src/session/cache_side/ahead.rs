@@ -7,8 +7,9 @@
 //! of its key in flight (the refresher leads the key's fill); a refresh that fails leaves
 //! the entry to expire as it would have.
 //!
-//! Cost on the hit path: nothing for rules without refresh-ahead; otherwise a clock read
-//! and, for an entry a refresh stored, one relaxed load (the wasted-refresh mark).
+//! Cost on the hit path: for every hit a call and a comparison (and one relaxed load for
+//! an entry a refresh stored: the wasted-refresh mark); with refresh-ahead on, one more
+//! relaxed load, and a clock read until the entry's refresh is claimed.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +18,7 @@ use super::CacheSession;
 use crate::cache::Entry;
 use crate::cache::entry::Origin;
 use crate::planner::plan::{Plan, ReadPlan};
-use crate::refresh::queue::{Cause, Job};
+use crate::refresh::queue::{AHEAD_REQUEST_BYTES, Cause, Job};
 use crate::refresh::recipes::Recipe;
 use crate::telemetry::names;
 
@@ -39,7 +40,7 @@ impl CacheSession {
             Origin::Ahead { point } if read.refresh_adaptive => point,
             _ => read.refresh_ahead,
         };
-        if !entry.refresh_due(point) || !entry.claim_refresh() {
+        if entry.refresh_claimed() || !entry.refresh_due(point) || !entry.claim_refresh() {
             return;
         }
         let services = &self.app.services;
@@ -55,18 +56,24 @@ impl CacheSession {
                 return;
             }
         }
+        let request = super::lookup::request(plan, extended);
+        if request.bytes() > AHEAD_REQUEST_BYTES {
+            count("too_large");
+            return;
+        }
         let recipe = Recipe {
             database: Arc::clone(&self.database),
             login: Arc::clone(&self.login),
             fingerprint: fp,
-            request: super::lookup::request(plan, extended),
+            request,
             plan: Arc::clone(plan),
-            deps: self.deps.clone().into_boxed_slice(),
+            // Not filed in the registry: its dependencies are not needed.
+            deps: Box::new([]),
         };
         let job = Job {
             recipe: Arc::new(recipe),
             cause: Cause::Ahead,
-            previous: Some(Arc::clone(entry)),
+            previous: Some(Arc::downgrade(entry)),
         };
         if !services.refresh_queue.submit(job) {
             count("queue_full");

@@ -32,7 +32,7 @@ use super::probe::{self, ProbeReader, ProbeResult};
 use super::through::{self, Outcome};
 use crate::cache::entry::Origin;
 use crate::cache::l2::tier::SharedTier;
-use crate::cache::{CacheKey, Dep};
+use crate::cache::{CacheKey, Dep, KeyCheck};
 use crate::catalog::SettingNames;
 use crate::context::AppContext;
 use crate::planner::plan::Context;
@@ -60,6 +60,9 @@ pub(super) enum Skip {
     Fingerprint,
     /// The shared tier's counters could not be read (Redis down, slow, breaker open).
     Shared,
+    /// The cache is not serving the result's database (disabled, change stream not
+    /// streaming, catalog not watched): a session would not store it either.
+    NotServing,
 }
 
 impl Skip {
@@ -70,6 +73,7 @@ impl Skip {
             Self::Login => "login_failed",
             Self::Fingerprint => "fingerprint",
             Self::Shared => "shared_unavailable",
+            Self::NotServing => "not_serving",
         }
     }
 }
@@ -132,6 +136,9 @@ impl Worker {
     /// Recomputes one result and stores it, or says why not.
     async fn one(&mut self, job: &Job) -> Result<(), Skip> {
         let recipe = &job.recipe;
+        if !self.serving(&recipe.database) {
+            return Err(Skip::NotServing);
+        }
         let config = self.ctx.config();
         let mut conn = login(&self.ctx, &self.pool, &recipe.login).await?;
         let timeout = config.refresh.query_timeout;
@@ -168,8 +175,11 @@ impl Worker {
         match result {
             Some(bytes) if current => {
                 let origin = origin(job, &bytes);
-                through::store(services, leader, bytes, recipe, origin);
-                Ok(())
+                if through::store(services, leader, bytes, recipe, origin) {
+                    Ok(())
+                } else {
+                    Err(Skip::Outcome(Outcome::Raced))
+                }
             }
             _ => Err(Skip::Outcome(Outcome::Failed)),
         }
@@ -177,6 +187,15 @@ impl Worker {
 }
 
 impl Worker {
+    /// Whether the cache may be used for `database` now, as a session's lookup asks
+    /// (`lookup::admit`): enabled, its change stream (if any) streaming, its catalog watched.
+    fn serving(&self, database: &str) -> bool {
+        let services = &self.ctx.services;
+        self.ctx.cache_enabled()
+            && services.cdc.serves(database)
+            && services.catalog.watched(database)
+    }
+
     /// Reads the versions the recomputation depends on (I1: before it is sent) and leads
     /// its key's fill. With a shared tier the key covers the shared counters, read now from
     /// Redis, and one instance at a time recomputes a key: the first to take its short lock
@@ -190,35 +209,50 @@ impl Worker {
     ) -> Result<through::Leader, Skip> {
         let services = &self.ctx.services;
         let recipe = &job.recipe;
-        let ahead = job.cause == Cause::Ahead;
+        let replaces = job.previous.as_ref().filter(|_| job.cause == Cause::Ahead);
         let snapshot =
             through::snapshot(services, recipe, ids, &mut self.deps).map_err(Skip::Outcome)?;
         let Some(tier) = services.shared.as_ref() else {
-            return through::lead_at(services, recipe, fp, (snapshot, None), ahead)
-                .map_err(Skip::Outcome);
+            let keys =
+                through::keys(services, recipe, fp, &snapshot, None).map_err(Skip::Outcome)?;
+            return through::lead_keys(services, keys, snapshot, replaces).map_err(Skip::Outcome);
         };
         let tags: Arc<[Dep]> = snapshot.versions().iter().map(|(d, _)| *d).collect();
         let counters = tier.read_counters(tags).await.ok_or(Skip::Shared)?;
-        let leader = through::lead_at(services, recipe, fp, (snapshot, Some(&counters)), ahead)
+        let keys = through::keys(services, recipe, fp, &snapshot, Some(&counters))
             .map_err(Skip::Outcome)?;
         let hold = match (job.cause, recipe.plan.read.as_ref()) {
             (Cause::Ahead, Ok(read)) => read.ttl.mul_f32(read.refresh_ahead),
             _ => self.ctx.config().refresh.query_timeout,
         };
-        match leader.l2 {
-            Some((l2, _)) if refresh_lock(tier, l2, hold).await => Ok(leader),
-            Some(_) => Err(Skip::Outcome(Outcome::Busy)),
-            None => Err(Skip::Shared),
+        // The lock first: readers that join the fill below wait only for a refresh that runs.
+        let l2 = keys.l2.ok_or(Skip::Shared)?;
+        match refresh_lock(tier, l2, hold).await {
+            Some(true) => {}
+            Some(false) => return Err(Skip::Outcome(Outcome::Busy)),
+            None => return Err(Skip::Shared),
         }
+        through::lead_keys(services, keys, snapshot, replaces).map_err(Skip::Outcome)
     }
 }
 
-/// Takes the shared tier's lock on recomputing the result at L2 key `key` for `hold`: true
-/// when this instance took it (nobody held it). Not released: held for `hold`, so the
-/// other instances do not recompute what this one just stored. False when Redis does not
-/// answer (then nobody recomputes: the result expires or stays invalid, never stale).
-async fn refresh_lock(tier: &SharedTier, key: CacheKey, hold: Duration) -> bool {
-    let name = format!("pgmemo:{}:refresh:{:032x}", tier.namespace(), key.0);
+/// Takes the shared tier's lock on recomputing the result at L2 key and check `l2` (the
+/// check covers the shared counters: each version of the result has its own lock) for
+/// `hold`: `Some(true)` when this instance took it, `Some(false)` when another holds it.
+/// Not released: held for `hold`, so the other instances do not recompute what this one
+/// just stored. `None` when Redis does not answer (then nobody recomputes: the result
+/// expires or stays invalid, never stale).
+async fn refresh_lock(
+    tier: &SharedTier,
+    (key, check): (CacheKey, KeyCheck),
+    hold: Duration,
+) -> Option<bool> {
+    let name = format!(
+        "pgmemo:{}:refresh:{:032x}:{:016x}",
+        tier.namespace(),
+        key.0,
+        check.0
+    );
     let ms = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut conn = tier.conn();
     let mut cmd = redis::cmd("SET");
@@ -229,10 +263,10 @@ async fn refresh_lock(tier: &SharedTier, key: CacheKey, hold: Duration) -> bool 
         .arg("PX")
         .arg(ms)
         .query_async::<Option<String>>(&mut conn);
-    matches!(
-        tokio::time::timeout(tier.timeout(), set).await,
-        Ok(Ok(Some(_)))
-    )
+    match tokio::time::timeout(tier.timeout(), set).await {
+        Ok(Ok(taken)) => Some(taken.is_some()),
+        _ => None,
+    }
 }
 
 /// A pooled connection logged in as `key` says, with the password `[refresh]` gives that
@@ -297,7 +331,9 @@ fn origin(job: &Job, bytes: &Bytes) -> Origin {
         (Cause::Ahead, Err(_)) => Origin::Ahead { point: 0.0 },
         (Cause::Ahead, Ok(read)) => {
             let base = read.refresh_ahead;
-            let point = match &job.previous {
+            // The entry it replaces, if still alive (gone: treated as changed).
+            let previous = job.previous.as_ref().and_then(std::sync::Weak::upgrade);
+            let point = match previous {
                 Some(previous) if read.refresh_adaptive => {
                     let last = match previous.origin() {
                         Origin::Ahead { point } => point,

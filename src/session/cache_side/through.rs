@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
+use crate::cache::StoreOutcome;
 use crate::cache::entry::Origin;
 use crate::cache::l2::versions::SharedSnapshot;
 use crate::cache::{CacheKey, Dep, FillGuard, KeyCheck, KeyInput, Tag, VersionSnapshot};
@@ -162,10 +163,15 @@ pub(super) enum Outcome {
     Failed,
     /// The result was read under another fingerprint (or in another database).
     OtherSession,
+    /// The writer's connection was not free for re-runs (pipelined statements, a held
+    /// acknowledgement, settings being probed): re-run in the background instead.
+    Background,
     /// Another session is filling it, or it is cached already.
     Busy,
     /// Its plan is no longer current (the catalog or the rules moved).
     Stale,
+    /// A write came while it ran: computed, not stored (never stale).
+    Raced,
 }
 
 impl Outcome {
@@ -174,8 +180,10 @@ impl Outcome {
             Self::Stored => "stored",
             Self::Failed => "failed",
             Self::OtherSession => "other_session",
+            Self::Background => "background",
             Self::Busy => "busy",
             Self::Stale => "plan_stale",
+            Self::Raced => "raced",
         }
     }
 }
@@ -229,7 +237,11 @@ impl CacheSession {
             here.is_some_and(|(fp, _)| r.fingerprint == fp && *r.database == *self.database)
         });
         if !shared {
-            count(Outcome::OtherSession, others.len());
+            let why = match here {
+                Some(_) => Outcome::OtherSession,
+                None => Outcome::Background,
+            };
+            count(why, others.len());
         }
         // Those are recomputed in the background, each under its own login and fingerprint;
         // once the acknowledgement is released when it is held (for Redis or the change
@@ -296,7 +308,8 @@ impl CacheSession {
         let services = &self.app.services;
         let ids = (cx_id, self.utf8, rules);
         let snapshot = snapshot(services, &recipe, ids, &mut self.deps)?;
-        let leader = lead_at(services, &recipe, fp, (snapshot, None), false)?;
+        let keys = keys(services, &recipe, fp, &snapshot, None)?;
+        let leader = lead_keys(services, keys, snapshot, None)?;
         let (sql, types) = match &recipe.request {
             Request::Simple { sql } => (sql, &Bytes::new()),
             Request::Extended {
@@ -387,14 +400,21 @@ impl CacheSession {
             return;
         };
         let frames = std::mem::take(&mut group.frames).freeze();
-        store(
+        let stored = store(
             &self.app.services,
             leader,
             frames,
             &group.recipe,
             Origin::Write,
         );
-        count(Outcome::Stored, 1);
+        count(
+            if stored {
+                Outcome::Stored
+            } else {
+                Outcome::Raced
+            },
+            1,
+        );
     }
 
     /// The writer's ReadyForQuery once its write-through ended: the relay sends it on.
@@ -464,22 +484,28 @@ pub(super) fn snapshot(
     Ok(cache.versions().snapshot_deps(deps))
 }
 
-/// Leads the fill of `recipe`'s result under the fingerprint digest `fp` and `snapshot`
-/// (and, with a shared tier, the shared `counters` read for it). Refused when another fill
-/// of the key is under way, or (unless `ahead`: a refresh-ahead replaces the entry readers
-/// keep hitting meanwhile) it is cached.
-pub(super) fn lead_at(
+/// The keys of one recomputation's result: the L1 key and check, and with a shared tier
+/// the L2 key and check.
+pub(super) struct Keys {
+    pub key: CacheKey,
+    pub check: KeyCheck,
+    pub l2: Option<(CacheKey, KeyCheck)>,
+}
+
+/// The keys of `recipe`'s result under the fingerprint digest `fp` and `snapshot` (and,
+/// with a shared tier, the shared `counters` read for it): what a session's lookup computes.
+pub(super) fn keys(
     services: &crate::context::Services,
     recipe: &Recipe,
     fp: &[u8; 16],
-    (snapshot, counters): (VersionSnapshot, Option<&SharedSnapshot>),
-    ahead: bool,
-) -> Result<Leader, Outcome> {
+    snapshot: &VersionSnapshot,
+    counters: Option<&SharedSnapshot>,
+) -> Result<Keys, Outcome> {
     let Ok(read) = recipe.plan.read.as_ref() else {
         return Err(Outcome::Stale);
     };
     let cache = &services.cache;
-    let bare = KeyInput::<Bytes>::new(fp, &read.normalized, &snapshot);
+    let bare = KeyInput::<Bytes>::new(fp, &read.normalized, snapshot);
     let bare = match bound(&recipe.request) {
         Some(b) => bare.extended(b.types, b.tail),
         None => bare,
@@ -490,17 +516,28 @@ pub(super) fn lead_at(
     };
     let (key, check) = cache.key(&input);
     let l2 = counters.and_then(|_| cache.key_l2(&input));
-    let guard = if ahead {
-        cache.lead_replacement(key, check)
-    } else {
-        cache.lead_refresh(key, check)
+    Ok(Keys { key, check, l2 })
+}
+
+/// Leads the fill of the result at `keys`, read under `snapshot`. Refused when another fill
+/// of the key is under way, or it is cached — unless `replaces` is the entry cached (a
+/// refresh-ahead replaces the entry readers keep hitting meanwhile).
+pub(super) fn lead_keys(
+    services: &crate::context::Services,
+    keys: Keys,
+    snapshot: VersionSnapshot,
+    replaces: Option<&std::sync::Weak<Entry>>,
+) -> Result<Leader, Outcome> {
+    let cache = &services.cache;
+    let guard = match replaces {
+        Some(previous) => cache.lead_replacement(keys.key, keys.check, previous),
+        None => cache.lead_refresh(keys.key, keys.check),
     };
-    let guard = guard.ok_or(Outcome::Busy)?;
     Ok(Leader {
-        guard,
+        guard: guard.ok_or(Outcome::Busy)?,
         snapshot,
-        check,
-        l2,
+        check: keys.check,
+        l2: keys.l2,
     })
 }
 
@@ -521,24 +558,28 @@ fn bound(request: &Request) -> Option<Bound<'_>> {
 
 /// Stores a recomputed result (as a missed read's is stored: refused if a write came
 /// since its snapshot) as `origin` made it, and files its recipe again under the new
-/// versions, as the newest.
+/// versions, as the newest. False when it was not stored.
 pub(super) fn store(
     services: &crate::context::Services,
     leader: Leader,
     frames: Bytes,
     recipe: &Recipe,
     origin: Origin,
-) {
+) -> bool {
     let Ok(read) = recipe.plan.read.as_ref() else {
-        return;
+        return false;
     };
     services
         .tiers()
         .put_shared(leader.l2, &leader.snapshot, frames.clone(), read.ttl);
     let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone()).refreshed(origin);
-    services
+    let outcome = services
         .cache
         .complete(leader.guard, &leader.snapshot, entry);
+    if !matches!(outcome, StoreOutcome::Stored) {
+        // A write came since its snapshot (or it is too large): nothing stored.
+        return false;
+    }
     services.recipes.insert(Recipe {
         database: Arc::clone(&recipe.database),
         login: Arc::clone(&recipe.login),
@@ -547,6 +588,7 @@ pub(super) fn store(
         plan: Arc::clone(&recipe.plan),
         deps: leader.snapshot.versions().iter().map(|(d, _)| *d).collect(),
     });
+    true
 }
 
 /// One recomputation's messages, ending with its Sync: Parse when `parse` (on statement

@@ -51,7 +51,11 @@ impl CacheSession {
             };
             tokio::select! {
                 outcome = waiter.wait(limit) => match outcome {
-                    WaitOutcome::Filled(entry) => WaitResult::Hit(entry),
+                    WaitOutcome::Filled(entry) => {
+                        // A read of what a refresh stored (not wasted).
+                        entry.note_read();
+                        WaitResult::Hit(entry)
+                    }
                     WaitOutcome::TimedOut if capped => WaitResult::Error(
                         ClientError::canceled_by_statement_timeout().encode(),
                     ),
