@@ -24,19 +24,8 @@ fn recipe_seed(
     extended: Option<(&[u8], &[u8])>,
     fingerprint: [u8; 16],
 ) -> Box<super::capture::RecipeSeed> {
-    use crate::refresh::recipes::Request;
-    let request = match extended {
-        None => Request::Simple {
-            sql: plan.sql.clone(),
-        },
-        Some((types, tail)) => Request::Extended {
-            sql: plan.sql.clone(),
-            param_types: Bytes::copy_from_slice(types),
-            bind_tail: Bytes::copy_from_slice(tail),
-        },
-    };
     Box::new(super::capture::RecipeSeed {
-        request,
+        request: crate::refresh::recipes::Request::seen(&plan.sql, extended),
         // The plan the memos hold: shared, and weighed once (see `refresh::recipes`).
         plan: Arc::clone(plan),
         fingerprint,
