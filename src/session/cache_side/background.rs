@@ -71,21 +71,14 @@ pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
     let Some(rx) = ctx.services.refresh_queue.open() else {
         return;
     };
-    let config = ctx.config();
-    let upstream = match Upstream::new(ctx.upstream.target().clone()) {
-        Ok(u) => Arc::new(u),
+    let pool = match new_pool(ctx) {
+        Ok(pool) => pool,
         Err(e) => {
             tracing::warn!(error = %e, "background refresher not started");
             return;
         }
     };
-    let refresh = &config.refresh;
-    let pool = Pool::new(
-        upstream,
-        refresh.pool_size,
-        refresh.idle_timeout,
-        config.upstream.connect_timeout,
-    );
+    let refresh = &ctx.config().refresh;
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..refresh.pool_size {
         let worker = Worker {
@@ -160,6 +153,20 @@ impl Worker {
             _ => Err(Skip::Outcome(Outcome::Failed)),
         }
     }
+}
+
+/// A pool of `refresh.pool_size` upstream connections for background work, with the
+/// configured idle and connect timeouts.
+pub(super) fn new_pool(ctx: &AppContext) -> Result<Pool, crate::upstream::tls::TlsSetupError> {
+    let config = ctx.config();
+    let upstream = Arc::new(Upstream::new(ctx.upstream.target().clone())?);
+    let refresh = &config.refresh;
+    Ok(Pool::new(
+        upstream,
+        refresh.pool_size,
+        refresh.idle_timeout,
+        config.upstream.connect_timeout,
+    ))
 }
 
 /// A pooled connection logged in as `key` says, with the password `[refresh]` gives that

@@ -434,17 +434,18 @@ pub(super) fn lead(
 
 /// Stores a recomputed result (as a missed read's is stored: refused if a write came
 /// since its snapshot) and files its recipe again under the new versions, as the newest.
+/// Whether the cache took it.
 pub(super) fn store(
     services: &crate::context::Services,
     leader: Leader,
     frames: Bytes,
     recipe: &Recipe,
-) {
+) -> bool {
     let Ok(read) = recipe.plan.read.as_ref() else {
-        return;
+        return false;
     };
     let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone());
-    services
+    let outcome = services
         .cache
         .complete(leader.guard, &leader.snapshot, entry);
     services.recipes.insert(Recipe {
@@ -455,6 +456,7 @@ pub(super) fn store(
         plan: Arc::clone(&recipe.plan),
         deps: leader.snapshot.versions().iter().map(|(d, _)| *d).collect(),
     });
+    outcome == crate::cache::StoreOutcome::Stored
 }
 
 /// One recomputation's messages, ending with its Sync: Parse when `parse` (on statement
