@@ -146,6 +146,10 @@ pub struct Services {
     pub recipes: crate::refresh::recipes::Recipes,
     /// Results for the background refresher (`session::cache_side::background`).
     pub refresh_queue: crate::refresh::queue::Queue,
+    /// The sampled hit counter behind `warming.hot_keys` (`None`: not kept).
+    pub hot_keys: Option<crate::refresh::hot::HotKeys>,
+    /// Where warming is, for `/readyz`.
+    pub warming: Arc<crate::refresh::progress::WarmingProgress>,
 }
 
 impl Services {
@@ -163,6 +167,7 @@ impl Services {
         cdc: Hub,
         shared: Option<Arc<SharedTier>>,
         memory: crate::config::SqlMemory,
+        hot_keys: usize,
     ) -> Self {
         Self {
             cdc: Arc::new(cdc),
@@ -179,6 +184,8 @@ impl Services {
             logins: LoginMemo::default(),
             recipes: crate::refresh::recipes::Recipes::new(memory.recipes),
             refresh_queue: crate::refresh::queue::Queue::default(),
+            hot_keys: (hot_keys > 0).then(|| crate::refresh::hot::HotKeys::new(hot_keys)),
+            warming: Arc::default(),
         }
     }
 }

@@ -127,6 +127,10 @@ fn describe_cache() {
         "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full."
     );
     describe_counter!(
+        names::WARM,
+        "Results warmed (run and stored before clients ask), by source (config: a [[warm]] entry; hot_keys: the previous run's hot keys) and result: stored, failed, refused (not a read pgmemo caches for that session), no_login, login_failed, fingerprint (the login does not reproduce the recorded fingerprint), busy (cached or being filled already), plan_stale, not_serving (the database's change stream does not serve), not_stored (a write came in between), timeout (warming.timeout passed first)."
+    );
+    describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
         "Cacheable lookups by whether their relations were pinned to rows (rows) or not (table)."
     );
@@ -330,6 +334,11 @@ pub mod names {
     /// `plan_stale`, `no_login`, `login_failed`, `fingerprint`, `queue_full`): results
     /// recomputed by the background refresher on pgmemo's own connections.
     pub const REFRESH: &str = "pgmemo_refresh_total";
+    /// counter, labels `source` (`config`, `hot_keys`), `result` (`stored`, `failed`,
+    /// `refused`, `no_login`, `login_failed`, `fingerprint`, `busy`, `plan_stale`,
+    /// `not_serving`, `not_stored`, `timeout`): results warmed at start-up or after a
+    /// whole-cache flush.
+    pub const WARM: &str = "pgmemo_warm_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

@@ -87,6 +87,7 @@ impl CacheSession {
                     self.metrics
                         .hit_seconds
                         .record(started.elapsed().as_secs_f64());
+                    self.count_hot(plan, extended, fp);
                 }
                 Looked::Hit(entry)
             }
