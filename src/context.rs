@@ -148,6 +148,10 @@ pub struct Services {
     pub refresh_queue: crate::refresh::queue::Queue,
     /// The cap on `refresh_adaptive` refreshes (see `refresh::share`).
     pub refresh_share: crate::refresh::share::Share,
+    /// The sampled hit counter behind `warming.hot_keys` (`None`: not kept).
+    pub hot_keys: Option<crate::refresh::hot::HotKeys>,
+    /// Where warming is, for `/readyz`.
+    pub warming: Arc<crate::refresh::progress::WarmingProgress>,
 }
 
 impl Services {
@@ -165,6 +169,7 @@ impl Services {
         cdc: Hub,
         shared: Option<Arc<SharedTier>>,
         memory: crate::config::SqlMemory,
+        hot_keys: usize,
     ) -> Self {
         Self {
             cdc: Arc::new(cdc),
@@ -182,6 +187,8 @@ impl Services {
             recipes: crate::refresh::recipes::Recipes::new(memory.recipes),
             refresh_queue: crate::refresh::queue::Queue::default(),
             refresh_share: crate::refresh::share::Share::default(),
+            hot_keys: (hot_keys > 0).then(|| crate::refresh::hot::HotKeys::new(hot_keys)),
+            warming: Arc::default(),
         }
     }
 }

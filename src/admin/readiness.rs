@@ -1,9 +1,10 @@
-//! Readiness for `/readyz`: is the client listener up, and is a PostgreSQL server answering at
-//! the upstream address? Upstream probes are cached briefly so a probe storm cannot hammer it.
+//! Readiness for `/readyz`: is the client listener up, is a PostgreSQL server answering at
+//! the upstream address, and has warming at start-up ended (or timed out)? Upstream probes
+//! are cached briefly so a probe storm cannot hammer it.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -11,6 +12,8 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+
+use crate::refresh::progress::{WarmingProgress, WarmingReport};
 
 /// How long one upstream probe result is reused. Concurrent checks also wait for the probe in
 /// flight instead of starting their own, so at most about one probe per second reaches Postgres.
@@ -73,12 +76,15 @@ pub struct Readiness {
     connect_timeout: Duration,
     /// Async mutex held across a probe so concurrent checks coalesce onto one probe.
     cache: Mutex<Option<CachedProbe>>,
+    /// Warming's progress, once the server starts it (see [`Readiness::watch_warming`]).
+    warming: OnceLock<Arc<WarmingProgress>>,
 }
 
 /// What `/readyz` reports, serialised as its JSON body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadyReport {
-    /// True when both the listener is up and the upstream is reachable.
+    /// True when the listener is up, the upstream is reachable and warming at start-up no
+    /// longer holds readiness back.
     pub ready: bool,
     /// Whether the client listener is accepting connections.
     pub listener: bool,
@@ -88,6 +94,9 @@ pub struct ReadyReport {
     /// `connecting`, `creating_slot`, `lagging`, `disconnected`, `off`); databases not listed
     /// are bounded by the TTL. Informational: it does not change `ready`.
     pub cdc: std::collections::BTreeMap<String, &'static str>,
+    /// Warming (`[[warm]]` and hot keys): while the run at start-up goes on, within
+    /// `warming.timeout`, pgmemo is not ready.
+    pub warming: WarmingReport,
 }
 
 /// The upstream part of a [`ReadyReport`].
@@ -113,7 +122,14 @@ impl Readiness {
             }),
             connect_timeout,
             cache: Mutex::new(None),
+            warming: OnceLock::new(),
         }
+    }
+
+    /// Reports warming's progress from now on (and is not ready while its run at start-up
+    /// gates readiness). Set once; a later call is ignored.
+    pub fn watch_warming(&self, progress: Arc<WarmingProgress>) {
+        let _ = self.warming.set(progress);
     }
 
     /// Records whether the client listener is accepting (false during shutdown).
@@ -139,9 +155,11 @@ impl Readiness {
         let target = Target::clone(&self.upstream.load());
         let outcome = self.probe_cached(&target).await;
         let reachable = outcome.is_ok();
+        let warming = self.warming.get().map(|p| p.report()).unwrap_or_default();
         ReadyReport {
-            ready: listener && reachable,
+            ready: listener && reachable && !warming.gates_readiness,
             cdc: std::collections::BTreeMap::new(),
+            warming,
             listener,
             upstream: UpstreamReport {
                 reachable,

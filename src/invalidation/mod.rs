@@ -220,6 +220,8 @@ pub struct Invalidator {
     counters: [Counter; 5],
     /// Invalidations by granularity: relations written table-wide, rows written by key.
     granularity: [Counter; 2],
+    /// Moves at every whole-cache flush (to its epoch): warming runs again after one.
+    flushes: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -239,7 +241,13 @@ impl Invalidator {
                 .map(|s| metrics::counter!(names::CACHE_TAG_BUMPS, "source" => s.as_str())),
             granularity: ["table", "row"]
                 .map(|g| metrics::counter!(names::CACHE_INVALIDATIONS, "granularity" => g)),
+            flushes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Sees every whole-cache flush from now on (the value: the flush's epoch).
+    pub fn flushes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.flushes.subscribe()
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -406,6 +414,7 @@ impl Invalidator {
             });
         }
         info!(epoch, "cache flushed");
+        self.flushes.send_replace(epoch);
         epoch
     }
 

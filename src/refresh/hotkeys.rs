@@ -1,7 +1,8 @@
 //! The hot-key file (`warming.hot_keys_file`): the most requested results of a run, kept so
 //! the next start can run them again before clients ask. Each key is what re-running the
-//! request takes: the database and login user, the startup parameters and session settings
-//! to replay, and the request itself.
+//! request takes: the database and login user, the startup parameters to log in with, the
+//! fingerprint digest the result was read under (the next run stores the result only when
+//! its login reproduces that fingerprint), and the request itself.
 //!
 //! Format, version 1 (text, `\n` line ends):
 //!
@@ -31,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::cache::key::KeySecret;
+use crate::refresh::pool::LoginKey;
+use crate::refresh::recipes::Request;
 
 /// The first line of a version-1 file.
 pub const HEADER: &str = "pgmemo-hot-keys v1";
@@ -49,10 +52,11 @@ pub struct HotKey {
     pub database: String,
     /// The login role (the startup packet's `user`).
     pub user: String,
-    /// Startup parameters besides `user` and `database` (name, value).
+    /// The startup parameters as the client sent them (name, value), `user` and `database`
+    /// included: they are part of the fingerprint.
     pub params: Vec<(String, String)>,
-    /// Session settings to replay after login (name, value; `None` = `RESET`).
-    pub settings: Vec<(String, Option<String>)>,
+    /// The fingerprint digest of the session that read the result, 32 lower-case hex digits.
+    pub fingerprint: String,
     pub request: HotRequest,
     /// Hits counted in the run that wrote the file (hotter keys come first).
     pub hits: u64,
@@ -98,6 +102,68 @@ impl HotRequest {
             HotRequest::Simple { .. } => None,
             HotRequest::Extended { bind_tail_b64, .. } => BASE64.decode(bind_tail_b64).ok(),
         }
+    }
+}
+
+impl HotKey {
+    /// The file form of a counted result: its login, the fingerprint digest it was read
+    /// under, its request and its hit count. `None` when its SQL is not UTF-8 (a JSON string
+    /// cannot hold it; such a result is simply not carried over).
+    pub fn from_parts(
+        login: &LoginKey,
+        fingerprint: &[u8; 16],
+        request: &Request,
+        hits: u64,
+    ) -> Option<HotKey> {
+        let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+        let request = match request {
+            Request::Simple { sql } => HotRequest::Simple { sql: text(sql)? },
+            Request::Extended {
+                sql,
+                param_types,
+                bind_tail,
+            } => HotRequest::extended(
+                text(sql)?,
+                param_types
+                    .chunks_exact(4)
+                    .map(|c| c.try_into().map_or(0, u32::from_be_bytes))
+                    .collect(),
+                bind_tail,
+            ),
+        };
+        Some(HotKey {
+            database: login.database.clone(),
+            user: login.user.clone(),
+            params: login.params.clone(),
+            fingerprint: hex(fingerprint),
+            request,
+            hits,
+        })
+    }
+
+    /// What running it again takes: the login, the request as the client sent it, and the
+    /// fingerprint digest to reproduce. `None` when the fingerprint or the Bind does not
+    /// decode (a file that verified was written by pgmemo, so only a bug would do that).
+    pub fn to_parts(&self) -> Option<(LoginKey, Request, [u8; 16])> {
+        let fingerprint: [u8; 16] = unhex(self.fingerprint.as_bytes())?.try_into().ok()?;
+        let request = match &self.request {
+            HotRequest::Simple { sql } => Request::Simple {
+                sql: bytes::Bytes::copy_from_slice(sql.as_bytes()),
+            },
+            HotRequest::Extended {
+                sql, param_types, ..
+            } => Request::Extended {
+                sql: bytes::Bytes::copy_from_slice(sql.as_bytes()),
+                param_types: param_types.iter().flat_map(|t| t.to_be_bytes()).collect(),
+                bind_tail: self.request.bind_tail()?.into(),
+            },
+        };
+        let login = LoginKey {
+            database: self.database.clone(),
+            user: self.user.clone(),
+            params: self.params.clone(),
+        };
+        Some((login, request, fingerprint))
     }
 }
 

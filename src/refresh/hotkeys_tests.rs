@@ -11,11 +11,12 @@ fn keys() -> Vec<HotKey> {
         HotKey {
             database: "shop".into(),
             user: "app".into(),
-            params: vec![("application_name".into(), "web".into())],
-            settings: vec![
-                ("search_path".into(), Some("app, public".into())),
-                ("work_mem".into(), None),
+            params: vec![
+                ("user".into(), "app".into()),
+                ("database".into(), "shop".into()),
+                ("options".into(), "-c search_path=app,public".into()),
             ],
+            fingerprint: "00112233445566778899aabbccddeeff".into(),
             request: HotRequest::Simple {
                 sql: "SELECT * FROM products WHERE id = 1".into(),
             },
@@ -25,7 +26,7 @@ fn keys() -> Vec<HotKey> {
             database: "shop".into(),
             user: "reporting".into(),
             params: vec![],
-            settings: vec![],
+            fingerprint: "ffeeddccbbaa99887766554433221100".into(),
             request: HotRequest::extended(
                 "SELECT name FROM \"Users\" WHERE id = $1 -- é\n".into(),
                 vec![23],
@@ -155,7 +156,7 @@ fn the_size_bound() {
         database: "d".into(),
         user: "u".into(),
         params: vec![],
-        settings: vec![],
+        fingerprint: "00".repeat(16),
         request: HotRequest::Simple {
             sql: "x".repeat(1 << 20),
         },
@@ -198,4 +199,58 @@ fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
     assert_eq!(names, ["hot-keys"]);
     // A path that names no file.
     assert!(write_atomic(Path::new("/"), b"x").is_err());
+}
+
+#[test]
+fn a_counted_result_goes_to_the_file_and_back_unchanged() {
+    use bytes::Bytes;
+    let login = LoginKey {
+        database: "shop".into(),
+        user: "app".into(),
+        params: vec![
+            ("user".into(), "app".into()),
+            ("client_encoding".into(), "UTF8".into()),
+        ],
+    };
+    let fp = [7u8; 16];
+    let requests = [
+        Request::Simple {
+            sql: Bytes::from_static(b"SELECT 1"),
+        },
+        Request::Extended {
+            sql: Bytes::from_static(b"SELECT $1::int"),
+            param_types: Bytes::from_static(&[0, 0, 0, 23]),
+            bind_tail: Bytes::from_static(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 1, 0, 0]),
+        },
+        // No declared types (what libpq sends).
+        Request::Extended {
+            sql: Bytes::from_static(b"SELECT $1"),
+            param_types: Bytes::new(),
+            bind_tail: Bytes::from_static(&[0, 0, 0, 1, 255, 255, 255, 255, 0, 0]),
+        },
+    ];
+    let s = secret(4);
+    for request in requests {
+        let key = HotKey::from_parts(&login, &fp, &request, 9).unwrap();
+        assert_eq!(key.fingerprint, "07".repeat(16));
+        let back = decode(&encode(std::slice::from_ref(&key), &s), &s).unwrap();
+        assert_eq!(back[0].to_parts(), Some((login.clone(), request, fp)));
+    }
+    // SQL that is not UTF-8 cannot be a JSON string: not carried over.
+    let latin1 = Request::Simple {
+        sql: Bytes::from_static(b"SELECT '\xe9'"),
+    };
+    assert!(HotKey::from_parts(&login, &fp, &latin1, 1).is_none());
+    // A fingerprint that is not 16 bytes of hex does not decode.
+    let mut bad = HotKey::from_parts(
+        &login,
+        &fp,
+        &Request::Simple {
+            sql: "SELECT 1".into(),
+        },
+        1,
+    )
+    .unwrap();
+    bad.fingerprint.pop();
+    assert!(bad.to_parts().is_none());
 }

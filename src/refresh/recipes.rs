@@ -58,6 +58,19 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request a lookup saw: a simple Query of `sql`, or with `extended` the Parse's
+    /// parameter types and the Bind after its names (copied: they are the client's frames).
+    pub fn seen(sql: &Bytes, extended: Option<(&[u8], &[u8])>) -> Self {
+        match extended {
+            None => Self::Simple { sql: sql.clone() },
+            Some((types, tail)) => Self::Extended {
+                sql: sql.clone(),
+                param_types: Bytes::copy_from_slice(types),
+                bind_tail: Bytes::copy_from_slice(tail),
+            },
+        }
+    }
+
     /// Its SQL text and parameter bytes.
     pub fn bytes(&self) -> usize {
         match self {

@@ -98,6 +98,7 @@ pub async fn run(
         },
         admin_stop.clone(),
     ));
+    readiness.watch_warming(Arc::clone(&ctx.services.warming));
     start_background(&ctx, &shutdown, sources, tier_task);
 
     readiness.set_listener_up(true);
@@ -128,6 +129,8 @@ pub async fn run(
     let deadline = ctx.config().server.shutdown_timeout;
     drain_sessions(&sessions, &drain, &force, deadline).await;
     drop(pool);
+    // Every session has ended: the hot keys counted are final.
+    crate::session::cache_side::hot::save(&ctx).await;
     // The background tasks stopped on the shutdown token (or with the workers' runtimes).
     match ctx.tasks.wait(deadline).await {
         Ok(()) => info!("background tasks stopped"),
@@ -200,7 +203,8 @@ async fn accept_until_shutdown(
 }
 
 /// The background work of a running server, each a named task (see `tasks`): the catalog
-/// poller, the change streams, the shared tier, and the SIGUSR1/SIGHUP handlers.
+/// poller, the change streams, the background refresher, warming, the shared tier, and the
+/// SIGUSR1/SIGHUP handlers.
 fn start_background(
     ctx: &Arc<AppContext>,
     shutdown: &CancellationToken,
@@ -217,6 +221,8 @@ fn start_background(
         "cache-housekeeping",
         housekeep_cache(Arc::clone(ctx), shutdown.clone()),
     );
+    // Before the listener is marked up: readiness waits for the warming at start-up.
+    crate::session::cache_side::warming::start(ctx, shutdown);
     if let Some(task) = tier_task {
         task.start(&ctx.tasks, shutdown);
     }

@@ -88,7 +88,15 @@ pub fn build(
         }
     };
     let memory = config.cache.sql_memory();
-    Ok((Services::new(cache, catalog, cdc, shared, memory), task))
+    // Hot keys are kept in `warming.hot_keys_file`; keeping them in Redis is not done (see
+    // `session::cache_side::warming`), so without a file they are not counted at all.
+    let hot_keys = if config.warming.hot_keys_file.is_some() {
+        config.warming.hot_keys
+    } else {
+        0
+    };
+    let services = Services::new(cache, catalog, cdc, shared, memory, hot_keys);
+    Ok((services, task))
 }
 
 /// The shared tier's background work, started once the runtime serves.

@@ -164,7 +164,9 @@ impl Presence {
             .collect()
     }
 
-    /// Another instance's sessions use `db` (for `for_at_least` from now).
+    /// Another instance's sessions use `db` (for `for_at_least` from now); also warming,
+    /// whose results wait for this instance's first client of `db`. Ended at once by
+    /// [`Presence::release`].
     pub fn touch_remote(&self, db: &str, for_at_least: Duration) {
         let until = Instant::now() + for_at_least;
         let mut dbs = lock(&self.dbs);

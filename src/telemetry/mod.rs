@@ -131,6 +131,10 @@ fn describe_cache() {
         "Refreshed results that left the cache (expired, evicted, replaced, flushed) before any client read them, by cause: write (write-through), ahead (refresh-ahead)."
     );
     describe_counter!(
+        names::WARM,
+        "Results warmed (run and stored before clients ask), by source (config: a [[warm]] entry; hot_keys: the previous run's hot keys) and result: stored, failed, refused (not a read pgmemo caches for that session), no_login, login_failed, fingerprint (the login does not reproduce the recorded fingerprint), busy (cached or being filled already), plan_stale, not_serving (the database's change stream does not serve), not_stored (a write came in between), timeout (warming.timeout passed first)."
+    );
+    describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
         "Cacheable lookups by whether their relations were pinned to rows (rows) or not (table)."
     );
@@ -326,15 +330,24 @@ pub mod names {
     /// counter, label `pinned` (`rows`, `table`): cacheable lookups by whether every relation
     /// they read was pinned to rows by its primary key (`rows`) or not.
     pub const CACHE_PINNED_LOOKUPS: &str = "pgmemo_cache_pinned_lookups_total";
-    /// counter, label `result` (`stored`, `failed`, `other_session`, `busy`, `plan_stale`):
-    /// results re-run on the writer's connection after a commit to a write-through table
-    /// (`other_session`: read under another fingerprint, handed to the background refresher).
+    /// counter, label `result` (`stored`, `failed`, `other_session`, `background`, `busy`,
+    /// `plan_stale`, `raced`): results re-run on the writer's connection after a commit to a
+    /// write-through table (`other_session`: read under another fingerprint, `background`:
+    /// the connection was not free; both handed to the background refresher).
     pub const WRITE_THROUGH: &str = "pgmemo_write_through_total";
-    /// counter, labels `cause` (`write`), `result` (`stored`, `failed`, `busy`,
-    /// `plan_stale`, `no_login`, `login_failed`, `fingerprint`, `queue_full`): results
-    /// recomputed by the background refresher on pgmemo's own connections.
+    /// counter, labels `cause` (`write`, `ahead`), `result` (`stored`, `failed`, `busy`,
+    /// `plan_stale`, `raced`, `no_login`, `login_failed`, `fingerprint`, `queue_full`,
+    /// `over_share`, `too_large`, `shared_unavailable`, `not_serving`): results recomputed
+    /// by the background refresher on pgmemo's own connections.
     pub const REFRESH: &str = "pgmemo_refresh_total";
+    /// counter, label `cause` (`write`, `ahead`): refreshed results that left the cache
+    /// before any client read them.
     pub const REFRESH_WASTED: &str = "pgmemo_refresh_wasted_total";
+    /// counter, labels `source` (`config`, `hot_keys`), `result` (`stored`, `failed`,
+    /// `refused`, `no_login`, `login_failed`, `fingerprint`, `busy`, `plan_stale`,
+    /// `not_serving`, `not_stored`, `timeout`): results warmed at start-up or after a
+    /// whole-cache flush.
+    pub const WARM: &str = "pgmemo_warm_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

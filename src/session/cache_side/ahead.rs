@@ -19,7 +19,7 @@ use crate::cache::Entry;
 use crate::cache::entry::Origin;
 use crate::planner::plan::{Plan, ReadPlan};
 use crate::refresh::queue::{AHEAD_REQUEST_BYTES, Cause, Job};
-use crate::refresh::recipes::Recipe;
+use crate::refresh::recipes::{Recipe, Request};
 use crate::telemetry::names;
 
 impl CacheSession {
@@ -56,7 +56,7 @@ impl CacheSession {
                 return;
             }
         }
-        let request = super::lookup::request(plan, extended);
+        let request = Request::seen(&plan.sql, extended);
         if request.bytes() > AHEAD_REQUEST_BYTES {
             count("too_large");
             return;

@@ -40,6 +40,7 @@ use crate::protocol::fields::Reader;
 use crate::protocol::tags::backend;
 use crate::refresh::pool::{self, Pool, PooledConn};
 use crate::refresh::queue::{Cause, Job};
+use crate::refresh::recipes::Recipe;
 use crate::refresh::share;
 use crate::session::fingerprint::Fingerprint;
 use crate::telemetry::names;
@@ -83,21 +84,14 @@ pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
     let Some(rx) = ctx.services.refresh_queue.open() else {
         return;
     };
-    let config = ctx.config();
-    let upstream = match Upstream::new(ctx.upstream.target().clone()) {
-        Ok(u) => Arc::new(u),
+    let pool = match new_pool(ctx) {
+        Ok(pool) => pool,
         Err(e) => {
             tracing::warn!(error = %e, "background refresher not started");
             return;
         }
     };
-    let refresh = &config.refresh;
-    let pool = Pool::new(
-        upstream,
-        refresh.pool_size,
-        refresh.idle_timeout,
-        config.upstream.connect_timeout,
-    );
+    let refresh = &ctx.config().refresh;
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..refresh.pool_size {
         let worker = Worker {
@@ -196,44 +190,75 @@ impl Worker {
             && services.catalog.watched(database)
     }
 
-    /// Reads the versions the recomputation depends on (I1: before it is sent) and leads
-    /// its key's fill. With a shared tier the key covers the shared counters, read now from
-    /// Redis, and one instance at a time recomputes a key: the first to take its short lock
-    /// in Redis (held for the refresh's own refresh point, or `refresh.query_timeout` after
-    /// a write); the others count `busy` and read the result from the L2 when they miss.
+    /// Reads the versions the recomputation depends on and leads its key's fill (see
+    /// [`lead`]); a refresh-ahead's lock is held for the new entry's own refresh point.
     async fn lead(
         &mut self,
         job: &Job,
         fp: &[u8; 16],
         ids: (u64, bool, u64),
     ) -> Result<through::Leader, Skip> {
-        let services = &self.ctx.services;
         let recipe = &job.recipe;
         let replaces = job.previous.as_ref().filter(|_| job.cause == Cause::Ahead);
-        let snapshot =
-            through::snapshot(services, recipe, ids, &mut self.deps).map_err(Skip::Outcome)?;
-        let Some(tier) = services.shared.as_ref() else {
-            let keys =
-                through::keys(services, recipe, fp, &snapshot, None).map_err(Skip::Outcome)?;
-            return through::lead_keys(services, keys, snapshot, replaces).map_err(Skip::Outcome);
-        };
-        let tags: Arc<[Dep]> = snapshot.versions().iter().map(|(d, _)| *d).collect();
-        let counters = tier.read_counters(tags).await.ok_or(Skip::Shared)?;
-        let keys = through::keys(services, recipe, fp, &snapshot, Some(&counters))
-            .map_err(Skip::Outcome)?;
         let hold = match (job.cause, recipe.plan.read.as_ref()) {
             (Cause::Ahead, Ok(read)) => read.ttl.mul_f32(read.refresh_ahead),
             _ => self.ctx.config().refresh.query_timeout,
         };
-        // The lock first: readers that join the fill below wait only for a refresh that runs.
-        let l2 = keys.l2.ok_or(Skip::Shared)?;
-        match refresh_lock(tier, l2, hold).await {
-            Some(true) => {}
-            Some(false) => return Err(Skip::Outcome(Outcome::Busy)),
-            None => return Err(Skip::Shared),
-        }
-        through::lead_keys(services, keys, snapshot, replaces).map_err(Skip::Outcome)
+        let target = Target {
+            fp,
+            ids,
+            replaces,
+            hold,
+        };
+        lead(&self.ctx, recipe, target, &mut self.deps).await
     }
+}
+
+/// What a recomputation is led under: the fingerprint digest, the connection's context id,
+/// UTF-8 flag and the rules generation, the entry it replaces (refresh-ahead), and how long
+/// a shared tier's lock on it is held.
+pub(super) struct Target<'a> {
+    pub fp: &'a [u8; 16],
+    pub ids: (u64, bool, u64),
+    pub replaces: Option<&'a std::sync::Weak<crate::cache::Entry>>,
+    pub hold: Duration,
+}
+
+/// Reads the versions a recomputation of `recipe` depends on (I1: before it is sent) and
+/// leads its key's fill. With a shared tier the key covers the shared counters, read now
+/// from Redis, and one instance at a time recomputes a key: the first to take its lock in
+/// Redis (held `target.hold`); the others count `busy` and read the result from the L2
+/// when they miss.
+pub(super) async fn lead(
+    ctx: &AppContext,
+    recipe: &Recipe,
+    target: Target<'_>,
+    deps: &mut Vec<Dep>,
+) -> Result<through::Leader, Skip> {
+    let services = &ctx.services;
+    let Target {
+        fp,
+        ids,
+        replaces,
+        hold,
+    } = target;
+    let snapshot = through::snapshot(services, recipe, ids, deps).map_err(Skip::Outcome)?;
+    let Some(tier) = services.shared.as_ref() else {
+        let keys = through::keys(services, recipe, fp, &snapshot, None).map_err(Skip::Outcome)?;
+        return through::lead_keys(services, keys, snapshot, replaces).map_err(Skip::Outcome);
+    };
+    let tags: Arc<[Dep]> = snapshot.versions().iter().map(|(d, _)| *d).collect();
+    let counters = tier.read_counters(tags).await.ok_or(Skip::Shared)?;
+    let keys =
+        through::keys(services, recipe, fp, &snapshot, Some(&counters)).map_err(Skip::Outcome)?;
+    // The lock first: readers that join the fill below wait only for a refresh that runs.
+    let l2 = keys.l2.ok_or(Skip::Shared)?;
+    match refresh_lock(tier, l2, hold).await {
+        Some(true) => {}
+        Some(false) => return Err(Skip::Outcome(Outcome::Busy)),
+        None => return Err(Skip::Shared),
+    }
+    through::lead_keys(services, keys, snapshot, replaces).map_err(Skip::Outcome)
 }
 
 /// Takes the shared tier's lock on recomputing the result at L2 key and check `l2` (the
@@ -267,6 +292,20 @@ async fn refresh_lock(
         Ok(Ok(taken)) => Some(taken.is_some()),
         _ => None,
     }
+}
+
+/// A pool of `refresh.pool_size` upstream connections for background work, with the
+/// configured idle and connect timeouts.
+pub(super) fn new_pool(ctx: &AppContext) -> Result<Pool, crate::upstream::tls::TlsSetupError> {
+    let config = ctx.config();
+    let upstream = Arc::new(Upstream::new(ctx.upstream.target().clone())?);
+    let refresh = &config.refresh;
+    Ok(Pool::new(
+        upstream,
+        refresh.pool_size,
+        refresh.idle_timeout,
+        config.upstream.connect_timeout,
+    ))
 }
 
 /// A pooled connection logged in as `key` says, with the password `[refresh]` gives that

@@ -15,23 +15,8 @@ use super::{CacheSession, HIT_TIMING_SAMPLE, Looked, WaitResult, hooks};
 use crate::cache::KeyInput;
 use crate::cache::tiers::TierLookup;
 use crate::planner::plan::{Bound, Plan, ReadPlan};
-use crate::refresh::recipes::Request;
 use crate::session::state::SessionState;
 use crate::telemetry::names;
-
-/// How the statement was asked for, as a recipe keeps it.
-pub(super) fn request(plan: &Plan, extended: Option<(&[u8], &[u8])>) -> Request {
-    match extended {
-        None => Request::Simple {
-            sql: plan.sql.clone(),
-        },
-        Some((types, tail)) => Request::Extended {
-            sql: plan.sql.clone(),
-            param_types: Bytes::copy_from_slice(types),
-            bind_tail: Bytes::copy_from_slice(tail),
-        },
-    }
-}
 
 /// What re-running a missed read of a write-through table takes (see `through`).
 fn recipe_seed(
@@ -40,7 +25,7 @@ fn recipe_seed(
     fingerprint: [u8; 16],
 ) -> Box<super::capture::RecipeSeed> {
     Box::new(super::capture::RecipeSeed {
-        request: request(plan, extended),
+        request: crate::refresh::recipes::Request::seen(&plan.sql, extended),
         // The plan the memos hold: shared, and weighed once (see `refresh::recipes`).
         plan: Arc::clone(plan),
         fingerprint,
@@ -103,6 +88,7 @@ impl CacheSession {
                     self.metrics
                         .hit_seconds
                         .record(started.elapsed().as_secs_f64());
+                    self.count_hot(plan, extended, fp);
                 }
                 Looked::Hit(entry)
             }

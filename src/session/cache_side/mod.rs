@@ -17,6 +17,7 @@ mod capture;
 mod extended;
 pub mod group;
 pub mod hooks;
+pub mod hot;
 mod lookup;
 mod named;
 mod planning;
@@ -29,6 +30,7 @@ pub mod side;
 mod through;
 pub mod tracker;
 mod wait;
+pub mod warming;
 
 use std::future::Future;
 use std::pin::Pin;

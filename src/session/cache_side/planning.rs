@@ -1,7 +1,8 @@
 //! Plans for the session's statements: memoised per (session context, SQL bytes) and by
 //! shape, computed off the relay's hot path by a future when missing (the relay holds the
 //! frame meanwhile), or without a context when the session's settings are unknown. A plan
-//! too heavy for the memos is kept for its session alone, the last one only.
+//! too heavy for the memos is kept for its session alone, the last one only. Warming plans
+//! its statements here too ([`plan_and_memoise`]).
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use bytes::Bytes;
 
 use super::named::MAX_NAMED_BYTES;
 use super::{CacheSession, PlanFuture};
-use crate::planner::plan::{Plan, Planner};
+use crate::context::AppContext;
+use crate::planner::plan::{Context, Plan, Planner};
 
 impl CacheSession {
     /// The future computing the plan of `sql` (for a frame held by [`super::Hold::Plan`]).
@@ -26,28 +28,7 @@ impl CacheSession {
             let Some(cx) = cx else {
                 return Arc::new(Plan::without_context(sql, "no_session_context"));
             };
-            let config = app.config();
-            let rules = app.rules();
-            let planner = Planner {
-                catalog: &app.services.catalog,
-                rules: &rules.rules,
-                rules_generation: rules.generation,
-                no_side_effects: &config.functions.no_side_effects,
-                declared_writes: &config.functions.writes,
-                declared_reads: &config.functions.reads,
-                undeclared_reads_ttl: config.functions.undeclared_reads_ttl,
-                default_ttl: config.cache.ttl,
-            };
-            let plan = Arc::new(planner.plan(&cx, sql.clone()).await);
-            if !rules.has_query_rules
-                && let Some(shape) = crate::sql::shape_key(&sql)
-            {
-                app.services
-                    .shapes
-                    .insert(Bytes::from(shape), Arc::clone(&plan));
-            }
-            app.services.plans.insert(sql, Arc::clone(&plan));
-            plan
+            plan_and_memoise(&app, &cx, sql).await
         })
     }
 
@@ -127,4 +108,32 @@ impl CacheSession {
         }
         Some(plan)
     }
+}
+
+/// The plan of `sql` under `cx` with the live configuration and rules, memoised by text and
+/// by shape for every session of that context (a session's plan future, and warming: a
+/// warmed statement's first client finds its plan ready too).
+pub(super) async fn plan_and_memoise(app: &AppContext, cx: &Context, sql: Bytes) -> Arc<Plan> {
+    let config = app.config();
+    let rules = app.rules();
+    let planner = Planner {
+        catalog: &app.services.catalog,
+        rules: &rules.rules,
+        rules_generation: rules.generation,
+        no_side_effects: &config.functions.no_side_effects,
+        declared_writes: &config.functions.writes,
+        declared_reads: &config.functions.reads,
+        undeclared_reads_ttl: config.functions.undeclared_reads_ttl,
+        default_ttl: config.cache.ttl,
+    };
+    let plan = Arc::new(planner.plan(cx, sql.clone()).await);
+    if !rules.has_query_rules
+        && let Some(shape) = crate::sql::shape_key(&sql)
+    {
+        app.services
+            .shapes
+            .insert(Bytes::from(shape), Arc::clone(&plan));
+    }
+    app.services.plans.insert(sql, Arc::clone(&plan));
+    plan
 }
