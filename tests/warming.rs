@@ -307,6 +307,20 @@ async fn readiness_waits_for_warming_and_its_timeout() {
     assert_eq!(warmed(&proxy, "config", "stored"), 0.0);
 }
 
+/// Stops the stack's pgmemo with SIGTERM (it exits cleanly, its log saying `said`); keeps
+/// the probe and the server.
+fn stop_saying(s: CacheStack, said: &str) -> (probe::Probe, PgServer) {
+    let CacheStack {
+        mut proxy,
+        probe,
+        pg,
+    } = s;
+    proxy.signal(Signal::Term);
+    assert!(proxy.wait_exit(Duration::from_secs(30)).success());
+    assert!(proxy.stderr().contains(said), "{}", proxy.stderr());
+    (probe, pg)
+}
+
 #[tokio::test]
 async fn hot_keys_are_warmed_at_the_next_start_and_a_changed_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -332,19 +346,7 @@ async fn hot_keys_are_warmed_at_the_next_start_and_a_changed_file_is_refused() {
         assert_eq!(rows[0].get::<_, i32>(0), 40);
     }
     drop(client);
-    let CacheStack {
-        mut proxy,
-        probe,
-        pg,
-    } = s;
-    proxy.signal(Signal::Term);
-    assert!(proxy.wait_exit(Duration::from_secs(30)).success());
-    assert!(
-        proxy.stderr().contains("hot keys written"),
-        "{}",
-        proxy.stderr()
-    );
-    drop(proxy);
+    let (probe, pg) = stop_saying(s, "hot keys written");
     assert!(file.exists());
 
     // The next start warms both: each first request is a hit with the right rows.
@@ -391,5 +393,64 @@ async fn hot_keys_are_warmed_at_the_next_start_and_a_changed_file_is_refused() {
     assert_eq!(simple(&client, &simple_q.sql).await, column("v", &["30"]));
     assert_eq!(lookups(&proxy), (hits, misses + 1.0));
     assert_eq!(probe.calls(&simple_q).await, calls + 1);
+    drop(pg);
+}
+
+/// With a shared tier and no `hot_keys_file`, the hot keys are kept in Redis: an instance
+/// that stops adds them there, the next one to start warms them (each first request a hit);
+/// one under another cache secret refuses them with a warning.
+#[tokio::test]
+async fn hot_keys_kept_in_redis_are_warmed_by_the_next_instance() {
+    let redis = common::RedisServer::start();
+    let with_secret = |secret: &str| {
+        config(
+            &format!("secret = \"{secret}\""),
+            &format!(
+                "[cache.redis]\nurl = \"{}\"\nnamespace = \"hk\"\nconsistency = \"strict\"\n\
+                 timeout = \"200ms\"\n\n[warming]\nhot_keys = 10\n",
+                redis.url()
+            ),
+        )
+    };
+    let toml = with_secret("00112233445566778899aabbccddeeff");
+    let s = CacheStack::start(SETUP, &toml).await;
+    let pg_url = s.pg.url(SUPERUSER, "postgres");
+    let q = s.probe.q("SELECT v FROM items WHERE id = 3", None).await;
+    let client = s.session(SUPERUSER).await;
+    for _ in 0..64 {
+        assert_eq!(simple(&client, &q.sql).await, column("v", &["30"]));
+    }
+    drop(client);
+    let (probe, pg) = stop_saying(s, "hot keys written to Redis");
+
+    // The next instance warms it: its first request is a hit.
+    let proxy = Proxy::start(ProxyArgs::new(pg_url.clone()).config(toml));
+    until_ready(&proxy).await;
+    assert_eq!(
+        warmed(&proxy, "hot_keys", "stored"),
+        1.0,
+        "{}",
+        proxy.stderr()
+    );
+    let client = proxy.connect(SUPERUSER, "", DB).await;
+    let (hits, misses) = lookups(&proxy);
+    let calls = probe.calls(&q).await;
+    assert_eq!(simple(&client, &q.sql).await, column("v", &["30"]));
+    assert_eq!(lookups(&proxy), (hits + 1.0, misses));
+    assert_eq!(probe.calls(&q).await, calls);
+    drop(client);
+    drop(proxy);
+
+    // Under another cache secret the kept keys do not verify: refused, nothing warmed.
+    let other = Proxy::start(
+        ProxyArgs::new(pg_url).config(with_secret("ffeeddccbbaa99887766554433221100")),
+    );
+    until_ready(&other).await;
+    let log = other.stderr();
+    assert!(
+        log.contains("hot keys kept in Redis refused and ignored"),
+        "{log}"
+    );
+    assert_eq!(warmed(&other, "hot_keys", "stored"), 0.0);
     drop(pg);
 }

@@ -355,6 +355,38 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The hot keys to keep after a run: `current`'s counts added to `previous`'s halved (so
+/// keys stop being hot a few runs after clients stop asking for them), the same result
+/// (database, login, fingerprint, request) counted once, the `n` hottest first. For a
+/// store several instances write in turn (Redis), each adding its run to what is there.
+pub fn merge(previous: Vec<HotKey>, current: Vec<HotKey>, n: usize) -> Vec<HotKey> {
+    let mut merged: Vec<HotKey> = Vec::with_capacity(previous.len() + current.len());
+    let halved = previous.into_iter().map(|mut k| {
+        k.hits /= 2;
+        k
+    });
+    for key in halved.chain(current) {
+        let same = merged.iter_mut().find(|m| {
+            (&m.database, &m.user, &m.params, &m.fingerprint, &m.request)
+                == (
+                    &key.database,
+                    &key.user,
+                    &key.params,
+                    &key.fingerprint,
+                    &key.request,
+                )
+        });
+        match same {
+            Some(m) => m.hits = m.hits.saturating_add(key.hits),
+            None => merged.push(key),
+        }
+    }
+    merged.retain(|k| k.hits > 0);
+    merged.sort_by_key(|k| std::cmp::Reverse(k.hits));
+    merged.truncate(n);
+    merged
+}
+
 #[cfg(test)]
 #[path = "hotkeys_tests.rs"]
 mod tests;

@@ -254,3 +254,35 @@ fn a_counted_result_goes_to_the_file_and_back_unchanged() {
     bad.fingerprint.pop();
     assert!(bad.to_parts().is_none());
 }
+
+#[test]
+fn merging_adds_this_run_to_the_previous_halved_and_keeps_the_hottest() {
+    let [a, b] = <[HotKey; 2]>::try_from(keys()).unwrap();
+    let mut c = a.clone();
+    c.fingerprint = "0f".repeat(16);
+    c.hits = 5;
+    // Previous: a 900, b 12; this run: a 100, c 5.
+    let mut a_now = a.clone();
+    a_now.hits = 100;
+    let merged = merge(vec![a.clone(), b.clone()], vec![a_now, c.clone()], 10);
+    let hits: Vec<(String, u64)> = merged
+        .iter()
+        .map(|k| (k.fingerprint.clone(), k.hits))
+        .collect();
+    assert_eq!(
+        hits,
+        vec![
+            (a.fingerprint.clone(), 550),
+            (b.fingerprint.clone(), 6),
+            (c.fingerprint.clone(), 5)
+        ],
+        "the same result is counted once; another fingerprint is another key"
+    );
+    assert_eq!(merge(vec![a.clone(), b], vec![c], 1).len(), 1, "at most n");
+    // A key nobody asks for again fades out.
+    let mut old = vec![a];
+    for _ in 0..20 {
+        old = merge(old, Vec::new(), 10);
+    }
+    assert!(old.is_empty());
+}

@@ -88,9 +88,9 @@ pub fn build(
         }
     };
     let memory = config.cache.sql_memory();
-    // Hot keys are kept in `warming.hot_keys_file`; keeping them in Redis is not done (see
-    // `session::cache_side::warming`), so without a file they are not counted at all.
-    let hot_keys = if config.warming.hot_keys_file.is_some() {
+    // Hot keys are kept in `warming.hot_keys_file`, or in Redis with a shared tier and no
+    // file (see `session::cache_side::hot`); with neither they are not counted at all.
+    let hot_keys = if config.warming.hot_keys_file.is_some() || shared.is_some() {
         config.warming.hot_keys
     } else {
         0

@@ -1,13 +1,17 @@
 //! Hot keys (`warming.hot_keys`): the session's side of counting the most requested cached
-//! results (its sampled hits, see `refresh::hot`), writing them to `warming.hot_keys_file`
-//! at shutdown, and reading them back at the next start for warming (`warming`).
+//! results (its sampled hits, see `refresh::hot`), keeping them at shutdown and reading them
+//! back at the next start for warming (`warming`).
 //!
-//! The file is written after the sessions have ended, atomically and signed with the cache
-//! secret (`refresh::hotkeys`); a run that counted no hit leaves the previous file as it is
-//! (a restart with no traffic does not forget what was hot). A file that does not verify
-//! (changed, written under another secret, truncated) is refused with a warning and
-//! ignored: pgmemo starts and warms its `[[warm]]` entries only. Keeping the hot keys in
-//! Redis (`cache.redis` without a file) is not done: they are then not counted at all.
+//! Kept in `warming.hot_keys_file` when it is set: written after the sessions have ended,
+//! atomically and signed with the cache secret (`refresh::hotkeys`). Otherwise, with a
+//! shared tier, in Redis under `pgmemo:<namespace>:hotkeys`, in the same signed form: each
+//! instance that stops adds its run's counts to what is there (halved: keys fade out a few
+//! runs after clients stop asking), keeping the `hot_keys` hottest; two instances stopping
+//! at the same moment may each write over the other's addition (the last one wins). A run
+//! that counted no hit leaves what is kept as it is (a restart with no traffic does not
+//! forget what was hot). Kept keys that do not verify (changed, written under another
+//! secret, truncated) are refused with a warning and ignored: pgmemo starts and warms its
+//! `[[warm]]` entries only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,8 +69,76 @@ pub(super) fn load(ctx: &AppContext, warming: &WarmingConfig) -> Vec<Arc<Item>> 
             return Vec::new();
         }
     };
-    let mut items = Vec::with_capacity(keys.len().min(warming.hot_keys));
-    for key in keys.iter().take(warming.hot_keys) {
+    let items = items(&keys, warming.hot_keys);
+    info!(path = %path.display(), keys = items.len(), "hot keys read");
+    items
+}
+
+/// With a shared tier and no file: the hot keys kept in Redis, as items to warm (none when
+/// there are none yet, Redis does not answer, or they are refused: logged).
+pub(super) async fn load_shared(ctx: &AppContext, warming: &WarmingConfig) -> Vec<Arc<Item>> {
+    let Some(tier) = shared_store(ctx, warming) else {
+        return Vec::new();
+    };
+    let keys = match get_shared(tier, ctx, warming.timeout).await {
+        Ok(Some(keys)) => keys,
+        Ok(None) => {
+            info!("no hot keys kept in Redis yet: none to warm");
+            return Vec::new();
+        }
+        Err(e) => {
+            warn!(error = %e, "hot keys kept in Redis refused and ignored: they are not warmed");
+            return Vec::new();
+        }
+    };
+    let items = items(&keys, warming.hot_keys);
+    info!(keys = items.len(), "hot keys read from Redis");
+    items
+}
+
+/// The shared tier the hot keys are kept in: with one and no `warming.hot_keys_file`.
+pub(super) fn shared_store<'a>(
+    ctx: &'a AppContext,
+    warming: &WarmingConfig,
+) -> Option<&'a crate::cache::l2::tier::SharedTier> {
+    let kept = warming.hot_keys > 0 && warming.hot_keys_file.is_none();
+    ctx.services.shared.as_deref().filter(|_| kept)
+}
+
+/// The Redis key of the hot keys.
+fn shared_key(tier: &crate::cache::l2::tier::SharedTier) -> String {
+    format!("pgmemo:{}:hotkeys", tier.namespace())
+}
+
+/// What Redis keeps (`None`: nothing yet), verified; within `timeout`.
+async fn get_shared(
+    tier: &crate::cache::l2::tier::SharedTier,
+    ctx: &AppContext,
+    timeout: std::time::Duration,
+) -> Result<Option<Vec<HotKey>>, HotKeysError> {
+    let mut conn = tier.conn();
+    let mut cmd = redis::cmd("GET");
+    let get = cmd
+        .arg(shared_key(tier))
+        .query_async::<Option<Vec<u8>>>(&mut conn);
+    let bytes = match tokio::time::timeout(timeout, get).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return Err(HotKeysError::Io(std::io::Error::other(e))),
+        Err(_) => {
+            return Err(HotKeysError::Io(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )));
+        }
+    };
+    bytes
+        .map(|b| hotkeys::decode(&b, ctx.services.cache.secret()))
+        .transpose()
+}
+
+/// Kept keys as items to warm, at most `n`, hottest first.
+fn items(keys: &[HotKey], n: usize) -> Vec<Arc<Item>> {
+    let mut items = Vec::with_capacity(keys.len().min(n));
+    for key in keys.iter().take(n) {
         match key.to_parts() {
             Some((login, request, fp)) => items.push(Arc::new(Item {
                 source: Source::HotKeys,
@@ -79,7 +151,6 @@ pub(super) fn load(ctx: &AppContext, warming: &WarmingConfig) -> Vec<Arc<Item>> 
                 .increment(1),
         }
     }
-    info!(path = %path.display(), keys = items.len(), "hot keys read");
     items
 }
 
@@ -92,10 +163,7 @@ fn read(path: &Path, ctx: &AppContext) -> Result<Vec<HotKey>, HotKeysError> {
 /// ended). Nothing when hot keys are not kept, or when none was counted.
 pub async fn save(ctx: &Arc<AppContext>) {
     let config = ctx.config();
-    let (Some(path), Some(counter)) = (
-        config.warming.hot_keys_file.clone(),
-        ctx.services.hot_keys.as_ref(),
-    ) else {
+    let Some(counter) = ctx.services.hot_keys.as_ref() else {
         return;
     };
     let keys: Vec<HotKey> = counter
@@ -107,6 +175,13 @@ pub async fn save(ctx: &Arc<AppContext>) {
             HotKey::from_parts(&e.login, &e.fingerprint, &e.request, hits)
         })
         .collect();
+    if let Some(tier) = shared_store(ctx, &config.warming) {
+        save_shared(ctx, tier, keys, &config.warming).await;
+        return;
+    }
+    let Some(path) = config.warming.hot_keys_file.clone() else {
+        return;
+    };
     if keys.is_empty() {
         info!(path = %path.display(), "no hot key counted in this run: the hot-key file is left as it was");
         return;
@@ -123,5 +198,41 @@ pub async fn save(ctx: &Arc<AppContext>) {
         Ok(Ok(())) => info!(path = %shown, keys = count, "hot keys written"),
         Ok(Err(e)) => warn!(path = %shown, error = %e, "hot keys not written"),
         Err(e) => warn!(path = %shown, error = %e, "hot keys not written"),
+    }
+}
+
+/// Adds this run's `keys` to those Redis keeps (see the module header).
+async fn save_shared(
+    ctx: &AppContext,
+    tier: &crate::cache::l2::tier::SharedTier,
+    keys: Vec<HotKey>,
+    warming: &WarmingConfig,
+) {
+    if keys.is_empty() {
+        info!("no hot key counted in this run: the hot keys kept in Redis are left as they were");
+        return;
+    }
+    // Bounded: a stop must not wait long for Redis.
+    let timeout = warming.timeout.min(std::time::Duration::from_secs(5));
+    let previous = match get_shared(tier, ctx, timeout).await {
+        Ok(previous) => previous.unwrap_or_default(),
+        Err(e) => {
+            warn!(error = %e, "hot keys kept in Redis unreadable: replaced by this run's");
+            Vec::new()
+        }
+    };
+    let merged = hotkeys::merge(previous, keys, warming.hot_keys);
+    let count = merged.len();
+    let bytes = hotkeys::encode(&merged, ctx.services.cache.secret());
+    let mut conn = tier.conn();
+    let mut cmd = redis::cmd("SET");
+    let set = cmd
+        .arg(shared_key(tier))
+        .arg(bytes)
+        .query_async::<()>(&mut conn);
+    match tokio::time::timeout(timeout, set).await {
+        Ok(Ok(())) => info!(keys = count, "hot keys written to Redis"),
+        Ok(Err(e)) => warn!(error = %e, "hot keys not written to Redis"),
+        Err(_) => warn!("hot keys not written to Redis: it did not answer in time"),
     }
 }

@@ -55,11 +55,6 @@ impl CacheSession {
         let bound = extended.map(|(types, tail)| Bound { types, tail });
         let pinned = read.deps(bound, self.utf8, cache.secret(), &mut self.deps);
         let snapshot = cache.versions().snapshot_deps(&self.deps);
-        if sampled {
-            let [table, rows] = &self.metrics.pinned;
-            let counter = if pinned { rows } else { table };
-            counter.increment(u64::from(HIT_TIMING_SAMPLE));
-        }
         let bare = KeyInput::<Bytes>::new(&fp, &read.normalized, &snapshot);
         let bare = match extended {
             Some((types, bind)) => bare.extended(types, bind),
@@ -69,10 +64,19 @@ impl CacheSession {
         let looked = match tiers.lookup(&snapshot, bare, self.held.take_shared()) {
             TierLookup::Bypass(reason) => return bypass(reason),
             TierLookup::Read(read) => {
+                // Looked up again once Redis answered: that attempt is this statement's
+                // lookup, sampled or not as this one would have been (else with a shared
+                // tier every sampled lookup would be a Read, and no hit ever sampled).
+                self.lookups = self.lookups.wrapping_sub(1);
                 return Looked::Wait(Box::pin(async move { WaitResult::Shared(read.await) }));
             }
             looked => looked,
         };
+        if sampled {
+            let [table, rows] = &self.metrics.pinned;
+            let counter = if pinned { rows } else { table };
+            counter.increment(u64::from(HIT_TIMING_SAMPLE));
+        }
         if sampled {
             // A wait for another session's fill is served from the cache too: under
             // concurrency most lookups of a slow hot read are waits, and counting them as

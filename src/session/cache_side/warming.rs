@@ -116,32 +116,39 @@ impl Miss {
 /// run after each whole-cache flush, until `shutdown`.
 pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
     let config = ctx.config();
-    if config.warming.hot_keys > 0 && config.warming.hot_keys_file.is_none() {
-        warn!(
-            "warming.hot_keys: keeping hot keys in Redis is not implemented; set \
-             warming.hot_keys_file to keep them (none are counted meanwhile)"
-        );
-    }
     let at_start = config.warming.at_start;
-    let hot = if at_start {
+    let mut hot = if at_start {
         super::hot::load(ctx, &config.warming)
     } else {
         Vec::new()
     };
+    // Hot keys kept in Redis are read by the task (with an await); readiness waits meanwhile.
+    let shared_hot = at_start && super::hot::shared_store(ctx, &config.warming).is_some();
     // Nothing to warm: `/readyz` reports warming `off` and does not wait.
     let first = at_start
         .then(|| with_config(&config.warm, ctx.upstream.target(), &hot))
-        .filter(|items| !items.is_empty());
+        .filter(|items| !items.is_empty() || shared_hot);
     if let Some(items) = &first {
         ctx.services
             .warming
             .begin(Trigger::Start, items.len(), config.warming.timeout);
     }
+    let started = Instant::now();
     let mut flushes = ctx.services.invalidator.flushes();
     let (app, shutdown) = (Arc::clone(ctx), shutdown.clone());
     let task = async move {
         let ctx = app;
-        if let Some(items) = first {
+        if let Some(mut items) = first {
+            if shared_hot {
+                let config = ctx.config();
+                hot = super::hot::load_shared(&ctx, &config.warming).await;
+                items = with_config(&config.warm, ctx.upstream.target(), &hot);
+                // The same run, now with its hot keys; its deadline stays where it was.
+                let left = config.warming.timeout.saturating_sub(started.elapsed());
+                ctx.services
+                    .warming
+                    .begin(Trigger::Start, items.len(), left);
+            }
             run(&ctx, &items, &shutdown).await;
         }
         loop {
