@@ -17,7 +17,7 @@ mod probe;
 use std::time::{Duration, Instant};
 
 use common::SUPERUSER;
-use probe::{CacheStack, column, config, simple, values};
+use probe::{CacheStack, RLS_NOTES as NOTES, column, config, simple, values};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -150,15 +150,6 @@ async fn a_refresh_nobody_reads_is_counted_wasted() {
     .await;
     assert_eq!(wasted(&s), 1.0);
 }
-
-const NOTES: &str = "
-CREATE TABLE notes(id int PRIMARY KEY, owner text NOT NULL, v int NOT NULL);
-INSERT INTO notes VALUES (1, 'alice', 10), (2, 'bob', 20), (3, 'carol', 30);
-ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-CREATE POLICY mine ON notes USING (owner = current_user);
-CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
-GRANT SELECT ON notes TO alice, bob, carol;
-";
 
 #[tokio::test]
 async fn each_role_is_refreshed_as_itself_and_one_without_login_expires() {

@@ -12,16 +12,7 @@ mod probe;
 use std::time::{Duration, Instant};
 
 use common::SUPERUSER;
-use probe::{CacheStack, column, config, simple};
-
-const SETUP: &str = "
-CREATE TABLE notes(id int PRIMARY KEY, owner text NOT NULL, v int NOT NULL);
-INSERT INTO notes VALUES (1, 'alice', 10), (2, 'bob', 20), (3, 'carol', 30);
-ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-CREATE POLICY mine ON notes USING (owner = current_user);
-CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
-GRANT SELECT ON notes TO alice, bob, carol;
-";
+use probe::{CacheStack, RLS_NOTES as SETUP, column, config, simple};
 
 const RULES: &str = "[[rules]]\ntable = \"notes\"\nwrite = \"through\"\nallow_rls = true\n\n\
 [[refresh.logins]]\nuser = \"alice\"\n\n[[refresh.logins]]\nuser = \"bob\"\n";

@@ -63,6 +63,16 @@ async fn run(config: &CheckerConfig) -> Report {
     report
 }
 
+/// The samples of the counter `prefix` (its name and `{`) with `result="stored"`, summed.
+fn stored(s: &Stack, prefix: &str) -> f64 {
+    s.proxy
+        .admin_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains("\"stored\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The share of cacheable lookups that hit, from pgmemo's metrics: the run must really
 /// have been served from the cache, or "no stale read" proves nothing.
 async fn assert_cache_was_used(s: &Stack, report: &Report) {
@@ -108,13 +118,7 @@ async fn no_stale_reads_with_write_through() {
     let report = run(&c).await;
     assert!(report.is_clean(), "{report}");
     assert_cache_was_used(&s, &report).await;
-    let stored: f64 = s
-        .proxy
-        .admin_get("/metrics")
-        .lines()
-        .filter(|l| l.starts_with("pgmemo_write_through_total{") && l.contains("\"stored\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let stored = stored(&s, "pgmemo_write_through_total{");
     eprintln!("write-through: {stored} results re-run and stored");
     assert!(stored > 0.0, "no result was re-run:\n{report}");
 }
@@ -136,13 +140,7 @@ async fn no_stale_reads_with_refresh_ahead() {
     let report = run(&c).await;
     assert!(report.is_clean(), "{report}");
     assert_cache_was_used(&s, &report).await;
-    let stored: f64 = s
-        .proxy
-        .admin_get("/metrics")
-        .lines()
-        .filter(|l| l.starts_with("pgmemo_refresh_total{") && l.contains("\"stored\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let stored = stored(&s, "pgmemo_refresh_total{");
     eprintln!("refresh-ahead: {stored} results refreshed and stored");
     assert!(stored > 0.0, "no result was refreshed:\n{report}");
 }

@@ -30,6 +30,17 @@ pub const POLL_BOUND: Duration = Duration::from_secs(2);
 /// (a non-immutable function call, CREATE TEMP): it re-establishes the session's settings.
 pub const REESTABLISH_BOUND: Duration = Duration::from_secs(5);
 
+/// Row-level security on `current_user`: table `notes` with one row each for the login
+/// roles alice (10), bob (20) and carol (30), who may read it.
+pub const RLS_NOTES: &str = "
+CREATE TABLE notes(id int PRIMARY KEY, owner text NOT NULL, v int NOT NULL);
+INSERT INTO notes VALUES (1, 'alice', 10), (2, 'bob', 20), (3, 'carol', 30);
+ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY mine ON notes USING (owner = current_user);
+CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
+GRANT SELECT ON notes TO alice, bob, carol;
+";
+
 /// The config every cache test starts from; `cache_extra` goes into `[cache]` (e.g.
 /// `max_entry_size = "4KiB"`), `rest` after the last section (e.g. `[[rules]]` tables).
 pub fn config(cache_extra: &str, rest: &str) -> String {
