@@ -296,3 +296,82 @@ async fn the_acknowledgement_waits_no_longer_than_the_time_budget_allows() {
             .await;
     }
 }
+
+fn pipelined(s: &CacheStack) -> f64 {
+    counter(s, "pgmemo_write_through_pipelined_total")
+}
+
+#[tokio::test]
+async fn autocommit_writes_carry_their_re_runs_in_the_same_round_trip() {
+    // Simple and extended protocol: the re-run goes out behind the write, and is stored.
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT v FROM acct WHERE id = 2", None).await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    let (sent, stored) = (pipelined(&s), through(&s, "stored"));
+    simple(&writer, "UPDATE acct SET v = 6 WHERE id = 2").await;
+    assert_eq!(pipelined(&s) - sent, 1.0, "sent with the simple Query");
+    assert_eq!(through(&s, "stored") - stored, 1.0);
+    s.probe.assert_hit(&reader, &q, &one("6")).await;
+    let n = writer
+        .execute("UPDATE acct SET v = v + $1 WHERE id = $2", &[&1i32, &2i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(pipelined(&s) - sent, 2.0, "sent with the extended group");
+    assert_eq!(through(&s, "stored") - stored, 2.0);
+    s.probe.assert_hit(&reader, &q, &one("7")).await;
+
+    // In a transaction block the re-run waits for the commit (after its reply).
+    simple(&writer, "BEGIN").await;
+    simple(&writer, "UPDATE acct SET v = 8 WHERE id = 2").await;
+    simple(&writer, "COMMIT").await;
+    assert_eq!(pipelined(&s) - sent, 2.0, "not pipelined");
+    assert_eq!(through(&s, "stored") - stored, 3.0);
+    s.probe.assert_hit(&reader, &q, &one("8")).await;
+}
+
+#[tokio::test]
+async fn a_re_run_sent_behind_a_failed_write_is_not_stored_under_another_writes_bump() {
+    // The danger case of sending re-runs before the write's reply: their keys assume the
+    // write's bump. Writer A's UPDATE fails; its re-run (300 ms) reads the old row. While
+    // it runs, writer B commits the same-shaped UPDATE of that row through pgmemo, making
+    // exactly the bump A's re-run was keyed on. Stored, A's old row would be served as
+    // current; it must not be, and B's own re-run stores the new row.
+    let setup = format!(
+        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN x; END $$;"
+    );
+    let s = CacheStack::start(&setup, &config("", RULES)).await;
+    let reader = s.session(SUPERUSER).await;
+    let (a, b) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s
+        .probe
+        .q("SELECT slow(v) AS v FROM acct WHERE id = 3", None)
+        .await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    let sent = pipelined(&s);
+    let failing = tokio::spawn(async move {
+        let r = a
+            .simple_query("UPDATE acct SET v = v + 1 / (v - v) WHERE id = 3")
+            .await;
+        (a, r)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    simple(&b, "UPDATE acct SET v = v + 1 WHERE id = 3").await;
+    let (a, r) = failing.await.unwrap();
+    assert_eq!(
+        r.expect_err("division by zero").code(),
+        Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+    );
+    s.probe.assert_hit(&reader, &q, &one("6")).await;
+    assert_eq!(pipelined(&s) - sent, 2.0, "both writes carried a re-run");
+    // A's session is in sync.
+    s.probe
+        .assert_upstream(
+            &a,
+            &s.probe.q("SELECT v FROM acct WHERE id = 5", None).await,
+            &one("5"),
+        )
+        .await;
+}

@@ -214,6 +214,28 @@ impl VersionSnapshot {
         tags
     }
 
+    /// This snapshot as it reads once the counters in `increments` (sorted by counter)
+    /// moved by those amounts and nothing else moved: what a result computed right after
+    /// that write must be keyed on.
+    pub fn after(&self, increments: &[(Dep, u64)]) -> VersionSnapshot {
+        let versions = self
+            .versions
+            .iter()
+            .map(|(dep, v)| {
+                let by = increments
+                    .binary_search_by_key(dep, |(d, _)| *d)
+                    .ok()
+                    .and_then(|i| increments.get(i))
+                    .map_or(0, |(_, n)| *n);
+                (*dep, v.wrapping_add(by))
+            })
+            .collect();
+        VersionSnapshot {
+            epoch: self.epoch,
+            versions,
+        }
+    }
+
     /// Whether no tag of the snapshot was bumped, and the epoch did not move, since it was
     /// taken. A result computed under a snapshot that is no longer current must not be stored.
     pub fn is_current(&self, versions: &Versions) -> bool {

@@ -292,6 +292,33 @@ impl Invalidator {
         self.bump_local(written, source)
     }
 
+    /// How far [`bump`](Self::bump) moves each local counter for `written` (sorted by
+    /// counter): one increment per table, table-wide and row counter of each relation or
+    /// row written, summed. A recomputation sent before a write it runs behind keys its
+    /// result on its snapshot moved by exactly these (see `session::cache_side::pipelined`);
+    /// it must mirror `bump_local`, which a unit test checks.
+    pub fn increments(written: &Written) -> Vec<(Dep, u64)> {
+        let mut bumps: Vec<Dep> = Vec::with_capacity(2 * (written.tags.len() + written.rows.len()));
+        for t in &written.tags {
+            bumps.push(Dep::Table(*t));
+            if !skip_wide_fault() {
+                bumps.push(Dep::Wide(*t));
+            }
+        }
+        for (t, stripe) in &written.rows {
+            bumps.extend([Dep::Table(*t), Dep::Row(*stripe)]);
+        }
+        bumps.sort_unstable();
+        let mut out: Vec<(Dep, u64)> = Vec::with_capacity(bumps.len());
+        for dep in bumps {
+            match out.last_mut() {
+                Some((last, n)) if *last == dep => *n += 1,
+                _ => out.push((dep, 1)),
+            }
+        }
+        out
+    }
+
     fn bump_local(&self, written: &Written, source: Source) -> Option<SharedBump> {
         if !written.tags.is_empty() {
             if skip_wide_fault() {
@@ -580,6 +607,60 @@ mod tests {
         assert_eq!(parse_table("a.b.c"), None);
         assert_eq!(parse_table("a..b"), None);
         assert_eq!(parse_table("\"open"), None);
+    }
+
+    /// `increments` is what `bump` really does: a snapshot read before a write, moved by
+    /// the write's increments, equals one read after it (rows sharing a stripe, several
+    /// rows of one relation, and table-wide writes included).
+    #[test]
+    fn increments_mirror_the_bump() {
+        use crate::cache::{Cache, CacheLimits, KeySecret};
+        let cache = Arc::new(Cache::new(CacheLimits::with_secret(KeySecret::from_bytes(
+            [3; 16],
+        ))));
+        let catalog = Arc::new(Catalog::new(crate::catalog::CatalogConfig::new(
+            tokio_postgres::Config::new(),
+        )));
+        let inv = Invalidator::new(Arc::clone(&cache), catalog, None);
+        let t = |rel| Tag { db: 1, rel };
+        let mut w = Written::default();
+        w.merge(&[t(4)], None);
+        w.merge_rows(&[(t(7), 11), (t(7), 12), (t(8), 11)]);
+        let deps: Vec<Dep> = [
+            Dep::Table(t(4)),
+            Dep::Wide(t(4)),
+            Dep::Table(t(7)),
+            Dep::Wide(t(7)),
+            Dep::Table(t(8)),
+            Dep::Row(11),
+            Dep::Row(12),
+            Dep::Row(13),
+            Dep::Table(t(9)),
+        ]
+        .to_vec();
+        // Counters start at different values.
+        inv.bump(
+            &Written {
+                tags: vec![t(7)],
+                ..Written::default()
+            },
+            Source::Write,
+        );
+        let before = cache.versions().snapshot_deps(&deps);
+        inv.bump(&w, Source::Write);
+        let after = cache.versions().snapshot_deps(&deps);
+        assert_eq!(before.after(&Invalidator::increments(&w)), after);
+        assert_ne!(before, after);
+        // Another write's bump on top is not that write's.
+        inv.bump(
+            &Written {
+                rows: vec![(t(8), 13)],
+                ..Written::default()
+            },
+            Source::Write,
+        );
+        let later = cache.versions().snapshot_deps(&deps);
+        assert_ne!(before.after(&Invalidator::increments(&w)), later);
     }
 
     #[test]

@@ -73,6 +73,13 @@ impl SessionState {
         (self.awaiting_ready == 1 && !self.unsynced).then_some(self.readies)
     }
 
+    /// A Sync (or simple Query) forwarded now would end the only sync group outstanding,
+    /// begun outside any transaction block: its ReadyForQuery is the next one, and what
+    /// is sent right behind it runs after that group's implicit transaction ended.
+    pub fn ends_sole_group(&self) -> bool {
+        self.txn == TxnStatus::Idle && self.awaiting_ready == 0
+    }
+
     /// Something sent upstream is not answered yet (a statement running, or extended
     /// messages before their Sync).
     pub fn outstanding(&self) -> bool {

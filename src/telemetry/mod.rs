@@ -120,7 +120,11 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WRITE_THROUGH,
-        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored)."
+        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored), late (read again while the write ran)."
+    );
+    describe_counter!(
+        names::WRITE_THROUGH_PIPELINED,
+        "Write-through re-runs sent to PostgreSQL right behind the autocommit write they refresh (in the same round trip), not after its reply."
     );
     describe_counter!(
         names::REFRESH,
@@ -331,10 +335,13 @@ pub mod names {
     /// they read was pinned to rows by its primary key (`rows`) or not.
     pub const CACHE_PINNED_LOOKUPS: &str = "pgmemo_cache_pinned_lookups_total";
     /// counter, label `result` (`stored`, `failed`, `other_session`, `background`, `busy`,
-    /// `plan_stale`, `raced`): results re-run on the writer's connection after a commit to a
+    /// `plan_stale`, `raced`, `late`): results re-run on the writer's connection after a commit to a
     /// write-through table (`other_session`: read under another fingerprint, `background`:
     /// the connection was not free; both handed to the background refresher).
     pub const WRITE_THROUGH: &str = "pgmemo_write_through_total";
+    /// counter: write-through re-runs sent right behind the autocommit write they refresh
+    /// (`session::cache_side::pipelined`), not after its ReadyForQuery.
+    pub const WRITE_THROUGH_PIPELINED: &str = "pgmemo_write_through_pipelined_total";
     /// counter, labels `cause` (`write`, `ahead`), `result` (`stored`, `failed`, `busy`,
     /// `plan_stale`, `raced`, `no_login`, `login_failed`, `fingerprint`, `queue_full`,
     /// `over_share`, `too_large`, `shared_unavailable`, `not_serving`): results recomputed

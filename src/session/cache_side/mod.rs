@@ -20,6 +20,7 @@ pub mod hooks;
 pub mod hot;
 mod lookup;
 mod named;
+mod pipelined;
 mod planning;
 pub mod probe;
 mod replies;
@@ -170,6 +171,10 @@ pub struct CacheSession {
     through_deps: Vec<crate::cache::Dep>,
     /// The statements write-through keeps prepared on this connection.
     through_statements: through::Statements,
+    /// Re-runs sent right behind a write, until its ReadyForQuery (see [`pipelined`]).
+    sent: Option<pipelined::Sent>,
+    /// What that write's commit bumped, taken at its ReadyForQuery.
+    committed: Option<crate::invalidation::Written>,
     /// Background re-runs of a commit whose acknowledgement is held: submitted when it is
     /// released (at most `cache.write_through_max_entries`).
     after_ack: Vec<Arc<crate::refresh::recipes::Recipe>>,
@@ -240,6 +245,8 @@ impl CacheSession {
             through_ready: None,
             through_deps: Vec::new(),
             through_statements: through::Statements::default(),
+            sent: None,
+            committed: None,
             after_ack: Vec::new(),
             side: side::SessionSide::new(&app_side, database),
         }

@@ -42,6 +42,11 @@ impl CacheSession {
                 self.on_close(frame);
                 FrameAction::Forward
             }
+            frontend::SYNC => match self.pipeline_through(state) {
+                // Write-through's re-runs, right behind the write (see `pipelined`).
+                Some(reruns) => FrameAction::ForwardThen(reruns),
+                None => FrameAction::Forward,
+            },
             frontend::FUNCTION_CALL => {
                 // Runs a function by OID: effects and settings changes pgmemo cannot see
                 // (the bump waits for its ReadyForQuery, see `on_ready`).
@@ -99,7 +104,10 @@ impl CacheSession {
                 rows,
             });
         }
-        FrameAction::Forward
+        match self.pipeline_through(state) {
+            Some(reruns) => FrameAction::ForwardThen(reruns),
+            None => FrameAction::Forward,
+        }
     }
 
     /// A Parse: forwarded with its statement's plan (the registry keeps it under its name).

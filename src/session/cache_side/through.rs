@@ -125,9 +125,14 @@ impl Statements {
 }
 
 /// One result being re-run.
-struct Group {
+pub(super) struct Group {
     /// Taken when it is stored or fails.
     leader: Option<Leader>,
+    /// Sent behind a write: the keys and snapshot to lead the fill under once the write's
+    /// bump is confirmed (see `pipelined`).
+    unled: Option<(Keys, VersionSnapshot)>,
+    /// Its fill could not be led (counted then): run, not stored, not a failure.
+    unleadable: bool,
     recipe: Arc<Recipe>,
     /// The statement it runs on (NUL-terminated), and whether the batch parses it.
     name: Bytes,
@@ -172,6 +177,9 @@ pub(super) enum Outcome {
     Stale,
     /// A write came while it ran: computed, not stored (never stale).
     Raced,
+    /// Read again (and stored under the old versions) while the write it was re-run
+    /// behind was running: not among the re-runs sent with the write, so left invalid.
+    Late,
 }
 
 impl Outcome {
@@ -184,11 +192,12 @@ impl Outcome {
             Self::Busy => "busy",
             Self::Stale => "plan_stale",
             Self::Raced => "raced",
+            Self::Late => "late",
         }
     }
 }
 
-fn count(outcome: Outcome, n: usize) {
+pub(super) fn count(outcome: Outcome, n: usize) {
     if n > 0 {
         metrics::counter!(names::WRITE_THROUGH, "result" => outcome.label()).increment(n as u64);
     }
@@ -220,6 +229,11 @@ impl CacheSession {
         frame: &[u8],
         state: &SessionState,
     ) -> bool {
+        if let Some(sent) = self.sent.take() {
+            // Re-runs went out right behind the write: their replies follow this frame.
+            self.receive_sent(sent, deps, frame);
+            return true;
+        }
         if deps.is_empty() || Reader::body(frame).u8() != Some(b'I') || !self.app.cache_enabled() {
             return false;
         }
@@ -231,27 +245,7 @@ impl CacheSession {
             .then(|| self.fp_digest.filter(|_| self.fingerprint.cacheable()))
             .flatten()
             .zip(self.cx.as_ref().map(|_| self.cx_id));
-        let max = self.app.config().cache.write_through_max_entries;
-        let recipes = self.app.services.recipes.dependents(deps, max);
-        let (mine, others): (Vec<_>, Vec<_>) = recipes.into_iter().partition(|r| {
-            here.is_some_and(|(fp, _)| r.fingerprint == fp && *r.database == *self.database)
-        });
-        if !shared {
-            let why = match here {
-                Some(_) => Outcome::OtherSession,
-                None => Outcome::Background,
-            };
-            count(why, others.len());
-        }
-        // Those are recomputed in the background, each under its own login and fingerprint;
-        // once the acknowledgement is released when it is held (for Redis or the change
-        // stream: the refresh must read the versions the write moved).
-        if matches!(self.ack, resume::AckHold::No) {
-            submit(&self.app.services, others);
-        } else {
-            let room = max.saturating_sub(self.after_ack.len());
-            self.after_ack.extend(others.into_iter().take(room));
-        }
+        let mine = self.dependents_here(deps, here.map(|(fp, _)| fp));
         let Some((fp, cx_id)) = here else {
             return false;
         };
@@ -259,7 +253,7 @@ impl CacheSession {
         let config = self.app.services.invalidator.config_generation();
         let mut groups = Vec::with_capacity(mine.len());
         for recipe in mine {
-            match self.through_group(recipe, &fp, cx_id) {
+            match self.through_group(recipe, &fp, cx_id, &[]) {
                 Ok(g) => groups.push(g),
                 Err(outcome) => count(outcome, 1),
             }
@@ -267,16 +261,64 @@ impl CacheSession {
         if groups.is_empty() {
             return false;
         }
-        self.through = Some(Through {
+        let batch = batch(&groups, &mut self.through_statements);
+        self.through = Some(self.through_for(frame, Some(batch), groups, config));
+        true
+    }
+
+    /// The write-through that holds the writer's ReadyForQuery `frame` until `groups`
+    /// ended (or the time budget passed), their frames to send still in `batch`.
+    pub(super) fn through_for(
+        &self,
+        frame: &[u8],
+        batch: Option<Bytes>,
+        groups: Vec<Group>,
+        config: u64,
+    ) -> Through {
+        Through {
             ready: Some(Bytes::copy_from_slice(frame)),
             started: Instant::now(),
             budget: self.app.config().refresh.time_budget,
-            batch: Some(batch(&groups, &mut self.through_statements)),
+            batch,
             groups,
             done: 0,
             config,
+        }
+    }
+
+    /// The results a commit that bumped `deps` invalidated, most recently stored first
+    /// (at most `cache.write_through_max_entries`): those read under fingerprint `here`
+    /// (this session's, when it may re-run them on its connection) are returned; the
+    /// others go to the background refresher, each under its own login and fingerprint —
+    /// once the acknowledgement is released when it is held (for Redis or the change
+    /// stream: the refresh must read the versions the write moved).
+    pub(super) fn dependents_here(
+        &mut self,
+        deps: &[Dep],
+        here: Option<[u8; 16]>,
+    ) -> Vec<Arc<Recipe>> {
+        if deps.is_empty() || !self.app.cache_enabled() {
+            return Vec::new();
+        }
+        let max = self.app.config().cache.write_through_max_entries;
+        let recipes = self.app.services.recipes.dependents(deps, max);
+        let (mine, others): (Vec<_>, Vec<_>) = recipes.into_iter().partition(|r| {
+            here.is_some_and(|fp| r.fingerprint == fp && *r.database == *self.database)
         });
-        true
+        if self.app.services.shared.is_none() {
+            let why = match here {
+                Some(_) => Outcome::OtherSession,
+                None => Outcome::Background,
+            };
+            count(why, others.len());
+        }
+        if matches!(self.ack, resume::AckHold::No) {
+            submit(&self.app.services, others);
+        } else {
+            let room = max.saturating_sub(self.after_ack.len());
+            self.after_ack.extend(others.into_iter().take(room));
+        }
+        mine
     }
 
     /// Whether write-through may re-run results on this session's connection now: its
@@ -298,18 +340,34 @@ impl CacheSession {
 
     /// The fill guard and snapshot of one re-run (I1: read now, after the bumps, before
     /// its statement is sent), or why it is not re-run.
-    fn through_group(
+    /// `moved`: the counters a write that runs before it on this connection will move
+    /// (empty when the write was bumped already): the result is keyed on the snapshot
+    /// moved by exactly those (see `pipelined`).
+    pub(super) fn through_group(
         &mut self,
         recipe: Arc<Recipe>,
         fp: &[u8; 16],
         cx_id: u64,
+        moved: &[(Dep, u64)],
     ) -> Result<Group, Outcome> {
         let rules = self.app.rules_generation();
         let services = &self.app.services;
         let ids = (cx_id, self.utf8, rules);
         let snapshot = snapshot(services, &recipe, ids, &mut self.deps)?;
+        let snapshot = if moved.is_empty() {
+            snapshot
+        } else {
+            snapshot.after(moved)
+        };
         let keys = keys(services, &recipe, fp, &snapshot, None)?;
-        let leader = lead_keys(services, keys, snapshot, None)?;
+        // Behind a write, the fill is led only once the write's bump is confirmed: until
+        // then the key may be reached by another write's identical bump, and a reader
+        // waiting on this fill would get rows without that write.
+        let (leader, unled) = if moved.is_empty() {
+            (Some(lead_keys(services, keys, snapshot, None)?), None)
+        } else {
+            (None, Some((keys, snapshot)))
+        };
         let (sql, types) = match &recipe.request {
             Request::Simple { sql } => (sql, &Bytes::new()),
             Request::Extended {
@@ -318,7 +376,9 @@ impl CacheSession {
         };
         let (name, parse) = self.through_statements.name_for(fp, sql, types);
         Ok(Group {
-            leader: Some(leader),
+            leader,
+            unled,
+            unleadable: false,
             recipe: Arc::clone(&recipe),
             name,
             parse,
@@ -350,6 +410,8 @@ impl CacheSession {
                 let config = self.app.services.invalidator.config_generation();
                 if !group.failed && group.complete && idle && config == through.config {
                     self.through_store(group);
+                } else if group.unleadable {
+                    // Counted when its fill could not be led; its statement is sound.
                 } else {
                     count(Outcome::Failed, 1);
                     group.fail();
@@ -429,10 +491,32 @@ impl CacheSession {
 }
 
 impl Group {
+    /// Whether this re-runs `recipe` (the registry's own, not an equal one filed since).
+    pub(super) fn runs(&self, recipe: &Arc<Recipe>) -> bool {
+        Arc::ptr_eq(&self.recipe, recipe)
+    }
+
     /// This re-run's result will not be stored: whoever waits for its key is let go now.
-    fn fail(&mut self) {
+    pub(super) fn fail(&mut self) {
         self.failed = true;
         self.leader = None;
+        self.unled = None;
+    }
+
+    /// The write it was sent behind made exactly the bump its key assumes: its fill is led
+    /// now, or it fails (another session fills or holds that result).
+    pub(super) fn lead(&mut self, services: &crate::context::Services) {
+        let Some((keys, snapshot)) = self.unled.take() else {
+            return;
+        };
+        match lead_keys(services, keys, snapshot, None) {
+            Ok(leader) => self.leader = Some(leader),
+            Err(outcome) => {
+                count(outcome, 1);
+                self.fail();
+                self.unleadable = true;
+            }
+        }
     }
 }
 
@@ -616,7 +700,7 @@ pub(super) fn put_request(out: &mut BytesMut, request: &Request, name: &[u8], pa
 /// Each re-run as its own sync group, so one that fails does not skip the others: the
 /// statements to close first (in the first group), Parse when the statement is new, Bind,
 /// Describe (the RowDescription a stored result carries), Execute.
-fn batch(groups: &[Group], statements: &mut Statements) -> Bytes {
+pub(super) fn batch(groups: &[Group], statements: &mut Statements) -> Bytes {
     let mut out = BytesMut::new();
     for name in statements.closing.drain(..) {
         frame(&mut out, b'C', &[b"S", &name]);

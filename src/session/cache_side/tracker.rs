@@ -240,6 +240,10 @@ impl CacheSession {
             // CommandComplete, before it).
             self.through_deps = super::through::through_deps(&written);
         }
+        if self.sent.is_some() {
+            // Re-runs went out behind this commit, keyed on its planned bump.
+            self.committed = Some(written.clone());
+        }
         if !written.is_empty() {
             super::hooks::pause(super::hooks::Point::BeforeBump);
             let shared = self
@@ -349,6 +353,19 @@ impl CacheSession {
     /// client_encoding ahead of it, reported by ParameterStatus, makes a re-probe due),
     /// everything else table-wide.
     fn merge_written(&mut self, sp: &StmtPlan, rows: Option<&[(Tag, Stripe)]>) {
+        let mut txn = std::mem::take(&mut self.tracker.txn);
+        self.add_written(&mut txn, sp, rows);
+        self.tracker.txn = txn;
+    }
+
+    /// Adds to `to` what [`merge_written`](Self::merge_written) adds for this statement
+    /// now (write-through's pipelined re-runs predict a commit's bump with it).
+    pub(super) fn add_written(
+        &self,
+        to: &mut Written,
+        sp: &StmtPlan,
+        rows: Option<&[(Tag, Stripe)]>,
+    ) {
         let text_ok = |types: &[KeyType]| {
             !types.contains(&KeyType::Text) || (self.utf8 && !self.probe.needed)
         };
@@ -361,12 +378,12 @@ impl CacheSession {
                     .filter(|t| **t != pin.tag)
                     .copied()
                     .collect();
-                self.tracker.txn.merge(&others, sp.written.epoch);
-                self.tracker.txn.merge_rows(rows);
+                to.merge(&others, sp.written.epoch);
+                to.merge_rows(rows);
             }
-            _ => self.tracker.txn.merge(&sp.written.tags, sp.written.epoch),
+            _ => to.merge(&sp.written.tags, sp.written.epoch),
         }
-        self.tracker.txn.merge_through(&sp.written.through);
+        to.merge_through(&sp.written.through);
     }
 
     /// The rows statement `index` of `plan` writes, known by key, for an execution with
