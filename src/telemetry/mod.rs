@@ -120,7 +120,11 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WRITE_THROUGH,
-        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored)."
+        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (a shared tier, or the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored)."
+    );
+    describe_counter!(
+        names::WRITE_THROUGH_OVER_BUDGET,
+        "Write-through re-runs in the background still running when refresh.time_budget released the writer's acknowledgement (they still run and store)."
     );
     describe_counter!(
         names::REFRESH,
@@ -333,8 +337,12 @@ pub mod names {
     /// counter, label `result` (`stored`, `failed`, `other_session`, `background`, `busy`,
     /// `plan_stale`, `raced`): results re-run on the writer's connection after a commit to a
     /// write-through table (`other_session`: read under another fingerprint, `background`:
-    /// the connection was not free; both handed to the background refresher).
+    /// a shared tier, or the connection was not free; both handed to the background
+    /// refresher).
     pub const WRITE_THROUGH: &str = "pgmemo_write_through_total";
+    /// counter: write-through re-runs handed to the background refresher before the
+    /// writer's acknowledgement that had not ended when `refresh.time_budget` released it.
+    pub const WRITE_THROUGH_OVER_BUDGET: &str = "pgmemo_write_through_over_budget_total";
     /// counter, labels `cause` (`write`, `ahead`), `result` (`stored`, `failed`, `busy`,
     /// `plan_stale`, `raced`, `no_login`, `login_failed`, `fingerprint`, `queue_full`,
     /// `over_share`, `too_large`, `shared_unavailable`, `not_serving`): results recomputed
