@@ -136,7 +136,11 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WARM,
-        "Results warmed (run and stored before clients ask), by source (config: a [[warm]] entry; hot_keys: the previous run's hot keys) and result: stored, failed, refused (not a read pgmemo caches for that session), no_login, login_failed, fingerprint (the login does not reproduce the recorded fingerprint), busy (cached or being filled already), plan_stale, not_serving (the database's change stream does not serve), not_stored (a write came in between), timeout (warming.timeout passed first)."
+        "Results warmed (run and stored before clients ask), by source (config: a [[warm]] entry; hot_keys: the previous run's hot keys, and after start-up also this run's) and result: stored, failed, refused (not a read pgmemo caches for that session), no_login, login_failed, fingerprint (the login does not reproduce the recorded fingerprint), busy (cached or being filled already), plan_stale, not_serving (the database's change stream does not serve), not_stored (a write came in between), timeout (warming.timeout passed first)."
+    );
+    describe_counter!(
+        names::WARM_RUNS,
+        "Warming runs, by trigger: start (start-up), flush (a whole-cache flush), invalidation (DDL through pgmemo, a change stream resynchronised, a catalog or server configuration change)."
     );
     describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
@@ -354,8 +358,10 @@ pub mod names {
     /// counter, labels `source` (`config`, `hot_keys`), `result` (`stored`, `failed`,
     /// `refused`, `no_login`, `login_failed`, `fingerprint`, `busy`, `plan_stale`,
     /// `not_serving`, `not_stored`, `timeout`): results warmed at start-up or after a
-    /// whole-cache flush.
+    /// whole-cache flush or invalidation.
     pub const WARM: &str = "pgmemo_warm_total";
+    /// counter, label `trigger` (`start`, `flush`, `invalidation`): warming runs begun.
+    pub const WARM_RUNS: &str = "pgmemo_warm_runs_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.
