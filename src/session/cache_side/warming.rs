@@ -177,7 +177,10 @@ pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
                 // The change streams' first consistent points (start-up's own epoch
                 // bumps) are not a reason to warm when start-up did not.
                 let deadline = Instant::now() + ctx.config().warming.timeout;
-                settle(&ctx, deadline).await;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = settle(&ctx, deadline) => {}
+                }
                 signals.rewarms.borrow_and_update();
             }
         }
