@@ -6,11 +6,14 @@
 mod common;
 #[path = "support/l2.rs"]
 mod l2;
+#[path = "support/wire.rs"]
+mod wire;
 
 use std::time::{Duration, Instant};
 
 use common::{Proxy, RedisServer};
 use l2::{eventually, instance, metric, read, session, usable, write};
+use tokio::io::AsyncWriteExt;
 
 fn refreshes(ps: &[&Proxy], cause: &str, result: &str) -> f64 {
     let (cause, result) = (format!("cause=\"{cause}\""), format!("result=\"{result}\""));
@@ -236,5 +239,56 @@ async fn with_a_shared_tier_the_acknowledgement_waits_no_longer_than_the_time_bu
     .await;
     let misses_a = misses(&a);
     assert_eq!(read_slow(&ca, 4).await.as_deref(), Some("6"));
+    assert_eq!(misses(&a), misses_a, "a hit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_leaves_while_its_acknowledgement_is_held_holds_nothing_up() {
+    let redis = RedisServer::start();
+    let pg = l2::postgres();
+    create_slow(&pg, 2.0);
+    let cfg = l2::config(&[redis.url()], "strict", &through_on_kv("10s"));
+    let a = instance(&pg, &cfg);
+    usable(&a).await;
+    let ca = session(&a).await;
+    assert_eq!(read_slow(&ca, 5).await.as_deref(), Some("0"));
+    let active = || metric(&a, "pgmemo_client_connections_active", &[]);
+    let before = active();
+
+    // A writer on the raw protocol: its UPDATE completes, its ReadyForQuery is held for
+    // the two-second refresh; it leaves meanwhile.
+    let mut writer = wire::trust_session(a.addr(), common::SUPERUSER, l2::DB).await;
+    writer
+        .write_all(&wire::query("UPDATE kv SET v = 8 WHERE k = 5"))
+        .await
+        .expect("send the write");
+    let mut tags = Vec::new();
+    while let wire::Read::Frame(f) = wire::read_frame(&mut writer, Duration::from_millis(300)).await
+    {
+        tags.push(f[0]);
+    }
+    assert_eq!(tags, [b'C'], "the commit's ReadyForQuery is held");
+    drop(writer);
+    let left = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the writer's session to end",
+        || active() <= before,
+    )
+    .await;
+    assert!(
+        left.elapsed() < Duration::from_millis(700),
+        "the session waited for the refresh: {:?}",
+        left.elapsed()
+    );
+    // Another session is served meanwhile, and the refresh already handed over still ends
+    // and is stored.
+    assert_eq!(read(&ca, 6).await, 0);
+    eventually(Duration::from_secs(10), "the write's refresh", || {
+        refreshes(&[&a], "write", "stored") >= 1.0
+    })
+    .await;
+    let misses_a = misses(&a);
+    assert_eq!(read_slow(&ca, 5).await.as_deref(), Some("8"));
     assert_eq!(misses(&a), misses_a, "a hit");
 }
