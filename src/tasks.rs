@@ -5,6 +5,10 @@
 //! `server.shutdown_timeout`, and says by name what did not stop. Tasks stop on their own
 //! signal (the server's shutdown token, or their handles being dropped); this registry only
 //! counts and waits. Sessions have their own tracker in `server`.
+//!
+//! Work handed to such a task can carry a [`InFlight`] token, so that whoever handed it can
+//! wait until it ended ([`Ended`]): a write's acknowledgement waits for the refreshes it
+//! handed to the background refresher, and for their Redis writes.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -127,9 +131,51 @@ impl Tasks {
     }
 }
 
+/// Carried by a piece of work handed to a background task (a refresh job, then the Redis
+/// write of its result; clones go along with each part). The work has ended, however it
+/// ended (done, failed, refused by a full queue, dropped unrun at shutdown), once every
+/// clone is dropped: nothing is ever sent, the drop is the signal, so no path can forget
+/// to give it. One pointer in size.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    _sender: tokio::sync::mpsc::Sender<()>,
+}
+
+/// The waiting side of an [`InFlight`] token.
+#[derive(Debug)]
+pub struct Ended(tokio::sync::mpsc::Receiver<()>);
+
+/// A token for one piece of work, and what ends when it has ended.
+pub fn in_flight() -> (InFlight, Ended) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    (InFlight { _sender: tx }, Ended(rx))
+}
+
+impl Ended {
+    /// Resolves once every clone of the token was dropped.
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: `None` comes when the last sender is gone.
+        while self.0.recv().await.is_some() {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn work_has_ended_when_every_clone_of_its_token_is_dropped() {
+        let (token, ended) = in_flight();
+        let part = token.clone();
+        let mut wait = Box::pin(ended.wait());
+        drop(token);
+        let early = tokio::time::timeout(Duration::from_millis(20), wait.as_mut()).await;
+        assert!(early.is_err(), "a clone is still held");
+        drop(part);
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn tasks_are_listed_by_name_until_they_end() {

@@ -251,3 +251,42 @@ async fn without_an_ack_wait_a_trigger_write_flushes_the_cache_as_before() {
     assert_eq!(simple(&c, read).await, simple(&s.probe.client, read).await);
     assert!(epoch_bumps(&s, "side_effects") > side_effects);
 }
+
+/// Write-through on a table with a trigger: the writer's acknowledgement is held for the
+/// change stream, so its connection is not free for re-runs and the results it invalidated
+/// go to the background refresher — handed over once the stream applied the commit (a
+/// refresh must read what the stream bumped) and waited for before the acknowledgement.
+/// A session with another fingerprint reads the new row from the cache right after.
+#[tokio::test]
+async fn with_the_acknowledgement_held_write_through_refreshes_before_it() {
+    let extra = "cdc_ack_wait_max = \"2s\"\n\n[[rules]]\ntable = \"audited\"\n\
+                 write = \"through\"\n\n[refresh]\ntime_budget = \"10s\"\n";
+    // Each refresh takes 200 ms: a read right after an acknowledgement that did not wait
+    // for it would miss.
+    let setup = format!(
+        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep(0.2); RETURN x; END $$;"
+    );
+    let s = CacheStack::start(&setup, &cdc_config(extra)).await;
+    wait_streaming(&s.proxy).await;
+    let writer = s.session(SUPERUSER).await;
+    // Another fingerprint than the writer's (its search_path is set at login).
+    let reader = s
+        .session_with_options(SUPERUSER, "-c search_path=public")
+        .await;
+    let read = "SELECT slow(v) AS v FROM audited WHERE id = 1";
+    let q = s.probe.q(read, None).await;
+    let before = simple(&s.probe.client, read).await;
+    s.probe
+        .eventually_hit(&reader, &q, &before, Duration::from_secs(5))
+        .await;
+    for round in 1..=2 {
+        simple(&writer, "UPDATE audited SET v = v + 1 WHERE id = 1").await;
+        // The refresh was stored before the writer's acknowledgement: a hit, new row.
+        let (got, calls) = s.probe.run(&reader, &q).await;
+        let want = simple(&s.probe.client, read).await;
+        assert_ne!(want, before);
+        assert_eq!((got, calls), (want, 0), "round {round}");
+    }
+    assert!(s.metric("pgmemo_cdc_ack_waits_total") >= 2.0);
+}

@@ -3,7 +3,9 @@
 //! Query), pgbench `-M prepared` (text parameters, no declared types) and tokio-postgres
 //! (a role with startup `options`) — and never a hit for another role; `/readyz` waits
 //! for warming within `warming.timeout`; the hot keys of one run are warmed at the next
-//! start, and a hot-key file changed in one byte is refused with a warning.
+//! start, and a hot-key file changed in one byte is refused with a warning. Warming runs
+//! again after a whole-cache flush and after DDL through pgmemo (once per burst), with the
+//! keys that became hot in this run.
 
 mod common;
 #[path = "support/cache_probe.rs"]
@@ -453,4 +455,90 @@ async fn hot_keys_kept_in_redis_are_warmed_by_the_next_instance() {
     );
     assert_eq!(warmed(&other, "hot_keys", "stored"), 0.0);
     drop(pg);
+}
+
+fn runs(proxy: &Proxy, trigger: &str) -> f64 {
+    proxy.metric(
+        "pgmemo_warm_runs_total",
+        &[&format!("trigger=\"{trigger}\"")],
+    )
+}
+
+/// Waits (bounded) until `source` counted `n` results stored, checking meanwhile that
+/// pgmemo stays ready (only the start-up run gates readiness).
+async fn until_warmed(proxy: &Proxy, source: &str, n: f64) {
+    let started = Instant::now();
+    while warmed(proxy, source, "stored") < n {
+        assert_eq!(readyz(proxy).0, 200, "a later run made pgmemo unready");
+        assert!(
+            started.elapsed() < WARM_BOUND,
+            "{source}: not warmed again: {}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_ddl_through_pgmemo_warms_again_once() {
+    let warm = "[[warm]]\nsql = \"SELECT v FROM items WHERE id = 1\"\ndatabase = \"app\"\n";
+    let setup = format!("{SETUP}CREATE TABLE spare(id int);");
+    let s = CacheStack::start(&setup, &config("", warm)).await;
+    until_ready(&s.proxy).await;
+    assert_eq!(warmed(&s.proxy, "config", "stored"), 1.0);
+    let home = tempfile::tempdir().unwrap();
+    let q1 = s.probe.q("SELECT v FROM items WHERE id = 1", None).await;
+    psql_hit(&s, home.path(), &q1, "10").await;
+
+    // DDL through pgmemo on a table no warm query reads: each statement commits and makes
+    // every cached result unreachable (an epoch bump).
+    let client = s.session(SUPERUSER).await;
+    for i in 0..3 {
+        simple(&client, &format!("ALTER TABLE spare ADD COLUMN c{i} int")).await;
+    }
+    until_warmed(&s.proxy, "config", 2.0).await;
+    assert_eq!(runs(&s.proxy, "invalidation"), 1.0, "one run for the burst");
+    let body = readyz(&s.proxy).1;
+    assert!(body.contains("\"trigger\":\"invalidation\""), "{body}");
+    // The first read after it is a hit again.
+    psql_hit(&s, home.path(), &q1, "10").await;
+    // Nothing else started a run (the change stream's start, the poller seeing the DDL).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(runs(&s.proxy, "invalidation"), 1.0);
+    assert_eq!(runs(&s.proxy, "start"), 1.0);
+}
+
+#[tokio::test]
+async fn a_key_hot_in_this_run_is_warmed_again_after_a_flush() {
+    // No hot-key file yet: no hot key at start.
+    let dir = tempfile::tempdir().unwrap();
+    let hot = format!(
+        "[warming]\nhot_keys = 10\nhot_keys_file = \"{}\"\n",
+        dir.path().join("hot-keys").display()
+    );
+    let secret = "secret = \"00112233445566778899aabbccddeeff\"";
+    let s = CacheStack::start(SETUP, &config(secret, &hot)).await;
+    until_ready(&s.proxy).await;
+    let q = s.probe.q("SELECT v FROM items WHERE id = 3", None).await;
+    // Read often enough for its hits to be sampled (one lookup in 16 per session).
+    let client = s.session(SUPERUSER).await;
+    for _ in 0..64 {
+        assert_eq!(simple(&client, &q.sql).await, column("v", &["30"]));
+    }
+    assert_eq!(warmed(&s.proxy, "hot_keys", "stored"), 0.0);
+
+    // A whole-cache flush (SIGUSR1).
+    let status = std::process::Command::new("kill")
+        .args(["-s", "USR1", &s.proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    until_warmed(&s.proxy, "hot_keys", 1.0).await;
+    assert_eq!(runs(&s.proxy, "flush"), 1.0);
+    // The next read of it is a hit: warmed under the session's fingerprint.
+    let (hits, misses) = lookups(&s.proxy);
+    let calls = s.probe.calls(&q).await;
+    assert_eq!(simple(&client, &q.sql).await, column("v", &["30"]));
+    assert_eq!(lookups(&s.proxy), (hits + 1.0, misses));
+    assert_eq!(s.probe.calls(&q).await, calls);
 }

@@ -28,6 +28,7 @@ use super::l2::envelope::{Sealed, now_unix_ms};
 use super::l2::tier::{Consistency, SharedTier};
 use super::l2::versions::SharedSnapshot;
 use super::{Cache, CacheKey, Dep, Entry, FillGuard, FillWaiter, KeyCheck, KeyInput, Lookup, Tag};
+use crate::tasks::InFlight;
 
 /// The answer of one lookup over the tiers.
 pub enum TierLookup {
@@ -160,18 +161,20 @@ impl Tiers<'_> {
     }
 
     /// Stores a captured result in the L2 (queued; off the client's path), when the
-    /// snapshot it was looked up under is still current.
+    /// snapshot it was looked up under is still current. `done` (a refresh's token) is
+    /// held until Redis answered the write, or dropped at once when there is none.
     pub fn put_shared(
         &self,
         l2: Option<(CacheKey, KeyCheck)>,
         snapshot: &VersionSnapshot,
         frames: Bytes,
         ttl: Duration,
+        done: Option<InFlight>,
     ) {
         if let (Some(tier), Some((key, check))) = (self.shared, l2)
             && snapshot.is_current(self.cache.versions())
         {
-            tier.put(key, &sealed(check, frames, ttl));
+            tier.put(key, &sealed(check, frames, ttl), done);
         }
     }
 

@@ -196,6 +196,38 @@ fn spawn_or_record(bump: SharedBump) {
     }
 }
 
+/// Whether warming runs again after an epoch bump of `cause` (every epoch bump makes every
+/// cached result unreachable): after the rare whole-cache events — DDL through pgmemo, a
+/// change stream resynchronised (start, reconnect, a stopped stream restarted), catalog
+/// changes the poller cannot pin to relations, a server configuration reload. Not after
+/// the causes that come with ordinary writes (side effects without a change stream,
+/// unparsed, untracked or re-resolved writes, an unknown gid, a streamed transaction too
+/// large or not resolved): they recur at the rate of writes, and each run would re-run
+/// every warm query for results the next such write drops. Not after `SideClosed`: it
+/// follows the last client leaving, and warming would open the side connections again
+/// (and close them, bump, warm...). `Admin` has its own signal (`flushes`); `TagLimit` is
+/// bumped by the version table itself, never through here.
+fn rewarms_after(cause: EpochCause) -> bool {
+    match cause {
+        EpochCause::Ddl
+        | EpochCause::CdcResync
+        | EpochCause::CatalogFunction
+        | EpochCause::CatalogRole
+        | EpochCause::CatalogObject
+        | EpochCause::ConfigReload => true,
+        EpochCause::UnparsedWrite
+        | EpochCause::SideEffects
+        | EpochCause::ResolutionChanged
+        | EpochCause::UnknownGid
+        | EpochCause::Untracked
+        | EpochCause::CdcOverflow
+        | EpochCause::CdcUnresolved
+        | EpochCause::SideClosed
+        | EpochCause::Admin
+        | EpochCause::TagLimit => false,
+    }
+}
+
 /// Why a manual table invalidation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidateError {
@@ -222,6 +254,9 @@ pub struct Invalidator {
     granularity: [Counter; 2],
     /// Moves at every whole-cache flush (to its epoch): warming runs again after one.
     flushes: tokio::sync::watch::Sender<u64>,
+    /// Counts the other whole-cache invalidations warming runs again after (see
+    /// [`rewarms_after`]).
+    rewarms: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -242,12 +277,19 @@ impl Invalidator {
             granularity: ["table", "row"]
                 .map(|g| metrics::counter!(names::CACHE_INVALIDATIONS, "granularity" => g)),
             flushes: tokio::sync::watch::Sender::new(0),
+            rewarms: tokio::sync::watch::Sender::new(0),
         }
     }
 
     /// Sees every whole-cache flush from now on (the value: the flush's epoch).
     pub fn flushes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.flushes.subscribe()
+    }
+
+    /// Sees every epoch bump of this instance that warming runs again after (see
+    /// [`rewarms_after`]) from now on (the value: how many there were).
+    pub fn rewarms(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rewarms.subscribe()
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -343,6 +385,9 @@ impl Invalidator {
         }
         if let Some(cause) = written.epoch {
             self.cache.versions().bump_epoch(cause);
+            if rewarms_after(cause) {
+                self.rewarms.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
         let tier = self.shared.as_ref()?;
         if written.is_empty() {
@@ -588,6 +633,42 @@ pub fn parse_table(text: &str) -> Option<RelName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offline() -> Invalidator {
+        let secret = crate::cache::KeySecret::generate().unwrap();
+        let cache = Arc::new(Cache::new(crate::cache::CacheLimits::with_secret(secret)));
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("127.0.0.1").port(1).user("postgres");
+        let catalog = Arc::new(Catalog::new(crate::catalog::CatalogConfig::new(pg)));
+        Invalidator::new(cache, catalog, None)
+    }
+
+    #[test]
+    fn warming_is_told_of_rare_whole_cache_invalidations_only() {
+        let inv = offline();
+        let mut rewarms = inv.rewarms();
+        let epoch = |cause| Written {
+            epoch: Some(cause),
+            ..Written::default()
+        };
+        for cause in [EpochCause::SideEffects, EpochCause::Untracked] {
+            inv.bump(&epoch(cause), Source::Write);
+        }
+        inv.bump_epoch(EpochCause::SideClosed);
+        assert!(!rewarms.has_changed().unwrap(), "write-rate causes");
+        let before = inv.cache().versions().epoch();
+        inv.bump(&epoch(EpochCause::Ddl), Source::Write);
+        assert_eq!(inv.cache().versions().epoch(), before + 1);
+        assert!(rewarms.has_changed().unwrap());
+        assert_eq!(*rewarms.borrow_and_update(), 1);
+        inv.bump_epoch(EpochCause::CdcResync);
+        assert_eq!(*rewarms.borrow_and_update(), 2);
+        inv.flush_all();
+        assert!(
+            !rewarms.has_changed().unwrap(),
+            "a flush has its own signal"
+        );
+    }
 
     #[test]
     fn table_names_parse_like_sql_identifiers() {

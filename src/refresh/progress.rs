@@ -1,8 +1,9 @@
 //! Where warming is (issue 19), for `/readyz`: pgmemo reports ready only once the warming
 //! at start-up has ended or `warming.timeout` has passed, so an orchestrator sends clients
 //! to an instance whose cache already holds the warmed results. Warming after a whole-cache
-//! flush is reported too, but never makes a running instance unready (taking it out of
-//! service because its cache was flushed would turn a flush into an outage).
+//! flush or another whole-cache invalidation is reported too, but never makes a running
+//! instance unready (taking it out of service because its cache was flushed would turn a
+//! flush into an outage).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ pub struct WarmingReport {
     /// Whether this run holds readiness back (only the one at start-up does, until it ends
     /// or times out).
     pub gates_readiness: bool,
-    /// Why it runs: `start` or `flush`; `null` before the first run.
+    /// Why it runs: `start`, `flush` or `invalidation`; `null` before the first run.
     pub trigger: Option<&'static str>,
     /// Queries of this run: in all, finished (whatever their result), and stored.
     pub queries: usize,
@@ -71,6 +72,20 @@ pub enum Trigger {
     Start,
     /// The whole cache was flushed: does not gate readiness.
     Flush,
+    /// Another whole-cache invalidation (DDL through pgmemo, a change stream resynchronised,
+    /// a catalog or server configuration change): does not gate readiness.
+    Invalidation,
+}
+
+impl Trigger {
+    /// The label in `/readyz` and in `pgmemo_warm_runs_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Flush => "flush",
+            Trigger::Invalidation => "invalidation",
+        }
+    }
 }
 
 impl WarmingProgress {
@@ -85,10 +100,7 @@ impl WarmingProgress {
         s.report = WarmingReport {
             state: "running",
             gates_readiness: gates,
-            trigger: Some(match trigger {
-                Trigger::Start => "start",
-                Trigger::Flush => "flush",
-            }),
+            trigger: Some(trigger.label()),
             queries,
             finished: 0,
             stored: 0,
@@ -148,6 +160,11 @@ mod tests {
         let r = p.report();
         assert!(!r.gates_readiness);
         assert_eq!((r.state, r.trigger), ("running", Some("flush")));
+
+        p.begin(Trigger::Invalidation, 1, Duration::from_secs(60));
+        let r = p.report();
+        assert!(!r.gates_readiness, "only the start-up run gates");
+        assert_eq!((r.state, r.trigger), ("running", Some("invalidation")));
     }
 
     #[test]

@@ -6,13 +6,18 @@
 //!
 //! Bounded in bytes: at most [`CAPACITY`] jobs, each an `Arc` of a recipe — one the
 //! registry weighs (write-through), or one made at a hit whose request is at most
-//! [`AHEAD_REQUEST_BYTES`] (refresh-ahead) — and a `Weak` of the entry it replaces.
+//! [`AHEAD_REQUEST_BYTES`] (refresh-ahead) — a `Weak` of the entry it replaces, and a
+//! write-through's completion token (a pointer: the writer's acknowledgement waits for it,
+//! see `session::cache_side::before_ack`). A job refused by a full queue is dropped at
+//! once, which ends its token: a waiting acknowledgement never waits for a job that will
+//! not run.
 
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::mpsc;
 
 use super::recipes::Recipe;
+use crate::tasks::InFlight;
 
 /// Jobs waiting at most.
 pub const CAPACITY: usize = 1024;
@@ -50,6 +55,9 @@ pub struct Job {
     /// Refresh-ahead: the entry it replaces, not kept alive (the cache may evict it
     /// meanwhile; then a refresh is not needed, and its bytes are not held here).
     pub previous: Option<std::sync::Weak<crate::cache::Entry>>,
+    /// Write-through: held until the job ended, however (stored, skipped, failed, refused,
+    /// dropped at shutdown), and by the Redis write of its result until Redis answered it.
+    pub done: Option<InFlight>,
 }
 
 /// The sessions' side of the queue. Until the refresher starts (and in tools that never
@@ -98,6 +106,7 @@ mod tests {
             }),
             cause: Cause::Write,
             previous: None,
+            done: None,
         };
         assert!(!q.submit(job()), "not open yet");
         let mut rx = q.open().expect("first open");
@@ -108,5 +117,48 @@ mod tests {
         assert!(!q.submit(job()), "full");
         assert!(rx.try_recv().is_ok());
         assert!(q.submit(job()), "room again");
+    }
+
+    #[tokio::test]
+    async fn a_job_refused_or_consumed_ends_its_token() {
+        let q = Queue::default();
+        let mut rx = q.open().expect("first open");
+        let (token, ended) = crate::tasks::in_flight();
+        let recipe = Arc::new(Recipe {
+            database: Arc::from("db"),
+            login: Arc::new(crate::refresh::pool::LoginKey {
+                database: "db".into(),
+                user: "u".into(),
+                params: Vec::new(),
+            }),
+            fingerprint: [1; 16],
+            request: crate::refresh::recipes::Request::Simple {
+                sql: bytes::Bytes::from_static(b"SELECT 1"),
+            },
+            plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
+            deps: Box::new([]),
+        });
+        let job = |done| Job {
+            recipe: Arc::clone(&recipe),
+            cause: Cause::Write,
+            previous: None,
+            done,
+        };
+        for _ in 0..CAPACITY {
+            assert!(q.submit(job(None)));
+        }
+        assert!(!q.submit(job(Some(token))), "full");
+        let wait = tokio::time::timeout(std::time::Duration::from_secs(5), ended.wait());
+        assert!(wait.await.is_ok(), "the refused job's token ended");
+
+        let (token, ended) = crate::tasks::in_flight();
+        assert!(rx.try_recv().is_ok());
+        assert!(q.submit(job(Some(token))));
+        let mut wait = Box::pin(ended.wait());
+        let early = tokio::time::timeout(std::time::Duration::from_millis(20), wait.as_mut());
+        assert!(early.await.is_err(), "queued: not ended");
+        drop(rx);
+        let late = tokio::time::timeout(std::time::Duration::from_secs(5), wait);
+        assert!(late.await.is_ok(), "dropped with the queue: ended");
     }
 }

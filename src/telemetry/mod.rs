@@ -120,11 +120,15 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WRITE_THROUGH,
-        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored), late (read again while the write ran)."
+        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (a shared tier, or the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored), late (read again while the write ran)."
     );
     describe_counter!(
         names::WRITE_THROUGH_PIPELINED,
         "Write-through re-runs sent to PostgreSQL right behind the autocommit write they refresh (in the same round trip), not after its reply."
+    );
+    describe_counter!(
+        names::WRITE_THROUGH_OVER_BUDGET,
+        "Write-through re-runs in the background still running when refresh.time_budget released the writer's acknowledgement (they still run and store)."
     );
     describe_counter!(
         names::REFRESH,
@@ -136,7 +140,11 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WARM,
-        "Results warmed (run and stored before clients ask), by source (config: a [[warm]] entry; hot_keys: the previous run's hot keys) and result: stored, failed, refused (not a read pgmemo caches for that session), no_login, login_failed, fingerprint (the login does not reproduce the recorded fingerprint), busy (cached or being filled already), plan_stale, not_serving (the database's change stream does not serve), not_stored (a write came in between), timeout (warming.timeout passed first)."
+        "Results warmed (run and stored before clients ask), by source (config: a [[warm]] entry; hot_keys: the previous run's hot keys, and after start-up also this run's) and result: stored, failed, refused (not a read pgmemo caches for that session), no_login, login_failed, fingerprint (the login does not reproduce the recorded fingerprint), busy (cached or being filled already), plan_stale, not_serving (the database's change stream does not serve), not_stored (a write came in between), timeout (warming.timeout passed first)."
+    );
+    describe_counter!(
+        names::WARM_RUNS,
+        "Warming runs, by trigger: start (start-up), flush (a whole-cache flush), invalidation (DDL through pgmemo, a change stream resynchronised, a catalog or server configuration change)."
     );
     describe_counter!(
         names::CACHE_PINNED_LOOKUPS,
@@ -337,11 +345,15 @@ pub mod names {
     /// counter, label `result` (`stored`, `failed`, `other_session`, `background`, `busy`,
     /// `plan_stale`, `raced`, `late`): results re-run on the writer's connection after a commit to a
     /// write-through table (`other_session`: read under another fingerprint, `background`:
-    /// the connection was not free; both handed to the background refresher).
+    /// a shared tier, or the connection was not free; both handed to the background
+    /// refresher).
     pub const WRITE_THROUGH: &str = "pgmemo_write_through_total";
     /// counter: write-through re-runs sent right behind the autocommit write they refresh
     /// (`session::cache_side::pipelined`), not after its ReadyForQuery.
     pub const WRITE_THROUGH_PIPELINED: &str = "pgmemo_write_through_pipelined_total";
+    /// counter: write-through re-runs handed to the background refresher before the
+    /// writer's acknowledgement that had not ended when `refresh.time_budget` released it.
+    pub const WRITE_THROUGH_OVER_BUDGET: &str = "pgmemo_write_through_over_budget_total";
     /// counter, labels `cause` (`write`, `ahead`), `result` (`stored`, `failed`, `busy`,
     /// `plan_stale`, `raced`, `no_login`, `login_failed`, `fingerprint`, `queue_full`,
     /// `over_share`, `too_large`, `shared_unavailable`, `not_serving`): results recomputed
@@ -353,8 +365,10 @@ pub mod names {
     /// counter, labels `source` (`config`, `hot_keys`), `result` (`stored`, `failed`,
     /// `refused`, `no_login`, `login_failed`, `fingerprint`, `busy`, `plan_stale`,
     /// `not_serving`, `not_stored`, `timeout`): results warmed at start-up or after a
-    /// whole-cache flush.
+    /// whole-cache flush or invalidation.
     pub const WARM: &str = "pgmemo_warm_total";
+    /// counter, label `trigger` (`start`, `flush`, `invalidation`): warming runs begun.
+    pub const WARM_RUNS: &str = "pgmemo_warm_runs_total";
     /// gauge, labels `database`, `state` (`off`, `connecting`, `creating_slot`, `streaming`,
     /// `lagging`, `disconnected`): 1 for the state each covered database's change stream is
     /// in, 0 for the others. Only `streaming` serves cached results.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::envelope::{self, EnvelopeKey, Sealed, now_unix_ms};
 use crate::cache::key::CacheKey;
 use crate::redis_link::breaker::Breaker;
+use crate::tasks::InFlight;
 use crate::telemetry::names;
 
 /// Writes sent in one pipeline at most.
@@ -66,6 +67,9 @@ struct Write {
     key: String,
     bytes: Vec<u8>,
     ttl: Duration,
+    /// Dropped once the write was sent and answered, or dropped unsent (see
+    /// [`L2Store::put_then`]).
+    done: Option<InFlight>,
 }
 
 struct Metrics {
@@ -269,6 +273,13 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
 
     /// Queues `entry` for storage under `key`; `false` when the queue was full (dropped).
     pub fn put(&self, key: CacheKey, entry: &Sealed) -> bool {
+        self.put_then(key, entry, None)
+    }
+
+    /// As [`L2Store::put`], holding `done` until Redis answered the write (or it was
+    /// dropped): a write-through's acknowledgement waits for it, so a reader through
+    /// another instance right after finds the entry.
+    pub fn put_then(&self, key: CacheKey, entry: &Sealed, done: Option<InFlight>) -> bool {
         let redis_key = self.redis_key(key);
         let Some(sealed) = envelope::seal(
             &self.key,
@@ -290,6 +301,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> L2Store<C> {
             key: redis_key,
             bytes: sealed.bytes,
             ttl,
+            done,
         }) {
             Ok(()) => true,
             Err(_) => {
@@ -322,6 +334,8 @@ impl<C: ConnectionLike + Clone + Send + 'static> L2Writer<C> {
                 }
             }
             let n = batch.len() as u64;
+            // Held until the round trip ended, then dropped: the writes' tokens end.
+            let _done: Vec<InFlight> = batch.iter_mut().filter_map(|w| w.done.take()).collect();
             if !self.breaker.allow(Instant::now()) {
                 self.metrics.dropped.increment(n);
                 batch.clear();

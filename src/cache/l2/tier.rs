@@ -26,7 +26,7 @@ use super::store::{L2Settings, L2Store, L2Writer};
 use super::versions::{SharedSnapshot, SharedVersions, VersionsError, parse_bump_message};
 use crate::cache::{CacheKey, Dep};
 use crate::redis_link::conn::RedisConn;
-use crate::tasks::Tasks;
+use crate::tasks::{InFlight, Tasks};
 use crate::telemetry::names;
 
 mod background;
@@ -337,10 +337,11 @@ impl SharedTier {
         }
     }
 
-    /// Queues an L2 store (off the client's path; dropped when the queue is full).
-    pub fn put(&self, key: CacheKey, entry: &Sealed) {
+    /// Queues an L2 store (off the client's path; dropped when the queue is full). `done`
+    /// is held until Redis answered it (see `L2Store::put_then`).
+    pub fn put(&self, key: CacheKey, entry: &Sealed, done: Option<InFlight>) {
         if self.is_usable() {
-            self.store.put(key, entry);
+            self.store.put_then(key, entry, done);
         }
     }
 

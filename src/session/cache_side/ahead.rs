@@ -74,6 +74,8 @@ impl CacheSession {
             recipe: Arc::new(recipe),
             cause: Cause::Ahead,
             previous: Some(Arc::downgrade(entry)),
+            // Nobody waits for a refresh-ahead: the hit that started it was answered.
+            done: None,
         };
         if !services.refresh_queue.submit(job) {
             count("queue_full");

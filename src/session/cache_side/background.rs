@@ -149,7 +149,12 @@ impl Worker {
         let utf8 = super::settings::is_utf8(&settings.client_encoding);
         let rules = self.ctx.rules_generation();
         let leader = match self.lead(job, &fp, (cx_id, utf8, rules)).await {
-            Ok(leader) => leader,
+            // A write-through's acknowledgement waiting for this job waits for the Redis
+            // write of its result too.
+            Ok(leader) => through::Leader {
+                done: job.done.clone(),
+                ..leader
+            },
             Err(skip) => {
                 conn.release_clean();
                 return Err(skip);

@@ -1,6 +1,8 @@
 //! Hot keys (`warming.hot_keys`): the session's side of counting the most requested cached
 //! results (its sampled hits, see `refresh::hot`), keeping them at shutdown and reading them
-//! back at the next start for warming (`warming`).
+//! back at the next start for warming (`warming`). A warming run after start-up (a flush,
+//! another whole-cache invalidation) warms this run's hottest so far merged with those read
+//! at start ([`rewarm`]).
 //!
 //! Kept in `warming.hot_keys_file` when it is set: written after the sessions have ended,
 //! atomically and signed with the cache secret (`refresh::hotkeys`). Otherwise, with a
@@ -45,9 +47,9 @@ impl CacheSession {
     }
 }
 
-/// The previous run's hot keys, as items to warm (at most `warming.hot_keys`, hottest
-/// first); none without a file, when there is none yet, or when it is refused (logged).
-pub(super) fn load(ctx: &AppContext, warming: &WarmingConfig) -> Vec<Arc<Item>> {
+/// The previous run's hot keys (at most `warming.hot_keys`, hottest first); none without a
+/// file, when there is none yet, or when it is refused (logged).
+pub(super) fn load(ctx: &AppContext, warming: &WarmingConfig) -> Vec<HotKey> {
     let Some(path) = warming
         .hot_keys_file
         .as_deref()
@@ -69,14 +71,14 @@ pub(super) fn load(ctx: &AppContext, warming: &WarmingConfig) -> Vec<Arc<Item>> 
             return Vec::new();
         }
     };
-    let items = items(&keys, warming.hot_keys);
-    info!(path = %path.display(), keys = items.len(), "hot keys read");
-    items
+    let keys = kept(keys, warming.hot_keys);
+    info!(path = %path.display(), keys = keys.len(), "hot keys read");
+    keys
 }
 
-/// With a shared tier and no file: the hot keys kept in Redis, as items to warm (none when
-/// there are none yet, Redis does not answer, or they are refused: logged).
-pub(super) async fn load_shared(ctx: &AppContext, warming: &WarmingConfig) -> Vec<Arc<Item>> {
+/// With a shared tier and no file: the hot keys kept in Redis (none when there are none
+/// yet, Redis does not answer, or they are refused: logged).
+pub(super) async fn load_shared(ctx: &AppContext, warming: &WarmingConfig) -> Vec<HotKey> {
     let Some(tier) = shared_store(ctx, warming) else {
         return Vec::new();
     };
@@ -91,9 +93,24 @@ pub(super) async fn load_shared(ctx: &AppContext, warming: &WarmingConfig) -> Ve
             return Vec::new();
         }
     };
-    let items = items(&keys, warming.hot_keys);
-    info!(keys = items.len(), "hot keys read from Redis");
-    items
+    let keys = kept(keys, warming.hot_keys);
+    info!(keys = keys.len(), "hot keys read from Redis");
+    keys
+}
+
+/// The `n` hottest of `keys` (kept hottest first).
+fn kept(mut keys: Vec<HotKey>, n: usize) -> Vec<HotKey> {
+    keys.truncate(n);
+    keys
+}
+
+/// The hot keys of a warming run after start-up: this run's hottest so far (its sampled
+/// hits) merged with `at_start`, those read at start-up (their counts halved, as a stop
+/// adds a run to what is kept: see `hotkeys::merge`), at most `n`. A result clients
+/// started asking for since start-up is warmed again too, not only the previous run's.
+pub(super) fn rewarm(ctx: &AppContext, at_start: &[HotKey], n: usize) -> Vec<Arc<Item>> {
+    let merged = hotkeys::merge(at_start.to_vec(), counted(ctx), n);
+    items(&merged, n)
 }
 
 /// The shared tier the hot keys are kept in: with one and no `warming.hot_keys_file`.
@@ -136,7 +153,7 @@ async fn get_shared(
 }
 
 /// Kept keys as items to warm, at most `n`, hottest first.
-fn items(keys: &[HotKey], n: usize) -> Vec<Arc<Item>> {
+pub(super) fn items(keys: &[HotKey], n: usize) -> Vec<Arc<Item>> {
     let mut items = Vec::with_capacity(keys.len().min(n));
     for key in keys.iter().take(n) {
         match key.to_parts() {
@@ -163,18 +180,10 @@ fn read(path: &Path, ctx: &AppContext) -> Result<Vec<HotKey>, HotKeysError> {
 /// ended). Nothing when hot keys are not kept, or when none was counted.
 pub async fn save(ctx: &Arc<AppContext>) {
     let config = ctx.config();
-    let Some(counter) = ctx.services.hot_keys.as_ref() else {
+    if ctx.services.hot_keys.is_none() {
         return;
-    };
-    let keys: Vec<HotKey> = counter
-        .top()
-        .iter()
-        .filter_map(|(e, count)| {
-            // Counts are of sampled hits: scaled back to hits, for the reader of the file.
-            let hits = count.saturating_mul(u64::from(super::HIT_TIMING_SAMPLE));
-            HotKey::from_parts(&e.login, &e.fingerprint, &e.request, hits)
-        })
-        .collect();
+    }
+    let keys = counted(ctx);
     if let Some(tier) = shared_store(ctx, &config.warming) {
         save_shared(ctx, tier, keys, &config.warming).await;
         return;
@@ -199,6 +208,22 @@ pub async fn save(ctx: &Arc<AppContext>) {
         Ok(Err(e)) => warn!(path = %shown, error = %e, "hot keys not written"),
         Err(e) => warn!(path = %shown, error = %e, "hot keys not written"),
     }
+}
+
+/// This run's hot keys so far, hottest first (none when they are not counted).
+fn counted(ctx: &AppContext) -> Vec<HotKey> {
+    let Some(counter) = ctx.services.hot_keys.as_ref() else {
+        return Vec::new();
+    };
+    counter
+        .top()
+        .iter()
+        .filter_map(|(e, count)| {
+            // Counts are of sampled hits: scaled back to hits, for the reader of the file.
+            let hits = count.saturating_mul(u64::from(super::HIT_TIMING_SAMPLE));
+            HotKey::from_parts(&e.login, &e.fingerprint, &e.request, hits)
+        })
+        .collect()
 }
 
 /// Adds this run's `keys` to those Redis keeps (see the module header).

@@ -13,6 +13,7 @@
 pub mod ack;
 mod ahead;
 pub mod background;
+mod before_ack;
 mod capture;
 mod extended;
 pub mod group;
@@ -154,7 +155,8 @@ pub struct CacheSession {
     /// The dependencies of the current lookup (reused: the hit path does not allocate
     /// them; as long as the largest plan's, which the planner bounds).
     deps: Vec<crate::cache::Dep>,
-    /// A commit's acknowledgement to hold until the change stream applied it (see [`ack`]).
+    /// A commit's acknowledgement to hold until the change stream applied it (see [`ack`]),
+    /// the shared tier has its bump, and its background re-runs ended (see [`before_ack`]).
     ack: resume::AckHold,
     /// Cancel requests for this session (a held Query's wait ends on one).
     cancel: Option<Arc<CancelSignal>>,
@@ -175,9 +177,6 @@ pub struct CacheSession {
     sent: Option<pipelined::Sent>,
     /// What that write's commit bumped, taken at its ReadyForQuery.
     committed: Option<crate::invalidation::Written>,
-    /// Background re-runs of a commit whose acknowledgement is held: submitted when it is
-    /// released (at most `cache.write_through_max_entries`).
-    after_ack: Vec<Arc<crate::refresh::recipes::Recipe>>,
     /// This session's presence in its database (pgmemo's side connections to a database
     /// stay open while a session is there); also which texts were released for (`side`).
     side: side::SessionSide,
@@ -247,7 +246,6 @@ impl CacheSession {
             through_statements: through::Statements::default(),
             sent: None,
             committed: None,
-            after_ack: Vec::new(),
             side: side::SessionSide::new(&app_side, database),
         }
     }

@@ -127,10 +127,13 @@ impl CacheSession {
         // the lookup even if the session is re-probed after it.
         if cap.complete && config_current && Reader::body(ready).u8() == Some(b'I') {
             let frames = cap.frames.freeze();
-            self.app
-                .services
-                .tiers()
-                .put_shared(cap.l2, &cap.snapshot, frames.clone(), cap.ttl);
+            self.app.services.tiers().put_shared(
+                cap.l2,
+                &cap.snapshot,
+                frames.clone(),
+                cap.ttl,
+                None,
+            );
             let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
             self.app
                 .services
@@ -159,6 +162,5 @@ impl CacheSession {
     /// The held acknowledgement may go: the next frame shown is it.
     pub fn ack_done(&mut self) {
         self.ack = resume::AckHold::Released;
-        self.submit_after_ack();
     }
 }

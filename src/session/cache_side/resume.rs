@@ -3,7 +3,8 @@
 //! that ends: what it waited for is a [`Resume`], taken by the showing that uses it and
 //! dropped by any other frame. On the backend side, a missed extended group has pgmemo's own
 //! Describe injected and its reply stripped ([`Describe`]), and a commit's acknowledgement
-//! may be held until the change stream applied it ([`AckHold`]).
+//! may be held until the change stream applied it, Redis has its bump, and its background
+//! write-through re-runs ended ([`AckHold`]).
 
 use std::sync::Arc;
 
@@ -86,7 +87,9 @@ pub(super) enum Describe {
     StripReply,
 }
 
-/// A commit's acknowledgement held until the change stream applied the commit.
+/// A commit's acknowledgement held until the change stream applied the commit, the shared
+/// tier has its bump, and its write-through re-runs in the background ended (each optional,
+/// chained into one future).
 #[derive(Default)]
 pub(super) enum AckHold {
     #[default]

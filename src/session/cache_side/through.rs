@@ -10,7 +10,9 @@
 //! credentials of pgmemo's own and no role switch. Results of other fingerprints stay
 //! invalid (counted), never stale: they go to the background refresher, which logs in as
 //! their reader (`background`), as every re-run does with a shared tier (its keys need the
-//! shared counters, read with an await, and one instance's lock).
+//! shared counters, read with an await, and one instance's lock). With a shared tier, or
+//! when the acknowledgement is held anyway, the acknowledgement waits for those too (see
+//! [`super::before_ack`]).
 //!
 //! Only when the commit's ReadyForQuery is the last reply outstanding (nothing pipelined
 //! behind it), no other hold applies to it, and the session's settings are known. The
@@ -44,6 +46,7 @@ use crate::planner::plan::Bound;
 use crate::protocol::response::put_frame as frame;
 use crate::refresh::queue::{Cause, Job};
 use crate::refresh::recipes::{Recipe, Request};
+use crate::tasks::InFlight;
 
 /// The prefix of the re-runs' statement names: random per process, so no client statement
 /// is closed or reused.
@@ -169,7 +172,8 @@ pub(super) enum Outcome {
     /// The result was read under another fingerprint (or in another database).
     OtherSession,
     /// The writer's connection was not free for re-runs (pipelined statements, a held
-    /// acknowledgement, settings being probed): re-run in the background instead.
+    /// acknowledgement, settings being probed), or there is a shared tier: re-run in the
+    /// background instead.
     Background,
     /// Another session is filling it, or it is cached already.
     Busy,
@@ -239,7 +243,7 @@ impl CacheSession {
         }
         // With a shared tier, keys carry the shared counters, which only an await can read,
         // and one instance at a time may refresh a key: every re-run goes to the background
-        // refresher, after the acknowledgement.
+        // refresher (the acknowledgement waits for it, see `before_ack`).
         let shared = self.app.services.shared.is_some();
         let here = (!shared && self.may_rerun_here(state))
             .then(|| self.fp_digest.filter(|_| self.fingerprint.cacheable()))
@@ -289,9 +293,9 @@ impl CacheSession {
     /// The results a commit that bumped `deps` invalidated, most recently stored first
     /// (at most `cache.write_through_max_entries`): those read under fingerprint `here`
     /// (this session's, when it may re-run them on its connection) are returned; the
-    /// others go to the background refresher, each under its own login and fingerprint —
-    /// once the acknowledgement is released when it is held (for Redis or the change
-    /// stream: the refresh must read the versions the write moved).
+    /// others go to the background refresher, each under its own login and fingerprint
+    /// (with a shared tier or a held acknowledgement, the acknowledgement waits for them:
+    /// see `before_ack`).
     pub(super) fn dependents_here(
         &mut self,
         deps: &[Dep],
@@ -305,18 +309,16 @@ impl CacheSession {
         let (mine, others): (Vec<_>, Vec<_>) = recipes.into_iter().partition(|r| {
             here.is_some_and(|fp| r.fingerprint == fp && *r.database == *self.database)
         });
-        if self.app.services.shared.is_none() {
-            let why = match here {
-                Some(_) => Outcome::OtherSession,
-                None => Outcome::Background,
-            };
-            count(why, others.len());
-        }
-        if matches!(self.ack, resume::AckHold::No) {
-            submit(&self.app.services, others);
+        let why = match here {
+            Some(_) => Outcome::OtherSession,
+            None => Outcome::Background,
+        };
+        count(why, others.len());
+        // With a shared tier, or when the acknowledgement is held anyway, before it goes.
+        if self.app.services.shared.is_some() || !matches!(self.ack, resume::AckHold::No) {
+            self.refresh_before_ack(others);
         } else {
-            let room = max.saturating_sub(self.after_ack.len());
-            self.after_ack.extend(others.into_iter().take(room));
+            submit(&self.app.services, others);
         }
         mine
     }
@@ -330,12 +332,6 @@ impl CacheSession {
             && !self.probe.needed
             && self.probe.config == self.app.services.invalidator.config_generation()
             && !self.opted_out
-    }
-
-    /// The held acknowledgement was released: the background re-runs that waited for it go.
-    pub(super) fn submit_after_ack(&mut self) {
-        let recipes = std::mem::take(&mut self.after_ack);
-        submit(&self.app.services, recipes);
     }
 
     /// The fill guard and snapshot of one re-run (I1: read now, after the bumps, before
@@ -524,15 +520,26 @@ impl Group {
 /// its queue is full: those results stay invalid).
 fn submit(services: &crate::context::Services, recipes: Vec<Arc<Recipe>>) {
     for recipe in recipes {
-        let job = Job {
-            recipe,
-            cause: Cause::Write,
-            previous: None,
-        };
-        if !services.refresh_queue.submit(job) {
-            metrics::counter!(names::REFRESH, "cause" => "write", "result" => "queue_full")
-                .increment(1);
-        }
+        submit_one(services, recipe, None);
+    }
+}
+
+/// Hands one re-run to the background refresher, with the token the acknowledgement waits
+/// on, if it waits (a refused job drops it: ended).
+pub(super) fn submit_one(
+    services: &crate::context::Services,
+    recipe: Arc<Recipe>,
+    done: Option<InFlight>,
+) {
+    let job = Job {
+        recipe,
+        cause: Cause::Write,
+        previous: None,
+        done,
+    };
+    if !services.refresh_queue.submit(job) {
+        metrics::counter!(names::REFRESH, "cause" => "write", "result" => "queue_full")
+            .increment(1);
     }
 }
 
@@ -543,6 +550,9 @@ pub(super) struct Leader {
     pub snapshot: VersionSnapshot,
     pub check: KeyCheck,
     pub l2: Option<(CacheKey, KeyCheck)>,
+    /// A background re-run the writer's acknowledgement waits for: held by the result's
+    /// Redis write until Redis answered it.
+    pub done: Option<InFlight>,
 }
 
 /// The versions a recomputation of `recipe` reads, on a connection whose context is
@@ -622,6 +632,7 @@ pub(super) fn lead_keys(
         snapshot,
         check: keys.check,
         l2: keys.l2,
+        done: None,
     })
 }
 
@@ -653,9 +664,13 @@ pub(super) fn store(
     let Ok(read) = recipe.plan.read.as_ref() else {
         return false;
     };
-    services
-        .tiers()
-        .put_shared(leader.l2, &leader.snapshot, frames.clone(), read.ttl);
+    services.tiers().put_shared(
+        leader.l2,
+        &leader.snapshot,
+        frames.clone(),
+        read.ttl,
+        leader.done,
+    );
     let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone()).refreshed(origin);
     let outcome = services
         .cache

@@ -1,8 +1,18 @@
 //! Warming (issue 19): the `[[warm]]` queries, and the previous run's hot keys (see `hot`),
-//! run at start-up (with `warming.at_start`) and after every whole-cache flush, and their
-//! results stored under exactly the key a client session would look up, so that its first
-//! request is a hit. `/readyz` reports not ready until the run at start-up has ended or
-//! `warming.timeout` has passed (see `refresh::progress`).
+//! run at start-up (with `warming.at_start`) and after every whole-cache flush or other
+//! whole-cache invalidation of this instance that warming runs after (see
+//! `invalidation::rewarms_after`: DDL, a change stream resynchronised, catalog and server
+//! configuration changes; not the causes that recur with writes), and their results stored
+//! under exactly the key a client session would look up, so that its first request is a
+//! hit. A run after start-up warms this run's hottest keys merged with those read at start.
+//! `/readyz` reports not ready until the run at start-up has ended or `warming.timeout` has
+//! passed (see `refresh::progress`); later runs never make it unready.
+//!
+//! A flush starts a run at once. Invalidations are coalesced: a run starts once none came
+//! for [`QUIET`] (at most [`MAX_DELAY`] after the first), so a burst of DDL (a migration)
+//! starts one run, after it; one that comes while a run goes starts one more after it
+//! (what that run stored before it is unreachable). One that comes before a run's first
+//! query (while it waits for change streams to settle) is covered by that run.
 //!
 //! Each query runs like a background refresh (`background`): on a connection of pgmemo's
 //! own, logged in with a client's startup packet (database, user and the entry's `settings`
@@ -59,6 +69,12 @@ pub const HOLD: Duration = Duration::from_secs(300);
 const SETTLE_POLL: Duration = Duration::from_millis(20);
 /// Characters of a query shown in a log line.
 const SHOWN: usize = 80;
+/// How long no whole-cache invalidation must come before a run after some starts.
+pub const QUIET: Duration = Duration::from_secs(1);
+/// The longest a run waits for invalidations to stop: under a steady stream of them (DDL
+/// more often than every [`QUIET`]), one run per this much, not one per invalidation nor
+/// none at all.
+pub const MAX_DELAY: Duration = Duration::from_secs(30);
 
 /// Where a query to warm comes from (the metric's `source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,11 +129,11 @@ impl Miss {
 
 /// Starts warming: with `warming.at_start`, a run of the `[[warm]]` queries and the hot
 /// keys of the previous run now (readiness waits for it, within `warming.timeout`); then a
-/// run after each whole-cache flush, until `shutdown`.
+/// run after each whole-cache flush or invalidation, until `shutdown`.
 pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
     let config = ctx.config();
     let at_start = config.warming.at_start;
-    let mut hot = if at_start {
+    let mut kept = if at_start {
         super::hot::load(ctx, &config.warming)
     } else {
         Vec::new()
@@ -126,7 +142,7 @@ pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
     let shared_hot = at_start && super::hot::shared_store(ctx, &config.warming).is_some();
     // Nothing to warm: `/readyz` reports warming `off` and does not wait.
     let first = at_start
-        .then(|| with_config(&config.warm, ctx.upstream.target(), &hot))
+        .then(|| start_items(ctx, &kept))
         .filter(|items| !items.is_empty() || shared_hot);
     if let Some(items) = &first {
         ctx.services
@@ -134,41 +150,115 @@ pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
             .begin(Trigger::Start, items.len(), config.warming.timeout);
     }
     let started = Instant::now();
-    let mut flushes = ctx.services.invalidator.flushes();
+    let invalidator = &ctx.services.invalidator;
+    let mut signals = Signals {
+        flushes: invalidator.flushes(),
+        rewarms: invalidator.rewarms(),
+    };
     let (app, shutdown) = (Arc::clone(ctx), shutdown.clone());
     let task = async move {
         let ctx = app;
-        if let Some(mut items) = first {
-            if shared_hot {
-                let config = ctx.config();
-                hot = super::hot::load_shared(&ctx, &config.warming).await;
-                items = with_config(&config.warm, ctx.upstream.target(), &hot);
-                // The same run, now with its hot keys; its deadline stays where it was.
-                let left = config.warming.timeout.saturating_sub(started.elapsed());
-                ctx.services
-                    .warming
-                    .begin(Trigger::Start, items.len(), left);
+        match first {
+            Some(mut items) => {
+                if shared_hot {
+                    let config = ctx.config();
+                    kept = super::hot::load_shared(&ctx, &config.warming).await;
+                    items = start_items(&ctx, &kept);
+                    // The same run, now with its hot keys; its deadline stays where it was.
+                    let left = config.warming.timeout.saturating_sub(started.elapsed());
+                    ctx.services
+                        .warming
+                        .begin(Trigger::Start, items.len(), left);
+                }
+                count_run(Trigger::Start);
+                run(&ctx, &items, &shutdown, &mut signals.rewarms).await;
             }
-            run(&ctx, &items, &shutdown).await;
+            None => {
+                // The change streams' first consistent points (start-up's own epoch
+                // bumps) are not a reason to warm when start-up did not.
+                let deadline = Instant::now() + ctx.config().warming.timeout;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = settle(&ctx, deadline) => {}
+                }
+                signals.rewarms.borrow_and_update();
+            }
         }
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                changed = flushes.changed() => if changed.is_err() { return },
-            }
-            // The `[[warm]]` entries of the configuration now (SIGHUP may have changed them).
+        while let Some(trigger) = signals.next(&shutdown).await {
+            // The `[[warm]]` entries of the configuration now (SIGHUP may have changed
+            // them), and the hot keys of this run so far with those read at start.
             let config = ctx.config();
+            let hot = super::hot::rewarm(&ctx, &kept, config.warming.hot_keys);
             let items = with_config(&config.warm, ctx.upstream.target(), &hot);
             if items.is_empty() {
                 continue;
             }
             ctx.services
                 .warming
-                .begin(Trigger::Flush, items.len(), config.warming.timeout);
-            run(&ctx, &items, &shutdown).await;
+                .begin(trigger, items.len(), config.warming.timeout);
+            count_run(trigger);
+            run(&ctx, &items, &shutdown, &mut signals.rewarms).await;
         }
     };
     ctx.tasks.spawn("warming", task);
+}
+
+/// What starts a run after start-up.
+struct Signals {
+    /// Whole-cache flushes (admin API, SIGUSR1): a run at once.
+    flushes: tokio::sync::watch::Receiver<u64>,
+    /// Other whole-cache invalidations: coalesced (see the module header).
+    rewarms: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Signals {
+    /// Waits for the next run's trigger; `None` at shutdown. A flush that came during the
+    /// last run starts the next at once; an invalidation, once they stopped for [`QUIET`].
+    async fn next(&mut self, shutdown: &CancellationToken) -> Option<Trigger> {
+        let trigger = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            changed = self.flushes.changed() => changed.ok().map(|()| Trigger::Flush)?,
+            changed = self.rewarms.changed() => changed.ok().map(|()| Trigger::Invalidation)?,
+        };
+        let trigger = match trigger {
+            Trigger::Invalidation => self.quiet(shutdown).await?,
+            other => other,
+        };
+        // This run covers whatever came until now.
+        self.flushes.borrow_and_update();
+        self.rewarms.borrow_and_update();
+        Some(trigger)
+    }
+
+    /// After an invalidation: waits until none came for [`QUIET`] (at most [`MAX_DELAY`]);
+    /// a flush meanwhile starts the run at once. `None` at shutdown.
+    async fn quiet(&mut self, shutdown: &CancellationToken) -> Option<Trigger> {
+        let latest = Instant::now() + MAX_DELAY;
+        loop {
+            let until = (Instant::now() + QUIET).min(latest);
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(until) => return Some(Trigger::Invalidation),
+                changed = self.flushes.changed() => {
+                    return changed.ok().map(|()| Trigger::Flush);
+                }
+                // Another one: the quiet period starts again.
+                changed = self.rewarms.changed() => changed.ok()?,
+            }
+        }
+    }
+}
+
+/// Counts a run begun.
+fn count_run(trigger: Trigger) {
+    metrics::counter!(names::WARM_RUNS, "trigger" => trigger.label()).increment(1);
+}
+
+/// The start-up run's items: the `[[warm]]` entries, then the hot keys `kept`.
+fn start_items(ctx: &AppContext, kept: &[crate::refresh::hotkeys::HotKey]) -> Vec<Arc<Item>> {
+    let config = ctx.config();
+    let hot = super::hot::items(kept, config.warming.hot_keys);
+    with_config(&config.warm, ctx.upstream.target(), &hot)
 }
 
 /// The `[[warm]]` entries as items, then the hot keys (shared: kept for every run).
@@ -238,8 +328,14 @@ fn bind_tail(params: &[WarmParam]) -> Bytes {
 }
 
 /// One run over `items` (not empty) within `warming.timeout`, reported to the progress it
-/// was begun on.
-async fn run(ctx: &Arc<AppContext>, items: &[Arc<Item>], shutdown: &CancellationToken) {
+/// was begun on. The invalidations seen in `rewarms` until its first query are covered by
+/// it (marked seen then).
+async fn run(
+    ctx: &Arc<AppContext>,
+    items: &[Arc<Item>],
+    shutdown: &CancellationToken,
+    rewarms: &mut tokio::sync::watch::Receiver<u64>,
+) {
     let config = ctx.config();
     let deadline = Instant::now() + config.warming.timeout;
     let progress = &ctx.services.warming;
@@ -258,6 +354,9 @@ async fn run(ctx: &Arc<AppContext>, items: &[Arc<Item>], shutdown: &Cancellation
     }
     let work = async {
         settle(ctx, deadline).await;
+        // What was invalidated until now is warmed by this run: only what comes from now
+        // on (and drops some of what it stores) calls for another.
+        rewarms.borrow_and_update();
         // Owned per query (a future borrowing the run's locals would not be `Send` for
         // every lifetime the task needs).
         let results = futures_util::stream::iter(items.to_vec())
