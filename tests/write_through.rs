@@ -375,3 +375,141 @@ async fn a_re_run_sent_behind_a_failed_write_is_not_stored_under_another_writes_
         )
         .await;
 }
+
+#[tokio::test]
+async fn copy_from_stdin_into_a_through_table_is_not_followed_by_re_runs() {
+    // PostgreSQL is in copy-in mode after `COPY ... FROM STDIN`: anything pgmemo sent right
+    // behind it would break the session. Its dependents are re-run after its reply instead.
+    use futures_util::SinkExt;
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT count(*) AS v FROM acct", None).await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    // psql's session has its own fingerprint (application_name): its dependents of the
+    // reader's are `other_session`, re-run in the background too.
+    let refreshed = |s: &CacheStack| {
+        through(s, "stored") + through(s, "background") + through(s, "other_session")
+    };
+    let (sent, stored) = (pipelined(&s), refreshed(&s));
+    let soon = std::time::Duration::from_secs(10);
+    // Extended protocol (tokio-postgres), twice: the second reuses the statement.
+    for (i, sql) in [
+        (6, "COPY acct (id, v) FROM STDIN"),
+        (7, "COPY acct (id, v) FROM STDIN WITH (FORMAT text)"),
+    ] {
+        let sink = writer
+            .copy_in::<_, bytes::Bytes>(sql)
+            .await
+            .expect("copy-in mode");
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(format!("{i}\t9\n")))
+            .await
+            .unwrap();
+        assert_eq!(sink.finish().await.expect("COPY succeeds"), 1);
+    }
+    assert_eq!(pipelined(&s), sent, "nothing sent behind a COPY");
+    // Re-run after each COPY's reply (in the background: the copy-in session is not at a
+    // sync point the writer's connection can re-run at).
+    assert_eq!(refreshed(&s) - stored, 2.0, "re-run after each");
+    s.probe.eventually_hit(&reader, &q, &one("7"), soon).await;
+    simple(&writer, "SELECT 1").await;
+    // Simple protocol: psql's inline COPY block, then a statement on the same session.
+    let mut psql = std::process::Command::new(s.pg.bin("psql"));
+    psql.args([
+        "-X",
+        "-q",
+        "-At",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+    ])
+    .args(["-p", &s.proxy.port().to_string(), "-U", SUPERUSER])
+    .args(["-d", probe::DB, "-f", "-"])
+    .env("PGSSLMODE", "disable");
+    let out = common::pg::run_with_stdin(
+        psql,
+        "COPY acct (id, v) FROM STDIN;\n8\t9\n\\.\nSELECT 'after', count(*) FROM acct;\n",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "after|8");
+    assert_eq!(pipelined(&s), sent, "nothing sent behind a COPY");
+    assert_eq!(refreshed(&s) - stored, 3.0);
+    s.probe.eventually_hit(&reader, &q, &one("8"), soon).await;
+}
+
+#[tokio::test]
+async fn notifications_and_setting_reports_during_re_runs_reach_the_writer() {
+    // PostgreSQL delivers a notification just before a ReadyForQuery: the re-run's, when
+    // it comes while the re-run runs. It is the client's, and the re-run is still stored.
+    let setup = format!(
+        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN x; END $$;"
+    );
+    let s = CacheStack::start(&setup, &config("", RULES)).await;
+    let reader = s.session(SUPERUSER).await;
+    let q = s
+        .probe
+        .q("SELECT slow(v) AS v FROM acct WHERE id = 3", None)
+        .await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    let (writer, mut messages) =
+        common::client::connect_with_messages(s.proxy.addr(), SUPERUSER, "", probe::DB).await;
+    simple(&writer, "LISTEN ch").await;
+    let stored = through(&s, "stored");
+    let update = tokio::spawn(async move {
+        simple(&writer, "UPDATE acct SET v = v + 1 WHERE id = 3").await;
+        writer
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.probe
+        .client
+        .simple_query("NOTIFY ch, 'hello'")
+        .await
+        .unwrap();
+    let writer = update.await.unwrap();
+    let n = messages
+        .expect_notification(std::time::Duration::from_secs(5))
+        .await;
+    assert_eq!((n.channel(), n.payload()), ("ch", "hello"));
+    assert_eq!(through(&s, "stored") - stored, 1.0, "the re-run was stored");
+    s.probe.assert_hit(&reader, &q, &one("6")).await;
+    simple(&writer, "SELECT 1").await;
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_waits_for_the_writers_held_acknowledgement() {
+    // While write-through holds the writer's ReadyForQuery the session looks idle to the
+    // relay's state, but it is not at a safe point: the write committed and the client
+    // must get its acknowledgement before the session is closed (57P01).
+    let setup = format!(
+        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN x; END $$;"
+    );
+    let rules = format!("{RULES}\n[refresh]\ntime_budget = \"2s\"\n");
+    let s = CacheStack::start(&setup, &config("", &rules)).await;
+    let reader = s.session(SUPERUSER).await;
+    let q = s
+        .probe
+        .q("SELECT slow(v) AS v FROM acct WHERE id = 3", None)
+        .await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    let writer = s.session(SUPERUSER).await;
+    let update = tokio::spawn(async move {
+        writer
+            .simple_query("UPDATE acct SET v = v + 1 WHERE id = 3")
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.proxy.signal(common::Signal::Term);
+    update
+        .await
+        .unwrap()
+        .expect("the committed UPDATE is acknowledged before the session is closed");
+}

@@ -288,9 +288,10 @@ fn query(stmt: &Statement, q: &Query) -> StatementInfo {
 
 fn copy(stmt: &Statement, source: &CopySource, to: bool) -> StatementInfo {
     match (source, to) {
-        (CopySource::Table { table_name, .. }, false) => {
-            ddl_with_targets(stmt, Class::Write, &[table_name])
-        }
+        (CopySource::Table { table_name, .. }, false) => StatementInfo {
+            copies_in: true,
+            ..ddl_with_targets(stmt, Class::Write, &[table_name])
+        },
         (CopySource::Table { table_name, .. }, true) => {
             // sqlparser does not visit COPY's table: report it here.
             let mut info = collected(

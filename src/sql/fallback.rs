@@ -256,6 +256,7 @@ fn copy(c: &mut Cur<'_>) -> StatementInfo {
         let mut info = StatementInfo::new(Class::Write, None);
         info.writes.push(name);
         info.epoch_bump = true;
+        info.copies_in = true;
         info
     } else if c.word("to") {
         let mut info = StatementInfo::new(Class::Read, None);

@@ -297,6 +297,9 @@ pub struct StatementInfo {
     /// row-level invalidation ([`RowScope`]). Only for a statement that is alone in its text
     /// piece and not nested (EXPLAIN, PREPARE); `None` means nothing is known: any row.
     pub rows: Option<Box<RowScope>>,
+    /// `COPY ... FROM`: PostgreSQL may then expect the client's data stream (copy-in mode),
+    /// so nothing of pgmemo's own may be sent behind it before its reply.
+    pub copies_in: bool,
 }
 
 impl StatementInfo {
@@ -312,6 +315,7 @@ impl StatementInfo {
             epoch_bump: false,
             taints_session: false,
             rows: None,
+            copies_in: false,
         }
     }
 

@@ -529,7 +529,7 @@ fn is_bind_failure(log: &str) -> bool {
     log.contains("could not bind") || log.contains("could not create any TCP/IP sockets")
 }
 
-fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
+pub fn run_with_stdin(mut cmd: Command, input: &str) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

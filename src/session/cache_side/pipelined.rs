@@ -140,6 +140,7 @@ impl CacheSession {
             let info = plan.analysis.statements.get(*index)?;
             let sp = plan.stmts.get(*index)?;
             let plain = matches!(info.class, Class::Write)
+                && !info.copies_in
                 && !info.taints_session
                 && sp.taint.is_none()
                 && !sp.ddl
@@ -182,6 +183,12 @@ impl CacheSession {
                 g.fail();
             }
         }
-        self.through = Some(self.through_for(frame, None, sent.groups, sent.config));
+        let mut through = self.through_for(frame, None, sent.groups, sent.config);
+        if !as_planned {
+            // Nothing will be stored: the acknowledgement need not wait for the re-runs
+            // (their replies are still read here, before the client's next statement's).
+            self.through_ready = through.release();
+        }
+        self.through = Some(through);
     }
 }

@@ -22,8 +22,7 @@ impl CacheSession {
             return true;
         }
         if self.through_running() {
-            self.on_through_frame(tag, frame, whole);
-            return false;
+            return self.on_through_frame(tag, frame, whole);
         }
         if let Some(reader) = self.probe.reader.as_mut() {
             if tag == backend::READY_FOR_QUERY {

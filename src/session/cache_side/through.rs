@@ -390,15 +390,20 @@ impl CacheSession {
     }
 
     /// A backend frame while a write-through runs (`whole = false`: only its header was
-    /// seen): its re-runs' replies, never relayed.
-    pub(super) fn on_through_frame(&mut self, tag: u8, frame: &[u8], whole: bool) {
+    /// seen): its re-runs' replies, never relayed — except what PostgreSQL sends the
+    /// session on its own (a notification, a changed setting), which is the client's.
+    /// Returns whether the frame goes to the client.
+    pub(super) fn on_through_frame(&mut self, tag: u8, frame: &[u8], whole: bool) -> bool {
         let Some(mut through) = self.through.take() else {
-            return;
+            return false;
         };
         let max_entry = self.app.services.cache.max_entry_size();
         let Some(group) = through.groups.get_mut(through.done) else {
-            return;
+            // Not reached (it ends at its last group's ReadyForQuery): end it anyway.
+            self.through_ready = through.ready;
+            return false;
         };
+        let mut relay = false;
         match tag {
             backend::READY_FOR_QUERY => {
                 through.done += 1;
@@ -417,7 +422,7 @@ impl CacheSession {
                     // The last re-run ended: the writer's acknowledgement goes (if the
                     // budget did not let it go already).
                     self.through_ready = through.ready;
-                    return;
+                    return false;
                 }
                 if through.started.elapsed() >= through.budget
                     && let Some(ready) = through.ready.take()
@@ -440,15 +445,30 @@ impl CacheSession {
             }
             backend::CLOSE_COMPLETE | backend::PARSE_COMPLETE | backend::BIND_COMPLETE => {}
             backend::PARAMETER_STATUS => {
-                // A read should not change a setting; if one did, the session's settings
-                // are probed again before the cache is used.
+                // A read should not change a setting; if one did (or the server's
+                // configuration changed one), the client is told as PostgreSQL tells it,
+                // and the session's settings are probed again before the cache is used.
                 group.fail();
+                if whole {
+                    let mut r = Reader::body(frame);
+                    if let (Some(n), Some(v)) = (r.cstr(), r.cstr()) {
+                        self.fingerprint.on_parameter_status(
+                            &String::from_utf8_lossy(n),
+                            &String::from_utf8_lossy(v),
+                        );
+                    }
+                }
                 self.probe.needed = true;
+                relay = true;
             }
+            // A notification for a channel the session listens on: it arrives with the
+            // re-run's ReadyForQuery, but belongs to the client.
+            backend::NOTIFICATION_RESPONSE => relay = true,
             // An error, a notice, anything a stored result cannot hold.
             _ => group.fail(),
         }
         self.through = Some(through);
+        relay
     }
 
     /// Stores one re-run's result (as a missed read's is stored) and files its recipe again
@@ -480,9 +500,22 @@ impl CacheSession {
         self.through_ready.take()
     }
 
+    /// A write-through is running or its acknowledgement is not relayed yet (the session
+    /// is not at a point where it may be ended).
+    pub fn write_through_running(&self) -> bool {
+        self.through_running() || self.through_ready.is_some()
+    }
+
     /// A write-through is running (its replies are read here, client frames wait).
     pub(super) fn through_running(&self) -> bool {
         self.through.is_some()
+    }
+}
+
+impl Through {
+    /// The writer's acknowledgement, to relay now rather than when the re-runs end.
+    pub(super) fn release(&mut self) -> Option<Bytes> {
+        self.ready.take()
     }
 }
 
@@ -505,6 +538,16 @@ impl Group {
         let Some((keys, snapshot)) = self.unled.take() else {
             return;
         };
+        // The write's bump is made, and counters only grow: if the versions still equal
+        // the key's, only that bump reached them, so a reader that finds this fill was
+        // looking for exactly these rows. Otherwise another bump came too (one identical to
+        // the write's could have led a reader here before): not led.
+        if !snapshot.is_current(services.cache.versions()) {
+            count(Outcome::Raced, 1);
+            self.fail();
+            self.unleadable = true;
+            return;
+        }
         match lead_keys(services, keys, snapshot, None) {
             Ok(leader) => self.leader = Some(leader),
             Err(outcome) => {

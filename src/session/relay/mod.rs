@@ -291,8 +291,11 @@ impl<'a> Relay<'a> {
         if !self.draining && self.drain_signal.is_raised() {
             self.draining = true;
         }
+        // A write-through holds the writer's acknowledgement while the state is idle: the
+        // session is not at a safe point until it is relayed.
         self.draining
             && self.state.is_idle()
+            && !self.cache_side.write_through_running()
             && self.to_client.is_empty()
             && self.to_upstream.is_empty()
             && self.cbuf.is_empty()
