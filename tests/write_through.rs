@@ -25,6 +25,17 @@ async fn stack() -> CacheStack {
     CacheStack::start(SETUP, &config("", RULES)).await
 }
 
+/// A stack whose `slow(x)` returns `x` after `seconds` (declared immutable, which pgmemo
+/// trusts), with `refresh` settings (a `[refresh]` table body) added to the rules.
+async fn slow_stack(seconds: &str, refresh: &str) -> CacheStack {
+    let setup = format!(
+        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM pg_sleep({seconds}); RETURN x; END $$;"
+    );
+    let rules = format!("{RULES}\n[refresh]\n{refresh}\n");
+    CacheStack::start(&setup, &config("", &rules)).await
+}
+
 fn one(v: &str) -> Vec<common::compare::SimpleMsg> {
     column("v", &[v])
 }
@@ -264,13 +275,7 @@ async fn the_acknowledgement_waits_no_longer_than_the_time_budget_allows() {
     // A budget of 1 ms: the acknowledgement goes at the end of the first re-run, while the
     // second (as slow) still runs; it is still stored, before the writer's next
     // statement, which waits behind it on the connection.
-    let rules = format!("{RULES}\n[refresh]\ntime_budget = \"1ms\"\n");
-    // Declared immutable (pgmemo trusts the declaration), slow: 300 ms per call.
-    let setup = format!(
-        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
-         AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN x; END $$;"
-    );
-    let s = CacheStack::start(&setup, &config("", &rules)).await;
+    let s = slow_stack("0.3", "time_budget = \"1ms\"").await;
     let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
     let slow = |n: i32| format!("SELECT slow(v) + {n} AS v FROM acct WHERE id = 3");
     for n in [0, 1] {
@@ -338,11 +343,7 @@ async fn a_re_run_sent_behind_a_failed_write_is_not_stored_under_another_writes_
     // it runs, writer B commits the same-shaped UPDATE of that row through pgmemo, making
     // exactly the bump A's re-run was keyed on. Stored, A's old row would be served as
     // current; it must not be, and B's own re-run stores the new row.
-    let setup = format!(
-        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
-         AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN x; END $$;"
-    );
-    let s = CacheStack::start(&setup, &config("", RULES)).await;
+    let s = slow_stack("0.3", "").await;
     let reader = s.session(SUPERUSER).await;
     let (a, b) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
     let q = s
@@ -447,11 +448,7 @@ async fn copy_from_stdin_into_a_through_table_is_not_followed_by_re_runs() {
 async fn notifications_and_setting_reports_during_re_runs_reach_the_writer() {
     // PostgreSQL delivers a notification just before a ReadyForQuery: the re-run's, when
     // it comes while the re-run runs. It is the client's, and the re-run is still stored.
-    let setup = format!(
-        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
-         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN x; END $$;"
-    );
-    let s = CacheStack::start(&setup, &config("", RULES)).await;
+    let s = slow_stack("0.5", "").await;
     let reader = s.session(SUPERUSER).await;
     let q = s
         .probe
@@ -487,12 +484,7 @@ async fn a_graceful_shutdown_waits_for_the_writers_held_acknowledgement() {
     // While write-through holds the writer's ReadyForQuery the session looks idle to the
     // relay's state, but it is not at a safe point: the write committed and the client
     // must get its acknowledgement before the session is closed (57P01).
-    let setup = format!(
-        "{SETUP}CREATE FUNCTION slow(x int) RETURNS int IMMUTABLE LANGUAGE plpgsql \
-         AS $$ BEGIN PERFORM pg_sleep(0.5); RETURN x; END $$;"
-    );
-    let rules = format!("{RULES}\n[refresh]\ntime_budget = \"2s\"\n");
-    let s = CacheStack::start(&setup, &config("", &rules)).await;
+    let s = slow_stack("0.5", "time_budget = \"2s\"").await;
     let reader = s.session(SUPERUSER).await;
     let q = s
         .probe
