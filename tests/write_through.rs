@@ -505,3 +505,31 @@ async fn a_graceful_shutdown_waits_for_the_writers_held_acknowledgement() {
         .unwrap()
         .expect("the committed UPDATE is acknowledged before the session is closed");
 }
+
+#[tokio::test]
+async fn a_refresh_nobody_read_is_not_refreshed_again_by_the_next_write() {
+    // A row written twice before anyone reads it: the second write does not pay for a
+    // second re-run nobody asked for; the result stays invalid (never stale) and the next
+    // read misses. Once read, the next write re-runs it again.
+    let s = stack().await;
+    let (reader, writer) = (s.session(SUPERUSER).await, s.session(SUPERUSER).await);
+    let q = s.probe.q("SELECT v FROM acct WHERE id = 4", None).await;
+    s.probe.assert_upstream(&reader, &q, &one("5")).await;
+    let (stored, unread) = (through(&s, "stored"), through(&s, "unread"));
+    simple(&writer, "UPDATE acct SET v = 6 WHERE id = 4").await;
+    assert_eq!(through(&s, "stored") - stored, 1.0);
+    simple(&writer, "UPDATE acct SET v = 7 WHERE id = 4").await;
+    assert_eq!(through(&s, "stored") - stored, 1.0, "not re-run again");
+    assert_eq!(through(&s, "unread") - unread, 1.0);
+    s.probe.assert_upstream(&reader, &q, &one("7")).await;
+    simple(&writer, "UPDATE acct SET v = 8 WHERE id = 4").await;
+    assert_eq!(through(&s, "stored") - stored, 2.0, "read since: re-run");
+    s.probe.assert_hit(&reader, &q, &one("8")).await;
+    simple(&writer, "UPDATE acct SET v = 9 WHERE id = 4").await;
+    assert_eq!(
+        through(&s, "stored") - stored,
+        3.0,
+        "its refresh was read: re-run"
+    );
+    s.probe.assert_hit(&reader, &q, &one("9")).await;
+}

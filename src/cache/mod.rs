@@ -289,7 +289,16 @@ impl Cache {
         snapshot: &VersionSnapshot,
         entry: Entry,
     ) -> StoreOutcome {
-        let entry = Arc::new(entry);
+        self.complete_arc(guard, snapshot, Arc::new(entry))
+    }
+
+    /// As [`complete`](Self::complete), for an entry the caller keeps a handle to.
+    pub fn complete_arc(
+        &self,
+        guard: FillGuard,
+        snapshot: &VersionSnapshot,
+        entry: Arc<Entry>,
+    ) -> StoreOutcome {
         let outcome = self.store_arc(guard.key(), snapshot, Arc::clone(&entry));
         guard.publish(entry);
         outcome

@@ -25,11 +25,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
 
-use crate::cache::Dep;
+use crate::cache::{Dep, Entry};
 use crate::planner::plan::Plan;
 use crate::refresh::pool::LoginKey;
 
@@ -136,6 +136,9 @@ struct Slot {
     weight: usize,
     /// The store clock when it was (last) stored.
     stored: u64,
+    /// The entry a write-through re-run stored from it (not kept alive): while that entry
+    /// is unread, a later write does not re-run it again (see [`Recipes::dependents`]).
+    refreshed: Option<Weak<Entry>>,
 }
 
 #[derive(Default)]
@@ -185,6 +188,15 @@ impl Recipes {
     /// evicts the least recently stored recipes while over the byte bound. A recipe heavier
     /// than the bound is not kept.
     pub fn insert(&self, recipe: Recipe) {
+        self.insert_from(recipe, None);
+    }
+
+    /// As [`insert`](Self::insert), for a result a write-through re-run stored as `entry`.
+    pub fn insert_refreshed(&self, recipe: Recipe, entry: &Arc<Entry>) {
+        self.insert_from(recipe, Some(Arc::downgrade(entry)));
+    }
+
+    fn insert_from(&self, recipe: Recipe, refreshed: Option<Weak<Entry>>) {
         let weight = recipe.weight() + recipe.deps.len() * SLOT_BYTES;
         let id = recipe.id();
         let mut inner = self.lock();
@@ -223,6 +235,7 @@ impl Recipes {
                 recipe: Arc::new(recipe),
                 weight,
                 stored,
+                refreshed,
             },
         );
         while inner.bytes > self.max_bytes {
@@ -234,27 +247,60 @@ impl Recipes {
     }
 
     /// The recipes of the results a write that bumped `bumped` invalidated, most recently
-    /// stored first, at most `max`.
+    /// stored first, at most `max` — except those a write-through re-run stored last that
+    /// nobody has read since: re-running them again would be a refresh nobody asked for
+    /// (a row written twice before it is read). They stay invalid; the next read misses.
     pub fn dependents(&self, bumped: &[Dep], max: usize) -> Vec<Arc<Recipe>> {
+        self.select(bumped, max).0
+    }
+
+    /// As [`dependents`](Self::dependents), counting the unread ones left out
+    /// (`pgmemo_write_through_total{result="unread"}`): once per commit.
+    pub fn dependents_of_commit(&self, bumped: &[Dep], max: usize) -> Vec<Arc<Recipe>> {
+        let (found, unread) = self.select(bumped, max);
+        if unread > 0 {
+            metrics::counter!(crate::telemetry::names::WRITE_THROUGH, "result" => "unread")
+                .increment(unread as u64);
+        }
+        found
+    }
+
+    /// The dependents, and how many were left out unread.
+    fn select(&self, bumped: &[Dep], max: usize) -> (Vec<Arc<Recipe>>, usize) {
         let inner = self.lock();
         let mut found: Vec<(u64, &Slot)> = Vec::new();
+        let mut unread: Vec<u64> = Vec::new();
         for dep in bumped {
             let Some(list) = inner.by_dep.get(dep) else {
                 continue;
             };
             for id in list {
-                if let Some(slot) = inner.by_id.get(id) {
-                    found.push((*id, slot));
+                let Some(slot) = inner.by_id.get(id) else {
+                    continue;
+                };
+                if slot
+                    .refreshed
+                    .as_ref()
+                    .and_then(Weak::upgrade)
+                    .is_some_and(|e| e.wasted())
+                {
+                    unread.push(*id);
+                    continue;
                 }
+                found.push((*id, slot));
             }
         }
+        // Filed under several of the counters bumped: counted once.
+        unread.sort_unstable();
+        unread.dedup();
         found.sort_unstable_by(|a, b| b.1.stored.cmp(&a.1.stored).then(a.0.cmp(&b.0)));
         found.dedup_by_key(|(id, _)| *id);
-        found
+        let found = found
             .into_iter()
             .take(max)
             .map(|(_, slot)| Arc::clone(&slot.recipe))
-            .collect()
+            .collect();
+        (found, unread.len())
     }
 
     /// Forgets every recipe (a whole-cache flush: nothing is left to refresh).

@@ -120,7 +120,7 @@ fn describe_cache() {
     );
     describe_counter!(
         names::WRITE_THROUGH,
-        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (a shared tier, or the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored), late (read again while the write ran)."
+        "Results re-run after a commit to a write-through table, by result: stored, failed, other_session (read under another fingerprint: re-run in the background), background (a shared tier, or the writer's connection was not free: re-run in the background), busy (being filled, cached already), plan_stale, raced (a write came while it ran: not stored), late (read again while the write ran), unread (its last write-through refresh was never read: not re-run again)."
     );
     describe_counter!(
         names::WRITE_THROUGH_PIPELINED,
@@ -343,7 +343,7 @@ pub mod names {
     /// they read was pinned to rows by its primary key (`rows`) or not.
     pub const CACHE_PINNED_LOOKUPS: &str = "pgmemo_cache_pinned_lookups_total";
     /// counter, label `result` (`stored`, `failed`, `other_session`, `background`, `busy`,
-    /// `plan_stale`, `raced`, `late`): results re-run on the writer's connection after a commit to a
+    /// `plan_stale`, `raced`, `late`, `unread`): results re-run on the writer's connection after a commit to a
     /// write-through table (`other_session`: read under another fingerprint, `background`:
     /// a shared tier, or the connection was not free; both handed to the background
     /// refresher).

@@ -305,7 +305,7 @@ impl CacheSession {
             return Vec::new();
         }
         let max = self.app.config().cache.write_through_max_entries;
-        let recipes = self.app.services.recipes.dependents(deps, max);
+        let recipes = self.app.services.recipes.dependents_of_commit(deps, max);
         let (mine, others): (Vec<_>, Vec<_>) = recipes.into_iter().partition(|r| {
             here.is_some_and(|fp| r.fingerprint == fp && *r.database == *self.database)
         });
@@ -714,22 +714,30 @@ pub(super) fn store(
         read.ttl,
         leader.done,
     );
-    let entry = Entry::new(leader.check, frames, read.ttl, read.tags.clone()).refreshed(origin);
+    let entry =
+        Arc::new(Entry::new(leader.check, frames, read.ttl, read.tags.clone()).refreshed(origin));
     let outcome = services
         .cache
-        .complete(leader.guard, &leader.snapshot, entry);
+        .complete_arc(leader.guard, &leader.snapshot, Arc::clone(&entry));
     if !matches!(outcome, StoreOutcome::Stored) {
         // A write came since its snapshot (or it is too large): nothing stored.
         return false;
     }
-    services.recipes.insert(Recipe {
+    let recipe = Recipe {
         database: Arc::clone(&recipe.database),
         login: Arc::clone(&recipe.login),
         fingerprint: recipe.fingerprint,
         request: recipe.request.clone(),
         plan: Arc::clone(&recipe.plan),
         deps: leader.snapshot.versions().iter().map(|(d, _)| *d).collect(),
-    });
+    };
+    // Whether it is read before the next write decides whether that write re-runs it
+    // again. Not with a shared tier: reads through other instances are not seen here.
+    if origin == Origin::Write && services.shared.is_none() {
+        services.recipes.insert_refreshed(recipe, &entry);
+    } else {
+        services.recipes.insert(recipe);
+    }
     true
 }
 
