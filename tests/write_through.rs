@@ -36,6 +36,12 @@ async fn slow_stack(seconds: &str, refresh: &str) -> CacheStack {
     CacheStack::start(&setup, &config("", &rules)).await
 }
 
+/// `client`'s next statement gets its own reply (row 5, never read before, from PostgreSQL).
+async fn assert_in_sync(s: &CacheStack, client: &tokio_postgres::Client) {
+    let q = s.probe.q("SELECT v FROM acct WHERE id = 5", None).await;
+    s.probe.assert_upstream(client, &q, &one("5")).await;
+}
+
 fn one(v: &str) -> Vec<common::compare::SimpleMsg> {
     column("v", &[v])
 }
@@ -169,13 +175,7 @@ async fn a_refresh_that_fails_leaves_the_result_invalid_and_the_write_acknowledg
         Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
     );
     // The writer's session is usable and in sync afterwards.
-    s.probe
-        .assert_upstream(
-            &writer,
-            &s.probe.q("SELECT v FROM acct WHERE id = 5", None).await,
-            &one("5"),
-        )
-        .await;
+    assert_in_sync(&s, &writer).await;
 }
 
 #[tokio::test]
@@ -368,13 +368,7 @@ async fn a_re_run_sent_behind_a_failed_write_is_not_stored_under_another_writes_
     s.probe.assert_hit(&reader, &q, &one("6")).await;
     assert_eq!(pipelined(&s) - sent, 2.0, "both writes carried a re-run");
     // A's session is in sync.
-    s.probe
-        .assert_upstream(
-            &a,
-            &s.probe.q("SELECT v FROM acct WHERE id = 5", None).await,
-            &one("5"),
-        )
-        .await;
+    assert_in_sync(&s, &a).await;
 }
 
 #[tokio::test]

@@ -86,24 +86,28 @@ impl Queue {
 mod tests {
     use super::*;
 
+    fn recipe() -> Arc<Recipe> {
+        Arc::new(Recipe {
+            database: Arc::from("db"),
+            login: Arc::new(crate::refresh::pool::LoginKey {
+                database: "db".into(),
+                user: "u".into(),
+                params: Vec::new(),
+            }),
+            fingerprint: [1; 16],
+            request: crate::refresh::recipes::Request::Simple {
+                sql: bytes::Bytes::from_static(b"SELECT 1"),
+            },
+            plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
+            deps: Box::new([]),
+        })
+    }
+
     #[test]
     fn jobs_are_refused_until_opened_and_when_full() {
         let q = Queue::default();
         let job = || Job {
-            recipe: Arc::new(Recipe {
-                database: Arc::from("db"),
-                login: Arc::new(crate::refresh::pool::LoginKey {
-                    database: "db".into(),
-                    user: "u".into(),
-                    params: Vec::new(),
-                }),
-                fingerprint: [1; 16],
-                request: crate::refresh::recipes::Request::Simple {
-                    sql: bytes::Bytes::from_static(b"SELECT 1"),
-                },
-                plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
-                deps: Box::new([]),
-            }),
+            recipe: recipe(),
             cause: Cause::Write,
             previous: None,
             done: None,
@@ -124,20 +128,7 @@ mod tests {
         let q = Queue::default();
         let mut rx = q.open().expect("first open");
         let (token, ended) = crate::tasks::in_flight();
-        let recipe = Arc::new(Recipe {
-            database: Arc::from("db"),
-            login: Arc::new(crate::refresh::pool::LoginKey {
-                database: "db".into(),
-                user: "u".into(),
-                params: Vec::new(),
-            }),
-            fingerprint: [1; 16],
-            request: crate::refresh::recipes::Request::Simple {
-                sql: bytes::Bytes::from_static(b"SELECT 1"),
-            },
-            plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
-            deps: Box::new([]),
-        });
+        let recipe = recipe();
         let job = |done| Job {
             recipe: Arc::clone(&recipe),
             cause: Cause::Write,
