@@ -152,6 +152,8 @@ pub struct Services {
     pub hot_keys: Option<crate::refresh::hot::HotKeys>,
     /// Where warming is, for `/readyz`.
     pub warming: Arc<crate::refresh::progress::WarmingProgress>,
+    /// The write-behind queues, when `behind.journal_dir` is set (see `behind`).
+    pub behind: Option<Arc<crate::behind::Behind>>,
 }
 
 impl Services {
@@ -189,6 +191,7 @@ impl Services {
             refresh_share: crate::refresh::share::Share::default(),
             hot_keys: (hot_keys > 0).then(|| crate::refresh::hot::HotKeys::new(hot_keys)),
             warming: Arc::default(),
+            behind: None,
         }
     }
 }

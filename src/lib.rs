@@ -22,6 +22,7 @@
 )]
 
 pub mod admin;
+pub mod behind;
 pub mod cache;
 pub mod cancel;
 pub mod catalog;

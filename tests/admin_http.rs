@@ -157,6 +157,7 @@ async fn start_admin_with(
         readiness,
         invalidation,
         cdc: std::sync::Arc::new(pgmemo::cdc::hub::Hub::none()),
+        behind: None,
     };
     let task = tokio::spawn(admin::serve_with_limits(
         listener,

@@ -426,7 +426,12 @@ fn type_keys() -> BTreeSet<String> {
         write: Some(WritePolicy::Through),
         refresh_ahead: Some(0.5),
         refresh_adaptive: Some(true),
+        behind_flush_interval: Some(std::time::Duration::from_millis(100)),
+        behind_max_batch: Some(10),
+        behind_increments: Some(true),
+        behind_coalesce: Some(true),
     }];
+    full.behind.journal_dir = Some("journal".into());
     full.refresh.logins = vec![RefreshLogin {
         user: "app".into(),
         password: Some(Secret::new("pw")),
@@ -476,7 +481,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        74,
+        83,
         "update this count with the types: {expected:?}"
     );
 }

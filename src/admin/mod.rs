@@ -2,6 +2,7 @@
 //! answering), `/metrics` (Prometheus text), `POST /invalidate` (manual invalidation); anything
 //! else is 404.
 
+mod behind;
 mod conn;
 pub mod invalidate;
 mod readiness;
@@ -40,6 +41,8 @@ pub struct AdminState {
     /// The change streams, reported in `/readyz` (they never make pgmemo unready: a
     /// database whose stream is down is served uncached).
     pub cdc: Arc<crate::cdc::hub::Hub>,
+    /// The write-behind queues (dead letters), when configured.
+    pub behind: Option<Arc<crate::behind::Behind>>,
 }
 
 /// Bounds on the admin server's connections.
@@ -78,6 +81,9 @@ pub fn router(state: AdminState) -> Router {
             "/invalidate",
             post(invalidate::invalidate).layer(DefaultBodyLimit::max(invalidate::MAX_BODY)),
         )
+        .route("/behind/dead-letters", get(behind::list))
+        .route("/behind/dead-letters/{id}/retry", post(behind::retry))
+        .route("/behind/dead-letters/{id}/drop", post(behind::drop_letter))
         .fallback(not_found)
         .with_state(state)
 }

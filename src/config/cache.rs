@@ -370,11 +370,20 @@ pub struct Rule {
     /// Limit those refreshes to `refresh.max_share` of the queries pgmemo sends upstream.
     /// Only beside `refresh_ahead` above 0.
     pub refresh_adaptive: Option<bool>,
+    /// With `write = "behind"`: how often the queue is applied (default 100 ms).
+    #[serde(with = "humantime_serde::option")]
+    pub behind_flush_interval: Option<Duration>,
+    /// With `write = "behind"`: queued writes applied per transaction at most (default 1000).
+    pub behind_max_batch: Option<usize>,
+    /// With `write = "behind"`: also queue `UPDATE t SET c = c + k WHERE pk = v`, answered
+    /// `UPDATE 1` (opt-in: the count is not the database's; see the README).
+    pub behind_increments: Option<bool>,
+    /// With `behind_increments`: increments of one row within a batch become one UPDATE.
+    pub behind_coalesce: Option<bool>,
 }
 
 /// A rule's `write`: what a committed write to a matching table does to dependent results.
-/// Parsed from a string so that a value pgmemo does not implement (`"behind"`) is refused
-/// at load with a message saying so, rather than serde's bare "unknown variant".
+/// Parsed from a string so that an unknown value is refused with the accepted ones listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum WritePolicy {
@@ -383,6 +392,9 @@ pub enum WritePolicy {
     /// The most recently stored dependent results are refreshed before the writer's
     /// acknowledgement, so the next read of them is a hit.
     Through,
+    /// Eligible writes (single autocommit INSERT ... VALUES, opted-in increments) are
+    /// acknowledged from a durable queue and applied in the background (issue 20).
+    Behind,
 }
 
 impl WritePolicy {
@@ -391,6 +403,7 @@ impl WritePolicy {
         match self {
             WritePolicy::Invalidate => "invalidate",
             WritePolicy::Through => "through",
+            WritePolicy::Behind => "behind",
         }
     }
 }
@@ -402,11 +415,9 @@ impl TryFrom<String> for WritePolicy {
         match text.as_str() {
             "invalidate" => Ok(WritePolicy::Invalidate),
             "through" => Ok(WritePolicy::Through),
-            "behind" => Err("write-behind is not available yet (issue 20); \
-                             write \"invalidate\" or \"through\""
-                .to_owned()),
+            "behind" => Ok(WritePolicy::Behind),
             other => Err(format!(
-                "unknown write policy `{other}`, expected `invalidate` or `through`"
+                "unknown write policy `{other}`, expected `invalidate`, `through` or `behind`"
             )),
         }
     }

@@ -195,6 +195,7 @@ fn schema_sample() -> Table {
         ..RedisConfig::default()
     });
     config.cache.secret = Some("0".repeat(32));
+    config.behind.journal_dir = Some(PathBuf::from("journal"));
     config.functions.no_side_effects = vec!["public.f".to_owned()];
     // The template each `[[functions.writes]]` entry is checked against.
     config.functions.writes = vec![FunctionWrites {
@@ -216,6 +217,10 @@ fn schema_sample() -> Table {
         write: Some(super::WritePolicy::Invalidate),
         refresh_ahead: Some(0.5),
         refresh_adaptive: Some(false),
+        behind_flush_interval: Some(std::time::Duration::from_millis(100)),
+        behind_max_batch: Some(1000),
+        behind_increments: Some(false),
+        behind_coalesce: Some(false),
     }];
     // The templates of `[[refresh.logins]]` and `[[warm]]` entries.
     config.refresh.logins = vec![RefreshLogin {

@@ -68,7 +68,7 @@ fn rule_write_policies_load_and_others_are_refused() {
         Some(crate::config::WritePolicy::Invalidate)
     );
     let got = issues(
-        "[[rules]]\ntable = \"a\"\nwrite = \"behind\"\n\n[[rules]]\ntable = \"b\"\n\
+        "[[rules]]\ntable = \"a\"\nwrite = \"ahead\"\n\n[[rules]]\ntable = \"b\"\n\
          write = \"Through\"\ncache = false\n",
     );
     let shown: Vec<(&str, &str)> = got
@@ -78,22 +78,22 @@ fn rule_write_policies_load_and_others_are_refused() {
     assert_eq!(
         shown,
         [
-            ("rules[1].write", "\"behind\""),
+            ("rules[1].write", "\"ahead\""),
             ("rules[2].write", "\"Through\""),
             // With its bad key dropped, the first entry changes nothing.
             ("rules[1]", "(rule)"),
         ]
     );
     assert!(
-        got[0]
-            .why
-            .starts_with("write-behind is not available yet (issue 20)"),
+        got[0].why.starts_with("unknown write policy `ahead`"),
         "{:?}",
         got[0]
     );
     assert!(got[0].why.ends_with("(test.toml:3)"), "{:?}", got[0]);
     assert!(
-        got[1].why.contains("expected `invalidate` or `through`"),
+        got[1]
+            .why
+            .contains("expected `invalidate`, `through` or `behind`"),
         "{:?}",
         got[1]
     );
@@ -272,4 +272,80 @@ fn validation_numbers_function_writes_like_the_loader() {
         keys,
         ["functions.writes[2].function", "functions.writes[3].tables"]
     );
+}
+
+#[test]
+fn write_behind_rules_load_and_what_cannot_be_queued_exactly_is_refused() {
+    let config = from_toml_str(
+        "[behind]\njournal_dir = \"/var/lib/pgmemo/behind\"\n\n[[rules]]\ntable = \"ev\"\n\
+         write = \"behind\"\nbehind_flush_interval = \"50ms\"\nbehind_max_batch = 10\n\
+         behind_increments = true\nbehind_coalesce = true\n",
+        "test.toml",
+    )
+    .unwrap();
+    let rules = crate::config::Rules::new(&config.rules, Duration::from_secs(60));
+    let b = rules
+        .behind("app", "w", "public", "ev")
+        .expect("a behind table");
+    assert_eq!(b.flush_interval, Duration::from_millis(50));
+    assert_eq!(b.max_batch, 10);
+    assert!(b.increments && b.coalesce);
+    assert_eq!(rules.behind("app", "w", "public", "other"), None);
+    assert!(!rules.write_through("app", "w", "public", "ev"));
+
+    let keys = |toml: &str| -> Vec<String> { issues(toml).into_iter().map(|i| i.key).collect() };
+    // No queue at all.
+    assert_eq!(
+        keys("[[rules]]\ntable = \"ev\"\nwrite = \"behind\"\n"),
+        ["behind.journal_dir"]
+    );
+    let with_dir = |rules: &str| keys(&format!("[behind]\njournal_dir = \"j\"\n\n{rules}"));
+    // A behind rule must name its table (a catch-all would queue every table's inserts).
+    assert_eq!(
+        with_dir("[[rules]]\nrole = \"app\"\nwrite = \"behind\"\n"),
+        ["rules[1].write"]
+    );
+    // Coalescing merges increments, which must be opted in.
+    assert_eq!(
+        with_dir("[[rules]]\ntable = \"c\"\nwrite = \"behind\"\nbehind_coalesce = true\n"),
+        ["rules[1].behind_coalesce"]
+    );
+    // behind_* fields only beside write = "behind"; bounds.
+    assert_eq!(
+        with_dir(
+            "[[rules]]\ntable = \"c\"\nwrite = \"through\"\nbehind_max_batch = 5\n\n\
+             [[rules]]\ntable = \"d\"\nwrite = \"behind\"\nbehind_max_batch = 0\n\
+             behind_flush_interval = \"2m\"\n"
+        ),
+        [
+            "rules[1].behind_max_batch",
+            "rules[2].behind_flush_interval",
+            "rules[2].behind_max_batch"
+        ]
+    );
+    assert_eq!(
+        keys("[behind]\nmax_queue_entries = 0\nmax_queue_bytes = \"10KiB\"\n"),
+        ["behind.max_queue_bytes", "behind.max_queue_entries"]
+    );
+}
+
+#[test]
+fn a_narrower_rule_with_another_write_policy_exempts_a_table_from_write_behind() {
+    let config = from_toml_str(
+        "[behind]\njournal_dir = \"j\"\n\n[[rules]]\ndatabase = \"app\"\ntable = \"ev\"\n\
+         write = \"behind\"\nbehind_flush_interval = \"1s\"\n\n[[rules]]\ntable = \"ev\"\n\
+         role = \"batch\"\nwrite = \"invalidate\"\n\n[[rules]]\ntable = \"ev\"\nrole = \"fast\"\n\
+         write = \"behind\"\nbehind_flush_interval = \"10ms\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let rules = crate::config::Rules::new(&config.rules, Duration::from_secs(60));
+    assert_eq!(rules.behind("app", "batch", "public", "ev"), None);
+    assert_eq!(
+        rules
+            .behind("app", "fast", "public", "ev")
+            .map(|b| b.flush_interval),
+        Some(Duration::from_millis(10))
+    );
+    assert_eq!(rules.behind("other", "app", "public", "ev"), None);
 }

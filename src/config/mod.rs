@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod behind;
 pub mod cache;
 pub mod invalidation;
 pub mod load;
@@ -21,6 +22,7 @@ pub mod rules;
 pub mod upstream_url;
 pub mod validate;
 
+pub use behind::{BehindConfig, BehindRule};
 pub use cache::{
     ByteSize, CacheConfig, CatalogSection, FunctionReads, FunctionTables, FunctionWrites,
     FunctionsConfig, L1Config, Rule, SqlMemory, WritePolicy,
@@ -58,6 +60,7 @@ pub struct Config {
     pub functions: FunctionsConfig,
     pub rules: Vec<Rule>,
     pub refresh: RefreshConfig,
+    pub behind: BehindConfig,
     pub warm: Vec<WarmQuery>,
     pub warming: WarmingConfig,
     pub log: LogConfig,

@@ -84,6 +84,10 @@ struct Compiled {
     write: Option<WritePolicy>,
     refresh_ahead: Option<f32>,
     refresh_adaptive: Option<bool>,
+    /// Set exactly when `write = "behind"`.
+    behind: Option<super::BehindRule>,
+    /// That rule's `behind_increments` and `behind_coalesce` as written (absent = no say).
+    behind_flags: [Option<bool>; 2],
 }
 
 impl Rules {
@@ -112,6 +116,8 @@ impl Rules {
                     .refresh_ahead
                     .map(|f| (f as f32).min(1.0 - f32::EPSILON / 2.0)),
                 refresh_adaptive: r.refresh_adaptive,
+                behind: (r.write == Some(WritePolicy::Behind)).then(|| super::BehindRule::of(r)),
+                behind_flags: [r.behind_increments, r.behind_coalesce],
             })
             .collect();
         Rules { rules, default_ttl }
@@ -201,6 +207,51 @@ impl Rules {
             }
         }
         through.get()
+    }
+
+    /// How a write to `schema.name` by a session of `db` as `role` may be queued
+    /// (`write = "behind"`), or `None`. Some matching rule sets `"behind"` and none sets
+    /// another policy (a narrower rule can exempt a table from a broad one). Of several
+    /// matching behind rules, the shortest flush interval and smallest batch win, and
+    /// `behind_increments`/`behind_coalesce` hold when some rule sets them and none clears
+    /// them.
+    pub fn behind(
+        &self,
+        db: &str,
+        role: &str,
+        schema: &str,
+        name: &str,
+    ) -> Option<super::BehindRule> {
+        let mut out: Option<super::BehindRule> = None;
+        let mut increments = Flag::default();
+        let mut coalesce = Flag::default();
+        for rule in self.rules.iter().filter(|r| r.query.is_none()) {
+            if !rule.matches(db, role, b"", &[(schema, name)]) {
+                continue;
+            }
+            match (rule.write, rule.behind) {
+                (Some(WritePolicy::Behind), Some(b)) => {
+                    let [i, c] = rule.behind_flags;
+                    increments.apply(i);
+                    coalesce.apply(c);
+                    out = Some(match out {
+                        None => b,
+                        Some(o) => super::BehindRule {
+                            flush_interval: o.flush_interval.min(b.flush_interval),
+                            max_batch: o.max_batch.min(b.max_batch),
+                            ..o
+                        },
+                    });
+                }
+                (Some(_), _) => return None,
+                (None, _) => {}
+            }
+        }
+        out.map(|b| super::BehindRule {
+            increments: increments.get(),
+            coalesce: coalesce.get() && increments.get(),
+            ..b
+        })
     }
 }
 

@@ -144,6 +144,12 @@ impl Config {
         check_rules(&self.rules, self.cache.ttl, &mut issues);
         check_shared_ttl(self, &mut issues);
         check_refresh(&self.refresh, &mut issues);
+        super::behind::check_section(
+            &self.behind,
+            &self.rules,
+            self.cache.redis.is_some(),
+            &mut issues,
+        );
         check_warm(self, &mut issues);
         check_warming(self, &mut issues);
         check_log(&self.log, &mut issues);

@@ -20,8 +20,11 @@ use crate::invalidation::Written;
 use crate::sql::{self, Analysis, Class, NotCacheable, StatementInfo};
 use crate::telemetry::names;
 
+mod behind;
 mod pins;
 mod tags;
+
+pub use behind::{BehindKind, BehindPlan};
 
 pub use super::rows::{Bound, KeyPart, RowPin};
 
@@ -59,6 +62,10 @@ pub struct StmtPlan {
     /// A write whose rows are known by key: its target (one of `written.tags`) is bumped by
     /// row instead, when the keys of the execution canonicalise (see `rows`).
     pub rows: Option<Box<RowPin>>,
+    /// It writes a `write = "behind"` table: unless queued, it waits for the queue first.
+    pub touches_behind: bool,
+    /// It may be queued by write-behind (see [`behind`]).
+    pub behind: Option<Arc<BehindPlan>>,
 }
 
 /// A single cacheable read.
@@ -271,6 +278,7 @@ impl Plan {
                 std::mem::size_of::<StmtPlan>()
                     + std::mem::size_of_val(s.written.tags.as_slice())
                     + s.rows.as_ref().map_or(0, |r| r.weight())
+                    + s.behind.as_ref().map_or(0, |b| b.weight())
             })
             .sum();
         OVERHEAD + self.sql.len() + read + self.analysis.weight(self.sql.len()) + effects
@@ -537,6 +545,12 @@ impl Planner<'_> {
                             p.written.merge(&w.tags, w.epoch);
                             p.written.merge_through(&w.through);
                             p.rows = self.write_pin(cx, sql_bytes, info).await.ok().map(Box::new);
+                            if !self.rules.is_empty() {
+                                p.touches_behind = self.touches_behind(cx, &info.writes).await;
+                            }
+                            if p.touches_behind {
+                                p.behind = self.behind(cx, info).await.map(Arc::new);
+                            }
                             if runs_user_code {
                                 p.taint = Some("trigger, rule or default runs a user function");
                             }

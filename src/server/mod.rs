@@ -95,6 +95,7 @@ pub async fn run(
                 catalog: Arc::clone(&ctx.services.catalog),
             },
             cdc: Arc::clone(&ctx.services.cdc),
+            behind: ctx.services.behind.clone(),
         },
         admin_stop.clone(),
     ));
@@ -129,6 +130,10 @@ pub async fn run(
     let deadline = ctx.config().server.shutdown_timeout;
     drain_sessions(&sessions, &drain, &force, deadline).await;
     drop(pool);
+    // No session can queue a write any more: apply what is queued (the rest at next start).
+    if let Some(behind) = &ctx.services.behind {
+        behind.drain(deadline).await;
+    }
     // Every session has ended: the hot keys counted are final.
     crate::session::cache_side::hot::save(&ctx).await;
     // The background tasks stopped on the shutdown token (or with the workers' runtimes).

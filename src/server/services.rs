@@ -25,6 +25,10 @@ pub enum BuildError {
     Secret(#[from] SecretError),
     #[error("cache.redis: {0}")]
     Redis(#[from] crate::cache::l2::tier::TierError),
+    #[error(transparent)]
+    Behind(#[from] crate::behind::BehindError),
+    #[error("behind: {0}")]
+    BehindUpstream(#[from] crate::upstream::tls::TlsSetupError),
 }
 
 /// The cache, the catalog and the invalidation sources for `config`, and the shared tier's
@@ -95,7 +99,21 @@ pub fn build(
     } else {
         0
     };
-    let services = Services::new(cache, catalog, cdc, shared, memory, hot_keys);
+    let mut services = Services::new(cache, catalog, cdc, shared, memory, hot_keys);
+    let link = crate::behind::Link {
+        upstream: crate::upstream::Upstream::new(target.clone())?,
+        login: crate::config::Login {
+            user: target
+                .user
+                .clone()
+                .unwrap_or_else(|| crate::config::refresh::DEFAULT_SIDE_USER.to_owned()),
+            password: target.password.clone().map(crate::config::Secret::new),
+        },
+        connect_timeout: config.upstream.connect_timeout,
+        batch_timeout: std::time::Duration::from_secs(30),
+    };
+    services.behind =
+        crate::behind::Behind::open(&config.behind, link, Arc::clone(&services.invalidator))?;
     Ok((services, task))
 }
 

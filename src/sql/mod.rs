@@ -20,6 +20,7 @@
 //! not SJIS, BIG5, GBK, UHC, GB18030). A session outside that must not cache and must treat
 //! every statement as an epoch bump.
 
+mod behind;
 mod classify;
 mod database;
 mod fallback;
@@ -35,6 +36,7 @@ mod tests;
 
 use std::fmt;
 
+pub use behind::BehindShape;
 pub use database::{FreeingKind, NeedsFree, databases_needing_free};
 pub use normalize::{
     Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key, param_references, shape_key,
@@ -300,6 +302,9 @@ pub struct StatementInfo {
     /// `COPY ... FROM`: PostgreSQL may then expect the client's data stream (copy-in mode),
     /// so nothing of pgmemo's own may be sent behind it before its reply.
     pub copies_in: bool,
+    /// A shape write-behind may queue (see [`BehindShape`]); like `rows`, only for a
+    /// statement alone in its text piece.
+    pub behind: Option<Box<BehindShape>>,
 }
 
 impl StatementInfo {
@@ -316,6 +321,7 @@ impl StatementInfo {
             taints_session: false,
             rows: None,
             copies_in: false,
+            behind: None,
         }
     }
 
@@ -333,7 +339,8 @@ impl StatementInfo {
             Class::SessionChange(SessionChange::Prepare { inner, .. }) => inner.structure_weight(),
             _ => 0,
         };
-        let rows = self.rows.as_ref().map_or(0, |r| r.weight());
+        let rows = self.rows.as_ref().map_or(0, |r| r.weight())
+            + self.behind.as_ref().map_or(0, |b| b.weight());
         std::mem::size_of::<Self>() + names * NAME_WEIGHT + inner + rows
     }
 }

@@ -410,7 +410,7 @@ impl Sources {
     }
 }
 
-fn unnest(mut e: &Expr) -> &Expr {
+pub(super) fn unnest(mut e: &Expr) -> &Expr {
     while let Expr::Nested(inner) = e {
         e = inner.as_ref();
     }
@@ -526,7 +526,7 @@ fn build(
 }
 
 /// `e` as a key value: digits, a plain string literal or `$n`, with nothing around it.
-fn key_value(e: &Expr, numbers: &Numbers<'_>) -> Option<KeyValue> {
+pub(super) fn key_value(e: &Expr, numbers: &Numbers<'_>) -> Option<KeyValue> {
     let Expr::Value(v) = unnest(e) else {
         return None;
     };
@@ -727,7 +727,7 @@ fn delete(d: &Delete, numbers: &Numbers<'_>) -> Option<RowScope> {
 }
 
 /// Whether an INSERT is PostgreSQL's plain form: no ON CONFLICT, nothing of other dialects.
-fn plain_insert(i: &Insert) -> bool {
+pub(super) fn plain_insert(i: &Insert) -> bool {
     i.optimizer_hints.is_empty()
         && i.or.is_none()
         && !i.ignore
@@ -750,7 +750,7 @@ fn plain_insert(i: &Insert) -> bool {
 }
 
 /// The rows of a source that is exactly `VALUES (...), ...`.
-fn plain_values(q: &Query) -> Option<&[sqlparser::ast::Parens<Vec<Expr>>]> {
+pub(super) fn plain_values(q: &Query) -> Option<&[sqlparser::ast::Parens<Vec<Expr>>]> {
     let bare = q.with.is_none()
         && q.order_by.is_none()
         && q.limit_clause.is_none()

@@ -107,6 +107,7 @@ fn parse_and_classify(
     {
         let numbers = Numbers::new(piece, rewritten);
         info.rows = row_scope(stmt, &info.class, &numbers).map(Box::new);
+        info.behind = super::behind::shape(stmt, &numbers).map(Box::new);
     }
     (!infos.is_empty()).then_some(infos)
 }

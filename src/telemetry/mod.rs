@@ -351,6 +351,37 @@ pub mod names {
     /// counter: write-through re-runs sent right behind the autocommit write they refresh
     /// (`session::cache_side::pipelined`), not after its ReadyForQuery.
     pub const WRITE_THROUGH_PIPELINED: &str = "pgmemo_write_through_pipelined_total";
+    /// counter, label `kind` (`insert`, `increment`): writes acknowledged from the
+    /// write-behind queue.
+    pub const BEHIND_QUEUED: &str = "pgmemo_behind_queued_total";
+    /// counter, label `reason`: writes to `write = "behind"` tables forwarded synchronously
+    /// instead (`queue_full`, `queue_failed`, `not_idle`, `settings_unknown`, `encoding`,
+    /// `unnamed_statement`, `session_opt_out`).
+    pub const BEHIND_FORWARDED: &str = "pgmemo_behind_forwarded_total";
+    /// gauge: queued writes not yet applied, and their bytes.
+    pub const BEHIND_QUEUE_ENTRIES: &str = "pgmemo_behind_queue_entries";
+    pub const BEHIND_QUEUE_BYTES: &str = "pgmemo_behind_queue_bytes";
+    /// gauge: age in seconds of the oldest queued write not yet applied (0 when none).
+    pub const BEHIND_OLDEST_SECONDS: &str = "pgmemo_behind_oldest_seconds";
+    /// histogram: seconds one batch took to apply (send to commit).
+    pub const BEHIND_FLUSH_SECONDS: &str = "pgmemo_behind_flush_seconds";
+    /// histogram: writes per committed batch.
+    pub const BEHIND_BATCH_ENTRIES: &str = "pgmemo_behind_batch_entries";
+    /// histogram: seconds from a write's acknowledgement to the commit that applied it.
+    pub const BEHIND_LAG_SECONDS: &str = "pgmemo_behind_lag_seconds";
+    /// counter: queued writes applied.
+    pub const BEHIND_APPLIED: &str = "pgmemo_behind_applied_total";
+    /// counter, label `kind` (`rejected`: the database refused it; `no_row`: an increment
+    /// matched no row): queued writes moved to the dead letters.
+    pub const BEHIND_DEAD_LETTERS: &str = "pgmemo_behind_dead_letters_total";
+    /// gauge: dead letters kept.
+    pub const BEHIND_DEAD_LETTERS_KEPT: &str = "pgmemo_behind_dead_letters";
+    /// counter: batches that failed for a reason not tied to one write (connection, server
+    /// restart), retried.
+    pub const BEHIND_RETRIES: &str = "pgmemo_behind_retries_total";
+    /// counter: statements that waited for queued writes before running (the barrier), by
+    /// `result` (`applied`, `timeout`).
+    pub const BEHIND_BARRIER: &str = "pgmemo_behind_barrier_total";
     /// counter: write-through re-runs handed to the background refresher before the
     /// writer's acknowledgement that had not ended when `refresh.time_budget` released it.
     pub const WRITE_THROUGH_OVER_BUDGET: &str = "pgmemo_write_through_over_budget_total";

@@ -51,6 +51,7 @@ impl ConnectError {
 }
 
 /// Where client sessions are relayed, and how to reach it.
+#[derive(Clone)]
 pub struct Upstream {
     target: UpstreamTarget,
     tls: Option<Arc<ClientConfig>>,

@@ -155,6 +155,7 @@ pub(super) fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Ve
             || rule.write.is_some()
             || rule.refresh_ahead.is_some()
             || rule.refresh_adaptive.is_some();
+        // behind_* fields alone are reported by `behind::check_rule`.
         if !acts {
             issues.push(ConfigIssue::new(
                 key(""),
@@ -192,6 +193,7 @@ pub(super) fn check_rules(rules: &[Rule], default_ttl: Duration, issues: &mut Ve
         }
         check_rls_ttl(rule, default_ttl, &key, issues);
         check_write_scope(rule, &key, issues);
+        crate::config::behind::check_rule(rule, &key, issues);
         check_refresh_ahead(rule, default_ttl, &key, issues);
     }
 }

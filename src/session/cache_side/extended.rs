@@ -93,8 +93,23 @@ impl CacheSession {
             }
             // The other session gave up: run it here, uncaptured.
             Some(WaitResult::RunOwn) => return GroupAction::Frames,
+            Some(WaitResult::Queued(body)) => {
+                let replay = self.register_parse(&g, &plan, state);
+                return GroupAction::Answer {
+                    head: head(&g),
+                    body,
+                    tail: b"",
+                    len: g.len,
+                    replay,
+                };
+            }
             Some(WaitResult::Shared(ready)) => self.held.set(super::resume::Resume::Shared(ready)),
             None => {}
+        }
+        if let Some(hold) =
+            self.behind_hold(&plan, state, Some((param_types, g.bind_tail)), g.describe)
+        {
+            return GroupAction::Hold(hold);
         }
         if plan.read.is_ok() && group::params_may_read_clock(g.bind_tail) {
             metrics::counter!(names::CACHE_BYPASSES, "reason" => "clock_parameter").increment(1);

@@ -14,6 +14,7 @@ pub mod ack;
 mod ahead;
 pub mod background;
 mod before_ack;
+mod behind;
 mod capture;
 mod extended;
 pub mod group;

@@ -66,7 +66,9 @@ impl CacheSession {
             Some(WaitResult::Hit(entry)) => {
                 return FrameAction::Answer(entry.frames.clone());
             }
-            Some(WaitResult::Error(answer)) => return FrameAction::Answer(answer),
+            Some(WaitResult::Error(answer) | WaitResult::Queued(answer)) => {
+                return FrameAction::Answer(answer);
+            }
             Some(WaitResult::Shared(ready)) => {
                 self.held.set(super::resume::Resume::Shared(ready));
                 false
@@ -80,6 +82,9 @@ impl CacheSession {
         let Some(plan) = self.plan_for(sql) else {
             return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(sql)));
         };
+        if !run_own && let Some(hold) = self.behind_hold(&plan, state, None, false) {
+            return FrameAction::Hold(hold);
+        }
         if !run_own {
             match self.lookup(&plan, state, None) {
                 Looked::Hit(entry) => return FrameAction::Answer(entry.frames.clone()),

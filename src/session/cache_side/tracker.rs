@@ -160,6 +160,14 @@ impl CacheSession {
                 // Planned for the context it runs in: its write tags name what it wrote.
                 let planned_here =
                     context_seq == Some(self.tracker.context_seq) && plan.context_id == self.cx_id;
+                if let Some(b) = plan.stmts.get(index).and_then(|s| s.behind.as_ref())
+                    && crate::protocol::tags::backend::COMMAND_COMPLETE
+                        == frame.first().copied().unwrap_or(0)
+                {
+                    // This shape works on PostgreSQL: later executions may be queued.
+                    b.validated
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 self.apply_statement(&plan, index, rows.as_deref(), frame, planned_here, state);
             }
             Some(Completion::Unknown) => {

@@ -27,6 +27,8 @@ pub enum WaitResult {
     RunOwn,
     /// A shared-tier read finished (counters or the L2): look up again with it.
     Shared(crate::cache::tiers::SharedReady),
+    /// A write-behind write is durably queued: answer with these frames (see `behind`).
+    Queued(Bytes),
 }
 
 impl CacheSession {

@@ -172,6 +172,22 @@ impl Fingerprint {
         self.taint.as_deref()
     }
 
+    /// The values of `names` (lower-case) that differ from their defaults, when the
+    /// session's settings are exactly those its last probe read: no change modelled since,
+    /// not tainted, no transaction block. `None` otherwise.
+    pub fn settled(&self, names: &[&str]) -> Option<Vec<(String, String)>> {
+        if self.taint.is_some() || self.txn.is_some() || self.state != State::default() {
+            return None;
+        }
+        let probe = self.probe.as_ref()?;
+        Some(
+            names
+                .iter()
+                .filter_map(|n| probe.get(*n).map(|v| ((*n).to_owned(), v.clone())))
+                .collect(),
+        )
+    }
+
     /// Whether a transaction block is open (as far as this model was told).
     pub fn in_block(&self) -> bool {
         self.txn.is_some()

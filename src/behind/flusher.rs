@@ -1,0 +1,438 @@
+//! One task per database applying its write-behind queue (see [`super::batch`] for one
+//! batch). The loop: wait for writes (then `behind_flush_interval`, so a batch gathers
+//! what arrives meanwhile; at once again while writes remain, and continuously while
+//! draining), take the unbroken run of sequence numbers after the last applied one (at most
+//! `behind_max_batch`), apply it as one transaction with the progress row, and then
+//! invalidate what it wrote, release the journal, wake barriers.
+//!
+//! Failures: a write the database refuses is recorded as a dead letter and the batch is
+//! sent again without it; anything else (connection lost, server restarting, timeout) drops
+//! the connection and retries with backoff. On every new connection the progress row is
+//! read again, so a batch whose COMMIT was sent but whose answer was lost is recognised as
+//! applied (exactly once) rather than applied twice.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::batch::{self, Outcome, Step, Unit};
+use super::dead::{DeadLetter, now_ms};
+use super::entry::{Entry, Op, RECORDED_SETTINGS};
+use super::{Behind, Db, lock};
+use crate::cache::Tag;
+use crate::invalidation::{Source, Written};
+use crate::protocol::response::put_frame;
+use crate::protocol::tags::backend;
+use crate::refresh::pool::run as run_request;
+use crate::telemetry::names;
+use crate::upstream::login::{BackendConn, login};
+
+/// Bytes a batch's replies may take (they are command tags, not rows).
+const MAX_REPLY_BYTES: usize = 16 << 20;
+/// Longest wait between retries of a failing batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The SQL creating pgmemo's progress table (documented in the README).
+pub const PROGRESS_DDL: &str = "CREATE TABLE IF NOT EXISTS pgmemo.behind_progress (\
+queue text PRIMARY KEY, applied bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT pg_catalog.now())";
+
+#[derive(Debug, thiserror::Error)]
+enum FlushError {
+    #[error("write-behind flusher: {0}")]
+    Login(#[from] crate::upstream::login::LoginError),
+    #[error("write-behind flusher: {0}")]
+    Run(#[from] crate::refresh::pool::RunError),
+    #[error("write-behind flusher: the server answered {0}")]
+    Server(batch::ServerError),
+    #[error("write-behind flusher: unexpected reply to the progress read")]
+    Progress,
+}
+
+/// A connection with what was read when it was opened.
+struct Conn {
+    conn: BackendConn,
+    /// The server's defaults of the recorded settings.
+    defaults: Vec<(String, String)>,
+}
+
+/// Runs the flusher of one database until the process ends.
+pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
+    let (name, journal, wake) = {
+        let db = lock(&state);
+        (
+            db.name.clone(),
+            Arc::clone(&db.journal),
+            Arc::clone(&db.wake),
+        )
+    };
+    let queue = format!("journal:{}", journal.id());
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Duration::from_millis(50);
+    // Writes refused in the batch being retried: skipped, their numbers still applied.
+    let mut dead: HashSet<u64> = HashSet::new();
+    let mut known = false;
+    // What the progress row holds (the batch moves it from this value).
+    let mut row = 0u64;
+    // Batches start at most once per interval, unless the last one was full (a backlog).
+    let mut last_start = Instant::now();
+    let mut full = false;
+    loop {
+        let (interval, empty) = {
+            let db = lock(&state);
+            let interval = db
+                .flush_interval
+                .unwrap_or(crate::config::behind::DEFAULT_FLUSH_INTERVAL);
+            (interval, db.pending.is_empty())
+        };
+        if empty && known {
+            wake.notified().await;
+        }
+        if !full && !behind.is_draining() {
+            let due = last_start + interval;
+            tokio::select! {
+                () = tokio::time::sleep_until(due.into()) => {}
+                () = behind.draining.notified() => {}
+            }
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(&behind, &name, &queue).await {
+                Ok((c, applied)) => {
+                    known = true;
+                    row = applied;
+                    let ours = lock(&state).applied;
+                    if applied < ours {
+                        // PostgreSQL lost commits it had acknowledged (run with fsync or
+                        // synchronous_commit off, and crashed): the writes of those batches
+                        // are gone with them. Carry on from what this queue applied.
+                        tracing::error!(database = %name, progress = applied, applied = ours, "the write-behind progress row went back: PostgreSQL lost committed batches (fsync or synchronous_commit off?); their writes are lost");
+                    }
+                    settle(&behind, &state, applied.max(ours), &mut dead);
+                    backoff = Duration::from_millis(50);
+                    conn.insert(c)
+                }
+                Err(e) => {
+                    warn!(database = %name, error = %e, "write-behind flusher cannot connect; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        let entries = take(&state, &dead);
+        let Some(&(to, _)) = entries.last() else {
+            continue;
+        };
+        let live: Vec<(u64, Arc<Entry>)> = entries
+            .iter()
+            .filter(|(s, _)| !dead.contains(s))
+            .cloned()
+            .collect();
+        let refs: Vec<Arc<Entry>> = live.iter().map(|(_, e)| Arc::clone(e)).collect();
+        let units = batch::units(&refs);
+        let built = batch::build(&refs, units, &queue, row, to, &c.defaults);
+        let started = Instant::now();
+        last_start = started;
+        full = live.len() >= max_batch(&state);
+        match apply(&mut c.conn, &built, behind.link().batch_timeout).await {
+            Ok(Outcome::Committed(tags)) => {
+                let elapsed = started.elapsed();
+                metrics::histogram!(names::BEHIND_FLUSH_SECONDS).record(elapsed.as_secs_f64());
+                metrics::histogram!(names::BEHIND_BATCH_ENTRIES).record(live.len() as f64);
+                missed_rows(&behind, &built.units, &tags, &live);
+                committed(&behind, &state, to, &live);
+                row = to;
+                dead.retain(|&s| s > to);
+                backoff = Duration::from_millis(50);
+                debug!(database = %name, applied = live.len(), to, "write-behind batch committed");
+            }
+            Ok(Outcome::Failed { step, error }) => {
+                if refuse(&behind, step, &error, &built, &live, &mut dead) {
+                    continue;
+                }
+                metrics::counter!(names::BEHIND_RETRIES).increment(1);
+                warn!(database = %name, step = ?step, error = %error, "write-behind batch failed; retrying");
+                if error.code == "22012" {
+                    // The progress row moved under us: read it again on a new connection.
+                    conn = None;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            Err(e) => {
+                metrics::counter!(names::BEHIND_RETRIES).increment(1);
+                warn!(database = %name, error = %e, "write-behind batch interrupted; retrying on a new connection");
+                conn = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The unbroken run of sequence numbers after the last applied one (at most the database's
+/// batch size, dead ones included: they are skipped but their numbers applied).
+fn take(state: &Mutex<Db>, dead: &HashSet<u64>) -> Vec<(u64, Arc<Entry>)> {
+    let db = lock(state);
+    let max_batch = db
+        .max_batch
+        .unwrap_or(crate::config::behind::DEFAULT_MAX_BATCH);
+    let first = db.applied + 1;
+    let mut out = Vec::new();
+    let mut live = 0;
+    for (expected, (&seq, e)) in (first..).zip(db.pending.range(first..)) {
+        if seq != expected || live >= max_batch {
+            break;
+        }
+        if !dead.contains(&seq) {
+            live += 1;
+        }
+        out.push((seq, Arc::clone(e)));
+    }
+    out
+}
+
+fn max_batch(state: &Mutex<Db>) -> usize {
+    lock(state)
+        .max_batch
+        .unwrap_or(crate::config::behind::DEFAULT_MAX_BATCH)
+}
+
+/// After (re)connecting: what the progress row says is applied leaves the queue.
+fn settle(behind: &Behind, state: &Mutex<Db>, applied: u64, dead: &mut HashSet<u64>) {
+    let mut db = lock(state);
+    let gone: Vec<u64> = db.pending.range(..=applied).map(|(&s, _)| s).collect();
+    let mut bytes = 0u64;
+    for s in &gone {
+        if let Some(e) = db.pending.remove(s) {
+            bytes += e.weight() as u64;
+        }
+    }
+    behind.release_room(gone.len(), bytes);
+    db.applied = applied;
+    db.journal.release(applied);
+    db.applied_tx.send_replace(applied);
+    dead.retain(|&s| s > applied);
+    drop(db);
+    behind.publish_gauges();
+}
+
+/// A committed batch: invalidate what it wrote, leave the queue, wake barriers.
+fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entry>)]) {
+    let mut written = Written::default();
+    let now = now_ms();
+    for (_, e) in live {
+        let tags: Vec<Tag> = e
+            .tags
+            .iter()
+            .map(|&rel| Tag { db: e.db_oid, rel })
+            .collect();
+        written.merge(&tags, None);
+        let lag = now.saturating_sub(e.acked_ms) as f64 / 1000.0;
+        metrics::histogram!(names::BEHIND_LAG_SECONDS).record(lag);
+    }
+    if !written.is_empty() {
+        behind.invalidator().bump(&written, Source::Write);
+    }
+    metrics::counter!(names::BEHIND_APPLIED).increment(live.len() as u64);
+    let mut dead = HashSet::new();
+    settle(behind, state, to, &mut dead);
+    let oldest = lock(state)
+        .pending
+        .values()
+        .next()
+        .map_or(0.0, |e| now.saturating_sub(e.acked_ms) as f64 / 1000.0);
+    metrics::gauge!(names::BEHIND_OLDEST_SECONDS).set(oldest);
+}
+
+/// A failed batch whose failure names writes: they become dead letters (before the batch
+/// is sent again without them). `false` when the failure is not a write's.
+fn refuse(
+    behind: &Behind,
+    step: Step,
+    error: &batch::ServerError,
+    built: &batch::Built,
+    live: &[(u64, Arc<Entry>)],
+    dead: &mut HashSet<u64>,
+) -> bool {
+    let members: Vec<usize> = match step {
+        Step::Unit(u) => built
+            .units
+            .get(u)
+            .map(|u| u.members.clone())
+            .unwrap_or_default(),
+        // The role or a setting was refused: every write of that role and settings.
+        Step::Session(i) => match live.get(i) {
+            Some((_, first)) => (0..live.len())
+                .filter(|&j| live.get(j).is_some_and(|(_, e)| e.same_session(first)))
+                .collect(),
+            None => Vec::new(),
+        },
+        _ => return false,
+    };
+    if members.is_empty() || transient(&error.code) {
+        return false;
+    }
+    let letters: Vec<DeadLetter> = members
+        .iter()
+        .filter_map(|&m| live.get(m))
+        .map(|(seq, e)| DeadLetter::new(*seq, e, &error.code, &error.message))
+        .collect();
+    if let Err(e) = behind.dead.add(letters, "rejected") {
+        // Not recorded: the write must not be skipped. Retried (and refused) again.
+        warn!(error = %e, "cannot record a dead letter; the batch is retried");
+        return false;
+    }
+    for &m in &members {
+        if let Some((seq, _)) = live.get(m) {
+            dead.insert(*seq);
+        }
+    }
+    true
+}
+
+/// Errors that say nothing about the write itself: the batch is retried as it is.
+fn transient(code: &str) -> bool {
+    code.starts_with("08") // connection
+        || code.starts_with("40") // serialization failure, deadlock
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57") // operator intervention (shutdown, cancel)
+        || code.starts_with("58") // system error
+        || code == "55P03" // lock not available
+        || code == "XX000"
+}
+
+/// Increments that matched no row (`UPDATE 0`): their writes had no effect, which their
+/// `UPDATE 1` did not say. Kept as dead letters for an operator.
+fn missed_rows(behind: &Behind, units: &[Unit], tags: &[String], live: &[(u64, Arc<Entry>)]) {
+    let mut letters = Vec::new();
+    for (unit, tag) in units.iter().zip(tags) {
+        if tag != "UPDATE 0" {
+            continue;
+        }
+        for &m in &unit.members {
+            if let Some((seq, e)) = live.get(m)
+                && matches!(e.op, Op::Increment { .. })
+            {
+                letters.push(DeadLetter::new(
+                    *seq,
+                    e,
+                    "P0002",
+                    "the increment matched no row",
+                ));
+            }
+        }
+    }
+    if !letters.is_empty()
+        && let Err(e) = behind.dead.add(letters, "no_row")
+    {
+        warn!(error = %e, "cannot record dead letters of increments that matched no row");
+    }
+}
+
+/// Sends one built batch and reads how it ended.
+async fn apply(
+    conn: &mut BackendConn,
+    built: &batch::Built,
+    timeout: Duration,
+) -> Result<Outcome, FlushError> {
+    let frames = run_request(conn, &built.bytes, MAX_REPLY_BYTES, timeout).await?;
+    let mut replies = batch::Replies::new(&built.steps);
+    let outcome = frames
+        .iter()
+        .find_map(|f| replies.frame(f.first().copied()?, f))
+        .ok_or(FlushError::Progress)?;
+    if matches!(outcome, Outcome::Failed { .. }) {
+        // The explicit block is aborted (or may be): end it before the next batch.
+        let mut rollback = Vec::new();
+        batch::run(&mut rollback, "ROLLBACK", &[]);
+        put_frame(&mut rollback, b'S', &[]);
+        run_request(conn, &rollback, MAX_REPLY_BYTES, timeout).await?;
+    }
+    Ok(outcome)
+}
+
+/// Logs in as pgmemo's own role, creates the progress table if needed, and reads this
+/// queue's progress and the server's defaults of the recorded settings.
+async fn connect(behind: &Behind, db: &str, queue: &str) -> Result<(Conn, u64), FlushError> {
+    let link = behind.link();
+    let password = link.login.password.as_ref().map(|p| p.expose().to_owned());
+    let mut conn = login(
+        &link.upstream,
+        &link.login.user,
+        password.as_deref(),
+        db,
+        &[(
+            "application_name".to_owned(),
+            "pgmemo write-behind".to_owned(),
+        )],
+        link.connect_timeout,
+    )
+    .await?;
+    let names: Vec<String> = RECORDED_SETTINGS.iter().map(|n| format!("'{n}'")).collect();
+    let mut req = Vec::new();
+    batch::run(&mut req, "CREATE SCHEMA IF NOT EXISTS pgmemo", &[]);
+    batch::run(&mut req, PROGRESS_DDL, &[]);
+    batch::run(
+        &mut req,
+        "INSERT INTO pgmemo.behind_progress (queue, applied) VALUES ($1, 0) ON CONFLICT (queue) DO NOTHING",
+        &[queue.as_bytes()],
+    );
+    batch::run(
+        &mut req,
+        "SELECT applied::text FROM pgmemo.behind_progress WHERE queue = $1",
+        &[queue.as_bytes()],
+    );
+    let settings = format!(
+        "SELECT pg_catalog.lower(name), boot_val FROM pg_catalog.pg_settings WHERE pg_catalog.lower(name) IN ({}) AND boot_val IS NOT NULL",
+        names.join(", ")
+    );
+    batch::run(&mut req, &settings, &[]);
+    put_frame(&mut req, b'S', &[]);
+    let frames = run_request(&mut conn, &req, MAX_REPLY_BYTES, link.batch_timeout).await?;
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for f in &frames {
+        match f.first().copied() {
+            Some(backend::ERROR_RESPONSE) => {
+                return Err(FlushError::Server(batch::server_error(
+                    f.get(5..).unwrap_or_default(),
+                )));
+            }
+            Some(backend::DATA_ROW) => rows.push(data_row(f.get(5..).unwrap_or_default())),
+            _ => {}
+        }
+    }
+    let mut rows = rows.into_iter();
+    let applied = rows
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or(FlushError::Progress)?;
+    let defaults = rows
+        .filter_map(|r| {
+            let mut r = r.into_iter();
+            Some((r.next()?, r.next()?))
+        })
+        .collect();
+    Ok((Conn { conn, defaults }, applied))
+}
+
+/// The text columns of a DataRow body (NULL as empty).
+fn data_row(body: &[u8]) -> Vec<String> {
+    let mut r = crate::protocol::fields::Reader::new(body);
+    let n = r.i16().unwrap_or(0).max(0);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let Some(len) = r.i32() else { break };
+        let value = usize::try_from(len)
+            .ok()
+            .and_then(|l| r.bytes(l))
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        out.push(value);
+    }
+    out
+}

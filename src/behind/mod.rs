@@ -1,0 +1,420 @@
+//! Write-behind (issue 20): eligible writes to `write = "behind"` tables are acknowledged
+//! once they are durably queued, and applied to PostgreSQL in the background, in batches,
+//! exactly once.
+//!
+//! - [`entry`]: what is queued for one write, and its encoding.
+//! - [`journal`]: the local durable queue (one per database, group commit).
+//! - [`batch`]: one batch as one transaction pipeline, with the progress row that makes it
+//!   exactly-once.
+//! - [`flusher`]: one task per database applying its queue.
+//! - [`dead`]: writes the database refused, kept for an operator.
+//!
+//! Ordering: each database's queue is applied in the order its journal numbered the writes.
+//! The flusher takes only an unbroken run of numbers after the last applied one, so a write
+//! acknowledged later is never applied before one acknowledged earlier. A write to a
+//! behind table that is not queued (another shape, in a transaction, ...) waits first until
+//! what was queued before it is applied ([`Behind::barrier`]), at most
+//! `behind.barrier_timeout`.
+
+pub mod batch;
+pub mod dead;
+pub mod entry;
+pub mod flusher;
+pub mod journal;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::config::{BehindConfig, BehindRule, Login};
+use crate::invalidation::Invalidator;
+use crate::telemetry::names;
+use crate::upstream::Upstream;
+pub use entry::{Entry, Op};
+use journal::Journal;
+
+/// Segment size of the journals.
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+/// Why a write could not be queued (it is forwarded synchronously instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The queue is at `behind.max_queue_bytes` or `max_queue_entries`.
+    Full,
+    /// The journal cannot be opened or has failed.
+    Unavailable,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::Full => "queue_full",
+            Refused::Unavailable => "queue_failed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BehindError {
+    #[error("write-behind journal: {0}")]
+    Journal(#[from] journal::JournalError),
+    #[error("write-behind journal directory {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error("write-behind dead letters: {0}")]
+    Dead(#[from] dead::DeadError),
+}
+
+/// How the flushers reach PostgreSQL.
+#[derive(Clone)]
+pub struct Link {
+    pub upstream: Upstream,
+    /// pgmemo's own login (`upstream.url`): it must be a member of every writer role.
+    pub login: Login,
+    pub connect_timeout: Duration,
+    /// Bound on one batch.
+    pub batch_timeout: Duration,
+}
+
+/// One database's queue.
+pub(crate) struct Db {
+    pub(crate) name: String,
+    pub(crate) journal: Arc<Journal>,
+    /// Durable writes not yet applied, by sequence number.
+    pub(crate) pending: BTreeMap<u64, Arc<Entry>>,
+    /// Sequence numbers after which nothing is applied yet (0 = unknown until the
+    /// flusher has read the progress row).
+    pub(crate) applied: u64,
+    /// The shortest `behind_flush_interval` and smallest `behind_max_batch` of the rules
+    /// its writes came under (the defaults until one came).
+    pub(crate) flush_interval: Option<Duration>,
+    pub(crate) max_batch: Option<usize>,
+    pub(crate) wake: Arc<Notify>,
+    /// The last applied sequence number, for barriers.
+    pub(crate) applied_tx: watch::Sender<u64>,
+}
+
+/// The write-behind service: one per process.
+pub struct Behind {
+    config: BehindConfig,
+    dir: PathBuf,
+    link: Link,
+    invalidator: Arc<Invalidator>,
+    dbs: Mutex<HashMap<String, Arc<Mutex<Db>>>>,
+    entries: AtomicUsize,
+    bytes: AtomicU64,
+    pub(crate) dead: dead::DeadLetters,
+    /// Raised at shutdown: flush at once, continuously, until empty.
+    pub(crate) draining: Arc<Notify>,
+    drain_flag: std::sync::atomic::AtomicBool,
+    /// The main runtime: flushers must not live on a session worker's loop (it stops with
+    /// the workers, before the queue is drained at shutdown).
+    runtime: tokio::runtime::Handle,
+}
+
+impl Behind {
+    /// Opens the journals found under `config.journal_dir` (their writes are applied by the
+    /// flushers this starts) and the dead letters. `None` when no journal is configured.
+    pub fn open(
+        config: &BehindConfig,
+        link: Link,
+        invalidator: Arc<Invalidator>,
+    ) -> Result<Option<Arc<Behind>>, BehindError> {
+        let Some(dir) = config.journal_dir.clone() else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| BehindError::Dir(dir.clone(), e))?;
+        let dead =
+            dead::DeadLetters::open(&dir.join("dead-letters.json"), config.max_dead_letters)?;
+        let behind = Arc::new(Behind {
+            config: config.clone(),
+            dir: dir.clone(),
+            link,
+            invalidator,
+            dbs: Mutex::new(HashMap::new()),
+            entries: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            dead,
+            draining: Arc::new(Notify::new()),
+            drain_flag: std::sync::atomic::AtomicBool::new(false),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let entries = std::fs::read_dir(&dir).map_err(|e| BehindError::Dir(dir.clone(), e))?;
+        for item in entries.flatten() {
+            let name = item.file_name();
+            let Some(db) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("db-"))
+                .and_then(unhex)
+            else {
+                continue;
+            };
+            let recovered = behind.database(&db)?;
+            info!(database = %db, pending = recovered, "write-behind journal recovered");
+        }
+        Ok(Some(behind))
+    }
+
+    /// The queue of `db`, opened (and its flusher started) on first use. Returns how many
+    /// writes it recovered from disk.
+    fn database(self: &Arc<Self>, db: &str) -> Result<usize, BehindError> {
+        let mut dbs = lock(&self.dbs);
+        if dbs.contains_key(db) {
+            return Ok(0);
+        }
+        let path = self.dir.join(format!("db-{}", hex(db)));
+        let (journal, recovered) = Journal::open(&path, SEGMENT_BYTES)?;
+        let mut pending = BTreeMap::new();
+        let mut unreadable = 0usize;
+        for (seq, bytes) in recovered.records {
+            match Entry::decode(&bytes) {
+                Ok(e) => {
+                    self.entries.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
+                    pending.insert(seq, Arc::new(e));
+                }
+                Err(_) => unreadable += 1,
+            }
+        }
+        if unreadable > 0 {
+            warn!(database = %db, unreadable, "write-behind journal records that cannot be decoded were skipped");
+        }
+        let count = pending.len();
+        let (applied_tx, _) = watch::channel(0);
+        let state = Arc::new(Mutex::new(Db {
+            name: db.to_owned(),
+            journal,
+            pending,
+            applied: 0,
+            flush_interval: None,
+            max_batch: None,
+            wake: Arc::new(Notify::new()),
+            applied_tx,
+        }));
+        dbs.insert(db.to_owned(), Arc::clone(&state));
+        drop(dbs);
+        self.runtime.spawn(flusher::run(Arc::clone(self), state));
+        self.publish_gauges();
+        Ok(count)
+    }
+
+    /// Queues `entry` under `rule`: `Err` when it cannot be (the caller forwards the write
+    /// synchronously); otherwise the future resolves once the write is durable (then it may
+    /// be acknowledged) or failed (then it was not queued and will never be applied).
+    pub fn submit(
+        self: &Arc<Self>,
+        entry: Entry,
+        rule: BehindRule,
+    ) -> Result<impl Future<Output = Result<(), BehindError>> + Send + 'static, Refused> {
+        let weight = entry.weight() as u64;
+        let entries = self.entries.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.bytes.fetch_add(weight, Ordering::AcqRel);
+        if entries >= self.config.max_queue_entries
+            || bytes + weight > self.config.max_queue_bytes.0
+        {
+            self.release_room(1, weight);
+            return Err(Refused::Full);
+        }
+        if self.drain_flag.load(Ordering::Acquire) {
+            self.release_room(1, weight);
+            return Err(Refused::Unavailable);
+        }
+        let state = match self.database(&entry.database) {
+            Ok(_) => lock(&self.dbs).get(&entry.database).cloned(),
+            Err(e) => {
+                warn!(error = %e, "write-behind queue unavailable");
+                None
+            }
+        };
+        let Some(state) = state else {
+            self.release_room(1, weight);
+            return Err(Refused::Unavailable);
+        };
+        let journal = {
+            let mut db = lock(&state);
+            db.flush_interval = Some(
+                db.flush_interval
+                    .map_or(rule.flush_interval, |d| d.min(rule.flush_interval)),
+            );
+            db.max_batch = Some(
+                db.max_batch
+                    .map_or(rule.max_batch, |b| b.min(rule.max_batch)),
+            );
+            Arc::clone(&db.journal)
+        };
+        let entry = Arc::new(entry);
+        let append = journal.append(entry.encode());
+        let me = Arc::clone(self);
+        // Once durable, the write joins the queue whether or not its session is still
+        // there to hear about it: a session that ends meanwhile (its client or its upstream
+        // connection gone) must not leave a hole in the numbers the flusher applies in
+        // order. So the completion runs in a task of its own.
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.runtime.spawn(async move {
+            let result = match append.await {
+                Ok(seq) => {
+                    let wake = {
+                        let mut db = lock(&state);
+                        db.pending.insert(seq, entry);
+                        Arc::clone(&db.wake)
+                    };
+                    wake.notify_one();
+                    me.publish_gauges();
+                    Ok(())
+                }
+                Err(e) => {
+                    me.release_room(1, weight);
+                    Err(BehindError::from(e))
+                }
+            };
+            let _ = done.send(result);
+        });
+        Ok(async move {
+            answer
+                .await
+                .unwrap_or(Err(BehindError::Journal(journal::JournalError::Closed)))
+        })
+    }
+
+    pub(crate) fn release_room(&self, entries: usize, bytes: u64) {
+        self.entries.fetch_sub(entries, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// For a write to a behind table of `db` that is not queued: waits until every write
+    /// queued there so far is applied, at most `behind.barrier_timeout`. `None` when nothing
+    /// is queued (no wait).
+    pub fn barrier(&self, db: &str) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let state = lock(&self.dbs).get(db).cloned()?;
+        let (target, mut applied) = {
+            let db = lock(&state);
+            let target = *db.pending.keys().next_back()?;
+            (target, db.applied_tx.subscribe())
+        };
+        let timeout = self.config.barrier_timeout;
+        Some(async move {
+            let reached = tokio::time::timeout(timeout, applied.wait_for(|&a| a >= target)).await;
+            let result = if matches!(reached, Ok(Ok(_))) {
+                "applied"
+            } else {
+                "timeout"
+            };
+            metrics::counter!(names::BEHIND_BARRIER, "result" => result).increment(1);
+        })
+    }
+
+    /// At shutdown (after the sessions ended): flushes every queue at once and waits until
+    /// they are empty, at most `deadline`. What remains is applied at the next start.
+    pub async fn drain(&self, deadline: Duration) {
+        self.drain_flag.store(true, Ordering::Release);
+        let states: Vec<Arc<Mutex<Db>>> = lock(&self.dbs).values().cloned().collect();
+        let wait = async {
+            for state in states {
+                let (mut applied, last, wake) = {
+                    let db = lock(&state);
+                    let Some(&last) = db.pending.keys().next_back() else {
+                        continue;
+                    };
+                    (db.applied_tx.subscribe(), last, Arc::clone(&db.wake))
+                };
+                wake.notify_one();
+                let _ = applied.wait_for(|&a| a >= last).await;
+            }
+        };
+        self.draining.notify_waiters();
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            let left = self.entries.load(Ordering::Acquire);
+            warn!(
+                left,
+                "write-behind queue not drained by the shutdown deadline; it is applied at the next start"
+            );
+        } else {
+            info!("write-behind queue drained");
+        }
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.drain_flag.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    pub(crate) fn invalidator(&self) -> &Invalidator {
+        &self.invalidator
+    }
+
+    /// Updates the queue gauges.
+    pub(crate) fn publish_gauges(&self) {
+        metrics::gauge!(names::BEHIND_QUEUE_ENTRIES)
+            .set(self.entries.load(Ordering::Acquire) as f64);
+        metrics::gauge!(names::BEHIND_QUEUE_BYTES).set(self.bytes.load(Ordering::Acquire) as f64);
+    }
+
+    /// Queued writes not yet applied, over every database.
+    pub fn queued(&self) -> usize {
+        self.entries.load(Ordering::Acquire)
+    }
+
+    /// Puts a dead letter's write back in its queue (a new sequence number: it is applied
+    /// after what is queued now). `false` when there is no such dead letter.
+    pub async fn retry_dead(self: &Arc<Self>, id: u64) -> Result<bool, BehindError> {
+        let Some(letter) = self.dead.get(id) else {
+            return Ok(false);
+        };
+        let bytes = letter.entry().ok_or(dead::DeadError::Corrupt)?;
+        let entry = Entry::decode(&bytes).map_err(|_| dead::DeadError::Corrupt)?;
+        let rule = BehindRule {
+            flush_interval: crate::config::behind::DEFAULT_FLUSH_INTERVAL,
+            max_batch: crate::config::behind::DEFAULT_MAX_BATCH,
+            increments: true,
+            coalesce: false,
+        };
+        match self.submit(entry, rule) {
+            Ok(done) => done.await?,
+            Err(r) => {
+                return Err(BehindError::Dead(dead::DeadError::Refused(r.reason())));
+            }
+        }
+        self.dead.remove(id)?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The directory a journal of `db` lives in (for tests and tools).
+pub fn journal_path(dir: &Path, db: &str) -> PathBuf {
+    dir.join(format!("db-{}", hex(db)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_names_round_trip_through_directory_names() {
+        for db in ["app", "Ünïcode db", "with/slash", ""] {
+            assert_eq!(super::unhex(&super::hex(db)).as_deref(), Some(db));
+        }
+        assert_eq!(super::unhex("zz"), None);
+    }
+}

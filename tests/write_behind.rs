@@ -1,0 +1,616 @@
+//! Write-behind (issue 20), end to end through the pgmemo binary and a throwaway
+//! PostgreSQL (`fsync = on`, `synchronous_commit = on`, as shipped): eligible writes to
+//! `write = "behind"` tables are acknowledged from the local journal and applied exactly
+//! once, across `kill -9` of pgmemo and an immediate restart of PostgreSQL; refused writes
+//! become dead letters (never applied under pgmemo's own role); ineligible statements
+//! behave exactly as they do directly; a write that is not queued waits for what was
+//! queued before it; SIGTERM drains the queue.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER, Signal};
+use tokio_postgres::Client;
+
+const DB: &str = "app";
+
+const SETUP: &str = "
+CREATE TABLE ev(id int NOT NULL, note text);
+CREATE TABLE keyed(id int PRIMARY KEY, note text);
+CREATE TABLE counters(id int PRIMARY KEY, n bigint NOT NULL);
+INSERT INTO counters VALUES (1, 0), (2, 0);
+CREATE ROLE w LOGIN;
+GRANT INSERT, SELECT ON ev, keyed TO w;
+";
+
+fn config(journal: &Path, flush: &str, extra: &str) -> String {
+    format!(
+        "[behind]\njournal_dir = \"{}\"\n{extra}\n\n\
+         [[rules]]\ntable = \"ev\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\n\
+         [[rules]]\ntable = \"keyed\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\n\
+         [[rules]]\ntable = \"counters\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\
+         behind_increments = true\nbehind_coalesce = true\n",
+        journal.display()
+    )
+}
+
+struct Fixture {
+    pg: PgServer,
+    journal: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// PostgreSQL as shipped for durability (`fsync`, `synchronous_commit` on): the test
+    /// harness default turns both off, under which a crash loses acknowledged commits.
+    fn new() -> Fixture {
+        let pg = PgServer::start(
+            PgOptions::default()
+                .hba_line("host all all 127.0.0.1/32 trust")
+                .setting("fsync", "on")
+                .setting("synchronous_commit", "on"),
+        );
+        pg.psql(DB, SETUP);
+        Fixture {
+            pg,
+            journal: tempfile::tempdir().expect("journal dir"),
+        }
+    }
+
+    fn proxy(&self, flush: &str, extra: &str) -> Proxy {
+        Proxy::start(
+            ProxyArgs::new(self.pg.url(SUPERUSER, "postgres")).config(config(
+                self.journal.path(),
+                flush,
+                extra,
+            )),
+        )
+    }
+
+    async fn direct(&self) -> Client {
+        self.pg.connect(SUPERUSER, "", DB).await
+    }
+
+    async fn scalar(&self, sql: &str) -> i64 {
+        self.direct()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    /// Waits until `sql` (one bigint) returns `want` directly, at most `within`.
+    async fn until(&self, sql: &str, want: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.scalar(sql).await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{sql}: {got}, want {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn queued(p: &Proxy) -> f64 {
+    p.metric("pgmemo_behind_queued_total", &[])
+}
+
+/// One statement through `client` with the simple protocol; its command tag.
+async fn simple_tag(client: &Client, sql: &str) -> String {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// A plain HTTP POST on the admin listener: (status code, body).
+fn admin_post(p: &Proxy, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(p.admin_addr()).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "POST {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").expect("admin write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (code, body)
+}
+
+/// `clients` tasks insert ids `[0, total)` (each its own stride) into `ev` with prepared
+/// statements until done or their connection fails; returns the ids acknowledged.
+async fn insert_ids(p: &Proxy, clients: usize, total: usize) -> HashSet<i32> {
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let acked = Arc::clone(&acked);
+        let client = match p.try_connect(SUPERUSER, "", DB).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        tasks.push(tokio::spawn(async move {
+            let Ok(stmt) = client
+                .prepare("INSERT INTO ev (id, note) VALUES ($1, 'x')")
+                .await
+            else {
+                return;
+            };
+            for id in (c..total).step_by(clients) {
+                let id = i32::try_from(id).unwrap();
+                match client.execute(&stmt, &[&id]).await {
+                    Ok(1) => {
+                        acked.lock().unwrap().insert(id);
+                    }
+                    Ok(n) => panic!("INSERT acknowledged {n} rows"),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+/// Every acknowledged id is in `ev` exactly once (ids never acknowledged may be there
+/// once too: the process died between the fsync and the answer).
+async fn assert_exactly_once(f: &Fixture, acked: &HashSet<i32>) {
+    let rows = f
+        .direct()
+        .await
+        .query("SELECT id, count(*) FROM ev GROUP BY id", &[])
+        .await
+        .unwrap();
+    let mut present = HashSet::new();
+    for r in &rows {
+        let (id, n): (i32, i64) = (r.get(0), r.get(1));
+        assert_eq!(n, 1, "id {id} applied {n} times");
+        present.insert(id);
+    }
+    let missing: Vec<&i32> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged ids lost, e.g. {:?}",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_inserts_survive_kill_9_exactly_once() {
+    let f = Fixture::new();
+    let p = f.proxy("100ms", "");
+    // 20,000 single-row INSERTs from 16 clients; pgmemo is killed (SIGKILL) in the middle.
+    let pid = p.pid();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .ok();
+    });
+    let acked = insert_ids(&p, 16, 20_000).await;
+    killer.await.unwrap();
+    let before_kill = acked.len();
+    assert!(
+        before_kill > 0 && before_kill < 20_000,
+        "the kill landed mid-run ({before_kill} acknowledged)"
+    );
+    drop(p);
+    // The restarted pgmemo applies what its journal holds.
+    let p = f.proxy("100ms", "");
+    wait_drained(&p).await;
+    assert_exactly_once(&f, &acked).await;
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
+    eprintln!("kill -9: {before_kill} acknowledged before the kill, each applied exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_immediate_postgres_restart_mid_flush_loses_and_duplicates_nothing() {
+    let mut f = Fixture::new();
+    let p = f.proxy("20ms", "");
+    let writers = insert_ids(&p, 16, 6_000);
+    let restart = async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        f.pg.stop_immediate();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        f.pg.start_again();
+    };
+    let (acked, ()) = tokio::join!(writers, restart);
+    assert!(!acked.is_empty());
+    wait_drained(&p).await;
+    assert_exactly_once(&f, &acked).await;
+    assert!(
+        p.metric("pgmemo_behind_retries_total", &[]) > 0.0,
+        "the restart interrupted a flush"
+    );
+    eprintln!(
+        "postgres restart: {} acknowledged, each applied once",
+        acked.len()
+    );
+}
+
+/// Waits until pgmemo's queue is empty (its gauge) and the progress row caught up.
+async fn wait_drained(p: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if p.metric("pgmemo_behind_queue_entries", &[]) == 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain:\n{}",
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `sql` once directly through pgmemo so that its shape is proven (queued from then on).
+async fn prove(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_becomes_a_dead_letter_and_the_rest_of_its_batch_lands() {
+    let f = Fixture::new();
+    let p = f.proxy("300ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, $2)")
+        .await
+        .unwrap();
+    // The first execution of a shape goes to PostgreSQL (it proves the statement works).
+    c.execute(&stmt, &[&1i32, &"first"]).await.unwrap();
+    let q0 = queued(&p);
+    // One batch: 2, a duplicate of 1 (refused: 23505), 3; then 4 in a later batch.
+    for (id, note) in [(2i32, "a"), (1, "dup"), (3, "b")] {
+        assert_eq!(c.execute(&stmt, &[&id, &note]).await.unwrap(), 1);
+    }
+    assert_eq!(queued(&p) - q0, 3.0, "acknowledged from the queue");
+    f.until("SELECT count(*) FROM keyed", 3, Duration::from_secs(10))
+        .await;
+    c.execute(&stmt, &[&4i32, &"later"]).await.unwrap();
+    f.until("SELECT count(*) FROM keyed", 4, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM keyed WHERE id = 1 AND note = 'first'")
+            .await,
+        1
+    );
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("\"code\": \"23505\""), "{list}");
+    assert!(list.contains("duplicate key"), "{list}");
+    assert!(list.contains("\"role\": \"postgres\""), "{list}");
+    assert_eq!(
+        p.metric("pgmemo_behind_dead_letters_total", &["kind=\"rejected\""]),
+        1.0
+    );
+    // Retry (refused again: still a dead letter), then fix the row and retry: applied.
+    let id = list
+        .split("\"id\": ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .expect("a dead letter id");
+    f.direct()
+        .await
+        .batch_execute("DELETE FROM keyed WHERE id = 1")
+        .await
+        .unwrap();
+    let (code, body) = admin_post(&p, &format!("/behind/dead-letters/{id}/retry"));
+    assert_eq!(code, 200, "{body}");
+    f.until(
+        "SELECT count(*) FROM keyed WHERE id = 1 AND note = 'dup'",
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!p.admin_get("/behind/dead-letters").contains("23505"));
+    let (code, _) = admin_post(&p, &format!("/behind/dead-letters/{id}/drop"));
+    assert_eq!(code, 404, "retried letters are gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn coalesced_increments_add_up_exactly_also_across_kill_9() {
+    let f = Fixture::new();
+    // A long interval: the kill lands while the increments are acknowledged, not applied.
+    let p = f.proxy("3s", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    prove(&c, "UPDATE counters SET n = n + 1 WHERE id = 1").await;
+    f.until(
+        "SELECT n FROM counters WHERE id = 1",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = p.try_connect(SUPERUSER, "", DB).await.expect("connect");
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..1000 {
+                let tag = simple_tag(&client, "UPDATE counters SET n = n + 1 WHERE id = 1").await;
+                assert_eq!(tag, "1", "acknowledged as UPDATE 1");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let queued_now = queued(&p);
+    assert!(
+        queued_now >= 63_000.0,
+        "increments were queued ({queued_now})"
+    );
+    // Everything is acknowledged; most is not applied yet. kill -9, then restart.
+    p.signal(Signal::Kill);
+    drop(p);
+    let p = f.proxy("100ms", "");
+    f.until(
+        "SELECT n FROM counters WHERE id = 1",
+        64_001,
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_drained(&p).await;
+    let batches = p.metric("pgmemo_behind_batch_entries_count", &[]);
+    assert!(
+        batches > 0.0 && batches < 1000.0,
+        "coalesced into few batches ({batches})"
+    );
+    assert_eq!(f.scalar("SELECT n FROM counters WHERE id = 2").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_without_the_privilege_never_gets_it_applied_under_pgmemos_role() {
+    let f = Fixture::new();
+    let p = f.proxy("200ms", "");
+    let w = p.connect("w", "", DB).await;
+    let stmt = w
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'w')")
+        .await
+        .unwrap();
+    w.execute(&stmt, &[&10i32]).await.unwrap();
+    f.until(
+        "SELECT count(*) FROM keyed WHERE id = 10",
+        1,
+        Duration::from_secs(5),
+    )
+    .await;
+    // The privilege goes away behind pgmemo's back (directly on PostgreSQL).
+    f.direct()
+        .await
+        .batch_execute("REVOKE INSERT ON keyed FROM w")
+        .await
+        .unwrap();
+    let refused = w.execute(&stmt, &[&11i32]).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM keyed WHERE id = 11").await,
+        0,
+        "never applied under pgmemo's own (superuser) role"
+    );
+    match refused {
+        // Queued: refused at apply time, kept as a dead letter with the writer's role.
+        Ok(_) => {
+            let list = p.admin_get("/behind/dead-letters");
+            assert!(list.contains("42501"), "{list}");
+            assert!(list.contains("\"role\": \"w\""), "{list}");
+        }
+        // Or re-planned and forwarded: the writer got PostgreSQL's error itself.
+        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ineligible_statements_behave_exactly_as_direct() {
+    let f = Fixture::new();
+    let p = f.proxy("100ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    prove(&c, "INSERT INTO keyed VALUES (1, 'a')").await;
+    let q0 = queued(&p);
+    // RETURNING: the row comes back.
+    let row = c
+        .query_one("INSERT INTO keyed VALUES (2, 'b') RETURNING id, note", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, String>(1)),
+        (2, "b".to_owned())
+    );
+    // In a transaction block: rolled back, never applied.
+    c.batch_execute("BEGIN; INSERT INTO keyed VALUES (3, 'c'); ROLLBACK")
+        .await
+        .unwrap();
+    // ON CONFLICT DO UPDATE: the conflict is resolved by PostgreSQL, now.
+    assert_eq!(
+        simple_tag(
+            &c,
+            "INSERT INTO keyed VALUES (1, 'z') ON CONFLICT (id) DO UPDATE SET note = 'upd'"
+        )
+        .await,
+        "1"
+    );
+    // Several statements in one Query: both run, in order, now.
+    let msgs = c
+        .simple_query("INSERT INTO keyed VALUES (4, 'd'); INSERT INTO keyed VALUES (5, 'e')")
+        .await
+        .unwrap();
+    assert_eq!(msgs.len(), 2);
+    // An error in a queued shape's sibling: a duplicate in a transaction fails there.
+    let dup = c
+        .batch_execute("BEGIN; INSERT INTO keyed VALUES (1, 'x'); COMMIT")
+        .await;
+    assert_eq!(dup.unwrap_err().code().map(|c| c.code()), Some("23505"));
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // now() is evaluated when the statement runs, so such a write is not queued.
+    c.batch_execute("INSERT INTO ev VALUES (1, now()::text)")
+        .await
+        .unwrap();
+    assert_eq!(queued(&p), q0, "none of these was queued");
+    let d = f.direct().await;
+    let rows: Vec<(i32, String)> = d
+        .query("SELECT id, note FROM keyed ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want: Vec<(i32, String)> = [(1, "upd"), (2, "b"), (4, "d"), (5, "e")]
+        .iter()
+        .map(|(i, n)| (*i, n.to_string()))
+        .collect();
+    assert_eq!(rows, want);
+    assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_is_not_queued_waits_for_what_was_queued_before_it() {
+    let f = Fixture::new();
+    let p = f.proxy("1s", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'q')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 1, Duration::from_secs(5))
+        .await;
+    for id in 1..=20i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM ev").await,
+        1,
+        "queued, not applied yet"
+    );
+    // A DELETE is not queued: it runs only once the 20 queued INSERTs are applied, so it
+    // deletes them too (without the barrier it would run first and leave them).
+    let started = Instant::now();
+    assert_eq!(simple_tag(&c, "DELETE FROM ev").await, "21");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        p.metric("pgmemo_behind_barrier_total", &["result=\"applied\""]),
+        1.0
+    );
+    assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_applies_the_queue_before_exiting() {
+    let f = Fixture::new();
+    let mut p = f.proxy("10s", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 't')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 1, Duration::from_secs(5))
+        .await;
+    for id in 1..=50i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    drop(c);
+    assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 1);
+    p.signal(Signal::Term);
+    let status = p.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}\n{}", p.stderr());
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM ev").await,
+        51,
+        "drained at shutdown"
+    );
+    assert!(
+        p.stderr().contains("write-behind queue drained"),
+        "{}",
+        p.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_queue_bound_writes_are_applied_synchronously_never_dropped() {
+    let f = Fixture::new();
+    let p = f.proxy("2s", "max_queue_entries = 3");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'b')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 1, Duration::from_secs(5))
+        .await;
+    let started = Instant::now();
+    for id in 1..=10i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    // A write forwarded past the bound still waits for the queue before it (the barrier,
+    // bounded by the flush interval here), never longer.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "never blocked on the full queue"
+    );
+    // Each write beyond the bound ran synchronously once the queue before it was applied,
+    // which made room for the next ones.
+    let forwarded = p.metric("pgmemo_behind_forwarded_total", &["reason=\"queue_full\""]);
+    assert!(forwarded >= 1.0, "the bound was hit");
+    assert_eq!(queued(&p) + forwarded, 10.0);
+    f.until("SELECT count(*) FROM ev", 11, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_reads_of_a_behind_table_move_on_when_a_batch_commits() {
+    let f = Fixture::new();
+    let p = f.proxy("300ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let count = || async {
+        let r = c
+            .query_one("SELECT count(*) FROM keyed", &[])
+            .await
+            .unwrap();
+        r.get::<_, i64>(0)
+    };
+    let stmt = c
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'r')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(count().await, 1);
+    assert_eq!(count().await, 1);
+    assert!(p.metric("pgmemo_cache_hits_total", &[]) >= 1.0);
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    // A session does not read its own queued write before it is applied...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the batch's commit invalidated the cached count"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and once it is, no read through pgmemo sees the older state again.
+    for _ in 0..5 {
+        assert_eq!(count().await, 2);
+    }
+}
