@@ -16,6 +16,8 @@ pub mod sqlstate {
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const IO_ERROR: &str = "58030";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +106,27 @@ impl ClientError {
             sqlstate::QUERY_CANCELED,
             "canceling statement due to user request",
         )
+    }
+
+    /// A write-behind write whose journal record failed in a way that leaves it unknown
+    /// whether it will be applied (as a connection lost during COMMIT leaves it unknown).
+    pub fn write_behind_indeterminate(why: &str) -> Self {
+        Self::error(
+            sqlstate::IO_ERROR,
+            "write-behind journal failed: the write may or may not be applied",
+        )
+        .with_detail(why.to_owned())
+    }
+
+    /// A write to a write-behind table that could not wait long enough for the writes
+    /// queued before it: not run (it would overtake them).
+    pub fn write_behind_barrier() -> Self {
+        Self::error(
+            sqlstate::LOCK_NOT_AVAILABLE,
+            "the write-behind writes queued before this statement were not applied within \
+             behind.barrier_timeout; the statement was not run",
+        )
+        .with_hint("retry it; see pgmemo_behind_oldest_seconds and the flusher's log".to_owned())
     }
 
     /// A statement whose wait for another session's identical query reached the session's

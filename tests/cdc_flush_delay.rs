@@ -67,6 +67,16 @@ async fn asynchronous_commit_reports_three_wal_writer_rounds() {
     .await;
     let got = wait_bound(&s).await;
     assert!((got - 0.45).abs() < 1e-9, "{METRIC} = {got}, expected 0.45");
+    // The gauge is set just before the line is logged: give the log a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !s
+        .proxy
+        .stderr()
+        .contains("commits may reach the change stream up to this late")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let stderr = s.proxy.stderr();
     assert!(
         stderr.contains("commits may reach the change stream up to this late"),

@@ -614,3 +614,57 @@ async fn cached_reads_of_a_behind_table_move_on_when_a_batch_commits() {
         assert_eq!(count().await, 2);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_wait_long_enough_fails_rather_than_overtake_the_queue() {
+    let f = Fixture::new();
+    let p = f.proxy("3s", "barrier_timeout = \"200ms\"");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'q')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 1, Duration::from_secs(5))
+        .await;
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    let err = c.batch_execute("DELETE FROM ev").await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
+    assert_eq!(
+        p.metric("pgmemo_behind_barrier_total", &["result=\"timeout\""]),
+        1.0
+    );
+    // Not run: once the queue is applied both rows are there.
+    f.until("SELECT count(*) FROM ev", 2, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_constraint_refuses_its_write_not_the_whole_queue() {
+    let f = Fixture::new();
+    f.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE deferred(id int, CONSTRAINT u UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)",
+        )
+        .await
+        .unwrap();
+    let extra = "\n[[rules]]\ntable = \"deferred\"\nwrite = \"behind\"\n";
+    let p = Proxy::start(
+        ProxyArgs::new(f.pg.url(SUPERUSER, "postgres"))
+            .config(config(f.journal.path(), "300ms", "") + extra),
+    );
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c.prepare("INSERT INTO deferred VALUES ($1)").await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    for id in [2i32, 1, 3] {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    f.until("SELECT count(*) FROM deferred", 3, Duration::from_secs(10))
+        .await;
+    c.execute(&stmt, &[&4i32]).await.unwrap();
+    f.until("SELECT count(*) FROM deferred", 4, Duration::from_secs(10))
+        .await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("23505"), "{list}");
+}

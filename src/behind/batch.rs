@@ -31,6 +31,12 @@ pub struct Unit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Begin,
+    /// `SET CONSTRAINTS ALL IMMEDIATE`: a deferred constraint fails at the write that
+    /// broke it, as in autocommit, not at COMMIT where no write can be named.
+    Immediate,
+    /// The progress row is locked and still holds the value this batch moves it from
+    /// (else a batch that committed after its reply was lost is not applied again).
+    Check,
     /// Role and settings for the units that follow, taken from this entry.
     Session(usize),
     Unit(usize),
@@ -131,8 +137,19 @@ pub fn build(
 ) -> Built {
     let mut out = Vec::with_capacity(256 + 128 * entries.len());
     let mut steps = Vec::with_capacity(units.len() + 8);
+    let (queue, from_s, to_s) = (queue.as_bytes(), from.to_string(), to.to_string());
     run(&mut out, "BEGIN", &[]);
     steps.push(Step::Begin);
+    run(&mut out, "SET CONSTRAINTS ALL IMMEDIATE", &[]);
+    steps.push(Step::Immediate);
+    run(
+        &mut out,
+        "WITH held AS (SELECT 1 FROM pgmemo.behind_progress WHERE queue OPERATOR(pg_catalog.=) $1 \
+         AND applied OPERATOR(pg_catalog.=) $2::pg_catalog.int8 FOR UPDATE) \
+         SELECT 1 OPERATOR(pg_catalog./) (SELECT pg_catalog.count(*)::pg_catalog.int4 FROM held)",
+        &[queue, from_s.as_bytes()],
+    );
+    steps.push(Step::Check);
     let mut session: Option<&Entry> = None;
     for (u, unit) in units.iter().enumerate() {
         let Some(first) = unit.members.first().and_then(|&m| entries.get(m)) else {
@@ -165,20 +182,24 @@ pub fn build(
         }
         steps.push(Step::Unit(u));
     }
+    // Back to pgmemo's own role, and a search_path no writer chose: the progress statement
+    // runs as pgmemo, so no operator or function a writer's schema defines may resolve in
+    // it (every name in it is qualified as well).
     run(
         &mut out,
-        "SELECT pg_catalog.set_config('role', 'none', true)",
+        "SELECT pg_catalog.set_config('role', 'none', true), \
+         pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
         &[],
     );
     steps.push(Step::Reset);
     // Division by zero unless exactly the expected row moved: the transaction aborts and
     // COMMIT, skipped, leaves nothing applied.
-    let (queue, from_s, to_s) = (queue.as_bytes(), from.to_string(), to.to_string());
     run(
         &mut out,
-        "WITH moved AS (UPDATE pgmemo.behind_progress SET applied = $3::bigint, \
-         updated_at = pg_catalog.now() WHERE queue = $1 AND applied = $2::bigint RETURNING 1) \
-         SELECT 1 / (SELECT pg_catalog.count(*)::int FROM moved)",
+        "WITH moved AS (UPDATE pgmemo.behind_progress SET applied = $3::pg_catalog.int8, \
+         updated_at = pg_catalog.now() WHERE queue OPERATOR(pg_catalog.=) $1 \
+         AND applied OPERATOR(pg_catalog.=) $2::pg_catalog.int8 RETURNING 1) \
+         SELECT 1 OPERATOR(pg_catalog./) (SELECT pg_catalog.count(*)::pg_catalog.int4 FROM moved)",
         &[queue, from_s.as_bytes(), to_s.as_bytes()],
     );
     steps.push(Step::Progress);
@@ -421,6 +442,8 @@ mod tests {
             b.steps,
             vec![
                 Step::Begin,
+                Step::Immediate,
+                Step::Check,
                 Step::Session(0),
                 Step::Unit(0),
                 Step::Unit(1),
@@ -429,9 +452,16 @@ mod tests {
                 Step::Commit
             ]
         );
+        let text = String::from_utf8_lossy(&b.bytes);
+        assert!(
+            text.contains("set_config('search_path', 'pg_catalog, pg_temp', true)"),
+            "the progress statement never runs under a writer's search_path"
+        );
         let mut r = Replies::new(&b.steps);
         let cc = |t: &str| [b"C\0\0\0\0".as_slice(), t.as_bytes(), b"\0"].concat();
         assert!(r.frame(b'C', &cc("BEGIN")).is_none());
+        r.frame(b'C', &cc("SET CONSTRAINTS"));
+        r.frame(b'C', &cc("SELECT 1"));
         r.frame(b'C', &cc("SELECT 1"));
         r.frame(b'C', &cc("INSERT 0 1"));
         r.frame(b'E', b"E\0\0\0\0SERROR\0C23505\0Mduplicate key\0\0");

@@ -206,10 +206,17 @@ fn settle(behind: &Behind, state: &Mutex<Db>, applied: u64, dead: &mut HashSet<u
     let mut db = lock(state);
     let gone: Vec<u64> = db.pending.range(..=applied).map(|(&s, _)| s).collect();
     let mut bytes = 0u64;
+    let mut written = Written::default();
     for s in &gone {
         if let Some(e) = db.pending.remove(s) {
             bytes += e.weight() as u64;
+            written.merge(&tags_of(&e), None);
         }
+    }
+    // Applied by a batch whose reply was lost (or by this queue before a restart): what
+    // they wrote is invalidated now, as a committed batch's is.
+    if !written.is_empty() {
+        behind.invalidator().bump(&written, Source::Write);
     }
     behind.release_room(gone.len(), bytes);
     db.applied = applied;
@@ -246,6 +253,14 @@ fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entr
         .next()
         .map_or(0.0, |e| now.saturating_sub(e.acked_ms) as f64 / 1000.0);
     metrics::gauge!(names::BEHIND_OLDEST_SECONDS).set(oldest);
+}
+
+/// The counters a write bumps once applied.
+fn tags_of(e: &Entry) -> Vec<Tag> {
+    e.tags
+        .iter()
+        .map(|&rel| Tag { db: e.db_oid, rel })
+        .collect()
 }
 
 /// A failed batch whose failure names writes: they become dead letters (before the batch
@@ -294,15 +309,22 @@ fn refuse(
     true
 }
 
-/// Errors that say nothing about the write itself: the batch is retried as it is.
+/// Errors that say nothing about the write itself: the batch is retried as it is. Narrow
+/// on purpose: anything else a write's statement causes (08P01 for a Bind that does not fit
+/// its statement, an internal error in its defaults, ...) would otherwise be retried
+/// forever and stall every later write of the database; it becomes a dead letter.
 fn transient(code: &str) -> bool {
-    code.starts_with("08") // connection
-        || code.starts_with("40") // serialization failure, deadlock
-        || code.starts_with("53") // insufficient resources
-        || code.starts_with("57") // operator intervention (shutdown, cancel)
-        || code.starts_with("58") // system error
-        || code == "55P03" // lock not available
-        || code == "XX000"
+    matches!(
+        code,
+        "40001" // serialization failure
+            | "40P01" // deadlock
+            | "57P01" // admin shutdown
+            | "57P02" // crash shutdown
+            | "57P03" // cannot connect now
+            | "08000"
+            | "08003"
+            | "08006"
+    ) || code.starts_with("53") // insufficient resources
 }
 
 /// Increments that matched no row (`UPDATE 0`): their writes had no effect, which their

@@ -51,6 +51,19 @@ pub enum Refused {
     Unavailable,
 }
 
+impl BehindError {
+    /// The write may have been stored although its append failed: it must be neither
+    /// acknowledged nor run again synchronously (it could then be applied twice).
+    pub fn is_indeterminate(&self) -> bool {
+        matches!(
+            self,
+            BehindError::Journal(
+                journal::JournalError::Indeterminate { .. } | journal::JournalError::Closed
+            )
+        )
+    }
+}
+
 impl Refused {
     pub fn reason(self) -> &'static str {
         match self {
@@ -289,7 +302,9 @@ impl Behind {
     /// For a write to a behind table of `db` that is not queued: waits until every write
     /// queued there so far is applied, at most `behind.barrier_timeout`. `None` when nothing
     /// is queued (no wait).
-    pub fn barrier(&self, db: &str) -> Option<impl Future<Output = ()> + Send + 'static> {
+    /// Resolves to whether they were applied in time (`false`: the statement must not run,
+    /// or it could overtake them).
+    pub fn barrier(&self, db: &str) -> Option<impl Future<Output = bool> + Send + 'static> {
         let state = lock(&self.dbs).get(db).cloned()?;
         let (target, mut applied) = {
             let db = lock(&state);
@@ -305,6 +320,7 @@ impl Behind {
                 "timeout"
             };
             metrics::counter!(names::BEHIND_BARRIER, "result" => result).increment(1);
+            result == "applied"
         })
     }
 
@@ -376,13 +392,21 @@ impl Behind {
             increments: true,
             coalesce: false,
         };
-        match self.submit(entry, rule) {
-            Ok(done) => done.await?,
-            Err(r) => {
-                return Err(BehindError::Dead(dead::DeadError::Refused(r.reason())));
-            }
+        // Removed first: two retries of one letter (or a crash between the two steps) must
+        // not queue it twice. Put back if it cannot be queued.
+        if !self.dead.remove(id)? {
+            return Ok(false);
         }
-        self.dead.remove(id)?;
+        let queued = match self.submit(entry, rule) {
+            Ok(done) => done.await,
+            Err(r) => Err(BehindError::Dead(dead::DeadError::Refused(r.reason()))),
+        };
+        if let Err(e) = queued {
+            if !e.is_indeterminate() {
+                self.dead.add(vec![letter], "requeue_failed")?;
+            }
+            return Err(e);
+        }
         Ok(true)
     }
 }

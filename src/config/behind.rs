@@ -187,11 +187,11 @@ pub(super) fn check_section(
             "must be between 1 and 10000000",
         ));
     }
-    if !(Duration::ZERO..=Duration::from_secs(600)).contains(&behind.barrier_timeout) {
+    if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&behind.barrier_timeout) {
         issues.push(ConfigIssue::new(
             "behind.barrier_timeout",
             quoted(&humantime::format_duration(behind.barrier_timeout).to_string()),
-            "must be between 0s and 10m",
+            "must be between 10ms and 10m (a statement that waits longer fails, 55P03)",
         ));
     }
     if !(1..=1_000_000).contains(&behind.max_dead_letters) {

@@ -15,6 +15,65 @@ pub fn describe_all() {
     describe_cdc();
     describe_l2();
     describe_session();
+    describe_behind();
+}
+
+/// Write-behind: the queue, the flushes, dead letters.
+fn describe_behind() {
+    use metrics::describe_histogram;
+    describe_counter!(
+        names::BEHIND_QUEUED,
+        "Writes acknowledged from the write-behind queue, by kind."
+    );
+    describe_counter!(
+        names::BEHIND_FORWARDED,
+        "Writes to write-behind tables run synchronously instead, by reason."
+    );
+    describe_gauge!(
+        names::BEHIND_QUEUE_ENTRIES,
+        "Acknowledged write-behind writes not yet applied."
+    );
+    describe_gauge!(
+        names::BEHIND_QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes of the acknowledged write-behind writes not yet applied."
+    );
+    describe_gauge!(
+        names::BEHIND_OLDEST_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest write-behind write not yet applied."
+    );
+    describe_histogram!(
+        names::BEHIND_FLUSH_SECONDS,
+        Unit::Seconds,
+        "Time one write-behind batch took to apply."
+    );
+    describe_histogram!(
+        names::BEHIND_BATCH_ENTRIES,
+        "Writes per committed write-behind batch."
+    );
+    describe_histogram!(
+        names::BEHIND_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from a write-behind write's acknowledgement to the commit that applied it."
+    );
+    describe_counter!(names::BEHIND_APPLIED, "Write-behind writes applied.");
+    describe_counter!(
+        names::BEHIND_DEAD_LETTERS,
+        "Write-behind writes kept as dead letters, by kind."
+    );
+    describe_gauge!(
+        names::BEHIND_DEAD_LETTERS_KEPT,
+        "Write-behind dead letters kept."
+    );
+    describe_counter!(
+        names::BEHIND_RETRIES,
+        "Write-behind batches retried after a failure not tied to one write."
+    );
+    describe_counter!(
+        names::BEHIND_BARRIER,
+        "Statements that waited for the write-behind queue before running, by result."
+    );
 }
 
 /// Client connections, bytes, statements, upstream connects, cancels, reloads.
@@ -358,8 +417,9 @@ pub mod names {
     /// instead (`queue_full`, `queue_failed`, `not_idle`, `settings_unknown`, `encoding`,
     /// `unnamed_statement`, `session_opt_out`).
     pub const BEHIND_FORWARDED: &str = "pgmemo_behind_forwarded_total";
-    /// gauge: queued writes not yet applied, and their bytes.
+    /// gauge: queued (acknowledged) writes not yet applied.
     pub const BEHIND_QUEUE_ENTRIES: &str = "pgmemo_behind_queue_entries";
+    /// gauge: bytes of the queued writes not yet applied.
     pub const BEHIND_QUEUE_BYTES: &str = "pgmemo_behind_queue_bytes";
     /// gauge: age in seconds of the oldest queued write not yet applied (0 when none).
     pub const BEHIND_OLDEST_SECONDS: &str = "pgmemo_behind_oldest_seconds";

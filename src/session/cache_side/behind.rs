@@ -56,12 +56,22 @@ impl CacheSession {
                             BehindKind::Increment { .. } => "increment",
                         };
                         let answer = acknowledgement(&bp.kind, describe);
+                        let plan = Arc::clone(plan);
                         return Some(Hold::Wait(Box::pin(async move {
                             match durable.await {
                                 Ok(()) => {
                                     metrics::counter!(names::BEHIND_QUEUED, "kind" => kind)
                                         .increment(1);
-                                    WaitResult::Queued(answer)
+                                    WaitResult::Queued(answer, plan)
+                                }
+                                Err(e) if e.is_indeterminate() => {
+                                    tracing::error!(error = %e, "write-behind journal failed; the write may or may not be applied");
+                                    WaitResult::Error(
+                                        crate::error::ClientError::write_behind_indeterminate(
+                                            &e.to_string(),
+                                        )
+                                        .encode(),
+                                    )
                                 }
                                 Err(e) => {
                                     // Not queued (the journal dropped the record): run it
@@ -81,8 +91,11 @@ impl CacheSession {
         let db = self.cx.as_ref().map(|c| c.database.clone())?;
         let barrier = behind.barrier(&db)?;
         Some(Hold::Wait(Box::pin(async move {
-            barrier.await;
-            WaitResult::RunOwn
+            if barrier.await {
+                WaitResult::RunOwn
+            } else {
+                WaitResult::Error(crate::error::ClientError::write_behind_barrier().encode())
+            }
         })))
     }
 
@@ -121,6 +134,15 @@ impl CacheSession {
             .fingerprint
             .settled(RECORDED_SETTINGS)
             .ok_or("settings_unknown")?;
+        if let Some(reason) = self.fingerprint.behind_blocker() {
+            return Err(reason);
+        }
+        if let Some((_, tail)) = params
+            && super::group::params_may_read_clock(tail)
+        {
+            // 'now', 'today' in a parameter would be read at the flush, not now.
+            return Err("clock_parameter");
+        }
         let written = &plan.stmts.first().ok_or("shape")?.written;
         if written.epoch.is_some() {
             // A trigger or rule whose effects are unknown: applied later, what would it

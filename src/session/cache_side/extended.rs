@@ -53,6 +53,17 @@ impl CacheSession {
             Scan::Incomplete => return GroupAction::Incomplete,
             Scan::Other => return GroupAction::Frames,
         };
+        if let Some((body, plan)) = self.held.take_queued() {
+            // Queued while held: answered now, whatever planning would say now.
+            let replay = self.register_parse(&g, &plan, state);
+            return GroupAction::Answer {
+                head: head(&g),
+                body,
+                tail: b"",
+                len: g.len,
+                replay,
+            };
+        }
         // The statement and its parameter types: parsed in this group, or prepared before.
         let registered: Bytes;
         let (plan, param_types) = match g.parse {
@@ -93,8 +104,9 @@ impl CacheSession {
             }
             // The other session gave up: run it here, uncaptured.
             Some(WaitResult::RunOwn) => return GroupAction::Frames,
-            Some(WaitResult::Queued(body)) => {
-                let replay = self.register_parse(&g, &plan, state);
+            // Taken above, before planning; answered the same way should it come here.
+            Some(WaitResult::Queued(body, queued)) => {
+                let replay = self.register_parse(&g, &queued, state);
                 return GroupAction::Answer {
                     head: head(&g),
                     body,

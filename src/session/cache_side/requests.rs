@@ -62,11 +62,14 @@ impl CacheSession {
     /// statements' completions expected in order.
     pub(super) fn on_query(&mut self, frame: &[u8], state: &mut SessionState) -> FrameAction {
         let sql = query_text(frame);
+        if let Some((answer, _)) = self.held.take_queued() {
+            return FrameAction::Answer(answer);
+        }
         let run_own = match self.held.take_waited() {
             Some(WaitResult::Hit(entry)) => {
                 return FrameAction::Answer(entry.frames.clone());
             }
-            Some(WaitResult::Error(answer) | WaitResult::Queued(answer)) => {
+            Some(WaitResult::Error(answer) | WaitResult::Queued(answer, _)) => {
                 return FrameAction::Answer(answer);
             }
             Some(WaitResult::Shared(ready)) => {

@@ -60,6 +60,19 @@ impl Held {
         }
     }
 
+    /// A write-behind acknowledgement (see `behind`): taken before anything else is
+    /// decided for the frames it answers, so that nothing (a new plan, a forward) can make
+    /// the queued write run a second time.
+    pub(super) fn take_queued(&mut self) -> Option<(bytes::Bytes, Arc<Plan>)> {
+        if !matches!(self.0, Some(Resume::Waited(WaitResult::Queued(..)))) {
+            return None;
+        }
+        match self.0.take() {
+            Some(Resume::Waited(WaitResult::Queued(answer, plan))) => Some((answer, plan)),
+            _ => None,
+        }
+    }
+
     pub(super) fn take_shared(&mut self) -> Option<SharedReady> {
         if !self.has_shared() {
             return None;

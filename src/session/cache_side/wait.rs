@@ -27,8 +27,9 @@ pub enum WaitResult {
     RunOwn,
     /// A shared-tier read finished (counters or the L2): look up again with it.
     Shared(crate::cache::tiers::SharedReady),
-    /// A write-behind write is durably queued: answer with these frames (see `behind`).
-    Queued(Bytes),
+    /// A write-behind write is durably queued: answer with these frames (see `behind`);
+    /// the plan it was queued under (a Parse answered with it is registered with it).
+    Queued(Bytes, Arc<crate::planner::plan::Plan>),
 }
 
 impl CacheSession {

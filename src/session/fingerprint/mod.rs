@@ -188,6 +188,33 @@ impl Fingerprint {
         )
     }
 
+    /// Why a write of this session cannot be applied later by another connection that sets
+    /// only the recorded settings (write-behind): it is read-only (PostgreSQL would refuse
+    /// the write), replicates as a replica (triggers would not fire), or has custom
+    /// settings that policies, defaults or triggers may read. `None`: no such reason known.
+    pub fn behind_blocker(&self) -> Option<&'static str> {
+        let probe = self.probe.as_ref()?;
+        if probe
+            .get("default_transaction_read_only")
+            .is_some_and(|v| v == "on")
+        {
+            return Some("read_only");
+        }
+        if probe
+            .get("session_replication_role")
+            .is_some_and(|v| v != "origin")
+        {
+            return Some("replication_role");
+        }
+        if probe
+            .iter()
+            .any(|(k, v)| k.contains('.') && v != "(unset)" && !v.is_empty())
+        {
+            return Some("custom_settings");
+        }
+        None
+    }
+
     /// Whether a transaction block is open (as far as this model was told).
     pub fn in_block(&self) -> bool {
         self.txn.is_some()

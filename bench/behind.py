@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Write-behind benchmark (issue 20): single-row INSERTs and a hot counter, directly on
+PostgreSQL and through pgmemo with `write = "behind"` (local journal), interleaved.
+
+Starts a throwaway PostgreSQL (the stack's settings; fsync and synchronous_commit on, as
+shipped: both are checked and recorded) and one pgmemo (this tree's release build) whose
+journal is in the same file system as the PostgreSQL data directory. Workloads, each
+`pgbench -M prepared` with a per-transaction log (-l):
+- insert: CLIENTS_INSERT (16) clients, `INSERT INTO bh_events (id, v) VALUES (:id, :v)`;
+- counter: CLIENTS_COUNTER (64) clients, `UPDATE bh_counters SET n = n + 1 WHERE id = 1`
+  (pgmemo: behind_increments and behind_coalesce).
+After one warm-up run per target, --reps interleaved repetitions. Reported per workload and
+target (medians over reps): TPS, acknowledgement latency p50/p99 (from the logs), and for
+pgmemo the flush lag (acknowledgement to commit in PostgreSQL) p50/p99 from
+pgmemo_behind_lag_seconds over each run. Before each run pgmemo's queue is drained, and
+after the last the counter is checked against the increments acknowledged.
+
+Standard library only; writes bench/out/behind-<time>.json and prints a markdown summary.
+"""
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cdc import metric, metrics, start_pgmemo  # noqa: E402
+from run import parse_pgbench  # noqa: E402
+from stack import Stack, REPO, client_env, find_pg_bin, log  # noqa: E402
+
+SETUP = """
+CREATE TABLE bh_events (id bigint NOT NULL, v int NOT NULL);
+CREATE TABLE bh_counters (id int PRIMARY KEY, n bigint NOT NULL);
+INSERT INTO bh_counters VALUES (1, 0);
+"""
+SCRIPTS = {
+    "insert": "\\set id random(1, 2000000000)\n\\set v random(1, 1000)\n"
+              "INSERT INTO bh_events (id, v) VALUES (:id, :v);\n",
+    "counter": "UPDATE bh_counters SET n = n + 1 WHERE id = 1;\n",
+}
+TARGETS = ("direct", "behind")
+
+
+def rules(journal):
+    return (f'[behind]\njournal_dir = "{journal}"\n\n'
+            '[[rules]]\ntable = "bh_events"\nwrite = "behind"\n\n'
+            '[[rules]]\ntable = "bh_counters"\nwrite = "behind"\n'
+            'behind_increments = true\nbehind_coalesce = true\n')
+
+
+def percentile(values, q):
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def lag_quantiles(admin):
+    """pgmemo_behind_lag_seconds' p50 and p99 (a summary over a recent window)."""
+    text = metrics(admin)
+    return (metric(text, "pgmemo_behind_lag_seconds", quantile="0.5"),
+            metric(text, "pgmemo_behind_lag_seconds", quantile="0.99"))
+
+
+def drain(admin, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metric(metrics(admin), "pgmemo_behind_queue_entries") == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("pgmemo's write-behind queue did not drain")
+
+
+def one_run(st, target, admin, workload, clients, duration):
+    if admin:
+        drain(admin)
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / f"{workload}.sql"
+        script.write_text(SCRIPTS[workload])
+        argv = [str(st.pg_bin / "pgbench"), "-n", "-h", "127.0.0.1", "-p", str(st.ports[target]),
+                "-U", "postgres", "-c", str(clients), "-j", "2", "-T", str(duration),
+                "-M", "prepared", "-l", "--log-prefix", f"{tmp}/tx", "-f", str(script),
+                "postgres"]
+        r = subprocess.run(argv, capture_output=True, text=True, env=client_env(),
+                           timeout=duration * 3 + 60)
+        rec = parse_pgbench(r.stdout + r.stderr)
+        if r.returncode != 0 or rec.get("tps") is None:
+            raise RuntimeError(f"pgbench failed: {(r.stdout + r.stderr)[-400:]}")
+        lat = []
+        for f in Path(tmp).iterdir():
+            if f.name.startswith("tx"):
+                for line in f.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) >= 3:
+                        lat.append(int(parts[2]))
+    out = {"tps": rec["tps"], "command": " ".join(argv), "transactions": len(lat),
+           "p50_ms": percentile(lat, 0.5) / 1000, "p99_ms": percentile(lat, 0.99) / 1000}
+    if admin:
+        drain(admin)
+        out["lag_p50_ms"], out["lag_p99_ms"] = (q * 1000 for q in lag_quantiles(admin))
+        text = metrics(admin)
+        out["queued_total"] = metric(text, "pgmemo_behind_queued_total")
+        out["forwarded_total"] = metric(text, "pgmemo_behind_forwarded_total")
+        out["batches_total"] = metric(text, "pgmemo_behind_batch_entries_count")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--insert-clients", type=int, default=16)
+    ap.add_argument("--counter-clients", type=int, default=64)
+    ap.add_argument("--workloads", default="insert,counter")
+    ap.add_argument("--pg-bin")
+    ap.add_argument("--out", default=str(REPO / "bench" / "out"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    st = Stack(argparse.Namespace(upstream_via="tcp"), find_pg_bin(args.pg_bin), out)
+    result = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
+              "args": vars(args), "cells": {}}
+    try:
+        st.start_postgres()
+        port = st.ports["direct"]
+        for k in ("fsync", "synchronous_commit"):
+            if st.psql(port, f"SHOW {k}") != "on":
+                raise RuntimeError(f"{k} is not on: the comparison would not be fair")
+        st.psql(port, SETUP)
+        result["postgres"] = st.configs["postgres"]
+        journal = st.tmp / "journal"
+        admins = {"direct": None,
+                  "behind": start_pgmemo(st, "behind", "off", rest=rules(journal))[0]}
+        clients = {"insert": args.insert_clients, "counter": args.counter_clients}
+        for w in args.workloads.split(","):
+            cell = {t: [] for t in TARGETS}
+            for t in TARGETS:
+                one_run(st, t, admins[t], w, clients[w], 3)  # warm-up
+            for rep in range(args.reps):
+                for t in (TARGETS if rep % 2 == 0 else TARGETS[::-1]):
+                    rec = one_run(st, t, admins[t], w, clients[w], args.duration)
+                    cell[t].append(rec)
+                    log(f"{w} rep {rep + 1} {t}: {rec['tps']:.0f} TPS, p50 {rec['p50_ms']:.2f} ms "
+                        f"p99 {rec['p99_ms']:.2f} ms"
+                        + (f", lag p50 {rec['lag_p50_ms']:.1f} ms p99 {rec['lag_p99_ms']:.1f} ms"
+                           if t == "behind" else ""))
+            result["cells"][w] = cell
+        if "counter" in result["cells"]:
+            n = int(st.psql(port, "SELECT n FROM bh_counters WHERE id = 1"))
+            result["counter_value"] = n
+            log(f"counter value after the runs: {n}")
+    finally:
+        src = st.tmp / "behind.log"
+        if src.exists():
+            (out / "logs" / "behind.log").write_bytes(src.read_bytes()[-(1 << 20):])
+        st.close()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (out / f"behind-{stamp}.json").write_text(json.dumps(result, indent=2))
+    print("| workload | target | TPS | ack p50 ms | ack p99 ms | flush lag p50 ms | flush lag p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for w, cell in result["cells"].items():
+        for t in TARGETS:
+            runs = cell[t]
+
+            def med(key):
+                vals = [r[key] for r in runs if r.get(key) is not None]
+                return statistics.median(vals) if vals else float("nan")
+            print(f"| {w} | {t} | {med('tps'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | "
+                  f"{med('lag_p50_ms'):.1f} | {med('lag_p99_ms'):.1f} |")
+        d, b = (statistics.median(r["tps"] for r in cell[t]) for t in TARGETS)
+        print(f"\n{w}: behind / direct TPS = {b / d:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
