@@ -65,14 +65,20 @@ async fn a_prepared_write_after_a_catalog_change_runs_without_waiting_for_a_new_
         .await
         .expect("prepare");
     c.execute(&insert, &[&1i32]).await.expect("first insert");
-    // Cached: the second read is a hit.
-    assert_eq!(count(&other).await, 1);
-    let hits = metric(&proxy, "pgmemo_cache_hits_total");
-    assert_eq!(count(&other).await, 1);
-    assert!(
-        metric(&proxy, "pgmemo_cache_hits_total") > hits,
-        "the count was not cached"
-    );
+    // Cached: a repeated read becomes a hit (within a few reads: the session's settings
+    // probe, or the DDL's catalog change being applied, may make the first ones bypass
+    // under load).
+    let mut cached = false;
+    for _ in 0..20 {
+        let hits = metric(&proxy, "pgmemo_cache_hits_total");
+        assert_eq!(count(&other).await, 1);
+        if metric(&proxy, "pgmemo_cache_hits_total") > hits {
+            cached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cached, "the count was not cached");
 
     // The catalog generation moves (a DDL through pgmemo), then nothing can be planned.
     other
