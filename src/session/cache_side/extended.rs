@@ -55,14 +55,7 @@ impl CacheSession {
         };
         if let Some((body, plan)) = self.held.take_queued() {
             // Queued while held: answered now, whatever planning would say now.
-            let replay = self.register_parse(&g, &plan, state);
-            return GroupAction::Answer {
-                head: head(&g),
-                body,
-                tail: b"",
-                len: g.len,
-                replay,
-            };
+            return self.answer_queued(&g, &plan, body, state);
         }
         // The statement and its parameter types: parsed in this group, or prepared before.
         let registered: Bytes;
@@ -106,14 +99,7 @@ impl CacheSession {
             Some(WaitResult::RunOwn) => return GroupAction::Frames,
             // Taken above, before planning; answered the same way should it come here.
             Some(WaitResult::Queued(body, queued)) => {
-                let replay = self.register_parse(&g, &queued, state);
-                return GroupAction::Answer {
-                    head: head(&g),
-                    body,
-                    tail: b"",
-                    len: g.len,
-                    replay,
-                };
+                return self.answer_queued(&g, &queued, body, state);
             }
             Some(WaitResult::Shared(ready)) => self.held.set(super::resume::Resume::Shared(ready)),
             None => {}
@@ -220,6 +206,24 @@ impl CacheSession {
             head: head(g),
             body,
             tail,
+            len: g.len,
+            replay,
+        }
+    }
+
+    /// Answers the group with a write-behind acknowledgement (its write is queued).
+    fn answer_queued(
+        &mut self,
+        g: &Group<'_>,
+        plan: &Arc<Plan>,
+        body: Bytes,
+        state: &mut SessionState,
+    ) -> GroupAction {
+        let replay = self.register_parse(g, plan, state);
+        GroupAction::Answer {
+            head: head(g),
+            body,
+            tail: b"",
             len: g.len,
             replay,
         }
