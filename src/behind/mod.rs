@@ -112,6 +112,20 @@ pub(crate) struct Db {
     pub(crate) applied_tx: watch::Sender<u64>,
 }
 
+impl Db {
+    /// Folds in the flush interval and batch size of a rule a write came under.
+    fn fold(&mut self, rule: &BehindRule) {
+        self.flush_interval = Some(
+            self.flush_interval
+                .map_or(rule.flush_interval, |d| d.min(rule.flush_interval)),
+        );
+        self.max_batch = Some(
+            self.max_batch
+                .map_or(rule.max_batch, |b| b.min(rule.max_batch)),
+        );
+    }
+}
+
 /// The write-behind service: one per process.
 pub struct Behind {
     config: BehindConfig,
@@ -167,17 +181,25 @@ impl Behind {
             else {
                 continue;
             };
-            let recovered = behind.database(&db)?;
+            let recovered = behind.database(&db, None)?;
             info!(database = %db, pending = recovered, "write-behind journal recovered");
         }
         Ok(Some(behind))
     }
 
-    /// The queue of `db`, opened (and its flusher started) on first use. Returns how many
-    /// writes it recovered from disk.
-    fn database(self: &Arc<Self>, db: &str) -> Result<usize, BehindError> {
+    /// The queue of `db`, opened (and its flusher started) on first use, with `rule`'s
+    /// flush interval and batch size folded in before the flusher first reads them (it
+    /// would otherwise start on the defaults). Returns how many writes it recovered.
+    fn database(
+        self: &Arc<Self>,
+        db: &str,
+        rule: Option<&BehindRule>,
+    ) -> Result<usize, BehindError> {
         let mut dbs = lock(&self.dbs);
-        if dbs.contains_key(db) {
+        if let Some(state) = dbs.get(db) {
+            if let Some(rule) = rule {
+                lock(state).fold(rule);
+            }
             return Ok(0);
         }
         let path = self.dir.join(format!("db-{}", hex(db)));
@@ -209,6 +231,9 @@ impl Behind {
             wake: Arc::new(Notify::new()),
             applied_tx,
         }));
+        if let Some(rule) = rule {
+            lock(&state).fold(rule);
+        }
         dbs.insert(db.to_owned(), Arc::clone(&state));
         drop(dbs);
         self.runtime.spawn(flusher::run(Arc::clone(self), state));
@@ -237,7 +262,7 @@ impl Behind {
             self.release_room(1, weight);
             return Err(Refused::Unavailable);
         }
-        let state = match self.database(&entry.database) {
+        let state = match self.database(&entry.database, Some(&rule)) {
             Ok(_) => lock(&self.dbs).get(&entry.database).cloned(),
             Err(e) => {
                 warn!(error = %e, "write-behind queue unavailable");
@@ -248,18 +273,7 @@ impl Behind {
             self.release_room(1, weight);
             return Err(Refused::Unavailable);
         };
-        let journal = {
-            let mut db = lock(&state);
-            db.flush_interval = Some(
-                db.flush_interval
-                    .map_or(rule.flush_interval, |d| d.min(rule.flush_interval)),
-            );
-            db.max_batch = Some(
-                db.max_batch
-                    .map_or(rule.max_batch, |b| b.min(rule.max_batch)),
-            );
-            Arc::clone(&db.journal)
-        };
+        let journal = Arc::clone(&lock(&state).journal);
         let entry = Arc::new(entry);
         let append = journal.append(entry.encode());
         let me = Arc::clone(self);
