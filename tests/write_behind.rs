@@ -422,6 +422,54 @@ async fn a_writer_without_the_privilege_never_gets_it_applied_under_pgmemos_role
     }
 }
 
+/// The flusher parses a text once per connection and binds it for every later write:
+/// privileges must still be those of each write's role, a refused write must not take its
+/// neighbours of the same text with it, and later batches must keep binding correctly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_text_from_two_roles_in_one_batch_is_checked_per_role() {
+    let f = Fixture::new();
+    let p = f.proxy("1s", "");
+    let sql = "INSERT INTO keyed (id, note) VALUES ($1, 'x')";
+    let s = p.connect(SUPERUSER, "", DB).await;
+    let w = p.connect("w", "", DB).await;
+    let (ss, ws) = (s.prepare(sql).await.unwrap(), w.prepare(sql).await.unwrap());
+    // First executions run synchronously (validation); then the privilege goes away.
+    s.execute(&ss, &[&1i32]).await.unwrap();
+    w.execute(&ws, &[&2i32]).await.unwrap();
+    f.direct()
+        .await
+        .batch_execute("REVOKE INSERT ON keyed FROM w")
+        .await
+        .unwrap();
+    s.execute(&ss, &[&3i32]).await.unwrap();
+    let refused = w.execute(&ws, &[&4i32]).await;
+    s.execute(&ss, &[&5i32]).await.unwrap();
+    f.until(
+        "SELECT count(*) FROM keyed WHERE id IN (3, 5)",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
+    // Batches after the refusal bind the same text again.
+    for id in 6..9i32 {
+        s.execute(&ss, &[&id]).await.unwrap();
+    }
+    f.until(
+        "SELECT count(*) FROM keyed WHERE id >= 6",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(f.scalar("SELECT count(*) FROM keyed WHERE id = 4").await, 0);
+    match refused {
+        Ok(_) => {
+            let list = p.admin_get("/behind/dead-letters");
+            assert!(list.contains("42501"), "{list}");
+        }
+        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ineligible_statements_behave_exactly_as_direct() {
     let f = Fixture::new();

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::batch::{self, Outcome, Step, Unit};
 use super::dead::{DeadLetter, now_ms};
 use super::entry::{Entry, Op, RECORDED_SETTINGS};
+use super::prepared::Prepared;
 use super::{Behind, Db, lock};
 use crate::cache::Tag;
 use crate::invalidation::{Source, Written};
@@ -55,6 +56,8 @@ struct Conn {
     conn: BackendConn,
     /// The server's defaults of the recorded settings.
     defaults: Vec<(String, String)>,
+    /// The named statements of queued INSERTs on this connection.
+    prepared: Prepared,
 }
 
 /// Runs the flusher of one database until the process ends.
@@ -132,11 +135,22 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
             .collect();
         let refs: Vec<Arc<Entry>> = live.iter().map(|(_, e)| Arc::clone(e)).collect();
         let units = batch::units(&refs);
-        let built = batch::build(&refs, units, &queue, row, to, &c.defaults);
+        let target = batch::Target {
+            queue: &queue,
+            from: row,
+            to,
+        };
+        let built = batch::build(&refs, units, &target, &c.defaults, &mut c.prepared);
         let started = Instant::now();
         last_start = started;
         full = live.len() >= max_batch(&state);
-        match apply(&mut c.conn, &built, behind.link().batch_timeout).await {
+        let outcome = apply(&mut c.conn, &built, behind.link().batch_timeout).await;
+        if matches!(outcome, Ok(Outcome::Committed(_))) {
+            c.prepared.committed();
+        } else {
+            c.prepared.failed();
+        }
+        match outcome {
             Ok(Outcome::Committed(tags)) => {
                 let elapsed = started.elapsed();
                 metrics::histogram!(names::BEHIND_FLUSH_SECONDS).record(elapsed.as_secs_f64());
@@ -439,7 +453,14 @@ async fn connect(behind: &Behind, db: &str, queue: &str) -> Result<(Conn, u64), 
             Some((r.next()?, r.next()?))
         })
         .collect();
-    Ok((Conn { conn, defaults }, applied))
+    Ok((
+        Conn {
+            conn,
+            defaults,
+            prepared: Prepared::default(),
+        },
+        applied,
+    ))
 }
 
 /// The text columns of a DataRow body (NULL as empty).

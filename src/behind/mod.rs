@@ -21,6 +21,7 @@ pub mod dead;
 pub mod entry;
 pub mod flusher;
 pub mod journal;
+mod prepared;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
