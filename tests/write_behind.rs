@@ -716,3 +716,50 @@ async fn a_deferred_constraint_refuses_its_write_not_the_whole_queue() {
     let list = p.admin_get("/behind/dead-letters");
     assert!(list.contains("23505"), "{list}");
 }
+
+/// A journal record that passes its checksum but does not decode (written by another
+/// version) must not stall the queue behind it: it becomes a dead letter and the writes
+/// after it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_journal_record_is_a_dead_letter_not_a_stalled_queue() {
+    let f = Fixture::new();
+    let p = f.proxy("10s", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'u')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    assert_eq!(queued(&p), 1.0, "the second write is queued");
+    p.signal(Signal::Kill);
+    drop(p);
+    // Another version's record, appended behind pgmemo's back.
+    let dir = f.journal.path().join(format!(
+        "db-{}",
+        DB.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    {
+        let (journal, recovered) =
+            pgmemo::behind::journal::Journal::open(&dir, 1 << 20).expect("journal");
+        assert_eq!(recovered.records.len(), 1);
+        journal
+            .append(bytes::Bytes::from_static(b"\xffnot an entry"))
+            .await
+            .expect("appended");
+    }
+    let p = f.proxy("100ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    c.batch_execute("INSERT INTO ev (id, note) VALUES (3, 'u')")
+        .await
+        .unwrap();
+    f.until(
+        "SELECT count(*) FROM ev WHERE note = 'u'",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("XX001"), "{list}");
+    wait_drained(&p).await;
+}

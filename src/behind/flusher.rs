@@ -113,6 +113,13 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                         tracing::error!(database = %name, progress = applied, applied = ours, "the write-behind progress row went back: PostgreSQL lost committed batches (fsync or synchronous_commit off?); their writes are lost");
                     }
                     settle(&behind, &state, applied.max(ours), &mut dead);
+                    if !bury_unreadable(&behind, &state, &mut dead) {
+                        // Not recorded: nothing after them may be applied yet.
+                        conn = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                     backoff = Duration::from_millis(50);
                     conn.insert(c)
                 }
@@ -239,6 +246,35 @@ fn settle(behind: &Behind, state: &Mutex<Db>, applied: u64, dead: &mut HashSet<u
     dead.retain(|&s| s > applied);
     drop(db);
     behind.publish_gauges();
+}
+
+/// Records that did not decode and are not applied yet become dead letters (persisted
+/// first) and their numbers are skipped like a refused write's. False when they could not
+/// be recorded.
+fn bury_unreadable(behind: &Behind, state: &Mutex<Db>, dead: &mut HashSet<u64>) -> bool {
+    let (name, letters, seqs) = {
+        let mut db = lock(state);
+        let applied = db.applied;
+        db.unreadable.retain(|&s, _| s > applied);
+        let letters: Vec<DeadLetter> = db
+            .unreadable
+            .iter()
+            .map(|(&seq, (raw, why))| DeadLetter::unreadable(&db.name, seq, raw, why))
+            .collect();
+        let seqs: Vec<u64> = db.unreadable.keys().copied().collect();
+        (db.name.clone(), letters, seqs)
+    };
+    if letters.is_empty() {
+        return true;
+    }
+    if let Err(e) = behind.dead.add(letters, "unreadable") {
+        warn!(database = %name, error = %e, "cannot record undecodable journal records as dead letters; the queue waits");
+        return false;
+    }
+    // In the flusher's skipped set from now on (which outlives reconnections).
+    lock(state).unreadable.clear();
+    dead.extend(seqs);
+    true
 }
 
 /// A committed batch: invalidate what it wrote, leave the queue, wake barriers.

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
@@ -104,6 +105,10 @@ pub(crate) struct Db {
     /// Sequence numbers after which nothing is applied yet (0 = unknown until the
     /// flusher has read the progress row).
     pub(crate) applied: u64,
+    /// Recovered records that do not decode (raw bytes and why), by sequence number: in
+    /// `pending` as placeholders, never run; dead letters once the flusher knows which of
+    /// them are not applied yet.
+    pub(crate) unreadable: BTreeMap<u64, (Bytes, String)>,
     /// The shortest `behind_flush_interval` and smallest `behind_max_batch` of the rules
     /// its writes came under (the defaults until one came).
     pub(crate) flush_interval: Option<Duration>,
@@ -206,19 +211,21 @@ impl Behind {
         let path = self.dir.join(format!("db-{}", hex(db)));
         let (journal, recovered) = Journal::open(&path, SEGMENT_BYTES)?;
         let mut pending = BTreeMap::new();
-        let mut unreadable = 0usize;
+        let mut unreadable = BTreeMap::new();
         for (seq, bytes) in recovered.records {
-            match Entry::decode(&bytes) {
-                Ok(e) => {
-                    self.entries.fetch_add(1, Ordering::Relaxed);
-                    self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
-                    pending.insert(seq, Arc::new(e));
-                }
-                Err(_) => unreadable += 1,
-            }
+            // A record that passed its checksum but does not decode (written by another
+            // version): a placeholder keeps the sequence unbroken (a gap would stall the
+            // queue behind it for good) and the flusher turns it into a dead letter.
+            let e = Entry::decode(&bytes).unwrap_or_else(|e| {
+                unreadable.insert(seq, (bytes, e.to_string()));
+                Entry::placeholder(db)
+            });
+            self.entries.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
+            pending.insert(seq, Arc::new(e));
         }
-        if unreadable > 0 {
-            warn!(database = %db, unreadable, "write-behind journal records that cannot be decoded were skipped");
+        if !unreadable.is_empty() {
+            warn!(database = %db, unreadable = unreadable.len(), "write-behind journal records that cannot be decoded are kept as dead letters");
         }
         let count = pending.len();
         let (applied_tx, _) = watch::channel(0);
@@ -227,6 +234,7 @@ impl Behind {
             journal,
             pending,
             applied: 0,
+            unreadable,
             flush_interval: None,
             max_batch: None,
             wake: Arc::new(Notify::new()),
