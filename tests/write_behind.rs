@@ -381,22 +381,29 @@ async fn coalesced_increments_add_up_exactly_also_across_kill_9() {
     assert_eq!(f.scalar("SELECT n FROM counters WHERE id = 2").await, 0);
 }
 
+/// The flusher applies writes as its own login and queues only writes of sessions logged
+/// in as that role: here pgmemo logs in as `w`, which loses its privilege after its
+/// statement was proven. The queued write is refused by PostgreSQL into the dead letters,
+/// never applied as anyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_without_the_privilege_never_gets_it_applied_under_pgmemos_role() {
+async fn a_write_its_role_may_not_make_is_a_dead_letter_never_applied_as_anyone_else() {
     let f = Fixture::new();
-    let p = f.proxy("200ms", "");
+    f.direct()
+        .await
+        .batch_execute("CREATE SCHEMA pgmemo AUTHORIZATION w")
+        .await
+        .unwrap();
+    let p = Proxy::start(ProxyArgs::new(f.pg.url("w", "postgres")).config(config(
+        f.journal.path(),
+        "200ms",
+        "",
+    )));
     let w = p.connect("w", "", DB).await;
     let stmt = w
         .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'w')")
         .await
         .unwrap();
     w.execute(&stmt, &[&10i32]).await.unwrap();
-    f.until(
-        "SELECT count(*) FROM keyed WHERE id = 10",
-        1,
-        Duration::from_secs(5),
-    )
-    .await;
     // The privilege goes away behind pgmemo's back (directly on PostgreSQL).
     f.direct()
         .await
@@ -404,70 +411,111 @@ async fn a_writer_without_the_privilege_never_gets_it_applied_under_pgmemos_role
         .await
         .unwrap();
     let refused = w.execute(&stmt, &[&11i32]).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        f.scalar("SELECT count(*) FROM keyed WHERE id = 11").await,
-        0,
-        "never applied under pgmemo's own (superuser) role"
-    );
     match refused {
         // Queued: refused at apply time, kept as a dead letter with the writer's role.
         Ok(_) => {
-            let list = p.admin_get("/behind/dead-letters");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let list = loop {
+                let list = p.admin_get("/behind/dead-letters");
+                if list.contains("42501") || Instant::now() > deadline {
+                    break list;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             assert!(list.contains("42501"), "{list}");
             assert!(list.contains("\"role\": \"w\""), "{list}");
         }
         // Or re-planned and forwarded: the writer got PostgreSQL's error itself.
         Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}"),
     }
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM keyed WHERE id = 11").await,
+        0,
+        "never applied"
+    );
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM keyed WHERE id = 10").await,
+        1
+    );
 }
 
-/// The flusher parses a text once per connection and binds it for every later write:
-/// privileges must still be those of each write's role, a refused write must not take its
-/// neighbours of the same text with it, and later batches must keep binding correctly.
+/// Writes of a session logged in as another role than pgmemo's are never queued: applied
+/// under SET ROLE on pgmemo's connection, any expression they run (a column default, a
+/// CHECK, an index expression) could `set_config('role', 'none', true)` and go on as
+/// pgmemo's login. They run synchronously, as the writer, with PostgreSQL's own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_text_from_two_roles_in_one_batch_is_checked_per_role() {
+async fn another_logins_writes_are_never_queued() {
     let f = Fixture::new();
-    let p = f.proxy("1s", "");
-    let sql = "INSERT INTO keyed (id, note) VALUES ($1, 'x')";
-    let s = p.connect(SUPERUSER, "", DB).await;
-    let w = p.connect("w", "", DB).await;
-    let (ss, ws) = (s.prepare(sql).await.unwrap(), w.prepare(sql).await.unwrap());
-    // First executions run synchronously (validation); then the privilege goes away.
-    s.execute(&ss, &[&1i32]).await.unwrap();
-    w.execute(&ws, &[&2i32]).await.unwrap();
     f.direct()
         .await
-        .batch_execute("REVOKE INSERT ON keyed FROM w")
+        .batch_execute(
+            "CREATE TABLE hijack(id int PRIMARY KEY, r text DEFAULT pg_catalog.set_config('role', 'none', true));
+             GRANT INSERT, SELECT ON hijack TO w",
+        )
         .await
         .unwrap();
-    s.execute(&ss, &[&3i32]).await.unwrap();
-    let refused = w.execute(&ws, &[&4i32]).await;
-    s.execute(&ss, &[&5i32]).await.unwrap();
-    f.until(
-        "SELECT count(*) FROM keyed WHERE id IN (3, 5)",
-        2,
-        Duration::from_secs(10),
-    )
-    .await;
-    // Batches after the refusal bind the same text again.
-    for id in 6..9i32 {
-        s.execute(&ss, &[&id]).await.unwrap();
+    let extra =
+        "\n[[rules]]\ntable = \"hijack\"\nwrite = \"behind\"\nbehind_flush_interval = \"10s\"\n";
+    let p = Proxy::start(
+        ProxyArgs::new(f.pg.url(SUPERUSER, "postgres"))
+            .config(config(f.journal.path(), "10s", "") + extra),
+    );
+    let w = p.connect("w", "", DB).await;
+    let stmt = w
+        .prepare("INSERT INTO hijack (id) VALUES ($1)")
+        .await
+        .unwrap();
+    for id in 1..4i32 {
+        w.execute(&stmt, &[&id]).await.unwrap();
     }
-    f.until(
-        "SELECT count(*) FROM keyed WHERE id >= 6",
-        3,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(f.scalar("SELECT count(*) FROM keyed WHERE id = 4").await, 0);
-    match refused {
-        Ok(_) => {
-            let list = p.admin_get("/behind/dead-letters");
-            assert!(list.contains("42501"), "{list}");
+    // Applied at once (a 10 s flush interval would still hold queued ones).
+    assert_eq!(f.scalar("SELECT count(*) FROM hijack").await, 3);
+    assert_eq!(queued(&p), 0.0);
+    assert!(
+        p.metric("pgmemo_behind_forwarded_total", &["reason=\"other_login\""]) >= 2.0,
+        "counted with their reason"
+    );
+}
+
+/// The flusher parses a text once per connection and binds it for every later write: a
+/// refused write must not take its neighbours of the same text with it, and the batches
+/// after the failed one (whose statements are closed and parsed again) must keep landing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_leaves_later_writes_of_its_text_binding_correctly() {
+    let f = Fixture::new();
+    let p = f.proxy("300ms", "");
+    let s = p.connect(SUPERUSER, "", DB).await;
+    let stmt = s
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'x')")
+        .await
+        .unwrap();
+    s.execute(&stmt, &[&1i32]).await.unwrap();
+    f.until("SELECT count(*) FROM keyed", 1, Duration::from_secs(5))
+        .await;
+    // One batch: 2, 1 (a duplicate key), 3.
+    for id in [2i32, 1, 3] {
+        s.execute(&stmt, &[&id]).await.unwrap();
+    }
+    f.until("SELECT count(*) FROM keyed", 3, Duration::from_secs(10))
+        .await;
+    for batch in 0..3i32 {
+        for id in 0..3i32 {
+            s.execute(&stmt, &[&(10 + batch * 3 + id)]).await.unwrap();
         }
-        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}"),
+        f.until(
+            "SELECT count(*) FROM keyed",
+            i64::from(6 + batch * 3),
+            Duration::from_secs(10),
+        )
+        .await;
     }
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("23505"), "{list}");
+    assert_eq!(
+        p.metric("pgmemo_behind_dead_letters", &[]),
+        1.0,
+        "only the duplicate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

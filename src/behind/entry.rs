@@ -128,6 +128,11 @@ impl Entry {
         }
     }
 
+    /// Whether this is a [`Entry::placeholder`].
+    pub fn is_placeholder(&self) -> bool {
+        self.role.is_empty() && matches!(&self.op, Op::Statement { sql, .. } if sql.is_empty())
+    }
+
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.weight());
         out.put_u8(VERSION);

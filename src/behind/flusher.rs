@@ -135,6 +135,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
         let Some(&(to, _)) = entries.last() else {
             continue;
         };
+        if !refuse_foreign(&behind, &entries, &mut dead) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
         let live: Vec<(u64, Arc<Entry>)> = entries
             .iter()
             .filter(|(s, _)| !dead.contains(s))
@@ -246,6 +251,36 @@ fn settle(behind: &Behind, state: &Mutex<Db>, applied: u64, dead: &mut HashSet<u
     dead.retain(|&s| s > applied);
     drop(db);
     behind.publish_gauges();
+}
+
+/// Writes queued under another role than the one this flusher logs in as (the journal of
+/// an instance whose `upstream.url` user changed since) are not applied under this one:
+/// they become dead letters (42501). False when they could not be recorded.
+fn refuse_foreign(behind: &Behind, entries: &[(u64, Arc<Entry>)], dead: &mut HashSet<u64>) -> bool {
+    let login = behind.link().login.user.as_str();
+    let foreign: Vec<&(u64, Arc<Entry>)> = entries
+        .iter()
+        .filter(|(s, e)| !dead.contains(s) && e.role != login && !e.is_placeholder())
+        .collect();
+    if foreign.is_empty() {
+        return true;
+    }
+    let letters = foreign
+        .iter()
+        .map(|(seq, e)| {
+            let why = format!(
+                "queued by role {:?}; the write-behind flusher logs in as {login:?} and never applies another role's writes",
+                e.role
+            );
+            DeadLetter::new(*seq, e, "42501", &why)
+        })
+        .collect();
+    if let Err(e) = behind.dead.add(letters, "rejected") {
+        warn!(error = %e, "cannot record a dead letter; the batch waits");
+        return false;
+    }
+    dead.extend(foreign.iter().map(|(s, _)| *s));
+    true
 }
 
 /// Records that did not decode and are not applied yet become dead letters (persisted
@@ -446,8 +481,15 @@ async fn connect(behind: &Behind, db: &str, queue: &str) -> Result<(Conn, u64), 
     .await?;
     let names: Vec<String> = RECORDED_SETTINGS.iter().map(|n| format!("'{n}'")).collect();
     let mut req = Vec::new();
-    batch::run(&mut req, "CREATE SCHEMA IF NOT EXISTS pgmemo", &[]);
-    batch::run(&mut req, PROGRESS_DDL, &[]);
+    // Created only when missing: CREATE ... IF NOT EXISTS checks the CREATE privilege
+    // first, and a role given the table by an administrator need not have it.
+    let create = format!(
+        "DO $pgmemo$ BEGIN \
+         IF pg_catalog.to_regnamespace('pgmemo') IS NULL THEN CREATE SCHEMA pgmemo; END IF; \
+         IF pg_catalog.to_regclass('pgmemo.behind_progress') IS NULL THEN {PROGRESS_DDL}; END IF; \
+         END $pgmemo$"
+    );
+    batch::run(&mut req, &create, &[]);
     batch::run(
         &mut req,
         "INSERT INTO pgmemo.behind_progress (queue, applied) VALUES ($1, 0) ON CONFLICT (queue) DO NOTHING",

@@ -89,7 +89,8 @@ pub enum BehindError {
 #[derive(Clone)]
 pub struct Link {
     pub upstream: Upstream,
-    /// pgmemo's own login (`upstream.url`): it must be a member of every writer role.
+    /// pgmemo's own login (`upstream.url`): the flusher applies writes as it, and only writes
+    /// of sessions logged in as it are queued.
     pub login: Login,
     pub connect_timeout: Duration,
     /// Bound on one batch.
