@@ -811,3 +811,41 @@ async fn an_undecodable_journal_record_is_a_dead_letter_not_a_stalled_queue() {
     assert!(list.contains("XX001"), "{list}");
     wait_drained(&p).await;
 }
+
+/// Ten increments of one row merged into one UPDATE of +10 would overflow the column where
+/// the first five alone fit (the proving first one synchronously leaves room for five):
+/// the merged update's refusal must not make dead letters of all ten. Applied one by one,
+/// five land and only the five that overflow are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_merged_increment_is_retried_one_by_one() {
+    let f = Fixture::new();
+    f.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE small(id int PRIMARY KEY, n int NOT NULL);
+             INSERT INTO small VALUES (1, 2147483641)",
+        )
+        .await
+        .unwrap();
+    let extra = "\n[[rules]]\ntable = \"small\"\nwrite = \"behind\"\n\
+                 behind_flush_interval = \"1s\"\nbehind_increments = true\nbehind_coalesce = true\n";
+    let p = Proxy::start(
+        ProxyArgs::new(f.pg.url(SUPERUSER, "postgres"))
+            .config(config(f.journal.path(), "1s", "") + extra),
+    );
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let sql = "UPDATE small SET n = n + 1 WHERE id = 1";
+    prove(&c, sql).await;
+    for _ in 0..10 {
+        assert_eq!(simple_tag(&c, sql).await, "1", "acknowledged as UPDATE 1");
+    }
+    f.until(
+        "SELECT n::bigint FROM small WHERE id = 1",
+        2_147_483_647,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_drained(&p).await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert_eq!(list.matches("22003").count(), 5, "{list}");
+}

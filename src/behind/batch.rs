@@ -57,8 +57,9 @@ pub struct Built {
 /// increment joins the earlier unit of the same row (same table, column, key, role and
 /// settings) when no other kind of write lies between them (an INSERT could create the row
 /// an increment then finds). Increments of different rows commute, so moving one past
-/// another changes no row's final value.
-pub fn units(entries: &[Arc<Entry>]) -> Vec<Unit> {
+/// another changes no row's final value. An entry for which `alone(position)` holds is
+/// never merged.
+pub fn units(entries: &[Arc<Entry>], alone: &dyn Fn(usize) -> bool) -> Vec<Unit> {
     let mut out: Vec<Unit> = Vec::with_capacity(entries.len());
     // Units since the last write that is not a coalescible increment.
     let mut open_from = 0;
@@ -76,6 +77,15 @@ pub fn units(entries: &[Arc<Entry>]) -> Vec<Unit> {
             open_from = out.len();
             continue;
         };
+        if alone(i) {
+            // Nothing joins it either: the merge window closes behind it.
+            out.push(Unit {
+                members: vec![i],
+                delta: Some(*delta),
+            });
+            open_from = out.len();
+            continue;
+        }
         let joined = out.iter_mut().skip(open_from).find(|u| {
             u.members
                 .first()
@@ -448,18 +458,28 @@ mod tests {
             inc("1", 1, true),
             inc("1", -4, true),
         ];
-        let u = units(&e);
+        let u = units(&e, &|_| false);
         assert_eq!(members(&u), vec![vec![0, 2], vec![1], vec![3], vec![4, 5]]);
         assert_eq!(u[0].delta, Some(2));
         assert_eq!(u[3].delta, Some(-3));
     }
 
     #[test]
+    fn increments_marked_alone_neither_merge_nor_are_joined() {
+        let e = [inc("1", 1, true), inc("1", 1, true), inc("1", 1, true)];
+        assert_eq!(
+            members(&units(&e, &|i| i == 1)),
+            vec![vec![0], vec![1], vec![2]]
+        );
+        assert_eq!(members(&units(&e, &|i| i == 0)), vec![vec![0], vec![1, 2]]);
+    }
+
+    #[test]
     fn without_coalesce_or_on_overflow_each_increment_stands_alone() {
         let e = [inc("1", 1, false), inc("1", 1, false)];
-        assert_eq!(members(&units(&e)), vec![vec![0], vec![1]]);
+        assert_eq!(members(&units(&e, &|_| false)), vec![vec![0], vec![1]]);
         let e = [inc("1", i64::MAX, true), inc("1", 1, true)];
-        assert_eq!(members(&units(&e)), vec![vec![0], vec![1]]);
+        assert_eq!(members(&units(&e, &|_| false)), vec![vec![0], vec![1]]);
     }
 
     /// (tag, body) of each frame of a built pipeline.
@@ -489,7 +509,7 @@ mod tests {
                 .filter(|(t, body)| *t == b'P' && body.starts_with(b"pgmemo_behind_"))
                 .count()
         };
-        let first = build(&e, units(&e), &target, &[], &mut prepared);
+        let first = build(&e, units(&e, &|_| false), &target, &[], &mut prepared);
         assert_eq!(
             named_parses(&first),
             1,
@@ -501,7 +521,7 @@ mod tests {
             .count();
         assert_eq!(binds, 3);
         prepared.committed();
-        let second = build(&e, units(&e), &target, &[], &mut prepared);
+        let second = build(&e, units(&e, &|_| false), &target, &[], &mut prepared);
         assert_eq!(named_parses(&second), 0, "known on the connection");
         // A batch that fails: a text it parsed may or may not exist, so it is closed first
         // thing in the next batch and parsed again under a new name.
@@ -511,9 +531,9 @@ mod tests {
             bind: Bytes::new(),
             rows: 1,
         })];
-        build(&e2, units(&e2), &target, &[], &mut prepared);
+        build(&e2, units(&e2, &|_| false), &target, &[], &mut prepared);
         prepared.failed();
-        let third = build(&e2, units(&e2), &target, &[], &mut prepared);
+        let third = build(&e2, units(&e2, &|_| false), &target, &[], &mut prepared);
         let f = frames(&third.bytes);
         assert_eq!(
             f.first().map(|(t, b)| (*t, b.clone())),
@@ -531,7 +551,13 @@ mod tests {
             from: 0,
             to: 2,
         };
-        let b = build(&e, units(&e), &target, &[], &mut Prepared::default());
+        let b = build(
+            &e,
+            units(&e, &|_| false),
+            &target,
+            &[],
+            &mut Prepared::default(),
+        );
         assert_eq!(
             b.steps,
             vec![

@@ -75,6 +75,9 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
     let mut backoff = Duration::from_millis(50);
     // Writes refused in the batch being retried: skipped, their numbers still applied.
     let mut dead: HashSet<u64> = HashSet::new();
+    // Increments of a merged update the database refused: applied one by one from then on,
+    // so that only the ones it refuses alone become dead letters.
+    let mut alone: HashSet<u64> = HashSet::new();
     let mut known = false;
     // What the progress row holds (the batch moves it from this value).
     let mut row = 0u64;
@@ -146,7 +149,9 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
             .cloned()
             .collect();
         let refs: Vec<Arc<Entry>> = live.iter().map(|(_, e)| Arc::clone(e)).collect();
-        let units = batch::units(&refs);
+        let units = batch::units(&refs, &|i| {
+            live.get(i).is_some_and(|(seq, _)| alone.contains(seq))
+        });
         let target = batch::Target {
             queue: &queue,
             from: row,
@@ -171,10 +176,15 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 committed(&behind, &state, to, &live);
                 row = to;
                 dead.retain(|&s| s > to);
+                alone.retain(|&s| s > to);
                 backoff = Duration::from_millis(50);
                 debug!(database = %name, applied = live.len(), to, "write-behind batch committed");
             }
             Ok(Outcome::Failed { step, error }) => {
+                if split(step, &error, &built, &live, &mut alone) {
+                    debug!(database = %name, error = %error, "a merged increment was refused; its members are applied one by one");
+                    continue;
+                }
                 if refuse(&behind, step, &error, &built, &live, &mut dead) {
                     continue;
                 }
@@ -391,6 +401,32 @@ fn refuse(
             dead.insert(*seq);
         }
     }
+    true
+}
+
+/// A refused unit that merged several increments: its members stand alone in the next
+/// attempt (the sum may overflow, or cross a CHECK, where each increment would not).
+/// False when the failing step is not such a unit.
+fn split(
+    step: Step,
+    error: &batch::ServerError,
+    built: &batch::Built,
+    live: &[(u64, Arc<Entry>)],
+    alone: &mut HashSet<u64>,
+) -> bool {
+    let Step::Unit(u) = step else { return false };
+    let Some(unit) = built.units.get(u) else {
+        return false;
+    };
+    if unit.members.len() < 2 || transient(&error.code) {
+        return false;
+    }
+    alone.extend(
+        unit.members
+            .iter()
+            .filter_map(|&m| live.get(m))
+            .map(|(s, _)| *s),
+    );
     true
 }
 
