@@ -849,3 +849,62 @@ async fn a_refused_merged_increment_is_retried_one_by_one() {
     let list = p.admin_get("/behind/dead-letters");
     assert_eq!(list.matches("22003").count(), 5, "{list}");
 }
+
+/// A reload that raises a rule's flush interval takes effect (the interval folded in from
+/// earlier writes used to win, as the shortest seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_can_raise_the_flush_interval() {
+    let f = Fixture::new();
+    let p = f.proxy("50ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'r')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    f.until(
+        "SELECT count(*) FROM ev WHERE note = 'r'",
+        2,
+        Duration::from_secs(5),
+    )
+    .await;
+    let path = p.config_path().expect("config file");
+    std::fs::write(&path, config(f.journal.path(), "4s", "")).unwrap();
+    let before = p.stderr().len();
+    p.signal(Signal::Hup);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p
+        .stderr()
+        .get(before..)
+        .unwrap_or_default()
+        .contains("configuration reloaded")
+    {
+        assert!(Instant::now() < deadline, "not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Under the reloaded rule the shape is proven again (3 runs synchronously); then the
+    // flusher waits its new interval after each batch it starts: 4 goes at once (the
+    // queue was idle), 5 is held for about 4 s after it.
+    c.execute(&stmt, &[&3i32]).await.unwrap();
+    c.execute(&stmt, &[&4i32]).await.unwrap();
+    f.until(
+        "SELECT count(*) FROM ev WHERE note = 'r'",
+        4,
+        Duration::from_secs(10),
+    )
+    .await;
+    c.execute(&stmt, &[&5i32]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM ev WHERE note = 'r'").await,
+        4,
+        "held for the reloaded interval"
+    );
+    f.until(
+        "SELECT count(*) FROM ev WHERE note = 'r'",
+        5,
+        Duration::from_secs(10),
+    )
+    .await;
+}

@@ -348,6 +348,17 @@ impl Behind {
         })
     }
 
+    /// After a configuration reload: the flush intervals and batch sizes folded in so far
+    /// are forgotten (they only ever shrink), so the rules as they are now decide from the
+    /// next write on, a raised interval included.
+    pub fn rules_reloaded(&self) {
+        for state in lock(&self.dbs).values() {
+            let mut db = lock(state);
+            db.flush_interval = None;
+            db.max_batch = None;
+        }
+    }
+
     /// At shutdown (after the sessions ended): flushes every queue at once and waits until
     /// they are empty, at most `deadline`. What remains is applied at the next start.
     pub async fn drain(&self, deadline: Duration) {

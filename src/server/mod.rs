@@ -387,6 +387,9 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
             Ok(new) => {
                 let merged = apply_reload(&ctx.config(), new);
                 ctx.replace_config(merged);
+                if let Some(behind) = &ctx.services.behind {
+                    behind.rules_reloaded();
+                }
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 info!("configuration reloaded");
             }
