@@ -838,3 +838,49 @@ async fn redis_queue_of_two_instances_is_applied_exactly_once_after_the_holder_d
     assert!(other.metric("pgmemo_behind_applied_total", &[]) > 0.0);
     assert_eq!(other.metric("pgmemo_behind_queue_entries", &[]), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_writes_redis_refuses_run_synchronously_exactly_once() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'r')")
+        .await
+        .unwrap();
+    // The first proves the shape (synchronous), the second is queued in the stream.
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(meta_field(&redis, "seq"), 1, "queued in Redis");
+    f.until("SELECT count(*) FROM ev", 2, Duration::from_secs(10))
+        .await;
+    // Redis now refuses every write (out of memory): its append script is refused before
+    // it adds anything, so each write runs synchronously instead, applied before its
+    // acknowledgement and never queued as well.
+    assert!(redis.command("CONFIG SET maxmemory 1").starts_with("+OK"));
+    for id in 2..22i32 {
+        assert_eq!(c.execute(&stmt, &[&id]).await.unwrap(), 1);
+    }
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM ev").await,
+        22,
+        "applied at once"
+    );
+    assert!(
+        p.metric(
+            "pgmemo_behind_forwarded_total",
+            &["reason=\"queue_failed\""]
+        ) >= 20.0,
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(meta_field(&redis, "seq"), 1, "nothing more was appended");
+    // Redis takes writes again: they are queued, and nothing is applied twice.
+    assert!(redis.command("CONFIG SET maxmemory 0").starts_with("+OK"));
+    c.execute(&stmt, &[&22i32]).await.unwrap();
+    assert_eq!(meta_field(&redis, "seq"), 2);
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &(0..23).collect()).await;
+    assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 23);
+}

@@ -121,8 +121,14 @@ pub fn build(
             seeds.extend(redis.cluster_nodes.iter().cloned());
             let timeout = redis.timeout.max(BEHIND_REDIS_TIMEOUT);
             Some(crate::behind::StreamLink {
-                conn: crate::redis_link::conn::RedisConn::new(&seeds, redis.cluster, timeout)
-                    .map_err(crate::behind::BehindError::Redis)?,
+                // No request is sent twice: an append whose reply was lost may have run.
+                conn: crate::redis_link::conn::RedisConn::with_retries(
+                    &seeds,
+                    redis.cluster,
+                    timeout,
+                    0,
+                )
+                .map_err(crate::behind::BehindError::Redis)?,
                 namespace: redis.namespace.clone(),
                 timeout,
             })
