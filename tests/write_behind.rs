@@ -778,6 +778,11 @@ async fn redis_queue_acknowledged_inserts_survive_kill_9_exactly_once() {
     wait_stream_applied(&f, &redis, &p).await;
     assert_exactly_once(&f, &acked).await;
     assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
+    assert!(
+        p.stderr().contains("appendonly yes, appendfsync always"),
+        "the persistence check ran:\n{}",
+        p.stderr()
+    );
     // Applied entries leave the stream.
     let left = redis.command("XLEN pgmemo:wb:behind:{617070}:stream");
     assert!(left.starts_with(":0"), "stream length {left:?}");
@@ -876,6 +881,12 @@ async fn redis_queue_writes_redis_refuses_run_synchronously_exactly_once() {
         p.stderr()
     );
     assert_eq!(meta_field(&redis, "seq"), 1, "nothing more was appended");
+    // This Redis persists nothing: said loudly at start.
+    assert!(
+        p.stderr().contains("Redis persists nothing"),
+        "{}",
+        p.stderr()
+    );
     // Redis takes writes again: they are queued, and nothing is applied twice.
     assert!(redis.command("CONFIG SET maxmemory 0").starts_with("+OK"));
     c.execute(&stmt, &[&22i32]).await.unwrap();
@@ -883,4 +894,44 @@ async fn redis_queue_writes_redis_refuses_run_synchronously_exactly_once() {
     wait_stream_applied(&f, &redis, &p).await;
     assert_exactly_once(&f, &(0..23).collect()).await;
     assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_commits_invalidate_the_other_instances_cached_reads() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    let cfg = redis_config(&redis.url(), "300ms");
+    // `writer` queues (and, the only one with the database's queue open, applies); `reader`
+    // only reads: what it cached must move on when the writer's batch commits.
+    let writer = f.proxy_with(cfg.clone());
+    let reader = f.proxy_with(cfg);
+    let w = writer.connect(SUPERUSER, "", DB).await;
+    let r = reader.connect(SUPERUSER, "", DB).await;
+    let count = || async {
+        r.query_one("SELECT count(*) FROM keyed", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let stmt = w
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'i')")
+        .await
+        .unwrap();
+    w.execute(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(count().await, 1);
+    assert_eq!(count().await, 1);
+    assert!(reader.metric("pgmemo_cache_hits_total", &[]) >= 1.0);
+    w.execute(&stmt, &[&2i32]).await.unwrap();
+    assert_eq!(meta_field(&redis, "seq"), 1, "queued in Redis");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the other instance's cached count moved on when the batch committed\n{}",
+            writer.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(writer.stderr().contains("this instance holds the lease"));
+    assert!(!reader.stderr().contains("this instance holds the lease"));
 }

@@ -258,7 +258,9 @@ impl Behind {
     /// whichever holds its lease) even if no write to that database comes again. Retried
     /// until Redis answers.
     async fn recover_streams(me: std::sync::Weak<Behind>, link: StreamLink) {
-        stream::check_persistence(&link).await.log();
+        if link.check_persistence {
+            stream::check_persistence(&link).await.log();
+        }
         let mut conn = link.conn.clone();
         loop {
             let mut cmd = redis::cmd("SMEMBERS");

@@ -92,6 +92,10 @@ pub struct StreamLink {
     pub namespace: String,
     /// Bound on one call.
     pub timeout: Duration,
+    /// Some rule queues writes (at start): Redis's persistence is checked and logged. Without
+    /// one, a deployment that merely shares a cache is not warned about persistence it does
+    /// not need.
+    pub check_persistence: bool,
 }
 
 /// The queue's state in Redis.

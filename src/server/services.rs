@@ -131,6 +131,7 @@ pub fn build(
                 .map_err(crate::behind::BehindError::Redis)?,
                 namespace: redis.namespace.clone(),
                 timeout,
+                check_persistence: crate::config::behind::any_behind(&config.rules),
             })
         }
         _ => None,
