@@ -935,3 +935,56 @@ async fn redis_queue_commits_invalidate_the_other_instances_cached_reads() {
     assert!(writer.stderr().contains("this instance holds the lease"));
     assert!(!reader.stderr().contains("this instance holds the lease"));
 }
+
+/// The process id of a running redis-server (from INFO).
+fn redis_pid(redis: &RedisServer) -> String {
+    let info = redis.command("INFO server");
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_owned())
+        .unwrap_or_else(|| panic!("no process_id in {info:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_append_without_a_reply_is_an_error_never_run_twice() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'u')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 2, Duration::from_secs(10))
+        .await;
+    // Redis stops answering: the append is sent, its reply never comes in time.
+    let pid = redis_pid(&redis);
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let err = c
+        .execute(&stmt, &[&2i32])
+        .await
+        .expect_err("a write of unknown outcome is not acknowledged");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("58030"),
+        "{err:?}\n{}",
+        p.stderr()
+    );
+    // It was not run synchronously as well (it may still be applied from the queue).
+    assert_eq!(f.scalar("SELECT count(*) FROM ev WHERE id = 2").await, 0);
+    // Right after, writes are not offered to the silent Redis: they run synchronously.
+    assert_eq!(c.execute(&stmt, &[&3i32]).await.unwrap(), 1);
+    assert_eq!(f.scalar("SELECT count(*) FROM ev WHERE id = 3").await, 1);
+    assert!(signal("-CONT").success());
+    // Redis ran the append once it woke up: applied from the queue, once.
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &[0, 1, 2, 3].into_iter().collect()).await;
+}

@@ -316,10 +316,16 @@ async fn lead(
             _ => renewed_at.is_some_and(|t| t.elapsed() < LEASE_PERIOD * 2 / 3),
         }
     };
-    let mut db = lock(state);
-    if db.stopped {
+    if lock(state).stopped {
+        // Shutdown released the lease while this renewal was in flight: give it up again,
+        // or the next instance would wait out its period.
+        if held {
+            let mut conn = s.conn();
+            let _ = tokio::time::timeout(s.timeout(), s.lease().release(&mut conn)).await;
+        }
         return ControlFlow::Break(());
     }
+    let mut db = lock(state);
     if held != db.holds {
         if held {
             tracing::info!(database = %db.name, "write-behind: this instance holds the lease; applying the Redis queue");

@@ -388,6 +388,12 @@ impl Behind {
             return Err(Refused::Unavailable);
         };
         let queue = lock(&state).queue.clone();
+        if queue.stream().is_some_and(|s| s.is_failing()) {
+            // Redis just left an append unanswered: this write runs synchronously rather
+            // than risk the same (an error to its client).
+            self.release_room(1, weight);
+            return Err(Refused::Unavailable);
+        }
         let entry = Arc::new(entry);
         let append = queue.append(entry.encode());
         let me = Arc::clone(self);

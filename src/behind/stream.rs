@@ -20,7 +20,7 @@
 //! its counter) appended nothing and the write may run synchronously; a reply that never
 //! came (timeout, connection lost after sending) is of unknown outcome and must not.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,11 @@ use crate::redis_link::lease::Lease;
 /// How long a database's flusher lease lasts without renewal: a dead holder's queue is
 /// taken over by another instance within this.
 pub const LEASE_PERIOD: Duration = Duration::from_secs(3);
+
+/// After an append of unknown outcome, further writes are not offered to Redis for this
+/// long (they run synchronously): a Redis that stopped answering would otherwise fail every
+/// write with an error after the full timeout, instead of only the ones in flight.
+const FAILING_FOR: Duration = Duration::from_secs(1);
 
 /// Adds one write: KEYS = meta, stream; ARGV = record, a fresh queue id (used only when
 /// the queue has none yet). Returns `{n, id}`. The XADD is the first write, so an error
@@ -118,6 +123,8 @@ pub struct StreamQueue {
     runtime: tokio::runtime::Handle,
     /// The id this instance last appended under (for [`StreamQueue::release`]).
     id: Mutex<Option<String>>,
+    /// Until when (ms since the epoch) appends are not tried (see [`FAILING_FOR`]).
+    failing_until: AtomicU64,
 }
 
 impl StreamQueue {
@@ -138,7 +145,13 @@ impl StreamQueue {
             registered: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             id: Mutex::new(None),
+            failing_until: AtomicU64::new(0),
         }
+    }
+
+    /// A recent append got no reply: new writes should not be offered now.
+    pub fn is_failing(&self) -> bool {
+        super::dead::now_ms() < self.failing_until.load(Ordering::Acquire)
     }
 
     /// The key of the set of databases that have a stream.
@@ -199,8 +212,16 @@ impl StreamQueue {
                 .arg(fresh_id());
             let reply = tokio::time::timeout(me.link.timeout, cmd.query_async::<Value>(&mut conn))
                 .await
-                .map_err(|_| StreamError::Indeterminate("no reply in time".to_owned()))?
-                .map_err(classify)?;
+                .map_err(|_| StreamError::Indeterminate("no reply in time".to_owned()))
+                .and_then(|r| r.map_err(classify));
+            let reply = match reply {
+                Err(e @ StreamError::Indeterminate(_)) => {
+                    let until = super::dead::now_ms() + FAILING_FOR.as_millis() as u64;
+                    me.failing_until.store(until, Ordering::Release);
+                    return Err(e);
+                }
+                other => other?,
+            };
             // A reply came: the entry is in the stream. A reply of the wrong shape cannot
             // say its number, so it is of unknown outcome for the client.
             let (n, id) = parse_append(&reply).ok_or_else(|| {
