@@ -407,22 +407,29 @@ async fn coalesced_increments_add_up_exactly_also_across_kill_9() {
     assert_eq!(f.scalar("SELECT n FROM counters WHERE id = 2").await, 0);
 }
 
+/// The flusher applies writes as its own login and queues only writes of sessions logged
+/// in as that role: here pgmemo logs in as `w`, which loses its privilege after its
+/// statement was proven. The queued write is refused by PostgreSQL into the dead letters,
+/// never applied as anyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_without_the_privilege_never_gets_it_applied_under_pgmemos_role() {
+async fn a_write_its_role_may_not_make_is_a_dead_letter_never_applied_as_anyone_else() {
     let f = Fixture::new();
-    let p = f.proxy("200ms", "");
+    f.direct()
+        .await
+        .batch_execute("CREATE SCHEMA pgmemo AUTHORIZATION w")
+        .await
+        .unwrap();
+    let p = Proxy::start(ProxyArgs::new(f.pg.url("w", "postgres")).config(config(
+        f.journal.path(),
+        "200ms",
+        "",
+    )));
     let w = p.connect("w", "", DB).await;
     let stmt = w
         .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'w')")
         .await
         .unwrap();
     w.execute(&stmt, &[&10i32]).await.unwrap();
-    f.until(
-        "SELECT count(*) FROM keyed WHERE id = 10",
-        1,
-        Duration::from_secs(5),
-    )
-    .await;
     // The privilege goes away behind pgmemo's back (directly on PostgreSQL).
     f.direct()
         .await
@@ -430,22 +437,111 @@ async fn a_writer_without_the_privilege_never_gets_it_applied_under_pgmemos_role
         .await
         .unwrap();
     let refused = w.execute(&stmt, &[&11i32]).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(
-        f.scalar("SELECT count(*) FROM keyed WHERE id = 11").await,
-        0,
-        "never applied under pgmemo's own (superuser) role"
-    );
     match refused {
         // Queued: refused at apply time, kept as a dead letter with the writer's role.
         Ok(_) => {
-            let list = p.admin_get("/behind/dead-letters");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let list = loop {
+                let list = p.admin_get("/behind/dead-letters");
+                if list.contains("42501") || Instant::now() > deadline {
+                    break list;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             assert!(list.contains("42501"), "{list}");
             assert!(list.contains("\"role\": \"w\""), "{list}");
         }
         // Or re-planned and forwarded: the writer got PostgreSQL's error itself.
         Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{e}"),
     }
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM keyed WHERE id = 11").await,
+        0,
+        "never applied"
+    );
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM keyed WHERE id = 10").await,
+        1
+    );
+}
+
+/// Writes of a session logged in as another role than pgmemo's are never queued: applied
+/// under SET ROLE on pgmemo's connection, any expression they run (a column default, a
+/// CHECK, an index expression) could `set_config('role', 'none', true)` and go on as
+/// pgmemo's login. They run synchronously, as the writer, with PostgreSQL's own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_logins_writes_are_never_queued() {
+    let f = Fixture::new();
+    f.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE hijack(id int PRIMARY KEY, r text DEFAULT pg_catalog.set_config('role', 'none', true));
+             GRANT INSERT, SELECT ON hijack TO w",
+        )
+        .await
+        .unwrap();
+    let extra =
+        "\n[[rules]]\ntable = \"hijack\"\nwrite = \"behind\"\nbehind_flush_interval = \"10s\"\n";
+    let p = Proxy::start(
+        ProxyArgs::new(f.pg.url(SUPERUSER, "postgres"))
+            .config(config(f.journal.path(), "10s", "") + extra),
+    );
+    let w = p.connect("w", "", DB).await;
+    let stmt = w
+        .prepare("INSERT INTO hijack (id) VALUES ($1)")
+        .await
+        .unwrap();
+    for id in 1..4i32 {
+        w.execute(&stmt, &[&id]).await.unwrap();
+    }
+    // Applied at once (a 10 s flush interval would still hold queued ones).
+    assert_eq!(f.scalar("SELECT count(*) FROM hijack").await, 3);
+    assert_eq!(queued(&p), 0.0);
+    assert!(
+        p.metric("pgmemo_behind_forwarded_total", &["reason=\"other_login\""]) >= 2.0,
+        "counted with their reason"
+    );
+}
+
+/// The flusher parses a text once per connection and binds it for every later write: a
+/// refused write must not take its neighbours of the same text with it, and the batches
+/// after the failed one (whose statements are closed and parsed again) must keep landing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_leaves_later_writes_of_its_text_binding_correctly() {
+    let f = Fixture::new();
+    let p = f.proxy("300ms", "");
+    let s = p.connect(SUPERUSER, "", DB).await;
+    let stmt = s
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'x')")
+        .await
+        .unwrap();
+    s.execute(&stmt, &[&1i32]).await.unwrap();
+    f.until("SELECT count(*) FROM keyed", 1, Duration::from_secs(5))
+        .await;
+    // One batch: 2, 1 (a duplicate key), 3.
+    for id in [2i32, 1, 3] {
+        s.execute(&stmt, &[&id]).await.unwrap();
+    }
+    f.until("SELECT count(*) FROM keyed", 3, Duration::from_secs(10))
+        .await;
+    for batch in 0..3i32 {
+        for id in 0..3i32 {
+            s.execute(&stmt, &[&(10 + batch * 3 + id)]).await.unwrap();
+        }
+        f.until(
+            "SELECT count(*) FROM keyed",
+            i64::from(6 + batch * 3),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("23505"), "{list}");
+    assert_eq!(
+        p.metric("pgmemo_behind_dead_letters", &[]),
+        1.0,
+        "only the duplicate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -693,6 +789,53 @@ async fn a_deferred_constraint_refuses_its_write_not_the_whole_queue() {
         .await;
     let list = p.admin_get("/behind/dead-letters");
     assert!(list.contains("23505"), "{list}");
+}
+
+/// A journal record that passes its checksum but does not decode (written by another
+/// version) must not stall the queue behind it: it becomes a dead letter and the writes
+/// after it are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_journal_record_is_a_dead_letter_not_a_stalled_queue() {
+    let f = Fixture::new();
+    let p = f.proxy("10s", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'u')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    assert_eq!(queued(&p), 1.0, "the second write is queued");
+    p.signal(Signal::Kill);
+    drop(p);
+    // Another version's record, appended behind pgmemo's back.
+    let dir = f.journal.path().join(format!(
+        "db-{}",
+        DB.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    {
+        let (journal, recovered) =
+            pgmemo::behind::journal::Journal::open(&dir, 1 << 20).expect("journal");
+        assert_eq!(recovered.records.len(), 1);
+        journal
+            .append(bytes::Bytes::from_static(b"\xffnot an entry"))
+            .await
+            .expect("appended");
+    }
+    let p = f.proxy("100ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    c.batch_execute("INSERT INTO ev (id, note) VALUES (3, 'u')")
+        .await
+        .unwrap();
+    f.until(
+        "SELECT count(*) FROM ev WHERE note = 'u'",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("XX001"), "{list}");
+    wait_drained(&p).await;
 }
 
 // ---------------------------------------------------------------------------------------

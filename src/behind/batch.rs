@@ -14,6 +14,7 @@ use std::sync::Arc;
 use bytes::BufMut;
 
 use super::entry::{Entry, Op, RECORDED_SETTINGS};
+use super::prepared::{Prepared, Use};
 use crate::protocol::response::put_frame;
 use crate::protocol::tags::backend;
 
@@ -124,20 +125,34 @@ fn same_row(a: &Entry, b: &Entry) -> bool {
     }
 }
 
-/// The pipeline applying `entries` (grouped into `units`) and moving the progress row of
-/// `queue` from `from` to `to`. `defaults` are the server's defaults of the recorded
-/// settings (a setting an entry does not record is set to its default).
+/// Where a batch goes and what it moves: the progress row of `queue` from `from` to `to`.
+pub struct Target<'a> {
+    pub queue: &'a str,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The pipeline applying `entries` (grouped into `units`) and moving the progress row as
+/// `target` says. `defaults` are the server's defaults of the recorded settings (a setting
+/// an entry does not record is set to its default); `prepared` the connection's named
+/// statements (closed ones are closed first, outside the transaction).
 pub fn build(
     entries: &[Arc<Entry>],
     units: Vec<Unit>,
-    queue: &str,
-    from: u64,
-    to: u64,
+    target: &Target<'_>,
     defaults: &[(String, String)],
+    prepared: &mut Prepared,
 ) -> Built {
     let mut out = Vec::with_capacity(256 + 128 * entries.len());
     let mut steps = Vec::with_capacity(units.len() + 8);
-    let (queue, from_s, to_s) = (queue.as_bytes(), from.to_string(), to.to_string());
+    let (queue, from_s, to_s) = (
+        target.queue.as_bytes(),
+        target.from.to_string(),
+        target.to.to_string(),
+    );
+    for name in prepared.take_closing() {
+        put_frame(&mut out, b'C', &[b"S", name.as_bytes(), b"\0"]);
+    }
     run(&mut out, "BEGIN", &[]);
     steps.push(Step::Begin);
     run(&mut out, "SET CONSTRAINTS ALL IMMEDIATE", &[]);
@@ -165,7 +180,10 @@ pub fn build(
         match &first.op {
             Op::Statement {
                 sql, types, bind, ..
-            } => statement(&mut out, sql, types, bind),
+            } => {
+                let how = prepared.lookup(sql, types, &first.role, &first.search_path);
+                statement(&mut out, sql, types, bind, &how);
+            }
             Op::Increment {
                 table,
                 column,
@@ -253,17 +271,27 @@ pub(super) fn run(out: &mut Vec<u8>, sql: &str, params: &[&[u8]]) {
     execute(out);
 }
 
-/// A queued statement as its client sent it.
-fn statement(out: &mut Vec<u8>, sql: &[u8], types: &[u8], bind: &[u8]) {
-    let count = i16::try_from(types.len() / 4)
-        .unwrap_or(i16::MAX)
-        .to_be_bytes();
-    put_frame(out, b'P', &[b"\0", sql, b"\0", &count, types]);
-    if bind.is_empty() {
-        put_frame(out, b'B', &[b"\0\0", &[0, 0, 0, 0, 0, 0]]);
-    } else {
-        put_frame(out, b'B', &[b"\0\0", bind]);
+/// A queued statement as its client sent it, parsed (named or not) or bound to the
+/// connection's statement of the same text.
+fn statement(out: &mut Vec<u8>, sql: &[u8], types: &[u8], bind: &[u8], how: &Use) {
+    let name: &[u8] = match how {
+        Use::Bound(name) | Use::Parse(name) => name.as_bytes(),
+        Use::Unnamed => b"",
+    };
+    if !matches!(how, Use::Bound(_)) {
+        let count = i16::try_from(types.len() / 4)
+            .unwrap_or(i16::MAX)
+            .to_be_bytes();
+        put_frame(out, b'P', &[name, b"\0", sql, b"\0", &count, types]);
     }
+    // Bind: the unnamed portal, the statement, then the client's formats and values (none
+    // from the simple protocol).
+    let rest: &[u8] = if bind.is_empty() {
+        &[0, 0, 0, 0, 0, 0]
+    } else {
+        bind
+    };
+    put_frame(out, b'B', &[b"\0", name, b"\0", rest]);
     execute(out);
 }
 
@@ -434,10 +462,76 @@ mod tests {
         assert_eq!(members(&units(&e)), vec![vec![0], vec![1]]);
     }
 
+    /// (tag, body) of each frame of a built pipeline.
+    fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            out.push((rest[0], rest[5..1 + len].to_vec()));
+            rest = &rest[1 + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_text_is_parsed_once_per_connection_and_closed_after_a_failed_batch() {
+        let e = [insert(), insert(), insert()];
+        let target = Target {
+            queue: "q",
+            from: 0,
+            to: 3,
+        };
+        let mut prepared = Prepared::default();
+        let named_parses = |b: &Built| {
+            frames(&b.bytes)
+                .iter()
+                .filter(|(t, body)| *t == b'P' && body.starts_with(b"pgmemo_behind_"))
+                .count()
+        };
+        let first = build(&e, units(&e), &target, &[], &mut prepared);
+        assert_eq!(
+            named_parses(&first),
+            1,
+            "three writes of one text, one Parse"
+        );
+        let binds = frames(&first.bytes)
+            .into_iter()
+            .filter(|(t, body)| *t == b'B' && body.starts_with(b"\0pgmemo_behind_1\0"))
+            .count();
+        assert_eq!(binds, 3);
+        prepared.committed();
+        let second = build(&e, units(&e), &target, &[], &mut prepared);
+        assert_eq!(named_parses(&second), 0, "known on the connection");
+        // A batch that fails: a text it parsed may or may not exist, so it is closed first
+        // thing in the next batch and parsed again under a new name.
+        let e2 = [entry(Op::Statement {
+            sql: Bytes::from_static(b"INSERT INTO c VALUES (2, 0)"),
+            types: Bytes::new(),
+            bind: Bytes::new(),
+            rows: 1,
+        })];
+        build(&e2, units(&e2), &target, &[], &mut prepared);
+        prepared.failed();
+        let third = build(&e2, units(&e2), &target, &[], &mut prepared);
+        let f = frames(&third.bytes);
+        assert_eq!(
+            f.first().map(|(t, b)| (*t, b.clone())),
+            Some((b'C', b"Spgmemo_behind_2\0".to_vec()))
+        );
+        assert_eq!(named_parses(&third), 1);
+        assert!(third.bytes.windows(16).any(|w| w == b"pgmemo_behind_3\0"));
+    }
+
     #[test]
     fn replies_name_the_failing_step() {
         let e = [insert(), insert()];
-        let b = build(&e, units(&e), "q", 0, 2, &[]);
+        let target = Target {
+            queue: "q",
+            from: 0,
+            to: 2,
+        };
+        let b = build(&e, units(&e), &target, &[], &mut Prepared::default());
         assert_eq!(
             b.steps,
             vec![

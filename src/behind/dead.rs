@@ -51,6 +51,22 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A journal record that does not decode (`XX001`, data corrupted): kept with its raw
+    /// bytes; a retry cannot decode it either, so it can only be read and dropped.
+    pub fn unreadable(database: &str, seq: u64, raw: &[u8], why: &str) -> DeadLetter {
+        DeadLetter {
+            id: 0,
+            database: database.to_owned(),
+            seq,
+            role: String::new(),
+            statement: "(a journal record that cannot be decoded)".to_owned(),
+            code: "XX001".to_owned(),
+            error: format!("the queued write cannot be decoded: {why}"),
+            at_ms: now_ms(),
+            entry: base64::engine::general_purpose::STANDARD.encode(raw),
+        }
+    }
+
     pub fn new(seq: u64, entry: &Entry, code: &str, error: &str) -> DeadLetter {
         let statement = match &entry.op {
             Op::Statement { sql, .. } => String::from_utf8_lossy(sql).into_owned(),

@@ -108,6 +108,31 @@ impl Entry {
             && self.settings == other.settings
     }
 
+    /// Stands in the queue for a recovered record that does not decode: never run (its
+    /// number is applied as a dead letter's), an empty statement if it ever were.
+    pub fn placeholder(database: &str) -> Entry {
+        Entry {
+            database: database.to_owned(),
+            role: String::new(),
+            search_path: String::new(),
+            settings: Vec::new(),
+            db_oid: 0,
+            tags: Vec::new(),
+            acked_ms: 0,
+            op: Op::Statement {
+                sql: Bytes::new(),
+                types: Bytes::new(),
+                bind: Bytes::new(),
+                rows: 0,
+            },
+        }
+    }
+
+    /// Whether this is a [`Entry::placeholder`].
+    pub fn is_placeholder(&self) -> bool {
+        self.role.is_empty() && matches!(&self.op, Op::Statement { sql, .. } if sql.is_empty())
+    }
+
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.weight());
         out.put_u8(VERSION);

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use super::batch::{self, Outcome, Step, Unit};
 use super::dead::{DeadLetter, now_ms};
 use super::entry::{Entry, Op, RECORDED_SETTINGS};
+use super::prepared::Prepared;
 use super::queue::Queue;
 use super::stream::{LEASE_PERIOD, StreamQueue};
 use super::{Behind, Db, lock};
@@ -71,6 +72,8 @@ struct Conn {
     conn: BackendConn,
     /// The server's defaults of the recorded settings.
     defaults: Vec<(String, String)>,
+    /// The named statements of queued INSERTs on this connection.
+    prepared: Prepared,
 }
 
 /// Runs the flusher of one database until the process ends.
@@ -179,6 +182,13 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                         tracing::error!(database = %name, progress = applied, applied = ours, "the write-behind progress row went back: PostgreSQL lost committed batches (fsync or synchronous_commit off?); their writes are lost");
                     }
                     settle(&behind, &state, applied.max(ours), &mut dead, true);
+                    if !bury_unreadable(&behind, &state, &mut dead) {
+                        // Not recorded: nothing after them may be applied yet.
+                        conn = None;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                     backoff = Duration::from_millis(50);
                     conn.insert(c)
                 }
@@ -211,6 +221,18 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
         let Some(&(to, _)) = entries.last() else {
             continue;
         };
+        if stream.is_some() && !bury_unreadable(&behind, &state, &mut dead) {
+            // Entries read from Redis that do not decode: not recorded, so nothing after
+            // them may be applied yet.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
+        if !refuse_foreign(&behind, &entries, &mut dead) {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
         let live: Vec<(u64, Arc<Entry>)> = entries
             .iter()
             .filter(|(s, _)| !dead.contains(s))
@@ -218,11 +240,22 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
             .collect();
         let refs: Vec<Arc<Entry>> = live.iter().map(|(_, e)| Arc::clone(e)).collect();
         let units = batch::units(&refs);
-        let built = batch::build(&refs, units, &queue, row, to, &c.defaults);
+        let target = batch::Target {
+            queue: &queue,
+            from: row,
+            to,
+        };
+        let built = batch::build(&refs, units, &target, &c.defaults, &mut c.prepared);
         let started = Instant::now();
         last_start = started;
         full = live.len() >= max_batch(&state);
-        match apply(&mut c.conn, &built, behind.link().batch_timeout).await {
+        let outcome = apply(&mut c.conn, &built, behind.link().batch_timeout).await;
+        if matches!(outcome, Ok(Outcome::Committed(_))) {
+            c.prepared.committed();
+        } else {
+            c.prepared.failed();
+        }
+        match outcome {
             Ok(Outcome::Committed(tags)) => {
                 let elapsed = started.elapsed();
                 metrics::histogram!(names::BEHIND_FLUSH_SECONDS).record(elapsed.as_secs_f64());
@@ -366,12 +399,17 @@ async fn take_stream(
     s: &StreamQueue,
     dead: &HashSet<u64>,
 ) -> Result<Option<Vec<(u64, Arc<Entry>)>>, super::stream::StreamError> {
-    let (first, max_batch, id) = {
+    let (first, max_batch, id, name) = {
         let db = lock(state);
         let max_batch = db
             .max_batch
             .unwrap_or(crate::config::behind::DEFAULT_MAX_BATCH);
-        (db.applied + 1, max_batch, db.stream_id.clone())
+        (
+            db.applied + 1,
+            max_batch,
+            db.stream_id.clone(),
+            db.name.clone(),
+        )
     };
     let status = s.status().await?;
     if status.id.is_none() || status.id != id {
@@ -405,24 +443,19 @@ async fn take_stream(
             break;
         }
         expected = seq + 1;
-        match Entry::decode(&record) {
-            Ok(e) => {
-                if !dead.contains(&seq) {
-                    live += 1;
-                }
-                out.push((seq, Arc::new(e)));
-            }
-            Err(_) => {
-                // Not written by a pgmemo that reads this format: it cannot be applied, and
-                // skipping it could reorder writes, so the queue waits here, loudly, for an
-                // operator (or a pgmemo that reads it).
-                tracing::error!(
-                    seq,
-                    "write-behind: a Redis queue entry cannot be decoded; the queue waits at it"
-                );
-                break;
-            }
+        let e = Entry::decode(&record).unwrap_or_else(|e| {
+            // Not written by a pgmemo that reads this format (as for the journal): a
+            // placeholder keeps the run unbroken, never runs, and becomes a dead letter
+            // with the raw bytes before the batch (see `bury_unreadable`).
+            lock(state)
+                .unreadable
+                .insert(seq, (record.clone(), e.to_string()));
+            Entry::placeholder(&name)
+        });
+        if !dead.contains(&seq) {
+            live += 1;
         }
+        out.push((seq, Arc::new(e)));
     }
     Ok(Some(out))
 }
@@ -474,6 +507,65 @@ fn settle(
     dead.retain(|&s| s > applied);
     drop(db);
     behind.publish_gauges();
+}
+
+/// Writes queued under another role than the one this flusher logs in as (the journal of
+/// an instance whose `upstream.url` user changed since) are not applied under this one:
+/// they become dead letters (42501). False when they could not be recorded.
+fn refuse_foreign(behind: &Behind, entries: &[(u64, Arc<Entry>)], dead: &mut HashSet<u64>) -> bool {
+    let login = behind.link().login.user.as_str();
+    let foreign: Vec<&(u64, Arc<Entry>)> = entries
+        .iter()
+        .filter(|(s, e)| !dead.contains(s) && e.role != login && !e.is_placeholder())
+        .collect();
+    if foreign.is_empty() {
+        return true;
+    }
+    let letters = foreign
+        .iter()
+        .map(|(seq, e)| {
+            let why = format!(
+                "queued by role {:?}; the write-behind flusher logs in as {login:?} and never applies another role's writes",
+                e.role
+            );
+            DeadLetter::new(*seq, e, "42501", &why)
+        })
+        .collect();
+    if let Err(e) = behind.dead.add(letters, "rejected") {
+        warn!(error = %e, "cannot record a dead letter; the batch waits");
+        return false;
+    }
+    dead.extend(foreign.iter().map(|(s, _)| *s));
+    true
+}
+
+/// Records that did not decode and are not applied yet become dead letters (persisted
+/// first) and their numbers are skipped like a refused write's. False when they could not
+/// be recorded.
+fn bury_unreadable(behind: &Behind, state: &Mutex<Db>, dead: &mut HashSet<u64>) -> bool {
+    let (name, letters, seqs) = {
+        let mut db = lock(state);
+        let applied = db.applied;
+        db.unreadable.retain(|&s, _| s > applied);
+        let letters: Vec<DeadLetter> = db
+            .unreadable
+            .iter()
+            .map(|(&seq, (raw, why))| DeadLetter::unreadable(&db.name, seq, raw, why))
+            .collect();
+        let seqs: Vec<u64> = db.unreadable.keys().copied().collect();
+        (db.name.clone(), letters, seqs)
+    };
+    if letters.is_empty() {
+        return true;
+    }
+    if let Err(e) = behind.dead.add(letters, "unreadable") {
+        warn!(database = %name, error = %e, "cannot record undecodable journal records as dead letters; the queue waits");
+        return false;
+    }
+    // In the flusher's skipped set from now on (which outlives reconnections).
+    lock(state).unreadable.clear();
+    dead.extend(seqs);
+    true
 }
 
 /// A committed batch: invalidate what it wrote, leave the queue, wake barriers.
@@ -645,8 +737,15 @@ async fn connect(behind: &Behind, db: &str, queue: &str) -> Result<(Conn, u64), 
     .await?;
     let names: Vec<String> = RECORDED_SETTINGS.iter().map(|n| format!("'{n}'")).collect();
     let mut req = Vec::new();
-    batch::run(&mut req, "CREATE SCHEMA IF NOT EXISTS pgmemo", &[]);
-    batch::run(&mut req, PROGRESS_DDL, &[]);
+    // Created only when missing: CREATE ... IF NOT EXISTS checks the CREATE privilege
+    // first, and a role given the table by an administrator need not have it.
+    let create = format!(
+        "DO $pgmemo$ BEGIN \
+         IF pg_catalog.to_regnamespace('pgmemo') IS NULL THEN CREATE SCHEMA pgmemo; END IF; \
+         IF pg_catalog.to_regclass('pgmemo.behind_progress') IS NULL THEN {PROGRESS_DDL}; END IF; \
+         END $pgmemo$"
+    );
+    batch::run(&mut req, &create, &[]);
     batch::run(
         &mut req,
         "INSERT INTO pgmemo.behind_progress (queue, applied) VALUES ($1, 0) ON CONFLICT (queue) DO NOTHING",
@@ -688,7 +787,14 @@ async fn connect(behind: &Behind, db: &str, queue: &str) -> Result<(Conn, u64), 
             Some((r.next()?, r.next()?))
         })
         .collect();
-    Ok((Conn { conn, defaults }, applied))
+    Ok((
+        Conn {
+            conn,
+            defaults,
+            prepared: Prepared::default(),
+        },
+        applied,
+    ))
 }
 
 /// The text columns of a DataRow body (NULL as empty).

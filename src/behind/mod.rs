@@ -24,6 +24,7 @@ pub mod dead;
 pub mod entry;
 pub mod flusher;
 pub mod journal;
+mod prepared;
 pub mod queue;
 pub mod stream;
 
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
@@ -108,7 +110,8 @@ impl From<QueueError> for BehindError {
 #[derive(Clone)]
 pub struct Link {
     pub upstream: Upstream,
-    /// pgmemo's own login (`upstream.url`): it must be a member of every writer role.
+    /// pgmemo's own login (`upstream.url`): the flusher applies writes as it, and only writes
+    /// of sessions logged in as it are queued.
     pub login: Login,
     pub connect_timeout: Duration,
     /// Bound on one batch.
@@ -131,6 +134,10 @@ pub(crate) struct Db {
     /// Sequence numbers after which nothing is applied yet (0 = unknown until the
     /// flusher has read the progress row).
     pub(crate) applied: u64,
+    /// Recovered records that do not decode (raw bytes and why), by sequence number: in
+    /// `pending` as placeholders, never run; dead letters once the flusher knows which of
+    /// them are not applied yet.
+    pub(crate) unreadable: BTreeMap<u64, (Bytes, String)>,
     /// The shortest `behind_flush_interval` and smallest `behind_max_batch` of the rules
     /// its writes came under (the defaults until one came).
     pub(crate) flush_interval: Option<Duration>,
@@ -303,6 +310,7 @@ impl Behind {
             return Ok(0);
         }
         let mut pending = BTreeMap::new();
+        let mut unreadable = BTreeMap::new();
         let queue = if let Some(link) = &self.stream {
             Queue::Stream(Arc::new(StreamQueue::new(link.clone(), db, &self.holder)))
         } else {
@@ -314,19 +322,20 @@ impl Behind {
             };
             let path = dir.join(format!("db-{}", hex(db)));
             let (journal, recovered) = Journal::open(&path, SEGMENT_BYTES)?;
-            let mut unreadable = 0usize;
             for (seq, bytes) in recovered.records {
-                match Entry::decode(&bytes) {
-                    Ok(e) => {
-                        self.entries.fetch_add(1, Ordering::Relaxed);
-                        self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
-                        pending.insert(seq, Arc::new(e));
-                    }
-                    Err(_) => unreadable += 1,
-                }
+                // A record that passed its checksum but does not decode (written by another
+                // version): a placeholder keeps the sequence unbroken (a gap would stall the
+                // queue behind it for good) and the flusher turns it into a dead letter.
+                let e = Entry::decode(&bytes).unwrap_or_else(|e| {
+                    unreadable.insert(seq, (bytes, e.to_string()));
+                    Entry::placeholder(db)
+                });
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
+                pending.insert(seq, Arc::new(e));
             }
-            if unreadable > 0 {
-                warn!(database = %db, unreadable, "write-behind journal records that cannot be decoded were skipped");
+            if !unreadable.is_empty() {
+                warn!(database = %db, unreadable = unreadable.len(), "write-behind journal records that cannot be decoded are kept as dead letters");
             }
             Queue::Journal(journal)
         };
@@ -340,6 +349,7 @@ impl Behind {
             stopped: false,
             pending,
             applied: 0,
+            unreadable,
             flush_interval: None,
             max_batch: None,
             wake: Arc::new(Notify::new()),
@@ -442,6 +452,7 @@ impl Behind {
         let bytes: u64 = db.pending.values().map(|e| e.weight() as u64).sum();
         self.release_room(db.pending.len(), bytes);
         db.pending.clear();
+        db.unreadable.clear();
         db.applied = 0;
         db.applied_tx.send_replace(0);
         db.stream_id = id;

@@ -1,7 +1,9 @@
 //! Write-behind in the session (issue 20): a simple Query or an extended group that is one
 //! queueable write ([`crate::planner::plan::BehindPlan`]) is held while it is queued and
 //! then answered here with the CommandComplete PostgreSQL would have sent; it never goes
-//! upstream. Only when the session is idle (outside a transaction block, nothing
+//! upstream. Only for a session logged in as the flusher's own role (no `SET ROLE`: under
+//! it, code the write runs could reset the role to pgmemo's), and only when it is idle
+//! (outside a transaction block, nothing
 //! outstanding), its settings are exactly those its last probe read (so the role,
 //! search_path and the settings that change how literals read are known and recorded), its
 //! client encoding is UTF-8, and the statement's shape once succeeded on PostgreSQL (so a
@@ -48,7 +50,8 @@ impl CacheSession {
             _ => None,
         };
         if let Some(bp) = queueable {
-            match self.behind_entry(plan, bp, state, params) {
+            let login = behind.link().login.user.as_str();
+            match self.behind_entry(plan, bp, state, params, login) {
                 Ok(entry) => match behind.submit(entry, bp.rule) {
                     Ok(durable) => {
                         let kind = match bp.kind {
@@ -99,13 +102,15 @@ impl CacheSession {
         })))
     }
 
-    /// The queued form of this execution, or why it is forwarded.
+    /// The queued form of this execution, or why it is forwarded. `login` is the role the
+    /// flusher logs in as.
     fn behind_entry(
         &self,
         plan: &Plan,
         bp: &BehindPlan,
         state: &SessionState,
         params: Params<'_>,
+        login: &str,
     ) -> Result<Entry, &'static str> {
         if !bp.validated.load(Ordering::Acquire) {
             return Err("shape_unproven");
@@ -136,6 +141,18 @@ impl CacheSession {
             .ok_or("settings_unknown")?;
         if let Some(reason) = self.fingerprint.behind_blocker() {
             return Err(reason);
+        }
+        // Only a session indistinguishable from the flusher's own login is queued. Applying
+        // another role's write under SET ROLE is no boundary: any expression the write runs
+        // (a column default, a CHECK, an index expression, a policy) may call
+        // set_config('role', 'none', true) and go on as pgmemo's login.
+        let session_user = self
+            .fingerprint
+            .settled(&["session_user"])
+            .unwrap_or_default();
+        let same_login = matches!(session_user.as_slice(), [(_, user)] if user == login);
+        if !same_login || &*cx.current_user != login {
+            return Err("other_login");
         }
         if let Some((_, tail)) = params
             && super::group::params_may_read_clock(tail)
