@@ -1131,3 +1131,33 @@ async fn redis_queue_append_without_a_reply_is_an_error_never_run_twice() {
     wait_stream_applied(&f, &redis, &p).await;
     assert_exactly_once(&f, &[0, 1, 2, 3].into_iter().collect()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_entry_that_does_not_decode_is_a_dead_letter_not_a_stalled_queue() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'd')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    wait_stream_applied(&f, &redis, &p).await;
+    // Number 2 is an entry no pgmemo wrote (as the append script would number it).
+    assert!(
+        redis
+            .command(&format!("HSET {META} seq 2"))
+            .starts_with(':')
+    );
+    let added = redis.command("XADD pgmemo:wb:behind:{617070}:stream 2-1 e garbage");
+    assert!(added.contains("2-1"), "{added}");
+    // Later writes are applied after it; it is kept as a dead letter with its bytes.
+    c.execute(&stmt, &[&3i32]).await.unwrap();
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &[0, 1, 3].into_iter().collect()).await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("XX001"), "{list}");
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 1.0);
+}
