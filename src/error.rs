@@ -113,7 +113,7 @@ impl ClientError {
     pub fn write_behind_indeterminate(why: &str) -> Self {
         Self::error(
             sqlstate::IO_ERROR,
-            "write-behind journal failed: the write may or may not be applied",
+            "write-behind queue failed: the write may or may not be applied",
         )
         .with_detail(why.to_owned())
     }

@@ -432,6 +432,7 @@ fn type_keys() -> BTreeSet<String> {
         behind_coalesce: Some(true),
     }];
     full.behind.journal_dir = Some("journal".into());
+    full.behind.queue = Some(pgmemo::config::QueueKind::Journal);
     full.refresh.logins = vec![RefreshLogin {
         user: "app".into(),
         password: Some(Secret::new("pw")),
@@ -481,7 +482,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        83,
+        84,
         "update this count with the types: {expected:?}"
     );
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER, Signal};
+use common::{PgOptions, PgServer, Proxy, ProxyArgs, RedisServer, SUPERUSER, Signal};
 use tokio_postgres::Client;
 
 const DB: &str = "app";
@@ -31,12 +31,29 @@ GRANT INSERT, SELECT ON ev, keyed TO w;
 
 fn config(journal: &Path, flush: &str, extra: &str) -> String {
     format!(
-        "[behind]\njournal_dir = \"{}\"\n{extra}\n\n\
-         [[rules]]\ntable = \"ev\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\n\
+        "[behind]\njournal_dir = \"{}\"\n{extra}\n\n{}",
+        journal.display(),
+        rules(flush)
+    )
+}
+
+/// The queue on a Redis Stream: `[cache.redis]` and no `journal_dir`.
+fn redis_config(redis: &str, flush: &str) -> String {
+    format!(
+        "[cache]\nsecret = \"00112233445566778899aabbccddeeff\"\n\n\
+         [invalidation]\ncdc = \"off\"\n\n\
+         [cache.redis]\nurl = \"{redis}\"\nnamespace = \"wb\"\n\n\
+         [behind]\nqueue = \"redis\"\n\n{}",
+        rules(flush)
+    )
+}
+
+fn rules(flush: &str) -> String {
+    format!(
+        "[[rules]]\ntable = \"ev\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\n\
          [[rules]]\ntable = \"keyed\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\n\
          [[rules]]\ntable = \"counters\"\nwrite = \"behind\"\nbehind_flush_interval = \"{flush}\"\n\
-         behind_increments = true\nbehind_coalesce = true\n",
-        journal.display()
+         behind_increments = true\nbehind_coalesce = true\n"
     )
 }
 
@@ -70,6 +87,10 @@ impl Fixture {
                 extra,
             )),
         )
+    }
+
+    fn proxy_with(&self, toml: String) -> Proxy {
+        Proxy::start(ProxyArgs::new(self.pg.url(SUPERUSER, "postgres")).config(toml))
     }
 
     async fn direct(&self) -> Client {
@@ -136,6 +157,11 @@ fn admin_post(p: &Proxy, path: &str) -> (u16, String) {
 /// `clients` tasks insert ids `[0, total)` (each its own stride) into `ev` with prepared
 /// statements until done or their connection fails; returns the ids acknowledged.
 async fn insert_ids(p: &Proxy, clients: usize, total: usize) -> HashSet<i32> {
+    insert_range(p, clients, 0, total).await
+}
+
+/// As [`insert_ids`], for ids `[from, to)`.
+async fn insert_range(p: &Proxy, clients: usize, from: usize, to: usize) -> HashSet<i32> {
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -151,7 +177,7 @@ async fn insert_ids(p: &Proxy, clients: usize, total: usize) -> HashSet<i32> {
             else {
                 return;
             };
-            for id in (c..total).step_by(clients) {
+            for id in (from + c..to).step_by(clients) {
                 let id = i32::try_from(id).unwrap();
                 match client.execute(&stmt, &[&id]).await {
                     Ok(1) => {
@@ -810,6 +836,330 @@ async fn an_undecodable_journal_record_is_a_dead_letter_not_a_stalled_queue() {
     let list = p.admin_get("/behind/dead-letters");
     assert!(list.contains("XX001"), "{list}");
     wait_drained(&p).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The queue on a Redis Stream (`behind.queue = "redis"`).
+
+/// A Redis that keeps what it acknowledges (AOF, fsync per write).
+fn durable_redis() -> RedisServer {
+    RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
+}
+
+/// The `app` database's queue hash in Redis (namespace `wb`; `617070` is hex("app")).
+const META: &str = "pgmemo:wb:behind:{617070}:meta";
+
+/// A field of the queue hash (0 when absent).
+fn meta_field(redis: &RedisServer, field: &str) -> i64 {
+    let reply = redis.command(&format!("HGET {META} {field}"));
+    reply
+        .lines()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The Redis queue's progress row (0 before it exists).
+async fn redis_progress(f: &Fixture) -> i64 {
+    let c = f.direct().await;
+    c.query_one(
+        "SELECT coalesce(max(applied), 0) FROM pgmemo.behind_progress WHERE queue LIKE 'redis:%'",
+        &[],
+    )
+    .await
+    .map_or(0, |r| r.get(0))
+}
+
+/// Waits until the progress row reached the last number Redis gave.
+async fn wait_stream_applied(f: &Fixture, redis: &RedisServer, who: &Proxy) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seq = meta_field(redis, "seq");
+        let progress = redis_progress(f).await;
+        if seq > 0 && progress == seq {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Redis queue was not applied: progress {progress}, seq {seq}\n{}",
+            who.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_queue_acknowledged_inserts_survive_kill_9_exactly_once() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    let p = f.proxy_with(redis_config(&redis.url(), "100ms"));
+    let pid = p.pid();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .ok();
+    });
+    let acked = insert_ids(&p, 16, 20_000).await;
+    killer.await.unwrap();
+    let before_kill = acked.len();
+    assert!(
+        before_kill > 0 && before_kill < 20_000,
+        "the kill landed mid-run ({before_kill} acknowledged)"
+    );
+    drop(p);
+    // Queued in Redis, not run synchronously: Redis numbered every acknowledged write but
+    // the few that proved the shape synchronously (at most one per client).
+    let seq = meta_field(&redis, "seq");
+    assert!(
+        seq + 16 >= before_kill as i64,
+        "Redis numbered {seq} writes, {before_kill} acknowledged"
+    );
+    // The restarted pgmemo finds the stream (nothing is written to it again) and applies it.
+    let p = f.proxy_with(redis_config(&redis.url(), "100ms"));
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &acked).await;
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
+    assert!(
+        p.stderr().contains("appendonly yes, appendfsync always"),
+        "the persistence check ran:\n{}",
+        p.stderr()
+    );
+    // Applied entries leave the stream.
+    let left = redis.command("XLEN pgmemo:wb:behind:{617070}:stream");
+    assert!(left.starts_with(":0"), "stream length {left:?}");
+    eprintln!("redis kill -9: {before_kill} acknowledged before the kill, each applied once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_queue_of_two_instances_is_applied_exactly_once_after_the_holder_dies() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    let cfg = redis_config(&redis.url(), "50ms");
+    let a = f.proxy_with(cfg.clone());
+    let b = f.proxy_with(cfg.clone());
+    // Writes through each make both run the database's flusher (a shape's first write runs
+    // synchronously; the second is queued); one takes the lease.
+    let mut first = HashSet::new();
+    first.extend(insert_range(&a, 1, 1_000_000, 1_000_002).await);
+    first.extend(insert_range(&b, 1, 1_000_002, 1_000_004).await);
+    let holds = |p: &Proxy| p.stderr().contains("this instance holds the lease");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !holds(&a) && !holds(&b) {
+        assert!(Instant::now() < deadline, "nobody took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (holder, other) = if holds(&a) { (a, b) } else { (b, a) };
+    assert!(!holds(&other), "one holder");
+    let pid = holder.pid();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .ok();
+    });
+    let (mut acked, via_other) = tokio::join!(
+        insert_range(&holder, 8, 0, 10_000),
+        insert_range(&other, 8, 10_000, 20_000)
+    );
+    killer.await.unwrap();
+    assert!(
+        acked.len() < 10_000,
+        "the holder was killed mid-run ({} acknowledged)",
+        acked.len()
+    );
+    assert_eq!(
+        via_other.len(),
+        10_000,
+        "the other instance kept acknowledging"
+    );
+    acked.extend(via_other);
+    acked.extend(first);
+    drop(holder);
+    // The survivor takes the lease over and applies every write, its own and the dead
+    // holder's, exactly once.
+    wait_stream_applied(&f, &redis, &other).await;
+    assert_exactly_once(&f, &acked).await;
+    assert!(holds(&other), "the survivor took over:\n{}", other.stderr());
+    assert!(other.metric("pgmemo_behind_applied_total", &[]) > 0.0);
+    assert_eq!(other.metric("pgmemo_behind_queue_entries", &[]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_writes_redis_refuses_run_synchronously_exactly_once() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'r')")
+        .await
+        .unwrap();
+    // The first proves the shape (synchronous), the second is queued in the stream.
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(meta_field(&redis, "seq"), 1, "queued in Redis");
+    f.until("SELECT count(*) FROM ev", 2, Duration::from_secs(10))
+        .await;
+    // Redis now refuses every write (out of memory): its append script is refused before
+    // it adds anything, so each write runs synchronously instead, applied before its
+    // acknowledgement and never queued as well.
+    assert!(redis.command("CONFIG SET maxmemory 1").starts_with("+OK"));
+    for id in 2..22i32 {
+        assert_eq!(c.execute(&stmt, &[&id]).await.unwrap(), 1);
+    }
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM ev").await,
+        22,
+        "applied at once"
+    );
+    assert!(
+        p.metric(
+            "pgmemo_behind_forwarded_total",
+            &["reason=\"queue_failed\""]
+        ) >= 20.0,
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(meta_field(&redis, "seq"), 1, "nothing more was appended");
+    // This Redis persists nothing: said loudly at start.
+    assert!(
+        p.stderr().contains("Redis persists nothing"),
+        "{}",
+        p.stderr()
+    );
+    // Redis takes writes again: they are queued, and nothing is applied twice.
+    assert!(redis.command("CONFIG SET maxmemory 0").starts_with("+OK"));
+    c.execute(&stmt, &[&22i32]).await.unwrap();
+    assert_eq!(meta_field(&redis, "seq"), 2);
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &(0..23).collect()).await;
+    assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_commits_invalidate_the_other_instances_cached_reads() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    let cfg = redis_config(&redis.url(), "300ms");
+    // `writer` queues (and, the only one with the database's queue open, applies); `reader`
+    // only reads: what it cached must move on when the writer's batch commits.
+    let writer = f.proxy_with(cfg.clone());
+    let reader = f.proxy_with(cfg);
+    let w = writer.connect(SUPERUSER, "", DB).await;
+    let r = reader.connect(SUPERUSER, "", DB).await;
+    let count = || async {
+        r.query_one("SELECT count(*) FROM keyed", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let stmt = w
+        .prepare("INSERT INTO keyed (id, note) VALUES ($1, 'i')")
+        .await
+        .unwrap();
+    w.execute(&stmt, &[&1i32]).await.unwrap();
+    assert_eq!(count().await, 1);
+    assert_eq!(count().await, 1);
+    assert!(reader.metric("pgmemo_cache_hits_total", &[]) >= 1.0);
+    w.execute(&stmt, &[&2i32]).await.unwrap();
+    assert_eq!(meta_field(&redis, "seq"), 1, "queued in Redis");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count().await != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the other instance's cached count moved on when the batch committed\n{}",
+            writer.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(writer.stderr().contains("this instance holds the lease"));
+    assert!(!reader.stderr().contains("this instance holds the lease"));
+}
+
+/// The process id of a running redis-server (from INFO).
+fn redis_pid(redis: &RedisServer) -> String {
+    let info = redis.command("INFO server");
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .map(|p| p.trim().to_owned())
+        .unwrap_or_else(|| panic!("no process_id in {info:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_append_without_a_reply_is_an_error_never_run_twice() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'u')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 2, Duration::from_secs(10))
+        .await;
+    // Redis stops answering: the append is sent, its reply never comes in time.
+    let pid = redis_pid(&redis);
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+    };
+    assert!(signal("-STOP").success());
+    let err = c
+        .execute(&stmt, &[&2i32])
+        .await
+        .expect_err("a write of unknown outcome is not acknowledged");
+    assert_eq!(
+        err.code().map(|c| c.code()),
+        Some("58030"),
+        "{err:?}\n{}",
+        p.stderr()
+    );
+    // It was not run synchronously as well (it may still be applied from the queue).
+    assert_eq!(f.scalar("SELECT count(*) FROM ev WHERE id = 2").await, 0);
+    // Right after, writes are not offered to the silent Redis: they run synchronously.
+    assert_eq!(c.execute(&stmt, &[&3i32]).await.unwrap(), 1);
+    assert_eq!(f.scalar("SELECT count(*) FROM ev WHERE id = 3").await, 1);
+    assert!(signal("-CONT").success());
+    // Redis ran the append once it woke up: applied from the queue, once.
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &[0, 1, 2, 3].into_iter().collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_entry_that_does_not_decode_is_a_dead_letter_not_a_stalled_queue() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'd')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    wait_stream_applied(&f, &redis, &p).await;
+    // Number 2 is an entry no pgmemo wrote (as the append script would number it).
+    assert!(
+        redis
+            .command(&format!("HSET {META} seq 2"))
+            .starts_with(':')
+    );
+    let added = redis.command("XADD pgmemo:wb:behind:{617070}:stream 2-1 e garbage");
+    assert!(added.contains("2-1"), "{added}");
+    // Later writes are applied after it; it is kept as a dead letter with its bytes.
+    c.execute(&stmt, &[&3i32]).await.unwrap();
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &[0, 1, 3].into_iter().collect()).await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert!(list.contains("XX001"), "{list}");
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 1.0);
 }
 
 /// Ten increments of one row merged into one UPDATE of +10 would overflow the column where

@@ -44,7 +44,7 @@ pub async fn drop_letter(State(state): State<AdminState>, Path(id): Path<u64>) -
 fn not_configured() -> Response {
     (
         StatusCode::NOT_FOUND,
-        "write-behind is not configured (behind.journal_dir)\n",
+        "write-behind is not configured (behind.journal_dir or cache.redis)\n",
     )
         .into_response()
 }

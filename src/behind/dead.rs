@@ -110,7 +110,9 @@ struct File {
 
 /// The dead letters, bounded by count (oldest dropped beyond, logged and counted).
 pub struct DeadLetters {
-    path: PathBuf,
+    /// `None`: kept in memory only (the Redis queue kind without `behind.journal_dir`; each
+    /// letter is also logged in full when recorded).
+    path: Option<PathBuf>,
     max: usize,
     state: Mutex<File>,
 }
@@ -126,10 +128,20 @@ impl DeadLetters {
         };
         metrics::gauge!(names::BEHIND_DEAD_LETTERS_KEPT).set(state.letters.len() as f64);
         Ok(DeadLetters {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             max: max.max(1),
             state: Mutex::new(state),
         })
+    }
+
+    /// Dead letters kept in this process only (lost at exit: the log has each of them).
+    pub fn in_memory(max: usize) -> DeadLetters {
+        metrics::gauge!(names::BEHIND_DEAD_LETTERS_KEPT).set(0.0);
+        DeadLetters {
+            path: None,
+            max: max.max(1),
+            state: Mutex::new(File::default()),
+        }
     }
 
     /// Records letters (durably, before returning); one already kept for the same
@@ -186,15 +198,18 @@ impl DeadLetters {
     /// Writes the file atomically (temporary file, fsync, rename, directory fsync).
     fn save(&self, state: &File) -> Result<(), DeadError> {
         metrics::gauge!(names::BEHIND_DEAD_LETTERS_KEPT).set(state.letters.len() as f64);
-        let io = |e| DeadError::Io(self.path.clone(), e);
-        let tmp = self.path.with_extension("json.tmp");
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let io = |e| DeadError::Io(path.clone(), e);
+        let tmp = path.with_extension("json.tmp");
         let bytes =
-            serde_json::to_vec_pretty(state).map_err(|e| DeadError::Parse(self.path.clone(), e))?;
+            serde_json::to_vec_pretty(state).map_err(|e| DeadError::Parse(path.clone(), e))?;
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;

@@ -5,6 +5,14 @@
 //! `behind_max_batch`), apply it as one transaction with the progress row, and then
 //! invalidate what it wrote, release the journal, wake barriers.
 //!
+//! Stream kind (`behind.queue = "redis"`): every instance runs this task for a database it
+//! knows, but only the holder of the database's lease applies its queue, reading the
+//! entries from Redis (other instances append too); the others follow the applied number
+//! the holder publishes (for their barriers and bounds). A holder that dies is replaced
+//! within the lease period and the new one reads the progress row: exactly once holds
+//! across the change (two flushers racing are safe anyway: a batch locks and checks the
+//! progress row; the lease only avoids the wasted work).
+//!
 //! Failures: a write the database refuses is recorded as a dead letter and the batch is
 //! sent again without it; anything else (connection lost, server restarting, timeout) drops
 //! the connection and retries with backoff. On every new connection the progress row is
@@ -12,6 +20,7 @@
 //! applied (exactly once) rather than applied twice.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +30,8 @@ use super::batch::{self, Outcome, Step, Unit};
 use super::dead::{DeadLetter, now_ms};
 use super::entry::{Entry, Op, RECORDED_SETTINGS};
 use super::prepared::Prepared;
+use super::queue::Queue;
+use super::stream::{LEASE_PERIOD, StreamQueue};
 use super::{Behind, Db, lock};
 use crate::cache::Tag;
 use crate::invalidation::{Source, Written};
@@ -32,6 +43,11 @@ use crate::upstream::login::{BackendConn, login};
 
 /// Bytes a batch's replies may take (they are command tags, not rows).
 const MAX_REPLY_BYTES: usize = 16 << 20;
+/// Bytes of records one stream read gathers (past its first page).
+const MAX_READ_BYTES: usize = 16 << 20;
+/// Stream kind: how often an instance that does not apply the queue reads the applied
+/// number, and how often an idle holder looks for writes other instances appended.
+const STREAM_TICK: Duration = Duration::from_millis(100);
 /// Longest wait between retries of a failing batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -62,15 +78,19 @@ struct Conn {
 
 /// Runs the flusher of one database until the process ends.
 pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
-    let (name, journal, wake) = {
+    let (name, kind, wake) = {
         let db = lock(&state);
-        (
-            db.name.clone(),
-            Arc::clone(&db.journal),
-            Arc::clone(&db.wake),
-        )
+        (db.name.clone(), db.queue.clone(), Arc::clone(&db.wake))
     };
-    let queue = format!("journal:{}", journal.id());
+    let stream = kind.stream().cloned();
+    // The progress row's key (stream kind: set per connection, from Redis's queue id).
+    let mut queue = match &kind {
+        Queue::Journal(j) => format!("journal:{}", j.id()),
+        Queue::Stream(_) => String::new(),
+    };
+    // Stream kind: the last lease renewal, and whether the last read found nothing.
+    let mut renewed_at: Option<Instant> = None;
+    let mut idle = false;
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(50);
     // Writes refused in the batch being retried: skipped, their numbers still applied.
@@ -85,6 +105,19 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
     let mut last_start = Instant::now();
     let mut full = false;
     loop {
+        if let Some(s) = &stream {
+            if lead(&behind, &state, s, &mut renewed_at).await.is_break() {
+                return;
+            }
+            if !lock(&state).holds {
+                // Another instance applies the queue: follow what it applied.
+                conn = None;
+                known = false;
+                follow(&behind, &state, s).await;
+                tokio::time::sleep(STREAM_TICK).await;
+                continue;
+            }
+        }
         let (interval, empty) = {
             let db = lock(&state);
             let interval = db
@@ -92,7 +125,16 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 .unwrap_or(crate::config::behind::DEFAULT_FLUSH_INTERVAL);
             (interval, db.pending.is_empty())
         };
-        if empty && known {
+        if stream.is_some() {
+            if idle && !behind.is_draining() {
+                // Other instances' writes wake nobody here: look again after a tick.
+                tokio::select! {
+                    () = wake.notified() => {}
+                    () = tokio::time::sleep(STREAM_TICK) => {}
+                    () = behind.draining.notified() => {}
+                }
+            }
+        } else if empty && known {
             wake.notified().await;
         }
         if !full && !behind.is_draining() {
@@ -100,6 +142,33 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
             tokio::select! {
                 () = tokio::time::sleep_until(due.into()) => {}
                 () = behind.draining.notified() => {}
+            }
+        }
+        if conn.is_none()
+            && let Some(s) = &stream
+        {
+            // The progress row is keyed by the queue's incarnation in Redis.
+            match s.status().await {
+                Ok(st) => match st.id {
+                    Some(id) => {
+                        queue = s.progress_key(&id);
+                        let mut db = lock(&state);
+                        if db.stream_id.as_deref() != Some(id.as_str()) {
+                            behind.new_incarnation(&mut db, Some(id));
+                        }
+                    }
+                    None => {
+                        // Nothing was ever appended (or Redis lost it all).
+                        idle = true;
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    warn!(database = %name, error = %e, "write-behind flusher cannot read the Redis queue; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
             }
         }
         let c = match conn.as_mut() {
@@ -115,7 +184,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                         // are gone with them. Carry on from what this queue applied.
                         tracing::error!(database = %name, progress = applied, applied = ours, "the write-behind progress row went back: PostgreSQL lost committed batches (fsync or synchronous_commit off?); their writes are lost");
                     }
-                    settle(&behind, &state, applied.max(ours), &mut dead);
+                    settle(&behind, &state, applied.max(ours), &mut dead, true);
                     if !bury_unreadable(&behind, &state, &mut dead) {
                         // Not recorded: nothing after them may be applied yet.
                         conn = None;
@@ -134,10 +203,34 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 }
             },
         };
-        let entries = take(&state, &dead);
+        let entries = match &stream {
+            None => take(&state, &dead),
+            Some(s) => match take_stream(&state, s, &dead).await {
+                Ok(Some(entries)) => entries,
+                Ok(None) => {
+                    // The queue in Redis is another incarnation now: reconnect for its row.
+                    conn = None;
+                    continue;
+                }
+                Err(e) => {
+                    warn!(database = %name, error = %e, "write-behind flusher cannot read the Redis queue; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        idle = entries.is_empty();
         let Some(&(to, _)) = entries.last() else {
             continue;
         };
+        if stream.is_some() && !bury_unreadable(&behind, &state, &mut dead) {
+            // Entries read from Redis that do not decode: not recorded, so nothing after
+            // them may be applied yet.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
         if !refuse_foreign(&behind, &entries, &mut dead) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -231,14 +324,168 @@ fn take(state: &Mutex<Db>, dead: &HashSet<u64>) -> Vec<(u64, Arc<Entry>)> {
     out
 }
 
+/// Stream kind: the holder takes, renews or loses the lease (not taken while draining: a
+/// stopping instance leaves the queue to the others). `Break` once the task must end.
+async fn lead(
+    behind: &Behind,
+    state: &Mutex<Db>,
+    s: &StreamQueue,
+    renewed_at: &mut Option<Instant>,
+) -> ControlFlow<()> {
+    let (stopped, holds) = {
+        let db = lock(state);
+        (db.stopped, db.holds)
+    };
+    if stopped {
+        return ControlFlow::Break(());
+    }
+    let fresh = renewed_at.is_some_and(|t| t.elapsed() < LEASE_PERIOD / 3);
+    let held = if fresh {
+        true
+    } else if behind.is_draining() && !holds {
+        false
+    } else {
+        let mut conn = s.conn();
+        match tokio::time::timeout(s.timeout(), s.lease().acquire_or_renew(&mut conn)).await {
+            Ok(Ok(true)) => {
+                *renewed_at = Some(Instant::now());
+                true
+            }
+            Ok(Ok(false)) => {
+                *renewed_at = None;
+                false
+            }
+            // Unknown: keep applying while the lease surely has not passed to another.
+            _ => renewed_at.is_some_and(|t| t.elapsed() < LEASE_PERIOD * 2 / 3),
+        }
+    };
+    if lock(state).stopped {
+        // Shutdown released the lease while this renewal was in flight: give it up again,
+        // or the next instance would wait out its period.
+        if held {
+            let mut conn = s.conn();
+            let _ = tokio::time::timeout(s.timeout(), s.lease().release(&mut conn)).await;
+        }
+        return ControlFlow::Break(());
+    }
+    let mut db = lock(state);
+    if held != db.holds {
+        if held {
+            tracing::info!(database = %db.name, "write-behind: this instance holds the lease; applying the Redis queue");
+        } else {
+            warn!(database = %db.name, "write-behind: lease lost or held elsewhere; another instance applies the Redis queue");
+        }
+        db.holds = held;
+    }
+    ControlFlow::Continue(())
+}
+
+/// Stream kind, not holding the lease: what the holder published as applied leaves this
+/// instance's share of the queue (its bounds and barriers).
+async fn follow(behind: &Behind, state: &Mutex<Db>, s: &StreamQueue) {
+    let Ok(st) = s.status().await else {
+        return;
+    };
+    let Some(id) = st.id else {
+        return;
+    };
+    let behind_by = {
+        let mut db = lock(state);
+        if db.stream_id.as_deref() != Some(id.as_str()) {
+            behind.new_incarnation(&mut db, Some(id));
+        }
+        st.applied > db.applied
+    };
+    if behind_by {
+        settle(behind, state, st.applied, &mut HashSet::new(), false);
+    }
+}
+
+/// Stream kind: the unbroken run of numbers after the last applied one, read from Redis
+/// (at most the batch size of live writes). `None` when Redis's queue is no longer the
+/// incarnation the connection's progress row is for.
+async fn take_stream(
+    state: &Mutex<Db>,
+    s: &StreamQueue,
+    dead: &HashSet<u64>,
+) -> Result<Option<Vec<(u64, Arc<Entry>)>>, super::stream::StreamError> {
+    let (first, max_batch, id, name) = {
+        let db = lock(state);
+        let max_batch = db
+            .max_batch
+            .unwrap_or(crate::config::behind::DEFAULT_MAX_BATCH);
+        (
+            db.applied + 1,
+            max_batch,
+            db.stream_id.clone(),
+            db.name.clone(),
+        )
+    };
+    let status = s.status().await?;
+    if status.id.is_none() || status.id != id {
+        return Ok(None);
+    }
+    if status.seq < first {
+        return Ok(Some(Vec::new()));
+    }
+    let rows = s
+        .read(first, max_batch.saturating_add(dead.len()), MAX_READ_BYTES)
+        .await?;
+    let mut out = Vec::new();
+    let mut expected = first;
+    let mut live = 0;
+    for (seq, record) in rows {
+        if seq != expected {
+            // Numbers below the first entry were trimmed, which happens only after a commit
+            // published them as applied: the progress row went back (PostgreSQL lost those
+            // commits, logged at connect). Carry on after them; otherwise wait.
+            if out.is_empty() && seq > expected && status.applied >= seq - 1 {
+                tracing::error!(
+                    from = expected,
+                    to = seq - 1,
+                    "write-behind: queued writes were applied by commits PostgreSQL lost; they are gone from the Redis queue"
+                );
+            } else {
+                break;
+            }
+        }
+        if live >= max_batch {
+            break;
+        }
+        expected = seq + 1;
+        let e = Entry::decode(&record).unwrap_or_else(|e| {
+            // Not written by a pgmemo that reads this format (as for the journal): a
+            // placeholder keeps the run unbroken, never runs, and becomes a dead letter
+            // with the raw bytes before the batch (see `bury_unreadable`).
+            lock(state)
+                .unreadable
+                .insert(seq, (record.clone(), e.to_string()));
+            Entry::placeholder(&name)
+        });
+        if !dead.contains(&seq) {
+            live += 1;
+        }
+        out.push((seq, Arc::new(e)));
+    }
+    Ok(Some(out))
+}
+
 fn max_batch(state: &Mutex<Db>) -> usize {
     lock(state)
         .max_batch
         .unwrap_or(crate::config::behind::DEFAULT_MAX_BATCH)
 }
 
-/// After (re)connecting: what the progress row says is applied leaves the queue.
-fn settle(behind: &Behind, state: &Mutex<Db>, applied: u64, dead: &mut HashSet<u64>) {
+/// After (re)connecting: what the progress row says is applied leaves the queue. `release`:
+/// this instance applies the queue (the journal's segments or the stream's entries it
+/// covers go, and the stream kind publishes the number to the other instances).
+fn settle(
+    behind: &Behind,
+    state: &Mutex<Db>,
+    applied: u64,
+    dead: &mut HashSet<u64>,
+    release: bool,
+) {
     let mut db = lock(state);
     let gone: Vec<u64> = db.pending.range(..=applied).map(|(&s, _)| s).collect();
     let mut bytes = 0u64;
@@ -256,7 +503,16 @@ fn settle(behind: &Behind, state: &Mutex<Db>, applied: u64, dead: &mut HashSet<u
     }
     behind.release_room(gone.len(), bytes);
     db.applied = applied;
-    db.journal.release(applied);
+    if release {
+        match &db.queue {
+            Queue::Journal(j) => j.release(applied),
+            Queue::Stream(s) => {
+                if let Some(id) = &db.stream_id {
+                    s.release(id, applied);
+                }
+            }
+        }
+    }
     db.applied_tx.send_replace(applied);
     dead.retain(|&s| s > applied);
     drop(db);
@@ -341,7 +597,7 @@ fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entr
     }
     metrics::counter!(names::BEHIND_APPLIED).increment(live.len() as u64);
     let mut dead = HashSet::new();
-    settle(behind, state, to, &mut dead);
+    settle(behind, state, to, &mut dead, true);
     let oldest = lock(state)
         .pending
         .values()

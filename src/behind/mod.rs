@@ -4,6 +4,9 @@
 //!
 //! - [`entry`]: what is queued for one write, and its encoding.
 //! - [`journal`]: the local durable queue (one per database, group commit).
+//! - [`stream`]: the shared durable queue on a Redis Stream (one per namespace and
+//!   database), applied by the instance holding the database's lease.
+//! - [`queue`]: either of the two, as the flusher and `submit` use them.
 //! - [`batch`]: one batch as one transaction pipeline, with the progress row that makes it
 //!   exactly-once.
 //! - [`flusher`]: one task per database applying its queue.
@@ -22,6 +25,8 @@ pub mod entry;
 pub mod flusher;
 pub mod journal;
 mod prepared;
+pub mod queue;
+pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -34,12 +39,15 @@ use bytes::Bytes;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::config::{BehindConfig, BehindRule, Login};
+use crate::config::{BehindConfig, BehindRule, Login, QueueKind};
 use crate::invalidation::Invalidator;
 use crate::telemetry::names;
 use crate::upstream::Upstream;
 pub use entry::{Entry, Op};
 use journal::Journal;
+use queue::{Queue, QueueError};
+pub use stream::StreamLink;
+use stream::{StreamError, StreamQueue};
 
 /// Segment size of the journals.
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -61,7 +69,7 @@ impl BehindError {
             self,
             BehindError::Journal(
                 journal::JournalError::Indeterminate { .. } | journal::JournalError::Closed
-            )
+            ) | BehindError::Stream(StreamError::Indeterminate(_))
         )
     }
 }
@@ -83,6 +91,19 @@ pub enum BehindError {
     Dir(PathBuf, std::io::Error),
     #[error("write-behind dead letters: {0}")]
     Dead(#[from] dead::DeadError),
+    #[error("write-behind: {0}")]
+    Stream(#[from] StreamError),
+    #[error("write-behind: redis connection: {0}")]
+    Redis(redis::RedisError),
+}
+
+impl From<QueueError> for BehindError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Journal(e) => BehindError::Journal(e),
+            QueueError::Stream(e) => BehindError::Stream(e),
+        }
+    }
 }
 
 /// How the flushers reach PostgreSQL.
@@ -100,8 +121,15 @@ pub struct Link {
 /// One database's queue.
 pub(crate) struct Db {
     pub(crate) name: String,
-    pub(crate) journal: Arc<Journal>,
-    /// Durable writes not yet applied, by sequence number.
+    pub(crate) queue: Queue,
+    /// Stream kind: the queue incarnation (Redis's `id`) the numbers in `pending` belong to.
+    pub(crate) stream_id: Option<String>,
+    /// Stream kind: this instance holds the database's lease (applies its queue).
+    pub(crate) holds: bool,
+    /// Stream kind, at shutdown: the flusher stops and gives the lease up.
+    pub(crate) stopped: bool,
+    /// Durable writes not yet applied, by sequence number (stream kind: the ones this
+    /// instance appended; the holder applies what it reads from Redis).
     pub(crate) pending: BTreeMap<u64, Arc<Entry>>,
     /// Sequence numbers after which nothing is applied yet (0 = unknown until the
     /// flusher has read the progress row).
@@ -136,7 +164,13 @@ impl Db {
 /// The write-behind service: one per process.
 pub struct Behind {
     config: BehindConfig,
-    dir: PathBuf,
+    /// The journal directory (journal kind; with the stream kind only the dead letters'
+    /// file, if set).
+    dir: Option<PathBuf>,
+    /// The Redis link (stream kind).
+    stream: Option<StreamLink>,
+    /// This instance's name in the stream kind's leases (random per process).
+    holder: String,
     link: Link,
     invalidator: Arc<Invalidator>,
     dbs: Mutex<HashMap<String, Arc<Mutex<Db>>>>,
@@ -152,22 +186,45 @@ pub struct Behind {
 }
 
 impl Behind {
-    /// Opens the journals found under `config.journal_dir` (their writes are applied by the
-    /// flushers this starts) and the dead letters. `None` when no journal is configured.
+    /// Opens the queue of `config`'s kind: the journals found under `config.journal_dir`,
+    /// or (stream kind, with `stream`) the streams Redis lists; their writes are applied by
+    /// the flushers this starts. `None` when there is no queue.
     pub fn open(
         config: &BehindConfig,
         link: Link,
         invalidator: Arc<Invalidator>,
+        stream: Option<StreamLink>,
     ) -> Result<Option<Arc<Behind>>, BehindError> {
-        let Some(dir) = config.journal_dir.clone() else {
-            return Ok(None);
+        let kind = config.kind(stream.is_some());
+        let dir = config.journal_dir.clone();
+        let stream = match (kind, stream) {
+            (QueueKind::Redis, Some(s)) => Some(s),
+            (QueueKind::Redis, None) => return Ok(None),
+            (QueueKind::Journal, _) if dir.is_none() => return Ok(None),
+            (QueueKind::Journal, _) => None,
         };
-        std::fs::create_dir_all(&dir).map_err(|e| BehindError::Dir(dir.clone(), e))?;
-        let dead =
-            dead::DeadLetters::open(&dir.join("dead-letters.json"), config.max_dead_letters)?;
+        let dead = match &dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| BehindError::Dir(dir.clone(), e))?;
+                dead::DeadLetters::open(&dir.join("dead-letters.json"), config.max_dead_letters)?
+            }
+            None => {
+                warn!(
+                    "write-behind on Redis without behind.journal_dir: dead letters are kept in memory only (and logged); set journal_dir to keep them across restarts"
+                );
+                dead::DeadLetters::in_memory(config.max_dead_letters)
+            }
+        };
+        let mut id = [0u8; 8];
+        let holder = match getrandom::fill(&mut id) {
+            Ok(()) => id.iter().map(|b| format!("{b:02x}")).collect(),
+            Err(_) => format!("pid-{}", std::process::id()),
+        };
         let behind = Arc::new(Behind {
             config: config.clone(),
             dir: dir.clone(),
+            stream,
+            holder,
             link,
             invalidator,
             dbs: Mutex::new(HashMap::new()),
@@ -178,6 +235,15 @@ impl Behind {
             drain_flag: std::sync::atomic::AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
+        if let Some(link) = behind.stream.clone() {
+            behind
+                .runtime
+                .spawn(Behind::recover_streams(Arc::downgrade(&behind), link));
+            return Ok(Some(behind));
+        }
+        let Some(dir) = dir else {
+            return Ok(None);
+        };
         let entries = std::fs::read_dir(&dir).map_err(|e| BehindError::Dir(dir.clone(), e))?;
         for item in entries.flatten() {
             let name = item.file_name();
@@ -192,6 +258,40 @@ impl Behind {
             info!(database = %db, pending = recovered, "write-behind journal recovered");
         }
         Ok(Some(behind))
+    }
+
+    /// Stream kind, at start: checks Redis's persistence (logged), then opens every
+    /// database Redis has a stream of, so what any instance acknowledged is applied (by
+    /// whichever holds its lease) even if no write to that database comes again. Retried
+    /// until Redis answers.
+    async fn recover_streams(me: std::sync::Weak<Behind>, link: StreamLink) {
+        if link.check_persistence {
+            stream::check_persistence(&link).await.log();
+        }
+        let mut conn = link.conn.clone();
+        loop {
+            let mut cmd = redis::cmd("SMEMBERS");
+            cmd.arg(StreamQueue::dbs_key(&link.namespace));
+            let read =
+                tokio::time::timeout(link.timeout, cmd.query_async::<Vec<String>>(&mut conn)).await;
+            let Some(behind) = me.upgrade() else { return };
+            match read {
+                Ok(Ok(dbs)) => {
+                    for db in dbs {
+                        if let Err(e) = behind.database(&db, None) {
+                            warn!(database = %db, error = %e, "write-behind stream cannot be opened");
+                        }
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "write-behind: cannot list the Redis streams; retrying")
+                }
+                Err(_) => warn!("write-behind: listing the Redis streams timed out; retrying"),
+            }
+            drop(behind);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The queue of `db`, opened (and its flusher started) on first use, with `rule`'s
@@ -209,30 +309,44 @@ impl Behind {
             }
             return Ok(0);
         }
-        let path = self.dir.join(format!("db-{}", hex(db)));
-        let (journal, recovered) = Journal::open(&path, SEGMENT_BYTES)?;
         let mut pending = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
-        for (seq, bytes) in recovered.records {
-            // A record that passed its checksum but does not decode (written by another
-            // version): a placeholder keeps the sequence unbroken (a gap would stall the
-            // queue behind it for good) and the flusher turns it into a dead letter.
-            let e = Entry::decode(&bytes).unwrap_or_else(|e| {
-                unreadable.insert(seq, (bytes, e.to_string()));
-                Entry::placeholder(db)
-            });
-            self.entries.fetch_add(1, Ordering::Relaxed);
-            self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
-            pending.insert(seq, Arc::new(e));
-        }
-        if !unreadable.is_empty() {
-            warn!(database = %db, unreadable = unreadable.len(), "write-behind journal records that cannot be decoded are kept as dead letters");
-        }
+        let queue = if let Some(link) = &self.stream {
+            Queue::Stream(Arc::new(StreamQueue::new(link.clone(), db, &self.holder)))
+        } else {
+            let Some(dir) = &self.dir else {
+                return Err(BehindError::Dir(
+                    PathBuf::new(),
+                    std::io::ErrorKind::NotFound.into(),
+                ));
+            };
+            let path = dir.join(format!("db-{}", hex(db)));
+            let (journal, recovered) = Journal::open(&path, SEGMENT_BYTES)?;
+            for (seq, bytes) in recovered.records {
+                // A record that passed its checksum but does not decode (written by another
+                // version): a placeholder keeps the sequence unbroken (a gap would stall the
+                // queue behind it for good) and the flusher turns it into a dead letter.
+                let e = Entry::decode(&bytes).unwrap_or_else(|e| {
+                    unreadable.insert(seq, (bytes, e.to_string()));
+                    Entry::placeholder(db)
+                });
+                self.entries.fetch_add(1, Ordering::Relaxed);
+                self.bytes.fetch_add(e.weight() as u64, Ordering::Relaxed);
+                pending.insert(seq, Arc::new(e));
+            }
+            if !unreadable.is_empty() {
+                warn!(database = %db, unreadable = unreadable.len(), "write-behind journal records that cannot be decoded are kept as dead letters");
+            }
+            Queue::Journal(journal)
+        };
         let count = pending.len();
         let (applied_tx, _) = watch::channel(0);
         let state = Arc::new(Mutex::new(Db {
             name: db.to_owned(),
-            journal,
+            queue,
+            stream_id: None,
+            holds: false,
+            stopped: false,
             pending,
             applied: 0,
             unreadable,
@@ -283,9 +397,15 @@ impl Behind {
             self.release_room(1, weight);
             return Err(Refused::Unavailable);
         };
-        let journal = Arc::clone(&lock(&state).journal);
+        let queue = lock(&state).queue.clone();
+        if queue.stream().is_some_and(|s| s.is_failing()) {
+            // Redis just left an append unanswered: this write runs synchronously rather
+            // than risk the same (an error to its client).
+            self.release_room(1, weight);
+            return Err(Refused::Unavailable);
+        }
         let entry = Arc::new(entry);
-        let append = journal.append(entry.encode());
+        let append = queue.append(entry.encode());
         let me = Arc::clone(self);
         // Once durable, the write joins the queue whether or not its session is still
         // there to hear about it: a session that ends meanwhile (its client or its upstream
@@ -294,9 +414,12 @@ impl Behind {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.runtime.spawn(async move {
             let result = match append.await {
-                Ok(seq) => {
+                Ok(queue::Appended { seq, id }) => {
                     let wake = {
                         let mut db = lock(&state);
+                        if id.is_some() && db.stream_id != id {
+                            me.new_incarnation(&mut db, id);
+                        }
                         db.pending.insert(seq, entry);
                         Arc::clone(&db.wake)
                     };
@@ -316,6 +439,23 @@ impl Behind {
                 .await
                 .unwrap_or(Err(BehindError::Journal(journal::JournalError::Closed)))
         })
+    }
+
+    /// Stream kind: Redis numbers this database's writes in a new queue (it lost its data,
+    /// or this is the first append seen): numbers of the old one mean nothing now. Writes
+    /// this instance appended there and that were not seen applied are lost with Redis's
+    /// data (its persistence: see the README).
+    pub(crate) fn new_incarnation(&self, db: &mut Db, id: Option<String>) {
+        if db.stream_id.is_some() && !db.pending.is_empty() {
+            tracing::error!(database = %db.name, lost = db.pending.len(), "write-behind: the Redis queue was lost (Redis restarted without persistence?); acknowledged writes queued here and not yet applied are lost");
+        }
+        let bytes: u64 = db.pending.values().map(|e| e.weight() as u64).sum();
+        self.release_room(db.pending.len(), bytes);
+        db.pending.clear();
+        db.unreadable.clear();
+        db.applied = 0;
+        db.applied_tx.send_replace(0);
+        db.stream_id = id;
     }
 
     pub(crate) fn release_room(&self, entries: usize, bytes: u64) {
@@ -365,9 +505,14 @@ impl Behind {
         self.drain_flag.store(true, Ordering::Release);
         let states: Vec<Arc<Mutex<Db>>> = lock(&self.dbs).values().cloned().collect();
         let wait = async {
-            for state in states {
+            for state in &states {
                 let (mut applied, last, wake) = {
-                    let db = lock(&state);
+                    let db = lock(state);
+                    // Stream kind: an instance that does not apply the queue just stops;
+                    // the holder (or the next start) applies its writes.
+                    if db.queue.stream().is_some() && !db.holds {
+                        continue;
+                    }
                     let Some(&last) = db.pending.keys().next_back() else {
                         continue;
                     };
@@ -386,6 +531,20 @@ impl Behind {
             );
         } else {
             info!("write-behind queue drained");
+        }
+        // Stream kind: stop the flushers and give the leases up, so another instance takes
+        // over at once instead of after the lease period.
+        for state in &states {
+            let stream = {
+                let mut db = lock(state);
+                db.stopped = true;
+                let held = std::mem::take(&mut db.holds);
+                db.queue.stream().filter(|_| held).cloned()
+            };
+            if let Some(s) = stream {
+                let mut conn = s.conn();
+                let _ = tokio::time::timeout(s.timeout(), s.lease().release(&mut conn)).await;
+            }
         }
     }
 

@@ -20,12 +20,25 @@ pub const FLUSH_INTERVAL_RANGE: (Duration, Duration) =
 /// Accepted `behind_max_batch`.
 pub const MAX_BATCH_RANGE: (usize, usize) = (1, 100_000);
 
+/// Which durable queue write-behind acknowledges from (`behind.queue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// A local append-only journal in `behind.journal_dir` (group commit, fdatasync).
+    Journal,
+    /// A Redis Stream per database on `cache.redis`, shared by every instance.
+    Redis,
+}
+
 /// `[behind]`: the queue write-behind acknowledges from.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BehindConfig {
-    /// Directory of the local journal (created if missing). Required for `write = "behind"`
-    /// rules (the queue on a Redis Stream the issue asks for is not built yet).
+    /// The queue kind; unset: `redis` with `cache.redis` and no `journal_dir`, otherwise
+    /// `journal` (see [`BehindConfig::kind`]).
+    pub queue: Option<QueueKind>,
+    /// Directory of the local journal (created if missing). Required by the journal kind;
+    /// with the Redis kind it only holds the dead letters (kept in memory without it).
     pub journal_dir: Option<PathBuf>,
     /// Bytes of queued (acknowledged, not yet applied) writes at most; beyond, eligible
     /// writes are forwarded synchronously instead (counted).
@@ -44,11 +57,24 @@ pub struct BehindConfig {
 impl Default for BehindConfig {
     fn default() -> Self {
         Self {
+            queue: None,
             journal_dir: None,
             max_queue_bytes: ByteSize(64 << 20),
             max_queue_entries: 100_000,
             barrier_timeout: Duration::from_secs(5),
             max_dead_letters: 10_000,
+        }
+    }
+}
+
+impl BehindConfig {
+    /// The queue kind in effect: as set, or `redis` when Redis is configured and no journal
+    /// directory is (an operator who set one meant the journal), otherwise `journal`.
+    pub fn kind(&self, redis: bool) -> QueueKind {
+        match self.queue {
+            Some(kind) => kind,
+            None if redis && self.journal_dir.is_none() => QueueKind::Redis,
+            None => QueueKind::Journal,
         }
     }
 }
@@ -154,13 +180,22 @@ pub(super) fn check_section(
     redis: bool,
     issues: &mut Vec<ConfigIssue>,
 ) {
-    if any_behind(rules) && behind.journal_dir.is_none() {
+    if behind.queue == Some(QueueKind::Redis) && !redis {
+        issues.push(ConfigIssue::new(
+            "behind.queue",
+            quoted("redis"),
+            "the queue on a Redis Stream needs cache.redis (set it, or use queue = \"journal\" \
+             with behind.journal_dir)",
+        ));
+    }
+    if any_behind(rules) && behind.kind(redis) == QueueKind::Journal && behind.journal_dir.is_none()
+    {
         let why = if redis {
-            "write = \"behind\" rules acknowledge writes from a durable queue: set \
-             behind.journal_dir (the queue on a Redis Stream is not available yet)"
+            "write = \"behind\" rules acknowledge writes from a durable queue: queue = \
+             \"journal\" needs behind.journal_dir (or set queue = \"redis\" for a Redis Stream)"
         } else {
             "write = \"behind\" rules acknowledge writes from a durable queue: set \
-             behind.journal_dir (a local journal)"
+             behind.journal_dir (a local journal), or configure cache.redis for a Redis Stream"
         };
         issues.push(ConfigIssue::new("behind.journal_dir", "(unset)", why));
     }
@@ -200,5 +235,84 @@ pub(super) fn check_section(
             behind.max_dead_letters.to_string(),
             "must be between 1 and 1000000",
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn behind_rule() -> Rule {
+        Rule {
+            table: Some("ev".to_owned()),
+            write: Some(WritePolicy::Behind),
+            ..Rule::default()
+        }
+    }
+
+    fn issues(behind: &BehindConfig, redis: bool) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        check_section(behind, &[behind_rule()], redis, &mut out);
+        out
+    }
+
+    fn keys(issues: &[ConfigIssue]) -> Vec<String> {
+        issues.iter().map(|i| i.to_string()).collect()
+    }
+
+    #[test]
+    fn the_kind_defaults_to_redis_only_with_redis_and_no_journal_dir() {
+        let mut c = BehindConfig::default();
+        assert_eq!(c.kind(true), QueueKind::Redis);
+        assert_eq!(c.kind(false), QueueKind::Journal);
+        c.journal_dir = Some(PathBuf::from("/tmp/j"));
+        assert_eq!(c.kind(true), QueueKind::Journal);
+        c.queue = Some(QueueKind::Redis);
+        assert_eq!(c.kind(true), QueueKind::Redis);
+    }
+
+    #[test]
+    fn a_redis_queue_without_redis_is_refused() {
+        let c = BehindConfig {
+            queue: Some(QueueKind::Redis),
+            journal_dir: Some(PathBuf::from("/tmp/j")),
+            ..BehindConfig::default()
+        };
+        let found = keys(&issues(&c, false));
+        assert!(
+            found
+                .iter()
+                .any(|i| i.contains("behind.queue") && i.contains("cache.redis")),
+            "{found:?}"
+        );
+        assert!(issues(&c, true).is_empty(), "{:?}", keys(&issues(&c, true)));
+    }
+
+    #[test]
+    fn a_journal_queue_needs_its_directory_even_with_redis() {
+        let c = BehindConfig {
+            queue: Some(QueueKind::Journal),
+            ..BehindConfig::default()
+        };
+        let found = keys(&issues(&c, true));
+        assert!(
+            found.iter().any(|i| i.contains("behind.journal_dir")),
+            "{found:?}"
+        );
+        // Without Redis and without a directory there is no queue at all.
+        let found = keys(&issues(&BehindConfig::default(), false));
+        assert!(
+            found.iter().any(|i| i.contains("behind.journal_dir")),
+            "{found:?}"
+        );
+        // With Redis and nothing else set, the stream is the queue: accepted.
+        assert!(issues(&BehindConfig::default(), true).is_empty());
+    }
+
+    #[test]
+    fn the_kind_parses_from_toml_and_refuses_unknown_words() {
+        let c: BehindConfig = toml::from_str("queue = \"redis\"").expect("parses");
+        assert_eq!(c.queue, Some(QueueKind::Redis));
+        assert!(toml::from_str::<BehindConfig>("queue = \"kafka\"").is_err());
     }
 }

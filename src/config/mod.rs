@@ -22,7 +22,7 @@ pub mod rules;
 pub mod upstream_url;
 pub mod validate;
 
-pub use behind::{BehindConfig, BehindRule};
+pub use behind::{BehindConfig, BehindRule, QueueKind};
 pub use cache::{
     ByteSize, CacheConfig, CatalogSection, FunctionReads, FunctionTables, FunctionWrites,
     FunctionsConfig, L1Config, Rule, SqlMemory, WritePolicy,

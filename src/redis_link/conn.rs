@@ -45,11 +45,23 @@ impl RedisConn {
     /// A connection to `url` (single server) or to the cluster seeded by `seeds`. Connection
     /// and response timeouts are `timeout`; nothing is connected yet.
     pub fn new(seeds: &[String], cluster: bool, timeout: Duration) -> redis::RedisResult<Self> {
+        Self::with_retries(seeds, cluster, timeout, 1)
+    }
+
+    /// As [`RedisConn::new`], with a cluster connection that sends a request again at most
+    /// `retries` times after an I/O error. Callers whose requests must not run twice (the
+    /// write-behind append) pass 0: a request whose reply was lost may have run.
+    pub fn with_retries(
+        seeds: &[String],
+        cluster: bool,
+        timeout: Duration,
+        retries: u32,
+    ) -> redis::RedisResult<Self> {
         if cluster {
             let client = ClusterClient::builder(seeds.to_vec())
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(1)
+                .retries(retries)
                 .build()?;
             return Ok(Self::Cluster(Arc::new(LazyCluster {
                 client,

@@ -112,10 +112,41 @@ pub fn build(
         connect_timeout: config.upstream.connect_timeout,
         batch_timeout: std::time::Duration::from_secs(30),
     };
-    services.behind =
-        crate::behind::Behind::open(&config.behind, link, Arc::clone(&services.invalidator))?;
+    // The Redis queue kind gets a connection of its own: an append waits for Redis's AOF
+    // (fsync with `appendfsync always`), longer than the cache's lookups may, and a reply
+    // that misses its timeout is of unknown outcome for the client.
+    let stream = match &config.cache.redis {
+        Some(redis) if config.behind.kind(true) == crate::config::QueueKind::Redis => {
+            let mut seeds = vec![redis.url.clone()];
+            seeds.extend(redis.cluster_nodes.iter().cloned());
+            let timeout = redis.timeout.max(BEHIND_REDIS_TIMEOUT);
+            Some(crate::behind::StreamLink {
+                // No request is sent twice: an append whose reply was lost may have run.
+                conn: crate::redis_link::conn::RedisConn::with_retries(
+                    &seeds,
+                    redis.cluster,
+                    timeout,
+                    0,
+                )
+                .map_err(crate::behind::BehindError::Redis)?,
+                namespace: redis.namespace.clone(),
+                timeout,
+                check_persistence: crate::config::behind::any_behind(&config.rules),
+            })
+        }
+        _ => None,
+    };
+    services.behind = crate::behind::Behind::open(
+        &config.behind,
+        link,
+        Arc::clone(&services.invalidator),
+        stream,
+    )?;
     Ok((services, task))
 }
+
+/// Least reply timeout of the Redis queue's calls (an append waits for Redis's fsync).
+const BEHIND_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The shared tier's background work, started once the runtime serves.
 pub struct TierTask {

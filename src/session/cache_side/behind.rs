@@ -68,7 +68,7 @@ impl CacheSession {
                                     WaitResult::Queued(answer, plan)
                                 }
                                 Err(e) if e.is_indeterminate() => {
-                                    tracing::error!(error = %e, "write-behind journal failed; the write may or may not be applied");
+                                    tracing::error!(error = %e, "write-behind queue failed; the write may or may not be applied");
                                     WaitResult::Error(
                                         crate::error::ClientError::write_behind_indeterminate(
                                             &e.to_string(),
