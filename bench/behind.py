@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Write-behind benchmark (issue 20): single-row INSERTs and a hot counter, directly on
-PostgreSQL and through pgmemo with `write = "behind"` (local journal), interleaved.
+PostgreSQL and through pgmemo with `write = "behind"` on both queue kinds, interleaved.
 
 Starts a throwaway PostgreSQL (the stack's settings; fsync and synchronous_commit on, as
-shipped: both are checked and recorded) and one pgmemo (this tree's release build) whose
-journal is in the same file system as the PostgreSQL data directory. Workloads, each
+shipped: both are checked and recorded), a redis-server with AOF and `appendfsync always`,
+and two pgmemo (this tree's release build): `behind` with a local journal in the same file
+system as the PostgreSQL data directory, `behind-redis` with the queue on a Redis Stream
+(`behind.queue = "redis"`; the AOF is in that file system too). Workloads, each
 `pgbench -M prepared` with a per-transaction log (-l):
 - insert: CLIENTS_INSERT (16) clients, `INSERT INTO bh_events (id, v) VALUES (:id, :v)`;
 - counter: CLIENTS_COUNTER (64) clients, `UPDATE bh_counters SET n = n + 1 WHERE id = 1`
@@ -31,6 +33,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cdc import metric, metrics, start_pgmemo  # noqa: E402
+from l2 import SECRET, start_redis  # noqa: E402
 from run import parse_pgbench  # noqa: E402
 from stack import Stack, REPO, client_env, find_pg_bin, log  # noqa: E402
 
@@ -44,14 +47,22 @@ SCRIPTS = {
               "INSERT INTO bh_events (id, v) VALUES (:id, :v);\n",
     "counter": "UPDATE bh_counters SET n = n + 1 WHERE id = 1;\n",
 }
-TARGETS = ("direct", "behind")
+TARGETS = ("direct", "behind", "behind-redis")
+
+
+RULES = ('[[rules]]\ntable = "bh_events"\nwrite = "behind"\n\n'
+         '[[rules]]\ntable = "bh_counters"\nwrite = "behind"\n'
+         'behind_increments = true\nbehind_coalesce = true\n')
 
 
 def rules(journal):
-    return (f'[behind]\njournal_dir = "{journal}"\n\n'
-            '[[rules]]\ntable = "bh_events"\nwrite = "behind"\n\n'
-            '[[rules]]\ntable = "bh_counters"\nwrite = "behind"\n'
-            'behind_increments = true\nbehind_coalesce = true\n')
+    return f'[behind]\njournal_dir = "{journal}"\n\n' + RULES
+
+
+def redis_rules(port):
+    return (f'[cache]\nsecret = "{SECRET}"\n\n'
+            f'[cache.redis]\nurl = "redis://127.0.0.1:{port}"\nnamespace = "bh"\n\n'
+            '[behind]\nqueue = "redis"\n\n' + RULES)
 
 
 def percentile(values, q):
@@ -119,6 +130,7 @@ def main():
     ap.add_argument("--counter-clients", type=int, default=64)
     ap.add_argument("--workloads", default="insert,counter")
     ap.add_argument("--pg-bin")
+    ap.add_argument("--redis-server", default="redis-server")
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -135,8 +147,12 @@ def main():
         st.psql(port, SETUP)
         result["postgres"] = st.configs["postgres"]
         journal = st.tmp / "journal"
+        redis_port = start_redis(st, args.redis_server, durable=True)
+        result["redis"] = st.configs["redis"]
         admins = {"direct": None,
-                  "behind": start_pgmemo(st, "behind", "off", rest=rules(journal))[0]}
+                  "behind": start_pgmemo(st, "behind", "off", rest=rules(journal))[0],
+                  "behind-redis": start_pgmemo(st, "behind-redis", "off",
+                                               rest=redis_rules(redis_port))[0]}
         clients = {"insert": args.insert_clients, "counter": args.counter_clients}
         for w in args.workloads.split(","):
             cell = {t: [] for t in TARGETS}
@@ -149,16 +165,17 @@ def main():
                     log(f"{w} rep {rep + 1} {t}: {rec['tps']:.0f} TPS, p50 {rec['p50_ms']:.2f} ms "
                         f"p99 {rec['p99_ms']:.2f} ms"
                         + (f", lag p50 {rec['lag_p50_ms']:.1f} ms p99 {rec['lag_p99_ms']:.1f} ms"
-                           if t == "behind" else ""))
+                           if t != "direct" else ""))
             result["cells"][w] = cell
         if "counter" in result["cells"]:
             n = int(st.psql(port, "SELECT n FROM bh_counters WHERE id = 1"))
             result["counter_value"] = n
             log(f"counter value after the runs: {n}")
     finally:
-        src = st.tmp / "behind.log"
-        if src.exists():
-            (out / "logs" / "behind.log").write_bytes(src.read_bytes()[-(1 << 20):])
+        for name in ("behind", "behind-redis"):
+            src = st.tmp / f"{name}.log"
+            if src.exists():
+                (out / "logs" / f"{name}.log").write_bytes(src.read_bytes()[-(1 << 20):])
         st.close()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     (out / f"behind-{stamp}.json").write_text(json.dumps(result, indent=2))
@@ -173,8 +190,10 @@ def main():
                 return statistics.median(vals) if vals else float("nan")
             print(f"| {w} | {t} | {med('tps'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | "
                   f"{med('lag_p50_ms'):.1f} | {med('lag_p99_ms'):.1f} |")
-        d, b = (statistics.median(r["tps"] for r in cell[t]) for t in TARGETS)
-        print(f"\n{w}: behind / direct TPS = {b / d:.2f}x")
+        d = statistics.median(r["tps"] for r in cell["direct"])
+        for t in TARGETS[1:]:
+            b = statistics.median(r["tps"] for r in cell[t])
+            print(f"\n{w}: {t} / direct TPS = {b / d:.2f}x")
 
 
 if __name__ == "__main__":

@@ -162,9 +162,13 @@ def redis_info(port, section):
                 and not line.startswith("#"))
 
 
-def start_redis(st, exe):
+def start_redis(st, exe, durable=False):
+    """redis-server on a free port; `durable`: AOF with `appendfsync always` (a write-behind
+    queue's durability), else no persistence (a cache)."""
     port = stackmod.free_port()
-    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    persist = (["--appendonly", "yes", "--appendfsync", "always"] if durable
+               else ["--appendonly", "no"])
+    argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""] + persist + [
             "--maxmemory-policy", "noeviction", "--daemonize", "no", "--dir", str(st.tmp)]
     proc = st.spawn("redis", argv, lambda p: st._stop_simple(p, signal.SIGTERM))
     deadline, last = time.monotonic() + 20, ""
