@@ -1258,3 +1258,58 @@ async fn a_reload_can_raise_the_flush_interval() {
     )
     .await;
 }
+
+/// Two sessions in different time zones queue the same text with the same literal in one
+/// batch: each row must read the literal in its own session's zone (the flusher's named
+/// statements convert literals at Parse, so one parsed under UTC must not be reused for
+/// Asia/Tokyo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_text_from_sessions_in_two_time_zones_reads_each_in_its_own() {
+    let f = Fixture::new();
+    f.direct()
+        .await
+        .batch_execute("CREATE TABLE at_tz(id int PRIMARY KEY, at timestamptz NOT NULL)")
+        .await
+        .unwrap();
+    let extra =
+        "\n[[rules]]\ntable = \"at_tz\"\nwrite = \"behind\"\nbehind_flush_interval = \"1s\"\n";
+    let p = Proxy::start(
+        ProxyArgs::new(f.pg.url(SUPERUSER, "postgres"))
+            .config(config(f.journal.path(), "1s", "") + extra),
+    );
+    let in_zone = |zone: &str| {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(p.addr().port())
+            .user(SUPERUSER)
+            .dbname(DB)
+            .options(format!("-c TimeZone={zone}"));
+        async move {
+            let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(conn);
+            c
+        }
+    };
+    let utc = in_zone("UTC").await;
+    let tokyo = in_zone("Asia/Tokyo").await;
+    let sql = "INSERT INTO at_tz VALUES ($1, '2025-01-01 10:00')";
+    let (su, st) = (
+        utc.prepare(sql).await.unwrap(),
+        tokyo.prepare(sql).await.unwrap(),
+    );
+    // Shapes proven synchronously, then one batch with both.
+    utc.execute(&su, &[&1i32]).await.unwrap();
+    tokyo.execute(&st, &[&2i32]).await.unwrap();
+    utc.execute(&su, &[&3i32]).await.unwrap();
+    tokyo.execute(&st, &[&4i32]).await.unwrap();
+    f.until("SELECT count(*) FROM at_tz", 4, Duration::from_secs(10))
+        .await;
+    let hours = "SELECT (extract(epoch FROM (SELECT at FROM at_tz WHERE id = 3) - \
+                 (SELECT at FROM at_tz WHERE id = 4)) / 3600)::bigint";
+    assert_eq!(
+        f.scalar(hours).await,
+        9,
+        "Tokyo's 10:00 is 9 hours before UTC's"
+    );
+    assert!(queued(&p) >= 2.0, "3 and 4 were queued");
+}

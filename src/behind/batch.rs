@@ -191,7 +191,7 @@ pub fn build(
             Op::Statement {
                 sql, types, bind, ..
             } => {
-                let how = prepared.lookup(sql, types, &first.role, &first.search_path);
+                let how = prepared.lookup(sql, types, first);
                 statement(&mut out, sql, types, bind, &how);
             }
             Op::Increment {

@@ -3,12 +3,11 @@
 //! rather than once each (the database's cost of a queued write is then a Bind and an
 //! Execute, as for the client's own prepared statement).
 //!
-//! Correctness rests on PostgreSQL's plan cache: privileges are checked at every
-//! execution, under the role each run of writes sets; a cached plan is re-analysed when
-//! the search_path or the table changes, or when row security depends on a different role.
-//! The key carries the role and the search_path all the same (defence in depth: `$user` in a
-//! path names another schema for another role), so a statement is only ever bound under the
-//! role and path it was parsed under.
+//! A statement is only ever bound under exactly the role, search_path and recorded settings
+//! it was parsed under: all three are in its key. PostgreSQL re-analyses a cached plan when
+//! the search_path or the table changes, but literals are converted at Parse and are not
+//! re-read when `TimeZone`, `DateStyle`, `standard_conforming_strings` and the like change:
+//! `'2025-01-01 10:00'` parsed under one session's time zone must not be bound for another's.
 //!
 //! A name is given once and never again on a connection: a Parse skipped because an earlier
 //! statement of its batch failed leaves no statement behind, one that ran does, so names of
@@ -19,6 +18,8 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+
+use super::entry::Entry;
 
 /// At most this many named statements per connection.
 const MAX_STATEMENTS: usize = 256;
@@ -31,11 +32,13 @@ struct Key {
     types: Bytes,
     role: String,
     search_path: String,
+    settings: Vec<(String, String)>,
 }
 
 impl Key {
     fn weight(&self) -> usize {
-        self.sql.len() + self.types.len() + self.role.len() + self.search_path.len()
+        let settings: usize = self.settings.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.sql.len() + self.types.len() + self.role.len() + self.search_path.len() + settings
     }
 }
 
@@ -63,14 +66,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// How the batch being built runs `sql` with parameter `types` as `role` under
-    /// `search_path`.
-    pub fn lookup(&mut self, sql: &Bytes, types: &Bytes, role: &str, search_path: &str) -> Use {
+    /// How the batch being built runs `sql` with parameter `types` as the entry `e` says
+    /// (role, search_path, recorded settings).
+    pub fn lookup(&mut self, sql: &Bytes, types: &Bytes, e: &Entry) -> Use {
         let key = Key {
             sql: sql.clone(),
             types: types.clone(),
-            role: role.to_owned(),
-            search_path: search_path.to_owned(),
+            role: e.role.clone(),
+            search_path: e.search_path.clone(),
+            settings: e.settings.clone(),
         };
         if let Some(name) = self.known.get(&key) {
             return Use::Bound(name.clone());
@@ -119,47 +123,68 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    /// An entry as `role` under `path` with `settings`.
+    fn as_(role: &str, path: &str, settings: &[(&str, &str)]) -> Entry {
+        let mut e = Entry::placeholder("d");
+        e.role = role.to_owned();
+        e.search_path = path.to_owned();
+        e.settings = settings
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        e
+    }
+
     #[test]
     fn a_text_is_parsed_once_then_bound() {
         let mut p = Prepared::default();
         let (s, t) = (sql("INSERT INTO t VALUES ($1)"), Bytes::new());
-        let Use::Parse(name) = p.lookup(&s, &t, "r", "public") else {
+        let Use::Parse(name) = p.lookup(&s, &t, &as_("r", "public", &[])) else {
             panic!("first use parses");
         };
-        assert_eq!(p.lookup(&s, &t, "r", "public"), Use::Bound(name.clone()));
+        assert_eq!(
+            p.lookup(&s, &t, &as_("r", "public", &[])),
+            Use::Bound(name.clone())
+        );
         p.committed();
-        assert_eq!(p.lookup(&s, &t, "r", "public"), Use::Bound(name));
+        assert_eq!(p.lookup(&s, &t, &as_("r", "public", &[])), Use::Bound(name));
     }
 
     #[test]
-    fn another_role_search_path_or_types_is_another_statement() {
+    fn another_role_search_path_setting_or_types_is_another_statement() {
         let mut p = Prepared::default();
         let s = sql("INSERT INTO t VALUES ($1)");
-        let a = p.lookup(&s, &Bytes::new(), "r", "public");
-        let b = p.lookup(&s, &Bytes::new(), "r", "other");
-        let c = p.lookup(&s, &Bytes::from_static(&[0, 0, 0, 23]), "r", "public");
-        let d = p.lookup(&s, &Bytes::new(), "w", "public");
-        let names: std::collections::HashSet<String> = [a, b, c, d]
+        let a = p.lookup(&s, &Bytes::new(), &as_("r", "public", &[]));
+        let b = p.lookup(&s, &Bytes::new(), &as_("r", "other", &[]));
+        let c = p.lookup(
+            &s,
+            &Bytes::from_static(&[0, 0, 0, 23]),
+            &as_("r", "public", &[]),
+        );
+        let d = p.lookup(&s, &Bytes::new(), &as_("w", "public", &[]));
+        let tokyo = as_("r", "public", &[("timezone", "Asia/Tokyo")]);
+        let e = p.lookup(&s, &Bytes::new(), &tokyo);
+        let names: std::collections::HashSet<String> = [a, b, c, d, e]
             .into_iter()
             .map(|u| match u {
                 Use::Parse(n) => n,
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(names.len(), 4);
+        assert_eq!(names.len(), 5);
     }
 
     #[test]
     fn names_of_a_failed_batch_are_closed_and_never_reused() {
         let mut p = Prepared::default();
         let s = sql("INSERT INTO t VALUES ($1)");
-        let Use::Parse(first) = p.lookup(&s, &Bytes::new(), "r", "public") else {
+        let Use::Parse(first) = p.lookup(&s, &Bytes::new(), &as_("r", "public", &[])) else {
             panic!()
         };
         p.failed();
         assert_eq!(p.take_closing(), vec![first.clone()]);
         assert!(p.take_closing().is_empty());
-        let Use::Parse(second) = p.lookup(&s, &Bytes::new(), "r", "public") else {
+        let Use::Parse(second) = p.lookup(&s, &Bytes::new(), &as_("r", "public", &[])) else {
             panic!("parsed again after a failed batch")
         };
         assert_ne!(first, second);
@@ -171,16 +196,19 @@ mod tests {
         for i in 0..MAX_STATEMENTS {
             let s = Bytes::from(format!("INSERT INTO t VALUES ({i})"));
             assert!(matches!(
-                p.lookup(&s, &Bytes::new(), "r", ""),
+                p.lookup(&s, &Bytes::new(), &as_("r", "", &[])),
                 Use::Parse(_)
             ));
         }
         p.committed();
         let s = sql("INSERT INTO t VALUES (-1)");
-        assert_eq!(p.lookup(&s, &Bytes::new(), "r", ""), Use::Unnamed);
+        assert_eq!(
+            p.lookup(&s, &Bytes::new(), &as_("r", "", &[])),
+            Use::Unnamed
+        );
         let big = Bytes::from(vec![b'x'; MAX_BYTES + 1]);
         assert_eq!(
-            Prepared::default().lookup(&big, &Bytes::new(), "r", ""),
+            Prepared::default().lookup(&big, &Bytes::new(), &as_("r", "", &[])),
             Use::Unnamed
         );
     }
