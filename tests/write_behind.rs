@@ -1313,3 +1313,45 @@ async fn one_text_from_sessions_in_two_time_zones_reads_each_in_its_own() {
     );
     assert!(queued(&p) >= 2.0, "3 and 4 were queued");
 }
+
+/// Another role that created pgmemo's progress table first (with a trigger that would run
+/// as pgmemo on every batch) must not get it used: the queue waits, loudly, and nothing in
+/// it is applied through that table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_table_another_role_owns_is_never_used() {
+    let f = Fixture::new();
+    f.direct()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA pgmemo AUTHORIZATION w;
+             SET ROLE w;
+             CREATE TABLE pgmemo.behind_progress (queue text PRIMARY KEY, applied bigint NOT NULL,
+               updated_at timestamptz NOT NULL DEFAULT now());
+             RESET ROLE",
+        )
+        .await
+        .unwrap();
+    let p = f.proxy("50ms", "");
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'o')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.stderr().contains("write-behind will not use it") {
+        assert!(Instant::now() < deadline, "refused loudly: {}", p.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM ev WHERE note = 'o'").await,
+        1,
+        "only the synchronous first one"
+    );
+    assert_eq!(
+        f.scalar("SELECT count(*) FROM pgmemo.behind_progress")
+            .await,
+        0
+    );
+}

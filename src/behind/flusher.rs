@@ -774,11 +774,28 @@ async fn connect(behind: &Behind, db: &str, queue: &str) -> Result<(Conn, u64), 
     let names: Vec<String> = RECORDED_SETTINGS.iter().map(|n| format!("'{n}'")).collect();
     let mut req = Vec::new();
     // Created only when missing: CREATE ... IF NOT EXISTS checks the CREATE privilege
-    // first, and a role given the table by an administrator need not have it.
+    // first, and a role given the table by an administrator need not have it. Then used
+    // only if pgmemo's role owns the schema and the table (or, not being a superuser, for
+    // whom membership is implied, is a member of their owners) and the table runs no code: another role that created them first could otherwise run a
+    // trigger as pgmemo on every batch, or move the progress row to skip or repeat writes.
     let create = format!(
         "DO $pgmemo$ BEGIN \
          IF pg_catalog.to_regnamespace('pgmemo') IS NULL THEN CREATE SCHEMA pgmemo; END IF; \
          IF pg_catalog.to_regclass('pgmemo.behind_progress') IS NULL THEN {PROGRESS_DDL}; END IF; \
+         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+           JOIN pg_catalog.pg_roles me ON me.rolname OPERATOR(pg_catalog.=) current_user \
+           WHERE c.oid OPERATOR(pg_catalog.=) 'pgmemo.behind_progress'::pg_catalog.regclass \
+           AND c.relkind OPERATOR(pg_catalog.=) 'r' \
+           AND (c.relowner OPERATOR(pg_catalog.=) me.oid OR (NOT me.rolsuper \
+             AND pg_catalog.pg_has_role(c.relowner, 'MEMBER'))) \
+           AND (n.nspowner OPERATOR(pg_catalog.=) me.oid OR (NOT me.rolsuper \
+             AND pg_catalog.pg_has_role(n.nspowner, 'MEMBER'))) \
+           AND NOT c.relhastriggers AND NOT c.relhasrules AND NOT c.relrowsecurity) THEN \
+           RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = 'pgmemo.behind_progress (or its \
+           schema) is not owned by this role, or has triggers, rules or row security: \
+           write-behind will not use it'; \
+         END IF; \
          END $pgmemo$"
     );
     batch::run(&mut req, &create, &[]);
