@@ -403,14 +403,20 @@ async fn copy_from_stdin_into_a_through_table_is_not_followed_by_re_runs() {
         assert_eq!(sink.finish().await.expect("COPY succeeds"), 1);
     }
     assert_eq!(pipelined(&s), sent, "nothing sent behind a COPY");
-    // Re-run after each COPY's reply (in the background: the copy-in session is not at a
-    // sync point the writer's connection can re-run at).
-    // Counted once each background re-run ended (it may still run under load).
+    // Re-run after the COPY replies (in the background: the copy-in session is not at a
+    // sync point the writer's connection can re-run at). Once per COPY, or once for both:
+    // a refresh nobody read yet is not refreshed again by the next write, and under load
+    // the first one may still be unread (or running) when the second COPY lands. What the
+    // reader then hits has both rows either way.
     let deadline = std::time::Instant::now() + soon;
-    while refreshed(&s) - stored < 2.0 && std::time::Instant::now() < deadline {
+    while refreshed(&s) - stored < 1.0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(refreshed(&s) - stored, 2.0, "re-run after each");
+    let reruns = refreshed(&s) - stored;
+    assert!(
+        (1.0..=2.0).contains(&reruns),
+        "re-run after the COPYs: {reruns}"
+    );
     s.probe.eventually_hit(&reader, &q, &one("7"), soon).await;
     simple(&writer, "SELECT 1").await;
     // Simple protocol: psql's inline COPY block, then a statement on the same session.
@@ -439,7 +445,12 @@ async fn copy_from_stdin_into_a_through_table_is_not_followed_by_re_runs() {
     );
     assert_eq!(stdout.trim(), "after|8");
     assert_eq!(pipelined(&s), sent, "nothing sent behind a COPY");
-    assert_eq!(refreshed(&s) - stored, 3.0);
+    // The reader hit the refreshed result since, so psql's COPY re-runs it once more.
+    let deadline = std::time::Instant::now() + soon;
+    while refreshed(&s) - stored < reruns + 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refreshed(&s) - stored, reruns + 1.0);
     s.probe.eventually_hit(&reader, &q, &one("8"), soon).await;
 }
 
