@@ -1258,3 +1258,69 @@ async fn a_reload_can_raise_the_flush_interval() {
     )
     .await;
 }
+
+/// Copies the queued entry `from` of the `app` stream to `to`: without its signature
+/// (`keep_tag` false) or with it (then it is the signature of another number: a replay).
+fn forge_entry(redis: &RedisServer, from: i64, to: i64, keep_tag: bool) {
+    let fields = if keep_tag { "'e', e, 's', s" } else { "'e', e" };
+    let script = format!(
+        "local f = redis.call('XRANGE', KEYS[1], '{from}-1', '{from}-1')[1][2]; \
+         local e, s = '', ''; \
+         for i = 1, #f, 2 do if f[i] == 'e' then e = f[i+1] elseif f[i] == 's' then s = f[i+1] end end; \
+         redis.call('XADD', KEYS[1], '{to}-1', {fields}); \
+         redis.call('HSET', KEYS[2], 'seq', {to}); return 1"
+    );
+    let reply = redis.command(&format!(
+        "EVAL \"{script}\" 2 pgmemo:wb:behind:{{617070}}:stream {META}"
+    ));
+    assert!(reply.starts_with(":1"), "{reply}");
+}
+
+/// Whoever can write to Redis cannot make the flusher run a statement: an entry appended
+/// directly, with a valid encoding (a pgmemo's record, copied) but no signature or the
+/// signature of another number (a replay), is never applied; each becomes a dead letter
+/// and the writes after them are applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_entry_without_a_valid_signature_is_a_dead_letter_never_applied() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    // A flush interval long enough that the queued write is still in the stream to copy.
+    let p = f.proxy_with(redis_config(&redis.url(), "60s"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 's')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    let seq = meta_field(&redis, "seq");
+    assert!(seq >= 1, "queued in Redis");
+    drop(c);
+    drop(p);
+    forge_entry(&redis, seq, seq + 1, false);
+    forge_entry(&redis, seq, seq + 2, true);
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 's')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    c.execute(&stmt, &[&3i32]).await.unwrap();
+    assert!(
+        meta_field(&redis, "seq") > seq + 2,
+        "queued after the forged ones"
+    );
+    wait_stream_applied(&f, &redis, &p).await;
+    // Each acknowledged write once; the copies (inserts of an id already there) never ran,
+    // or they would be 23505 dead letters.
+    assert_exactly_once(&f, &[0, 1, 2, 3].into_iter().collect()).await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert_eq!(
+        list.matches("signature does not verify").count(),
+        2,
+        "{list}"
+    );
+    assert!(!list.contains("23505"), "{list}");
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 2.0);
+}

@@ -31,7 +31,7 @@ use super::dead::{DeadLetter, now_ms};
 use super::entry::{Entry, Op, RECORDED_SETTINGS};
 use super::prepared::Prepared;
 use super::queue::Queue;
-use super::stream::{LEASE_PERIOD, StreamQueue};
+use super::stream::{LEASE_PERIOD, Record, StreamQueue};
 use super::{Behind, Db, lock};
 use crate::cache::Tag;
 use crate::invalidation::{Source, Written};
@@ -428,8 +428,16 @@ async fn take_stream(
     if status.seq < first {
         return Ok(Some(Vec::new()));
     }
+    let Some(id) = id else {
+        return Ok(None);
+    };
     let rows = s
-        .read(first, max_batch.saturating_add(dead.len()), MAX_READ_BYTES)
+        .read(
+            &id,
+            first,
+            max_batch.saturating_add(dead.len()),
+            MAX_READ_BYTES,
+        )
         .await?;
     let mut out = Vec::new();
     let mut expected = first;
@@ -453,13 +461,16 @@ async fn take_stream(
             break;
         }
         expected = seq + 1;
-        let e = Entry::decode(&record).unwrap_or_else(|e| {
-            // Not written by a pgmemo that reads this format (as for the journal): a
-            // placeholder keeps the run unbroken, never runs, and becomes a dead letter
-            // with the raw bytes before the batch (see `bury_unreadable`).
-            lock(state)
-                .unreadable
-                .insert(seq, (record.clone(), e.to_string()));
+        // Not signed with this deployment's secret for this place in this queue (written
+        // to Redis by someone else), too large, or not written by a pgmemo that reads this
+        // format: a placeholder keeps the run unbroken, never runs, and becomes a dead
+        // letter with the raw bytes before the batch (see `bury_unreadable`).
+        let decoded = match record {
+            Record::Verified(record) => Entry::decode(&record).map_err(|e| (record, e.to_string())),
+            Record::Rejected { raw, why } => Err((raw, why.to_owned())),
+        };
+        let e = decoded.unwrap_or_else(|(raw, why)| {
+            lock(state).unreadable.insert(seq, (raw, why));
             Entry::placeholder(&name)
         });
         if !dead.contains(&seq) {
