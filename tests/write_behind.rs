@@ -1324,3 +1324,84 @@ async fn redis_queue_entry_without_a_valid_signature_is_a_dead_letter_never_appl
     assert!(!list.contains("23505"), "{list}");
     assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 2.0);
 }
+
+/// The queue hash's id (the queue incarnation), empty when absent.
+fn meta_id(redis: &RedisServer) -> String {
+    let reply = redis.command(&format!("HGET {META} id"));
+    reply.lines().nth(1).unwrap_or_default().to_owned()
+}
+
+/// A progress row's applied number (-1 when there is none).
+async fn progress_of(f: &Fixture, id: &str) -> i64 {
+    f.direct()
+        .await
+        .query_opt(
+            "SELECT applied FROM pgmemo.behind_progress WHERE queue LIKE '%' || $1",
+            &[&format!(":{id}")],
+        )
+        .await
+        .unwrap()
+        .map_or(-1, |r| r.get(0))
+}
+
+/// Redis loses its data (FLUSHALL) while the holder's flusher keeps its connection, whose
+/// progress row is the old queue's: the new queue's writes are applied under the new
+/// queue's own row, exactly once, and the old row stays where it was (before the fix they
+/// were applied under the old row, moving it back, and the new row started from 0: a
+/// restart applied them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_lost_by_redis_is_followed_by_a_new_queue_applied_exactly_once() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'f')")
+        .await
+        .unwrap();
+    for id in 0..4i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    wait_stream_applied(&f, &redis, &p).await;
+    let old = meta_id(&redis);
+    let old_applied = progress_of(&f, &old).await;
+    assert!(old_applied >= 1, "the first queue was applied");
+    assert!(redis.command("FLUSHALL").starts_with("+OK"));
+    for id in 4..10i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    let new = meta_id(&redis);
+    assert!(
+        !new.is_empty() && new != old,
+        "a new queue: {old} then {new}"
+    );
+    let seq = meta_field(&redis, "seq");
+    assert!(seq >= 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress_of(&f, &new).await != seq {
+        assert!(
+            Instant::now() < deadline,
+            "the new queue's row did not reach {seq}\n{}",
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        progress_of(&f, &old).await,
+        old_applied,
+        "old row untouched"
+    );
+    // The database is listed again for the other instances and the next start.
+    assert!(
+        redis
+            .command("SISMEMBER pgmemo:wb:behind:dbs app")
+            .starts_with(":1")
+    );
+    // A restart reads the new row: nothing is applied again.
+    drop(c);
+    drop(p);
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&f, &(0..10).collect()).await;
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
+}

@@ -92,6 +92,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
     let mut renewed_at: Option<Instant> = None;
     let mut idle = false;
     let mut conn: Option<Conn> = None;
+    // Stream kind: the queue incarnation the connection's progress row (`queue`) is of.
+    // Every batch and settlement on the connection is of it: when Redis's queue becomes
+    // another one meanwhile (it lost its data), the numbers in `Db` are the new queue's and
+    // must be neither applied under the old row nor settled by the old queue's commits.
+    let mut conn_id: Option<String> = None;
     let mut backoff = Duration::from_millis(50);
     // Writes refused in the batch being retried: skipped, their numbers still applied.
     let mut dead: HashSet<u64> = HashSet::new();
@@ -152,6 +157,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 Ok(st) => match st.id {
                     Some(id) => {
                         queue = s.progress_key(&id);
+                        conn_id = Some(id.clone());
                         let mut db = lock(&state);
                         if db.stream_id.as_deref() != Some(id.as_str()) {
                             behind.new_incarnation(&mut db, Some(id));
@@ -184,7 +190,17 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                         // are gone with them. Carry on from what this queue applied.
                         tracing::error!(database = %name, progress = applied, applied = ours, "the write-behind progress row went back: PostgreSQL lost committed batches (fsync or synchronous_commit off?); their writes are lost");
                     }
-                    settle(&behind, &state, applied.max(ours), &mut dead, true);
+                    if !settle(
+                        &behind,
+                        &state,
+                        conn_id.as_deref(),
+                        applied.max(ours),
+                        &mut dead,
+                        true,
+                    ) {
+                        // Redis's queue changed while connecting: this row is not its own.
+                        continue;
+                    }
                     if !bury_unreadable(&behind, &state, &mut dead) {
                         // Not recorded: nothing after them may be applied yet.
                         conn = None;
@@ -205,7 +221,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
         };
         let entries = match &stream {
             None => take(&state, &dead),
-            Some(s) => match take_stream(&state, s, &dead).await {
+            Some(s) => match take_stream(&state, s, conn_id.as_deref(), &dead).await {
                 Ok(Some(entries)) => entries,
                 Ok(None) => {
                     // The queue in Redis is another incarnation now: reconnect for its row.
@@ -266,7 +282,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 metrics::histogram!(names::BEHIND_FLUSH_SECONDS).record(elapsed.as_secs_f64());
                 metrics::histogram!(names::BEHIND_BATCH_ENTRIES).record(live.len() as f64);
                 missed_rows(&behind, &built.units, &tags, &live);
-                committed(&behind, &state, to, &live);
+                if !committed(&behind, &state, conn_id.as_deref(), to, &live) {
+                    // The batch applied the old queue's writes under its own row, but Redis's
+                    // queue is another one now: reconnect for the new queue's row.
+                    conn = None;
+                }
                 row = to;
                 dead.retain(|&s| s > to);
                 alone.retain(|&s| s > to);
@@ -392,12 +412,19 @@ async fn follow(behind: &Behind, state: &Mutex<Db>, s: &StreamQueue) {
     let behind_by = {
         let mut db = lock(state);
         if db.stream_id.as_deref() != Some(id.as_str()) {
-            behind.new_incarnation(&mut db, Some(id));
+            behind.new_incarnation(&mut db, Some(id.clone()));
         }
         st.applied > db.applied
     };
     if behind_by {
-        settle(behind, state, st.applied, &mut HashSet::new(), false);
+        settle(
+            behind,
+            state,
+            Some(id.as_str()),
+            st.applied,
+            &mut HashSet::new(),
+            false,
+        );
     }
 }
 
@@ -407,6 +434,7 @@ async fn follow(behind: &Behind, state: &Mutex<Db>, s: &StreamQueue) {
 async fn take_stream(
     state: &Mutex<Db>,
     s: &StreamQueue,
+    conn_id: Option<&str>,
     dead: &HashSet<u64>,
 ) -> Result<Option<Vec<(u64, Arc<Entry>)>>, super::stream::StreamError> {
     let (first, max_batch, id, name) = {
@@ -422,7 +450,9 @@ async fn take_stream(
         )
     };
     let status = s.status().await?;
-    if status.id.is_none() || status.id != id {
+    // Redis's queue, the one the connection's progress row is of and the one `Db`'s numbers
+    // are of must all be the same incarnation.
+    if status.id.is_none() || status.id != id || id.as_deref() != conn_id {
         return Ok(None);
     }
     if status.seq < first {
@@ -489,15 +519,21 @@ fn max_batch(state: &Mutex<Db>) -> usize {
 
 /// After (re)connecting: what the progress row says is applied leaves the queue. `release`:
 /// this instance applies the queue (the journal's segments or the stream's entries it
-/// covers go, and the stream kind publishes the number to the other instances).
+/// covers go, and the stream kind publishes the number to the other instances). `id`
+/// (stream kind): the queue incarnation `applied` is of; when `Db`'s is another one now
+/// nothing is settled (its numbers mean other writes) and the answer is false.
 fn settle(
     behind: &Behind,
     state: &Mutex<Db>,
+    id: Option<&str>,
     applied: u64,
     dead: &mut HashSet<u64>,
     release: bool,
-) {
+) -> bool {
     let mut db = lock(state);
+    if !same_queue(db.stream_id.as_deref(), id) {
+        return false;
+    }
     let gone: Vec<u64> = db.pending.range(..=applied).map(|(&s, _)| s).collect();
     let mut bytes = 0u64;
     let mut written = Written::default();
@@ -518,7 +554,8 @@ fn settle(
         match &db.queue {
             Queue::Journal(j) => j.release(applied),
             Queue::Stream(s) => {
-                if let Some(id) = &db.stream_id {
+                // The batch's queue (checked equal to `Db`'s above, under the same lock).
+                if let Some(id) = id {
                     s.release(id, applied);
                 }
             }
@@ -528,6 +565,13 @@ fn settle(
     dead.retain(|&s| s > applied);
     drop(db);
     behind.publish_gauges();
+    true
+}
+
+/// Whether numbers of queue `batch` may be settled in a `Db` whose queue is `db` (the
+/// journal kind has no ids: always).
+fn same_queue(db: Option<&str>, batch: Option<&str>) -> bool {
+    db == batch
 }
 
 /// Writes queued under another role than the one this flusher logs in as (the journal of
@@ -589,8 +633,15 @@ fn bury_unreadable(behind: &Behind, state: &Mutex<Db>, dead: &mut HashSet<u64>) 
     true
 }
 
-/// A committed batch: invalidate what it wrote, leave the queue, wake barriers.
-fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entry>)]) {
+/// A committed batch of queue `id`: invalidate what it wrote, leave the queue, wake
+/// barriers. False when `Db`'s queue is another incarnation now (nothing settled).
+fn committed(
+    behind: &Behind,
+    state: &Mutex<Db>,
+    id: Option<&str>,
+    to: u64,
+    live: &[(u64, Arc<Entry>)],
+) -> bool {
     let mut written = Written::default();
     let now = now_ms();
     for (_, e) in live {
@@ -608,13 +659,16 @@ fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entr
     }
     metrics::counter!(names::BEHIND_APPLIED).increment(live.len() as u64);
     let mut dead = HashSet::new();
-    settle(behind, state, to, &mut dead, true);
+    if !settle(behind, state, id, to, &mut dead, true) {
+        return false;
+    }
     let oldest = lock(state)
         .pending
         .values()
         .next()
         .map_or(0.0, |e| now.saturating_sub(e.acked_ms) as f64 / 1000.0);
     metrics::gauge!(names::BEHIND_OLDEST_SECONDS).set(oldest);
+    true
 }
 
 /// The counters a write bumps once applied.

@@ -46,10 +46,13 @@ const FAILING_FOR: Duration = Duration::from_secs(1);
 
 /// Adds a group of writes: KEYS = meta, stream; ARGV = the queue id the records are signed
 /// for (used as the id when the queue has none yet), the number the first must get, the
-/// appender's floor (see below), then each record and its tag. Numbers are signed before
+/// appender's floor (see below), `1` when the id is a fresh one the caller made because it
+/// saw no queue (else `0`), then each record and its tag. Numbers are signed before
 /// they are given, so the caller predicts them: when the queue's id or next number is not
 /// the predicted one nothing is appended and the reply is `{0, id, seq}` (the caller signs
-/// again); otherwise `{1, id, first}`. The next number is `max(seq, floor) + 1`: the floor is
+/// again; an empty id: there is no queue, the caller makes one); otherwise
+/// `{1, id, first}`. Only a fresh id starts a queue: the id a caller knew from before Redis
+/// lost its data must not name the new queue (its progress row would skip the new numbers). The next number is `max(seq, floor) + 1`: the floor is
 /// the applied number the appender knows for this id, so a counter Redis rolled back (a
 /// restart with `appendfsync everysec`, a failover) never numbers new writes below what
 /// was already applied (they would be skipped). The XADDs are the first writes, so an
@@ -62,6 +65,9 @@ if not id then
   if redis.call('EXISTS', KEYS[2]) == 1 then
     return redis.error_reply('PGMEMOQUEUE the write-behind stream exists without its counter: refusing to number writes anew')
   end
+  if ARGV[4] ~= '1' then
+    return {0, '', 0}
+  end
   id = ARGV[1]
 end
 local n = seq
@@ -71,7 +77,7 @@ end
 if id ~= ARGV[1] or n + 1 ~= tonumber(ARGV[2]) then
   return {0, id, n}
 end
-for i = 4, #ARGV - 1, 2 do
+for i = 5, #ARGV - 1, 2 do
   n = n + 1
   redis.call('XADD', KEYS[2], string.format('%d-1', n), 'e', ARGV[i], 's', ARGV[i + 1])
 end
@@ -439,16 +445,20 @@ impl StreamQueue {
     ) -> Result<(u64, String), StreamError> {
         let mut conn = self.link.conn.clone();
         for _ in 0..APPEND_ATTEMPTS {
-            let (id, first) = match next.take() {
-                Some(p) => p,
+            let (id, first, fresh) = match next.take() {
+                Some((id, first)) => (id, first, false),
                 None => {
                     let st = self
                         .status()
                         .await
                         .map_err(|e| StreamError::Refused(e.to_string()))?;
-                    let id = st.id.unwrap_or_else(fresh_id);
-                    let first = st.seq.max(self.floor_for(&id)).saturating_add(1);
-                    (id, first)
+                    match st.id {
+                        Some(id) => {
+                            let first = st.seq.max(self.floor_for(&id)).saturating_add(1);
+                            (id, first, false)
+                        }
+                        None => (fresh_id(), 1, true),
+                    }
                 }
             };
             let mut cmd = redis::cmd("EVAL");
@@ -458,7 +468,8 @@ impl StreamQueue {
                 .arg(&self.stream)
                 .arg(&id)
                 .arg(first)
-                .arg(self.floor_for(&id));
+                .arg(self.floor_for(&id))
+                .arg(if fresh { "1" } else { "0" });
             for (i, (record, _)) in group.iter().enumerate() {
                 let n = first + i as u64;
                 cmd.arg(record.as_ref())
@@ -474,6 +485,10 @@ impl StreamQueue {
                 Some(AppendReply::Stored { id: got, first: at }) if got == id && at == first => {
                     *next = Some((id.clone(), first + group.len() as u64));
                     return Ok((first, id));
+                }
+                Some(AppendReply::Moved { id, .. }) if id.is_empty() => {
+                    // Redis has no queue (it lost its data): start one under a fresh id.
+                    *next = None;
                 }
                 Some(AppendReply::Moved { id, seq }) => {
                     // Another instance appended meanwhile (or the queue is another one now):
