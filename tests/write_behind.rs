@@ -1405,3 +1405,45 @@ async fn redis_queue_lost_by_redis_is_followed_by_a_new_queue_applied_exactly_on
     assert_exactly_once(&f, &(0..10).collect()).await;
     assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
 }
+
+/// Redis goes back under the same queue id (as a restart with `appendfsync everysec` or a
+/// failover can): the holder raises the counter above what it applied (logged), and new
+/// writes are numbered above it (the appender's floor) and applied, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_counter_that_went_back_is_fenced_and_new_writes_are_applied() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'b')")
+        .await
+        .unwrap();
+    for id in 0..4i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    wait_stream_applied(&f, &redis, &p).await;
+    let applied = meta_field(&redis, "seq");
+    assert!(applied >= 2);
+    // The counter goes back (the entries above it were trimmed as applied).
+    assert!(
+        redis
+            .command(&format!("HSET {META} seq 1"))
+            .starts_with(':')
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while meta_field(&redis, "seq") < applied {
+        assert!(Instant::now() < deadline, "not fenced\n{}", p.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.stderr().contains("counter went back"), "{}", p.stderr());
+    for id in 4..8i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    assert!(
+        meta_field(&redis, "seq") > applied,
+        "numbered above the applied"
+    );
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &(0..8).collect()).await;
+}

@@ -455,12 +455,26 @@ async fn take_stream(
     if status.id.is_none() || status.id != id || id.as_deref() != conn_id {
         return Ok(None);
     }
-    if status.seq < first {
-        return Ok(Some(Vec::new()));
-    }
     let Some(id) = id else {
         return Ok(None);
     };
+    if status.seq + 1 < first {
+        // Redis went back (a restart that lost its last writes under `appendfsync
+        // everysec`, a failover to a replica that had not everything) under the same id:
+        // it would number new writes at or below what is applied, and this flusher would
+        // never read them. Raise its counter above what is applied.
+        tracing::error!(
+            database = %name,
+            seq = status.seq,
+            applied = first - 1,
+            "write-behind: the Redis queue's counter went back below the applied number (Redis lost acknowledged writes); raising it (writes numbered meanwhile by instances that did not know the applied number are lost)"
+        );
+        s.fence(&id, first - 1).await?;
+        return Ok(Some(Vec::new()));
+    }
+    if status.seq < first {
+        return Ok(Some(Vec::new()));
+    }
     let rows = s
         .read(
             &id,
@@ -560,6 +574,10 @@ fn settle(
                 }
             }
         }
+    }
+    if let (Queue::Stream(s), Some(id)) = (&db.queue, id) {
+        // The floor of this instance's appends: never numbered at or below it.
+        s.set_floor(id, applied);
     }
     db.applied_tx.send_replace(applied);
     dead.retain(|&s| s > applied);

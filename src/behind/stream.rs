@@ -206,6 +206,20 @@ end
 redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', upto + 1))
 return 1";
 
+/// Raises the counter of queue `id` to what the holder applied, after Redis went back
+/// (KEYS = meta; ARGV = id, applied): new writes then get numbers above what is applied
+/// instead of numbers the flusher considers done. Guarded by the id, so a queue that is
+/// another one meanwhile is left alone. Returns the counter before.
+const FENCE: &str = "\
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
+  return -1
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq')) or 0
+if seq < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[2])
+end
+return seq";
+
 /// Why the stream could not take or give writes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StreamError {
@@ -597,6 +611,19 @@ impl StreamQueue {
             }
         }
         Ok(out)
+    }
+
+    /// Redis's counter of queue `id` went below `applied` (Redis restarted from an older
+    /// state, or a replica that had not everything took over): raises it to `applied`.
+    pub async fn fence(&self, id: &str, applied: u64) -> Result<(), StreamError> {
+        let mut conn = self.link.conn.clone();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FENCE).arg(1).arg(&self.meta).arg(id).arg(applied);
+        tokio::time::timeout(self.link.timeout, cmd.query_async::<i64>(&mut conn))
+            .await
+            .map_err(|_| StreamError::Redis("fence timed out".to_owned()))?
+            .map_err(|e| StreamError::Redis(e.to_string()))?;
+        Ok(())
     }
 
     /// After a commit that applied up to `upto` of queue `id`: publishes it and trims the
