@@ -1447,3 +1447,28 @@ async fn redis_queue_counter_that_went_back_is_fenced_and_new_writes_are_applied
     wait_stream_applied(&f, &redis, &p).await;
     assert_exactly_once(&f, &(0..8).collect()).await;
 }
+
+/// An instance started before any write to a database learns of its queue later (the list
+/// of databases is read every lease period): when the only instance that wrote there dies
+/// with writes unapplied, it applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_of_a_database_listed_after_start_is_applied_by_another_instance() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    let y = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    // X holds its batches back long enough to die with them unapplied.
+    let x = f.proxy_with(redis_config(&redis.url(), "60s"));
+    let c = x.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'l')")
+        .await
+        .unwrap();
+    for id in 0..4i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    assert!(meta_field(&redis, "seq") >= 1, "queued in Redis");
+    drop(c);
+    drop(x);
+    wait_stream_applied(&f, &redis, &y).await;
+    assert_exactly_once(&f, &(0..4).collect()).await;
+}

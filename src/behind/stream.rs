@@ -12,8 +12,9 @@
 //!   `e` its encoded [`super::Entry`], field `s` its signature (see [`QueueKey`]): an entry
 //!   that does not verify is never applied (a dead letter), so whoever can write to Redis
 //!   cannot make the flusher run a statement as pgmemo's role.
-//! - `pgmemo:<ns>:behind:dbs`: the databases that have a stream (read at start, so what an
-//!   instance acknowledged is applied even if no write to that database comes again).
+//! - `pgmemo:<ns>:behind:dbs`: the databases that have a stream (read at start and every
+//!   lease period, so what an instance acknowledged is applied even if no write to that
+//!   database comes again, by any instance; added again at each new queue incarnation).
 //!
 //! Numbers are dense (1, 2, 3, ...) because one script gives the number and adds the entry
 //! atomically; the flusher's "unbroken run after the last applied" rule and the bigint
