@@ -846,8 +846,9 @@ fn durable_redis() -> RedisServer {
     RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
 }
 
-/// The `app` database's queue hash in Redis (namespace `wb`; `617070` is hex("app")).
-const META: &str = "pgmemo:wb:behind:{617070}:meta";
+/// The `app` database's queue hash in Redis (namespace `wb`; `706f737467726573` is
+/// hex("postgres"), the login; `617070` is hex("app")).
+const META: &str = "pgmemo:wb:behind:706f737467726573:{617070}:meta";
 
 /// A field of the queue hash (0 when absent).
 fn meta_field(redis: &RedisServer, field: &str) -> i64 {
@@ -927,7 +928,7 @@ async fn redis_queue_acknowledged_inserts_survive_kill_9_exactly_once() {
         p.stderr()
     );
     // Applied entries leave the stream.
-    let left = redis.command("XLEN pgmemo:wb:behind:{617070}:stream");
+    let left = redis.command("XLEN pgmemo:wb:behind:706f737467726573:{617070}:stream");
     assert!(left.starts_with(":0"), "stream length {left:?}");
     eprintln!("redis kill -9: {before_kill} acknowledged before the kill, each applied once");
 }
@@ -1151,7 +1152,8 @@ async fn redis_queue_entry_that_does_not_decode_is_a_dead_letter_not_a_stalled_q
             .command(&format!("HSET {META} seq 2"))
             .starts_with(':')
     );
-    let added = redis.command("XADD pgmemo:wb:behind:{617070}:stream 2-1 e garbage");
+    let added =
+        redis.command("XADD pgmemo:wb:behind:706f737467726573:{617070}:stream 2-1 e garbage");
     assert!(added.contains("2-1"), "{added}");
     // Later writes are applied after it; it is kept as a dead letter with its bytes.
     c.execute(&stmt, &[&3i32]).await.unwrap();
@@ -1271,7 +1273,7 @@ fn forge_entry(redis: &RedisServer, from: i64, to: i64, keep_tag: bool) {
          redis.call('HSET', KEYS[2], 'seq', {to}); return 1"
     );
     let reply = redis.command(&format!(
-        "EVAL \"{script}\" 2 pgmemo:wb:behind:{{617070}}:stream {META}"
+        "EVAL \"{script}\" 2 pgmemo:wb:behind:706f737467726573:{{617070}}:stream {META}"
     ));
     assert!(reply.starts_with(":1"), "{reply}");
 }
@@ -1394,7 +1396,7 @@ async fn redis_queue_lost_by_redis_is_followed_by_a_new_queue_applied_exactly_on
     // The database is listed again for the other instances and the next start.
     assert!(
         redis
-            .command("SISMEMBER pgmemo:wb:behind:dbs app")
+            .command("SISMEMBER pgmemo:wb:behind:706f737467726573:dbs app")
             .starts_with(":1")
     );
     // A restart reads the new row: nothing is applied again.

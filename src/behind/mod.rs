@@ -236,9 +236,11 @@ impl Behind {
             runtime: tokio::runtime::Handle::current(),
         });
         if let Some(link) = behind.stream.clone() {
-            behind
-                .runtime
-                .spawn(Behind::recover_streams(Arc::downgrade(&behind), link));
+            behind.runtime.spawn(Behind::recover_streams(
+                Arc::downgrade(&behind),
+                link,
+                behind.link.login.user.clone(),
+            ));
             return Ok(Some(behind));
         }
         let Some(dir) = dir else {
@@ -266,14 +268,14 @@ impl Behind {
     /// read again every lease period, not only at start: a database whose only writing
     /// instance died after this one started would otherwise never be applied by this one.
     /// Until the process ends (or shutdown begins).
-    async fn recover_streams(me: std::sync::Weak<Behind>, link: StreamLink) {
+    async fn recover_streams(me: std::sync::Weak<Behind>, link: StreamLink, login: String) {
         if link.check_persistence {
             stream::check_persistence(&link).await.log();
         }
         let mut conn = link.conn.clone();
         loop {
             let mut cmd = redis::cmd("SMEMBERS");
-            cmd.arg(StreamQueue::dbs_key(&link.namespace));
+            cmd.arg(StreamQueue::dbs_key(&link.namespace, &login));
             let read =
                 tokio::time::timeout(link.timeout, cmd.query_async::<Vec<String>>(&mut conn)).await;
             let Some(behind) = me.upgrade() else { return };
@@ -321,7 +323,12 @@ impl Behind {
         let mut pending = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
         let queue = if let Some(link) = &self.stream {
-            Queue::Stream(Arc::new(StreamQueue::new(link.clone(), db, &self.holder)))
+            Queue::Stream(Arc::new(StreamQueue::new(
+                link.clone(),
+                &self.link.login.user,
+                db,
+                &self.holder,
+            )))
         } else {
             let Some(dir) = &self.dir else {
                 return Err(BehindError::Dir(

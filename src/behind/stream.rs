@@ -2,17 +2,20 @@
 //! namespace and database, shared by every pgmemo instance on that Redis, so a write
 //! acknowledged by one instance is applied by whichever holds the database's lease.
 //!
-//! Keys (`{…}` is a cluster hash tag: a database's keys share a slot, as its scripts need):
-//! - `pgmemo:<ns>:behind:{<hex db>}:meta`: a hash with `id` (random, made with the first
+//! Keys (`{…}` is a cluster hash tag: a database's keys share a slot, as its scripts need;
+//! `<login>` is the hex of pgmemo's `upstream.url` user, so instances logged in as different
+//! users, as during a credential rotation, have separate queues, each applied by an
+//! instance that logs in as the user its writes were queued under):
+//! - `pgmemo:<ns>:behind:<login>:{<hex db>}:meta`: a hash with `id` (random, made with the first
 //!   append: the progress row in PostgreSQL is keyed by it, so a Redis that lost its data
 //!   starts a new queue instead of inheriting the old one's progress and skipping writes),
 //!   `seq` (the last number given) and `applied` (published by the flusher after a commit,
 //!   read by the other instances for their barriers and bounds).
-//! - `pgmemo:<ns>:behind:{<hex db>}:stream`: entry `<n>-1` holds write number `n`, field
+//! - `pgmemo:<ns>:behind:<login>:{<hex db>}:stream`: entry `<n>-1` holds write number `n`, field
 //!   `e` its encoded [`super::Entry`], field `s` its signature (see [`QueueKey`]): an entry
 //!   that does not verify is never applied (a dead letter), so whoever can write to Redis
 //!   cannot make the flusher run a statement as pgmemo's role.
-//! - `pgmemo:<ns>:behind:dbs`: the databases that have a stream (read at start and every
+//! - `pgmemo:<ns>:behind:<login>:dbs`: the databases that have a stream (read at start and every
 //!   lease period, so what an instance acknowledged is applied even if no write to that
 //!   database comes again, by any instance; added again at each new queue incarnation).
 //!
@@ -267,6 +270,8 @@ pub struct Status {
 pub struct StreamQueue {
     link: StreamLink,
     db: String,
+    /// The login's set of databases (see [`StreamQueue::dbs_key`]).
+    dbs: String,
     meta: String,
     stream: String,
     lease: Lease,
@@ -288,16 +293,25 @@ pub struct StreamQueue {
 }
 
 impl StreamQueue {
-    pub fn new(link: StreamLink, db: &str, holder: &str) -> StreamQueue {
-        let base = format!("pgmemo:{}:behind:{{{}}}", link.namespace, super::hex(db));
+    /// The queue of `db` for writes queued under the login `login` (pgmemo's
+    /// `upstream.url` user): each login has its own queue, applied by an instance of that
+    /// login (an instance logged in as another user could only refuse them).
+    pub fn new(link: StreamLink, login: &str, db: &str, holder: &str) -> StreamQueue {
+        let base = format!(
+            "pgmemo:{}:behind:{}:{{{}}}",
+            link.namespace,
+            super::hex(login),
+            super::hex(db)
+        );
         let lease = Lease::new(
             &link.namespace,
-            &format!("behind:{}", super::hex(db)),
+            &format!("behind:{}:{}", super::hex(login), super::hex(db)),
             holder,
             LEASE_PERIOD,
         );
         StreamQueue {
             meta: format!("{base}:meta"),
+            dbs: Self::dbs_key(&link.namespace, login),
             stream: format!("{base}:stream"),
             db: db.to_owned(),
             lease,
@@ -333,9 +347,9 @@ impl StreamQueue {
         super::dead::now_ms() < self.failing_until.load(Ordering::Acquire)
     }
 
-    /// The key of the set of databases that have a stream.
-    pub fn dbs_key(namespace: &str) -> String {
-        format!("pgmemo:{namespace}:behind:dbs")
+    /// The key of the set of databases that have a stream of the login `login`.
+    pub fn dbs_key(namespace: &str, login: &str) -> String {
+        format!("pgmemo:{namespace}:behind:{}:dbs", super::hex(login))
     }
 
     /// The progress row key of the queue `id` (see the module header).
@@ -417,7 +431,7 @@ impl StreamQueue {
     async fn register(&self) -> Result<(), StreamError> {
         let mut conn = self.link.conn.clone();
         let mut cmd = redis::cmd("SADD");
-        cmd.arg(Self::dbs_key(&self.link.namespace)).arg(&self.db);
+        cmd.arg(&self.dbs).arg(&self.db);
         match tokio::time::timeout(self.link.timeout, cmd.query_async::<i64>(&mut conn)).await {
             Ok(Ok(_)) => {
                 self.registered.store(true, Ordering::Release);
