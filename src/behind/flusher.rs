@@ -130,8 +130,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 .unwrap_or(crate::config::behind::DEFAULT_FLUSH_INTERVAL);
             (interval, db.pending.is_empty())
         };
-        if stream.is_some() {
+        if let Some(s) = &stream {
             if idle && !behind.is_draining() {
+                // A publish of the applied number that failed is not left for the next
+                // batch (which may never come): the other instances wait on it.
+                s.retry_release();
                 // Other instances' writes wake nobody here: look again after a tick.
                 tokio::select! {
                     () = wake.notified() => {}

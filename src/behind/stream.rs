@@ -287,6 +287,10 @@ pub struct StreamQueue {
     /// Held by the one call appending a group: the queue id and number it predicts for the
     /// next write (`None`: read them from Redis first).
     next: tokio::sync::Mutex<Option<(String, u64)>>,
+    /// A release Redis has not confirmed yet (queue id, applied number).
+    owed: Arc<Mutex<Option<(String, u64)>>>,
+    /// A release is in flight.
+    releasing: Arc<AtomicBool>,
     /// The applied number this instance knows, and the queue id it is of: the floor of
     /// the numbers its appends get (see [`APPEND`]).
     floor: Mutex<Option<(String, u64)>>,
@@ -323,6 +327,8 @@ impl StreamQueue {
             waiting: Mutex::new(Vec::new()),
             next: tokio::sync::Mutex::new(None),
             floor: Mutex::new(None),
+            owed: Arc::new(Mutex::new(None)),
+            releasing: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -654,12 +660,47 @@ impl StreamQueue {
             .arg(id)
             .arg(upto);
         let timeout = self.link.timeout;
-        self.runtime.spawn(async move {
-            if let Ok(Err(e)) = tokio::time::timeout(timeout, cmd.query_async::<i64>(&mut conn)).await
-            {
-                tracing::warn!(error = %e, "write-behind: cannot trim the Redis stream; retried after the next batch");
+        {
+            // Owed until Redis confirms: the other instances' barriers and bounds wait on
+            // the published number, so a failed release must not wait for the next batch.
+            let mut owed = lock(&self.owed);
+            if !matches!(owed.as_ref(), Some((known, n)) if known == id && *n > upto) {
+                *owed = Some((id.to_owned(), upto));
             }
+        }
+        self.releasing.store(true, Ordering::Release);
+        let owed = Arc::clone(&self.owed);
+        let releasing = Arc::clone(&self.releasing);
+        let id = id.to_owned();
+        self.runtime.spawn(async move {
+            match tokio::time::timeout(timeout, cmd.query_async::<i64>(&mut conn)).await {
+                Ok(Ok(_)) => {
+                    let mut owed = lock(&owed);
+                    if matches!(owed.as_ref(), Some((known, n)) if *known == id && *n <= upto) {
+                        *owed = None;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "write-behind: cannot publish the applied number or trim the Redis stream; retrying")
+                }
+                Err(_) => tracing::warn!(
+                    "write-behind: publishing the applied number timed out; retrying"
+                ),
+            }
+            releasing.store(false, Ordering::Release);
         });
+    }
+
+    /// Sends a release again that Redis has not confirmed (see [`StreamQueue::release`]),
+    /// unless one is in flight: called by an idle holder until it succeeds.
+    pub fn retry_release(&self) {
+        if self.releasing.load(Ordering::Acquire) {
+            return;
+        }
+        let owed = lock(&self.owed).clone();
+        if let Some((id, upto)) = owed {
+            self.release(&id, upto);
+        }
     }
 }
 
