@@ -846,8 +846,9 @@ fn durable_redis() -> RedisServer {
     RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"])
 }
 
-/// The `app` database's queue hash in Redis (namespace `wb`; `617070` is hex("app")).
-const META: &str = "pgmemo:wb:behind:{617070}:meta";
+/// The `app` database's queue hash in Redis (namespace `wb`; `706f737467726573` is
+/// hex("postgres"), the login; `617070` is hex("app")).
+const META: &str = "pgmemo:wb:behind:706f737467726573:{617070}:meta";
 
 /// A field of the queue hash (0 when absent).
 fn meta_field(redis: &RedisServer, field: &str) -> i64 {
@@ -927,7 +928,7 @@ async fn redis_queue_acknowledged_inserts_survive_kill_9_exactly_once() {
         p.stderr()
     );
     // Applied entries leave the stream.
-    let left = redis.command("XLEN pgmemo:wb:behind:{617070}:stream");
+    let left = redis.command("XLEN pgmemo:wb:behind:706f737467726573:{617070}:stream");
     assert!(left.starts_with(":0"), "stream length {left:?}");
     eprintln!("redis kill -9: {before_kill} acknowledged before the kill, each applied once");
 }
@@ -1151,7 +1152,8 @@ async fn redis_queue_entry_that_does_not_decode_is_a_dead_letter_not_a_stalled_q
             .command(&format!("HSET {META} seq 2"))
             .starts_with(':')
     );
-    let added = redis.command("XADD pgmemo:wb:behind:{617070}:stream 2-1 e garbage");
+    let added =
+        redis.command("XADD pgmemo:wb:behind:706f737467726573:{617070}:stream 2-1 e garbage");
     assert!(added.contains("2-1"), "{added}");
     // Later writes are applied after it; it is kept as a dead letter with its bytes.
     c.execute(&stmt, &[&3i32]).await.unwrap();
@@ -1257,6 +1259,220 @@ async fn a_reload_can_raise_the_flush_interval() {
         Duration::from_secs(10),
     )
     .await;
+}
+
+/// Copies the queued entry `from` of the `app` stream to `to`: without its signature
+/// (`keep_tag` false) or with it (then it is the signature of another number: a replay).
+fn forge_entry(redis: &RedisServer, from: i64, to: i64, keep_tag: bool) {
+    let fields = if keep_tag { "'e', e, 's', s" } else { "'e', e" };
+    let script = format!(
+        "local f = redis.call('XRANGE', KEYS[1], '{from}-1', '{from}-1')[1][2]; \
+         local e, s = '', ''; \
+         for i = 1, #f, 2 do if f[i] == 'e' then e = f[i+1] elseif f[i] == 's' then s = f[i+1] end end; \
+         redis.call('XADD', KEYS[1], '{to}-1', {fields}); \
+         redis.call('HSET', KEYS[2], 'seq', {to}); return 1"
+    );
+    let reply = redis.command(&format!(
+        "EVAL \"{script}\" 2 pgmemo:wb:behind:706f737467726573:{{617070}}:stream {META}"
+    ));
+    assert!(reply.starts_with(":1"), "{reply}");
+}
+
+/// Whoever can write to Redis cannot make the flusher run a statement: an entry appended
+/// directly, with a valid encoding (a pgmemo's record, copied) but no signature or the
+/// signature of another number (a replay), is never applied; each becomes a dead letter
+/// and the writes after them are applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_entry_without_a_valid_signature_is_a_dead_letter_never_applied() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    // A flush interval long enough that the queued write is still in the stream to copy.
+    let p = f.proxy_with(redis_config(&redis.url(), "60s"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 's')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    c.execute(&stmt, &[&1i32]).await.unwrap();
+    let seq = meta_field(&redis, "seq");
+    assert!(seq >= 1, "queued in Redis");
+    drop(c);
+    drop(p);
+    forge_entry(&redis, seq, seq + 1, false);
+    forge_entry(&redis, seq, seq + 2, true);
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 's')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&2i32]).await.unwrap();
+    c.execute(&stmt, &[&3i32]).await.unwrap();
+    assert!(
+        meta_field(&redis, "seq") > seq + 2,
+        "queued after the forged ones"
+    );
+    wait_stream_applied(&f, &redis, &p).await;
+    // Each acknowledged write once; the copies (inserts of an id already there) never ran,
+    // or they would be 23505 dead letters.
+    assert_exactly_once(&f, &[0, 1, 2, 3].into_iter().collect()).await;
+    let list = p.admin_get("/behind/dead-letters");
+    assert_eq!(
+        list.matches("signature does not verify").count(),
+        2,
+        "{list}"
+    );
+    assert!(!list.contains("23505"), "{list}");
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 2.0);
+}
+
+/// The queue hash's id (the queue incarnation), empty when absent.
+fn meta_id(redis: &RedisServer) -> String {
+    let reply = redis.command(&format!("HGET {META} id"));
+    reply.lines().nth(1).unwrap_or_default().to_owned()
+}
+
+/// A progress row's applied number (-1 when there is none).
+async fn progress_of(f: &Fixture, id: &str) -> i64 {
+    f.direct()
+        .await
+        .query_opt(
+            "SELECT applied FROM pgmemo.behind_progress WHERE queue LIKE '%' || $1",
+            &[&format!(":{id}")],
+        )
+        .await
+        .unwrap()
+        .map_or(-1, |r| r.get(0))
+}
+
+/// Redis loses its data (FLUSHALL) while the holder's flusher keeps its connection, whose
+/// progress row is the old queue's: the new queue's writes are applied under the new
+/// queue's own row, exactly once, and the old row stays where it was (before the fix they
+/// were applied under the old row, moving it back, and the new row started from 0: a
+/// restart applied them again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_lost_by_redis_is_followed_by_a_new_queue_applied_exactly_once() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'f')")
+        .await
+        .unwrap();
+    for id in 0..4i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    wait_stream_applied(&f, &redis, &p).await;
+    let old = meta_id(&redis);
+    let old_applied = progress_of(&f, &old).await;
+    assert!(old_applied >= 1, "the first queue was applied");
+    assert!(redis.command("FLUSHALL").starts_with("+OK"));
+    for id in 4..10i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    let new = meta_id(&redis);
+    assert!(
+        !new.is_empty() && new != old,
+        "a new queue: {old} then {new}"
+    );
+    let seq = meta_field(&redis, "seq");
+    assert!(seq >= 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while progress_of(&f, &new).await != seq {
+        assert!(
+            Instant::now() < deadline,
+            "the new queue's row did not reach {seq}\n{}",
+            p.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        progress_of(&f, &old).await,
+        old_applied,
+        "old row untouched"
+    );
+    // The database is listed again for the other instances and the next start.
+    assert!(
+        redis
+            .command("SISMEMBER pgmemo:wb:behind:706f737467726573:dbs app")
+            .starts_with(":1")
+    );
+    // A restart reads the new row: nothing is applied again.
+    drop(c);
+    drop(p);
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&f, &(0..10).collect()).await;
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
+}
+
+/// Redis goes back under the same queue id (as a restart with `appendfsync everysec` or a
+/// failover can): the holder raises the counter above what it applied (logged), and new
+/// writes are numbered above it (the appender's floor) and applied, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_counter_that_went_back_is_fenced_and_new_writes_are_applied() {
+    let f = Fixture::new();
+    let redis = RedisServer::start();
+    let p = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'b')")
+        .await
+        .unwrap();
+    for id in 0..4i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    wait_stream_applied(&f, &redis, &p).await;
+    let applied = meta_field(&redis, "seq");
+    assert!(applied >= 2);
+    // The counter goes back (the entries above it were trimmed as applied).
+    assert!(
+        redis
+            .command(&format!("HSET {META} seq 1"))
+            .starts_with(':')
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while meta_field(&redis, "seq") < applied {
+        assert!(Instant::now() < deadline, "not fenced\n{}", p.stderr());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.stderr().contains("counter went back"), "{}", p.stderr());
+    for id in 4..8i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    assert!(
+        meta_field(&redis, "seq") > applied,
+        "numbered above the applied"
+    );
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &(0..8).collect()).await;
+}
+
+/// An instance started before any write to a database learns of its queue later (the list
+/// of databases is read every lease period): when the only instance that wrote there dies
+/// with writes unapplied, it applies them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_queue_of_a_database_listed_after_start_is_applied_by_another_instance() {
+    let f = Fixture::new();
+    let redis = durable_redis();
+    let y = f.proxy_with(redis_config(&redis.url(), "50ms"));
+    // X holds its batches back long enough to die with them unapplied.
+    let x = f.proxy_with(redis_config(&redis.url(), "60s"));
+    let c = x.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 'l')")
+        .await
+        .unwrap();
+    for id in 0..4i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    assert!(meta_field(&redis, "seq") >= 1, "queued in Redis");
+    drop(c);
+    drop(x);
+    wait_stream_applied(&f, &redis, &y).await;
+    assert_exactly_once(&f, &(0..4).collect()).await;
 }
 
 /// Two sessions in different time zones queue the same text with the same literal in one

@@ -31,7 +31,7 @@ use super::dead::{DeadLetter, now_ms};
 use super::entry::{Entry, Op, RECORDED_SETTINGS};
 use super::prepared::Prepared;
 use super::queue::Queue;
-use super::stream::{LEASE_PERIOD, StreamQueue};
+use super::stream::{LEASE_PERIOD, Record, StreamQueue};
 use super::{Behind, Db, lock};
 use crate::cache::Tag;
 use crate::invalidation::{Source, Written};
@@ -92,6 +92,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
     let mut renewed_at: Option<Instant> = None;
     let mut idle = false;
     let mut conn: Option<Conn> = None;
+    // Stream kind: the queue incarnation the connection's progress row (`queue`) is of.
+    // Every batch and settlement on the connection is of it: when Redis's queue becomes
+    // another one meanwhile (it lost its data), the numbers in `Db` are the new queue's and
+    // must be neither applied under the old row nor settled by the old queue's commits.
+    let mut conn_id: Option<String> = None;
     let mut backoff = Duration::from_millis(50);
     // Writes refused in the batch being retried: skipped, their numbers still applied.
     let mut dead: HashSet<u64> = HashSet::new();
@@ -125,8 +130,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 .unwrap_or(crate::config::behind::DEFAULT_FLUSH_INTERVAL);
             (interval, db.pending.is_empty())
         };
-        if stream.is_some() {
+        if let Some(s) = &stream {
             if idle && !behind.is_draining() {
+                // A publish of the applied number that failed is not left for the next
+                // batch (which may never come): the other instances wait on it.
+                s.retry_release();
                 // Other instances' writes wake nobody here: look again after a tick.
                 tokio::select! {
                     () = wake.notified() => {}
@@ -152,6 +160,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 Ok(st) => match st.id {
                     Some(id) => {
                         queue = s.progress_key(&id);
+                        conn_id = Some(id.clone());
                         let mut db = lock(&state);
                         if db.stream_id.as_deref() != Some(id.as_str()) {
                             behind.new_incarnation(&mut db, Some(id));
@@ -184,7 +193,17 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                         // are gone with them. Carry on from what this queue applied.
                         tracing::error!(database = %name, progress = applied, applied = ours, "the write-behind progress row went back: PostgreSQL lost committed batches (fsync or synchronous_commit off?); their writes are lost");
                     }
-                    settle(&behind, &state, applied.max(ours), &mut dead, true);
+                    if !settle(
+                        &behind,
+                        &state,
+                        conn_id.as_deref(),
+                        applied.max(ours),
+                        &mut dead,
+                        true,
+                    ) {
+                        // Redis's queue changed while connecting: this row is not its own.
+                        continue;
+                    }
                     if !bury_unreadable(&behind, &state, &mut dead) {
                         // Not recorded: nothing after them may be applied yet.
                         conn = None;
@@ -205,7 +224,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
         };
         let entries = match &stream {
             None => take(&state, &dead),
-            Some(s) => match take_stream(&state, s, &dead).await {
+            Some(s) => match take_stream(&state, s, conn_id.as_deref(), &dead).await {
                 Ok(Some(entries)) => entries,
                 Ok(None) => {
                     // The queue in Redis is another incarnation now: reconnect for its row.
@@ -266,7 +285,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 metrics::histogram!(names::BEHIND_FLUSH_SECONDS).record(elapsed.as_secs_f64());
                 metrics::histogram!(names::BEHIND_BATCH_ENTRIES).record(live.len() as f64);
                 missed_rows(&behind, &built.units, &tags, &live);
-                committed(&behind, &state, to, &live);
+                if !committed(&behind, &state, conn_id.as_deref(), to, &live) {
+                    // The batch applied the old queue's writes under its own row, but Redis's
+                    // queue is another one now: reconnect for the new queue's row.
+                    conn = None;
+                }
                 row = to;
                 dead.retain(|&s| s > to);
                 alone.retain(|&s| s > to);
@@ -392,12 +415,19 @@ async fn follow(behind: &Behind, state: &Mutex<Db>, s: &StreamQueue) {
     let behind_by = {
         let mut db = lock(state);
         if db.stream_id.as_deref() != Some(id.as_str()) {
-            behind.new_incarnation(&mut db, Some(id));
+            behind.new_incarnation(&mut db, Some(id.clone()));
         }
         st.applied > db.applied
     };
     if behind_by {
-        settle(behind, state, st.applied, &mut HashSet::new(), false);
+        settle(
+            behind,
+            state,
+            Some(id.as_str()),
+            st.applied,
+            &mut HashSet::new(),
+            false,
+        );
     }
 }
 
@@ -407,6 +437,7 @@ async fn follow(behind: &Behind, state: &Mutex<Db>, s: &StreamQueue) {
 async fn take_stream(
     state: &Mutex<Db>,
     s: &StreamQueue,
+    conn_id: Option<&str>,
     dead: &HashSet<u64>,
 ) -> Result<Option<Vec<(u64, Arc<Entry>)>>, super::stream::StreamError> {
     let (first, max_batch, id, name) = {
@@ -422,14 +453,38 @@ async fn take_stream(
         )
     };
     let status = s.status().await?;
-    if status.id.is_none() || status.id != id {
+    // Redis's queue, the one the connection's progress row is of and the one `Db`'s numbers
+    // are of must all be the same incarnation.
+    if status.id.is_none() || status.id != id || id.as_deref() != conn_id {
         return Ok(None);
+    }
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    if status.seq + 1 < first {
+        // Redis went back (a restart that lost its last writes under `appendfsync
+        // everysec`, a failover to a replica that had not everything) under the same id:
+        // it would number new writes at or below what is applied, and this flusher would
+        // never read them. Raise its counter above what is applied.
+        tracing::error!(
+            database = %name,
+            seq = status.seq,
+            applied = first - 1,
+            "write-behind: the Redis queue's counter went back below the applied number (Redis lost acknowledged writes); raising it (writes numbered meanwhile by instances that did not know the applied number are lost)"
+        );
+        s.fence(&id, first - 1).await?;
+        return Ok(Some(Vec::new()));
     }
     if status.seq < first {
         return Ok(Some(Vec::new()));
     }
     let rows = s
-        .read(first, max_batch.saturating_add(dead.len()), MAX_READ_BYTES)
+        .read(
+            &id,
+            first,
+            max_batch.saturating_add(dead.len()),
+            MAX_READ_BYTES,
+        )
         .await?;
     let mut out = Vec::new();
     let mut expected = first;
@@ -453,13 +508,16 @@ async fn take_stream(
             break;
         }
         expected = seq + 1;
-        let e = Entry::decode(&record).unwrap_or_else(|e| {
-            // Not written by a pgmemo that reads this format (as for the journal): a
-            // placeholder keeps the run unbroken, never runs, and becomes a dead letter
-            // with the raw bytes before the batch (see `bury_unreadable`).
-            lock(state)
-                .unreadable
-                .insert(seq, (record.clone(), e.to_string()));
+        // Not signed with this deployment's secret for this place in this queue (written
+        // to Redis by someone else), too large, or not written by a pgmemo that reads this
+        // format: a placeholder keeps the run unbroken, never runs, and becomes a dead
+        // letter with the raw bytes before the batch (see `bury_unreadable`).
+        let decoded = match record {
+            Record::Verified(record) => Entry::decode(&record).map_err(|e| (record, e.to_string())),
+            Record::Rejected { raw, why } => Err((raw, why.to_owned())),
+        };
+        let e = decoded.unwrap_or_else(|(raw, why)| {
+            lock(state).unreadable.insert(seq, (raw, why));
             Entry::placeholder(&name)
         });
         if !dead.contains(&seq) {
@@ -478,15 +536,21 @@ fn max_batch(state: &Mutex<Db>) -> usize {
 
 /// After (re)connecting: what the progress row says is applied leaves the queue. `release`:
 /// this instance applies the queue (the journal's segments or the stream's entries it
-/// covers go, and the stream kind publishes the number to the other instances).
+/// covers go, and the stream kind publishes the number to the other instances). `id`
+/// (stream kind): the queue incarnation `applied` is of; when `Db`'s is another one now
+/// nothing is settled (its numbers mean other writes) and the answer is false.
 fn settle(
     behind: &Behind,
     state: &Mutex<Db>,
+    id: Option<&str>,
     applied: u64,
     dead: &mut HashSet<u64>,
     release: bool,
-) {
+) -> bool {
     let mut db = lock(state);
+    if !same_queue(db.stream_id.as_deref(), id) {
+        return false;
+    }
     let gone: Vec<u64> = db.pending.range(..=applied).map(|(&s, _)| s).collect();
     let mut bytes = 0u64;
     let mut written = Written::default();
@@ -507,16 +571,28 @@ fn settle(
         match &db.queue {
             Queue::Journal(j) => j.release(applied),
             Queue::Stream(s) => {
-                if let Some(id) = &db.stream_id {
+                // The batch's queue (checked equal to `Db`'s above, under the same lock).
+                if let Some(id) = id {
                     s.release(id, applied);
                 }
             }
         }
     }
+    if let (Queue::Stream(s), Some(id)) = (&db.queue, id) {
+        // The floor of this instance's appends: never numbered at or below it.
+        s.set_floor(id, applied);
+    }
     db.applied_tx.send_replace(applied);
     dead.retain(|&s| s > applied);
     drop(db);
     behind.publish_gauges();
+    true
+}
+
+/// Whether numbers of queue `batch` may be settled in a `Db` whose queue is `db` (the
+/// journal kind has no ids: always).
+fn same_queue(db: Option<&str>, batch: Option<&str>) -> bool {
+    db == batch
 }
 
 /// Writes queued under another role than the one this flusher logs in as (the journal of
@@ -578,8 +654,15 @@ fn bury_unreadable(behind: &Behind, state: &Mutex<Db>, dead: &mut HashSet<u64>) 
     true
 }
 
-/// A committed batch: invalidate what it wrote, leave the queue, wake barriers.
-fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entry>)]) {
+/// A committed batch of queue `id`: invalidate what it wrote, leave the queue, wake
+/// barriers. False when `Db`'s queue is another incarnation now (nothing settled).
+fn committed(
+    behind: &Behind,
+    state: &Mutex<Db>,
+    id: Option<&str>,
+    to: u64,
+    live: &[(u64, Arc<Entry>)],
+) -> bool {
     let mut written = Written::default();
     let now = now_ms();
     for (_, e) in live {
@@ -597,13 +680,16 @@ fn committed(behind: &Behind, state: &Mutex<Db>, to: u64, live: &[(u64, Arc<Entr
     }
     metrics::counter!(names::BEHIND_APPLIED).increment(live.len() as u64);
     let mut dead = HashSet::new();
-    settle(behind, state, to, &mut dead, true);
+    if !settle(behind, state, id, to, &mut dead, true) {
+        return false;
+    }
     let oldest = lock(state)
         .pending
         .values()
         .next()
         .map_or(0.0, |e| now.saturating_sub(e.acked_ms) as f64 / 1000.0);
     metrics::gauge!(names::BEHIND_OLDEST_SECONDS).set(oldest);
+    true
 }
 
 /// The counters a write bumps once applied.

@@ -236,9 +236,11 @@ impl Behind {
             runtime: tokio::runtime::Handle::current(),
         });
         if let Some(link) = behind.stream.clone() {
-            behind
-                .runtime
-                .spawn(Behind::recover_streams(Arc::downgrade(&behind), link));
+            behind.runtime.spawn(Behind::recover_streams(
+                Arc::downgrade(&behind),
+                link,
+                behind.link.login.user.clone(),
+            ));
             return Ok(Some(behind));
         }
         let Some(dir) = dir else {
@@ -260,37 +262,46 @@ impl Behind {
         Ok(Some(behind))
     }
 
-    /// Stream kind, at start: checks Redis's persistence (logged), then opens every
+    /// Stream kind: checks Redis's persistence (logged, at start), then opens every
     /// database Redis has a stream of, so what any instance acknowledged is applied (by
-    /// whichever holds its lease) even if no write to that database comes again. Retried
-    /// until Redis answers.
-    async fn recover_streams(me: std::sync::Weak<Behind>, link: StreamLink) {
+    /// whichever holds its lease) even if no write to that database comes here. The list is
+    /// read again every lease period, not only at start: a database whose only writing
+    /// instance died after this one started would otherwise never be applied by this one.
+    /// Until the process ends (or shutdown begins).
+    async fn recover_streams(me: std::sync::Weak<Behind>, link: StreamLink, login: String) {
         if link.check_persistence {
             stream::check_persistence(&link).await.log();
         }
         let mut conn = link.conn.clone();
         loop {
             let mut cmd = redis::cmd("SMEMBERS");
-            cmd.arg(StreamQueue::dbs_key(&link.namespace));
+            cmd.arg(StreamQueue::dbs_key(&link.namespace, &login));
             let read =
                 tokio::time::timeout(link.timeout, cmd.query_async::<Vec<String>>(&mut conn)).await;
             let Some(behind) = me.upgrade() else { return };
-            match read {
+            if behind.is_draining() {
+                return;
+            }
+            let wait = match read {
                 Ok(Ok(dbs)) => {
                     for db in dbs {
                         if let Err(e) = behind.database(&db, None) {
                             warn!(database = %db, error = %e, "write-behind stream cannot be opened");
                         }
                     }
-                    return;
+                    stream::LEASE_PERIOD
                 }
                 Ok(Err(e)) => {
-                    warn!(error = %e, "write-behind: cannot list the Redis streams; retrying")
+                    warn!(error = %e, "write-behind: cannot list the Redis streams; retrying");
+                    Duration::from_secs(1)
                 }
-                Err(_) => warn!("write-behind: listing the Redis streams timed out; retrying"),
-            }
+                Err(_) => {
+                    warn!("write-behind: listing the Redis streams timed out; retrying");
+                    Duration::from_secs(1)
+                }
+            };
             drop(behind);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -312,7 +323,12 @@ impl Behind {
         let mut pending = BTreeMap::new();
         let mut unreadable = BTreeMap::new();
         let queue = if let Some(link) = &self.stream {
-            Queue::Stream(Arc::new(StreamQueue::new(link.clone(), db, &self.holder)))
+            Queue::Stream(Arc::new(StreamQueue::new(
+                link.clone(),
+                &self.link.login.user,
+                db,
+                &self.holder,
+            )))
         } else {
             let Some(dir) = &self.dir else {
                 return Err(BehindError::Dir(

@@ -2,16 +2,22 @@
 //! namespace and database, shared by every pgmemo instance on that Redis, so a write
 //! acknowledged by one instance is applied by whichever holds the database's lease.
 //!
-//! Keys (`{…}` is a cluster hash tag: a database's keys share a slot, as its scripts need):
-//! - `pgmemo:<ns>:behind:{<hex db>}:meta`: a hash with `id` (random, made with the first
+//! Keys (`{…}` is a cluster hash tag: a database's keys share a slot, as its scripts need;
+//! `<login>` is the hex of pgmemo's `upstream.url` user, so instances logged in as different
+//! users, as during a credential rotation, have separate queues, each applied by an
+//! instance that logs in as the user its writes were queued under):
+//! - `pgmemo:<ns>:behind:<login>:{<hex db>}:meta`: a hash with `id` (random, made with the first
 //!   append: the progress row in PostgreSQL is keyed by it, so a Redis that lost its data
 //!   starts a new queue instead of inheriting the old one's progress and skipping writes),
 //!   `seq` (the last number given) and `applied` (published by the flusher after a commit,
 //!   read by the other instances for their barriers and bounds).
-//! - `pgmemo:<ns>:behind:{<hex db>}:stream`: entry `<n>-1` holds write number `n`, field
-//!   `e` its encoded [`super::Entry`].
-//! - `pgmemo:<ns>:behind:dbs`: the databases that have a stream (read at start, so what an
-//!   instance acknowledged is applied even if no write to that database comes again).
+//! - `pgmemo:<ns>:behind:<login>:{<hex db>}:stream`: entry `<n>-1` holds write number `n`, field
+//!   `e` its encoded [`super::Entry`], field `s` its signature (see [`QueueKey`]): an entry
+//!   that does not verify is never applied (a dead letter), so whoever can write to Redis
+//!   cannot make the flusher run a statement as pgmemo's role.
+//! - `pgmemo:<ns>:behind:<login>:dbs`: the databases that have a stream (read at start and every
+//!   lease period, so what an instance acknowledged is applied even if no write to that
+//!   database comes again, by any instance; added again at each new queue incarnation).
 //!
 //! Numbers are dense (1, 2, 3, ...) because one script gives the number and adds the entry
 //! atomically; the flusher's "unbroken run after the last applied" rule and the bigint
@@ -25,8 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::streams::StreamRangeReply;
+use hmac::{Hmac, Mac};
 use redis::{ErrorKind, RedisError, Value};
+use sha2::Sha256;
 
 use super::lock;
 use crate::redis_link::conn::RedisConn;
@@ -41,22 +48,154 @@ pub const LEASE_PERIOD: Duration = Duration::from_secs(3);
 /// write with an error after the full timeout, instead of only the ones in flight.
 const FAILING_FOR: Duration = Duration::from_secs(1);
 
-/// Adds one write: KEYS = meta, stream; ARGV = record, a fresh queue id (used only when
-/// the queue has none yet). Returns `{n, id}`. The XADD is the first write, so an error
-/// before or in it leaves Redis unchanged (after a write, Redis no longer refuses a
-/// script's writes for OOM; HSET of an existing hash cannot fail otherwise).
+/// Adds a group of writes: KEYS = meta, stream; ARGV = the queue id the records are signed
+/// for (used as the id when the queue has none yet), the number the first must get, the
+/// appender's floor (see below), `1` when the id is a fresh one the caller made because it
+/// saw no queue (else `0`), then each record and its tag. Numbers are signed before
+/// they are given, so the caller predicts them: when the queue's id or next number is not
+/// the predicted one nothing is appended and the reply is `{0, id, seq}` (the caller signs
+/// again; an empty id: there is no queue, the caller makes one); otherwise
+/// `{1, id, first}`. Only a fresh id starts a queue: the id a caller knew from before Redis
+/// lost its data must not name the new queue (its progress row would skip the new numbers). The next number is `max(seq, floor) + 1`: the floor is
+/// the applied number the appender knows for this id, so a counter Redis rolled back (a
+/// restart with `appendfsync everysec`, a failover) never numbers new writes below what
+/// was already applied (they would be skipped). The XADDs are the first writes, so an
+/// error before or in the first leaves Redis unchanged (after a write, Redis no longer
+/// refuses a script's writes for OOM; HSET of an existing hash cannot fail otherwise).
 const APPEND: &str = "\
 local id = redis.call('HGET', KEYS[1], 'id')
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq')) or 0
 if not id then
   if redis.call('EXISTS', KEYS[2]) == 1 then
     return redis.error_reply('PGMEMOQUEUE the write-behind stream exists without its counter: refusing to number writes anew')
   end
-  id = ARGV[2]
+  if ARGV[4] ~= '1' then
+    return {0, '', 0}
+  end
+  id = ARGV[1]
 end
-local n = (tonumber(redis.call('HGET', KEYS[1], 'seq')) or 0) + 1
-redis.call('XADD', KEYS[2], string.format('%d-1', n), 'e', ARGV[1])
+local n = seq
+if id == ARGV[1] and tonumber(ARGV[3]) > n then
+  n = tonumber(ARGV[3])
+end
+if id ~= ARGV[1] or n + 1 ~= tonumber(ARGV[2]) then
+  return {0, id, n}
+end
+for i = 5, #ARGV - 1, 2 do
+  n = n + 1
+  redis.call('XADD', KEYS[2], string.format('%d-1', n), 'e', ARGV[i], 's', ARGV[i + 1])
+end
 redis.call('HSET', KEYS[1], 'id', id, 'seq', n)
-return {n, id}";
+return {1, id, tonumber(ARGV[2])}";
+
+/// Reads entries from a number on (KEYS = stream; ARGV = first id, count, byte budget,
+/// record bound) as a flat array `id, record, tag, size` per entry. The budget bounds the
+/// reply (the first entry always comes, later ones only within it), and an entry larger
+/// than the record bound comes without its bytes (its size says why): one reply is at
+/// most about budget + record bound, whatever was written to the stream.
+const READ: &str = "\
+local items = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local budget = tonumber(ARGV[3])
+local bound = tonumber(ARGV[4])
+local out = {}
+local used = 0
+for _, item in ipairs(items) do
+  local fields = item[2]
+  local e, s, size = '', '', 0
+  for i = 1, #fields - 1, 2 do
+    size = size + #fields[i + 1]
+    if fields[i] == 'e' then e = fields[i + 1] elseif fields[i] == 's' then s = fields[i + 1] end
+  end
+  if size > bound then
+    e, s = '', ''
+  end
+  if #out > 0 and used + #e + #s > budget then
+    break
+  end
+  used = used + #e + #s
+  out[#out + 1] = item[1]
+  out[#out + 1] = e
+  out[#out + 1] = s
+  out[#out + 1] = size
+end
+return out";
+
+/// Bytes a stream entry's fields may take beyond the record itself (its tag).
+const ENTRY_OVERHEAD: usize = 256;
+/// Writes appended in one script call, at most (and about this many bytes, past the first).
+const GROUP_MAX_RECORDS: usize = 256;
+const GROUP_MAX_BYTES: usize = 16 << 20;
+/// Times a group is signed again because other instances' appends moved the counter.
+const APPEND_ATTEMPTS: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The key queued records are signed with (derived from `cache.secret`, see
+/// `KeySecret::behind_queue_key`): whoever can write to Redis but does not know the secret
+/// cannot make the flusher run a statement (as pgmemo's role) that no pgmemo queued.
+#[derive(Clone)]
+pub struct QueueKey([u8; 32]);
+
+impl QueueKey {
+    pub fn new(bytes: [u8; 32]) -> QueueKey {
+        QueueKey(bytes)
+    }
+
+    /// HMAC-SHA256 over the stream key, the queue id, the number and the record (each
+    /// length-prefixed): an entry cannot be moved to another database, queue incarnation
+    /// or number (replayed) without failing verification.
+    fn mac(&self, stream: &str, id: &str, n: u64, record: &[u8]) -> HmacSha256 {
+        // HMAC takes keys of any length; this cannot fail.
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        for part in [stream.as_bytes(), id.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&n.to_be_bytes());
+        mac.update(&(record.len() as u64).to_be_bytes());
+        mac.update(record);
+        mac
+    }
+
+    pub fn sign(&self, stream: &str, id: &str, n: u64, record: &[u8]) -> Vec<u8> {
+        self.mac(stream, id, n, record)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+
+    /// Constant-time comparison (`verify_slice`).
+    pub fn verify(&self, stream: &str, id: &str, n: u64, record: &[u8], tag: &[u8]) -> bool {
+        self.mac(stream, id, n, record).verify_slice(tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for QueueKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueKey(<redacted>)")
+    }
+}
+
+/// One entry read from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Signed by a pgmemo with this deployment's secret, for this place in this queue.
+    Verified(Bytes),
+    /// Never to be applied (a dead letter): the raw bytes (empty when too large to keep)
+    /// and why.
+    Rejected { raw: Bytes, why: &'static str },
+}
+
+/// Why an entry is rejected (the dead letter's message).
+pub const BAD_SIGNATURE: &str = "the queued record's signature does not verify";
+pub const TOO_LARGE: &str = "the queued record is larger than the record bound";
+
+/// One write waiting to be appended, and where its outcome goes.
+type Waiting = (
+    Bytes,
+    tokio::sync::oneshot::Sender<Result<(u64, String), StreamError>>,
+);
 
 /// After a commit: publishes `applied` (never backwards) and trims what it covers, only
 /// while the queue is still the one applied (KEYS = meta, stream; ARGV = id, applied).
@@ -70,6 +209,20 @@ if upto > (tonumber(redis.call('HGET', KEYS[1], 'applied')) or 0) then
 end
 redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-0', upto + 1))
 return 1";
+
+/// Raises the counter of queue `id` to what the holder applied, after Redis went back
+/// (KEYS = meta; ARGV = id, applied): new writes then get numbers above what is applied
+/// instead of numbers the flusher considers done. Guarded by the id, so a queue that is
+/// another one meanwhile is left alone. Returns the counter before.
+const FENCE: &str = "\
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
+  return -1
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq')) or 0
+if seq < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[2])
+end
+return seq";
 
 /// Why the stream could not take or give writes.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,6 +248,8 @@ pub struct StreamLink {
     /// A connection of its own (not the cache's): its reply timeout is the queue's.
     pub conn: RedisConn,
     pub namespace: String,
+    /// Signs and verifies the queued records.
+    pub key: QueueKey,
     /// Bound on one call.
     pub timeout: Duration,
     /// Some rule queues writes (at start): Redis's persistence is checked and logged. Without
@@ -115,6 +270,8 @@ pub struct Status {
 pub struct StreamQueue {
     link: StreamLink,
     db: String,
+    /// The login's set of databases (see [`StreamQueue::dbs_key`]).
+    dbs: String,
     meta: String,
     stream: String,
     lease: Lease,
@@ -125,19 +282,40 @@ pub struct StreamQueue {
     id: Mutex<Option<String>>,
     /// Until when (ms since the epoch) appends are not tried (see [`FAILING_FOR`]).
     failing_until: AtomicU64,
+    /// Writes waiting for the next group append (see [`StreamQueue::append`]).
+    waiting: Mutex<Vec<Waiting>>,
+    /// Held by the one call appending a group: the queue id and number it predicts for the
+    /// next write (`None`: read them from Redis first).
+    next: tokio::sync::Mutex<Option<(String, u64)>>,
+    /// A release Redis has not confirmed yet (queue id, applied number).
+    owed: Arc<Mutex<Option<(String, u64)>>>,
+    /// A release is in flight.
+    releasing: Arc<AtomicBool>,
+    /// The applied number this instance knows, and the queue id it is of: the floor of
+    /// the numbers its appends get (see [`APPEND`]).
+    floor: Mutex<Option<(String, u64)>>,
 }
 
 impl StreamQueue {
-    pub fn new(link: StreamLink, db: &str, holder: &str) -> StreamQueue {
-        let base = format!("pgmemo:{}:behind:{{{}}}", link.namespace, super::hex(db));
+    /// The queue of `db` for writes queued under the login `login` (pgmemo's
+    /// `upstream.url` user): each login has its own queue, applied by an instance of that
+    /// login (an instance logged in as another user could only refuse them).
+    pub fn new(link: StreamLink, login: &str, db: &str, holder: &str) -> StreamQueue {
+        let base = format!(
+            "pgmemo:{}:behind:{}:{{{}}}",
+            link.namespace,
+            super::hex(login),
+            super::hex(db)
+        );
         let lease = Lease::new(
             &link.namespace,
-            &format!("behind:{}", super::hex(db)),
+            &format!("behind:{}:{}", super::hex(login), super::hex(db)),
             holder,
             LEASE_PERIOD,
         );
         StreamQueue {
             meta: format!("{base}:meta"),
+            dbs: Self::dbs_key(&link.namespace, login),
             stream: format!("{base}:stream"),
             db: db.to_owned(),
             lease,
@@ -146,6 +324,27 @@ impl StreamQueue {
             runtime: tokio::runtime::Handle::current(),
             id: Mutex::new(None),
             failing_until: AtomicU64::new(0),
+            waiting: Mutex::new(Vec::new()),
+            next: tokio::sync::Mutex::new(None),
+            floor: Mutex::new(None),
+            owed: Arc::new(Mutex::new(None)),
+            releasing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Records that the queue `id` is applied up to `applied` (the floor of later appends).
+    pub fn set_floor(&self, id: &str, applied: u64) {
+        let mut floor = lock(&self.floor);
+        match floor.as_mut() {
+            Some((known, n)) if known == id => *n = (*n).max(applied),
+            _ => *floor = Some((id.to_owned(), applied)),
+        }
+    }
+
+    fn floor_for(&self, id: &str) -> u64 {
+        match lock(&self.floor).as_ref() {
+            Some((known, n)) if known == id => *n,
+            _ => 0,
         }
     }
 
@@ -154,9 +353,9 @@ impl StreamQueue {
         super::dead::now_ms() < self.failing_until.load(Ordering::Acquire)
     }
 
-    /// The key of the set of databases that have a stream.
-    pub fn dbs_key(namespace: &str) -> String {
-        format!("pgmemo:{namespace}:behind:dbs")
+    /// The key of the set of databases that have a stream of the login `login`.
+    pub fn dbs_key(namespace: &str, login: &str) -> String {
+        format!("pgmemo:{namespace}:behind:{}:dbs", super::hex(login))
     }
 
     /// The progress row key of the queue `id` (see the module header).
@@ -181,55 +380,168 @@ impl StreamQueue {
     }
 
     /// Appends one record; resolves to its number and the queue's id once Redis replied.
+    /// Appends are grouped: whoever gets to send takes every write waiting, signs them for
+    /// the numbers they will get and appends them in one script call (its number prediction
+    /// must be right, and one call per write would wait one round trip each).
     pub fn append(
         self: &Arc<Self>,
         record: Bytes,
     ) -> impl std::future::Future<Output = Result<(u64, String), StreamError>> + Send + 'static
     {
+        use tokio::sync::oneshot::error::TryRecvError;
         let me = Arc::clone(self);
         async move {
             if record.len() > super::journal::MAX_RECORD {
                 return Err(StreamError::TooLarge(record.len()));
             }
-            let mut conn = me.link.conn.clone();
             if !me.registered.load(Ordering::Acquire) {
-                // Before the first append, so a restart finds this database's stream.
-                let mut cmd = redis::cmd("SADD");
-                cmd.arg(Self::dbs_key(&me.link.namespace)).arg(&me.db);
-                match tokio::time::timeout(me.link.timeout, cmd.query_async::<i64>(&mut conn)).await
-                {
-                    Ok(Ok(_)) => me.registered.store(true, Ordering::Release),
-                    Ok(Err(e)) => return Err(StreamError::Refused(e.to_string())),
-                    Err(_) => return Err(StreamError::Refused("SADD timed out".to_owned())),
+                me.register().await?;
+            }
+            let (tx, mut rx) = tokio::sync::oneshot::channel();
+            lock(&me.waiting).push((record, tx));
+            loop {
+                match rx.try_recv() {
+                    Ok(r) => return r,
+                    Err(TryRecvError::Closed) => {
+                        return Err(StreamError::Indeterminate(
+                            "the append sending this write was cancelled".to_owned(),
+                        ));
+                    }
+                    Err(TryRecvError::Empty) => {}
+                }
+                let mut next = me.next.lock().await;
+                let group = {
+                    let mut waiting = lock(&me.waiting);
+                    let mut bytes = 0usize;
+                    let mut take = 0usize;
+                    for (r, _) in waiting.iter() {
+                        if take > 0
+                            && (take >= GROUP_MAX_RECORDS || bytes + r.len() > GROUP_MAX_BYTES)
+                        {
+                            break;
+                        }
+                        bytes += r.len();
+                        take += 1;
+                    }
+                    waiting.drain(..take).collect::<Vec<_>>()
+                };
+                if !group.is_empty() {
+                    me.append_group(&mut next, group).await;
                 }
             }
+        }
+    }
+
+    /// Adds the database to the `dbs` set (before its first append here and at each new
+    /// queue incarnation), so every instance finds and applies its stream.
+    async fn register(&self) -> Result<(), StreamError> {
+        let mut conn = self.link.conn.clone();
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(&self.dbs).arg(&self.db);
+        match tokio::time::timeout(self.link.timeout, cmd.query_async::<i64>(&mut conn)).await {
+            Ok(Ok(_)) => {
+                self.registered.store(true, Ordering::Release);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StreamError::Refused(e.to_string())),
+            Err(_) => Err(StreamError::Refused("SADD timed out".to_owned())),
+        }
+    }
+
+    /// Appends `group` in one script call (see [`APPEND`]) and answers each write.
+    async fn append_group(&self, next: &mut Option<(String, u64)>, group: Vec<Waiting>) {
+        let outcome = self.append_signed(next, &group).await;
+        if let Err(StreamError::Indeterminate(_)) = &outcome {
+            let until = super::dead::now_ms() + FAILING_FOR.as_millis() as u64;
+            self.failing_until.store(until, Ordering::Release);
+        }
+        if let Ok((_, id)) = &outcome {
+            let mut known = lock(&self.id);
+            if known.as_ref().is_some_and(|k| k != id) {
+                // A new incarnation: listed again (Redis may have lost the set with it).
+                self.registered.store(false, Ordering::Release);
+            }
+            *known = Some(id.clone());
+        }
+        for (i, (_, tx)) in group.into_iter().enumerate() {
+            let answer = match &outcome {
+                Ok((first, id)) => Ok((first + i as u64, id.clone())),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// The group's first number and the queue id, once Redis stored it.
+    async fn append_signed(
+        &self,
+        next: &mut Option<(String, u64)>,
+        group: &[Waiting],
+    ) -> Result<(u64, String), StreamError> {
+        let mut conn = self.link.conn.clone();
+        for _ in 0..APPEND_ATTEMPTS {
+            let (id, first, fresh) = match next.take() {
+                Some((id, first)) => (id, first, false),
+                None => {
+                    let st = self
+                        .status()
+                        .await
+                        .map_err(|e| StreamError::Refused(e.to_string()))?;
+                    match st.id {
+                        Some(id) => {
+                            let first = st.seq.max(self.floor_for(&id)).saturating_add(1);
+                            (id, first, false)
+                        }
+                        None => (fresh_id(), 1, true),
+                    }
+                }
+            };
             let mut cmd = redis::cmd("EVAL");
             cmd.arg(APPEND)
                 .arg(2)
-                .arg(&me.meta)
-                .arg(&me.stream)
-                .arg(record.as_ref())
-                .arg(fresh_id());
-            let reply = tokio::time::timeout(me.link.timeout, cmd.query_async::<Value>(&mut conn))
-                .await
-                .map_err(|_| StreamError::Indeterminate("no reply in time".to_owned()))
-                .and_then(|r| r.map_err(classify));
-            let reply = match reply {
-                Err(e @ StreamError::Indeterminate(_)) => {
-                    let until = super::dead::now_ms() + FAILING_FOR.as_millis() as u64;
-                    me.failing_until.store(until, Ordering::Release);
-                    return Err(e);
+                .arg(&self.meta)
+                .arg(&self.stream)
+                .arg(&id)
+                .arg(first)
+                .arg(self.floor_for(&id))
+                .arg(if fresh { "1" } else { "0" });
+            for (i, (record, _)) in group.iter().enumerate() {
+                let n = first + i as u64;
+                cmd.arg(record.as_ref())
+                    .arg(self.link.key.sign(&self.stream, &id, n, record));
+            }
+            let reply =
+                tokio::time::timeout(self.link.timeout, cmd.query_async::<Value>(&mut conn))
+                    .await
+                    .map_err(|_| StreamError::Indeterminate("no reply in time".to_owned()))
+                    .and_then(|r| r.map_err(classify));
+            // A reply came: the group is in the stream, or not at all (one script).
+            match parse_append(&reply?) {
+                Some(AppendReply::Stored { id: got, first: at }) if got == id && at == first => {
+                    *next = Some((id.clone(), first + group.len() as u64));
+                    return Ok((first, id));
                 }
-                other => other?,
-            };
-            // A reply came: the entry is in the stream. A reply of the wrong shape cannot
-            // say its number, so it is of unknown outcome for the client.
-            let (n, id) = parse_append(&reply).ok_or_else(|| {
-                StreamError::Indeterminate("unexpected reply to the append".to_owned())
-            })?;
-            *lock(&me.id) = Some(id.clone());
-            Ok((n, id))
+                Some(AppendReply::Moved { id, .. }) if id.is_empty() => {
+                    // Redis has no queue (it lost its data): start one under a fresh id.
+                    *next = None;
+                }
+                Some(AppendReply::Moved { id, seq }) => {
+                    // Another instance appended meanwhile (or the queue is another one now):
+                    // sign again for the numbers the group gets now.
+                    let first = seq.max(self.floor_for(&id)).saturating_add(1);
+                    *next = Some((id, first));
+                }
+                // A reply of the wrong shape cannot say the numbers: unknown outcome.
+                _ => {
+                    return Err(StreamError::Indeterminate(
+                        "unexpected reply to the append".to_owned(),
+                    ));
+                }
+            }
         }
+        Err(StreamError::Refused(
+            "the queue's counter kept moving under concurrent appends".to_owned(),
+        ))
     }
 
     /// Reads the queue's id, last number and published applied number.
@@ -249,41 +561,69 @@ impl StreamQueue {
         })
     }
 
-    /// Entries numbered `from` and on, in order, at most `count` and (past the first)
-    /// about `max_bytes` of records. Undecodable ids are an error (peer input).
+    /// Entries of queue `id` numbered `from` and on, in order, at most `count` and (past
+    /// the first) about `max_bytes` of records, each verified against its signature.
+    /// Undecodable replies are an error (peer input).
     pub async fn read(
         &self,
+        id: &str,
         from: u64,
         count: usize,
         max_bytes: usize,
-    ) -> Result<Vec<(u64, Bytes)>, StreamError> {
+    ) -> Result<Vec<(u64, Record)>, StreamError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let mut next = from;
-        // Small pages: one reply stays small whatever the records' sizes.
         const PAGE: usize = 64;
+        let bound = super::journal::MAX_RECORD + ENTRY_OVERHEAD;
         while out.len() < count && bytes < max_bytes {
             let want = PAGE.min(count - out.len());
             let mut conn = self.link.conn.clone();
-            let mut cmd = redis::cmd("XRANGE");
-            cmd.arg(&self.stream)
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(READ)
+                .arg(1)
+                .arg(&self.stream)
                 .arg(format!("{next}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(want);
-            let reply: StreamRangeReply =
-                tokio::time::timeout(self.link.timeout, cmd.query_async(&mut conn))
-                    .await
-                    .map_err(|_| StreamError::Redis("XRANGE timed out".to_owned()))?
-                    .map_err(|e| StreamError::Redis(e.to_string()))?;
-            let got = reply.ids.len();
-            for item in reply.ids {
-                let n = parse_id(&item.id).ok_or(StreamError::Reply("entry id"))?;
-                let record = match item.map.get("e") {
-                    Some(Value::BulkString(b)) => Bytes::from(b.clone()),
+                .arg(want)
+                .arg(max_bytes - bytes)
+                .arg(bound);
+            let reply: Value = tokio::time::timeout(self.link.timeout, cmd.query_async(&mut conn))
+                .await
+                .map_err(|_| StreamError::Redis("stream read timed out".to_owned()))?
+                .map_err(|e| StreamError::Redis(e.to_string()))?;
+            let Value::Array(items) = reply else {
+                return Err(StreamError::Reply("stream read"));
+            };
+            let got = items.len() / 4;
+            for item in items.chunks(4) {
+                let [Value::BulkString(eid), e, tag, Value::Int(size)] = item else {
+                    return Err(StreamError::Reply("stream entry"));
+                };
+                let n = std::str::from_utf8(eid)
+                    .ok()
+                    .and_then(parse_id)
+                    .ok_or(StreamError::Reply("entry id"))?;
+                let blob = |v: &Value| match v {
+                    Value::BulkString(b) => Bytes::from(b.clone()),
                     _ => Bytes::new(),
                 };
-                bytes += record.len();
+                let (record, tag) = (blob(e), blob(tag));
+                let record = if usize::try_from(*size).map_or(true, |s| s > bound) {
+                    Record::Rejected {
+                        raw: Bytes::new(),
+                        why: TOO_LARGE,
+                    }
+                } else if self.link.key.verify(&self.stream, id, n, &record, &tag) {
+                    Record::Verified(record)
+                } else {
+                    Record::Rejected {
+                        raw: record,
+                        why: BAD_SIGNATURE,
+                    }
+                };
+                bytes += match &record {
+                    Record::Verified(r) | Record::Rejected { raw: r, .. } => r.len(),
+                };
                 next = n.saturating_add(1);
                 out.push((n, record));
             }
@@ -292,6 +632,19 @@ impl StreamQueue {
             }
         }
         Ok(out)
+    }
+
+    /// Redis's counter of queue `id` went below `applied` (Redis restarted from an older
+    /// state, or a replica that had not everything took over): raises it to `applied`.
+    pub async fn fence(&self, id: &str, applied: u64) -> Result<(), StreamError> {
+        let mut conn = self.link.conn.clone();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(FENCE).arg(1).arg(&self.meta).arg(id).arg(applied);
+        tokio::time::timeout(self.link.timeout, cmd.query_async::<i64>(&mut conn))
+            .await
+            .map_err(|_| StreamError::Redis("fence timed out".to_owned()))?
+            .map_err(|e| StreamError::Redis(e.to_string()))?;
+        Ok(())
     }
 
     /// After a commit that applied up to `upto` of queue `id`: publishes it and trims the
@@ -307,12 +660,47 @@ impl StreamQueue {
             .arg(id)
             .arg(upto);
         let timeout = self.link.timeout;
-        self.runtime.spawn(async move {
-            if let Ok(Err(e)) = tokio::time::timeout(timeout, cmd.query_async::<i64>(&mut conn)).await
-            {
-                tracing::warn!(error = %e, "write-behind: cannot trim the Redis stream; retried after the next batch");
+        {
+            // Owed until Redis confirms: the other instances' barriers and bounds wait on
+            // the published number, so a failed release must not wait for the next batch.
+            let mut owed = lock(&self.owed);
+            if !matches!(owed.as_ref(), Some((known, n)) if known == id && *n > upto) {
+                *owed = Some((id.to_owned(), upto));
             }
+        }
+        self.releasing.store(true, Ordering::Release);
+        let owed = Arc::clone(&self.owed);
+        let releasing = Arc::clone(&self.releasing);
+        let id = id.to_owned();
+        self.runtime.spawn(async move {
+            match tokio::time::timeout(timeout, cmd.query_async::<i64>(&mut conn)).await {
+                Ok(Ok(_)) => {
+                    let mut owed = lock(&owed);
+                    if matches!(owed.as_ref(), Some((known, n)) if *known == id && *n <= upto) {
+                        *owed = None;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "write-behind: cannot publish the applied number or trim the Redis stream; retrying")
+                }
+                Err(_) => tracing::warn!(
+                    "write-behind: publishing the applied number timed out; retrying"
+                ),
+            }
+            releasing.store(false, Ordering::Release);
         });
+    }
+
+    /// Sends a release again that Redis has not confirmed (see [`StreamQueue::release`]),
+    /// unless one is in flight: called by an idle holder until it succeeds.
+    pub fn retry_release(&self) {
+        if self.releasing.load(Ordering::Acquire) {
+            return;
+        }
+        let owed = lock(&self.owed).clone();
+        if let Some((id, upto)) = owed {
+            self.release(&id, upto);
+        }
     }
 }
 
@@ -326,21 +714,33 @@ fn classify(e: RedisError) -> StreamError {
     }
 }
 
-fn parse_append(v: &Value) -> Option<(u64, String)> {
+/// The append script's answer.
+#[derive(Debug, PartialEq, Eq)]
+enum AppendReply {
+    /// Stored, numbered from `first`.
+    Stored { id: String, first: u64 },
+    /// Nothing stored: the queue is `id` with `seq` as its last number (floor included).
+    Moved { id: String, seq: u64 },
+}
+
+fn parse_append(v: &Value) -> Option<AppendReply> {
     let Value::Array(items) = v else {
         return None;
     };
-    let mut items = items.iter();
-    let n = match items.next()? {
-        Value::Int(n) => u64::try_from(*n).ok()?,
-        _ => return None,
+    let [Value::Int(stored), id, Value::Int(n)] = items.as_slice() else {
+        return None;
     };
-    let id = match items.next()? {
+    let id = match id {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok()?,
         Value::SimpleString(s) => s.clone(),
         _ => return None,
     };
-    (n > 0).then_some((n, id))
+    let n = u64::try_from(*n).ok()?;
+    match stored {
+        1 if n > 0 => Some(AppendReply::Stored { id, first: n }),
+        0 => Some(AppendReply::Moved { id, seq: n }),
+        _ => None,
+    }
 }
 
 /// `<n>-1` → n.
@@ -510,20 +910,61 @@ mod tests {
 
     #[test]
     fn append_replies_and_entry_ids_are_parsed_without_trusting_them() {
-        let ok = Value::Array(vec![Value::Int(7), Value::BulkString(b"abc".to_vec())]);
-        assert_eq!(parse_append(&ok), Some((7, "abc".to_owned())));
+        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let ok = Value::Array(vec![Value::Int(1), b("abc"), Value::Int(7)]);
+        assert_eq!(
+            parse_append(&ok),
+            Some(AppendReply::Stored {
+                id: "abc".to_owned(),
+                first: 7
+            })
+        );
+        let moved = Value::Array(vec![Value::Int(0), b("abc"), Value::Int(9)]);
+        assert_eq!(
+            parse_append(&moved),
+            Some(AppendReply::Moved {
+                id: "abc".to_owned(),
+                seq: 9
+            })
+        );
         assert_eq!(parse_append(&Value::Array(vec![Value::Int(7)])), None);
         assert_eq!(
-            parse_append(&Value::Array(vec![
-                Value::Int(-1),
-                Value::BulkString(b"a".to_vec())
-            ])),
+            parse_append(&Value::Array(vec![Value::Int(1), b("a"), Value::Int(-1)])),
+            None
+        );
+        assert_eq!(
+            parse_append(&Value::Array(vec![Value::Int(2), b("a"), Value::Int(3)])),
             None
         );
         assert_eq!(parse_append(&Value::Int(3)), None);
         assert_eq!(parse_id("42-1"), Some(42));
         assert_eq!(parse_id("x-1"), None);
         assert_eq!(parse_id("42"), None);
+    }
+
+    #[test]
+    fn a_signature_binds_the_stream_the_queue_the_number_and_the_record() {
+        let key = QueueKey::new([7; 32]);
+        let tag = key.sign("s", "id", 3, b"rec");
+        assert!(key.verify("s", "id", 3, b"rec", &tag));
+        assert!(
+            !key.verify("s", "id", 4, b"rec", &tag),
+            "replayed at another number"
+        );
+        assert!(
+            !key.verify("t", "id", 3, b"rec", &tag),
+            "another database's stream"
+        );
+        assert!(
+            !key.verify("s", "id2", 3, b"rec", &tag),
+            "another incarnation"
+        );
+        assert!(!key.verify("s", "id", 3, b"reC", &tag), "another record");
+        assert!(!key.verify("s", "id", 3, b"rec", b""), "no signature");
+        assert!(
+            !QueueKey::new([8; 32]).verify("s", "id", 3, b"rec", &tag),
+            "another secret"
+        );
     }
 
     #[test]

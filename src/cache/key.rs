@@ -24,6 +24,8 @@ const CHECK_DOMAIN: &[u8] = b"pgmemo/cache-check/v3";
 const STRIPE_DOMAIN: &[u8] = b"pgmemo/row-stripe/v1";
 /// The hot-key file's HMAC key (see [`KeySecret::hot_keys_key`]).
 const HOT_KEYS_DOMAIN: &[u8] = b"pgmemo/hot-keys-file/v1";
+/// The write-behind Redis queue's HMAC key (see [`KeySecret::behind_queue_key`]).
+const BEHIND_QUEUE_DOMAIN: &[u8] = b"pgmemo/behind-queue/v1";
 
 /// Marker bytes for a parameter: NULL has no length, a value is followed by its length.
 const PARAM_NULL: u8 = 0;
@@ -111,6 +113,18 @@ impl KeySecret {
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.envelope)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(HOT_KEYS_DOMAIN);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Key of the write-behind Redis queue's entry HMAC (see `behind::stream`): derived like
+    /// [`KeySecret::hot_keys_key`] under a label of its own, so a cache envelope can never
+    /// pass as a queued write nor the other way round.
+    pub fn behind_queue_key(&self) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        // HMAC takes keys of any length; this cannot fail.
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.envelope)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(BEHIND_QUEUE_DOMAIN);
         mac.finalize().into_bytes().into()
     }
 

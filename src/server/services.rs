@@ -48,6 +48,7 @@ pub fn build(
     limits.default_ttl = config.cache.ttl;
     limits.l1_enabled = config.cache.l1.enabled;
     let envelope = EnvelopeKey::for_secret(&limits.secret);
+    let queue_key = crate::behind::stream::QueueKey::new(limits.secret.behind_queue_key());
     let max_entry = limits.max_entry_size;
     let max_tags = limits.max_tags;
     let cache = Arc::new(Cache::new(limits));
@@ -130,6 +131,7 @@ pub fn build(
                 )
                 .map_err(crate::behind::BehindError::Redis)?,
                 namespace: redis.namespace.clone(),
+                key: queue_key,
                 timeout,
                 check_persistence: crate::config::behind::any_behind(&config.rules),
             })
