@@ -254,7 +254,11 @@ async fn an_immediate_postgres_restart_mid_flush_loses_and_duplicates_nothing() 
     let p = f.proxy("20ms", "");
     let writers = insert_ids(&p, 16, 6_000);
     let restart = async {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Mid-run, whatever the machine's speed: once a sixth of the writes are queued.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queued(&p) < 1_000.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         f.pg.stop_immediate();
         tokio::time::sleep(Duration::from_millis(500)).await;
         f.pg.start_again();
