@@ -36,8 +36,12 @@ pub enum DeadError {
 pub struct DeadLetter {
     pub id: u64,
     pub database: String,
-    /// Its sequence number in the database's journal.
+    /// Its sequence number in its queue.
     pub seq: u64,
+    /// Its queue (the progress row's key: the journal's or the Redis queue incarnation's
+    /// id): numbers start again in a new queue, so a letter is known by both.
+    #[serde(default)]
+    pub queue: String,
     pub role: String,
     /// The statement as queued (an increment as the flusher runs it).
     pub statement: String,
@@ -58,6 +62,7 @@ impl DeadLetter {
             id: 0,
             database: database.to_owned(),
             seq,
+            queue: String::new(),
             role: String::new(),
             statement: "(a journal record that cannot be decoded)".to_owned(),
             code: "XX001".to_owned(),
@@ -85,6 +90,7 @@ impl DeadLetter {
             id: 0,
             database: entry.database.clone(),
             seq,
+            queue: String::new(),
             role: entry.role.clone(),
             statement,
             code: code.to_owned(),
@@ -144,16 +150,23 @@ impl DeadLetters {
         }
     }
 
-    /// Records letters (durably, before returning); one already kept for the same
-    /// database and sequence number is not added again.
-    pub fn add(&self, letters: Vec<DeadLetter>, kind: &'static str) -> Result<(), DeadError> {
+    /// Records letters (durably, before returning) of `queue` (`None`: they name theirs
+    /// already); one already kept for the same database, queue and number is not added
+    /// again.
+    pub fn add(
+        &self,
+        letters: Vec<DeadLetter>,
+        kind: &'static str,
+        queue: Option<&str>,
+    ) -> Result<(), DeadError> {
         let mut state = lock(&self.state);
         for mut letter in letters {
-            if state
-                .letters
-                .iter()
-                .any(|l| l.database == letter.database && l.seq == letter.seq)
-            {
+            if let Some(q) = queue {
+                letter.queue = q.to_owned();
+            }
+            if state.letters.iter().any(|l| {
+                l.database == letter.database && l.queue == letter.queue && l.seq == letter.seq
+            }) {
                 continue;
             }
             warn!(database = %letter.database, role = %letter.role, code = %letter.code, error = %letter.error, statement = %letter.statement, "queued write refused; kept as a dead letter");
@@ -253,10 +266,18 @@ mod tests {
         let path = dir.path().join("dead.json");
         let d = DeadLetters::open(&path, 2).unwrap();
         let e = entry();
-        d.add(vec![DeadLetter::new(1, &e, "23505", "dup")], "rejected")
-            .unwrap();
-        d.add(vec![DeadLetter::new(1, &e, "23505", "dup")], "rejected")
-            .unwrap();
+        d.add(
+            vec![DeadLetter::new(1, &e, "23505", "dup")],
+            "rejected",
+            Some("q"),
+        )
+        .unwrap();
+        d.add(
+            vec![DeadLetter::new(1, &e, "23505", "dup")],
+            "rejected",
+            Some("q"),
+        )
+        .unwrap();
         assert_eq!(d.list().len(), 1, "the same write is kept once");
         d.add(
             vec![
@@ -264,6 +285,7 @@ mod tests {
                 DeadLetter::new(3, &e, "42501", "denied"),
             ],
             "rejected",
+            Some("q"),
         )
         .unwrap();
         let again = DeadLetters::open(&path, 2).unwrap();
@@ -277,5 +299,25 @@ mod tests {
         assert!(again.remove(id).unwrap());
         assert!(!again.remove(id).unwrap());
         assert_eq!(Entry::decode(&again.list()[0].entry().unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn the_same_number_in_another_queue_is_another_letter() {
+        let d = DeadLetters::in_memory(10);
+        let e = entry();
+        d.add(
+            vec![DeadLetter::new(5, &e, "23505", "a")],
+            "rejected",
+            Some("q1"),
+        )
+        .unwrap();
+        d.add(
+            vec![DeadLetter::new(5, &e, "23505", "b")],
+            "rejected",
+            Some("q2"),
+        )
+        .unwrap();
+        let queues: Vec<String> = d.list().into_iter().map(|l| l.queue).collect();
+        assert_eq!(queues, vec!["q1".to_owned(), "q2".to_owned()]);
     }
 }

@@ -204,7 +204,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                         // Redis's queue changed while connecting: this row is not its own.
                         continue;
                     }
-                    if !bury_unreadable(&behind, &state, &mut dead) {
+                    if !bury_unreadable(&behind, &state, &queue, &mut dead) {
                         // Not recorded: nothing after them may be applied yet.
                         conn = None;
                         tokio::time::sleep(backoff).await;
@@ -243,14 +243,14 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
         let Some(&(to, _)) = entries.last() else {
             continue;
         };
-        if stream.is_some() && !bury_unreadable(&behind, &state, &mut dead) {
+        if stream.is_some() && !bury_unreadable(&behind, &state, &queue, &mut dead) {
             // Entries read from Redis that do not decode: not recorded, so nothing after
             // them may be applied yet.
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        if !refuse_foreign(&behind, &entries, &mut dead) {
+        if !refuse_foreign(&behind, &queue, &entries, &mut dead) {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
@@ -284,7 +284,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 let elapsed = started.elapsed();
                 metrics::histogram!(names::BEHIND_FLUSH_SECONDS).record(elapsed.as_secs_f64());
                 metrics::histogram!(names::BEHIND_BATCH_ENTRIES).record(live.len() as f64);
-                missed_rows(&behind, &built.units, &tags, &live);
+                missed_rows(&behind, &queue, &built.units, &tags, &live);
                 if !committed(&behind, &state, conn_id.as_deref(), to, &live) {
                     // The batch applied the old queue's writes under its own row, but Redis's
                     // queue is another one now: reconnect for the new queue's row.
@@ -301,7 +301,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                     debug!(database = %name, error = %error, "a merged increment was refused; its members are applied one by one");
                     continue;
                 }
-                if refuse(&behind, step, &error, &built, &live, &mut dead) {
+                if refuse(&behind, &queue, (step, &error), &built, &live, &mut dead) {
                     continue;
                 }
                 metrics::counter!(names::BEHIND_RETRIES).increment(1);
@@ -598,7 +598,12 @@ fn same_queue(db: Option<&str>, batch: Option<&str>) -> bool {
 /// Writes queued under another role than the one this flusher logs in as (the journal of
 /// an instance whose `upstream.url` user changed since) are not applied under this one:
 /// they become dead letters (42501). False when they could not be recorded.
-fn refuse_foreign(behind: &Behind, entries: &[(u64, Arc<Entry>)], dead: &mut HashSet<u64>) -> bool {
+fn refuse_foreign(
+    behind: &Behind,
+    queue: &str,
+    entries: &[(u64, Arc<Entry>)],
+    dead: &mut HashSet<u64>,
+) -> bool {
     let login = behind.link().login.user.as_str();
     let foreign: Vec<&(u64, Arc<Entry>)> = entries
         .iter()
@@ -617,7 +622,7 @@ fn refuse_foreign(behind: &Behind, entries: &[(u64, Arc<Entry>)], dead: &mut Has
             DeadLetter::new(*seq, e, "42501", &why)
         })
         .collect();
-    if let Err(e) = behind.dead.add(letters, "rejected") {
+    if let Err(e) = behind.dead.add(letters, "rejected", Some(queue)) {
         warn!(error = %e, "cannot record a dead letter; the batch waits");
         return false;
     }
@@ -628,7 +633,12 @@ fn refuse_foreign(behind: &Behind, entries: &[(u64, Arc<Entry>)], dead: &mut Has
 /// Records that did not decode and are not applied yet become dead letters (persisted
 /// first) and their numbers are skipped like a refused write's. False when they could not
 /// be recorded.
-fn bury_unreadable(behind: &Behind, state: &Mutex<Db>, dead: &mut HashSet<u64>) -> bool {
+fn bury_unreadable(
+    behind: &Behind,
+    state: &Mutex<Db>,
+    queue: &str,
+    dead: &mut HashSet<u64>,
+) -> bool {
     let (name, letters, seqs) = {
         let mut db = lock(state);
         let applied = db.applied;
@@ -644,7 +654,7 @@ fn bury_unreadable(behind: &Behind, state: &Mutex<Db>, dead: &mut HashSet<u64>) 
     if letters.is_empty() {
         return true;
     }
-    if let Err(e) = behind.dead.add(letters, "unreadable") {
+    if let Err(e) = behind.dead.add(letters, "unreadable", Some(queue)) {
         warn!(database = %name, error = %e, "cannot record undecodable journal records as dead letters; the queue waits");
         return false;
     }
@@ -704,8 +714,8 @@ fn tags_of(e: &Entry) -> Vec<Tag> {
 /// is sent again without them). `false` when the failure is not a write's.
 fn refuse(
     behind: &Behind,
-    step: Step,
-    error: &batch::ServerError,
+    queue: &str,
+    (step, error): (Step, &batch::ServerError),
     built: &batch::Built,
     live: &[(u64, Arc<Entry>)],
     dead: &mut HashSet<u64>,
@@ -733,7 +743,7 @@ fn refuse(
         .filter_map(|&m| live.get(m))
         .map(|(seq, e)| DeadLetter::new(*seq, e, &error.code, &error.message))
         .collect();
-    if let Err(e) = behind.dead.add(letters, "rejected") {
+    if let Err(e) = behind.dead.add(letters, "rejected", Some(queue)) {
         // Not recorded: the write must not be skipped. Retried (and refused) again.
         warn!(error = %e, "cannot record a dead letter; the batch is retried");
         return false;
@@ -792,7 +802,13 @@ fn transient(code: &str) -> bool {
 
 /// Increments that matched no row (`UPDATE 0`): their writes had no effect, which their
 /// `UPDATE 1` did not say. Kept as dead letters for an operator.
-fn missed_rows(behind: &Behind, units: &[Unit], tags: &[String], live: &[(u64, Arc<Entry>)]) {
+fn missed_rows(
+    behind: &Behind,
+    queue: &str,
+    units: &[Unit],
+    tags: &[String],
+    live: &[(u64, Arc<Entry>)],
+) {
     let mut letters = Vec::new();
     for (unit, tag) in units.iter().zip(tags) {
         if tag != "UPDATE 0" {
@@ -812,7 +828,7 @@ fn missed_rows(behind: &Behind, units: &[Unit], tags: &[String], live: &[(u64, A
         }
     }
     if !letters.is_empty()
-        && let Err(e) = behind.dead.add(letters, "no_row")
+        && let Err(e) = behind.dead.add(letters, "no_row", Some(queue))
     {
         warn!(error = %e, "cannot record dead letters of increments that matched no row");
     }

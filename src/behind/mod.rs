@@ -613,7 +613,7 @@ impl Behind {
         };
         if let Err(e) = queued {
             if !e.is_indeterminate() {
-                self.dead.add(vec![letter], "requeue_failed")?;
+                self.dead.add(vec![letter], "requeue_failed", None)?;
             }
             return Err(e);
         }
