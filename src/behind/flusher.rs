@@ -76,6 +76,12 @@ struct Conn {
     prepared: Prepared,
 }
 
+/// Waits `backoff`, then doubles it (up to [`MAX_BACKOFF`]) for the next failure.
+async fn back_off(backoff: &mut Duration) {
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
 /// Runs the flusher of one database until the process ends.
 pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
     let (name, kind, wake) = {
@@ -174,8 +180,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 },
                 Err(e) => {
                     warn!(database = %name, error = %e, "write-behind flusher cannot read the Redis queue; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                     continue;
                 }
             }
@@ -207,8 +212,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                     if !bury_unreadable(&behind, &state, &queue, &mut dead) {
                         // Not recorded: nothing after them may be applied yet.
                         conn = None;
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        back_off(&mut backoff).await;
                         continue;
                     }
                     backoff = Duration::from_millis(50);
@@ -216,8 +220,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 }
                 Err(e) => {
                     warn!(database = %name, error = %e, "write-behind flusher cannot connect; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                     continue;
                 }
             },
@@ -233,8 +236,7 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                 }
                 Err(e) => {
                     warn!(database = %name, error = %e, "write-behind flusher cannot read the Redis queue; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                     continue;
                 }
             },
@@ -246,13 +248,11 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
         if stream.is_some() && !bury_unreadable(&behind, &state, &queue, &mut dead) {
             // Entries read from Redis that do not decode: not recorded, so nothing after
             // them may be applied yet.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            back_off(&mut backoff).await;
             continue;
         }
         if !refuse_foreign(&behind, &queue, &entries, &mut dead) {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            back_off(&mut backoff).await;
             continue;
         }
         let live: Vec<(u64, Arc<Entry>)> = entries
@@ -310,16 +310,14 @@ pub(crate) async fn run(behind: Arc<Behind>, state: Arc<Mutex<Db>>) {
                     // The progress row moved under us: read it again on a new connection.
                     conn = None;
                 } else {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    back_off(&mut backoff).await;
                 }
             }
             Err(e) => {
                 metrics::counter!(names::BEHIND_RETRIES).increment(1);
                 warn!(database = %name, error = %e, "write-behind batch interrupted; retrying on a new connection");
                 conn = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                back_off(&mut backoff).await;
             }
         }
     }
