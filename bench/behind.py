@@ -119,6 +119,13 @@ def one_run(st, target, admin, workload, clients, duration):
         out["queued_total"] = metric(text, "pgmemo_behind_queued_total")
         out["forwarded_total"] = metric(text, "pgmemo_behind_forwarded_total")
         out["batches_total"] = metric(text, "pgmemo_behind_batch_entries_count")
+        # The local journal's groups (absent with the Redis queue): fdatasync time and writes
+        # sharing each one, quantiles over the exporter's recent window.
+        for key, name, scale in (("sync", "pgmemo_behind_journal_sync_seconds", 1000),
+                                 ("group", "pgmemo_behind_journal_group_records", 1)):
+            for q in ("0.5", "0.99"):
+                if name in text:
+                    out[f"journal_{key}_p{q[2:]}"] = metric(text, name, quantile=q) * scale
     return out
 
 
@@ -165,7 +172,10 @@ def main():
                     log(f"{w} rep {rep + 1} {t}: {rec['tps']:.0f} TPS, p50 {rec['p50_ms']:.2f} ms "
                         f"p99 {rec['p99_ms']:.2f} ms"
                         + (f", lag p50 {rec['lag_p50_ms']:.1f} ms p99 {rec['lag_p99_ms']:.1f} ms"
-                           if t != "direct" else ""))
+                           if t != "direct" else "")
+                        + (f", journal fdatasync p50 {rec['journal_sync_p5']:.2f} ms, "
+                           f"group p50 {rec['journal_group_p5']:.0f}"
+                           if "journal_sync_p5" in rec else ""))
             result["cells"][w] = cell
         if "counter" in result["cells"]:
             n = int(st.psql(port, "SELECT n FROM bh_counters WHERE id = 1"))

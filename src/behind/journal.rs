@@ -79,6 +79,8 @@ use bytes::Bytes;
 use siphasher::sip::SipHasher13;
 use tokio::sync::oneshot;
 
+use crate::telemetry::names;
+
 /// The largest record [`Journal::append`] accepts (16 MiB).
 pub const MAX_RECORD: usize = 16 << 20;
 
@@ -747,6 +749,7 @@ impl Writer {
             self.rotate()?;
         }
         let first = self.next_seq;
+        let started = std::time::Instant::now();
         self.buf.clear();
         for (seq, pending) in (first..).zip(group) {
             encode(&mut self.buf, seq, &pending.record);
@@ -760,6 +763,9 @@ impl Writer {
         if let Err(e) = written {
             return Err(self.undo(Arc::new(e)));
         }
+        metrics::histogram!(names::BEHIND_JOURNAL_SYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(names::BEHIND_JOURNAL_GROUP_RECORDS).record(group.len() as f64);
         self.current.bytes += len;
         self.next_seq += group.len() as u64;
         self.publish_size();

@@ -53,6 +53,15 @@ fn describe_behind() {
         "Writes per committed write-behind batch."
     );
     describe_histogram!(
+        names::BEHIND_JOURNAL_SYNC_SECONDS,
+        Unit::Seconds,
+        "Time one write-behind journal group took to write and fdatasync."
+    );
+    describe_histogram!(
+        names::BEHIND_JOURNAL_GROUP_RECORDS,
+        "Writes per write-behind journal group (one fdatasync each)."
+    );
+    describe_histogram!(
         names::BEHIND_LAG_SECONDS,
         Unit::Seconds,
         "Time from a write-behind write's acknowledgement to the commit that applied it."
@@ -427,6 +436,10 @@ pub mod names {
     pub const BEHIND_FLUSH_SECONDS: &str = "pgmemo_behind_flush_seconds";
     /// histogram: writes per committed batch.
     pub const BEHIND_BATCH_ENTRIES: &str = "pgmemo_behind_batch_entries";
+    /// histogram: seconds one journal group took to write and fdatasync.
+    pub const BEHIND_JOURNAL_SYNC_SECONDS: &str = "pgmemo_behind_journal_sync_seconds";
+    /// histogram: writes per journal group (they share one fdatasync).
+    pub const BEHIND_JOURNAL_GROUP_RECORDS: &str = "pgmemo_behind_journal_group_records";
     /// histogram: seconds from a write's acknowledgement to the commit that applied it.
     pub const BEHIND_LAG_SECONDS: &str = "pgmemo_behind_lag_seconds";
     /// counter: queued writes applied.
