@@ -937,6 +937,37 @@ async fn redis_queue_acknowledged_inserts_survive_kill_9_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_queue_postgres_restart_mid_flush_loses_and_duplicates_nothing() {
+    let mut f = Fixture::new();
+    let redis = durable_redis();
+    let p = f.proxy_with(redis_config(&redis.url(), "20ms"));
+    let writers = insert_ids(&p, 16, 6_000);
+    let restart = async {
+        // Mid-run, whatever the machine's speed: once a sixth of the writes are queued.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while queued(&p) < 1_000.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        f.pg.stop_immediate();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        f.pg.start_again();
+    };
+    let (acked, ()) = tokio::join!(writers, restart);
+    assert!(!acked.is_empty());
+    wait_stream_applied(&f, &redis, &p).await;
+    assert_exactly_once(&f, &acked).await;
+    assert!(
+        p.metric("pgmemo_behind_retries_total", &[]) > 0.0,
+        "the restart interrupted a flush"
+    );
+    assert_eq!(p.metric("pgmemo_behind_dead_letters", &[]), 0.0);
+    eprintln!(
+        "redis queue, postgres restart: {} acknowledged, each applied once",
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_queue_of_two_instances_is_applied_exactly_once_after_the_holder_dies() {
     let f = Fixture::new();
     let redis = durable_redis();
