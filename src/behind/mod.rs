@@ -421,26 +421,17 @@ impl Behind {
             return Err(Refused::Unavailable);
         }
         let entry = Arc::new(entry);
-        let append = queue.append(entry.encode());
+        let record = entry.encode();
         let me = Arc::clone(self);
-        // Once durable, the write joins the queue whether or not its session is still
-        // there to hear about it: a session that ends meanwhile (its client or its upstream
-        // connection gone) must not leave a hole in the numbers the flusher applies in
-        // order. So the completion runs in a task of its own.
         let (done, answer) = tokio::sync::oneshot::channel();
-        self.runtime.spawn(async move {
-            let result = match append.await {
+        // Once durable, the write joins the queue whether or not its session is still there
+        // to hear about it: a session that ends meanwhile (its client or its upstream
+        // connection gone) must not leave a hole in the numbers the flusher applies in order.
+        // So the completion does not run in the session's task.
+        let complete = move |appended: Result<queue::Appended, QueueError>| {
+            let result = match appended {
                 Ok(queue::Appended { seq, id }) => {
-                    let wake = {
-                        let mut db = lock(&state);
-                        if id.is_some() && db.stream_id != id {
-                            me.new_incarnation(&mut db, id);
-                        }
-                        db.pending.insert(seq, entry);
-                        Arc::clone(&db.wake)
-                    };
-                    wake.notify_one();
-                    me.publish_gauges();
+                    me.enqueued(&state, seq, id, entry);
                     Ok(())
                 }
                 Err(e) => {
@@ -449,12 +440,43 @@ impl Behind {
                 }
             };
             let _ = done.send(result);
-        });
+        };
+        match &queue {
+            // On the journal's writer thread, right after the fdatasync: no task to wake.
+            Queue::Journal(j) => j.append_then(
+                record,
+                Box::new(move |r| {
+                    complete(
+                        r.map(|seq| queue::Appended { seq, id: None })
+                            .map_err(QueueError::from),
+                    )
+                }),
+            ),
+            Queue::Stream(_) => {
+                let append = queue.append(record);
+                self.runtime.spawn(async move { complete(append.await) });
+            }
+        }
         Ok(async move {
             answer
                 .await
                 .unwrap_or(Err(BehindError::Journal(journal::JournalError::Closed)))
         })
+    }
+
+    /// A write is durable in the queue as number `seq` (stream: of incarnation `id`): the
+    /// flusher may apply it.
+    fn enqueued(&self, state: &Mutex<Db>, seq: u64, id: Option<String>, entry: Arc<Entry>) {
+        let wake = {
+            let mut db = lock(state);
+            if id.is_some() && db.stream_id != id {
+                self.new_incarnation(&mut db, id);
+            }
+            db.pending.insert(seq, entry);
+            Arc::clone(&db.wake)
+        };
+        wake.notify_one();
+        self.publish_gauges();
     }
 
     /// Stream kind: Redis numbers this database's writes in a new queue (it lost its data,
