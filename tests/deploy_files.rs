@@ -37,7 +37,9 @@ fn run_pgmemo(env: &BTreeMap<String, String>, args: &[&str]) -> (bool, String, S
 }
 
 /// The README's test command; CI must run exactly this.
-const TEST_COMMAND: &str = "cargo nextest run --all-targets --no-fail-fast";
+const TEST_COMMAND: &str = "scripts/test";
+/// What `scripts/test` runs once the tools are installed.
+const SUITE_COMMAND: &str = "cargo nextest run --all-targets --no-fail-fast";
 
 fn read(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
@@ -405,23 +407,40 @@ fn dockerignore_keeps_build_output_and_git_out() {
     }
 }
 
+fn assert_executable(rel: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        let mode = std::fs::metadata(path).unwrap().permissions().mode();
+        assert!(mode & 0o111 != 0, "{rel} is not executable");
+    }
+}
+
 #[test]
 fn ci_script_runs_the_readme_test_command() {
+    let readme = read("README.md");
+    assert!(
+        readme.contains(&format!("```sh\n{TEST_COMMAND}\n```")),
+        "the README's test command is not `{TEST_COMMAND}`"
+    );
     let script = read(".ci/run");
     assert!(script.starts_with("#!"), "no shebang");
     assert!(script.contains("set -euo pipefail"));
     for check in [
         "cargo fmt --all -- --check",
         "cargo clippy --all-targets -- -D warnings",
-        TEST_COMMAND,
+        &format!("step \"tests\" {TEST_COMMAND}"),
     ] {
         assert!(script.contains(check), ".ci/run does not run `{check}`");
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/run");
-        let mode = std::fs::metadata(path).unwrap().permissions().mode();
-        assert!(mode & 0o111 != 0, ".ci/run is not executable");
-    }
+    assert_executable(".ci/run");
+    let test = read(TEST_COMMAND);
+    assert!(test.starts_with("#!"), "no shebang");
+    assert!(test.contains("set -euo pipefail"));
+    assert!(
+        test.contains(&format!("exec {SUITE_COMMAND} \"$@\"")),
+        "{TEST_COMMAND} does not end in `{SUITE_COMMAND}`"
+    );
+    assert_executable(TEST_COMMAND);
 }
