@@ -49,7 +49,65 @@ pub struct AppContext {
     pub side: Arc<Presence>,
     /// pgmemo's named background tasks (waited for at shutdown).
     pub tasks: Tasks,
+    /// Outcomes of configuration reloads, for the admin console's `RELOAD`.
+    pub reloads: Reloads,
     next_session_id: AtomicU64,
+}
+
+/// Configuration reloads as they finish (SIGHUP, or the console's `RELOAD`, which raises
+/// SIGHUP so that both of its handlers run, the server's and the log level's).
+pub struct Reloads {
+    /// Reloads finished so far, and the last one's error (None: applied).
+    done: tokio::sync::watch::Sender<(u64, Option<String>)>,
+    /// Set once the server's SIGHUP handler is installed: before it, SIGHUP would end the
+    /// process.
+    listening: AtomicBool,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        Self {
+            done: tokio::sync::watch::Sender::new((0, None)),
+            listening: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Reloads {
+    /// The server's handler is installed.
+    pub fn listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
+    /// A reload finished: `error` is why it was rejected.
+    pub fn finished(&self, error: Option<String>) {
+        self.done.send_modify(|(n, last)| {
+            *n += 1;
+            *last = error;
+        });
+    }
+
+    /// Raises SIGHUP and waits (at most `wait`) for the reload it starts; its error, if it
+    /// was rejected. `Err(None)`: no handler, or no reload finished in time.
+    pub async fn request(&self, wait: std::time::Duration) -> Result<(), Option<String>> {
+        if !self.listening.load(Ordering::Acquire) {
+            return Err(None);
+        }
+        let mut rx = self.done.subscribe();
+        let before = rx.borrow_and_update().0;
+        // SAFETY: kill(2) on our own pid with a signal whose handler is installed.
+        let raised = unsafe { libc::kill(libc::getpid(), libc::SIGHUP) } == 0;
+        if !raised {
+            return Err(None);
+        }
+        match tokio::time::timeout(wait, rx.wait_for(|(n, _)| *n > before)).await {
+            Ok(Ok(seen)) => match &seen.1 {
+                None => Ok(()),
+                Some(e) => Err(Some(e.clone())),
+            },
+            _ => Err(None),
+        }
+    }
 }
 
 /// The acceptor and the DER of the leaf certificate pgmemo presents (for channel binding:
@@ -83,6 +141,7 @@ impl AppContext {
             cancel_keys: Arc::new(CancelRegistry::default()),
             side: Presence::new(),
             tasks,
+            reloads: Reloads::default(),
             next_session_id: AtomicU64::new(1),
         }
     }

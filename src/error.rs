@@ -18,6 +18,11 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const IO_ERROR: &str = "58030";
     pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +102,59 @@ impl ClientError {
 
     pub fn protocol_violation(message: impl Into<String>) -> Self {
         Self::fatal(sqlstate::PROTOCOL_VIOLATION, message)
+    }
+
+    /// A role not in `admin.roles` asked for the admin console (after PostgreSQL accepted
+    /// its login).
+    pub fn console_not_admin(user: &str) -> Self {
+        Self::fatal(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("role \"{user}\" may not use the pgmemo admin console"),
+        )
+        .with_hint("list it in admin.roles in pgmemo's configuration")
+    }
+
+    /// The admin console is off (`admin.roles` empty) and a client asked for it.
+    pub fn console_disabled() -> Self {
+        Self::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "the pgmemo admin console is not enabled",
+        )
+        .with_hint("list the roles that may use it in admin.roles")
+    }
+
+    /// The extended protocol on the admin console.
+    pub fn console_extended_protocol() -> Self {
+        Self::error(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "the pgmemo admin console speaks the simple query protocol only",
+        )
+        .with_hint("use psql, or a driver's simple-query call")
+    }
+
+    /// Not a console command (`message` says which and where the list is).
+    pub fn console_syntax(message: impl Into<String>) -> Self {
+        Self::error(sqlstate::SYNTAX_ERROR, message)
+    }
+
+    /// A console command that names something pgmemo does not know (a database, a table).
+    pub fn console_unknown(message: impl Into<String>) -> Self {
+        Self::error(sqlstate::UNDEFINED_OBJECT, message)
+    }
+
+    /// A console command that cannot run now (the catalog is unreachable, a reload was
+    /// refused, the command needs another place).
+    pub fn console_not_now(message: impl Into<String>) -> Self {
+        Self::error(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, message)
+    }
+
+    /// `RELOAD` found the configuration invalid; the running one is kept.
+    pub fn console_reload_rejected(why: impl Into<String>) -> Self {
+        Self::error(
+            sqlstate::CONFIG_FILE_ERROR,
+            "configuration reload rejected; the running configuration is kept",
+        )
+        .with_detail(why)
     }
 
     /// A statement cancelled while it waited for another session's identical query (a

@@ -34,6 +34,7 @@ pub struct InvalidationHandle {
 pub enum Trigger {
     Http,
     Signal,
+    Console,
 }
 
 impl Trigger {
@@ -41,6 +42,7 @@ impl Trigger {
         match self {
             Self::Http => "http",
             Self::Signal => "SIGUSR1",
+            Self::Console => "console",
         }
     }
 }
@@ -55,6 +57,31 @@ pub fn flush_all(invalidator: &Invalidator, trigger: Trigger) -> u64 {
         "manual invalidation: whole cache flushed"
     );
     epoch
+}
+
+/// Bumps one table's version (a manual invalidation), logs and counts it: the number of tags
+/// bumped, or why nothing was.
+pub async fn invalidate_table(
+    handle: &InvalidationHandle,
+    database: &str,
+    table: &str,
+    trigger: Trigger,
+) -> Result<usize, InvalidateError> {
+    let outcome = handle
+        .invalidator
+        .invalidate_table(&handle.catalog, database, table)
+        .await;
+    match &outcome {
+        Ok(tags) => {
+            count("table", true);
+            info!(%database, %table, tags, via = trigger.as_str(), "manual invalidation: relation bumped");
+        }
+        Err(e) => {
+            count("table", false);
+            warn!(%database, %table, error = %e, via = trigger.as_str(), "manual invalidation failed");
+        }
+    }
+    outcome
 }
 
 fn count(scope: &'static str, ok: bool) {
@@ -204,28 +231,16 @@ pub(super) async fn invalidate(
             json(StatusCode::OK, &Done::All { epoch })
         }
         Scope::Table { database, table } => {
-            let outcome = handle
-                .invalidator
-                .invalidate_table(&handle.catalog, &database, &table)
-                .await;
-            match outcome {
-                Ok(tags) => {
-                    count("table", true);
-                    info!(%database, %table, tags, "manual invalidation: relation bumped");
-                    json(
-                        StatusCode::OK,
-                        &Done::Table {
-                            database: &database,
-                            table: &table,
-                            tags,
-                        },
-                    )
-                }
-                Err(e) => {
-                    count("table", false);
-                    warn!(%database, %table, error = %e, "manual invalidation failed");
-                    error(status_of(&e), &e.to_string())
-                }
+            match invalidate_table(handle, &database, &table, Trigger::Http).await {
+                Ok(tags) => json(
+                    StatusCode::OK,
+                    &Done::Table {
+                        database: &database,
+                        table: &table,
+                        tags,
+                    },
+                ),
+                Err(e) => error(status_of(&e), &e.to_string()),
             }
         }
     }

@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use invalidate::{InvalidationHandle, Trigger, flush_all};
+pub use invalidate::{InvalidationHandle, Trigger, flush_all, invalidate_table};
 pub use readiness::{
     PROBE_CACHE_TTL, ProbeError, Readiness, ReadyReport, UpstreamReport, probe_upstream,
 };

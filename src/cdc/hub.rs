@@ -90,6 +90,10 @@ pub struct DbStream {
     /// The state is another instance's (the CDC lease holder's): nothing here applies the
     /// stream, so nothing can wait for it.
     remote: AtomicBool,
+    /// The lag monitor's last reading: WAL bytes behind, and milliseconds since the oldest
+    /// position not applied was first seen (for the admin console; the gauges have them too).
+    lag_bytes: AtomicU64,
+    lag_ms: AtomicU64,
 }
 
 impl DbStream {
@@ -100,6 +104,26 @@ impl DbStream {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Records the lag monitor's reading.
+    pub fn set_lag(&self, bytes: u64, age: std::time::Duration) {
+        self.lag_bytes.store(bytes, Ordering::Relaxed);
+        let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        self.lag_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The last lag reading: WAL bytes behind, and how long behind.
+    pub fn lag(&self) -> (u64, std::time::Duration) {
+        (
+            self.lag_bytes.load(Ordering::Relaxed),
+            std::time::Duration::from_millis(self.lag_ms.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Whether the state is mirrored from another instance.
+    pub fn is_remote(&self) -> bool {
+        self.remote.load(Ordering::Acquire)
     }
 
     pub fn state(&self) -> State {
@@ -199,6 +223,8 @@ impl Hub {
                     state: AtomicU8::new(State::Off as u8),
                     applied: AtomicU64::new(0),
                     remote: AtomicBool::new(false),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
                     advanced: Notify::new(),
                     degraded: Arc::clone(&degraded),
                     gauges: State::ALL.map(|st| {

@@ -91,6 +91,7 @@ pub async fn monitor(
         let (bytes, age) = window.observe(current, Instant::now(), stream.applied());
         bytes_gauge.set(bytes as f64);
         secs_gauge.set(age.as_secs_f64());
+        stream.set_lag(bytes, age);
         match stream.state() {
             State::Streaming
                 if age > lag_max && stream.transition(State::Streaming, State::Lagging) =>

@@ -120,6 +120,9 @@ pub struct UpstreamConfig {
 pub struct AdminConfig {
     /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
     pub listen: SocketAddr,
+    /// Roles that may use the admin console (the virtual database `pgmemo` on the client
+    /// port), once PostgreSQL has accepted their login. Empty: the console is off.
+    pub roles: Vec<String>,
 }
 
 /// The shared Redis tier (`[cache.redis]`).
@@ -209,6 +212,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN_LISTEN,
+            roles: Vec::new(),
         }
     }
 }

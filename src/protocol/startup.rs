@@ -46,6 +46,43 @@ impl StartupMessage {
             .map(|(_, v)| v.as_ref())
     }
 
+    /// The same startup with `database` in place of the client's (added if it had none),
+    /// every other parameter as sent.
+    pub fn with_database(&self, database: &[u8]) -> StartupMessage {
+        let mut params = self.params.clone();
+        match params.iter_mut().find(|(k, _)| k.as_ref() == b"database") {
+            Some((_, v)) => *v = Bytes::copy_from_slice(database),
+            None => params.push((
+                Bytes::from_static(b"database"),
+                Bytes::copy_from_slice(database),
+            )),
+        }
+        let mut body = Vec::new();
+        body.extend_from_slice(
+            &(u32::from(self.major) << 16 | u32::from(self.minor)).to_be_bytes(),
+        );
+        for (k, v) in &params {
+            body.extend_from_slice(k);
+            body.push(0);
+            body.extend_from_slice(v);
+            body.push(0);
+        }
+        body.push(0);
+        let mut raw = Vec::with_capacity(4 + body.len());
+        raw.extend_from_slice(
+            &u32::try_from(4 + body.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        raw.extend_from_slice(&body);
+        StartupMessage {
+            raw: Bytes::from(raw),
+            major: self.major,
+            minor: self.minor,
+            params,
+        }
+    }
+
     /// The role the client asked for (lossy, for logs and metrics only).
     pub fn user(&self) -> String {
         String::from_utf8_lossy(self.param("user").unwrap_or_default()).into_owned()

@@ -378,6 +378,7 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
             return;
         }
     };
+    ctx.reloads.listening();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -392,10 +393,12 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
                 }
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 info!("configuration reloaded");
+                ctx.reloads.finished(None);
             }
             Err(e) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "error").increment(1);
                 error!("configuration reload rejected, keeping the running config:\n{e}");
+                ctx.reloads.finished(Some(e.to_string()));
             }
         }
     }

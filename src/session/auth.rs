@@ -37,6 +37,10 @@ pub enum AuthError {
     Unrelayable(&'static str),
     #[error("malformed authentication request from upstream")]
     Malformed,
+    /// PostgreSQL accepted the login, but pgmemo refuses the session (the admin console and
+    /// a role not listed for it); the client was told instead of being let in.
+    #[error("login accepted by the server but refused by pgmemo")]
+    RefusedAfterLogin,
 }
 
 /// What the relay learnt during startup.
@@ -45,11 +49,14 @@ pub struct Established {
     pub cancel_key: Option<Bytes>,
 }
 
-/// Relays until ReadyForQuery (which is forwarded too).
+/// Relays until ReadyForQuery (which is forwarded too). With `refuse`, a login the server
+/// accepts gets that error instead of AuthenticationOk and what follows it: the client learns
+/// it is refused only once it has proven who it is.
 pub async fn relay(
     client: &mut Stream,
     upstream: &mut Stream,
     offer_scram_plus: bool,
+    refuse: Option<&ClientError>,
 ) -> Result<Established, AuthError> {
     let mut out = BytesMut::new();
     let mut cancel_key = None;
@@ -120,6 +127,10 @@ pub async fn relay(
                 out.extend_from_slice(&frame);
             }
             backend::READY_FOR_QUERY => {
+                if let Some(refusal) = refuse {
+                    let _ = client.write_all(&refusal.encode()).await;
+                    return Err(AuthError::RefusedAfterLogin);
+                }
                 out.extend_from_slice(&frame);
                 client.write_all(&out).await.map_err(AuthError::Client)?;
                 client.flush().await.map_err(AuthError::Client)?;

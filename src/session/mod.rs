@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cache_side;
+pub mod console;
 pub mod deferred;
 pub mod fingerprint;
 pub mod follow;
@@ -265,8 +266,12 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
     let user = startup.user();
     let database = startup.database();
     debug!(%user, %database, major = startup.major, minor = startup.minor, "startup");
+    if database == console::DATABASE && startup.major == 3 {
+        admin_console(ctx, client, &startup, &config).await;
+        return None;
+    }
     let mut upstream = upstream_startup(ctx, &mut client, &startup, &config).await?;
-    let established = authenticate(ctx, &mut client, &mut upstream, &config).await?;
+    let established = authenticate(ctx, &mut client, &mut upstream, &config, None).await?;
     let cancel = established
         .cancel_key
         .and_then(|key| ctx.cancel_keys.register(key, id))
@@ -291,6 +296,40 @@ async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Liv
         cache_side,
         cancel,
     })
+}
+
+/// A client that asked for the virtual database `pgmemo`: PostgreSQL checks its login (on
+/// the upstream URL's database, with the client's own user and parameters), pgmemo checks
+/// the role may use the console, and the console serves it. The upstream connection is only
+/// for the login.
+async fn admin_console(
+    ctx: &Arc<AppContext>,
+    mut client: Stream,
+    startup: &StartupMessage,
+    config: &Config,
+) {
+    let user = startup.user();
+    if config.admin.roles.is_empty() {
+        farewell(&mut client, &ClientError::console_disabled()).await;
+        return;
+    }
+    let login_db = crate::config::upstream_url::UpstreamTarget::parse(&config.upstream.url)
+        .ok()
+        .and_then(|t| t.dbname)
+        .unwrap_or_else(|| "postgres".to_owned());
+    let login = startup.with_database(login_db.as_bytes());
+    let Some(mut upstream) = upstream_startup(ctx, &mut client, &login, config).await else {
+        return;
+    };
+    let refusal = (!console::admits(ctx, &user)).then(|| ClientError::console_not_admin(&user));
+    let established = authenticate(ctx, &mut client, &mut upstream, config, refusal.as_ref()).await;
+    let _ = upstream
+        .write_all(&crate::protocol::response::terminate())
+        .await;
+    drop(upstream);
+    if established.is_some() {
+        console::serve(Arc::clone(ctx), client, user).await;
+    }
 }
 
 /// The client's side of the startup phase (TLS, then its StartupMessage), within
@@ -366,12 +405,14 @@ async fn upstream_startup(
     Some(upstream)
 }
 
-/// Relays authentication between the two, within `server.startup_timeout`.
+/// Relays authentication between the two, within `server.startup_timeout` (`refuse`: see
+/// [`auth::relay`]).
 async fn authenticate(
     ctx: &AppContext,
     client: &mut Stream,
     upstream: &mut Stream,
     config: &Config,
+    refuse: Option<&ClientError>,
 ) -> Option<auth::Established> {
     let offer_plus = match (&ctx.tls, client.is_tls(), upstream.peer_certificate()) {
         (Some(tls), true, Some(up)) => tls.leaf_der == up,
@@ -379,7 +420,7 @@ async fn authenticate(
     };
     match tokio::time::timeout(
         config.server.startup_timeout,
-        auth::relay(client, upstream, offer_plus),
+        auth::relay(client, upstream, offer_plus, refuse),
     )
     .await
     {

@@ -123,7 +123,7 @@ impl CacheSession {
     /// Whether the cache may be used for `plan` in this session now: its read plan, the
     /// fingerprint digest and the configuration generation the lookup runs under, or why
     /// not (`None`: not a cacheable read at all, nothing to count).
-    fn admit<'p>(
+    pub(super) fn admit<'p>(
         &mut self,
         plan: &'p Plan,
         state: &SessionState,

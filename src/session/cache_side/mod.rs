@@ -16,6 +16,7 @@ pub mod background;
 mod before_ack;
 mod behind;
 mod capture;
+mod explain;
 mod extended;
 pub mod group;
 pub mod hooks;

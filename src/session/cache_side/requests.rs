@@ -62,6 +62,11 @@ impl CacheSession {
     /// statements' completions expected in order.
     pub(super) fn on_query(&mut self, frame: &[u8], state: &mut SessionState) -> FrameAction {
         let sql = query_text(frame);
+        if state.is_idle()
+            && let Some(inner) = crate::session::console::explain_cache(sql)
+        {
+            return self.explain_cache(inner, state);
+        }
         if let Some((answer, _)) = self.held.take_queued() {
             return FrameAction::Answer(answer);
         }

@@ -1,0 +1,101 @@
+//! The admin console: a client that connects to the virtual database `pgmemo` talks to pgmemo
+//! itself, in PgBouncer's fashion (`psql -d pgmemo`, then `SHOW STATS`, `FLUSH`, ...). Its
+//! login is checked by PostgreSQL exactly as a session's is (pgmemo relays the exchange to a
+//! connection on the upstream URL's database and closes it once the role is known), and only
+//! roles listed in `admin.roles` get in. Commands come as simple Queries; results are typed
+//! rows ([`rows::Table`]), so scripts can read them. The extended protocol is refused (each
+//! group gets one error, then its Sync's ReadyForQuery), as PgBouncer's console does.
+
+pub mod command;
+mod exec;
+pub mod rows;
+mod views;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, info};
+
+use crate::context::AppContext;
+use crate::error::ClientError;
+use crate::net::Stream;
+use crate::protocol::response::put_frame;
+
+pub use command::explain_cache;
+
+/// The database name that reaches the console instead of PostgreSQL.
+pub const DATABASE: &str = "pgmemo";
+
+/// Largest message the console reads; a command is a line of text.
+const MAX_MESSAGE: usize = 64 << 10;
+
+/// Whether `user` may use the console under the running configuration.
+pub fn admits(ctx: &AppContext, user: &str) -> bool {
+    ctx.config().admin.roles.iter().any(|r| r == user)
+}
+
+/// Serves an authenticated admin (`user`) until it terminates or goes away. The client has
+/// already had its ReadyForQuery (relayed from PostgreSQL with the login).
+pub async fn serve(ctx: Arc<AppContext>, mut client: Stream, user: String) {
+    info!(%user, "admin console session");
+    let mut skipping_to_sync = false;
+    loop {
+        let frame = match crate::session::auth::read_frame(&mut client, MAX_MESSAGE).await {
+            Ok(f) => f,
+            Err(e) => {
+                debug!(error = ?e, "admin console: client gone");
+                return;
+            }
+        };
+        let tag = frame.first().copied().unwrap_or_default();
+        let mut out = BytesMut::new();
+        match tag {
+            b'X' => return,
+            b'Q' => {
+                skipping_to_sync = false;
+                let text = query_text(&frame);
+                exec::run(&ctx, &user, &text, &mut out).await;
+                ready(&mut out);
+            }
+            b'S' => {
+                skipping_to_sync = false;
+                ready(&mut out);
+            }
+            b'H' => {}
+            b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
+                if !skipping_to_sync {
+                    skipping_to_sync = true;
+                    out.extend_from_slice(&ClientError::console_extended_protocol().encode());
+                }
+                if tag == b'F' {
+                    // A function call is not part of an extended group: no Sync follows.
+                    skipping_to_sync = false;
+                    ready(&mut out);
+                }
+            }
+            other => {
+                let e = ClientError::protocol_violation(format!(
+                    "unexpected message type {:?} on the admin console",
+                    char::from(other)
+                ));
+                let _ = client.write_all(&e.encode()).await;
+                return;
+            }
+        }
+        if !out.is_empty() && client.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The Query's text, without its terminating NUL; lossy, since commands are ASCII.
+fn query_text(frame: &[u8]) -> String {
+    let body = frame.get(5..).unwrap_or_default();
+    let body = body.strip_suffix(b"\0").unwrap_or(body);
+    String::from_utf8_lossy(body).into_owned()
+}
+
+fn ready(out: &mut BytesMut) {
+    put_frame(out, b'Z', &[b"I"]);
+}

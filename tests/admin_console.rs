@@ -1,0 +1,445 @@
+//! The admin console (issue 21): the virtual database `pgmemo` on the client port, for roles in
+//! `admin.roles`, logged in by PostgreSQL. Each command from a real client, with the content
+//! a script would rely on; refusals for other roles, for a disabled console and for the
+//! extended protocol; `EXPLAIN CACHE` in an ordinary session.
+
+#[path = "support/auth_wire.rs"]
+mod auth_wire;
+mod common;
+
+use common::{MD5_USER, PgOptions, PgServer, Proxy, ProxyArgs, SUPERUSER, db_error};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const APP: &str = "app";
+
+fn admin_config(extra: &str) -> String {
+    format!("[admin]\nroles = [\"{SUPERUSER}\"]\n\n{extra}")
+}
+
+struct Fixture {
+    proxy: Proxy,
+    pg: PgServer,
+}
+
+fn start(config: &str) -> Fixture {
+    let pg = PgServer::start(PgOptions::default());
+    let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, "postgres")).config(config));
+    Fixture { proxy, pg }
+}
+
+impl Fixture {
+    async fn console(&self) -> Client {
+        self.proxy.connect(SUPERUSER, "", "pgmemo").await
+    }
+
+    async fn app(&self) -> Client {
+        self.proxy.connect(SUPERUSER, "", APP).await
+    }
+}
+
+/// The rows of one simple query as (column names, text values).
+async fn rows(client: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let msgs = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut names = Vec::new();
+    let mut out = Vec::new();
+    for m in msgs {
+        if let SimpleQueryMessage::Row(r) = m {
+            if names.is_empty() {
+                names = r.columns().iter().map(|c| c.name().to_owned()).collect();
+            }
+            out.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
+        }
+    }
+    (names, out)
+}
+
+/// The value of column `name` in `row`.
+fn col<'a>(names: &[String], row: &'a [Option<String>], name: &str) -> Option<&'a str> {
+    let i = names.iter().position(|n| n == name)?;
+    row.get(i)?.as_deref()
+}
+
+/// Cache hits so far (from /metrics).
+fn hits(p: &Proxy) -> f64 {
+    p.metric("pgmemo_cache_hits_total", &[])
+}
+
+async fn setup_table(f: &Fixture) {
+    let direct = f.pg.connect(SUPERUSER, "", APP).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 10), (2, 20);",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_lists_its_commands_and_shows_config_cdc_and_shared_state() {
+    let f = start(&admin_config(""));
+    let c = f.console().await;
+    let (names, help) = rows(&c, "SHOW HELP").await;
+    assert_eq!(names, ["command", "what"]);
+    let listed: Vec<&str> = help.iter().filter_map(|r| r[0].as_deref()).collect();
+    for cmd in ["SHOW STATS", "SHOW CDC", "SHOW SHARED", "FLUSH", "RELOAD"] {
+        assert!(listed.contains(&cmd), "{cmd} not in {listed:?}");
+    }
+    // Keywords in any case, with a semicolon.
+    let (names, config) = rows(&c, "show config;").await;
+    assert_eq!(names, ["key", "value"]);
+    let roles = config
+        .iter()
+        .find(|r| r[0].as_deref() == Some("admin.roles"))
+        .expect("admin.roles is shown");
+    assert_eq!(roles[1].as_deref(), Some("[\"postgres\"]"));
+    assert!(
+        config
+            .iter()
+            .any(|r| r[0].as_deref() == Some("upstream.url")),
+        "upstream.url shown"
+    );
+    let (names, cdc) = rows(&c, "SHOW CDC").await;
+    assert!(names.contains(&"lag_bytes".to_owned()), "{names:?}");
+    let postgres = cdc
+        .iter()
+        .find(|r| r[0].as_deref() == Some("postgres"))
+        .unwrap_or_else(|| panic!("the covered database is listed: {cdc:?}"));
+    assert!(col(&names, postgres, "state").is_some());
+    let (names, shared) = rows(&c, "SHOW SHARED").await;
+    assert_eq!(col(&names, &shared[0], "configured"), Some("f"));
+    // Not a command: a syntax error naming the way to the list; the session goes on.
+    let e = c.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "42601");
+    assert!(db_error(&e).message().contains("SHOW HELP"));
+    assert_eq!(rows(&c, "SHOW SHARED").await.1.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_secrets_are_redacted() {
+    let f = start(&admin_config(
+        "[cache]\nsecret = \"00112233445566778899aabbccddeeff\"\n",
+    ));
+    let c = f.console().await;
+    let (_, config) = rows(&c, "SHOW CONFIG").await;
+    let text = format!("{config:?}");
+    assert!(!text.contains("00112233445566778899aabbccddeeff"), "{text}");
+    assert!(text.contains("cache.secret"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_and_invalidate_table_make_the_next_read_a_miss() {
+    let f = start(&admin_config(""));
+    setup_table(&f).await;
+    let app = f.app().await;
+    let read = "SELECT v FROM t WHERE id = 1";
+    app.simple_query(read).await.unwrap();
+    app.simple_query(read).await.unwrap();
+    let before = hits(&f.proxy);
+    assert!(before >= 1.0, "the read is cached");
+    let c = f.console().await;
+    let (names, stats) = rows(&c, "SHOW STATS").await;
+    let stat = |name: &str| -> f64 { col(&names, &stats[0], name).unwrap().parse().unwrap() };
+    assert!(stat("hits") >= 1.0 && stat("misses") >= 1.0, "{stats:?}");
+    assert!(stat("entries") >= 1.0 && stat("bytes") > 0.0, "{stats:?}");
+    assert!(
+        stat("hit_ratio") > 0.0 && stat("hit_ratio") <= 1.0,
+        "{stats:?}"
+    );
+
+    c.simple_query("FLUSH").await.unwrap();
+    app.simple_query(read).await.unwrap();
+    assert_eq!(hits(&f.proxy), before, "after FLUSH the read missed");
+    app.simple_query(read).await.unwrap();
+    let cached = hits(&f.proxy);
+    assert_eq!(cached, before + 1.0, "and was cached again");
+
+    let done = c
+        .simple_query("INVALIDATE TABLE app.public.t")
+        .await
+        .unwrap();
+    assert!(
+        done.iter()
+            .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_))),
+        "{done:?}"
+    );
+    app.simple_query(read).await.unwrap();
+    assert_eq!(
+        hits(&f.proxy),
+        cached,
+        "after INVALIDATE TABLE the read missed"
+    );
+
+    // Unknown tables and databases are errors, and nothing is flushed.
+    let e = c
+        .simple_query("INVALIDATE TABLE app.public.nope")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "42704", "{e}");
+    let e = c.simple_query("INVALIDATE TABLE t").await.unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "42601", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_valid_file_and_refuses_an_invalid_one() {
+    let f = start(&admin_config("[cache]\nttl = \"60s\"\n"));
+    let path = f.proxy.config_path().expect("a config file");
+    let c = f.console().await;
+    let ttl = |config: &[Vec<Option<String>>]| {
+        config
+            .iter()
+            .find(|r| r[0].as_deref() == Some("cache.ttl"))
+            .and_then(|r| r[1].clone())
+    };
+    std::fs::write(&path, admin_config("[cache]\nttl = \"5s\"\n")).unwrap();
+    c.simple_query("RELOAD").await.unwrap();
+    assert_eq!(ttl(&rows(&c, "SHOW CONFIG").await.1).as_deref(), Some("5s"));
+
+    std::fs::write(&path, admin_config("[cache]\nttl = \"not a duration\"\n")).unwrap();
+    let e = c.simple_query("RELOAD").await.unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "F0000", "{e}");
+    assert!(db_error(&e).detail().unwrap_or("").contains("ttl"), "{e:?}");
+    assert_eq!(
+        ttl(&rows(&c, "SHOW CONFIG").await.1).as_deref(),
+        Some("5s"),
+        "the running configuration is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_roles_get_in_and_only_once_postgresql_accepted_their_login() {
+    let f = start(&admin_config(""));
+    // A role PostgreSQL accepts but admin.roles does not list: refused after its login.
+    let (user, password) = MD5_USER;
+    let e = f
+        .proxy
+        .try_connect(user, password, "pgmemo")
+        .await
+        .expect_err("a non-admin role is refused");
+    assert_eq!(db_error(&e).code().code(), "42501", "{e}");
+    // The wrong password is PostgreSQL's refusal, as for any session: pgmemo says nothing
+    // about which roles are admins.
+    let e = f
+        .proxy
+        .try_connect(user, "wrong", "pgmemo")
+        .await
+        .expect_err("a wrong password is refused");
+    assert_eq!(db_error(&e).code().code(), "28P01", "{e}");
+    // An admin gets in; ordinary sessions are untouched.
+    f.console().await.simple_query("SHOW HELP").await.unwrap();
+    f.proxy
+        .connect(user, password, "postgres")
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_admin_roles_the_console_is_off() {
+    let f = start("");
+    let e = f
+        .proxy
+        .try_connect(SUPERUSER, "", "pgmemo")
+        .await
+        .expect_err("no console without admin.roles");
+    assert_eq!(db_error(&e).code().code(), "28000", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extended_protocol_is_refused_and_the_session_goes_on() {
+    let f = start(&admin_config(""));
+    let c = f.console().await;
+    let e = c.query("SHOW HELP", &[]).await.unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "0A000", "{e}");
+    assert!(!rows(&c, "SHOW HELP").await.1.is_empty());
+}
+
+/// Raw protocol: a trust login as `postgres` to `database`, one Query, and the names and type
+/// OIDs of its RowDescription.
+async fn column_types(addr: std::net::SocketAddr, database: &str, sql: &str) -> Vec<(String, u32)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    auth_wire::send(&mut s, &auth_wire::startup(SUPERUSER, database)).await;
+    auth_wire::read_until_ready(&mut s).await;
+    auth_wire::send(&mut s, &auth_wire::query(sql)).await;
+    loop {
+        let frame = auth_wire::read_frame(&mut s)
+            .await
+            .unwrap()
+            .expect("a frame");
+        assert_ne!(frame.tag, b'E', "{:?}", frame.field(b'M'));
+        if frame.tag == b'T' {
+            return row_description(&frame.body);
+        }
+    }
+}
+
+/// (name, type OID) of each field of a RowDescription body.
+fn row_description(body: &[u8]) -> Vec<(String, u32)> {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let end = at + body[at..].iter().position(|b| *b == 0).unwrap();
+        let name = String::from_utf8_lossy(&body[at..end]).into_owned();
+        // Table OID (4) and column number (2) precede the type OID.
+        let oid_at = end + 1 + 6;
+        let oid = u32::from_be_bytes(body[oid_at..oid_at + 4].try_into().unwrap());
+        // Type OID, size (2), modifier (4), format (2).
+        at = oid_at + 4 + 8;
+        out.push((name, oid));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_are_typed_columns() {
+    let f = start(&admin_config(""));
+    let addr = f.proxy.addr();
+    let types = column_types(addr, "pgmemo", "SHOW CDC").await;
+    let oid = |name: &str| types.iter().find(|(n, _)| n == name).map(|(_, o)| *o);
+    assert_eq!(oid("database"), Some(25), "text: {types:?}");
+    assert_eq!(oid("lag_bytes"), Some(20), "int8: {types:?}");
+    assert_eq!(oid("lag_seconds"), Some(701), "float8: {types:?}");
+    assert_eq!(oid("serves"), Some(16), "bool: {types:?}");
+}
+
+/// `EXPLAIN CACHE sql` in session `c`: (cached, reason, ttl_seconds).
+async fn explain(c: &Client, sql: &str) -> (bool, Option<String>, Option<f64>) {
+    let (names, rows) = rows(c, &format!("EXPLAIN CACHE {sql}")).await;
+    let row = rows
+        .first()
+        .unwrap_or_else(|| panic!("no verdict for {sql}"));
+    (
+        col(&names, row, "cached") == Some("t"),
+        col(&names, row, "reason").map(str::to_owned),
+        col(&names, row, "ttl_seconds").and_then(|v| v.parse().ok()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_cache_gives_the_verdict_and_the_reason() {
+    let f = start(&admin_config(
+        "[[rules]]\ntable = \"nc\"\ncache = false\n\n[[rules]]\ntable = \"short\"\nttl = \"7s\"\n",
+    ));
+    let direct = f.pg.connect(SUPERUSER, "", APP).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v int);
+             CREATE TABLE nc (id int); CREATE TABLE short (id int);
+             CREATE VIEW tv AS SELECT id, v FROM t;
+             CREATE VIEW rv AS SELECT id, random() AS r FROM t;
+             CREATE TABLE p (id int, v int) PARTITION BY RANGE (id);
+             CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100);
+             CREATE TABLE s (id int); ALTER TABLE s ENABLE ROW LEVEL SECURITY;
+             CREATE UNLOGGED TABLE u (id int);",
+        )
+        .await
+        .unwrap();
+    let c = f.app().await;
+    c.batch_execute("PREPARE q AS SELECT v FROM t WHERE id = $1")
+        .await
+        .unwrap();
+    // (statement, cached, reason)
+    let cases: &[(&str, bool, Option<&str>)] = &[
+        ("SELECT v FROM t WHERE id = 1", true, None),
+        ("select v from t where id = 2;", true, None),
+        ("SELECT id, v FROM tv", true, None),
+        ("SELECT * FROM p WHERE id = 3", true, None),
+        ("SELECT * FROM short", true, None),
+        ("/* pgmemo:ttl=30s */ SELECT v FROM t", true, None),
+        ("SELECT v, now() FROM t", false, Some("value_function")),
+        ("SELECT v FROM t FOR UPDATE", false, Some("locking_clause")),
+        ("SELECT random() FROM t", false, Some("function_volatility")),
+        (
+            "SELECT 'now'::timestamptz FROM t",
+            false,
+            Some("special_date_literal"),
+        ),
+        ("SELECT 'public.t'::regclass", false, Some("regtype_cast")),
+        (
+            "SELECT * FROM t TABLESAMPLE SYSTEM (10)",
+            false,
+            Some("tablesample"),
+        ),
+        (
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            false,
+            Some("data_modifying_cte"),
+        ),
+        ("SELECT * INTO t2 FROM t", false, Some("select_into")),
+        ("EXPLAIN SELECT * FROM t", false, Some("explain")),
+        ("SELECT 1; SELECT 2", false, Some("multiple_statements")),
+        ("UPDATE t SET v = 1", false, Some("not_select")),
+        (
+            "/* pgmemo:nocache */ SELECT v FROM t",
+            false,
+            Some("nocache_hint"),
+        ),
+        ("EXECUTE q(1)", false, Some("execute")),
+        ("SELECT * FROM nc", false, Some("rule")),
+        ("SELECT * FROM rv", false, Some("view_volatility")),
+        ("SELECT * FROM s", false, Some("row_security")),
+        ("SELECT * FROM u", false, Some("unlogged_relation")),
+        (
+            "SELECT relname FROM pg_class",
+            false,
+            Some("system_relation"),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (sql, cached, reason) in cases {
+        let got = explain(&c, sql).await;
+        if got.0 != *cached || got.1.as_deref() != *reason {
+            wrong.push(format!(
+                "{sql}: expected ({cached}, {reason:?}), got {got:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} wrong verdicts:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // A session with a temporary table: its own relation, and any unqualified name that a
+    // temporary table could shadow.
+    let c2 = f.app().await;
+    c2.batch_execute("CREATE TEMP TABLE tmp (id int)")
+        .await
+        .unwrap();
+    for (sql, reason) in [
+        ("SELECT * FROM pg_temp.tmp", "unresolved_relation"),
+        ("SELECT v FROM t WHERE id = 1", "temp_shadow"),
+    ] {
+        let got = explain(&c2, sql).await;
+        assert_eq!((got.0, got.1.as_deref()), (false, Some(reason)), "{sql}");
+    }
+    assert!(explain(&c2, "SELECT v FROM public.t WHERE id = 1").await.0);
+    // The TTL is the rule's or the hint's.
+    assert_eq!(explain(&c, "SELECT * FROM short").await.2, Some(7.0));
+    assert_eq!(
+        explain(&c, "/* pgmemo:ttl=30s */ SELECT v FROM t").await.2,
+        Some(30.0)
+    );
+    // The session's own state: opted out.
+    c.batch_execute("SET pgmemo.cache = off").await.unwrap();
+    let (cached, reason, _) = explain(&c, "SELECT v FROM t WHERE id = 1").await;
+    assert!(!cached);
+    assert_eq!(reason.as_deref(), Some("session_opt_out"));
+    c.batch_execute("RESET pgmemo.cache").await.unwrap();
+    // Nothing was run: the UPDATE above did not happen.
+    let n: i64 = direct
+        .query_one("SELECT count(*) FROM t WHERE v = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // In a transaction block the text goes to PostgreSQL, which refuses it.
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c.simple_query("EXPLAIN CACHE SELECT 1").await.unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "42601", "{e}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+}
