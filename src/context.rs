@@ -57,7 +57,11 @@ pub struct AppContext {
 /// Configuration reloads as they finish (SIGHUP, or the console's `RELOAD`, which raises
 /// SIGHUP so that both of its handlers run, the server's and the log level's).
 pub struct Reloads {
-    /// Reloads finished so far, and the last one's error (None: applied).
+    /// `RELOAD`s asked for so far (each raises SIGHUP after counting itself).
+    requested: AtomicU64,
+    /// The last reload finished: the `requested` count it saw when it began reading the
+    /// sources, and its error (None: applied). A `RELOAD` waits for one that began after it
+    /// asked, so an earlier reload still running never answers for it.
     done: tokio::sync::watch::Sender<(u64, Option<String>)>,
     /// Set once the server's SIGHUP handler is installed: before it, SIGHUP would end the
     /// process.
@@ -67,6 +71,7 @@ pub struct Reloads {
 impl Default for Reloads {
     fn default() -> Self {
         Self {
+            requested: AtomicU64::new(0),
             done: tokio::sync::watch::Sender::new((0, None)),
             listening: AtomicBool::new(false),
         }
@@ -79,12 +84,14 @@ impl Reloads {
         self.listening.store(true, Ordering::Release);
     }
 
-    /// A reload finished: `error` is why it was rejected.
-    pub fn finished(&self, error: Option<String>) {
-        self.done.send_modify(|(n, last)| {
-            *n += 1;
-            *last = error;
-        });
+    /// A reload begins reading the sources: the token it finishes with.
+    pub fn begin(&self) -> u64 {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// The reload begun with `token` finished: `error` is why it was rejected.
+    pub fn finished(&self, token: u64, error: Option<String>) {
+        self.done.send_replace((token, error));
     }
 
     /// Raises SIGHUP and waits (at most `wait`) for the reload it starts; its error, if it
@@ -94,13 +101,13 @@ impl Reloads {
             return Err(None);
         }
         let mut rx = self.done.subscribe();
-        let before = rx.borrow_and_update().0;
+        let mine = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
         // SAFETY: kill(2) on our own pid with a signal whose handler is installed.
         let raised = unsafe { libc::kill(libc::getpid(), libc::SIGHUP) } == 0;
         if !raised {
             return Err(None);
         }
-        match tokio::time::timeout(wait, rx.wait_for(|(n, _)| *n > before)).await {
+        match tokio::time::timeout(wait, rx.wait_for(|(began, _)| *began >= mine)).await {
             Ok(Ok(seen)) => match &seen.1 {
                 None => Ok(()),
                 Some(e) => Err(Some(e.clone())),

@@ -123,6 +123,22 @@ impl ClientError {
         .with_hint("list the roles that may use it in admin.roles")
     }
 
+    /// A replication connection asked for the admin console.
+    pub fn console_replication() -> Self {
+        Self::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "the pgmemo admin console does not take replication connections",
+        )
+    }
+
+    /// A console message over the console's bound.
+    pub fn console_message_too_large(limit: usize) -> Self {
+        Self::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("admin console messages are at most {limit} bytes"),
+        )
+    }
+
     /// The extended protocol on the admin console.
     pub fn console_extended_protocol() -> Self {
         Self::error(

@@ -443,3 +443,161 @@ async fn explain_cache_gives_the_verdict_and_the_reason() {
     assert_eq!(db_error(&e).code().code(), "42601", "{e}");
     c.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// Raw: a startup with `params` (trust logins only), then everything the server sends until
+/// ReadyForQuery or an error: the frames.
+async fn raw_login(
+    addr: std::net::SocketAddr,
+    params: &[(&str, &str)],
+) -> (tokio::net::TcpStream, Vec<auth_wire::Frame>) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let raw = pgmemo::protocol::startup::encode_startup(3, 0, params);
+    auth_wire::send(&mut s, &raw).await;
+    let frames = frames_until_ready_or_close(&mut s).await;
+    (s, frames)
+}
+
+/// Frames up to ReadyForQuery, or up to the server's close.
+async fn frames_until_ready_or_close(s: &mut tokio::net::TcpStream) -> Vec<auth_wire::Frame> {
+    let mut frames = Vec::new();
+    while let Some(f) = auth_wire::read_frame(s).await.unwrap() {
+        let ready = f.tag == b'Z';
+        frames.push(f);
+        if ready {
+            break;
+        }
+    }
+    frames
+}
+
+fn error_code(frames: &[auth_wire::Frame]) -> Option<String> {
+    frames
+        .iter()
+        .find(|f| f.tag == b'E')
+        .and_then(|f| f.field(b'C'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_user_parameter_is_read_as_postgresql_reads_it() {
+    let f = start(&admin_config(""));
+    // PostgreSQL logs in the last `user`: trust_user, not the admin named first.
+    let (_, frames) = raw_login(
+        f.proxy.addr(),
+        &[
+            ("user", SUPERUSER),
+            ("database", "pgmemo"),
+            ("user", common::TRUST_USER),
+        ],
+    )
+    .await;
+    assert_eq!(error_code(&frames).as_deref(), Some("42501"), "{frames:?}");
+    assert!(
+        !frames.iter().any(|f| f.tag == b'Z'),
+        "no ReadyForQuery: {frames:?}"
+    );
+    // And a repeated database: the last one is the console's (or not).
+    let (_, frames) = raw_login(
+        f.proxy.addr(),
+        &[
+            ("user", SUPERUSER),
+            ("database", "pgmemo"),
+            ("database", APP),
+        ],
+    )
+    .await;
+    assert_eq!(
+        error_code(&frames),
+        None,
+        "an ordinary session on app: {frames:?}"
+    );
+    // A replication login never reaches the console.
+    let (_, frames) = raw_login(
+        f.proxy.addr(),
+        &[
+            ("user", SUPERUSER),
+            ("database", "pgmemo"),
+            ("replication", "database"),
+        ],
+    )
+    .await;
+    assert_eq!(error_code(&frames).as_deref(), Some("28000"), "{frames:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_removed_from_admin_roles_loses_its_open_console() {
+    let f = start(&admin_config(""));
+    let path = f.proxy.config_path().expect("a config file");
+    let c = f.console().await;
+    c.simple_query("SHOW HELP").await.unwrap();
+    std::fs::write(&path, "[admin]\nroles = [\"someone_else\"]\n").unwrap();
+    c.simple_query("RELOAD").await.unwrap();
+    let e = c.simple_query("SHOW HELP").await.unwrap_err();
+    assert_eq!(db_error(&e).code().code(), "42501", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_refused_extended_message_everything_up_to_sync_is_discarded() {
+    let f = start(&admin_config(""));
+    let (mut s, frames) = raw_login(
+        f.proxy.addr(),
+        &[("user", SUPERUSER), ("database", "pgmemo")],
+    )
+    .await;
+    assert_eq!(error_code(&frames), None, "{frames:?}");
+    // Parse (refused), a Query (discarded, as PostgreSQL discards it), Sync.
+    let mut parse = vec![b'P'];
+    let body = b"\0SHOW HELP\0\0\0";
+    parse.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    parse.extend_from_slice(body);
+    let mut msgs = parse;
+    msgs.extend_from_slice(&auth_wire::query("SHOW HELP"));
+    msgs.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+    auth_wire::send(&mut s, &msgs).await;
+    let frames = auth_wire::read_until_ready(&mut s).await;
+    let tags: Vec<u8> = frames.iter().map(|f| f.tag).collect();
+    assert_eq!(tags, b"EZ", "{frames:?}");
+    assert_eq!(error_code(&frames).as_deref(), Some("0A000"));
+    // The session goes on.
+    auth_wire::send(&mut s, &auth_wire::query("SHOW HELP")).await;
+    let frames = auth_wire::read_until_ready(&mut s).await;
+    assert!(frames.iter().any(|f| f.tag == b'D'), "{frames:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_console_does_not_hold_up_shutdown() {
+    let mut f = start(&admin_config("[server]\nshutdown_timeout = \"20s\"\n"));
+    let (mut s, _) = raw_login(
+        f.proxy.addr(),
+        &[("user", SUPERUSER), ("database", "pgmemo")],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    f.proxy.signal(common::Signal::Term);
+    let frames = frames_until_ready_or_close(&mut s).await;
+    assert_eq!(error_code(&frames).as_deref(), Some("57P01"), "{frames:?}");
+    let status = f.proxy.wait_exit(std::time::Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "shutdown took {:?} with a console open",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_cache_of_drop_database_touches_nothing() {
+    let f = start(&admin_config(""));
+    setup_table(&f).await;
+    let app = f.app().await;
+    let read = "SELECT v FROM t WHERE id = 1";
+    app.simple_query(read).await.unwrap();
+    app.simple_query(read).await.unwrap();
+    let before = hits(&f.proxy);
+    let started = std::time::Instant::now();
+    let (cached, reason, _) = explain(&app, "DROP DATABASE app").await;
+    assert!(!cached);
+    assert_eq!(reason.as_deref(), Some("not_select"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    app.simple_query(read).await.unwrap();
+    assert_eq!(hits(&f.proxy), before + 1.0, "the cache is untouched");
+}

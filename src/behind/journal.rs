@@ -232,7 +232,7 @@ struct Pending {
 impl Pending {
     fn finish(mut self, result: Result<u64, JournalError>) {
         if let Some(done) = self.done.take() {
-            done(result);
+            call(done, result);
         }
     }
 }
@@ -240,8 +240,17 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done(Err(JournalError::Closed));
+            call(done, Err(JournalError::Closed));
         }
+    }
+}
+
+/// Calls a record's callback on the writer thread. A callback that panics must not take the
+/// thread down with the rest of its group unanswered and every later append refused.
+fn call(done: Done, result: Result<u64, JournalError>) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(result)));
+    if outcome.is_err() {
+        tracing::error!("journal: a write's completion panicked; the journal carries on");
     }
 }
 

@@ -496,7 +496,10 @@ fn syntax_issue(text: &str, origin: &str, error: &toml::de::Error) -> ConfigIssu
             let (line, column) = line_col(text, span.start);
             let source = text.lines().nth(line - 1).unwrap_or_default().trim();
             // The line as written, unless it may hold a password.
-            let shown = if source.contains("password") {
+            let shown = if source.contains("password")
+                || source.contains("secret")
+                || source.contains("token")
+            {
                 "(line not shown: it may hold a password)".to_owned()
             } else {
                 format!("`{}`", redact_password(source))

@@ -242,9 +242,34 @@ fn decode(raw: &str, part: &'static str) -> Result<String, UpstreamUrlError> {
         .map_err(|_| UpstreamUrlError::NotUtf8(part))
 }
 
-/// Replaces the password in a `scheme://user:password@host...` URL with `********`. Works on
+/// Replaces the password in a `scheme://user:password@host...` URL with `********`, and the
+/// value of a `pass` or `password` query parameter (Redis's `unix://path?pass=...`). Works on
 /// text that does not parse as a URL too, so error messages about a bad URL stay safe to print.
 pub fn redact_password(url: &str) -> String {
+    redact_query_password(&redact_userinfo(url))
+}
+
+/// `?pass=...` / `&password=...` values replaced by `********`.
+fn redact_query_password(url: &str) -> String {
+    let Some(q) = url.find('?') else {
+        return url.to_owned();
+    };
+    let (head, query) = url.split_at(q + 1);
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _))
+                if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+            {
+                format!("{k}=********")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{head}{}", pairs.join("&"))
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -268,6 +293,22 @@ pub fn redact_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_passwords_are_redacted_too() {
+        assert_eq!(
+            redact_password("unix:///run/redis.sock?db=2&pass=hunter2"),
+            "unix:///run/redis.sock?db=2&pass=********"
+        );
+        assert_eq!(
+            redact_password("redis://u:secret@h:6379/0?password=x"),
+            "redis://u:********@h:6379/0?password=********"
+        );
+        assert_eq!(
+            redact_password("redis://h:6379/0?db=1"),
+            "redis://h:6379/0?db=1"
+        );
+    }
 
     #[test]
     fn minimal_url_gets_libpq_defaults() {

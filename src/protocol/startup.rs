@@ -148,7 +148,16 @@ pub fn parse(raw: Bytes) -> Result<StartupPacket, StartupError> {
                         break;
                     }
                     let value = r.cstr().ok_or(StartupError::Malformed("parameter value"))?;
-                    params.push((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+                    let value = Bytes::copy_from_slice(value);
+                    // A repeated name: PostgreSQL takes the last value (the `user` it logs
+                    // in, the `database` it opens), so pgmemo must read the same one.
+                    match params
+                        .iter_mut()
+                        .find(|(k, _): &&mut (Bytes, Bytes)| k.as_ref() == name)
+                    {
+                        Some((_, v)) => *v = value,
+                        None => params.push((Bytes::copy_from_slice(name), value)),
+                    }
                 }
             }
             Ok(StartupPacket::Startup(StartupMessage {
@@ -212,6 +221,50 @@ mod tests {
         assert_eq!(m.user(), "alice");
         assert_eq!(m.database(), "alice");
         assert_eq!(m.param("_pq_.foo"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_repeated_parameter_reads_as_postgresql_reads_it_the_last_value() {
+        let raw = encode_startup(
+            3,
+            0,
+            &[
+                ("user", "postgres"),
+                ("database", "pgmemo"),
+                ("user", "app"),
+                ("database", "x"),
+            ],
+        );
+        let Ok(StartupPacket::Startup(m)) = parse(raw) else {
+            panic!("not a startup");
+        };
+        assert_eq!(m.user(), "app");
+        assert_eq!(m.database(), "x");
+        assert_eq!(m.params.len(), 2);
+    }
+
+    #[test]
+    fn with_database_replaces_only_the_database() {
+        let raw = encode_startup(
+            3,
+            0,
+            &[
+                ("user", "u"),
+                ("database", "pgmemo"),
+                ("application_name", "a"),
+            ],
+        );
+        let Ok(StartupPacket::Startup(m)) = parse(raw) else {
+            panic!("not a startup");
+        };
+        let login = m.with_database(b"postgres");
+        let Ok(StartupPacket::Startup(again)) = parse(login.raw.clone()) else {
+            panic!("with_database made no startup");
+        };
+        assert_eq!(again.database(), "postgres");
+        assert_eq!(again.user(), "u");
+        assert_eq!(again.param("application_name"), Some(&b"a"[..]));
+        assert_eq!((again.major, again.minor), (3, 0));
     }
 
     #[test]

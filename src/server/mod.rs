@@ -384,6 +384,7 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
             _ = shutdown.cancelled() => return,
             s = hup.recv() => if s.is_none() { return },
         }
+        let token = ctx.reloads.begin();
         match sources.load() {
             Ok(new) => {
                 let merged = apply_reload(&ctx.config(), new);
@@ -393,12 +394,12 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
                 }
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "ok").increment(1);
                 info!("configuration reloaded");
-                ctx.reloads.finished(None);
+                ctx.reloads.finished(token, None);
             }
             Err(e) => {
                 metrics::counter!(names::CONFIG_RELOADS, "result" => "error").increment(1);
                 error!("configuration reload rejected, keeping the running config:\n{e}");
-                ctx.reloads.finished(Some(e.to_string()));
+                ctx.reloads.finished(token, Some(e.to_string()));
             }
         }
     }

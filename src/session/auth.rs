@@ -129,6 +129,7 @@ pub async fn relay(
             backend::READY_FOR_QUERY => {
                 if let Some(refusal) = refuse {
                     let _ = client.write_all(&refusal.encode()).await;
+                    let _ = client.flush().await;
                     return Err(AuthError::RefusedAfterLogin);
                 }
                 out.extend_from_slice(&frame);

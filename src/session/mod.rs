@@ -95,7 +95,10 @@ pub async fn serve(
     let gauge = metrics::gauge!(names::CLIENT_CONNECTIONS_ACTIVE);
     gauge.increment(1.0);
     let active = scopeguard(move || gauge.decrement(1.0));
-    let Some(live) = establish(&ctx, tcp, id).instrument(span.clone()).await else {
+    let Some(live) = establish(&ctx, tcp, id, &shutdown)
+        .instrument(span.clone())
+        .await
+    else {
         return;
     };
     let mut home = home;
@@ -260,14 +263,19 @@ pub async fn reject_busy(ctx: Arc<AppContext>, tcp: TcpStream) {
     }
 }
 
-async fn establish(ctx: &Arc<AppContext>, tcp: TcpStream, id: u64) -> Option<Live> {
+async fn establish(
+    ctx: &Arc<AppContext>,
+    tcp: TcpStream,
+    id: u64,
+    shutdown: &Shutdown,
+) -> Option<Live> {
     let config = ctx.config();
     let (mut client, startup) = client_startup(ctx, tcp, &config).await?;
     let user = startup.user();
     let database = startup.database();
     debug!(%user, %database, major = startup.major, minor = startup.minor, "startup");
     if database == console::DATABASE && startup.major == 3 {
-        admin_console(ctx, client, &startup, &config).await;
+        admin_console(ctx, client, &startup, &config, shutdown.drain.clone()).await;
         return None;
     }
     let mut upstream = upstream_startup(ctx, &mut client, &startup, &config).await?;
@@ -307,10 +315,17 @@ async fn admin_console(
     mut client: Stream,
     startup: &StartupMessage,
     config: &Config,
+    drain: Signal,
 ) {
     let user = startup.user();
     if config.admin.roles.is_empty() {
         farewell(&mut client, &ClientError::console_disabled()).await;
+        return;
+    }
+    if startup.param("replication").is_some() {
+        // A replication login is checked against pg_hba.conf's replication lines, not the
+        // database's: never the console's.
+        farewell(&mut client, &ClientError::console_replication()).await;
         return;
     }
     let login_db = crate::config::upstream_url::UpstreamTarget::parse(&config.upstream.url)
@@ -328,7 +343,7 @@ async fn admin_console(
         .await;
     drop(upstream);
     if established.is_some() {
-        console::serve(Arc::clone(ctx), client, user).await;
+        console::serve(Arc::clone(ctx), client, user, drain).await;
     }
 }
 

@@ -2,9 +2,11 @@
 //! database, role, `search_path`, settings), whether the statement would be served from the
 //! cache and stored, with the relations it depends on and its TTL, or exactly why not: the
 //! planner's reason (a volatile function, a rule's `cache = false`, row security, ...) or the
-//! session's (in a transaction block, settings not yet known, ...). Nothing is run. Answered
-//! only while the session is idle; inside a transaction block the text goes to PostgreSQL,
-//! which refuses it (no statement is served from the cache there: reason `not_idle`).
+//! session's (in a transaction block, settings not yet known, Redis unreachable in `strict`
+//! mode, ...). Nothing is run. Answered only while the session is idle and holds no unnamed
+//! statement (a Query answered here would leave it alive where PostgreSQL drops it);
+//! otherwise the text goes to PostgreSQL, which refuses it (no statement is served from the
+//! cache inside a transaction block anyway: reason `not_idle`).
 
 use super::*;
 use crate::session::console::rows::{Table, Type, Value};
@@ -22,15 +24,15 @@ impl CacheSession {
             );
             return FrameAction::Answer(e.encode());
         }
-        if let Some(hold) = self.side.hold(&self.app, inner) {
-            return FrameAction::Hold(hold);
-        }
+        // No `side.hold`: the statement is not run, so nothing (a DROP DATABASE) needs
+        // pgmemo's own connections out of the way.
         let Some(plan) = self.plan_for(inner) else {
             return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(inner)));
         };
         let verdict = match plan.read.as_ref().err() {
             Some(&reason) => Verdict::No(reason),
             None => match self.admit(&plan, state, false) {
+                Ok(_) if self.shared_unavailable() => Verdict::No("redis_unavailable"),
                 Ok(_) => Verdict::Yes,
                 Err(Some(reason)) => Verdict::No(reason),
                 Err(None) => Verdict::No("not_a_read"),
@@ -39,6 +41,16 @@ impl CacheSession {
         let mut out = BytesMut::new();
         verdict_table(&plan, verdict).encode(&mut out, "EXPLAIN");
         FrameAction::Answer(out.freeze())
+    }
+}
+
+impl CacheSession {
+    /// `strict` consistency with Redis unreachable (or its breaker open): a lookup would not
+    /// use the cache (`redis_unavailable`), as the tiers' lookup decides.
+    fn shared_unavailable(&self) -> bool {
+        self.app.services.shared.as_ref().is_some_and(|tier| {
+            tier.consistency() == crate::cache::l2::tier::Consistency::Strict && !tier.may_ask()
+        })
     }
 }
 

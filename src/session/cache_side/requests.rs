@@ -63,6 +63,7 @@ impl CacheSession {
     pub(super) fn on_query(&mut self, frame: &[u8], state: &mut SessionState) -> FrameAction {
         let sql = query_text(frame);
         if state.is_idle()
+            && state.registry.get(b"").is_none()
             && let Some(inner) = crate::session::console::explain_cache(sql)
         {
             return self.explain_cache(inner, state);

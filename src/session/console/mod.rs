@@ -21,6 +21,7 @@ use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::net::Stream;
 use crate::protocol::response::put_frame;
+use crate::session::Signal;
 
 pub use command::explain_cache;
 
@@ -35,14 +36,33 @@ pub fn admits(ctx: &AppContext, user: &str) -> bool {
     ctx.config().admin.roles.iter().any(|r| r == user)
 }
 
-/// Serves an authenticated admin (`user`) until it terminates or goes away. The client has
-/// already had its ReadyForQuery (relayed from PostgreSQL with the login).
-pub async fn serve(ctx: Arc<AppContext>, mut client: Stream, user: String) {
+/// Serves an authenticated admin (`user`) until it terminates, goes away, or pgmemo drains
+/// for shutdown (the client then gets 57P01, as from PostgreSQL). The client has already had
+/// its ReadyForQuery (relayed from PostgreSQL with the login).
+pub async fn serve(ctx: Arc<AppContext>, mut client: Stream, user: String, drain: Signal) {
     info!(%user, "admin console session");
+    // After an extended-protocol message was refused, everything up to Sync is discarded,
+    // as PostgreSQL discards messages after an error in an extended group.
     let mut skipping_to_sync = false;
     loop {
-        let frame = match crate::session::auth::read_frame(&mut client, MAX_MESSAGE).await {
+        let read = tokio::select! {
+            () = drain.token().cancelled() => {
+                super::farewell(&mut client, &ClientError::admin_shutdown()).await;
+                return;
+            }
+            r = crate::session::auth::read_frame(&mut client, MAX_MESSAGE) => r,
+        };
+        let frame = match read {
             Ok(f) => f,
+            Err(crate::session::auth::ReadError::Frame(e)) => {
+                debug!(error = %e, "admin console: bad frame");
+                super::farewell(
+                    &mut client,
+                    &ClientError::console_message_too_large(MAX_MESSAGE),
+                )
+                .await;
+                return;
+            }
             Err(e) => {
                 debug!(error = ?e, "admin console: client gone");
                 return;
@@ -52,41 +72,54 @@ pub async fn serve(ctx: Arc<AppContext>, mut client: Stream, user: String) {
         let mut out = BytesMut::new();
         match tag {
             b'X' => return,
-            b'Q' => {
-                skipping_to_sync = false;
-                let text = query_text(&frame);
-                exec::run(&ctx, &user, &text, &mut out).await;
-                ready(&mut out);
-            }
             b'S' => {
                 skipping_to_sync = false;
                 ready(&mut out);
             }
-            b'H' => {}
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
-                if !skipping_to_sync {
-                    skipping_to_sync = true;
-                    out.extend_from_slice(&ClientError::console_extended_protocol().encode());
-                }
-                if tag == b'F' {
-                    // A function call is not part of an extended group: no Sync follows.
-                    skipping_to_sync = false;
+            _ if skipping_to_sync => {}
+            b'Q' => {
+                if admits(&ctx, &user) {
+                    exec::run(&ctx, &user, &query_text(&frame), &mut out).await;
+                } else {
+                    // Removed from admin.roles by a reload since it logged in.
+                    out.extend_from_slice(&ClientError::console_not_admin(&user).encode());
                     ready(&mut out);
+                    let _ = write(&mut client, &out).await;
+                    return;
                 }
+                ready(&mut out);
+            }
+            // Flush; and COPY messages outside a COPY, which PostgreSQL ignores too.
+            b'H' | b'd' | b'c' | b'f' => {}
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                skipping_to_sync = true;
+                out.extend_from_slice(&ClientError::console_extended_protocol().encode());
+            }
+            b'F' => {
+                // A function call is not part of an extended group: no Sync follows.
+                out.extend_from_slice(&ClientError::console_extended_protocol().encode());
+                ready(&mut out);
             }
             other => {
                 let e = ClientError::protocol_violation(format!(
                     "unexpected message type {:?} on the admin console",
                     char::from(other)
                 ));
-                let _ = client.write_all(&e.encode()).await;
+                super::farewell(&mut client, &e).await;
                 return;
             }
         }
-        if !out.is_empty() && client.write_all(&out).await.is_err() {
+        if !out.is_empty() && write(&mut client, &out).await.is_err() {
             return;
         }
     }
+}
+
+/// Writes and flushes (over TLS the last bytes could otherwise stay in the session's buffer
+/// while both sides wait).
+async fn write(client: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
 }
 
 /// The Query's text, without its terminating NUL; lossy, since commands are ASCII.
