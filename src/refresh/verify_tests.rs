@@ -100,20 +100,7 @@ fn checks_in_flight_are_bounded_in_count_and_bytes() {
 #[test]
 fn checks_are_refused_until_the_checker_runs_and_give_their_permit_back() {
     let verify = Verify::new(1.0);
-    let recipe = || Recipe {
-        database: Arc::from("db"),
-        login: Arc::new(crate::refresh::pool::LoginKey {
-            database: "db".into(),
-            user: "u".into(),
-            params: Vec::new(),
-        }),
-        fingerprint: [1; 16],
-        request: crate::refresh::recipes::Request::Simple {
-            sql: Bytes::from_static(b"SELECT 1"),
-        },
-        plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
-        deps: Box::new([]),
-    };
+    let recipe = || Recipe::for_tests("SELECT 1", &[]);
     let versions = Versions::new(16);
     let snapshot = versions.snapshot_deps(&[]);
     let permit = verify.permit(8).expect("room");
