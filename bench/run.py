@@ -277,6 +277,9 @@ def main():
     ap.add_argument("--pgmemo-bin", help="use this pgmemo binary instead of target/release")
     ap.add_argument("--base-bin", help="a second pgmemo binary, run as target pgmemo-base "
                     "(e.g. the build before a change; add pgmemo-base to --peers)")
+    ap.add_argument("--pgmemo-config", help="TOML config file for target pgmemo")
+    ap.add_argument("--base-config", help="TOML config file for target pgmemo-base (with "
+                    "--base-bin the same binary: a feature's cost, e.g. verify mode)")
     ap.add_argument("--pgpool-bin", help="pgpool executable (default: PATH, /usr/sbin/pgpool)")
     ap.add_argument("--pgpool-mode", choices=("streaming_replication", "raw"),
                     default="streaming_replication",
@@ -333,11 +336,11 @@ def main():
         if "pgpool" in wanted:
             stack.start_pgpool(max(clients))
         if "pgmemo" in wanted:
-            stack.start_pgmemo()
+            stack.start_pgmemo(config=args.pgmemo_config)
         if "pgmemo-base" in wanted:
             if not args.base_bin:
                 sys.exit("bench: target pgmemo-base needs --base-bin")
-            stack.start_pgmemo("pgmemo-base", args.base_bin)
+            stack.start_pgmemo("pgmemo-base", args.base_bin, args.base_config)
         if "limit" in wanted:
             stack.start_limit()
         for t, why in stack.skipped.items():

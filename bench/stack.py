@@ -349,9 +349,10 @@ class Stack:
                                % (r.returncode, blog, "\n    ".join(tail)))
         return exe
 
-    def start_pgmemo(self, name="pgmemo", exe=None):
+    def start_pgmemo(self, name="pgmemo", exe=None, config=None):
         """pgmemo as target `name`: this tree's release binary, or `exe` (another build to
-        compare against, e.g. the binary before a refactoring)."""
+        compare against, e.g. the binary before a refactoring), with the TOML file `config`
+        if given (e.g. the same binary with and without a feature switched on)."""
         try:
             exe = Path(exe) if exe else self.pgmemo_binary()
             if not exe.exists():
@@ -366,6 +367,8 @@ class Stack:
             upstream = f"postgres://postgres@127.0.0.1:{self.ports['direct']}/postgres"
         argv = [str(exe), "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
                 "--upstream", upstream]
+        if config:
+            argv += ["--config", str(config)]
         proc = self.spawn(name, argv, lambda p: self._stop_simple(p, signal.SIGTERM),
                           stdout=subprocess.PIPE)
         lines = queue.Queue()

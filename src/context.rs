@@ -137,6 +137,7 @@ impl AppContext {
             generation: 1,
             has_query_rules: config.rules.iter().any(|r| r.query.is_some()),
         };
+        services.verify.set_sample(config.cache.verify_sample);
         Self {
             cache_enabled: AtomicBool::new(config.cache.enabled),
             rules_generation: AtomicU64::new(rules.generation),
@@ -167,6 +168,7 @@ impl AppContext {
         }));
         self.cache_enabled
             .store(config.cache.enabled, Ordering::Release);
+        self.services.verify.set_sample(config.cache.verify_sample);
         self.config.store(Arc::new(config));
         self.rules_generation.store(generation, Ordering::Release);
     }
@@ -220,6 +222,8 @@ pub struct Services {
     pub warming: Arc<crate::refresh::progress::WarmingProgress>,
     /// The write-behind queues, when `behind.journal_dir` is set (see `behind`).
     pub behind: Option<Arc<crate::behind::Behind>>,
+    /// Verify mode's sampling and the checks handed to its checker (see `refresh::verify`).
+    pub verify: crate::refresh::verify::Verify,
 }
 
 impl Services {
@@ -258,6 +262,8 @@ impl Services {
             hot_keys: (hot_keys > 0).then(|| crate::refresh::hot::HotKeys::new(hot_keys)),
             warming: Arc::default(),
             behind: None,
+            // Set from the configuration by `AppContext::new` and on every reload.
+            verify: crate::refresh::verify::Verify::new(0.0),
         }
     }
 }

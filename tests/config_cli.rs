@@ -482,7 +482,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        84,
+        85,
         "update this count with the types: {expected:?}"
     );
 }

@@ -127,6 +127,10 @@ pub struct CacheConfig {
     /// the refresh runs before the writer's acknowledgement, so this bounds what one write
     /// can add to its latency.
     pub write_through_max_entries: usize,
+    /// Verify mode: the fraction (0 – 1) of cache hits re-executed upstream in the
+    /// background, under the entry's own login and fingerprint, and compared byte for byte
+    /// with what was served (see `refresh::verify`). `0` checks nothing. Reloadable.
+    pub verify_sample: f64,
 }
 
 /// `[cache.l1]`.
@@ -157,6 +161,7 @@ impl Default for CacheConfig {
             l1: L1Config::default(),
             redis: None,
             write_through_max_entries: 32,
+            verify_sample: 0.0,
         }
     }
 }

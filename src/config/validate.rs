@@ -455,6 +455,14 @@ fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
             "must be a fraction from 0 (never bypass) to 1".to_string(),
         ));
     }
+    if !(0.0..=1.0).contains(&cache.verify_sample) {
+        issues.push(ConfigIssue::new(
+            "cache.verify_sample",
+            cache.verify_sample.to_string(),
+            "must be a fraction of cache hits from 0 (verify none) to 1 (verify every hit)"
+                .to_string(),
+        ));
+    }
     if let Some(redis) = &cache.redis {
         check_redis(redis, issues);
         if cache.secret.is_none() {

@@ -336,6 +336,21 @@ fn fill_wait_and_poll_interval_ranges_are_inclusive() {
         assert_eq!(c.validate().is_ok(), ok, "min_hit_ratio {ratio}");
     }
     c = Config::default();
+    for (sample, ok) in [
+        (0.0, true),
+        (0.01, true),
+        (1.0, true),
+        (-0.01, false),
+        (1.01, false),
+        (f64::NAN, false),
+        (f64::INFINITY, false),
+    ] {
+        c.cache.verify_sample = sample;
+        assert_eq!(c.validate().is_ok(), ok, "verify_sample {sample}");
+    }
+    let i = issue_for(&c, "cache.verify_sample");
+    assert!(i.to_string().contains("from 0"), "{i}");
+    c = Config::default();
     for (poll, ok) in [
         (ms(99), false),
         (ms(100), true),

@@ -6,7 +6,9 @@
 //! `/readyz` where warming is.
 //! `pool`: the upstream connections, logged in as the client was, that re-run them;
 //! `queue`: what sessions hand to the background refresher (in `session::cache_side`);
-//! `share`: refresh-ahead's adaptive refresh point and its cap on the refreshes' share.
+//! `share`: refresh-ahead's adaptive refresh point and its cap on the refreshes' share;
+//! `verify`: verify mode's sampling, bounds and verdict (the checker re-executes on the same
+//! pool, in `session::cache_side::verify`).
 
 pub mod hot;
 pub mod hotkeys;
@@ -15,3 +17,4 @@ pub mod progress;
 pub mod queue;
 pub mod recipes;
 pub mod share;
+pub mod verify;

@@ -87,20 +87,7 @@ mod tests {
     use super::*;
 
     fn recipe() -> Arc<Recipe> {
-        Arc::new(Recipe {
-            database: Arc::from("db"),
-            login: Arc::new(crate::refresh::pool::LoginKey {
-                database: "db".into(),
-                user: "u".into(),
-                params: Vec::new(),
-            }),
-            fingerprint: [1; 16],
-            request: crate::refresh::recipes::Request::Simple {
-                sql: bytes::Bytes::from_static(b"SELECT 1"),
-            },
-            plan: Arc::new(crate::planner::plan::Plan::for_tests("SELECT 1")),
-            deps: Box::new([]),
-        })
+        Arc::new(Recipe::for_tests("SELECT 1", &[]))
     }
 
     #[test]

@@ -103,6 +103,26 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// A recipe of `sql` filed under `deps`, read by user `u` in database `db` (for tests of
+    /// what holds recipes).
+    #[cfg(test)]
+    pub fn for_tests(sql: &str, deps: &[Dep]) -> Recipe {
+        Recipe {
+            database: Arc::from("db"),
+            login: Arc::new(LoginKey {
+                database: "db".into(),
+                user: "u".into(),
+                params: Vec::new(),
+            }),
+            fingerprint: [7; 16],
+            request: Request::Simple {
+                sql: Bytes::copy_from_slice(sql.as_bytes()),
+            },
+            plan: Arc::new(Plan::for_tests(sql)),
+            deps: deps.into(),
+        }
+    }
+
     /// The identity of a recipe: equal for two stores of the same request under the same
     /// fingerprint in the same database (the later replaces the earlier).
     pub fn id(&self) -> u64 {

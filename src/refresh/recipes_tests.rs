@@ -8,20 +8,7 @@ const T: Tag = Tag { db: 1, rel: 100 };
 const U: Tag = Tag { db: 1, rel: 200 };
 
 fn recipe(sql: &str, deps: &[Dep]) -> Recipe {
-    Recipe {
-        database: Arc::from("db"),
-        login: Arc::new(LoginKey {
-            database: "db".into(),
-            user: "u".into(),
-            params: Vec::new(),
-        }),
-        fingerprint: [7; 16],
-        request: Request::Simple {
-            sql: Bytes::copy_from_slice(sql.as_bytes()),
-        },
-        plan: Arc::new(Plan::for_tests(sql)),
-        deps: deps.into(),
-    }
+    Recipe::for_tests(sql, deps)
 }
 
 fn sqls(found: &[Arc<Recipe>]) -> Vec<String> {

@@ -39,7 +39,7 @@ use std::fmt;
 pub use behind::BehindShape;
 pub use database::{FreeingKind, NeedsFree, databases_needing_free};
 pub use normalize::{
-    Hints, MAX_UNKNOWN_HINTS, hints, normalize_for_key, param_references, shape_key,
+    Hints, MAX_UNKNOWN_HINTS, hints, log_shape, normalize_for_key, param_references, shape_key,
     statement_piece,
 };
 pub use pins::{ColumnEq, KeyValue, RowFilter, RowScope, number_at};

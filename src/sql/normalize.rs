@@ -93,6 +93,42 @@ pub fn shape_key(sql: &[u8]) -> Option<Vec<u8>> {
     Some(o)
 }
 
+/// The shape of `sql` as logs may show it: every literal (quoted, dollar-quoted, numeric,
+/// and an unterminated comment, which may hold anything) replaced by `?`, comments dropped,
+/// each run of whitespace one space, cut to at most `max` bytes (on a character boundary,
+/// ending in `…`). A logged shape never carries a value a client sent (a simple Query's
+/// literals are its parameters; an extended one's are in its Bind, never here).
+pub fn log_shape(sql: &[u8], max: usize) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(sql.len().min(max));
+    let mut gap = false;
+    for tok in Lexer::new(sql) {
+        if out.len() > max {
+            break;
+        }
+        if tok.is_trivia() {
+            gap = !out.is_empty();
+            continue;
+        }
+        if std::mem::take(&mut gap) {
+            out.push(b' ');
+        }
+        match tok.kind {
+            Kind::String | Kind::DollarString | Kind::Number | Kind::Unterminated => out.push(b'?'),
+            _ => out.extend_from_slice(tok.bytes(sql)),
+        }
+    }
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// Whether `tok` is a plain decimal literal, the kind [`shape_key`] replaces (the lexer's loose
 /// number token may run into letters: `1e5`, `0x1F`, `1_000` are not plain). `pins` numbers
 /// these tokens, so both must use this one test.

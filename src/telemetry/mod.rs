@@ -203,6 +203,18 @@ fn describe_cache() {
         "Results recomputed in the background under their own login and fingerprint, by cause and result: stored, failed, busy, plan_stale, no_login (pgmemo has no login for the role), login_failed, fingerprint (the session changed settings after login), queue_full, over_share (refresh_adaptive: refreshes at refresh.max_share of upstream queries), too_large (refresh-ahead request over 16 KiB), raced (a write came while it ran: not stored), shared_unavailable (Redis did not answer), not_serving (the cache does not serve the database now)."
     );
     describe_counter!(
+        names::VERIFY_CHECKS,
+        "Verify mode (cache.verify_sample): sampled cache hits re-executed on PostgreSQL under the entry's own login and fingerprint, by result: matched (same bytes), mismatched (different while nothing pgmemo knows of changed the result's tables: stale or wrong), raced (different, but a write or invalidation moved the result's versions, or the entry left the cache, since the hit), skipped (not checked: see pgmemo_verify_skipped_total), failed (the re-execution failed or answered something else than rows)."
+    );
+    describe_counter!(
+        names::VERIFY_MISMATCHES,
+        "Verify mode: mismatched checks, once per table the result was read from (schema.name)."
+    );
+    describe_counter!(
+        names::VERIFY_SKIPPED,
+        "Verify mode: sampled hits not checked, by reason: full (checks in flight at their bound), too_large (request over 16 KiB), not_running (the checker has not started), entry_gone (the entry left the cache before the check ran), no_login, login_failed, fingerprint (a fresh login does not reproduce the session's settings), not_serving."
+    );
+    describe_counter!(
         names::REFRESH_WASTED,
         "Refreshed results that left the cache (expired, evicted, replaced, flushed) before any client read them, by cause: write (write-through), ahead (refresh-ahead)."
     );
@@ -463,6 +475,13 @@ pub mod names {
     /// `over_share`, `too_large`, `shared_unavailable`, `not_serving`): results recomputed
     /// by the background refresher on pgmemo's own connections.
     pub const REFRESH: &str = "pgmemo_refresh_total";
+    /// counter, label `result` (`matched`, `mismatched`, `raced`, `skipped`, `failed`):
+    /// verify mode's checks of sampled hits.
+    pub const VERIFY_CHECKS: &str = "pgmemo_verify_checks_total";
+    /// counter, label `table` (`schema.name`): verify mode's mismatches per table read.
+    pub const VERIFY_MISMATCHES: &str = "pgmemo_verify_mismatches_total";
+    /// counter, label `reason`: sampled hits verify mode did not check.
+    pub const VERIFY_SKIPPED: &str = "pgmemo_verify_skipped_total";
     /// counter, label `cause` (`write`, `ahead`): refreshed results that left the cache
     /// before any client read them.
     pub const REFRESH_WASTED: &str = "pgmemo_refresh_wasted_total";

@@ -80,16 +80,19 @@ impl Skip {
 }
 
 /// Starts the refresher: `pool_size` workers sharing the queue's receiver and one pool.
+/// Verify mode's checker (`verify`) runs on the same pool: its re-executions and the
+/// refreshes share `refresh.pool_size` connections.
 pub fn start(ctx: &Arc<AppContext>, shutdown: &CancellationToken) {
-    let Some(rx) = ctx.services.refresh_queue.open() else {
-        return;
-    };
     let pool = match new_pool(ctx) {
         Ok(pool) => pool,
         Err(e) => {
             tracing::warn!(error = %e, "background refresher not started");
             return;
         }
+    };
+    super::verify::start(ctx, &pool, shutdown);
+    let Some(rx) = ctx.services.refresh_queue.open() else {
+        return;
     };
     let refresh = &ctx.config().refresh;
     let rx = Arc::new(Mutex::new(rx));
@@ -130,7 +133,7 @@ impl Worker {
     /// Recomputes one result and stores it, or says why not.
     async fn one(&mut self, job: &Job) -> Result<(), Skip> {
         let recipe = &job.recipe;
-        if !self.serving(&recipe.database) {
+        if !serving(&self.ctx, &recipe.database) {
             return Err(Skip::NotServing);
         }
         let config = self.ctx.config();
@@ -185,16 +188,14 @@ impl Worker {
     }
 }
 
-impl Worker {
-    /// Whether the cache may be used for `database` now, as a session's lookup asks
-    /// (`lookup::admit`): enabled, its change stream (if any) streaming, its catalog watched.
-    fn serving(&self, database: &str) -> bool {
-        let services = &self.ctx.services;
-        self.ctx.cache_enabled()
-            && services.cdc.serves(database)
-            && services.catalog.watched(database)
-    }
+/// Whether the cache may be used for `database` now, as a session's lookup asks
+/// (`lookup::admit`): enabled, its change stream (if any) streaming, its catalog watched.
+pub(super) fn serving(ctx: &AppContext, database: &str) -> bool {
+    let services = &ctx.services;
+    ctx.cache_enabled() && services.cdc.serves(database) && services.catalog.watched(database)
+}
 
+impl Worker {
     /// Reads the versions the recomputation depends on and leads its key's fill (see
     /// [`lead`]); a refresh-ahead's lock is held for the new entry's own refresh point.
     async fn lead(

@@ -2,8 +2,10 @@
 //! the ordering invariants matter — after a read's versions are snapshotted and before its
 //! Query is forwarded (I1), and after the upstream reported a commit and before the bump
 //! (I2) — so the staleness checker exercises those races instead of hoping for them.
-//! Enabled at run time by `PGMEMO_RACE_HOOK_MAX_US=<max pause in µs>`. Without the feature
-//! the calls compile to nothing.
+//! Enabled at run time by `PGMEMO_RACE_HOOK_MAX_US=<max pause in µs>`. Also one fixed pause
+//! in verify mode's checker, between its first look at the served result's versions and
+//! the re-execution (`PGMEMO_VERIFY_DELAY_MS`), so a test can commit a write exactly
+//! there. Without the feature the calls compile to nothing.
 
 /// Where a pause happens.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +47,22 @@ mod imp {
         })
     }
 
+    /// The checker's pause (see the module header), counted as point `before_verify`.
+    pub async fn verify_delay() {
+        static MS: OnceLock<Option<u64>> = OnceLock::new();
+        let ms = *MS.get_or_init(|| {
+            std::env::var("PGMEMO_VERIFY_DELAY_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v > 0)
+        });
+        if let Some(ms) = ms {
+            metrics::counter!("pgmemo_race_hook_pauses_total", "point" => "before_verify")
+                .increment(1);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
     pub fn pause(_point: super::Point) {
         if let Some(max) = max_us() {
             // Half the time no pause, so both orders of each race happen.
@@ -64,8 +82,12 @@ mod imp {
 }
 
 #[cfg(feature = "race-hooks")]
-pub use imp::pause;
+pub use imp::{pause, verify_delay};
 
 #[cfg(not(feature = "race-hooks"))]
 #[inline(always)]
 pub fn pause(_point: Point) {}
+
+#[cfg(not(feature = "race-hooks"))]
+#[inline(always)]
+pub async fn verify_delay() {}

@@ -88,6 +88,9 @@ impl CacheSession {
         match looked {
             TierLookup::Hit(entry) => {
                 self.on_hit((plan, read), &entry, extended, fp);
+                if self.app.services.verify.sampled(&mut self.rng) {
+                    self.verify_hit(plan, &entry, extended, fp, &snapshot);
+                }
                 if let Some(started) = timed {
                     self.metrics
                         .hit_seconds

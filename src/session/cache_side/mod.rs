@@ -33,6 +33,7 @@ mod settings;
 pub mod side;
 mod through;
 pub mod tracker;
+mod verify;
 mod wait;
 pub mod warming;
 
@@ -154,6 +155,9 @@ pub struct CacheSession {
     recent_heavy: Option<Arc<Plan>>,
     /// Cache lookups so far (for sampling hit latency).
     lookups: u32,
+    /// This session's draws for verify mode's sampling (see `refresh::verify`): its own, so
+    /// the hit path shares no state to decide.
+    rng: crate::rng::Rng,
     /// The dependencies of the current lookup (reused: the hit path does not allocate
     /// them; as long as the largest plan's, which the planner bounds).
     deps: Vec<crate::cache::Dep>,
@@ -228,6 +232,7 @@ impl CacheSession {
             background_plan: None,
             recent_heavy: None,
             lookups: 0,
+            rng: crate::rng::Rng::new(session_seed()),
             deps: Vec::new(),
             ack: resume::AckHold::No,
             cancel: None,
@@ -270,6 +275,13 @@ impl CacheSession {
             self.app.services.invalidator.bump(&written, Source::Write);
         }
     }
+}
+
+/// A seed that differs between sessions (std's per-instance random hasher keys), so
+/// sessions do not sample the same hits of the same sequence.
+fn session_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one(0u8)
 }
 
 /// The SQL text of a Query frame (without its terminating NUL).

@@ -173,3 +173,24 @@ fn shapes_replace_plain_numbers_only() {
     assert_eq!(shape_key(b"SELECT 1"), shape_key(b"SELECT 22"));
     assert_ne!(shape_key(b"SELECT 1"), shape_key(b"SELECT -1"));
 }
+
+#[test]
+fn log_shapes_carry_no_literal_and_stay_short() {
+    use crate::sql::log_shape;
+    assert_eq!(
+        log_shape(
+            b"SELECT v  FROM t /* secret 7 */ WHERE name = 'alice' AND id = 42\n AND x = $$pw$$ AND y = E'\\x'",
+            200
+        ),
+        "SELECT v FROM t WHERE name = ? AND id = ? AND x = ? AND y = ?"
+    );
+    // Parameters and identifiers stay: they are the shape, not values.
+    assert_eq!(
+        log_shape(b"SELECT \"a b\", t1.c FROM t1 WHERE a = $1", 200),
+        "SELECT \"a b\", t1.c FROM t1 WHERE a = $1"
+    );
+    assert_eq!(log_shape(b"SELECT 1 /* open 'x", 200), "SELECT ? ?");
+    let long = log_shape("SELECT ééééé FROM t".as_bytes(), 9);
+    assert_eq!(long, "SELECT é…");
+    assert!(log_shape(&b"x ".repeat(10_000), 64).len() <= 64 + '…'.len_utf8());
+}
