@@ -154,6 +154,8 @@ pub struct Services {
     pub warming: Arc<crate::refresh::progress::WarmingProgress>,
     /// The write-behind queues, when `behind.journal_dir` is set (see `behind`).
     pub behind: Option<Arc<crate::behind::Behind>>,
+    /// Per-statement-shape statistics (`admin.query_stats`), and the relations plans named.
+    pub query_stats: Arc<crate::planner::stats::QueryStats>,
 }
 
 impl Services {
@@ -192,6 +194,10 @@ impl Services {
             hot_keys: (hot_keys > 0).then(|| crate::refresh::hot::HotKeys::new(hot_keys)),
             warming: Arc::default(),
             behind: None,
+            query_stats: Arc::new(crate::planner::stats::QueryStats::new(
+                true,
+                crate::config::DEFAULT_QUERY_STATS_BYTES as usize,
+            )),
         }
     }
 }

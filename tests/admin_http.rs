@@ -158,6 +158,8 @@ async fn start_admin_with(
         invalidation,
         cdc: std::sync::Arc::new(pgmemo::cdc::hub::Hub::none()),
         behind: None,
+        token: None,
+        api: None,
     };
     let task = tokio::spawn(admin::serve_with_limits(
         listener,

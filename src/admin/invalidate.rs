@@ -1,5 +1,5 @@
-//! Manual invalidation: `POST /invalidate` on the admin address (one relation, or everything)
-//! and the flush SIGUSR1 triggers. Both go through [`Invalidator`]; this module owns the
+//! Manual invalidation: `POST /invalidate` on the admin address (one relation, or everything),
+//! `POST /flush` (everything) and the flush SIGUSR1 triggers. Both go through [`Invalidator`]; this module owns the
 //! request format, the HTTP status of each failure, the log line and the
 //! `pgmemo_admin_invalidations_total` counter.
 
@@ -229,6 +229,35 @@ pub(super) async fn invalidate(
             }
         }
     }
+}
+
+/// `POST /flush`: empties the whole cache (a new epoch; every instance's and the shared
+/// tier's entries too when Redis is configured), like `{"all": true}` on `/invalidate`. The
+/// body may be empty or `{}`; it must be sent as `application/json` all the same (see
+/// [`is_json`]: a web page cannot send that type cross-site).
+pub(super) async fn flush(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+    };
+    if !is_json(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        );
+    }
+    if !body.trim_ascii().is_empty() && body.trim_ascii() != b"{}" {
+        return error(StatusCode::BAD_REQUEST, "expected an empty body or {}");
+    }
+    let epoch = flush_all(&state.invalidation.invalidator, Trigger::Http);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "flushed": true, "epoch": epoch }),
+    )
 }
 
 /// 404 for what does not exist (as far as pgmemo can know); 503 when the catalog could not be
