@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AdminState;
+use super::invalidate::json;
 use crate::context::AppContext;
 use crate::telemetry::names;
 
@@ -25,25 +26,6 @@ pub const MAX_LIMIT: usize = 10_000;
 #[derive(Clone)]
 pub struct ApiState {
     pub app: Arc<AppContext>,
-}
-
-pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec_pretty(body) {
-        Ok(bytes) => (
-            status,
-            [
-                (header::CONTENT_TYPE, "application/json"),
-                (header::CACHE_CONTROL, "no-store"),
-            ],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("could not encode the response: {e}\n"),
-        )
-            .into_response(),
-    }
 }
 
 fn not_configured() -> Response {

@@ -145,7 +145,8 @@ struct Failure<'a> {
     error: &'a str,
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+/// `body` as a JSON response that no cache may keep.
+pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_string(body) {
         Ok(text) => (
             status,
@@ -176,23 +177,32 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The body of a POST, or the status and message refusing it: over MAX_BODY (413), a broken
+/// body stream (400), not `application/json` (415).
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, (StatusCode, String)> {
+    let body = body.map_err(|rejection| (rejection.status(), rejection.body_text()))?;
+    if !is_json(headers) {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json".to_owned(),
+        ));
+    }
+    Ok(body)
+}
+
 /// `POST /invalidate`.
 pub(super) async fn invalidate(
     State(state): State<AdminState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match json_body(&headers, body) {
         Ok(b) => b,
-        // Over MAX_BODY (413) or a broken body stream (400).
-        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+        Err((status, message)) => return error(status, &message),
     };
-    if !is_json(&headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        );
-    }
     let scope = match parse(&body) {
         Ok(s) => s,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -240,16 +250,10 @@ pub(super) async fn flush(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match json_body(&headers, body) {
         Ok(b) => b,
-        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+        Err((status, message)) => return error(status, &message),
     };
-    if !is_json(&headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        );
-    }
     if !body.trim_ascii().is_empty() && body.trim_ascii() != b"{}" {
         return error(StatusCode::BAD_REQUEST, "expected an empty body or {}");
     }

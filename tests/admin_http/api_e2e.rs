@@ -27,6 +27,8 @@ INSERT INTO accounts VALUES (1, 100), (2, 200);
 ";
 
 const READ: &str = "SELECT balance FROM accounts WHERE id = 1";
+/// Its shape's text (the flood of other shapes at the end reads `balance AS cN`).
+const ACCOUNTS: &str = "SELECT balance FROM accounts WHERE id = ?";
 
 fn config() -> String {
     format!(
@@ -42,17 +44,14 @@ async fn get_json(admin: SocketAddr, path: &str) -> Value {
     reply.json()
 }
 
-/// The shape of `/api/queries` whose text contains `needle` (and not `unless`).
-async fn shape(admin: SocketAddr, needle: &str, unless: &str) -> Value {
+/// The shape of `/api/queries` whose text contains `needle`.
+async fn shape(admin: SocketAddr, needle: &str) -> Value {
     let q = get_json(admin, "/api/queries?limit=10000").await;
     q["queries"]
         .as_array()
         .expect("queries array")
         .iter()
-        .find(|s| {
-            let text = s["query"].as_str().unwrap_or_default();
-            text.contains(needle) && (unless.is_empty() || !text.contains(unless))
-        })
+        .find(|s| s["query"].as_str().unwrap_or_default().contains(needle))
         .cloned()
         .unwrap_or_else(|| panic!("no shape with {needle:?} in {q:#}"))
 }
@@ -81,6 +80,13 @@ async fn post(admin: SocketAddr, path: &str, token: Option<&str>, body: &str) ->
     http_with_headers(admin, "POST", path, &headers, body.as_bytes()).await
 }
 
+/// How much one more execution of [`READ`] moves `field` of its shape.
+async fn one_read_moves(admin: SocketAddr, c: &Client, field: &str) -> u64 {
+    let before = n(&shape(admin, ACCOUNTS).await, field);
+    run(c, READ).await;
+    n(&shape(admin, ACCOUNTS).await, field) - before
+}
+
 async fn run(c: &Client, sql: &str) {
     c.simple_query(sql)
         .await
@@ -99,7 +105,7 @@ async fn api_views_tokens_and_flush_after_real_traffic() {
     s.probe.assert_upstream(&c, &read, &want).await;
     s.probe.assert_hit(&c, &read, &want).await;
 
-    let before = shape(admin, "FROM accounts WHERE id = ?", "").await;
+    let before = shape(admin, ACCOUNTS).await;
     const HITS: u64 = 48;
     for _ in 0..HITS {
         run(&c, READ).await;
@@ -114,7 +120,7 @@ async fn api_views_tokens_and_flush_after_real_traffic() {
     run(&c, "SELECT now()").await;
     run(&c, "SELECT now()").await;
 
-    let after = shape(admin, "FROM accounts WHERE id = ?", "").await;
+    let after = shape(admin, ACCOUNTS).await;
     assert_eq!(n(&after, "hits") - n(&before, "hits"), HITS, "{after:#}");
     assert_eq!(n(&after, "misses") - n(&before, "misses"), 1, "{after:#}");
     assert_eq!(
@@ -136,7 +142,7 @@ async fn api_views_tokens_and_flush_after_real_traffic() {
         "{after:#}"
     );
 
-    let now = shape(admin, "now()", "").await;
+    let now = shape(admin, "now()").await;
     assert_eq!(reason(&now, "value_function"), 2, "{now:#}");
     assert_eq!(
         (n(&now, "hits"), n(&now, "misses"), n(&now, "calls")),
@@ -144,7 +150,7 @@ async fn api_views_tokens_and_flush_after_real_traffic() {
     );
 
     let stats = get_json(admin, "/api/stats").await;
-    assert!(n(&stats, "hits") >= HITS + 1, "{stats:#}");
+    assert!(n(&stats, "hits") > HITS, "{stats:#}");
     let ratio = stats["hit_ratio"].as_f64().expect("hit ratio");
     assert!(ratio > 0.5 && ratio <= 1.0, "{stats:#}");
     assert!(
@@ -193,35 +199,15 @@ async fn api_views_tokens_and_flush_after_real_traffic() {
         }
     }
     assert_eq!(n(&get_json(admin, "/api/stats").await, "epoch"), epoch);
-    let hits = n(
-        &shape(admin, "FROM accounts WHERE id = ?", "").await,
-        "hits",
-    );
-    run(&c, READ).await;
-    assert_eq!(
-        n(
-            &shape(admin, "FROM accounts WHERE id = ?", "").await,
-            "hits"
-        ),
-        hits + 1,
-        "still cached"
-    );
+    assert_eq!(one_read_moves(admin, &c, "hits").await, 1, "still cached");
 
     let flushed = post(admin, "/flush", Some(TOKEN), "").await;
     assert_eq!(flushed.status, 200, "{}", flushed.body);
     assert_eq!(flushed.json()["flushed"], true);
     assert!(flushed.json()["epoch"].as_u64() > Some(epoch));
-    let misses = n(
-        &shape(admin, "FROM accounts WHERE id = ?", "").await,
-        "misses",
-    );
-    run(&c, READ).await;
     assert_eq!(
-        n(
-            &shape(admin, "FROM accounts WHERE id = ?", "").await,
-            "misses"
-        ),
-        misses + 1,
+        one_read_moves(admin, &c, "misses").await,
+        1,
         "flushed: the read went upstream"
     );
     let invalidated = post(admin, "/invalidate", Some(TOKEN), r#"{"all": true}"#).await;
@@ -239,7 +225,7 @@ async fn api_views_tokens_and_flush_after_real_traffic() {
     let q = get_json(admin, "/api/queries?limit=10000").await;
     assert!(n(&q, "bytes") <= STATS_BYTES, "{}", q["bytes"]);
     assert!(n(&q, "shapes") < 300, "evicted: {}", q["shapes"]);
-    shape(admin, "SELECT balance FROM accounts WHERE id = ?", "").await;
+    shape(admin, ACCOUNTS).await;
 }
 
 #[test]

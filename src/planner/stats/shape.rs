@@ -213,7 +213,7 @@ impl ShapeStats {
         if other > 0 {
             bypass_reasons.push(("other".to_owned(), other));
         }
-        bypass_reasons.sort_by(|a, b| b.1.cmp(&a.1));
+        bypass_reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
         let bypasses = self.bypasses();
         let (spent, saved) = self.upstream_us();
         ShapeReport {
