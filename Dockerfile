@@ -2,7 +2,11 @@
 # pgmemo container image: builds the release binary, then ships it alone on a slim Debian.
 #
 #   docker build -t pgmemo .
-#   docker run --rm -p 6432:6432 -p 9187:9187 pgmemo --upstream postgres://db.example:5432
+#   docker run --rm -p 6432:6432 -p 9187:9187 -e PGMEMO_ADMIN_TOKEN=$(openssl rand -hex 16) \
+#     pgmemo --upstream postgres://db.example:5432
+#
+# The admin address listens on all interfaces in the container, so pgmemo refuses to start
+# without an admin token (PGMEMO_ADMIN_TOKEN): every POST to it must carry the token.
 #
 # Note: command-line flags beat environment variables, so when overriding the listen
 # addresses through PGMEMO_LISTEN / PGMEMO_ADMIN_LISTEN also replace the default CMD.

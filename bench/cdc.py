@@ -56,14 +56,14 @@ def metric(text, name, **labels):
     return total
 
 
-def start_pgmemo(st, name, cdc, publication=None, rest=""):
-    """pgmemo as target `name` (this tree's release build) with `invalidation.cdc = cdc`
-    and `rest` appended to its config file (rules, other sections)."""
+def start_pgmemo(st, name, cdc, publication=None, rest="", exe=None):
+    """pgmemo as target `name` (`exe`, default this tree's release build) with
+    `invalidation.cdc = cdc` and `rest` appended to its config file (rules, other sections)."""
     cfg = st.tmp / f"{name}.toml"
     extra = f'cdc_publication = "{publication}"\n' if publication else ""
     cfg.write_text(f'[invalidation]\ncdc = "{cdc}"\ncdc_databases = ["postgres"]\n{extra}\n{rest}')
     upstream = f"postgres://postgres@127.0.0.1:{st.ports['direct']}/postgres"
-    exe = REPO / "target" / "release" / "pgmemo"
+    exe = exe or REPO / "target" / "release" / "pgmemo"
     argv = [exe, "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
             "--upstream", upstream, "--config", cfg]
     out = open(st.tmp / f"{name}.stdout", "wb")

@@ -224,6 +224,8 @@ pub struct Services {
     pub behind: Option<Arc<crate::behind::Behind>>,
     /// Verify mode's sampling and the checks handed to its checker (see `refresh::verify`).
     pub verify: crate::refresh::verify::Verify,
+    /// Per-statement-shape statistics (`admin.query_stats`), and the relations plans named.
+    pub query_stats: Arc<crate::planner::stats::QueryStats>,
 }
 
 impl Services {
@@ -264,6 +266,10 @@ impl Services {
             behind: None,
             // Set from the configuration by `AppContext::new` and on every reload.
             verify: crate::refresh::verify::Verify::new(0.0),
+            query_stats: Arc::new(crate::planner::stats::QueryStats::new(
+                true,
+                crate::config::DEFAULT_QUERY_STATS_BYTES as usize,
+            )),
         }
     }
 }

@@ -10,9 +10,9 @@
 //! same for writes that bypass pgmemo. `context` is the composition root (the services every
 //! session shares); `cancel` holds the live sessions' cancel keys; `side` says when pgmemo's
 //! own connections to a database may be open (while clients use it). `config` is validated
-//! typed data, `admin` serves health and metrics, `telemetry` owns metric names, `error`
-//! owns the one mapping to SQLSTATE. `tests/module_graph.rs` keeps the imports between these
-//! modules free of cycles.
+//! typed data, `admin` serves health, metrics and the JSON API, `telemetry` owns metric
+//! names, `error` owns the one mapping to SQLSTATE. `tests/module_graph.rs` keeps the
+//! imports between these modules free of cycles.
 
 // Nothing from the wire or from SQL text may panic the process: no unwrap, expect or
 // unchecked indexing outside tests (a local allow says why an index is in range).

@@ -62,6 +62,15 @@ struct Cli {
         hide_env_values = true
     )]
     secret: Option<String>,
+    /// Bearer token the admin server's POST requests must carry (admin.token). Prefer the
+    /// environment variable: a flag shows in the process list
+    #[arg(
+        long,
+        env = "PGMEMO_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
     /// Print the merged configuration as TOML (passwords redacted) and exit
     #[arg(long)]
     print_config: bool,
@@ -230,6 +239,7 @@ fn sources(cli: &Cli) -> Result<Sources, ConfigErrors> {
             admin_listen,
             redis: given(&cli.redis).map(str::to_owned),
             secret: given(&cli.secret).map(str::to_owned),
+            admin_token: given(&cli.admin_token).map(str::to_owned),
         },
     })
 }

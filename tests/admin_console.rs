@@ -84,7 +84,15 @@ async fn console_lists_its_commands_and_shows_config_cdc_and_shared_state() {
     let (names, help) = rows(&c, "SHOW HELP").await;
     assert_eq!(names, ["command", "what"]);
     let listed: Vec<&str> = help.iter().filter_map(|r| r[0].as_deref()).collect();
-    for cmd in ["SHOW STATS", "SHOW CDC", "SHOW SHARED", "FLUSH", "RELOAD"] {
+    for cmd in [
+        "SHOW STATS",
+        "SHOW QUERIES",
+        "SHOW TABLES",
+        "SHOW CDC",
+        "SHOW SHARED",
+        "FLUSH",
+        "RELOAD",
+    ] {
         assert!(listed.contains(&cmd), "{cmd} not in {listed:?}");
     }
     // Keywords in any case, with a semicolon.
@@ -147,6 +155,28 @@ async fn flush_and_invalidate_table_make_the_next_read_a_miss() {
     assert!(
         stat("hit_ratio") > 0.0 && stat("hit_ratio") <= 1.0,
         "{stats:?}"
+    );
+
+    // The statement's shape, with its hits, and its table with its entries.
+    let (names, queries) = rows(&c, "SHOW QUERIES").await;
+    let q = queries
+        .iter()
+        .find(|r| col(&names, r, "query").is_some_and(|q| q.contains("FROM t WHERE id")))
+        .unwrap_or_else(|| panic!("the shape is listed: {queries:?}"));
+    assert!(
+        col(&names, q, "hits").unwrap().parse::<u64>().unwrap() >= 1,
+        "{q:?}"
+    );
+    assert_eq!(col(&names, q, "database"), Some(APP));
+    let (names, tables) = rows(&c, "SHOW TABLES").await;
+    let t = tables
+        .iter()
+        .find(|r| col(&names, r, "name") == Some("t"))
+        .unwrap_or_else(|| panic!("table t is listed: {tables:?}"));
+    assert_eq!(col(&names, t, "write"), Some("invalidate"));
+    assert!(
+        col(&names, t, "entries").unwrap().parse::<i64>().unwrap() >= 1,
+        "{t:?}"
     );
 
     c.simple_query("FLUSH").await.unwrap();

@@ -3,8 +3,11 @@
 //! the probe cache, `/metrics`, 404s, connection limits, graceful shutdown, and how
 //! `POST /invalidate` (`admin_http/invalidate_api.rs`). End to end through the pgmemo binary
 //! (`admin_http/invalidate_e2e.rs`): manual invalidation and SIGUSR1 make a change done
-//! directly on Postgres visible.
+//! directly on Postgres visible; the JSON API, `POST /flush` and the admin token after real
+//! traffic (`admin_http/api_e2e.rs`).
 
+#[path = "admin_http/api_e2e.rs"]
+mod api_e2e;
 mod common;
 #[path = "admin_http/invalidate_api.rs"]
 mod invalidate_api;
@@ -80,6 +83,21 @@ async fn http(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Reply {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| ("Content-Type", ct))
+        .into_iter()
+        .collect();
+    http_with_headers(addr, method, path, &headers, body).await
+}
+
+/// [`http`] with any request headers.
+async fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     tokio::time::timeout(HANG, async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut request = format!(
@@ -87,8 +105,8 @@ async fn http(
              Content-Length: {}\r\n",
             body.len()
         );
-        if let Some(ct) = content_type {
-            request.push_str(&format!("Content-Type: {ct}\r\n"));
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
         let mut bytes = request.into_bytes();
@@ -158,6 +176,8 @@ async fn start_admin_with(
         invalidation,
         cdc: std::sync::Arc::new(pgmemo::cdc::hub::Hub::none()),
         behind: None,
+        token: None,
+        api: None,
     };
     let task = tokio::spawn(admin::serve_with_limits(
         listener,
@@ -481,7 +501,7 @@ fn every_metric_name_is_described() {
 #[tokio::test]
 async fn unknown_paths_are_404() {
     let admin = start_default(readiness(dead_port().await, false)).await;
-    for path in ["/", "/nope", "/healthz/extra", "/metrics.json"] {
+    for path in ["/nope", "/healthz/extra", "/metrics.json"] {
         assert_eq!(http_get(admin.addr, path).await.status, 404, "{path}");
     }
 }

@@ -408,6 +408,7 @@ fn type_keys() -> BTreeSet<String> {
         ..RedisConfig::default()
     });
     full.cache.secret = Some("00112233445566778899aabbccddeeff".into());
+    full.admin.token = Some(pgmemo::config::Secret::new("an-admin-token-0123456789"));
     full.invalidation.cdc_publication = Some("mypub".into());
     full.functions.writes = vec![FunctionWrites {
         function: "public.f".into(),
@@ -482,7 +483,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        85,
+        89,
         "update this count with the types: {expected:?}"
     );
 }

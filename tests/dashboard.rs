@@ -131,9 +131,31 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     let url = format!("http://{}/", stack.proxy.admin_addr());
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&url, 9_000))
+    let page = url.clone();
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&page, 9_000))
         .await
         .unwrap();
+    // The README's picture: `PGMEMO_DASHBOARD_SCREENSHOT=docs/dashboard.png scripts/test
+    // --test dashboard` (relative to the repository).
+    if let Ok(path) = std::env::var("PGMEMO_DASHBOARD_SCREENSHOT") {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        let shot = tokio::task::spawn_blocking(move || {
+            Command::new(chromium())
+                .args(chromium_flags())
+                .arg("--virtual-time-budget=12000")
+                .arg(format!("--screenshot={}", path.display()))
+                .arg(&url)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("chromium screenshot");
+        assert!(
+            shot.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shot.stderr)
+        );
+    }
     traffic.abort();
 
     let status = text_of(&dom, "status").unwrap_or_default();
@@ -143,7 +165,12 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
             let v = dom.get(at + 12..)?;
             v.get(..v.find('"')?)?.parse().ok()
         })
-        .unwrap_or_else(|| panic!("the page never polled successfully ({status}):\n{}", &dom[..dom.len().min(3000)]));
+        .unwrap_or_else(|| {
+            panic!(
+                "the page never polled successfully ({status}):\n{}",
+                &dom[..dom.len().min(3000)]
+            )
+        });
     assert!(polls >= 3, "{polls} polls in the budget");
     let ratio = text_of(&dom, "hit-ratio").unwrap_or_default();
     let value: f64 = ratio
@@ -152,9 +179,15 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
         .unwrap_or_else(|_| panic!("hit ratio {ratio:?}"));
     assert!(value > 50.0 && value <= 100.0, "hit ratio {ratio}");
     let bytes = text_of(&dom, "mem-bytes").unwrap_or_default();
-    assert!(bytes.ends_with("B") && !bytes.starts_with('0'), "memory {bytes:?}");
+    assert!(
+        bytes.ends_with("B") && !bytes.starts_with('0'),
+        "memory {bytes:?}"
+    );
     let entries = text_of(&dom, "mem-entries").unwrap_or_default();
-    assert!(entries.parse::<u64>().is_ok_and(|n| n >= 1), "entries {entries:?}");
+    assert!(
+        entries.parse::<u64>().is_ok_and(|n| n >= 1),
+        "entries {entries:?}"
+    );
     // The outcomes chart drew real rates.
     let points: u32 = attr_of(&dom, "chart-outcomes", "data-points")
         .and_then(|p| p.parse().ok())
@@ -162,10 +195,16 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
     let max: f64 = attr_of(&dom, "chart-outcomes", "data-max")
         .and_then(|p| p.parse().ok())
         .unwrap_or(0.0);
-    assert!(points >= 3 && max > 1.0, "outcomes chart: {points} points, max {max}");
+    assert!(
+        points >= 3 && max > 1.0,
+        "outcomes chart: {points} points, max {max}"
+    );
     // The top queries, with the shape of the traffic and why one was not cached.
     let queries = text_of(&dom, "queries").unwrap_or_default();
-    assert!(queries.contains("FROM t WHERE id"), "queries table: {queries}");
+    assert!(
+        queries.contains("FROM t WHERE id"),
+        "queries table: {queries}"
+    );
     assert!(queries.contains("not_idle"), "why not cached: {queries}");
     let cdc = text_of(&dom, "cdc").unwrap_or_default();
     assert!(cdc.contains("postgres"), "cdc table: {cdc}");

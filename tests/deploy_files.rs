@@ -17,6 +17,7 @@ const ACCEPTED_ENV: &[&str] = &[
     "PGMEMO_REDIS",
     "PGMEMO_SECRET",
     "PGMEMO_CONFIG",
+    "PGMEMO_ADMIN_TOKEN",
 ];
 
 /// Runs the real binary with exactly `env` (plus PATH) and `args`; returns (success, stdout,
@@ -269,6 +270,9 @@ fn compose_environment_and_image_flags_are_valid_configs() {
         if value.starts_with("${PGMEMO_SECRET:?") {
             *value = "00112233445566778899aabbccddeeff".into();
         }
+        if value.starts_with("${PGMEMO_ADMIN_TOKEN:?") {
+            *value = "an-admin-token-for-the-test".into();
+        }
     }
     let (ok, config, stderr) = run_pgmemo(&env, &["--print-config"]);
     assert!(ok, "pgmemo rejects the compose environment: {stderr}");
@@ -283,7 +287,15 @@ fn compose_environment_and_image_flags_are_valid_configs() {
     let cmd = exec_form(instruction(&all, "CMD").last().expect("a default CMD"));
     let mut args: Vec<&str> = cmd.iter().map(String::as_str).collect();
     args.push("--print-config");
+    // The image's admin address is not loopback: without a token pgmemo must refuse it,
+    // with one (as the Dockerfile's header says to pass) it starts.
     let (ok, _, stderr) = run_pgmemo(&BTreeMap::new(), &args);
+    assert!(!ok && stderr.contains("admin.token"), "{stderr}");
+    let token = BTreeMap::from([(
+        "PGMEMO_ADMIN_TOKEN".to_owned(),
+        "an-admin-token-for-the-test".to_owned(),
+    )]);
+    let (ok, _, stderr) = run_pgmemo(&token, &args);
     assert!(
         ok,
         "pgmemo rejects the image's default flags {cmd:?}: {stderr}"

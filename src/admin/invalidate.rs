@@ -1,5 +1,5 @@
-//! Manual invalidation: `POST /invalidate` on the admin address (one relation, or everything)
-//! and the flush SIGUSR1 triggers. Both go through [`Invalidator`]; this module owns the
+//! Manual invalidation: `POST /invalidate` on the admin address (one relation, or everything),
+//! `POST /flush` (everything) and the flush SIGUSR1 triggers. Both go through [`Invalidator`]; this module owns the
 //! request format, the HTTP status of each failure, the log line and the
 //! `pgmemo_admin_invalidations_total` counter.
 
@@ -172,7 +172,8 @@ struct Failure<'a> {
     error: &'a str,
 }
 
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+/// `body` as a JSON response that no cache may keep.
+pub(super) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_string(body) {
         Ok(text) => (
             status,
@@ -203,23 +204,32 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// The body of a POST, or the status and message refusing it: over MAX_BODY (413), a broken
+/// body stream (400), not `application/json` (415).
+fn json_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, (StatusCode, String)> {
+    let body = body.map_err(|rejection| (rejection.status(), rejection.body_text()))?;
+    if !is_json(headers) {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json".to_owned(),
+        ));
+    }
+    Ok(body)
+}
+
 /// `POST /invalidate`.
 pub(super) async fn invalidate(
     State(state): State<AdminState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
+    let body = match json_body(&headers, body) {
         Ok(b) => b,
-        // Over MAX_BODY (413) or a broken body stream (400).
-        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+        Err((status, message)) => return error(status, &message),
     };
-    if !is_json(&headers) {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        );
-    }
     let scope = match parse(&body) {
         Ok(s) => s,
         Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -244,6 +254,29 @@ pub(super) async fn invalidate(
             }
         }
     }
+}
+
+/// `POST /flush`: empties the whole cache (a new epoch; every instance's and the shared
+/// tier's entries too when Redis is configured), like `{"all": true}` on `/invalidate`. The
+/// body may be empty or `{}`; it must be sent as `application/json` all the same (see
+/// [`is_json`]: a web page cannot send that type cross-site).
+pub(super) async fn flush(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match json_body(&headers, body) {
+        Ok(b) => b,
+        Err((status, message)) => return error(status, &message),
+    };
+    if !body.trim_ascii().is_empty() && body.trim_ascii() != b"{}" {
+        return error(StatusCode::BAD_REQUEST, "expected an empty body or {}");
+    }
+    let epoch = flush_all(&state.invalidation.invalidator, Trigger::Http);
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "flushed": true, "epoch": epoch }),
+    )
 }
 
 /// 404 for what does not exist (as far as pgmemo can know); 503 when the catalog could not be

@@ -1,11 +1,16 @@
 //! Admin HTTP server: `/healthz` (process alive), `/readyz` (listener up and upstream
-//! answering), `/metrics` (Prometheus text), `POST /invalidate` (manual invalidation); anything
-//! else is 404.
+//! answering), `/metrics` (Prometheus text), the JSON views under `/api/` ([`api`]),
+//! `POST /invalidate` and `POST /flush` (manual invalidation), the write-behind dead
+//! letters; anything else is 404. With `admin.token` set, every POST needs it ([`auth`]).
 
+pub mod api;
+mod auth;
 mod behind;
 mod conn;
 pub mod invalidate;
 mod readiness;
+pub mod rows;
+pub mod views;
 
 use std::future::IntoFuture;
 use std::io;
@@ -21,6 +26,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use api::ApiState;
+pub use auth::AdminToken;
 pub use invalidate::{InvalidationHandle, Trigger, flush_all, invalidate_table};
 pub use readiness::{
     PROBE_CACHE_TTL, ProbeError, Readiness, ReadyReport, UpstreamReport, probe_upstream,
@@ -43,6 +50,12 @@ pub struct AdminState {
     pub cdc: Arc<crate::cdc::hub::Hub>,
     /// The write-behind queues (dead letters), when configured.
     pub behind: Option<Arc<crate::behind::Behind>>,
+    /// The bearer token every POST must carry (`None`: POSTs are open; validation allows
+    /// that on loopback addresses only).
+    pub token: Option<Arc<AdminToken>>,
+    /// What the `/api/` views read (`None`: they answer 404, e.g. an embedding without an
+    /// application context).
+    pub api: Option<ApiState>,
 }
 
 /// Bounds on the admin server's connections.
@@ -84,7 +97,23 @@ pub fn router(state: AdminState) -> Router {
         .route("/behind/dead-letters", get(behind::list))
         .route("/behind/dead-letters/{id}/retry", post(behind::retry))
         .route("/behind/dead-letters/{id}/drop", post(behind::drop_letter))
+        .route(
+            "/flush",
+            post(invalidate::flush).layer(DefaultBodyLimit::max(invalidate::MAX_BODY)),
+        )
+        .route("/", get(dashboard))
+        .route("/api/stats", get(api::stats))
+        .route("/api/cdc", get(api::cdc))
+        .route("/api/shared", get(api::shared))
+        .route("/api/queries", get(api::queries))
+        .route("/api/tables", get(api::tables))
+        .route("/api/config", get(api::config))
         .fallback(not_found)
+        // Every route, the fallback included: a POST anywhere needs the token.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .with_state(state)
 }
 
@@ -126,6 +155,27 @@ pub async fn serve_with_limits(
             Ok(())
         }
     }
+}
+
+/// The live dashboard (`src/admin/dashboard.html`): one self-contained page that polls the
+/// JSON API; nothing is fetched from anywhere else.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // Nothing but this page's own inline script and style, and the API on this origin.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:",
+            ),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

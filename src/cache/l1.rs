@@ -86,6 +86,7 @@ impl L1 {
                 s.evicted(EvictionCause::from_moka(cause)).inc();
                 s.entries.add(-1);
                 s.bytes.add(-i64::from(weight(&entry)));
+                s.tables.change(&entry.tags, i64::from(weight(&entry)), -1);
             })
             .build_with_hasher(KeyBuildHasher);
         Self {
@@ -131,6 +132,9 @@ impl L1 {
         // Accounted before the insert: moka may evict (and notify) inside `insert`.
         self.stats.entries.add(1);
         self.stats.bytes.add(i64::from(weight(&entry)));
+        self.stats
+            .tables
+            .change(&entry.tags, i64::from(weight(&entry)), 1);
         self.stats.stores.inc();
         self.cache.insert(key, entry);
         InsertOutcome::Stored

@@ -25,6 +25,7 @@ pub mod l2;
 pub mod rows;
 pub mod stats;
 pub mod tiers;
+mod usage;
 pub mod versions;
 
 use std::sync::Arc;
@@ -329,6 +330,12 @@ impl Cache {
         let epoch = self.versions.bump_epoch(cause);
         self.l1.clear();
         epoch
+    }
+
+    /// Entries and bytes held per relation (tag, entries, bytes), and how many stores read
+    /// a relation past the tracking bound (see [`usage`]).
+    pub fn table_usage(&self) -> (Vec<(Tag, i64, i64)>, u64) {
+        (self.stats.tables.list(), self.stats.tables.untracked())
     }
 
     /// Lookups answered from the L1 so far (cheaper than a whole [`stats`](Self::stats)).

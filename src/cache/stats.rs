@@ -136,6 +136,8 @@ pub(crate) struct Stats {
     wasted: [Count; 2],
     pub(crate) entries: Level,
     pub(crate) bytes: Level,
+    /// The same, per relation read.
+    pub(crate) tables: super::usage::TableUsage,
 }
 
 impl Stats {
@@ -158,6 +160,7 @@ impl Stats {
                 .map(|cause| Count::new(names::REFRESH_WASTED, &[("cause", cause)])),
             entries: Level::new(metrics::gauge!(names::CACHE_ENTRIES)),
             bytes: Level::new(metrics::gauge!(names::CACHE_BYTES)),
+            tables: super::usage::TableUsage::default(),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct Overrides {
     pub redis: Option<String>,
     /// `PGMEMO_SECRET` → `cache.secret` (the environment only: a flag would show in `ps`).
     pub secret: Option<String>,
+    /// `PGMEMO_ADMIN_TOKEN` → `admin.token` (the environment only, like the secret).
+    pub admin_token: Option<String>,
 }
 
 // Hand-written so that logging the sources never prints a password from a URL.
@@ -47,6 +49,10 @@ impl fmt::Debug for Overrides {
             .field("admin_listen", &self.admin_listen)
             .field("redis", &self.redis.as_deref().map(redact_password))
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -70,6 +76,9 @@ impl Overrides {
         }
         if let Some(secret) = &self.secret {
             config.cache.secret = Some(secret.clone());
+        }
+        if let Some(token) = &self.admin_token {
+            config.admin.token = Some(Secret::new(token.clone()));
         }
     }
 }

@@ -50,8 +50,13 @@ url = "postgres://file-host:5433"
         admin_listen: Some("127.0.0.1:7002".parse().unwrap()),
         redis: Some("redis://127.0.0.1:6380".into()),
         secret: Some("0123456789abcdef0123456789abcdef".into()),
+        admin_token: Some("token-from-the-environment".into()),
     };
     let merged = sources.load().unwrap();
+    assert_eq!(
+        merged.admin.token.as_ref().map(|t| t.expose()),
+        Some("token-from-the-environment")
+    );
     assert_eq!(
         merged.cache.secret.as_deref(),
         Some("0123456789abcdef0123456789abcdef"),
@@ -274,6 +279,7 @@ fn debug_of_overrides_hides_passwords() {
         upstream: Some("postgres://u:hunter2@h".into()),
         redis: Some("redis://:hunter2@h".into()),
         secret: Some("0123456789abcdef0123456789abcdef".into()),
+        admin_token: Some("hunter2-admin-token".into()),
         ..Overrides::default()
     };
     assert!(!format!("{o:?}").contains("hunter2"));

@@ -118,11 +118,18 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics, /api/*).
     pub listen: SocketAddr,
     /// Roles that may use the admin console (the virtual database `pgmemo` on the client
     /// port), once PostgreSQL has accepted their login. Empty: the console is off.
     pub roles: Vec<String>,
+    /// Bearer token every POST must carry (`Authorization: Bearer <token>`); also
+    /// `PGMEMO_ADMIN_TOKEN`. Required when `listen` is not a loopback address.
+    pub token: Option<Secret>,
+    /// Per-statement-shape statistics (`GET /api/queries`).
+    pub query_stats: bool,
+    /// Bytes the statistics table may hold; the least valuable shapes are evicted beyond.
+    pub query_stats_bytes: cache::ByteSize,
 }
 
 /// The shared Redis tier (`[cache.redis]`).
@@ -208,11 +215,17 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Default `admin.query_stats_bytes`: 8 MiB, a few thousand statement shapes.
+pub const DEFAULT_QUERY_STATS_BYTES: u64 = 8 << 20;
+
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN_LISTEN,
             roles: Vec::new(),
+            token: None,
+            query_stats: true,
+            query_stats_bytes: cache::ByteSize(DEFAULT_QUERY_STATS_BYTES),
         }
     }
 }
@@ -239,6 +252,7 @@ impl Config {
             out.cache.secret = Some(REDACTED.to_owned());
         }
         out.upstream.url = upstream_url::redact_password(&out.upstream.url);
+        // `admin.token` is a `Secret`: it serializes redacted on its own.
         if let Some(redis) = out.cache.redis.as_mut() {
             redis.url = upstream_url::redact_password(&redis.url);
             for node in &mut redis.cluster_nodes {

@@ -18,6 +18,7 @@ use super::{
     ServerConfig,
 };
 
+mod admin;
 mod functions;
 mod refresh;
 
@@ -132,6 +133,7 @@ impl Config {
         check_server(&self.server, &mut issues);
         check_upstream(self, &mut issues);
         check_listeners(self.server.listen, self.admin.listen, &mut issues);
+        admin::check_admin(&self.admin, &mut issues);
         check_cache(&self.cache, &mut issues);
         check_range(
             "catalog.poll_interval",

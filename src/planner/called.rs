@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::catalog::{self, BodySource, CatalogError, FuncBody, FuncFacts, Oid, Volatility};
 use crate::sql::{self, Class};
 
+use super::bypass::BypassReason;
 use super::plan::{Context, Planner, catalog_names};
 
 /// How many levels of nested calls are followed before the reads count as unknown.
@@ -44,7 +45,7 @@ impl Planner<'_> {
         facts: &[FuncFacts],
         view_calls: &[Oid],
         allow_rls: bool,
-    ) -> Result<CalledReads, &'static str> {
+    ) -> Result<CalledReads, BypassReason> {
         let mut pending: Vec<Oid> = facts
             .iter()
             .filter(|f| f.volatility == Volatility::Stable)
@@ -62,7 +63,7 @@ impl Planner<'_> {
                 .catalog
                 .function_bodies(&cx.database, &pending)
                 .await
-                .map_err(|_| "catalog_error")?;
+                .map_err(|_| BypassReason::CatalogError)?;
             let mut found = Found::default();
             for body in bodies.iter() {
                 self.body_reads(cx, body, &mut found).await?;
@@ -76,7 +77,7 @@ impl Planner<'_> {
                 .catalog
                 .reads(&cx.database, &found.relations)
                 .await
-                .map_err(|_| "catalog_error")?;
+                .map_err(|_| BypassReason::CatalogError)?;
             // What a function reads must be as cacheable as what the statement names.
             set.check(true, allow_rls)
                 .map_err(super::plan::relation_reason)?;
@@ -94,7 +95,7 @@ impl Planner<'_> {
         cx: &Context,
         body: &FuncBody,
         found: &mut Found,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), BypassReason> {
         match body.volatility {
             // Trusted to read nothing that changes (as everywhere else in pgmemo).
             Volatility::Immutable => return Ok(()),
@@ -135,7 +136,7 @@ impl Planner<'_> {
         cx: &Context,
         tables: &[String],
         found: &mut Found,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), BypassReason> {
         if tables.is_empty() {
             // Declared to read no table.
             return Ok(());
@@ -149,7 +150,7 @@ impl Planner<'_> {
             .catalog
             .resolve(&cx.database, &names, "public", &cx.current_user)
             .await
-            .map_err(|_| "catalog_error")?;
+            .map_err(|_| BypassReason::CatalogError)?;
         let oids: Vec<Oid> = resolved
             .iter()
             .filter_map(|r| r.relation.as_ref().map(|f| f.oid))
@@ -167,7 +168,7 @@ impl Planner<'_> {
         text: &str,
         path: &str,
         found: &mut Found,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), BypassReason> {
         let analysis = sql::analyze(text.as_bytes());
         let mut names = Vec::new();
         let mut calls = Vec::new();
@@ -198,10 +199,10 @@ impl Planner<'_> {
             let Some(facts) = &r.relation else {
                 // A name that resolves to nothing a side connection sees: a temporary table
                 // of the session, or an error at run time. Not cacheable either way.
-                return Err("function_reads_unresolved");
+                return Err(BypassReason::FunctionReadsUnresolved);
             };
             if r.temp_shadow && cx.has_temp {
-                return Err("temp_shadow");
+                return Err(BypassReason::TempShadow);
             }
             found.relations.push(facts.oid);
         }
@@ -230,12 +231,12 @@ impl Planner<'_> {
 
 /// A function's own `SET search_path` that pgmemo cannot read: its names are not trusted
 /// (the TTL cap applies); any other catalog failure bypasses.
-fn untrusted_path(e: CatalogError, found: &mut Found) -> Result<(), &'static str> {
+fn untrusted_path(e: CatalogError, found: &mut Found) -> Result<(), BypassReason> {
     match e {
         CatalogError::SearchPath { .. } => {
             found.undeclared = true;
             Ok(())
         }
-        _ => Err("catalog_error"),
+        _ => Err(BypassReason::CatalogError),
     }
 }

@@ -208,7 +208,10 @@ mod tests {
 
     fn plan(i: usize, len: usize) -> Arc<Plan> {
         let sql = format!("SELECT '{}{i}'", "x".repeat(len));
-        Arc::new(Plan::without_context(Bytes::from(sql), "test"))
+        Arc::new(Plan::without_context(
+            Bytes::from(sql),
+            super::super::bypass::BypassReason::NotSelect,
+        ))
     }
 
     fn held(memo: &PlanMemo) -> usize {

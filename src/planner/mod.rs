@@ -5,7 +5,9 @@
 //! catalog through [`crate::catalog::Catalog`], which owns the I/O).
 
 pub mod adaptive;
+pub mod bypass;
 mod called;
 pub mod memo;
 pub mod plan;
 pub mod rows;
+pub mod stats;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::bypass::BypassReason;
 use crate::cache::{Dep, EpochCause, KeySecret, Tag};
 use crate::catalog::{self, Catalog, FuncArgs, FuncRef, Volatility};
 use crate::config::rules::Rules;
@@ -99,6 +100,16 @@ pub struct ReadPlan {
     /// the copies of this plan, like `pins`). Only [`ReadPlan::new`] makes one: a plan with
     /// other `tags` or `pins` must be built with it, never by changing a copy's fields.
     fixed: Arc<OnceLock<FixedDeps>>,
+    /// The relations the statement names, as resolved (for statistics and `/api/tables`).
+    pub named: Arc<[NamedRelation]>,
+}
+
+/// A relation a read names, with the tag it resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedRelation {
+    pub tag: Tag,
+    pub schema: Box<str>,
+    pub name: Box<str>,
 }
 
 impl ReadPlan {
@@ -123,7 +134,14 @@ impl ReadPlan {
             refresh_ahead: 0.0,
             refresh_adaptive: false,
             fixed: Arc::default(),
+            named: Arc::from([]),
         }
+    }
+
+    /// This plan naming `named` (see [`ReadPlan::named`]).
+    pub fn with_names(mut self, named: Arc<[NamedRelation]>) -> Self {
+        self.named = named;
+        self
     }
 
     /// This plan with refresh-ahead as the rules' verdict says (see
@@ -200,7 +218,13 @@ impl ReadPlan {
     /// Approximate heap bytes (the memoised dependencies included).
     fn weight(&self) -> usize {
         let rows: usize = self.pins.iter().map(|p| p.rows.len() + 1).sum();
-        self.normalized.len()
+        let named: usize = self
+            .named
+            .iter()
+            .map(|n| std::mem::size_of::<NamedRelation>() + n.schema.len() + n.name.len())
+            .sum();
+        named
+            + self.normalized.len()
             + std::mem::size_of_val(self.tags.as_ref())
             + self.pins.iter().map(RowPin::weight).sum::<usize>()
             + (self.tags.len() + rows) * std::mem::size_of::<Dep>()
@@ -223,7 +247,10 @@ pub struct Plan {
     /// One per `analysis.statements`.
     pub stmts: Arc<[StmtPlan]>,
     /// The read plan, or why the text bypasses the cache.
-    pub read: Result<ReadPlan, &'static str>,
+    pub read: Result<ReadPlan, BypassReason>,
+    /// The statistics of its statement shape (see [`super::stats`]), when tracked; shared by
+    /// every plan of the shape.
+    pub shape: Option<Arc<super::stats::ShapeStats>>,
     catalog_generation: u64,
     rules_generation: u64,
     /// For a read that named a relation the catalog did not know: when to look again (see
@@ -243,7 +270,8 @@ impl Plan {
                 hints: Default::default(),
             }),
             stmts: Arc::from(Vec::new()),
-            read: Err("test"),
+            read: Err(BypassReason::NotSelect),
+            shape: None,
             catalog_generation: 0,
             rules_generation: 0,
             retry_at: None,
@@ -309,6 +337,7 @@ impl Plan {
                 r.through,
             )
             .with_refresh(r.refresh_ahead, r.refresh_adaptive)
+            .with_names(Arc::clone(&r.named))
         });
         let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
             let stmts: Vec<StmtPlan> = self
@@ -330,6 +359,7 @@ impl Plan {
             analysis: Arc::clone(&self.analysis),
             stmts,
             read,
+            shape: self.shape.clone(),
             catalog_generation: self.catalog_generation,
             rules_generation: self.rules_generation,
             retry_at: self.retry_at,
@@ -377,7 +407,7 @@ impl Plan {
     /// A plan for a session without a usable context (probe failed, unsafe encoding): reads
     /// bypass, and anything that is not plainly a read or session/transaction control bumps
     /// the epoch.
-    pub fn without_context(sql: Bytes, reason: &'static str) -> Plan {
+    pub fn without_context(sql: Bytes, reason: BypassReason) -> Plan {
         let mut analysis = sql::analyze(&sql);
         for info in &mut analysis.statements {
             info.rows = None;
@@ -402,6 +432,7 @@ impl Plan {
             analysis: Arc::new(analysis),
             stmts: stmts.into(),
             read: Err(reason),
+            shape: None,
             catalog_generation: 0,
             rules_generation: 0,
             retry_at: None,
@@ -448,7 +479,9 @@ impl Planner<'_> {
         }
         let read = match analysis.cacheable() {
             Some(info) => self.read(cx, &sql, info, analysis.hints.ttl).await,
-            None => Err(analysis.reason().map_or("not_select", NotCacheable::label)),
+            None => Err(analysis
+                .reason()
+                .map_or(BypassReason::NotSelect, BypassReason::from)),
         };
         // The key equalities became the plan's row pins: the memos need not hold them twice
         // (plans of a hot set of texts must fit the memo's byte budget).
@@ -466,7 +499,10 @@ impl Planner<'_> {
             .any(|p| p.written.epoch == Some(EpochCause::Untracked));
         let retry_at = (catalog_failed
             || unresolved_write
-            || matches!(read, Err("unresolved_relation" | "catalog_error")))
+            || matches!(
+                read,
+                Err(BypassReason::UnresolvedRelation | BypassReason::CatalogError)
+            ))
         .then(|| std::time::Instant::now() + crate::catalog::NEGATIVE_TTL);
         Plan {
             context_id: cx.id(),
@@ -474,6 +510,7 @@ impl Planner<'_> {
             analysis: Arc::new(analysis),
             stmts: stmts.into(),
             read,
+            shape: None,
             catalog_generation,
             rules_generation: self.rules_generation,
             retry_at,
@@ -651,16 +688,16 @@ fn tags<'a>(cx: &Context, oids: impl Iterator<Item = &'a u32>) -> Box<[Tag]> {
     tags.into_boxed_slice()
 }
 
-pub(super) fn relation_reason(r: catalog::NotCacheable) -> &'static str {
+pub(super) fn relation_reason(r: catalog::NotCacheable) -> BypassReason {
     match r {
-        catalog::NotCacheable::Missing => "relation_missing",
-        catalog::NotCacheable::Temporary => "temporary_relation",
-        catalog::NotCacheable::Unlogged => "unlogged_relation",
-        catalog::NotCacheable::System => "system_relation",
-        catalog::NotCacheable::Kind(_) => "relation_kind",
-        catalog::NotCacheable::RowSecurity => "row_security",
-        catalog::NotCacheable::Volatility(_) => "view_volatility",
-        catalog::NotCacheable::Locking => "view_locking",
-        catalog::NotCacheable::TooComplex => "view_too_complex",
+        catalog::NotCacheable::Missing => BypassReason::RelationMissing,
+        catalog::NotCacheable::Temporary => BypassReason::TemporaryRelation,
+        catalog::NotCacheable::Unlogged => BypassReason::UnloggedRelation,
+        catalog::NotCacheable::System => BypassReason::SystemRelation,
+        catalog::NotCacheable::Kind(_) => BypassReason::RelationKind,
+        catalog::NotCacheable::RowSecurity => BypassReason::RowSecurity,
+        catalog::NotCacheable::Volatility(_) => BypassReason::ViewVolatility,
+        catalog::NotCacheable::Locking => BypassReason::ViewLocking,
+        catalog::NotCacheable::TooComplex => BypassReason::ViewTooComplex,
     }
 }

@@ -96,6 +96,15 @@ pub async fn run(
             },
             cdc: Arc::clone(&ctx.services.cdc),
             behind: ctx.services.behind.clone(),
+            token: ctx
+                .config()
+                .admin
+                .token
+                .as_ref()
+                .map(|t| Arc::new(admin::AdminToken::new(t.expose()))),
+            api: Some(admin::ApiState {
+                app: Arc::clone(&ctx),
+            }),
         },
         admin_stop.clone(),
     ));

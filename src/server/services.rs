@@ -101,6 +101,12 @@ pub fn build(
         0
     };
     let mut services = Services::new(cache, catalog, cdc, shared, memory, hot_keys);
+    // Read at start-up: plans resolve their statistics handle once, so a reload could not
+    // turn statistics on or off for the plans already memoised.
+    services.query_stats = Arc::new(crate::planner::stats::QueryStats::new(
+        config.admin.query_stats,
+        usize::try_from(config.admin.query_stats_bytes.0).unwrap_or(usize::MAX),
+    ));
     let link = crate::behind::Link {
         upstream: crate::upstream::Upstream::new(target.clone())?,
         login: crate::config::Login {

@@ -348,7 +348,11 @@ fn describe_session() {
     );
     describe_counter!(
         names::ADMIN_INVALIDATIONS,
-        "Manual invalidations (POST /invalidate, SIGUSR1), by scope and result."
+        "Manual invalidations (POST /invalidate, POST /flush, SIGUSR1), by scope and result."
+    );
+    describe_counter!(
+        names::ADMIN_UNAUTHORIZED,
+        "Admin POST requests refused for a missing or wrong bearer token."
     );
 }
 
@@ -559,4 +563,6 @@ pub mod names {
     /// counter, labels `scope` (`all`, `table`) and `result` (`ok`, `error`): manual
     /// invalidations (`POST /invalidate`, SIGUSR1).
     pub const ADMIN_INVALIDATIONS: &str = "pgmemo_admin_invalidations_total";
+    /// counter: admin POST requests refused for a missing or wrong bearer token.
+    pub const ADMIN_UNAUTHORIZED: &str = "pgmemo_admin_unauthorized_total";
 }

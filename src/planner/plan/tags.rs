@@ -122,25 +122,36 @@ impl Planner<'_> {
         sql_bytes: &[u8],
         info: &StatementInfo,
         hint_ttl: Option<Duration>,
-    ) -> Result<ReadPlan, &'static str> {
+    ) -> Result<ReadPlan, BypassReason> {
         let names = catalog_names(&info.reads);
         let resolved = self
             .catalog
             .resolve(&cx.database, &names, &cx.search_path, &cx.current_user)
             .await
-            .map_err(|_| "catalog_error")?;
+            .map_err(|_| BypassReason::CatalogError)?;
         let mut oids = Vec::with_capacity(resolved.len());
         let mut tables: Vec<(String, String)> = Vec::with_capacity(resolved.len());
+        let mut named: Vec<NamedRelation> = Vec::with_capacity(resolved.len());
         for r in resolved.iter() {
             let Some(facts) = &r.relation else {
-                return Err("unresolved_relation");
+                return Err(BypassReason::UnresolvedRelation);
             };
             if r.temp_shadow && cx.has_temp {
-                return Err("temp_shadow");
+                return Err(BypassReason::TempShadow);
             }
             facts.cacheable_kind().map_err(relation_reason)?;
             oids.push(facts.oid);
             tables.push((facts.schema.clone(), facts.name.clone()));
+            if !named.iter().any(|n| n.tag.rel == facts.oid) {
+                named.push(NamedRelation {
+                    tag: Tag {
+                        db: cx.db_oid,
+                        rel: facts.oid,
+                    },
+                    schema: facts.schema.as_str().into(),
+                    name: facts.name.as_str().into(),
+                });
+            }
         }
         let normalized = Bytes::from(sql::normalize_for_key(sql_bytes));
         let table_refs: Vec<(&str, &str)> = tables
@@ -151,7 +162,7 @@ impl Planner<'_> {
             .rules
             .verdict(&cx.database, &cx.current_user, &normalized, &table_refs);
         if !verdict.cache {
-            return Err("rule");
+            return Err(BypassReason::Rule);
         }
         let through = table_refs
             .iter()
@@ -163,7 +174,7 @@ impl Planner<'_> {
             self.catalog
                 .reads(&cx.database, &oids)
                 .await
-                .map_err(|_| "catalog_error")?
+                .map_err(|_| BypassReason::CatalogError)?
         };
         set.check(verdict.allow_stable_functions, verdict.allow_rls)
             .map_err(relation_reason)?;
@@ -172,13 +183,13 @@ impl Planner<'_> {
         } else {
             self.function_facts(cx, info)
                 .await
-                .map_err(|_| "catalog_error")?
+                .map_err(|_| BypassReason::CatalogError)?
         };
         if facts
             .iter()
             .any(|f| !f.volatility.cacheable(verdict.allow_stable_functions))
         {
-            return Err("function_volatility");
+            return Err(BypassReason::FunctionVolatility);
         }
         // STABLE user functions (only cacheable with allow_stable_functions) may read tables
         // the statement does not name: their writes must invalidate the entry too.
@@ -198,7 +209,7 @@ impl Planner<'_> {
         if called.undeclared {
             // Writes to what such a function reads are invisible: only the cap bounds them.
             if self.undeclared_reads_ttl.is_zero() {
-                return Err("undeclared_function_reads");
+                return Err(BypassReason::UndeclaredFunctionReads);
             }
             ttl = shorter(ttl, self.undeclared_reads_ttl);
         }
@@ -227,7 +238,8 @@ impl Planner<'_> {
             unpinned,
             through,
         )
-        .with_refresh(verdict.refresh_ahead, verdict.refresh_adaptive))
+        .with_refresh(verdict.refresh_ahead, verdict.refresh_adaptive)
+        .with_names(named.into()))
     }
 
     /// Volatility and provenance of every function `info` calls (each overload of a name

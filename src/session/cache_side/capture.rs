@@ -30,6 +30,8 @@ pub(super) struct Capture {
     pub config: u64,
     /// A read of a write-through table: what re-running it takes, filed when it is stored.
     pub recipe: Option<Box<RecipeSeed>>,
+    /// The statement shape's statistics (bytes stored are counted there).
+    pub shape: Option<std::sync::Arc<crate::planner::stats::ShapeStats>>,
 }
 
 /// The parts of a recipe known at the lookup (its dependencies come with the store).

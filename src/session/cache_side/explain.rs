@@ -9,7 +9,7 @@
 //! cache inside a transaction block anyway: reason `not_idle`).
 
 use super::*;
-use crate::session::console::rows::{Table, Type, Value};
+use crate::admin::rows::{Table, Type, Value};
 use bytes::BytesMut;
 
 use crate::sql::{Class, NotCacheable};
@@ -30,11 +30,11 @@ impl CacheSession {
             return FrameAction::Hold(Hold::Plan(Bytes::copy_from_slice(inner)));
         };
         let verdict = match plan.read.as_ref().err() {
-            Some(&reason) => Verdict::No(reason),
+            Some(&reason) => Verdict::No(reason.label()),
             None => match self.admit(&plan, state, false) {
                 Ok(_) if self.shared_unavailable() => Verdict::No("redis_unavailable"),
                 Ok(_) => Verdict::Yes,
-                Err(Some(reason)) => Verdict::No(reason),
+                Err(Some(reason)) => Verdict::No(reason.label()),
                 Err(None) => Verdict::No("not_a_read"),
             },
         };

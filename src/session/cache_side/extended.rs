@@ -17,7 +17,6 @@ use crate::planner::plan::Plan;
 use crate::protocol::response::{BIND_COMPLETE, PARSE_BIND_COMPLETE, PORTAL_SUSPENDED};
 use crate::session::registry::{MAX_STATEMENTS, Statement};
 use crate::session::state::SessionState;
-use crate::telemetry::names;
 
 /// What the relay does with the frames at the head of the client buffer (the first is a
 /// Parse or a Bind, and the session is idle).
@@ -110,7 +109,9 @@ impl CacheSession {
             return GroupAction::Hold(hold);
         }
         if plan.read.is_ok() && group::params_may_read_clock(g.bind_tail) {
-            metrics::counter!(names::CACHE_BYPASSES, "reason" => "clock_parameter").increment(1);
+            let reason = crate::planner::bypass::BypassReason::ClockParameter;
+            super::lookup::count_bypass(reason);
+            self.shape_bypassed(&plan, reason);
             return GroupAction::Frames;
         }
         match self.lookup(&plan, state, Some((param_types, g.bind_tail))) {

@@ -14,6 +14,7 @@ use super::capture::Capture;
 use super::{CacheSession, HIT_TIMING_SAMPLE, Looked, WaitResult, hooks};
 use crate::cache::KeyInput;
 use crate::cache::tiers::TierLookup;
+use crate::planner::bypass::BypassReason;
 use crate::planner::plan::{Bound, Plan, ReadPlan};
 use crate::session::state::SessionState;
 use crate::telemetry::names;
@@ -43,7 +44,18 @@ impl CacheSession {
     ) -> Looked {
         let (read, fp, config) = match self.admit(plan, state, extended.is_some()) {
             Ok(admitted) => admitted,
-            Err(reason) => return reason.map_or(Looked::Forward, bypass),
+            Err(counted) => {
+                // Not a cacheable read at all (`None`, e.g. `SELECT now()`): not a bypass
+                // for the metric, but its shape's statistics still say why.
+                let reason = counted.or_else(|| plan.read.as_ref().err().copied());
+                if let Some(reason) = counted {
+                    count_bypass(reason);
+                }
+                if let Some(reason) = reason {
+                    self.shape_bypassed(plan, reason);
+                }
+                return Looked::Forward;
+            }
         };
         // Hit latency and the shape's hit ratio are sampled: doing either for every lookup
         // would cost a share of the hit itself.
@@ -62,7 +74,12 @@ impl CacheSession {
         };
         let tiers = self.app.services.tiers();
         let looked = match tiers.lookup(&snapshot, bare, self.held.take_shared()) {
-            TierLookup::Bypass(reason) => return bypass(reason),
+            TierLookup::Bypass(label) => {
+                // The shared tier's one reason (its label is the metric's, as before).
+                metrics::counter!(names::CACHE_BYPASSES, "reason" => label).increment(1);
+                self.shape_bypassed(plan, BypassReason::RedisUnavailable);
+                return Looked::Forward;
+            }
             TierLookup::Read(read) => {
                 // Looked up again once Redis answered: that attempt is this statement's
                 // lookup, sampled or not as this one would have been (else with a shared
@@ -91,16 +108,27 @@ impl CacheSession {
                 if self.app.services.verify.sampled(&mut self.rng) {
                     self.verify_hit(plan, &entry, extended, fp, &snapshot);
                 }
-                if let Some(started) = timed {
-                    self.metrics
-                        .hit_seconds
-                        .record(started.elapsed().as_secs_f64());
+                let elapsed = timed.map(|started| started.elapsed());
+                if let Some(elapsed) = elapsed {
+                    self.metrics.hit_seconds.record(elapsed.as_secs_f64());
                     self.count_hot(plan, extended, fp);
+                }
+                // One relaxed addition on the shape's own counters; re-admission to the
+                // statistics table (a lock) is asked on sampled hits only.
+                if let Some(shape) = &plan.shape {
+                    shape.hit(elapsed);
+                    if sampled && shape.evicted() {
+                        self.app.services.query_stats.readopt(shape);
+                    }
                 }
                 Looked::Hit(entry)
             }
             TierLookup::Miss { guard, check, l2 } => {
                 hooks::pause(hooks::Point::AfterSnapshot);
+                if let Some(shape) = &plan.shape {
+                    shape.miss();
+                    self.time_upstream(shape);
+                }
                 self.capture = Some(Capture {
                     guard,
                     snapshot,
@@ -113,11 +141,18 @@ impl CacheSession {
                     started: timed.unwrap_or_else(Instant::now),
                     config,
                     recipe: read.through.then(|| recipe_seed(plan, extended, fp)),
+                    shape: plan.shape.clone(),
                 });
                 Looked::Forward
             }
-            // Another session is running this query: wait for its result.
-            TierLookup::Wait(waiter) => Looked::Wait(self.wait_future(waiter)),
+            // Another session is running this query: wait for its result (served from the
+            // cache: counted as a hit, as the adaptive bypass counts it).
+            TierLookup::Wait(waiter) => {
+                if let Some(shape) = &plan.shape {
+                    shape.hit(None);
+                }
+                Looked::Wait(self.wait_future(waiter))
+            }
             // Answered above.
             TierLookup::Bypass(_) | TierLookup::Read(_) => Looked::Forward,
         }
@@ -131,7 +166,7 @@ impl CacheSession {
         plan: &'p Plan,
         state: &SessionState,
         extended: bool,
-    ) -> Result<(&'p ReadPlan, [u8; 16], u64), Option<&'static str>> {
+    ) -> Result<(&'p ReadPlan, [u8; 16], u64), Option<BypassReason>> {
         let read = match &plan.read {
             Ok(r) => r,
             Err(reason) => {
@@ -141,16 +176,16 @@ impl CacheSession {
                         Some(crate::sql::Class::CacheableRead)
                     )
                 {
-                    return Err(Some(reason));
+                    return Err(Some(*reason));
                 }
                 return Err(None);
             }
         };
         if !self.app.cache_enabled() {
-            return Err(Some("disabled"));
+            return Err(Some(BypassReason::Disabled));
         }
         if !state.is_idle() || self.capture.is_some() {
-            return Err(Some("not_idle"));
+            return Err(Some(BypassReason::NotIdle));
         }
         if !self
             .cx
@@ -159,7 +194,7 @@ impl CacheSession {
         {
             // The change stream is not established or lags: results could be stale beyond
             // any bound, so they are neither served nor stored.
-            return Err(Some("cdc_not_streaming"));
+            return Err(Some(BypassReason::CdcNotStreaming));
         }
         if !self
             .cx
@@ -168,13 +203,13 @@ impl CacheSession {
         {
             // pgmemo's side connections to this database were closed (no client used it)
             // and no poll has checked its catalog since: DDL made meanwhile may not be seen.
-            return Err(Some("catalog_unwatched"));
+            return Err(Some(BypassReason::CatalogUnwatched));
         }
         if self.probe.needed || self.probe.reader.is_some() || self.opted_out {
             return Err(Some(if self.opted_out {
-                "session_opt_out"
+                BypassReason::SessionOptOut
             } else {
-                "settings_unknown"
+                BypassReason::SettingsUnknown
             }));
         }
         let config = self.app.services.invalidator.config_generation();
@@ -182,24 +217,23 @@ impl CacheSession {
             // The server reloaded its configuration since the probe: a setting this session
             // did not SET may have a new value its fingerprint does not show. Probe again.
             self.probe.needed = self.probe.may_retry();
-            return Err(Some("settings_unknown"));
+            return Err(Some(BypassReason::SettingsUnknown));
         }
         if !extended && state.registry.get(b"").is_some() {
             // A hit would leave the unnamed statement alive where PostgreSQL drops it.
-            return Err(Some("unnamed_statement"));
+            return Err(Some(BypassReason::UnnamedStatement));
         }
         let Some(fp) = self.fp_digest.filter(|_| self.fingerprint.cacheable()) else {
-            return Err(Some("session_tainted"));
+            return Err(Some(BypassReason::SessionTainted));
         };
         if read.stats.skipping() {
-            return Err(Some("low_hit_ratio"));
+            return Err(Some(BypassReason::LowHitRatio));
         }
         Ok((read, fp, config))
     }
 }
 
-/// A cacheable read that may not use the cache now, counted by reason; it is forwarded.
-fn bypass(reason: &'static str) -> Looked {
-    metrics::counter!(names::CACHE_BYPASSES, "reason" => reason).increment(1);
-    Looked::Forward
+/// A cacheable read that may not use the cache now, counted by reason (it is forwarded).
+pub(super) fn count_bypass(reason: BypassReason) {
+    metrics::counter!(names::CACHE_BYPASSES, "reason" => reason.label()).increment(1);
 }

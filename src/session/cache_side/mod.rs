@@ -30,6 +30,7 @@ mod replies;
 mod requests;
 mod resume;
 mod settings;
+mod shape_stats;
 pub mod side;
 mod through;
 pub mod tracker;
@@ -186,6 +187,9 @@ pub struct CacheSession {
     /// This session's presence in its database (pgmemo's side connections to a database
     /// stay open while a session is there); also which texts were released for (`side`).
     side: side::SessionSide,
+    /// The statement whose upstream time is being measured for its shape's statistics
+    /// (see [`shape_stats`]).
+    upstream_timer: Option<(Arc<crate::planner::stats::ShapeStats>, std::time::Instant)>,
 }
 
 /// What the settings probe needs from the relay (see [`CacheSession::probe_query`]).
@@ -254,6 +258,7 @@ impl CacheSession {
             sent: None,
             committed: None,
             side: side::SessionSide::new(&app_side, database),
+            upstream_timer: None,
         }
     }
 

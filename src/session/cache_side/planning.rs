@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::named::MAX_NAMED_BYTES;
 use super::{CacheSession, PlanFuture};
 use crate::context::AppContext;
+use crate::planner::bypass::BypassReason;
 use crate::planner::plan::{Context, Plan, Planner};
 
 impl CacheSession {
@@ -26,7 +27,7 @@ impl CacheSession {
                 release.await;
             }
             let Some(cx) = cx else {
-                return Arc::new(Plan::without_context(sql, "no_session_context"));
+                return Arc::new(Plan::without_context(sql, BypassReason::NoSessionContext));
             };
             plan_and_memoise(&app, &cx, sql).await
         })
@@ -65,9 +66,9 @@ impl CacheSession {
         }
         if self.cx.is_none() || !self.encoding_ok {
             let why = if self.cx.is_none() {
-                "no_session_context"
+                BypassReason::NoSessionContext
             } else {
-                "client_encoding"
+                BypassReason::ClientEncoding
             };
             return Some(Arc::new(Plan::without_context(
                 Bytes::copy_from_slice(sql),
@@ -126,7 +127,10 @@ pub(super) async fn plan_and_memoise(app: &AppContext, cx: &Context, sql: Bytes)
         undeclared_reads_ttl: config.functions.undeclared_reads_ttl,
         default_ttl: config.cache.ttl,
     };
-    let plan = Arc::new(planner.plan(cx, sql.clone()).await);
+    let mut plan = planner.plan(cx, sql.clone()).await;
+    // Resolved once here, so the hit path records without looking the shape up.
+    plan.shape = app.services.query_stats.handle(cx, &plan);
+    let plan = Arc::new(plan);
     if !rules.has_query_rules
         && let Some(shape) = crate::sql::shape_key(&sql)
     {

@@ -72,6 +72,7 @@ impl CacheSession {
             | backend::EMPTY_QUERY_RESPONSE
             | backend::PORTAL_SUSPENDED => self.on_completion(frame, state),
             backend::READY_FOR_QUERY => {
+                self.upstream_answered();
                 let status = Reader::body(frame).u8().unwrap_or(b'I');
                 self.fingerprint.on_ready_for_query();
                 self.on_ready(status, state);
@@ -133,11 +134,18 @@ impl CacheSession {
                 cap.ttl,
                 None,
             );
+            let len = frames.len();
             let entry = Entry::new(cap.check, frames, cap.ttl, cap.tags);
-            self.app
+            let outcome = self
+                .app
                 .services
                 .cache
                 .complete(cap.guard, &cap.snapshot, entry);
+            if let Some(shape) = &cap.shape
+                && outcome == crate::cache::StoreOutcome::Stored
+            {
+                shape.stored(len);
+            }
             if let Some(seed) = cap.recipe {
                 self.app.services.recipes.insert(Recipe {
                     database: Arc::clone(&self.database),

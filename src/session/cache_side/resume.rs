@@ -143,7 +143,7 @@ mod tests {
     fn plan() -> Arc<Plan> {
         Arc::new(Plan::without_context(
             Bytes::from_static(b"SELECT 1"),
-            "test",
+            crate::planner::bypass::BypassReason::NotSelect,
         ))
     }
 

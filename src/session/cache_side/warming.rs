@@ -54,6 +54,7 @@ use crate::cache::entry::Origin;
 use crate::cdc::hub::State;
 use crate::config::{UpstreamTarget, WarmParam, WarmQuery};
 use crate::context::AppContext;
+use crate::planner::bypass::BypassReason;
 use crate::protocol::tags::backend;
 use crate::refresh::pool::{self, LoginKey, Pool};
 use crate::refresh::progress::Trigger;
@@ -106,7 +107,7 @@ enum Miss {
     /// A step shared with the background refresher said no.
     Skip(Skip),
     /// pgmemo would not cache it for this session (the plan's reason, or the session's).
-    Refused(&'static str),
+    Refused(BypassReason),
     /// The database's change stream does not serve: its sessions do not use the cache.
     NotServing,
     /// The result came back but the cache did not take it (a write since its snapshot).
@@ -412,7 +413,7 @@ async fn one(ctx: &AppContext, pool: &Pool, item: &Item, deadline: Instant) -> (
     match &result {
         Ok(()) => debug!(%database, %user, %sql, "warmed"),
         Err(Miss::Refused(reason)) => warn!(
-            %database, %user, %sql, reason,
+            %database, %user, %sql, reason = reason.label(),
             "warm query refused: pgmemo does not cache it for a session of this login"
         ),
         // A hot key that does not come back (its role's login is gone, its fingerprint
@@ -449,11 +450,11 @@ async fn warm(ctx: &AppContext, pool: &Pool, item: &Item) -> Result<(), Miss> {
     let refusal = if item.expect.is_some_and(|want| want != fp) {
         Some(Miss::Skip(Skip::Fingerprint))
     } else if found.opted_out {
-        Some(Miss::Refused("session_opt_out"))
+        Some(Miss::Refused(BypassReason::SessionOptOut))
     } else if !super::probe::encoding_is_safe(&found.client_encoding)
         || !found.standard_conforming_strings
     {
-        Some(Miss::Refused("client_encoding"))
+        Some(Miss::Refused(BypassReason::ClientEncoding))
     } else {
         None
     };

@@ -7,6 +7,8 @@
 pub enum Command {
     Help,
     ShowStats,
+    ShowQueries,
+    ShowTables,
     ShowConfig,
     ShowCdc,
     ShowShared,
@@ -34,6 +36,14 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "SHOW STATS",
         "totals: hits, misses, bypasses by reason, memory, entries",
+    ),
+    (
+        "SHOW QUERIES",
+        "per statement shape, most PostgreSQL time first: calls, hits, why not cached",
+    ),
+    (
+        "SHOW TABLES",
+        "per table: rule, write policy, version, entries, bytes",
     ),
     ("SHOW CONFIG", "the running configuration, secrets redacted"),
     ("SHOW CDC", "each database's change stream: state, lag"),
@@ -65,6 +75,8 @@ pub fn parse(text: &str) -> Result<Command, ParseError> {
         [] => Ok(Command::Empty),
         ["SHOW", "HELP"] | ["HELP"] => Ok(Command::Help),
         ["SHOW", "STATS"] => Ok(Command::ShowStats),
+        ["SHOW", "QUERIES"] => Ok(Command::ShowQueries),
+        ["SHOW", "TABLES"] => Ok(Command::ShowTables),
         ["SHOW", "CONFIG"] => Ok(Command::ShowConfig),
         ["SHOW", "CDC"] => Ok(Command::ShowCdc),
         ["SHOW", "SHARED"] => Ok(Command::ShowShared),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::command::{self, Command, HELP};
-use super::rows::{Table, Type, command_complete};
+use crate::admin::rows::{Table, Type, command_complete};
 use crate::admin::{InvalidationHandle, Trigger};
 use crate::context::AppContext;
 use crate::error::ClientError;
@@ -43,9 +43,11 @@ async fn execute(ctx: &AppContext, user: &str, cmd: Command) -> Result<Answer, C
         Command::Empty => Answer::Empty,
         Command::Help => Answer::Rows(help(), "SHOW"),
         Command::ShowConfig => Answer::Rows(config(ctx), "SHOW"),
-        Command::ShowCdc => Answer::Rows(cdc(ctx), "SHOW"),
-        Command::ShowShared => Answer::Rows(shared(ctx), "SHOW"),
-        Command::ShowStats => Answer::Rows(super::views::stats(ctx), "SHOW"),
+        Command::ShowCdc => Answer::Rows(crate::admin::views::cdc(ctx), "SHOW"),
+        Command::ShowShared => Answer::Rows(crate::admin::views::shared(ctx), "SHOW"),
+        Command::ShowQueries => Answer::Rows(crate::admin::views::queries(ctx), "SHOW"),
+        Command::ShowTables => Answer::Rows(crate::admin::views::tables(ctx), "SHOW"),
+        Command::ShowStats => Answer::Rows(crate::admin::views::stats(ctx), "SHOW"),
         Command::Flush => {
             let epoch = crate::admin::flush_all(&ctx.services.invalidator, Trigger::Console);
             tracing::info!(%user, epoch, "admin console: FLUSH");
@@ -123,56 +125,6 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, Strin
         serde_json::Value::Null => out.push((prefix.to_owned(), String::new())),
         other => out.push((prefix.to_owned(), other.to_string())),
     }
-}
-
-fn cdc(ctx: &AppContext) -> Table {
-    let mut t = Table::new(&[
-        ("database", Type::Text),
-        ("state", Type::Text),
-        ("serves", Type::Bool),
-        ("remote", Type::Bool),
-        ("applied_lsn", Type::Text),
-        ("lag_bytes", Type::Int8),
-        ("lag_seconds", Type::Float8),
-    ]);
-    for s in ctx.services.cdc.streams() {
-        let (bytes, age) = s.lag();
-        t.push(vec![
-            s.name().into(),
-            s.state().as_str().into(),
-            s.state().serves().into(),
-            s.is_remote().into(),
-            s.applied().to_string().into(),
-            bytes.into(),
-            age.as_secs_f64().into(),
-        ]);
-    }
-    t
-}
-
-fn shared(ctx: &AppContext) -> Table {
-    let mut t = Table::new(&[
-        ("configured", Type::Bool),
-        ("usable", Type::Bool),
-        ("consistency", Type::Text),
-        ("namespace", Type::Text),
-        ("asking", Type::Bool),
-        ("reads_allowed", Type::Bool),
-        ("bumps_pending", Type::Bool),
-    ]);
-    match &ctx.services.shared {
-        Some(tier) => t.push(vec![
-            true.into(),
-            tier.is_usable().into(),
-            format!("{:?}", tier.consistency()).to_lowercase().into(),
-            tier.namespace().into(),
-            tier.may_ask().into(),
-            tier.l2_reads_allowed().into(),
-            tier.has_pending().into(),
-        ]),
-        None => t.push(vec![false.into()]),
-    }
-    t
 }
 
 #[cfg(test)]

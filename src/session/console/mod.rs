@@ -3,13 +3,11 @@
 //! login is checked by PostgreSQL exactly as a session's is (pgmemo relays the exchange to a
 //! connection on the upstream URL's database and closes it once the role is known), and only
 //! roles listed in `admin.roles` get in. Commands come as simple Queries; results are typed
-//! rows ([`rows::Table`]), so scripts can read them. The extended protocol is refused (each
+//! rows ([`crate::admin::rows::Table`]), so scripts can read them. The extended protocol is refused (each
 //! group gets one error, then its Sync's ReadyForQuery), as PgBouncer's console does.
 
 pub mod command;
 mod exec;
-pub mod rows;
-mod views;
 
 use std::sync::Arc;
 

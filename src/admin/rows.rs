@@ -1,4 +1,4 @@
-//! Typed result sets of the admin console, encoded as PostgreSQL sends a query's result:
+//! Typed result sets of the admin console (and, as JSON, of the HTTP API), encoded as PostgreSQL sends a query's result:
 //! RowDescription (a type OID per column, so `psql` aligns numbers and drivers decode them),
 //! one DataRow per row in text format, CommandComplete. Values are formatted here, once, the
 //! way PostgreSQL's text output would read them.
@@ -155,6 +155,35 @@ impl Table {
             put_frame(out, b'D', &[&data]);
         }
         command_complete(out, tag);
+    }
+}
+
+impl Table {
+    /// The rows as JSON objects keyed by column name, values typed.
+    pub fn to_json(&self) -> serde_json::Value {
+        let rows = self.rows.iter().map(|row| {
+            let obj: serde_json::Map<String, serde_json::Value> = self
+                .columns
+                .iter()
+                .zip(row)
+                .map(|((name, _), v)| ((*name).to_owned(), v.to_json()))
+                .collect();
+            serde_json::Value::Object(obj)
+        });
+        serde_json::Value::Array(rows.collect())
+    }
+}
+
+impl Value {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Text(s) => serde_json::Value::from(s.as_str()),
+            Value::Int(i) => serde_json::Value::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number),
+            Value::Bool(b) => serde_json::Value::from(*b),
+            Value::Null => serde_json::Value::Null,
+        }
     }
 }
 
