@@ -12,6 +12,7 @@
 //! sample is counted twice and no window is judged on another's leftovers.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use metrics::counter;
 
@@ -34,6 +35,9 @@ pub struct HitStats {
     window: AtomicU64,
     /// Executions left to skip.
     skip: AtomicU32,
+    /// The shape's query statistics (see [`super::stats`]), set once when its plan is
+    /// memoised. Kept here because every text's plan shares this `Arc` already.
+    pub shape: OnceLock<Arc<super::stats::ShapeStats>>,
 }
 
 impl HitStats {

@@ -100,16 +100,6 @@ pub struct ReadPlan {
     /// the copies of this plan, like `pins`). Only [`ReadPlan::new`] makes one: a plan with
     /// other `tags` or `pins` must be built with it, never by changing a copy's fields.
     fixed: Arc<OnceLock<FixedDeps>>,
-    /// The relations the statement names, as resolved (for statistics and `/api/tables`).
-    pub named: Arc<[NamedRelation]>,
-}
-
-/// A relation a read names, with the tag it resolved to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedRelation {
-    pub tag: Tag,
-    pub schema: Box<str>,
-    pub name: Box<str>,
 }
 
 impl ReadPlan {
@@ -134,14 +124,7 @@ impl ReadPlan {
             refresh_ahead: 0.0,
             refresh_adaptive: false,
             fixed: Arc::default(),
-            named: Arc::from([]),
         }
-    }
-
-    /// This plan naming `named` (see [`ReadPlan::named`]).
-    pub fn with_names(mut self, named: Arc<[NamedRelation]>) -> Self {
-        self.named = named;
-        self
     }
 
     /// This plan with refresh-ahead as the rules' verdict says (see
@@ -218,13 +201,7 @@ impl ReadPlan {
     /// Approximate heap bytes (the memoised dependencies included).
     fn weight(&self) -> usize {
         let rows: usize = self.pins.iter().map(|p| p.rows.len() + 1).sum();
-        let named: usize = self
-            .named
-            .iter()
-            .map(|n| std::mem::size_of::<NamedRelation>() + n.schema.len() + n.name.len())
-            .sum();
-        named
-            + self.normalized.len()
+        self.normalized.len()
             + std::mem::size_of_val(self.tags.as_ref())
             + self.pins.iter().map(RowPin::weight).sum::<usize>()
             + (self.tags.len() + rows) * std::mem::size_of::<Dep>()
@@ -248,9 +225,12 @@ pub struct Plan {
     pub stmts: Arc<[StmtPlan]>,
     /// The read plan, or why the text bypasses the cache.
     pub read: Result<ReadPlan, BypassReason>,
-    /// The statistics of its statement shape (see [`super::stats`]), when tracked; shared by
-    /// every plan of the shape.
-    pub shape: Option<Arc<super::stats::ShapeStats>>,
+    /// The statistics of its statement shape (see [`super::stats`]) for a plan without a
+    /// read plan (a read that bypasses the cache). A cacheable read's are in its
+    /// [`ReadPlan::stats`], which every text of the shape shares already: the per-thread
+    /// plan copies on the hit path then touch no further reference count. Read both
+    /// through [`Plan::shape_stats`].
+    pub bypass_shape: Option<Arc<super::stats::ShapeStats>>,
     catalog_generation: u64,
     rules_generation: u64,
     /// For a read that named a relation the catalog did not know: when to look again (see
@@ -271,10 +251,18 @@ impl Plan {
             }),
             stmts: Arc::from(Vec::new()),
             read: Err(BypassReason::NotSelect),
-            shape: None,
+            bypass_shape: None,
             catalog_generation: 0,
             rules_generation: 0,
             retry_at: None,
+        }
+    }
+
+    /// The statistics of the statement's shape, when tracked (see [`Plan::bypass_shape`]).
+    pub fn shape_stats(&self) -> Option<&Arc<super::stats::ShapeStats>> {
+        match &self.read {
+            Ok(read) => read.stats.shape.get(),
+            Err(_) => self.bypass_shape.as_ref(),
         }
     }
 
@@ -337,7 +325,6 @@ impl Plan {
                 r.through,
             )
             .with_refresh(r.refresh_ahead, r.refresh_adaptive)
-            .with_names(Arc::clone(&r.named))
         });
         let stmts = if self.stmts.iter().any(|s| s.rows.is_some()) {
             let stmts: Vec<StmtPlan> = self
@@ -359,7 +346,7 @@ impl Plan {
             analysis: Arc::clone(&self.analysis),
             stmts,
             read,
-            shape: self.shape.clone(),
+            bypass_shape: self.bypass_shape.clone(),
             catalog_generation: self.catalog_generation,
             rules_generation: self.rules_generation,
             retry_at: self.retry_at,
@@ -432,7 +419,7 @@ impl Plan {
             analysis: Arc::new(analysis),
             stmts: stmts.into(),
             read: Err(reason),
-            shape: None,
+            bypass_shape: None,
             catalog_generation: 0,
             rules_generation: 0,
             retry_at: None,
@@ -452,6 +439,8 @@ fn may_write(info: &StatementInfo) -> bool {
 /// Inputs a plan is computed from (shared, cheap to clone).
 pub struct Planner<'a> {
     pub catalog: &'a Catalog,
+    /// Where the relations reads name are recorded by tag, for `/api/tables`.
+    pub tables: Option<&'a super::stats::TableDirectory>,
     pub rules: &'a Rules,
     pub rules_generation: u64,
     pub no_side_effects: &'a [String],
@@ -510,7 +499,7 @@ impl Planner<'_> {
             analysis: Arc::new(analysis),
             stmts: stmts.into(),
             read,
-            shape: None,
+            bypass_shape: None,
             catalog_generation,
             rules_generation: self.rules_generation,
             retry_at,

@@ -131,7 +131,6 @@ impl Planner<'_> {
             .map_err(|_| BypassReason::CatalogError)?;
         let mut oids = Vec::with_capacity(resolved.len());
         let mut tables: Vec<(String, String)> = Vec::with_capacity(resolved.len());
-        let mut named: Vec<NamedRelation> = Vec::with_capacity(resolved.len());
         for r in resolved.iter() {
             let Some(facts) = &r.relation else {
                 return Err(BypassReason::UnresolvedRelation);
@@ -142,12 +141,14 @@ impl Planner<'_> {
             facts.cacheable_kind().map_err(relation_reason)?;
             oids.push(facts.oid);
             tables.push((facts.schema.clone(), facts.name.clone()));
-            if !named.iter().any(|n| n.tag.rel == facts.oid) {
-                named.push(NamedRelation {
-                    tag: Tag {
-                        db: cx.db_oid,
-                        rel: facts.oid,
-                    },
+            if let Some(directory) = self.tables {
+                let tag = Tag {
+                    db: cx.db_oid,
+                    rel: facts.oid,
+                };
+                directory.record(tag, || crate::planner::stats::TableInfo {
+                    database: cx.database.as_ref().into(),
+                    role: cx.current_user.as_ref().into(),
                     schema: facts.schema.as_str().into(),
                     name: facts.name.as_str().into(),
                 });
@@ -238,8 +239,7 @@ impl Planner<'_> {
             unpinned,
             through,
         )
-        .with_refresh(verdict.refresh_ahead, verdict.refresh_adaptive)
-        .with_names(named.into()))
+        .with_refresh(verdict.refresh_ahead, verdict.refresh_adaptive))
     }
 
     /// Volatility and provenance of every function `info` calls (each overload of a name

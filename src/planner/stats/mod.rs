@@ -4,8 +4,9 @@
 //! time spent and saved, and bytes stored.
 //!
 //! The hit path takes no lock: a plan holds an `Arc` to its shape's [`ShapeStats`], resolved
-//! once when the plan is memoised ([`QueryStats::handle`]), and records into it with relaxed
-//! atomics. The table itself (a map under one mutex) is touched when a plan is made, when the
+//! once when the plan is memoised ([`QueryStats::attach`]; for a cacheable read inside the
+//! `Arc` of adaptive statistics its texts share already, so copying a plan touches no further
+//! reference count), and records into it with relaxed atomics. The table itself (a map under one mutex) is touched when a plan is made, when the
 //! API reads it, and when an evicted shape asks to come back.
 //!
 //! Bounded in bytes (`admin.query_stats_bytes`). When a new shape does not fit, the shapes are
@@ -98,21 +99,24 @@ impl QueryStats {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The statistics `plan` records into: its shape's, created if new (admitted to the table
-    /// if it fits, see the module header). `None` when statistics are off or the plan is not
-    /// one read (writes, DDL, session commands and multi-statement texts are not tracked).
-    /// Also names the relations the plan resolved (see [`tables`]).
-    pub fn handle(&self, cx: &Context, plan: &Plan) -> Option<Arc<ShapeStats>> {
-        if let Ok(read) = &plan.read {
-            for n in read.named.iter() {
-                self.tables.record(n.tag, || TableInfo {
-                    database: cx.database.as_ref().into(),
-                    role: cx.current_user.as_ref().into(),
-                    schema: n.schema.clone(),
-                    name: n.name.clone(),
-                });
+    /// Gives `plan` its shape's statistics (see [`Plan::shape_stats`]): created if new and
+    /// admitted to the table if it fits (see the module header). Nothing when statistics are
+    /// off or the plan is not one read (writes, DDL, session commands and multi-statement
+    /// texts are not tracked).
+    pub fn attach(&self, cx: &Context, plan: &mut Plan) {
+        let Some(shape) = self.shape_for(cx, plan) else {
+            return;
+        };
+        match &plan.read {
+            // Set once per plan of the shape: a copy for another text shares it.
+            Ok(read) => {
+                let _ = read.stats.shape.set(shape);
             }
+            Err(_) => plan.bypass_shape = Some(shape),
         }
+    }
+
+    fn shape_for(&self, cx: &Context, plan: &Plan) -> Option<Arc<ShapeStats>> {
         if !self.enabled {
             return None;
         }
@@ -135,10 +139,12 @@ impl QueryStats {
             return Some(Arc::clone(found));
         }
         let tables: Box<[Box<str>]> = match &plan.read {
+            // The relations it depends on that a plan named (see [`tables`]).
             Ok(read) => read
-                .named
+                .tags
                 .iter()
-                .map(|n| format!("{}.{}", n.schema, n.name).into())
+                .filter_map(|t| self.tables.name(*t))
+                .map(String::into_boxed_str)
                 .collect(),
             Err(_) => info
                 .reads

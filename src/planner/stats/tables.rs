@@ -1,7 +1,7 @@
 //! The relations statements were planned against, by tag, with their names and the database
-//! and role of the first session that read them: what `/api/tables` names a tag by (the
-//! cache and the version table know relations by OID only). Filled when plans are memoised,
-//! never on the hit path; bounded in bytes (past the bound, new relations are not named).
+//! and role of the first session that read them: what `/api/tables` and the statistics name a
+//! tag by (the cache and the version table know relations by OID only). Filled by the planner
+//! as it resolves a read's names, never on the hit path; bounded in bytes (past the bound, new relations are not named).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -54,6 +54,15 @@ impl TableDirectory {
         }
         inner.bytes += w;
         inner.map.insert(tag, info);
+    }
+
+    /// `schema.name` of `tag`, if named.
+    pub fn name(&self, tag: Tag) -> Option<String> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .map
+            .get(&tag)
+            .map(|i| format!("{}.{}", i.schema, i.name))
     }
 
     /// Every relation named, sorted by database, schema and name.

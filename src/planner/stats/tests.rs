@@ -15,6 +15,12 @@ fn cx(database: &str) -> Context {
     }
 }
 
+/// The statistics `plan` records into once attached.
+fn handle(t: &QueryStats, cx: &Context, mut plan: Plan) -> Option<Arc<ShapeStats>> {
+    t.attach(cx, &mut plan);
+    plan.shape_stats().cloned()
+}
+
 fn plan(sql: &str) -> Plan {
     Plan::without_context(
         Bytes::copy_from_slice(sql.as_bytes()),
@@ -25,12 +31,13 @@ fn plan(sql: &str) -> Plan {
 #[test]
 fn texts_of_one_shape_share_one_entry_per_database() {
     let t = QueryStats::new(true, 1 << 20);
-    let a = t.handle(&cx("app"), &plan("SELECT * FROM t WHERE id = 1"));
-    let b = t.handle(
+    let a = handle(&t, &cx("app"), plan("SELECT * FROM t WHERE id = 1"));
+    let b = handle(
+        &t,
         &cx("app"),
-        &plan("SELECT *\n  FROM t WHERE id = 22 -- note"),
+        plan("SELECT *\n  FROM t WHERE id = 22 -- note"),
     );
-    let c = t.handle(&cx("other"), &plan("SELECT * FROM t WHERE id = 1"));
+    let c = handle(&t, &cx("other"), plan("SELECT * FROM t WHERE id = 1"));
     let (Some(a), Some(b), Some(c)) = (a, b, c) else {
         panic!("reads are tracked");
     };
@@ -49,10 +56,10 @@ fn texts_of_one_shape_share_one_entry_per_database() {
 #[test]
 fn writes_and_multi_statement_texts_are_not_tracked_nor_anything_when_off() {
     let t = QueryStats::new(true, 1 << 20);
-    assert!(t.handle(&cx("app"), &plan("UPDATE t SET a = 1")).is_none());
-    assert!(t.handle(&cx("app"), &plan("SELECT 1; SELECT 2")).is_none());
+    assert!(handle(&t, &cx("app"), plan("UPDATE t SET a = 1")).is_none());
+    assert!(handle(&t, &cx("app"), plan("SELECT 1; SELECT 2")).is_none());
     let off = QueryStats::new(false, 1 << 20);
-    assert!(off.handle(&cx("app"), &plan("SELECT 1")).is_none());
+    assert!(handle(&off, &cx("app"), plan("SELECT 1")).is_none());
     assert_eq!(off.usage(), (0, 0));
 }
 
@@ -60,7 +67,7 @@ fn writes_and_multi_statement_texts_are_not_tracked_nor_anything_when_off() {
 fn long_texts_are_cut_at_a_character_boundary() {
     let t = QueryStats::new(true, 1 << 20);
     let sql = format!("SELECT 'é{}' FROM t", "é".repeat(4000));
-    let s = t.handle(&cx("app"), &plan(&sql)).expect("tracked");
+    let s = handle(&t, &cx("app"), plan(&sql)).expect("tracked");
     let text = s.report().query;
     assert!(
         text.len() <= MAX_TEXT_BYTES && text.ends_with("..."),
@@ -77,9 +84,8 @@ fn bounded_in_bytes_keeping_the_most_valuable() {
     let t = QueryStats::new(true, max);
     let valuable: Vec<Arc<ShapeStats>> = (0..10)
         .map(|i| {
-            let s = t
-                .handle(&cx("app"), &plan(&format!("SELECT a{i} FROM hot")))
-                .expect("tracked");
+            let s =
+                handle(&t, &cx("app"), plan(&format!("SELECT a{i} FROM hot"))).expect("tracked");
             s.miss();
             s.upstream(Duration::from_millis(5));
             for _ in 0..1000 {
@@ -90,9 +96,7 @@ fn bounded_in_bytes_keeping_the_most_valuable() {
         .collect();
     let mut created = 0usize;
     for i in 0..20_000 {
-        let s = t
-            .handle(&cx("app"), &plan(&format!("SELECT c{i} FROM cold")))
-            .expect("tracked");
+        let s = handle(&t, &cx("app"), plan(&format!("SELECT c{i} FROM cold"))).expect("tracked");
         s.bypass(BypassReason::ValueFunction);
         created += weight(&s);
         let (_, bytes) = t.usage();
@@ -116,13 +120,9 @@ fn bounded_in_bytes_keeping_the_most_valuable() {
 fn an_evicted_shape_comes_back_with_its_counts() {
     let max = 64 << 10;
     let t = QueryStats::new(true, max);
-    let late = t
-        .handle(&cx("app"), &plan("SELECT late FROM t"))
-        .expect("tracked");
+    let late = handle(&t, &cx("app"), plan("SELECT late FROM t")).expect("tracked");
     for i in 0..5_000 {
-        let s = t
-            .handle(&cx("app"), &plan(&format!("SELECT c{i} FROM t")))
-            .expect("tracked");
+        let s = handle(&t, &cx("app"), plan(&format!("SELECT c{i} FROM t"))).expect("tracked");
         // Later shapes run more often: each is worth more than those before it.
         for _ in 0..=i / 100 {
             s.hit(None);

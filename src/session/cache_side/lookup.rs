@@ -115,7 +115,7 @@ impl CacheSession {
                 }
                 // One relaxed addition on the shape's own counters; re-admission to the
                 // statistics table (a lock) is asked on sampled hits only.
-                if let Some(shape) = &plan.shape {
+                if let Some(shape) = plan.shape_stats() {
                     shape.hit(elapsed);
                     if sampled && shape.evicted() {
                         self.app.services.query_stats.readopt(shape);
@@ -125,7 +125,7 @@ impl CacheSession {
             }
             TierLookup::Miss { guard, check, l2 } => {
                 hooks::pause(hooks::Point::AfterSnapshot);
-                if let Some(shape) = &plan.shape {
+                if let Some(shape) = plan.shape_stats() {
                     shape.miss();
                     self.time_upstream(shape);
                 }
@@ -141,14 +141,14 @@ impl CacheSession {
                     started: timed.unwrap_or_else(Instant::now),
                     config,
                     recipe: read.through.then(|| recipe_seed(plan, extended, fp)),
-                    shape: plan.shape.clone(),
+                    shape: plan.shape_stats().cloned(),
                 });
                 Looked::Forward
             }
             // Another session is running this query: wait for its result (served from the
             // cache: counted as a hit, as the adaptive bypass counts it).
             TierLookup::Wait(waiter) => {
-                if let Some(shape) = &plan.shape {
+                if let Some(shape) = plan.shape_stats() {
                     shape.hit(None);
                 }
                 Looked::Wait(self.wait_future(waiter))

@@ -119,6 +119,7 @@ pub(super) async fn plan_and_memoise(app: &AppContext, cx: &Context, sql: Bytes)
     let rules = app.rules();
     let planner = Planner {
         catalog: &app.services.catalog,
+        tables: Some(&app.services.query_stats.tables),
         rules: &rules.rules,
         rules_generation: rules.generation,
         no_side_effects: &config.functions.no_side_effects,
@@ -129,7 +130,7 @@ pub(super) async fn plan_and_memoise(app: &AppContext, cx: &Context, sql: Bytes)
     };
     let mut plan = planner.plan(cx, sql.clone()).await;
     // Resolved once here, so the hit path records without looking the shape up.
-    plan.shape = app.services.query_stats.handle(cx, &plan);
+    app.services.query_stats.attach(cx, &mut plan);
     let plan = Arc::new(plan);
     if !rules.has_query_rules
         && let Some(shape) = crate::sql::shape_key(&sql)

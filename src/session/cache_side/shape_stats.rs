@@ -15,7 +15,7 @@ use crate::planner::stats::ShapeStats;
 impl CacheSession {
     /// `plan`'s read went upstream without the cache, for `reason`.
     pub(super) fn shape_bypassed(&mut self, plan: &Plan, reason: BypassReason) {
-        let Some(shape) = &plan.shape else {
+        let Some(shape) = plan.shape_stats() else {
             return;
         };
         shape.bypass(reason);
