@@ -57,9 +57,8 @@ fn text_of(dom: &str, id: &str) -> Option<String> {
     let rest = dom.get(open_end..)?;
     let mut depth = 0usize;
     let mut out = String::new();
-    let mut chars = rest.char_indices().peekable();
     let mut in_tag = false;
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in rest.char_indices() {
         if c == '<' {
             in_tag = true;
             if rest.get(i..)?.starts_with("</") {
@@ -116,7 +115,7 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
             if client.simple_query(&sql).await.is_err() {
                 return;
             }
-            if i % 40 == 0 {
+            if i.is_multiple_of(40) {
                 for sql in ["BEGIN", "SELECT v FROM t WHERE id = 2", "COMMIT"] {
                     let _ = client.simple_query(sql).await;
                 }
@@ -124,7 +123,7 @@ async fn the_dashboard_shows_live_numbers_in_chromium() {
                     .simple_query("UPDATE t SET v = v + 1 WHERE id = 3")
                     .await;
             }
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }

@@ -117,7 +117,7 @@ pub fn queries(ctx: &AppContext) -> Table {
     report.truncate(QUERIES_SHOWN);
     for q in report {
         let mut reasons = q.bypass_reasons.clone();
-        reasons.sort_by(|a, b| b.1.cmp(&a.1));
+        reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
         let why: Vec<String> = reasons.iter().map(|(r, n)| format!("{r} ({n})")).collect();
         let sampled =
             |s: &crate::planner::stats::histogram::Summary, v: f64| (s.samples > 0).then_some(v);
