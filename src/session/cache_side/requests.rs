@@ -62,9 +62,11 @@ impl CacheSession {
     /// statements' completions expected in order.
     pub(super) fn on_query(&mut self, frame: &[u8], state: &mut SessionState) -> FrameAction {
         let sql = query_text(frame);
-        if state.is_idle()
+        // The text test first: it fails at the first letter of nearly every Query, so the
+        // hit path pays no registry lookup for it.
+        if let Some(inner) = crate::session::console::explain_cache(sql)
+            && state.is_idle()
             && state.registry.get(b"").is_none()
-            && let Some(inner) = crate::session::console::explain_cache(sql)
         {
             return self.explain_cache(inner, state);
         }

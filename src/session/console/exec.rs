@@ -12,6 +12,8 @@ use crate::admin::{InvalidationHandle, Trigger};
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::invalidation::InvalidateError;
+use crate::protocol::response::put_frame;
+use crate::protocol::tags::backend;
 
 /// How long `RELOAD` waits for the reload it asked for.
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
@@ -26,7 +28,7 @@ pub async fn run(ctx: &AppContext, user: &str, text: &str, out: &mut BytesMut) {
     match answer {
         Ok(Answer::Rows(table, tag)) => table.encode(out, tag),
         Ok(Answer::Done(tag)) => command_complete(out, &tag),
-        Ok(Answer::Empty) => out.extend_from_slice(&[b'I', 0, 0, 0, 4]),
+        Ok(Answer::Empty) => put_frame(out, backend::EMPTY_QUERY_RESPONSE, &[]),
         Err(e) => out.extend_from_slice(&e.encode()),
     }
 }

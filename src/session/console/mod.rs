@@ -18,7 +18,6 @@ use tracing::{debug, info};
 use crate::context::AppContext;
 use crate::error::ClientError;
 use crate::net::Stream;
-use crate::protocol::response::put_frame;
 use crate::session::Signal;
 
 pub use command::explain_cache;
@@ -128,5 +127,5 @@ fn query_text(frame: &[u8]) -> String {
 }
 
 fn ready(out: &mut BytesMut) {
-    put_frame(out, b'Z', &[b"I"]);
+    out.extend_from_slice(crate::protocol::response::READY_IDLE);
 }
