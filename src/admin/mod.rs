@@ -1,5 +1,6 @@
 //! Admin HTTP server: `/healthz` (process alive), `/readyz` (listener up and upstream
-//! answering), `/metrics` (Prometheus text), the JSON views under `/api/` ([`api`]),
+//! answering), `/metrics` (Prometheus text), the dashboard at `/`, the JSON views under
+//! `/api/` ([`api`]),
 //! `POST /invalidate` and `POST /flush` (manual invalidation), the write-behind dead
 //! letters; anything else is 404. With `admin.token` set, every POST needs it ([`auth`]).
 
