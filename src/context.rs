@@ -138,6 +138,9 @@ impl AppContext {
             has_query_rules: config.rules.iter().any(|r| r.query.is_some()),
         };
         services.verify.set_sample(config.cache.verify_sample);
+        services
+            .verify
+            .set_max_per_second(config.cache.verify_max_per_second);
         Self {
             cache_enabled: AtomicBool::new(config.cache.enabled),
             rules_generation: AtomicU64::new(rules.generation),
@@ -169,6 +172,9 @@ impl AppContext {
         self.cache_enabled
             .store(config.cache.enabled, Ordering::Release);
         self.services.verify.set_sample(config.cache.verify_sample);
+        self.services
+            .verify
+            .set_max_per_second(config.cache.verify_max_per_second);
         self.config.store(Arc::new(config));
         self.rules_generation.store(generation, Ordering::Release);
     }
@@ -265,7 +271,10 @@ impl Services {
             warming: Arc::default(),
             behind: None,
             // Set from the configuration by `AppContext::new` and on every reload.
-            verify: crate::refresh::verify::Verify::new(0.0),
+            verify: crate::refresh::verify::Verify::new(
+                0.0,
+                crate::config::CacheConfig::default().verify_max_per_second,
+            ),
             query_stats: Arc::new(crate::planner::stats::QueryStats::new(
                 true,
                 crate::config::DEFAULT_QUERY_STATS_BYTES as usize,

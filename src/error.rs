@@ -12,6 +12,7 @@ pub mod sqlstate {
     pub const CONNECTION_FAILURE: &str = "08006";
     pub const PROTOCOL_VIOLATION: &str = "08P01";
     pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
@@ -112,6 +113,23 @@ impl ClientError {
             format!("role \"{user}\" may not use the pgmemo admin console"),
         )
         .with_hint("list it in admin.roles in pgmemo's configuration")
+    }
+
+    /// The console's own login (`admin.password`) failed: a wrong password, or a role not
+    /// in `admin.roles` (the same words for both, as PostgreSQL's).
+    pub fn console_password_failed(user: &str) -> Self {
+        Self::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        )
+    }
+
+    /// The console's login exchange broke off (a malformed or unexpected message).
+    pub fn console_login_protocol(why: impl std::fmt::Display) -> Self {
+        Self::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("admin console login: {why}"),
+        )
     }
 
     /// The admin console is off (`admin.roles` empty) and a client asked for it.

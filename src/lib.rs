@@ -37,6 +37,7 @@ pub mod protocol;
 pub mod redis_link;
 pub mod refresh;
 pub mod rng;
+pub mod scram;
 pub mod server;
 pub mod session;
 pub mod side;

@@ -71,6 +71,15 @@ struct Cli {
         hide_env_values = true
     )]
     admin_token: Option<String>,
+    /// The admin console's own password (admin.password): console logins are then checked
+    /// by pgmemo (SCRAM-SHA-256), not PostgreSQL. Prefer the environment variable
+    #[arg(
+        long,
+        env = "PGMEMO_ADMIN_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    admin_password: Option<String>,
     /// Print the merged configuration as TOML (passwords redacted) and exit
     #[arg(long)]
     print_config: bool,
@@ -240,6 +249,7 @@ fn sources(cli: &Cli) -> Result<Sources, ConfigErrors> {
             redis: given(&cli.redis).map(str::to_owned),
             secret: given(&cli.secret).map(str::to_owned),
             admin_token: given(&cli.admin_token).map(str::to_owned),
+            admin_password: given(&cli.admin_password).map(str::to_owned),
         },
     })
 }

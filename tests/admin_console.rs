@@ -631,3 +631,119 @@ async fn explain_cache_of_drop_database_touches_nothing() {
     app.simple_query(read).await.unwrap();
     assert_eq!(hits(&f.proxy), before + 1.0, "the cache is untouched");
 }
+
+/// psql against the console on pgmemo's port, as `user` with `password`: (success, stdout,
+/// stderr).
+fn psql_console(f: &Fixture, user: &str, password: &str, sql: &str) -> (bool, String, String) {
+    let out = std::process::Command::new(f.pg.bin("psql"))
+        .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-p"])
+        .arg(f.proxy.addr().port().to_string())
+        .args(["-U", user, "-d", "pgmemo", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `admin.password`: pgmemo checks console logins itself with SCRAM-SHA-256, so a console
+/// role need not exist in PostgreSQL; psql and tokio-postgres get in with the password; a
+/// wrong password and a role not in `admin.roles` get the same 28P01 (the console does not
+/// tell who is an admin); ordinary sessions still log in through PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_password_is_checked_by_pgmemo_with_scram() {
+    const PASSWORD: &str = "console-password-1";
+    let f = start(&format!(
+        "[admin]\nroles = [\"ops\"]\npassword = \"{PASSWORD}\"\n"
+    ));
+    // `ops` is no PostgreSQL role.
+    let (ok, out, err) = psql_console(&f, "ops", PASSWORD, "SHOW HELP");
+    assert!(ok, "psql logs in: {err}");
+    assert!(out.contains("SHOW STATS"), "{out}");
+    let c = f.proxy.connect("ops", PASSWORD, "pgmemo").await;
+    let (names, _) = rows(&c, "SHOW STATS").await;
+    assert!(!names.is_empty());
+
+    for (user, password) in [("ops", "not-the-password"), (SUPERUSER, PASSWORD)] {
+        let e = f
+            .proxy
+            .try_connect(user, password, "pgmemo")
+            .await
+            .expect_err("refused");
+        assert_eq!(db_error(&e).code().code(), "28P01", "{user}: {e}");
+        assert_eq!(
+            db_error(&e).message(),
+            format!("password authentication failed for user \"{user}\""),
+        );
+        let (ok, _, err) = psql_console(&f, user, password, "SHOW HELP");
+        assert!(!ok, "{user}");
+        assert!(err.contains("password authentication failed"), "{err}");
+    }
+    // Ordinary sessions: PostgreSQL's login, untouched by the console's password.
+    f.app().await.simple_query("SELECT 1").await.unwrap();
+}
+
+/// A verifier copied from `pg_authid.rolpassword` works as `admin.password`: the operator
+/// never writes the password itself into pgmemo's configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_scram_verifier_works_as_the_console_password() {
+    let pg = PgServer::start(PgOptions::default());
+    let direct = pg.connect(SUPERUSER, "", "postgres").await;
+    direct
+        .batch_execute(
+            "SET password_encryption = 'scram-sha-256';
+             CREATE ROLE verifier_probe LOGIN PASSWORD 'from-a-verifier-7';",
+        )
+        .await
+        .unwrap();
+    let row = direct
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'verifier_probe'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let verifier: String = row.get(0);
+    assert!(verifier.starts_with("SCRAM-SHA-256$"), "{verifier}");
+    let proxy = Proxy::start(
+        ProxyArgs::new(pg.url(SUPERUSER, "postgres")).config(format!(
+            "[admin]\nroles = [\"ops\"]\npassword = \"{verifier}\"\n"
+        )),
+    );
+    let f = Fixture { proxy, pg };
+    let (ok, out, err) = psql_console(&f, "ops", "from-a-verifier-7", "SHOW HELP");
+    assert!(ok, "{err}");
+    assert!(out.contains("FLUSH"), "{out}");
+    let (ok, _, err) = psql_console(&f, "ops", "from-a-verifier-8", "SHOW HELP");
+    assert!(
+        !ok && err.contains("password authentication failed"),
+        "{err}"
+    );
+}
+
+/// A client that answers the console's SCRAM request with something else, or never
+/// answers, is let go with an error; the console keeps serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_console_login_exchange_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let f = start("[admin]\nroles = [\"ops\"]\npassword = \"console-password-1\"\n");
+    let mut s = tokio::net::TcpStream::connect(f.proxy.addr())
+        .await
+        .unwrap();
+    let raw =
+        pgmemo::protocol::startup::encode_startup(3, 0, &[("user", "ops"), ("database", "pgmemo")]);
+    auth_wire::send(&mut s, &raw).await;
+    let offer = auth_wire::read_frame(&mut s).await.unwrap();
+    assert_eq!(offer.map(|f| f.tag), Some(b'R'), "the SASL offer first");
+    // A Query instead of the SASLInitialResponse.
+    s.write_all(b"Q\0\0\0\x0dSHOW HELP\0").await.unwrap();
+    let frames = frames_until_ready_or_close(&mut s).await;
+    assert_eq!(error_code(&frames).as_deref(), Some("08P01"), "{frames:?}");
+    let c = f.proxy.connect("ops", "console-password-1", "pgmemo").await;
+    c.simple_query("SHOW HELP").await.unwrap();
+}

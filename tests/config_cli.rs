@@ -409,6 +409,7 @@ fn type_keys() -> BTreeSet<String> {
     });
     full.cache.secret = Some("00112233445566778899aabbccddeeff".into());
     full.admin.token = Some(pgmemo::config::Secret::new("an-admin-token-0123456789"));
+    full.admin.password = Some(pgmemo::config::Secret::new("a-console-password"));
     full.invalidation.cdc_publication = Some("mypub".into());
     full.functions.writes = vec![FunctionWrites {
         function: "public.f".into(),
@@ -483,7 +484,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        89,
+        91,
         "update this count with the types: {expected:?}"
     );
 }

@@ -90,7 +90,7 @@ fn verify_lines(s: &common::Proxy) -> Vec<String> {
 /// racing checks are told apart by the versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_mismatch_under_the_staleness_checker_through_pgmemo() {
-    const CONFIG: &str = "[cache]\nverify_sample = 1.0\n\n\
+    const CONFIG: &str = "[cache]\nverify_sample = 1.0\nverify_max_per_second = 1000000\n\n\
 [[functions.writes]]\nfunction = \"public.counters_audit_fn\"\ntables = [\"public.counters_audit\"]\n\n\
 [[rules]]\ntable = \"public.iso_tenant_view\"\nallow_stable_functions = true\n";
     let opts = PgOptions::default().setting("max_prepared_transactions", "20");
@@ -289,4 +289,44 @@ async fn sample_zero_checks_nothing() {
         "{:?}",
         verify_lines(&s.proxy)
     );
+}
+
+/// `verify_max_per_second`: every hit is sampled, but no more checks start per second than
+/// the cap; the rest are counted `skipped{reason="rate"}`, and the hits are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_are_capped_per_second() {
+    let s = CacheStack::start(
+        ITEMS,
+        &config("verify_sample = 1.0\nverify_max_per_second = 2", ""),
+    )
+    .await;
+    let q = s.probe.q("SELECT v FROM items WHERE id = 1", None).await;
+    let app = s.session(SUPERUSER).await;
+    s.probe
+        .assert_upstream(&app, &q, &column("v", &["10"]))
+        .await;
+    let started = Instant::now();
+    for _ in 0..200 {
+        assert_hit(&s.proxy, &app, &q.sql, "10").await;
+    }
+    // 200 hits within `seconds` (rounded up, plus the second they straddle) admit at most
+    // 2 checks per second.
+    let seconds = started.elapsed().as_secs_f64().ceil() + 1.0;
+    until_checks_settle(&s.proxy).await;
+    let lines = verify_lines(&s.proxy);
+    let rate = s
+        .proxy
+        .metric("pgmemo_verify_skipped_total", &["reason=\"rate\""]);
+    let checked = s.proxy.metric(CHECKS, &[]) - checks(&s.proxy, "skipped");
+    assert!(checked >= 1.0, "the first check runs: {lines:?}");
+    assert!(
+        checked <= 2.0 * seconds,
+        "{checked} checks in {seconds} s: {lines:?}"
+    );
+    assert_eq!(
+        checked + rate,
+        200.0,
+        "every sampled hit accounted: {lines:?}"
+    );
+    assert_eq!(checks(&s.proxy, "mismatched"), 0.0, "{lines:?}");
 }

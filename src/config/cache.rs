@@ -131,6 +131,10 @@ pub struct CacheConfig {
     /// background, under the entry's own login and fingerprint, and compared byte for byte
     /// with what was served (see `refresh::verify`). `0` checks nothing. Reloadable.
     pub verify_sample: f64,
+    /// Verify mode's cap: at most this many checks start per second (sampled hits beyond
+    /// it are not checked), so the upstream work verify mode adds is bounded whatever the
+    /// hit rate. Reloadable.
+    pub verify_max_per_second: u32,
 }
 
 /// `[cache.l1]`.
@@ -162,6 +166,7 @@ impl Default for CacheConfig {
             redis: None,
             write_through_max_entries: 32,
             verify_sample: 0.0,
+            verify_max_per_second: 50,
         }
     }
 }

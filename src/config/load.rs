@@ -38,6 +38,8 @@ pub struct Overrides {
     pub secret: Option<String>,
     /// `PGMEMO_ADMIN_TOKEN` → `admin.token` (the environment only, like the secret).
     pub admin_token: Option<String>,
+    /// `PGMEMO_ADMIN_PASSWORD` → `admin.password` (the environment only).
+    pub admin_password: Option<String>,
 }
 
 // Hand-written so that logging the sources never prints a password from a URL.
@@ -52,6 +54,10 @@ impl fmt::Debug for Overrides {
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -79,6 +85,9 @@ impl Overrides {
         }
         if let Some(token) = &self.admin_token {
             config.admin.token = Some(Secret::new(token.clone()));
+        }
+        if let Some(password) = &self.admin_password {
+            config.admin.password = Some(Secret::new(password.clone()));
         }
     }
 }

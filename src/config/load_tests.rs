@@ -51,11 +51,16 @@ url = "postgres://file-host:5433"
         redis: Some("redis://127.0.0.1:6380".into()),
         secret: Some("0123456789abcdef0123456789abcdef".into()),
         admin_token: Some("token-from-the-environment".into()),
+        admin_password: Some("password-from-the-environment".into()),
     };
     let merged = sources.load().unwrap();
     assert_eq!(
         merged.admin.token.as_ref().map(|t| t.expose()),
         Some("token-from-the-environment")
+    );
+    assert_eq!(
+        merged.admin.password.as_ref().map(|t| t.expose()),
+        Some("password-from-the-environment")
     );
     assert_eq!(
         merged.cache.secret.as_deref(),
@@ -280,6 +285,7 @@ fn debug_of_overrides_hides_passwords() {
         redis: Some("redis://:hunter2@h".into()),
         secret: Some("0123456789abcdef0123456789abcdef".into()),
         admin_token: Some("hunter2-admin-token".into()),
+        admin_password: Some("hunter2-admin-password".into()),
         ..Overrides::default()
     };
     assert!(!format!("{o:?}").contains("hunter2"));

@@ -126,6 +126,10 @@ pub struct AdminConfig {
     /// Bearer token every POST must carry (`Authorization: Bearer <token>`); also
     /// `PGMEMO_ADMIN_TOKEN`. Required when `listen` is not a loopback address.
     pub token: Option<Secret>,
+    /// The admin console's own password (a plaintext ASCII password, or a SCRAM-SHA-256
+    /// verifier as PostgreSQL stores it); also `PGMEMO_ADMIN_PASSWORD`. Set: pgmemo checks
+    /// console logins itself (SCRAM-SHA-256) instead of PostgreSQL. Absent: PostgreSQL does.
+    pub password: Option<Secret>,
     /// Per-statement-shape statistics (`GET /api/queries`).
     pub query_stats: bool,
     /// Bytes the statistics table may hold; the least valuable shapes are evicted beyond.
@@ -224,6 +228,7 @@ impl Default for AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN,
             roles: Vec::new(),
             token: None,
+            password: None,
             query_stats: true,
             query_stats_bytes: cache::ByteSize(DEFAULT_QUERY_STATS_BYTES),
         }

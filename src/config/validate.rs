@@ -465,6 +465,14 @@ fn check_cache(cache: &CacheConfig, issues: &mut Vec<ConfigIssue>) {
                 .to_string(),
         ));
     }
+    if !(1..=1_000_000).contains(&cache.verify_max_per_second) {
+        issues.push(ConfigIssue::new(
+            "cache.verify_max_per_second",
+            cache.verify_max_per_second.to_string(),
+            "must be from 1 to 1000000 checks a second (verify_sample = 0 turns checks off)"
+                .to_string(),
+        ));
+    }
     if let Some(redis) = &cache.redis {
         check_redis(redis, issues);
         if cache.secret.is_none() {

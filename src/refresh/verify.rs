@@ -7,6 +7,12 @@
 //! is off, and one more xorshift step of the session's own generator when it is on:
 //! no lock, no allocation unless the hit is sampled.
 //!
+//! Rate-capped: at most `cache.verify_max_per_second` checks start per second, whatever the
+//! hit rate: 1 % of 100k hits/s would otherwise be 1,000 upstream queries a second, CPU a
+//! saturated box takes from the hits themselves. A sampled hit over the cap is not checked
+//! (counted `skipped{reason="rate"}`); the draw comes first, so a hit that is not sampled
+//! never touches the cap's shared counter.
+//!
 //! Bounded: at most [`MAX_IN_FLIGHT`] checks queued or running, weighing at most
 //! [`MAX_BYTES`] together (a check holds its request, at most [`MAX_REQUEST_BYTES`], and
 //! its version snapshot; never the served result, which it only refers to by a `Weak`: a
@@ -19,8 +25,9 @@
 //! versions (and the epoch) did not move and the served entry is still the one in the
 //! cache ([`judge`]); otherwise it counts as `raced`.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -127,16 +134,67 @@ impl Drop for Permit {
 pub struct Verify {
     /// A hit is sampled when a draw is below this (0: off; `u64::MAX`: every hit).
     threshold: AtomicU64,
+    rate: RateCap,
     bounds: Arc<Bounds>,
     tx: OnceLock<mpsc::Sender<Check>>,
 }
 
+/// At most `per_second` admissions per whole second since `origin`.
+#[derive(Debug)]
+struct RateCap {
+    per_second: AtomicU32,
+    origin: Instant,
+    /// The current window: its second (high 32 bits) and the admissions in it (low 32).
+    window: AtomicU64,
+}
+
+impl RateCap {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: AtomicU32::new(per_second),
+            origin: Instant::now(),
+            window: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more admission fits in the current second (taken if so).
+    fn admit(&self, now: Instant) -> bool {
+        let cap = self.per_second.load(Ordering::Relaxed);
+        if cap == 0 {
+            return false;
+        }
+        // A process running for 136 years wraps the second; the window then restarts.
+        let second = now.saturating_duration_since(self.origin).as_secs() as u32;
+        let mut window = self.window.load(Ordering::Relaxed);
+        loop {
+            let (at, taken) = ((window >> 32) as u32, window as u32);
+            let next = if at != second {
+                (u64::from(second) << 32) | 1
+            } else if taken < cap {
+                window + 1
+            } else {
+                return false;
+            };
+            match self.window.compare_exchange_weak(
+                window,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(seen) => window = seen,
+            }
+        }
+    }
+}
+
 impl Verify {
-    /// Verify mode checking `sample` (0 – 1) of hits; no check is accepted until
-    /// [`Verify::open`].
-    pub fn new(sample: f64) -> Self {
+    /// Verify mode checking `sample` (0 – 1) of hits, at most `per_second` a second; no
+    /// check is accepted until [`Verify::open`].
+    pub fn new(sample: f64, per_second: u32) -> Self {
         Self {
             threshold: AtomicU64::new(threshold(sample)),
+            rate: RateCap::new(per_second),
             bounds: Arc::default(),
             tx: OnceLock::new(),
         }
@@ -145,6 +203,17 @@ impl Verify {
     /// A new `cache.verify_sample` (a reload).
     pub fn set_sample(&self, sample: f64) {
         self.threshold.store(threshold(sample), Ordering::Relaxed);
+    }
+
+    /// A new `cache.verify_max_per_second` (a reload).
+    pub fn set_max_per_second(&self, per_second: u32) {
+        self.rate.per_second.store(per_second, Ordering::Relaxed);
+    }
+
+    /// Whether a sampled hit may be checked now: false once `cache.verify_max_per_second`
+    /// checks started in the current second.
+    pub fn within_rate(&self) -> bool {
+        self.rate.admit(Instant::now())
     }
 
     /// Whether this hit is to be checked (drawn from the session's own generator).

@@ -66,7 +66,7 @@ fn an_epoch_bump_or_the_entry_leaving_the_cache_is_a_race() {
 
 #[test]
 fn sampling_follows_the_fraction_and_zero_samples_nothing() {
-    let verify = Verify::new(0.0);
+    let verify = Verify::new(0.0, 50);
     let mut rng = Rng::new(7);
     assert!((0..100_000).all(|_| !verify.sampled(&mut rng)));
     verify.set_sample(1.0);
@@ -82,7 +82,7 @@ fn sampling_follows_the_fraction_and_zero_samples_nothing() {
 
 #[test]
 fn checks_in_flight_are_bounded_in_count_and_bytes() {
-    let verify = Verify::new(1.0);
+    let verify = Verify::new(1.0, 50);
     let held: Vec<Permit> = (0..MAX_IN_FLIGHT)
         .map(|_| verify.permit(0).expect("room"))
         .collect();
@@ -99,7 +99,7 @@ fn checks_in_flight_are_bounded_in_count_and_bytes() {
 
 #[test]
 fn checks_are_refused_until_the_checker_runs_and_give_their_permit_back() {
-    let verify = Verify::new(1.0);
+    let verify = Verify::new(1.0, 50);
     let recipe = || Recipe::for_tests("SELECT 1", &[]);
     let versions = Versions::new(16);
     let snapshot = versions.snapshot_deps(&[]);
@@ -112,4 +112,44 @@ fn checks_are_refused_until_the_checker_runs_and_give_their_permit_back() {
     assert_eq!(verify.in_flight(), 1);
     drop(rx.try_recv().expect("queued"));
     assert_eq!(verify.in_flight(), 0);
+}
+
+#[test]
+fn checks_are_capped_per_second_and_the_cap_restarts_each_second() {
+    let cap = RateCap::new(3);
+    let t0 = cap.origin;
+    assert_eq!(
+        (0..10).filter(|_| cap.admit(t0)).count(),
+        3,
+        "3 in the first second"
+    );
+    let later = t0 + Duration::from_millis(999);
+    assert!(!cap.admit(later), "still the first second");
+    let next = t0 + Duration::from_millis(1000);
+    assert_eq!(
+        (0..10).filter(|_| cap.admit(next)).count(),
+        3,
+        "a new second"
+    );
+    // A reload lowers the cap mid-second: nothing more this second.
+    cap.per_second.store(1, Ordering::Relaxed);
+    assert!(!cap.admit(next));
+    let far = t0 + Duration::from_secs(7);
+    assert!(cap.admit(far));
+    assert!(!cap.admit(far));
+    cap.per_second.store(0, Ordering::Relaxed);
+    assert!(!cap.admit(t0 + Duration::from_secs(9)), "0 admits nothing");
+}
+
+#[test]
+fn the_cap_holds_under_concurrent_admissions() {
+    let verify = Arc::new(Verify::new(1.0, 100));
+    let now = Instant::now();
+    let admitted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| (0..1000).filter(|_| verify.rate.admit(now)).count()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    assert_eq!(admitted, 100);
 }

@@ -307,9 +307,9 @@ async fn establish(
 }
 
 /// A client that asked for the virtual database `pgmemo`: PostgreSQL checks its login (on
-/// the upstream URL's database, with the client's own user and parameters), pgmemo checks
-/// the role may use the console, and the console serves it. The upstream connection is only
-/// for the login.
+/// the upstream URL's database, with the client's own user and parameters), or pgmemo does
+/// against `admin.password` when one is set; pgmemo checks the role may use the console, and
+/// the console serves it. The upstream connection is only for the login.
 async fn admin_console(
     ctx: &Arc<AppContext>,
     mut client: Stream,
@@ -326,6 +326,16 @@ async fn admin_console(
         // A replication login is checked against pg_hba.conf's replication lines, not the
         // database's: never the console's.
         farewell(&mut client, &ClientError::console_replication()).await;
+        return;
+    }
+    if let Some(password) = &config.admin.password {
+        let admitted = console::admits(ctx, &user);
+        let login = console::login::password(&mut client, &user, password, admitted);
+        match tokio::time::timeout(config.server.startup_timeout, login).await {
+            Ok(Ok(())) => console::serve(Arc::clone(ctx), client, user, drain).await,
+            Ok(Err(e)) => debug!(error = %e, %user, "admin console login refused"),
+            Err(_) => farewell(&mut client, &ClientError::authentication_timeout()).await,
+        }
         return;
     }
     let login_db = crate::config::upstream_url::UpstreamTarget::parse(&config.upstream.url)

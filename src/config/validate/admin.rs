@@ -1,6 +1,7 @@
 //! `[admin]`: the admin address may only leave loopback with a bearer token set (anyone who
 //! can reach it could otherwise flush the cache or read every statement's text), a token is
-//! never empty, and the statistics table's byte bound is within range.
+//! never empty, a console password is a usable SCRAM secret, and the
+//! statistics table's byte bound is within range.
 
 use super::*;
 use crate::config::AdminConfig;
@@ -8,6 +9,9 @@ use crate::config::AdminConfig;
 /// Accepted `admin.query_stats_bytes`: room for a few dozen shapes at least, and no more
 /// than a bound that could itself crowd out the cache.
 pub const QUERY_STATS_BYTES_RANGE: (u64, u64) = (64 << 10, 1 << 30);
+
+/// Shortest accepted console password (a verifier is far longer).
+pub const MIN_PASSWORD_BYTES: usize = 12;
 
 /// Shortest accepted token: a guessable token is no better than none.
 pub const MIN_TOKEN_BYTES: usize = 16;
@@ -31,6 +35,21 @@ pub(super) fn check_admin(admin: &AdminConfig, issues: &mut Vec<ConfigIssue>) {
             crate::config::REDACTED,
             format!("must be at least {MIN_TOKEN_BYTES} bytes long"),
         ));
+    }
+    if let Some(p) = &admin.password {
+        if let Err(e) = crate::scram::Verifier::from_config(p.expose()) {
+            issues.push(ConfigIssue::new(
+                "admin.password",
+                crate::config::REDACTED,
+                e.to_string(),
+            ));
+        } else if p.expose().len() < MIN_PASSWORD_BYTES {
+            issues.push(ConfigIssue::new(
+                "admin.password",
+                crate::config::REDACTED,
+                format!("must be at least {MIN_PASSWORD_BYTES} bytes long"),
+            ));
+        }
     }
     let (min, max) = QUERY_STATS_BYTES_RANGE;
     let bytes = admin.query_stats_bytes.0;
@@ -85,5 +104,27 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(!text.contains("short-secret"), "{text}");
+    }
+
+    #[test]
+    fn console_passwords_must_be_usable_and_are_never_printed() {
+        let mut c = Config::default();
+        c.admin.roles = vec!["ops".into()];
+        c.admin.password = Some(Secret::new("a-fine-password"));
+        assert!(keys(&c).is_empty());
+        c.admin.password = Some(Secret::new(
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=",
+        ));
+        assert!(keys(&c).is_empty(), "a verifier");
+        for bad in ["short", "pässwörd-long-enough", "SCRAM-SHA-256$4096:bad"] {
+            c.admin.password = Some(Secret::new(bad));
+            assert_eq!(keys(&c), ["admin.password"], "{bad}");
+            let text = c
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!text.contains(bad), "{text}");
+        }
     }
 }

@@ -56,6 +56,9 @@ impl CacheSession {
         snapshot: &VersionSnapshot,
     ) {
         let verify = &self.app.services.verify;
+        if !verify.within_rate() {
+            return skipped("rate");
+        }
         let request_bytes = plan.sql.len() + extended.map_or(0, |(t, b)| t.len() + b.len());
         if request_bytes > verify::MAX_REQUEST_BYTES {
             return skipped("too_large");

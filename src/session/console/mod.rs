@@ -1,13 +1,15 @@
 //! The admin console: a client that connects to the virtual database `pgmemo` talks to pgmemo
 //! itself, in PgBouncer's fashion (`psql -d pgmemo`, then `SHOW STATS`, `FLUSH`, ...). Its
 //! login is checked by PostgreSQL exactly as a session's is (pgmemo relays the exchange to a
-//! connection on the upstream URL's database and closes it once the role is known), and only
-//! roles listed in `admin.roles` get in. Commands come as simple Queries; results are typed
+//! connection on the upstream URL's database and closes it once the role is known), or, with
+//! `admin.password` set, by pgmemo itself (`login`: SCRAM-SHA-256); only roles listed in
+//! `admin.roles` get in. Commands come as simple Queries; results are typed
 //! rows ([`crate::admin::rows::Table`]), so scripts can read them. The extended protocol is refused (each
 //! group gets one error, then its Sync's ReadyForQuery), as PgBouncer's console does.
 
 pub mod command;
 mod exec;
+pub mod login;
 
 use std::sync::Arc;
 
