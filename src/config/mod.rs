@@ -140,7 +140,7 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://`, `rediss://` (TLS) or `unix://` (socket path). With `cluster`, one seed
+    /// `redis://` or `unix://` (socket path); `rediss://` (TLS) is refused: not built in. With `cluster`, one seed
     /// node of the cluster.
     pub url: String,
     /// The URL names a Redis Cluster node; `cluster_nodes` are further seeds.

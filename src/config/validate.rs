@@ -39,7 +39,7 @@ pub const MAX_MESSAGE_BYTES: usize = (1 << 30) - 1;
 /// Accepted `log.format` values.
 pub const LOG_FORMATS: [&str; 2] = ["text", "json"];
 /// Accepted schemes for `cache.redis.url`.
-pub const REDIS_SCHEMES: [&str; 3] = ["redis://", "rediss://", "unix://"];
+pub const REDIS_SCHEMES: [&str; 2] = ["redis://", "unix://"];
 /// Smallest accepted `cache.max_memory`: below this the cache would hold almost nothing.
 pub const MIN_CACHE_MEMORY: u64 = 1 << 20;
 /// Smallest accepted `cache.max_entry_size`: one small result set with its framing.
@@ -386,6 +386,13 @@ fn check_redis_url(key: &str, url: &str, issues: &mut Vec<ConfigIssue>) {
         .iter()
         .find_map(|scheme| url.strip_prefix(scheme));
     let why = match rest {
+        // The redis client is built without TLS (rustls there would pull in a second crypto
+        // provider): refused here rather than failing at the first connection.
+        None if url.starts_with("rediss://") => Some(
+            "TLS to Redis (rediss://) is not supported: use redis:// on a trusted network, \
+             a unix:// socket, or a local TLS tunnel (stunnel, spiped) to the server"
+                .to_owned(),
+        ),
         None => Some(format!("must start with {}", REDIS_SCHEMES.join(", "))),
         Some("") => Some("names no server after the scheme".to_owned()),
         Some(_) => None,

@@ -137,7 +137,7 @@ fn redis_schemes() {
     c.cache.secret = Some(SECRET.into());
     for (url, ok) in [
         ("redis://127.0.0.1:6379", true),
-        ("rediss://cache.example.com", true),
+        ("rediss://cache.example.com", false),
         ("unix:///run/redis.sock", true),
         ("redis://", false),
         ("http://h", false),
@@ -149,6 +149,16 @@ fn redis_schemes() {
         });
         assert_eq!(c.validate().is_ok(), ok, "{url}");
     }
+    // TLS is refused with why and what to do instead, not as an unknown scheme.
+    c.cache.redis = Some(RedisConfig {
+        url: "rediss://cache.example.com".into(),
+        ..RedisConfig::default()
+    });
+    let why = issue_for(&c, "cache.redis.url").to_string();
+    assert!(
+        why.contains("not supported") && why.contains("unix://"),
+        "{why}"
+    );
 }
 
 #[test]

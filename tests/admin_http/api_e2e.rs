@@ -243,3 +243,49 @@ fn a_non_loopback_admin_address_without_a_token_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// `/api/queries` and the console's `SHOW QUERIES` show shapes, never a value a client sent:
+/// quoted, dollar-quoted and numeric literals are `?`, comments are dropped; texts that
+/// differ only in their literals are one shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_never_show_a_literal() {
+    const SECRET: &str = "alice-secret@example.com";
+    let s = CacheStack::start(
+        "CREATE TABLE people(id int PRIMARY KEY, email text NOT NULL);
+         INSERT INTO people VALUES (1, 'a@b.c');",
+        &config(),
+    )
+    .await;
+    let admin = s.proxy.admin_addr();
+    let c = s.session(SUPERUSER).await;
+    for sql in [
+        format!("SELECT id FROM people WHERE email = '{SECRET}' /* {SECRET} */"),
+        format!("SELECT id FROM people WHERE email = $tag${SECRET}$tag$"),
+        "SELECT id FROM people WHERE email = 'someone-else'".to_owned(),
+        format!("SELECT id FROM people WHERE email = E'{SECRET}' AND id > 41"),
+    ] {
+        run(&c, &sql).await;
+    }
+    let all = http_get(admin, "/api/queries?limit=10000").await.body;
+    assert!(!all.contains("alice-secret"), "a literal is shown: {all}");
+    assert!(!all.contains("someone-else"), "a literal is shown: {all}");
+    let one = shape(admin, "FROM people WHERE email = ? AND id > ?").await;
+    assert_eq!(n(&one, "calls"), 1, "{one:#}");
+    let q = get_json(admin, "/api/queries?limit=10000").await;
+    let people: Vec<_> = q["queries"]
+        .as_array()
+        .expect("queries")
+        .iter()
+        .filter(|s| s["query"].as_str().unwrap_or_default().contains("people"))
+        .collect();
+    assert_eq!(
+        people.len(),
+        2,
+        "three texts, one shape, plus the AND shape: {people:#?}"
+    );
+    let three = people
+        .iter()
+        .find(|s| s["query"] == "SELECT id FROM people WHERE email = ?")
+        .unwrap_or_else(|| panic!("the shared shape: {people:#?}"));
+    assert_eq!(n(three, "calls"), 3, "{three:#}");
+}

@@ -1,6 +1,6 @@
 //! Per-statement statistics (`GET /api/queries`): a table keyed by statement shape — the
-//! database and the normalised text with numeric literals as `?` (what the plan memo shares
-//! plans by) — of calls, hits, misses, bypasses by reason, hit and upstream latency, upstream
+//! database and the text with every literal, quoted or numeric, as `?` and comments dropped
+//! (`sql::log_shape`: the table is shown to admin readers, and literals are data) — of calls, hits, misses, bypasses by reason, hit and upstream latency, upstream
 //! time spent and saved, and bytes stored.
 //!
 //! The hit path takes no lock: a plan holds an `Arc` to its shape's [`ShapeStats`], resolved
@@ -130,7 +130,9 @@ impl QueryStats {
             Ok(read) => read.normalized.to_vec(),
             Err(_) => crate::sql::normalize_for_key(&plan.sql),
         };
-        let shape = crate::sql::shape_key(&normalized).unwrap_or(normalized);
+        // Every literal, quoted or numeric, becomes `?` (comments dropped): the table is
+        // shown to whoever reads the admin API, and a statement's literals are its data.
+        let shape = crate::sql::log_shape(&normalized, usize::MAX).into_bytes();
         let mut h = self.hasher.build_hasher();
         cx.database.hash(&mut h);
         shape.hash(&mut h);

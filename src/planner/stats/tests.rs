@@ -66,7 +66,8 @@ fn writes_and_multi_statement_texts_are_not_tracked_nor_anything_when_off() {
 #[test]
 fn long_texts_are_cut_at_a_character_boundary() {
     let t = QueryStats::new(true, 1 << 20);
-    let sql = format!("SELECT 'é{}' FROM t", "é".repeat(4000));
+    // A quoted identifier (a literal would be shown as `?`).
+    let sql = format!("SELECT \"é{}\" FROM t", "é".repeat(4000));
     let s = handle(&t, &cx("app"), plan(&sql)).expect("tracked");
     let text = s.report().query;
     assert!(
