@@ -643,3 +643,92 @@ async fn cert_and_gss_authentication_are_refused_clearly() {
         .expect("superuser");
     assert!(upstream_leg_encrypted(&client).await);
 }
+
+/// Every connection pgmemo opens to PostgreSQL honours `upstream.url`'s sslmode, not only the
+/// sessions' (the catalog's and the change stream's side connections were once opened
+/// without TLS whatever the URL said): with plain TCP to the database refused by
+/// pg_hba.conf, reads are still cached (the catalog answers) and a direct write is still
+/// seen (the change stream runs), and PostgreSQL reports every pgmemo backend encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgmemo_own_connections_use_the_upstream_tls_too() {
+    // The harness sets PostgreSQL up over plain TCP; this database is TLS-only.
+    const APP: &str = "tls_only";
+    let pg = PgServer::start(
+        PgOptions::default()
+            .tls()
+            .hba_line(&format!("hostnossl {APP} all 127.0.0.1/32 reject"))
+            .hba_line("hostnossl replication all 127.0.0.1/32 reject"),
+    );
+    pg.connect(SUPERUSER, "", "postgres")
+        .await
+        .batch_execute(&format!("CREATE DATABASE {APP}"))
+        .await
+        .unwrap();
+    let ca = pg.ca().expect("TLS PgServer has a CA");
+    let direct = try_connect_tls(pg.addr(), SUPERUSER, "", APP, ca)
+        .await
+        .expect("TLS to the database");
+    direct
+        .batch_execute(
+            "CREATE TABLE tls_t (id int PRIMARY KEY, v int); INSERT INTO tls_t VALUES (1, 1);",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(
+        ProxyArgs::new(format!(
+            "postgres://{SUPERUSER}@127.0.0.1:{}/{APP}?sslmode=require",
+            pg.port()
+        ))
+        .config("[invalidation]\ncdc = \"on\"\n"),
+    );
+    let app = proxy.connect(SUPERUSER, "", APP).await;
+    let read = "SELECT v FROM tls_t WHERE id = 1";
+    let value = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+    };
+    // Cached: needs the catalog's side connections.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let before = proxy.metric("pgmemo_cache_hits_total", &[]);
+        assert_eq!(
+            value(app.simple_query(read).await.unwrap()).as_deref(),
+            Some("1")
+        );
+        if proxy.metric("pgmemo_cache_hits_total", &[]) > before {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never a cache hit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A write straight to PostgreSQL reaches the cache through the change stream.
+    direct
+        .batch_execute("UPDATE tls_t SET v = 2 WHERE id = 1")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while value(app.simple_query(read).await.unwrap()).as_deref() != Some("2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the direct write was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = direct
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.application_name LIKE 'pgmemo%' AND a.pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert!(
+        seen.iter().any(|(name, _)| name == "pgmemo-catalog"),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|(_, ssl)| *ssl), "unencrypted: {seen:?}");
+}

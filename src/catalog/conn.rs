@@ -16,9 +16,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::error::CatalogError;
+use crate::upstream::Upstream;
 
 /// The connection future of a client: it must be polled for the client to make progress.
-type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+pub type Driver = Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
 
 struct SideConn {
     client: Client,
@@ -30,8 +31,8 @@ struct SideConn {
 
 /// Side connections to one database.
 pub(crate) struct DbPool {
-    db: String,
     config: tokio_postgres::Config,
+    dialer: Option<Arc<Upstream>>,
     connect_timeout: Duration,
     statement_timeout: Duration,
     slots: Vec<Arc<Mutex<Option<SideConn>>>>,
@@ -44,6 +45,7 @@ impl DbPool {
     pub(crate) fn new(
         db: &str,
         base: &tokio_postgres::Config,
+        dialer: Option<Arc<Upstream>>,
         size: usize,
         connect_timeout: Duration,
         statement_timeout: Duration,
@@ -57,8 +59,8 @@ impl DbPool {
             .map(|_| Arc::new(Mutex::new(None)))
             .collect();
         Self {
-            db: db.to_owned(),
             config,
+            dialer,
             connect_timeout,
             statement_timeout,
             slots,
@@ -125,26 +127,11 @@ impl DbPool {
     }
 
     async fn connect(&self) -> Result<SideConn, CatalogError> {
-        let connecting = self.config.connect(NoTls);
-        let (client, connection) =
-            match tokio::time::timeout(self.connect_timeout, connecting).await {
-                Err(_) => {
-                    return Err(CatalogError::ConnectTimeout {
-                        db: self.db.clone(),
-                        timeout: self.connect_timeout,
-                    });
-                }
-                Ok(Err(source)) => {
-                    return Err(CatalogError::Connect {
-                        db: self.db.clone(),
-                        source,
-                    });
-                }
-                Ok(Ok(pair)) => pair,
-            };
+        let (client, driver) =
+            open(self.dialer.as_deref(), &self.config, self.connect_timeout).await?;
         let mut conn = SideConn {
             client,
-            driver: Box::pin(connection),
+            driver,
             statements: HashMap::new(),
         };
         // A server-side bound as well as pgmemo's own timeout, so an abandoned query does
@@ -160,6 +147,59 @@ impl DbPool {
 }
 
 const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
+/// A tokio-postgres client on `config` within `timeout`: on a stream from `dialer` (TLS
+/// already as `upstream.url` says; tokio-postgres is told not to negotiate it again), or,
+/// without one, connected by tokio-postgres itself without TLS.
+pub(crate) async fn open(
+    dialer: Option<&Upstream>,
+    config: &tokio_postgres::Config,
+    timeout: Duration,
+) -> Result<(Client, Driver), CatalogError> {
+    let db = config.get_dbname().unwrap_or_default().to_owned();
+    let opened = async {
+        match dialer {
+            Some(upstream) => {
+                let stream =
+                    upstream
+                        .connect(timeout)
+                        .await
+                        .map_err(|source| CatalogError::Dial {
+                            db: db.clone(),
+                            source,
+                        })?;
+                let mut config = config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, connection) =
+                    config.connect_raw(stream, NoTls).await.map_err(|source| {
+                        CatalogError::Connect {
+                            db: db.clone(),
+                            source,
+                        }
+                    })?;
+                Ok::<_, CatalogError>((client, Box::pin(connection) as Driver))
+            }
+            None => {
+                let (client, connection) =
+                    config
+                        .connect(NoTls)
+                        .await
+                        .map_err(|source| CatalogError::Connect {
+                            db: db.clone(),
+                            source,
+                        })?;
+                Ok((client, Box::pin(connection) as Driver))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, opened).await {
+        Ok(r) => r,
+        Err(_) => Err(CatalogError::ConnectTimeout {
+            db: db.clone(),
+            timeout,
+        }),
+    }
+}
 
 /// Exclusive use of one side connection for one call. Dropping it before `commit`
 /// (an error, a timeout, a cancelled caller) discards the connection: its state is unknown.

@@ -10,6 +10,12 @@ pub enum CatalogError {
         db: String,
         source: tokio_postgres::Error,
     },
+    /// pgmemo's dialer (TCP or socket, then TLS as `upstream.url` says) failed.
+    #[error("catalog side connection to database {db:?} failed: {source}")]
+    Dial {
+        db: String,
+        source: crate::upstream::ConnectError,
+    },
     #[error("catalog side connection to database {db:?} timed out after {timeout:?}")]
     ConnectTimeout { db: String, timeout: Duration },
     #[error("catalog call on database {db:?} timed out after {timeout:?}")]
@@ -36,7 +42,9 @@ impl CatalogError {
     /// Short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            CatalogError::Connect { .. } | CatalogError::ConnectTimeout { .. } => "connect",
+            CatalogError::Connect { .. }
+            | CatalogError::Dial { .. }
+            | CatalogError::ConnectTimeout { .. } => "connect",
             CatalogError::Timeout { .. } => "timeout",
             CatalogError::ConnectionLost(_) | CatalogError::Closed => "connection_lost",
             CatalogError::Query(_) | CatalogError::Row(_) => "query",

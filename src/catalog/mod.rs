@@ -18,6 +18,7 @@
 
 mod bodies;
 mod conn;
+pub use conn::Driver as SideDriver;
 mod error;
 mod expand;
 pub mod login;
@@ -61,6 +62,10 @@ pub use types::{
 pub struct CatalogConfig {
     /// Host, port, user, password of the side connections (the database is set per call).
     pub connect: tokio_postgres::Config,
+    /// How side connections reach the server: pgmemo's upstream dialer (TCP or a Unix
+    /// socket, then TLS as `upstream.url`'s sslmode says), so they are as protected as the
+    /// sessions' own. `None`: tokio-postgres connects by itself, without TLS (tests).
+    pub dialer: Option<Arc<crate::upstream::Upstream>>,
     /// Side connections per database.
     pub connections_per_database: usize,
     pub connect_timeout: Duration,
@@ -84,6 +89,7 @@ impl CatalogConfig {
     pub fn new(connect: tokio_postgres::Config) -> Self {
         Self {
             connect,
+            dialer: None,
             connections_per_database: 2,
             connect_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(5),
@@ -343,6 +349,17 @@ impl Catalog {
         &self.config.connect
     }
 
+    /// A side client on `config` (another database or application name than the catalog's
+    /// own), reached as the catalog's own connections are ([`CatalogConfig::dialer`]); the
+    /// caller drives the returned connection future.
+    pub async fn open_side(
+        &self,
+        config: &tokio_postgres::Config,
+        timeout: Duration,
+    ) -> Result<(tokio_postgres::Client, SideDriver), CatalogError> {
+        conn::open(self.config.dialer.as_deref(), config, timeout).await
+    }
+
     /// The catalog generation: part of every memo key; bumped by each poll that reports
     /// changes (callers may fold it into their own analysis memos).
     pub fn generation(&self) -> u64 {
@@ -384,6 +401,7 @@ impl Catalog {
         let pool = Arc::new(DbPool::new(
             db,
             &self.config.connect,
+            self.config.dialer.clone(),
             self.config.connections_per_database,
             self.config.connect_timeout,
             self.config.call_timeout,

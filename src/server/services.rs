@@ -27,8 +27,10 @@ pub enum BuildError {
     Redis(#[from] crate::cache::l2::tier::TierError),
     #[error(transparent)]
     Behind(#[from] crate::behind::BehindError),
-    #[error("behind: {0}")]
-    BehindUpstream(#[from] crate::upstream::tls::TlsSetupError),
+    /// The TLS set-up `upstream.url` asks for, for pgmemo's own connections (the catalog's
+    /// and the write-behind flusher's).
+    #[error("upstream.url TLS: {0}")]
+    UpstreamTls(#[from] crate::upstream::tls::TlsSetupError),
 }
 
 /// The cache, the catalog and the invalidation sources for `config`, and the shared tier's
@@ -83,6 +85,7 @@ pub fn build(
     }
     pg.application_name("pgmemo-catalog");
     let mut cc = CatalogConfig::new(pg);
+    cc.dialer = Some(Arc::new(crate::upstream::Upstream::new(target.clone())?));
     cc.connect_timeout = config.upstream.connect_timeout;
     cc.memo_bytes = config.cache.sql_memory().catalog_memo;
     let catalog = Arc::new(Catalog::new(cc));

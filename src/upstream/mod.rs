@@ -58,6 +58,16 @@ pub struct Upstream {
     addr: String,
 }
 
+// By hand: the TLS configuration has no Debug, and the target holds the password.
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
 impl Upstream {
     pub fn new(target: UpstreamTarget) -> Result<Self, tls::TlsSetupError> {
         let tls = tls::client_config(&target)?;

@@ -202,15 +202,15 @@ pub(super) async fn side_client_named(
     let mut config = ctx.services.catalog.connect_config().clone();
     config.dbname(db).application_name(application_name);
     let timeout = ctx.config().upstream.connect_timeout;
-    match tokio::time::timeout(timeout, config.connect(NoTls)).await {
-        Ok(Ok((client, connection))) => {
+    let catalog = &ctx.services.catalog;
+    match catalog.open_side(&config, timeout).await {
+        Ok((client, connection)) => {
             ctx.tasks.spawn("cdc-side-connection", async move {
                 let _ = connection.await;
             });
             Ok(client)
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("connect timed out after {timeout:?}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
