@@ -218,7 +218,17 @@ impl DeadLetters {
         let tmp = path.with_extension("json.tmp");
         let bytes =
             serde_json::to_vec_pretty(state).map_err(|e| DeadError::Parse(path.clone(), e))?;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            // The letters hold the values clients wrote: readable by pgmemo's user only.
+            std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(super::journal::PRIVATE_FILE)
+                .open(&tmp)
+                .map_err(io)?
+        };
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
@@ -258,6 +268,22 @@ mod tests {
                 rows: 1,
             },
         }
+    }
+
+    #[test]
+    fn the_letters_file_is_private_to_pgmemo_s_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.json");
+        let d = DeadLetters::open(&path, 2).unwrap();
+        d.add(
+            vec![DeadLetter::new(1, &entry(), "23505", "dup")],
+            "rejected",
+            Some("q"),
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -70,7 +70,7 @@ use std::fs::{self, File};
 use std::future::Future;
 use std::hash::Hasher;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -83,6 +83,11 @@ use crate::telemetry::names;
 
 /// The largest record [`Journal::append`] accepts (16 MiB).
 pub const MAX_RECORD: usize = 16 << 20;
+
+/// Mode of the files pgmemo writes (records hold the values clients wrote): owner only.
+pub const PRIVATE_FILE: u32 = 0o600;
+/// Mode of the directories pgmemo creates for them.
+pub const PRIVATE_DIR: u32 = 0o700;
 
 /// A group stops taking queued records once it holds this many bytes (so one group may exceed
 /// it by one record) ...
@@ -447,7 +452,7 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     create_dir_durably(parent)?;
-    match fs::create_dir(dir) {
+    match fs::DirBuilder::new().mode(PRIVATE_DIR).create(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
@@ -462,6 +467,7 @@ fn create_segment(path: &Path, dir_handle: &File) -> io::Result<File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(PRIVATE_FILE)
         .open(path)?;
     if file.metadata()?.len() != 0 {
         return Err(io::Error::new(
@@ -552,6 +558,7 @@ fn write_id(dir: &Path, dir_handle: &File, id: &str) -> Result<(), JournalError>
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(PRIVATE_FILE)
         .open(&temp)
         .map_err(io_error("create", &temp))?;
     file.write_all(format!("{id}\n").as_bytes())
@@ -1040,6 +1047,23 @@ mod tests {
 
     fn seg(first: u64) -> String {
         format!("seg-{first:020}.log")
+    }
+
+    /// Records hold the values clients wrote: the directory pgmemo creates, the segments
+    /// and the id file are its user's only, whatever the umask.
+    #[tokio::test]
+    async fn journal_files_are_private_to_pgmemo_s_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("nested").join("journal");
+        let (journal, _) = open(&dir, 1 << 20);
+        append_all(&journal, 1..=2).await;
+        close(journal);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&base.path().join("nested")), 0o700);
+        assert_eq!(mode(&dir.join(seg(1))), 0o600);
+        assert_eq!(mode(&dir.join(ID_FILE)), 0o600);
     }
 
     #[tokio::test]

@@ -205,7 +205,14 @@ impl Behind {
         };
         let dead = match &dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| BehindError::Dir(dir.clone(), e))?;
+                {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(journal::PRIVATE_DIR)
+                        .create(dir)
+                        .map_err(|e| BehindError::Dir(dir.clone(), e))?;
+                }
                 dead::DeadLetters::open(&dir.join("dead-letters.json"), config.max_dead_letters)?
             }
             None => {

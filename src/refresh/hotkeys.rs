@@ -293,7 +293,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     temp_name.push(format!(".{}.tmp", hex(&suffix)));
     let temp = dir.join(temp_name);
     let written = (|| {
-        let mut file = File::options().write(true).create_new(true).open(&temp)?;
+        // Hot keys hold client requests (their literals): readable by pgmemo's user only.
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temp)?
+        };
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)

@@ -197,6 +197,10 @@ fn write_atomic_replaces_the_file_and_leaves_no_temporary() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, ["hot-keys"]);
+    // Hot keys hold client requests: the file is pgmemo's user's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
     // A path that names no file.
     assert!(write_atomic(Path::new("/"), b"x").is_err());
 }
