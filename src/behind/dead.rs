@@ -19,6 +19,9 @@ use super::entry::{Entry, Op};
 use super::lock;
 use crate::telemetry::names;
 
+/// The longest statement shape a log line shows.
+const LOGGED_SHAPE: usize = 512;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeadError {
     #[error("{0}: {1}")]
@@ -169,14 +172,18 @@ impl DeadLetters {
             }) {
                 continue;
             }
-            warn!(database = %letter.database, role = %letter.role, code = %letter.code, error = %letter.error, statement = %letter.statement, "queued write refused; kept as a dead letter");
+            // The statement's shape only: its values are clients' data (the full letter is
+            // in the dead-letter list, behind the admin API).
+            let shape = crate::sql::log_shape(letter.statement.as_bytes(), LOGGED_SHAPE);
+            warn!(database = %letter.database, role = %letter.role, code = %letter.code, error = %letter.error, statement = %shape, "queued write refused; kept as a dead letter");
             metrics::counter!(names::BEHIND_DEAD_LETTERS, "kind" => kind).increment(1);
             state.next_id += 1;
             letter.id = state.next_id;
             state.letters.push_back(letter);
             while state.letters.len() > self.max {
                 if let Some(old) = state.letters.pop_front() {
-                    warn!(id = old.id, database = %old.database, statement = %old.statement, "dead letters full: the oldest is dropped");
+                    let shape = crate::sql::log_shape(old.statement.as_bytes(), LOGGED_SHAPE);
+                    warn!(id = old.id, database = %old.database, statement = %shape, "dead letters full: the oldest is dropped");
                     metrics::counter!(names::BEHIND_DEAD_LETTERS, "kind" => "dropped").increment(1);
                 }
             }

@@ -534,20 +534,30 @@ fn sql(request: &Request) -> &Bytes {
     }
 }
 
-/// A request's text for a log line: one line, at most [`SHOWN`] characters.
+/// A request's shape for a log line (`sql::log_shape`: literals as `?`, at most [`SHOWN`]
+/// bytes): hot keys are clients' requests, and their literals are clients' data.
 fn shown(request: &Request) -> String {
-    let text = String::from_utf8_lossy(sql(request));
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut out: String = one_line.chars().take(SHOWN).collect();
-    if out.len() < one_line.len() {
-        out.push('…');
-    }
-    out
+    crate::sql::log_shape(sql(request), SHOWN)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_logged_request_shows_its_shape_never_its_literals() {
+        let sql = Bytes::from_static(
+            b"SELECT *\n  FROM users WHERE email = 'alice@example.com' AND id = 42 -- alice",
+        );
+        let shown = shown(&Request::seen(&sql, None));
+        assert_eq!(shown, "SELECT * FROM users WHERE email = ? AND id = ?");
+        let long = Bytes::from(format!("SELECT {} FROM t", "a, ".repeat(100)));
+        assert!(shown_len(&long) <= SHOWN + '…'.len_utf8());
+    }
+
+    fn shown_len(sql: &Bytes) -> usize {
+        shown(&Request::seen(sql, None)).len()
+    }
 
     #[test]
     fn parameters_are_bound_as_libpq_binds_text() {
