@@ -257,6 +257,16 @@ impl ClientError {
         .with_detail(why.to_owned())
     }
 
+    /// `server.tls.require` and a client that did not negotiate TLS (PostgreSQL's words for
+    /// a `hostssl`-only server).
+    pub fn client_tls_required() -> Self {
+        Self::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "pgmemo accepts only TLS connections",
+        )
+        .with_hint("connect with sslmode=require (or stronger)")
+    }
+
     pub fn authentication_timeout() -> Self {
         Self::fatal(sqlstate::PROTOCOL_VIOLATION, "authentication timed out")
             .with_detail("pgmemo server.startup_timeout elapsed")

@@ -732,3 +732,34 @@ async fn pgmemo_own_connections_use_the_upstream_tls_too() {
     );
     assert!(seen.iter().all(|(_, ssl)| *ssl), "unencrypted: {seen:?}");
 }
+
+/// `server.tls.require`: a client that did not negotiate TLS is refused (28000) before any
+/// login is relayed, counted; a TLS client gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_clients_are_refused_when_tls_is_required() {
+    let certs = Certs::new();
+    let pg = PgServer::start(PgOptions::default());
+    let config = format!(
+        "{}require = true\n",
+        auth_fixture::tls_config(&certs.cert.cert_path, &certs.cert.key_path)
+    );
+    let proxy = Proxy::start(ProxyArgs::new(pg.url(SUPERUSER, DB)).config(config));
+    let e = refused(
+        proxy.try_connect(SUPERUSER, "", DB).await,
+        "a plaintext client got in",
+    );
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e:?}"));
+    assert_eq!(db.code().code(), "28000");
+    assert_eq!(db.message(), "pgmemo accepts only TLS connections");
+    assert_eq!(
+        proxy.metric(
+            "pgmemo_client_connections_rejected_total",
+            &["reason=\"tls_required\""]
+        ),
+        1.0
+    );
+    let client = try_connect_tls(proxy.addr(), SUPERUSER, "", DB, &certs.ca)
+        .await
+        .expect("a TLS client gets in");
+    assert_eq!(current_user(&client).await, SUPERUSER);
+}

@@ -402,6 +402,7 @@ fn type_keys() -> BTreeSet<String> {
     full.server.tls = Some(TlsConfig {
         cert: "cert.pem".into(),
         key: "key.pem".into(),
+        require: false,
     });
     full.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1".into(),
@@ -484,7 +485,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        91,
+        92,
         "update this count with the types: {expected:?}"
     );
 }

@@ -207,6 +207,7 @@ fn schema_sample() -> Table {
     config.server.tls = Some(TlsConfig {
         cert: PathBuf::from("cert.pem"),
         key: PathBuf::from("key.pem"),
+        require: false,
     });
     config.cache.redis = Some(RedisConfig {
         url: "redis://127.0.0.1:6379".to_owned(),

@@ -99,6 +99,10 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// Refuse client sessions that did not negotiate TLS (PostgreSQL sees pgmemo's address,
+    /// so its `hostssl` rules cannot tell how a client reached pgmemo). Needs a restart.
+    #[serde(default)]
+    pub require: bool,
 }
 
 /// The real PostgreSQL server.

@@ -81,6 +81,7 @@ fn tls_files_must_exist_and_be_files() {
     c.server.tls = Some(TlsConfig {
         cert: cert.clone(),
         key: dir.path().join("missing.pem"),
+        require: false,
     });
     let err = c.validate().unwrap_err();
     assert_eq!(err.issues.len(), 1, "{err}");
@@ -89,6 +90,7 @@ fn tls_files_must_exist_and_be_files() {
     c.server.tls = Some(TlsConfig {
         cert,
         key: dir.path().to_path_buf(),
+        require: false,
     });
     assert_eq!(keys(c.validate()), ["server.tls.key"]);
 }

@@ -271,6 +271,14 @@ async fn establish(
 ) -> Option<Live> {
     let config = ctx.config();
     let (mut client, startup) = client_startup(ctx, tcp, &config).await?;
+    if config.server.tls.as_ref().is_some_and(|t| t.require) && !client.is_tls() {
+        // Before any login is relayed: PostgreSQL's hostssl rules see pgmemo's own
+        // connection, so this is the only place a plaintext client can be refused.
+        metrics::counter!(names::CLIENT_CONNECTIONS_REJECTED, "reason" => "tls_required")
+            .increment(1);
+        farewell(&mut client, &ClientError::client_tls_required()).await;
+        return None;
+    }
     let user = startup.user();
     let database = startup.database();
     debug!(%user, %database, major = startup.major, minor = startup.minor, "startup");

@@ -363,7 +363,7 @@ pub mod names {
     /// gauge: client sessions currently open.
     pub const CLIENT_CONNECTIONS_ACTIVE: &str = "pgmemo_client_connections_active";
     /// counter, label `reason` (`max_connections`, `max_connections_unanswered`,
-    /// `startup_timeout`, `protocol`, `tls`):
+    /// `startup_timeout`, `protocol`, `tls`, `tls_required`):
     /// client connections refused or dropped before a session started.
     pub const CLIENT_CONNECTIONS_REJECTED: &str = "pgmemo_client_connections_rejected_total";
     /// counter: bytes received from clients.
