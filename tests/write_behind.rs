@@ -1593,3 +1593,68 @@ async fn a_progress_table_another_role_owns_is_never_used() {
         0
     );
 }
+
+/// One budget for the whole shutdown: a session idle in a transaction holds the sessions'
+/// drain for all of `server.shutdown_timeout`, and the queue cannot be applied (a lock held
+/// directly blocks the flusher): pgmemo still exits within the budget plus its graces, not
+/// within one budget per step. The queued writes are applied at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_takes_one_budget_not_one_per_step() {
+    const BUDGET: Duration = Duration::from_secs(6);
+    let f = Fixture::new();
+    let toml = format!(
+        "{}\n[server]\nshutdown_timeout = \"{}s\"\n",
+        config(f.journal.path(), "10s", ""),
+        BUDGET.as_secs()
+    );
+    let mut p = f.proxy_with(toml.clone());
+    let c = p.connect(SUPERUSER, "", DB).await;
+    let stmt = c
+        .prepare("INSERT INTO ev (id, note) VALUES ($1, 't')")
+        .await
+        .unwrap();
+    c.execute(&stmt, &[&0i32]).await.unwrap();
+    f.until("SELECT count(*) FROM ev", 1, Duration::from_secs(5))
+        .await;
+    for id in 1..=20i32 {
+        c.execute(&stmt, &[&id]).await.unwrap();
+    }
+    let blocker = f.direct().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE ev IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let held = p.connect(SUPERUSER, "", DB).await;
+    held.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let started = Instant::now();
+    p.signal(Signal::Term);
+    let status = p.wait_exit(Duration::from_secs(60));
+    let took = started.elapsed();
+    eprintln!("shutdown took {took:?}");
+    assert!(status.success(), "{status:?}\n{}", p.stderr());
+    assert!(
+        took >= BUDGET,
+        "the open transaction had the budget: {took:?}"
+    );
+    // Sessions: the budget (the closed one writes its 57P01 at once); the queue: nothing
+    // left of it; the tasks stop at once. One budget per step would be 2 x 6 s before the
+    // tasks' wait even began (the graces, 5 s each, are for sessions or tasks that do not
+    // stop, and none is slow here).
+    assert!(
+        took < BUDGET + Duration::from_secs(3),
+        "{took:?}\n{}",
+        p.stderr()
+    );
+    assert!(
+        p.stderr()
+            .contains("write-behind queue not drained by the shutdown deadline"),
+        "{}",
+        p.stderr()
+    );
+    drop(blocker);
+    assert_eq!(f.scalar("SELECT count(*) FROM ev").await, 1);
+    // The next start applies what was queued.
+    let _p = f.proxy_with(toml);
+    f.until("SELECT count(*) FROM ev", 21, Duration::from_secs(20))
+        .await;
+}

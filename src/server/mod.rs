@@ -136,17 +136,23 @@ pub async fn run(
 
     drop(listener);
     readiness.set_listener_up(false);
-    let deadline = ctx.config().server.shutdown_timeout;
-    drain_sessions(&sessions, &drain, &force, deadline).await;
+    // One budget for the whole shutdown: the sessions' drain, the write-behind queue's and
+    // the background tasks' share it, so SIGTERM ends pgmemo within `shutdown_timeout`
+    // (plus the short graces below), as an orchestrator's kill timer expects.
+    let budget = ctx.config().server.shutdown_timeout;
+    let until = tokio::time::Instant::now() + budget;
+    let left = || until.saturating_duration_since(tokio::time::Instant::now());
+    drain_sessions(&sessions, &drain, &force, budget).await;
     drop(pool);
     // No session can queue a write any more: apply what is queued (the rest at next start).
     if let Some(behind) = &ctx.services.behind {
-        behind.drain(deadline).await;
+        behind.drain(left()).await;
     }
     // Every session has ended: the hot keys counted are final.
     crate::session::cache_side::hot::save(&ctx).await;
-    // The background tasks stopped on the shutdown token (or with the workers' runtimes).
-    match ctx.tasks.wait(deadline).await {
+    // The background tasks stopped on the shutdown token (or with the workers' runtimes);
+    // they get a grace even when the budget is spent, as the sessions did.
+    match ctx.tasks.wait(left().max(FORCE_GRACE)).await {
         Ok(()) => info!("background tasks stopped"),
         Err(left) => warn!(
             ?left,
