@@ -256,6 +256,19 @@ fn check_upstream(config: &Config, issues: &mut Vec<ConfigIssue>) {
                     format!("sslrootcert {why}"),
                 ));
             }
+            // The built-in roots sign certificates for anyone's names: a chain check without
+            // the name check would accept any public certificate (libpq refuses it too,
+            // when ~/.postgresql/root.crt is missing).
+            if target.sslmode == crate::config::SslMode::VerifyCa && target.sslrootcert.is_none() {
+                issues.push(ConfigIssue::new(
+                    "upstream.url",
+                    quoted(&redact_password(url)),
+                    "sslmode=verify-ca needs sslrootcert=FILE (your CA): against the public \
+                     roots built into pgmemo it would accept any publicly issued certificate; \
+                     or use sslmode=verify-full, which also checks the host name"
+                        .to_owned(),
+                ));
+            }
         }
         Err(e) => issues.push(ConfigIssue::new(
             "upstream.url",

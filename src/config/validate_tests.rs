@@ -96,6 +96,24 @@ fn tls_files_must_exist_and_be_files() {
 }
 
 #[test]
+fn verify_ca_needs_its_own_root() {
+    let mut c = Config::default();
+    c.upstream.url = "postgres://h/?sslmode=verify-ca".into();
+    let i = issue_for(&c, "upstream.url");
+    assert!(i.why.contains("needs sslrootcert"), "{i}");
+    c.upstream.url = "postgres://h/?sslmode=verify-full".into();
+    c.validate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "x").unwrap();
+    c.upstream.url = format!(
+        "postgres://h/?sslmode=verify-ca&sslrootcert={}",
+        ca.display()
+    );
+    c.validate().unwrap();
+}
+
+#[test]
 fn sslrootcert_must_exist() {
     let mut c = Config::default();
     c.upstream.url = "postgres://h/?sslmode=verify-full&sslrootcert=/no/such/ca.pem".into();
