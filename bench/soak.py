@@ -249,6 +249,7 @@ class Soak:
         self.config_variant = 0
         self.samples = []
         self.spinners = []
+        self.pgbench_procs = {}  # mode -> the running segment, killed if the run is cut short
 
     # pgmemo's configuration file, rewritten for each SIGHUP
     def pgmemo_rest(self, variant):
@@ -297,6 +298,7 @@ class Soak:
             started = now()
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True, env=client_env())
+            self.pgbench_procs[mode] = proc
             for line in proc.stderr:  # live, so each error is stamped when it happened
                 line = line.strip()
                 if not line or "Run was aborted" in line or "results are incomplete" in line:
@@ -947,7 +949,7 @@ def main():
         log(f"soak failed to run: {failed_to_run}\n{traceback.format_exc()}")
         s.stop.set()
     finally:
-        for p in s.spinners:
+        for p in s.spinners + list(s.pgbench_procs.values()):
             if p.poll() is None:
                 p.kill()
         if s.checker_proc and s.checker_proc.poll() is None:
@@ -960,8 +962,8 @@ def main():
         pgmemo_log = st.tmp / "pgmemo.log"
         log_counts, log_firsts = pgmemo_log_levels(pgmemo_log, getattr(s, "t0", now()))
         st.close()
-    if failed_to_run or not s.samples:
-        print(f"soak: did not run to the end: {failed_to_run}")
+    if not s.samples:
+        print(f"soak: did not run: {failed_to_run}")
         return 2
     rows = build_rows(s, log_counts)
     cols = list(rows[0].keys())
@@ -973,6 +975,10 @@ def main():
     title = (f"pgmemo soak {args.minutes:g} min{' under CPU contention' if args.contention else ''}"
              f", {stamp}")
     svg_plot(rows, s.ev.injected, s.t0, title, base.with_suffix(".svg"))
+    if failed_to_run:  # what was sampled is written; the verdicts need the whole run
+        print(f"soak: did not run to the end ({failed_to_run}); samples so far in "
+              f"{base.with_suffix('.csv')} and {base.with_suffix('.svg')}")
+        return 2
     v = verdicts(s, rows, args)
     foreign = s.ps.foreign(s.ps_before, s.ps_after)
     pgmemo_cpu = s.ps.cpu_of(s.pgmemo_pid, s.ps_before, s.ps_after)
