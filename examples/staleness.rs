@@ -6,6 +6,12 @@
 //!     --ops 1000000 --clients 16 --admin 127.0.0.1:9187
 //! ```
 //!
+//! For a soak (`scripts/harden soak`), `--duration` runs for a fixed time instead of a count,
+//! `--progress` prints the running counts, `--echo` prints each violation and error as it
+//! happens with the wall clock, and `--reconnect-for` keeps clients retrying through a
+//! server restart; `--direct-clients` sends some clients straight to PostgreSQL, so only
+//! change data capture tells pgmemo about their writes.
+//!
 //! It DROPS and recreates `counters`, `counters_audit`, `counters_view`, `parent`, `child` and
 //! `events` in the target database (through `--direct`). Prints throughput, stale reads,
 //! phantoms, errors and (with `--admin`) the cache hit ratio; exits 1 unless the run was clean.
@@ -60,6 +66,32 @@ struct Args {
     /// between writes, so far more of them are served from the cache
     #[arg(long)]
     small_shape: bool,
+    /// Run for this many seconds with no operation count (ending at the time is no failure)
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Print the running counts every this many seconds
+    #[arg(long)]
+    progress: Option<u64>,
+    /// Print every stale read, phantom, leak and error on stderr as it is recorded
+    #[arg(long)]
+    echo: bool,
+    /// Keep retrying a failed reconnect for this many seconds before a client gives up
+    #[arg(long, default_value_t = 0)]
+    reconnect_for: u64,
+    /// The first this many clients connect straight to PostgreSQL (only change data
+    /// capture tells pgmemo about their writes)
+    #[arg(long, default_value_t = 0)]
+    direct_clients: usize,
+    /// A read may miss a direct client's write acknowledged less than this long before it
+    #[arg(long, default_value_t = 2000)]
+    direct_ack_delay_ms: u64,
+    /// Write share (percent) of the clients through pgmemo, when direct clients use
+    /// --write-percent
+    #[arg(long)]
+    proxied_write_percent: Option<u32>,
+    /// Each client pauses this many microseconds before each operation (a bounded rate)
+    #[arg(long, default_value_t = 0)]
+    op_pause_us: u64,
     /// Deliberately break the read path, to see the checker fail (exit 1)
     #[arg(long, value_enum, default_value_t = FaultArg::None)]
     fault: FaultArg,
@@ -104,6 +136,17 @@ async fn main() -> ExitCode {
         config.shape = checker::Shape::small();
     }
     config.fault = args.fault.into();
+    if let Some(secs) = args.duration {
+        config.ops = u64::MAX;
+        config.time_limit = Duration::from_secs(secs);
+    }
+    config.progress = args.progress.map(Duration::from_secs);
+    config.echo = args.echo;
+    config.reconnect_for = Duration::from_secs(args.reconnect_for);
+    config.direct_clients = args.direct_clients;
+    config.direct_ack_delay = Duration::from_millis(args.direct_ack_delay_ms);
+    config.proxied_write_percent = args.proxied_write_percent;
+    config.op_pause = Duration::from_micros(args.op_pause_us);
     let report = match checker::run(&config).await {
         Ok(report) => report,
         Err(e) => {
@@ -125,7 +168,10 @@ async fn main() -> ExitCode {
             Err(e) => println!("cache hit ratio: {e}"),
         }
     }
-    if report.is_clean() {
+    // A timed run is meant to end at its time limit.
+    let finished = args.duration.is_some() || !report.timed_out;
+    let clean = report.stale == 0 && report.phantom == 0 && report.leaked == 0;
+    if clean && report.errors == 0 && finished {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -134,6 +134,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let _counted = pgmemo::telemetry::runtimes::register("main", runtime.handle().clone());
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         // Every background task, the two below included, is named and waited for at exit.

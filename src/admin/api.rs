@@ -111,6 +111,7 @@ pub(super) async fn stats(State(state): State<AdminState>) -> Response {
         return not_configured();
     };
     crate::telemetry::striped::sync();
+    crate::telemetry::runtimes::sync();
     let text = state.metrics.render();
     let services = &api.app.services;
     let c = services.cache.stats();

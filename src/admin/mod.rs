@@ -213,6 +213,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     crate::telemetry::striped::sync();
+    crate::telemetry::runtimes::sync();
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         state.metrics.render(),

@@ -2,6 +2,7 @@
 //! recorder, and tracing initialisation.
 
 pub mod recorder;
+pub mod runtimes;
 pub mod striped;
 
 use metrics::{Unit, describe_counter, describe_gauge};
@@ -94,6 +95,10 @@ fn describe_connections() {
     describe_gauge!(
         names::CLIENT_CONNECTIONS_ACTIVE,
         "Client sessions currently open."
+    );
+    describe_gauge!(
+        names::RUNTIME_ALIVE_TASKS,
+        "Tokio tasks alive, by runtime (main, or the session workers summed)."
     );
     describe_counter!(
         names::CLIENT_CONNECTIONS_REJECTED,
@@ -362,6 +367,9 @@ pub mod names {
     pub const CLIENT_CONNECTIONS_TOTAL: &str = "pgmemo_client_connections_total";
     /// gauge: client sessions currently open.
     pub const CLIENT_CONNECTIONS_ACTIVE: &str = "pgmemo_client_connections_active";
+    /// gauge, label `runtime` (`main`: background tasks and the accept loop; `workers`: the
+    /// session workers, summed): tokio tasks alive, set at each scrape.
+    pub const RUNTIME_ALIVE_TASKS: &str = "pgmemo_runtime_alive_tasks";
     /// counter, label `reason` (`max_connections`, `max_connections_unanswered`,
     /// `startup_timeout`, `protocol`, `tls`, `tls_required`):
     /// client connections refused or dropped before a session started.

@@ -141,6 +141,7 @@ fn run_worker(mut rx: mpsc::Receiver<Job>) {
             return;
         }
     };
+    let _counted = crate::telemetry::runtimes::register("workers", rt.handle().clone());
     let tasks = tokio_util::task::TaskTracker::new();
     rt.block_on(async {
         while let Some(job) = rx.recv().await {

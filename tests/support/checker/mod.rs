@@ -135,6 +135,19 @@ pub struct CheckerConfig {
     /// table-wide although they name keys (key-assigning UPDATE, INSERT ... SELECT, range
     /// UPDATE on `parent`) instead of the usual mix. `None`: the usual mix alone.
     pub wide_write_percent: Option<u32>,
+    /// How long a client keeps trying to reconnect after a failed operation before it gives
+    /// up for the rest of the run (zero: one attempt). A soak that restarts PostgreSQL on
+    /// purpose wants its clients back once the server is.
+    pub reconnect_for: Duration,
+    /// Print every stale read, phantom, leak and error on stderr the moment it is recorded,
+    /// stamped with the wall clock, so a long run can tell the errors that fell in a window
+    /// it caused (a restart) from the others; the report keeps only `MAX_DETAILS` texts.
+    pub echo: bool,
+    /// Print the running counts on stdout at this interval (a long run's progress).
+    pub progress: Option<Duration>,
+    /// Each client sleeps this long before each operation: a soak's checker runs beside
+    /// other load for an hour, at a bounded rate rather than as fast as it can.
+    pub op_pause: Duration,
 }
 
 impl CheckerConfig {
@@ -161,6 +174,10 @@ impl CheckerConfig {
             more_proxies: Vec::new(),
             more_admins: Vec::new(),
             wide_write_percent: None,
+            reconnect_for: Duration::ZERO,
+            echo: false,
+            progress: None,
+            op_pause: Duration::ZERO,
         }
     }
 
@@ -289,6 +306,9 @@ pub async fn run(config: &CheckerConfig) -> Result<Report, CheckerError> {
     let two_phase = config.two_phase && allowed >= config.clients as i64;
     let shared = Arc::new(Shared::new(config.clone(), two_phase));
     let started = Instant::now();
+    let progress = config
+        .progress
+        .map(|every| tokio::spawn(print_progress(Arc::clone(&shared), every)));
     let mut tasks = tokio::task::JoinSet::new();
     for id in 0..config.clients {
         tasks.spawn(worker::Worker::run(Arc::clone(&shared), id));
@@ -299,6 +319,11 @@ pub async fn run(config: &CheckerConfig) -> Result<Report, CheckerError> {
         }
     }
     let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    // A fresh connection: the first one may have died with a server restart during the run.
+    let direct = worker::connect(config, config.direct).await?;
     schema::rollback_leftover_prepared(&direct).await?;
     if shared.rec.errors.load(Ordering::Relaxed) == 0 {
         // With no failed operation every counted increment committed exactly once.
@@ -307,4 +332,27 @@ pub async fn run(config: &CheckerConfig) -> Result<Report, CheckerError> {
         }
     }
     Ok(shared.report(elapsed))
+}
+
+/// One line of running counts every `every`, for as long as the run lasts (aborted by `run`).
+async fn print_progress(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let r = &shared.rec;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        println!(
+            "progress unix_ms={} ops={} reads={} writes={} stale={} phantom={} leaked={} \
+             errors={}",
+            state::unix_ms(),
+            load(&r.ops),
+            load(&r.reads),
+            load(&r.writes),
+            load(&r.stale),
+            load(&r.phantom),
+            load(&r.leaked),
+            load(&r.errors)
+        );
+    }
 }

@@ -97,6 +97,8 @@ pub(crate) struct Recorder {
     /// Reads answered for another session state (search_path, tenant) than the reader's.
     pub leaked: AtomicU64,
     pub errors: AtomicU64,
+    /// `CheckerConfig::echo`: print each note on stderr as it is recorded.
+    pub echo: bool,
     details: Mutex<Vec<String>>,
     op_counts: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -104,6 +106,9 @@ pub(crate) struct Recorder {
 impl Recorder {
     fn note(&self, counter: &AtomicU64, label: &str, text: String) {
         counter.fetch_add(1, Ordering::Relaxed);
+        if self.echo {
+            eprintln!("checker-event unix_ms={} {label}: {text}", unix_ms());
+        }
         let mut details = self.details.lock().unwrap_or_else(|p| p.into_inner());
         if details.len() < MAX_DETAILS {
             details.push(format!("{label}: {text}"));
@@ -132,6 +137,14 @@ impl Recorder {
             *all.entry(kind).or_insert(0) += n;
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): the stamp of echoed
+/// notes and progress lines, comparable with other processes' wall-clock logs.
+pub(crate) fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
 }
 
 /// One result held by the broken client-side cache of the fault modes.
@@ -192,7 +205,10 @@ impl Shared {
                 parents: Family::new(cfg.shape.parents),
                 events: Family::new(cfg.shape.events),
             },
-            rec: Recorder::default(),
+            rec: Recorder {
+                echo: cfg.echo,
+                ..Recorder::default()
+            },
             fault_cache,
             two_phase,
             next_op: AtomicU64::new(0),

@@ -19,6 +19,8 @@ use super::{CheckerConfig, CheckerError, Fault};
 
 /// How long establishing one connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Between reconnect attempts while `CheckerConfig::reconnect_for` lasts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
 
 /// Opens a connection and spawns its driver task.
 pub(crate) async fn connect(cfg: &CheckerConfig, addr: SocketAddr) -> Result<Client, CheckerError> {
@@ -325,6 +327,9 @@ impl Worker {
         };
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         while sh.claim_op() {
+            if !sh.cfg.op_pause.is_zero() {
+                tokio::time::sleep(sh.cfg.op_pause).await;
+            }
             let op = w.pick_op();
             *counts.entry(op.name()).or_insert(0) += 1;
             sh.rec.ops.fetch_add(1, Ordering::Relaxed);
@@ -341,7 +346,7 @@ impl Worker {
             };
             sh.rec
                 .error(format!("client {id} {}: {failure}", op.name()));
-            match tokio::time::timeout(limit, w.recover()).await {
+            match tokio::time::timeout(limit + sh.cfg.reconnect_for, w.recover()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     sh.rec
@@ -406,12 +411,26 @@ impl Worker {
     }
 
     /// After a failed operation: fresh connections (dropping the old ones aborts whatever
-    /// transaction was open) and no prepared transaction of ours left holding locks.
+    /// transaction was open) and no prepared transaction of ours left holding locks. With
+    /// `reconnect_for`, failed attempts are retried until it has passed.
     async fn recover(&mut self) -> Result<(), CheckerError> {
+        let give_up = std::time::Instant::now() + self.sh.cfg.reconnect_for;
+        loop {
+            match self.reconnect().await {
+                Ok(()) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= give_up => return Err(e),
+                Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
+            }
+        }
+    }
+
+    /// One attempt of `recover`. The pending transaction id is forgotten only once it is
+    /// known finished, so a retry rolls it back too.
+    async fn reconnect(&mut self) -> Result<(), CheckerError> {
         let (main, finisher, stale) = open_conns(&self.sh, self.id).await?;
         (self.main, self.finisher, self.stale) = (main, finisher, stale);
         self.switcher = None;
-        if let Some(gid) = self.pending_gid.take()
+        if let Some(gid) = self.pending_gid.clone()
             && let Err(e) = self.sq(&format!("ROLLBACK PREPARED '{gid}'")).await
         {
             // 42704: it was finished after all.
@@ -419,6 +438,7 @@ impl Worker {
                 return Err(e);
             }
         }
+        self.pending_gid = None;
         Ok(())
     }
 
