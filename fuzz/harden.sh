@@ -29,7 +29,7 @@ while (($#)); do
     esac
 done
 
-all_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$fuzz/Cargo.toml" | grep -v '^pgmemo-fuzz$')
+all_targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$fuzz/Cargo.toml" | grep -v '^pgmemo[-_]fuzz$')
 if ((${#targets[@]} == 0)); then
     mapfile -t targets <<<"$all_targets"
 fi
