@@ -89,7 +89,10 @@ impl<'a> Bind<'a> {
         let framed = (|| {
             let formats = usize::try_from(r.i16()?).ok()?;
             r.bytes(formats.checked_mul(2)?)?;
-            let params = r.i16()?;
+            // A negative count is not "no parameters": PostgreSQL reads the count unsigned
+            // and would then want that many values. Refused like the other counts, so a
+            // valid tail always yields every parameter (`Params::of_tail` refuses it too).
+            let params = usize::try_from(r.i16()?).ok()?;
             for _ in 0..params {
                 let len = r.i32()?;
                 if len >= 0 {
@@ -360,6 +363,11 @@ mod tests {
         let b = Bind::read(&cut).unwrap();
         assert!(!b.tail_is_valid());
         assert_eq!(b.params().last(), Some(None));
+        // A negative parameter count (found by the frontend_views fuzz target): not valid.
+        let negative = frame(b'B', b"\x02\0\xf7\xff\x03571\0\0\0\xff\xcc\0\x01\0\0");
+        let b = Bind::read(&negative).unwrap();
+        assert!(!b.tail_is_valid());
+        assert_eq!(b.params().collect::<Vec<_>>(), [None]);
         // Three formats for two parameters: PostgreSQL refuses it, and so does the reader.
         let odd = frame(b'B', &bind_body(&[0, 0, 0], &[Some(b"a"), Some(b"b")], &[]));
         assert_eq!(

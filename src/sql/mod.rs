@@ -403,6 +403,21 @@ impl Analysis {
     }
 }
 
+/// The keyword fallback's decision for one statement (`piece`: no trailing `;`), as
+/// [`analyze`] takes it when sqlparser cannot parse the text. Public so the fallback can be
+/// fuzzed and tested on its own: its answers must stay conservative (never a cacheable read,
+/// always with a reason) whatever sqlparser would have made of the text.
+pub fn fallback_statement(piece: &[u8]) -> StatementInfo {
+    let toks = lexer::significant(piece);
+    fallback::fallback(
+        piece,
+        &toks,
+        NotCacheable::ParseFailed,
+        0,
+        router::analyze_statement,
+    )
+}
+
 /// Analyses the raw bytes of a simple Query or a Parse. Never panics; any input gets an answer,
 /// conservative where the text is not understood.
 pub fn analyze(sql: &[u8]) -> Analysis {

@@ -97,7 +97,9 @@ pub fn scan(buf: &[u8], max_message: usize) -> Scan<'_> {
         _ => return Scan::Other,
     };
     match frames.next(&[frontend::SYNC]) {
-        Next::Frame(frontend::SYNC, _) => Scan::Group(Group {
+        // A Sync with a body is one PostgreSQL refuses ("invalid message format"): never
+        // answered from the cache in its place.
+        Next::Frame(frontend::SYNC, f) if f.len() == HEADER_LEN => Scan::Group(Group {
             parse,
             statement,
             bind_tail,
@@ -324,6 +326,8 @@ mod tests {
             ]),
             // A truncated Bind body.
             cat(&[frame(b'B', b"\0\0\0\x01").to_vec(), execute(0), sync()]),
+            // A Sync with a body (found by the group_scan fuzz target).
+            cat(&[bind("", "", &[]), execute(0), frame(b'S', b"ccc").to_vec()]),
             // Parse with trailing garbage.
             cat(&[
                 frame(b'P', b"\0select 1\0\0\0zz").to_vec(),

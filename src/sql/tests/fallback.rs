@@ -244,3 +244,20 @@ fn begin_atomic_bodies_are_not_split() {
     );
     assert_eq!(a.statements.len(), 1, "{a:#?}");
 }
+
+#[test]
+fn the_fallback_alone_is_conservative_on_text_sqlparser_reads() {
+    // `fallback_statement` (the fuzz target's entry point) decides without sqlparser, so even
+    // a plain cacheable SELECT comes back as an uncached read with the fallback's reason.
+    let read = crate::sql::fallback_statement(b"SELECT a FROM t WHERE id = 1");
+    assert_eq!(
+        (read.class, read.reason),
+        (Class::Read, Some(NotCacheable::ParseFailed))
+    );
+    let write = crate::sql::fallback_statement(b"UPDATE t SET a = 1 WHERE id = 2");
+    assert_eq!(write.reason, Some(NotCacheable::ParseFailed));
+    assert!(
+        matches!(write.class, Class::Write) && write.epoch_bump,
+        "{write:#?}"
+    );
+}
