@@ -218,7 +218,10 @@ fn pgmemo_healthcheck_hits_readyz_on_the_admin_port() {
     // On the host's loopback only: a demonstration must not open the proxy and the
     // token-less admin GETs to every network the host is on.
     for p in &ports {
-        assert!(p.starts_with("127.0.0.1:"), "published beyond loopback: {p}");
+        assert!(
+            p.starts_with("127.0.0.1:"),
+            "published beyond loopback: {p}"
+        );
     }
 }
 
