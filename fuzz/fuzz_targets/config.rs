@@ -14,10 +14,16 @@ fuzz_target!(|data: &[u8]| {
     };
     match from_toml_str(text, "fuzz.toml") {
         Ok(config) => {
-            let printed = config.to_toml_redacted().expect("a loaded configuration prints");
+            let printed = config
+                .to_toml_redacted()
+                .expect("a loaded configuration prints");
             if !printed.contains(REDACTED) {
                 let again = from_toml_str(&printed, "printed.toml");
-                assert_eq!(again.as_ref().ok(), Some(&config), "printed config reads back differently:\n{printed}\n{again:?}");
+                assert_eq!(
+                    again.as_ref().ok(),
+                    Some(&config),
+                    "printed config reads back differently:\n{printed}\n{again:?}"
+                );
             }
         }
         Err(errors) => assert!(!errors.issues.is_empty(), "an error without an issue"),

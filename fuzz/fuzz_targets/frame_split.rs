@@ -26,7 +26,11 @@ enum End {
 }
 
 /// Splits `stream` delivered in chunks of the sizes `chunks` yields, the relay's way.
-fn split(stream: &[u8], max: usize, mut chunk: impl FnMut() -> usize) -> (Vec<(usize, usize)>, End) {
+fn split(
+    stream: &[u8],
+    max: usize,
+    mut chunk: impl FnMut() -> usize,
+) -> (Vec<(usize, usize)>, End) {
     let mut frames = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut consumed = 0;
@@ -67,7 +71,9 @@ fn split(stream: &[u8], max: usize, mut chunk: impl FnMut() -> usize) -> (Vec<(u
                             assert_eq!(l, i64::from(len));
                             assert_eq!(tag, char::from(rest[0]));
                         }
-                        FrameError::TooLarge { len: total, max: m, .. } => {
+                        FrameError::TooLarge {
+                            len: total, max: m, ..
+                        } => {
                             assert!(len >= 4);
                             assert_eq!(total, len as usize + 1);
                             assert!(total > m && m == max);

@@ -74,16 +74,29 @@ fuzz_target!(|input: Input| {
     put_cstr(&mut body, &input.parse_name.0);
     put_cstr(&mut body, &input.sql.0);
     body.extend_from_slice(&(types.len() as i16).to_be_bytes());
-    types.iter().for_each(|t| body.extend_from_slice(&t.to_be_bytes()));
+    types
+        .iter()
+        .for_each(|t| body.extend_from_slice(&t.to_be_bytes()));
     let parse_frame = frame(b'P', &body);
     let p = Parse::read(&parse_frame).expect("an encoded Parse reads");
     let oids: Vec<u8> = types.iter().flat_map(|t| t.to_be_bytes()).collect();
-    assert_eq!((p.name, p.sql, p.param_types, p.rest), (&input.parse_name.0[..], &input.sql.0[..], &oids[..], &b""[..]));
+    assert_eq!(
+        (p.name, p.sql, p.param_types, p.rest),
+        (
+            &input.parse_name.0[..],
+            &input.sql.0[..],
+            &oids[..],
+            &b""[..]
+        )
+    );
 
     // Bind.
     let bind_frame = encode_bind(&bind);
     let b = Bind::read(&bind_frame).expect("an encoded Bind reads");
-    assert_eq!((b.portal, b.statement), (&bind.portal.0[..], &bind.statement.0[..]));
+    assert_eq!(
+        (b.portal, b.statement),
+        (&bind.portal.0[..], &bind.statement.0[..])
+    );
     assert!(b.tail_is_valid(), "an encoded Bind's tail is valid");
     let n = bind.params.len();
     let params: Vec<Option<Param<'_>>> = b.params().collect();
@@ -110,14 +123,27 @@ fuzz_target!(|input: Input| {
     }
 
     // Describe and Close.
-    let (tag, target) = if input.target_is_portal { (b'P', Target::Portal) } else { (b'S', Target::Statement) };
+    let (tag, target) = if input.target_is_portal {
+        (b'P', Target::Portal)
+    } else {
+        (b'S', Target::Statement)
+    };
     let mut body = vec![tag];
     put_cstr(&mut body, &input.parse_name.0);
     let d_frame = frame(b'D', &body);
     let d = Describe::read(&d_frame).expect("an encoded Describe reads");
-    assert_eq!((d.target, d.name, d.rest), (target, &input.parse_name.0[..], &b""[..]));
+    assert_eq!(
+        (d.target, d.name, d.rest),
+        (target, &input.parse_name.0[..], &b""[..])
+    );
     let c_frame = frame(b'C', &body);
-    assert_eq!(Close::read(&c_frame), Some(Close { target, name: &input.parse_name.0 }));
+    assert_eq!(
+        Close::read(&c_frame),
+        Some(Close {
+            target,
+            name: &input.parse_name.0
+        })
+    );
 
     // Execute.
     let mut body = Vec::new();
@@ -125,7 +151,10 @@ fuzz_target!(|input: Input| {
     body.extend_from_slice(&input.max_rows.to_be_bytes());
     let e_frame = frame(b'E', &body);
     let e = Execute::read(&e_frame).expect("an encoded Execute reads");
-    assert_eq!((e.portal, e.max_rows, e.rest), (&bind.portal.0[..], input.max_rows, &b""[..]));
+    assert_eq!(
+        (e.portal, e.max_rows, e.rest),
+        (&bind.portal.0[..], input.max_rows, &b""[..])
+    );
 
     // The group: answerable when the portal is unnamed and the Parse names the Bind's statement.
     let mut group = Vec::new();
@@ -145,7 +174,10 @@ fuzz_target!(|input: Input| {
     buf.extend_from_slice(&input.trailing);
     match scan(&buf, 1 << 20) {
         Scan::Group(g) => {
-            assert!(answerable, "a group with a named portal or another statement was taken");
+            assert!(
+                answerable,
+                "a group with a named portal or another statement was taken"
+            );
             assert_eq!(g.len, len);
             assert_eq!(g.statement, &bind.statement.0[..]);
             assert_eq!(g.bind_tail, b.tail);
@@ -153,7 +185,10 @@ fuzz_target!(|input: Input| {
             assert_eq!(g.max_rows, u32::try_from(input.max_rows).unwrap_or(0));
             match (g.parse, input.with_parse) {
                 (Some(p), true) => {
-                    assert_eq!((p.name, p.sql, p.frame), (&input.parse_name.0[..], &input.sql.0[..], &parse_frame[..]));
+                    assert_eq!(
+                        (p.name, p.sql, p.frame),
+                        (&input.parse_name.0[..], &input.sql.0[..], &parse_frame[..])
+                    );
                 }
                 (None, false) => {}
                 other => panic!("the Parse was misread: {other:?}"),
@@ -165,7 +200,10 @@ fuzz_target!(|input: Input| {
         // Every strict prefix waits for more (a sample of cut points, all frame ends among them).
         let step = (len / 64).max(1);
         for cut in (1..len).step_by(step).chain([len - 1]) {
-            assert!(matches!(scan(&group[..cut], 1 << 20), Scan::Incomplete), "cut at {cut} of {len}");
+            assert!(
+                matches!(scan(&group[..cut], 1 << 20), Scan::Incomplete),
+                "cut at {cut} of {len}"
+            );
         }
     }
 });

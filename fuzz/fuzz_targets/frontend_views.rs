@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pgmemo::protocol::HEADER_LEN;
 use pgmemo::protocol::frontend::{Bind, Close, Describe, Execute, Params, Parse};
 use pgmemo_fuzz::within;
-use pgmemo::protocol::HEADER_LEN;
 
 fuzz_target!(|frame: &[u8]| {
     let body = frame.get(HEADER_LEN..).unwrap_or_default();

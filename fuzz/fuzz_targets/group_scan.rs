@@ -53,13 +53,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(taken.ends_with(SYNC_FRAME), "a group ends with its Sync");
             assert!(within(taken, g.statement) && within(taken, g.bind_tail));
             if let Some(p) = g.parse {
-                assert!(within(taken, p.frame) && within(p.frame, p.sql) && within(p.frame, p.name));
+                assert!(
+                    within(taken, p.frame) && within(p.frame, p.sql) && within(p.frame, p.name)
+                );
                 assert!(within(p.frame, p.param_types) && p.param_types.len() % 4 == 0);
                 assert!(taken.starts_with(p.frame));
             }
             let _ = params_may_read_clock(g.bind_tail);
-            assert!(same(&verdict, &later), "more bytes changed a group: {later:?}");
-            assert!(same(&verdict, &scan(taken, max)), "the group depends on what follows it");
+            assert!(
+                same(&verdict, &later),
+                "more bytes changed a group: {later:?}"
+            );
+            assert!(
+                same(&verdict, &scan(taken, max)),
+                "the group depends on what follows it"
+            );
         }
         Scan::Other => assert!(same(&verdict, &later), "more bytes made Other {later:?}"),
         Scan::Incomplete => {}

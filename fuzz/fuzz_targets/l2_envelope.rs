@@ -38,7 +38,13 @@ fn tag(body: &[u8]) -> [u8; 32] {
 fn reseal(key: &EnvelopeKey, entry: &Sealed, compress_min: usize) {
     let sealed = seal(key, REDIS_KEY, entry, compress_min).expect("small frames seal");
     assert_eq!(sealed.raw_len, entry.frames.len());
-    let opened = open(key, REDIS_KEY, &sealed.bytes, entry.created_unix_ms, MAX_FRAMES);
+    let opened = open(
+        key,
+        REDIS_KEY,
+        &sealed.bytes,
+        entry.created_unix_ms,
+        MAX_FRAMES,
+    );
     // Expiry saturates at u64::MAX ms: an entry created at the end of time has expired.
     let expiry = entry.created_unix_ms.saturating_add(entry.ttl_ms);
     if entry.ttl_ms != 0 && entry.created_unix_ms >= expiry {
@@ -56,19 +62,30 @@ fuzz_target!(|data: &[u8]| {
     match mode % 3 {
         0 => {
             let now = 1_700_000_000_000;
-            assert!(open(&key, REDIS_KEY, rest, now, MAX_FRAMES).is_err(), "an unsigned envelope opened");
+            assert!(
+                open(&key, REDIS_KEY, rest, now, MAX_FRAMES).is_err(),
+                "an unsigned envelope opened"
+            );
         }
         1 => {
             let mut bytes = rest.to_vec();
             bytes.extend_from_slice(&tag(rest));
-            let now = rest.get(8..16).map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
+            let now = rest
+                .get(8..16)
+                .map_or(0, |b| u64::from_be_bytes(b.try_into().unwrap()));
             match open(&key, REDIS_KEY, &bytes, now, MAX_FRAMES) {
                 Ok(entry) => {
                     assert!(entry.frames.len() <= MAX_FRAMES);
                     assert_eq!(entry.created_unix_ms, now);
                     assert_eq!(&rest[..4], b"PGMC");
-                    assert_eq!(entry.check.0, u64::from_be_bytes(rest[24..32].try_into().unwrap()));
-                    assert_eq!(entry.frames.len(), u32::from_be_bytes(rest[32..36].try_into().unwrap()) as usize);
+                    assert_eq!(
+                        entry.check.0,
+                        u64::from_be_bytes(rest[24..32].try_into().unwrap())
+                    );
+                    assert_eq!(
+                        entry.frames.len(),
+                        u32::from_be_bytes(rest[32..36].try_into().unwrap()) as usize
+                    );
                     reseal(&key, &entry, 1 + usize::from(rest[6]));
                 }
                 Err(EnvelopeError::BadTag) => panic!("a correctly signed envelope failed its tag"),
@@ -83,15 +100,32 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             // Compressible frames too: repeat what was given.
-            let frames = if compress_min % 2 == 0 { frames.repeat(8) } else { frames };
-            let entry = Sealed { check: KeyCheck(check), frames: Bytes::from(frames), created_unix_ms: created, ttl_ms: ttl };
+            let frames = if compress_min % 2 == 0 {
+                frames.repeat(8)
+            } else {
+                frames
+            };
+            let entry = Sealed {
+                check: KeyCheck(check),
+                frames: Bytes::from(frames),
+                created_unix_ms: created,
+                ttl_ms: ttl,
+            };
             reseal(&key, &entry, usize::from(compress_min));
-            let sealed = seal(&key, REDIS_KEY, &entry, usize::from(compress_min)).unwrap().bytes;
+            let sealed = seal(&key, REDIS_KEY, &entry, usize::from(compress_min))
+                .unwrap()
+                .bytes;
             let mut tampered = sealed.clone();
             let at = usize::from(flip) % tampered.len();
             tampered[at] ^= 1 + (flip >> 8) as u8 % 255;
-            assert!(open(&key, REDIS_KEY, &tampered, created, MAX_FRAMES).is_err(), "a tampered envelope opened (byte {at})");
-            assert!(open(&key, b"another key", &sealed, created, MAX_FRAMES).is_err(), "opened under another Redis key");
+            assert!(
+                open(&key, REDIS_KEY, &tampered, created, MAX_FRAMES).is_err(),
+                "a tampered envelope opened (byte {at})"
+            );
+            assert!(
+                open(&key, b"another key", &sealed, created, MAX_FRAMES).is_err(),
+                "opened under another Redis key"
+            );
         }
     }
 });

@@ -18,13 +18,20 @@ use pgmemo_fuzz::{messages_u16, within};
 
 fn check_message(data: &[u8], m: &Message<'_>) {
     match m {
-        Message::Relation { namespace, name, columns, .. } => {
+        Message::Relation {
+            namespace,
+            name,
+            columns,
+            ..
+        } => {
             assert!(within(data, namespace) && within(data, name));
             assert!(columns.len() <= MAX_COLUMNS);
             assert_eq!(columns.iter().count(), columns.len());
             assert!(columns.iter().all(|c| within(data, c.name)));
         }
-        Message::Row { key, old, new, cut, .. } => {
+        Message::Row {
+            key, old, new, cut, ..
+        } => {
             if *cut {
                 assert!(key.is_none() && old.is_none() && new.is_none());
             }
@@ -48,7 +55,10 @@ fn check_txn(txn: &CommittedTxn) {
     }
     let mut bytes = 0usize;
     for (rel, rows) in &txn.rows {
-        assert!(txn.relations.contains(rel), "rows kept for a relation not in the set");
+        assert!(
+            txn.relations.contains(rel),
+            "rows kept for a relation not in the set"
+        );
         if let Some(rows) = rows {
             assert!(rows.values.len() <= MAX_ROWS_PER_RELATION);
             for version in &rows.values {

@@ -13,7 +13,12 @@ use pgmemo_fuzz::within;
 
 fuzz_target!(|payload: &[u8]| {
     match decode_server(payload) {
-        Ok(ServerMessage::XLogData { start, wal_end, sent_at, data }) => {
+        Ok(ServerMessage::XLogData {
+            start,
+            wal_end,
+            sent_at,
+            data,
+        }) => {
             assert_eq!(payload[0], b'w');
             assert!(within(payload, data));
             assert_eq!(data.len() + 25, payload.len());
@@ -25,7 +30,11 @@ fuzz_target!(|payload: &[u8]| {
             assert_eq!(again, payload);
             let _ = pgoutput::decode(data);
         }
-        Ok(ServerMessage::Keepalive { wal_end, sent_at, reply_requested }) => {
+        Ok(ServerMessage::Keepalive {
+            wal_end,
+            sent_at,
+            reply_requested,
+        }) => {
             assert_eq!(payload[0], b'k');
             assert!(payload.len() >= 18);
             let mut again = vec![b'k'];
@@ -35,14 +44,19 @@ fuzz_target!(|payload: &[u8]| {
             assert_eq!(again[..17], payload[..17]);
             assert_eq!(reply_requested, payload[17] != 0);
         }
-        Err(WireError::UnknownTag(t)) => assert!(t != b'w' && t != b'k' && payload.first() == Some(&t)),
+        Err(WireError::UnknownTag(t)) => {
+            assert!(t != b'w' && t != b'k' && payload.first() == Some(&t))
+        }
         Err(WireError::Truncated) => {
             let need = match payload.first() {
                 Some(b'w') => 25,
                 Some(b'k') => 18,
                 _ => 1,
             };
-            assert!(payload.len() < need, "a long enough payload was called truncated");
+            assert!(
+                payload.len() < need,
+                "a long enough payload was called truncated"
+            );
         }
         Err(e) => panic!("decode_server gave {e}"),
     }
@@ -50,7 +64,13 @@ fuzz_target!(|payload: &[u8]| {
     if let Some(b) = payload.get(..8) {
         let lsn = Lsn(u64::from_be_bytes(b.try_into().unwrap()));
         assert_eq!(lsn.to_string().parse::<Lsn>(), Ok(lsn));
-        let m = status_update(lsn, lsn, lsn, i64::from_be_bytes(b.try_into().unwrap()), true);
+        let m = status_update(
+            lsn,
+            lsn,
+            lsn,
+            i64::from_be_bytes(b.try_into().unwrap()),
+            true,
+        );
         assert_eq!(m[1..9], b[..]);
     }
     if let Ok(text) = std::str::from_utf8(payload) {

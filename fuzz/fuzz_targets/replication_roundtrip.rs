@@ -9,7 +9,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use pgmemo::cdc::pgoutput::{ChangeKind, MAX_COLUMNS, Datum, Message, RelColumn, decode};
+use pgmemo::cdc::pgoutput::{ChangeKind, Datum, MAX_COLUMNS, Message, RelColumn, decode};
 use pgmemo::cdc::wire::{Lsn, ServerMessage, decode_server};
 use pgmemo_fuzz::{CString, put_cstr};
 
@@ -30,12 +30,40 @@ enum Kind {
 
 #[derive(Debug, Arbitrary)]
 enum Msg {
-    Begin { final_lsn: u64, ts: u64, xid: u32 },
-    Commit { flags: u8, commit_lsn: u64, end_lsn: u64, ts: u64 },
-    Relation { oid: u32, ns: CString, name: CString, identity: u8, columns: Vec<(u8, CString, u32, i32)> },
-    Row { kind: Kind, rel: u32, old_is_full: bool, key: Option<Vec<D>>, new: Vec<D>, cut: u16 },
-    Truncate { options: u8, rels: Vec<u32> },
-    Other { tag: u8, body: Vec<u8> },
+    Begin {
+        final_lsn: u64,
+        ts: u64,
+        xid: u32,
+    },
+    Commit {
+        flags: u8,
+        commit_lsn: u64,
+        end_lsn: u64,
+        ts: u64,
+    },
+    Relation {
+        oid: u32,
+        ns: CString,
+        name: CString,
+        identity: u8,
+        columns: Vec<(u8, CString, u32, i32)>,
+    },
+    Row {
+        kind: Kind,
+        rel: u32,
+        old_is_full: bool,
+        key: Option<Vec<D>>,
+        new: Vec<D>,
+        cut: u16,
+    },
+    Truncate {
+        options: u8,
+        rels: Vec<u32>,
+    },
+    Other {
+        tag: u8,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -73,12 +101,17 @@ fn same_tuple(got: Option<pgmemo::cdc::pgoutput::Tuple<'_>>, want: Option<&[D]>)
             for (g, w) in got.iter().zip(w) {
                 match (g, w) {
                     (Datum::Null, D::Null) | (Datum::Unchanged, D::Unchanged) => {}
-                    (Datum::Text(a), D::Text(b)) | (Datum::Binary(a), D::Binary(b)) => assert_eq!(a, b),
+                    (Datum::Text(a), D::Text(b)) | (Datum::Binary(a), D::Binary(b)) => {
+                        assert_eq!(a, b)
+                    }
                     other => panic!("datum misread: {other:?}"),
                 }
             }
         }
-        other => panic!("tuple presence misread: {:?}", (other.0.is_some(), other.1.is_some())),
+        other => panic!(
+            "tuple presence misread: {:?}",
+            (other.0.is_some(), other.1.is_some())
+        ),
     }
 }
 
@@ -87,7 +120,9 @@ fn same_tuple(got: Option<pgmemo::cdc::pgoutput::Tuple<'_>>, want: Option<&[D]>)
 fn in_bounds(m: &Msg) -> bool {
     match m {
         Msg::Relation { columns, .. } => columns.len() <= MAX_COLUMNS,
-        Msg::Row { key, new, .. } => key.as_ref().is_none_or(|k| k.len() <= MAX_COLUMNS) && new.len() <= MAX_COLUMNS,
+        Msg::Row { key, new, .. } => {
+            key.as_ref().is_none_or(|k| k.len() <= MAX_COLUMNS) && new.len() <= MAX_COLUMNS
+        }
         _ => true,
     }
 }
@@ -103,9 +138,20 @@ fuzz_target!(|input: Input| {
             data.extend_from_slice(&final_lsn.to_be_bytes());
             data.extend_from_slice(&ts.to_be_bytes());
             data.extend_from_slice(&xid.to_be_bytes());
-            assert_eq!(decode(&data), Ok(Message::Begin { final_lsn: Lsn(*final_lsn), xid: *xid }));
+            assert_eq!(
+                decode(&data),
+                Ok(Message::Begin {
+                    final_lsn: Lsn(*final_lsn),
+                    xid: *xid
+                })
+            );
         }
-        Msg::Commit { flags, commit_lsn, end_lsn, ts } => {
+        Msg::Commit {
+            flags,
+            commit_lsn,
+            end_lsn,
+            ts,
+        } => {
             data.push(b'C');
             data.push(*flags);
             data.extend_from_slice(&commit_lsn.to_be_bytes());
@@ -113,10 +159,20 @@ fuzz_target!(|input: Input| {
             data.extend_from_slice(&ts.to_be_bytes());
             assert_eq!(
                 decode(&data),
-                Ok(Message::Commit { commit_lsn: Lsn(*commit_lsn), end_lsn: Lsn(*end_lsn), committed_at: *ts as i64 })
+                Ok(Message::Commit {
+                    commit_lsn: Lsn(*commit_lsn),
+                    end_lsn: Lsn(*end_lsn),
+                    committed_at: *ts as i64
+                })
             );
         }
-        Msg::Relation { oid, ns, name, identity, columns } => {
+        Msg::Relation {
+            oid,
+            ns,
+            name,
+            identity,
+            columns,
+        } => {
             data.push(b'R');
             data.extend_from_slice(&oid.to_be_bytes());
             put_cstr(&mut data, &ns.0);
@@ -129,17 +185,42 @@ fuzz_target!(|input: Input| {
                 data.extend_from_slice(&ty.to_be_bytes());
                 data.extend_from_slice(&typmod.to_be_bytes());
             }
-            let Ok(Message::Relation { oid: o, namespace, name: n, identity: i, columns: cols }) = decode(&data) else {
+            let Ok(Message::Relation {
+                oid: o,
+                namespace,
+                name: n,
+                identity: i,
+                columns: cols,
+            }) = decode(&data)
+            else {
                 panic!("an encoded Relation does not decode");
             };
-            assert_eq!((o, namespace, n, i), (*oid, &ns.0[..], &name.0[..], *identity));
+            assert_eq!(
+                (o, namespace, n, i),
+                (*oid, &ns.0[..], &name.0[..], *identity)
+            );
             let got: Vec<RelColumn<'_>> = cols.iter().collect();
             assert_eq!(got.len(), columns.len());
             for (g, (flags, col, ty, typmod)) in got.iter().zip(columns) {
-                assert_eq!(*g, RelColumn { key: flags & 1 != 0, name: &col.0, type_oid: *ty, typmod: *typmod });
+                assert_eq!(
+                    *g,
+                    RelColumn {
+                        key: flags & 1 != 0,
+                        name: &col.0,
+                        type_oid: *ty,
+                        typmod: *typmod
+                    }
+                );
             }
         }
-        Msg::Row { kind, rel, old_is_full, key, new, cut } => {
+        Msg::Row {
+            kind,
+            rel,
+            old_is_full,
+            key,
+            new,
+            cut,
+        } => {
             let (tag, kind) = match kind {
                 Kind::Insert => (b'I', ChangeKind::Insert),
                 Kind::Update => (b'U', ChangeKind::Update),
@@ -161,11 +242,23 @@ fuzz_target!(|input: Input| {
             if let Some(n) = newt {
                 put_tuple(&mut data, b'N', n);
             }
-            let Ok(Message::Row { kind: k, rel: r, key: gk, old: go, new: gn, cut: c }) = decode(&data) else {
+            let Ok(Message::Row {
+                kind: k,
+                rel: r,
+                key: gk,
+                old: go,
+                new: gn,
+                cut: c,
+            }) = decode(&data)
+            else {
                 panic!("an encoded row does not decode: {:?}", decode(&data));
             };
             assert_eq!((k, r, c), (kind, *rel, false));
-            let (wk, wo) = if *old_is_full { (None, old) } else { (old, None) };
+            let (wk, wo) = if *old_is_full {
+                (None, old)
+            } else {
+                (old, None)
+            };
             same_tuple(gk, wk);
             same_tuple(go, wo);
             same_tuple(gn, newt);
@@ -173,7 +266,14 @@ fuzz_target!(|input: Input| {
             let keep = 5 + usize::from(*cut) % (data.len() - 4);
             if keep < data.len() {
                 match decode(&data[..keep]) {
-                    Ok(Message::Row { rel: r, cut: true, key: None, old: None, new: None, .. }) => assert_eq!(r, *rel),
+                    Ok(Message::Row {
+                        rel: r,
+                        cut: true,
+                        key: None,
+                        old: None,
+                        new: None,
+                        ..
+                    }) => assert_eq!(r, *rel),
                     other => panic!("a cut row read as {other:?}"),
                 }
             }
@@ -182,7 +282,8 @@ fuzz_target!(|input: Input| {
             data.push(b'T');
             data.extend_from_slice(&(rels.len() as u32).to_be_bytes());
             data.push(*options);
-            rels.iter().for_each(|r| data.extend_from_slice(&r.to_be_bytes()));
+            rels.iter()
+                .for_each(|r| data.extend_from_slice(&r.to_be_bytes()));
             let Ok(Message::Truncate { rels: got }) = decode(&data) else {
                 panic!("an encoded Truncate does not decode");
             };
@@ -205,7 +306,12 @@ fuzz_target!(|input: Input| {
     w.extend_from_slice(&data);
     assert_eq!(
         decode_server(&w),
-        Ok(ServerMessage::XLogData { start: Lsn(input.start), wal_end: Lsn(input.wal_end), sent_at: input.sent_at, data: &data })
+        Ok(ServerMessage::XLogData {
+            start: Lsn(input.start),
+            wal_end: Lsn(input.wal_end),
+            sent_at: input.sent_at,
+            data: &data
+        })
     );
     let mut k = vec![b'k'];
     k.extend_from_slice(&input.wal_end.to_be_bytes());
@@ -213,6 +319,10 @@ fuzz_target!(|input: Input| {
     k.push(u8::from(input.reply));
     assert_eq!(
         decode_server(&k),
-        Ok(ServerMessage::Keepalive { wal_end: Lsn(input.wal_end), sent_at: input.sent_at, reply_requested: input.reply })
+        Ok(ServerMessage::Keepalive {
+            wal_end: Lsn(input.wal_end),
+            sent_at: input.sent_at,
+            reply_requested: input.reply
+        })
     );
 });

@@ -24,12 +24,24 @@ fn check(info: &StatementInfo) {
         "class and reason disagree: {info:?}"
     );
     for r in info.reads.iter().chain(&info.writes) {
-        assert!(r.name.len() <= MAX_NAME, "relation name over 63 bytes: {r:?}");
-        assert!(r.schema.as_ref().is_none_or(|s| s.len() <= MAX_NAME), "{r:?}");
+        assert!(
+            r.name.len() <= MAX_NAME,
+            "relation name over 63 bytes: {r:?}"
+        );
+        assert!(
+            r.schema.as_ref().is_none_or(|s| s.len() <= MAX_NAME),
+            "{r:?}"
+        );
     }
     for f in &info.functions {
-        assert!(f.name.len() <= MAX_NAME, "function name over 63 bytes: {f:?}");
-        assert!(f.schema.as_ref().is_none_or(|s| s.len() <= MAX_NAME), "{f:?}");
+        assert!(
+            f.name.len() <= MAX_NAME,
+            "function name over 63 bytes: {f:?}"
+        );
+        assert!(
+            f.schema.as_ref().is_none_or(|s| s.len() <= MAX_NAME),
+            "{f:?}"
+        );
     }
     if let Class::SessionChange(SessionChange::Prepare { inner, .. }) = &info.class {
         check(inner);
@@ -40,7 +52,9 @@ fuzz_target!(|sql: &[u8]| {
     let analysis = sql::analyze(sql);
     assert_eq!(analysis, sql::analyze(sql), "analysis is not deterministic");
     analysis.statements.iter().for_each(check);
-    let pieces = (0..).take_while(|&i| statement_piece(sql, i).is_some()).count();
+    let pieces = (0..)
+        .take_while(|&i| statement_piece(sql, i).is_some())
+        .count();
     assert!(
         analysis.statements.len() >= pieces,
         "{pieces} pieces gave {} statements",
@@ -59,6 +73,10 @@ fuzz_target!(|sql: &[u8]| {
     }
     assert!(analysis.hints.unknown.len() <= MAX_UNKNOWN_HINTS);
     let _ = analysis.weight(sql.len());
-    let _ = (analysis.epoch_bump(), analysis.taints_session(), analysis.writes().count());
+    let _ = (
+        analysis.epoch_bump(),
+        analysis.taints_session(),
+        analysis.writes().count(),
+    );
     let _ = databases_needing_free(sql);
 });

@@ -10,18 +10,38 @@ use pgmemo::sql::{Class, SessionChange, StatementInfo, fallback_statement};
 
 fn check(info: &StatementInfo, top: bool) {
     if top {
-        assert_ne!(info.class, Class::CacheableRead, "the fallback cached: {info:?}");
-        assert!(info.reason.is_some(), "the fallback gave no reason: {info:?}");
+        assert_ne!(
+            info.class,
+            Class::CacheableRead,
+            "the fallback cached: {info:?}"
+        );
+        assert!(
+            info.reason.is_some(),
+            "the fallback gave no reason: {info:?}"
+        );
     }
-    assert_eq!(info.class == Class::CacheableRead, info.reason.is_none(), "{info:?}");
+    assert_eq!(
+        info.class == Class::CacheableRead,
+        info.reason.is_none(),
+        "{info:?}"
+    );
     for r in info.reads.iter().chain(&info.writes) {
-        assert!(r.name.len() <= 63 && r.schema.as_ref().is_none_or(|s| s.len() <= 63), "{r:?}");
+        assert!(
+            r.name.len() <= 63 && r.schema.as_ref().is_none_or(|s| s.len() <= 63),
+            "{r:?}"
+        );
     }
     for f in &info.functions {
-        assert!(f.name.len() <= 63 && f.schema.as_ref().is_none_or(|s| s.len() <= 63), "{f:?}");
+        assert!(
+            f.name.len() <= 63 && f.schema.as_ref().is_none_or(|s| s.len() <= 63),
+            "{f:?}"
+        );
     }
     if info.class == Class::Write && info.writes.is_empty() {
-        assert!(info.epoch_bump, "a write with unknown targets does not bump: {info:?}");
+        assert!(
+            info.epoch_bump,
+            "a write with unknown targets does not bump: {info:?}"
+        );
     }
     if let Class::SessionChange(SessionChange::Prepare { inner, .. }) = &info.class {
         check(inner, false);

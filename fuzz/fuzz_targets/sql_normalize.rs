@@ -21,7 +21,11 @@ const MAX_COMPARED: usize = 2048;
 fuzz_target!(|sql: &[u8]| {
     let key = normalize_for_key(sql);
     assert!(key.len() <= sql.len(), "the key form grew");
-    assert_eq!(normalize_for_key(&key), key, "the key form is not idempotent");
+    assert_eq!(
+        normalize_for_key(&key),
+        key,
+        "the key form is not idempotent"
+    );
     let h = hints(sql);
     assert!(h.unknown.len() <= MAX_UNKNOWN_HINTS);
     assert!(h.unknown.iter().all(|u| u.chars().count() <= 64));
@@ -36,12 +40,20 @@ fuzz_target!(|sql: &[u8]| {
         let a = sql::analyze(sql);
         if a.cacheable().is_some() {
             let b = sql::analyze(&key);
-            assert_eq!(a.statements, b.statements, "the key form analyses differently: {:?}", String::from_utf8_lossy(&key));
+            assert_eq!(
+                a.statements,
+                b.statements,
+                "the key form analyses differently: {:?}",
+                String::from_utf8_lossy(&key)
+            );
         }
     }
     let max = sql.first().map_or(0, |b| usize::from(*b));
     let shape = log_shape(sql, max);
-    assert!(shape.len() <= max + '…'.len_utf8(), "a log shape passed its bound");
+    assert!(
+        shape.len() <= max + '…'.len_utf8(),
+        "a log shape passed its bound"
+    );
     let mut i = 0;
     while let Some(piece) = statement_piece(sql, i) {
         assert!(within(sql, piece));

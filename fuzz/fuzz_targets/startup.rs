@@ -36,7 +36,10 @@ fn check(raw: &[u8]) {
             }
             for (i, (k, v)) in m.params.iter().enumerate() {
                 assert!(!k.is_empty() && !k.contains(&0) && !v.contains(&0));
-                assert!(m.params[..i].iter().all(|(other, _)| other != k), "names are unique");
+                assert!(
+                    m.params[..i].iter().all(|(other, _)| other != k),
+                    "names are unique"
+                );
             }
             let _ = (m.user(), m.database());
             rebuilt(&m, b"fuzzdb");
@@ -48,7 +51,10 @@ fn check(raw: &[u8]) {
 fn rebuilt(m: &StartupMessage, db: &[u8]) {
     let login = m.with_database(db);
     let Ok(StartupPacket::Startup(again)) = startup::parse(login.raw.clone()) else {
-        panic!("with_database built a packet that does not parse: {:?}", login.raw);
+        panic!(
+            "with_database built a packet that does not parse: {:?}",
+            login.raw
+        );
     };
     // A packet grown past PostgreSQL's limit is refused by the server, which tells the
     // client: harmless, so only a packet within it must read back through `packet_len`.

@@ -26,14 +26,24 @@ fn clean(s: &str) -> String {
 }
 
 fuzz_target!(|input: Input| {
-    let names = ["user", "database", "options", "application_name", "_pq_.x", "replication"];
+    let names = [
+        "user",
+        "database",
+        "options",
+        "application_name",
+        "_pq_.x",
+        "replication",
+    ];
     let params: Vec<(String, String)> = input
         .params
         .iter()
         .take(32)
         .map(|(n, v)| (names[usize::from(*n) % names.len()].to_owned(), clean(v)))
         .collect();
-    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let raw = startup::encode_startup(input.major, input.minor, &pairs);
     assert_eq!(
         i32::from_be_bytes(raw[..4].try_into().unwrap()) as usize,
@@ -78,8 +88,17 @@ fuzz_target!(|input: Input| {
     let key = &input.key[..input.key.len().min(4 + MAX_CANCEL_KEY + 4)];
     let parsed = startup::parse(startup::encode_cancel(key));
     if (8..=4 + MAX_CANCEL_KEY).contains(&key.len()) {
-        assert_eq!(parsed, Ok(StartupPacket::Cancel { key: Bytes::copy_from_slice(key) }));
+        assert_eq!(
+            parsed,
+            Ok(StartupPacket::Cancel {
+                key: Bytes::copy_from_slice(key)
+            })
+        );
     } else {
-        assert!(parsed.is_err(), "a cancel key of {} bytes was accepted", key.len());
+        assert!(
+            parsed.is_err(),
+            "a cancel key of {} bytes was accepted",
+            key.len()
+        );
     }
 });
