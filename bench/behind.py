@@ -11,6 +11,11 @@ system as the PostgreSQL data directory, `behind-redis` with the queue on a Redi
 - insert: CLIENTS_INSERT (16) clients, `INSERT INTO bh_events (id, v) VALUES (:id, :v)`;
 - counter: CLIENTS_COUNTER (64) clients, `UPDATE bh_counters SET n = n + 1 WHERE id = 1`
   (pgmemo: behind_increments and behind_coalesce).
+With --targets including `ceiling` and/or `ceiling-append` (insert workload only), the
+ceiling of bench/durable is interleaved too: an instant responder that answers each INSERT
+once a record for it is written and fdatasync'd by one group-committing writer thread (its
+file preallocated with zeros, or appended to), in the same file system: the least any durable
+write-behind queue must do on this machine (built with cargo unless --no-build).
 After one warm-up run per target, --reps interleaved repetitions. Reported per workload and
 target (medians over reps): TPS, acknowledgement latency p50/p99 (from the logs), and for
 pgmemo the flush lag (acknowledgement to commit in PostgreSQL) p50/p99 from
@@ -23,6 +28,8 @@ Standard library only; writes bench/out/behind-<time>.json and prints a markdown
 import argparse
 import datetime
 import json
+import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cdc import metric, metrics, start_pgmemo  # noqa: E402
 from l2 import SECRET, start_redis  # noqa: E402
 from run import parse_pgbench  # noqa: E402
+import stack as stackmod  # noqa: E402
 from stack import Stack, REPO, client_env, find_pg_bin, log  # noqa: E402
 
 SETUP = """
@@ -48,6 +56,8 @@ SCRIPTS = {
     "counter": "UPDATE bh_counters SET n = n + 1 WHERE id = 1;\n",
 }
 TARGETS = ("direct", "behind", "behind-redis")
+# bench/durable's modes, by target name (insert workload only).
+CEILINGS = {"ceiling": "zeroed", "ceiling-append": "append"}
 
 
 RULES = ('[[rules]]\ntable = "bh_events"\nwrite = "behind"\n\n'
@@ -129,6 +139,36 @@ def one_run(st, target, admin, workload, clients, duration):
     return out
 
 
+def durable_exe(no_build):
+    """bench/durable's binary, built unless no_build (then it must exist)."""
+    folder = REPO / "bench" / "durable"
+    exe = folder / "target" / "release" / "durable"
+    if not no_build:
+        r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=folder,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("bench/durable did not build: " + r.stderr.strip()[-2000:])
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing (build it: cargo build --release in {folder})")
+    return exe
+
+
+def start_ceiling(st, exe, name):
+    """Starts bench/durable as target `name`, its journal next to PostgreSQL's data."""
+    port = stackmod.free_port()
+    argv = [exe, f"127.0.0.1:{port}", str(st.tmp / f"{name}.journal"), "400", CEILINGS[name], "2"]
+    out = open(st.tmp / f"{name}.stdout", "wb")
+    proc = st.spawn(name, argv, lambda p: st._stop_simple(p, signal.SIGTERM), stdout=out)
+    out.close()
+    deadline = time.monotonic() + 120  # zero-filling 2 GiB first
+    while "ready" not in (st.tmp / f"{name}.stdout").read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start: {st.tail(name + '.log', 5)}")
+        time.sleep(0.05)
+    st.ports[name] = port
+    st.configs[name] = {"command": shlex.join(str(a) for a in argv), "pid": proc.pid}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=int, default=10)
@@ -138,8 +178,15 @@ def main():
     ap.add_argument("--workloads", default="insert,counter")
     ap.add_argument("--pg-bin")
     ap.add_argument("--redis-server", default="redis-server")
+    ap.add_argument("--targets", default=",".join(TARGETS),
+                    help="comma-separated, from " + ", ".join(TARGETS + tuple(CEILINGS)))
+    ap.add_argument("--no-build", action="store_true", help="never run cargo for bench/durable")
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
+    targets = tuple(t for t in args.targets.split(",") if t)
+    unknown = [t for t in targets if t not in TARGETS + tuple(CEILINGS)]
+    if unknown or "direct" not in targets:
+        ap.error(f"--targets must include direct; unknown: {unknown}")
     out = Path(args.out)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     st = Stack(argparse.Namespace(upstream_via="tcp"), find_pg_bin(args.pg_bin), out)
@@ -156,23 +203,30 @@ def main():
         journal = st.tmp / "journal"
         redis_port = start_redis(st, args.redis_server, durable=True)
         result["redis"] = st.configs["redis"]
-        admins = {"direct": None,
-                  "behind": start_pgmemo(st, "behind", "off", rest=rules(journal))[0],
-                  "behind-redis": start_pgmemo(st, "behind-redis", "off",
-                                               rest=redis_rules(redis_port))[0]}
+        admins = {"direct": None}
+        if "behind" in targets:
+            admins["behind"] = start_pgmemo(st, "behind", "off", rest=rules(journal))[0]
+        if "behind-redis" in targets:
+            admins["behind-redis"] = start_pgmemo(st, "behind-redis", "off",
+                                                  rest=redis_rules(redis_port))[0]
+        for name in CEILINGS:
+            if name in targets:
+                start_ceiling(st, durable_exe(args.no_build), name)
+                admins[name] = None
         clients = {"insert": args.insert_clients, "counter": args.counter_clients}
         for w in args.workloads.split(","):
-            cell = {t: [] for t in TARGETS}
-            for t in TARGETS:
+            here = tuple(t for t in targets if w == "insert" or t not in CEILINGS)
+            cell = {t: [] for t in here}
+            for t in here:
                 one_run(st, t, admins[t], w, clients[w], 3)  # warm-up
             for rep in range(args.reps):
-                for t in (TARGETS if rep % 2 == 0 else TARGETS[::-1]):
+                for t in (here if rep % 2 == 0 else here[::-1]):
                     rec = one_run(st, t, admins[t], w, clients[w], args.duration)
                     cell[t].append(rec)
                     log(f"{w} rep {rep + 1} {t}: {rec['tps']:.0f} TPS, p50 {rec['p50_ms']:.2f} ms "
                         f"p99 {rec['p99_ms']:.2f} ms"
                         + (f", lag p50 {rec['lag_p50_ms']:.1f} ms p99 {rec['lag_p99_ms']:.1f} ms"
-                           if t != "direct" else "")
+                           if admins[t] else "")
                         + (f", journal fdatasync p50 {rec['journal_sync_p5']:.2f} ms, "
                            f"group p50 {rec['journal_group_p5']:.0f}"
                            if "journal_sync_p5" in rec else ""))
@@ -192,7 +246,7 @@ def main():
     print("| workload | target | TPS | ack p50 ms | ack p99 ms | flush lag p50 ms | flush lag p99 ms |")
     print("|---|---|---|---|---|---|---|")
     for w, cell in result["cells"].items():
-        for t in TARGETS:
+        for t in cell:
             runs = cell[t]
 
             def med(key):
@@ -201,7 +255,7 @@ def main():
             print(f"| {w} | {t} | {med('tps'):.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} | "
                   f"{med('lag_p50_ms'):.1f} | {med('lag_p99_ms'):.1f} |")
         d = statistics.median(r["tps"] for r in cell["direct"])
-        for t in TARGETS[1:]:
+        for t in (t for t in cell if t != "direct"):
             b = statistics.median(r["tps"] for r in cell[t])
             print(f"\n{w}: {t} / direct TPS = {b / d:.2f}x")
 
