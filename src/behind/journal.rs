@@ -18,9 +18,21 @@
 //!
 //!   A record's sequence number is its segment's first sequence plus its position, so it is
 //!   not stored; it is hashed into the checksum instead, with the length, so that a record read
-//!   at the wrong place, a zero-filled tail (length 0, checksum 0) or a damaged length all fail
-//!   the check. The last segment is the one being written; a segment is closed and the next
-//!   one (named after the next sequence) started once it holds at least `segment_bytes`.
+//!   at the wrong place or a damaged length fails the check. Records are never empty, so the
+//!   records end where only zero bytes remain (a header of zeros is never a record). The last
+//!   segment is the one being written; a segment is closed and the next one (named after the
+//!   next sequence) started once it holds at least `segment_bytes`.
+//! - `spare.tmp`: the next segment, made ahead of time (below); ignored and rebuilt by `open`.
+//!
+//! # Preallocation
+//! A segment is born full of zeros: a helper thread writes `segment_bytes` of zeros into
+//! `spare.tmp` and fsyncs it, and rotation renames it to the new segment's name (then fsyncs
+//! the directory). A group's `fdatasync` then flushes data only: appending to a file that
+//! grows also commits its new size through the file system's journal, which is shared with
+//! every other writer on that file system (measured here: a loaded disk made each group's
+//! sync wait for other processes' metadata; see `bench/durable`). When no spare is ready yet
+//! (the first segment, or the helper is behind), the segment is created empty and grows as
+//! before; correctness never depends on the spare.
 //!
 //! # Durability
 //! One thread (`pgmemo-journal`) owns the files. Appends reach it through a channel; it takes
@@ -34,8 +46,11 @@
 //! # Recovery (`open`)
 //! Segments are read in sequence order. A crash can only tear the group being written, which
 //! is at the end of the last segment and was never acknowledged: a bad tail there (short
-//! header, short payload, bad checksum) is truncated away, with a warning, and the file
-//! fsync'd. The same damage in any other segment cannot come from a crash (those segments
+//! header, short payload, bad checksum, anything but zeros after the last record) is
+//! truncated away, with a warning, and the file fsync'd (its preallocated zeros go with it:
+//! the segment then grows until the next rotation). Zeros after the last record are the
+//! preallocated space (or a group whose size was made durable but not its data: never
+//! acknowledged either) and stay. The same damage in any other segment cannot come from a crash (those segments
 //! were complete and fsync'd before the next one was started), and dropping it would silently
 //! lose acknowledged writes, so `open` refuses with the file and the offset. Segments must
 //! follow one another without a gap: only the front ones may be missing (released).
@@ -102,6 +117,9 @@ const HEADER: usize = 12;
 const CHECKSUM_KEY: (u64, u64) = (0x7067_6d65_6d6f_2f6a, 0x6f75_726e_616c_2f76);
 
 const ID_FILE: &str = "journal.id";
+const SPARE_FILE: &str = "spare.tmp";
+/// Zeros written per call while preparing a spare.
+const ZERO_CHUNK: usize = 1 << 20;
 const ID_TEMP: &str = "journal.id.tmp";
 const SEGMENT_PREFIX: &str = "seg-";
 const SEGMENT_SUFFIX: &str = ".log";
@@ -140,6 +158,9 @@ pub enum JournalError {
     Random(getrandom::Error),
     #[error("journal: a record of {len} bytes is over the limit of {MAX_RECORD} bytes")]
     TooLarge { len: usize },
+    /// Zero bytes are where the records end (see the module header).
+    #[error("journal: an empty record cannot be stored")]
+    Empty,
     /// The record was not stored (the partial write was undone): report the write as failed.
     #[error("journal: writing {} failed, the record was not stored: {source}", path.display())]
     Write {
@@ -290,12 +311,21 @@ impl Journal {
             buf: Vec::new(),
             poisoned: None,
             unsynced_unlink: false,
+            spare: None,
             disk_bytes: disk_bytes.clone(),
             #[cfg(test)]
             hooks: hooks.clone(),
         };
         writer.publish_size();
+        // A spare left by an earlier run may be half written: made again.
+        match fs::remove_file(spare_path(dir)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_error("remove", &spare_path(dir))(e));
+            }
+            _ => {}
+        }
         writer.rotate_if_full_or_warn();
+        writer.prepare_next();
 
         let (queue, inbox) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -329,7 +359,7 @@ impl Journal {
         &self.id
     }
 
-    /// Appends one record (opaque bytes, at most [`MAX_RECORD`]) and resolves once it and
+    /// Appends one record (opaque bytes, not empty, at most [`MAX_RECORD`]) and resolves once it and
     /// everything before it is on disk (written and fdatasync'd; after a new segment file is
     /// created, the directory is fsync'd too). Concurrent appends are written together and
     /// share one fdatasync. Resolves to the record's sequence number: strictly increasing
@@ -360,6 +390,9 @@ impl Journal {
     pub fn append_then(&self, record: Bytes, done: Done) {
         if record.len() > MAX_RECORD {
             return done(Err(JournalError::TooLarge { len: record.len() }));
+        }
+        if record.is_empty() {
+            return done(Err(JournalError::Empty));
         }
         // Refused by a stopped writer: the message is dropped, and `Pending` answers Closed.
         let _ = self.queue.send(Msg::Append(Pending {
@@ -461,7 +494,8 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
 
 /// Creates the (empty) segment file at `path` and fsyncs the directory, so that records
 /// written into it survive a crash with the file. A file already there is accepted only if
-/// empty: the leftover of an earlier attempt whose directory fsync failed.
+/// it holds no record (empty or zeros): the leftover of an earlier attempt whose directory
+/// fsync failed.
 fn create_segment(path: &Path, dir_handle: &File) -> io::Result<File> {
     let file = File::options()
         .write(true)
@@ -469,7 +503,7 @@ fn create_segment(path: &Path, dir_handle: &File) -> io::Result<File> {
         .truncate(false)
         .mode(PRIVATE_FILE)
         .open(path)?;
-    if file.metadata()?.len() != 0 {
+    if file.metadata()?.len() != 0 && !only_zeros(path)? {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a segment with this name already holds data",
@@ -605,7 +639,8 @@ fn scan(data: &Bytes, first: u64) -> Scan {
     let mut records = Vec::new();
     let mut rest: &[u8] = data;
     let damage = loop {
-        if rest.is_empty() {
+        if rest.iter().all(|&b| b == 0) {
+            // The end, or the preallocated zeros after it.
             break None;
         }
         let Some((len, sum, after)) = split_header(rest) else {
@@ -613,6 +648,9 @@ fn scan(data: &Bytes, first: u64) -> Scan {
         };
         if len > MAX_RECORD {
             break Some("record length over the limit");
+        }
+        if len == 0 {
+            break Some("data after the end of the records");
         }
         let Some((payload, after)) = after.split_at_checked(len) else {
             break Some("torn record payload");
@@ -629,6 +667,36 @@ fn scan(data: &Bytes, first: u64) -> Scan {
         valid: (data.len() - rest.len()) as u64,
         damage,
     }
+}
+
+/// Where the spare segment is prepared.
+fn spare_path(dir: &Path) -> PathBuf {
+    dir.join(SPARE_FILE)
+}
+
+/// Writes `bytes` zeros into a new `spare.tmp` and makes them durable (its size included):
+/// the next segment, ready to be renamed into place. Runs on a helper thread.
+fn prepare_spare(dir: &Path, bytes: u64) -> io::Result<()> {
+    let path = spare_path(dir);
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(&path)?;
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut at = 0u64;
+    while at < bytes {
+        let n = usize::try_from(bytes - at).map_or(ZERO_CHUNK, |left| left.min(ZERO_CHUNK));
+        file.write_all_at(zeros.get(..n).unwrap_or(&zeros), at)?;
+        at += n as u64;
+    }
+    file.sync_all()
+}
+
+/// Whether the file at `path` holds nothing but zeros (a leftover segment no record reached).
+fn only_zeros(path: &Path) -> io::Result<bool> {
+    Ok(fs::read(path)?.iter().all(|&b| b == 0))
 }
 
 /// A record's length and checksum, and what follows them.
@@ -739,6 +807,8 @@ struct Writer {
     poisoned: Option<JournalError>,
     /// A segment was deleted but the directory fsync after it failed.
     unsynced_unlink: bool,
+    /// The helper thread preparing `spare.tmp` (see Preallocation in the module header).
+    spare: Option<std::thread::JoinHandle<io::Result<()>>>,
     disk_bytes: Arc<AtomicU64>,
     #[cfg(test)]
     hooks: Arc<tests::Hooks>,
@@ -879,10 +949,15 @@ impl Writer {
 
     fn rotate(&mut self) -> Result<(), JournalError> {
         let path = segment_path(&self.dir, self.next_seq);
-        let file = create_segment(&path, &self.dir_handle).map_err(|e| JournalError::Write {
+        let file = match self.take_spare(&path) {
+            Some(file) => file,
+            None => create_segment(&path, &self.dir_handle),
+        }
+        .map_err(|e| JournalError::Write {
             path,
             source: Arc::new(e),
         })?;
+        self.prepare_next();
         let next = Segment {
             first: self.next_seq,
             bytes: 0,
@@ -892,6 +967,58 @@ impl Writer {
         self.older.push_back(closed);
         self.file = file;
         Ok(())
+    }
+
+    /// Starts preparing the next segment's zeros, unless that is already under way.
+    fn prepare_next(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
+        let started = std::thread::Builder::new()
+            .name("pgmemo-journal-spare".into())
+            .spawn(move || prepare_spare(&dir, bytes));
+        match started {
+            Ok(handle) => self.spare = Some(handle),
+            // Segments are then created empty and grow: slower groups, nothing lost.
+            Err(e) => tracing::warn!(error = %e, "journal: cannot start preallocating segments"),
+        }
+    }
+
+    /// The spare renamed to `path`, made durable in the directory; `None` when no spare is
+    /// ready (still being written, or it failed: then the next one is started).
+    fn take_spare(&mut self, path: &Path) -> Option<io::Result<File>> {
+        if !self.spare.as_ref()?.is_finished() {
+            return None;
+        }
+        match self.spare.take()?.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "journal: preallocating a segment failed; creating it empty");
+                return None;
+            }
+            Err(_) => {
+                tracing::error!("journal: the thread preallocating segments panicked");
+                return None;
+            }
+        }
+        // A file already at `path` is the leftover of a rotation whose directory fsync
+        // failed; renaming over it is only safe if no record ever reached it.
+        match only_zeros(path) {
+            Ok(false) => {
+                return Some(Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a segment with this name already holds data",
+                )));
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Some(Err(e)),
+            _ => {}
+        }
+        Some(
+            fs::rename(spare_path(&self.dir), path)
+                .and_then(|()| self.dir_handle.sync_all())
+                .and_then(|()| File::options().write(true).open(path)),
+        )
     }
 
     /// Deletes the closed segments whose records are all <= `upto`, oldest first.
@@ -1199,8 +1326,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_zero_filled_tail_is_dropped() {
-        // What a crash can leave after the file's size was made durable but not its data.
+    async fn a_zero_filled_tail_is_free_space() {
+        // What a crash can leave after the file's size was made durable but not its data
+        // (never acknowledged), and what a preallocated segment holds after its records.
         let dir = tempfile::tempdir().unwrap();
         let (journal, _) = open(dir.path(), 1 << 20);
         append_all(&journal, 1..=2).await;
@@ -1215,8 +1343,74 @@ mod tests {
             .unwrap();
         let (journal, records) = open(dir.path(), 1 << 20);
         assert_eq!(records.len(), 2);
-        assert_eq!(fs::metadata(&path).unwrap().len(), len);
+        assert_eq!(fs::metadata(&path).unwrap().len(), len + 4096);
         assert_eq!(journal.append(record(3)).await.unwrap(), 3);
+        close(journal);
+        let (_journal, records) = open(dir.path(), 1 << 20);
+        assert_eq!(records.last().unwrap(), &(3, record(3)));
+        assert_eq!(fs::metadata(&path).unwrap().len(), len + 4096);
+    }
+
+    /// Waits (at most 10 s) for the spare segment to be complete.
+    fn wait_for_spare(dir: &Path, bytes: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::metadata(spare_path(dir)).map(|m| m.len()).unwrap_or(0) < bytes {
+            assert!(std::time::Instant::now() < deadline, "no spare segment");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Its fsync, after the last zeros.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn new_segments_are_preallocated_zeros_and_records_continue_across_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 16 << 10;
+        let (journal, _) = open(dir.path(), bytes);
+        wait_for_spare(dir.path(), bytes);
+        // 104 bytes a record: the first segment (created empty) closes after 158.
+        append_all(&journal, 1..=158).await;
+        let files = segment_files(dir.path());
+        assert_eq!(files, vec![seg(1), seg(159)]);
+        // The new segment is the spare renamed: full size before any record is in it.
+        assert_eq!(
+            fs::metadata(dir.path().join(seg(159))).unwrap().len(),
+            bytes
+        );
+        wait_for_spare(dir.path(), bytes);
+        append_all(&journal, 159..=400).await;
+        close(journal);
+        let (journal, records) = open(dir.path(), bytes);
+        let seqs: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+        assert_eq!(records.get(199), Some(&(200, record(200))));
+        assert_eq!(journal.append(record(401)).await.unwrap(), 401);
+    }
+
+    #[tokio::test]
+    async fn a_torn_group_in_a_preallocated_segment_is_dropped_with_the_zeros_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = 16 << 10;
+        let (journal, _) = open(dir.path(), bytes);
+        wait_for_spare(dir.path(), bytes);
+        append_all(&journal, 1..=160).await;
+        close(journal);
+        // Records 159 and 160 are in the preallocated segment; a torn group after them: a
+        // few bytes of a record, then the zeros the crash did not overwrite.
+        let path = dir.path().join(seg(159));
+        let valid = 2 * (HEADER as u64 + 92);
+        let file = File::options().write(true).open(&path).unwrap();
+        file.write_all_at(&[0x5c, 0, 0, 0, 1, 2, 3], valid + 40)
+            .unwrap();
+        drop(file);
+        let (journal, records) = open(dir.path(), bytes);
+        assert_eq!(records.last().unwrap(), &(160, record(160)));
+        assert_eq!(fs::metadata(&path).unwrap().len(), valid);
+        assert_eq!(journal.append(record(161)).await.unwrap(), 161);
+        close(journal);
+        let (_journal, records) = open(dir.path(), bytes);
+        assert_eq!(records.last().unwrap(), &(161, record(161)));
+        assert_eq!(records.len(), 161);
     }
 
     #[tokio::test]
@@ -1394,10 +1588,13 @@ mod tests {
         // The limit itself is accepted, and numbering is unaffected by the refusal.
         let max = Bytes::from(vec![7u8; MAX_RECORD]);
         assert_eq!(journal.append(max.clone()).await.unwrap(), 1);
-        assert_eq!(journal.append(Bytes::new()).await.unwrap(), 2);
+        // Zeros mark the end of the records: an empty one could not be told from them.
+        let err = journal.append(Bytes::new()).await.unwrap_err();
+        assert!(matches!(err, JournalError::Empty), "{err:?}");
+        assert_eq!(journal.append(Bytes::from_static(b"\0")).await.unwrap(), 2);
         close(journal);
         let (_journal, records) = open(dir.path(), 1 << 20);
-        assert_eq!(records, vec![(1, max), (2, Bytes::new())]);
+        assert_eq!(records, vec![(1, max), (2, Bytes::from_static(b"\0"))]);
     }
 
     #[tokio::test]
