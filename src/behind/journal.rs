@@ -858,6 +858,7 @@ impl Writer {
         if self.is_full() {
             self.rotate()?;
         }
+        self.adopt_spare_if_empty();
         let first = self.next_seq;
         let started = std::time::Instant::now();
         self.buf.clear();
@@ -967,6 +968,31 @@ impl Writer {
         self.older.push_back(closed);
         self.file = file;
         Ok(())
+    }
+
+    /// A current segment without records that was created empty (a new journal, or no spare
+    /// was ready at the rotation) is replaced by the spare once that is ready: same name,
+    /// nothing in it to lose, and the groups after it flush data only.
+    fn adopt_spare_if_empty(&mut self) {
+        if self.current.bytes != 0
+            || self
+                .file
+                .metadata()
+                .map_or(true, |m| m.len() >= self.segment_bytes)
+        {
+            return;
+        }
+        let path = segment_path(&self.dir, self.current.first);
+        match self.take_spare(&path) {
+            Some(Ok(file)) => {
+                self.file = file;
+                self.prepare_next();
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "journal: cannot put a preallocated segment in place")
+            }
+            None => {}
+        }
     }
 
     /// Starts preparing the next segment's zeros, unless that is already under way.
@@ -1368,8 +1394,13 @@ mod tests {
         let bytes = 16 << 10;
         let (journal, _) = open(dir.path(), bytes);
         wait_for_spare(dir.path(), bytes);
-        // 104 bytes a record: the first segment (created empty) closes after 158.
-        append_all(&journal, 1..=158).await;
+        // The first segment was created empty with the journal; the spare replaces it before
+        // the first record goes in.
+        append_all(&journal, 1..=1).await;
+        assert_eq!(fs::metadata(dir.path().join(seg(1))).unwrap().len(), bytes);
+        wait_for_spare(dir.path(), bytes);
+        // 104 bytes a record: the first segment closes after 158.
+        append_all(&journal, 2..=158).await;
         let files = segment_files(dir.path());
         assert_eq!(files, vec![seg(1), seg(159)]);
         // The new segment is the spare renamed: full size before any record is in it.
