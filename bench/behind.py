@@ -11,10 +11,11 @@ system as the PostgreSQL data directory, `behind-redis` with the queue on a Redi
 - insert: CLIENTS_INSERT (16) clients, `INSERT INTO bh_events (id, v) VALUES (:id, :v)`;
 - counter: CLIENTS_COUNTER (64) clients, `UPDATE bh_counters SET n = n + 1 WHERE id = 1`
   (pgmemo: behind_increments and behind_coalesce).
-With --targets including `ceiling` and/or `ceiling-append` (insert workload only), the
-ceiling of bench/durable is interleaved too: an instant responder that answers each INSERT
-once a record for it is written and fdatasync'd by one group-committing writer thread (its
-file preallocated with zeros, or appended to), in the same file system: the least any durable
+With --targets including `ceiling`, `ceiling-append`, `ceiling-2w` or `ceiling-4w` (insert
+workload only), the ceiling of bench/durable is interleaved too: an instant responder that
+answers each INSERT once a record for it is written and fdatasync'd by a group-committing
+writer thread (its file preallocated with zeros, or appended to; -2w/-4w: two or four
+writers whose fdatasyncs overlap), in the same file system: the least any durable
 write-behind queue must do on this machine (built with cargo unless --no-build).
 After one warm-up run per target, --reps interleaved repetitions. Reported per workload and
 target (medians over reps): TPS, acknowledgement latency p50/p99 (from the logs), and for
@@ -56,8 +57,9 @@ SCRIPTS = {
     "counter": "UPDATE bh_counters SET n = n + 1 WHERE id = 1;\n",
 }
 TARGETS = ("direct", "behind", "behind-redis")
-# bench/durable's modes, by target name (insert workload only).
-CEILINGS = {"ceiling": "zeroed", "ceiling-append": "append"}
+# bench/durable's (file mode, writer threads), by target name (insert workload only).
+CEILINGS = {"ceiling": ("zeroed", 1), "ceiling-append": ("append", 1),
+            "ceiling-2w": ("zeroed", 2), "ceiling-4w": ("zeroed", 4)}
 
 
 RULES = ('[[rules]]\ntable = "bh_events"\nwrite = "behind"\n\n'
@@ -156,7 +158,9 @@ def durable_exe(no_build):
 def start_ceiling(st, exe, name):
     """Starts bench/durable as target `name`, its journal next to PostgreSQL's data."""
     port = stackmod.free_port()
-    argv = [exe, f"127.0.0.1:{port}", str(st.tmp / f"{name}.journal"), "400", CEILINGS[name], "2"]
+    mode, writers = CEILINGS[name]
+    argv = [exe, f"127.0.0.1:{port}", str(st.tmp / f"{name}.journal"), "400", mode, "2",
+            str(writers)]
     out = open(st.tmp / f"{name}.stdout", "wb")
     proc = st.spawn(name, argv, lambda p: st._stop_simple(p, signal.SIGTERM), stdout=out)
     out.close()

@@ -4,16 +4,21 @@
 //! do. No parsing of the statement, no planning, no checks, no flusher, no PostgreSQL load:
 //! whatever pgmemo does costs more.
 //!
-//! usage: durable LISTEN FILE [RECORD_BYTES] [PREALLOC] [THREADS]
-//!   FILE: the journal file (created; removed and recreated at start).
+//! usage: durable LISTEN FILE [RECORD_BYTES] [PREALLOC] [THREADS] [WRITERS]
+//!   FILE: the journal file (created; removed and recreated at start; with WRITERS > 1,
+//!   FILE.0, FILE.1, ...).
 //!   RECORD_BYTES: bytes stored per INSERT (default 400, about pgmemo's record for the
 //!   bench's INSERT with its settings and statement text).
 //!   PREALLOC: `zeroed` (default: the file is written with zeros and fsync'd before serving,
 //!   so a group's fdatasync flushes data only, no metadata) or `append` (the file grows with
 //!   every group, as pgmemo's journal does today).
 //!   THREADS: tokio worker threads for the sessions (default 2).
+//!   WRITERS: writer threads, each with its own file (default 1). With more than one, a
+//!   group's fdatasync may overlap another's: records that arrive while one writer syncs are
+//!   taken by the next idle one (a real journal would then order them by sequence number at
+//!   recovery; the ceiling skips that).
 //!
-//! Group commit as good as it gets: one writer thread takes every record queued while the
+//! Group commit as good as it gets: a writer thread takes every record queued while the
 //! previous group was being written, writes them with one `pwrite` and one `fdatasync`, then
 //! wakes their sessions. On SIGINT/EOF of stdin nothing special happens: kill it. Every 5 s it
 //! prints groups, records and mean records per group to stderr.
@@ -163,17 +168,26 @@ async fn serve(mut s: TcpStream, journal: mpsc::Sender<Request>, record: usize) 
     }
 }
 
-/// The writer thread: group commit into `file`, from offset 0.
-fn writer(file: std::fs::File, inbox: mpsc::Receiver<Request>, stats: Arc<[AtomicU64; 2]>) {
+/// A writer thread: group commit into `file`, from offset 0. Writers share the inbox: the
+/// one holding its lock waits for the next record and takes what is queued with it.
+fn writer(
+    file: std::fs::File,
+    inbox: Arc<std::sync::Mutex<mpsc::Receiver<Request>>>,
+    stats: Arc<[AtomicU64; 2]>,
+) {
     let mut offset = 0u64;
     let mut data = Vec::with_capacity(4 << 20);
     let mut group = Vec::with_capacity(4096);
-    while let Ok(first) = inbox.recv() {
-        group.push(first);
-        while group.len() < 4096 {
-            match inbox.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+    loop {
+        {
+            let Ok(inbox) = inbox.lock() else { return };
+            let Ok(first) = inbox.recv() else { return };
+            group.push(first);
+            while group.len() < 4096 {
+                match inbox.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
             }
         }
         data.clear();
@@ -193,6 +207,27 @@ fn writer(file: std::fs::File, inbox: mpsc::Receiver<Request>, stats: Arc<[Atomi
     }
 }
 
+/// Creates `path` afresh, zero-filled to `bytes` and fsync'd when `zeroed`.
+fn open_file(path: &str, zeroed: bool, bytes: u64) -> std::io::Result<std::fs::File> {
+    let _ = std::fs::remove_file(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(path)?;
+    if zeroed {
+        let zeros = vec![0u8; 8 << 20];
+        let mut at = 0;
+        while at < bytes {
+            file.write_all_at(&zeros, at)?;
+            at += zeros.len() as u64;
+        }
+        file.sync_all()?;
+    }
+    Ok(file)
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let listen = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:7432".into());
@@ -200,36 +235,23 @@ fn main() -> std::io::Result<()> {
     let record: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(400);
     let prealloc = args.get(4).map(String::as_str).unwrap_or("zeroed");
     let threads: usize = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(2);
-
-    let _ = std::fs::remove_file(&path);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)?;
-    match prealloc {
-        "zeroed" => {
-            let zeros = vec![0u8; 8 << 20];
-            let mut at = 0;
-            while at < PREALLOC_BYTES {
-                file.write_all_at(&zeros, at)?;
-                at += zeros.len() as u64;
-            }
-            file.sync_all()?;
-        }
-        "append" => {}
-        other => {
-            eprintln!("durable: PREALLOC must be zeroed or append, not {other}");
-            std::process::exit(2);
-        }
+    let writers: usize = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(1);
+    if !matches!(prealloc, "zeroed" | "append") {
+        eprintln!("durable: PREALLOC must be zeroed or append, not {prealloc}");
+        std::process::exit(2);
     }
+
     let stats = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let (journal, inbox) = mpsc::channel();
-    let s = Arc::clone(&stats);
-    std::thread::Builder::new()
-        .name("journal".into())
-        .spawn(move || writer(file, inbox, s))?;
+    let inbox = Arc::new(std::sync::Mutex::new(inbox));
+    for i in 0..writers.max(1) {
+        let path = if writers > 1 { format!("{path}.{i}") } else { path.clone() };
+        let file = open_file(&path, prealloc == "zeroed", PREALLOC_BYTES / writers.max(1) as u64)?;
+        let (inbox, s) = (Arc::clone(&inbox), Arc::clone(&stats));
+        std::thread::Builder::new()
+            .name(format!("journal-{i}"))
+            .spawn(move || writer(file, inbox, s))?;
+    }
     let s = Arc::clone(&stats);
     std::thread::spawn(move || {
         let mut last = [0u64; 2];
