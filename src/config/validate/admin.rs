@@ -23,7 +23,7 @@ pub(super) fn check_admin(admin: &AdminConfig, issues: &mut Vec<ConfigIssue>) {
             "admin.listen",
             quoted(&admin.listen.to_string()),
             "is not a loopback address and no admin token is set: set admin.token (or \
-             PGMEMO_ADMIN_TOKEN) so that POST requests need it, or bind admin.listen to \
+             PGMEMO_ADMIN_TOKEN) so that writes and the disclosing GETs need it, or bind admin.listen to \
              127.0.0.1",
         ));
     }
