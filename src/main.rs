@@ -62,8 +62,8 @@ struct Cli {
         hide_env_values = true
     )]
     secret: Option<String>,
-    /// Bearer token the admin server's POST requests must carry (admin.token). Prefer the
-    /// environment variable: a flag shows in the process list
+    /// Bearer token the admin server's writes, /api/config and /behind/dead-letters require
+    /// (admin.token). Prefer the environment variable: a flag shows in the process list
     #[arg(
         long,
         env = "PGMEMO_ADMIN_TOKEN",

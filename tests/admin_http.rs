@@ -4,11 +4,18 @@
 //! `POST /invalidate` (`admin_http/invalidate_api.rs`). End to end through the pgmemo binary
 //! (`admin_http/invalidate_e2e.rs`): manual invalidation and SIGUSR1 make a change done
 //! directly on Postgres visible; the JSON API, `POST /flush` and the admin token after real
-//! traffic (`admin_http/api_e2e.rs`).
+//! traffic (`admin_http/api_e2e.rs`). The guard in front of every route (Host header against
+//! DNS rebinding, the token, JSON-only writes) in process (`admin_http/guard_api.rs`) and
+//! through the binary, with SIGHUP reloads of the token and the host names
+//! (`admin_http/guard_e2e.rs`).
 
 #[path = "admin_http/api_e2e.rs"]
 mod api_e2e;
 mod common;
+#[path = "admin_http/guard_api.rs"]
+mod guard_api;
+#[path = "admin_http/guard_e2e.rs"]
+mod guard_e2e;
 #[path = "admin_http/invalidate_api.rs"]
 mod invalidate_api;
 #[path = "admin_http/invalidate_e2e.rs"]
@@ -90,7 +97,8 @@ async fn http(
     http_with_headers(addr, method, path, &headers, body).await
 }
 
-/// [`http`] with any request headers.
+/// [`http`] with any request headers (a `Host` among them replaces the default one, the
+/// server's address).
 async fn http_with_headers(
     addr: SocketAddr,
     method: &str,
@@ -98,20 +106,28 @@ async fn http_with_headers(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
+    let mut request = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
+    request.push_str(&format!(
+        "Connection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    ));
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    exchange(addr, &bytes).await
+}
+
+/// Sends `request` as it is on a new connection and reads the reply until the server closes.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
     tokio::time::timeout(HANG, async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-             Content-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(body);
-        stream.write_all(&bytes).await.unwrap();
+        stream.write_all(request).await.unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.unwrap();
         parse_reply(&raw)
@@ -166,6 +182,17 @@ async fn start_admin_with(
     limits: AdminLimits,
     invalidation: InvalidationHandle,
 ) -> Admin {
+    let access = Arc::new(admin::AdminAccess::open());
+    start_guarded(readiness, limits, invalidation, access).await
+}
+
+/// [`start_admin_with`] with the token and host names of `access`.
+async fn start_guarded(
+    readiness: Arc<Readiness>,
+    limits: AdminLimits,
+    invalidation: InvalidationHandle,
+    access: Arc<admin::AdminAccess>,
+) -> Admin {
     let metrics = recorder::install().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -176,7 +203,7 @@ async fn start_admin_with(
         invalidation,
         cdc: std::sync::Arc::new(pgmemo::cdc::hub::Hub::none()),
         behind: None,
-        token: None,
+        access,
         api: None,
     };
     let task = tokio::spawn(admin::serve_with_limits(

@@ -485,7 +485,7 @@ fn readme_reference_lists_exactly_the_config_keys() {
     );
     assert_eq!(
         expected.len(),
-        92,
+        93,
         "update this count with the types: {expected:?}"
     );
 }

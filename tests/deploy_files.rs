@@ -1,5 +1,6 @@
 //! Deployment files stay consistent with the binary: docker-compose.yml (pgmemo's environment,
-//! health check, dependencies; Postgres with logical WAL), the Dockerfile (release build of
+//! health check, dependencies, the config file it mounts, which must allow the host name
+//! Prometheus scrapes; Postgres with logical WAL), the Dockerfile (release build of
 //! `--bin pgmemo`, exposed ports, non-root, default flags), .dockerignore and .ci/run. Docker
 //! itself is not available here, so these are static checks.
 
@@ -282,6 +283,11 @@ fn compose_environment_and_image_flags_are_valid_configs() {
             *value = "an-admin-token-for-the-test".into();
         }
     }
+    // The config file compose mounts, read from the repository instead.
+    if let Some(in_container) = env.get("PGMEMO_CONFIG").cloned() {
+        let on_host = mounted_file(service(&compose, "pgmemo"), &in_container);
+        env.insert("PGMEMO_CONFIG".into(), on_host.display().to_string());
+    }
     let (ok, config, stderr) = run_pgmemo(&env, &["--print-config"]);
     assert!(ok, "pgmemo rejects the compose environment: {stderr}");
     for key in ["PGMEMO_LISTEN", "PGMEMO_ADMIN_LISTEN"] {
@@ -308,6 +314,93 @@ fn compose_environment_and_image_flags_are_valid_configs() {
         ok,
         "pgmemo rejects the image's default flags {cmd:?}: {stderr}"
     );
+}
+
+/// The repository file a service mounts at `in_container` (a `./relative:/absolute[:ro]`
+/// entry of its `volumes`); panics if there is none or it does not exist.
+fn mounted_file(svc: &Value, in_container: &str) -> std::path::PathBuf {
+    let volumes: Vec<String> = svc
+        .get("volumes")
+        .and_then(Value::as_sequence)
+        .map(|v| v.iter().map(as_str).collect())
+        .unwrap_or_default();
+    let source = volumes
+        .iter()
+        .find_map(|v| {
+            let mut parts = v.split(':');
+            let source = parts.next()?;
+            (parts.next()? == in_container).then_some(source)
+        })
+        .unwrap_or_else(|| panic!("no volume mounts {in_container}: {volumes:?}"));
+    let relative = source
+        .strip_prefix("./")
+        .unwrap_or_else(|| panic!("{source} is not a path in the repository"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    assert!(path.is_file(), "{} does not exist", path.display());
+    path
+}
+
+/// Prometheus scrapes pgmemo by its service name, so the config file compose gives pgmemo
+/// must allow that name (else every scrape gets 421); the file is a valid pgmemo config.
+#[test]
+fn compose_mounts_a_config_that_allows_the_scraped_name() {
+    let compose = compose();
+    let pgmemo = service(&compose, "pgmemo");
+    let env = environment(pgmemo);
+    let in_container = env
+        .get("PGMEMO_CONFIG")
+        .expect("the pgmemo service names its config file with PGMEMO_CONFIG");
+    let file = mounted_file(pgmemo, in_container);
+    assert!(
+        pgmemo
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .map(as_str)
+            .any(|v| v.ends_with(&format!("{in_container}:ro"))),
+        "mount the config read-only"
+    );
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let config: pgmemo::config::Config =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let (ok, _, stderr) = run_pgmemo(
+        &BTreeMap::new(),
+        &["check-config", &file.display().to_string()],
+    );
+    assert!(ok, "{}: {stderr}", file.display());
+
+    let prometheus: Value =
+        serde_norway::from_str(&read("config/prometheus.yml")).expect("prometheus.yml is YAML");
+    let targets: Vec<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|job| {
+            job["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|sc| sc["targets"].as_sequence().cloned().unwrap_or_default())
+        .map(|t| as_str(&t))
+        .collect();
+    assert!(!targets.is_empty(), "prometheus.yml scrapes nothing");
+    let admin = pgmemo_admin_addr(&env);
+    for target in targets {
+        let (host, port) = target.rsplit_once(':').expect("host:port target");
+        assert_eq!(port, admin.port().to_string(), "{target}");
+        assert!(
+            host.parse::<std::net::IpAddr>().is_ok()
+                || config.admin.allowed_hosts.iter().any(|h| h == host),
+            "Prometheus scrapes {target} but admin.allowed_hosts is {:?}",
+            config.admin.allowed_hosts
+        );
+        assert!(
+            service(&compose, host).get("build").is_some(),
+            "{target} is pgmemo"
+        );
+    }
 }
 
 /// Dockerfile instructions with line continuations joined and comments dropped.

@@ -142,7 +142,12 @@ async fn simple_tag(client: &Client, sql: &str) -> String {
 fn admin_post(p: &Proxy, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(p.admin_addr()).expect("admin connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "POST {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n").expect("admin write");
+    // JSON by type, as the admin guard requires of every POST (no body).
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("admin write");
     let mut out = String::new();
     s.read_to_string(&mut out).ok();
     let code = out

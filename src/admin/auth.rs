@@ -1,21 +1,14 @@
-//! The admin bearer token (`admin.token`, `PGMEMO_ADMIN_TOKEN`): when one is configured,
-//! every POST (invalidate, flush, dead-letter retry and drop) must carry
-//! `Authorization: Bearer <token>`, else 401. GETs stay open: health checks and scrapers
-//! must not need a secret, and the address is loopback unless a token is set (validation).
+//! The admin bearer token (`admin.token`, `PGMEMO_ADMIN_TOKEN`) and the
+//! `Authorization: Bearer <token>` header; which requests need it is decided in [`super::guard`].
 //!
 //! Compared in constant time: both the configured token and the presented one are reduced
 //! to an HMAC-SHA-256 under a per-process random key, and the MACs are compared by the
 //! `hmac` crate's constant-time check, so neither the content nor the length of the token
 //! leaks through response timing.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-
-use super::AdminState;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -58,36 +51,12 @@ fn mac(key: &[u8; 32], data: &[u8]) -> HmacSha256 {
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let scheme = value.get(..7)?;
     scheme
         .eq_ignore_ascii_case(b"bearer ")
         .then(|| value.get(7..).unwrap_or_default())
-}
-
-/// Middleware: a POST without the configured token gets 401 and goes no further.
-pub(super) async fn require_token(
-    State(state): State<AdminState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = &state.token
-        && request.method() == Method::POST
-        && !bearer(request.headers()).is_some_and(|t| token.matches(t))
-    {
-        metrics::counter!(crate::telemetry::names::ADMIN_UNAUTHORIZED).increment(1);
-        return (
-            StatusCode::UNAUTHORIZED,
-            [
-                (header::WWW_AUTHENTICATE, "Bearer"),
-                (header::CONTENT_TYPE, "application/json"),
-            ],
-            "{\"error\":\"this request needs the admin token: Authorization: Bearer <admin.token>\"}",
-        )
-            .into_response();
-    }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -2,12 +2,14 @@
 //! answering), `/metrics` (Prometheus text), the dashboard at `/`, the JSON views under
 //! `/api/` ([`api`]),
 //! `POST /invalidate` and `POST /flush` (manual invalidation), the write-behind dead
-//! letters; anything else is 404. With `admin.token` set, every POST needs it ([`auth`]).
+//! letters; anything else is 404. One middleware, [`guard`], checks the Host header, the
+//! token and the content type of every request first.
 
 pub mod api;
 mod auth;
 mod behind;
 mod conn;
+pub mod guard;
 pub mod invalidate;
 mod readiness;
 pub mod rows;
@@ -28,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use api::ApiState;
-pub use auth::AdminToken;
+pub use guard::AdminAccess;
 pub use invalidate::{InvalidationHandle, Trigger, flush_all, invalidate_table};
 pub use readiness::{
     PROBE_CACHE_TTL, ProbeError, Readiness, ReadyReport, UpstreamReport, probe_upstream,
@@ -51,9 +53,8 @@ pub struct AdminState {
     pub cdc: Arc<crate::cdc::hub::Hub>,
     /// The write-behind queues (dead letters), when configured.
     pub behind: Option<Arc<crate::behind::Behind>>,
-    /// The bearer token every POST must carry (`None`: POSTs are open; validation allows
-    /// that on loopback addresses only).
-    pub token: Option<Arc<AdminToken>>,
+    /// The token and the allowed host names the [`guard`] checks (replaced on reload).
+    pub access: Arc<AdminAccess>,
     /// What the `/api/` views read (`None`: they answer 404, e.g. an embedding without an
     /// application context).
     pub api: Option<ApiState>,
@@ -110,10 +111,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/tables", get(api::tables))
         .route("/api/config", get(api::config))
         .fallback(not_found)
-        // Every route, the fallback included: a POST anywhere needs the token.
+        // Every route, the fallback included: Host, token and content type (see `guard`).
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            auth::require_token,
+            guard::check,
         ))
         .with_state(state)
 }

@@ -127,9 +127,15 @@ pub struct AdminConfig {
     /// Roles that may use the admin console (the virtual database `pgmemo` on the client
     /// port), once PostgreSQL has accepted their login. Empty: the console is off.
     pub roles: Vec<String>,
-    /// Bearer token every POST must carry (`Authorization: Bearer <token>`); also
-    /// `PGMEMO_ADMIN_TOKEN`. Required when `listen` is not a loopback address.
+    /// Bearer token (`Authorization: Bearer <token>`) every request but a GET or HEAD must
+    /// carry, and so must the GETs that disclose values or configuration
+    /// (`/behind/dead-letters`, `/api/config`); also `PGMEMO_ADMIN_TOKEN`. Required when
+    /// `listen` is not a loopback address. Reloadable.
     pub token: Option<Secret>,
+    /// Host names (no port) the admin server answers to besides IP literals and `localhost`:
+    /// any other `Host` header gets 421 (against DNS rebinding), but on `/healthz` and
+    /// `/readyz`. Reloadable.
+    pub allowed_hosts: Vec<String>,
     /// The admin console's own password (a plaintext ASCII password, or a SCRAM-SHA-256
     /// verifier as PostgreSQL stores it); also `PGMEMO_ADMIN_PASSWORD`. Set: pgmemo checks
     /// console logins itself (SCRAM-SHA-256) instead of PostgreSQL. Absent: PostgreSQL does.
@@ -232,6 +238,7 @@ impl Default for AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN,
             roles: Vec::new(),
             token: None,
+            allowed_hosts: Vec::new(),
             password: None,
             query_stats: true,
             query_stats_bytes: cache::ByteSize(DEFAULT_QUERY_STATS_BYTES),

@@ -85,6 +85,7 @@ pub async fn run(
     ));
 
     let admin_stop = CancellationToken::new();
+    let admin_access = Arc::new(admin::AdminAccess::from_config(&ctx.config().admin));
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -96,12 +97,7 @@ pub async fn run(
             },
             cdc: Arc::clone(&ctx.services.cdc),
             behind: ctx.services.behind.clone(),
-            token: ctx
-                .config()
-                .admin
-                .token
-                .as_ref()
-                .map(|t| Arc::new(admin::AdminToken::new(t.expose()))),
+            access: Arc::clone(&admin_access),
             api: Some(admin::ApiState {
                 app: Arc::clone(&ctx),
             }),
@@ -109,7 +105,7 @@ pub async fn run(
         admin_stop.clone(),
     ));
     readiness.watch_warming(Arc::clone(&ctx.services.warming));
-    start_background(&ctx, &shutdown, sources, tier_task);
+    start_background(&ctx, &shutdown, sources, tier_task, admin_access);
 
     readiness.set_listener_up(true);
     info!(%listen_addr, %admin_addr, upstream = ctx.upstream.address(), "pgmemo ready");
@@ -230,6 +226,7 @@ fn start_background(
     shutdown: &CancellationToken,
     sources: Sources,
     tier_task: Option<services::TierTask>,
+    admin_access: Arc<admin::AdminAccess>,
 ) {
     ctx.tasks.spawn(
         "catalog-poller",
@@ -252,7 +249,7 @@ fn start_background(
     );
     ctx.tasks.spawn(
         "sighup-reload",
-        reload_on_sighup(Arc::clone(ctx), sources, shutdown.clone()),
+        reload_on_sighup(Arc::clone(ctx), sources, admin_access, shutdown.clone()),
     );
 }
 
@@ -385,7 +382,13 @@ impl Drop for Slot {
 }
 
 /// SIGHUP: re-read the sources; apply what can change at runtime, keep the rest and say so.
-async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: CancellationToken) {
+/// The admin server's token and allowed hosts go to `admin_access`.
+async fn reload_on_sighup(
+    ctx: Arc<AppContext>,
+    sources: Sources,
+    admin_access: Arc<admin::AdminAccess>,
+    shutdown: CancellationToken,
+) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -403,6 +406,7 @@ async fn reload_on_sighup(ctx: Arc<AppContext>, sources: Sources, shutdown: Canc
         match sources.load() {
             Ok(new) => {
                 let merged = apply_reload(&ctx.config(), new);
+                admin_access.reload(&merged.admin);
                 ctx.replace_config(merged);
                 if let Some(behind) = &ctx.services.behind {
                     behind.rules_reloaded();
@@ -450,7 +454,9 @@ fn flush_on_sigusr1(
 /// `log.level` is applied by the binary's own SIGHUP handler (it owns the tracing subscriber).
 /// Reloadable cache keys (`cache.enabled`, `cache.ttl`, `cache.fill_wait_timeout`, `rules`,
 /// `functions`, `catalog.poll_interval`, `invalidation.cdc_ack_wait_max`) pass through; the cache's sizing, key secret and
-/// Redis tier are fixed when the cache is built, so they stay.
+/// Redis tier are fixed when the cache is built, so they stay. `admin.token` and
+/// `admin.allowed_hosts` pass through (the admin server's guard reloads them), except that a
+/// token is never dropped while the running admin address is not loopback.
 fn apply_reload(old: &Config, mut new: Config) -> Config {
     // The change streams start with the process; only the acknowledgement wait is read
     // per use.
@@ -490,6 +496,12 @@ fn apply_reload(old: &Config, mut new: Config) -> Config {
     new.server.tls.clone_from(&old.server.tls);
     new.upstream.url.clone_from(&old.upstream.url);
     new.admin.listen = old.admin.listen;
+    // The running address may have left loopback only because a token was set: a file that
+    // now binds loopback without one (restart-only) must not open the running address.
+    if !new.admin.listen.ip().is_loopback() && new.admin.token.is_none() {
+        warn!("admin.token removed while admin.listen is not loopback; keeping the running token");
+        new.admin.token.clone_from(&old.admin.token);
+    }
     new.cache.max_memory = old.cache.max_memory;
     new.cache.max_entry_size = old.cache.max_entry_size;
     new.cache.secret.clone_from(&old.cache.secret);
@@ -552,6 +564,28 @@ mod tests {
         assert_eq!(merged.cache.max_entry_size, old.cache.max_entry_size);
         assert_eq!(merged.cache.secret, None);
         assert_eq!(merged.cache.redis, None);
+    }
+
+    #[test]
+    fn reload_applies_the_admin_token_but_never_drops_it_off_loopback() {
+        use crate::config::Secret;
+        let mut old = Config::default();
+        old.admin.token = Some(Secret::new("the-old-admin-token-value"));
+        let mut new = old.clone();
+        new.admin.token = Some(Secret::new("the-new-admin-token-value"));
+        new.admin.allowed_hosts = vec!["pgmemo".into()];
+        let merged = apply_reload(&old, new.clone());
+        assert_eq!(merged.admin.token, new.admin.token);
+        assert_eq!(merged.admin.allowed_hosts, ["pgmemo"]);
+        new.admin.token = None;
+        assert_eq!(
+            apply_reload(&old, new.clone()).admin.token,
+            None,
+            "loopback"
+        );
+        old.admin.listen = "0.0.0.0:9187".parse().unwrap();
+        new.admin.listen = "127.0.0.1:9187".parse().unwrap();
+        assert_eq!(apply_reload(&old, new).admin.token, old.admin.token);
     }
 
     #[test]

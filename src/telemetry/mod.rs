@@ -357,7 +357,7 @@ fn describe_session() {
     );
     describe_counter!(
         names::ADMIN_UNAUTHORIZED,
-        "Admin POST requests refused for a missing or wrong bearer token."
+        "Admin requests refused (401) for a missing or wrong bearer token."
     );
 }
 
@@ -571,6 +571,6 @@ pub mod names {
     /// counter, labels `scope` (`all`, `table`) and `result` (`ok`, `error`): manual
     /// invalidations (`POST /invalidate`, SIGUSR1).
     pub const ADMIN_INVALIDATIONS: &str = "pgmemo_admin_invalidations_total";
-    /// counter: admin POST requests refused for a missing or wrong bearer token.
+    /// counter: admin requests refused (401) for a missing or wrong bearer token.
     pub const ADMIN_UNAUTHORIZED: &str = "pgmemo_admin_unauthorized_total";
 }

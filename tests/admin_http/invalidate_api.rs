@@ -124,11 +124,22 @@ async fn invalidate_refuses_bad_requests_and_changes_nothing() {
     let reply = post_json(admin.addr, "/invalidate", &big).await;
     assert_eq!(reply.status, 413, "{}", reply.body);
     assert!(!error_text(&reply).is_empty());
-    // Only POST.
+    // Only POST (any method but GET and HEAD must send JSON first, else 415).
     for method in ["GET", "PUT", "DELETE", "PATCH"] {
-        let reply = http(admin.addr, method, "/invalidate", None, b"").await;
+        let reply = http(
+            admin.addr,
+            method,
+            "/invalidate",
+            Some("application/json"),
+            b"",
+        )
+        .await;
         assert_eq!(reply.status, 405, "{method}");
         assert_eq!(reply.header("allow"), Some("POST"), "{method}");
+        if method != "GET" {
+            let reply = http(admin.addr, method, "/invalidate", None, b"").await;
+            assert_eq!(reply.status, 415, "{method}");
+        }
     }
     assert_eq!(
         versions.epoch(),

@@ -1,7 +1,7 @@
 //! `[admin]`: the admin address may only leave loopback with a bearer token set (anyone who
 //! can reach it could otherwise flush the cache or read every statement's text), a token is
-//! never empty, a console password is a usable SCRAM secret, and the
-//! statistics table's byte bound is within range.
+//! never empty, a console password is a usable SCRAM secret, every allowed host is a bare
+//! host name, and the statistics table's byte bound is within range.
 
 use super::*;
 use crate::config::AdminConfig;
@@ -23,7 +23,7 @@ pub(super) fn check_admin(admin: &AdminConfig, issues: &mut Vec<ConfigIssue>) {
             "admin.listen",
             quoted(&admin.listen.to_string()),
             "is not a loopback address and no admin token is set: set admin.token (or \
-             PGMEMO_ADMIN_TOKEN) so that POST requests need it, or bind admin.listen to \
+             PGMEMO_ADMIN_TOKEN) so that writes and the disclosing GETs need it, or bind admin.listen to \
              127.0.0.1",
         ));
     }
@@ -51,6 +51,11 @@ pub(super) fn check_admin(admin: &AdminConfig, issues: &mut Vec<ConfigIssue>) {
             ));
         }
     }
+    for host in &admin.allowed_hosts {
+        if let Some(why) = host_name_problem(host) {
+            issues.push(ConfigIssue::new("admin.allowed_hosts", quoted(host), why));
+        }
+    }
     let (min, max) = QUERY_STATS_BYTES_RANGE;
     let bytes = admin.query_stats_bytes.0;
     if !(min..=max).contains(&bytes) {
@@ -59,6 +64,26 @@ pub(super) fn check_admin(admin: &AdminConfig, issues: &mut Vec<ConfigIssue>) {
             admin.query_stats_bytes.to_string(),
             format!("must be from {min} (64KiB) to {max} (1GiB)"),
         ));
+    }
+}
+
+/// Why `host` cannot be an `admin.allowed_hosts` entry: the admin server compares it with the
+/// `Host` header's name, port stripped, ignoring case.
+fn host_name_problem(host: &str) -> Option<&'static str> {
+    if host.is_empty() {
+        Some("must not be empty")
+    } else if host.contains(':') {
+        Some(
+            "must be a host name without a port (IP literals, IPv6 included, are always \
+             allowed and need no entry)",
+        )
+    } else if !host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        Some("is not a host name (letters, digits, '-', '.' and '_' only)")
+    } else {
+        None
     }
 }
 
@@ -125,6 +150,17 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(!text.contains(bad), "{text}");
+        }
+    }
+
+    #[test]
+    fn allowed_hosts_are_bare_host_names() {
+        let mut c = Config::default();
+        c.admin.allowed_hosts = vec!["pgmemo".into(), "Admin.Example.COM".into(), "a_b-c.".into()];
+        assert!(keys(&c).is_empty());
+        for bad in ["", "pgmemo:9187", "[::1]", "::1", "a b", "evil/x", "höst"] {
+            c.admin.allowed_hosts = vec!["pgmemo".into(), bad.into()];
+            assert_eq!(keys(&c), ["admin.allowed_hosts"], "{bad:?}");
         }
     }
 }
