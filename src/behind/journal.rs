@@ -1001,9 +1001,16 @@ impl Writer {
             return;
         }
         let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
+        #[cfg(test)]
+        let hooks = self.hooks.clone();
         let started = std::thread::Builder::new()
             .name("pgmemo-journal-spare".into())
-            .spawn(move || prepare_spare(&dir, bytes));
+            .spawn(move || {
+                let prepared = prepare_spare(&dir, bytes);
+                #[cfg(test)]
+                hooks.spares.fetch_add(1, Ordering::SeqCst);
+                prepared
+            });
         match started {
             Ok(handle) => self.spare = Some(handle),
             // Segments are then created empty and grow: slower groups, nothing lost.
@@ -1135,6 +1142,8 @@ mod tests {
         fail_truncates: AtomicU32,
         /// Held by a test to keep the writer from writing (as a slow disk would).
         gate: Mutex<()>,
+        /// Spare segments prepared (or failed).
+        pub(super) spares: AtomicU64,
     }
 
     fn take_one(counter: &AtomicU32) -> bool {
@@ -1377,15 +1386,15 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().len(), len + 4096);
     }
 
-    /// Waits (at most 10 s) for the spare segment to be complete.
-    fn wait_for_spare(dir: &Path, bytes: u64) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while fs::metadata(spare_path(dir)).map(|m| m.len()).unwrap_or(0) < bytes {
+    /// Waits (at most 30 s) until the journal's `n`th spare segment is prepared.
+    fn wait_for_spare(journal: &Journal, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while journal.hooks.spares.load(Ordering::SeqCst) < n {
             assert!(std::time::Instant::now() < deadline, "no spare segment");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        // Its fsync, after the last zeros.
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // Its thread ends right after counting.
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
     #[tokio::test]
@@ -1393,23 +1402,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = 16 << 10;
         let (journal, _) = open(dir.path(), bytes);
-        wait_for_spare(dir.path(), bytes);
+        wait_for_spare(&journal, 1);
         // The first segment was created empty with the journal; the spare replaces it before
         // the first record goes in.
         append_all(&journal, 1..=1).await;
         assert_eq!(fs::metadata(dir.path().join(seg(1))).unwrap().len(), bytes);
-        wait_for_spare(dir.path(), bytes);
-        // 104 bytes a record: the first segment closes after 158.
-        append_all(&journal, 2..=158).await;
+        wait_for_spare(&journal, 2);
+        // 104 bytes a record: the first segment closes after 158 (the rotation runs after
+        // that group's waiters were answered, at the latest before the next group).
+        append_all(&journal, 2..=159).await;
         let files = segment_files(dir.path());
         assert_eq!(files, vec![seg(1), seg(159)]);
-        // The new segment is the spare renamed: full size before any record is in it.
+        // The new segment is the spare renamed: full size with one record in it.
         assert_eq!(
             fs::metadata(dir.path().join(seg(159))).unwrap().len(),
             bytes
         );
-        wait_for_spare(dir.path(), bytes);
-        append_all(&journal, 159..=400).await;
+        wait_for_spare(&journal, 3);
+        append_all(&journal, 160..=400).await;
         close(journal);
         let (journal, records) = open(dir.path(), bytes);
         let seqs: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
@@ -1423,12 +1433,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = 16 << 10;
         let (journal, _) = open(dir.path(), bytes);
-        wait_for_spare(dir.path(), bytes);
-        append_all(&journal, 1..=160).await;
+        wait_for_spare(&journal, 1);
+        append_all(&journal, 1..=1).await;
+        wait_for_spare(&journal, 2);
+        append_all(&journal, 2..=160).await;
         close(journal);
         // Records 159 and 160 are in the preallocated segment; a torn group after them: a
         // few bytes of a record, then the zeros the crash did not overwrite.
         let path = dir.path().join(seg(159));
+        assert_eq!(fs::metadata(&path).unwrap().len(), bytes);
         let valid = 2 * (HEADER as u64 + 92);
         let file = File::options().write(true).open(&path).unwrap();
         file.write_all_at(&[0x5c, 0, 0, 0, 1, 2, 3], valid + 40)
