@@ -1,0 +1,822 @@
+//! The conversation generator: a `u64` seed gives one random but valid client conversation
+//! (only `pgmemo::rng::Rng`, no outside randomness). Steps mix the simple and extended
+//! protocols: cacheable reads (a few repeated so the cache gets hits), writes to the tables
+//! those reads use, pipelines with and without Sync (Flush-ended ones continued by the next
+//! step), errors mid-pipeline, transactions and savepoints, SET/RESET/DISCARD ALL,
+//! `set_config` and SQL `PREPARE`/`EXECUTE`, named and unnamed statements reused and closed,
+//! portals, cursors, LISTEN/NOTIFY, COPY both ways. The generator keeps a rough model of the
+//! session (open transaction, open pipeline, statement names) to stay mostly valid; where the
+//! model is wrong the server answers with an error, which both sides must then agree on.
+
+use pgmemo::rng::Rng;
+
+use super::msg::{Msg, Param};
+
+/// COPY FROM STDIN payload sent when the server asks for it (CopyInResponse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    pub chunks: Vec<Vec<u8>>,
+    /// End with CopyFail instead of CopyDone.
+    pub fail: bool,
+}
+
+/// One step: messages sent in one write; the runner reads every reply they produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub msgs: Vec<Msg>,
+    pub copy: Option<CopyIn>,
+}
+
+impl Step {
+    fn new(msgs: Vec<Msg>) -> Step {
+        Step { msgs, copy: None }
+    }
+
+    fn query(sql: impl Into<String>) -> Step {
+        Step::new(vec![Msg::Query(sql.into())])
+    }
+
+    /// Readable lines, one per message.
+    pub fn render(&self) -> String {
+        let mut out = self
+            .msgs
+            .iter()
+            .map(Msg::render)
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if let Some(copy) = &self.copy {
+            let data: Vec<String> = copy
+                .chunks
+                .iter()
+                .map(|c| format!("{:?}", String::from_utf8_lossy(c)))
+                .collect();
+            out.push_str(&format!(
+                " + copy [{}]{}",
+                data.join(", "),
+                if copy.fail { " CopyFail" } else { " CopyDone" }
+            ));
+        }
+        out
+    }
+}
+
+/// A generated conversation.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub seed: u64,
+    pub steps: Vec<Step>,
+}
+
+impl Conversation {
+    pub fn render(&self) -> String {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("  {i:3}: {}", s.render()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A statement shape: SQL with `$n` int parameters, each drawn from its range.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    sql: &'static str,
+    params: &'static [(i32, i32)],
+}
+
+const fn shape(sql: &'static str, params: &'static [(i32, i32)]) -> Shape {
+    Shape { sql, params }
+}
+
+/// Reads, cacheable or not; every multi-row one is ordered (physical order may differ
+/// between the two databases).
+const READS: &[Shape] = &[
+    shape(
+        "SELECT id, name, price FROM items WHERE grp = $1 ORDER BY id",
+        &[(0, 4)],
+    ),
+    shape("SELECT * FROM items WHERE id = $1", &[(1, 24)]),
+    shape("SELECT label FROM ref WHERE id = $1", &[(1, 13)]),
+    shape("SELECT * FROM items ORDER BY id", &[]),
+    shape("SELECT count(*), sum(price), max(f) FROM items", &[]),
+    shape("SELECT * FROM grp_totals ORDER BY grp", &[]),
+    shape("TABLE ref ORDER BY id", &[]),
+    shape(
+        "SELECT n.id, n.body, i.name FROM notes n JOIN items i ON i.id = n.item_id \
+         WHERE i.grp = $1 ORDER BY n.id",
+        &[(0, 4)],
+    ),
+    shape(
+        "SELECT add_one(id), label FROM ref WHERE id <= $1 ORDER BY id",
+        &[(0, 13)],
+    ),
+    shape("VALUES (1, 'one'), (2, 'two')", &[]),
+    shape(
+        "SELECT id, f, d, ts, b FROM items WHERE id <= $1 ORDER BY id",
+        &[(1, 8)],
+    ),
+    shape(
+        "SELECT id, price * $1 AS scaled FROM items WHERE grp = $2 ORDER BY id",
+        &[(1, 3), (0, 4)],
+    ),
+    shape("SELECT id, name FROM alt.items ORDER BY id", &[]),
+    shape(
+        "SELECT id, name FROM public.items WHERE id > $1 ORDER BY id",
+        &[(10, 25)],
+    ),
+    shape("SELECT * FROM tenant_items ORDER BY id", &[]),
+    shape("SELECT current_setting('app.tenant', true) AS tenant", &[]),
+    shape("SELECT current_setting('search_path') AS sp", &[]),
+    shape(
+        "SELECT id, name FROM items WHERE id = $1 FOR UPDATE",
+        &[(1, 22)],
+    ),
+    shape("SELECT 10 / ($1 - 3) AS q", &[(1, 5)]),
+    shape("SELECT count(*) FROM notes WHERE item_id = $1", &[(1, 22)]),
+];
+
+/// How many of `READS` are plain cacheable reads (the rest read settings, lock or fail).
+const CACHEABLE_READS: usize = 14;
+
+const WRITES: &[Shape] = &[
+    shape(
+        "UPDATE items SET price = price + $1 WHERE id = $2",
+        &[(1, 5), (1, 24)],
+    ),
+    shape(
+        "UPDATE items SET name = 'renamed' || $1::text WHERE grp = $2",
+        &[(1, 9), (0, 4)],
+    ),
+    shape(
+        "INSERT INTO items (id, grp, name, price) VALUES ($1, $2, 'new', 9.99)",
+        &[(18, 30), (0, 4)],
+    ),
+    shape(
+        "INSERT INTO items (id, grp, name) VALUES ($1, $2, 'up') \
+         ON CONFLICT (id) DO UPDATE SET grp = EXCLUDED.grp",
+        &[(1, 30), (0, 4)],
+    ),
+    shape("DELETE FROM items WHERE id = $1", &[(1, 24)]),
+    shape(
+        "INSERT INTO notes (id, item_id, body) VALUES ($1, $2, 'n')",
+        &[(10, 40), (1, 24)],
+    ),
+    shape(
+        "UPDATE notes SET body = body || '+' WHERE item_id = $1",
+        &[(1, 21)],
+    ),
+    shape(
+        "UPDATE alt.items SET price = price + 1 WHERE id = $1",
+        &[(1, 11)],
+    ),
+    shape(
+        "UPDATE items SET price = price - 1 WHERE id = $1 RETURNING id, price",
+        &[(1, 24)],
+    ),
+    shape(
+        "WITH d AS (DELETE FROM notes WHERE id = $1 RETURNING item_id) SELECT count(*) FROM d",
+        &[(1, 40)],
+    ),
+    shape("UPDATE items SET f = f * 2 WHERE grp = $1", &[(0, 4)]),
+];
+
+/// Statements that change the session's settings (simple text, no parameters).
+const SETTINGS: &[&str] = &[
+    "SET search_path = alt, public",
+    "SET search_path = public",
+    "RESET search_path",
+    "SET extra_float_digits = 0",
+    "SET extra_float_digits = 3",
+    "SET DateStyle = 'SQL, DMY'",
+    "SET DateStyle = 'ISO, MDY'",
+    "SET TimeZone = 'Asia/Tokyo'",
+    "SET TimeZone = 'UTC'",
+    "SET bytea_output = 'escape'",
+    "RESET bytea_output",
+    "SET IntervalStyle = 'sql_standard'",
+    "SET application_name = 'diff'",
+    "SET client_min_messages = error",
+    "RESET client_min_messages",
+    "SET enable_seqscan = off",
+    "SET app.tenant = 'item1'",
+    "RESET app.tenant",
+    "RESET ALL",
+    "DISCARD ALL",
+    "SET LOCAL search_path = alt, public",
+    "SET LOCAL TimeZone = 'America/New_York'",
+    "SELECT set_config('search_path', 'alt, public', false)",
+    "SELECT set_config('app.tenant', 'item2', true)",
+    "SELECT set_config('extra_float_digits', '0', false)",
+    "SELECT use_schema('alt, public')",
+    "SELECT use_schema('public')",
+    "SELECT set_tenant('item1')",
+    "SELECT set_tenant('alt')",
+];
+
+const ERRORS: &[&str] = &[
+    "SELECT 1/0",
+    "SELECT * FROM no_such_table",
+    "SELEC 1",
+    "SELECT nosuchcolumn FROM items",
+    "",
+    ";",
+    "SELECT 1; SELECT 1/0; SELECT 2",
+    "INSERT INTO ref VALUES (1, 'dup')",
+];
+
+/// What the generator believes about the session.
+struct Model {
+    in_tx: bool,
+    /// The last step ended with Flush: the next must be extended and end with Sync.
+    open_pipeline: bool,
+    /// Named statements: (name, shape, declared types).
+    stmts: Vec<(String, Shape, bool)>,
+    sql_prepared: Vec<(String, Shape)>,
+    cursors: Vec<String>,
+    next: u32,
+    /// Reads repeated through the conversation (so later ones hit).
+    favourites: Vec<Step>,
+}
+
+/// Generates the conversation of `seed`.
+pub fn generate(seed: u64) -> Conversation {
+    let mut rng = Rng::new(seed);
+    let mut m = Model {
+        in_tx: false,
+        open_pipeline: false,
+        stmts: Vec::new(),
+        sql_prepared: Vec::new(),
+        cursors: Vec::new(),
+        next: 0,
+        favourites: Vec::new(),
+    };
+    for _ in 0..1 + rng.below(4) {
+        let s = if rng.chance(50) {
+            simple_read(&mut rng, CACHEABLE_READS)
+        } else {
+            extended_read(&mut rng, &mut m, CACHEABLE_READS, true)
+        };
+        m.favourites.push(s);
+    }
+    let len = 6 + rng.below(26);
+    let mut steps = Vec::with_capacity(len + 2);
+    for _ in 0..len {
+        let step = next_step(&mut rng, &mut m);
+        steps.push(step);
+    }
+    if m.open_pipeline {
+        steps.push(Step::new(vec![Msg::Sync]));
+    }
+    if m.in_tx && rng.chance(70) {
+        steps.push(Step::query(if rng.chance(50) {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        }));
+    }
+    Conversation { seed, steps }
+}
+
+fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
+    if m.open_pipeline {
+        // Continue the pipeline: more groups, then usually a Sync.
+        let mut msgs = Vec::new();
+        if rng.chance(70) {
+            msgs.extend(group_msgs(rng, m, READS.len(), false));
+        }
+        if rng.chance(80) {
+            msgs.push(Msg::Sync);
+            m.open_pipeline = false;
+        } else {
+            msgs.push(Msg::Flush);
+        }
+        return Step::new(msgs);
+    }
+    if m.in_tx && rng.chance(20) {
+        let sql = rng
+            .choose(&["COMMIT", "ROLLBACK", "END", "ABORT", "COMMIT AND CHAIN"])
+            .unwrap_or("COMMIT");
+        m.in_tx = sql == "COMMIT AND CHAIN";
+        m.cursors.clear();
+        return Step::query(sql);
+    }
+    let kind = rng.weighted(&[
+        16, // 0 simple read
+        16, // 1 extended read
+        22, // 2 repeat a favourite
+        14, // 3 write
+        8,  // 4 settings
+        7,  // 5 transaction / savepoint
+        4,  // 6 SQL PREPARE / EXECUTE
+        3,  // 7 cursor
+        3,  // 8 LISTEN / NOTIFY
+        3,  // 9 COPY TO STDOUT
+        3,  // 10 COPY FROM STDIN
+        3,  // 11 error
+        5,  // 12 multi-statement Query
+        6,  // 13 pipeline
+        4,  // 14 Flush-ended pipeline
+        2,  // 15 catalog views of the session
+        3,  // 16 Describe / Close statements
+        2,  // 17 named portal, partial fetches
+    ]);
+    match kind {
+        0 => simple_read(rng, READS.len()),
+        1 => extended_read(rng, m, READS.len(), false),
+        2 => rng
+            .choose(&(0..m.favourites.len()).collect::<Vec<_>>())
+            .and_then(|i| m.favourites.get(i).cloned())
+            .unwrap_or_else(|| simple_read(rng, CACHEABLE_READS)),
+        3 => {
+            if rng.chance(50) {
+                let (sql, _) = { let s = pick(rng, WRITES); inline(rng, s) };
+                Step::query(sql)
+            } else {
+                let mut msgs = { let s = pick(rng, WRITES); group_for(rng, m, s, false) };
+                msgs.push(Msg::Sync);
+                Step::new(msgs)
+            }
+        }
+        4 => {
+            let sql = rng.choose(SETTINGS).unwrap_or("RESET ALL");
+            if sql == "DISCARD ALL" && !m.in_tx {
+                m.stmts.clear();
+                m.sql_prepared.clear();
+            }
+            if rng.chance(75) {
+                Step::query(sql)
+            } else {
+                unnamed_group(sql)
+            }
+        }
+        5 => {
+            if m.in_tx {
+                let sql = rng.choose(&[
+                        "SAVEPOINT s1",
+                        "SAVEPOINT s2",
+                        "ROLLBACK TO SAVEPOINT s1",
+                        "RELEASE SAVEPOINT s1",
+                        "ROLLBACK TO s2",
+                        "BEGIN",
+                    ])
+                    .unwrap_or("SAVEPOINT s1");
+                Step::query(sql)
+            } else {
+                m.in_tx = true;
+                let sql = rng.choose(&[
+                        "BEGIN",
+                        "BEGIN",
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+                        "START TRANSACTION READ ONLY",
+                        "COMMIT",
+                    ])
+                    .unwrap_or("BEGIN");
+                if sql == "COMMIT" {
+                    m.in_tx = false;
+                }
+                Step::query(sql)
+            }
+        }
+        6 => sql_prepare(rng, m),
+        7 => cursor(rng, m),
+        8 => Step::query(
+            rng.choose(&[
+                "LISTEN diffch",
+                "NOTIFY diffch, 'hello'",
+                "SELECT pg_notify('diffch', 'via function')",
+                "UNLISTEN *",
+                "LISTEN diffch; NOTIFY diffch",
+            ])
+            .unwrap_or("LISTEN diffch"),
+        ),
+        9 => {
+            let sql = rng.choose(&[
+                    "COPY (SELECT id, name, price FROM items ORDER BY id) TO STDOUT",
+                    "COPY (SELECT * FROM ref ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+                    "COPY (SELECT id, b FROM items WHERE id < 5 ORDER BY id) TO STDOUT (FORMAT binary)",
+                ])
+                .unwrap_or("COPY (SELECT 1) TO STDOUT");
+            if rng.chance(60) {
+                Step::query(sql)
+            } else {
+                unnamed_group(sql)
+            }
+        }
+        10 => copy_in(rng),
+        11 => {
+            let sql = rng.choose(ERRORS).unwrap_or("SELECT 1/0");
+            Step::query(sql)
+        }
+        12 => {
+            let n = 2 + rng.below(2);
+            let mut parts = Vec::new();
+            for _ in 0..n {
+                let part = match rng.below(4) {
+                    0 => { let s = pick(rng, &READS[..CACHEABLE_READS]); inline(rng, s) }.0,
+                    1 => { let s = pick(rng, WRITES); inline(rng, s) }.0,
+                    2 => (rng.choose(SETTINGS).unwrap_or("RESET ALL")).to_string(),
+                    _ => (rng.choose(&["BEGIN", "COMMIT", "SAVEPOINT s1", "SELECT 1/0", "ROLLBACK"])
+                        .unwrap_or("BEGIN"))
+                    .to_string(),
+                };
+                parts.push(part);
+            }
+            Step::query(parts.join("; "))
+        }
+        13 => {
+            // Several groups; one Sync at the end or one per group, in one write.
+            let n = 2 + rng.below(3);
+            let per_group_sync = rng.chance(50);
+            let mut msgs = Vec::new();
+            for i in 0..n {
+                msgs.extend(group_msgs(rng, m, READS.len(), true));
+                if per_group_sync || i + 1 == n {
+                    msgs.push(Msg::Sync);
+                }
+            }
+            Step::new(msgs)
+        }
+        14 => {
+            let mut msgs = group_msgs(rng, m, READS.len(), true);
+            msgs.push(Msg::Flush);
+            m.open_pipeline = true;
+            Step::new(msgs)
+        }
+        15 => Step::query(
+            rng.choose(&[
+                "SELECT name, statement, parameter_types, from_sql FROM pg_prepared_statements ORDER BY name",
+                "SELECT name, statement, is_holdable, is_binary, is_scrollable FROM pg_cursors ORDER BY name",
+                "SELECT channel FROM pg_listening_channels() AS channel ORDER BY 1",
+            ])
+            .unwrap_or("SELECT 1"),
+        ),
+        16 => {
+            if let Some((name, _, _)) = rng
+                .choose(&(0..m.stmts.len()).collect::<Vec<_>>())
+                .and_then(|i| m.stmts.get(i).cloned())
+            {
+                if rng.chance(50) {
+                    Step::new(vec![
+                        Msg::Describe {
+                            kind: b'S',
+                            name,
+                        },
+                        Msg::Sync,
+                    ])
+                } else {
+                    m.stmts.retain(|(n, _, _)| *n != name);
+                    Step::new(vec![Msg::Close { kind: b'S', name }, Msg::Sync])
+                }
+            } else {
+                Step::new(vec![
+                    Msg::Close {
+                        kind: if rng.chance(50) { b'S' } else { b'P' },
+                        name: "nosuch".into(),
+                    },
+                    Msg::Describe {
+                        kind: b'S',
+                        name: String::new(),
+                    },
+                    Msg::Sync,
+                ])
+            }
+        }
+        _ => {
+            // A named portal fetched in parts (lives only inside a transaction block).
+            let s = pick(rng, &READS[..CACHEABLE_READS]);
+            let (params, _) = params_for(rng, s, false);
+            let mut msgs = vec![
+                Msg::Parse {
+                    name: String::new(),
+                    sql: s.sql.into(),
+                    types: vec![],
+                },
+                bind("pp", "", params, vec![]),
+                Msg::Execute {
+                    portal: "pp".into(),
+                    max_rows: 2,
+                },
+                Msg::Execute {
+                    portal: "pp".into(),
+                    max_rows: 1 + rng.below(3) as i32,
+                },
+            ];
+            if rng.chance(50) {
+                msgs.push(Msg::Close {
+                    kind: b'P',
+                    name: "pp".into(),
+                });
+            }
+            msgs.push(Msg::Sync);
+            Step::new(msgs)
+        }
+    }
+}
+
+fn pick(rng: &mut Rng, shapes: &[Shape]) -> Shape {
+    shapes[rng.below(shapes.len())]
+}
+
+/// The shape's SQL with its parameters written in as literals.
+fn inline(rng: &mut Rng, s: Shape) -> (String, Vec<i32>) {
+    let values: Vec<i32> = s
+        .params
+        .iter()
+        .map(|(lo, hi)| lo + rng.below((hi - lo + 1) as usize) as i32)
+        .collect();
+    let mut sql = s.sql.to_string();
+    for (i, v) in values.iter().enumerate().rev() {
+        sql = sql.replace(&format!("${}", i + 1), &v.to_string());
+    }
+    (sql, values)
+}
+
+fn simple_read(rng: &mut Rng, upto: usize) -> Step {
+    let s = pick(rng, &READS[..upto]);
+    Step::query(inline(rng, s).0)
+}
+
+/// Parameters for a Bind of `s`: binary int4 only when the types were declared.
+fn params_for(rng: &mut Rng, s: Shape, declared: bool) -> (Vec<Param>, Vec<i32>) {
+    let (_, values) = inline(rng, s);
+    let params = values
+        .iter()
+        .map(|v| {
+            if declared && rng.chance(50) {
+                Param::int4(*v)
+            } else if rng.chance(3) {
+                Param::null()
+            } else {
+                Param::text(&v.to_string())
+            }
+        })
+        .collect();
+    (params, values)
+}
+
+/// `sql` through the extended protocol: unnamed statement and portal, no parameters, Sync.
+fn unnamed_group(sql: &str) -> Step {
+    Step::new(vec![
+        Msg::Parse {
+            name: String::new(),
+            sql: sql.into(),
+            types: vec![],
+        },
+        bind("", "", vec![], vec![]),
+        Msg::Execute {
+            portal: String::new(),
+            max_rows: 0,
+        },
+        Msg::Sync,
+    ])
+}
+
+fn bind(portal: &str, stmt: &str, params: Vec<Param>, results: Vec<i16>) -> Msg {
+    Msg::Bind {
+        portal: portal.into(),
+        stmt: stmt.into(),
+        params,
+        results,
+    }
+}
+
+fn result_formats(rng: &mut Rng) -> Vec<i16> {
+    match rng.below(6) {
+        0 => vec![1],
+        1 => vec![0],
+        _ => vec![],
+    }
+}
+
+/// One group (no Sync) for shape `s`: unnamed, a new named statement, or a reuse.
+fn group_for(rng: &mut Rng, m: &mut Model, s: Shape, no_new_names: bool) -> Vec<Msg> {
+    let mut msgs = Vec::new();
+    let declared = rng.chance(40);
+    let types = if declared {
+        vec![23u32; s.params.len()]
+    } else {
+        vec![]
+    };
+    let reuse = m
+        .stmts
+        .iter()
+        .filter(|(_, sh, _)| sh.sql == s.sql)
+        .map(|(n, _, d)| (n.clone(), *d))
+        .next();
+    let (stmt, declared) = match reuse {
+        Some((name, d)) if rng.chance(70) => (name, d),
+        _ if !no_new_names && rng.chance(35) => {
+            m.next += 1;
+            let name = format!("s{}", m.next);
+            msgs.push(Msg::Parse {
+                name: name.clone(),
+                sql: s.sql.into(),
+                types,
+            });
+            m.stmts.push((name.clone(), s, declared));
+            (name, declared)
+        }
+        _ => {
+            msgs.push(Msg::Parse {
+                name: String::new(),
+                sql: s.sql.into(),
+                types,
+            });
+            (String::new(), declared)
+        }
+    };
+    let (params, _) = params_for(rng, s, declared);
+    msgs.push(bind("", &stmt, params, result_formats(rng)));
+    if rng.chance(60) {
+        msgs.push(Msg::Describe {
+            kind: b'P',
+            name: String::new(),
+        });
+    } else if rng.chance(15) {
+        msgs.push(Msg::Describe {
+            kind: b'S',
+            name: stmt,
+        });
+    }
+    msgs.push(Msg::Execute {
+        portal: String::new(),
+        max_rows: if rng.chance(8) { 2 } else { 0 },
+    });
+    msgs
+}
+
+/// A group of a random read (or, sometimes, a write or a failing statement).
+fn group_msgs(rng: &mut Rng, m: &mut Model, upto: usize, allow_writes: bool) -> Vec<Msg> {
+    if allow_writes && rng.chance(20) {
+        let s = pick(rng, WRITES);
+        return group_for(rng, m, s, false);
+    }
+    if rng.chance(6) {
+        // Fails at Bind: wrong parameter count.
+        return vec![
+            Msg::Parse {
+                name: String::new(),
+                sql: "SELECT label FROM ref WHERE id = $1".into(),
+                types: vec![],
+            },
+            bind("", "", vec![], vec![]),
+            Msg::Execute {
+                portal: String::new(),
+                max_rows: 0,
+            },
+        ];
+    }
+    let s = pick(rng, &READS[..upto]);
+    group_for(rng, m, s, false)
+}
+
+fn extended_read(rng: &mut Rng, m: &mut Model, upto: usize, favourite: bool) -> Step {
+    let s = pick(rng, &READS[..upto]);
+    let mut msgs = group_for(rng, m, s, favourite);
+    msgs.push(Msg::Sync);
+    Step::new(msgs)
+}
+
+fn sql_prepare(rng: &mut Rng, m: &mut Model) -> Step {
+    match rng.below(5) {
+        0 | 1 if m.sql_prepared.len() < 4 => {
+            m.next += 1;
+            if rng.chance(40) {
+                let name = format!("sp{}", m.next);
+                m.sql_prepared.push((
+                    name.clone(),
+                    shape("SELECT set_config('search_path', $1, false)", &[]),
+                ));
+                Step::query(format!(
+                    "PREPARE {name}(text) AS SELECT set_config('search_path', $1, false)"
+                ))
+            } else {
+                let s = pick(rng, &READS[..CACHEABLE_READS]);
+                let name = format!("rq{}", m.next);
+                m.sql_prepared.push((name.clone(), s));
+                let types = vec!["int"; s.params.len()].join(", ");
+                let types = if types.is_empty() {
+                    String::new()
+                } else {
+                    format!("({types})")
+                };
+                Step::query(format!("PREPARE {name}{types} AS {}", s.sql))
+            }
+        }
+        2 | 3 if !m.sql_prepared.is_empty() => {
+            let (name, s) = m.sql_prepared[rng.below(m.sql_prepared.len())].clone();
+            let args = if name.starts_with("sp") {
+                format!(
+                    "('{}')",
+                    rng.choose(&["alt, public", "public"]).unwrap_or("public")
+                )
+            } else {
+                let (_, values) = inline(rng, s);
+                if values.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "({})",
+                        values
+                            .iter()
+                            .map(i32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            };
+            let sql = format!("EXECUTE {name}{args}");
+            if rng.chance(30) {
+                unnamed_group(&sql)
+            } else {
+                Step::query(sql)
+            }
+        }
+        _ => {
+            if let Some((name, _)) = m.sql_prepared.pop()
+                && rng.chance(70)
+            {
+                Step::query(format!("DEALLOCATE {name}"))
+            } else {
+                m.sql_prepared.clear();
+                m.stmts.clear();
+                Step::query("DEALLOCATE ALL")
+            }
+        }
+    }
+}
+
+fn cursor(rng: &mut Rng, m: &mut Model) -> Step {
+    if !m.in_tx {
+        m.in_tx = true;
+        m.cursors.push("c1".into());
+        return Step::query("BEGIN; DECLARE c1 CURSOR FOR SELECT id, name FROM items ORDER BY id");
+    }
+    match rng.below(4) {
+        0 => {
+            m.next += 1;
+            let name = format!("c{}", m.next);
+            m.cursors.push(name.clone());
+            let hold = if rng.chance(30) { " WITH HOLD" } else { "" };
+            Step::query(format!(
+                "DECLARE {name} CURSOR{hold} FOR SELECT * FROM ref ORDER BY id"
+            ))
+        }
+        1 | 2 => {
+            let name = rng
+                .choose(&(0..m.cursors.len()).collect::<Vec<_>>())
+                .and_then(|i| m.cursors.get(i).cloned())
+                .unwrap_or_else(|| "c1".into());
+            Step::query(format!(
+                "{} {name}",
+                rng.choose(&[
+                    "FETCH 2 FROM",
+                    "FETCH ALL FROM",
+                    "MOVE 1 IN",
+                    "FETCH PRIOR FROM"
+                ])
+                .unwrap_or("FETCH 1 FROM")
+            ))
+        }
+        _ => {
+            if rng.chance(50) {
+                m.cursors.clear();
+                Step::query("CLOSE ALL")
+            } else {
+                let name = m.cursors.pop().unwrap_or_else(|| "c1".into());
+                Step::query(format!("CLOSE {name}"))
+            }
+        }
+    }
+}
+
+fn copy_in(rng: &mut Rng) -> Step {
+    let csv = rng.chance(40);
+    let sql = if csv {
+        "COPY notes (id, item_id, body) FROM STDIN WITH (FORMAT csv)"
+    } else {
+        "COPY notes (id, item_id, body) FROM STDIN"
+    };
+    let rows = 1 + rng.below(4);
+    let mut chunks = Vec::new();
+    for _ in 0..rows {
+        let id = 100 + rng.below(20);
+        let item = 1 + rng.below(24);
+        let line = if rng.chance(5) {
+            "garbage line\n".to_string()
+        } else if csv {
+            format!("{id},{item},\"copied, {id}\"\n")
+        } else {
+            format!("{id}\t{item}\tcopied {id}\n")
+        };
+        chunks.push(line.into_bytes());
+    }
+    Step {
+        msgs: vec![Msg::Query(sql.into())],
+        copy: Some(CopyIn {
+            chunks,
+            fail: rng.chance(10),
+        }),
+    }
+}

@@ -1,0 +1,229 @@
+//! Runs one conversation on one raw connection and records every frame the server sends,
+//! step by step. What to read is decided from the protocol, never from timing: each
+//! message's reply ends with a known frame (ParseComplete, BindComplete, RowDescription or
+//! NoData, CommandComplete / EmptyQueryResponse / PortalSuspended, CloseComplete,
+//! ReadyForQuery), an ErrorResponse ends an extended message's reply and makes the server
+//! skip everything but Sync (a simple Query included), and a Flush needs no reply. So a
+//! Flush-ended pipeline is read exactly as far as the server must have answered it; the
+//! per-frame timeout only catches a side that answers nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pgmemo::protocol::startup::encode_startup;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::conversation::{Conversation, Step};
+use super::msg::{self, Ends, Msg};
+
+/// Largest frame accepted from a server (the fixture's results are tiny).
+const MAX_FRAME: usize = 16 << 20;
+
+/// How a side's run stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Nothing arrived within the frame timeout.
+    TimedOut,
+    /// The server closed the connection.
+    Closed,
+    /// A frame with an impossible length.
+    Garbled,
+}
+
+/// Frames received for one step (or the startup), and how the run stopped if it did.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    pub frames: Vec<Bytes>,
+    pub end: Option<End>,
+}
+
+/// Everything one side sent back during a conversation.
+#[derive(Debug, Clone, Default)]
+pub struct Transcript {
+    pub startup: Reply,
+    pub steps: Vec<Reply>,
+}
+
+/// Where a conversation runs: a server (pgmemo or PostgreSQL) and a database.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub db: String,
+}
+
+struct Conn {
+    io: BufReader<TcpStream>,
+    /// An extended message failed and no Sync came since: the server skips all but Sync.
+    skipping: bool,
+    timeout: Duration,
+}
+
+impl Conn {
+    async fn read(&mut self) -> Result<Bytes, End> {
+        match tokio::time::timeout(self.timeout, read_frame(&mut self.io)).await {
+            Err(_) => Err(End::TimedOut),
+            Ok(r) => r,
+        }
+    }
+}
+
+async fn read_frame(io: &mut BufReader<TcpStream>) -> Result<Bytes, End> {
+    let mut head = [0u8; 5];
+    io.read_exact(&mut head).await.map_err(|_| End::Closed)?;
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|l| (4..=MAX_FRAME).contains(l))
+        .ok_or(End::Garbled)?;
+    let mut frame = BytesMut::with_capacity(len + 1);
+    frame.extend_from_slice(&head);
+    frame.resize(len + 1, 0);
+    io.read_exact(&mut frame[5..])
+        .await
+        .map_err(|_| End::Closed)?;
+    Ok(frame.freeze())
+}
+
+/// Runs `conv` as `user` on `target` and records the replies. Never panics on what the
+/// server sends: a side that misbehaves shows as an early `End`.
+pub async fn run(
+    target: &Target,
+    user: &str,
+    conv: &Conversation,
+    timeout: Duration,
+) -> Transcript {
+    run_steps(target, user, &conv.steps, timeout).await
+}
+
+pub async fn run_steps(
+    target: &Target,
+    user: &str,
+    steps: &[Step],
+    timeout: Duration,
+) -> Transcript {
+    let mut t = Transcript::default();
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(target.addr)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            t.startup.end = Some(End::Closed);
+            return t;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut c = Conn {
+        io: BufReader::with_capacity(64 << 10, stream),
+        skipping: false,
+        timeout,
+    };
+    let startup = encode_startup(3, 0, &[("user", user), ("database", &target.db)]);
+    if c.io.get_mut().write_all(&startup).await.is_err() {
+        t.startup.end = Some(End::Closed);
+        return t;
+    }
+    loop {
+        match c.read().await {
+            Ok(f) => {
+                let tag = f[0];
+                t.startup.frames.push(f);
+                if tag == b'Z' {
+                    break;
+                }
+                if tag == b'E' {
+                    t.startup.end = Some(End::Closed);
+                    return t;
+                }
+            }
+            Err(e) => {
+                t.startup.end = Some(e);
+                return t;
+            }
+        }
+    }
+    for step in steps {
+        let reply = run_step(&mut c, step).await;
+        let stop = reply.end.is_some();
+        t.steps.push(reply);
+        if stop {
+            break;
+        }
+    }
+    let mut bye = Vec::new();
+    bye.extend_from_slice(&[b'X', 0, 0, 0, 4]);
+    let _ = c.io.get_mut().write_all(&bye).await;
+    t
+}
+
+async fn run_step(c: &mut Conn, step: &Step) -> Reply {
+    let mut reply = Reply::default();
+    let mut out = Vec::new();
+    for m in &step.msgs {
+        m.encode(&mut out);
+    }
+    if c.io.get_mut().write_all(&out).await.is_err() {
+        reply.end = Some(End::Closed);
+        return reply;
+    }
+    let mut copy_sent = false;
+    for m in &step.msgs {
+        if c.skipping && !m.is_sync() {
+            continue;
+        }
+        let ends = m.ends();
+        if ends == Ends::Nothing {
+            continue;
+        }
+        loop {
+            let f = match c.read().await {
+                Ok(f) => f,
+                Err(e) => {
+                    reply.end = Some(e);
+                    return reply;
+                }
+            };
+            let tag = f[0];
+            reply.frames.push(f);
+            match tag {
+                b'G' => {
+                    // CopyInResponse: send the step's data once, else refuse.
+                    let mut data = Vec::new();
+                    match (&step.copy, copy_sent) {
+                        (Some(copy), false) => {
+                            for chunk in &copy.chunks {
+                                msg::copy_data(&mut data, chunk);
+                            }
+                            if copy.fail {
+                                msg::copy_fail(&mut data, "generated CopyFail");
+                            } else {
+                                msg::copy_done(&mut data);
+                            }
+                            copy_sent = true;
+                        }
+                        _ => msg::copy_fail(&mut data, "no data for this COPY"),
+                    }
+                    if c.io.get_mut().write_all(&data).await.is_err() {
+                        reply.end = Some(End::Closed);
+                        return reply;
+                    }
+                }
+                b'E' if !matches!(m, Msg::Query(_) | Msg::Sync) => {
+                    c.skipping = true;
+                    break;
+                }
+                b'Z' if ends == Ends::Ready => {
+                    c.skipping = false;
+                    break;
+                }
+                t => {
+                    if let Ends::OneOf(tags) = ends
+                        && tags.contains(&t)
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    reply
+}
