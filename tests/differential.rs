@@ -49,6 +49,20 @@ async fn pgmemo_answers_every_conversation_like_postgresql() {
         misses,
         summary.elapsed.as_secs_f64()
     );
+    // What the cache did, by reason (so a run that stopped exercising hits shows it).
+    let metrics = h.proxy.admin_get("/metrics");
+    for line in metrics.lines().filter(|l| {
+        [
+            "pgmemo_cache_bypasses_total",
+            "pgmemo_statement_replays_total",
+            "pgmemo_session_probes_total",
+            "pgmemo_cache_epoch_bumps_total",
+        ]
+        .iter()
+        .any(|m| l.starts_with(m))
+    }) {
+        println!("differential metric: {line}");
+    }
     for m in &summary.mismatches {
         println!("{}", m.report());
     }
@@ -115,4 +129,18 @@ fn a_seed_gives_one_conversation() {
         .map(|s| conversation::generate(s).render())
         .collect();
     assert!(distinct.len() > 45, "{} distinct of 50", distinct.len());
+}
+
+/// `PGMEMO_DIFF_SEED=S cargo test --test differential -- --ignored --nocapture show`: prints
+/// conversation S and every frame pgmemo sent back for it (cold and warm), decoded, marking
+/// the frames PostgreSQL sent differently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a debugging aid, not a check"]
+async fn show_one_conversation() {
+    let seed = differential::env_u64("PGMEMO_DIFF_SEED", DEFAULT_SEED);
+    let h = Harness::start(1);
+    let pair = Pair::new(&h.pg, &h.proxy, 0).await;
+    let conv = conversation::generate(seed);
+    println!("conversation {seed}:\n{}", conv.render());
+    print!("{}", pair.show(&conv.steps).await);
 }

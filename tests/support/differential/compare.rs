@@ -1,6 +1,9 @@
 //! Compares what pgmemo sent with what PostgreSQL sent, frame by frame, after masking only
 //! what must differ between two sessions (BackendKeyData, and the sending backend's pid in
-//! a NotificationResponse), and renders frames readably for a mismatch report.
+//! a NotificationResponse) or between the two databases (the table OID, in a
+//! RowDescription, of a relation a conversation created: OIDs are drawn from one counter
+//! for the whole server, so the two sides' temporary tables get different ones), and renders
+//! frames readably for a mismatch report.
 
 use std::fmt::Write as _;
 
@@ -18,9 +21,11 @@ pub struct Diff {
     pub direct: String,
 }
 
-/// A frame with what legitimately differs between sessions zeroed.
-pub fn mask(f: &Bytes) -> Bytes {
+/// A frame with what legitimately differs between sessions zeroed; `fixture_oids` is the
+/// largest OID that existed before any conversation ran.
+pub fn mask(f: &Bytes, fixture_oids: u32) -> Bytes {
     match f.first() {
+        Some(b'T') => mask_new_tables(f, fixture_oids),
         // BackendKeyData: another backend, another key.
         Some(b'K') => {
             let mut v = f.to_vec();
@@ -41,11 +46,39 @@ pub fn mask(f: &Bytes) -> Bytes {
     }
 }
 
+/// A RowDescription with the table OIDs above `fixture_oids` zeroed.
+fn mask_new_tables(f: &Bytes, fixture_oids: u32) -> Bytes {
+    let mut v = f.to_vec();
+    let n = be16(&v, 5).unwrap_or(0);
+    let mut at = 7;
+    for _ in 0..n {
+        let Some(end) = v.get(at..).and_then(|r| r.iter().position(|&b| b == 0)) else {
+            break;
+        };
+        at += end + 1;
+        if let Some(oid) = v.get_mut(at..at + 4)
+            && u32::from_be_bytes([oid[0], oid[1], oid[2], oid[3]]) > fixture_oids
+        {
+            oid.fill(0);
+        }
+        at += 18;
+    }
+    Bytes::from(v)
+}
+
 /// Compares two replies; `frames` counts the frame pairs compared.
-fn compare_reply(step: Option<usize>, p: &Reply, d: &Reply, frames: &mut u64) -> Option<Diff> {
+fn compare_reply(
+    step: Option<usize>,
+    (p, d): (&Reply, &Reply),
+    fixture_oids: u32,
+    frames: &mut u64,
+) -> Option<Diff> {
     let n = p.frames.len().max(d.frames.len());
     for i in 0..n {
-        let (a, b) = (p.frames.get(i).map(mask), d.frames.get(i).map(mask));
+        let (a, b) = (
+            p.frames.get(i).map(|f| mask(f, fixture_oids)),
+            d.frames.get(i).map(|f| mask(f, fixture_oids)),
+        );
         if a.is_some() && b.is_some() {
             *frames += 1;
         }
@@ -76,8 +109,13 @@ fn compare_reply(step: Option<usize>, p: &Reply, d: &Reply, frames: &mut u64) ->
 }
 
 /// The first difference between two transcripts, counting compared frames into `frames`.
-pub fn compare(p: &Transcript, d: &Transcript, frames: &mut u64) -> Option<Diff> {
-    if let Some(diff) = compare_reply(None, &p.startup, &d.startup, frames) {
+pub fn compare(
+    p: &Transcript,
+    d: &Transcript,
+    fixture_oids: u32,
+    frames: &mut u64,
+) -> Option<Diff> {
+    if let Some(diff) = compare_reply(None, (&p.startup, &d.startup), fixture_oids, frames) {
         return Some(diff);
     }
     let n = p.steps.len().max(d.steps.len());
@@ -87,7 +125,7 @@ pub fn compare(p: &Transcript, d: &Transcript, frames: &mut u64) -> Option<Diff>
             p.steps.get(i).unwrap_or(&empty),
             d.steps.get(i).unwrap_or(&empty),
         );
-        if let Some(diff) = compare_reply(Some(i), a, b, frames) {
+        if let Some(diff) = compare_reply(Some(i), (a, b), fixture_oids, frames) {
             return Some(diff);
         }
     }

@@ -125,6 +125,69 @@ const READS: &[Shape] = &[
         "SELECT id, name FROM public.items WHERE id > $1 ORDER BY id",
         &[(10, 25)],
     ),
+    // Texts that differ only inside literals, quoted names or comments, or in case.
+    shape(
+        "SELECT 'a  b' AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT 'a b' AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT '/* c */' AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape("SELECT '' AS v, label FROM ref WHERE id = $1", &[(11, 13)]),
+    shape(
+        "SELECT 'a -- b' AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape("SELECT 'a' AS v, label FROM ref WHERE id = $1", &[(11, 13)]),
+    shape(
+        "SELECT $$x  y$$ AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT E'it\\'s  x' AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT 'a\\b' AS v, label FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT label AS \"a  b\" FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT label AS \"a b\" FROM ref WHERE id = $1",
+        &[(11, 13)],
+    ),
+    shape("select label from ref where id = $1", &[(11, 13)]),
+    shape(
+        "SELECT label FROM ref WHERE id = $1 -- trailing",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT label FROM ref WHERE id = $1 /* pgmemo:nocache */",
+        &[(11, 13)],
+    ),
+    shape(
+        "SELECT label FROM ref WHERE id = $1 -- pgmemo:ttl=1s",
+        &[(11, 13)],
+    ),
+    // Larger than pgmemo's out-queue (256 KiB) at the top of the range.
+    shape(
+        "SELECT g, repeat('x', 100) AS pad FROM generate_series(1, $1) g",
+        &[(1, 4000)],
+    ),
+    shape(
+        "SELECT item_id, old_price FROM audit ORDER BY item_id, old_price",
+        &[],
+    ),
+    shape("SELECT $1 AS v", &[(0, 20)]),
+    // Not cacheable: settings, locks, failures.
     shape("SELECT * FROM tenant_items ORDER BY id", &[]),
     shape("SELECT current_setting('app.tenant', true) AS tenant", &[]),
     shape("SELECT current_setting('search_path') AS sp", &[]),
@@ -134,10 +197,11 @@ const READS: &[Shape] = &[
     ),
     shape("SELECT 10 / ($1 - 3) AS q", &[(1, 5)]),
     shape("SELECT count(*) FROM notes WHERE item_id = $1", &[(1, 22)]),
+    shape("SELECT current_user, session_user", &[]),
 ];
 
 /// How many of `READS` are plain cacheable reads (the rest read settings, lock or fail).
-const CACHEABLE_READS: usize = 14;
+const CACHEABLE_READS: usize = 32;
 
 const WRITES: &[Shape] = &[
     shape(
@@ -179,6 +243,18 @@ const WRITES: &[Shape] = &[
         &[(1, 40)],
     ),
     shape("UPDATE items SET f = f * 2 WHERE grp = $1", &[(0, 4)]),
+    shape("DELETE FROM audit WHERE item_id = $1", &[(1, 11)]),
+];
+
+/// Writes whose targets SQL does not show (a function, a procedure, DO): pgmemo invalidates
+/// everything for them, so they are rarer (they empty the cache of every worker).
+const OPAQUE_WRITES: &[Shape] = &[
+    shape("SELECT touch_item($1)", &[(1, 22)]),
+    shape("CALL bump_grp($1)", &[(0, 4)]),
+    shape(
+        "DO $$ BEGIN UPDATE items SET f = f + 1 WHERE id = 2; END $$",
+        &[],
+    ),
 ];
 
 /// Statements that change the session's settings (simple text, no parameters).
@@ -212,6 +288,17 @@ const SETTINGS: &[&str] = &[
     "SELECT use_schema('public')",
     "SELECT set_tenant('item1')",
     "SELECT set_tenant('alt')",
+    "SET ROLE diff_reader",
+    "RESET ROLE",
+    "SET SESSION AUTHORIZATION diff_reader",
+    "RESET SESSION AUTHORIZATION",
+    "SET client_encoding = 'LATIN1'",
+    "RESET client_encoding",
+    "SET standard_conforming_strings = off",
+    "RESET standard_conforming_strings",
+    "CREATE TEMP TABLE ref AS SELECT 12 AS id, 'temp' AS label",
+    "DROP TABLE IF EXISTS pg_temp.ref",
+    "DISCARD TEMP",
 ];
 
 const ERRORS: &[&str] = &[
@@ -235,6 +322,12 @@ struct Model {
     sql_prepared: Vec<(String, Shape)>,
     cursors: Vec<String>,
     next: u32,
+    /// This conversation may run what makes pgmemo invalidate everything (writes it cannot
+    /// see through, user functions calling `set_config`, temporary tables): those empty the
+    /// cache of every worker, so most conversations leave them out to keep hits to compare.
+    opaque: bool,
+    /// The text of the unnamed statement, if the last one was parsed by a group.
+    last_unnamed: Option<String>,
     /// Reads repeated through the conversation (so later ones hit).
     favourites: Vec<Step>,
 }
@@ -249,6 +342,8 @@ pub fn generate(seed: u64) -> Conversation {
         sql_prepared: Vec::new(),
         cursors: Vec::new(),
         next: 0,
+        opaque: rng.chance(20),
+        last_unnamed: None,
         favourites: Vec::new(),
     };
     for _ in 0..1 + rng.below(4) {
@@ -263,6 +358,15 @@ pub fn generate(seed: u64) -> Conversation {
     let mut steps = Vec::with_capacity(len + 2);
     for _ in 0..len {
         let step = next_step(&mut rng, &mut m);
+        for msg in &step.msgs {
+            match msg {
+                Msg::Query(_) => m.last_unnamed = None,
+                Msg::Parse { name, sql, .. } if name.is_empty() => {
+                    m.last_unnamed = Some(sql.clone())
+                }
+                _ => {}
+            }
+        }
         steps.push(step);
     }
     if m.open_pipeline {
@@ -293,7 +397,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
         }
         return Step::new(msgs);
     }
-    if m.in_tx && rng.chance(20) {
+    if m.in_tx && rng.chance(30) {
         let sql = rng
             .choose(&["COMMIT", "ROLLBACK", "END", "ABORT", "COMMIT AND CHAIN"])
             .unwrap_or("COMMIT");
@@ -330,16 +434,16 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
             .unwrap_or_else(|| simple_read(rng, CACHEABLE_READS)),
         3 => {
             if rng.chance(50) {
-                let (sql, _) = { let s = pick(rng, WRITES); inline(rng, s) };
+                let (sql, _) = { let s = pick_write(rng, m.opaque); inline(rng, s) };
                 Step::query(sql)
             } else {
-                let mut msgs = { let s = pick(rng, WRITES); group_for(rng, m, s, false) };
+                let mut msgs = { let s = pick_write(rng, m.opaque); group_for(rng, m, s, false) };
                 msgs.push(Msg::Sync);
                 Step::new(msgs)
             }
         }
         4 => {
-            let sql = rng.choose(SETTINGS).unwrap_or("RESET ALL");
+            let sql = pick_setting(rng, m.opaque);
             if sql == "DISCARD ALL" && !m.in_tx {
                 m.stmts.clear();
                 m.sql_prepared.clear();
@@ -414,8 +518,8 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
             for _ in 0..n {
                 let part = match rng.below(4) {
                     0 => { let s = pick(rng, &READS[..CACHEABLE_READS]); inline(rng, s) }.0,
-                    1 => { let s = pick(rng, WRITES); inline(rng, s) }.0,
-                    2 => (rng.choose(SETTINGS).unwrap_or("RESET ALL")).to_string(),
+                    1 => { let s = pick_write(rng, m.opaque); inline(rng, s) }.0,
+                    2 => (pick_setting(rng, m.opaque)).to_string(),
                     _ => (rng.choose(&["BEGIN", "COMMIT", "SAVEPOINT s1", "SELECT 1/0", "ROLLBACK"])
                         .unwrap_or("BEGIN"))
                     .to_string(),
@@ -514,6 +618,28 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
     }
 }
 
+/// A settings statement (one that empties the cache only in an `opaque` conversation).
+fn pick_setting(rng: &mut Rng, opaque: bool) -> &'static str {
+    loop {
+        let sql = rng.choose(SETTINGS).unwrap_or("RESET ALL");
+        let empties = ["use_schema", "set_tenant", "TEMP", "DROP TABLE"]
+            .iter()
+            .any(|w| sql.contains(w));
+        if opaque || !empties {
+            return sql;
+        }
+    }
+}
+
+/// A write: now and then, in a conversation that may, one pgmemo cannot see through.
+fn pick_write(rng: &mut Rng, opaque: bool) -> Shape {
+    if opaque && rng.chance(15) {
+        pick(rng, OPAQUE_WRITES)
+    } else {
+        pick(rng, WRITES)
+    }
+}
+
 fn pick(rng: &mut Rng, shapes: &[Shape]) -> Shape {
     shapes[rng.below(shapes.len())]
 }
@@ -589,15 +715,23 @@ fn result_formats(rng: &mut Rng) -> Vec<i16> {
     }
 }
 
+/// The shape whose one parameter is untyped text: the same bytes under other declared types.
+const FREE_TYPED: &str = "SELECT $1 AS v";
+
 /// One group (no Sync) for shape `s`: unnamed, a new named statement, or a reuse.
 fn group_for(rng: &mut Rng, m: &mut Model, s: Shape, no_new_names: bool) -> Vec<Msg> {
     let mut msgs = Vec::new();
     let declared = rng.chance(40);
-    let types = if declared {
+    let types = if s.sql == FREE_TYPED {
+        rng.choose(&[&[][..], &[23], &[25], &[1700]])
+            .unwrap_or(&[])
+            .to_vec()
+    } else if declared {
         vec![23u32; s.params.len()]
     } else {
         vec![]
     };
+    let declared = declared && s.sql != FREE_TYPED;
     let reuse = m
         .stmts
         .iter()
@@ -605,7 +739,18 @@ fn group_for(rng: &mut Rng, m: &mut Model, s: Shape, no_new_names: bool) -> Vec<
         .map(|(n, _, d)| (n.clone(), *d))
         .next();
     let (stmt, declared) = match reuse {
+        Some((name, d)) if rng.chance(4) => {
+            // Parsed again under its name: 42P05, the rest skipped until Sync.
+            msgs.push(Msg::Parse {
+                name: name.clone(),
+                sql: s.sql.into(),
+                types,
+            });
+            (name, d)
+        }
         Some((name, d)) if rng.chance(70) => (name, d),
+        // The unnamed statement again, with no Parse.
+        _ if m.last_unnamed.as_deref() == Some(s.sql) && rng.chance(50) => (String::new(), false),
         _ if !no_new_names && rng.chance(35) => {
             m.next += 1;
             let name = format!("s{}", m.next);
@@ -626,7 +771,13 @@ fn group_for(rng: &mut Rng, m: &mut Model, s: Shape, no_new_names: bool) -> Vec<
             (String::new(), declared)
         }
     };
-    let (params, _) = params_for(rng, s, declared);
+    let params = if s.sql == FREE_TYPED {
+        vec![Param::text(
+            rng.choose(&["01", "1.50", "7", " 8"]).unwrap_or("7"),
+        )]
+    } else {
+        params_for(rng, s, declared).0
+    };
     msgs.push(bind("", &stmt, params, result_formats(rng)));
     if rng.chance(60) {
         msgs.push(Msg::Describe {
@@ -643,14 +794,57 @@ fn group_for(rng: &mut Rng, m: &mut Model, s: Shape, no_new_names: bool) -> Vec<
         portal: String::new(),
         max_rows: if rng.chance(8) { 2 } else { 0 },
     });
+    if rng.chance(4) {
+        // A second Execute of the same portal: what is left of it, or nothing.
+        msgs.push(Msg::Execute {
+            portal: String::new(),
+            max_rows: 0,
+        });
+    }
     msgs
 }
 
 /// A group of a random read (or, sometimes, a write or a failing statement).
 fn group_msgs(rng: &mut Rng, m: &mut Model, upto: usize, allow_writes: bool) -> Vec<Msg> {
     if allow_writes && rng.chance(20) {
-        let s = pick(rng, WRITES);
+        let s = pick_write(rng, m.opaque);
         return group_for(rng, m, s, false);
+    }
+    if allow_writes && rng.chance(12) {
+        // A setting changed ahead of the reads behind it in the pipeline.
+        let sql = pick_setting(rng, m.opaque);
+        let mut msgs = unnamed_group(sql).msgs;
+        msgs.pop();
+        return msgs;
+    }
+    if rng.chance(4) {
+        // Odd but valid: an empty statement, a Describe of a portal never bound.
+        return rng
+            .choose(&[
+                &[
+                    Msg::Parse {
+                        name: String::new(),
+                        sql: String::new(),
+                        types: vec![],
+                    },
+                    Msg::Bind {
+                        portal: String::new(),
+                        stmt: String::new(),
+                        params: vec![],
+                        results: vec![],
+                    },
+                    Msg::Execute {
+                        portal: String::new(),
+                        max_rows: 0,
+                    },
+                ][..],
+                &[Msg::Describe {
+                    kind: b'P',
+                    name: "never_bound".into(),
+                }],
+            ])
+            .unwrap_or(&[])
+            .to_vec();
     }
     if rng.chance(6) {
         // Fails at Bind: wrong parameter count.
@@ -679,6 +873,26 @@ fn extended_read(rng: &mut Rng, m: &mut Model, upto: usize, favourite: bool) -> 
 }
 
 fn sql_prepare(rng: &mut Rng, m: &mut Model) -> Step {
+    if !m.stmts.is_empty() && rng.chance(30) {
+        // A statement prepared with Parse, named from SQL (the names are shared).
+        let i = rng.below(m.stmts.len());
+        let (name, s, _) = m.stmts[i].clone();
+        if rng.chance(40) {
+            m.stmts.remove(i);
+            return Step::query(format!("DEALLOCATE {name}"));
+        }
+        let (_, values) = inline(rng, s);
+        let args = values
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Step::query(if args.is_empty() {
+            format!("EXECUTE {name}")
+        } else {
+            format!("EXECUTE {name}({args})")
+        });
+    }
     match rng.below(5) {
         0 | 1 if m.sql_prepared.len() < 4 => {
             m.next += 1;

@@ -32,7 +32,9 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// pgmemo's configuration for the run: no change data capture (the direct databases'
 /// writes must not reach it; the proxied databases are written only through it), no
-/// adaptive bypass (every cacheable read is looked up), the tenant view cacheable.
+/// adaptive bypass (every cacheable read is looked up), the tenant view cacheable, and the
+/// fixture's writing functions declared (else each of their writes, the reset's included,
+/// would empty the whole cache and leave few hits to compare).
 pub const CONFIG: &str = "
 [cache]
 ttl = \"10m\"
@@ -47,6 +49,14 @@ cdc = \"off\"
 [[rules]]
 table = \"public.tenant_items\"
 allow_stable_functions = true
+
+[[functions.writes]]
+function = \"public.audit_fn\"
+tables = [\"public.audit\"]
+
+[[functions.writes]]
+function = \"public.touch_item\"
+tables = [\"public.items\"]
 ";
 
 /// One worker's databases and reset connections.
@@ -57,6 +67,8 @@ pub struct Pair {
     reset_direct: Client,
     /// SQL run on the proxied database after each reset (the harness self-test's sabotage).
     sabotage: Option<String>,
+    /// The largest OID before any conversation ran (newer table OIDs are masked).
+    fixture_oids: u32,
 }
 
 /// What a conversation did on both sides.
@@ -69,9 +81,16 @@ pub struct Outcome {
 impl Pair {
     pub async fn new(pg: &PgServer, proxy: &Proxy, w: usize) -> Pair {
         let (px, dr) = (fixture::proxied_db(w), fixture::direct_db(w));
+        let reset_direct = pg.connect(SUPERUSER, "", &dr).await;
+        let fixture_oids: i64 = reset_direct
+            .query_one("SELECT max(oid)::int8 FROM pg_class", &[])
+            .await
+            .expect("read the fixture's largest OID")
+            .get(0);
         Pair {
             reset_proxy: proxy.connect(SUPERUSER, "", &px).await,
-            reset_direct: pg.connect(SUPERUSER, "", &dr).await,
+            reset_direct,
+            fixture_oids: u32::try_from(fixture_oids).expect("an OID fits in u32"),
             proxy: Target {
                 addr: proxy.addr(),
                 db: px,
@@ -104,6 +123,44 @@ impl Pair {
         }
     }
 
+    /// Resets, then runs `steps` cold and warm on both sides, and renders pgmemo's replies
+    /// (decoded; `!=` marks a frame PostgreSQL sent differently, followed by that one).
+    pub async fn show(&self, steps: &[Step]) -> String {
+        self.reset().await;
+        let mut out = String::new();
+        for run in ["cold", "warm"] {
+            let (p, d): (Transcript, Transcript) = tokio::join!(
+                runner::run_steps(&self.proxy, SUPERUSER, steps, FRAME_TIMEOUT),
+                runner::run_steps(&self.direct, SUPERUSER, steps, FRAME_TIMEOUT)
+            );
+            out.push_str(&format!("--- {run} run ---\n"));
+            for (i, (a, b)) in p.steps.iter().zip(&d.steps).enumerate() {
+                let step = steps.get(i).map(Step::render).unwrap_or_default();
+                out.push_str(&format!("step {i}: {step}\n"));
+                for j in 0..a.frames.len().max(b.frames.len()) {
+                    let (fa, fb) = (
+                        a.frames.get(j).map(|f| compare::mask(f, self.fixture_oids)),
+                        b.frames.get(j).map(|f| compare::mask(f, self.fixture_oids)),
+                    );
+                    let shown = fa.as_deref().map_or("<none>".into(), compare::decode);
+                    if fa == fb {
+                        out.push_str(&format!("      {shown}\n"));
+                    } else {
+                        let other = fb.as_deref().map_or("<none>".into(), compare::decode);
+                        out.push_str(&format!("   != {shown}\n      PostgreSQL: {other}\n"));
+                    }
+                }
+                if a.end.is_some() || b.end.is_some() {
+                    out.push_str(&format!(
+                        "   ended: pgmemo {:?}, PostgreSQL {:?}\n",
+                        a.end, b.end
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Resets, then runs `steps` cold and warm on both sides, and compares.
     pub async fn check(&self, steps: &[Step]) -> Outcome {
         self.reset().await;
@@ -115,7 +172,7 @@ impl Pair {
                 runner::run_steps(&self.direct, SUPERUSER, steps, FRAME_TIMEOUT)
             );
             if diff.is_none()
-                && let Some(d) = compare::compare(&p, &d, &mut frames)
+                && let Some(d) = compare::compare(&p, &d, self.fixture_oids, &mut frames)
             {
                 diff = Some((run, d));
             }
@@ -136,7 +193,7 @@ impl Harness {
         let pg = PgServer::start(PgOptions::default().setting("autovacuum", "off"));
         pg.psql(
             "postgres",
-            &format!("CREATE DATABASE {};", fixture::TEMPLATE),
+            &format!("{}\nCREATE DATABASE {};", fixture::ROLES, fixture::TEMPLATE),
         );
         pg.psql(fixture::TEMPLATE, fixture::SCHEMA);
         pg.psql("postgres", &fixture::clone_sql(workers));
