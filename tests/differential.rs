@@ -96,10 +96,7 @@ async fn a_difference_is_caught_and_minimised() {
         "SELECT 2",
     ]
     .into_iter()
-    .map(|q| Step {
-        msgs: vec![Msg::Query(q.into())],
-        copy: None,
-    })
+    .map(|q| Step::new(vec![Msg::Query(q.into())]))
     .collect();
     assert!(
         pair.check(&steps).await.diff.is_none(),
@@ -133,14 +130,19 @@ fn a_seed_gives_one_conversation() {
 
 /// `PGMEMO_DIFF_SEED=S cargo test --test differential -- --ignored --nocapture show`: prints
 /// conversation S and every frame pgmemo sent back for it (cold and warm), decoded, marking
-/// the frames PostgreSQL sent differently.
+/// the frames PostgreSQL sent differently. With `PGMEMO_DIFF_FIND=TEXT`, the first
+/// conversation from S on whose rendering contains TEXT (e.g. `CancelRequest`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a debugging aid, not a check"]
 async fn show_one_conversation() {
     let seed = differential::env_u64("PGMEMO_DIFF_SEED", DEFAULT_SEED);
     let h = Harness::start(1);
     let pair = Pair::new(&h.pg, &h.proxy, 0).await;
-    let conv = conversation::generate(seed);
-    println!("conversation {seed}:\n{}", conv.render());
+    let find = std::env::var("PGMEMO_DIFF_FIND").unwrap_or_default();
+    let conv = (seed..seed.saturating_add(100_000))
+        .map(conversation::generate)
+        .find(|c| c.render().contains(&find))
+        .expect("no conversation in 100,000 seeds contains PGMEMO_DIFF_FIND");
+    println!("conversation {}:\n{}", conv.seed, conv.render());
     print!("{}", pair.show(&conv.steps).await);
 }

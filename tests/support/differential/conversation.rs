@@ -25,11 +25,17 @@ pub struct CopyIn {
 pub struct Step {
     pub msgs: Vec<Msg>,
     pub copy: Option<CopyIn>,
+    /// Cancel the running statement (the runner sends CancelRequests until it is answered).
+    pub cancel: bool,
 }
 
 impl Step {
-    fn new(msgs: Vec<Msg>) -> Step {
-        Step { msgs, copy: None }
+    pub fn new(msgs: Vec<Msg>) -> Step {
+        Step {
+            msgs,
+            copy: None,
+            cancel: false,
+        }
     }
 
     fn query(sql: impl Into<String>) -> Step {
@@ -55,6 +61,9 @@ impl Step {
                 data.join(", "),
                 if copy.fail { " CopyFail" } else { " CopyDone" }
             ));
+        }
+        if self.cancel {
+            out.push_str(" + CancelRequest");
         }
         out
     }
@@ -424,6 +433,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
         2,  // 15 catalog views of the session
         3,  // 16 Describe / Close statements
         2,  // 17 named portal, partial fetches
+        1,  // 18 a statement cancelled
     ]);
     match kind {
         0 => simple_read(rng, READS.len()),
@@ -585,6 +595,17 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
                     Msg::Sync,
                 ])
             }
+        }
+        18 => {
+            // Long enough that the runner's CancelRequest always finds it running.
+            let sql = "SELECT pg_sleep(30)";
+            let mut step = if rng.chance(50) {
+                Step::query(sql)
+            } else {
+                unnamed_group(sql)
+            };
+            step.cancel = true;
+            step
         }
         _ => {
             // A named portal fetched in parts (lives only inside a transaction block).
@@ -1032,5 +1053,6 @@ fn copy_in(rng: &mut Rng) -> Step {
             chunks,
             fail: rng.chance(10),
         }),
+        cancel: false,
     }
 }

@@ -5,14 +5,18 @@
 //! ReadyForQuery), an ErrorResponse ends an extended message's reply and makes the server
 //! skip everything but Sync (a simple Query included), and a Flush needs no reply. So a
 //! Flush-ended pipeline is read exactly as far as the server must have answered it; the
-//! per-frame timeout only catches a side that answers nothing.
+//! per-frame timeout only catches a side that answers nothing. A cancel step's statement
+//! (`pg_sleep(30)`) gets a CancelRequest (with the session's BackendKeyData) every 200 ms until
+//! its reply starts, each sent only once the previous cancel connection closed (the request
+//! was delivered): a request that reaches the backend before the statement does is ignored
+//! there and the next one cancels it, and none is left to hit the next step.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pgmemo::protocol::startup::encode_startup;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::conversation::{Conversation, Step};
@@ -55,6 +59,9 @@ pub struct Target {
 
 struct Conn {
     io: BufReader<TcpStream>,
+    addr: SocketAddr,
+    /// BackendKeyData's body (pid and secret), for CancelRequests.
+    key: Vec<u8>,
     /// An extended message failed and no Sync came since: the server skips all but Sync.
     skipping: bool,
     timeout: Duration,
@@ -114,6 +121,8 @@ pub async fn run_steps(
     let _ = stream.set_nodelay(true);
     let mut c = Conn {
         io: BufReader::with_capacity(64 << 10, stream),
+        addr: target.addr,
+        key: Vec::new(),
         skipping: false,
         timeout,
     };
@@ -126,6 +135,9 @@ pub async fn run_steps(
         match c.read().await {
             Ok(f) => {
                 let tag = f[0];
+                if tag == b'K' {
+                    c.key = f.get(5..).unwrap_or_default().to_vec();
+                }
                 t.startup.frames.push(f);
                 if tag == b'Z' {
                     break;
@@ -164,6 +176,9 @@ async fn run_step(c: &mut Conn, step: &Step) -> Reply {
     if c.io.get_mut().write_all(&out).await.is_err() {
         reply.end = Some(End::Closed);
         return reply;
+    }
+    if step.cancel {
+        cancel_until_answered(c).await;
     }
     let mut copy_sent = false;
     for m in &step.msgs {
@@ -226,4 +241,29 @@ async fn run_step(c: &mut Conn, step: &Step) -> Reply {
         }
     }
     reply
+}
+
+/// Sends CancelRequests (one at a time, each awaited until its connection closes) until the
+/// first reply frame is buffered, at most 50 times.
+async fn cancel_until_answered(c: &mut Conn) {
+    for _ in 0..50 {
+        let ready = tokio::time::timeout(Duration::from_millis(200), c.io.fill_buf()).await;
+        if matches!(ready, Ok(Ok(buf)) if !buf.is_empty()) || matches!(ready, Ok(Err(_))) {
+            return;
+        }
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(c.addr)).await
+        else {
+            return;
+        };
+        let mut req = Vec::with_capacity(8 + c.key.len());
+        req.extend_from_slice(&((8 + c.key.len()) as i32).to_be_bytes());
+        req.extend_from_slice(&80_877_102i32.to_be_bytes());
+        req.extend_from_slice(&c.key);
+        if s.write_all(&req).await.is_err() {
+            continue;
+        }
+        let mut sink = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+    }
 }
