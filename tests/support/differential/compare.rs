@@ -183,6 +183,7 @@ pub fn decode(f: &[u8]) -> String {
         b'R' => "Authentication",
         b'S' => "ParameterStatus",
         b'T' => "RowDescription",
+        b'V' => "FunctionCallResponse",
         b'Z' => "ReadyForQuery",
         b'c' => "CopyDone",
         b'd' => "CopyData",

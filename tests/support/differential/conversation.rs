@@ -318,6 +318,8 @@ const ERRORS: &[&str] = &[
     "",
     ";",
     "SELECT 1; SELECT 1/0; SELECT 2",
+    "-- ping",
+    "/* ping */",
     "INSERT INTO ref VALUES (1, 'dup')",
 ];
 
@@ -393,6 +395,11 @@ pub fn generate(seed: u64) -> Conversation {
 
 fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
     if m.open_pipeline {
+        if rng.chance(5) {
+            // A simple Query inside the open pipeline: it runs (and commits what the
+            // pipeline did so far) unless an error there makes the server skip it.
+            return simple_read(rng, CACHEABLE_READS);
+        }
         // Continue the pipeline: more groups, then usually a Sync.
         let mut msgs = Vec::new();
         if rng.chance(70) {
@@ -434,6 +441,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
         3,  // 16 Describe / Close statements
         2,  // 17 named portal, partial fetches
         1,  // 18 a statement cancelled
+        2,  // 19 FunctionCall (the fast-path protocol)
     ]);
     match kind {
         0 => simple_read(rng, READS.len()),
@@ -586,7 +594,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
                 Step::new(vec![
                     Msg::Close {
                         kind: if rng.chance(50) { b'S' } else { b'P' },
-                        name: "nosuch".into(),
+                        name: if rng.chance(50) { "nosuch" } else { "" }.into(),
                     },
                     Msg::Describe {
                         kind: b'S',
@@ -595,6 +603,32 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
                     Msg::Sync,
                 ])
             }
+        }
+        19 => {
+            // Built-in functions by OID: int4pl, md5(text), set_config (which changes
+            // search_path where no SQL text shows it).
+            let call = match rng.below(3) {
+                0 => Msg::FunctionCall {
+                    oid: 177,
+                    args: vec![Param::int4(2), Param::int4(40)],
+                    result_format: 1,
+                },
+                1 => Msg::FunctionCall {
+                    oid: 2311,
+                    args: vec![Param::text("quiet")],
+                    result_format: 0,
+                },
+                _ => Msg::FunctionCall {
+                    oid: 2078,
+                    args: vec![
+                        Param::text("search_path"),
+                        Param::text(if rng.chance(50) { "alt, public" } else { "public" }),
+                        Param::text("false"),
+                    ],
+                    result_format: 0,
+                },
+            };
+            Step::new(vec![call])
         }
         18 => {
             // Long enough that the runner's CancelRequest always finds it running.

@@ -66,6 +66,12 @@ pub enum Msg {
     },
     Sync,
     Flush,
+    /// The fast-path FunctionCall: a function by OID, arguments, result format.
+    FunctionCall {
+        oid: u32,
+        args: Vec<Param>,
+        result_format: i16,
+    },
 }
 
 /// What ends the server's reply to one message (see `runner.rs`).
@@ -83,7 +89,7 @@ impl Msg {
     /// The frame tags that end this message's reply when it does not fail.
     pub fn ends(&self) -> Ends {
         match self {
-            Msg::Query(_) | Msg::Sync => Ends::Ready,
+            Msg::Query(_) | Msg::Sync | Msg::FunctionCall { .. } => Ends::Ready,
             Msg::Parse { .. } => Ends::OneOf(b"1"),
             Msg::Bind { .. } => Ends::OneOf(b"2"),
             // A statement: ParameterDescription first, then RowDescription or NoData.
@@ -124,20 +130,7 @@ impl Msg {
             } => {
                 cstr(&mut body, portal);
                 cstr(&mut body, stmt);
-                body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-                for p in params {
-                    body.extend_from_slice(&p.format.to_be_bytes());
-                }
-                body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-                for p in params {
-                    match &p.value {
-                        None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-                        Some(v) => {
-                            body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                            body.extend_from_slice(v);
-                        }
-                    }
-                }
+                encode_params(&mut body, params);
                 body.extend_from_slice(&(results.len() as i16).to_be_bytes());
                 for f in results {
                     body.extend_from_slice(&f.to_be_bytes());
@@ -160,6 +153,16 @@ impl Msg {
             }
             Msg::Sync => b'S',
             Msg::Flush => b'H',
+            Msg::FunctionCall {
+                oid,
+                args,
+                result_format,
+            } => {
+                body.extend_from_slice(&oid.to_be_bytes());
+                encode_params(&mut body, args);
+                body.extend_from_slice(&result_format.to_be_bytes());
+                b'F'
+            }
         };
         out.push(tag);
         out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -177,29 +180,61 @@ impl Msg {
                 params,
                 results,
             } => {
-                let mut s = format!("Bind portal={portal:?} stmt={stmt:?} params=[");
-                for (i, p) in params.iter().enumerate() {
-                    if i > 0 {
-                        s.push_str(", ");
-                    }
-                    match (&p.value, p.format) {
-                        (None, _) => s.push_str("NULL"),
-                        (Some(v), 0) => {
-                            let _ = write!(s, "{:?}", String::from_utf8_lossy(v));
-                        }
-                        (Some(v), _) => {
-                            let _ = write!(s, "bin{v:02x?}");
-                        }
-                    }
-                }
-                let _ = write!(s, "] results={results:?}");
-                s
+                format!(
+                    "Bind portal={portal:?} stmt={stmt:?} params=[{}] results={results:?}",
+                    render_params(params)
+                )
             }
             Msg::Describe { kind, name } => format!("Describe {} {name:?}", char::from(*kind)),
             Msg::Execute { portal, max_rows } => format!("Execute {portal:?} max_rows={max_rows}"),
             Msg::Close { kind, name } => format!("Close {} {name:?}", char::from(*kind)),
             Msg::Sync => "Sync".into(),
             Msg::Flush => "Flush".into(),
+            Msg::FunctionCall {
+                oid,
+                args,
+                result_format,
+            } => format!(
+                "FunctionCall oid={oid} args=[{}] result_format={result_format}",
+                render_params(args)
+            ),
+        }
+    }
+}
+
+fn render_params(params: &[Param]) -> String {
+    let mut s = String::new();
+    for (i, p) in params.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        match (&p.value, p.format) {
+            (None, _) => s.push_str("NULL"),
+            (Some(v), 0) => {
+                let _ = write!(s, "{:?}", String::from_utf8_lossy(v));
+            }
+            (Some(v), _) => {
+                let _ = write!(s, "bin{v:02x?}");
+            }
+        }
+    }
+    s
+}
+
+/// Parameter formats, then values (Bind and FunctionCall share the layout).
+fn encode_params(body: &mut Vec<u8>, params: &[Param]) {
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&p.format.to_be_bytes());
+    }
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        match &p.value {
+            None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                body.extend_from_slice(v);
+            }
         }
     }
 }
