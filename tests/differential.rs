@@ -41,10 +41,11 @@ async fn pgmemo_answers_every_conversation_like_postgresql() {
     let hits = h.proxy.metric("pgmemo_cache_hits_total", &[]);
     let misses = h.proxy.metric("pgmemo_cache_misses_total", &[]);
     println!(
-        "differential summary: conversations={} frames_compared={} mismatches={} cache_hits={} cache_misses={} seconds={:.1} seed={seed}",
+        "differential summary: conversations={} frames_compared={} mismatches={} runs_ended_early={} cache_hits={} cache_misses={} seconds={:.1} seed={seed}",
         summary.conversations,
         summary.frames,
         summary.mismatches.len(),
+        summary.ended_early,
         hits,
         misses,
         summary.elapsed.as_secs_f64()
@@ -77,6 +78,14 @@ async fn pgmemo_answers_every_conversation_like_postgresql() {
             .collect::<Vec<_>>()
     );
     assert_eq!(summary.conversations, conversations);
+    // A run that stops early (both sides timed out or closed alike) compares less; the
+    // generator makes few of those.
+    assert!(
+        summary.ended_early * 50 <= conversations * 2,
+        "{} of {} runs stopped before their last step",
+        summary.ended_early,
+        conversations * 2
+    );
     assert!(
         conversations < 50 || hits > 0.0,
         "no cache hit in {conversations} conversations: the test would not compare hits"

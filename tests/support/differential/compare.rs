@@ -115,11 +115,17 @@ pub fn compare(
     fixture_oids: u32,
     frames: &mut u64,
 ) -> Option<Diff> {
-    if let Some(diff) = compare_reply(None, (&p.startup, &d.startup), fixture_oids, frames) {
-        return Some(diff);
+    let empty = Reply::default();
+    for i in 0..p.startup.len().max(d.startup.len()) {
+        let (a, b) = (
+            p.startup.get(i).unwrap_or(&empty),
+            d.startup.get(i).unwrap_or(&empty),
+        );
+        if let Some(diff) = compare_reply(None, (a, b), fixture_oids, frames) {
+            return Some(diff);
+        }
     }
     let n = p.steps.len().max(d.steps.len());
-    let empty = Reply::default();
     for i in 0..n {
         let (a, b) = (
             p.steps.get(i).unwrap_or(&empty),

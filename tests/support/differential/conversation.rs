@@ -27,6 +27,8 @@ pub struct Step {
     pub copy: Option<CopyIn>,
     /// Cancel the running statement (the runner sends CancelRequests until it is answered).
     pub cancel: bool,
+    /// Which of the conversation's sessions sends it (0, or 1 for the second session).
+    pub session: u8,
 }
 
 impl Step {
@@ -35,6 +37,7 @@ impl Step {
             msgs,
             copy: None,
             cancel: false,
+            session: 0,
         }
     }
 
@@ -42,9 +45,10 @@ impl Step {
         Step::new(vec![Msg::Query(sql.into())])
     }
 
-    /// Readable lines, one per message.
+    /// Readable lines, one per message (the second session's prefixed `B:`).
     pub fn render(&self) -> String {
-        let mut out = self
+        let mut out = if self.session == 1 { "B: " } else { "" }.to_string();
+        out += &self
             .msgs
             .iter()
             .map(Msg::render)
@@ -200,10 +204,6 @@ const READS: &[Shape] = &[
     shape("SELECT * FROM tenant_items ORDER BY id", &[]),
     shape("SELECT current_setting('app.tenant', true) AS tenant", &[]),
     shape("SELECT current_setting('search_path') AS sp", &[]),
-    shape(
-        "SELECT id, name FROM items WHERE id = $1 FOR UPDATE",
-        &[(1, 22)],
-    ),
     shape("SELECT 10 / ($1 - 3) AS q", &[(1, 5)]),
     shape("SELECT count(*) FROM notes WHERE item_id = $1", &[(1, 22)]),
     shape("SELECT current_user, session_user", &[]),
@@ -253,6 +253,11 @@ const WRITES: &[Shape] = &[
     ),
     shape("UPDATE items SET f = f * 2 WHERE grp = $1", &[(0, 4)]),
     shape("DELETE FROM audit WHERE item_id = $1", &[(1, 11)]),
+    // Locks like a write.
+    shape(
+        "SELECT id, name FROM items WHERE id = $1 FOR UPDATE",
+        &[(1, 22)],
+    ),
 ];
 
 /// Writes whose targets SQL does not show (a function, a procedure, DO): pgmemo invalidates
@@ -337,6 +342,10 @@ struct Model {
     /// see through, user functions calling `set_config`, temporary tables): those empty the
     /// cache of every worker, so most conversations leave them out to keep hits to compare.
     opaque: bool,
+    /// The second session of a two-session conversation: it only reads (no writes, no locking
+    /// reads, no LISTEN), so it never waits for a lock the first session holds (the runner
+    /// answers one step at a time) and the first never waits for it.
+    reader: bool,
     /// The text of the unnamed statement, if the last one was parsed by a group.
     last_unnamed: Option<String>,
     /// Reads repeated through the conversation (so later ones hit).
@@ -346,29 +355,40 @@ struct Model {
 /// Generates the conversation of `seed`.
 pub fn generate(seed: u64) -> Conversation {
     let mut rng = Rng::new(seed);
-    let mut m = Model {
+    let model = |opaque: bool, reader: bool| Model {
         in_tx: false,
         open_pipeline: false,
         stmts: Vec::new(),
         sql_prepared: Vec::new(),
         cursors: Vec::new(),
         next: 0,
-        opaque: rng.chance(20),
+        opaque,
+        reader,
         last_unnamed: None,
         favourites: Vec::new(),
     };
+    let mut first = model(rng.chance(20), false);
     for _ in 0..1 + rng.below(4) {
         let s = if rng.chance(50) {
             simple_read(&mut rng, CACHEABLE_READS)
         } else {
-            extended_read(&mut rng, &mut m, CACHEABLE_READS, true)
+            extended_read(&mut rng, &mut first, CACHEABLE_READS, true)
         };
-        m.favourites.push(s);
+        first.favourites.push(s);
     }
+    // A second session reading what the first writes, often under other settings: the
+    // same favourites, so its reads meet the first session's entries.
+    let mut second = model(false, true);
+    second.favourites = first.favourites.clone();
+    let two = rng.chance(30);
+    let mut models = [first, second];
     let len = 6 + rng.below(26);
-    let mut steps = Vec::with_capacity(len + 2);
+    let mut steps = Vec::with_capacity(len + 4);
     for _ in 0..len {
-        let step = next_step(&mut rng, &mut m);
+        let session = usize::from(two && rng.chance(40));
+        let m = &mut models[session];
+        let mut step = next_step(&mut rng, m);
+        step.session = session as u8;
         for msg in &step.msgs {
             match msg {
                 Msg::Query(_) => m.last_unnamed = None,
@@ -380,15 +400,22 @@ pub fn generate(seed: u64) -> Conversation {
         }
         steps.push(step);
     }
-    if m.open_pipeline {
-        steps.push(Step::new(vec![Msg::Sync]));
-    }
-    if m.in_tx && rng.chance(70) {
-        steps.push(Step::query(if rng.chance(50) {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        }));
+    for (session, m) in models.iter().enumerate() {
+        let mut end = Vec::new();
+        if m.open_pipeline {
+            end.push(Step::new(vec![Msg::Sync]));
+        }
+        if m.in_tx && rng.chance(70) {
+            end.push(Step::query(if rng.chance(50) {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            }));
+        }
+        for mut step in end {
+            step.session = session as u8;
+            steps.push(step);
+        }
     }
     Conversation { seed, steps }
 }
@@ -421,27 +448,30 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
         m.cursors.clear();
         return Step::query(sql);
     }
+    // What the reading second session leaves out: writes, LISTEN/NOTIFY, COPY FROM STDIN,
+    // multi-statement Queries (they write).
+    let w = |weight: u32| if m.reader { 0 } else { weight };
     let kind = rng.weighted(&[
-        16, // 0 simple read
-        16, // 1 extended read
-        22, // 2 repeat a favourite
-        14, // 3 write
-        8,  // 4 settings
-        7,  // 5 transaction / savepoint
-        4,  // 6 SQL PREPARE / EXECUTE
-        3,  // 7 cursor
-        3,  // 8 LISTEN / NOTIFY
-        3,  // 9 COPY TO STDOUT
-        3,  // 10 COPY FROM STDIN
-        3,  // 11 error
-        5,  // 12 multi-statement Query
-        6,  // 13 pipeline
-        4,  // 14 Flush-ended pipeline
-        2,  // 15 catalog views of the session
-        3,  // 16 Describe / Close statements
-        2,  // 17 named portal, partial fetches
-        1,  // 18 a statement cancelled
-        2,  // 19 FunctionCall (the fast-path protocol)
+        16,    // 0 simple read
+        16,    // 1 extended read
+        22,    // 2 repeat a favourite
+        w(14), // 3 write
+        8,     // 4 settings
+        7,     // 5 transaction / savepoint
+        4,     // 6 SQL PREPARE / EXECUTE
+        3,     // 7 cursor
+        w(3),  // 8 LISTEN / NOTIFY
+        3,     // 9 COPY TO STDOUT
+        w(3),  // 10 COPY FROM STDIN
+        3,     // 11 error
+        w(5),  // 12 multi-statement Query
+        6,     // 13 pipeline
+        4,     // 14 Flush-ended pipeline
+        2,     // 15 catalog views of the session
+        3,     // 16 Describe / Close statements
+        2,     // 17 named portal, partial fetches
+        1,     // 18 a statement cancelled
+        2,     // 19 FunctionCall (the fast-path protocol)
     ]);
     match kind {
         0 => simple_read(rng, READS.len()),
@@ -552,7 +582,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
             let per_group_sync = rng.chance(50);
             let mut msgs = Vec::new();
             for i in 0..n {
-                msgs.extend(group_msgs(rng, m, READS.len(), true));
+                msgs.extend(group_msgs(rng, m, READS.len(), !m.reader));
                 if per_group_sync || i + 1 == n {
                     msgs.push(Msg::Sync);
                 }
@@ -560,7 +590,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
             Step::new(msgs)
         }
         14 => {
-            let mut msgs = group_msgs(rng, m, READS.len(), true);
+            let mut msgs = group_msgs(rng, m, READS.len(), !m.reader);
             msgs.push(Msg::Flush);
             m.open_pipeline = true;
             Step::new(msgs)
@@ -1088,5 +1118,6 @@ fn copy_in(rng: &mut Rng) -> Step {
             fail: rng.chance(10),
         }),
         cancel: false,
+        session: 0,
     }
 }

@@ -74,6 +74,8 @@ pub struct Pair {
 /// What a conversation did on both sides.
 pub struct Outcome {
     pub frames: u64,
+    /// Runs (of the direct side) that stopped before their last step: a timeout or a close.
+    pub ended_early: u64,
     /// "cold" or "warm" run, and the first difference.
     pub diff: Option<(&'static str, Diff)>,
 }
@@ -166,18 +168,26 @@ impl Pair {
         self.reset().await;
         let mut frames = 0;
         let mut diff = None;
+        let mut ended_early = 0;
         for run in ["cold", "warm"] {
             let (p, d): (Transcript, Transcript) = tokio::join!(
                 runner::run_steps(&self.proxy, SUPERUSER, steps, FRAME_TIMEOUT),
                 runner::run_steps(&self.direct, SUPERUSER, steps, FRAME_TIMEOUT)
             );
+            if d.steps.len() < steps.len() || d.steps.iter().any(|r| r.end.is_some()) {
+                ended_early += 1;
+            }
             if diff.is_none()
                 && let Some(d) = compare::compare(&p, &d, self.fixture_oids, &mut frames)
             {
                 diff = Some((run, d));
             }
         }
-        Outcome { frames, diff }
+        Outcome {
+            frames,
+            ended_early,
+            diff,
+        }
     }
 }
 
@@ -258,6 +268,7 @@ impl Mismatch {
 pub struct Summary {
     pub conversations: u64,
     pub frames: u64,
+    pub ended_early: u64,
     pub mismatches: Vec<Mismatch>,
     pub elapsed: Duration,
 }
@@ -276,15 +287,17 @@ pub async fn run_all(pairs: Vec<Pair>, spec: &RunSpec) -> Summary {
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let frames = Arc::new(AtomicU64::new(0));
+    let ended_early = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mismatches = Arc::new(tokio::sync::Mutex::new(Vec::new()));
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let (total, base, max_mismatches) = (spec.conversations, spec.seed, spec.max_mismatches);
     for pair in pairs {
-        let (next, frames, stop, mismatches, done) = (
+        let (next, frames, ended_early, stop, mismatches, done) = (
             Arc::clone(&next),
             Arc::clone(&frames),
+            Arc::clone(&ended_early),
             Arc::clone(&stop),
             Arc::clone(&mismatches),
             Arc::clone(&done),
@@ -302,6 +315,10 @@ pub async fn run_all(pairs: Vec<Pair>, spec: &RunSpec) -> Summary {
                 let conv = conversation::generate(seed);
                 let out = pair.check(&conv.steps).await;
                 frames.fetch_add(out.frames, Ordering::Relaxed);
+                ended_early.fetch_add(out.ended_early, Ordering::Relaxed);
+                if out.ended_early > 0 && std::env::var_os("PGMEMO_DIFF_VERBOSE").is_some() {
+                    eprintln!("differential: seed {seed} stopped before its last step");
+                }
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % 1000 == 0 {
                     eprintln!(
@@ -338,6 +355,7 @@ pub async fn run_all(pairs: Vec<Pair>, spec: &RunSpec) -> Summary {
     Summary {
         conversations: done.load(Ordering::Relaxed),
         frames: frames.load(Ordering::Relaxed),
+        ended_early: ended_early.load(Ordering::Relaxed),
         mismatches,
         elapsed: started.elapsed(),
     }

@@ -100,8 +100,7 @@ impl Msg {
         }
     }
 
-    /// True for the extended-protocol messages skipped after an error until Sync (a simple
-    /// Query is skipped too, as PostgreSQL ignores everything but Sync then).
+    /// Sync: the one message PostgreSQL does not skip after an extended-protocol error.
     pub fn is_sync(&self) -> bool {
         matches!(self, Msg::Sync)
     }

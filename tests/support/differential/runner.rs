@@ -46,7 +46,8 @@ pub struct Reply {
 /// Everything one side sent back during a conversation.
 #[derive(Debug, Clone, Default)]
 pub struct Transcript {
-    pub startup: Reply,
+    /// One per session, in session order.
+    pub startup: Vec<Reply>,
     pub steps: Vec<Reply>,
 }
 
@@ -111,11 +112,47 @@ pub async fn run_steps(
     timeout: Duration,
 ) -> Transcript {
     let mut t = Transcript::default();
+    let sessions = steps
+        .iter()
+        .map(|s| usize::from(s.session))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut conns = Vec::with_capacity(sessions);
+    for _ in 0..sessions {
+        let (reply, conn) = open(target, user, timeout).await;
+        let failed = reply.end.is_some();
+        t.startup.push(reply);
+        match conn {
+            Some(c) if !failed => conns.push(c),
+            _ => return t,
+        }
+    }
+    for step in steps {
+        let Some(c) = conns.get_mut(usize::from(step.session)) else {
+            break;
+        };
+        let reply = run_step(c, step).await;
+        let stop = reply.end.is_some();
+        t.steps.push(reply);
+        if stop {
+            break;
+        }
+    }
+    for c in &mut conns {
+        let _ = c.io.get_mut().write_all(&[b'X', 0, 0, 0, 4]).await;
+    }
+    t
+}
+
+/// Connects and logs in; the startup reply, and the session if it is ready for queries.
+async fn open(target: &Target, user: &str, timeout: Duration) -> (Reply, Option<Conn>) {
+    let mut reply = Reply::default();
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(target.addr)).await {
         Ok(Ok(s)) => s,
         _ => {
-            t.startup.end = Some(End::Closed);
-            return t;
+            reply.end = Some(End::Closed);
+            return (reply, None);
         }
     };
     let _ = stream.set_nodelay(true);
@@ -128,8 +165,8 @@ pub async fn run_steps(
     };
     let startup = encode_startup(3, 0, &[("user", user), ("database", &target.db)]);
     if c.io.get_mut().write_all(&startup).await.is_err() {
-        t.startup.end = Some(End::Closed);
-        return t;
+        reply.end = Some(End::Closed);
+        return (reply, None);
     }
     loop {
         match c.read().await {
@@ -138,33 +175,21 @@ pub async fn run_steps(
                 if tag == b'K' {
                     c.key = f.get(5..).unwrap_or_default().to_vec();
                 }
-                t.startup.frames.push(f);
+                reply.frames.push(f);
                 if tag == b'Z' {
-                    break;
+                    return (reply, Some(c));
                 }
                 if tag == b'E' {
-                    t.startup.end = Some(End::Closed);
-                    return t;
+                    reply.end = Some(End::Closed);
+                    return (reply, None);
                 }
             }
             Err(e) => {
-                t.startup.end = Some(e);
-                return t;
+                reply.end = Some(e);
+                return (reply, None);
             }
         }
     }
-    for step in steps {
-        let reply = run_step(&mut c, step).await;
-        let stop = reply.end.is_some();
-        t.steps.push(reply);
-        if stop {
-            break;
-        }
-    }
-    let mut bye = Vec::new();
-    bye.extend_from_slice(&[b'X', 0, 0, 0, 4]);
-    let _ = c.io.get_mut().write_all(&bye).await;
-    t
 }
 
 async fn run_step(c: &mut Conn, step: &Step) -> Reply {
@@ -222,7 +247,7 @@ async fn run_step(c: &mut Conn, step: &Step) -> Reply {
                         return reply;
                     }
                 }
-                b'E' if !matches!(m, Msg::Query(_) | Msg::Sync) => {
+                b'E' if !matches!(m, Msg::Query(_) | Msg::Sync | Msg::FunctionCall { .. }) => {
                     c.skipping = true;
                     break;
                 }
