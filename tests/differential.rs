@@ -155,3 +155,34 @@ async fn show_one_conversation() {
     println!("conversation {}:\n{}", conv.seed, conv.render());
     print!("{}", pair.show(&conv.steps).await);
 }
+
+/// The comparer masks only BackendKeyData, a notification's pid and the OIDs of tables newer
+/// than the fixture; any other byte that differs is a mismatch.
+#[test]
+fn masking_is_narrow() {
+    use bytes::Bytes;
+    use differential::compare::mask;
+    let key = |pid: u8| Bytes::from(vec![b'K', 0, 0, 0, 12, 0, 0, 0, pid, 1, 2, 3, 4]);
+    assert_eq!(mask(&key(1), 100), mask(&key(2), 100));
+    let note = |pid: u8, payload: u8| {
+        Bytes::from(vec![b'A', 0, 0, 0, 12, 0, 0, 0, pid, b'c', 0, payload, 0])
+    };
+    assert_eq!(mask(&note(1, b'x'), 100), mask(&note(2, b'x'), 100));
+    assert_ne!(mask(&note(1, b'x'), 100), mask(&note(1, b'y'), 100));
+    // RowDescription of one column "a" from table `oid`.
+    let row_desc = |oid: u32, typ: u32| {
+        let mut f = vec![b'T', 0, 0, 0, 0, 0, 1, b'a', 0];
+        f.extend_from_slice(&oid.to_be_bytes());
+        f.extend_from_slice(&1i16.to_be_bytes());
+        f.extend_from_slice(&typ.to_be_bytes());
+        f.extend_from_slice(&[0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        let len = (f.len() - 1) as i32;
+        f[1..5].copy_from_slice(&len.to_be_bytes());
+        Bytes::from(f)
+    };
+    assert_eq!(mask(&row_desc(500, 23), 100), mask(&row_desc(600, 23), 100));
+    assert_ne!(mask(&row_desc(50, 23), 100), mask(&row_desc(60, 23), 100));
+    assert_ne!(mask(&row_desc(500, 23), 100), mask(&row_desc(500, 25), 100));
+    let data = |v: u8| Bytes::from(vec![b'D', 0, 0, 0, 11, 0, 1, 0, 0, 0, 1, v]);
+    assert_ne!(mask(&data(b'1'), 100), mask(&data(b'2'), 100));
+}
