@@ -186,3 +186,52 @@ fn masking_is_narrow() {
     let data = |v: u8| Bytes::from(vec![b'D', 0, 0, 0, 11, 0, 1, 0, 0, 0, 1, v]);
     assert_ne!(mask(&data(b'1'), 100), mask(&data(b'2'), 100));
 }
+
+/// A cacheable group sent after an error left the server skipping until Sync (the error
+/// already answered, behind a Flush): PostgreSQL ignores the group, so pgmemo must not answer
+/// it from the cache either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_would_be_hit_after_an_error_is_skipped_like_postgresql() {
+    use differential::msg::Param;
+    let h = Harness::start(1);
+    let pair = Pair::new(&h.pg, &h.proxy, 0).await;
+    let sql = "SELECT label FROM ref WHERE id = $1";
+    let group = |params: Vec<Param>, end: Msg| {
+        Step::new(vec![
+            Msg::Parse {
+                name: String::new(),
+                sql: sql.into(),
+                types: vec![],
+            },
+            Msg::Bind {
+                portal: String::new(),
+                stmt: String::new(),
+                params,
+                results: vec![],
+            },
+            Msg::Execute {
+                portal: String::new(),
+                max_rows: 0,
+            },
+            end,
+        ])
+    };
+    let three = || vec![Param::text("3")];
+    let steps = vec![
+        group(three(), Msg::Sync),
+        group(three(), Msg::Sync),
+        group(vec![], Msg::Flush),
+        group(three(), Msg::Sync),
+        group(three(), Msg::Sync),
+        Step::query("SELECT label FROM ref WHERE id = 3"),
+        Step::query("SELECT label FROM ref WHERE id = 3"),
+        group(vec![], Msg::Flush),
+        Step::query("SELECT label FROM ref WHERE id = 3"),
+        Step::new(vec![Msg::Sync]),
+    ];
+    let out = pair.check(&steps).await;
+    if let Some((run, d)) = &out.diff {
+        panic!("{run} run differs: {d:?}");
+    }
+    assert!(h.proxy.metric("pgmemo_cache_hits_total", &[]) > 0.0);
+}

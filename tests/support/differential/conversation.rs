@@ -41,7 +41,7 @@ impl Step {
         }
     }
 
-    fn query(sql: impl Into<String>) -> Step {
+    pub fn query(sql: impl Into<String>) -> Step {
         Step::new(vec![Msg::Query(sql.into())])
     }
 
@@ -889,8 +889,21 @@ fn group_for(rng: &mut Rng, m: &mut Model, s: Shape, no_new_names: bool) -> Vec<
     msgs
 }
 
-/// A group of a random read (or, sometimes, a write or a failing statement).
+/// A group of a random read (or, sometimes, a write or a failing statement, or a repeated
+/// favourite, which may be a hit where the pipeline lets pgmemo answer it).
 fn group_msgs(rng: &mut Rng, m: &mut Model, upto: usize, allow_writes: bool) -> Vec<Msg> {
+    if rng.chance(25) {
+        let extended: Vec<&Step> = m
+            .favourites
+            .iter()
+            .filter(|f| matches!(f.msgs.last(), Some(Msg::Sync)))
+            .collect();
+        if let Some(f) = extended.get(rng.below(extended.len())) {
+            let mut msgs = f.msgs.clone();
+            msgs.pop();
+            return msgs;
+        }
+    }
     if allow_writes && rng.chance(20) {
         let s = pick_write(rng, m.opaque);
         return group_for(rng, m, s, false);
