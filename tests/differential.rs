@@ -235,3 +235,63 @@ async fn a_would_be_hit_after_an_error_is_skipped_like_postgresql() {
     }
     assert!(h.proxy.metric("pgmemo_cache_hits_total", &[]) > 0.0);
 }
+
+/// Prepared statements made or dropped where pgmemo cannot see it (SQL run by `DO`) after
+/// their reads were cached: a Parse of a name PostgreSQL already has, or a Bind of a name it
+/// no longer has, fails as it does directly, never answered from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_prepared_or_dropped_out_of_sight_fail_like_postgresql() {
+    use differential::msg::Param;
+    let h = Harness::start(1);
+    let pair = Pair::new(&h.pg, &h.proxy, 0).await;
+    let parse = |name: &str| Msg::Parse {
+        name: name.into(),
+        sql: "SELECT label FROM ref WHERE id = $1".into(),
+        types: vec![],
+    };
+    let bind_exec = |name: &str| {
+        vec![
+            Msg::Bind {
+                portal: String::new(),
+                stmt: name.into(),
+                params: vec![Param::text("3")],
+                results: vec![],
+            },
+            Msg::Execute {
+                portal: String::new(),
+                max_rows: 0,
+            },
+            Msg::Sync,
+        ]
+    };
+    let with_parse = |name: &str| {
+        let mut g = vec![parse(name)];
+        g.extend(bind_exec(name));
+        Step::new(g)
+    };
+    let listed = || Step::query("SELECT name FROM pg_prepared_statements ORDER BY name");
+    let steps = vec![
+        with_parse(""),
+        with_parse(""),
+        // Made out of sight: a Parse of the name must fail with 42P05.
+        Step::query("DO $$ BEGIN EXECUTE 'PREPARE s5 AS SELECT 1'; END $$"),
+        with_parse("s5"),
+        listed(),
+        // Dropped out of sight: a Bind of the name must fail with 26000.
+        Step::new(vec![parse("s6"), Msg::Sync]),
+        Step::new(bind_exec("s6")),
+        Step::query("DO $$ BEGIN EXECUTE 'DEALLOCATE s6'; END $$"),
+        Step::query("SELECT 1"),
+        Step::new(bind_exec("s6")),
+        listed(),
+        Step::new(vec![parse("s7"), Msg::Sync]),
+        Step::new(bind_exec("s7")),
+        Step::query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"),
+        Step::new(bind_exec("s7")),
+        with_parse("s5"),
+        listed(),
+    ];
+    if let Some((run, d)) = pair.check(&steps).await.diff {
+        panic!("{run} run differs: {d:?}\n{}", pair.show(&steps).await);
+    }
+}

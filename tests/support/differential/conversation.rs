@@ -313,6 +313,9 @@ const SETTINGS: &[&str] = &[
     "CREATE TEMP TABLE ref AS SELECT 12 AS id, 'temp' AS label",
     "DROP TABLE IF EXISTS pg_temp.ref",
     "DISCARD TEMP",
+    // Prepared statements made and dropped where no SQL text of the client's shows it.
+    "DO $$ BEGIN EXECUTE 'PREPARE s1 AS SELECT 1'; END $$",
+    "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$",
 ];
 
 const ERRORS: &[&str] = &[
@@ -707,7 +710,7 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
 fn pick_setting(rng: &mut Rng, opaque: bool) -> &'static str {
     loop {
         let sql = rng.choose(SETTINGS).unwrap_or("RESET ALL");
-        let empties = ["use_schema", "set_tenant", "TEMP", "DROP TABLE"]
+        let empties = ["use_schema", "set_tenant", "TEMP", "DROP TABLE", "DO $$"]
             .iter()
             .any(|w| sql.contains(w));
         if opaque || !empties {
