@@ -349,6 +349,10 @@ struct Model {
     /// reads, no LISTEN), so it never waits for a lock the first session holds (the runner
     /// answers one step at a time) and the first never waits for it.
     reader: bool,
+    /// The only session of its conversation (DDL would make a second one wait for its lock).
+    solo: bool,
+    /// `ref.label` is renamed `lbl` (the conversation renames it back at its end).
+    renamed: bool,
     /// The text of the unnamed statement, if the last one was parsed by a group.
     last_unnamed: Option<String>,
     /// Reads repeated through the conversation (so later ones hit).
@@ -367,6 +371,8 @@ pub fn generate(seed: u64) -> Conversation {
         next: 0,
         opaque,
         reader,
+        solo: false,
+        renamed: false,
         last_unnamed: None,
         favourites: Vec::new(),
     };
@@ -384,6 +390,7 @@ pub fn generate(seed: u64) -> Conversation {
     let mut second = model(false, true);
     second.favourites = first.favourites.clone();
     let two = rng.chance(30);
+    first.solo = !two;
     let mut models = [first, second];
     let len = 6 + rng.below(26);
     let mut steps = Vec::with_capacity(len + 4);
@@ -414,6 +421,18 @@ pub fn generate(seed: u64) -> Conversation {
             } else {
                 "ROLLBACK"
             }));
+        }
+        // A renamed column is renamed back at the end, outside any transaction (the model may
+        // not know of one a multi-statement Query left open), even when the model says it
+        // was renamed back already (that may have failed in an aborted transaction).
+        let renamed_ever = steps.iter().any(|s| {
+            s.msgs
+                .iter()
+                .any(|m| matches!(m, Msg::Query(q) if q.contains("label TO lbl")))
+        });
+        if session == 0 && renamed_ever {
+            end.push(Step::query("ROLLBACK"));
+            end.push(Step::query("ALTER TABLE ref RENAME COLUMN lbl TO label"));
         }
         for mut step in end {
             step.session = session as u8;
@@ -492,6 +511,15 @@ fn next_step(rng: &mut Rng, m: &mut Model) -> Step {
                 msgs.push(Msg::Sync);
                 Step::new(msgs)
             }
+        }
+        4 if m.opaque && m.solo && !m.in_tx && rng.chance(15) => {
+            // DDL through pgmemo: cached reads of `ref` must not outlive its column's name.
+            m.renamed = !m.renamed;
+            Step::query(if m.renamed {
+                "ALTER TABLE ref RENAME COLUMN label TO lbl"
+            } else {
+                "ALTER TABLE ref RENAME COLUMN lbl TO label"
+            })
         }
         4 => {
             let sql = pick_setting(rng, m.opaque);
