@@ -250,6 +250,12 @@ impl Mismatch {
             self.original.steps.len(),
             minimised.render()
         ));
+        if self.minimised_diff.is_none() {
+            s.push_str(
+                "  NOT REPRODUCED when run again: the difference depends on timing or on the \
+                 databases' physical state, not on the conversation alone\n",
+            );
+        }
         if let Some((run, d)) = &self.minimised_diff {
             s.push_str(&format!(
                 "  minimised differs ({run} run) at {}, frame {}\n    pgmemo:     {}\n    PostgreSQL: {}\n",
