@@ -141,20 +141,6 @@ def one_run(st, target, admin, workload, clients, duration):
     return out
 
 
-def durable_exe(no_build):
-    """bench/durable's binary, built unless no_build (then it must exist)."""
-    folder = REPO / "bench" / "durable"
-    exe = folder / "target" / "release" / "durable"
-    if not no_build:
-        r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=folder,
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("bench/durable did not build: " + r.stderr.strip()[-2000:])
-    if not exe.exists():
-        raise RuntimeError(f"{exe} is missing (build it: cargo build --release in {folder})")
-    return exe
-
-
 def start_ceiling(st, exe, name):
     """Starts bench/durable as target `name`, its journal next to PostgreSQL's data."""
     port = stackmod.free_port()
@@ -215,7 +201,7 @@ def main():
                                                   rest=redis_rules(redis_port))[0]
         for name in CEILINGS:
             if name in targets:
-                start_ceiling(st, durable_exe(args.no_build), name)
+                start_ceiling(st, stackmod.bench_tool("durable", args.no_build), name)
                 admins[name] = None
         clients = {"insert": args.insert_clients, "counter": args.counter_clients}
         for w in args.workloads.split(","):

@@ -793,20 +793,6 @@ def find_problems(result):
     return probs
 
 
-def ceiling_exe(args):
-    """bench/ceiling's binary, built unless --no-build (then it must exist)."""
-    folder = REPO / "bench" / "ceiling"
-    exe = folder / "target" / "release" / "ceiling"
-    if not args.no_build:
-        r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=folder,
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError("bench/ceiling did not build: " + r.stderr.strip()[-2000:])
-    if not exe.exists():
-        raise RuntimeError(f"{exe} is missing (build it: cargo build --release in {folder})")
-    return exe
-
-
 def start_ceilings(st, exe, redis_port):
     for name, (mode, threads, yields, layout) in CEILINGS.items():
         port = stackmod.free_port()
@@ -885,7 +871,7 @@ def main():
         for name, (ns, consistency, l1) in PGMEMO_TARGETS.items():
             start_pgmemo(st, exe, name, redis_port, ns, consistency, l1)
         if not args.no_ceiling:
-            start_ceilings(st, ceiling_exe(args), redis_port)
+            start_ceilings(st, stackmod.bench_tool("ceiling", args.no_build), redis_port)
         sampler = ProcSampler()
         throughput(st, args, sampler, result)
         compression(st, result)

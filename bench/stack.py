@@ -40,6 +40,21 @@ def log(msg):
     print(f"[bench {datetime.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
 
 
+def bench_tool(name, no_build):
+    """The release binary of the measuring crate bench/NAME (built with cargo unless
+    no_build; then it must exist)."""
+    folder = REPO / "bench" / name
+    exe = folder / "target" / "release" / name
+    if not no_build:
+        r = subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=folder,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"bench/{name} did not build: " + r.stderr.strip()[-2000:])
+    if not exe.exists():
+        raise RuntimeError(f"{exe} is missing (build it: cargo build --release in {folder})")
+    return exe
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
