@@ -3,12 +3,17 @@
 # Installs cargo-fuzz when missing, builds every target (nightly, AddressSanitizer, debug
 # assertions and overflow checks), runs each given target (default: all) for N seconds
 # (default 30) one after another, prints per target the runs, crashes, timeouts, out-of-memory
-# findings and final coverage (libFuzzer's cov: and ft:), and exits non-zero on any finding.
+# findings, final coverage (libFuzzer's cov: and ft:) and the CPU time the run got (less than
+# its wall-clock time on a shared machine), appends that line with the date and commit to
+# fuzz/corpus-run/history.tsv, and exits non-zero on any finding.
 #
 # Corpora: libFuzzer reads the committed seeds (fuzz/seeds/TARGET, never written) and reads
 # and writes fuzz/corpus-run/TARGET (gitignored), so a later run starts where this one
 # stopped. Findings land in fuzz/artifacts/TARGET/ (gitignored); each one fixed becomes a
 # regression test in src/ or tests/.
+#
+# --no-build runs the targets as last built (a long run is not held up by, nor rebuilt for,
+# a change made meanwhile; the history line names the checked-out commit all the same).
 #
 # Environment: PGMEMO_FUZZ_TARGET_DIR (build directory, default fuzz/target: kept apart from
 # the main build because the sanitizer flags would rebuild everything there),
@@ -18,12 +23,14 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 fuzz="$repo/fuzz"
 seconds=30
+build=1
 targets=()
 while (($#)); do
     case $1 in
         --seconds) seconds=$2; shift 2 ;;
         --seconds=*) seconds=${1#*=}; shift ;;
-        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        --no-build) build=0; shift ;;
+        -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
         -*) echo "harden fuzz: unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -58,11 +65,16 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
 fi
 
 target_dir=${PGMEMO_FUZZ_TARGET_DIR:-$fuzz/target}
-echo "==> building fuzz targets (target dir $target_dir)"
-build_start=$SECONDS
-(cd "$repo" && cargo +nightly fuzz build --target-dir "$target_dir")
-echo "<== built in $((SECONDS - build_start)) s"
 bin_dir="$target_dir/x86_64-unknown-linux-gnu/release"
+if ((build)); then
+    echo "==> building fuzz targets (target dir $target_dir)"
+    build_start=$SECONDS
+    (cd "$repo" && cargo +nightly fuzz build --target-dir "$target_dir")
+    echo "<== built in $((SECONDS - build_start)) s"
+fi
+for t in "${targets[@]}"; do
+    [ -x "$bin_dir/$t" ] || { echo "harden fuzz: $bin_dir/$t is not built" >&2; exit 2; }
+done
 
 logs="$fuzz/corpus-run/logs"
 mkdir -p "$logs"
@@ -82,13 +94,16 @@ for t in "${targets[@]}"; do
     echo "==> $t: ${seconds} s"
     start=$SECONDS
     set +e
+    # The CPU time of the run (user + system), from bash's `time` on the fuzzer.
+    TIMEFORMAT='%U %S'
     # shellcheck disable=SC2046
-    "$bin_dir/$t" "$corpus" "${seeds[@]}" \
+    cpu=$({ time "$bin_dir/$t" "$corpus" "${seeds[@]}" \
         -max_total_time="$seconds" -max_len="$(max_len "$t")" -timeout=10 \
         -rss_limit_mb=2048 -malloc_limit_mb=512 -print_final_stats=1 \
-        -artifact_prefix="$artifacts/" $(dict "$t") >"$log" 2>&1
+        -artifact_prefix="$artifacts/" $(dict "$t") >"$log" 2>&1; } 2>&1)
     rc=$?
     set -e
+    cpu=$(awk '{printf "%d", $1 + $2}' <<<"$cpu")
     new=$(comm -13 <(echo "$before") <(find "$artifacts" -type f | sort) | grep -v '^$' || true)
     crashes=$(grep -c '/crash-' <<<"$new" || true)
     timeouts=$(grep -c '/timeout-' <<<"$new" || true)
@@ -99,10 +114,12 @@ for t in "${targets[@]}"; do
     cov=$(grep -oE 'cov: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo "?")
     ft=$(grep -oE 'ft: [0-9]+' <<<"$last" | grep -oE '[0-9]+' || echo "?")
     corp=$(grep -oE 'corp: [0-9]+/[0-9a-zA-Z]+' <<<"$last" | cut -d' ' -f2 || echo "?")
-    line=$(printf '%-22s runs %-10s cov %-6s ft %-7s corpus %-10s crashes %s timeouts %s oom/leak %s rss %s MB exit %s (%s s)' \
-        "$t" "${runs:-?}" "$cov" "$ft" "$corp" "$crashes" "$timeouts" "$ooms" "${rss:-?}" "$rc" "$((SECONDS - start))")
+    line=$(printf '%-22s runs %-10s cov %-6s ft %-7s corpus %-10s crashes %s timeouts %s oom/leak %s rss %s MB exit %s (%s s, CPU %s s)' \
+        "$t" "${runs:-?}" "$cov" "$ft" "$corp" "$crashes" "$timeouts" "$ooms" "${rss:-?}" "$rc" "$((SECONDS - start))" "${cpu:-?}")
     echo "$line"
     summary+=("$line")
+    printf '%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+        "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')" "$line" >>"$fuzz/corpus-run/history.tsv"
     if ((rc != 0 || crashes + timeouts + ooms > 0)); then
         failed=1
         echo "!!! $t: finding(s) in $artifacts (log: $log):"

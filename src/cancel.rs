@@ -5,15 +5,18 @@
 //!
 //! Each key also has a [`CancelSignal`]: a statement that pgmemo holds back (waiting for
 //! another session's identical query) is cancelled through it, since the upstream backend has
-//! nothing running to cancel; and while pgmemo's own work occupies the session's upstream
-//! connection, a request is held there for the session to forward once the client's work is
-//! next (see `session::deferred`).
+//! nothing running to cancel; and while the session's relay runs, a request is held there for
+//! the session to route (see `session::deferred`): the relay reads what the client sent
+//! before it first, so a request is forwarded only once the statement it follows is upstream
+//! (however long pgmemo took to read that statement), and never to pgmemo's own work.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Waker;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, oneshot};
 
 use crate::telemetry::names;
@@ -29,11 +32,11 @@ pub enum Disposition {
     Unknown,
     /// A statement pgmemo holds back took it; nothing goes upstream.
     Taken,
-    /// pgmemo's own work occupies the session's upstream connection: the session forwards
-    /// the request when the client's work is next there, or drops it if that work already
-    /// finished. The receiver resolves (or fails) when that is done.
+    /// The session routes it: forwarded once the client's statement is upstream (not while
+    /// pgmemo's own work is there), or dropped if the client has nothing running. The
+    /// receiver resolves (or fails) when that is done.
     Held(oneshot::Receiver<()>),
-    /// Forward it to PostgreSQL now.
+    /// Forward it to PostgreSQL now (no relay runs for the session at this moment).
     Forward,
 }
 
@@ -91,10 +94,12 @@ impl Drop for Held {
     }
 }
 
-/// pgmemo's own work on the session's upstream connection, and what arrived meanwhile.
+/// pgmemo's own work on the session's upstream connection, whether a relay routes the
+/// session's requests, and what arrived meanwhile.
 #[derive(Debug, Default)]
 struct Own {
     busy: bool,
+    routed: bool,
     held: Option<Held>,
 }
 
@@ -108,6 +113,10 @@ pub struct CancelSignal {
     /// Set while pgmemo's own work occupies the upstream connection (one lock taken per
     /// start and end of that work, and per cancel request).
     own: Mutex<Own>,
+    /// Requests wait in `own.held` for the relay (read without the lock on every step).
+    pending: AtomicBool,
+    /// The relay's task, woken when a request is held for it.
+    relay: AtomicWaker,
 }
 
 /// Marks the session as holding a statement back; the mark goes on Drop.
@@ -136,11 +145,43 @@ impl CancelSignal {
         if self.waiting.load(Ordering::Acquire) > 0 {
             return Disposition::Taken;
         }
+        let rx = {
+            let mut own = self.own.lock().unwrap_or_else(PoisonError::into_inner);
+            if !own.busy && !own.routed {
+                return Disposition::Forward;
+            }
+            self.pending.store(true, Ordering::Release);
+            own.held.get_or_insert_with(Held::default).add()
+        };
+        self.relay.wake();
+        Disposition::Held(rx)
+    }
+
+    /// Marks whether a relay routes this session's requests (it takes them with
+    /// [`Self::take_held`], woken through [`Self::register`] when one arrives). Requests
+    /// still held when it stops stay for the next relay (after a move to another worker).
+    pub fn set_routed(&self, routed: bool) {
         let mut own = self.own.lock().unwrap_or_else(PoisonError::into_inner);
-        if !own.busy {
-            return Disposition::Forward;
+        own.routed = routed;
+    }
+
+    /// Registers the relay's task to be woken when a request is held for it.
+    pub fn register(&self, waker: &Waker) {
+        self.relay.register(waker);
+    }
+
+    /// The requests held for the relay, unless pgmemo's own work is under way (they are
+    /// handed over when it ends, by [`Self::set_own_work`]). Lock-free when there are none.
+    pub fn take_held(&self) -> Option<Held> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
         }
-        Disposition::Held(own.held.get_or_insert_with(Held::default).add())
+        let mut own = self.own.lock().unwrap_or_else(PoisonError::into_inner);
+        if own.busy {
+            return None;
+        }
+        self.pending.store(false, Ordering::Release);
+        own.held.take()
     }
 
     /// Marks pgmemo's own work on the upstream connection as under way (`true`) or over.

@@ -4,7 +4,9 @@
 //!   at the connection limit and for a request sent over TLS;
 //! - a request that arrives while pgmemo's own settings probe occupies the session's
 //!   upstream connection cancels the client's statement queued behind the probe, not the
-//!   probe (asyncpg's `test_close_has_one_timeout_budget`).
+//!   probe (asyncpg's `test_close_has_one_timeout_budget`);
+//! - a request sent right behind its statement cancels it even when the statement reaches
+//!   PostgreSQL later than the request (the soak met this with pgmemo's workers loaded).
 //!
 //! A relay between pgmemo and PostgreSQL (`support/gate.rs`) makes each race deterministic:
 //! it delays forwarded cancel requests, or holds the probe's answer until the test lets it go.
@@ -107,6 +109,22 @@ async fn reply(s: &mut TcpStream, timeout: Duration, what: &str) -> Vec<Bytes> {
             ),
         }
     }
+}
+
+/// Asserts that the reply `frames` of `pg_sleep(10)` end it with 57014 (query canceled).
+fn expect_cancelled(frames: &[Bytes]) {
+    let err = wire::first_error(frames).unwrap_or_else(|| {
+        panic!(
+            "pg_sleep(10) was not cancelled: {:?}",
+            frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(
+        wire::field(err, b'C').as_deref(),
+        Some("57014"),
+        "{}",
+        wire::describe(err)
+    );
 }
 
 async fn run(s: &mut TcpStream, sql: &str) -> Vec<Bytes> {
@@ -218,6 +236,43 @@ async fn a_held_cancel_that_overtakes_its_statement_is_sent_again() {
     assert!(repeated >= 1.0, "the request was not sent again");
 }
 
+/// A client cancels right after sending its statement, and the statement reaches PostgreSQL
+/// 300 ms after pgmemo sent it (the gate delays it, as a loaded pgmemo worker that has not
+/// read it yet, or a backend that has not, would). Forwarded on arrival, the request would
+/// find the backend idle and be dropped there, and pg_sleep(10) would run to its end; routed
+/// by the session behind the statement, it is sent again while the statement is all that is
+/// outstanding, and cancels it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_right_behind_its_statement_cancels_it() {
+    let (_pg, gate, proxy) = start("").await;
+    let (mut s, key) = session(proxy.addr(), "late_victim").await;
+    run(&mut s, "SELECT 1").await;
+    gate.delay_upstream("late_victim", Duration::from_millis(300));
+    let sent = Instant::now();
+    s.write_all(&wire::query("SELECT pg_sleep(10)"))
+        .await
+        .expect("send pg_sleep");
+    cancel(proxy.addr(), &key, None).await;
+    let frames = reply(
+        &mut s,
+        Duration::from_secs(8),
+        "pg_sleep(10) after its cancel",
+    )
+    .await;
+    expect_cancelled(&frames);
+    // About 0.6 s here (the statement 300 ms late, the repeat 400 ms after the first
+    // forward); the bound leaves room for a loaded machine, far below 10 s.
+    let took = sent.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "cancelled only after {took:?}"
+    );
+    let repeated = proxy.metric("pgmemo_cancel_requests_total", &["result=\"repeated\""]);
+    assert!(repeated >= 1.0, "the request was not sent again");
+    gate.delay_upstream("late_victim", Duration::ZERO);
+    run(&mut s, "SELECT 1").await;
+}
+
 /// Runs the probe race; `late`: how late the gate delivers the client's statement.
 async fn cancel_during_probe(late: Option<Duration>) -> Proxy {
     let (_pg, gate, proxy) = start("").await;
@@ -252,18 +307,7 @@ async fn cancel_during_probe(late: Option<Duration>) -> Proxy {
     )
     .await;
     let took = released.elapsed();
-    let err = wire::first_error(&frames).unwrap_or_else(|| {
-        panic!(
-            "pg_sleep(10) was not cancelled: {:?}",
-            frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
-        )
-    });
-    assert_eq!(
-        wire::field(err, b'C').as_deref(),
-        Some("57014"),
-        "{}",
-        wire::describe(err)
-    );
+    expect_cancelled(&frames);
     // About 50 ms here (600 ms with the statement 300 ms late); the bound leaves room for a
     // loaded machine, far below the 10 s an uncancelled sleep takes.
     assert!(
@@ -321,18 +365,7 @@ async fn a_cancel_while_the_statement_is_planned_cancels_it() {
     )
     .await;
     let took = released.elapsed();
-    let err = wire::first_error(&frames).unwrap_or_else(|| {
-        panic!(
-            "pg_sleep(10) was not cancelled: {:?}",
-            frames.iter().map(|f| wire::describe(f)).collect::<Vec<_>>()
-        )
-    });
-    assert_eq!(
-        wire::field(err, b'C').as_deref(),
-        Some("57014"),
-        "{}",
-        wire::describe(err)
-    );
+    expect_cancelled(&frames);
     assert!(
         took < Duration::from_secs(2),
         "cancelled {took:?} after the plan"

@@ -9,9 +9,13 @@
 //! evicted or replaced are marked by its listener and skipped; a `clear` changes the L1's
 //! front generation, which makes every entry held for it unreachable at once.
 //!
-//! Bounded per thread by entries and bytes; when full, the front is emptied (the L1 still has
-//! the entries). Entries already evicted from the L1 may stay referenced here until replaced,
-//! so the process can hold up to [`MAX_BYTES`] per worker thread beyond `cache.max_memory`.
+//! Bounded per thread by entries and bytes, weighed as the L1 weighs them (frames, the entry,
+//! its bookkeeping). An entry evicted from the L1, expired or cleared stays referenced here
+//! (and in memory) until the front drops it: when a lookup finds it, and in a sweep each time
+//! the front has grown to twice what the last sweep left, so what it holds beyond the L1 stays
+//! near what its live entries hold; the soak saw fronts full of dead entries swing the heap by
+//! 20 MB. When even its live entries fill it, the front is emptied (the L1 still has them).
+//! The process can hold up to [`MAX_BYTES`] per worker thread beyond `cache.max_memory`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,6 +28,8 @@ use super::key::{CacheKey, KeyBuildHasher, KeyCheck};
 
 /// Entries held per thread.
 const MAX_ENTRIES: usize = 65_536;
+/// The front is swept at this many entries at the least (a sweep walks them all).
+const SWEEP_MIN: usize = 1_024;
 /// Frame bytes held per thread, at most (the L1 passes its own bound, a share of its
 /// memory, to [`put`]).
 pub const MAX_BYTES: usize = 16 << 20;
@@ -50,6 +56,8 @@ struct Front {
     map: HashMap<CacheKey, Slot, KeyBuildHasher>,
     bytes: usize,
     hits: u32,
+    /// Entries at which the next sweep runs.
+    sweep_at: usize,
 }
 
 thread_local! {
@@ -58,6 +66,7 @@ thread_local! {
             map: HashMap::with_hasher(KeyBuildHasher),
             bytes: 0,
             hits: 0,
+            sweep_at: SWEEP_MIN,
         })
     };
 }
@@ -87,7 +96,7 @@ pub fn get(generation: u64, key: &CacheKey, check: &KeyCheck, now: Instant) -> F
             };
             if !valid {
                 if let Some(slot) = front.map.remove(key) {
-                    front.bytes = front.bytes.saturating_sub(slot.entry.frames.len());
+                    front.bytes = front.bytes.saturating_sub(slot.entry.size_bytes());
                 }
                 return FrontGet::Miss;
             }
@@ -105,15 +114,22 @@ pub fn get(generation: u64, key: &CacheKey, check: &KeyCheck, now: Instant) -> F
 }
 
 /// Holds `entry` (just read from the L1) for `key` under `generation`, keeping this thread's
-/// front within `max_bytes` of frames.
+/// front within `max_bytes` (weighed as the L1 weighs entries).
 pub fn put(generation: u64, key: CacheKey, entry: &Arc<Entry>, max_bytes: usize) {
-    let len = entry.frames.len();
-    if len > MAX_ENTRY_BYTES || len > max_bytes {
+    if entry.frames.len() > MAX_ENTRY_BYTES {
+        return;
+    }
+    let weight = entry.size_bytes();
+    if weight > max_bytes {
         return;
     }
     let _ = FRONT.try_with(|front| {
         let mut front = front.borrow_mut();
-        if front.map.len() >= MAX_ENTRIES || front.bytes + len > max_bytes {
+        let full = |f: &Front| f.map.len() >= MAX_ENTRIES || f.bytes + weight > max_bytes;
+        if full(&front) || front.map.len() >= front.sweep_at {
+            sweep(&mut front, generation, Instant::now());
+        }
+        if full(&front) {
             front.map.clear();
             front.bytes = 0;
         }
@@ -122,10 +138,27 @@ pub fn put(generation: u64, key: CacheKey, entry: &Arc<Entry>, max_bytes: usize)
             entry: Arc::clone(entry),
         };
         if let Some(old) = front.map.insert(key, slot) {
-            front.bytes = front.bytes.saturating_sub(old.entry.frames.len());
+            front.bytes = front.bytes.saturating_sub(old.entry.size_bytes());
         }
-        front.bytes += len;
+        front.bytes += weight;
     });
+}
+
+/// Drops what can no longer be served (evicted from the L1, expired, or held for a cleared
+/// L1) and sets the next sweep at twice what is left: the walk costs O(1) per put amortised.
+fn sweep(front: &mut Front, generation: u64, now: Instant) {
+    let mut dropped = 0;
+    front.map.retain(|_, slot| {
+        let live = slot.generation == generation
+            && !slot.entry.is_evicted()
+            && !slot.entry.is_expired(now);
+        if !live {
+            dropped += slot.entry.size_bytes();
+        }
+        live
+    });
+    front.bytes = front.bytes.saturating_sub(dropped);
+    front.sweep_at = front.map.len().saturating_mul(2).max(SWEEP_MIN);
 }
 
 #[cfg(test)]
@@ -182,6 +215,31 @@ mod tests {
             ),
             FrontGet::Miss
         ));
+    }
+
+    #[test]
+    fn dead_entries_are_swept_as_the_front_grows() {
+        let g = new_generation();
+        let keep = entry(1, Duration::ZERO);
+        put(g, CacheKey(u128::MAX), &keep, MAX_BYTES);
+        // Many entries the L1 evicts right after they are held (a churning cache): without
+        // a sweep the front would keep all of them, and their memory, until it is full.
+        for k in 0..(4 * SWEEP_MIN as u128) {
+            let e = entry(1, Duration::ZERO);
+            put(g, CacheKey(k), &e, MAX_BYTES);
+            e.mark_evicted();
+        }
+        FRONT.with(|f| {
+            let f = f.borrow();
+            assert!(
+                f.map.len() <= 2 * SWEEP_MIN,
+                "{} entries held, nearly all evicted",
+                f.map.len()
+            );
+            let weighed: usize = f.map.values().map(|s| s.entry.size_bytes()).sum();
+            assert_eq!(f.bytes, weighed, "the weight follows what is held");
+        });
+        assert!(hit(g, u128::MAX, 1), "the live entry is kept");
     }
 
     #[test]

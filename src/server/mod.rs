@@ -3,6 +3,7 @@
 //! the config on SIGHUP, and on shutdown stops accepting, lets sessions finish their
 //! transaction up to `server.shutdown_timeout`, then closes the rest with 57P01.
 
+mod heap;
 pub mod services;
 pub mod tls;
 
@@ -256,17 +257,29 @@ fn start_background(
 /// Runs the L1's pending maintenance every [`HOUSEKEEPING_INTERVAL`]: the cache otherwise
 /// does it only as lookups and stores come, so with no traffic expired entries would hold
 /// their memory, and their departure (counted: evictions, wasted refreshes) would not show.
+/// Every [`heap::TRIM_EVERY`] it then gives the heap's free pages back to the system.
 async fn housekeep_cache(ctx: Arc<AppContext>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_trim = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let ctx = Arc::clone(&ctx);
+        let trim = last_trim.elapsed() >= heap::TRIM_EVERY;
+        if trim {
+            last_trim = tokio::time::Instant::now();
+        }
         // Off the reactor: many entries expiring at once take a while to remove.
-        let _ = tokio::task::spawn_blocking(move || ctx.services.cache.run_pending_tasks()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            ctx.services.cache.run_pending_tasks();
+            if trim {
+                heap::release_free_pages();
+            }
+        })
+        .await;
     }
 }
 

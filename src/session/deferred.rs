@@ -1,10 +1,14 @@
-//! Cancel requests that arrive while pgmemo's own work (the settings probe, a Parse replayed
-//! on its own) occupies the session's upstream connection. Forwarded then, a request would
-//! cancel pgmemo's work, and the client's statement queued behind it would run uncancelled.
-//! So the registry holds it (see [`crate::cancel`]), and the relay routes it once that work
-//! is over: forwarded when the client's own work is on the connection, handed to a statement
-//! pgmemo holds back, kept while the client's work is still with pgmemo, or dropped when the
-//! client has nothing left running (as PostgreSQL drops a cancel that finds nothing to cancel).
+//! Cancel requests for a session whose relay runs. Forwarded at once, a request could reach
+//! PostgreSQL before the statement it follows: pgmemo may not have read that statement yet
+//! (a busy worker, a client behind backpressure), or may hold it back to plan it, or its own
+//! work (the settings probe, a Parse replayed on its own) may occupy the upstream connection,
+//! where the request would cancel pgmemo's work while the client's statement queued behind it
+//! ran uncancelled. So the registry holds every request (see [`crate::cancel`]) and wakes the
+//! relay, which reads what the client sent first and then routes it: forwarded when the
+//! client's own work is on the connection, handed to a statement pgmemo holds back, kept while
+//! the client's work is still with pgmemo, and forwarded all the same (without repeats) once
+//! everything the client sent has been read and nothing of it is left running: PostgreSQL
+//! ignores it then, as it would a direct client's.
 //! The forward uses the upstream backend's key (pgmemo relays BackendKeyData unchanged), runs
 //! inside the session's task (polled by the relay, bounded by `upstream.connect_timeout`),
 //! and the client's cancel connections close only once it is done.
@@ -53,7 +57,8 @@ pub enum ClientWork {
     HeldBack,
     /// Still with pgmemo (being planned, or not yet complete): decide later.
     Pending,
-    /// Nothing: the work the requests were for is over.
+    /// Nothing: the work the requests were for is over (forwarded once, as a direct
+    /// client's request would reach the idle backend; the client's next frames wait for it).
     Done,
 }
 
@@ -66,6 +71,8 @@ pub struct Deferral {
     packet: Bytes,
     /// pgmemo's own work is marked under way in the signal.
     busy: bool,
+    /// A relay routes this session's requests (marked in the signal).
+    routed: bool,
     /// Requests held past the end of the own work, not yet routed.
     armed: Option<Held>,
     forwarding: Option<Forwarding>,
@@ -93,6 +100,7 @@ impl Deferral {
             signal,
             packet,
             busy: false,
+            routed: false,
             armed: None,
             forwarding: None,
             retry: None,
@@ -102,6 +110,41 @@ impl Deferral {
     /// The session's cancel signal.
     pub fn signal(&self) -> Arc<CancelSignal> {
         self.guard.signal()
+    }
+
+    /// Called on every step of the relay: marks the session's requests as routed by it,
+    /// registers its task to be woken for the next one, and arms the requests held since
+    /// (unless pgmemo's own work is under way: [`Self::own_work`] hands them over at its end).
+    pub fn collect(&mut self, cx: &Context<'_>) {
+        // Registered before the requests are looked at, so one arriving in between wakes
+        // the relay (a wake takes the waker: it is registered again on every step).
+        self.signal.register(cx.waker());
+        if !self.routed {
+            self.routed = true;
+            self.signal.set_routed(true);
+        }
+        if self.busy {
+            return;
+        }
+        if let Some(held) = self.signal.take_held() {
+            self.arm(held);
+        }
+    }
+
+    /// The relay stops (the session ends or moves to another worker): requests arriving
+    /// from now on are forwarded at once, those held stay for the next relay.
+    pub fn detach(&mut self) {
+        if self.routed {
+            self.routed = false;
+            self.signal.set_routed(false);
+        }
+    }
+
+    fn arm(&mut self, held: Held) {
+        match self.armed.as_mut() {
+            Some(armed) => armed.merge(held),
+            None => self.armed = Some(held),
+        }
     }
 
     /// Nothing held, nothing being forwarded or to be sent again.
@@ -128,10 +171,7 @@ impl Deferral {
         }
         self.busy = busy;
         if let Some(held) = self.signal.set_own_work(busy) {
-            match self.armed.as_mut() {
-                Some(armed) => armed.merge(held),
-                None => self.armed = Some(held),
-            }
+            self.arm(held);
         }
     }
 
@@ -165,7 +205,7 @@ impl Deferral {
                 held.delivered();
             }
             ClientWork::Pending => self.armed = Some(held),
-            ClientWork::Done => count("nothing_running", held.requests()),
+            ClientWork::Done => self.forwarding = Some(self.forward(Some(held))),
         }
     }
 
@@ -240,5 +280,6 @@ impl Drop for Deferral {
         if self.busy {
             drop(self.signal.set_own_work(false));
         }
+        self.detach();
     }
 }

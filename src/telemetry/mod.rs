@@ -386,12 +386,13 @@ pub mod names {
     /// counter: client frames refused as malformed or oversized (08P01).
     pub const CLIENT_PROTOCOL_ERRORS: &str = "pgmemo_client_protocol_errors_total";
     /// counter, label `result` (`forwarded`, `held_statement`, `unknown_key`, `failed`,
-    /// `nothing_running`, `repeated`): CancelRequests (`held_statement`: it ended a statement
-    /// pgmemo held in a fill wait; `repeated`: a held request sent again because its
-    /// statement may not have been running yet when it first arrived).
+    /// `repeated`): CancelRequests (`held_statement`: it ended a statement pgmemo held in a
+    /// fill wait; `repeated`: a request sent again because its statement may not have been
+    /// running yet when it first arrived).
     pub const CANCEL_REQUESTS: &str = "pgmemo_cancel_requests_total";
-    /// gauge: CancelRequests held while pgmemo's own work (the settings probe, a plan, a
-    /// replayed Parse) occupies the session's upstream connection, not yet routed.
+    /// gauge: CancelRequests held for their session's relay, not yet routed: it reads what
+    /// the client sent first, and waits while pgmemo's own work (the settings probe, a plan,
+    /// a replayed Parse) occupies the session's upstream connection.
     pub const CANCEL_REQUESTS_HELD: &str = "pgmemo_cancel_requests_held";
     /// counter, label `result` (`ok`, `error`): configuration reloads (SIGHUP).
     pub const CONFIG_RELOADS: &str = "pgmemo_config_reloads_total";

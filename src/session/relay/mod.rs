@@ -200,7 +200,11 @@ impl<'a> Relay<'a> {
 
     /// Runs until the session ends; see `RelayEnd`.
     pub async fn run(mut self) -> Result<RelayEnd, RelayError> {
-        std::future::poll_fn(|cx| self.poll_step(cx)).await
+        let end = std::future::poll_fn(|cx| self.poll_step(cx)).await;
+        if let Some(d) = self.cancels.as_deref_mut() {
+            d.detach();
+        }
+        end
     }
 
     fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<RelayEnd, RelayError>> {
@@ -467,11 +471,15 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Routes cancel requests held during pgmemo's own work by where the client's work
-    /// stands, and polls their forward. `quiet`: the step found nothing more to read or
+    /// Routes the cancel requests held for the session (every one that arrives while the
+    /// relay runs, see `session::deferred`) by where the client's work stands, and polls
+    /// their forward. `quiet`: the step found nothing more to read or
     /// do, so a client with nothing outstanding has nothing left to cancel. True on
     /// progress.
     fn route_cancels(&mut self, cx: &mut Context<'_>, quiet: bool) -> bool {
+        if let Some(d) = self.cancels.as_deref_mut() {
+            d.collect(cx);
+        }
         if self.cancels.as_deref().is_none_or(Deferral::idle) {
             return false;
         }
