@@ -238,20 +238,33 @@ async fn a_held_cancel_that_overtakes_its_statement_is_sent_again() {
 
 /// A client cancels right after sending its statement, and the statement reaches PostgreSQL
 /// 300 ms after pgmemo sent it (the gate delays it, as a loaded pgmemo worker that has not
-/// read it yet, or a backend that has not, would). Forwarded on arrival, the request would
-/// find the backend idle and be dropped there, and pg_sleep(10) would run to its end; routed
-/// by the session behind the statement, it is sent again while the statement is all that is
-/// outstanding, and cancels it.
+/// read it yet, or a backend that has not, would). The statement is prepared and already ran
+/// once, so pgmemo has nothing to plan and no own work to hold the request behind (the soak's
+/// case). Forwarded on arrival, the request would find the backend idle and be dropped there,
+/// and pg_sleep(10) would run to its end; routed by the session behind the statement, it is
+/// sent again while the statement is all that is outstanding, and cancels it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_sent_right_behind_its_statement_cancels_it() {
     let (_pg, gate, proxy) = start("").await;
     let (mut s, key) = session(proxy.addr(), "late_victim").await;
-    run(&mut s, "SELECT 1").await;
+    let mut parse = wire::frame(b'P', b"sleep\0SELECT pg_sleep($1)\0\0\0");
+    parse.extend(wire::frame(b'S', b""));
+    s.write_all(&parse).await.expect("send Parse");
+    reply(&mut s, Duration::from_secs(10), "Parse").await;
+    s.write_all(&bind_execute_sync("sleep", "0.01"))
+        .await
+        .expect("send the first execution");
+    let frames = reply(&mut s, Duration::from_secs(10), "pg_sleep(0.01)").await;
+    assert!(
+        wire::first_error(&frames).is_none(),
+        "pg_sleep(0.01) failed"
+    );
+
     gate.delay_upstream("late_victim", Duration::from_millis(300));
     let sent = Instant::now();
-    s.write_all(&wire::query("SELECT pg_sleep(10)"))
+    s.write_all(&bind_execute_sync("sleep", "10"))
         .await
-        .expect("send pg_sleep");
+        .expect("send pg_sleep(10)");
     cancel(proxy.addr(), &key, None).await;
     let frames = reply(
         &mut s,
@@ -271,6 +284,23 @@ async fn a_cancel_sent_right_behind_its_statement_cancels_it() {
     assert!(repeated >= 1.0, "the request was not sent again");
     gate.delay_upstream("late_victim", Duration::ZERO);
     run(&mut s, "SELECT 1").await;
+}
+
+/// Bind (unnamed portal, one text parameter), Execute and Sync for prepared statement `stmt`.
+fn bind_execute_sync(stmt: &str, value: &str) -> Vec<u8> {
+    let mut bind = vec![0u8];
+    bind.extend_from_slice(stmt.as_bytes());
+    bind.push(0);
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    let len = i32::try_from(value.len()).expect("short parameter");
+    bind.extend_from_slice(&len.to_be_bytes());
+    bind.extend_from_slice(value.as_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut out = wire::frame(b'B', &bind);
+    out.extend(wire::frame(b'E', b"\0\0\0\0\0"));
+    out.extend(wire::frame(b'S', b""));
+    out
 }
 
 /// Runs the probe race; `late`: how late the gate delivers the client's statement.
