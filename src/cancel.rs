@@ -33,8 +33,8 @@ pub enum Disposition {
     /// A statement pgmemo holds back took it; nothing goes upstream.
     Taken,
     /// The session routes it: forwarded once the client's statement is upstream (not while
-    /// pgmemo's own work is there), or dropped if the client has nothing running. The
-    /// receiver resolves (or fails) when that is done.
+    /// pgmemo's own work is there), or to the idle backend if the client has nothing
+    /// running. The receiver resolves (or fails) when that is done.
     Held(oneshot::Receiver<()>),
     /// Forward it to PostgreSQL now (no relay runs for the session at this moment).
     Forward,

@@ -473,11 +473,13 @@ impl<'a> Relay<'a> {
 
     /// Routes the cancel requests held for the session (every one that arrives while the
     /// relay runs, see `session::deferred`) by where the client's work stands, and polls
-    /// their forward. `quiet`: the step found nothing more to read or
-    /// do, so a client with nothing outstanding has nothing left to cancel. True on
-    /// progress.
+    /// their forward. `quiet`: the step found nothing more to read or do, so a client with
+    /// nothing outstanding has nothing left to cancel (the request goes to the idle
+    /// backend). True on progress.
     fn route_cancels(&mut self, cx: &mut Context<'_>, quiet: bool) -> bool {
-        if let Some(d) = self.cancels.as_deref_mut() {
+        // Once per step: the quiet pass comes right after the first in the same step, and a
+        // request held in between has woken the task (it is collected on the next poll).
+        if !quiet && let Some(d) = self.cancels.as_deref_mut() {
             d.collect(cx);
         }
         if self.cancels.as_deref().is_none_or(Deferral::idle) {
